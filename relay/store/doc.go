@@ -1,0 +1,55 @@
+// Package store is pushrelay's durable state, kept in one bbolt file.
+//
+// It is the only package that imports bbolt; the rest of pushrelay sees
+// typed methods (Register, Append, Messages, Ack, ...) and the types in
+// types.go. Values are copied out of transactions, never aliased.
+//
+// # Layout
+//
+// Flat top-level buckets with fixed-width big-endian keys, so cursor order
+// is numeric order and one device's rows are one contiguous key range:
+//
+//	devices   uaid(16)                          → device record
+//	channels  uaid(16) chid(16)                 → channel record
+//	messages  uaid(16) seq(8)                   → message record
+//	          (bucket sequence = last seq issued, global, persisted)
+//	topics    uaid(16) chid(16) topic(≤255)     → seq(8)
+//	expiry    expiry(8, Unix ns) uaid(16) seq(8) → (empty)
+//	meta      "schema"                          → version(8)
+//	          "devices" | "channels" | "waiting" → total(8)
+//
+// Records start with a format byte (currently 1 for all):
+//
+//	device   1 | created(8) | lastSeen(8) | waiting(4) | channels(4) | wake…
+//	channel  1 | created(8) | vapidKey…
+//	message  1 | chid(16) | received(8) | ttl(8) | expiry(8) | urgency(1) |
+//	         version(8) | topic | encoding | encryption | cryptoKey | data…
+//
+// Times are Unix nanoseconds (0 = zero time); the four message strings are
+// uvarint-length prefixed; the trailing field takes the rest of the value.
+// Seq comes from the messages bucket's NextSequence, so a device's
+// messages iterate in arrival order. Per-device counts live in the device
+// record and store-wide totals in meta, so neither Open nor Stats scans.
+//
+// # Schema
+//
+// migrations (schema.go) is an ordered list; Open applies the ones newer
+// than the file in a single transaction and records the version. A file
+// newer than the build is refused with ErrSchemaTooNew.
+//
+// # Group commit
+//
+// Every mutating method is durable when it returns. Callers queue an
+// operation to one committer goroutine, which takes the first queued
+// operation plus whatever else is already queued (up to MaxBatch) and
+// commits them in one transaction, one fsync. It adds no delay: while one
+// batch is being written the next one queues. An operation's own
+// rejection (ErrNoChannel, ErrTooManyChannels, ...) does not affect the
+// rest of its batch.
+//
+// # Concurrency
+//
+// Store.mu (shared by senders and readers, exclusive in Close) is the only
+// lock; the committer owns the write side of the file and the in-memory
+// totals. bbolt lets reads run beside the committer.
+package store

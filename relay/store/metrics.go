@@ -1,0 +1,36 @@
+package store
+
+import "github.com/pushrelay/pushrelay/relay/metrics"
+
+// storeMetrics are the store's metrics, all pushrelay_store_*.
+type storeMetrics struct {
+	commits       metrics.Counter
+	commitErrors  metrics.Counter
+	commitSeconds metrics.Observer
+	batchSize     metrics.Observer
+	stored        metrics.Counter
+	deleted       [numReasons]metrics.Counter
+}
+
+func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
+	m := &storeMetrics{
+		commits:       r.Counter("pushrelay_store_commits_total", "Write transactions committed (one fsync each)."),
+		commitErrors:  r.Counter("pushrelay_store_commit_errors_total", "Write transactions that failed and were rolled back."),
+		commitSeconds: r.Histogram("pushrelay_store_commit_seconds", "Time from taking a batch to its fsync completing.", metrics.LatencyBuckets),
+		batchSize:     r.Histogram("pushrelay_store_batch_ops", "Operations per commit batch.", metrics.SizeBuckets),
+		stored:        r.Counter("pushrelay_store_messages_stored_total", "Messages appended."),
+	}
+	deleted := r.CounterVec("pushrelay_store_messages_deleted_total", "Messages removed, by reason.", "reason")
+	for i, name := range reasonNames {
+		m.deleted[i] = deleted.With(name)
+	}
+	r.GaugeFunc("pushrelay_store_messages_waiting", "Messages stored and not yet acked, deleted or expired.",
+		func() float64 { return float64(s.nWait.Load()) })
+	r.GaugeFunc("pushrelay_store_devices", "Devices with a record.",
+		func() float64 { return float64(s.nDevices.Load()) })
+	r.GaugeFunc("pushrelay_store_channels", "Registered channels.",
+		func() float64 { return float64(s.nChans.Load()) })
+	r.GaugeFunc("pushrelay_store_queue_depth", "Operations waiting for the committer.",
+		func() float64 { return float64(len(s.queue)) })
+	return m
+}

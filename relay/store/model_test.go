@@ -1,0 +1,319 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/metrics"
+)
+
+// The model is what the store should hold, kept the simple way.
+type modelMsg struct {
+	seq    uint64
+	ch     ChannelID
+	topic  string
+	expiry time.Time
+	data   string
+}
+
+type modelDev struct {
+	chans map[ChannelID]string // channel → key
+	msgs  []modelMsg           // in seq order
+}
+
+type model struct {
+	devs    map[UAID]*modelDev
+	deleted map[string]int
+	lastSeq uint64
+}
+
+func (m *model) totals() Stats {
+	var st Stats
+	for _, d := range m.devs {
+		st.Devices++
+		st.Channels += int64(len(d.chans))
+		st.Waiting += int64(len(d.msgs))
+	}
+	return st
+}
+
+// remove drops the messages for which drop is true, counted under why.
+func (m *model) remove(d *modelDev, why func(modelMsg) string) int {
+	n := 0
+	d.msgs = slices.DeleteFunc(d.msgs, func(x modelMsg) bool {
+		r := why(x)
+		if r == "" {
+			return false
+		}
+		m.deleted[r]++
+		n++
+		return true
+	})
+	return n
+}
+
+// TestModel runs random operations against the store and a model and
+// checks that results, per-device counts, totals and metrics agree.
+func TestModel(t *testing.T) {
+	seed := uint64(time.Now().UnixNano())
+	t.Logf("seed %d", seed)
+	rng := rand.New(rand.NewPCG(seed, 0))
+	const (
+		nDevs, nChans    = 3, 3
+		maxMsgs, maxChan = 4, 2
+		steps            = 1500
+	)
+	ctx := context.Background()
+	clk := newClock()
+	reg := metrics.NewRegistry()
+	path := filepath.Join(t.TempDir(), "store.db")
+	opts := Options{Path: path, Metrics: reg, Now: clk.Now, MaxMessagesPerUAID: maxMsgs, MaxChannelsPerUAID: maxChan}
+	s, err := Open(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { s.Close() }()
+	mod := &model{devs: map[UAID]*modelDev{}, deleted: map[string]int{}}
+
+	check := func(step int, what string) {
+		t.Helper()
+		st, err := s.Stats()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := mod.totals(); st != want {
+			t.Fatalf("step %d (%s): Stats %+v, model %+v", step, what, st, want)
+		}
+		for i := range nDevs {
+			u := uaid(byte(i))
+			md := mod.devs[u]
+			d, ok, err := s.Device(u)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if ok != (md != nil) {
+				t.Fatalf("step %d (%s): device %d exists %v, model %v", step, what, i, ok, md != nil)
+			}
+			if !ok {
+				continue
+			}
+			if d.Waiting != len(md.msgs) || d.Channels != len(md.chans) {
+				t.Fatalf("step %d (%s): device %d waiting %d channels %d, model %d %d",
+					step, what, i, d.Waiting, d.Channels, len(md.msgs), len(md.chans))
+			}
+			ms, err := s.Messages(u, 0, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, x := range md.msgs {
+				if x.expiry.After(clk.Now()) {
+					want = append(want, fmt.Sprint(x.seq, x.data))
+				}
+			}
+			var got []string
+			for _, x := range ms {
+				got = append(got, fmt.Sprint(x.Seq, string(x.Data)))
+			}
+			if !slices.Equal(got, want) {
+				t.Fatalf("step %d (%s): device %d messages\n got %v\nwant %v", step, what, i, got, want)
+			}
+		}
+	}
+
+	for step := range steps {
+		u := uaid(byte(rng.IntN(nDevs)))
+		ch := chid(byte(rng.IntN(nChans)))
+		md := mod.devs[u]
+		var what string
+		switch r := rng.IntN(100); {
+		case r < 12: // register
+			key := []string{"", "k"}[rng.IntN(2)]
+			what = fmt.Sprintf("register %v %v %q", u, ch, key)
+			var keyb []byte
+			if key != "" {
+				keyb = []byte(key)
+			}
+			err := s.Register(ctx, Channel{UAID: u, ID: ch, Key: keyb})
+			var want error
+			switch {
+			case md != nil && hasChan(md, ch):
+				if md.chans[ch] != key {
+					want = ErrChannelConflict
+				}
+			case md != nil && len(md.chans) >= maxChan:
+				want = ErrTooManyChannels
+			default:
+				if md == nil {
+					md = &modelDev{chans: map[ChannelID]string{}}
+					mod.devs[u] = md
+				}
+				md.chans[ch] = key
+			}
+			if !errors.Is(err, want) || (want == nil) != (err == nil) {
+				t.Fatalf("step %d: %s = %v, want %v", step, what, err, want)
+			}
+		case r < 16: // unregister
+			what = fmt.Sprintf("unregister %v %v", u, ch)
+			ok, err := s.Unregister(ctx, u, ch)
+			want := md != nil && hasChan(md, ch)
+			if err != nil || ok != want {
+				t.Fatalf("step %d: %s = %v, %v; want %v", step, what, ok, err, want)
+			}
+			if want {
+				delete(md.chans, ch)
+				mod.remove(md, func(x modelMsg) string {
+					if x.ch == ch {
+						return "unregistered"
+					}
+					return ""
+				})
+			}
+		case r < 55: // append
+			topic := []string{"", "", "a", "b"}[rng.IntN(4)]
+			ttl := time.Duration(1+rng.IntN(6)) * time.Second
+			data := fmt.Sprint("d", step)
+			what = fmt.Sprintf("append %v %v topic %q ttl %v", u, ch, topic, ttl)
+			got, err := s.Append(ctx, Message{UAID: u, Channel: ch, TTL: ttl, Topic: topic, Data: []byte(data)})
+			if md == nil || !hasChan(md, ch) {
+				if !errors.Is(err, ErrNoChannel) {
+					t.Fatalf("step %d: %s = %v, want ErrNoChannel", step, what, err)
+				}
+				break
+			}
+			if err != nil {
+				t.Fatalf("step %d: %s: %v", step, what, err)
+			}
+			if got.Seq <= mod.lastSeq {
+				t.Fatalf("step %d: seq %d after %d", step, got.Seq, mod.lastSeq)
+			}
+			mod.lastSeq = got.Seq
+			if topic != "" {
+				mod.remove(md, func(x modelMsg) string {
+					if x.ch == ch && x.topic == topic {
+						return "replaced_topic"
+					}
+					return ""
+				})
+			}
+			md.msgs = append(md.msgs, modelMsg{seq: got.Seq, ch: ch, topic: topic, expiry: clk.Now().Add(ttl), data: data})
+			for len(md.msgs) > maxMsgs {
+				why := "dropped_cap"
+				if !md.msgs[0].expiry.After(clk.Now()) {
+					why = "expired"
+				}
+				mod.deleted[why]++
+				md.msgs = md.msgs[1:]
+			}
+		case r < 67: // ack
+			var seqs []uint64
+			want := 0
+			if md != nil {
+				for _, x := range md.msgs {
+					if rng.IntN(2) == 0 {
+						seqs = append(seqs, x.seq)
+						want++
+					}
+				}
+			}
+			seqs = append(seqs, mod.lastSeq+1+uint64(rng.IntN(3)))
+			if want > 0 && rng.IntN(3) == 0 {
+				seqs = append(seqs, seqs[0]) // a duplicate
+			}
+			what = fmt.Sprintf("ack %v %v", u, seqs)
+			n, err := s.Ack(ctx, u, seqs...)
+			if err != nil || n != want {
+				t.Fatalf("step %d: %s = %d, %v; want %d", step, what, n, err, want)
+			}
+			if md != nil {
+				mod.remove(md, func(x modelMsg) string {
+					if slices.Contains(seqs, x.seq) {
+						return "acked"
+					}
+					return ""
+				})
+			}
+		case r < 74: // app-server delete
+			var seq uint64 = mod.lastSeq
+			if md != nil && len(md.msgs) > 0 {
+				seq = md.msgs[rng.IntN(len(md.msgs))].seq
+			}
+			what = fmt.Sprintf("delete %v %v %d", u, ch, seq)
+			ok, err := s.Delete(ctx, u, ch, seq)
+			want := false
+			if md != nil {
+				want = mod.remove(md, func(x modelMsg) string {
+					if x.seq == seq && x.ch == ch {
+						return "deleted"
+					}
+					return ""
+				}) == 1
+			}
+			if err != nil || ok != want {
+				t.Fatalf("step %d: %s = %v, %v; want %v", step, what, ok, err, want)
+			}
+		case r < 77: // delete device
+			what = fmt.Sprintf("delete device %v", u)
+			if err := s.DeleteDevice(ctx, u); err != nil {
+				t.Fatalf("step %d: %s: %v", step, what, err)
+			}
+			if md != nil {
+				mod.deleted["unregistered"] += len(md.msgs)
+				delete(mod.devs, u)
+			}
+		case r < 87: // time passes
+			d := time.Duration(rng.IntN(2000)) * time.Millisecond
+			what = fmt.Sprintf("advance %v", d)
+			clk.Add(d)
+		case r < 95: // sweep
+			what = "sweep"
+			n, err := s.Sweep(ctx)
+			want := 0
+			for _, d := range mod.devs {
+				want += mod.remove(d, func(x modelMsg) string {
+					if !x.expiry.After(clk.Now()) {
+						return "expired"
+					}
+					return ""
+				})
+			}
+			if err != nil || n != want {
+				t.Fatalf("step %d: %s = %d, %v; want %d", step, what, n, err, want)
+			}
+		default: // touch
+			what = fmt.Sprintf("touch %v", u)
+			if err := s.Touch(ctx, u, clk.Now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		check(step, what)
+	}
+
+	for _, r := range reasonNames {
+		if got := deletedMetric(t, reg, r); got != float64(mod.deleted[r]) {
+			t.Errorf("deleted{%s} = %v, model %d", r, got, mod.deleted[r])
+		}
+	}
+	t.Logf("deleted by reason: %v; final %+v", mod.deleted, mod.totals())
+
+	// The totals persisted in meta survive a reopen.
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	opts.Metrics = nil
+	if s, err = Open(opts); err != nil {
+		t.Fatal(err)
+	}
+	check(steps, "reopen")
+}
+
+func hasChan(d *modelDev, ch ChannelID) bool {
+	_, ok := d.chans[ch]
+	return ok
+}

@@ -1,0 +1,476 @@
+package store
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// sweepChunk bounds the expired messages one sweep transaction removes, so
+// a large backlog does not make one huge commit.
+const sweepChunk = 10000
+
+// ---- devices ----
+
+// Device returns u's record, or false if it has none.
+func (s *Store) Device(u UAID) (Device, bool, error) {
+	var (
+		d  Device
+		ok bool
+	)
+	err := s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketDevices).Get(u[:])
+		if v == nil {
+			return nil
+		}
+		var err error
+		d, err = decodeDevice(u, v)
+		ok = err == nil
+		return err
+	})
+	return d, ok, err
+}
+
+// Touch sets u's LastSeen to now if u has a record; otherwise it does
+// nothing.
+func (s *Store) Touch(ctx context.Context, u UAID, now time.Time) error {
+	return s.do(ctx, func(t *txn) error {
+		d, ok, err := t.device(u)
+		if err != nil || !ok {
+			return err
+		}
+		d.LastSeen = now
+		return t.putDevice(d)
+	})
+}
+
+// SetWake stores the wake subsystem's blob for u, verbatim. It fails with
+// ErrNoDevice if u has no record (devices get one by registering a
+// channel).
+func (s *Store) SetWake(ctx context.Context, u UAID, wake []byte) error {
+	wake = bytes.Clone(wake)
+	return s.do(ctx, func(t *txn) error {
+		d, ok, err := t.device(u)
+		if err != nil {
+			return err
+		}
+		if !ok {
+			return reject(ErrNoDevice)
+		}
+		d.Wake = wake
+		return t.putDevice(d)
+	})
+}
+
+// DeleteDevice removes u's record, channels and messages (counted as
+// unregistered). Deleting an unknown device is not an error.
+func (s *Store) DeleteDevice(ctx context.Context, u UAID) error {
+	return s.do(ctx, func(t *txn) error {
+		_, ok, err := t.device(u)
+		if err != nil {
+			return err
+		}
+		seqs, hs, err := t.uaidMessages(u, nil)
+		if err != nil {
+			return err
+		}
+		for i, seq := range seqs {
+			if err := t.removeMessage(u, seq, hs[i], reasonUnregistered); err != nil {
+				return err
+			}
+		}
+		for _, k := range keysWithPrefix(t.channels, u[:]) {
+			if err := t.channels.Delete(k); err != nil {
+				return err
+			}
+			t.delta.channels--
+		}
+		// Topic rows all went with their messages; this catches strays.
+		for _, k := range keysWithPrefix(t.topics, u[:]) {
+			if err := t.topics.Delete(k); err != nil {
+				return err
+			}
+		}
+		if ok {
+			t.delta.devices--
+			return t.devices.Delete(u[:])
+		}
+		return nil
+	})
+}
+
+// ---- channels ----
+
+// Register adds channel c, creating its device's record if needed (with
+// Created and LastSeen set to c.Created, or now if that is zero).
+// Registering an existing channel again with an equal Key is a no-op;
+// with another Key it fails with ErrChannelConflict. A device over
+// MaxChannelsPerUAID gets ErrTooManyChannels.
+func (s *Store) Register(ctx context.Context, c Channel) error {
+	if c.Created.IsZero() {
+		c.Created = s.now()
+	}
+	key := channelKey(c.UAID, c.ID)
+	val := encodeChannel(c)
+	return s.do(ctx, func(t *txn) error {
+		if v := t.channels.Get(key); v != nil {
+			old, err := decodeChannel(c.UAID, c.ID, v)
+			if err != nil {
+				return err
+			}
+			if bytes.Equal(old.Key, c.Key) {
+				return nil
+			}
+			return reject(ErrChannelConflict)
+		}
+		d, ok, err := t.device(c.UAID)
+		if err != nil {
+			return err
+		}
+		if ok && d.Channels >= t.maxChannels {
+			return reject(ErrTooManyChannels)
+		}
+		if !ok {
+			d = Device{UAID: c.UAID, Created: c.Created, LastSeen: c.Created}
+			t.delta.devices++
+		}
+		if err := t.channels.Put(key, val); err != nil {
+			return err
+		}
+		d.Channels++
+		t.delta.channels++
+		return t.putDevice(d)
+	})
+}
+
+// Channel returns one channel, or false if it is not registered.
+func (s *Store) Channel(u UAID, id ChannelID) (Channel, bool, error) {
+	var (
+		c  Channel
+		ok bool
+	)
+	err := s.view(func(tx *bolt.Tx) error {
+		v := tx.Bucket(bucketChannels).Get(channelKey(u, id))
+		if v == nil {
+			return nil
+		}
+		var err error
+		c, err = decodeChannel(u, id, v)
+		ok = err == nil
+		return err
+	})
+	return c, ok, err
+}
+
+// Channels returns u's channels ordered by ID.
+func (s *Store) Channels(u UAID) ([]Channel, error) {
+	var out []Channel
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketChannels).Cursor()
+		for k, v := c.Seek(u[:]); k != nil && bytes.HasPrefix(k, u[:]); k, v = c.Next() {
+			var id ChannelID
+			copy(id[:], k[16:])
+			ch, err := decodeChannel(u, id, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, ch)
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Unregister removes a channel and its waiting messages (counted as
+// unregistered). It reports false if the channel did not exist.
+func (s *Store) Unregister(ctx context.Context, u UAID, id ChannelID) (bool, error) {
+	key := channelKey(u, id)
+	var existed bool
+	err := s.do(ctx, func(t *txn) error {
+		existed = false
+		if t.channels.Get(key) == nil {
+			return nil
+		}
+		d, ok, err := t.device(u)
+		if err != nil {
+			return err
+		}
+		seqs, hs, err := t.uaidMessages(u, &id)
+		if err != nil {
+			return err
+		}
+		for i, seq := range seqs {
+			if err := t.removeMessage(u, seq, hs[i], reasonUnregistered); err != nil {
+				return err
+			}
+		}
+		if err := t.channels.Delete(key); err != nil {
+			return err
+		}
+		t.delta.channels--
+		existed = true
+		if !ok {
+			return nil
+		}
+		d.Channels--
+		d.Waiting -= len(seqs)
+		return t.putDevice(d)
+	})
+	return existed, err
+}
+
+// ---- messages ----
+
+// Append stores m and returns it with its Seq (and Received and Expiry
+// filled in when they were zero). The channel must be registered
+// (ErrNoChannel); m.TTL must be positive (ErrZeroTTL). A waiting message
+// with the same non-empty Topic on the same channel is replaced (counted
+// as replaced_topic) and the new one gets a new Seq. If the device then
+// holds more than MaxMessagesPerUAID messages its oldest are dropped
+// (counted as dropped_cap).
+func (s *Store) Append(ctx context.Context, m Message) (Message, error) {
+	apply, seq, err := s.appendOp(&m)
+	if err != nil {
+		return Message{}, err
+	}
+	if err := s.do(ctx, apply); err != nil {
+		return Message{}, err
+	}
+	m.Seq = *seq
+	return m, nil
+}
+
+// appendOp validates and completes m and returns the op that stores it
+// and where that op leaves the seq. Encoding happens here, in the
+// caller's goroutine, not in the committer.
+func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
+	if m.TTL <= 0 {
+		return nil, nil, ErrZeroTTL
+	}
+	if len(m.Topic) > MaxTopicLen {
+		return nil, nil, fmt.Errorf("%w: topic longer than %d bytes", ErrBadMessage, MaxTopicLen)
+	}
+	if m.Received.IsZero() {
+		m.Received = s.now()
+	}
+	if m.Expiry.IsZero() {
+		m.Expiry = m.Received.Add(m.TTL)
+	}
+	m.Seq = 0
+	val := encodeMessage(m)
+	exp := timeNanos(m.Expiry)
+	u, ch, topic := m.UAID, m.Channel, m.Topic
+	seq := new(uint64)
+	apply := func(t *txn) error {
+		d, ok, err := t.device(u)
+		if err != nil {
+			return err
+		}
+		if !ok || t.channels.Get(channelKey(u, ch)) == nil {
+			return reject(ErrNoChannel)
+		}
+		var tk []byte
+		if topic != "" {
+			tk = topicKey(u, ch, topic)
+			if old, ok := beUint64(t.topics.Get(tk)); ok {
+				h, found, err := t.header(u, old)
+				if err != nil {
+					return err
+				}
+				if found {
+					if err := t.removeMessage(u, old, h, reasonReplacedTopic); err != nil {
+						return err
+					}
+					d.Waiting--
+				}
+			}
+		}
+		if *seq, err = t.messages.NextSequence(); err != nil {
+			return err
+		}
+		if err := t.messages.Put(messageKey(u, *seq), val); err != nil {
+			return err
+		}
+		if err := t.expiry.Put(expiryKey(exp, u, *seq), nil); err != nil {
+			return err
+		}
+		if tk != nil {
+			if err := t.topics.Put(tk, seqValue(*seq)); err != nil {
+				return err
+			}
+		}
+		d.Waiting++
+		t.delta.waiting++
+		t.stored++
+		for d.Waiting > t.maxMessages {
+			dropped, err := t.dropOldest(&d)
+			if err != nil {
+				return err
+			}
+			if !dropped {
+				break
+			}
+		}
+		return t.putDevice(d)
+	}
+	return apply, seq, nil
+}
+
+// Messages returns up to limit (all if limit <= 0) of u's unexpired
+// messages with Seq > afterSeq, in Seq order.
+func (s *Store) Messages(u UAID, afterSeq uint64, limit int) ([]Message, error) {
+	now := timeNanos(s.now())
+	var out []Message
+	err := s.view(func(tx *bolt.Tx) error {
+		if afterSeq == ^uint64(0) {
+			return nil
+		}
+		c := tx.Bucket(bucketMessages).Cursor()
+		for k, v := c.Seek(messageKey(u, afterSeq+1)); k != nil && bytes.HasPrefix(k, u[:]); k, v = c.Next() {
+			seq := binary.BigEndian.Uint64(k[16:])
+			if len(v) >= messageFixed && binary.BigEndian.Uint64(v[33:]) <= now {
+				continue // expired, waiting for the sweeper
+			}
+			m, err := decodeMessage(u, seq, v)
+			if err != nil {
+				return err
+			}
+			out = append(out, m)
+			if limit > 0 && len(out) >= limit {
+				break
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// Ack deletes u's messages with the given seqs (counted as acked) and
+// returns how many existed. Unknown seqs are ignored.
+func (s *Store) Ack(ctx context.Context, u UAID, seqs ...uint64) (int, error) {
+	if len(seqs) == 0 {
+		return 0, nil
+	}
+	var n int
+	err := s.do(ctx, func(t *txn) error {
+		n = 0
+		for _, seq := range seqs {
+			h, ok, err := t.header(u, seq)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				continue
+			}
+			if err := t.removeMessage(u, seq, h, reasonAcked); err != nil {
+				return err
+			}
+			n++
+		}
+		return t.adjustWaiting(u, -n)
+	})
+	return n, err
+}
+
+// Delete removes message seq if it belongs to channel ch of u (the app
+// server's DELETE, counted as deleted), reporting whether it did.
+func (s *Store) Delete(ctx context.Context, u UAID, ch ChannelID, seq uint64) (bool, error) {
+	var deleted bool
+	err := s.do(ctx, func(t *txn) error {
+		deleted = false
+		h, ok, err := t.header(u, seq)
+		if err != nil || !ok || h.channel != ch {
+			return err
+		}
+		if err := t.removeMessage(u, seq, h, reasonDeleted); err != nil {
+			return err
+		}
+		deleted = true
+		return t.adjustWaiting(u, -1)
+	})
+	return deleted, err
+}
+
+// Sweep removes every message whose Expiry has passed, using the expiry
+// index, at most sweepChunk per commit, and returns how many it removed.
+// Run calls it every SweepInterval.
+func (s *Store) Sweep(ctx context.Context) (int, error) {
+	total := 0
+	for {
+		var n int
+		var more bool
+		err := s.do(ctx, func(t *txn) error {
+			n, more = 0, false
+			now := timeNanos(t.now)
+			var keys [][]byte
+			c := t.expiry.Cursor()
+			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+				if len(k) != 32 {
+					return corrupt("expiry key", k)
+				}
+				if binary.BigEndian.Uint64(k) > now {
+					break
+				}
+				if len(keys) == s.sweepChunk {
+					more = true
+					break
+				}
+				keys = append(keys, bytes.Clone(k))
+			}
+			perDevice := make(map[UAID]int)
+			for _, k := range keys {
+				var u UAID
+				copy(u[:], k[8:24])
+				seq := binary.BigEndian.Uint64(k[24:])
+				h, ok, err := t.header(u, seq)
+				if err != nil {
+					return err
+				}
+				if !ok {
+					// A stray index row; drop it.
+					if err := t.expiry.Delete(k); err != nil {
+						return err
+					}
+					continue
+				}
+				if err := t.removeMessage(u, seq, h, reasonExpired); err != nil {
+					return err
+				}
+				// Normally removeMessage already did; this guarantees
+				// progress even if the row and the record disagree.
+				if err := t.expiry.Delete(k); err != nil {
+					return err
+				}
+				perDevice[u]++
+				n++
+			}
+			for u, k := range perDevice {
+				if err := t.adjustWaiting(u, -k); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		total += n
+		if err != nil || !more {
+			return total, err
+		}
+	}
+}
+
+// adjustWaiting adds delta to u's Waiting, if u has a record.
+func (t *txn) adjustWaiting(u UAID, delta int) error {
+	if delta == 0 {
+		return nil
+	}
+	d, ok, err := t.device(u)
+	if err != nil || !ok {
+		return err
+	}
+	d.Waiting = max(d.Waiting+delta, 0)
+	return t.putDevice(d)
+}

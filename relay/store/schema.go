@@ -1,0 +1,163 @@
+package store
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// Bucket names and meta keys. The tree is drawn in doc.go.
+var (
+	bucketDevices  = []byte("devices")
+	bucketChannels = []byte("channels")
+	bucketMessages = []byte("messages")
+	bucketTopics   = []byte("topics")
+	bucketExpiry   = []byte("expiry")
+	bucketMeta     = []byte("meta")
+
+	metaSchema   = []byte("schema")
+	metaDevices  = []byte("devices")
+	metaChannels = []byte("channels")
+	metaWaiting  = []byte("waiting")
+)
+
+// A migration moves the file from version-1 to version. Migrations run in
+// order inside the one transaction Open uses, so a file is either fully at
+// the old version or fully at the new one.
+type migration struct {
+	version uint64
+	name    string
+	apply   func(tx *bolt.Tx) error
+}
+
+// migrations is the schema history. Append only; never edit a released
+// entry, since files in the field were written by it.
+var migrations = []migration{
+	{1, "create buckets", migrateCreateBuckets},
+	{2, "keep device, channel and waiting totals in meta", migrateCountTotals},
+}
+
+// schemaVersion is the version this build writes.
+func schemaVersion() uint64 { return migrations[len(migrations)-1].version }
+
+// readSchema returns the file's schema version; a file without a meta
+// bucket or schema key (new or empty) is version 0.
+func readSchema(tx *bolt.Tx) (uint64, error) {
+	meta := tx.Bucket(bucketMeta)
+	if meta == nil {
+		return 0, nil
+	}
+	v := meta.Get(metaSchema)
+	if v == nil {
+		return 0, nil
+	}
+	n, ok := beUint64(v)
+	if !ok {
+		return 0, corrupt("meta", metaSchema)
+	}
+	return n, nil
+}
+
+// migrate applies the entries of list newer than the file's version and
+// records the new version. It returns the versions before and after.
+func migrate(tx *bolt.Tx, list []migration) (from, to uint64, err error) {
+	from, err = readSchema(tx)
+	if err != nil {
+		return 0, 0, err
+	}
+	latest := list[len(list)-1].version
+	if from > latest {
+		return from, from, fmt.Errorf("%w: file is version %d, this build knows up to %d", ErrSchemaTooNew, from, latest)
+	}
+	to = from
+	for _, m := range list {
+		if m.version <= from {
+			continue
+		}
+		if err := m.apply(tx); err != nil {
+			return from, to, fmt.Errorf("migrate to schema %d (%s): %w", m.version, m.name, err)
+		}
+		to = m.version
+		meta, err := tx.CreateBucketIfNotExists(bucketMeta)
+		if err != nil {
+			return from, to, err
+		}
+		if err := meta.Put(metaSchema, seqValue(to)); err != nil {
+			return from, to, err
+		}
+	}
+	return from, to, nil
+}
+
+// Version 1: the buckets.
+func migrateCreateBuckets(tx *bolt.Tx) error {
+	for _, name := range [][]byte{bucketDevices, bucketChannels, bucketMessages, bucketTopics, bucketExpiry, bucketMeta} {
+		if _, err := tx.CreateBucketIfNotExists(name); err != nil {
+			return fmt.Errorf("create bucket %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Version 2: totals in meta, so Open and Stats never scan. Computed once
+// from the device records, which already carry per-device counts; this
+// reads every device, never every message.
+func migrateCountTotals(tx *bolt.Tx) error {
+	var devices, channels, waiting uint64
+	err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+		var u UAID
+		if len(k) != len(u) {
+			return corrupt("device key", k)
+		}
+		copy(u[:], k)
+		d, err := decodeDevice(u, v)
+		if err != nil {
+			return err
+		}
+		devices++
+		channels += uint64(d.Channels)
+		waiting += uint64(d.Waiting)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	return putTotals(tx.Bucket(bucketMeta), totals{int64(devices), int64(channels), int64(waiting)})
+}
+
+// totals are the store-wide counters kept in meta.
+type totals struct{ devices, channels, waiting int64 }
+
+func readTotals(meta *bolt.Bucket) (totals, error) {
+	var t totals
+	for _, f := range []struct {
+		key []byte
+		dst *int64
+	}{{metaDevices, &t.devices}, {metaChannels, &t.channels}, {metaWaiting, &t.waiting}} {
+		v := meta.Get(f.key)
+		if v == nil {
+			continue
+		}
+		n, ok := beUint64(v)
+		if !ok {
+			return totals{}, corrupt("meta", f.key)
+		}
+		*f.dst = int64(n)
+	}
+	return t, nil
+}
+
+func putTotals(meta *bolt.Bucket, t totals) error {
+	for _, f := range []struct {
+		key []byte
+		n   int64
+	}{{metaDevices, t.devices}, {metaChannels, t.channels}, {metaWaiting, t.waiting}} {
+		v := make([]byte, 8)
+		binary.BigEndian.PutUint64(v, uint64(max(f.n, 0)))
+		if err := meta.Put(f.key, v); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,454 @@
+package store
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+
+	"github.com/pushrelay/pushrelay/relay/metrics"
+)
+
+// Options configure a Store. The zero value of every field but Path is a
+// usable default.
+type Options struct {
+	// Path is the bbolt file, created with mode 0600 if missing. Its
+	// directory must exist.
+	Path string
+	// MaxMessagesPerUAID caps a device's stored messages; Append over the
+	// cap drops the device's oldest message (counted as dropped_cap).
+	// Default 1000.
+	MaxMessagesPerUAID int
+	// MaxChannelsPerUAID caps a device's channels. Default 1000.
+	MaxChannelsPerUAID int
+	// MaxBatch is the most operations one commit carries. Default 1024.
+	MaxBatch int
+	// QueueSize bounds the operations waiting for the committer; a
+	// mutating call blocks (until its context is done) when it is full.
+	// Default 4096.
+	QueueSize int
+	// SweepInterval is how often Run removes expired messages. Default 30s.
+	SweepInterval time.Duration
+	// LockTimeout is how long Open waits for another process to release
+	// the file before failing with ErrLocked. Default 1s.
+	LockTimeout time.Duration
+	// MaxSize, when positive, caps the file size in bytes; writes that
+	// would grow the file beyond it fail. Small 32-bit gateways set it
+	// well under their mmap limit (about 2 GB on arm, 1 GB on mips).
+	MaxSize int
+	// Metrics receives the store's metrics; nil keeps them private. A
+	// Registry can hold the metrics of one Store only.
+	Metrics *metrics.Registry
+	// Logger; nil discards.
+	Logger *slog.Logger
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+}
+
+// Validate reports options Open would refuse.
+func (o Options) Validate() error {
+	switch {
+	case o.Path == "":
+		return errors.New("store: no path")
+	case o.MaxMessagesPerUAID < 0, o.MaxChannelsPerUAID < 0, o.MaxBatch < 0, o.QueueSize < 0, o.MaxSize < 0:
+		return errors.New("store: negative limit")
+	case o.SweepInterval < 0, o.LockTimeout < 0:
+		return errors.New("store: negative interval")
+	}
+	return nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.MaxMessagesPerUAID == 0 {
+		o.MaxMessagesPerUAID = 1000
+	}
+	if o.MaxChannelsPerUAID == 0 {
+		o.MaxChannelsPerUAID = 1000
+	}
+	if o.MaxBatch == 0 {
+		o.MaxBatch = 1024
+	}
+	if o.QueueSize == 0 {
+		o.QueueSize = 4096
+	}
+	if o.SweepInterval == 0 {
+		o.SweepInterval = 30 * time.Second
+	}
+	if o.LockTimeout == 0 {
+		o.LockTimeout = time.Second
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Store is pushrelay's durable state. Its methods are safe for concurrent
+// use. Every mutating method returns only once its change is on disk
+// (fsynced) or has failed; concurrent mutations share one commit.
+//
+// Open starts the committer goroutine, so a Store works without Run; Run
+// only adds the periodic TTL sweep. Close stops the committer.
+type Store struct {
+	opts Options
+	db   *bolt.DB
+	log  *slog.Logger
+	now  func() time.Time
+	m    *storeMetrics
+
+	// mu guards closed and the send side of queue: senders hold it shared
+	// while they send, Close holds it exclusively to close queue, so no
+	// send can hit a closed channel. The committer never takes it.
+	mu      sync.RWMutex
+	closed  bool
+	queue   chan *op
+	closing chan struct{} // closed by Close; stops Run
+
+	committerDone chan struct{}
+	closeOnce     sync.Once
+	closeErr      error
+
+	// tot is the committed totals, owned by the committer; the atomics
+	// publish them to Stats and the gauges.
+	tot                       totals
+	nDevices, nChans, nWait   atomic.Int64
+	nCommits                  atomic.Uint64 // successful commits, for benchmarks
+	maxMessages, maxChannels  int
+	sweepChunk                int
+	lastCommitErrLog          time.Time
+	suppressedCommitErrorLogs int
+}
+
+// Open opens (creating if needed) the store at opts.Path, migrates its
+// schema and starts the committer. Nothing it does is proportional to the
+// number of stored messages at this layer (bbolt itself walks the page
+// tree once to rebuild its freelist, which it does not persist).
+func Open(opts Options) (*Store, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	o := opts.withDefaults()
+	db, err := openBolt(o)
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open store %s: %w", o.Path, ErrLocked)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("open store %s: %w", o.Path, err)
+	}
+
+	from, to, tot, err := prepare(db)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
+	}
+	switch {
+	case from == 0 && to != 0:
+		o.Logger.Info("store created", "path", o.Path, "schema", to)
+	case from != to:
+		o.Logger.Info("store schema migrated", "path", o.Path, "from", from, "to", to)
+	}
+
+	s := &Store{
+		opts:          o,
+		db:            db,
+		log:           o.Logger,
+		now:           o.Now,
+		queue:         make(chan *op, o.QueueSize),
+		closing:       make(chan struct{}),
+		committerDone: make(chan struct{}),
+		tot:           tot,
+		maxMessages:   o.MaxMessagesPerUAID,
+		maxChannels:   o.MaxChannelsPerUAID,
+		sweepChunk:    sweepChunk,
+	}
+	s.publish()
+	s.m = newMetrics(metrics.OrNew(o.Metrics), s)
+	go s.commitLoop()
+	return s, nil
+}
+
+// prepare migrates the file to this build's schema if needed and reads the
+// totals.
+func prepare(db *bolt.DB) (from, to uint64, tot totals, err error) {
+	err = db.View(func(tx *bolt.Tx) error {
+		from, err = readSchema(tx)
+		return err
+	})
+	if err != nil {
+		return 0, 0, totals{}, err
+	}
+	to = from
+	if from != schemaVersion() {
+		err = db.Update(func(tx *bolt.Tx) error {
+			_, to, err = migrate(tx, migrations)
+			return err
+		})
+		if err != nil {
+			return from, from, totals{}, err
+		}
+	}
+	err = db.View(func(tx *bolt.Tx) error {
+		tot, err = readTotals(tx.Bucket(bucketMeta))
+		return err
+	})
+	return from, to, tot, err
+}
+
+// openBolt opens the file. The freelist is not persisted (so commits
+// write fewer pages); bbolt rebuilds it at open by walking the page tree,
+// and panics if that walk finds a broken page, which we report as an
+// error instead.
+func openBolt(o Options) (db *bolt.DB, err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			db, err = nil, fmt.Errorf("bbolt: %v (file corrupt?)", r)
+		}
+	}()
+	return bolt.Open(o.Path, 0o600, &bolt.Options{
+		Timeout:        o.LockTimeout, // a second process fails fast with ErrLocked
+		NoFreelistSync: true,
+		FreelistType:   bolt.FreelistMapType,
+		Mlock:          false,
+		MaxSize:        o.MaxSize,
+	})
+}
+
+// Run removes expired messages every SweepInterval until ctx is done or
+// the store is closed. It returns nil then; sweep errors are logged.
+func (s *Store) Run(ctx context.Context) error {
+	tick := time.NewTicker(s.opts.SweepInterval)
+	defer tick.Stop()
+	for {
+		n, err := s.Sweep(ctx)
+		switch {
+		case errors.Is(err, ErrClosed) || ctx.Err() != nil:
+			return nil
+		case err != nil:
+			s.log.Warn("store sweep failed", "err", err, "expired", n)
+		case n > 0:
+			s.log.Debug("store sweep", "expired", n)
+		}
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.closing:
+			return nil
+		case <-tick.C:
+		}
+	}
+}
+
+// Close refuses new work (ErrClosed), lets the operations already queued
+// commit, stops the committer and closes the file. It is idempotent and
+// returns the same result every time.
+func (s *Store) Close() error {
+	s.closeOnce.Do(func() {
+		s.mu.Lock()
+		s.closed = true
+		close(s.closing)
+		close(s.queue)
+		s.mu.Unlock()
+		<-s.committerDone
+		if err := s.db.Close(); err != nil {
+			s.closeErr = fmt.Errorf("close store %s: %w", s.opts.Path, err)
+		}
+	})
+	return s.closeErr
+}
+
+// Stats returns the store-wide totals as of the last commit.
+func (s *Store) Stats() (Stats, error) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return Stats{}, ErrClosed
+	}
+	return Stats{Devices: s.nDevices.Load(), Channels: s.nChans.Load(), Waiting: s.nWait.Load()}, nil
+}
+
+func (s *Store) publish() {
+	s.nDevices.Store(s.tot.devices)
+	s.nChans.Store(s.tot.channels)
+	s.nWait.Store(s.tot.waiting)
+}
+
+// view runs a read transaction unless the store is closed.
+func (s *Store) view(fn func(tx *bolt.Tx) error) error {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	return s.db.View(fn)
+}
+
+// ---- group commit ----
+
+// An op is one mutation waiting for the committer.
+type op struct {
+	ctx context.Context
+	// apply runs inside the batch's write transaction. It returns nil, a
+	// rejection (the op's own outcome; it must have written nothing), or
+	// any other error, which aborts the transaction.
+	apply func(t *txn) error
+	err   error         // the outcome, set by the committer
+	done  chan struct{} // closed by the committer when err is final
+}
+
+// rejection marks an error as an op's logical outcome rather than a
+// failure of the transaction.
+type rejection struct{ err error }
+
+func (r rejection) Error() string { return r.err.Error() }
+func (r rejection) Unwrap() error { return r.err }
+
+func reject(err error) error { return rejection{err} }
+
+// do queues apply and waits for its commit. ctx bounds the wait for queue
+// space, and an op whose ctx is done before its transaction starts is
+// skipped; once applied, the call waits for the fsync, so a nil error
+// always means durable and a non-nil error means nothing was written.
+func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
+	o := &op{ctx: ctx, apply: apply, done: make(chan struct{})}
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	select {
+	case s.queue <- o:
+	case <-ctx.Done():
+		s.mu.RUnlock()
+		return ctx.Err()
+	}
+	s.mu.RUnlock()
+	<-o.done
+	return o.err
+}
+
+// commitLoop is the committer: it takes the first queued op, adds what
+// else is already queued up to MaxBatch, commits them in one transaction
+// and repeats. It never waits for more work to arrive, so a lone writer
+// pays one fsync and, under load, the next batch forms while the current
+// one is being written.
+func (s *Store) commitLoop() {
+	defer close(s.committerDone)
+	batch := make([]*op, 0, s.opts.MaxBatch)
+	for o := range s.queue {
+		batch = append(batch[:0], o)
+	drain:
+		for len(batch) < s.opts.MaxBatch {
+			select {
+			case o, ok := <-s.queue:
+				if !ok {
+					break drain
+				}
+				batch = append(batch, o)
+			default:
+				break drain
+			}
+		}
+		s.commit(batch)
+		clear(batch) // drop references for the GC
+	}
+}
+
+// commit applies batch in one write transaction and completes every op.
+// If an op fails with a non-rejection error, the transaction is rolled
+// back, that op gets the error and the rest are retried without it; if
+// the commit itself fails, every op gets the error.
+func (s *Store) commit(batch []*op) {
+	start := time.Now()
+	s.m.batchSize.Observe(float64(len(batch)))
+	ops := batch
+	for len(ops) > 0 {
+		var t *txn
+		failed := -1
+		err := s.db.Update(func(tx *bolt.Tx) error {
+			t = s.newTxn(tx)
+			var err error
+			if failed, err = applyOps(t, ops); err != nil {
+				return err
+			}
+			return putTotals(t.meta, s.tot.add(t.delta))
+		})
+		if err == nil {
+			s.tot = s.tot.add(t.delta)
+			s.publish()
+			s.nCommits.Add(1)
+			s.m.commits.Inc()
+			s.m.commitSeconds.Observe(time.Since(start).Seconds())
+			t.countMetrics(s.m)
+			for _, o := range ops {
+				close(o.done)
+			}
+			return
+		}
+		s.m.commitErrors.Inc()
+		if failed >= 0 {
+			o := ops[failed]
+			o.err = fmt.Errorf("store write: %w", err)
+			close(o.done)
+			s.logCommitError("store op failed; retrying the rest of its batch", err)
+			ops = slices.Delete(ops, failed, failed+1)
+			continue
+		}
+		err = fmt.Errorf("store commit: %w", err)
+		s.logCommitError("store commit failed", err)
+		for _, o := range ops {
+			o.err = err
+			close(o.done)
+		}
+		return
+	}
+}
+
+// logCommitError logs at most one commit error a second, so a failing
+// disk does not flood the log.
+func (s *Store) logCommitError(msg string, err error) {
+	now := time.Now()
+	if now.Sub(s.lastCommitErrLog) < time.Second {
+		s.suppressedCommitErrorLogs++
+		return
+	}
+	s.log.Error(msg, "err", err, "suppressed", s.suppressedCommitErrorLogs)
+	s.lastCommitErrLog, s.suppressedCommitErrorLogs = now, 0
+}
+
+// applyOps runs ops in t. It returns the index of the op whose error must
+// abort the transaction, or -1.
+func applyOps(t *txn, ops []*op) (int, error) {
+	for i, o := range ops {
+		if err := o.ctx.Err(); err != nil {
+			o.err = err
+			continue
+		}
+		err := o.apply(t)
+		var r rejection
+		switch {
+		case err == nil:
+			o.err = nil
+		case errors.As(err, &r):
+			o.err = r.err
+		default:
+			return i, err
+		}
+	}
+	return -1, nil
+}
+
+func (a totals) add(b totals) totals {
+	return totals{
+		devices:  max(a.devices+b.devices, 0),
+		channels: max(a.channels+b.channels, 0),
+		waiting:  max(a.waiting+b.waiting, 0),
+	}
+}

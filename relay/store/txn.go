@@ -1,0 +1,181 @@
+package store
+
+import (
+	"bytes"
+	"encoding/binary"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// reason says why a message left the store; it is the label of
+// pushrelay_store_messages_deleted_total.
+type reason int
+
+const (
+	reasonAcked reason = iota
+	reasonExpired
+	reasonReplacedTopic
+	reasonDroppedCap
+	reasonUnregistered
+	reasonDeleted
+	numReasons
+)
+
+var reasonNames = [numReasons]string{
+	reasonAcked:         "acked",
+	reasonExpired:       "expired",
+	reasonReplacedTopic: "replaced_topic",
+	reasonDroppedCap:    "dropped_cap",
+	reasonUnregistered:  "unregistered",
+	reasonDeleted:       "deleted",
+}
+
+// txn is one batch's write transaction with its buckets and the effects
+// to publish if it commits. Ops keep the per-device counts in the device
+// records and report store-wide changes in delta.
+type txn struct {
+	tx                                                *bolt.Tx
+	devices, channels, messages, topics, expiry, meta *bolt.Bucket
+	now                                               time.Time
+	maxMessages, maxChannels                          int
+
+	delta   totals
+	stored  int
+	deleted [numReasons]int
+}
+
+func (s *Store) newTxn(tx *bolt.Tx) *txn {
+	t := &txn{
+		tx:          tx,
+		devices:     tx.Bucket(bucketDevices),
+		channels:    tx.Bucket(bucketChannels),
+		messages:    tx.Bucket(bucketMessages),
+		topics:      tx.Bucket(bucketTopics),
+		expiry:      tx.Bucket(bucketExpiry),
+		meta:        tx.Bucket(bucketMeta),
+		now:         s.now(),
+		maxMessages: s.maxMessages,
+		maxChannels: s.maxChannels,
+	}
+	// Messages and expiry rows are queues: appended at the tail of a key
+	// range (a device's seqs, expiry times) and removed from its head.
+	// bbolt's default half-full split doubles their size on disk.
+	t.messages.FillPercent = appendFillPercent
+	t.expiry.FillPercent = appendFillPercent
+	return t
+}
+
+const appendFillPercent = 0.9
+
+func (t *txn) countMetrics(m *storeMetrics) {
+	if t.stored > 0 {
+		m.stored.Add(float64(t.stored))
+	}
+	for r, n := range t.deleted {
+		if n > 0 {
+			m.deleted[r].Add(float64(n))
+		}
+	}
+}
+
+func (t *txn) device(u UAID) (Device, bool, error) {
+	v := t.devices.Get(u[:])
+	if v == nil {
+		return Device{}, false, nil
+	}
+	d, err := decodeDevice(u, v)
+	return d, err == nil, err
+}
+
+func (t *txn) putDevice(d Device) error {
+	return t.devices.Put(deviceKey(d.UAID), encodeDevice(d))
+}
+
+// header decodes the index fields of message u/seq, or reports it absent.
+func (t *txn) header(u UAID, seq uint64) (msgHeader, bool, error) {
+	v := t.messages.Get(messageKey(u, seq))
+	if v == nil {
+		return msgHeader{}, false, nil
+	}
+	h, err := decodeHeader(u, seq, v)
+	return h, err == nil, err
+}
+
+// removeMessage deletes message u/seq and its index rows and counts it
+// under why. The caller adjusts the device's Waiting.
+func (t *txn) removeMessage(u UAID, seq uint64, h msgHeader, why reason) error {
+	if err := t.messages.Delete(messageKey(u, seq)); err != nil {
+		return err
+	}
+	if err := t.expiry.Delete(expiryKey(h.expiry, u, seq)); err != nil {
+		return err
+	}
+	if h.topic != "" {
+		tk := topicKey(u, h.channel, h.topic)
+		if cur, ok := beUint64(t.topics.Get(tk)); ok && cur == seq {
+			if err := t.topics.Delete(tk); err != nil {
+				return err
+			}
+		}
+	}
+	t.delta.waiting--
+	t.deleted[why]++
+	return nil
+}
+
+// dropOldest removes d's oldest message; false if it has none. An
+// expired message is counted as expired, not as dropped.
+func (t *txn) dropOldest(d *Device) (bool, error) {
+	k, v := t.messages.Cursor().Seek(d.UAID[:])
+	if k == nil || !bytes.HasPrefix(k, d.UAID[:]) {
+		return false, nil
+	}
+	seq := binary.BigEndian.Uint64(k[16:])
+	h, err := decodeHeader(d.UAID, seq, v)
+	if err != nil {
+		return false, err
+	}
+	why := reasonDroppedCap
+	if h.expiry <= timeNanos(t.now) {
+		why = reasonExpired
+	}
+	if err := t.removeMessage(d.UAID, seq, h, why); err != nil {
+		return false, err
+	}
+	d.Waiting--
+	return true, nil
+}
+
+// uaidMessages returns the seqs and headers of u's messages, optionally
+// only those of channel ch.
+func (t *txn) uaidMessages(u UAID, ch *ChannelID) ([]uint64, []msgHeader, error) {
+	var (
+		seqs []uint64
+		hs   []msgHeader
+	)
+	c := t.messages.Cursor()
+	for k, v := c.Seek(u[:]); k != nil && bytes.HasPrefix(k, u[:]); k, v = c.Next() {
+		seq := binary.BigEndian.Uint64(k[16:])
+		h, err := decodeHeader(u, seq, v)
+		if err != nil {
+			return nil, nil, err
+		}
+		if ch != nil && h.channel != *ch {
+			continue
+		}
+		seqs = append(seqs, seq)
+		hs = append(hs, h)
+	}
+	return seqs, hs, nil
+}
+
+// keysWithPrefix copies the keys of b that start with prefix.
+func keysWithPrefix(b *bolt.Bucket, prefix []byte) [][]byte {
+	var keys [][]byte
+	c := b.Cursor()
+	for k, _ := c.Seek(prefix); k != nil && bytes.HasPrefix(k, prefix); k, _ = c.Next() {
+		keys = append(keys, bytes.Clone(k))
+	}
+	return keys
+}
