@@ -1,0 +1,541 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/pushclient"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// runBench is `pushrelay bench SCENARIO`: load tools that start this same
+// binary as the relay under test (a child process on loopback, port 0),
+// drive it like devices and app servers do, and print what they measured.
+// Every loop is bounded in count and time.
+func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	if len(args) == 0 {
+		return errors.New("usage: pushrelay bench conns|throughput|startup [flags]")
+	}
+	switch args[0] {
+	case "conns":
+		return benchConns(ctx, args[1:], stdout, stderr)
+	case "throughput":
+		return benchThroughput(ctx, args[1:], stdout, stderr)
+	case "startup":
+		return benchStartup(ctx, args[1:], stdout, stderr)
+	}
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup)", args[0])
+}
+
+// child is a relay under test.
+type child struct {
+	cmd      *exec.Cmd
+	device   string
+	endpoint string
+	admin    string
+	done     chan error
+}
+
+var benchAnnounce = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
+
+func startChild(ctx context.Context, dataDir string, extra ...string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	args := append([]string{"run", "--data-dir", dataDir,
+		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--log-level", "warn"}, extra...)
+	c := &child{cmd: exec.Command(self, args...), done: make(chan error, 1)}
+	c.cmd.Stderr = os.Stderr
+	out, err := c.cmd.StdoutPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := c.cmd.Start(); err != nil {
+		return nil, err
+	}
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(out)
+		n := 0
+		for sc.Scan() {
+			if m := benchAnnounce.FindStringSubmatch(sc.Text()); m != nil {
+				v := strings.TrimSuffix(strings.TrimSuffix(m[2], "/status"), "/")
+				switch m[1] {
+				case "devices":
+					c.device = m[2]
+				case "endpoint":
+					c.endpoint = v
+				case "admin":
+					c.admin = v
+				}
+				if n++; n == 3 {
+					close(found)
+				}
+			}
+		}
+		c.done <- c.cmd.Wait()
+	}()
+	select {
+	case <-found:
+	case err := <-c.done:
+		return nil, fmt.Errorf("relay exited at start: %v", err)
+	case <-time.After(60 * time.Second):
+		c.cmd.Process.Kill()
+		return nil, errors.New("relay did not start within 60s")
+	case <-ctx.Done():
+		c.cmd.Process.Kill()
+		return nil, ctx.Err()
+	}
+	return c, c.waitReady(60 * time.Second)
+}
+
+func (c *child) waitReady(limit time.Duration) error {
+	deadline := time.Now().Add(limit)
+	for time.Now().Before(deadline) {
+		if resp, err := http.Get(c.admin + "/readyz"); err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return nil
+			}
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+	return errors.New("relay not ready in time")
+}
+
+func (c *child) stop() {
+	c.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-c.done:
+	case <-time.After(30 * time.Second):
+		c.cmd.Process.Kill()
+		<-c.done
+	}
+}
+
+// rss returns the child's resident set in bytes, after asking it to run a
+// garbage collection (pprof's heap?gc=1) so the figure is not a GC phase.
+func (c *child) rss(gc bool) (int64, error) {
+	if gc {
+		for range 2 {
+			if resp, err := http.Get(c.admin + "/debug/pprof/heap?gc=1"); err == nil {
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+			}
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	return procRSS(c.cmd.Process.Pid)
+}
+
+func procRSS(pid int) (int64, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			return kb * 1024, err
+		}
+	}
+	return 0, errors.New("no VmRSS")
+}
+
+func benchDir(keep string) (string, func(), error) {
+	if keep != "" {
+		return keep, func() {}, os.MkdirAll(keep, 0o700)
+	}
+	d, err := os.MkdirTemp("", "pushrelay-bench-")
+	return d, func() { os.RemoveAll(d) }, err
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
+
+// benchConns measures relay memory per idle device connection.
+func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pushrelay bench conns", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	n := fs.Int("n", 10000, "idle device connections to open")
+	workers := fs.Int("workers", 32, "connections opened in parallel")
+	register := fs.Bool("register", true, "register one channel per device (as a real device would)")
+	hold := fs.Duration("hold", 5*time.Second, "how long to hold the connections idle before measuring")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, cleanup, err := benchDir("")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	c, err := startChild(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	base, _ := c.rss(true)
+	fmt.Fprintf(stdout, "relay idle RSS before connections: %s\n", mib(base))
+
+	clients := make([]*pushclient.Client, *n)
+	var next, opened atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, *workers)
+	start := time.Now()
+	for range *workers {
+		wg.Go(func() {
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= *n || ctx.Err() != nil {
+					return
+				}
+				cl, err := pushclient.Dial(ctx, c.device)
+				if err == nil {
+					_, err = cl.Hello("", pushclient.HelloOptions{})
+				}
+				if err == nil && *register {
+					_, err = cl.Register(benchChannelID(i), "")
+				}
+				if err != nil {
+					errc <- fmt.Errorf("connection %d: %w", i, err)
+					return
+				}
+				clients[i] = cl
+				if v := opened.Add(1); v%1000 == 0 {
+					fmt.Fprintf(stderr, "  %d connections open (%.0f/s)\n", v, float64(v)/time.Since(start).Seconds())
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	defer func() {
+		for _, cl := range clients {
+			if cl != nil {
+				cl.Abort()
+			}
+		}
+	}()
+	if err := <-errc; err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "  holding %d idle connections for %s\n", *n, *hold)
+	time.Sleep(*hold)
+	with, _ := c.rss(true)
+	per := float64(with-base) / float64(*n)
+	fmt.Fprintf(stdout, "relay RSS with %d idle devices: %s\n", *n, mib(with))
+	fmt.Fprintf(stdout, "per idle device connection: %.0f bytes (%.2f KiB)\n", per, per/1024)
+	return nil
+}
+
+func benchChannelID(i int) string {
+	return fmt.Sprintf("%08x-0000-4000-8000-%012x", i, time.Now().UnixNano()&0xffffffffffff)
+}
+
+// benchThroughput measures durable end-to-end throughput: app servers POST
+// (201 only after fsync), the relay delivers over WebSocket, devices ack.
+func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pushrelay bench throughput", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	devices := fs.Int("devices", 200, "connected devices (one channel each)")
+	senders := fs.Int("senders", 128, "concurrent app-server connections posting")
+	total := fs.Int("messages", 200000, "messages to send")
+	rate := fs.Int("rate", 0, "messages per second to offer (0: as fast as the relay takes them)")
+	limit := fs.Duration("max-time", 2*time.Minute, "stop after this long whatever was sent")
+	payload := fs.Int("payload", 128, "plaintext bytes per message (encrypted once per device, aes128gcm)")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, cleanup, err := benchDir("")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	c, err := startChild(ctx, dir)
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	ctx, cancel := context.WithTimeout(ctx, *limit)
+	defer cancel()
+
+	type dev struct {
+		cl       *pushclient.Client
+		endpoint string
+		body     []byte
+	}
+	devs := make([]*dev, *devices)
+	for i := range devs {
+		cl, err := pushclient.Dial(ctx, c.device)
+		if err != nil {
+			return err
+		}
+		defer cl.Abort()
+		if _, err := cl.Hello("", pushclient.HelloOptions{}); err != nil {
+			return err
+		}
+		r, err := cl.Register(benchChannelID(i), "")
+		if err != nil {
+			return err
+		}
+		sub, _ := ece.NewSubscription()
+		body, err := ece.Encrypt(make([]byte, *payload), sub.PublicKey(), sub.Auth)
+		if err != nil {
+			return err
+		}
+		devs[i] = &dev{cl: cl, endpoint: r.PushEndpoint, body: body}
+	}
+	fmt.Fprintf(stderr, "  %d devices connected; sending %d messages with %d senders\n", *devices, *total, *senders)
+
+	var acked atomic.Int64
+	var readers sync.WaitGroup
+	for _, d := range devs {
+		readers.Go(func() {
+			batch := make([]pushproto.ServerFrame, 0, 64)
+			for ctx.Err() == nil {
+				n, err := d.cl.Read(time.Now().Add(500 * time.Millisecond))
+				if err != nil {
+					if ctx.Err() != nil || acked.Load() >= int64(*total) {
+						return
+					}
+					// A read timeout leaves a gorilla connection unusable,
+					// so any error ends this device.
+					return
+				}
+				if n.MessageType != pushproto.TypeNotification {
+					continue
+				}
+				batch = append(batch[:0], n)
+				d.cl.Ack(batch...)
+				acked.Add(1)
+			}
+		})
+	}
+
+	tr := &http.Transport{MaxIdleConnsPerHost: *senders, MaxConnsPerHost: *senders}
+	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	lat := make([][]time.Duration, *senders)
+	var sent, failed atomic.Int64
+	var next atomic.Int64
+	start := time.Now()
+	var wg sync.WaitGroup
+	for s := range *senders {
+		wg.Go(func() {
+			var own []time.Duration
+			defer func() { lat[s] = own }()
+			var interval time.Duration
+			if *rate > 0 {
+				interval = time.Second * time.Duration(*senders) / time.Duration(*rate)
+			}
+			due := time.Now()
+			for ctx.Err() == nil {
+				i := next.Add(1) - 1
+				if i >= int64(*total) {
+					return
+				}
+				if interval > 0 {
+					due = due.Add(interval)
+					if d := time.Until(due); d > 0 {
+						time.Sleep(d)
+					}
+				}
+				d := devs[int(i)%len(devs)]
+				req, _ := http.NewRequestWithContext(ctx, "POST", d.endpoint, strings.NewReader(string(d.body)))
+				req.Header.Set("TTL", "3600")
+				req.Header.Set("Content-Encoding", "aes128gcm")
+				t0 := time.Now()
+				resp, err := client.Do(req)
+				if err != nil {
+					failed.Add(1)
+					continue
+				}
+				io.Copy(io.Discard, resp.Body)
+				resp.Body.Close()
+				if resp.StatusCode != 201 {
+					failed.Add(1)
+					continue
+				}
+				own = append(own, time.Since(t0))
+				sent.Add(1)
+			}
+		})
+	}
+	progress := time.NewTicker(2 * time.Second)
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+loop:
+	for {
+		select {
+		case <-done:
+			break loop
+		case <-progress.C:
+			el := time.Since(start).Seconds()
+			fmt.Fprintf(stderr, "  %.0fs: %d posted (%.0f/s), %d acked\n", el, sent.Load(), float64(sent.Load())/el, acked.Load())
+		}
+	}
+	postDone := time.Since(start)
+	for acked.Load() < sent.Load() && ctx.Err() == nil {
+		time.Sleep(5 * time.Millisecond)
+	}
+	elapsed := time.Since(start)
+	progress.Stop()
+	cancel()
+	readers.Wait()
+
+	var all []time.Duration
+	for _, l := range lat {
+		all = append(all, l...)
+	}
+	slices.Sort(all)
+	pct := func(p float64) time.Duration {
+		if len(all) == 0 {
+			return 0
+		}
+		return all[min(len(all)-1, int(float64(len(all))*p))]
+	}
+	fmt.Fprintf(stdout, "machine: %d CPUs, %s/%s; relay and load generator share it\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
+	fmt.Fprintf(stdout, "devices %d, senders %d, offered rate %s, payload %d B\n", *devices, *senders, rateString(*rate), *payload)
+	fmt.Fprintf(stdout, "posted (201) %d, failed %d, acked by devices %d\n", sent.Load(), failed.Load(), acked.Load())
+	fmt.Fprintf(stdout, "post throughput: %.0f msg/s over %s\n", float64(sent.Load())/postDone.Seconds(), postDone.Truncate(time.Millisecond))
+	fmt.Fprintf(stdout, "end-to-end (post → deliver → ack): %.0f msg/s over %s\n", float64(acked.Load())/elapsed.Seconds(), elapsed.Truncate(time.Millisecond))
+	fmt.Fprintf(stdout, "POST latency: p50 %s  p90 %s  p99 %s  max %s\n", pct(0.5), pct(0.9), pct(0.99), pct(1))
+	if failed.Load() > 0 {
+		return fmt.Errorf("%d posts failed", failed.Load())
+	}
+	return nil
+}
+
+func rateString(r int) string {
+	if r == 0 {
+		return "unlimited"
+	}
+	return strconv.Itoa(r) + "/s"
+}
+
+// benchStartup fills a store with waiting messages, then times the relay
+// from exec to /readyz 200 and reads its idle RSS.
+func benchStartup(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pushrelay bench startup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	messages := fs.Int("messages", 1000000, "waiting messages to fill the store with")
+	perDevice := fs.Int("per-device", 1000, "messages per device")
+	keep := fs.String("data-dir", "", "use (and keep) this data dir; an existing fill is reused")
+	runs := fs.Int("runs", 5, "starts to time")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, cleanup, err := benchDir(*keep)
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	if err := fillStore(ctx, filepath.Join(dir, "pushrelay.db"), *messages, *perDevice, stderr); err != nil {
+		return err
+	}
+	var times []time.Duration
+	var rss []int64
+	for r := range *runs {
+		t0 := time.Now()
+		c, err := startChild(ctx, dir, "--max-messages-per-uaid", strconv.Itoa(*perDevice))
+		if err != nil {
+			return err
+		}
+		ready := time.Since(t0)
+		time.Sleep(time.Second)
+		m, _ := c.rss(false)
+		c.stop()
+		times = append(times, ready)
+		rss = append(rss, m)
+		fmt.Fprintf(stderr, "  run %d: ready in %s, idle RSS %s\n", r+1, ready.Truncate(time.Microsecond), mib(m))
+	}
+	slices.Sort(times)
+	slices.Sort(rss)
+	fmt.Fprintf(stdout, "store: %d waiting messages (%d per device)\n", *messages, *perDevice)
+	fmt.Fprintf(stdout, "start to ready (exec → /readyz 200), median of %d: %s (min %s, max %s)\n", *runs, times[len(times)/2].Truncate(time.Millisecond), times[0].Truncate(time.Millisecond), times[len(times)-1].Truncate(time.Millisecond))
+	fmt.Fprintf(stdout, "idle RSS 1s after ready, median: %s\n", mib(rss[len(rss)/2]))
+	return nil
+}
+
+// fillStore writes messages into a fresh store file, unless it already
+// holds at least that many.
+func fillStore(ctx context.Context, path string, messages, perDevice int, stderr io.Writer) error {
+	st, err := store.Open(store.Options{Path: path, MaxMessagesPerUAID: perDevice})
+	if err != nil {
+		return err
+	}
+	defer st.Close()
+	if s, err := st.Stats(); err == nil && s.Waiting >= int64(messages) {
+		fmt.Fprintf(stderr, "  store already holds %d messages\n", s.Waiting)
+		return nil
+	}
+	devicesN := (messages + perDevice - 1) / perDevice
+	fmt.Fprintf(stderr, "  filling %d messages for %d devices...\n", messages, devicesN)
+	body := make([]byte, 200)
+	now := time.Now()
+	dev := func(i int) (store.UAID, store.ChannelID) {
+		var u store.UAID
+		copy(u[:], fmt.Sprintf("dev%013d", i))
+		var ch store.ChannelID
+		copy(ch[:], "channel-00000001")
+		return u, ch
+	}
+	var next, done atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, 128)
+	parallel := func(n int, f func(i int) error) {
+		next.Store(0)
+		for range 64 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					i := int(next.Add(1)) - 1
+					if i >= n {
+						return
+					}
+					if err := f(i); err != nil {
+						errc <- err
+						return
+					}
+				}
+			})
+		}
+		wg.Wait()
+	}
+	parallel(devicesN, func(i int) error {
+		u, ch := dev(i)
+		return st.Register(ctx, store.Channel{UAID: u, ID: ch, Created: now})
+	})
+	start := time.Now()
+	parallel(messages, func(i int) error {
+		u, ch := dev(i / perDevice)
+		_, err := st.Append(ctx, store.Message{UAID: u, Channel: ch, Received: now, TTL: 30 * 24 * time.Hour,
+			Expiry: now.Add(30 * 24 * time.Hour), Encoding: "aes128gcm", Data: body})
+		if v := done.Add(1); v%100000 == 0 {
+			fmt.Fprintf(stderr, "  %d written (%.0f/s)\n", v, float64(v)/time.Since(start).Seconds())
+		}
+		return err
+	})
+	close(errc)
+	return <-errc
+}

@@ -1,0 +1,330 @@
+package main
+
+import (
+	"crypto/tls"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+)
+
+// Config is the daemon's whole configuration. Every field is one key of the
+// YAML file, one environment variable (PUSHRELAY_ + upper-case key) and one
+// flag (-- + key with dashes); precedence is flag > env > file > default.
+type Config struct {
+	DataDir        string
+	DeviceListen   string
+	EndpointListen string
+	AdminListen    string
+	PublicURL      string
+	LogLevel       string
+	LogFormat      string
+	TLSCertFile    string
+	TLSKeyFile     string
+
+	HelloTimeout       time.Duration
+	PingInterval       time.Duration
+	WriteTimeout       time.Duration
+	ShutdownTimeout    time.Duration
+	SweepInterval      time.Duration
+	MaxFrameBytes      int
+	MaxDataBytes       int
+	MaxChannelsPerUAID int
+	MaxMessagesPerUAID int
+	InflightWindow     int
+}
+
+// setting binds one key to a field of a Config.
+type setting struct {
+	key  string
+	help string
+	def  string
+	set  func(c *Config, v string) error
+	get  func(c *Config) string
+}
+
+func (s setting) flagName() string { return strings.ReplaceAll(s.key, "_", "-") }
+func (s setting) envName() string  { return "PUSHRELAY_" + strings.ToUpper(s.key) }
+
+func strSetting(key, def, help string, f func(*Config) *string) setting {
+	return setting{key: key, def: def, help: help,
+		set: func(c *Config, v string) error { *f(c) = v; return nil },
+		get: func(c *Config) string { return *f(c) }}
+}
+
+func durSetting(key, def, help string, f func(*Config) *time.Duration) setting {
+	return setting{key: key, def: def, help: help,
+		set: func(c *Config, v string) error {
+			d, err := time.ParseDuration(v)
+			if err != nil {
+				return fmt.Errorf("not a duration (like 5s or 2m)")
+			}
+			if d <= 0 {
+				return fmt.Errorf("must be positive")
+			}
+			*f(c) = d
+			return nil
+		},
+		get: func(c *Config) string { return f(c).String() }}
+}
+
+func intSetting(key, def string, lo, hi int, help string, f func(*Config) *int) setting {
+	return setting{key: key, def: def, help: help,
+		set: func(c *Config, v string) error {
+			n, err := strconv.Atoi(v)
+			if err != nil {
+				return fmt.Errorf("not an integer")
+			}
+			if n < lo || n > hi {
+				return fmt.Errorf("must be between %d and %d", lo, hi)
+			}
+			*f(c) = n
+			return nil
+		},
+		get: func(c *Config) string { return strconv.Itoa(*f(c)) }}
+}
+
+// settings lists every key. docs/configuration.md is generated from the
+// same table (pushrelay check-config --print-defaults).
+var settings = []setting{
+	strSetting("data_dir", "./data", "directory for the message store and the endpoint key", func(c *Config) *string { return &c.DataDir }),
+	strSetting("device_listen", ":8080", "address of the device WebSocket listener", func(c *Config) *string { return &c.DeviceListen }),
+	strSetting("endpoint_listen", ":8082", "address of the app-server HTTP listener", func(c *Config) *string { return &c.EndpointListen }),
+	strSetting("admin_listen", "127.0.0.1:9090", "address of the admin listener (/metrics, /healthz, /readyz, /status, pprof); empty disables", func(c *Config) *string { return &c.AdminListen }),
+	strSetting("public_url", "", "base URL of push endpoints as app servers reach them (default: http://<endpoint listen address>)", func(c *Config) *string { return &c.PublicURL }),
+	strSetting("tls_cert_file", "", "PEM certificate chain: serve the device (wss) and endpoint (https) listeners over TLS", func(c *Config) *string { return &c.TLSCertFile }),
+	strSetting("tls_key_file", "", "PEM private key for tls_cert_file", func(c *Config) *string { return &c.TLSKeyFile }),
+	strSetting("log_level", "info", "debug, info, warn or error", func(c *Config) *string { return &c.LogLevel }),
+	strSetting("log_format", "text", "text or json", func(c *Config) *string { return &c.LogFormat }),
+	durSetting("hello_timeout", "5s", "a device must send hello within this time", func(c *Config) *time.Duration { return &c.HelloTimeout }),
+	durSetting("ping_interval", "5m", "WebSocket ping to a device idle this long; no pong within 4s closes it", func(c *Config) *time.Duration { return &c.PingInterval }),
+	durSetting("write_timeout", "10s", "bound on each write to a device", func(c *Config) *time.Duration { return &c.WriteTimeout }),
+	durSetting("shutdown_timeout", "10s", "how long SIGTERM waits for requests to drain", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
+	durSetting("sweep_interval", "30s", "how often expired messages are deleted", func(c *Config) *time.Duration { return &c.SweepInterval }),
+	intSetting("max_frame_bytes", "32768", 1024, 1<<20, "largest WebSocket frame accepted from a device", func(c *Config) *int { return &c.MaxFrameBytes }),
+	intSetting("max_data_bytes", "4096", 1, 1<<16, "largest message body accepted from an app server", func(c *Config) *int { return &c.MaxDataBytes }),
+	intSetting("max_channels_per_uaid", "1000", 1, 1<<20, "channels one device may register", func(c *Config) *int { return &c.MaxChannelsPerUAID }),
+	intSetting("max_messages_per_uaid", "1000", 1, 1<<20, "messages kept per device; beyond it the oldest is dropped", func(c *Config) *int { return &c.MaxMessagesPerUAID }),
+	intSetting("inflight_window", "100", 1, 10000, "notifications sent to a device before it must ack", func(c *Config) *int { return &c.InflightWindow }),
+}
+
+func findSetting(key string) (setting, bool) {
+	for _, s := range settings {
+		if s.key == key {
+			return s, true
+		}
+	}
+	return setting{}, false
+}
+
+// configError is a configuration problem, reported on one line.
+type configError struct{ msg string }
+
+func (e *configError) Error() string { return "config: " + e.msg }
+
+func cfgErr(format string, args ...any) error { return &configError{fmt.Sprintf(format, args...)} }
+
+// loadConfig composes defaults, the file named by --config (or
+// PUSHRELAY_CONFIG), the environment and the flags in args, then validates.
+func loadConfig(name string, args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+	fs := flag.NewFlagSet(name, flag.ContinueOnError)
+	// Errors are reported by the caller on one line; only -h prints usage.
+	fs.SetOutput(io.Discard)
+	configPath := fs.String("config", getenv("PUSHRELAY_CONFIG"), "YAML config file")
+	flagVals := map[string]*string{}
+	for _, s := range settings {
+		v := new(string)
+		flagVals[s.key] = v
+		fs.StringVar(v, s.flagName(), "", s.help+" (default "+strconv.Quote(s.def)+", env "+s.envName()+")")
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stderr)
+			fmt.Fprintf(stderr, "usage: %s [flags]\n", name)
+			fs.PrintDefaults()
+			return nil, err
+		}
+		return nil, cfgErr("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return nil, cfgErr("unexpected argument %q", fs.Arg(0))
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	c := &Config{}
+	for _, s := range settings {
+		if err := s.set(c, s.def); err != nil && s.def != "" {
+			panic("bad default for " + s.key)
+		}
+	}
+	if *configPath != "" {
+		if err := applyFile(c, *configPath); err != nil {
+			return nil, err
+		}
+	}
+	for _, s := range settings {
+		if v, ok := lookupEnv(getenv, s.envName()); ok {
+			if err := s.set(c, v); err != nil {
+				return nil, cfgErr("%s=%q: %v", s.envName(), v, err)
+			}
+		}
+	}
+	for _, s := range settings {
+		if set[s.flagName()] {
+			v := *flagVals[s.key]
+			if err := s.set(c, v); err != nil {
+				return nil, cfgErr("--%s %q: %v", s.flagName(), v, err)
+			}
+		}
+	}
+	if err := c.Validate(); err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+func lookupEnv(getenv func(string) string, name string) (string, bool) {
+	v := getenv(name)
+	return v, v != ""
+}
+
+func applyFile(c *Config, path string) error {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return cfgErr("read %s: %v", path, errors.Unwrap(err))
+	}
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return cfgErr("%s: %v", path, err)
+	}
+	if len(doc.Content) == 0 {
+		return nil // empty file
+	}
+	root := doc.Content[0]
+	if root.Kind != yaml.MappingNode {
+		return cfgErr("%s: line %d: want a mapping of keys to values", path, root.Line)
+	}
+	for i := 0; i+1 < len(root.Content); i += 2 {
+		k, v := root.Content[i], root.Content[i+1]
+		s, ok := findSetting(k.Value)
+		if !ok {
+			return cfgErr("%s: line %d: unknown key %q", path, k.Line, k.Value)
+		}
+		if v.Kind != yaml.ScalarNode {
+			return cfgErr("%s: line %d: %s: want a single value", path, v.Line, k.Value)
+		}
+		if v.Tag == "!!null" {
+			continue
+		}
+		if err := s.set(c, v.Value); err != nil {
+			return cfgErr("%s: line %d: %s %q: %v", path, v.Line, k.Value, v.Value, err)
+		}
+	}
+	return nil
+}
+
+// Validate checks what single settings cannot: addresses, the data dir, the
+// public URL and enumerations.
+func (c *Config) Validate() error {
+	for _, a := range []struct{ key, val string }{
+		{"device_listen", c.DeviceListen},
+		{"endpoint_listen", c.EndpointListen},
+		{"admin_listen", c.AdminListen},
+	} {
+		if a.val == "" && a.key == "admin_listen" {
+			continue
+		}
+		if err := checkListen(a.val); err != nil {
+			return cfgErr("%s %q: %v", a.key, a.val, err)
+		}
+	}
+	if c.PublicURL != "" {
+		u, err := url.Parse(c.PublicURL)
+		if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			return cfgErr("public_url %q: want an absolute http:// or https:// URL", c.PublicURL)
+		}
+	}
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return cfgErr("log_level %q: want debug, info, warn or error", c.LogLevel)
+	}
+	switch c.LogFormat {
+	case "text", "json":
+	default:
+		return cfgErr("log_format %q: want text or json", c.LogFormat)
+	}
+	if c.DataDir == "" {
+		return cfgErr("data_dir is empty")
+	}
+	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
+		return cfgErr("tls_cert_file and tls_key_file go together")
+	}
+	if c.TLSCertFile != "" {
+		if _, err := c.tlsConfig(); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// tlsConfig loads the certificate, or returns nil when TLS is off.
+func (c *Config) tlsConfig() (*tls.Config, error) {
+	if c.TLSCertFile == "" {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(c.TLSCertFile, c.TLSKeyFile)
+	if err != nil {
+		return nil, cfgErr("tls_cert_file/tls_key_file: %v", oneLine(err))
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}, nil
+}
+
+func oneLine(err error) string { return strings.ReplaceAll(err.Error(), "\n", " ") }
+
+func checkListen(addr string) error {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return errors.New("want host:port or :port")
+	}
+	if n, err := strconv.Atoi(port); err != nil || n < 0 || n > 65535 {
+		return errors.New("port must be a number from 0 to 65535")
+	}
+	if host != "" && net.ParseIP(host) == nil && host != "localhost" {
+		return errors.New("host must be an IP address, localhost or empty")
+	}
+	return nil
+}
+
+// checkDataDir makes sure the data dir exists and is writable.
+func checkDataDir(dir string) error {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return cfgErr("data_dir %q: %v", dir, errors.Unwrap(err))
+	}
+	probe, err := os.CreateTemp(dir, ".write-test-*")
+	if err != nil {
+		return cfgErr("data_dir %q is not writable: %v", dir, errors.Unwrap(err))
+	}
+	probe.Close()
+	os.Remove(probe.Name())
+	return nil
+}
+
+// dump writes the effective configuration as YAML, in table order.
+func (c *Config) dump(w io.Writer) {
+	for _, s := range settings {
+		fmt.Fprintf(w, "%s: %q\n", s.key, s.get(c))
+	}
+}
+
+func (c *Config) dataPath(name string) string { return filepath.Join(c.DataDir, name) }

@@ -1,0 +1,156 @@
+package main
+
+import (
+	"bytes"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func env(m map[string]string) func(string) string {
+	return func(k string) string { return m[k] }
+}
+
+func TestConfigPrecedence(t *testing.T) {
+	dir := t.TempDir()
+	file := filepath.Join(dir, "c.yaml")
+	os.WriteFile(file, []byte("device_listen: \":7000\"\nendpoint_listen: \":7001\"\nadmin_listen: \":7002\"\nhello_timeout: 3s\n"), 0o600)
+	c, err := loadConfig("t", []string{"--config", file, "--endpoint-listen", ":9001"},
+		env(map[string]string{"PUSHRELAY_DEVICE_LISTEN": ":8001", "PUSHRELAY_ENDPOINT_LISTEN": ":8002"}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.DeviceListen != ":8001" {
+		t.Errorf("env should beat file: device_listen = %q", c.DeviceListen)
+	}
+	if c.EndpointListen != ":9001" {
+		t.Errorf("flag should beat env: endpoint_listen = %q", c.EndpointListen)
+	}
+	if c.AdminListen != ":7002" || c.HelloTimeout != 3*time.Second {
+		t.Errorf("file should beat default: %q %s", c.AdminListen, c.HelloTimeout)
+	}
+	if c.DataDir != "./data" || c.InflightWindow != 100 {
+		t.Errorf("defaults: %q %d", c.DataDir, c.InflightWindow)
+	}
+	// The config file can come from the environment too.
+	c, err = loadConfig("t", nil, env(map[string]string{"PUSHRELAY_CONFIG": file}), &bytes.Buffer{})
+	if err != nil || c.DeviceListen != ":7000" {
+		t.Fatalf("PUSHRELAY_CONFIG: %v %q", err, c.DeviceListen)
+	}
+}
+
+func TestConfigErrors(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, body string) string {
+		p := filepath.Join(dir, name)
+		os.WriteFile(p, []byte(body), 0o600)
+		return p
+	}
+	cases := []struct {
+		name string
+		args []string
+		env  map[string]string
+		want string
+	}{
+		{"unknown key", []string{"--config", write("u.yaml", "device_listen: \":1\"\nupstreem: x\n")}, nil, `line 2: unknown key "upstreem"`},
+		{"bad yaml", []string{"--config", write("y.yaml", "a: [\n")}, nil, "y.yaml"},
+		{"nested value", []string{"--config", write("n.yaml", "device_listen:\n  a: 1\n")}, nil, "want a single value"},
+		{"missing file", []string{"--config", filepath.Join(dir, "nope.yaml")}, nil, "nope.yaml"},
+		{"bad address flag", []string{"--device-listen", "nonsense"}, nil, `device_listen "nonsense"`},
+		{"bad port", []string{"--endpoint-listen", ":99999"}, nil, "port must be"},
+		{"bad env duration", nil, map[string]string{"PUSHRELAY_HELLO_TIMEOUT": "soon"}, "PUSHRELAY_HELLO_TIMEOUT"},
+		{"bad int", []string{"--inflight-window", "0"}, nil, "between 1 and"},
+		{"bad public url", []string{"--public-url", "push.example.net"}, nil, "public_url"},
+		{"bad log level", []string{"--log-level", "loud"}, nil, "log_level"},
+		{"unknown flag", []string{"--upstream-typo", "x"}, nil, "flag provided but not defined"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := loadConfig("t", c.args, env(c.env), &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error is not one line: %q", err)
+			}
+		})
+	}
+}
+
+// Every shipped config parses and validates.
+func TestShippedConfigs(t *testing.T) {
+	files, _ := filepath.Glob("../../configs/*.yaml")
+	if len(files) == 0 {
+		t.Fatal("no configs found")
+	}
+	for _, f := range files {
+		if _, err := loadConfig("t", []string{"--config", f}, env(nil), &bytes.Buffer{}); err != nil {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+}
+
+// The binary reports bad config on one line of stderr and exits 2;
+// check-config accepts a good one.
+func TestE2EBadConfigExit(t *testing.T) {
+	dir := t.TempDir()
+	ro := filepath.Join(dir, "ro")
+	os.MkdirAll(ro, 0o500)
+	unknown := filepath.Join(dir, "u.yaml")
+	os.WriteFile(unknown, []byte("wat: 1\n"), 0o600)
+	cases := [][]string{
+		{"run", "--config", unknown},
+		{"run", "--device-listen", "nope"},
+		{"check-config", "--admin-listen", "1.2.3:4:5"},
+	}
+	if os.Geteuid() != 0 { // root can write anywhere
+		cases = append(cases, []string{"run", "--data-dir", filepath.Join(ro, "sub")})
+	} else {
+		file := filepath.Join(dir, "afile")
+		os.WriteFile(file, nil, 0o600)
+		cases = append(cases, []string{"run", "--data-dir", filepath.Join(file, "sub")})
+	}
+	for _, args := range cases {
+		cmd := exec.Command(binPath, args...)
+		cmd.Env = cleanEnv()
+		var stderr bytes.Buffer
+		cmd.Stderr = &stderr
+		err := cmd.Run()
+		ee, ok := err.(*exec.ExitError)
+		if !ok || ee.ExitCode() != 2 {
+			t.Errorf("%v: exit %v, want 2; stderr %q", args, err, stderr.String())
+			continue
+		}
+		if lines := strings.Count(strings.TrimSpace(stderr.String()), "\n"); lines != 0 {
+			t.Errorf("%v: error is %d lines: %q", args, lines+1, stderr.String())
+		}
+	}
+	cmd := exec.Command(binPath, "check-config", "--config", "../../configs/pushrelay.yaml", "--data-dir", dir)
+	cmd.Env = cleanEnv()
+	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "configuration ok") {
+		t.Fatalf("check-config: %v %s", err, out)
+	}
+}
+
+func TestE2EVersion(t *testing.T) {
+	out, err := exec.Command(binPath, "version").Output()
+	if err != nil || !strings.HasPrefix(string(out), "pushrelay ") {
+		t.Fatalf("version: %v %q", err, out)
+	}
+}
+
+// docs/configuration.md documents every key.
+func TestConfigDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/configuration.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range settings {
+		if !strings.Contains(string(doc), "`"+s.key+"`") {
+			t.Errorf("docs/configuration.md does not document %s", s.key)
+		}
+	}
+}

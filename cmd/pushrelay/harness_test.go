@@ -1,0 +1,371 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/pushclient"
+)
+
+// binPath is the pushrelay binary built once for the end-to-end tests.
+var binPath string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "pushrelay-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binPath = filepath.Join(dir, "pushrelay")
+	build := exec.Command("go", "build", "-o", binPath, ".")
+	build.Stdout, build.Stderr = os.Stderr, os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building pushrelay:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// relayProc is a pushrelay binary running with port-0 listeners.
+type relayProc struct {
+	t        *testing.T
+	cmd      *exec.Cmd
+	dataDir  string
+	device   string // ws://127.0.0.1:N/
+	endpoint string // http://127.0.0.1:N
+	admin    string // http://127.0.0.1:N
+	stdout   *syncBuffer
+	stderr   *syncBuffer
+	done     chan struct{}
+	exitErr  error
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+var announceRE = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
+
+// startRelay runs the binary on dataDir and waits until /readyz says 200.
+func startRelay(t *testing.T, dataDir string, extra ...string) *relayProc {
+	t.Helper()
+	args := append([]string{"run",
+		"--data-dir", dataDir,
+		"--device-listen", "127.0.0.1:0",
+		"--endpoint-listen", "127.0.0.1:0",
+		"--admin-listen", "127.0.0.1:0",
+		"--log-level", "debug",
+	}, extra...)
+	p := &relayProc{t: t, dataDir: dataDir, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
+	p.cmd = exec.Command(binPath, args...)
+	p.cmd.Env = cleanEnv()
+	pr, pw := io.Pipe()
+	p.cmd.Stdout = io.MultiWriter(p.stdout, pw)
+	p.cmd.Stderr = p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.exitErr = p.cmd.Wait()
+		pw.Close()
+		close(p.done)
+	}()
+	found := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(pr)
+		n := 0
+		for sc.Scan() {
+			if m := announceRE.FindStringSubmatch(sc.Text()); m != nil {
+				switch m[1] {
+				case "devices":
+					p.device = m[2]
+				case "endpoint":
+					p.endpoint = strings.TrimSuffix(m[2], "/")
+				case "admin":
+					p.admin = strings.TrimSuffix(strings.TrimSuffix(m[2], "/status"), "/")
+				}
+				if n++; n == 3 {
+					close(found)
+				}
+			}
+		}
+		io.Copy(io.Discard, pr)
+	}()
+	select {
+	case <-found:
+	case <-p.done:
+		t.Fatalf("relay exited before announcing: %v\nstderr:\n%s", p.exitErr, p.stderr.String())
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		t.Fatalf("relay did not announce its listeners\nstderr:\n%s", p.stderr.String())
+	}
+	t.Cleanup(func() {
+		select {
+		case <-p.done:
+		default:
+			p.cmd.Process.Kill()
+			<-p.done
+		}
+		if t.Failed() {
+			t.Logf("relay stderr:\n%s", tail(p.stderr.String(), 60))
+		}
+	})
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if code, _ := httpGet(p.admin + "/readyz"); code == 200 {
+			return p
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("relay never became ready")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func cleanEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PUSHRELAY_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func tail(s string, lines int) string {
+	parts := strings.Split(s, "\n")
+	if len(parts) > lines {
+		parts = parts[len(parts)-lines:]
+	}
+	return strings.Join(parts, "\n")
+}
+
+// stop sends SIGTERM and checks the relay exits 0.
+func (p *relayProc) stop() {
+	p.t.Helper()
+	p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(20 * time.Second):
+		p.cmd.Process.Kill()
+		p.t.Fatal("relay did not exit after SIGTERM")
+	}
+	if p.exitErr != nil {
+		p.t.Fatalf("relay exit after SIGTERM: %v\nstderr:\n%s", p.exitErr, tail(p.stderr.String(), 30))
+	}
+}
+
+// kill sends SIGKILL and waits.
+func (p *relayProc) kill() {
+	p.cmd.Process.Kill()
+	<-p.done
+}
+
+func httpGet(url string) (int, string) {
+	resp, err := http.Get(url)
+	if err != nil {
+		return 0, err.Error()
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// status reads /status as JSON.
+func (p *relayProc) status() map[string]any {
+	p.t.Helper()
+	code, body := httpGet(p.admin + "/status?format=json")
+	if code != 200 {
+		p.t.Fatalf("/status = %d %s", code, body)
+	}
+	var m map[string]any
+	json.Unmarshal([]byte(body), &m)
+	return m
+}
+
+func (p *relayProc) waiting() int {
+	return int(p.status()["waiting_messages"].(float64))
+}
+
+// metric returns the value of one sample line of /metrics (0 if absent).
+func (p *relayProc) metric(sample string) float64 {
+	p.t.Helper()
+	_, body := httpGet(p.admin + "/metrics")
+	for _, line := range strings.Split(body, "\n") {
+		if strings.HasPrefix(line, sample+" ") {
+			var v float64
+			fmt.Sscan(strings.TrimPrefix(line, sample+" "), &v)
+			return v
+		}
+	}
+	return 0
+}
+
+// device is a test device with its subscriptions' keys.
+type device struct {
+	t    *testing.T
+	c    *pushclient.Client
+	uaid string
+	subs map[string]*testSub // by channel ID
+}
+
+type testSub struct {
+	channel  string
+	endpoint string
+	keys     *ece.Subscription
+}
+
+func connect(t *testing.T, p *relayProc, uaid string) *device {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pushclient.Dial(ctx, p.device)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Abort() })
+	h, err := c.Hello(uaid, pushclient.HelloOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &device{t: t, c: c, uaid: h.UAID, subs: map[string]*testSub{}}
+}
+
+var chidN = 0
+
+func newChannelID() string {
+	chidN++
+	return fmt.Sprintf("%08x-0000-4000-8000-%012x", time.Now().UnixNano()&0xffffffff, chidN)
+}
+
+func (d *device) register(key string) *testSub {
+	d.t.Helper()
+	ch := newChannelID()
+	r, err := d.c.Register(ch, key)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	if r.Status != 200 || r.PushEndpoint == "" {
+		d.t.Fatalf("register: status %d endpoint %q", r.Status, r.PushEndpoint)
+	}
+	keys, _ := ece.NewSubscription()
+	s := &testSub{channel: ch, endpoint: r.PushEndpoint, keys: keys}
+	d.subs[ch] = s
+	return s
+}
+
+// push posts an encrypted message and returns the response.
+func push(t *testing.T, s *testSub, text string, hdr map[string]string) *http.Response {
+	t.Helper()
+	body, err := ece.Encrypt([]byte(text), s.keys.PublicKey(), s.keys.Auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return post(t, s.endpoint, body, mergeHeaders(map[string]string{"TTL": "60", "Content-Encoding": "aes128gcm"}, hdr))
+}
+
+func mergeHeaders(a, b map[string]string) map[string]string {
+	out := map[string]string{}
+	for k, v := range a {
+		out[k] = v
+	}
+	for k, v := range b {
+		if v == "" {
+			delete(out, k)
+		} else {
+			out[k] = v
+		}
+	}
+	return out
+}
+
+func post(t *testing.T, url string, body []byte, hdr map[string]string) *http.Response {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, bytes.NewReader(body))
+	for k, v := range hdr {
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	return resp
+}
+
+func mustCreated(t *testing.T, resp *http.Response) {
+	t.Helper()
+	if resp.StatusCode != 201 {
+		t.Fatalf("push: %s", resp.Status)
+	}
+}
+
+// receive waits for one notification, decrypts it and returns the text.
+func (d *device) receive(timeout time.Duration) (string, string) {
+	d.t.Helper()
+	n, err := d.c.Next(time.Now().Add(timeout))
+	if err != nil {
+		d.t.Fatalf("waiting for a notification: %v", err)
+	}
+	s := d.subs[n.ChannelID]
+	if s == nil {
+		d.t.Fatalf("notification for unknown channel %s", n.ChannelID)
+	}
+	if n.Data == "" {
+		return "", n.Version
+	}
+	raw, err := b64url(n.Data)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	plain, err := ece.Decrypt(raw, s.keys)
+	if err != nil {
+		d.t.Fatalf("decrypt: %v", err)
+	}
+	if err := d.c.Ack(n); err != nil {
+		d.t.Fatal(err)
+	}
+	return string(plain), n.Version
+}
+
+// expectNothing checks no notification arrives within d.
+func (d *device) expectNothing(wait time.Duration) {
+	d.t.Helper()
+	n, err := d.c.Next(time.Now().Add(wait))
+	if err == nil {
+		d.t.Fatalf("unexpected notification %+v", n)
+	}
+}
+
+func b64url(s string) ([]byte, error) { return ece.DecodeKey(s) }

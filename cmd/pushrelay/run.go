@@ -1,0 +1,295 @@
+package main
+
+import (
+	"crypto/tls"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/admin"
+	"github.com/pushrelay/pushrelay/relay/endpoint"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/token"
+	"github.com/pushrelay/pushrelay/relay/vapid"
+	"github.com/pushrelay/pushrelay/relay/wsock"
+)
+
+func newLogger(cfg *Config, w io.Writer) *slog.Logger {
+	var lvl slog.Level
+	lvl.UnmarshalText([]byte(cfg.LogLevel))
+	opts := &slog.HandlerOptions{Level: lvl}
+	if cfg.LogFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// daemon is one running relay: what runDaemon builds and tears down.
+type daemon struct {
+	cfg     *Config
+	log     *slog.Logger
+	reg     *metrics.Registry
+	store   *store.Store
+	hub     *relay.Hub
+	admin   *admin.Server
+	started time.Time
+
+	listeners map[string]net.Listener
+	servers   map[string]*http.Server
+	tls       bool // device and endpoint listeners serve TLS
+}
+
+// scheme adds the TLS "s" (http → https, ws → wss) when TLS is on.
+func (d *daemon) scheme(plain string) string {
+	if d.tls {
+		return plain + "s"
+	}
+	return plain
+}
+
+// runDaemon runs the relay until ctx is cancelled (SIGTERM, SIGINT), then
+// shuts down gracefully: stop taking requests, let in-flight pushes finish,
+// close device sockets with 1001, flush the store.
+func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err error) {
+	d := &daemon{cfg: cfg, log: newLogger(cfg, stderr), started: time.Now(),
+		listeners: map[string]net.Listener{}, servers: map[string]*http.Server{}}
+	if err := checkDataDir(cfg.DataDir); err != nil {
+		return err
+	}
+	d.reg = metrics.NewRegistry().WithProcess()
+	tokens, err := token.LoadOrCreate(cfg.dataPath("endpoint.key"))
+	if err != nil {
+		return err
+	}
+	d.store, err = store.Open(store.Options{
+		Path:               cfg.dataPath("pushrelay.db"),
+		MaxMessagesPerUAID: cfg.MaxMessagesPerUAID,
+		MaxChannelsPerUAID: cfg.MaxChannelsPerUAID,
+		SweepInterval:      cfg.SweepInterval,
+		Metrics:            d.reg,
+		Logger:             d.log.With("component", "store"),
+	})
+	if errors.Is(err, store.ErrLocked) {
+		return fmt.Errorf("data dir %s is in use by another pushrelay process", cfg.DataDir)
+	}
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if cerr := d.store.Close(); cerr != nil && err == nil {
+			err = fmt.Errorf("close store: %w", cerr)
+		}
+	}()
+	if err := d.listen(); err != nil {
+		d.closeListeners()
+		return err
+	}
+	tlsConf, err := cfg.tlsConfig()
+	if err != nil {
+		d.closeListeners()
+		return err
+	}
+	if tlsConf != nil {
+		d.tls = true
+		for _, name := range []string{"device", "endpoint"} {
+			d.listeners[name] = tls.NewListener(d.listeners[name], tlsConf)
+		}
+	}
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = d.scheme("http") + "://" + displayAddr(d.listeners["endpoint"].Addr())
+		d.log.Warn("public_url is not set; endpoints name this host as "+publicURL+", which only local app servers can reach", "public_url", publicURL)
+	}
+	d.hub, err = relay.New(relay.Config{
+		Store:        d.store,
+		Tokens:       tokens,
+		PublicURL:    publicURL,
+		CheckKey:     vapid.DecodePublicKey,
+		HelloTimeout: cfg.HelloTimeout,
+		PingInterval: cfg.PingInterval,
+		Window:       cfg.InflightWindow,
+		Logger:       d.log.With("component", "devices"),
+		Metrics:      d.reg,
+	})
+	if err != nil {
+		d.closeListeners()
+		return err
+	}
+	api, err := endpoint.New(endpoint.Config{
+		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
+		Logger: d.log.With("component", "endpoint"), Metrics: d.reg,
+	})
+	if err != nil {
+		d.closeListeners()
+		return err
+	}
+	d.admin = admin.New(d.reg, d.status)
+
+	errLog := log.New(&slogWriter{d.log}, "", 0)
+	d.servers["device"] = &http.Server{
+		Handler: wsock.Handler(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
+			func(c *wsock.Conn) { d.hub.Accept(c) }),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          errLog,
+	}
+	d.servers["endpoint"] = &http.Server{
+		Handler:           api,
+		ReadHeaderTimeout: 10 * time.Second,
+		ReadTimeout:       30 * time.Second,
+		WriteTimeout:      30 * time.Second,
+		IdleTimeout:       120 * time.Second,
+		ErrorLog:          errLog,
+	}
+	if _, ok := d.listeners["admin"]; ok {
+		d.servers["admin"] = &http.Server{Handler: d.admin, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	errc := make(chan error, len(d.servers)+2)
+	for name, srv := range d.servers {
+		ln := d.listeners[name]
+		wg.Go(func() {
+			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+				errc <- fmt.Errorf("%s listener: %w", name, err)
+			}
+		})
+	}
+	wg.Go(func() {
+		if err := d.store.Run(runCtx); err != nil {
+			errc <- fmt.Errorf("store: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := d.hub.Run(runCtx); err != nil {
+			errc <- fmt.Errorf("devices: %w", err)
+		}
+	})
+	d.admin.SetReady(true)
+	d.announce(stdout, publicURL)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		d.log.Info("shutting down", "reason", context.Cause(ctx))
+	case runErr = <-errc:
+		d.log.Error("fatal", "err", runErr)
+	}
+	d.shutdown()
+	cancel()
+	wg.Wait()
+	d.log.Info("stopped")
+	return runErr
+}
+
+func (d *daemon) listen() error {
+	for _, l := range []struct{ name, addr string }{
+		{"device", d.cfg.DeviceListen},
+		{"endpoint", d.cfg.EndpointListen},
+		{"admin", d.cfg.AdminListen},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("%s listener: %w", l.name, err)
+		}
+		d.listeners[l.name] = ln
+	}
+	return nil
+}
+
+func (d *daemon) closeListeners() {
+	for _, ln := range d.listeners {
+		ln.Close()
+	}
+}
+
+// shutdown drains in order: readiness off, no new requests, in-flight pushes
+// finish (each is durable before its 201), device sessions get 1001 and
+// their pending acks are written. The store is closed by runDaemon.
+func (d *daemon) shutdown() {
+	d.admin.SetReady(false)
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
+	defer cancel()
+	for _, name := range []string{"endpoint", "device"} {
+		if err := d.servers[name].Shutdown(ctx); err != nil {
+			d.log.Warn("drain "+name+" listener", "err", err)
+			d.servers[name].Close()
+		}
+	}
+	d.hub.Close()
+	if srv, ok := d.servers["admin"]; ok {
+		srv.Shutdown(ctx)
+	}
+}
+
+func (d *daemon) status() admin.Status {
+	st := admin.Status{
+		Version:     version,
+		Uptime:      time.Since(d.started).Truncate(time.Second).String(),
+		Connections: d.hub.Connected(),
+		Listeners:   map[string]string{},
+	}
+	if s, err := d.store.Stats(); err == nil {
+		st.Devices, st.Channels, st.Waiting = s.Devices, s.Channels, s.Waiting
+	}
+	for name, ln := range d.listeners {
+		st.Listeners[name] = ln.Addr().String()
+	}
+	return st
+}
+
+// announce prints where to connect, one "name url" line each, so people and
+// tests (which bind port 0) can find the listeners.
+func (d *daemon) announce(w io.Writer, publicURL string) {
+	fmt.Fprintf(w, "pushrelay %s ready (data in %s)\n", version, d.cfg.DataDir)
+	fmt.Fprintf(w, "  devices      %s://%s/\n", d.scheme("ws"), displayAddr(d.listeners["device"].Addr()))
+	fmt.Fprintf(w, "  app servers  %s/wpush/v1/{token}  (each device gets its endpoint at register)\n", publicURL)
+	fmt.Fprintf(w, "  endpoint     %s://%s/\n", d.scheme("http"), displayAddr(d.listeners["endpoint"].Addr()))
+	if ln, ok := d.listeners["admin"]; ok {
+		fmt.Fprintf(w, "  admin        http://%s/status\n", displayAddr(ln.Addr()))
+	}
+	d.log.Info("ready", "device", d.listeners["device"].Addr().String(), "endpoint", d.listeners["endpoint"].Addr().String(), "public_url", publicURL)
+}
+
+// displayAddr turns a listener address into one a local client can dial.
+func displayAddr(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	host := ta.IP.String()
+	if ta.IP == nil || ta.IP.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(ta.Port))
+}
+
+// slogWriter routes net/http's error log (TLS handshake noise, panics in
+// handlers) into the structured log.
+type slogWriter struct{ l *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	w.l.Warn("http server", "msg", string(trimNL(p)))
+	return len(p), nil
+}
+
+func trimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}

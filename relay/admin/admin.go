@@ -1,0 +1,100 @@
+// Package admin serves pushrelay's operator endpoints: Prometheus metrics,
+// liveness and readiness, a status page and pprof. It binds to loopback by
+// default; nothing here is meant for devices or app servers.
+//
+//	GET /metrics   Prometheus text format
+//	GET /healthz   200 while the process runs
+//	GET /readyz    200 once every listener is up, 503 before and while
+//	               shutting down
+//	GET /status    JSON (Accept: application/json or ?format=json) or a
+//	               small HTML page
+//	/debug/pprof/  Go profiles
+package admin
+
+import (
+	"encoding/json"
+	"html/template"
+	"net/http"
+	"net/http/pprof"
+	"strings"
+	"sync/atomic"
+
+	"github.com/pushrelay/pushrelay/relay/metrics"
+)
+
+// Status is what /status reports; the daemon fills it on each request.
+type Status struct {
+	Version     string            `json:"version"`
+	Ready       bool              `json:"ready"`
+	Uptime      string            `json:"uptime"`
+	Connections int               `json:"connections"`
+	Devices     int64             `json:"devices"`
+	Channels    int64             `json:"channels"`
+	Waiting     int64             `json:"waiting_messages"`
+	Listeners   map[string]string `json:"listeners"`
+}
+
+// Server is the admin handler.
+type Server struct {
+	ready  atomic.Bool
+	status func() Status
+	mux    *http.ServeMux
+}
+
+// New returns an admin handler exporting reg; status is called for /status.
+func New(reg *metrics.Registry, status func() Status) *Server {
+	s := &Server{status: status, mux: http.NewServeMux()}
+	s.mux.Handle("GET /metrics", reg.Handler())
+	s.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Write([]byte("ok\n"))
+	})
+	s.mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
+		if !s.ready.Load() {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		w.Write([]byte("ready\n"))
+	})
+	s.mux.HandleFunc("GET /status", s.serveStatus)
+	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
+	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return s
+}
+
+// SetReady flips /readyz.
+func (s *Server) SetReady(v bool) { s.ready.Store(v) }
+
+// ServeHTTP implements http.Handler.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
+
+var page = template.Must(template.New("status").Parse(`<!doctype html>
+<html><head><meta charset="utf-8"><title>pushrelay status</title>
+<style>body{font-family:sans-serif;margin:2em}td{padding:.2em 1em}</style></head>
+<body><h1>pushrelay {{.Version}}</h1>
+<table>
+<tr><td>ready</td><td>{{.Ready}}</td></tr>
+<tr><td>uptime</td><td>{{.Uptime}}</td></tr>
+<tr><td>device connections</td><td>{{.Connections}}</td></tr>
+<tr><td>devices</td><td>{{.Devices}}</td></tr>
+<tr><td>channels</td><td>{{.Channels}}</td></tr>
+<tr><td>waiting messages</td><td>{{.Waiting}}</td></tr>
+{{range $k, $v := .Listeners}}<tr><td>{{$k}} listener</td><td>{{$v}}</td></tr>{{end}}
+</table>
+<p><a href="/metrics">metrics</a> · <a href="/status?format=json">json</a> · <a href="/debug/pprof/">pprof</a></p>
+</body></html>
+`))
+
+func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
+	st := s.status()
+	st.Ready = s.ready.Load()
+	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(st)
+		return
+	}
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	page.Execute(w, st)
+}

@@ -1,0 +1,62 @@
+package admin
+
+import (
+	"encoding/json"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/pushrelay/pushrelay/relay/metrics"
+)
+
+func get(t *testing.T, srv *httptest.Server, path string, hdr ...string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest("GET", srv.URL+path, nil)
+	if len(hdr) == 2 {
+		req.Header.Set(hdr[0], hdr[1])
+	}
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func TestEndpoints(t *testing.T) {
+	reg := metrics.NewRegistry()
+	reg.Counter("pushrelay_x_total", "x").Inc()
+	s := New(reg, func() Status {
+		return Status{Version: "v-test", Connections: 3, Listeners: map[string]string{"device": "127.0.0.1:1"}}
+	})
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+
+	if code, _ := get(t, srv, "/healthz"); code != 200 {
+		t.Fatalf("healthz = %d", code)
+	}
+	if code, _ := get(t, srv, "/readyz"); code != 503 {
+		t.Fatalf("readyz before ready = %d", code)
+	}
+	s.SetReady(true)
+	if code, _ := get(t, srv, "/readyz"); code != 200 {
+		t.Fatalf("readyz after ready = %d", code)
+	}
+	if code, body := get(t, srv, "/metrics"); code != 200 || !strings.Contains(body, "pushrelay_x_total 1") {
+		t.Fatalf("metrics = %d %s", code, body)
+	}
+	code, body := get(t, srv, "/status", "Accept", "application/json")
+	var st Status
+	if code != 200 || json.Unmarshal([]byte(body), &st) != nil || st.Connections != 3 || !st.Ready {
+		t.Fatalf("status json = %d %s", code, body)
+	}
+	if code, body := get(t, srv, "/status"); code != 200 || !strings.Contains(body, "v-test") {
+		t.Fatalf("status page = %d %s", code, body)
+	}
+	if code, _ := get(t, srv, "/debug/pprof/"); code != 200 {
+		t.Fatalf("pprof = %d", code)
+	}
+}

@@ -1,0 +1,17 @@
+package endpoint
+
+import "github.com/pushrelay/pushrelay/relay/metrics"
+
+type apiMetrics struct {
+	accepted metrics.Counter
+	errors   *metrics.CounterVec
+	latency  metrics.Observer
+}
+
+func newAPIMetrics(r *metrics.Registry) *apiMetrics {
+	return &apiMetrics{
+		accepted: r.Counter("pushrelay_endpoint_accepted_total", "Push requests answered 201."),
+		errors:   r.CounterVec("pushrelay_endpoint_errors_total", "Push requests refused, by HTTP status and errno.", "status", "errno"),
+		latency:  r.Histogram("pushrelay_endpoint_request_seconds", "Time from request to 201, including the durable write.", metrics.LatencyBuckets),
+	}
+}

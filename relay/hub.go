@@ -1,0 +1,282 @@
+package relay
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/token"
+)
+
+// Hub holds the device sessions of one relay.
+type Hub struct {
+	cfg Config
+	m   *hubMetrics
+	wg  sync.WaitGroup
+
+	// ctx is cancelled by Close; store calls made on behalf of sessions use
+	// it so nothing outlives the hub.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	closing  bool
+	sessions map[store.UAID]*session // sessions past hello, by UAID
+	all      map[*session]struct{}   // every session, before and after hello
+
+	closeOnce sync.Once
+}
+
+// New returns a hub. It starts no goroutines until Accept or Run.
+func New(cfg Config) (*Hub, error) {
+	if cfg.Store == nil || cfg.Tokens == nil {
+		return nil, errors.New("relay: Store and Tokens are required")
+	}
+	if cfg.PublicURL == "" {
+		return nil, errors.New("relay: PublicURL is required")
+	}
+	cfg.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &Hub{
+		cfg:      cfg,
+		m:        newHubMetrics(metrics.OrNew(cfg.Metrics)),
+		ctx:      ctx,
+		cancel:   cancel,
+		sessions: make(map[store.UAID]*session),
+		all:      make(map[*session]struct{}),
+	}
+	return h, nil
+}
+
+// Accept takes ownership of a device connection and serves it on a
+// goroutine of the hub's. It returns at once. After Close it closes the
+// connection with 1001.
+func (h *Hub) Accept(c Conn) {
+	s := &session{hub: h, conn: c}
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		c.Close(pushproto.CloseGoingAway, "server shutting down")
+		c.Release()
+		return
+	}
+	h.all[s] = struct{}{}
+	h.wg.Add(1)
+	h.mu.Unlock()
+	h.m.accepted.Inc()
+	h.m.connections.Inc()
+	go func() {
+		defer h.wg.Done()
+		defer h.m.connections.Dec()
+		s.run()
+	}()
+}
+
+// Connected reports how many sessions have completed hello.
+func (h *Hub) Connected() int {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.sessions)
+}
+
+// Run sends transport pings to idle sessions until ctx is done or the hub
+// closes.
+func (h *Hub) Run(ctx context.Context) error {
+	tick := h.cfg.PingInterval / 10
+	if tick < 50*time.Millisecond {
+		tick = 50 * time.Millisecond
+	}
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-h.ctx.Done():
+			return nil
+		case <-t.C:
+			h.keepalive()
+		}
+	}
+}
+
+func (h *Hub) keepalive() {
+	now := h.cfg.Now()
+	h.mu.Lock()
+	idle := make([]*session, 0, 16)
+	for s := range h.all {
+		if s.needsPing(now, h.cfg.PingInterval) {
+			idle = append(idle, s)
+		}
+	}
+	h.mu.Unlock()
+	for _, s := range idle {
+		s.ping()
+	}
+}
+
+// Close closes every session with 1001, waits for the hub's goroutines (ack
+// flushers finish their writes first) and refuses new work. It is
+// idempotent.
+func (h *Hub) Close() error {
+	h.closeOnce.Do(func() {
+		h.mu.Lock()
+		h.closing = true
+		all := make([]*session, 0, len(h.all))
+		for s := range h.all {
+			all = append(all, s)
+		}
+		h.mu.Unlock()
+		for _, s := range all {
+			s.close(pushproto.CloseGoingAway, "server shutting down")
+		}
+		h.wg.Wait()
+		h.cancel()
+	})
+	return nil
+}
+
+// attach makes s the session of its UAID, closing the one it replaces.
+func (h *Hub) attach(s *session) bool {
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		return false
+	}
+	old := h.sessions[s.uaid]
+	h.sessions[s.uaid] = s
+	h.mu.Unlock()
+	if old != nil {
+		old.close(pushproto.CloseServerError, "replaced by a newer connection")
+	}
+	return true
+}
+
+func (h *Hub) detach(s *session) {
+	h.mu.Lock()
+	if h.sessions[s.uaid] == s {
+		delete(h.sessions, s.uaid)
+	}
+	delete(h.all, s)
+	h.mu.Unlock()
+}
+
+func (h *Hub) session(u store.UAID) *session {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.sessions[u]
+}
+
+// goOwned runs f on a goroutine the hub waits for in Close. It returns false
+// (and runs nothing) once the hub is closing and all sessions are gone.
+func (h *Hub) goOwned(f func()) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		f()
+	}()
+}
+
+// Push accepts a message from an app server. A message with a TTL is on disk
+// when Push returns; a TTL-0 message is handed to the device's session if
+// one is open and dropped otherwise.
+func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
+	h.mu.Lock()
+	closing := h.closing
+	h.mu.Unlock()
+	if closing {
+		return Result{}, ErrClosing
+	}
+	u, ch := uaidOf(m.Endpoint), channelOf(m.Endpoint)
+	now := h.cfg.Now()
+	if m.TTL <= 0 {
+		return h.pushDirect(u, ch, m, now)
+	}
+	if m.Version != 0 {
+		// SimplePush keeps only the latest version of a channel.
+		m.Topic = simplePushTopic
+	}
+	stored, err := h.cfg.Store.Append(ctx, store.Message{
+		UAID: u, Channel: ch,
+		Received: now, TTL: m.TTL, Expiry: now.Add(m.TTL),
+		Topic: m.Topic, Urgency: m.Urgency,
+		Encoding: m.Encoding, Encryption: m.Encryption, CryptoKey: m.CryptoKey,
+		Data: m.Data, Version: m.Version,
+	})
+	if errors.Is(err, store.ErrNoChannel) {
+		return Result{}, ErrNoSubscription
+	}
+	if errors.Is(err, store.ErrClosed) {
+		return Result{}, ErrClosing
+	}
+	if err != nil {
+		return Result{}, wrapStore("store message", err)
+	}
+	h.m.pushed.With("stored").Inc()
+	if s := h.session(u); s != nil {
+		s.kick()
+	}
+	id := h.cfg.Tokens.SealMessageID(token.MessageID{UAID: u, Channel: ch, Seq: stored.Seq})
+	return Result{ID: id, Stored: true}, nil
+}
+
+func (h *Hub) pushDirect(u store.UAID, ch store.ChannelID, m Message, now time.Time) (Result, error) {
+	if _, ok, err := h.cfg.Store.Channel(u, ch); err != nil {
+		return Result{}, wrapStore("read channel", err)
+	} else if !ok {
+		return Result{}, ErrNoSubscription
+	}
+	// A direct message has no stored row; a seq from the clock still names
+	// it uniquely for the Location header (stored seqs count up from 1).
+	dm := store.Message{UAID: u, Channel: ch, Seq: uint64(now.UnixNano()), Received: now,
+		Encoding: m.Encoding, Encryption: m.Encryption, CryptoKey: m.CryptoKey, Data: m.Data}
+	id := h.cfg.Tokens.SealMessageID(token.MessageID{UAID: u, Channel: ch, Seq: dm.Seq})
+	s := h.session(u)
+	if s == nil {
+		h.m.dropped.With("ttl0_offline").Inc()
+		return Result{ID: id}, nil
+	}
+	if !s.sendDirect(s.frameFor(dm)) {
+		h.m.dropped.With("ttl0_queue_full").Inc()
+		return Result{ID: id}, nil
+	}
+	h.m.pushed.With("direct").Inc()
+	return Result{ID: id, Delivered: true}, nil
+}
+
+// Delete removes a waiting message named by its id (app server DELETE).
+func (h *Hub) Delete(ctx context.Context, id string) error {
+	mid, err := h.cfg.Tokens.OpenMessageID(id)
+	if err != nil {
+		return ErrNoMessage
+	}
+	ok, err := h.cfg.Store.Delete(ctx, store.UAID(mid.UAID), store.ChannelID(mid.Channel), mid.Seq)
+	if err != nil {
+		return wrapStore("delete message", err)
+	}
+	if !ok {
+		return ErrNoMessage
+	}
+	return nil
+}
+
+// simplePushTopic is the topic SimplePush versions replace each other
+// under; '!' is outside the base64url alphabet, so no app server's Topic can
+// collide with it.
+const simplePushTopic = "!simplepush"
+
+func newUAID() store.UAID {
+	var u store.UAID
+	rand.Read(u[:])
+	u[6] = u[6]&0x0f | 0x40 // UUID version 4, as autopush makes them
+	u[8] = u[8]&0x3f | 0x80
+	return u
+}
+
+func codeLabel(code int) string { return strconv.Itoa(code) }

@@ -1,0 +1,37 @@
+package relay
+
+import "github.com/pushrelay/pushrelay/relay/metrics"
+
+type hubMetrics struct {
+	connections metrics.Gauge
+	accepted    metrics.Counter
+	hellos      *metrics.CounterVec // result: new, resumed
+	frames      *metrics.CounterVec // messageType
+	closes      *metrics.CounterVec // code
+	registers   *metrics.CounterVec // status
+	unregisters metrics.Counter
+	pushed      *metrics.CounterVec // result: stored, direct
+	dropped     *metrics.CounterVec // reason
+	delivered   metrics.Counter
+	acked       *metrics.CounterVec // code
+	nacks       metrics.Counter
+	pings       metrics.Counter
+}
+
+func newHubMetrics(r *metrics.Registry) *hubMetrics {
+	return &hubMetrics{
+		connections: r.Gauge("pushrelay_device_connections", "Device WebSocket sessions open now."),
+		accepted:    r.Counter("pushrelay_device_connections_total", "Device connections accepted."),
+		hellos:      r.CounterVec("pushrelay_device_hellos_total", "Completed hellos by result (new UAID or resumed).", "result"),
+		frames:      r.CounterVec("pushrelay_device_frames_total", "Frames received from devices by messageType.", "type"),
+		closes:      r.CounterVec("pushrelay_device_closes_total", "Device sessions closed by the relay, by WebSocket close code.", "code"),
+		registers:   r.CounterVec("pushrelay_device_registers_total", "Register requests by reply status.", "status"),
+		unregisters: r.Counter("pushrelay_device_unregisters_total", "Channels unregistered by devices."),
+		pushed:      r.CounterVec("pushrelay_messages_in_total", "Messages accepted from app servers (stored, or direct for TTL 0).", "result"),
+		dropped:     r.CounterVec("pushrelay_messages_dropped_total", "Messages dropped by the hub, by reason.", "reason"),
+		delivered:   r.Counter("pushrelay_messages_delivered_total", "Notifications written to device sockets."),
+		acked:       r.CounterVec("pushrelay_messages_acked_total", "Acks received from devices by ack code.", "code"),
+		nacks:       r.Counter("pushrelay_device_nacks_total", "Nacks received from devices."),
+		pings:       r.Counter("pushrelay_device_pings_total", "WebPush {} pings answered."),
+	}
+}

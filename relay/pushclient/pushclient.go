@@ -1,0 +1,200 @@
+// Package pushclient is a client of the Mozilla push protocol: what a
+// browser's push service does, in Go. The device tool, the bench tool and the
+// end-to-end tests drive the relay through it, and it speaks to any
+// autopush-compatible server.
+//
+// It is synchronous and owns no goroutines: Expect reads until a frame of
+// the wanted type arrives and keeps notifications that arrive meanwhile for
+// Next.
+package pushclient
+
+import (
+	"crypto/tls"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/wsock"
+)
+
+// Client is one device connection.
+type Client struct {
+	conn    *wsock.ClientConn
+	UAID    string
+	pending []pushproto.ServerFrame
+	// Timeout bounds each Expect (default 10s).
+	Timeout time.Duration
+}
+
+// CloseError is re-exported so callers need not import wsock.
+type CloseError = wsock.CloseError
+
+// Dial connects to a device listener.
+func Dial(ctx context.Context, url string) (*Client, error) {
+	return DialTLS(ctx, url, nil)
+}
+
+// DialTLS connects to a wss:// device listener with the given TLS settings
+// (nil: system roots).
+func DialTLS(ctx context.Context, url string, tlsConf *tls.Config) (*Client, error) {
+	c, err := wsock.Dial(ctx, url, tlsConf)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{conn: c, Timeout: 10 * time.Second}, nil
+}
+
+// HelloOptions are the optional parts of hello.
+type HelloOptions struct {
+	Broadcasts map[string]string
+	// Legacy leaves out use_webpush, as Firefox OS 1.x did.
+	Legacy bool
+	// Extra fields merged into the hello frame (wake extensions).
+	Extra map[string]any
+}
+
+// Hello says hello with uaid ("" for a new device) and returns the reply.
+func (c *Client) Hello(uaid string, o HelloOptions) (pushproto.ServerFrame, error) {
+	m := map[string]any{"messageType": "hello"}
+	if !o.Legacy {
+		m["use_webpush"] = true
+	}
+	if uaid != "" {
+		m["uaid"] = uaid
+	}
+	if o.Broadcasts != nil {
+		m["broadcasts"] = o.Broadcasts
+	}
+	for k, v := range o.Extra {
+		m[k] = v
+	}
+	if err := c.SendJSON(m); err != nil {
+		return pushproto.ServerFrame{}, err
+	}
+	f, err := c.Expect(pushproto.TypeHello)
+	if err != nil {
+		return f, err
+	}
+	if f.UAID == "" {
+		return f, errors.New("hello reply without uaid")
+	}
+	c.UAID = f.UAID
+	return f, nil
+}
+
+// Register asks for an endpoint; key is the application server key
+// (base64url) or "".
+func (c *Client) Register(channelID, key string) (pushproto.ServerFrame, error) {
+	m := map[string]any{"messageType": "register", "channelID": channelID}
+	if key != "" {
+		m["key"] = key
+	}
+	if err := c.SendJSON(m); err != nil {
+		return pushproto.ServerFrame{}, err
+	}
+	return c.Expect(pushproto.TypeRegister)
+}
+
+// Unregister drops a channel.
+func (c *Client) Unregister(channelID string) (pushproto.ServerFrame, error) {
+	if err := c.SendJSON(map[string]any{"messageType": "unregister", "channelID": channelID, "code": 200}); err != nil {
+		return pushproto.ServerFrame{}, err
+	}
+	return c.Expect(pushproto.TypeUnregister)
+}
+
+// Ack acknowledges notifications (code 100).
+func (c *Client) Ack(ns ...pushproto.ServerFrame) error {
+	ups := make([]map[string]any, 0, len(ns))
+	for _, n := range ns {
+		if len(n.Updates) > 0 {
+			for _, u := range n.Updates {
+				ups = append(ups, map[string]any{"channelID": u.ChannelID, "version": u.Version, "code": 100})
+			}
+			continue
+		}
+		ups = append(ups, map[string]any{"channelID": n.ChannelID, "version": n.Version, "code": 100})
+	}
+	return c.SendJSON(map[string]any{"messageType": "ack", "updates": ups})
+}
+
+// Ping sends the WebPush {} ping and waits for its answer.
+func (c *Client) Ping() error {
+	if err := c.Send([]byte("{}")); err != nil {
+		return err
+	}
+	_, err := c.Expect(pushproto.TypePing)
+	return err
+}
+
+// SendJSON marshals and sends v.
+func (c *Client) SendJSON(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return c.Send(b)
+}
+
+// Send sends a raw text frame.
+func (c *Client) Send(b []byte) error { return c.conn.Write(b) }
+
+// SendBinary sends a binary frame.
+func (c *Client) SendBinary(b []byte) error { return c.conn.WriteBinary(b) }
+
+// Read returns the next frame from the server, whatever it is, ignoring
+// frames Expect kept. A server close is a *CloseError.
+func (c *Client) Read(deadline time.Time) (pushproto.ServerFrame, error) {
+	b, err := c.conn.Read(deadline)
+	if err != nil {
+		return pushproto.ServerFrame{}, err
+	}
+	return pushproto.DecodeServer(b)
+}
+
+// Expect reads until a frame of type t, keeping notifications and
+// broadcasts that arrive first for Next.
+func (c *Client) Expect(t pushproto.MessageType) (pushproto.ServerFrame, error) {
+	deadline := time.Now().Add(c.Timeout)
+	for {
+		f, err := c.Read(deadline)
+		if err != nil {
+			return f, fmt.Errorf("waiting for %s: %w", t, err)
+		}
+		if f.MessageType == t {
+			return f, nil
+		}
+		c.pending = append(c.pending, f)
+	}
+}
+
+// Next returns the next notification (or broadcast), waiting until
+// deadline.
+func (c *Client) Next(deadline time.Time) (pushproto.ServerFrame, error) {
+	for {
+		if len(c.pending) > 0 {
+			f := c.pending[0]
+			c.pending = c.pending[1:]
+			if f.MessageType == pushproto.TypeNotification || f.MessageType == pushproto.TypeBroadcast {
+				return f, nil
+			}
+			continue
+		}
+		f, err := c.Read(deadline)
+		if err != nil {
+			return f, err
+		}
+		if f.MessageType == pushproto.TypeNotification || f.MessageType == pushproto.TypeBroadcast {
+			return f, nil
+		}
+	}
+}
+
+// Close closes the connection with a normal close frame.
+func (c *Client) Close() error { return c.conn.Close() }
+
+// Abort drops the connection without a close frame.
+func (c *Client) Abort() error { return c.conn.Abort() }

@@ -1,0 +1,538 @@
+package relay
+
+import (
+	"encoding/base64"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/token"
+)
+
+// maxDirect bounds the TTL-0 frames waiting for a session's pump.
+const maxDirect = 32
+
+// session is one device connection. The reader goroutine (run) owns the
+// fields above mu; mu guards the rest; wmu serializes writes to conn.
+type session struct {
+	hub  *Hub
+	conn Conn
+
+	// reader-owned
+	uaid     store.UAID
+	helloed  bool
+	lastPing time.Time
+	// simplePush is set for devices that did not say use_webpush (Firefox
+	// OS 1.x): they get SimplePush endpoints and notifications, and ack
+	// integer versions.
+	simplePush bool
+
+	mu           sync.Mutex
+	ready        bool // hello done; keepalive may ping
+	closed       bool // no more work may start
+	closeSent    bool
+	lastActivity time.Time
+	inflight     map[uint64]struct{} // seqs sent and not yet acked
+	spInflight   map[spKey]uint64    // SimplePush (channel, version) → seq
+	lastSent     uint64              // highest seq sent on this session
+	pumpWanted   bool                // the store may hold messages to send
+	pumping      bool                // a pump goroutine is running
+	direct       [][]byte            // TTL-0 frames to write
+	acks         []uint64            // acked seqs to delete
+	flushing     bool                // an ack flusher is running
+
+	wmu sync.Mutex
+}
+
+func (s *session) run() {
+	h := s.hub
+	defer s.finish()
+	s.touch()
+	s.conn.SetIdleTimeout(h.cfg.HelloTimeout)
+	for {
+		frame, err := s.conn.ReadFrame()
+		if err != nil {
+			s.readFailed(err)
+			return
+		}
+		s.touch()
+		msg, err := pushproto.DecodeClient(frame)
+		if err != nil {
+			h.m.frames.With("invalid").Inc()
+			h.cfg.Logger.Debug("bad frame from device", "remote", s.conn.RemoteAddr(), "uaid", s.uaidString(), "err", err)
+			s.close(pushproto.CloseServerError, pushproto.Reason(err))
+			return
+		}
+		if !s.handle(msg) {
+			return
+		}
+	}
+}
+
+func (s *session) uaidString() string {
+	if !s.helloed {
+		return ""
+	}
+	return s.uaid.String()
+}
+
+func (s *session) readFailed(err error) {
+	var ne net.Error
+	switch {
+	case errors.Is(err, pushproto.ErrBinaryFrame):
+		s.close(pushproto.CloseUnsupported, "binary frames are not accepted")
+	case errors.Is(err, pushproto.ErrFrameTooBig):
+		s.close(pushproto.CloseTooBig, "frame too big")
+	case errors.As(err, &ne) && ne.Timeout():
+		if !s.helloed {
+			s.close(pushproto.CloseServerError, "hello timeout")
+		} else {
+			s.close(pushproto.CloseServerError, "pong timeout")
+		}
+	}
+	// Otherwise the peer closed or the socket failed: finish closes it.
+}
+
+func (s *session) finish() {
+	s.mu.Lock()
+	s.closed = true
+	s.mu.Unlock()
+	s.hub.detach(s)
+	s.conn.Close(pushproto.CloseNormal, "")
+	s.conn.Release()
+}
+
+func (s *session) touch() {
+	now := s.hub.cfg.Now()
+	s.mu.Lock()
+	s.lastActivity = now
+	s.mu.Unlock()
+}
+
+// close sends a close frame once and marks the session closed; the reader
+// then fails and finishes.
+func (s *session) close(code int, reason string) {
+	s.mu.Lock()
+	if s.closeSent {
+		s.mu.Unlock()
+		return
+	}
+	s.closeSent, s.closed = true, true
+	s.mu.Unlock()
+	s.hub.m.closes.With(strconv.Itoa(code)).Inc()
+	s.conn.Close(code, reason)
+}
+
+// write sends one frame; on failure it closes the session.
+func (s *session) write(frame []byte) bool {
+	s.wmu.Lock()
+	err := s.conn.WriteFrame(frame)
+	s.wmu.Unlock()
+	if err != nil {
+		s.hub.cfg.Logger.Debug("write to device failed", "uaid", s.uaidString(), "err", err)
+		s.close(pushproto.CloseServerError, "write failed")
+		return false
+	}
+	return true
+}
+
+func (s *session) needsPing(now time.Time, interval time.Duration) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ready && !s.closed && now.Sub(s.lastActivity) >= interval
+}
+
+func (s *session) ping() {
+	s.touch() // the next ping waits a full interval
+	s.wmu.Lock()
+	err := s.conn.Ping()
+	s.wmu.Unlock()
+	if err != nil {
+		s.close(pushproto.CloseServerError, "ping failed")
+	}
+}
+
+// handle processes one decoded frame; false ends the session.
+func (s *session) handle(msg any) bool {
+	h := s.hub
+	if hello, ok := msg.(pushproto.Hello); ok {
+		h.m.frames.With(string(pushproto.TypeHello)).Inc()
+		if s.helloed {
+			s.close(pushproto.CloseServerError, "already hello'd")
+			return false
+		}
+		return s.hello(hello)
+	}
+	if !s.helloed {
+		h.m.frames.With("before_hello").Inc()
+		s.close(pushproto.CloseServerError, "hello required")
+		return false
+	}
+	switch m := msg.(type) {
+	case pushproto.Register:
+		h.m.frames.With(string(pushproto.TypeRegister)).Inc()
+		return s.register(m)
+	case pushproto.Unregister:
+		h.m.frames.With(string(pushproto.TypeUnregister)).Inc()
+		return s.unregister(m)
+	case pushproto.Ack:
+		h.m.frames.With(string(pushproto.TypeAck)).Inc()
+		s.ack(m)
+		return true
+	case pushproto.Nack:
+		h.m.frames.With(string(pushproto.TypeNack)).Inc()
+		h.m.nacks.Inc()
+		return true
+	case pushproto.Ping:
+		h.m.frames.With(string(pushproto.TypePing)).Inc()
+		now := h.cfg.Now()
+		if h.cfg.MinPingInterval > 0 && !s.lastPing.IsZero() && now.Sub(s.lastPing) < h.cfg.MinPingInterval {
+			s.close(pushproto.CloseServerError, "excessive ping")
+			return false
+		}
+		s.lastPing = now
+		h.m.pings.Inc()
+		return s.write(pushproto.PingReply)
+	case pushproto.BroadcastSubscribe:
+		h.m.frames.With(string(pushproto.TypeBroadcastSubscribe)).Inc()
+		if len(m.Broadcasts) == 0 {
+			return true
+		}
+		return s.write(pushproto.EncodeBroadcast(pushproto.BroadcastErrors(m.Broadcasts)))
+	}
+	return true
+}
+
+func (s *session) hello(m pushproto.Hello) bool {
+	h := s.hub
+	result := "new"
+	u, err := store.ParseUAID(m.UAID)
+	if err == nil {
+		_, ok, err := h.cfg.Store.Device(u)
+		if err != nil {
+			h.cfg.Logger.Error("read device", "uaid", u.String(), "err", err)
+			s.close(pushproto.CloseServerError, "storage error")
+			return false
+		}
+		if ok {
+			result = "resumed"
+		}
+	}
+	if result == "new" {
+		// Like autopush, a new UAID is only stored at its first register.
+		u = newUAID()
+	}
+	s.uaid = u
+	s.helloed = true
+	s.simplePush = !m.UseWebPush
+	if !h.attach(s) {
+		s.close(pushproto.CloseGoingAway, "server shutting down")
+		return false
+	}
+	h.m.hellos.With(result).Inc()
+	s.conn.SetIdleTimeout(h.cfg.PingInterval + h.cfg.PongTimeout + h.cfg.PingInterval/10)
+	if !s.write(pushproto.EncodeHello(pushproto.HelloReply{
+		UAID:       u.String(),
+		Status:     pushproto.StatusOK,
+		Broadcasts: pushproto.BroadcastErrors(m.Broadcasts),
+	})) {
+		return false
+	}
+	if result == "resumed" {
+		if err := h.cfg.Store.Touch(h.ctx, u, h.cfg.Now()); err != nil {
+			h.cfg.Logger.Warn("record device last seen", "uaid", u.String(), "err", err)
+		}
+	}
+	s.mu.Lock()
+	s.ready = true
+	s.mu.Unlock()
+	if result == "resumed" {
+		s.kick()
+	}
+	return true
+}
+
+func (s *session) register(m pushproto.Register) bool {
+	h := s.hub
+	ch, err := store.ParseChannelID(m.ChannelID)
+	if err != nil {
+		s.close(pushproto.CloseServerError, "invalid channelID")
+		return false
+	}
+	var key []byte
+	if m.Key != "" {
+		if h.cfg.CheckKey != nil {
+			key, err = h.cfg.CheckKey(m.Key)
+		} else {
+			err = errors.New("keys not supported")
+		}
+		if err != nil {
+			h.m.registers.With("400").Inc()
+			return s.write(pushproto.EncodeRegister(m.ChannelID, 400, ""))
+		}
+	}
+	err = h.cfg.Store.Register(h.ctx, store.Channel{UAID: s.uaid, ID: ch, Created: h.cfg.Now(), Key: key})
+	status := 200
+	switch {
+	case err == nil:
+	case errors.Is(err, store.ErrChannelConflict):
+		status = 409
+	case errors.Is(err, store.ErrTooManyChannels):
+		status = 413
+	default:
+		h.cfg.Logger.Error("register channel", "uaid", s.uaid.String(), "err", err)
+		status = 500
+	}
+	h.m.registers.With(strconv.Itoa(status)).Inc()
+	endpoint := ""
+	if status == 200 {
+		endpoint = h.endpointURL(s.uaid, ch, key, s.simplePush)
+	}
+	return s.write(pushproto.EncodeRegister(m.ChannelID, status, endpoint))
+}
+
+func (h *Hub) endpointURL(u store.UAID, ch store.ChannelID, key []byte, simplePush bool) string {
+	e := token.Endpoint{UAID: u, Channel: ch}
+	if simplePush && key == nil {
+		return h.cfg.PublicURL + "/update/" + h.cfg.Tokens.SealEndpoint(e)
+	}
+	if key != nil {
+		sum := keyHash(key)
+		e.KeyHash = &sum
+	}
+	return h.cfg.PublicURL + "/wpush/v" + strconv.Itoa(e.Version()) + "/" + h.cfg.Tokens.SealEndpoint(e)
+}
+
+func (s *session) unregister(m pushproto.Unregister) bool {
+	h := s.hub
+	ch, err := store.ParseChannelID(m.ChannelID)
+	if err != nil {
+		s.close(pushproto.CloseServerError, "invalid channelID")
+		return false
+	}
+	status := 200
+	if _, err := h.cfg.Store.Unregister(h.ctx, s.uaid, ch); err != nil {
+		h.cfg.Logger.Error("unregister channel", "uaid", s.uaid.String(), "err", err)
+		status = 500
+	} else {
+		h.m.unregisters.Inc()
+	}
+	return s.write(pushproto.EncodeUnregister(m.ChannelID, status))
+}
+
+func (s *session) ack(m pushproto.Ack) {
+	h := s.hub
+	s.mu.Lock()
+	for _, up := range m.Updates {
+		h.m.acked.With(strconv.Itoa(up.Code)).Inc()
+		if s.simplePush {
+			if seq, ok := s.spInflight[spKey{up.ChannelID, up.Version}]; ok {
+				delete(s.spInflight, spKey{up.ChannelID, up.Version})
+				delete(s.inflight, seq)
+				s.acks = append(s.acks, seq)
+				continue
+			}
+		}
+		id, err := h.cfg.Tokens.OpenMessageID(up.Version)
+		if err != nil || store.UAID(id.UAID) != s.uaid || store.ChannelID(id.Channel).String() != up.ChannelID {
+			h.m.dropped.With("ack_unknown").Inc()
+			continue
+		}
+		delete(s.inflight, id.Seq)
+		s.acks = append(s.acks, id.Seq)
+	}
+	startFlush := len(s.acks) > 0 && !s.flushing
+	if startFlush {
+		s.flushing = true
+	}
+	startPump := s.pumpWanted && !s.pumping && !s.closed && len(s.inflight) < h.cfg.Window
+	if startPump {
+		s.pumping = true
+	}
+	s.mu.Unlock()
+	if startFlush {
+		h.goOwned(s.flushAcks)
+	}
+	if startPump {
+		h.goOwned(s.pump)
+	}
+}
+
+// flushAcks deletes acked messages. It does not hold up the reader: a
+// delete lost to a crash only means the device sees the message again.
+func (s *session) flushAcks() {
+	h := s.hub
+	for {
+		s.mu.Lock()
+		seqs := s.acks
+		s.acks = nil
+		if len(seqs) == 0 {
+			s.flushing = false
+			s.mu.Unlock()
+			return
+		}
+		s.mu.Unlock()
+		if _, err := h.cfg.Store.Ack(h.ctx, s.uaid, seqs...); err != nil {
+			h.cfg.Logger.Warn("delete acked messages", "uaid", s.uaid.String(), "n", len(seqs), "err", err)
+		}
+	}
+}
+
+// kick tells the session the store may hold new messages for it.
+func (s *session) kick() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.pumpWanted = true
+	start := !s.pumping && len(s.inflight) < s.hub.cfg.Window
+	if start {
+		s.pumping = true
+	}
+	s.mu.Unlock()
+	if start {
+		s.hub.goOwned(s.pump)
+	}
+}
+
+// sendDirect queues a TTL-0 frame; false if the session is gone or its
+// queue is full.
+func (s *session) sendDirect(frame []byte) bool {
+	s.mu.Lock()
+	if s.closed || !s.ready || len(s.direct) >= maxDirect {
+		s.mu.Unlock()
+		return false
+	}
+	s.direct = append(s.direct, frame)
+	start := !s.pumping
+	if start {
+		s.pumping = true
+	}
+	s.mu.Unlock()
+	if start {
+		s.hub.goOwned(s.pump)
+	}
+	return true
+}
+
+// pump writes TTL-0 frames and stored messages past lastSent, keeping at
+// most Window notifications in flight. Reading the store (not passing
+// messages along) keeps delivery in seq order whatever order commits are
+// reported in.
+func (s *session) pump() {
+	h := s.hub
+	for {
+		s.mu.Lock()
+		if s.closed {
+			s.pumping = false
+			s.direct = nil
+			s.mu.Unlock()
+			return
+		}
+		direct := s.direct
+		s.direct = nil
+		room := h.cfg.Window - len(s.inflight)
+		want := s.pumpWanted && room > 0
+		if want {
+			s.pumpWanted = false
+		}
+		if len(direct) == 0 && !want {
+			s.pumping = false
+			s.mu.Unlock()
+			return
+		}
+		after := s.lastSent
+		s.mu.Unlock()
+
+		for _, f := range direct {
+			if !s.write(f) {
+				s.pumpStopped()
+				return
+			}
+			h.m.delivered.Inc()
+		}
+		if !want {
+			continue
+		}
+		msgs, err := h.cfg.Store.Messages(s.uaid, after, room)
+		if err != nil {
+			h.cfg.Logger.Error("read waiting messages", "uaid", s.uaid.String(), "err", err)
+			s.close(pushproto.CloseServerError, "storage error")
+			s.pumpStopped()
+			return
+		}
+		s.mu.Lock()
+		if s.inflight == nil {
+			s.inflight = make(map[uint64]struct{}, len(msgs))
+		}
+		if s.simplePush && s.spInflight == nil {
+			s.spInflight = make(map[spKey]uint64, len(msgs))
+		}
+		send := msgs[:0]
+		for _, m := range msgs {
+			if m.Seq <= s.lastSent {
+				continue
+			}
+			s.inflight[m.Seq] = struct{}{}
+			s.lastSent = m.Seq
+			if s.simplePush {
+				s.spInflight[spKey{m.Channel.String(), strconv.FormatUint(simplePushVersion(m), 10)}] = m.Seq
+			}
+			send = append(send, m)
+		}
+		if len(msgs) == room {
+			s.pumpWanted = true // there may be more
+		}
+		s.mu.Unlock()
+		for _, m := range send {
+			if !s.write(s.frameFor(m)) {
+				s.pumpStopped()
+				return
+			}
+			h.m.delivered.Inc()
+		}
+	}
+}
+
+func (s *session) pumpStopped() {
+	s.mu.Lock()
+	s.pumping = false
+	s.direct = nil
+	s.mu.Unlock()
+}
+
+// spKey names a SimplePush notification in flight.
+type spKey struct{ channel, version string }
+
+// simplePushVersion is the version a SimplePush device sees: the one the
+// app server PUT, or the message's seq for a Web Push message.
+func simplePushVersion(m store.Message) uint64 {
+	if m.Version != 0 {
+		return m.Version
+	}
+	return m.Seq
+}
+
+// frameFor builds the notification frame for a stored message in the
+// session's dialect.
+func (s *session) frameFor(m store.Message) []byte {
+	if s.simplePush {
+		return pushproto.EncodeSimplePushNotification([]pushproto.SimplePushUpdate{{ChannelID: m.Channel.String(), Version: simplePushVersion(m)}})
+	}
+	id := s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
+	return notificationFrame(m.Channel.String(), id, m.Data, m.Encoding, m.Encryption, m.CryptoKey, 0)
+}
+
+func notificationFrame(channelID, version string, data []byte, encoding, encryption, cryptoKey string, ttl int) []byte {
+	n := pushproto.Notification{ChannelID: channelID, Version: version, TTL: ttl}
+	if len(data) > 0 {
+		n.Data = base64.RawURLEncoding.EncodeToString(data)
+		n.Headers = &pushproto.Headers{Encoding: encoding, Encryption: encryption, CryptoKey: cryptoKey}
+	}
+	return pushproto.EncodeNotification(n)
+}

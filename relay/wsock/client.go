@@ -1,0 +1,98 @@
+package wsock
+
+import (
+	"crypto/tls"
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// ClientConn is the client side of a device connection, used by the device
+// tool, the bench tool and tests. One goroutine may read while another
+// writes.
+type ClientConn struct {
+	ws  *websocket.Conn
+	wmu sync.Mutex
+}
+
+// CloseError is returned by Read when the server closed the connection
+// with a close frame.
+type CloseError struct {
+	Code   int
+	Reason string
+}
+
+func (e *CloseError) Error() string { return fmt.Sprintf("closed by server: %d %s", e.Code, e.Reason) }
+
+// Dial connects to a device listener (ws:// or wss://). tlsConf may be nil
+// for the system roots.
+func Dial(ctx context.Context, url string, tlsConf *tls.Config) (*ClientConn, error) {
+	d := websocket.Dialer{
+		TLSClientConfig:  tlsConf,
+		HandshakeTimeout: 10 * time.Second,
+		ReadBufferSize:   512,
+		WriteBufferSize:  512,
+		WriteBufferPool:  &writePool,
+		Subprotocols:     []string{"push-notification"},
+	}
+	ws, resp, err := d.DialContext(ctx, url, http.Header{})
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("dial %s: %w (HTTP %d)", url, err, resp.StatusCode)
+		}
+		return nil, fmt.Errorf("dial %s: %w", url, err)
+	}
+	return &ClientConn{ws: ws}, nil
+}
+
+// Write sends a text frame.
+func (c *ClientConn) Write(p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.ws.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	return c.ws.WriteMessage(websocket.TextMessage, p)
+}
+
+// WriteBinary sends a binary frame (tests use it to check the server
+// refuses them).
+func (c *ClientConn) WriteBinary(p []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.ws.WriteMessage(websocket.BinaryMessage, p)
+}
+
+// Read returns the next text frame, waiting until deadline (zero: forever).
+// A close from the server is returned as *CloseError.
+func (c *ClientConn) Read(deadline time.Time) ([]byte, error) {
+	c.ws.SetReadDeadline(deadline)
+	for {
+		typ, b, err := c.ws.ReadMessage()
+		if err != nil {
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				return nil, &CloseError{Code: ce.Code, Reason: ce.Text}
+			}
+			return nil, err
+		}
+		if typ == websocket.TextMessage {
+			return b, nil
+		}
+	}
+}
+
+// Close sends a normal close frame and closes the socket.
+func (c *ClientConn) Close() error {
+	c.wmu.Lock()
+	c.ws.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, ""), time.Now().Add(time.Second))
+	c.wmu.Unlock()
+	return c.ws.Close()
+}
+
+// Abort closes the socket without a close frame, as a device losing its
+// network would.
+func (c *ClientConn) Abort() error { return c.ws.Close() }
