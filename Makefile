@@ -8,7 +8,7 @@ COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 GOFLAGS_BUILD := -trimpath -ldflags '$(LDFLAGS)'
 
-.PHONY: all build run test test-short fuzz vet bench clean
+.PHONY: all build run test fuzz vet bench clean npm-deps
 
 all: build
 
@@ -21,9 +21,15 @@ run: build
 
 # Everything CI runs: vet, unit and end-to-end tests (with the race detector
 # on the core packages), fuzz seed corpora, and the npm web-push interop test.
-test: vet
+test: vet npm-deps
 	$(GO) test -count=1 -timeout 10m ./...
 	$(GO) test -count=1 -race -timeout 10m ./relay/...
+
+# The web-push npm package, the third-party sender of the interop test,
+# pinned by testdata/webpush-npm/package-lock.json.
+npm-deps: testdata/webpush-npm/node_modules/.package-lock.json
+testdata/webpush-npm/node_modules/.package-lock.json: testdata/webpush-npm/package-lock.json
+	cd testdata/webpush-npm && npm ci --no-audit --no-fund --loglevel=error
 
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || (echo "gofmt needed:"; gofmt -l .; exit 1)

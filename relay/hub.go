@@ -30,6 +30,8 @@ type Hub struct {
 	sessions map[store.UAID]*session // sessions past hello, by UAID
 	all      map[*session]struct{}   // every session, before and after hello
 
+	work *workers
+
 	closeOnce sync.Once
 }
 
@@ -51,6 +53,7 @@ func New(cfg Config) (*Hub, error) {
 		sessions: make(map[store.UAID]*session),
 		all:      make(map[*session]struct{}),
 	}
+	h.work = newWorkers(&h.wg, 5*time.Second)
 	return h, nil
 }
 
@@ -136,6 +139,7 @@ func (h *Hub) Close() error {
 		for _, s := range all {
 			s.close(pushproto.CloseGoingAway, "server shutting down")
 		}
+		h.work.stop()
 		h.wg.Wait()
 		h.cancel()
 	})
@@ -173,15 +177,9 @@ func (h *Hub) session(u store.UAID) *session {
 	return h.sessions[u]
 }
 
-// goOwned runs f on a goroutine the hub waits for in Close. It returns false
-// (and runs nothing) once the hub is closing and all sessions are gone.
-func (h *Hub) goOwned(f func()) {
-	h.wg.Add(1)
-	go func() {
-		defer h.wg.Done()
-		f()
-	}()
-}
+// goOwned runs f on one of the hub's workers, which Close waits for. The
+// caller must be a live session or hold another WaitGroup count.
+func (h *Hub) goOwned(f func()) { h.work.run(f) }
 
 // Push accepts a message from an app server. A message with a TTL is on disk
 // when Push returns; a TTL-0 message is handed to the device's session if

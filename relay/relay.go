@@ -7,10 +7,19 @@
 // message leaves the store only when the device acks it; what a device did not
 // ack comes again on its next hello.
 //
-// Goroutines: one reader per session (started by Accept), one short-lived
-// pump per session while it has frames to send, one ack flusher per session
-// while acks wait to be written, and the keepalive loop run by Run. The Hub's
-// WaitGroup owns them all; Close waits for them.
+// Goroutines: one waiter per session (started by Accept) that parks until
+// the device sends something; a short-lived reader per burst of frames that
+// decodes and handles them; a short-lived pump per session while it has
+// frames to send; an ack flusher per session while acks wait to be written;
+// and the keepalive loop run by Run. The Hub's WaitGroup owns them all;
+// Close waits for them.
+//
+// The split between waiter and reader is for memory: an idle device costs
+// a goroutine parked in a shallow call, whose stack stays at the 2 KiB
+// minimum, while the deep work of a burst (JSON, store calls) happens on a
+// goroutine that then exits. Go never shrinks a stack below four times the
+// depth at which it is parked plus 800 bytes, so a long-lived reader that
+// once handled a register would keep 4 to 8 KiB for ever.
 //
 // Lock order: Hub.mu, then session.mu, then session.wmu. No lock is held
 // across a store call.
@@ -39,6 +48,13 @@ type Conn interface {
 	// pushproto.ErrPeerClosed, or are a net.Error timeout when no frame
 	// (nor pong) arrived within the idle timeout.
 	ReadFrame() ([]byte, error)
+	// WaitReadable parks until a frame may be read (or the idle timeout
+	// or an error), consuming nothing, in as shallow a call as the adapter
+	// can manage. Adapters that cannot do this return nil at once.
+	WaitReadable() error
+	// Buffered reports whether bytes of a further frame are already held
+	// in the adapter's buffer.
+	Buffered() bool
 	// WriteFrame writes one text frame, bounded by the adapter's write
 	// timeout.
 	WriteFrame(p []byte) error

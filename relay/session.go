@@ -53,11 +53,28 @@ func (s *session) run() {
 	defer s.finish()
 	s.touch()
 	s.conn.SetIdleTimeout(h.cfg.HelloTimeout)
+	done := make(chan bool, 1)
+	for {
+		if err := s.conn.WaitReadable(); err != nil {
+			s.readFailed(err)
+			return
+		}
+		h.goOwned(func() { done <- s.readBurst() })
+		if !<-done {
+			return
+		}
+	}
+}
+
+// readBurst reads and handles frames until the adapter holds no more
+// buffered bytes. It returns false when the session must end.
+func (s *session) readBurst() bool {
+	h := s.hub
 	for {
 		frame, err := s.conn.ReadFrame()
 		if err != nil {
 			s.readFailed(err)
-			return
+			return false
 		}
 		s.touch()
 		msg, err := pushproto.DecodeClient(frame)
@@ -65,10 +82,13 @@ func (s *session) run() {
 			h.m.frames.With("invalid").Inc()
 			h.cfg.Logger.Debug("bad frame from device", "remote", s.conn.RemoteAddr(), "uaid", s.uaidString(), "err", err)
 			s.close(pushproto.CloseServerError, pushproto.Reason(err))
-			return
+			return false
 		}
 		if !s.handle(msg) {
-			return
+			return false
+		}
+		if !s.conn.Buffered() {
+			return true
 		}
 	}
 }

@@ -180,6 +180,7 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	workers := fs.Int("workers", 32, "connections opened in parallel")
 	register := fs.Bool("register", true, "register one channel per device (as a real device would)")
 	hold := fs.Duration("hold", 5*time.Second, "how long to hold the connections idle before measuring")
+	profile := fs.String("heap-profile", "", "save the relay's heap profile (pprof) with the connections open to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -194,6 +195,7 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	defer c.stop()
 	base, _ := c.rss(true)
+	baseM := c.runtimeMetrics()
 	fmt.Fprintf(stdout, "relay idle RSS before connections: %s\n", mib(base))
 
 	clients := make([]*pushclient.Client, *n)
@@ -241,10 +243,59 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fmt.Fprintf(stderr, "  holding %d idle connections for %s\n", *n, *hold)
 	time.Sleep(*hold)
 	with, _ := c.rss(true)
+	withM := c.runtimeMetrics()
+	if *profile != "" {
+		if err := c.saveProfile("heap", *profile); err != nil {
+			return err
+		}
+	}
 	per := float64(with-base) / float64(*n)
 	fmt.Fprintf(stdout, "relay RSS with %d idle devices: %s\n", *n, mib(with))
-	fmt.Fprintf(stdout, "per idle device connection: %.0f bytes (%.2f KiB)\n", per, per/1024)
+	fmt.Fprintf(stdout, "per idle device connection: %.0f bytes (%.2f KiB) of RSS\n", per, per/1024)
+	fmt.Fprintf(stdout, "  Go runtime, per connection:")
+	for _, k := range []string{"go_memstats_heap_inuse_bytes", "go_memstats_stack_inuse_bytes", "go_memstats_heap_idle_bytes", "go_memstats_heap_released_bytes",
+		"go_memstats_gc_sys_bytes", "go_memstats_other_sys_bytes", "go_memstats_mspan_inuse_bytes", "go_goroutines"} {
+		fmt.Fprintf(stdout, " %s %.0f", strings.TrimPrefix(strings.TrimSuffix(k, "_bytes"), "go_memstats_"), (withM[k]-baseM[k])/float64(*n))
+	}
+	fmt.Fprintln(stdout)
 	return nil
+}
+
+// saveProfile writes one of the relay's pprof profiles to path.
+func (c *child) saveProfile(name, path string) error {
+	resp, err := http.Get(c.admin + "/debug/pprof/" + name)
+	if err != nil {
+		return err
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, resp.Body); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// runtimeMetrics reads the relay's Go runtime gauges from /metrics.
+func (c *child) runtimeMetrics() map[string]float64 {
+	out := map[string]float64{}
+	resp, err := http.Get(c.admin + "/metrics")
+	if err != nil {
+		return out
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		f := strings.Fields(sc.Text())
+		if len(f) == 2 && strings.HasPrefix(f[0], "go_") {
+			v, _ := strconv.ParseFloat(f[1], 64)
+			out[f[0]] = v
+		}
+	}
+	return out
 }
 
 func benchChannelID(i int) string {
@@ -262,6 +313,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	rate := fs.Int("rate", 0, "messages per second to offer (0: as fast as the relay takes them)")
 	limit := fs.Duration("max-time", 2*time.Minute, "stop after this long whatever was sent")
 	payload := fs.Int("payload", 128, "plaintext bytes per message (encrypted once per device, aes128gcm)")
+	cpuProfile := fs.String("cpu-profile", "", "save a 5s CPU profile of the relay under load to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -281,7 +333,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	type dev struct {
 		cl       *pushclient.Client
 		endpoint string
-		body     []byte
+		req      []byte // the whole POST, prepared once
 	}
 	devs := make([]*dev, *devices)
 	for i := range devs {
@@ -302,7 +354,11 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 		if err != nil {
 			return err
 		}
-		devs[i] = &dev{cl: cl, endpoint: r.PushEndpoint, body: body}
+		req, err := rawRequest(r.PushEndpoint, body, map[string]string{"TTL": "3600", "Content-Encoding": "aes128gcm"})
+		if err != nil {
+			return err
+		}
+		devs[i] = &dev{cl: cl, endpoint: r.PushEndpoint, req: req}
 	}
 	fmt.Fprintf(stderr, "  %d devices connected; sending %d messages with %d senders\n", *devices, *total, *senders)
 
@@ -312,14 +368,9 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 		readers.Go(func() {
 			batch := make([]pushproto.ServerFrame, 0, 64)
 			for ctx.Err() == nil {
-				n, err := d.cl.Read(time.Now().Add(500 * time.Millisecond))
+				n, err := d.cl.Read(time.Time{})
 				if err != nil {
-					if ctx.Err() != nil || acked.Load() >= int64(*total) {
-						return
-					}
-					// A read timeout leaves a gorilla connection unusable,
-					// so any error ends this device.
-					return
+					return // the connection was closed at the end of the run
 				}
 				if n.MessageType != pushproto.TypeNotification {
 					continue
@@ -331,8 +382,6 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 		})
 	}
 
-	tr := &http.Transport{MaxIdleConnsPerHost: *senders, MaxConnsPerHost: *senders}
-	client := &http.Client{Transport: tr, Timeout: 30 * time.Second}
 	lat := make([][]time.Duration, *senders)
 	var sent, failed atomic.Int64
 	var next atomic.Int64
@@ -342,6 +391,12 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 		wg.Go(func() {
 			var own []time.Duration
 			defer func() { lat[s] = own }()
+			poster, err := newRawPoster(devs[0].endpoint)
+			if err != nil {
+				failed.Add(1)
+				return
+			}
+			defer poster.close()
 			var interval time.Duration
 			if *rate > 0 {
 				interval = time.Second * time.Duration(*senders) / time.Duration(*rate)
@@ -359,18 +414,9 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 					}
 				}
 				d := devs[int(i)%len(devs)]
-				req, _ := http.NewRequestWithContext(ctx, "POST", d.endpoint, strings.NewReader(string(d.body)))
-				req.Header.Set("TTL", "3600")
-				req.Header.Set("Content-Encoding", "aes128gcm")
 				t0 := time.Now()
-				resp, err := client.Do(req)
-				if err != nil {
-					failed.Add(1)
-					continue
-				}
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != 201 {
+				code, err := poster.do(d.req)
+				if err != nil || code != 201 {
 					failed.Add(1)
 					continue
 				}
@@ -378,6 +424,14 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 				sent.Add(1)
 			}
 		})
+	}
+	if *cpuProfile != "" {
+		go func() {
+			time.Sleep(time.Second)
+			if err := c.saveProfile("profile?seconds=5", *cpuProfile); err != nil {
+				fmt.Fprintf(stderr, "cpu profile: %v\n", err)
+			}
+		}()
 	}
 	progress := time.NewTicker(2 * time.Second)
 	done := make(chan struct{})
@@ -402,6 +456,9 @@ loop:
 	elapsed := time.Since(start)
 	progress.Stop()
 	cancel()
+	for _, d := range devs {
+		d.cl.Abort() // ends the readers
+	}
 	readers.Wait()
 
 	var all []time.Duration

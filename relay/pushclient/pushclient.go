@@ -106,19 +106,28 @@ func (c *Client) Unregister(channelID string) (pushproto.ServerFrame, error) {
 	return c.Expect(pushproto.TypeUnregister)
 }
 
-// Ack acknowledges notifications (code 100).
+// Ack acknowledges notifications (code 100). SimplePush notifications are
+// acked with their integer versions, as Firefox OS did.
 func (c *Client) Ack(ns ...pushproto.ServerFrame) error {
-	ups := make([]map[string]any, 0, len(ns))
+	var simple []map[string]any
+	var web []pushproto.AckUpdate
 	for _, n := range ns {
-		if len(n.Updates) > 0 {
-			for _, u := range n.Updates {
-				ups = append(ups, map[string]any{"channelID": u.ChannelID, "version": u.Version, "code": 100})
-			}
-			continue
+		for _, u := range n.Updates {
+			simple = append(simple, map[string]any{"channelID": u.ChannelID, "version": u.Version})
 		}
-		ups = append(ups, map[string]any{"channelID": n.ChannelID, "version": n.Version, "code": 100})
+		if len(n.Updates) == 0 {
+			web = append(web, pushproto.AckUpdate{ChannelID: n.ChannelID, Version: n.Version, Code: 100})
+		}
 	}
-	return c.SendJSON(map[string]any{"messageType": "ack", "updates": ups})
+	if len(simple) > 0 {
+		if err := c.SendJSON(map[string]any{"messageType": "ack", "updates": simple}); err != nil {
+			return err
+		}
+	}
+	if len(web) > 0 {
+		return c.Send(pushproto.EncodeAck(web))
+	}
+	return nil
 }
 
 // Ping sends the WebPush {} ping and waits for its answer.

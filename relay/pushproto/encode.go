@@ -2,6 +2,8 @@ package pushproto
 
 import (
 	"encoding/json"
+	"strconv"
+	"unicode/utf8"
 )
 
 // StatusOK and StatusWake are the hello statuses: 200 for a WebSocket
@@ -77,16 +79,82 @@ type Notification struct {
 	TTL       int // seconds; sent so relays downstream can honour it
 }
 
-// EncodeNotification builds a notification frame.
+// EncodeNotification builds a notification frame. It is the hot path of
+// delivery, so it appends by hand instead of reflecting; the output is the
+// same JSON encoding/json would give (a test checks).
 func EncodeNotification(n Notification) []byte {
-	return mustJSON(struct {
-		MessageType MessageType `json:"messageType"`
-		ChannelID   string      `json:"channelID"`
-		Version     string      `json:"version"`
-		Data        string      `json:"data,omitempty"`
-		Headers     *Headers    `json:"headers,omitempty"`
-		TTL         int         `json:"ttl,omitempty"`
-	}{TypeNotification, n.ChannelID, n.Version, n.Data, n.Headers, n.TTL})
+	b := make([]byte, 0, 96+len(n.ChannelID)+len(n.Version)+len(n.Data))
+	b = append(b, `{"messageType":"notification","channelID":`...)
+	b = appendString(b, n.ChannelID)
+	b = append(b, `,"version":`...)
+	b = appendString(b, n.Version)
+	if n.Data != "" {
+		b = append(b, `,"data":`...)
+		b = appendString(b, n.Data)
+	}
+	if h := n.Headers; h != nil {
+		b = append(b, `,"headers":{`...)
+		sep := ""
+		for _, kv := range [3][2]string{{"encoding", h.Encoding}, {"encryption", h.Encryption}, {"crypto_key", h.CryptoKey}} {
+			if kv[1] == "" {
+				continue
+			}
+			b = append(b, sep...)
+			b = appendString(b, kv[0])
+			b = append(b, ':')
+			b = appendString(b, kv[1])
+			sep = ","
+		}
+		b = append(b, '}')
+	}
+	if n.TTL != 0 {
+		b = append(b, `,"ttl":`...)
+		b = strconv.AppendInt(b, int64(n.TTL), 10)
+	}
+	return append(b, '}')
+}
+
+// appendString appends s as a JSON string, escaped as encoding/json does
+// (including <, > and & as \u escapes, and invalid UTF-8 as U+FFFD).
+func appendString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			switch {
+			case c == '"' || c == '\\':
+				b = append(b, '\\', c)
+			case c == '\n':
+				b = append(b, '\\', 'n')
+			case c == '\r':
+				b = append(b, '\\', 'r')
+			case c == '\t':
+				b = append(b, '\\', 't')
+			case c == '\b':
+				b = append(b, '\\', 'b')
+			case c == '\f':
+				b = append(b, '\\', 'f')
+			case c < 0x20 || c == '<' || c == '>' || c == '&':
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
+			default:
+				b = append(b, c)
+			}
+			i++
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		switch {
+		case r == utf8.RuneError && size == 1:
+			b = append(b, `\ufffd`...)
+		case r == '\u2028' || r == '\u2029':
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xf])
+		default:
+			b = append(b, s[i:i+size]...)
+		}
+		i += size
+	}
+	return append(b, '"')
 }
 
 // EncodeBroadcast builds a broadcast frame.
@@ -120,4 +188,23 @@ func mustJSON(v any) []byte {
 		panic("pushproto: " + err.Error())
 	}
 	return b
+}
+
+// EncodeAck builds a client's ack frame for Web Push notifications.
+func EncodeAck(updates []AckUpdate) []byte {
+	b := make([]byte, 0, 40+len(updates)*160)
+	b = append(b, `{"messageType":"ack","updates":[`...)
+	for i, u := range updates {
+		if i > 0 {
+			b = append(b, ',')
+		}
+		b = append(b, `{"channelID":`...)
+		b = appendString(b, u.ChannelID)
+		b = append(b, `,"version":`...)
+		b = appendString(b, u.Version)
+		b = append(b, `,"code":`...)
+		b = strconv.AppendInt(b, int64(u.Code), 10)
+		b = append(b, '}')
+	}
+	return append(b, "]}"...)
 }

@@ -158,9 +158,16 @@ type clientFrame struct {
 	Key           *string           `json:"key"`
 	Code          json.RawMessage   `json:"code"`
 	Version       json.RawMessage   `json:"version"`
-	Updates       []json.RawMessage `json:"updates"`
+	Updates       []rawUpdate       `json:"updates"`
 	WakeHostPort  json.RawMessage   `json:"wakeup_hostport"`
 	MobileNetwork json.RawMessage   `json:"mobilenetwork"`
+}
+
+// rawUpdate is one ack update as sent, checked by decodeAck.
+type rawUpdate struct {
+	ChannelID *string         `json:"channelID"`
+	Version   json.RawMessage `json:"version"`
+	Code      json.RawMessage `json:"code"`
 }
 
 // DecodeClient decodes one text frame from a device. It returns one of
@@ -185,7 +192,11 @@ func DecodeClient(frame []byte) (any, error) {
 	}
 	switch MessageType(*f.MessageType) {
 	case TypeHello:
-		return decodeHello(&f)
+		h, err := decodeHello(&f)
+		if err != nil {
+			return nil, err
+		}
+		return h, nil
 	case TypeRegister:
 		id, err := channelID(f.ChannelID)
 		if err != nil {
@@ -210,7 +221,11 @@ func DecodeClient(frame []byte) (any, error) {
 		}
 		return Unregister{ChannelID: id, Code: code}, nil
 	case TypeAck:
-		return decodeAck(&f)
+		a, err := decodeAck(&f)
+		if err != nil {
+			return nil, err
+		}
+		return a, nil
 	case TypeNack:
 		code, err := optInt(f.Code)
 		if err != nil {
@@ -302,15 +317,7 @@ func decodeAck(f *clientFrame) (Ack, error) {
 		return Ack{}, fmt.Errorf("%w: updates", ErrFieldTooLarge)
 	}
 	a := Ack{Updates: make([]AckUpdate, 0, len(f.Updates))}
-	for _, raw := range f.Updates {
-		var u struct {
-			ChannelID *string         `json:"channelID"`
-			Version   json.RawMessage `json:"version"`
-			Code      json.RawMessage `json:"code"`
-		}
-		if err := json.Unmarshal(raw, &u); err != nil {
-			return Ack{}, fmt.Errorf("%w: ack update: %v", ErrMalformed, err)
-		}
+	for _, u := range f.Updates {
 		id, err := channelID(u.ChannelID)
 		if err != nil {
 			return Ack{}, err

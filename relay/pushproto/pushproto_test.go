@@ -189,3 +189,59 @@ func FuzzDecodeServer(f *testing.F) {
 		_, _ = DecodeServer(b)
 	})
 }
+
+// The hand-written notification encoder must agree with encoding/json.
+func TestEncodeNotificationMatchesJSON(t *testing.T) {
+	cases := []Notification{
+		{ChannelID: "0b5a9d4e-3c5b-4f7e-8a7b-2a2f3f4e5d6c", Version: "AwAAAA", Data: "abc_-", Headers: &Headers{Encoding: "aes128gcm"}},
+		{ChannelID: "c", Version: "v"},
+		{ChannelID: "c", Version: "v", Data: "x", Headers: &Headers{Encoding: "aesgcm", Encryption: `salt="a\"b"; rs=4096`, CryptoKey: "dh=<&>\u2028\x01é\xff"}, TTL: 60},
+		{ChannelID: "c", Version: "v", Headers: &Headers{}},
+	}
+	for _, n := range cases {
+		want := mustJSON(struct {
+			MessageType MessageType `json:"messageType"`
+			ChannelID   string      `json:"channelID"`
+			Version     string      `json:"version"`
+			Data        string      `json:"data,omitempty"`
+			Headers     *Headers    `json:"headers,omitempty"`
+			TTL         int         `json:"ttl,omitempty"`
+		}{TypeNotification, n.ChannelID, n.Version, n.Data, n.Headers, n.TTL})
+		if got := EncodeNotification(n); string(got) != string(want) {
+			t.Errorf("EncodeNotification(%+v)\n got %s\nwant %s", n, got, want)
+		}
+	}
+}
+
+func FuzzEncodeNotification(f *testing.F) {
+	f.Add("c", "v", "data", "aesgcm", `salt="x"`, "dh=y")
+	f.Fuzz(func(t *testing.T, ch, v, data, enc, encr, ck string) {
+		n := Notification{ChannelID: ch, Version: v, Data: data, Headers: &Headers{Encoding: enc, Encryption: encr, CryptoKey: ck}}
+		var back struct {
+			ChannelID string  `json:"channelID"`
+			Headers   Headers `json:"headers"`
+		}
+		if err := json.Unmarshal(EncodeNotification(n), &back); err != nil {
+			t.Fatalf("invalid JSON: %v", err)
+		}
+		want := mustJSON(struct {
+			MessageType MessageType `json:"messageType"`
+			ChannelID   string      `json:"channelID"`
+			Version     string      `json:"version"`
+			Data        string      `json:"data,omitempty"`
+			Headers     *Headers    `json:"headers,omitempty"`
+			TTL         int         `json:"ttl,omitempty"`
+		}{TypeNotification, n.ChannelID, n.Version, n.Data, n.Headers, n.TTL})
+		if string(EncodeNotification(n)) != string(want) {
+			t.Fatalf("differs from encoding/json for %+v %+v\n got %s\nwant %s", n, *n.Headers, EncodeNotification(n), want)
+		}
+	})
+}
+
+func TestEncodeAckDecodes(t *testing.T) {
+	in := []AckUpdate{{ChannelID: "0b5a9d4e-3c5b-4f7e-8a7b-2a2f3f4e5d6c", Version: "gAAA", Code: 100}, {ChannelID: "0b5a9d4e-3c5b-4f7e-8a7b-2a2f3f4e5d6d", Version: "x\"y", Code: 102}}
+	m, err := DecodeClient(EncodeAck(in))
+	if err != nil || !reflect.DeepEqual(m.(Ack).Updates, in) {
+		t.Fatalf("round trip: %+v %v", m, err)
+	}
+}

@@ -10,12 +10,14 @@
 package wsock
 
 import (
+	"bufio"
 	"errors"
 	"io"
 	"net"
 	"net/http"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/gorilla/websocket"
@@ -29,7 +31,8 @@ type Options struct {
 	MaxFrame int64
 	// WriteTimeout bounds each write (default 10s).
 	WriteTimeout time.Duration
-	// ReadBufferSize is the per-connection read buffer (default 512).
+	// ReadBufferSize is the per-connection read buffer (at least and by
+	// default 512; larger frames are still read, in pieces).
 	ReadBufferSize int
 }
 
@@ -40,9 +43,10 @@ func (o *Options) setDefaults() {
 	if o.WriteTimeout <= 0 {
 		o.WriteTimeout = 10 * time.Second
 	}
-	if o.ReadBufferSize <= 0 {
-		o.ReadBufferSize = 512
-	}
+	// gorilla adopts the hijacked reader only if it is larger than 256
+	// bytes; otherwise it allocates a 4 KiB one of its own, and Buffered
+	// would look at the wrong buffer. So 512 is both default and floor.
+	o.ReadBufferSize = max(o.ReadBufferSize, 512)
 }
 
 var writePool sync.Pool
@@ -54,9 +58,11 @@ func Handler(opts Options, accept func(*Conn)) http.Handler {
 	opts.setDefaults()
 	up := &websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   opts.ReadBufferSize,
-		WriteBufferSize:  1024,
-		WriteBufferPool:  &writePool,
+		// Zero: gorilla reads through the bufio.Reader that hijack returns,
+		// which is ours (see hijacker), so we can see what it holds.
+		ReadBufferSize:  0,
+		WriteBufferSize: 1024,
+		WriteBufferPool: &writePool,
 		// Browsers' push connections carry no page origin; devices are
 		// authenticated by their UAID, not by origin.
 		CheckOrigin: func(*http.Request) bool { return true },
@@ -73,17 +79,46 @@ func Handler(opts Options, accept func(*Conn)) http.Handler {
 			io.WriteString(w, "pushrelay device listener: connect with a WebSocket client (Mozilla push protocol)\n")
 			return
 		}
-		ws, err := up.Upgrade(w, r, nil)
+		hj := &hijacker{ResponseWriter: w, size: opts.ReadBufferSize}
+		ws, err := up.Upgrade(hj, r, nil)
 		if err != nil {
 			return // the upgrader already answered
 		}
-		accept(wrap(ws, opts.MaxFrame, opts.WriteTimeout))
+		c := wrap(ws, opts.MaxFrame, opts.WriteTimeout)
+		c.br = hj.br
+		c.raw = rawConn(hj.conn)
+		accept(c)
 	})
+}
+
+// hijacker hands gorilla a small read buffer of ours in place of the HTTP
+// server's 4 KiB one, and remembers it and the raw connection.
+type hijacker struct {
+	http.ResponseWriter
+	size int
+	br   *bufio.Reader
+	conn net.Conn
+}
+
+func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	if brw.Reader.Buffered() > 0 {
+		// Data before the handshake finished: let gorilla refuse it.
+		return conn, brw, nil
+	}
+	h.conn = conn
+	h.br = bufio.NewReaderSize(conn, h.size)
+	return conn, bufio.NewReadWriter(h.br, brw.Writer), nil
 }
 
 // Conn is one WebSocket connection. It satisfies relay.Conn.
 type Conn struct {
 	ws           *websocket.Conn
+	br           *bufio.Reader   // gorilla's read buffer
+	raw          syscall.RawConn // for parking idle readers cheaply; nil if unavailable
 	writeTimeout time.Duration
 	idle         atomic.Int64 // idle timeout in ns
 	closing      atomic.Bool  // a close frame was sent; reads are bounded
@@ -132,6 +167,23 @@ func (c *Conn) extend() {
 func (c *Conn) SetIdleTimeout(d time.Duration) {
 	c.idle.Store(int64(d))
 	c.extend()
+}
+
+// WaitReadable parks until the socket has bytes to read, peeking so
+// nothing is consumed, in a call only a few frames deep: an idle device's
+// goroutine waits here with a minimal stack instead of deep inside
+// gorilla's frame parser. It returns at once when bytes are already
+// buffered, and on TLS connections (which need their own reads).
+func (c *Conn) WaitReadable() error {
+	if c.raw == nil || c.br.Buffered() > 0 {
+		return nil
+	}
+	return waitReadable(c.raw)
+}
+
+// Buffered reports whether gorilla's read buffer holds unread bytes.
+func (c *Conn) Buffered() bool {
+	return c.br != nil && c.br.Buffered() > 0
 }
 
 // ReadFrame returns the next text frame.
