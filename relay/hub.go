@@ -24,6 +24,8 @@ type Hub struct {
 	// it so nothing outlives the hub.
 	ctx    context.Context
 	cancel context.CancelFunc
+	// stopRun ends Run; closed by Close before it waits.
+	stopRun chan struct{}
 
 	mu       sync.Mutex
 	closing  bool
@@ -50,10 +52,11 @@ func New(cfg Config) (*Hub, error) {
 		m:        newHubMetrics(metrics.OrNew(cfg.Metrics)),
 		ctx:      ctx,
 		cancel:   cancel,
+		stopRun:  make(chan struct{}),
 		sessions: make(map[store.UAID]*session),
 		all:      make(map[*session]struct{}),
 	}
-	h.work = newWorkers(&h.wg, 5*time.Second)
+	h.work = newWorkers(&h.wg, 1024, 2*time.Second)
 	return h, nil
 }
 
@@ -61,7 +64,7 @@ func New(cfg Config) (*Hub, error) {
 // goroutine of the hub's. It returns at once. After Close it closes the
 // connection with 1001.
 func (h *Hub) Accept(c Conn) {
-	s := &session{hub: h, conn: c}
+	s := &session{hub: h, conn: c, started: h.cfg.Now()}
 	h.mu.Lock()
 	if h.closing {
 		h.mu.Unlock()
@@ -74,11 +77,7 @@ func (h *Hub) Accept(c Conn) {
 	h.mu.Unlock()
 	h.m.accepted.Inc()
 	h.m.connections.Inc()
-	go func() {
-		defer h.wg.Done()
-		defer h.m.connections.Dec()
-		s.run()
-	}()
+	s.start()
 }
 
 // Connected reports how many sessions have completed hello.
@@ -88,10 +87,20 @@ func (h *Hub) Connected() int {
 	return len(h.sessions)
 }
 
-// Run sends transport pings to idle sessions until ctx is done or the hub
-// closes.
+// Run checks every session on a tick until ctx is done or the hub closes:
+// it pings idle devices and closes those that miss the hello or pong
+// timeout, or that do not answer a close.
 func (h *Hub) Run(ctx context.Context) error {
-	tick := h.cfg.PingInterval / 10
+	// Run holds a WaitGroup count so the workers it starts are covered.
+	h.mu.Lock()
+	if h.closing {
+		h.mu.Unlock()
+		return nil
+	}
+	h.wg.Add(1)
+	h.mu.Unlock()
+	defer h.wg.Done()
+	tick := min(h.cfg.PingInterval/10, h.cfg.HelloTimeout/5, time.Second)
 	if tick < 50*time.Millisecond {
 		tick = 50 * time.Millisecond
 	}
@@ -101,7 +110,7 @@ func (h *Hub) Run(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-h.ctx.Done():
+		case <-h.stopRun:
 			return nil
 		case <-t.C:
 			h.keepalive()
@@ -112,15 +121,13 @@ func (h *Hub) Run(ctx context.Context) error {
 func (h *Hub) keepalive() {
 	now := h.cfg.Now()
 	h.mu.Lock()
-	idle := make([]*session, 0, 16)
+	all := make([]*session, 0, len(h.all))
 	for s := range h.all {
-		if s.needsPing(now, h.cfg.PingInterval) {
-			idle = append(idle, s)
-		}
+		all = append(all, s)
 	}
 	h.mu.Unlock()
-	for _, s := range idle {
-		s.ping()
+	for _, s := range all {
+		s.check(now)
 	}
 }
 
@@ -140,6 +147,7 @@ func (h *Hub) Close() error {
 			s.close(pushproto.CloseGoingAway, "server shutting down")
 		}
 		h.work.stop()
+		close(h.stopRun)
 		h.wg.Wait()
 		h.cancel()
 	})
@@ -180,6 +188,16 @@ func (h *Hub) session(u store.UAID) *session {
 // goOwned runs f on one of the hub's workers, which Close waits for. The
 // caller must be a live session or hold another WaitGroup count.
 func (h *Hub) goOwned(f func()) { h.work.run(f) }
+
+// goWait runs f, which may block on a device for long, on a goroutine of
+// its own that Close waits for. Same rule for the caller as goOwned.
+func (h *Hub) goWait(f func()) {
+	h.wg.Add(1)
+	go func() {
+		defer h.wg.Done()
+		f()
+	}()
+}
 
 // Push accepts a message from an app server. A message with a TTL is on disk
 // when Push returns; a TTL-0 message is handed to the device's session if

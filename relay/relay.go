@@ -7,19 +7,20 @@
 // message leaves the store only when the device acks it; what a device did not
 // ack comes again on its next hello.
 //
-// Goroutines: one waiter per session (started by Accept) that parks until
-// the device sends something; a short-lived reader per burst of frames that
-// decodes and handles them; a short-lived pump per session while it has
-// frames to send; an ack flusher per session while acks wait to be written;
-// and the keepalive loop run by Run. The Hub's WaitGroup owns them all;
-// Close waits for them.
+// Goroutines: an idle session has none. When its adapter reports bytes to
+// read (Notify), a worker reads and handles the burst of frames, then the
+// session is armed again. Adapters that cannot notify get a worker parked
+// in WaitReadable instead. Workers also run the pumps that write
+// notifications and the flushers that delete acked messages; Run's loop
+// pings idle devices and enforces the hello and pong timeouts. Each live
+// session holds one count of the Hub's WaitGroup, and so does every worker;
+// Close waits for them all.
 //
-// The split between waiter and reader is for memory: an idle device costs
-// a goroutine parked in a shallow call, whose stack stays at the 2 KiB
-// minimum, while the deep work of a burst (JSON, store calls) happens on a
-// goroutine that then exits. Go never shrinks a stack below four times the
-// depth at which it is parked plus 800 bytes, so a long-lived reader that
-// once handled a register would keep 4 to 8 KiB for ever.
+// This is for memory: a relay holds tens of thousands of idle devices, and
+// a goroutine parked deep in a WebSocket read keeps a 4 to 8 KiB stack for
+// ever (Go never shrinks a parked stack below four times its depth plus
+// 800 bytes), while JSON decoding and store calls happen on workers whose
+// grown stacks are reused.
 //
 // Lock order: Hub.mu, then session.mu, then session.wmu. No lock is held
 // across a store call.
@@ -40,34 +41,45 @@ import (
 )
 
 // Conn is a device connection as the core sees it: text frames in and out.
-// ReadFrame is called by one goroutine; WriteFrame and Ping are serialized by
-// the core; Close may be called at any time, more than once.
+// One goroutine at a time reads (ReadFrame, WaitReadable); WriteFrame and
+// Ping are serialized by the core; Close, Disarm and Idle may be called at
+// any time.
 type Conn interface {
-	// ReadFrame returns the next text frame. Errors wrap
+	// ReadFrame returns the next text frame, or (nil, nil) when only
+	// control frames were pending and nothing else is buffered. Errors wrap
 	// pushproto.ErrBinaryFrame, pushproto.ErrFrameTooBig,
-	// pushproto.ErrPeerClosed, or are a net.Error timeout when no frame
-	// (nor pong) arrived within the idle timeout.
+	// pushproto.ErrPeerClosed, or are a net.Error timeout when a read
+	// waited past the idle timeout.
 	ReadFrame() ([]byte, error)
+	// Buffered reports whether bytes of a further frame are already held
+	// in the adapter's buffer.
+	Buffered() bool
+	// Notify arranges for f to be called once, without blocking, when the
+	// connection has bytes to read, and reports true; while it waits the
+	// connection needs no goroutine. It reports false when the adapter
+	// cannot do this; the core then parks a goroutine in WaitReadable.
+	Notify(f func()) bool
+	// Disarm cancels a pending Notify; true means f will not be called.
+	Disarm() bool
 	// WaitReadable parks until a frame may be read (or the idle timeout
 	// or an error), consuming nothing, in as shallow a call as the adapter
 	// can manage. Adapters that cannot do this return nil at once.
 	WaitReadable() error
-	// Buffered reports whether bytes of a further frame are already held
-	// in the adapter's buffer.
-	Buffered() bool
+	// Idle is the time since anything (a frame, ping or pong) arrived.
+	Idle() time.Duration
 	// WriteFrame writes one text frame, bounded by the adapter's write
 	// timeout.
 	WriteFrame(p []byte) error
-	// Ping sends a transport-level ping; the pong extends the idle timeout.
+	// Ping sends a transport-level ping.
 	Ping() error
-	// SetIdleTimeout sets how long ReadFrame waits, counted from the last
-	// frame or pong received.
+	// SetIdleTimeout bounds blocked reads, counted from the last frame or
+	// pong received.
 	SetIdleTimeout(d time.Duration)
-	// Close sends a close frame with code and reason (once) and makes the
+	// Close sends a close frame with code and reason (once) and makes a
 	// pending ReadFrame return within a short grace period.
 	Close(code int, reason string) error
-	// Release closes the socket after the closing handshake; it is called
-	// once, by the reader, after its last ReadFrame.
+	// Release closes the socket after the closing handshake (reading the
+	// peer's close for up to a second); called once, when the session ends.
 	Release() error
 	RemoteAddr() net.Addr
 }

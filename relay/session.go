@@ -31,11 +31,15 @@ type session struct {
 	// integer versions.
 	simplePush bool
 
+	started time.Time // for the hello timeout
+
 	mu           sync.Mutex
 	ready        bool // hello done; keepalive may ping
 	closed       bool // no more work may start
 	closeSent    bool
-	lastActivity time.Time
+	closedAt     time.Time
+	finished     bool
+	lastPingSent time.Time
 	inflight     map[uint64]struct{} // seqs sent and not yet acked
 	spInflight   map[spKey]uint64    // SimplePush (channel, version) → seq
 	lastSent     uint64              // highest seq sent on this session
@@ -48,21 +52,44 @@ type session struct {
 	wmu sync.Mutex
 }
 
-func (s *session) run() {
-	h := s.hub
-	defer s.finish()
-	s.touch()
-	s.conn.SetIdleTimeout(h.cfg.HelloTimeout)
-	done := make(chan bool, 1)
-	for {
+// start begins serving a newly accepted connection.
+func (s *session) start() {
+	s.conn.SetIdleTimeout(s.hub.cfg.HelloTimeout)
+	s.wait()
+}
+
+// wait arranges for the next burst of frames: through the adapter's
+// poller when it has one, so the idle session holds no goroutine, else on
+// a worker parked in WaitReadable.
+func (s *session) wait() {
+	s.mu.Lock()
+	closed := s.closed
+	s.mu.Unlock()
+	if closed {
+		s.finish()
+		return
+	}
+	if s.conn.Notify(s.onReadable) {
+		return
+	}
+	s.hub.goWait(func() {
 		if err := s.conn.WaitReadable(); err != nil {
 			s.readFailed(err)
+			s.finish()
 			return
 		}
-		h.goOwned(func() { done <- s.readBurst() })
-		if !<-done {
-			return
-		}
+		s.burst()
+	})
+}
+
+// onReadable is called by the adapter's poller; it must not block.
+func (s *session) onReadable() { s.hub.goOwned(s.burst) }
+
+func (s *session) burst() {
+	if s.readBurst() {
+		s.wait()
+	} else {
+		s.finish()
 	}
 }
 
@@ -76,7 +103,9 @@ func (s *session) readBurst() bool {
 			s.readFailed(err)
 			return false
 		}
-		s.touch()
+		if frame == nil {
+			return true // only pongs were pending
+		}
 		msg, err := pushproto.DecodeClient(frame)
 		if err != nil {
 			h.m.frames.With("invalid").Inc()
@@ -117,20 +146,23 @@ func (s *session) readFailed(err error) {
 	// Otherwise the peer closed or the socket failed: finish closes it.
 }
 
+// finish ends the session: it leaves the hub, completes the closing
+// handshake and releases the socket. It runs once, on whichever goroutine
+// last owned the reading.
 func (s *session) finish() {
 	s.mu.Lock()
-	s.closed = true
+	if s.finished {
+		s.mu.Unlock()
+		return
+	}
+	s.finished, s.closed, s.closeSent = true, true, true
 	s.mu.Unlock()
-	s.hub.detach(s)
+	h := s.hub
+	h.detach(s)
 	s.conn.Close(pushproto.CloseNormal, "")
 	s.conn.Release()
-}
-
-func (s *session) touch() {
-	now := s.hub.cfg.Now()
-	s.mu.Lock()
-	s.lastActivity = now
-	s.mu.Unlock()
+	h.m.connections.Dec()
+	h.wg.Done()
 }
 
 // close sends a close frame once and marks the session closed; the reader
@@ -142,9 +174,15 @@ func (s *session) close(code int, reason string) {
 		return
 	}
 	s.closeSent, s.closed = true, true
+	s.closedAt = s.hub.cfg.Now()
 	s.mu.Unlock()
 	s.hub.m.closes.With(strconv.Itoa(code)).Inc()
 	s.conn.Close(code, reason)
+	if s.conn.Disarm() {
+		// Nobody is reading: finish now (Release waits for the peer's
+		// close frame). A live session holds a WaitGroup count.
+		s.hub.goOwned(s.finish)
+	}
 }
 
 // write sends one frame; on failure it closes the session.
@@ -160,17 +198,48 @@ func (s *session) write(frame []byte) bool {
 	return true
 }
 
-func (s *session) needsPing(now time.Time, interval time.Duration) bool {
+// check is the keepalive loop's look at one session.
+func (s *session) check(now time.Time) {
+	h := s.hub
 	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.ready && !s.closed && now.Sub(s.lastActivity) >= interval
+	ready, closed, finished := s.ready, s.closed, s.finished
+	closedAt, lastPing := s.closedAt, s.lastPingSent
+	s.mu.Unlock()
+	switch {
+	case finished:
+	case closed:
+		// A close was sent while the poller watched the socket and the
+		// peer has not answered it: stop waiting.
+		if !closedAt.IsZero() && now.Sub(closedAt) > 2*time.Second && s.conn.Disarm() {
+			h.goOwned(s.finish)
+		}
+	case !ready:
+		if now.Sub(s.started) > h.cfg.HelloTimeout {
+			s.close(pushproto.CloseServerError, "hello timeout")
+		}
+	default:
+		idle := s.conn.Idle()
+		switch {
+		case idle > h.cfg.PingInterval+h.cfg.PongTimeout:
+			s.close(pushproto.CloseServerError, "pong timeout")
+		case idle >= h.cfg.PingInterval && now.Sub(lastPing) >= h.cfg.PingInterval:
+			s.ping(now)
+		}
+	}
 }
 
-func (s *session) ping() {
-	s.touch() // the next ping waits a full interval
-	s.wmu.Lock()
+// ping sends a transport ping from the keepalive loop itself: a control
+// frame to an idle socket goes straight into the kernel's buffer. If a
+// write is in progress the session is not idle: skip it this time.
+func (s *session) ping(now time.Time) {
+	if !s.wmu.TryLock() {
+		return
+	}
 	err := s.conn.Ping()
 	s.wmu.Unlock()
+	s.mu.Lock()
+	s.lastPingSent = now
+	s.mu.Unlock()
 	if err != nil {
 		s.close(pushproto.CloseServerError, "ping failed")
 	}

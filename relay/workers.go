@@ -6,49 +6,89 @@ import (
 )
 
 // workers runs the hub's short tasks (bursts of device frames, pumps, ack
-// flushes) on goroutines that outlive a task and wait a while for the
-// next. A fresh goroutine starts with a 2 KiB stack and grows it to decode
-// JSON and call the store, copying as it goes; a reused one has grown
-// already. Idle workers exit after idleFor, so an idle relay keeps none.
+// flushes, finishes) on goroutines that outlive a task and wait a while
+// for the next. A fresh goroutine starts with a 2 KiB stack and grows it to
+// decode JSON and call the store, copying as it goes; a reused one has
+// grown already. At most max run at once; further tasks queue in order, so
+// a wave of ten thousand pongs costs max stacks, not ten thousand. Idle
+// workers exit after idleFor, so an idle relay keeps none.
+//
+// Tasks must not block for long: a task that waits on a device for an
+// unbounded time belongs on its own goroutine (Hub.goWait).
 type workers struct {
 	wg      *sync.WaitGroup
-	tasks   chan func() // unbuffered: a send succeeds only if a worker is idle
-	quit    chan struct{}
+	max     int
 	idleFor time.Duration
+
+	mu      sync.Mutex
+	queue   []func()
+	running int // workers alive
+	idle    int // of which waiting for a task
+	wake    *sync.Cond
+	stopped bool
 }
 
-func newWorkers(wg *sync.WaitGroup, idleFor time.Duration) *workers {
-	return &workers{wg: wg, tasks: make(chan func()), quit: make(chan struct{}), idleFor: idleFor}
+func newWorkers(wg *sync.WaitGroup, max int, idleFor time.Duration) *workers {
+	w := &workers{wg: wg, max: max, idleFor: idleFor}
+	w.wake = sync.NewCond(&w.mu)
+	return w
 }
 
-// run runs f on an idle worker, or on a new one. The caller must hold a
-// WaitGroup count (any live session does), so Add here is safe.
+// run queues f. The caller must hold a WaitGroup count (any live session
+// does, and so does Run), so Add here is safe.
 func (w *workers) run(f func()) {
-	select {
-	case w.tasks <- f:
-	default:
+	w.mu.Lock()
+	w.queue = append(w.queue, f)
+	switch {
+	case w.idle > 0:
+		w.wake.Signal()
+	case w.running < w.max:
+		w.running++
 		w.wg.Add(1)
-		go w.loop(f)
+		go w.loop()
 	}
+	w.mu.Unlock()
 }
 
-func (w *workers) loop(f func()) {
+func (w *workers) loop() {
 	defer w.wg.Done()
-	t := time.NewTimer(w.idleFor)
-	defer t.Stop()
+	w.mu.Lock()
 	for {
-		f()
-		f = nil
-		t.Reset(w.idleFor)
-		select {
-		case f = <-w.tasks:
-		case <-t.C:
-			return
-		case <-w.quit:
-			return
+		if len(w.queue) > 0 {
+			f := w.queue[0]
+			w.queue[0] = nil
+			w.queue = w.queue[1:]
+			w.mu.Unlock()
+			f()
+			w.mu.Lock()
+			continue
+		}
+		if w.stopped {
+			break
+		}
+		// Wait for work, but not for ever.
+		w.idle++
+		t := time.AfterFunc(w.idleFor, func() {
+			w.mu.Lock()
+			w.wake.Broadcast()
+			w.mu.Unlock()
+		})
+		start := time.Now()
+		w.wake.Wait()
+		t.Stop()
+		w.idle--
+		if len(w.queue) == 0 && !w.stopped && time.Since(start) >= w.idleFor {
+			break
 		}
 	}
+	w.running--
+	w.mu.Unlock()
 }
 
-// stop makes idle workers exit; running tasks finish.
-func (w *workers) stop() { close(w.quit) }
+// stop makes idle workers exit once the queue is empty.
+func (w *workers) stop() {
+	w.mu.Lock()
+	w.stopped = true
+	w.wake.Broadcast()
+	w.mu.Unlock()
+}

@@ -180,6 +180,7 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	workers := fs.Int("workers", 32, "connections opened in parallel")
 	register := fs.Bool("register", true, "register one channel per device (as a real device would)")
 	hold := fs.Duration("hold", 5*time.Second, "how long to hold the connections idle before measuring")
+	pingInterval := fs.Duration("ping-interval", 0, "relay's ping_interval (0: its default); shorter than --hold measures idle devices that answer keepalive pings")
 	profile := fs.String("heap-profile", "", "save the relay's heap profile (pprof) with the connections open to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -189,7 +190,11 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer cleanup()
-	c, err := startChild(ctx, dir)
+	var extra []string
+	if *pingInterval > 0 {
+		extra = append(extra, "--ping-interval", pingInterval.String())
+	}
+	c, err := startChild(ctx, dir, extra...)
 	if err != nil {
 		return err
 	}
@@ -241,7 +246,15 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	fmt.Fprintf(stderr, "  holding %d idle connections for %s\n", *n, *hold)
-	time.Sleep(*hold)
+	// The clients answer the relay's pings only while reading: read until
+	// the hold ends (each read ends in a timeout, after which the
+	// connection is only held open, never read again).
+	var holders sync.WaitGroup
+	until := time.Now().Add(*hold)
+	for _, cl := range clients {
+		holders.Go(func() { cl.Read(until) })
+	}
+	holders.Wait()
 	with, _ := c.rss(true)
 	withM := c.runtimeMetrics()
 	if *profile != "" {

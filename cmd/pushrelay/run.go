@@ -41,6 +41,7 @@ type daemon struct {
 	reg     *metrics.Registry
 	store   *store.Store
 	hub     *relay.Hub
+	ws      *wsock.Server
 	admin   *admin.Server
 	started time.Time
 
@@ -136,9 +137,10 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	d.admin = admin.New(d.reg, d.status)
 
 	errLog := log.New(&slogWriter{d.log}, "", 0)
+	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
+		func(c *wsock.Conn) { d.hub.Accept(c) })
 	d.servers["device"] = &http.Server{
-		Handler: wsock.Handler(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
-			func(c *wsock.Conn) { d.hub.Accept(c) }),
+		Handler:           d.ws,
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          errLog,
 	}
@@ -174,6 +176,11 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	wg.Go(func() {
 		if err := d.hub.Run(runCtx); err != nil {
 			errc <- fmt.Errorf("devices: %w", err)
+		}
+	})
+	wg.Go(func() {
+		if err := d.ws.Run(runCtx); err != nil {
+			errc <- fmt.Errorf("device poller: %w", err)
 		}
 	})
 	d.admin.SetReady(true)
@@ -231,6 +238,7 @@ func (d *daemon) shutdown() {
 		}
 	}
 	d.hub.Close()
+	d.ws.Close()
 	if srv, ok := d.servers["admin"]; ok {
 		srv.Shutdown(ctx)
 	}

@@ -3,11 +3,22 @@
 package wsock
 
 import (
+	"context"
+	"errors"
 	"net"
 	"syscall"
 )
 
-// rawConn: readers block inside gorilla on platforms other than Linux.
+// Off Linux there is no poller: readers block inside gorilla.
 func rawConn(net.Conn) syscall.RawConn { return nil }
 
 func waitReadable(syscall.RawConn) error { return nil }
+
+type poller struct{}
+
+func newPoller() (*poller, error)               { return nil, errors.New("no poller on this platform") }
+func (p *poller) run(ctx context.Context) error { <-ctx.Done(); return nil }
+func (p *poller) close()                        {}
+func (p *poller) arm(*Conn) error               { return errors.New("no poller") }
+func (p *poller) forget(*Conn)                  {}
+func socketFD(syscall.RawConn) int              { return -1 }

@@ -11,6 +11,7 @@ package wsock
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"io"
 	"net"
@@ -51,10 +52,55 @@ func (o *Options) setDefaults() {
 
 var writePool sync.Pool
 
-// Handler upgrades requests on any path to WebSocket and passes each
-// connection to accept, which must take ownership (and eventually call
-// Release) and return promptly.
+// Server is the device listener's HTTP handler. It upgrades requests on
+// any path to WebSocket and passes each connection to accept, which must
+// take ownership (and eventually call Release) and return promptly. With a
+// poller (Linux, plain TCP), idle connections are watched by one epoll
+// loop that Run drives; without, Notify reports false and the core parks a
+// goroutine per connection instead.
+type Server struct {
+	opts   Options
+	up     *websocket.Upgrader
+	accept func(*Conn)
+	poll   *poller
+}
+
+// NewServer returns a server with a poller where the platform has one.
+// Run must be running for armed connections to be noticed.
+func NewServer(opts Options, accept func(*Conn)) *Server {
+	s := newServer(opts, accept)
+	if p, err := newPoller(); err == nil {
+		s.poll = p
+	}
+	return s
+}
+
+// Handler returns a server without a poller (no Run needed).
 func Handler(opts Options, accept func(*Conn)) http.Handler {
+	return newServer(opts, accept)
+}
+
+// Run drives the poller until ctx is done or Close.
+func (s *Server) Run(ctx context.Context) error {
+	if s.poll == nil {
+		<-ctx.Done()
+		return nil
+	}
+	return s.poll.run(ctx)
+}
+
+// Close stops the poller. Idempotent.
+func (s *Server) Close() error {
+	if s.poll != nil {
+		s.poll.close()
+	}
+	return nil
+}
+
+// Polling reports whether idle connections are watched by the poller.
+func (s *Server) Polling() bool { return s.poll != nil }
+
+func newServer(opts Options, accept func(*Conn)) *Server {
 	opts.setDefaults()
 	up := &websocket.Upgrader{
 		HandshakeTimeout: 10 * time.Second,
@@ -72,23 +118,31 @@ func Handler(opts Options, accept func(*Conn)) http.Handler {
 			http.Error(w, reason.Error(), status)
 		},
 	}
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if !websocket.IsWebSocketUpgrade(r) {
-			w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-			w.WriteHeader(http.StatusUpgradeRequired)
-			io.WriteString(w, "pushrelay device listener: connect with a WebSocket client (Mozilla push protocol)\n")
-			return
+	return &Server{opts: opts, up: up, accept: accept}
+}
+
+// ServeHTTP upgrades a device's request.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !websocket.IsWebSocketUpgrade(r) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.WriteHeader(http.StatusUpgradeRequired)
+		io.WriteString(w, "pushrelay device listener: connect with a WebSocket client (Mozilla push protocol)\n")
+		return
+	}
+	hj := &hijacker{ResponseWriter: w, size: s.opts.ReadBufferSize}
+	ws, err := s.up.Upgrade(hj, r, nil)
+	if err != nil {
+		return // the upgrader already answered
+	}
+	c := wrap(ws, s.opts.MaxFrame, s.opts.WriteTimeout)
+	c.br = hj.br
+	c.raw = rawConn(hj.conn)
+	if c.raw != nil && s.poll != nil {
+		if fd := socketFD(c.raw); fd >= 0 {
+			c.fd, c.poll = fd, s.poll
 		}
-		hj := &hijacker{ResponseWriter: w, size: opts.ReadBufferSize}
-		ws, err := up.Upgrade(hj, r, nil)
-		if err != nil {
-			return // the upgrader already answered
-		}
-		c := wrap(ws, opts.MaxFrame, opts.WriteTimeout)
-		c.br = hj.br
-		c.raw = rawConn(hj.conn)
-		accept(c)
-	})
+	}
+	s.accept(c)
 }
 
 // hijacker hands gorilla a small read buffer of ours in place of the HTTP
@@ -119,6 +173,12 @@ type Conn struct {
 	ws           *websocket.Conn
 	br           *bufio.Reader   // gorilla's read buffer
 	raw          syscall.RawConn // for parking idle readers cheaply; nil if unavailable
+	poll         *poller         // watches the socket while idle; nil if unavailable
+	fd           int
+	registered   bool        // fd is in the poller (touched by the arming goroutine only)
+	armed        atomic.Bool // the poller will call onReady once
+	onReady      func()
+	lastRead     atomic.Int64 // unix nanos of the last frame or pong received
 	writeTimeout time.Duration
 	idle         atomic.Int64 // idle timeout in ns
 	closing      atomic.Bool  // a close frame was sent; reads are bounded
@@ -131,7 +191,8 @@ type Conn struct {
 const closeGrace = time.Second
 
 func wrap(ws *websocket.Conn, maxFrame int64, writeTimeout time.Duration) *Conn {
-	c := &Conn{ws: ws, writeTimeout: writeTimeout}
+	c := &Conn{ws: ws, writeTimeout: writeTimeout, fd: -1}
+	c.lastRead.Store(time.Now().UnixNano())
 	ws.SetReadLimit(maxFrame)
 	ws.SetPongHandler(func(string) error {
 		c.extend()
@@ -155,6 +216,7 @@ func wrap(ws *websocket.Conn, maxFrame int64, writeTimeout time.Duration) *Conn 
 }
 
 func (c *Conn) extend() {
+	c.lastRead.Store(time.Now().UnixNano())
 	if c.closing.Load() {
 		return
 	}
@@ -181,13 +243,63 @@ func (c *Conn) WaitReadable() error {
 	return waitReadable(c.raw)
 }
 
+// Notify arranges for f to be called once, from the poller, when the
+// connection has bytes to read; f must not block. It reports false when
+// there is no poller for this connection (TLS, other platforms): the caller
+// must then wait with WaitReadable. Bytes already buffered call f at once.
+func (c *Conn) Notify(f func()) bool {
+	if c.poll == nil {
+		return false
+	}
+	if c.br.Buffered() > 0 {
+		f()
+		return true
+	}
+	c.onReady = f
+	c.armed.Store(true)
+	if err := c.poll.arm(c); err != nil {
+		c.armed.Store(false)
+		return false
+	}
+	return true
+}
+
+// fire is the poller's event for this connection.
+func (c *Conn) fire() {
+	if c.armed.CompareAndSwap(true, false) {
+		c.onReady()
+	}
+}
+
+// Disarm cancels a pending Notify. It reports true if the callback had not
+// run and now will not: the caller owns reading again.
+func (c *Conn) Disarm() bool { return c.armed.CompareAndSwap(true, false) }
+
+// Idle is the time since a frame, ping or pong last arrived.
+func (c *Conn) Idle() time.Duration {
+	return time.Duration(time.Now().UnixNano() - c.lastRead.Load())
+}
+
 // Buffered reports whether gorilla's read buffer holds unread bytes.
 func (c *Conn) Buffered() bool {
 	return c.br != nil && c.br.Buffered() > 0
 }
 
-// ReadFrame returns the next text frame.
+// ReadFrame returns the next text frame. On a connection that parks
+// shallowly it returns (nil, nil) when only pongs were pending: they are
+// consumed here, at the frame boundary, because gorilla would handle a pong
+// and then block deep inside its parser waiting for the next data frame,
+// which on an idle device may be half an hour away.
 func (c *Conn) ReadFrame() ([]byte, error) {
+	if c.raw != nil {
+		more, err := c.skipPongs()
+		if err != nil {
+			return nil, mapReadErr(err)
+		}
+		if !more {
+			return nil, nil
+		}
+	}
 	for {
 		typ, r, err := c.ws.NextReader()
 		if err != nil {
@@ -203,6 +315,35 @@ func (c *Conn) ReadFrame() ([]byte, error) {
 			return b, nil
 		case websocket.BinaryMessage:
 			return nil, pushproto.ErrBinaryFrame
+		}
+	}
+}
+
+// skipPongs consumes complete, well-formed pong frames at the head of the
+// read buffer. It reports whether anything else (a frame for gorilla, or
+// bytes still in the socket) is pending. Anything unusual is left for
+// gorilla to read and judge.
+func (c *Conn) skipPongs() (bool, error) {
+	for {
+		if c.br.Buffered() == 0 {
+			// Nothing buffered: bytes in the socket (WaitReadable said so)
+			// or nothing at all; peek one without blocking.
+			if _, err := c.br.Peek(1); err != nil {
+				return false, err
+			}
+		}
+		h, _ := c.br.Peek(min(c.br.Buffered(), 2))
+		if len(h) < 2 || h[0] != 0x8a || h[1]&0x80 == 0 || h[1]&0x7f > 125 {
+			return true, nil // not a final, masked, short pong: gorilla's
+		}
+		n := 2 + 4 + int(h[1]&0x7f)
+		if c.br.Buffered() < n {
+			return true, nil // a partial frame: let gorilla wait for it
+		}
+		c.br.Discard(n)
+		c.extend()
+		if c.br.Buffered() == 0 {
+			return false, nil
 		}
 	}
 }
@@ -257,6 +398,7 @@ func (c *Conn) Close(code int, reason string) error {
 func (c *Conn) Release() error {
 	var err error
 	c.releaseOnce.Do(func() {
+		c.armed.Store(false)
 		deadline := time.Now().Add(closeGrace)
 		c.closing.Store(true)
 		c.ws.SetReadDeadline(deadline)
@@ -277,6 +419,9 @@ func (c *Conn) Release() error {
 			}
 			nc.SetReadDeadline(until)
 			io.Copy(io.Discard, nc)
+		}
+		if c.poll != nil {
+			c.poll.forget(c)
 		}
 		err = c.ws.Close()
 	})
