@@ -45,27 +45,28 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup)", args[0])
 }
 
-// child is a relay under test.
+// child is a relay under test: the binary at bin, run on loopback port-0
+// listeners, found by the lines it prints when ready. The end-to-end tests
+// use it too.
 type child struct {
 	cmd      *exec.Cmd
-	device   string
-	endpoint string
-	admin    string
-	done     chan error
+	device   string // ws://127.0.0.1:N/
+	endpoint string // http://127.0.0.1:N
+	admin    string // http://127.0.0.1:N
+	done     chan struct{}
+	exitErr  error // valid after done is closed
 }
 
 var benchAnnounce = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
 
-func startChild(ctx context.Context, dataDir string, extra ...string) (*child, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
-	}
+// startChild runs `bin run` on dataDir with extra flags, sends its stderr
+// to stderr, and returns once /readyz says 200.
+func startChild(ctx context.Context, bin, dataDir string, stderr io.Writer, extra ...string) (*child, error) {
 	args := append([]string{"run", "--data-dir", dataDir,
-		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-		"--log-level", "warn"}, extra...)
-	c := &child{cmd: exec.Command(self, args...), done: make(chan error, 1)}
-	c.cmd.Stderr = os.Stderr
+		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, extra...)
+	c := &child{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	c.cmd.Env = childEnv()
+	c.cmd.Stderr = stderr
 	out, err := c.cmd.StdoutPipe()
 	if err != nil {
 		return nil, err
@@ -93,20 +94,42 @@ func startChild(ctx context.Context, dataDir string, extra ...string) (*child, e
 				}
 			}
 		}
-		c.done <- c.cmd.Wait()
+		c.exitErr = c.cmd.Wait()
+		close(c.done)
 	}()
 	select {
 	case <-found:
-	case err := <-c.done:
-		return nil, fmt.Errorf("relay exited at start: %v", err)
+	case <-c.done:
+		return nil, fmt.Errorf("relay exited at start: %v", c.exitErr)
 	case <-time.After(60 * time.Second):
-		c.cmd.Process.Kill()
+		c.kill()
 		return nil, errors.New("relay did not start within 60s")
 	case <-ctx.Done():
-		c.cmd.Process.Kill()
+		c.kill()
 		return nil, ctx.Err()
 	}
-	return c, c.waitReady(60 * time.Second)
+	if err := c.waitReady(60 * time.Second); err != nil {
+		c.kill()
+		return nil, err
+	}
+	return c, nil
+}
+
+// childEnv is this process's environment without PUSHRELAY_ settings, so
+// the child runs on its flags alone.
+func childEnv() []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "PUSHRELAY_") {
+			env = append(env, kv)
+		}
+	}
+	return env
+}
+
+func (c *child) kill() {
+	c.cmd.Process.Kill()
+	<-c.done
 }
 
 func (c *child) waitReady(limit time.Duration) error {
@@ -128,9 +151,17 @@ func (c *child) stop() {
 	select {
 	case <-c.done:
 	case <-time.After(30 * time.Second):
-		c.cmd.Process.Kill()
-		<-c.done
+		c.kill()
 	}
+}
+
+// startSelf runs this binary as the relay under test, quietly.
+func startSelf(ctx context.Context, dataDir string, extra ...string) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	return startChild(ctx, self, dataDir, os.Stderr, append([]string{"--log-level", "warn"}, extra...)...)
 }
 
 // rss returns the child's resident set in bytes, after asking it to run a
@@ -194,7 +225,7 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *pingInterval > 0 {
 		extra = append(extra, "--ping-interval", pingInterval.String())
 	}
-	c, err := startChild(ctx, dir, extra...)
+	c, err := startSelf(ctx, dir, extra...)
 	if err != nil {
 		return err
 	}
@@ -335,7 +366,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	defer cleanup()
-	c, err := startChild(ctx, dir)
+	c, err := startSelf(ctx, dir)
 	if err != nil {
 		return err
 	}
@@ -528,7 +559,7 @@ func benchStartup(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	var rss []int64
 	for r := range *runs {
 		t0 := time.Now()
-		c, err := startChild(ctx, dir, "--max-messages-per-uaid", strconv.Itoa(*perDevice))
+		c, err := startSelf(ctx, dir, "--max-messages-per-uaid", strconv.Itoa(*perDevice))
 		if err != nil {
 			return err
 		}

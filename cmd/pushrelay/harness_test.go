@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
@@ -11,7 +10,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"sync"
 	"syscall"
@@ -45,16 +43,10 @@ func TestMain(m *testing.M) {
 
 // relayProc is a pushrelay binary running with port-0 listeners.
 type relayProc struct {
-	t        *testing.T
-	cmd      *exec.Cmd
-	dataDir  string
-	device   string // ws://127.0.0.1:N/
-	endpoint string // http://127.0.0.1:N
-	admin    string // http://127.0.0.1:N
-	stdout   *syncBuffer
-	stderr   *syncBuffer
-	done     chan struct{}
-	exitErr  error
+	*child
+	t       *testing.T
+	dataDir string
+	stderr  *syncBuffer
 }
 
 type syncBuffer struct {
@@ -74,93 +66,29 @@ func (s *syncBuffer) String() string {
 	return s.b.String()
 }
 
-var announceRE = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
-
 // startRelay runs the binary on dataDir and waits until /readyz says 200.
 func startRelay(t *testing.T, dataDir string, extra ...string) *relayProc {
 	t.Helper()
-	args := append([]string{"run",
-		"--data-dir", dataDir,
-		"--device-listen", "127.0.0.1:0",
-		"--endpoint-listen", "127.0.0.1:0",
-		"--admin-listen", "127.0.0.1:0",
-		"--log-level", "debug",
-	}, extra...)
-	p := &relayProc{t: t, dataDir: dataDir, stdout: &syncBuffer{}, stderr: &syncBuffer{}, done: make(chan struct{})}
-	p.cmd = exec.Command(binPath, args...)
-	p.cmd.Env = cleanEnv()
-	pr, pw := io.Pipe()
-	p.cmd.Stdout = io.MultiWriter(p.stdout, pw)
-	p.cmd.Stderr = p.stderr
-	if err := p.cmd.Start(); err != nil {
-		t.Fatal(err)
+	p := &relayProc{t: t, dataDir: dataDir, stderr: &syncBuffer{}}
+	c, err := startChild(context.Background(), binPath, dataDir, p.stderr, append([]string{"--log-level", "debug"}, extra...)...)
+	if err != nil {
+		t.Fatalf("%v\nstderr:\n%s", err, tail(p.stderr.String(), 40))
 	}
-	go func() {
-		p.exitErr = p.cmd.Wait()
-		pw.Close()
-		close(p.done)
-	}()
-	found := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(pr)
-		n := 0
-		for sc.Scan() {
-			if m := announceRE.FindStringSubmatch(sc.Text()); m != nil {
-				switch m[1] {
-				case "devices":
-					p.device = m[2]
-				case "endpoint":
-					p.endpoint = strings.TrimSuffix(m[2], "/")
-				case "admin":
-					p.admin = strings.TrimSuffix(strings.TrimSuffix(m[2], "/status"), "/")
-				}
-				if n++; n == 3 {
-					close(found)
-				}
-			}
-		}
-		io.Copy(io.Discard, pr)
-	}()
-	select {
-	case <-found:
-	case <-p.done:
-		t.Fatalf("relay exited before announcing: %v\nstderr:\n%s", p.exitErr, p.stderr.String())
-	case <-time.After(20 * time.Second):
-		p.cmd.Process.Kill()
-		t.Fatalf("relay did not announce its listeners\nstderr:\n%s", p.stderr.String())
-	}
+	p.child = c
 	t.Cleanup(func() {
 		select {
 		case <-p.done:
 		default:
-			p.cmd.Process.Kill()
-			<-p.done
+			p.kill()
 		}
 		if t.Failed() {
 			t.Logf("relay stderr:\n%s", tail(p.stderr.String(), 60))
 		}
 	})
-	deadline := time.Now().Add(10 * time.Second)
-	for {
-		if code, _ := httpGet(p.admin + "/readyz"); code == 200 {
-			return p
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("relay never became ready")
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	return p
 }
 
-func cleanEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PUSHRELAY_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
+func cleanEnv() []string { return childEnv() }
 
 func tail(s string, lines int) string {
 	parts := strings.Split(s, "\n")
@@ -183,12 +111,6 @@ func (p *relayProc) stop() {
 	if p.exitErr != nil {
 		p.t.Fatalf("relay exit after SIGTERM: %v\nstderr:\n%s", p.exitErr, tail(p.stderr.String(), 30))
 	}
-}
-
-// kill sends SIGKILL and waits.
-func (p *relayProc) kill() {
-	p.cmd.Process.Kill()
-	<-p.done
 }
 
 func httpGet(url string) (int, string) {

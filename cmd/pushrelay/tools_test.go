@@ -9,10 +9,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"encoding/pem"
 	"math/big"
 	"net"
-	"encoding/json"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -171,7 +171,6 @@ func selfSignedCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool
 	pool.AddCert(cert)
 	return certFile, keyFile, pool
 }
-
 
 // SimplePush: a Firefox OS 1.x device (no use_webpush) gets /update/
 // endpoints; PUT version=N reaches it as a SimplePush notification, newer
