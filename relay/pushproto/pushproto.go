@@ -149,18 +149,18 @@ type Ping struct{}
 
 // clientFrame is the union of every client field, decoded in one pass.
 type clientFrame struct {
-	MessageType   *string           `json:"messageType"`
-	UAID          json.RawMessage   `json:"uaid"`
-	UseWebPush    json.RawMessage   `json:"use_webpush"`
-	Broadcasts    json.RawMessage   `json:"broadcasts"`
-	ChannelIDs    json.RawMessage   `json:"channelIDs"`
-	ChannelID     *string           `json:"channelID"`
-	Key           *string           `json:"key"`
-	Code          json.RawMessage   `json:"code"`
-	Version       json.RawMessage   `json:"version"`
-	Updates       []rawUpdate       `json:"updates"`
-	WakeHostPort  json.RawMessage   `json:"wakeup_hostport"`
-	MobileNetwork json.RawMessage   `json:"mobilenetwork"`
+	MessageType   *string         `json:"messageType"`
+	UAID          json.RawMessage `json:"uaid"`
+	UseWebPush    json.RawMessage `json:"use_webpush"`
+	Broadcasts    json.RawMessage `json:"broadcasts"`
+	ChannelIDs    json.RawMessage `json:"channelIDs"`
+	ChannelID     *string         `json:"channelID"`
+	Key           *string         `json:"key"`
+	Code          json.RawMessage `json:"code"`
+	Version       json.RawMessage `json:"version"`
+	Updates       []rawUpdate     `json:"updates"`
+	WakeHostPort  json.RawMessage `json:"wakeup_hostport"`
+	MobileNetwork json.RawMessage `json:"mobilenetwork"`
 }
 
 // rawUpdate is one ack update as sent, checked by decodeAck.
