@@ -339,9 +339,9 @@ func (s *session) hello(m pushproto.Hello) bool {
 	s.mu.Lock()
 	s.ready = true
 	s.mu.Unlock()
-	if result == "resumed" {
-		s.kick()
-	}
+	// Pushes that arrived between attach and now only marked the store as
+	// holding messages; send them (and, for a resumed device, what waited).
+	s.kick()
 	return true
 }
 
@@ -479,7 +479,8 @@ func (s *session) kick() {
 		return
 	}
 	s.pumpWanted = true
-	start := !s.pumping && len(s.inflight) < s.hub.cfg.Window
+	// Nothing goes out before the hello reply: hello kicks once ready.
+	start := s.ready && !s.pumping && len(s.inflight) < s.hub.cfg.Window
 	if start {
 		s.pumping = true
 	}

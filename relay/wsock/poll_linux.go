@@ -89,8 +89,14 @@ func (p *poller) close() {
 	})
 }
 
-// arm registers c's socket for one readiness event.
+// arm registers c's socket for one readiness event. It refuses a
+// connection already forgotten, whose descriptor may be closed or reused.
 func (p *poller) arm(c *Conn) error {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	if c.released {
+		return errors.New("connection released")
+	}
 	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(c.fd)}
 	op := syscall.EPOLL_CTL_MOD
 	if !c.registered {
@@ -104,8 +110,11 @@ func (p *poller) arm(c *Conn) error {
 }
 
 // forget removes c's socket before it is closed, so its descriptor number
-// can be reused safely.
+// can be reused safely, and makes later arms fail.
 func (p *poller) forget(c *Conn) {
+	c.pmu.Lock()
+	defer c.pmu.Unlock()
+	c.released = true
 	if !c.registered {
 		return
 	}

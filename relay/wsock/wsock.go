@@ -175,7 +175,9 @@ type Conn struct {
 	raw          syscall.RawConn // for parking idle readers cheaply; nil if unavailable
 	poll         *poller         // watches the socket while idle; nil if unavailable
 	fd           int
-	registered   bool        // fd is in the poller (touched by the arming goroutine only)
+	pmu          sync.Mutex  // guards registered and released
+	registered   bool        // fd is in the poller
+	released     bool        // forgotten by the poller: never arm again
 	armed        atomic.Bool // the poller will call onReady once
 	onReady      func()
 	lastRead     atomic.Int64 // unix nanos of the last frame or pong received
