@@ -130,8 +130,8 @@ type Store struct {
 
 // Open opens (creating if needed) the store at opts.Path, migrates its
 // schema and starts the committer. Nothing it does is proportional to the
-// number of stored messages at this layer (bbolt itself walks the page
-// tree once to rebuild its freelist, which it does not persist).
+// number of stored messages: counts live in meta, and bbolt reads its
+// persisted freelist instead of walking the page tree.
 func Open(opts Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
