@@ -64,7 +64,13 @@ var benchAnnounce = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
 func startChild(ctx context.Context, bin, dataDir string, stderr io.Writer, extra ...string) (*child, error) {
 	args := append([]string{"run", "--data-dir", dataDir,
 		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, extra...)
-	c := &child{cmd: exec.Command(bin, args...), done: make(chan struct{})}
+	cmdArgs := append([]string{bin}, args...)
+	if emu := os.Getenv("PUSHRELAY_BENCH_EMULATOR"); emu != "" {
+		// Measuring a cross-built binary under qemu-user: run the child
+		// through the same emulator (binfmt is not assumed).
+		cmdArgs = append([]string{emu}, cmdArgs...)
+	}
+	c := &child{cmd: exec.Command(cmdArgs[0], cmdArgs[1:]...), done: make(chan struct{})}
 	c.cmd.Env = childEnv()
 	c.cmd.Stderr = stderr
 	out, err := c.cmd.StdoutPipe()

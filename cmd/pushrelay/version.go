@@ -6,9 +6,11 @@ import (
 )
 
 // Set by the linker: -X main.version=... -X main.commit=...
+// -X main.target=linux/armv7 (the build target, with its ARM/MIPS variant).
 var (
 	version = "dev"
 	commit  = ""
+	target  = ""
 )
 
 func versionString() string {
@@ -25,5 +27,9 @@ func versionString() string {
 	if c == "" {
 		c = "unknown"
 	}
-	return "pushrelay " + version + " commit " + c + " " + runtime.GOOS + "/" + runtime.GOARCH + " " + runtime.Version()
+	t := target
+	if t == "" {
+		t = runtime.GOOS + "/" + runtime.GOARCH
+	}
+	return "pushrelay " + version + " commit " + c + " " + t + " " + runtime.Version()
 }

@@ -8,14 +8,18 @@
 //	               shutting down
 //	GET /status    JSON (Accept: application/json or ?format=json) or a
 //	               small HTML page
-//	/debug/pprof/  Go profiles
+//	/debug/pprof/  Go profiles (left out of builds tagged nopprof, which
+//	               the smallest gateway targets use to save space)
 package admin
 
 import (
 	"encoding/json"
-	"html/template"
+	"fmt"
+	"html"
+	"io"
 	"net/http"
-	"net/http/pprof"
+	"sort"
+	"strconv"
 	"strings"
 	"sync/atomic"
 
@@ -56,11 +60,7 @@ func New(reg *metrics.Registry, status func() Status) *Server {
 		w.Write([]byte("ready\n"))
 	})
 	s.mux.HandleFunc("GET /status", s.serveStatus)
-	s.mux.HandleFunc("/debug/pprof/", pprof.Index)
-	s.mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	s.mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	s.mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	s.mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	registerPprof(s.mux)
 	return s
 }
 
@@ -70,22 +70,37 @@ func (s *Server) SetReady(v bool) { s.ready.Store(v) }
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
 
-var page = template.Must(template.New("status").Parse(`<!doctype html>
+// writePage renders the status page. It is built by hand, with every
+// value escaped, so the smallest builds need no template packages.
+func writePage(w io.Writer, st Status) {
+	row := func(k, v string) {
+		fmt.Fprintf(w, "<tr><td>%s</td><td>%s</td></tr>\n", html.EscapeString(k), html.EscapeString(v))
+	}
+	fmt.Fprintf(w, `<!doctype html>
 <html><head><meta charset="utf-8"><title>pushrelay status</title>
 <style>body{font-family:sans-serif;margin:2em}td{padding:.2em 1em}</style></head>
-<body><h1>pushrelay {{.Version}}</h1>
+<body><h1>pushrelay %s</h1>
 <table>
-<tr><td>ready</td><td>{{.Ready}}</td></tr>
-<tr><td>uptime</td><td>{{.Uptime}}</td></tr>
-<tr><td>device connections</td><td>{{.Connections}}</td></tr>
-<tr><td>devices</td><td>{{.Devices}}</td></tr>
-<tr><td>channels</td><td>{{.Channels}}</td></tr>
-<tr><td>waiting messages</td><td>{{.Waiting}}</td></tr>
-{{range $k, $v := .Listeners}}<tr><td>{{$k}} listener</td><td>{{$v}}</td></tr>{{end}}
-</table>
+`, html.EscapeString(st.Version))
+	row("ready", strconv.FormatBool(st.Ready))
+	row("uptime", st.Uptime)
+	row("device connections", strconv.Itoa(st.Connections))
+	row("devices", strconv.FormatInt(st.Devices, 10))
+	row("channels", strconv.FormatInt(st.Channels, 10))
+	row("waiting messages", strconv.FormatInt(st.Waiting, 10))
+	names := make([]string, 0, len(st.Listeners))
+	for k := range st.Listeners {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		row(k+" listener", st.Listeners[k])
+	}
+	io.WriteString(w, `</table>
 <p><a href="/metrics">metrics</a> · <a href="/status?format=json">json</a> · <a href="/debug/pprof/">pprof</a></p>
 </body></html>
-`))
+`)
+}
 
 func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 	st := s.status()
@@ -96,5 +111,5 @@ func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	w.Header().Set("Content-Type", "text/html; charset=utf-8")
-	page.Execute(w, st)
+	writePage(w, st)
 }

@@ -56,7 +56,23 @@ func TestEndpoints(t *testing.T) {
 	if code, body := get(t, srv, "/status"); code != 200 || !strings.Contains(body, "v-test") {
 		t.Fatalf("status page = %d %s", code, body)
 	}
-	if code, _ := get(t, srv, "/debug/pprof/"); code != 200 {
-		t.Fatalf("pprof = %d", code)
+	want := 200
+	if !pprofBuilt {
+		want = 501
+	}
+	if code, _ := get(t, srv, "/debug/pprof/"); code != want {
+		t.Fatalf("pprof = %d, want %d", code, want)
+	}
+}
+
+func TestStatusPageEscapes(t *testing.T) {
+	s := New(metrics.NewRegistry(), func() Status {
+		return Status{Version: "<script>x</script>", Listeners: map[string]string{"device": "a&b"}}
+	})
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	_, body := get(t, srv, "/status")
+	if strings.Contains(body, "<script>") || !strings.Contains(body, "&lt;script&gt;") || !strings.Contains(body, "a&amp;b") {
+		t.Fatalf("status page does not escape: %s", body)
 	}
 }

@@ -30,7 +30,13 @@ func TestCrashDurability(t *testing.T) {
 		return
 	}
 	path := filepath.Join(t.TempDir(), "store.db")
-	cmd := exec.Command(os.Args[0], "-test.run=^TestCrashDurability$", "-test.count=1")
+	args := []string{os.Args[0], "-test.run=^TestCrashDurability$", "-test.count=1"}
+	if emu := os.Getenv("PUSHRELAY_TEST_EXEC"); emu != "" {
+		// Cross-architecture runs (make test-arm) execute the test binary
+		// under qemu-user; the child must go through the same emulator.
+		args = append([]string{emu}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), crashChildEnv+"="+path)
 	cmd.Stderr = testWriter{t}
 	stdout, err := cmd.StdoutPipe()

@@ -1,0 +1,90 @@
+package main
+
+import (
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+)
+
+// goList runs `go list` for linux/amd64, so the answer does not depend on
+// the machine running the test.
+func goList(t *testing.T, args ...string) []string {
+	t.Helper()
+	cmd := exec.Command("go", append([]string{"list"}, args...)...)
+	cmd.Env = append(os.Environ(), "GOOS=linux", "GOARCH=amd64", "CGO_ENABLED=0")
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("go list %v: %v", args, err)
+	}
+	return strings.Fields(strings.TrimSpace(string(out)))
+}
+
+func isThirdParty(p string) bool {
+	first, _, _ := strings.Cut(p, "/")
+	return strings.Contains(first, ".") && !strings.HasPrefix(p, "github.com/pushrelay/pushrelay")
+}
+
+// firmware/packages.txt lists every third-party package linked into the
+// binary, so a new dependency shows up in review (issue #4).
+func TestLinkedPackages(t *testing.T) {
+	data, err := os.ReadFile("../../firmware/packages.txt")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []string
+	for _, line := range strings.Split(string(data), "\n") {
+		if line = strings.TrimSpace(line); line != "" && !strings.HasPrefix(line, "#") {
+			want = append(want, line)
+		}
+	}
+	var got []string
+	for _, p := range goList(t, "-deps", ".") {
+		if isThirdParty(p) {
+			got = append(got, p)
+		}
+	}
+	slices.Sort(got)
+	for _, p := range got {
+		if !slices.Contains(want, p) {
+			t.Errorf("%s is linked but not in firmware/packages.txt", p)
+		}
+	}
+	for _, p := range want {
+		if !slices.Contains(got, p) {
+			t.Errorf("%s is in firmware/packages.txt but no longer linked", p)
+		}
+	}
+}
+
+// Each third-party library is imported by exactly one package of ours,
+// the one that wraps it.
+func TestOneWrapperPerLibrary(t *testing.T) {
+	wrappers := map[string]string{
+		"go.etcd.io/bbolt":             "github.com/pushrelay/pushrelay/relay/store",
+		"github.com/gorilla/websocket": "github.com/pushrelay/pushrelay/relay/wsock",
+		"github.com/prometheus/":       "github.com/pushrelay/pushrelay/relay/metrics",
+		"go.yaml.in/yaml/v3":           "github.com/pushrelay/pushrelay/cmd/pushrelay",
+	}
+	lines := goList(t, "-f", "{{.ImportPath}}:{{join .Imports \",\"}}", "../../...")
+	for _, line := range lines {
+		pkg, imports, _ := strings.Cut(line, ":")
+		for _, imp := range strings.Split(imports, ",") {
+			if !isThirdParty(imp) {
+				continue
+			}
+			owner := ""
+			for lib, w := range wrappers {
+				if strings.HasPrefix(imp, lib) {
+					owner = w
+				}
+			}
+			if owner == "" {
+				t.Errorf("%s imports %s, which has no wrapper package assigned", pkg, imp)
+			} else if owner != pkg {
+				t.Errorf("%s imports %s; only %s may", pkg, imp, owner)
+			}
+		}
+	}
+}
