@@ -1,7 +1,6 @@
 package relay
 
 import (
-	"encoding/base64"
 	"errors"
 	"net"
 	"strconv"
@@ -621,7 +620,7 @@ func (s *session) frameFor(m store.Message) []byte {
 func notificationFrame(channelID, version string, data []byte, encoding, encryption, cryptoKey string, ttl int) []byte {
 	n := pushproto.Notification{ChannelID: channelID, Version: version, TTL: ttl}
 	if len(data) > 0 {
-		n.Data = base64.RawURLEncoding.EncodeToString(data)
+		n.RawData = data
 		n.Headers = &pushproto.Headers{Encoding: encoding, Encryption: encryption, CryptoKey: cryptoKey}
 	}
 	return pushproto.EncodeNotification(n)

@@ -364,6 +364,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	limit := fs.Duration("max-time", 2*time.Minute, "stop after this long whatever was sent")
 	payload := fs.Int("payload", 128, "plaintext bytes per message (encrypted once per device, aes128gcm)")
 	cpuProfile := fs.String("cpu-profile", "", "save a 5s CPU profile of the relay under load to this file")
+	allocProfile := fs.String("alloc-profile", "", "save the relay's allocation profile (pprof allocs) at the end to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -505,6 +506,11 @@ loop:
 	}
 	elapsed := time.Since(start)
 	progress.Stop()
+	if *allocProfile != "" {
+		if err := c.saveProfile("allocs", *allocProfile); err != nil {
+			fmt.Fprintf(stderr, "alloc profile: %v\n", err)
+		}
+	}
 	cancel()
 	for _, d := range devs {
 		d.cl.Abort() // ends the readers

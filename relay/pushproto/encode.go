@@ -1,6 +1,7 @@
 package pushproto
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"strconv"
 	"unicode/utf8"
@@ -70,11 +71,13 @@ type Headers struct {
 }
 
 // Notification is a message delivered to a device. Data is base64url
-// without padding, as autopush sends it.
+// without padding, as autopush sends it; RawData, if set instead, is
+// encoded that way into the frame directly.
 type Notification struct {
 	ChannelID string
 	Version   string
 	Data      string
+	RawData   []byte
 	Headers   *Headers
 	TTL       int // seconds; sent so relays downstream can honour it
 }
@@ -83,12 +86,21 @@ type Notification struct {
 // delivery, so it appends by hand instead of reflecting; the output is the
 // same JSON encoding/json would give (a test checks).
 func EncodeNotification(n Notification) []byte {
-	b := make([]byte, 0, 96+len(n.ChannelID)+len(n.Version)+len(n.Data))
+	size := 128 + len(n.ChannelID) + len(n.Version) + len(n.Data) + base64.RawURLEncoding.EncodedLen(len(n.RawData))
+	if h := n.Headers; h != nil {
+		size += 64 + len(h.Encoding) + len(h.Encryption) + len(h.CryptoKey)
+	}
+	b := make([]byte, 0, size)
 	b = append(b, `{"messageType":"notification","channelID":`...)
 	b = appendString(b, n.ChannelID)
 	b = append(b, `,"version":`...)
 	b = appendString(b, n.Version)
-	if n.Data != "" {
+	switch {
+	case len(n.RawData) > 0:
+		b = append(b, `,"data":"`...)
+		b = base64.RawURLEncoding.AppendEncode(b, n.RawData) // needs no escaping
+		b = append(b, '"')
+	case n.Data != "":
 		b = append(b, `,"data":`...)
 		b = appendString(b, n.Data)
 	}

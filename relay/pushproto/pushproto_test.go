@@ -198,6 +198,12 @@ func TestEncodeNotificationMatchesJSON(t *testing.T) {
 		{ChannelID: "c", Version: "v", Data: "x", Headers: &Headers{Encoding: "aesgcm", Encryption: `salt="a\"b"; rs=4096`, CryptoKey: "dh=<&>\u2028\x01é\xff"}, TTL: 60},
 		{ChannelID: "c", Version: "v", Headers: &Headers{}},
 	}
+	raw := Notification{ChannelID: "c", Version: "v", RawData: []byte{0xfb, 0xff, 1, 2, 3}, Headers: &Headers{Encoding: "aes128gcm"}}
+	fromString := raw
+	fromString.RawData, fromString.Data = nil, "-_8BAgM"
+	if a, b := EncodeNotification(raw), EncodeNotification(fromString); string(a) != string(b) {
+		t.Errorf("RawData and Data encodings differ:\n%s\n%s", a, b)
+	}
 	for _, n := range cases {
 		want := mustJSON(struct {
 			MessageType MessageType `json:"messageType"`

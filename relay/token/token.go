@@ -25,9 +25,11 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 )
 
 // KeySize is the length of a master key.
@@ -82,11 +84,13 @@ type MessageID struct {
 type sealer struct {
 	aead cipher.AEAD
 	mac  []byte
+	// macs reuses HMAC states: sealing is on every notification's path.
+	macs sync.Pool
 }
 
 // Codec seals and opens tokens. It is safe for concurrent use.
 type Codec struct {
-	keys []sealer
+	keys []*sealer
 }
 
 // New returns a codec for the given master keys; the first seals.
@@ -115,7 +119,7 @@ func New(masters ...[]byte) (*Codec, error) {
 		if err != nil {
 			return nil, err
 		}
-		c.keys = append(c.keys, sealer{aead: aead, mac: macKey})
+		c.keys = append(c.keys, &sealer{aead: aead, mac: macKey})
 	}
 	return c, nil
 }
@@ -186,10 +190,16 @@ func writeFileSync(path string, data []byte) error {
 
 func (c *Codec) seal(kind byte, plain []byte) string {
 	k := c.keys[0]
-	m := hmac.New(sha256.New, k.mac)
+	m, _ := k.macs.Get().(hash.Hash)
+	if m == nil {
+		m = hmac.New(sha256.New, k.mac)
+	}
+	m.Reset()
 	m.Write([]byte{kind})
 	m.Write(plain)
-	sum := m.Sum(nil)
+	var sumBuf [sha256.Size]byte
+	sum := m.Sum(sumBuf[:0])
+	k.macs.Put(m)
 	out := make([]byte, 1+nonceSize, 1+nonceSize+len(plain)+k.aead.Overhead())
 	out[0] = kind
 	copy(out[1:], sum[:nonceSize])
