@@ -200,6 +200,10 @@ func testOfflineDeliveredInOrder(t *testing.T, notify bool) {
 	if strings.Join(got, " ") != strings.Join(want, " ") {
 		t.Fatalf("delivered\n%v\nwant\n%v", got, want)
 	}
+	// What waited went out as one batch (one write where the adapter can).
+	if n := d2.c.batches.Load(); n != 1 {
+		t.Fatalf("6 waiting messages were written in %d batches, want 1", n)
+	}
 	waitFor(t, "acked messages deleted", func() bool { return h.waiting() == 0 })
 	d2.expectNone(100 * time.Millisecond)
 }

@@ -40,6 +40,7 @@ type pipeConn struct {
 	// autoPong makes every Ping answered at once.
 	autoPong atomic.Bool
 	pings    atomic.Int32
+	batches  atomic.Int32 // WriteFrames calls
 
 	mu          sync.Mutex
 	queue       [][]byte // frames from the device not yet read
@@ -254,6 +255,16 @@ func (c *pipeConn) WriteFrame(p []byte) error {
 	default:
 		return errors.New("pipe: device is not reading")
 	}
+}
+
+func (c *pipeConn) WriteFrames(frames [][]byte) error {
+	c.batches.Add(1)
+	for _, f := range frames {
+		if err := c.WriteFrame(f); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (c *pipeConn) Ping() error {

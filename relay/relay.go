@@ -70,6 +70,8 @@ type Conn interface {
 	// WriteFrame writes one text frame, bounded by the adapter's write
 	// timeout.
 	WriteFrame(p []byte) error
+	// WriteFrames writes several text frames, in one go where it can.
+	WriteFrames(frames [][]byte) error
 	// Ping sends a transport-level ping.
 	Ping() error
 	// SetIdleTimeout bounds blocked reads, counted from the last frame or

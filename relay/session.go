@@ -184,6 +184,22 @@ func (s *session) close(code int, reason string) {
 	}
 }
 
+// writeAll sends frames as one batch; on failure it closes the session.
+func (s *session) writeAll(frames [][]byte) bool {
+	if len(frames) == 0 {
+		return true
+	}
+	s.wmu.Lock()
+	err := s.conn.WriteFrames(frames)
+	s.wmu.Unlock()
+	if err != nil {
+		s.hub.cfg.Logger.Debug("write to device failed", "uaid", s.uaidString(), "err", err)
+		s.close(pushproto.CloseServerError, "write failed")
+		return false
+	}
+	return true
+}
+
 // write sends one frame; on failure it closes the session.
 func (s *session) write(frame []byte) bool {
 	s.wmu.Lock()
@@ -578,13 +594,15 @@ func (s *session) pump() {
 			s.pumpWanted = true // there may be more
 		}
 		s.mu.Unlock()
-		for _, m := range send {
-			if !s.write(s.frameFor(m)) {
-				s.pumpStopped()
-				return
-			}
-			h.m.delivered.Inc()
+		frames := make([][]byte, len(send))
+		for i, m := range send {
+			frames[i] = s.frameFor(m)
 		}
+		if !s.writeAll(frames) {
+			s.pumpStopped()
+			return
+		}
+		h.m.delivered.Add(float64(len(frames)))
 	}
 }
 

@@ -32,7 +32,7 @@ import (
 // Every loop is bounded in count and time.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: pushrelay bench conns|throughput|startup [flags]")
+		return errors.New("usage: pushrelay bench conns|throughput|startup|drain [flags]")
 	}
 	switch args[0] {
 	case "conns":
@@ -41,8 +41,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchThroughput(ctx, args[1:], stdout, stderr)
 	case "startup":
 		return benchStartup(ctx, args[1:], stdout, stderr)
+	case "drain":
+		return benchDrain(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup)", args[0])
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain)", args[0])
 }
 
 // child is a relay under test: the binary at bin, run on loopback port-0
@@ -651,4 +653,114 @@ func fillStore(ctx context.Context, path string, messages, perDevice int, stderr
 	})
 	close(errc)
 	return <-errc
+}
+
+// benchDrain measures a reconnect after an absence: devices go away,
+// messages are stored for them, the devices come back, say hello and
+// receive and ack everything that waited (as a woken device does).
+func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	fs := flag.NewFlagSet("pushrelay bench drain", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	devices := fs.Int("devices", 100, "devices")
+	perDevice := fs.Int("messages", 500, "messages waiting per device")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	dir, cleanup, err := benchDir("")
+	if err != nil {
+		return err
+	}
+	defer cleanup()
+	c, err := startSelf(ctx, dir, "--max-messages-per-uaid", strconv.Itoa(*perDevice))
+	if err != nil {
+		return err
+	}
+	defer c.stop()
+	type dev struct {
+		uaid string
+		req  []byte
+	}
+	devs := make([]dev, *devices)
+	for i := range devs {
+		cl, err := pushclient.Dial(ctx, c.device)
+		if err != nil {
+			return err
+		}
+		if _, err := cl.Hello("", pushclient.HelloOptions{}); err != nil {
+			return err
+		}
+		r, err := cl.Register(benchChannelID(i), "")
+		if err != nil {
+			return err
+		}
+		sub, _ := ece.NewSubscription()
+		body, _ := ece.Encrypt(make([]byte, 128), sub.PublicKey(), sub.Auth)
+		req, err := rawRequest(r.PushEndpoint, body, map[string]string{"TTL": "3600", "Content-Encoding": "aes128gcm"})
+		if err != nil {
+			return err
+		}
+		devs[i] = dev{uaid: cl.UAID, req: req}
+		cl.Close()
+	}
+	total := *devices * *perDevice
+	fmt.Fprintf(stderr, "  storing %d messages for %d absent devices\n", total, *devices)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	errc := make(chan error, 32)
+	for range 32 {
+		wg.Go(func() {
+			p, err := newRawPoster(c.endpoint)
+			if err != nil {
+				errc <- err
+				return
+			}
+			defer p.close()
+			for {
+				i := int(next.Add(1)) - 1
+				if i >= total {
+					return
+				}
+				if code, err := p.do(devs[i%len(devs)].req); err != nil || code != 201 {
+					errc <- fmt.Errorf("post: %d %v", code, err)
+					return
+				}
+			}
+		})
+	}
+	wg.Wait()
+	close(errc)
+	if err := <-errc; err != nil {
+		return err
+	}
+	fmt.Fprintf(stderr, "  %d devices reconnect\n", *devices)
+	var acked atomic.Int64
+	start := time.Now()
+	for _, d := range devs {
+		wg.Go(func() {
+			cl, err := pushclient.Dial(ctx, c.device)
+			if err != nil {
+				return
+			}
+			defer cl.Abort()
+			if _, err := cl.Hello(d.uaid, pushclient.HelloOptions{}); err != nil {
+				return
+			}
+			for n := 0; n < *perDevice; n++ {
+				f, err := cl.Next(time.Now().Add(30 * time.Second))
+				if err != nil {
+					return
+				}
+				cl.Ack(f)
+				acked.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	el := time.Since(start)
+	fmt.Fprintf(stdout, "%d devices x %d waiting messages: all %d received and acked in %s (%.0f msg/s)\n",
+		*devices, *perDevice, acked.Load(), el.Truncate(time.Millisecond), float64(acked.Load())/el.Seconds())
+	if acked.Load() != int64(total) {
+		return fmt.Errorf("only %d of %d messages arrived", acked.Load(), total)
+	}
+	return nil
 }

@@ -136,6 +136,7 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	c := wrap(ws, s.opts.MaxFrame, s.opts.WriteTimeout)
 	c.br = hj.br
+	c.cork = hj.cork
 	c.raw = rawConn(hj.conn)
 	if c.raw != nil && s.poll != nil {
 		if fd := socketFD(c.raw); fd >= 0 {
@@ -152,6 +153,7 @@ type hijacker struct {
 	size int
 	br   *bufio.Reader
 	conn net.Conn
+	cork *corkConn
 }
 
 func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
@@ -165,13 +167,16 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	}
 	h.conn = conn
 	h.br = bufio.NewReaderSize(conn, h.size)
-	return conn, bufio.NewReadWriter(h.br, brw.Writer), nil
+	h.cork = &corkConn{Conn: conn}
+	// gorilla reads through our buffer and writes through the cork.
+	return h.cork, bufio.NewReadWriter(h.br, brw.Writer), nil
 }
 
 // Conn is one WebSocket connection. It satisfies relay.Conn.
 type Conn struct {
 	ws           *websocket.Conn
 	br           *bufio.Reader   // gorilla's read buffer
+	cork         *corkConn       // what gorilla writes to; nil on client-side or foreign conns
 	raw          syscall.RawConn // for parking idle readers cheaply; nil if unavailable
 	poll         *poller         // watches the socket while idle; nil if unavailable
 	fd           int
@@ -365,6 +370,27 @@ func mapReadErr(err error) error {
 func (c *Conn) WriteFrame(p []byte) error {
 	c.ws.SetWriteDeadline(time.Now().Add(c.writeTimeout))
 	return c.ws.WriteMessage(websocket.TextMessage, p)
+}
+
+// WriteFrames writes text frames as one batch: one syscall when the
+// connection is corkable.
+func (c *Conn) WriteFrames(frames [][]byte) error {
+	if c.cork == nil || len(frames) < 2 {
+		for _, f := range frames {
+			if err := c.WriteFrame(f); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	c.cork.cork()
+	for _, f := range frames {
+		if err := c.WriteFrame(f); err != nil {
+			c.cork.uncork()
+			return err
+		}
+	}
+	return c.cork.uncork()
 }
 
 // Ping sends a WebSocket ping.

@@ -165,6 +165,27 @@ func TestTextFramesBothWays(t *testing.T) {
 	}
 }
 
+// WriteFrames delivers a batch whole and in order, corked or not (TLS).
+func TestWriteFramesBatch(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		l := listen(t, wsock.Options{}, useTLS)
+		cc, sc := l.dial()
+		var frames [][]byte
+		for i := range 50 {
+			frames = append(frames, []byte(fmt.Sprintf(`{"n":%d}`, i)))
+		}
+		if err := sc.WriteFrames(frames); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 50 {
+			got, err := cc.Read(time.Now().Add(5 * time.Second))
+			if err != nil || string(got) != fmt.Sprintf(`{"n":%d}`, i) {
+				t.Fatalf("tls=%v frame %d: %q %v", useTLS, i, got, err)
+			}
+		}
+	}
+}
+
 // Frames a device sends back to back are all read, and Buffered says when
 // more are waiting so the hub does not park with a frame in hand.
 func TestPipelinedFrames(t *testing.T) {
