@@ -189,21 +189,17 @@ func (s *session) writeAll(frames [][]byte) bool {
 	if len(frames) == 0 {
 		return true
 	}
-	s.wmu.Lock()
-	err := s.conn.WriteFrames(frames)
-	s.wmu.Unlock()
-	if err != nil {
-		s.hub.cfg.Logger.Debug("write to device failed", "uaid", s.uaidString(), "err", err)
-		s.close(pushproto.CloseServerError, "write failed")
-		return false
-	}
-	return true
+	return s.writeWith(func() error { return s.conn.WriteFrames(frames) })
 }
 
 // write sends one frame; on failure it closes the session.
 func (s *session) write(frame []byte) bool {
+	return s.writeWith(func() error { return s.conn.WriteFrame(frame) })
+}
+
+func (s *session) writeWith(w func() error) bool {
 	s.wmu.Lock()
-	err := s.conn.WriteFrame(frame)
+	err := w()
 	s.wmu.Unlock()
 	if err != nil {
 		s.hub.cfg.Logger.Debug("write to device failed", "uaid", s.uaidString(), "err", err)

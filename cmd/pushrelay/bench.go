@@ -163,6 +163,21 @@ func (c *child) stop() {
 	}
 }
 
+// benchRelay starts this binary as the relay under test on a fresh data
+// dir; stop removes both.
+func benchRelay(ctx context.Context, extra ...string) (c *child, stop func(), err error) {
+	dir, cleanup, err := benchDir("")
+	if err != nil {
+		return nil, nil, err
+	}
+	c, err = startSelf(ctx, dir, extra...)
+	if err != nil {
+		cleanup()
+		return nil, nil, err
+	}
+	return c, func() { c.stop(); cleanup() }, nil
+}
+
 // startSelf runs this binary as the relay under test, quietly.
 func startSelf(ctx context.Context, dataDir string, extra ...string) (*child, error) {
 	self, err := os.Executable()
@@ -224,20 +239,15 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	dir, cleanup, err := benchDir("")
-	if err != nil {
-		return err
-	}
-	defer cleanup()
 	var extra []string
 	if *pingInterval > 0 {
 		extra = append(extra, "--ping-interval", pingInterval.String())
 	}
-	c, err := startSelf(ctx, dir, extra...)
+	c, stop, err := benchRelay(ctx, extra...)
 	if err != nil {
 		return err
 	}
-	defer c.stop()
+	defer stop()
 	base, _ := c.rss(true)
 	baseM := c.runtimeMetrics()
 	fmt.Fprintf(stdout, "relay idle RSS before connections: %s\n", mib(base))
@@ -370,16 +380,11 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	dir, cleanup, err := benchDir("")
+	c, stop, err := benchRelay(ctx)
 	if err != nil {
 		return err
 	}
-	defer cleanup()
-	c, err := startSelf(ctx, dir)
-	if err != nil {
-		return err
-	}
-	defer c.stop()
+	defer stop()
 	ctx, cancel := context.WithTimeout(ctx, *limit)
 	defer cancel()
 
@@ -666,16 +671,11 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	dir, cleanup, err := benchDir("")
+	c, stop, err := benchRelay(ctx, "--max-messages-per-uaid", strconv.Itoa(*perDevice))
 	if err != nil {
 		return err
 	}
-	defer cleanup()
-	c, err := startSelf(ctx, dir, "--max-messages-per-uaid", strconv.Itoa(*perDevice))
-	if err != nil {
-		return err
-	}
-	defer c.stop()
+	defer stop()
 	type dev struct {
 		uaid string
 		req  []byte

@@ -1,0 +1,33 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+)
+
+// The load tool runs its scenarios end to end on small sizes, so it keeps
+// working as the relay changes (the figures in docs/benchmarks.md come
+// from it).
+func TestE2EBenchTool(t *testing.T) {
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"conns", "--n", "50", "--hold", "200ms"}, "per idle device connection:"},
+		{[]string{"throughput", "--devices", "5", "--senders", "4", "--messages", "300"}, "end-to-end (post → deliver → ack):"},
+		{[]string{"throughput", "--devices", "5", "--senders", "4", "--messages", "200", "--rate", "400"}, "POST latency:"},
+		{[]string{"drain", "--devices", "5", "--messages", "40"}, "all 200 received and acked"},
+		{[]string{"startup", "--messages", "500", "--per-device", "100", "--runs", "1"}, "start to ready"},
+	}
+	for _, c := range cases {
+		t.Run(c.args[0], func(t *testing.T) {
+			cmd := exec.Command(binPath, append([]string{"bench"}, c.args...)...)
+			cmd.Env = cleanEnv()
+			out, err := cmd.Output()
+			if err != nil || !strings.Contains(string(out), c.want) {
+				t.Fatalf("bench %v: %v\n%s", c.args, err, out)
+			}
+		})
+	}
+}
