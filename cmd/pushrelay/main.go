@@ -7,6 +7,7 @@
 //	pushrelay send [flags] ENDPOINT         an app server: post one message
 //	pushrelay bench SCENARIO [flags]        measure the relay
 //	pushrelay keygen FILE                   a VAPID key pair for an app server
+//	pushrelay uci-config FILE               render an OpenWrt UCI file as the YAML config
 //	pushrelay version                       print version, commit and target
 package main
 
@@ -43,7 +44,7 @@ func exitCode(err error, stderr io.Writer) int {
 	return 1
 }
 
-var errUsage = errors.New("usage: pushrelay run|check-config|device|send|keygen|bench|version [flags] (pushrelay COMMAND -h for help)")
+var errUsage = errors.New("usage: pushrelay run|check-config|device|send|keygen|uci-config|bench|version [flags] (pushrelay COMMAND -h for help)")
 
 // run dispatches a subcommand. It is main without the process: tests call
 // it directly.
@@ -78,6 +79,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return runBench(ctx, rest, stdout, stderr)
 	case "keygen":
 		return runKeygen(rest, stdout)
+	case "uci-config":
+		return runUCIConfig(rest, stdout)
 	case "version":
 		fmt.Fprintln(stdout, versionString())
 		return nil
