@@ -8,7 +8,7 @@ COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 LDFLAGS  := -s -w -X main.version=$(VERSION) -X main.commit=$(COMMIT)
 GOFLAGS_BUILD := -trimpath -ldflags '$(LDFLAGS)'
 
-.PHONY: all build run test fuzz vet bench clean npm-deps cross test-arm
+.PHONY: all build run test fuzz vet bench clean npm-deps cross test-arm package
 
 all: build
 
@@ -24,6 +24,7 @@ run: build
 test: vet npm-deps
 	$(GO) test -count=1 -timeout 10m ./...
 	$(GO) test -count=1 -race -timeout 10m ./relay/...
+	cd firmware && $(GO) vet ./... && $(GO) test -count=1 -timeout 5m ./...
 
 # The web-push npm package, the third-party sender of the interop test,
 # pinned by testdata/webpush-npm/package-lock.json.
@@ -73,6 +74,11 @@ cross:
 	  printf '%-32s %9d bytes (%.2f MiB)\n' $$f $$size $$(echo "$$size/1048576" | bc -l); \
 	  if [ $$size -gt $(SIZE_BUDGET) ]; then echo "$$f is over the 14 MiB budget"; exit 1; fi; \
 	done
+
+# OpenWrt .ipk and Debian .deb for every target in dist/ (firmware/ is its
+# own Go module so the packaging library stays out of the relay's deps).
+package: cross
+	cd firmware && $(GO) run ./mkpkg -dist ../dist -out ../dist -version $(VERSION)
 
 # The core packages' tests on 32- and 64-bit ARM under qemu-user (no
 # binfmt needed: go test runs the test binary through the emulator).
