@@ -22,8 +22,8 @@
 // 800 bytes), while JSON decoding and store calls happen on workers whose
 // grown stacks are reused.
 //
-// Lock order: Hub.mu, then session.mu, then session.wmu. No lock is held
-// across a store call.
+// Lock order: session.cmu, then Hub.mu or session.mu (never both), then
+// session.wmu. No lock is held across a store call.
 package relay
 
 import (

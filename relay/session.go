@@ -35,7 +35,6 @@ type session struct {
 	mu           sync.Mutex
 	ready        bool // hello done; keepalive may ping
 	closed       bool // no more work may start
-	closeSent    bool
 	closedAt     time.Time
 	finished     bool
 	lastPingSent time.Time
@@ -49,6 +48,11 @@ type session struct {
 	flushing     bool                // an ack flusher is running
 
 	wmu sync.Mutex
+
+	// cmu orders the close frame: the first close decided is the one sent,
+	// and finish never overtakes it with a normal close.
+	cmu       sync.Mutex
+	closeSent bool // guarded by cmu
 }
 
 // start begins serving a newly accepted connection.
@@ -154,11 +158,18 @@ func (s *session) finish() {
 		s.mu.Unlock()
 		return
 	}
-	s.finished, s.closed, s.closeSent = true, true, true
+	s.finished, s.closed = true, true
 	s.mu.Unlock()
 	h := s.hub
 	h.detach(s)
-	s.conn.Close(pushproto.CloseNormal, "")
+	// A close decided elsewhere (close, below) has sent its frame by the
+	// time cmu is ours; otherwise this is a normal end.
+	s.cmu.Lock()
+	if !s.closeSent {
+		s.closeSent = true
+		s.conn.Close(pushproto.CloseNormal, "")
+	}
+	s.cmu.Unlock()
 	s.conn.Release()
 	h.m.connections.Dec()
 	h.wg.Done()
@@ -167,16 +178,19 @@ func (s *session) finish() {
 // close sends a close frame once and marks the session closed; the reader
 // then fails and finishes.
 func (s *session) close(code int, reason string) {
-	s.mu.Lock()
+	s.cmu.Lock()
 	if s.closeSent {
-		s.mu.Unlock()
+		s.cmu.Unlock()
 		return
 	}
-	s.closeSent, s.closed = true, true
+	s.closeSent = true
+	s.mu.Lock()
+	s.closed = true
 	s.closedAt = s.hub.cfg.Now()
 	s.mu.Unlock()
 	s.hub.m.closes.With(strconv.Itoa(code)).Inc()
 	s.conn.Close(code, reason)
+	s.cmu.Unlock()
 	if s.conn.Disarm() {
 		// Nobody is reading: finish now (Release waits for the peer's
 		// close frame). A live session holds a WaitGroup count.
