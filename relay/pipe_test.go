@@ -2,7 +2,6 @@ package relay_test
 
 import (
 	"context"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -619,13 +618,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func newChannelID() string {
-	var id store.ChannelID
-	rand.Read(id[:])
-	id[6] = id[6]&0x0f | 0x40
-	id[8] = id[8]&0x3f | 0x80
-	return id.String()
-}
+func newChannelID() string { return pushproto.NewChannelID() }
 
 // payload decodes a notification's data.
 func payload(t *testing.T, n pushproto.ServerFrame) string {

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"crypto/ecdh"
-	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -192,11 +191,7 @@ func deviceSession(ctx context.Context, o *deviceOpts, st *deviceState, stdout, 
 }
 
 func newSubscription(c *pushclient.Client, appKey string) (subscription, error) {
-	var id [16]byte
-	rand.Read(id[:])
-	id[6] = id[6]&0x0f | 0x40
-	id[8] = id[8]&0x3f | 0x80
-	chid := fmt.Sprintf("%x-%x-%x-%x-%x", id[0:4], id[4:6], id[6:8], id[8:10], id[10:16])
+	chid := pushproto.NewChannelID()
 	reply, err := c.Register(chid, appKey)
 	if err != nil {
 		return subscription{}, err

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
 // binPath is the pushrelay binary built once for the end-to-end tests.
@@ -183,12 +184,7 @@ func connect(t *testing.T, p *relayProc, uaid string) *device {
 	return &device{t: t, c: c, uaid: h.UAID, subs: map[string]*testSub{}}
 }
 
-var chidN = 0
-
-func newChannelID() string {
-	chidN++
-	return fmt.Sprintf("%08x-0000-4000-8000-%012x", time.Now().UnixNano()&0xffffffff, chidN)
-}
+func newChannelID() string { return pushproto.NewChannelID() }
 
 func (d *device) register(key string) *testSub {
 	d.t.Helper()

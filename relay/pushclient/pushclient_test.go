@@ -127,13 +127,7 @@ func waitFor(t *testing.T, what string, cond func() bool) {
 	}
 }
 
-func channelID() string {
-	var id store.ChannelID
-	rand.Read(id[:])
-	id[6] = id[6]&0x0f | 0x40
-	id[8] = id[8]&0x3f | 0x80
-	return id.String()
-}
+func channelID() string { return pushproto.NewChannelID() }
 
 // Every request of the client against the relay: hello (new, resumed,
 // with broadcasts), register (with and without a key), notification,

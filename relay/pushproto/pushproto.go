@@ -10,6 +10,7 @@ package pushproto
 
 import (
 	"bytes"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -451,3 +452,14 @@ var (
 	// ErrPeerClosed: the device closed the connection.
 	ErrPeerClosed = errors.New("closed by peer")
 )
+
+// NewChannelID returns a fresh channel ID in the form register requires: a
+// random (version 4) UUID, lower case and dashed. Devices choose their
+// channel IDs; the device tool and tests use this.
+func NewChannelID() string {
+	var b [16]byte
+	rand.Read(b[:])
+	b[6] = b[6]&0x0f | 0x40
+	b[8] = b[8]&0x3f | 0x80
+	return fmt.Sprintf("%x-%x-%x-%x-%x", b[0:4], b[4:6], b[6:8], b[8:10], b[10:16])
+}

@@ -205,14 +205,7 @@ func TestEncodeNotificationMatchesJSON(t *testing.T) {
 		t.Errorf("RawData and Data encodings differ:\n%s\n%s", a, b)
 	}
 	for _, n := range cases {
-		want := mustJSON(struct {
-			MessageType MessageType `json:"messageType"`
-			ChannelID   string      `json:"channelID"`
-			Version     string      `json:"version"`
-			Data        string      `json:"data,omitempty"`
-			Headers     *Headers    `json:"headers,omitempty"`
-			TTL         int         `json:"ttl,omitempty"`
-		}{TypeNotification, n.ChannelID, n.Version, n.Data, n.Headers, n.TTL})
+		want := jsonNotification(n)
 		if got := EncodeNotification(n); string(got) != string(want) {
 			t.Errorf("EncodeNotification(%+v)\n got %s\nwant %s", n, got, want)
 		}
@@ -230,14 +223,7 @@ func FuzzEncodeNotification(f *testing.F) {
 		if err := json.Unmarshal(EncodeNotification(n), &back); err != nil {
 			t.Fatalf("invalid JSON: %v", err)
 		}
-		want := mustJSON(struct {
-			MessageType MessageType `json:"messageType"`
-			ChannelID   string      `json:"channelID"`
-			Version     string      `json:"version"`
-			Data        string      `json:"data,omitempty"`
-			Headers     *Headers    `json:"headers,omitempty"`
-			TTL         int         `json:"ttl,omitempty"`
-		}{TypeNotification, n.ChannelID, n.Version, n.Data, n.Headers, n.TTL})
+		want := jsonNotification(n)
 		if string(EncodeNotification(n)) != string(want) {
 			t.Fatalf("differs from encoding/json for %+v %+v\n got %s\nwant %s", n, *n.Headers, EncodeNotification(n), want)
 		}
@@ -249,5 +235,24 @@ func TestEncodeAckDecodes(t *testing.T) {
 	m, err := DecodeClient(EncodeAck(in))
 	if err != nil || !reflect.DeepEqual(m.(Ack).Updates, in) {
 		t.Fatalf("round trip: %+v %v", m, err)
+	}
+}
+
+// jsonNotification is the reference encoding EncodeNotification must match.
+func jsonNotification(n Notification) []byte {
+	return mustJSON(struct {
+		MessageType MessageType `json:"messageType"`
+		ChannelID   string      `json:"channelID"`
+		Version     string      `json:"version"`
+		Data        string      `json:"data,omitempty"`
+		Headers     *Headers    `json:"headers,omitempty"`
+		TTL         int         `json:"ttl,omitempty"`
+	}{TypeNotification, n.ChannelID, n.Version, n.Data, n.Headers, n.TTL})
+}
+
+func TestNewChannelID(t *testing.T) {
+	a, b := NewChannelID(), NewChannelID()
+	if !ValidChannelID(a) || a == b || a[14] != '4' {
+		t.Fatalf("NewChannelID: %q %q", a, b)
 	}
 }
