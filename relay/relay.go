@@ -28,7 +28,6 @@ package relay
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -191,5 +190,3 @@ func wrapStore(op string, err error) error {
 	}
 	return fmt.Errorf("%s: %w", op, err)
 }
-
-func keyHash(key []byte) [32]byte { return sha256.Sum256(key) }

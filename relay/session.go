@@ -10,6 +10,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
+	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
 // maxDirect bounds the TTL-0 frames waiting for a session's pump.
@@ -415,7 +416,7 @@ func (h *Hub) endpointURL(u store.UAID, ch store.ChannelID, key []byte, simplePu
 		return h.cfg.PublicURL + "/update/" + h.cfg.Tokens.SealEndpoint(e)
 	}
 	if key != nil {
-		sum := keyHash(key)
+		sum := vapid.KeyHash(key) // the hash the endpoint API checks VAPID keys against
 		e.KeyHash = &sum
 	}
 	return h.cfg.PublicURL + "/wpush/v" + strconv.Itoa(e.Version()) + "/" + h.cfg.Tokens.SealEndpoint(e)

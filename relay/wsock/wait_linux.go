@@ -24,22 +24,11 @@ func rawConn(c net.Conn) syscall.RawConn {
 
 // waitReadable parks until the socket has a byte to read (or EOF, or an
 // error, or the read deadline), without consuming anything: it peeks.
+// A socket error is not returned here: the read that follows reports it.
 func waitReadable(rc syscall.RawConn) error {
-	var opErr error
-	err := rc.Read(func(fd uintptr) bool {
+	return rc.Read(func(fd uintptr) bool {
 		var b [1]byte
 		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		if errors.Is(err, syscall.EAGAIN) {
-			return false // not yet: park on the poller
-		}
-		if err != nil && !errors.Is(err, syscall.EINTR) {
-			opErr = err
-		}
-		return true // data, EOF, or an error gorilla will report
+		return !errors.Is(err, syscall.EAGAIN) // EAGAIN: not yet, park on the poller
 	})
-	if err != nil {
-		return err
-	}
-	_ = opErr // the following read reports it with context
-	return nil
 }
