@@ -2,7 +2,6 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"errors"
 	"strings"
 	"testing"
@@ -42,13 +41,8 @@ func TestE2EBadDeviceInput(t *testing.T) {
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			defer cancel()
-			cl, err := pushclient.Dial(ctx, p.device)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer cl.Abort()
+			cl := dial(t, p)
+			var err error
 			if c.hello {
 				if _, err := cl.Hello("", pushclient.HelloOptions{}); err != nil {
 					t.Fatal(err)
@@ -71,13 +65,9 @@ func TestE2EBadDeviceInput(t *testing.T) {
 	}
 	// A device that says nothing is closed after the hello timeout.
 	t.Run("hello timeout", func(t *testing.T) {
-		cl, err := pushclient.Dial(context.Background(), p.device)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer cl.Abort()
+		cl := dial(t, p)
 		start := time.Now()
-		_, err = cl.Read(time.Now().Add(10 * time.Second))
+		_, err := cl.Read(time.Now().Add(10 * time.Second))
 		var ce *pushclient.CloseError
 		if !errors.As(err, &ce) || ce.Code != 1011 || time.Since(start) < 900*time.Millisecond {
 			t.Fatalf("got %v after %s, want close 1011 after the hello timeout", err, time.Since(start))

@@ -360,6 +360,46 @@ func (c *child) runtimeMetrics() map[string]float64 {
 	return out
 }
 
+// benchDev is a bench device: connected, registered, and with its POST
+// (an encrypted payload of the given size) prepared once.
+type benchDev struct {
+	cl       *pushclient.Client
+	endpoint string
+	req      []byte
+}
+
+func newBenchDev(ctx context.Context, c *child, i, payload int) (d *benchDev, err error) {
+	cl, err := pushclient.Dial(ctx, c.device)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			cl.Abort()
+		}
+	}()
+	if _, err := cl.Hello("", pushclient.HelloOptions{}); err != nil {
+		return nil, err
+	}
+	r, err := cl.Register(benchChannelID(i), "")
+	if err != nil {
+		return nil, err
+	}
+	sub, err := ece.NewSubscription()
+	if err != nil {
+		return nil, err
+	}
+	body, err := ece.Encrypt(make([]byte, payload), sub.PublicKey(), sub.Auth)
+	if err != nil {
+		return nil, err
+	}
+	req, err := rawRequest(r.PushEndpoint, body, map[string]string{"TTL": "3600", "Content-Encoding": "aes128gcm"})
+	if err != nil {
+		return nil, err
+	}
+	return &benchDev{cl: cl, endpoint: r.PushEndpoint, req: req}, nil
+}
+
 func benchChannelID(i int) string {
 	return fmt.Sprintf("%08x-0000-4000-8000-%012x", i, time.Now().UnixNano()&0xffffffffffff)
 }
@@ -388,35 +428,14 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	ctx, cancel := context.WithTimeout(ctx, *limit)
 	defer cancel()
 
-	type dev struct {
-		cl       *pushclient.Client
-		endpoint string
-		req      []byte // the whole POST, prepared once
-	}
-	devs := make([]*dev, *devices)
+	devs := make([]*benchDev, *devices)
 	for i := range devs {
-		cl, err := pushclient.Dial(ctx, c.device)
+		d, err := newBenchDev(ctx, c, i, *payload)
 		if err != nil {
 			return err
 		}
-		defer cl.Abort()
-		if _, err := cl.Hello("", pushclient.HelloOptions{}); err != nil {
-			return err
-		}
-		r, err := cl.Register(benchChannelID(i), "")
-		if err != nil {
-			return err
-		}
-		sub, _ := ece.NewSubscription()
-		body, err := ece.Encrypt(make([]byte, *payload), sub.PublicKey(), sub.Auth)
-		if err != nil {
-			return err
-		}
-		req, err := rawRequest(r.PushEndpoint, body, map[string]string{"TTL": "3600", "Content-Encoding": "aes128gcm"})
-		if err != nil {
-			return err
-		}
-		devs[i] = &dev{cl: cl, endpoint: r.PushEndpoint, req: req}
+		defer d.cl.Abort()
+		devs[i] = d
 	}
 	fmt.Fprintf(stderr, "  %d devices connected; sending %d messages with %d senders\n", *devices, *total, *senders)
 
@@ -676,31 +695,14 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		return err
 	}
 	defer stop()
-	type dev struct {
-		uaid string
-		req  []byte
-	}
-	devs := make([]dev, *devices)
+	devs := make([]*benchDev, *devices)
 	for i := range devs {
-		cl, err := pushclient.Dial(ctx, c.device)
+		d, err := newBenchDev(ctx, c, i, 128)
 		if err != nil {
 			return err
 		}
-		if _, err := cl.Hello("", pushclient.HelloOptions{}); err != nil {
-			return err
-		}
-		r, err := cl.Register(benchChannelID(i), "")
-		if err != nil {
-			return err
-		}
-		sub, _ := ece.NewSubscription()
-		body, _ := ece.Encrypt(make([]byte, 128), sub.PublicKey(), sub.Auth)
-		req, err := rawRequest(r.PushEndpoint, body, map[string]string{"TTL": "3600", "Content-Encoding": "aes128gcm"})
-		if err != nil {
-			return err
-		}
-		devs[i] = dev{uaid: cl.UAID, req: req}
-		cl.Close()
+		d.cl.Close() // the device goes away; messages wait for it
+		devs[i] = d
 	}
 	total := *devices * *perDevice
 	fmt.Fprintf(stderr, "  storing %d messages for %d absent devices\n", total, *devices)
@@ -742,7 +744,7 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				return
 			}
 			defer cl.Abort()
-			if _, err := cl.Hello(d.uaid, pushclient.HelloOptions{}); err != nil {
+			if _, err := cl.Hello(d.cl.UAID, pushclient.HelloOptions{}); err != nil {
 				return
 			}
 			for n := 0; n < *perDevice; n++ {

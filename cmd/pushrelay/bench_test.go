@@ -23,7 +23,7 @@ func TestE2EBenchTool(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.args[0], func(t *testing.T) {
 			cmd := exec.Command(binPath, append([]string{"bench"}, c.args...)...)
-			cmd.Env = cleanEnv()
+			cmd.Env = childEnv()
 			out, err := cmd.Output()
 			if err != nil || !strings.Contains(string(out), c.want) {
 				t.Fatalf("bench %v: %v\n%s", c.args, err, out)

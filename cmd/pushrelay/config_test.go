@@ -115,7 +115,7 @@ func TestE2EBadConfigExit(t *testing.T) {
 	}
 	for _, args := range cases {
 		cmd := exec.Command(binPath, args...)
-		cmd.Env = cleanEnv()
+		cmd.Env = childEnv()
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		err := cmd.Run()
@@ -129,7 +129,7 @@ func TestE2EBadConfigExit(t *testing.T) {
 		}
 	}
 	cmd := exec.Command(binPath, "check-config", "--config", "../../configs/pushrelay.yaml", "--data-dir", dir)
-	cmd.Env = cleanEnv()
+	cmd.Env = childEnv()
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "configuration ok") {
 		t.Fatalf("check-config: %v %s", err, out)
 	}

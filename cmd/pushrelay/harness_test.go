@@ -45,9 +45,8 @@ func TestMain(m *testing.M) {
 // relayProc is a pushrelay binary running with port-0 listeners.
 type relayProc struct {
 	*child
-	t       *testing.T
-	dataDir string
-	stderr  *syncBuffer
+	t      *testing.T
+	stderr *syncBuffer
 }
 
 type syncBuffer struct {
@@ -70,7 +69,7 @@ func (s *syncBuffer) String() string {
 // startRelay runs the binary on dataDir and waits until /readyz says 200.
 func startRelay(t *testing.T, dataDir string, extra ...string) *relayProc {
 	t.Helper()
-	p := &relayProc{t: t, dataDir: dataDir, stderr: &syncBuffer{}}
+	p := &relayProc{t: t, stderr: &syncBuffer{}}
 	c, err := startChild(context.Background(), binPath, dataDir, p.stderr, append([]string{"--log-level", "debug"}, extra...)...)
 	if err != nil {
 		t.Fatalf("%v\nstderr:\n%s", err, tail(p.stderr.String(), 40))
@@ -88,8 +87,6 @@ func startRelay(t *testing.T, dataDir string, extra ...string) *relayProc {
 	})
 	return p
 }
-
-func cleanEnv() []string { return childEnv() }
 
 func tail(s string, lines int) string {
 	parts := strings.Split(s, "\n")
@@ -168,7 +165,8 @@ type testSub struct {
 	keys     *ece.Subscription
 }
 
-func connect(t *testing.T, p *relayProc, uaid string) *device {
+// dial opens a raw device connection (no hello yet), dropped at cleanup.
+func dial(t *testing.T, p *relayProc) *pushclient.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -177,6 +175,12 @@ func connect(t *testing.T, p *relayProc, uaid string) *device {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Abort() })
+	return c
+}
+
+func connect(t *testing.T, p *relayProc, uaid string) *device {
+	t.Helper()
+	c := dial(t, p)
 	h, err := c.Hello(uaid, pushclient.HelloOptions{})
 	if err != nil {
 		t.Fatal(err)

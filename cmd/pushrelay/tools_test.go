@@ -177,13 +177,7 @@ func selfSignedCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool
 // versions replace older ones, and its integer ack removes the message.
 func TestE2ESimplePush(t *testing.T) {
 	p := startRelay(t, t.TempDir())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pushclient.Dial(ctx, p.device)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Abort()
+	c := dial(t, p)
 	h, err := c.Hello("", pushclient.HelloOptions{Legacy: true})
 	if err != nil {
 		t.Fatal(err)
@@ -202,11 +196,7 @@ func TestE2ESimplePush(t *testing.T) {
 	if w := p.waiting(); w != 1 {
 		t.Fatalf("waiting = %d, want 1 (newer version replaces older)", w)
 	}
-	c2, err := pushclient.Dial(ctx, p.device)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c2.Abort()
+	c2 := dial(t, p)
 	if _, err := c2.Hello(h.UAID, pushclient.HelloOptions{Legacy: true}); err != nil {
 		t.Fatal(err)
 	}
@@ -224,13 +214,7 @@ func TestE2ESimplePush(t *testing.T) {
 // and answered; WebPush {} pings are answered.
 func TestE2EFirefoxHelloAndPing(t *testing.T) {
 	p := startRelay(t, t.TempDir())
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, err := pushclient.Dial(ctx, p.device)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Abort()
+	c := dial(t, p)
 	h, err := c.Hello("", pushclient.HelloOptions{Broadcasts: map[string]string{"remote-settings/monitor_changes": `"1"`}})
 	if err != nil {
 		t.Fatal(err)
