@@ -101,6 +101,9 @@ func (h *Hub) Run(ctx context.Context) error {
 	h.mu.Unlock()
 	defer h.wg.Done()
 	tick := min(h.cfg.PingInterval/10, h.cfg.HelloTimeout/5, time.Second)
+	if h.cfg.Waker != nil {
+		tick = min(tick, h.cfg.WakeIdleClose/5)
+	}
 	if tick < 50*time.Millisecond {
 		tick = 50 * time.Millisecond
 	}
@@ -179,6 +182,29 @@ func (h *Hub) detach(s *session) {
 	h.mu.Unlock()
 }
 
+// Online reports whether u has a session past hello that is not closing:
+// the kick subsystem does not wake a device that is online.
+func (h *Hub) Online(u store.UAID) bool {
+	s := h.session(u)
+	if s == nil {
+		return false
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ready && !s.closed
+}
+
+// WakeProven tells the hub that u proved a wake address (STUN) while
+// connected: its session is now closed with 4774 once idle, like one
+// accepted for wake at hello.
+func (h *Hub) WakeProven(u store.UAID) {
+	if s := h.session(u); s != nil {
+		s.mu.Lock()
+		s.wake = true
+		s.mu.Unlock()
+	}
+}
+
 func (h *Hub) session(u store.UAID) *session {
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -237,6 +263,9 @@ func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
 	h.m.pushed.With("stored").Inc()
 	if s := h.session(u); s != nil {
 		s.kick()
+	} else if h.cfg.Waker != nil && m.Urgency.AtLeast(store.UrgencyNormal) {
+		// Very-low and low urgency wait for the device's next connection.
+		h.cfg.Waker.Wake(u, stored.Expiry)
 	}
 	id := h.cfg.Tokens.SealMessageID(token.MessageID{UAID: u, Channel: ch, Seq: stored.Seq})
 	return Result{ID: id, Stored: true}, nil

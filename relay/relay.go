@@ -35,6 +35,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
 )
@@ -98,6 +99,23 @@ type Store interface {
 	Delete(ctx context.Context, u store.UAID, ch store.ChannelID, seq uint64) (bool, error)
 }
 
+// Waker wakes devices that sleep: the kick subsystem provides it. Its
+// methods are called on the hub's goroutines and must not block for long;
+// Wake and Connected must not block at all.
+type Waker interface {
+	// HelloWake handles the wake fields of a hello (wakeup_hostport,
+	// mobilenetwork, wake_auth) for device u, recording what it needs,
+	// and returns the reply's wake fields: Status (StatusWake when the
+	// device is accepted for UDP wake, else StatusOK), WakeKey, STUNAddr
+	// and WakeRefresh.
+	HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello) (pushproto.HelloReply, error)
+	// Wake asks for u to be woken: a message that may wake it was stored
+	// and waits until until. A zero until means "look at what waits".
+	Wake(u store.UAID, until time.Time)
+	// Connected tells the waker that u said hello: stop waking it.
+	Connected(u store.UAID)
+}
+
 // KeyChecker validates the VAPID public key a device passes in register and
 // returns its raw bytes. The vapid package provides it.
 type KeyChecker func(string) ([]byte, error)
@@ -116,6 +134,12 @@ type Config struct {
 	PongTimeout     time.Duration // close when a ping goes unanswered (4s... plus one tick)
 	MinPingInterval time.Duration // WebPush {} pings closer than this close the socket (45s); 0 keeps the default, <0 disables
 	Window          int           // notifications in flight per device (100)
+
+	// Waker, if set, wakes sleeping devices; WakeIdleClose is how long a
+	// session of a device accepted for UDP wake may go without traffic
+	// before it is closed with 4774 so the device sleeps (10s).
+	Waker         Waker
+	WakeIdleClose time.Duration
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
@@ -137,6 +161,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Window <= 0 {
 		c.Window = 100
+	}
+	if c.WakeIdleClose <= 0 {
+		c.WakeIdleClose = 10 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)

@@ -36,6 +36,7 @@ type session struct {
 	mu           sync.Mutex
 	ready        bool // hello done; keepalive may ping
 	closed       bool // no more work may start
+	wake         bool // accepted for UDP wake: close with 4774 when idle
 	closedAt     time.Time
 	finished     bool
 	lastPingSent time.Time
@@ -172,6 +173,14 @@ func (s *session) finish() {
 	}
 	s.cmu.Unlock()
 	s.conn.Release()
+	s.mu.Lock()
+	wake := s.wake
+	s.mu.Unlock()
+	if wake && h.cfg.Waker != nil {
+		// Messages may have arrived while the session was closing, or gone
+		// out without an ack: the device sleeps now, so wake it for them.
+		h.cfg.Waker.Wake(s.uaid, time.Time{})
+	}
 	h.m.connections.Dec()
 	h.wg.Done()
 }
@@ -228,7 +237,7 @@ func (s *session) writeWith(w func() error) bool {
 func (s *session) check(now time.Time) {
 	h := s.hub
 	s.mu.Lock()
-	ready, closed, finished := s.ready, s.closed, s.finished
+	ready, closed, finished, wake := s.ready, s.closed, s.finished, s.wake
 	closedAt, lastPing := s.closedAt, s.lastPingSent
 	s.mu.Unlock()
 	switch {
@@ -248,6 +257,8 @@ func (s *session) check(now time.Time) {
 		switch {
 		case idle > h.cfg.PingInterval+h.cfg.PongTimeout:
 			s.close(pushproto.CloseServerError, "pong timeout")
+		case wake && idle >= h.cfg.WakeIdleClose:
+			s.close(pushproto.CloseWake, "UDP wake")
 		case idle >= h.cfg.PingInterval && now.Sub(lastPing) >= h.cfg.PingInterval:
 			s.ping(now)
 		}
@@ -350,11 +361,29 @@ func (s *session) hello(m pushproto.Hello) bool {
 	}
 	h.m.hellos.With(result).Inc()
 	s.conn.SetIdleTimeout(h.cfg.PingInterval + h.cfg.PongTimeout + h.cfg.PingInterval/10)
-	if !s.write(pushproto.EncodeHello(pushproto.HelloReply{
-		UAID:       u.String(),
-		Status:     pushproto.StatusOK,
-		Broadcasts: pushproto.BroadcastErrors(m.Broadcasts),
-	})) {
+	reply := pushproto.HelloReply{Status: pushproto.StatusOK}
+	if h.cfg.Waker != nil {
+		h.cfg.Waker.Connected(u)
+		if m.Wake != nil {
+			r, err := h.cfg.Waker.HelloWake(h.ctx, u, m)
+			if err != nil {
+				// The device stays on its WebSocket: nothing is lost.
+				h.cfg.Logger.Warn("record wake address", "uaid", u.String(), "err", err)
+			} else {
+				reply = r
+			}
+		}
+	}
+	reply.UAID = u.String()
+	reply.Broadcasts = pushproto.BroadcastErrors(m.Broadcasts)
+	if reply.Status == pushproto.StatusWake {
+		s.mu.Lock()
+		s.wake = true
+		s.mu.Unlock()
+	} else {
+		reply.Status = pushproto.StatusOK
+	}
+	if !s.write(pushproto.EncodeHello(reply)) {
 		return false
 	}
 	if result == "resumed" {

@@ -20,9 +20,11 @@ type HelloReply struct {
 	UAID       string
 	Status     int
 	Broadcasts map[string]any
-	// Wake extension fields, set only for devices of our own that asked.
-	WakeKey  string // base64url per-device wake key
-	STUNAddr string // host:port of the relay's STUN listener
+	// Wake extension fields, set only for devices that sent
+	// wakeup_hostport (Firefox OS ignores fields it does not know).
+	WakeKey     string // base64url per-device wake key (the STUN password)
+	STUNAddr    string // host:port of the relay's STUN listener
+	WakeRefresh int    // seconds between the device's STUN refreshes
 }
 
 // EncodeHello builds a hello reply. use_webpush is always true, as autopush
@@ -40,7 +42,8 @@ func EncodeHello(r HelloReply) []byte {
 		Broadcasts  map[string]any `json:"broadcasts"`
 		WakeKey     string         `json:"wake_key,omitempty"`
 		STUN        string         `json:"stun,omitempty"`
-	}{TypeHello, r.UAID, r.Status, true, b, r.WakeKey, r.STUNAddr})
+		WakeRefresh int            `json:"wake_refresh,omitempty"`
+	}{TypeHello, r.UAID, r.Status, true, b, r.WakeKey, r.STUNAddr, r.WakeRefresh})
 }
 
 // EncodeRegister builds a register reply.

@@ -108,6 +108,10 @@ type Hello struct {
 	ChannelIDs []string          // legacy list, ignored like autopush does
 	Wake       *WakeHostPort     // Firefox OS wakeup_hostport, if any
 	Mobile     *MobileNetwork    // Firefox OS mobilenetwork, if any
+	// WakeAuth is pushrelay's extension: the device checks the MAC of
+	// authenticated wake datagrams, so it may be sent those instead of the
+	// Firefox OS "NOTIFY" text.
+	WakeAuth bool
 }
 
 // Register asks for a push endpoint for a channel.
@@ -162,6 +166,7 @@ type clientFrame struct {
 	Updates       []rawUpdate     `json:"updates"`
 	WakeHostPort  json.RawMessage `json:"wakeup_hostport"`
 	MobileNetwork json.RawMessage `json:"mobilenetwork"`
+	WakeAuth      json.RawMessage `json:"wake_auth"`
 }
 
 // rawUpdate is one ack update as sent, checked by decodeAck.
@@ -267,6 +272,9 @@ func decodeHello(f *clientFrame) (Hello, error) {
 	}
 	if len(f.UseWebPush) > 0 {
 		_ = json.Unmarshal(f.UseWebPush, &h.UseWebPush)
+	}
+	if len(f.WakeAuth) > 0 {
+		_ = json.Unmarshal(f.WakeAuth, &h.WakeAuth)
 	}
 	b, err := broadcasts(f.Broadcasts)
 	if err != nil {

@@ -21,6 +21,8 @@ var realFrames = []string{
 	`{"messageType":"broadcast_subscribe","broadcasts":{"remote-settings/monitor_changes":"\"1\""}}`,
 	`{"messageType":"ping"}`,
 	`{}`,
+	// pushrelay's own sleeping device (pushrelay device --wake).
+	`{"messageType":"hello","use_webpush":true,"uaid":"5f1e2d3c4b5a69788796a5b4c3d2e1f0","wakeup_hostport":{"ip":"127.0.0.5","port":5000},"wake_auth":true}`,
 }
 
 func TestDecodeRealFrames(t *testing.T) {
@@ -39,6 +41,13 @@ func TestDecodeTyped(t *testing.T) {
 	h := m.(Hello)
 	if h.Wake == nil || h.Wake.IP != "10.1.2.3" || h.Wake.Port != 40123 || h.Mobile.NetID != "10.0.0.1" {
 		t.Fatalf("hello wake fields: %+v %+v", h.Wake, h.Mobile)
+	}
+	if h.WakeAuth {
+		t.Error("Firefox OS hello decoded with wake_auth")
+	}
+	m, _ = DecodeClient([]byte(realFrames[len(realFrames)-1]))
+	if h := m.(Hello); !h.WakeAuth || h.Wake.Port != 5000 {
+		t.Errorf("pushrelay device hello: %+v", h)
 	}
 	m, _ = DecodeClient([]byte(realFrames[7]))
 	a := m.(Ack)

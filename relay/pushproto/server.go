@@ -17,6 +17,7 @@ type ServerFrame struct {
 	Broadcasts   map[string]any `json:"broadcasts,omitempty"`
 	WakeKey      string         `json:"wake_key,omitempty"`
 	STUN         string         `json:"stun,omitempty"`
+	WakeRefresh  int            `json:"wake_refresh,omitempty"`
 	ChannelID    string         `json:"channelID,omitempty"`
 	PushEndpoint string         `json:"pushEndpoint,omitempty"`
 	Version      string         `json:"-"`

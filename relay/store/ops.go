@@ -48,20 +48,36 @@ func (s *Store) Touch(ctx context.Context, u UAID, now time.Time) error {
 	})
 }
 
-// SetWake stores the wake subsystem's blob for u, verbatim. It fails with
-// ErrNoDevice if u has no record (devices get one by registering a
-// channel).
-func (s *Store) SetWake(ctx context.Context, u UAID, wake []byte) error {
-	wake = bytes.Clone(wake)
+// UpdateWake replaces u's wake blob (owned by the wake subsystem, stored
+// verbatim) with what fn returns for the current one, atomically: fn runs
+// inside the write transaction, so it must be quick and must not block or
+// call the store. When fn returns an error nothing is written and
+// UpdateWake returns it. When fn returns a blob equal to the old one
+// nothing is written either. Without a record for u, fn sees nil and
+// UpdateWake creates the record (as Register would) if create is true,
+// and otherwise fails with ErrNoDevice.
+func (s *Store) UpdateWake(ctx context.Context, u UAID, create bool, fn func(old []byte) ([]byte, error)) error {
 	return s.do(ctx, func(t *txn) error {
 		d, ok, err := t.device(u)
 		if err != nil {
 			return err
 		}
-		if !ok {
+		if !ok && !create {
 			return reject(ErrNoDevice)
 		}
-		d.Wake = wake
+		wake, err := fn(d.Wake)
+		if err != nil {
+			return reject(err)
+		}
+		if ok && bytes.Equal(wake, d.Wake) {
+			return nil
+		}
+		if !ok {
+			now := t.now
+			d = Device{UAID: u, Created: now, LastSeen: now}
+			t.delta.devices++
+		}
+		d.Wake = bytes.Clone(wake)
 		return t.putDevice(d)
 	})
 }

@@ -563,7 +563,7 @@ func TestDeleteDevice(t *testing.T) {
 			mustAppend(t, s, m)
 		}
 	}
-	if err := s.SetWake(ctx, u, []byte("wake")); err != nil {
+	if err := setWake(s, u, false, []byte("wake")); err != nil {
 		t.Fatal(err)
 	}
 	if err := s.DeleteDevice(ctx, u); err != nil {
@@ -638,8 +638,8 @@ func TestTouchAndWake(t *testing.T) {
 	if _, ok, _ := s.Device(u); ok {
 		t.Error("Touch created a device")
 	}
-	if err := s.SetWake(ctx, u, []byte("w")); !errors.Is(err, ErrNoDevice) {
-		t.Errorf("SetWake of unknown device: %v", err)
+	if err := setWake(s, u, false, []byte("w")); !errors.Is(err, ErrNoDevice) {
+		t.Errorf("UpdateWake of unknown device: %v", err)
 	}
 	mustRegister(t, s, u, chid(1))
 	seen := time.Unix(1_800_000_000, 5)
@@ -647,7 +647,7 @@ func TestTouchAndWake(t *testing.T) {
 		t.Fatal(err)
 	}
 	wake := []byte{1, 2, 3}
-	if err := s.SetWake(ctx, u, wake); err != nil {
+	if err := setWake(s, u, false, wake); err != nil {
 		t.Fatal(err)
 	}
 	wake[0] = 9 // the store keeps its own copy
@@ -655,12 +655,43 @@ func TestTouchAndWake(t *testing.T) {
 	if !d.LastSeen.Equal(seen) || string(d.Wake) != "\x01\x02\x03" || d.Channels != 1 {
 		t.Errorf("device %+v", d)
 	}
-	if err := s.SetWake(ctx, u, nil); err != nil {
+	// fn sees the current blob; its error rejects the update.
+	errNo := errors.New("no")
+	err := s.UpdateWake(ctx, u, false, func(old []byte) ([]byte, error) {
+		if string(old) != "\x01\x02\x03" {
+			t.Errorf("fn got %x", old)
+		}
+		return nil, errNo
+	})
+	if !errors.Is(err, errNo) {
+		t.Errorf("fn error: %v", err)
+	}
+	if d, _, _ := s.Device(u); string(d.Wake) != "\x01\x02\x03" {
+		t.Errorf("rejected update wrote %x", d.Wake)
+	}
+	if err := setWake(s, u, false, nil); err != nil {
 		t.Fatal(err)
 	}
 	if d, _, _ := s.Device(u); d.Wake != nil {
 		t.Errorf("wake not cleared: %x", d.Wake)
 	}
+	// create makes a record for a device that said hello but has not
+	// registered, counted like any other.
+	v := uaid(7)
+	if err := setWake(s, v, true, []byte("new")); err != nil {
+		t.Fatal(err)
+	}
+	d, ok, _ := s.Device(v)
+	if !ok || string(d.Wake) != "new" || d.Channels != 0 || d.Created.IsZero() {
+		t.Errorf("created device %+v ok=%v", d, ok)
+	}
+	if st, _ := s.Stats(); st.Devices != 2 {
+		t.Errorf("devices %d, want 2", st.Devices)
+	}
+}
+
+func setWake(s *Store, u UAID, create bool, blob []byte) error {
+	return s.UpdateWake(context.Background(), u, create, func([]byte) ([]byte, error) { return blob, nil })
 }
 
 // A rejected op in a batch leaves the others alone, and an op that fails

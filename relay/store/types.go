@@ -15,7 +15,8 @@ var (
 	ErrClosed = errors.New("store closed")
 	// ErrNoChannel: Append to a channel (or device) that is not registered.
 	ErrNoChannel = errors.New("no such channel")
-	// ErrNoDevice: SetWake for a device that has no record.
+	// ErrNoDevice: UpdateWake without create for a device that has no
+	// record.
 	ErrNoDevice = errors.New("no such device")
 	// ErrChannelConflict: Register of an existing channel with another key.
 	ErrChannelConflict = errors.New("channel registered with a different key")
