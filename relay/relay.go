@@ -32,6 +32,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -107,8 +108,10 @@ type Waker interface {
 	// mobilenetwork, wake_auth) for device u, recording what it needs,
 	// and returns the reply's wake fields: Status (StatusWake when the
 	// device is accepted for UDP wake, else StatusOK), WakeKey, STUNAddr
-	// and WakeRefresh.
-	HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello) (pushproto.HelloReply, error)
+	// and WakeRefresh. local is the relay's address the device connected
+	// to (invalid if unknown): the STUN address a device is told is on
+	// the host it already reaches.
+	HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error)
 	// Wake asks for u to be woken: a message that may wake it was stored
 	// and waits until until. A zero until means "look at what waits".
 	Wake(u store.UAID, until time.Time)

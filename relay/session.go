@@ -3,6 +3,7 @@ package relay
 import (
 	"errors"
 	"net"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
@@ -125,6 +126,19 @@ func (s *session) readBurst() bool {
 			return true
 		}
 	}
+}
+
+// localAddr is the relay's address the device connected to, if the
+// adapter knows it.
+func (s *session) localAddr() netip.Addr {
+	c, ok := s.conn.(interface{ LocalAddr() net.Addr })
+	if !ok {
+		return netip.Addr{}
+	}
+	if ta, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		return ta.AddrPort().Addr().Unmap()
+	}
+	return netip.Addr{}
 }
 
 func (s *session) uaidString() string {
@@ -365,7 +379,7 @@ func (s *session) hello(m pushproto.Hello) bool {
 	if h.cfg.Waker != nil {
 		h.cfg.Waker.Connected(u)
 		if m.Wake != nil {
-			r, err := h.cfg.Waker.HelloWake(h.ctx, u, m)
+			r, err := h.cfg.Waker.HelloWake(h.ctx, u, m, s.localAddr())
 			if err != nil {
 				// The device stays on its WebSocket: nothing is lost.
 				h.cfg.Logger.Warn("record wake address", "uaid", u.String(), "err", err)

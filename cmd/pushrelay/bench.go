@@ -55,17 +55,19 @@ type child struct {
 	device   string // ws://127.0.0.1:N/
 	endpoint string // http://127.0.0.1:N
 	admin    string // http://127.0.0.1:N
+	stun     string // 127.0.0.1:N (UDP), if the relay runs STUN
 	done     chan struct{}
 	exitErr  error // valid after done is closed
 }
 
-var benchAnnounce = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
+var benchAnnounce = regexp.MustCompile(`^\s+(devices|endpoint|admin|stun)\s+(\S+)`)
 
 // startChild runs `bin run` on dataDir with extra flags, sends its stderr
 // to stderr, and returns once /readyz says 200.
 func startChild(ctx context.Context, bin, dataDir string, stderr io.Writer, extra ...string) (*child, error) {
 	args := append([]string{"run", "--data-dir", dataDir,
-		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"}, extra...)
+		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+		"--stun-listen", "127.0.0.1:0"}, extra...)
 	cmdArgs := append([]string{bin}, args...)
 	if emu := os.Getenv("PUSHRELAY_BENCH_EMULATOR"); emu != "" {
 		// Measuring a cross-built binary under qemu-user: run the child
@@ -96,6 +98,9 @@ func startChild(ctx context.Context, bin, dataDir string, stderr io.Writer, extr
 					c.endpoint = v
 				case "admin":
 					c.admin = v
+				case "stun":
+					c.stun = m[2]
+					continue
 				}
 				if n++; n == 3 {
 					close(found)

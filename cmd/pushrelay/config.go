@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -15,6 +16,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/pushrelay/pushrelay/kick"
 )
 
 // Config is the daemon's whole configuration. Every field is one key of the
@@ -41,6 +44,18 @@ type Config struct {
 	MaxChannelsPerUAID int
 	MaxMessagesPerUAID int
 	InflightWindow     int
+
+	STUNListen     string
+	STUNAdvertise  string
+	STUNRate       int
+	WakeCIDRs      string
+	WakeNetworks   string
+	WakeIdleClose  time.Duration
+	WakeInterval   time.Duration
+	WakeMaxBackoff time.Duration
+	WakeBindingTTL time.Duration
+	WakeRate       int
+	WakeTargetRate int
 }
 
 // setting binds one key to a field of a Config.
@@ -115,6 +130,17 @@ var settings = []setting{
 	intSetting("max_channels_per_uaid", "1000", 1, 1<<20, "channels one device may register", func(c *Config) *int { return &c.MaxChannelsPerUAID }),
 	intSetting("max_messages_per_uaid", "1000", 1, 1<<20, "messages kept per device; beyond it the oldest is dropped", func(c *Config) *int { return &c.MaxMessagesPerUAID }),
 	intSetting("inflight_window", "100", 1, 10000, "notifications sent to a device before it must ack", func(c *Config) *int { return &c.InflightWindow }),
+	strSetting("stun_listen", ":3478", "UDP address of the STUN listener, where devices prove their wake address and from which wake datagrams are sent; empty disables STUN", func(c *Config) *string { return &c.STUNListen }),
+	strSetting("stun_advertise", "", "STUN host:port told to devices (default: the listener's port on the address the device connected to)", func(c *Config) *string { return &c.STUNAdvertise }),
+	intSetting("stun_rate", "20", 1, 1<<20, "STUN requests per second accepted from one source address (burst twice that)", func(c *Config) *int { return &c.STUNRate }),
+	strSetting("wake_cidrs", "", "comma-separated CIDRs inside which a device's claimed wake address (hello wakeup_hostport) is trusted without STUN; empty trusts none", func(c *Config) *string { return &c.WakeCIDRs }),
+	strSetting("wake_networks", "", "ranges per mobile network, trusted like wake_cidrs for devices whose hello names that network: mcc-mnc=CIDR[,CIDR...] joined by ';', e.g. 214-07=10.64.0.0/10", func(c *Config) *string { return &c.WakeNetworks }),
+	durSetting("wake_idle_close", "10s", "a device accepted for UDP wake is closed with 4774 after this long without traffic, so it sleeps", func(c *Config) *time.Duration { return &c.WakeIdleClose }),
+	durSetting("wake_interval", "10s", "a sleeping device gets one wake datagram per interval; retries start after it and double", func(c *Config) *time.Duration { return &c.WakeInterval }),
+	durSetting("wake_max_backoff", "5m", "longest gap between wake retries while messages wait", func(c *Config) *time.Duration { return &c.WakeMaxBackoff }),
+	durSetting("wake_binding_ttl", "2m", "a STUN-proven wake address is used for this long after the last request (devices refresh every quarter of it)", func(c *Config) *time.Duration { return &c.WakeBindingTTL }),
+	intSetting("wake_rate", "1000", 0, 1<<24, "wake datagrams per second across all devices; 0 means unlimited", func(c *Config) *int { return &c.WakeRate }),
+	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one IP address (burst 3); 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 
 func findSetting(key string) (setting, bool) {
@@ -267,6 +293,19 @@ func (c *Config) Validate() error {
 	if c.DataDir == "" {
 		return cfgErr("data_dir is empty")
 	}
+	if c.STUNListen != "" {
+		if err := checkListen(c.STUNListen); err != nil {
+			return cfgErr("stun_listen %q: %v", c.STUNListen, err)
+		}
+	}
+	if c.STUNAdvertise != "" {
+		if _, port, err := net.SplitHostPort(c.STUNAdvertise); err != nil || port == "" || port == "0" {
+			return cfgErr("stun_advertise %q: want host:port", c.STUNAdvertise)
+		}
+	}
+	if _, err := c.wakeRanges(); err != nil {
+		return err
+	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return cfgErr("tls_cert_file and tls_key_file go together")
 	}
@@ -325,6 +364,35 @@ func (c *Config) dump(w io.Writer) {
 	for _, s := range settings {
 		fmt.Fprintf(w, "%s: %q\n", s.key, s.get(c))
 	}
+}
+
+// wakeRanges parses wake_cidrs and wake_networks.
+func (c *Config) wakeRanges() (kick.Ranges, error) {
+	var r kick.Ranges
+	var err error
+	if r.CIDRs, err = kick.ParseCIDRs(c.WakeCIDRs); err != nil {
+		return r, cfgErr("wake_cidrs: %v", err)
+	}
+	for _, part := range strings.Split(c.WakeNetworks, ";") {
+		if part = strings.TrimSpace(part); part == "" {
+			continue
+		}
+		network, cidrs, ok := strings.Cut(part, "=")
+		mcc, mnc, ok2 := strings.Cut(strings.TrimSpace(network), "-")
+		if !ok || !ok2 || mcc == "" || mnc == "" {
+			return r, cfgErr("wake_networks %q: want mcc-mnc=CIDR[,CIDR...]", part)
+		}
+		p, err := kick.ParseCIDRs(cidrs)
+		if err != nil || len(p) == 0 {
+			return r, cfgErr("wake_networks %q: want mcc-mnc=CIDR[,CIDR...]", part)
+		}
+		if r.Networks == nil {
+			r.Networks = map[string][]netip.Prefix{}
+		}
+		key := kick.NetworkKey(mcc, mnc)
+		r.Networks[key] = append(r.Networks[key], p...)
+	}
+	return r, nil
 }
 
 func (c *Config) dataPath(name string) string { return filepath.Join(c.DataDir, name) }

@@ -10,10 +10,13 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"strconv"
 	"sync"
 	"time"
 
+	"github.com/pushrelay/pushrelay/discovery"
+	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
@@ -41,6 +44,9 @@ type daemon struct {
 	reg     *metrics.Registry
 	store   *store.Store
 	hub     *relay.Hub
+	kick    *kick.Kicker
+	stun    *discovery.Server // nil when STUN is off
+	udp     *net.UDPConn      // the kicker's socket when STUN is off
 	ws      *wsock.Server
 	admin   *admin.Server
 	started time.Time
@@ -111,21 +117,28 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		publicURL = d.scheme("http") + "://" + displayAddr(d.listeners["endpoint"].Addr())
 		d.log.Warn("public_url is not set; endpoints name this host as "+publicURL+", which only local app servers can reach", "public_url", publicURL)
 	}
+	if err := d.startWake(); err != nil {
+		d.closeListeners()
+		return err
+	}
 	d.hub, err = relay.New(relay.Config{
-		Store:        d.store,
-		Tokens:       tokens,
-		PublicURL:    publicURL,
-		CheckKey:     vapid.DecodePublicKey,
-		HelloTimeout: cfg.HelloTimeout,
-		PingInterval: cfg.PingInterval,
-		Window:       cfg.InflightWindow,
-		Logger:       d.log.With("component", "devices"),
-		Metrics:      d.reg,
+		Store:         d.store,
+		Tokens:        tokens,
+		PublicURL:     publicURL,
+		CheckKey:      vapid.DecodePublicKey,
+		HelloTimeout:  cfg.HelloTimeout,
+		PingInterval:  cfg.PingInterval,
+		Window:        cfg.InflightWindow,
+		Waker:         d.kick,
+		WakeIdleClose: cfg.WakeIdleClose,
+		Logger:        d.log.With("component", "devices"),
+		Metrics:       d.reg,
 	})
 	if err != nil {
 		d.closeListeners()
 		return err
 	}
+	d.kick.SetPresence(d.hub)
 	api, err := endpoint.New(endpoint.Config{
 		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
 		Logger: d.log.With("component", "endpoint"), Metrics: d.reg,
@@ -183,6 +196,18 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 			errc <- fmt.Errorf("device poller: %w", err)
 		}
 	})
+	wg.Go(func() {
+		if err := d.kick.Run(runCtx); err != nil {
+			errc <- fmt.Errorf("wake: %w", err)
+		}
+	})
+	if d.stun != nil {
+		wg.Go(func() {
+			if err := d.stun.Run(runCtx); err != nil {
+				errc <- fmt.Errorf("stun listener: %w", err)
+			}
+		})
+	}
 	d.admin.SetReady(true)
 	d.announce(stdout, publicURL)
 
@@ -222,6 +247,90 @@ func (d *daemon) closeListeners() {
 	for _, ln := range d.listeners {
 		ln.Close()
 	}
+	if d.stun != nil {
+		d.stun.Close()
+	}
+	if d.udp != nil {
+		d.udp.Close()
+	}
+}
+
+// startWake sets up waking: the wake secret in the data dir, the STUN
+// listener (the kicker sends from its socket, so NAT mappings the device
+// opened let the datagram in) or, with STUN off, a plain UDP socket.
+func (d *daemon) startWake() error {
+	cfg := d.cfg
+	secret, err := kick.LoadOrCreateSecret(cfg.dataPath("wake.key"))
+	if err != nil {
+		return err
+	}
+	keys, err := kick.NewKeys(secret)
+	if err != nil {
+		return err
+	}
+	ranges, err := cfg.wakeRanges()
+	if err != nil {
+		return err
+	}
+	// The STUN server and the kicker need each other; reg is filled in
+	// before either runs.
+	reg := &wakeRegistry{}
+	var sender kick.Sender
+	advertise := ""
+	if cfg.STUNListen != "" {
+		d.stun, err = discovery.Listen(discovery.Config{
+			Listen: cfg.STUNListen, Registry: reg,
+			Rate: float64(cfg.STUNRate), Burst: 2 * cfg.STUNRate,
+			Metrics: d.reg, Logger: d.log.With("component", "stun"),
+		})
+		if err != nil {
+			return fmt.Errorf("stun listener: %w", err)
+		}
+		sender = d.stun
+		advertise = cfg.STUNAdvertise
+		if advertise == "" {
+			advertise = d.stun.Addr().String()
+		}
+	} else {
+		d.udp, err = net.ListenUDP("udp", nil)
+		if err != nil {
+			return fmt.Errorf("wake socket: %w", err)
+		}
+		sender = udpSender{d.udp}
+	}
+	unlimited := func(n int) float64 {
+		if n == 0 {
+			return -1
+		}
+		return float64(n)
+	}
+	d.kick, err = kick.New(kick.Config{
+		Store: d.store, Sender: sender, Keys: keys, Ranges: ranges, STUNAddr: advertise,
+		BindingTTL: cfg.WakeBindingTTL, Interval: cfg.WakeInterval, MaxBackoff: cfg.WakeMaxBackoff,
+		Rate: unlimited(cfg.WakeRate), TargetRate: unlimited(cfg.WakeTargetRate),
+		Metrics: d.reg, Logger: d.log.With("component", "wake"),
+	})
+	if err != nil {
+		return err
+	}
+	reg.k = d.kick
+	return nil
+}
+
+// wakeRegistry hands the STUN server's questions to the kicker.
+type wakeRegistry struct{ k *kick.Kicker }
+
+func (r *wakeRegistry) Key(username string) ([]byte, error) { return r.k.Key(username) }
+func (r *wakeRegistry) Bind(username string, addr netip.AddrPort, stamp time.Time) error {
+	return r.k.Bind(username, addr, stamp)
+}
+
+// udpSender sends wake datagrams from a plain UDP socket.
+type udpSender struct{ c *net.UDPConn }
+
+func (s udpSender) WriteTo(b []byte, to netip.AddrPort) error {
+	_, err := s.c.WriteToUDPAddrPort(b, to)
+	return err
 }
 
 // shutdown drains in order: readiness off, no new requests, in-flight pushes
@@ -239,6 +348,13 @@ func (d *daemon) shutdown() {
 	}
 	d.hub.Close()
 	d.ws.Close()
+	d.kick.Close()
+	if d.stun != nil {
+		d.stun.Close()
+	}
+	if d.udp != nil {
+		d.udp.Close()
+	}
 	if srv, ok := d.servers["admin"]; ok {
 		srv.Shutdown(ctx)
 	}
@@ -267,6 +383,9 @@ func (d *daemon) announce(w io.Writer, publicURL string) {
 	fmt.Fprintf(w, "  devices      %s://%s/\n", d.scheme("ws"), displayAddr(d.listeners["device"].Addr()))
 	fmt.Fprintf(w, "  app servers  %s/wpush/v1/{token}  (each device gets its endpoint at register)\n", publicURL)
 	fmt.Fprintf(w, "  endpoint     %s://%s/\n", d.scheme("http"), displayAddr(d.listeners["endpoint"].Addr()))
+	if d.stun != nil {
+		fmt.Fprintf(w, "  stun         %s (udp; devices prove wake addresses, wake datagrams come from here)\n", d.stun.Addr())
+	}
 	if ln, ok := d.listeners["admin"]; ok {
 		fmt.Fprintf(w, "  admin        http://%s/status\n", displayAddr(ln.Addr()))
 	}

@@ -458,3 +458,6 @@ func (c *Conn) Release() error {
 
 // RemoteAddr is the peer's address.
 func (c *Conn) RemoteAddr() net.Addr { return c.ws.RemoteAddr() }
+
+// LocalAddr is the relay's address the device connected to.
+func (c *Conn) LocalAddr() net.Addr { return c.ws.LocalAddr() }

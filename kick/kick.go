@@ -1,0 +1,666 @@
+// Package kick wakes devices that sleep: when a message that may wake a
+// device (urgency normal or high) is stored while the device has no
+// session, the kicker sends one small UDP datagram to the device's wake
+// address, and again with backoff while the message waits and the device
+// stays away. The device reconnects, says hello and drains.
+//
+// Where to send is the device's wake record (the store's wake blob): the
+// address its authenticated STUN requests came from (see discovery), fresh
+// for a binding TTL, or the wakeup_hostport of its hello when that lies
+// inside the configured ranges. Nothing else is ever sent anything.
+//
+// A sleeping device costs its stored row only. A device with a wake due
+// costs one small entry in a heap that a single goroutine (Run) serves;
+// global and per-target token buckets bound the datagrams sent, and every
+// datagram, deferral and drop is counted with its reason.
+//
+// The Kicker also implements the relay's Waker (hello, push, connect) and
+// discovery's Registry (STUN keys and bindings).
+package kick
+
+import (
+	"container/heap"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/pushrelay/pushrelay/discovery"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// Store is what the kicker needs from durable storage.
+type Store interface {
+	Device(u store.UAID) (store.Device, bool, error)
+	UpdateWake(ctx context.Context, u store.UAID, create bool, fn func(old []byte) ([]byte, error)) error
+	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
+}
+
+// Sender sends one datagram. discovery.Server sends from the STUN socket,
+// so a NAT that mapped the device's STUN requests lets the datagram in.
+type Sender interface {
+	WriteTo(b []byte, to netip.AddrPort) error
+}
+
+// Presence is what the kicker asks the hub: whether a device is online
+// (then it is not woken), and to treat a device that proved its address
+// while connected as accepted for wake.
+type Presence interface {
+	Online(u store.UAID) bool
+	WakeProven(u store.UAID)
+}
+
+// Config configures a Kicker. Zero values take the defaults in
+// parentheses.
+type Config struct {
+	Store  Store
+	Sender Sender
+	Keys   *Keys
+	Ranges Ranges
+	// STUNAddr is the STUN listener's address as devices reach it, told
+	// to them at hello; empty when STUN is off.
+	STUNAddr string
+
+	BindingTTL  time.Duration // a STUN-verified address stays fresh this long (2m)
+	Interval    time.Duration // the first retry comes after this; each doubles (10s)
+	MaxBackoff  time.Duration // retries are never further apart (5m)
+	Rate        float64       // datagrams per second, all devices (1000); <0 unlimited
+	Burst       int           // (Rate/10, at least 10)
+	TargetRate  float64       // datagrams per second to one IP (1); <0 unlimited
+	TargetBurst int           // (3)
+	MaxPending  int           // devices with a wake due (1,000,000); more are dropped
+	MaxTargets  int           // per-target table size (65536)
+
+	Logger  *slog.Logger
+	Metrics *metrics.Registry
+	Now     func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.BindingTTL <= 0 {
+		c.BindingTTL = 2 * time.Minute
+	}
+	if c.Interval <= 0 {
+		c.Interval = 10 * time.Second
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 5 * time.Minute
+	}
+	if c.MaxBackoff < c.Interval {
+		c.MaxBackoff = c.Interval
+	}
+	if c.Rate == 0 {
+		c.Rate = 1000
+	}
+	if c.Burst <= 0 {
+		c.Burst = max(10, int(c.Rate/10))
+	}
+	if c.TargetRate == 0 {
+		c.TargetRate = 1
+	}
+	if c.TargetBurst <= 0 {
+		c.TargetBurst = 3
+	}
+	if c.MaxPending <= 0 {
+		c.MaxPending = 1_000_000
+	}
+	if c.MaxTargets <= 0 {
+		c.MaxTargets = 65536
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// entry is a device with a wake due.
+type entry struct {
+	u        store.UAID
+	until    time.Time // its messages expire then; zero: look them up
+	next     time.Time // when to send
+	lastSent time.Time
+	attempts int
+	counter  uint64 // last authenticated counter sent
+	index    int    // in the heap; -1 while handled
+	fresh    bool   // Wake was called while it was handled
+}
+
+// Kicker sends wake datagrams. Run serves it; Close stops it.
+type Kicker struct {
+	cfg      Config
+	m        *kickMetrics
+	presence Presence
+
+	mu      sync.Mutex
+	pending map[store.UAID]*entry
+	queue   entryHeap
+	poke    chan struct{}
+
+	// Only Run's goroutine uses these.
+	global  bucket
+	targets *targets
+	buf     []byte
+
+	// recent holds the last accepted STUN stamp of devices whose refresh
+	// was not written to the store, so a captured request cannot be
+	// replayed from elsewhere; old entries are pruned by Run.
+	bmu    sync.Mutex
+	recent map[store.UAID]int64
+
+	ctx       context.Context
+	cancel    context.CancelFunc
+	closeOnce sync.Once
+}
+
+// New returns a Kicker; it sends nothing until Run.
+func New(cfg Config) (*Kicker, error) {
+	if cfg.Store == nil || cfg.Sender == nil || cfg.Keys == nil {
+		return nil, errors.New("kick: Store, Sender and Keys are required")
+	}
+	cfg.setDefaults()
+	ctx, cancel := context.WithCancel(context.Background())
+	return &Kicker{
+		cfg:     cfg,
+		m:       newKickMetrics(metrics.OrNew(cfg.Metrics)),
+		pending: make(map[store.UAID]*entry),
+		poke:    make(chan struct{}, 1),
+		targets: newTargets(cfg.TargetRate, cfg.TargetBurst, cfg.MaxTargets),
+		recent:  make(map[store.UAID]int64),
+		ctx:     ctx,
+		cancel:  cancel,
+	}, nil
+}
+
+// SetPresence connects the kicker to the hub; call it before Run.
+func (k *Kicker) SetPresence(p Presence) { k.presence = p }
+
+func (k *Kicker) online(u store.UAID) bool {
+	return k.presence != nil && k.presence.Online(u)
+}
+
+// Wake schedules a wake for u (relay.Waker). A device with a wake already
+// due is not sent another datagram for it, unless the last one went out an
+// Interval or more ago. It never blocks.
+func (k *Kicker) Wake(u store.UAID, until time.Time) {
+	now := k.cfg.Now()
+	k.mu.Lock()
+	if e := k.pending[u]; e != nil {
+		switch {
+		case until.IsZero() || e.until.IsZero():
+			e.until = time.Time{}
+		case until.After(e.until):
+			e.until = until
+		}
+		if e.index < 0 {
+			e.fresh = true
+		} else if soon := e.lastSent.Add(k.cfg.Interval); e.attempts > 0 && soon.Before(e.next) {
+			// A new message: try again soon, from the start of the
+			// backoff.
+			e.next = maxTime(soon, now)
+			e.attempts = 0
+			heap.Fix(&k.queue, e.index)
+		}
+		k.mu.Unlock()
+		k.signal()
+		return
+	}
+	if len(k.pending) >= k.cfg.MaxPending {
+		k.mu.Unlock()
+		k.m.dropped.With("queue_full").Inc()
+		return
+	}
+	e := &entry{u: u, until: until, next: now}
+	k.pending[u] = e
+	heap.Push(&k.queue, e)
+	k.m.pending.Set(float64(len(k.pending)))
+	k.mu.Unlock()
+	k.signal()
+}
+
+// Connected stops waking u: it said hello (relay.Waker).
+func (k *Kicker) Connected(u store.UAID) {
+	k.mu.Lock()
+	e := k.pending[u]
+	if e != nil {
+		k.remove(e)
+	}
+	k.mu.Unlock()
+	if e != nil {
+		k.m.finished.With("connected").Inc()
+	}
+}
+
+// remove takes e out of the schedule; k.mu is held.
+func (k *Kicker) remove(e *entry) {
+	if e.index >= 0 {
+		heap.Remove(&k.queue, e.index)
+	}
+	delete(k.pending, e.u)
+	k.m.pending.Set(float64(len(k.pending)))
+}
+
+// Pending reports how many devices have a wake due.
+func (k *Kicker) Pending() int {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return len(k.pending)
+}
+
+func (k *Kicker) signal() {
+	select {
+	case k.poke <- struct{}{}:
+	default:
+	}
+}
+
+// Run sends due wakes until ctx is done or Close.
+func (k *Kicker) Run(ctx context.Context) error {
+	t := time.NewTimer(time.Hour)
+	defer t.Stop()
+	prune := time.NewTicker(time.Minute)
+	defer prune.Stop()
+	for {
+		k.mu.Lock()
+		wait := time.Hour
+		if len(k.queue) > 0 {
+			wait = k.queue[0].next.Sub(k.cfg.Now())
+		}
+		k.mu.Unlock()
+		if wait > 0 {
+			t.Reset(wait)
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-k.ctx.Done():
+				return nil
+			case <-prune.C:
+				k.pruneRecent()
+			case <-k.poke:
+			case <-t.C:
+			}
+		} else {
+			select {
+			case <-ctx.Done():
+				return nil
+			case <-k.ctx.Done():
+				return nil
+			default:
+			}
+		}
+		k.sendDue()
+	}
+}
+
+// Close stops Run (its caller owns and waits for that goroutine) and
+// refuses further store writes from Bind. It is idempotent.
+func (k *Kicker) Close() error {
+	k.closeOnce.Do(k.cancel)
+	return nil
+}
+
+// sendBatch bounds the wakes handled per pass, so Close and pokes are
+// seen promptly under load.
+const sendBatch = 256
+
+// sendDue handles the wakes that are due. An entry is out of the heap
+// (index -1) while it is handled; Wake marks it fresh meanwhile, and the
+// entry is then kept, its backoff started again.
+func (k *Kicker) sendDue() {
+	now := k.cfg.Now()
+	due := make([]*entry, 0, 16)
+	k.mu.Lock()
+	for len(k.queue) > 0 && len(due) < sendBatch && !k.queue[0].next.After(now) {
+		due = append(due, heap.Pop(&k.queue).(*entry))
+	}
+	k.mu.Unlock()
+	for i, e := range due {
+		k.mu.Lock()
+		snap := *e
+		e.fresh = false
+		k.mu.Unlock()
+		next, done, limited := k.handle(&snap, now)
+		k.mu.Lock()
+		if k.pending[e.u] == e { // else Connected while we looked at it
+			e.lastSent, e.attempts, e.counter = snap.lastSent, snap.attempts, snap.counter
+			switch {
+			case e.fresh:
+				// New messages came: e.until already covers them (zero
+				// means look again); go again an Interval after the
+				// last datagram.
+				e.fresh = false
+				e.attempts = 0
+				e.next = maxTime(now, e.lastSent.Add(k.cfg.Interval))
+				heap.Push(&k.queue, e)
+			case done:
+				k.remove(e)
+			default:
+				e.until = snap.until
+				e.next = next
+				heap.Push(&k.queue, e)
+			}
+		}
+		if limited {
+			// The global bucket is empty: the rest wait as long.
+			for _, r := range due[i+1:] {
+				if k.pending[r.u] == r {
+					r.next = next
+					heap.Push(&k.queue, r)
+				}
+			}
+		}
+		k.mu.Unlock()
+		if limited {
+			return
+		}
+	}
+}
+
+// handle sends e's datagram if it should go now and returns when to look
+// at it again, or done; limited means the global rate limit held it back.
+func (k *Kicker) handle(e *entry, now time.Time) (next time.Time, done, limited bool) {
+	finish := func(reason string) (time.Time, bool, bool) {
+		k.m.finished.With(reason).Inc()
+		return time.Time{}, true, false
+	}
+	drop := func(reason string) (time.Time, bool, bool) {
+		k.m.dropped.With(reason).Inc()
+		return time.Time{}, true, false
+	}
+	if !e.until.IsZero() && !now.Before(e.until) {
+		return finish("expired")
+	}
+	if k.online(e.u) {
+		return finish("connected")
+	}
+	d, ok, err := k.cfg.Store.Device(e.u)
+	if err != nil {
+		k.cfg.Logger.Warn("read device for wake", "uaid", e.u.String(), "err", err)
+		return drop("store_error")
+	}
+	if !ok {
+		return drop("unknown_device")
+	}
+	if d.Waiting == 0 {
+		return finish("nothing_waiting")
+	}
+	rec, err := decodeRecord(d.Wake)
+	if err != nil {
+		return drop("bad_record")
+	}
+	to, why := rec.target(now, k.cfg.BindingTTL, &k.cfg.Ranges)
+	if why != "" {
+		return drop(why)
+	}
+	if e.until.IsZero() {
+		until, err := k.wakeUntil(e.u, now)
+		if err != nil {
+			k.cfg.Logger.Warn("read messages for wake", "uaid", e.u.String(), "err", err)
+			return drop("store_error")
+		}
+		if until.IsZero() {
+			return finish("nothing_urgent")
+		}
+		e.until = until
+	}
+	if ok, wait := k.global.take(now, k.cfg.Rate, k.cfg.Burst); !ok {
+		k.m.deferred.With("global").Inc()
+		return now.Add(wait), false, true
+	}
+	if ok, wait, full := k.targets.take(to.Addr(), now); !ok {
+		if full {
+			k.m.deferred.With("target_table_full").Inc()
+		} else {
+			k.m.deferred.With("target").Inc()
+		}
+		return now.Add(wait), false, false
+	}
+	format := "compat"
+	k.buf = k.buf[:0]
+	if rec.auth {
+		format = "auth"
+		e.counter = max(e.counter+1, uint64(now.UnixMicro()))
+		k.buf = appendAuth(k.buf, k.cfg.Keys.Key(e.u), e.u, e.counter)
+	} else {
+		k.buf = appendNotify(k.buf, to)
+	}
+	kind := "first"
+	if e.attempts > 0 {
+		kind = "retry"
+	}
+	if err := k.cfg.Sender.WriteTo(k.buf, to); err != nil {
+		k.cfg.Logger.Debug("send wake datagram", "uaid", e.u.String(), "to", to.String(), "err", err)
+		k.m.dropped.With("send_error").Inc()
+	} else {
+		k.m.sent.With(format, kind).Inc()
+	}
+	e.lastSent = now
+	e.attempts++
+	backoff := k.cfg.Interval << min(e.attempts-1, 30)
+	if backoff <= 0 || backoff > k.cfg.MaxBackoff {
+		backoff = k.cfg.MaxBackoff
+	}
+	// Past the messages' expiry the entry is only looked at to end it.
+	return minTime(now.Add(backoff), e.until), false, false
+}
+
+// wakeUntil is when the last of u's waiting messages that may wake it
+// expires, or zero when none may.
+func (k *Kicker) wakeUntil(u store.UAID, now time.Time) (time.Time, error) {
+	const scan = 1000
+	var until time.Time
+	after := uint64(0)
+	for range 10 {
+		msgs, err := k.cfg.Store.Messages(u, after, scan)
+		if err != nil {
+			return time.Time{}, err
+		}
+		for _, m := range msgs {
+			if m.Urgency.AtLeast(store.UrgencyNormal) && m.Expiry.After(now) && m.Expiry.After(until) {
+				until = m.Expiry
+			}
+			after = m.Seq
+		}
+		if len(msgs) < scan {
+			break
+		}
+	}
+	return until, nil
+}
+
+// HelloWake records the wake fields of u's hello and answers them
+// (relay.Waker): 201 when the device can be woken now (its claimed address
+// lies inside the ranges, or it holds a fresh STUN-verified address), the
+// device's wake key, and where and how often to send STUN requests.
+//
+// STUNAddr is the configured one; when its host is unspecified (":3478")
+// it is completed with local, the address the device connected to.
+func (k *Kicker) HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error) {
+	now := k.cfg.Now()
+	var claimed netip.AddrPort
+	if h.Wake != nil {
+		if a, err := netip.ParseAddr(h.Wake.IP); err == nil && h.Wake.Port > 0 && h.Wake.Port < 65536 {
+			claimed = netip.AddrPortFrom(a.Unmap(), uint16(h.Wake.Port))
+		}
+	}
+	network := ""
+	if h.Mobile != nil {
+		network = NetworkKey(h.Mobile.MCC, h.Mobile.MNC)
+	}
+	var rec record
+	err := k.cfg.Store.UpdateWake(ctx, u, true, func(old []byte) ([]byte, error) {
+		r, err := decodeRecord(old)
+		if err != nil {
+			r = record{} // unreadable: start again
+		}
+		r.auth = h.WakeAuth
+		r.claimed, r.claimedAt, r.network = claimed, now, network
+		if !claimed.IsValid() {
+			r.claimedAt = time.Time{}
+		}
+		rec = r
+		return r.encode(), nil
+	})
+	if err != nil {
+		return pushproto.HelloReply{}, fmt.Errorf("record wake address: %w", err)
+	}
+	reply := pushproto.HelloReply{Status: pushproto.StatusOK, WakeKey: k.cfg.Keys.KeyString(u)}
+	if k.cfg.STUNAddr != "" {
+		reply.STUNAddr = stunAddrFor(k.cfg.STUNAddr, local)
+		reply.WakeRefresh = max(1, int(k.cfg.BindingTTL/4/time.Second))
+	}
+	_, why := rec.target(now, k.cfg.BindingTTL, &k.cfg.Ranges)
+	result := "not_accepted"
+	if why == "" {
+		reply.Status = pushproto.StatusWake
+		result = "accepted"
+	}
+	k.m.hellos.With(result).Inc()
+	return reply, nil
+}
+
+// stunAddrFor completes an advertised STUN address whose host is empty or
+// unspecified with the address the device connected to.
+func stunAddrFor(adv string, local netip.Addr) string {
+	host, port, err := net.SplitHostPort(adv)
+	if err != nil || !local.IsValid() {
+		return adv
+	}
+	if a, err := netip.ParseAddr(host); host == "" || (err == nil && a.IsUnspecified()) {
+		return net.JoinHostPort(local.String(), port)
+	}
+	return adv
+}
+
+// Key returns the STUN password of the device named by username
+// (discovery.Registry).
+func (k *Kicker) Key(username string) ([]byte, error) {
+	u, err := store.ParseUAID(username)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %q", discovery.ErrUnknownUser, username)
+	}
+	if _, ok, err := k.cfg.Store.Device(u); err != nil {
+		return nil, fmt.Errorf("read device: %w", err)
+	} else if !ok {
+		return nil, fmt.Errorf("%w: %s", discovery.ErrUnknownUser, username)
+	}
+	return []byte(k.cfg.Keys.KeyString(u)), nil
+}
+
+// Bind records that u was seen at addr by an authenticated STUN request
+// stamped at stamp (discovery.Registry). A stamp not newer than the last
+// accepted one is a replay. A refresh from the same address is written
+// only once a quarter of the binding TTL has passed, so a device keeping
+// its NAT mapping open does not write the store every time.
+func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) error {
+	u, err := store.ParseUAID(username)
+	if err != nil {
+		return fmt.Errorf("%w: %q", discovery.ErrUnknownUser, username)
+	}
+	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
+	ms := stamp.UnixMilli()
+	k.bmu.Lock()
+	last := k.recent[u]
+	k.bmu.Unlock()
+	if ms <= last {
+		return discovery.ErrReplay
+	}
+	now := k.cfg.Now()
+	wrote := false
+	err = k.cfg.Store.UpdateWake(k.ctx, u, false, func(old []byte) ([]byte, error) {
+		r, err := decodeRecord(old)
+		if err != nil {
+			r = record{}
+		}
+		if ms <= r.stamp {
+			return nil, discovery.ErrReplay
+		}
+		if r.verified == addr && now.Sub(r.verifiedAt) < k.cfg.BindingTTL/4 {
+			wrote = false
+			return old, nil
+		}
+		r.verified, r.verifiedAt, r.stamp = addr, now, ms
+		wrote = true
+		return r.encode(), nil
+	})
+	switch {
+	case errors.Is(err, store.ErrNoDevice):
+		return fmt.Errorf("%w: %s", discovery.ErrUnknownUser, username)
+	case err != nil:
+		return err
+	}
+	k.bmu.Lock()
+	k.recent[u] = ms
+	k.bmu.Unlock()
+	k.m.bindings.With(map[bool]string{true: "written", false: "refreshed"}[wrote]).Inc()
+	if k.presence != nil {
+		if k.presence.Online(u) {
+			k.presence.WakeProven(u)
+		} else if wrote {
+			// The device may have been unreachable while messages waited.
+			if d, ok, err := k.cfg.Store.Device(u); err == nil && ok && d.Waiting > 0 {
+				k.Wake(u, time.Time{})
+			}
+		}
+	}
+	return nil
+}
+
+// pruneAge is how long an accepted stamp is remembered; discovery refuses
+// stamps older than its MaxSkew (30s by default) anyway.
+const pruneAge = 5 * time.Minute
+
+func (k *Kicker) pruneRecent() {
+	cut := k.cfg.Now().Add(-pruneAge).UnixMilli()
+	k.bmu.Lock()
+	for u, ms := range k.recent {
+		if ms < cut {
+			delete(k.recent, u)
+		}
+	}
+	k.bmu.Unlock()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if a.Before(b) {
+		return a
+	}
+	return b
+}
+
+func maxTime(a, b time.Time) time.Time {
+	if a.After(b) {
+		return a
+	}
+	return b
+}
+
+// entryHeap orders entries by next.
+type entryHeap []*entry
+
+func (h entryHeap) Len() int           { return len(h) }
+func (h entryHeap) Less(i, j int) bool { return h[i].next.Before(h[j].next) }
+func (h entryHeap) Swap(i, j int) {
+	h[i], h[j] = h[j], h[i]
+	h[i].index, h[j].index = i, j
+}
+func (h *entryHeap) Push(x any) {
+	e := x.(*entry)
+	e.index = len(*h)
+	*h = append(*h, e)
+}
+func (h *entryHeap) Pop() any {
+	old := *h
+	e := old[len(old)-1]
+	old[len(old)-1] = nil
+	e.index = -1
+	*h = old[:len(old)-1]
+	return e
+}

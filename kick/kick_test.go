@@ -1,0 +1,586 @@
+package kick
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http/httptest"
+	"net/netip"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/discovery"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// udpSender sends from a real UDP socket on loopback.
+type udpSender struct{ c *net.UDPConn }
+
+func (s udpSender) WriteTo(b []byte, to netip.AddrPort) error {
+	_, err := s.c.WriteToUDPAddrPort(b, to)
+	return err
+}
+
+// presence is the hub's side of the kicker in these tests.
+type presence struct {
+	mu     sync.Mutex
+	online map[store.UAID]bool
+	proven map[store.UAID]bool
+}
+
+func (p *presence) Online(u store.UAID) bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.online[u]
+}
+
+func (p *presence) WakeProven(u store.UAID) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.proven[u] = true
+}
+
+func (p *presence) set(u store.UAID, on bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.online[u] = on
+}
+
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t
+}
+
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+type env struct {
+	t     *testing.T
+	st    *store.Store
+	k     *Kicker
+	reg   *metrics.Registry
+	pres  *presence
+	clock *clock // nil: real time
+}
+
+// newEnv starts a kicker on a real store and a real UDP socket; cfg's
+// zero fields take test-friendly values.
+func newEnv(t *testing.T, cfg Config, fake bool) *env {
+	t.Helper()
+	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "s.db"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	e := &env{t: t, st: st, reg: metrics.NewRegistry(), pres: &presence{online: map[store.UAID]bool{}, proven: map[store.UAID]bool{}}}
+	if fake {
+		e.clock = &clock{t: time.Now()}
+		cfg.Now = e.clock.Now
+	}
+	keys, err := NewKeys(make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Store, cfg.Sender, cfg.Keys, cfg.Metrics = st, udpSender{conn}, keys, e.reg
+	if cfg.Rate == 0 {
+		cfg.Rate = -1
+	}
+	if cfg.TargetRate == 0 {
+		cfg.TargetRate = -1
+	}
+	e.k, err = New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.k.SetPresence(e.pres)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		e.k.Run(ctx)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+		e.k.Close()
+	})
+	return e
+}
+
+func (e *env) now() time.Time {
+	if e.clock != nil {
+		return e.clock.Now()
+	}
+	return time.Now()
+}
+
+// device makes a registered device with a wake socket on ip and returns
+// its UAID and the socket.
+func (e *env) device(n byte, ip string) (store.UAID, *net.UDPConn) {
+	e.t.Helper()
+	var u store.UAID
+	u[0], u[15] = 0xd0, n
+	if err := e.st.Register(context.Background(), store.Channel{UAID: u, ID: store.ChannelID{n}}); err != nil {
+		e.t.Fatal(err)
+	}
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(ip+":0")))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { c.Close() })
+	return u, c
+}
+
+func (e *env) hello(u store.UAID, c *net.UDPConn, auth bool, mobile *pushproto.MobileNetwork) pushproto.HelloReply {
+	e.t.Helper()
+	a := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	r, err := e.k.HelloWake(context.Background(), u, pushproto.Hello{
+		Wake: &pushproto.WakeHostPort{IP: a.Addr().String(), Port: int(a.Port())}, WakeAuth: auth, Mobile: mobile}, netip.MustParseAddr("127.0.0.1"))
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return r
+}
+
+func (e *env) message(u store.UAID, n byte, urgency store.Urgency, ttl time.Duration) time.Time {
+	e.t.Helper()
+	now := e.now()
+	m, err := e.st.Append(context.Background(), store.Message{UAID: u, Channel: store.ChannelID{n}, Received: now,
+		TTL: ttl, Expiry: now.Add(ttl), Urgency: urgency, Data: []byte("x")})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m.Expiry
+}
+
+func (e *env) metric(series string) float64 {
+	e.t.Helper()
+	rec := httptest.NewRecorder()
+	e.reg.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+	sc := bufio.NewScanner(rec.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return f
+		}
+	}
+	return 0
+}
+
+// recv reads datagrams on c until d passes.
+func recv(c *net.UDPConn, d time.Duration) [][]byte {
+	var out [][]byte
+	deadline := time.Now().Add(d)
+	buf := make([]byte, 1500)
+	for {
+		c.SetReadDeadline(deadline)
+		n, err := c.Read(buf)
+		if err != nil {
+			return out
+		}
+		out = append(out, append([]byte(nil), buf[:n]...))
+	}
+}
+
+// recvOne waits up to 5s for one datagram.
+func recvOne(t *testing.T, c *net.UDPConn) []byte {
+	t.Helper()
+	buf := make([]byte, 1500)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	n, err := c.Read(buf)
+	if err != nil {
+		t.Fatalf("no wake datagram: %v", err)
+	}
+	return buf[:n]
+}
+
+func waitFor(t *testing.T, what string, f func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(5 * time.Second); !f(); {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func ranges(s string) Ranges {
+	p, err := ParseCIDRs(s)
+	if err != nil {
+		panic(err)
+	}
+	return Ranges{CIDRs: p}
+}
+
+// A device whose claimed address is inside the ranges is accepted (201)
+// and woken with the compatible datagram; once it connects it gets no
+// more.
+func TestWakeClaimedAddress(t *testing.T) {
+	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 100 * time.Millisecond}, false)
+	u, c := e.device(1, "127.0.0.5")
+	r := e.hello(u, c, false, nil)
+	if r.Status != pushproto.StatusWake || r.WakeKey == "" || r.STUNAddr != "" {
+		t.Fatalf("hello reply %+v", r)
+	}
+	e.k.Wake(u, e.message(u, 1, store.UrgencyNormal, time.Hour))
+	got := recvOne(t, c)
+	if want := "NOTIFY " + c.LocalAddr().String(); string(got) != want || len(got) > 64 {
+		t.Errorf("datagram %q, want %q", got, want)
+	}
+	// The device reconnects: no retry reaches it.
+	e.pres.set(u, true)
+	e.k.Connected(u)
+	if more := recv(c, 400*time.Millisecond); len(more) != 0 {
+		t.Errorf("%d datagrams after connect", len(more))
+	}
+	if e.k.Pending() != 0 || e.metric(`pushrelay_wake_finished_total{reason="connected"}`) != 1 {
+		t.Errorf("pending %d, finished %v", e.k.Pending(), e.metric(`pushrelay_wake_finished_total{reason="connected"}`))
+	}
+	if e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`) != 1 {
+		t.Error("datagram not counted")
+	}
+}
+
+// Authenticated datagrams carry a MAC under the device's key and a counter
+// that grows with every retry; a datagram under another key, or altered,
+// does not verify.
+func TestAuthenticatedDatagram(t *testing.T) {
+	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 50 * time.Millisecond}, false)
+	u, c := e.device(2, "127.0.0.6")
+	r := e.hello(u, c, true, nil)
+	key, err := ParseKey(r.WakeKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.k.Wake(u, e.message(u, 2, store.UrgencyHigh, time.Hour))
+	first := append([]byte(nil), recvOne(t, c)...)
+	second := recvOne(t, c) // a retry: the device did not connect
+	if len(first) != AuthSize || len(first) > 64 {
+		t.Fatalf("datagram %d bytes", len(first))
+	}
+	c1, ok1 := Verify(key, u, first)
+	c2, ok2 := Verify(key, u, second)
+	if !ok1 || !ok2 || c2 <= c1 {
+		t.Errorf("verify %v %v, counters %d %d", ok1, ok2, c1, c2)
+	}
+	other := e.k.cfg.Keys.Key(store.UAID{9})
+	if _, ok := Verify(other, u, first); ok {
+		t.Error("verified under another device's key")
+	}
+	if _, ok := Verify(key, store.UAID{9}, first); ok {
+		t.Error("verified for another UAID")
+	}
+	bad := append([]byte(nil), first...)
+	bad[5] ^= 1
+	if _, ok := Verify(key, u, bad); ok {
+		t.Error("altered counter verified")
+	}
+	waitFor(t, "retry counted", func() bool {
+		return e.metric(`pushrelay_wake_datagrams_total{format="auth",kind="retry"}`) >= 1
+	})
+}
+
+// A claimed address outside the ranges is never sent anything, and such a
+// device is told 200.
+func TestOutsideRangesNeverSent(t *testing.T) {
+	e := newEnv(t, Config{Ranges: ranges("10.0.0.0/8")}, false)
+	u, c := e.device(3, "127.0.0.7")
+	if r := e.hello(u, c, false, nil); r.Status != pushproto.StatusOK {
+		t.Fatalf("status %d", r.Status)
+	}
+	e.k.Wake(u, e.message(u, 3, store.UrgencyHigh, time.Hour))
+	waitFor(t, "drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="outside_ranges"}`) == 1 })
+	if got := recv(c, 200*time.Millisecond); len(got) != 0 {
+		t.Errorf("got %q", got)
+	}
+}
+
+// Ranges may be given per mobile network: a device is trusted inside its
+// own network's ranges only.
+func TestNetworkRanges(t *testing.T) {
+	rg := Ranges{Networks: map[string][]netip.Prefix{"214-07": {netip.MustParsePrefix("127.0.0.0/24")}}}
+	e := newEnv(t, Config{Ranges: rg}, false)
+	u, c := e.device(4, "127.0.0.8")
+	if r := e.hello(u, c, false, &pushproto.MobileNetwork{MCC: "214", MNC: "01"}); r.Status != pushproto.StatusOK {
+		t.Errorf("other network: status %d", r.Status)
+	}
+	if r := e.hello(u, c, false, &pushproto.MobileNetwork{MCC: "214", MNC: "07"}); r.Status != pushproto.StatusWake {
+		t.Errorf("own network: status %d", r.Status)
+	}
+	e.k.Wake(u, e.message(u, 4, store.UrgencyNormal, time.Hour))
+	recvOne(t, c)
+}
+
+// Retries back off and stop when the messages expire.
+func TestRetriesStopAtExpiry(t *testing.T) {
+	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 40 * time.Millisecond}, false)
+	u, c := e.device(5, "127.0.0.9")
+	e.hello(u, c, false, nil)
+	until := e.message(u, 5, store.UrgencyNormal, 400*time.Millisecond)
+	e.k.Wake(u, until)
+	got := recv(c, time.Until(until)+100*time.Millisecond)
+	// 0, 40, 120, 280 ms; the next (600 ms) would come after expiry. A busy
+	// machine may delay a retry, never add one.
+	if len(got) < 2 || len(got) > 4 {
+		t.Errorf("%d datagrams before expiry, want 2 to 4", len(got))
+	}
+	waitFor(t, "expiry", func() bool { return e.k.Pending() == 0 })
+	if e.metric(`pushrelay_wake_finished_total{reason="expired"}`) != 1 {
+		t.Error("expiry not counted")
+	}
+	if more := recv(c, 300*time.Millisecond); len(more) != 0 {
+		t.Errorf("%d datagrams after expiry", len(more))
+	}
+}
+
+// Many messages for one device make one datagram per interval.
+func TestCoalesce(t *testing.T) {
+	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: time.Hour}, false)
+	u, c := e.device(6, "127.0.0.10")
+	e.hello(u, c, false, nil)
+	for i := range 20 {
+		e.k.Wake(u, e.message(u, 6, store.UrgencyNormal, time.Duration(i+1)*time.Hour))
+	}
+	if got := recv(c, 300*time.Millisecond); len(got) != 1 {
+		t.Errorf("%d datagrams for 20 messages, want 1", len(got))
+	}
+}
+
+// A device whose waiting messages are all low urgency is not woken by a
+// lookup (the hub does not even ask for those), and one with nothing
+// waiting neither.
+func TestLowUrgencyAndNothingWaiting(t *testing.T) {
+	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24")}, false)
+	u, c := e.device(7, "127.0.0.11")
+	e.hello(u, c, false, nil)
+	e.k.Wake(u, time.Time{})
+	waitFor(t, "nothing waiting", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_waiting"}`) == 1 })
+	e.message(u, 7, store.UrgencyLow, time.Hour)
+	e.message(u, 7, store.UrgencyVeryLow, time.Hour)
+	e.k.Wake(u, time.Time{})
+	waitFor(t, "nothing urgent", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_urgent"}`) == 1 })
+	if got := recv(c, 200*time.Millisecond); len(got) != 0 {
+		t.Errorf("woken %d times for low urgency", len(got))
+	}
+	e.message(u, 7, store.UrgencyNormal, time.Hour)
+	e.k.Wake(u, time.Time{})
+	recvOne(t, c)
+}
+
+// The global limit holds across devices; the per-target limit holds for
+// many devices that claim one host.
+func TestRateLimits(t *testing.T) {
+	t.Run("global", func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Rate: 10, Burst: 3, Interval: time.Hour}, false)
+		var conns []*net.UDPConn
+		for i := range 20 {
+			u, c := e.device(byte(10+i), fmt.Sprintf("127.0.0.%d", 20+i))
+			e.hello(u, c, false, nil)
+			e.k.Wake(u, e.message(u, byte(10+i), store.UrgencyNormal, time.Hour))
+			conns = append(conns, c)
+		}
+		time.Sleep(500 * time.Millisecond)
+		// burst 3 + 10/s for 0.5 s, with slack for a slow machine.
+		sent := e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`)
+		if sent < 3 || sent > 10 {
+			t.Errorf("%v datagrams in 0.5s under 10/s burst 3", sent)
+		}
+		if e.metric(`pushrelay_wake_deferred_total{limit="global"}`) == 0 {
+			t.Error("no deferral counted")
+		}
+		// All get theirs in the end.
+		waitFor(t, "all sent", func() bool {
+			return e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`) == 20
+		})
+	})
+	t.Run("target", func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), TargetRate: 2, TargetBurst: 2, Interval: time.Hour}, false)
+		var conns []*net.UDPConn
+		for i := range 10 {
+			u, c := e.device(byte(40+i), "127.0.0.40") // one host, ten ports
+			e.hello(u, c, false, nil)
+			e.k.Wake(u, e.message(u, byte(40+i), store.UrgencyNormal, time.Hour))
+			conns = append(conns, c)
+		}
+		other, oc := e.device(60, "127.0.0.41")
+		e.hello(other, oc, false, nil)
+		e.k.Wake(other, e.message(other, 60, store.UrgencyNormal, time.Hour))
+		recvOne(t, oc) // another host is not held up
+		total := 0
+		for _, c := range conns {
+			total += len(recv(c, 50*time.Millisecond))
+		}
+		// burst 2 + 2/s over well under 2 s.
+		if total < 2 || total > 5 {
+			t.Errorf("%d datagrams to one host, want 2 to 5", total)
+		}
+		if e.metric(`pushrelay_wake_deferred_total{limit="target"}`) == 0 {
+			t.Error("no deferral counted")
+		}
+	})
+}
+
+// STUN bindings: the observed address is recorded; a stamp not newer than
+// the last accepted one never moves the address, even when that one was
+// only remembered in memory; unknown devices are refused.
+func TestBind(t *testing.T) {
+	e := newEnv(t, Config{BindingTTL: time.Minute}, true)
+	u, c := e.device(70, "127.0.0.70")
+	r := e.hello(u, c, true, nil)
+	if r.Status != pushproto.StatusOK {
+		t.Errorf("unproven device: status %d", r.Status)
+	}
+	if key, err := e.k.Key(u.String()); err != nil || string(key) != r.WakeKey {
+		t.Fatalf("Key: %q %v", key, err)
+	}
+	for _, name := range []string{"nothex", store.UAID{0xee}.String()} {
+		if _, err := e.k.Key(name); !errors.Is(err, discovery.ErrUnknownUser) {
+			t.Errorf("Key(%s): %v", name, err)
+		}
+		if err := e.k.Bind(name, netip.MustParseAddrPort("127.0.0.1:1"), e.now()); !errors.Is(err, discovery.ErrUnknownUser) {
+			t.Errorf("Bind(%s): %v", name, err)
+		}
+	}
+	a := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	b := netip.MustParseAddrPort("127.0.0.99:4000")
+	t0 := e.now()
+	if err := e.k.Bind(u.String(), a, t0); err != nil {
+		t.Fatal(err)
+	}
+	for _, stamp := range []time.Time{t0, t0.Add(-time.Second)} {
+		if err := e.k.Bind(u.String(), b, stamp); !errors.Is(err, discovery.ErrReplay) {
+			t.Errorf("replay at %v from elsewhere: %v", stamp.Sub(t0), err)
+		}
+	}
+	// A refresh from the same address is not written, but its stamp is
+	// remembered: replaying it from elsewhere fails too.
+	e.clock.Add(time.Second)
+	t1 := e.now()
+	if err := e.k.Bind(u.String(), a, t1); err != nil {
+		t.Fatal(err)
+	}
+	if e.metric(`pushrelay_wake_bindings_total{result="refreshed"}`) != 1 {
+		t.Error("refresh was written")
+	}
+	if err := e.k.Bind(u.String(), b, t1); !errors.Is(err, discovery.ErrReplay) {
+		t.Errorf("replayed refresh: %v", err)
+	}
+	// Now the device is accepted at hello and woken at the observed address.
+	if r := e.hello(u, c, true, nil); r.Status != pushproto.StatusWake {
+		t.Errorf("proven device: status %d", r.Status)
+	}
+	e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
+	key, _ := ParseKey(r.WakeKey)
+	if _, ok := Verify(key, u, recvOne(t, c)); !ok {
+		t.Error("datagram does not verify")
+	}
+	e.pres.set(u, true)
+	e.k.Connected(u)
+	// A connected device that proves its address is told to the hub.
+	e.clock.Add(time.Second)
+	if err := e.k.Bind(u.String(), a, e.now()); err != nil || !e.pres.proven[u] {
+		t.Errorf("bind while online: %v, proven %v", err, e.pres.proven[u])
+	}
+	e.pres.set(u, false)
+	// Past the binding TTL the address is stale: no datagram.
+	e.clock.Add(2 * time.Minute)
+	e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
+	waitFor(t, "stale drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="stale_address"}`) == 1 })
+	if got := recv(c, 100*time.Millisecond); len(got) != 0 {
+		t.Errorf("stale address got %d datagrams", len(got))
+	}
+	// A new binding while a message waits wakes the device at once.
+	if err := e.k.Bind(u.String(), a, e.now()); err != nil {
+		t.Fatal(err)
+	}
+	recvOne(t, c)
+}
+
+func TestRecordRoundTrip(t *testing.T) {
+	now := time.UnixMilli(time.Now().UnixMilli())
+	for _, r := range []record{
+		{},
+		{auth: true, claimed: netip.MustParseAddrPort("10.1.2.3:2442"), claimedAt: now, network: "214-07"},
+		{verified: netip.MustParseAddrPort("[2001:db8::1]:5000"), verifiedAt: now, stamp: 12345},
+	} {
+		got, err := decodeRecord(r.encode())
+		if err != nil || got != r {
+			t.Errorf("round trip %+v: %+v %v", r, got, err)
+		}
+	}
+	full := (&record{network: "214-07"}).encode()
+	for i := 1; i < len(full); i++ {
+		if _, err := decodeRecord(full[:i]); err == nil {
+			t.Errorf("truncated record of %d bytes decoded", i)
+		}
+	}
+}
+
+func TestSTUNAddrFor(t *testing.T) {
+	local := netip.MustParseAddr("10.0.2.2")
+	for adv, want := range map[string]string{
+		":3478":             "10.0.2.2:3478",
+		"0.0.0.0:3478":      "10.0.2.2:3478",
+		"[::]:3478":         "10.0.2.2:3478",
+		"192.0.2.1:3478":    "192.0.2.1:3478",
+		"stun.example:3478": "stun.example:3478",
+	} {
+		if got := stunAddrFor(adv, local); got != want {
+			t.Errorf("stunAddrFor(%q) = %q, want %q", adv, got, want)
+		}
+	}
+	if got := stunAddrFor(":3478", netip.Addr{}); got != ":3478" {
+		t.Errorf("without local: %q", got)
+	}
+}
+
+func TestParseCIDRs(t *testing.T) {
+	p, err := ParseCIDRs(" 10.0.0.0/8, 192.168.1.7 ,2001:db8::/32,")
+	if err != nil || len(p) != 3 || p[1].Bits() != 32 {
+		t.Fatalf("%v %v", p, err)
+	}
+	for _, bad := range []string{"10.0.0.0/33", "host.example", "10.0.0.0/8;"} {
+		if _, err := ParseCIDRs(bad); err == nil {
+			t.Errorf("%q accepted", bad)
+		}
+	}
+	r := Ranges{CIDRs: p}
+	if !r.Allows(netip.MustParseAddr("::ffff:10.9.9.9"), "") || r.Allows(netip.MustParseAddr("11.0.0.1"), "") {
+		t.Error("Allows")
+	}
+}
+
+func TestSecretFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "wake.key")
+	a, err := LoadOrCreateSecret(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := LoadOrCreateSecret(path)
+	if err != nil || string(a) != string(b) || len(a) != 32 {
+		t.Errorf("reloaded secret differs: %v", err)
+	}
+}
