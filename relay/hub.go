@@ -261,9 +261,7 @@ func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
 		return Result{}, wrapStore("store message", err)
 	}
 	h.m.pushed.With("stored").Inc()
-	if s := h.session(u); s != nil {
-		s.kick()
-	} else if h.cfg.Waker != nil && m.Urgency.AtLeast(store.UrgencyNormal) {
+	if s := h.session(u); (s == nil || !s.kick()) && h.cfg.Waker != nil && m.Urgency.AtLeast(store.UrgencyNormal) {
 		// Very-low and low urgency wait for the device's next connection.
 		h.cfg.Waker.Wake(u, stored.Expiry)
 	}

@@ -188,11 +188,12 @@ func (s *session) finish() {
 	s.cmu.Unlock()
 	s.conn.Release()
 	s.mu.Lock()
-	wake := s.wake
+	unacked := s.wake && (len(s.inflight) > 0 || s.pumpWanted)
 	s.mu.Unlock()
-	if wake && h.cfg.Waker != nil {
-		// Messages may have arrived while the session was closing, or gone
-		// out without an ack: the device sleeps now, so wake it for them.
+	if unacked && h.cfg.Waker != nil {
+		// Messages went out without an ack, or were not sent: the device
+		// sleeps now, so wake it for them. (Messages stored after the
+		// close was decided are handed to the waker by Push.)
 		h.cfg.Waker.Wake(s.uaid, time.Time{})
 	}
 	h.m.connections.Dec()
@@ -540,12 +541,13 @@ func (s *session) flushAcks() {
 	}
 }
 
-// kick tells the session the store may hold new messages for it.
-func (s *session) kick() {
+// kick tells the session the store may hold new messages for it; false
+// means the session is closing and will not send them.
+func (s *session) kick() bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	s.pumpWanted = true
 	// Nothing goes out before the hello reply: hello kicks once ready.
@@ -557,6 +559,7 @@ func (s *session) kick() {
 	if start {
 		s.hub.goOwned(s.pump)
 	}
+	return true
 }
 
 // sendDirect queues a TTL-0 frame; false if the session is gone or its

@@ -9,6 +9,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"strconv"
 	"time"
@@ -48,6 +49,10 @@ type deviceOpts struct {
 	count    int
 	legacy   bool
 	timeout  time.Duration
+
+	wake       string        // wake socket address: the device sleeps
+	wakeCompat bool          // ask for compatible (unauthenticated) datagrams
+	quiet      time.Duration // a woken device sleeps again after this long without a notification
 }
 
 // runDevice is `pushrelay device`: connect, register, print endpoints and
@@ -63,6 +68,9 @@ func runDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.IntVar(&o.count, "count", 0, "exit after this many notifications (0: run until interrupted)")
 	fs.BoolVar(&o.legacy, "legacy", false, "speak SimplePush (hello without use_webpush), as Firefox OS 1.x")
 	fs.DurationVar(&o.timeout, "timeout", 0, "exit with an error if --count notifications have not arrived in this time")
+	fs.StringVar(&o.wake, "wake", "", "sleep between messages: listen for wake datagrams on this IP[:port] (port 5000 by default)")
+	fs.BoolVar(&o.wakeCompat, "wake-compat", false, "with --wake: take any datagram as a wake, as Firefox OS did, instead of authenticated ones")
+	fs.DurationVar(&o.quiet, "quiet", time.Second, "with --wake: sleep again after this long without a notification")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -74,6 +82,9 @@ func runDevice(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	st, err := loadDeviceState(o.state)
 	if err != nil {
 		return err
+	}
+	if o.wake != "" {
+		return runWakeDevice(ctx, &o, st, stdout, stderr)
 	}
 	seen := 0
 	backoff := time.Second
@@ -133,16 +144,31 @@ func (st *deviceState) save(path string) error {
 // deviceSession runs one connection. It returns nil when done (count
 // reached or ctx cancelled), an error when the connection was lost.
 func deviceSession(ctx context.Context, o *deviceOpts, st *deviceState, stdout, stderr io.Writer, seen *int) error {
-	c, err := pushclient.Dial(ctx, o.server)
+	c, _, err := openSession(ctx, o, st, nil, stdout, stderr)
 	if err != nil {
 		return err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Close() })
-	defer stop()
 	defer c.Close()
-	hello, err := c.Hello(st.UAID, pushclient.HelloOptions{Legacy: o.legacy})
+	return readNotifications(ctx, c, o, st, stdout, seen, 0)
+}
+
+// openSession connects, says hello (with extra hello fields), registers
+// what the device lacks and prints its subscriptions. The caller closes
+// the client.
+func openSession(ctx context.Context, o *deviceOpts, st *deviceState, extra map[string]any, stdout, stderr io.Writer) (*pushclient.Client, pushproto.ServerFrame, error) {
+	c, err := pushclient.Dial(ctx, o.server)
 	if err != nil {
-		return err
+		return nil, pushproto.ServerFrame{}, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Close() })
+	fail := func(err error) (*pushclient.Client, pushproto.ServerFrame, error) {
+		stop()
+		c.Close()
+		return nil, pushproto.ServerFrame{}, err
+	}
+	hello, err := c.Hello(st.UAID, pushclient.HelloOptions{Legacy: o.legacy, Extra: extra})
+	if err != nil {
+		return fail(err)
 	}
 	if hello.UAID != st.UAID {
 		if st.UAID != "" {
@@ -155,12 +181,12 @@ func deviceSession(ctx context.Context, o *deviceOpts, st *deviceState, stdout, 
 	for len(st.Subscriptions) < o.channels {
 		sub, err := newSubscription(c, o.appKey)
 		if err != nil {
-			return err
+			return fail(err)
 		}
 		st.Subscriptions = append(st.Subscriptions, sub)
 	}
 	if err := st.save(o.state); err != nil {
-		return fmt.Errorf("save device state: %w", err)
+		return fail(fmt.Errorf("save device state: %w", err))
 	}
 	for _, s := range st.Subscriptions {
 		fmt.Fprintf(stdout, "subscription %s\n", s.public())
@@ -168,13 +194,28 @@ func deviceSession(ctx context.Context, o *deviceOpts, st *deviceState, stdout, 
 	if len(st.Subscriptions) > 0 {
 		fmt.Fprintf(stderr, "try: pushrelay send --subscription '%s' --data hello\n", st.Subscriptions[0].public())
 	}
+	return c, hello, nil
+}
+
+// readNotifications prints and acks notifications until ctx is done or
+// --count is reached (nil), the connection fails (its error), or, with
+// quiet > 0, nothing arrives for that long (nil).
+func readNotifications(ctx context.Context, c *pushclient.Client, o *deviceOpts, st *deviceState, stdout io.Writer, seen *int, quiet time.Duration) error {
 	for {
 		if o.count > 0 && *seen >= o.count {
 			return nil
 		}
-		n, err := c.Next(time.Time{})
+		var deadline time.Time
+		if quiet > 0 {
+			deadline = time.Now().Add(quiet)
+		}
+		n, err := c.Next(deadline)
 		if err != nil {
 			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if quiet > 0 && errors.As(err, &ne) && ne.Timeout() {
 				return nil
 			}
 			return err
