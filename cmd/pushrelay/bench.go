@@ -32,7 +32,7 @@ import (
 // Every loop is bounded in count and time.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: pushrelay bench conns|throughput|startup|drain [flags]")
+		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake [flags]")
 	}
 	switch args[0] {
 	case "conns":
@@ -43,8 +43,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchStartup(ctx, args[1:], stdout, stderr)
 	case "drain":
 		return benchDrain(ctx, args[1:], stdout, stderr)
+	case "wake":
+		return benchWake(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain)", args[0])
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake)", args[0])
 }
 
 // child is a relay under test: the binary at bin, run on loopback port-0
