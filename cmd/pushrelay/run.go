@@ -365,6 +365,7 @@ func (d *daemon) status() admin.Status {
 		Version:     version,
 		Uptime:      time.Since(d.started).Truncate(time.Second).String(),
 		Connections: d.hub.Connected(),
+		WakePending: d.kick.Pending(),
 		Listeners:   map[string]string{},
 	}
 	if s, err := d.store.Stats(); err == nil {
@@ -372,6 +373,9 @@ func (d *daemon) status() admin.Status {
 	}
 	for name, ln := range d.listeners {
 		st.Listeners[name] = ln.Addr().String()
+	}
+	if d.stun != nil {
+		st.Listeners["stun"] = d.stun.Addr().String() + "/udp"
 	}
 	return st
 }

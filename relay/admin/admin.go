@@ -35,6 +35,7 @@ type Status struct {
 	Devices     int64             `json:"devices"`
 	Channels    int64             `json:"channels"`
 	Waiting     int64             `json:"waiting_messages"`
+	WakePending int               `json:"wake_pending"`
 	Listeners   map[string]string `json:"listeners"`
 }
 
@@ -88,6 +89,7 @@ func writePage(w io.Writer, st Status) {
 	row("devices", strconv.FormatInt(st.Devices, 10))
 	row("channels", strconv.FormatInt(st.Channels, 10))
 	row("waiting messages", strconv.FormatInt(st.Waiting, 10))
+	row("devices with a wake due", strconv.Itoa(st.WakePending))
 	names := make([]string, 0, len(st.Listeners))
 	for k := range st.Listeners {
 		names = append(names, k)
