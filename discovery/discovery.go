@@ -50,8 +50,9 @@ type Registry interface {
 	Key(username string) ([]byte, error)
 	// Bind records that the device was observed at addr by an
 	// authenticated request stamped at stamp. It returns an error wrapping
-	// ErrReplay when stamp is not newer than what it already holds for a
-	// move of address, ErrUnknownUser, or a storage error.
+	// ErrReplay when stamp is not newer than the last one it accepted for
+	// the device (or the address may not move yet), ErrUnknownUser, or a
+	// storage error.
 	Bind(username string, addr netip.AddrPort, stamp time.Time) error
 }
 
@@ -60,7 +61,7 @@ var (
 	// names no device.
 	ErrUnknownUser = errors.New("discovery: unknown stun user")
 	// ErrReplay is wrapped by Registry.Bind errors for a request whose stamp
-	// is not newer than the one that put the device at its current address.
+	// is not newer than the last one accepted for the device.
 	ErrReplay = errors.New("discovery: stun request replayed")
 )
 

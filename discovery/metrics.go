@@ -15,7 +15,7 @@ const (
 	resultBadRequest                  // missing or misplaced USERNAME, PUSHRELAY-TIME, MESSAGE-INTEGRITY, FINGERPRINT; bad FINGERPRINT
 	resultBadIntegrity                // MESSAGE-INTEGRITY doesn't match the device's key
 	resultUnknownUser                 // the registry doesn't know USERNAME
-	resultReplay                      // the registry refused the stamp for a move of address
+	resultReplay                      // the registry refused the stamp (not newer than the last accepted)
 	resultStale                       // PUSHRELAY-TIME outside MaxSkew
 	resultRateLimited                 // the source's bucket was empty, or the bucket table full
 	resultError                       // registry storage error

@@ -139,6 +139,8 @@ type Kicker struct {
 	m        *kickMetrics
 	presence Presence
 
+	started time.Time
+
 	mu      sync.Mutex
 	pending map[store.UAID]*entry
 	queue   entryHeap
@@ -169,6 +171,7 @@ func New(cfg Config) (*Kicker, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Kicker{
 		cfg:     cfg,
+		started: cfg.Now(),
 		m:       newKickMetrics(metrics.OrNew(cfg.Metrics)),
 		pending: make(map[store.UAID]*entry),
 		poke:    make(chan struct{}, 1),
@@ -396,7 +399,12 @@ func (k *Kicker) handle(e *entry, now time.Time) (next time.Time, done, limited 
 		return drop("bad_record")
 	}
 	to, why := rec.target(now, k.cfg.BindingTTL, &k.cfg.Ranges)
-	if why != "" {
+	switch why {
+	case "":
+	case reasonNotWakeable:
+		// An ordinary WebSocket device that is offline: nothing to do.
+		return finish(why)
+	default:
 		return drop(why)
 	}
 	if e.until.IsZero() {
@@ -414,7 +422,14 @@ func (k *Kicker) handle(e *entry, now time.Time) (next time.Time, done, limited 
 		k.m.deferred.With("global").Inc()
 		return now.Add(wait), false, true
 	}
-	if ok, wait, full := k.targets.take(to.Addr(), now); !ok {
+	// A claimed address is limited per host, whatever the port: many
+	// devices may claim one victim. A proven one is a NAT mapping of its
+	// own, so devices behind one NAT address do not share a limit.
+	target := netip.AddrPortFrom(to.Addr(), 0)
+	if to == rec.verified {
+		target = to
+	}
+	if ok, wait, full := k.targets.take(target, now); !ok {
 		if full {
 			k.m.deferred.With("target_table_full").Inc()
 		} else {
@@ -437,7 +452,7 @@ func (k *Kicker) handle(e *entry, now time.Time) (next time.Time, done, limited 
 	}
 	if err := k.cfg.Sender.WriteTo(k.buf, to); err != nil {
 		k.cfg.Logger.Debug("send wake datagram", "uaid", e.u.String(), "to", to.String(), "err", err)
-		k.m.dropped.With("send_error").Inc()
+		k.m.sendErrors.Inc() // retried like any other wake
 	} else {
 		k.m.sent.With(format, kind).Inc()
 	}
@@ -573,7 +588,7 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 		return discovery.ErrReplay
 	}
 	now := k.cfg.Now()
-	wrote := false
+	wrote, moved := false, false
 	err = k.cfg.Store.UpdateWake(k.ctx, u, false, func(old []byte) ([]byte, error) {
 		r, err := decodeRecord(old)
 		if err != nil {
@@ -582,10 +597,19 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 		if ms <= r.stamp {
 			return nil, discovery.ErrReplay
 		}
+		fresh := r.verified.IsValid() && now.Sub(r.verifiedAt) < k.cfg.BindingTTL
+		if fresh && r.verified != addr && now.Sub(k.started) < restartHold {
+			// Stamps of refreshes not written to disk were lost with the
+			// last process: until any request captured before the restart
+			// is too old to pass discovery's skew check, a fresh address
+			// does not move.
+			return nil, discovery.ErrReplay
+		}
 		if r.verified == addr && now.Sub(r.verifiedAt) < k.cfg.BindingTTL/4 {
-			wrote = false
+			wrote, moved = false, false
 			return old, nil
 		}
+		moved = !fresh || r.verified != addr
 		r.verified, r.verifiedAt, r.stamp = addr, now, ms
 		wrote = true
 		return r.encode(), nil
@@ -603,8 +627,10 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 	if k.presence != nil {
 		if k.presence.Online(u) {
 			k.presence.WakeProven(u)
-		} else if wrote {
-			// The device may have been unreachable while messages waited.
+		} else if moved {
+			// The device was unreachable, or elsewhere, while messages
+			// may have waited. (A refresh in place does not restart the
+			// backoff.)
 			if d, ok, err := k.cfg.Store.Device(u); err == nil && ok && d.Waiting > 0 {
 				k.Wake(u, time.Time{})
 			}
@@ -612,6 +638,10 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 	}
 	return nil
 }
+
+// restartHold is how long after start a fresh STUN-proven address cannot
+// move: longer than discovery's default 30 s clock skew.
+const restartHold = time.Minute
 
 // pruneAge is how long an accepted stamp is remembered; discovery refuses
 // stamps older than its MaxSkew (30s by default) anyway.

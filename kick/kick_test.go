@@ -584,3 +584,44 @@ func TestSecretFile(t *testing.T) {
 		t.Errorf("reloaded secret differs: %v", err)
 	}
 }
+
+// After a restart the stamps of unwritten refreshes are gone: for a
+// minute a fresh address does not move, so a request captured before the
+// restart cannot be replayed from elsewhere. Then moves work again.
+func TestBindAfterRestart(t *testing.T) {
+	e := newEnv(t, Config{BindingTTL: 10 * time.Minute}, true)
+	u, c := e.device(80, "127.0.0.80")
+	e.hello(u, c, true, nil)
+	a := c.LocalAddr().(*net.UDPAddr).AddrPort()
+	if err := e.k.Bind(u.String(), a, e.now()); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(time.Second)
+	captured := e.now()
+	if err := e.k.Bind(u.String(), a, captured); err != nil { // a refresh, kept in memory only
+		t.Fatal(err)
+	}
+	cfg := e.k.cfg
+	cfg.Metrics = metrics.NewRegistry()
+	restarted, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := netip.MustParseAddrPort("127.0.0.81:5000")
+	e.clock.Add(10 * time.Second)
+	if err := restarted.Bind(u.String(), b, captured); !errors.Is(err, discovery.ErrReplay) {
+		t.Errorf("captured refresh replayed after restart: %v", err)
+	}
+	// The device itself refreshes in place meanwhile.
+	if err := restarted.Bind(u.String(), a, e.now()); err != nil {
+		t.Errorf("refresh in place after restart: %v", err)
+	}
+	e.clock.Add(restartHold)
+	if err := restarted.Bind(u.String(), b, e.now()); err != nil {
+		t.Errorf("a real move after the hold: %v", err)
+	}
+	d, _, _ := e.st.Device(u)
+	if r, _ := decodeRecord(d.Wake); r.verified != b {
+		t.Errorf("verified %s, want %s", r.verified, b)
+	}
+}

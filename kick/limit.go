@@ -36,24 +36,24 @@ func (b *bucket) full(now time.Time, rate float64, burst int) bool {
 	return b.tokens+now.Sub(b.last).Seconds()*rate >= float64(burst)
 }
 
-// targets limits datagrams per destination address (IP, whatever the
-// port: many UAIDs may claim one host). Its table is bounded: buckets that
+// targets limits datagrams per destination (the caller chooses the key: a
+// host with port 0, or a host and port). Its table is bounded: buckets that
 // have refilled are forgotten, and when it is still full a new target
 // must wait.
 type targets struct {
 	rate  float64
 	burst int
 	max   int
-	m     map[netip.Addr]*bucket
+	m     map[netip.AddrPort]*bucket
 }
 
 func newTargets(rate float64, burst, max int) *targets {
-	return &targets{rate: rate, burst: burst, max: max, m: make(map[netip.Addr]*bucket)}
+	return &targets{rate: rate, burst: burst, max: max, m: make(map[netip.AddrPort]*bucket)}
 }
 
 // take reports whether a datagram may go to a now; full is true when it
 // may not because the table is full.
-func (t *targets) take(a netip.Addr, now time.Time) (ok bool, wait time.Duration, full bool) {
+func (t *targets) take(a netip.AddrPort, now time.Time) (ok bool, wait time.Duration, full bool) {
 	if t.rate <= 0 {
 		return true, 0, false
 	}

@@ -3,23 +3,25 @@ package kick
 import "github.com/pushrelay/pushrelay/relay/metrics"
 
 type kickMetrics struct {
-	sent     *metrics.CounterVec // format, kind
-	deferred *metrics.CounterVec // limit
-	dropped  *metrics.CounterVec // reason
-	finished *metrics.CounterVec // reason
-	hellos   *metrics.CounterVec // result
-	bindings *metrics.CounterVec // result
-	pending  metrics.Gauge
+	sent       *metrics.CounterVec // format, kind
+	deferred   *metrics.CounterVec // limit
+	dropped    *metrics.CounterVec // reason
+	finished   *metrics.CounterVec // reason
+	sendErrors metrics.Counter
+	hellos     *metrics.CounterVec // result
+	bindings   *metrics.CounterVec // result
+	pending    metrics.Gauge
 }
 
 func newKickMetrics(r *metrics.Registry) *kickMetrics {
 	return &kickMetrics{
-		sent:     r.CounterVec("pushrelay_wake_datagrams_total", "Wake datagrams sent, by format (compat, auth) and kind (first, retry).", "format", "kind"),
-		deferred: r.CounterVec("pushrelay_wake_deferred_total", "Wake datagrams held back by a rate limit (global, target, target_table_full); they go later.", "limit"),
-		dropped:  r.CounterVec("pushrelay_wake_dropped_total", "Wakes given up, by reason (not_wakeable, stale_address, outside_ranges, unknown_device, send_error, queue_full, store_error, bad_record).", "reason"),
-		finished: r.CounterVec("pushrelay_wake_finished_total", "Wakes ended normally, by reason (connected, expired, nothing_waiting, nothing_urgent).", "reason"),
-		hellos:   r.CounterVec("pushrelay_wake_hellos_total", "Hellos with wake fields, by result (accepted: status 201; not_accepted: 200).", "result"),
-		bindings: r.CounterVec("pushrelay_wake_bindings_total", "Authenticated STUN bindings accepted, by result (written to the store, or refreshed in memory).", "result"),
-		pending:  r.Gauge("pushrelay_wake_pending", "Devices with a wake due."),
+		sent:       r.CounterVec("pushrelay_wake_datagrams_total", "Wake datagrams sent, by format (compat, auth) and kind (first, retry).", "format", "kind"),
+		deferred:   r.CounterVec("pushrelay_wake_deferred_total", "Wake datagrams held back by a rate limit (global, target, target_table_full); they go later.", "limit"),
+		dropped:    r.CounterVec("pushrelay_wake_dropped_total", "Wakes given up although messages wait, by reason (stale_address, outside_ranges, unknown_device, queue_full, store_error, bad_record).", "reason"),
+		finished:   r.CounterVec("pushrelay_wake_finished_total", "Wakes ended normally, by reason (connected, expired, nothing_waiting, nothing_urgent, not_wakeable: an offline device that left no wake address).", "reason"),
+		sendErrors: r.Counter("pushrelay_wake_send_errors_total", "Wake datagrams the socket refused; they are retried like any other."),
+		hellos:     r.CounterVec("pushrelay_wake_hellos_total", "Hellos with wake fields, by result (accepted: status 201; not_accepted: 200).", "result"),
+		bindings:   r.CounterVec("pushrelay_wake_bindings_total", "Authenticated STUN bindings accepted, by result (written to the store, or refreshed in memory).", "result"),
+		pending:    r.Gauge("pushrelay_wake_pending", "Devices with a wake due."),
 	}
 }

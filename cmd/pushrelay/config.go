@@ -138,7 +138,7 @@ var settings = []setting{
 	durSetting("wake_idle_close", "10s", "a device accepted for UDP wake is closed with 4774 after this long without traffic, so it sleeps", func(c *Config) *time.Duration { return &c.WakeIdleClose }),
 	durSetting("wake_interval", "10s", "a sleeping device gets one wake datagram per interval; retries start after it and double", func(c *Config) *time.Duration { return &c.WakeInterval }),
 	durSetting("wake_max_backoff", "5m", "longest gap between wake retries while messages wait", func(c *Config) *time.Duration { return &c.WakeMaxBackoff }),
-	durSetting("wake_binding_ttl", "2m", "a STUN-proven wake address is used for this long after the last request (devices refresh every quarter of it)", func(c *Config) *time.Duration { return &c.WakeBindingTTL }),
+	durSetting("wake_binding_ttl", "2m", "a STUN-proven wake address is used for this long after it was last recorded (devices refresh every quarter of it; a refresh from the same address is recorded once a quarter has passed)", func(c *Config) *time.Duration { return &c.WakeBindingTTL }),
 	intSetting("wake_rate", "1000", 0, 1<<24, "wake datagrams per second across all devices; 0 means unlimited", func(c *Config) *int { return &c.WakeRate }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one IP address (burst 3); 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
