@@ -332,9 +332,9 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "first post → all datagrams received: %s (first at %s; %.0f datagrams/s from first to last)\n",
 		ms(lastDG), ms(max(firstDG, 0)), float64(o.devices-none)/max(lastDG-firstDG, time.Millisecond).Seconds())
 	fmt.Fprintf(stdout, "first post → all acked: %s (%d devices reconnected, said hello, took their notification and acked, %d in parallel)\n", ms(lastAck), ackedN, o.workers)
-	fmt.Fprintf(stdout, "datagrams: received %d (devices with exactly 1: %d, more than 1: %d, none: %d, wrong or bad MAC: %d); relay sent %.0f (first %.0f, retry %.0f), dropped %.0f, deferred %.0f\n",
+	fmt.Fprintf(stdout, "datagrams: received %d (devices with exactly 1: %d, more than 1: %d, none: %d, wrong or bad MAC: %d); relay sent %.0f (first %.0f, retry %.0f), send errors %.0f, dropped %.0f, deferred %.0f\n",
 		received, once, more, none, bad,
-		delta("pushrelay_wake_datagrams_total", ""), delta("pushrelay_wake_datagrams_total", `kind="first"`), delta("pushrelay_wake_datagrams_total", `kind="retry"`),
+		delta("pushrelay_wake_datagrams_total", ""), delta("pushrelay_wake_datagrams_total", `kind="first"`), delta("pushrelay_wake_datagrams_total", `kind="retry"`), delta("pushrelay_wake_send_errors_total", ""),
 		delta("pushrelay_wake_dropped_total", ""), delta("pushrelay_wake_deferred_total", ""))
 	fmt.Fprintf(stdout, "relay: acks %.0f, delivered %.0f, reconnect hellos answered 201: %d of %d\n",
 		delta("pushrelay_messages_acked_total", ""), delta("pushrelay_messages_delivered_total", ""), accepted, ackedN)
