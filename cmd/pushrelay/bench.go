@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -13,11 +14,13 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/ece"
@@ -200,6 +203,39 @@ func (c *child) rss(gc bool) (int64, error) {
 		time.Sleep(200 * time.Millisecond)
 	}
 	return procRSS(c.cmd.Process.Pid)
+}
+
+// procCPU is the user and system CPU time process pid has used, from
+// /proc (in clock ticks of 10 ms).
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; count from its ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("bad /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("bad /proc stat")
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// selfCPU is the user and system CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func procRSS(pid int) (int64, error) {
@@ -417,6 +453,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	payload := fs.Int("payload", 128, "plaintext bytes per message (encrypted once per device, aes128gcm)")
 	cpuProfile := fs.String("cpu-profile", "", "save a 5s CPU profile of the relay under load to this file")
 	allocProfile := fs.String("alloc-profile", "", "save the relay's allocation profile (pprof allocs) at the end to this file")
+	loadProfile := fs.String("load-cpu-profile", "", "save a 5s CPU profile of the load generator (this process), taken with --cpu-profile's, to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -462,6 +499,8 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	lat := make([][]time.Duration, *senders)
 	var sent, failed atomic.Int64
 	var next atomic.Int64
+	relayCPU0, _ := procCPU(c.cmd.Process.Pid)
+	loadCPU0 := selfCPU()
 	start := time.Now()
 	var wg sync.WaitGroup
 	for s := range *senders {
@@ -510,6 +549,14 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 			}
 		}()
 	}
+	if *loadProfile != "" {
+		go func() {
+			time.Sleep(time.Second)
+			if err := profileSelf(*loadProfile, 5*time.Second); err != nil {
+				fmt.Fprintf(stderr, "load cpu profile: %v\n", err)
+			}
+		}()
+	}
 	progress := time.NewTicker(2 * time.Second)
 	done := make(chan struct{})
 	go func() {
@@ -531,6 +578,8 @@ loop:
 		time.Sleep(5 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
+	relayCPU1, cpuErr := procCPU(c.cmd.Process.Pid)
+	loadCPU := selfCPU() - loadCPU0
 	progress.Stop()
 	if *allocProfile != "" {
 		if err := c.saveProfile("allocs", *allocProfile); err != nil {
@@ -560,10 +609,32 @@ loop:
 	fmt.Fprintf(stdout, "post throughput: %.0f msg/s over %s\n", float64(sent.Load())/postDone.Seconds(), postDone.Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "end-to-end (post → deliver → ack): %.0f msg/s over %s\n", float64(acked.Load())/elapsed.Seconds(), elapsed.Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "POST latency: p50 %s  p90 %s  p99 %s  max %s\n", pct(0.5), pct(0.9), pct(0.99), pct(1))
+	if n := acked.Load(); n > 0 && cpuErr == nil {
+		// CPU per message varies less than throughput on a shared machine.
+		relayCPU := relayCPU1 - relayCPU0
+		fmt.Fprintf(stdout, "CPU per message: relay %.1f µs (%.0f%% of a core), load generator %.1f µs (%.0f%%)\n",
+			float64(relayCPU.Microseconds())/float64(n), 100*relayCPU.Seconds()/elapsed.Seconds(),
+			float64(loadCPU.Microseconds())/float64(n), 100*loadCPU.Seconds()/elapsed.Seconds())
+	}
 	if failed.Load() > 0 {
 		return fmt.Errorf("%d posts failed", failed.Load())
 	}
 	return nil
+}
+
+// profileSelf writes a CPU profile of this process over d to path.
+func profileSelf(path string, d time.Duration) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	time.Sleep(d)
+	pprof.StopCPUProfile()
+	return f.Close()
 }
 
 func rateString(r int) string {
