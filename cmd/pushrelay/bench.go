@@ -25,7 +25,6 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
-	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
@@ -377,6 +376,23 @@ func (c *child) saveProfile(name, path string) error {
 	return f.Close()
 }
 
+// metric reads one unlabelled metric from the relay's /metrics.
+func (c *child) metric(name string) (float64, bool) {
+	resp, err := http.Get(c.admin + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
 // runtimeMetrics reads the relay's Go runtime gauges from /metrics.
 func (c *child) runtimeMetrics() map[string]float64 {
 	out := map[string]float64{}
@@ -476,71 +492,17 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	fmt.Fprintf(stderr, "  %d devices connected; sending %d messages with %d senders\n", *devices, *total, *senders)
 
-	var acked atomic.Int64
-	var readers sync.WaitGroup
-	for _, d := range devs {
-		readers.Go(func() {
-			batch := make([]pushproto.ServerFrame, 0, 64)
-			for ctx.Err() == nil {
-				n, err := d.cl.Read(time.Time{})
-				if err != nil {
-					return // the connection was closed at the end of the run
-				}
-				if n.MessageType != pushproto.TypeNotification {
-					continue
-				}
-				batch = append(batch[:0], n)
-				d.cl.Ack(batch...)
-				acked.Add(1)
-			}
-		})
+	// One epoll loop drives the app servers' connections and takes over
+	// the devices' (benchloop_linux.go).
+	gen, err := newLoadLoop(devs[0].endpoint, devs, *senders, int64(*total), *rate)
+	if err != nil {
+		return err
 	}
-
-	lat := make([][]time.Duration, *senders)
-	var sent, failed atomic.Int64
-	var next atomic.Int64
 	relayCPU0, _ := procCPU(c.cmd.Process.Pid)
 	loadCPU0 := selfCPU()
 	start := time.Now()
-	var wg sync.WaitGroup
-	for s := range *senders {
-		wg.Go(func() {
-			var own []time.Duration
-			defer func() { lat[s] = own }()
-			poster, err := newRawPoster(devs[0].endpoint)
-			if err != nil {
-				failed.Add(1)
-				return
-			}
-			defer poster.close()
-			var interval time.Duration
-			if *rate > 0 {
-				interval = time.Second * time.Duration(*senders) / time.Duration(*rate)
-			}
-			due := time.Now()
-			for ctx.Err() == nil {
-				i := next.Add(1) - 1
-				if i >= int64(*total) {
-					return
-				}
-				if interval > 0 {
-					due = due.Add(interval)
-					if d := time.Until(due); d > 0 {
-						time.Sleep(d)
-					}
-				}
-				d := devs[int(i)%len(devs)]
-				t0 := time.Now()
-				code, err := poster.do(d.req)
-				if err != nil || code != 201 {
-					failed.Add(1)
-					continue
-				}
-				own = append(own, time.Since(t0))
-				sent.Add(1)
-			}
-		})
-	}
+	done := make(chan error, 1)
+	go func() { done <- gen.run(ctx) }()
 	if *cpuProfile != "" {
 		go func() {
 			time.Sleep(time.Second)
@@ -558,44 +520,37 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 		}()
 	}
 	progress := time.NewTicker(2 * time.Second)
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
+	var runErr error
 loop:
 	for {
 		select {
-		case <-done:
+		case runErr = <-done:
 			break loop
 		case <-progress.C:
 			el := time.Since(start).Seconds()
-			fmt.Fprintf(stderr, "  %.0fs: %d posted (%.0f/s), %d acked\n", el, sent.Load(), float64(sent.Load())/el, acked.Load())
+			fmt.Fprintf(stderr, "  %.0fs: %d posted (%.0f/s), %d acked\n", el, gen.sent.Load(), float64(gen.sent.Load())/el, gen.acked.Load())
 		}
-	}
-	postDone := time.Since(start)
-	for acked.Load() < sent.Load() && ctx.Err() == nil {
-		time.Sleep(5 * time.Millisecond)
 	}
 	elapsed := time.Since(start)
 	relayCPU1, cpuErr := procCPU(c.cmd.Process.Pid)
 	loadCPU := selfCPU() - loadCPU0
 	progress.Stop()
+	if runErr != nil && !errors.Is(runErr, context.DeadlineExceeded) {
+		return runErr
+	}
+	postDone := gen.postDone
+	if postDone == 0 {
+		postDone = elapsed // not all answered in time
+	}
+	sent, failed, acked := &gen.sent, &gen.failed, &gen.acked
 	if *allocProfile != "" {
 		if err := c.saveProfile("allocs", *allocProfile); err != nil {
 			fmt.Fprintf(stderr, "alloc profile: %v\n", err)
 		}
 	}
 	cancel()
-	for _, d := range devs {
-		d.cl.Abort() // ends the readers
-	}
-	readers.Wait()
 
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
+	all := gen.lat
 	slices.Sort(all)
 	pct := func(p float64) time.Duration {
 		if len(all) == 0 {
@@ -616,8 +571,24 @@ loop:
 			float64(relayCPU.Microseconds())/float64(n), 100*relayCPU.Seconds()/elapsed.Seconds(),
 			float64(loadCPU.Microseconds())/float64(n), 100*loadCPU.Seconds()/elapsed.Seconds())
 	}
-	if failed.Load() > 0 {
+	// The relay deletes what devices acked: an ack it refused would leave
+	// its message behind.
+	left := -1.0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if v, ok := c.metric("pushrelay_store_messages_waiting"); ok {
+			if left = v; left == 0 {
+				break
+			}
+		}
+	}
+	fmt.Fprintf(stdout, "left in the relay's store after the acks: %.0f messages\n", left)
+	switch {
+	case failed.Load() > 0:
 		return fmt.Errorf("%d posts failed", failed.Load())
+	case acked.Load() < sent.Load():
+		return fmt.Errorf("%d of %d notifications acked in time", acked.Load(), sent.Load())
+	case left != 0:
+		return fmt.Errorf("%.0f acked messages still in the relay's store", left)
 	}
 	return nil
 }
