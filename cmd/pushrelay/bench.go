@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"flag"
@@ -13,16 +14,17 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"slices"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
-	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
@@ -209,6 +211,39 @@ func (c *child) rss(gc bool) (int64, error) {
 	return procRSS(c.cmd.Process.Pid)
 }
 
+// procCPU is the user and system CPU time process pid has used, from
+// /proc (in clock ticks of 10 ms).
+func procCPU(pid int) (time.Duration, error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	// The command name (field 2) may hold spaces; count from its ')'.
+	i := bytes.LastIndexByte(b, ')')
+	if i < 0 {
+		return 0, errors.New("bad /proc stat")
+	}
+	f := strings.Fields(string(b[i+1:]))
+	if len(f) < 13 {
+		return 0, errors.New("bad /proc stat")
+	}
+	utime, err1 := strconv.ParseInt(f[11], 10, 64)
+	stime, err2 := strconv.ParseInt(f[12], 10, 64)
+	if err := errors.Join(err1, err2); err != nil {
+		return 0, err
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// selfCPU is the user and system CPU time this process has used.
+func selfCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
+
 func procRSS(pid int) (int64, error) {
 	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
@@ -348,6 +383,23 @@ func (c *child) saveProfile(name, path string) error {
 	return f.Close()
 }
 
+// metric reads one unlabelled metric from the relay's /metrics.
+func (c *child) metric(name string) (float64, bool) {
+	resp, err := http.Get(c.admin + "/metrics")
+	if err != nil {
+		return 0, false
+	}
+	defer resp.Body.Close()
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
+			f, err := strconv.ParseFloat(strings.TrimSpace(v), 64)
+			return f, err == nil
+		}
+	}
+	return 0, false
+}
+
 // runtimeMetrics reads the relay's Go runtime gauges from /metrics.
 func (c *child) runtimeMetrics() map[string]float64 {
 	out := map[string]float64{}
@@ -424,6 +476,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	payload := fs.Int("payload", 128, "plaintext bytes per message (encrypted once per device, aes128gcm)")
 	cpuProfile := fs.String("cpu-profile", "", "save a 5s CPU profile of the relay under load to this file")
 	allocProfile := fs.String("alloc-profile", "", "save the relay's allocation profile (pprof allocs) at the end to this file")
+	loadProfile := fs.String("load-cpu-profile", "", "save a 5s CPU profile of the load generator (this process), taken with --cpu-profile's, to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -446,69 +499,17 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	fmt.Fprintf(stderr, "  %d devices connected; sending %d messages with %d senders\n", *devices, *total, *senders)
 
-	var acked atomic.Int64
-	var readers sync.WaitGroup
-	for _, d := range devs {
-		readers.Go(func() {
-			batch := make([]pushproto.ServerFrame, 0, 64)
-			for ctx.Err() == nil {
-				n, err := d.cl.Read(time.Time{})
-				if err != nil {
-					return // the connection was closed at the end of the run
-				}
-				if n.MessageType != pushproto.TypeNotification {
-					continue
-				}
-				batch = append(batch[:0], n)
-				d.cl.Ack(batch...)
-				acked.Add(1)
-			}
-		})
+	// One epoll loop drives the app servers' connections and takes over
+	// the devices' (benchloop_linux.go).
+	gen, err := newLoadLoop(devs[0].endpoint, devs, *senders, int64(*total), *rate)
+	if err != nil {
+		return err
 	}
-
-	lat := make([][]time.Duration, *senders)
-	var sent, failed atomic.Int64
-	var next atomic.Int64
+	relayCPU0, _ := procCPU(c.cmd.Process.Pid)
+	loadCPU0 := selfCPU()
 	start := time.Now()
-	var wg sync.WaitGroup
-	for s := range *senders {
-		wg.Go(func() {
-			var own []time.Duration
-			defer func() { lat[s] = own }()
-			poster, err := newRawPoster(devs[0].endpoint)
-			if err != nil {
-				failed.Add(1)
-				return
-			}
-			defer poster.close()
-			var interval time.Duration
-			if *rate > 0 {
-				interval = time.Second * time.Duration(*senders) / time.Duration(*rate)
-			}
-			due := time.Now()
-			for ctx.Err() == nil {
-				i := next.Add(1) - 1
-				if i >= int64(*total) {
-					return
-				}
-				if interval > 0 {
-					due = due.Add(interval)
-					if d := time.Until(due); d > 0 {
-						time.Sleep(d)
-					}
-				}
-				d := devs[int(i)%len(devs)]
-				t0 := time.Now()
-				code, err := poster.do(d.req)
-				if err != nil || code != 201 {
-					failed.Add(1)
-					continue
-				}
-				own = append(own, time.Since(t0))
-				sent.Add(1)
-			}
-		})
-	}
+	done := make(chan error, 1)
+	go func() { done <- gen.run(ctx) }()
 	if *cpuProfile != "" {
 		go func() {
 			time.Sleep(time.Second)
@@ -517,43 +518,46 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 			}
 		}()
 	}
+	if *loadProfile != "" {
+		go func() {
+			time.Sleep(time.Second)
+			if err := profileSelf(*loadProfile, 5*time.Second); err != nil {
+				fmt.Fprintf(stderr, "load cpu profile: %v\n", err)
+			}
+		}()
+	}
 	progress := time.NewTicker(2 * time.Second)
-	done := make(chan struct{})
-	go func() {
-		wg.Wait()
-		close(done)
-	}()
+	var runErr error
 loop:
 	for {
 		select {
-		case <-done:
+		case runErr = <-done:
 			break loop
 		case <-progress.C:
 			el := time.Since(start).Seconds()
-			fmt.Fprintf(stderr, "  %.0fs: %d posted (%.0f/s), %d acked\n", el, sent.Load(), float64(sent.Load())/el, acked.Load())
+			fmt.Fprintf(stderr, "  %.0fs: %d posted (%.0f/s), %d acked\n", el, gen.sent.Load(), float64(gen.sent.Load())/el, gen.acked.Load())
 		}
 	}
-	postDone := time.Since(start)
-	for acked.Load() < sent.Load() && ctx.Err() == nil {
-		time.Sleep(5 * time.Millisecond)
-	}
 	elapsed := time.Since(start)
+	relayCPU1, cpuErr := procCPU(c.cmd.Process.Pid)
+	loadCPU := selfCPU() - loadCPU0
 	progress.Stop()
+	if runErr != nil && !errors.Is(runErr, context.DeadlineExceeded) {
+		return runErr
+	}
+	postDone := gen.postDone
+	if postDone == 0 {
+		postDone = elapsed // not all answered in time
+	}
+	sent, failed, acked := &gen.sent, &gen.failed, &gen.acked
 	if *allocProfile != "" {
 		if err := c.saveProfile("allocs", *allocProfile); err != nil {
 			fmt.Fprintf(stderr, "alloc profile: %v\n", err)
 		}
 	}
 	cancel()
-	for _, d := range devs {
-		d.cl.Abort() // ends the readers
-	}
-	readers.Wait()
 
-	var all []time.Duration
-	for _, l := range lat {
-		all = append(all, l...)
-	}
+	all := gen.lat
 	slices.Sort(all)
 	pct := func(p float64) time.Duration {
 		if len(all) == 0 {
@@ -567,10 +571,48 @@ loop:
 	fmt.Fprintf(stdout, "post throughput: %.0f msg/s over %s\n", float64(sent.Load())/postDone.Seconds(), postDone.Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "end-to-end (post → deliver → ack): %.0f msg/s over %s\n", float64(acked.Load())/elapsed.Seconds(), elapsed.Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "POST latency: p50 %s  p90 %s  p99 %s  max %s\n", pct(0.5), pct(0.9), pct(0.99), pct(1))
-	if failed.Load() > 0 {
+	if n := acked.Load(); n > 0 && cpuErr == nil {
+		// CPU per message varies less than throughput on a shared machine.
+		relayCPU := relayCPU1 - relayCPU0
+		fmt.Fprintf(stdout, "CPU per message: relay %.1f µs (%.0f%% of a core), load generator %.1f µs (%.0f%%)\n",
+			float64(relayCPU.Microseconds())/float64(n), 100*relayCPU.Seconds()/elapsed.Seconds(),
+			float64(loadCPU.Microseconds())/float64(n), 100*loadCPU.Seconds()/elapsed.Seconds())
+	}
+	// The relay deletes what devices acked: an ack it refused would leave
+	// its message behind.
+	left := -1.0
+	for deadline := time.Now().Add(3 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if v, ok := c.metric("pushrelay_store_messages_waiting"); ok {
+			if left = v; left == 0 {
+				break
+			}
+		}
+	}
+	fmt.Fprintf(stdout, "left in the relay's store after the acks: %.0f messages\n", left)
+	switch {
+	case failed.Load() > 0:
 		return fmt.Errorf("%d posts failed", failed.Load())
+	case acked.Load() < sent.Load():
+		return fmt.Errorf("%d of %d notifications acked in time", acked.Load(), sent.Load())
+	case left != 0:
+		return fmt.Errorf("%.0f acked messages still in the relay's store", left)
 	}
 	return nil
+}
+
+// profileSelf writes a CPU profile of this process over d to path.
+func profileSelf(path string, d time.Duration) error {
+	f, err := os.Create(path)
+	if err != nil {
+		return err
+	}
+	if err := pprof.StartCPUProfile(f); err != nil {
+		f.Close()
+		return err
+	}
+	time.Sleep(d)
+	pprof.StopCPUProfile()
+	return f.Close()
 }
 
 func rateString(r int) string {

@@ -224,6 +224,15 @@ func (a *API) readBody(r *http.Request) ([]byte, *apiError) {
 	if r.ContentLength > int64(a.cfg.MaxData) {
 		return nil, errTooLarge
 	}
+	if r.ContentLength >= 0 {
+		// The usual case: the length is known (net/http delivers exactly
+		// that many bytes), so read into one buffer of that size.
+		body := make([]byte, r.ContentLength)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, errBadCrypto.with("reading body: " + err.Error())
+		}
+		return body, nil
+	}
 	body, err := io.ReadAll(io.LimitReader(r.Body, int64(a.cfg.MaxData)+1))
 	if err != nil {
 		return nil, errBadCrypto.with("reading body: " + err.Error())

@@ -14,6 +14,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/pushproto"
@@ -201,6 +202,11 @@ func (c *Client) Next(deadline time.Time) (pushproto.ServerFrame, error) {
 		}
 	}
 }
+
+// NetConn returns the connection under the WebSocket, for a load tool that
+// drives the socket itself after hello and register (see
+// wsock.ClientConn.NetConn). Frames Expect kept are not handed over.
+func (c *Client) NetConn() net.Conn { return c.conn.NetConn() }
 
 // Close closes the connection with a normal close frame.
 func (c *Client) Close() error { return c.conn.Close() }

@@ -184,6 +184,14 @@ func DecodeClient(frame []byte) (any, error) {
 	if len(trimmed) == 0 || trimmed[0] != '{' {
 		return nil, fmt.Errorf("%w: not a JSON object", ErrMalformed)
 	}
+	if a, ok := decodeCanonicalAck(trimmed); ok {
+		return a, nil
+	}
+	return decodeClientJSON(trimmed)
+}
+
+// decodeClientJSON is DecodeClient for any frame, through encoding/json.
+func decodeClientJSON(trimmed []byte) (any, error) {
 	var f clientFrame
 	if err := json.Unmarshal(trimmed, &f); err != nil {
 		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)

@@ -21,6 +21,7 @@
 // Records start with a format byte (currently 1 for all):
 //
 //	device   1 | created(8) | lastSeen(8) | waiting(4) | channels(4) | wake…
+//	         (waiting is 0 since schema 3: see below)
 //	channel  1 | created(8) | vapidKey…
 //	message  1 | chid(16) | received(8) | ttl(8) | expiry(8) | urgency(1) |
 //	         version(8) | topic | encoding | encryption | cryptoKey | data…
@@ -28,8 +29,13 @@
 // Times are Unix nanoseconds (0 = zero time); the four message strings are
 // uvarint-length prefixed; the trailing field takes the rest of the value.
 // Seq comes from the messages bucket's NextSequence, so a device's
-// messages iterate in arrival order. Per-device counts live in the device
-// record and store-wide totals in meta, so neither Open nor Stats scans.
+// messages iterate in arrival order. Store-wide totals live in meta and
+// a device's channel count in its record, so neither Open nor Stats
+// scans. A device's message count is not stored (keeping it would
+// rewrite the device record on every append and ack): the committer
+// counts the device's rows the first time Append needs them for the cap
+// and then keeps the count in memory; Device counts them. A channel's
+// row implies its device's record.
 //
 // # Schema
 //

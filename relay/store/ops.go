@@ -30,6 +30,7 @@ func (s *Store) Device(u UAID) (Device, bool, error) {
 		var err error
 		d, err = decodeDevice(u, v)
 		ok = err == nil
+		d.Waiting = countMessages(tx.Bucket(bucketMessages), u)
 		return err
 	})
 	return d, ok, err
@@ -233,7 +234,6 @@ func (s *Store) Unregister(ctx context.Context, u UAID, id ChannelID) (bool, err
 			return nil
 		}
 		d.Channels--
-		d.Waiting -= len(seqs)
 		return t.putDevice(d)
 	})
 	return existed, err
@@ -282,11 +282,9 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 	u, ch, topic := m.UAID, m.Channel, m.Topic
 	seq := new(uint64)
 	apply := func(t *txn) error {
-		d, ok, err := t.device(u)
-		if err != nil {
-			return err
-		}
-		if !ok || t.channels.Get(channelKey(u, ch)) == nil {
+		// A channel implies its device's record (Register writes both,
+		// DeleteDevice removes both).
+		if t.channels.Get(channelKey(u, ch)) == nil {
 			return reject(ErrNoChannel)
 		}
 		var tk []byte
@@ -301,10 +299,11 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 					if err := t.removeMessage(u, old, h, reasonReplacedTopic); err != nil {
 						return err
 					}
-					d.Waiting--
 				}
 			}
 		}
+		n := t.messageCount(u)
+		var err error
 		if *seq, err = t.messages.NextSequence(); err != nil {
 			return err
 		}
@@ -319,11 +318,11 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 				return err
 			}
 		}
-		d.Waiting++
+		t.waiting[u] = n + 1
 		t.delta.waiting++
 		t.stored++
-		for d.Waiting > t.maxMessages {
-			dropped, err := t.dropOldest(&d)
+		for n := n + 1; n > t.maxMessages; n-- {
+			dropped, err := t.dropOldest(u)
 			if err != nil {
 				return err
 			}
@@ -331,7 +330,7 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 				break
 			}
 		}
-		return t.putDevice(d)
+		return nil
 	}
 	return apply, seq, nil
 }
@@ -387,7 +386,7 @@ func (s *Store) Ack(ctx context.Context, u UAID, seqs ...uint64) (int, error) {
 			}
 			n++
 		}
-		return t.adjustWaiting(u, -n)
+		return nil
 	})
 	return n, err
 }
@@ -406,7 +405,7 @@ func (s *Store) Delete(ctx context.Context, u UAID, ch ChannelID, seq uint64) (b
 			return err
 		}
 		deleted = true
-		return t.adjustWaiting(u, -1)
+		return nil
 	})
 	return deleted, err
 }
@@ -437,7 +436,6 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 				}
 				keys = append(keys, bytes.Clone(k))
 			}
-			perDevice := make(map[UAID]int)
 			for _, k := range keys {
 				var u UAID
 				copy(u[:], k[8:24])
@@ -461,13 +459,7 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 				if err := t.expiry.Delete(k); err != nil {
 					return err
 				}
-				perDevice[u]++
 				n++
-			}
-			for u, k := range perDevice {
-				if err := t.adjustWaiting(u, -k); err != nil {
-					return err
-				}
 			}
 			return nil
 		})
@@ -476,17 +468,4 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 			return total, err
 		}
 	}
-}
-
-// adjustWaiting adds delta to u's Waiting, if u has a record.
-func (t *txn) adjustWaiting(u UAID, delta int) error {
-	if delta == 0 {
-		return nil
-	}
-	d, ok, err := t.device(u)
-	if err != nil || !ok {
-		return err
-	}
-	d.Waiting = max(d.Waiting+delta, 0)
-	return t.putDevice(d)
 }

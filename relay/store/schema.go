@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"encoding/binary"
 	"fmt"
 
@@ -36,6 +37,7 @@ type migration struct {
 var migrations = []migration{
 	{1, "create buckets", migrateCreateBuckets},
 	{2, "keep device, channel and waiting totals in meta", migrateCountTotals},
+	{3, "per-device message counts leave the device record", migrateDropDeviceWaiting},
 }
 
 // schemaVersion is the version this build writes.
@@ -124,6 +126,36 @@ func migrateCountTotals(tx *bolt.Tx) error {
 		return err
 	}
 	return putTotals(tx.Bucket(bucketMeta), totals{int64(devices), int64(channels), int64(waiting)})
+}
+
+// Version 3: a device's message count is no longer kept in its record,
+// where every append and every ack rewrote it; the committer counts a
+// device's rows when it needs the count (for the cap) and remembers it.
+// The record's field stays, always 0. This reads every device, never
+// every message.
+func migrateDropDeviceWaiting(tx *bolt.Tx) error {
+	b := tx.Bucket(bucketDevices)
+	var keys [][]byte
+	err := b.ForEach(func(k, v []byte) error {
+		if len(v) < deviceFixed || v[0] != deviceV1 {
+			return corrupt("device", k)
+		}
+		if binary.BigEndian.Uint32(v[17:]) != 0 {
+			keys = append(keys, bytes.Clone(k))
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, k := range keys {
+		v := bytes.Clone(b.Get(k))
+		binary.BigEndian.PutUint32(v[17:], 0)
+		if err := b.Put(k, v); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // totals are the store-wide counters kept in meta.

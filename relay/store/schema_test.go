@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"path/filepath"
 	"testing"
@@ -131,7 +132,7 @@ func TestMigrationFromV1(t *testing.T) {
 	db.Close()
 
 	s := openTest(t, Options{Path: path})
-	if v := fileSchema(t, s); v != 2 {
+	if v := fileSchema(t, s); v != schemaVersion() {
 		t.Errorf("schema %d after migration", v)
 	}
 	checkStats(t, s, Stats{Devices: 3, Channels: 6, Waiting: 5})
@@ -147,6 +148,73 @@ func TestMigrationFromV1(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkStats(t, s, Stats{Devices: 3, Channels: 6, Waiting: 4})
+}
+
+// Migration 3 (per-device message counts leave the device record), from
+// a version 2 file whose records hold counts, one of them wrong.
+func TestMigrationFromV2(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	now := time.Unix(1_700_000_000, 0)
+	writeRaw(t, path, func(tx *bolt.Tx) error {
+		if _, _, err := migrate(tx, migrations[:2]); err != nil {
+			return err
+		}
+		for i, counts := range [][2]int{{2, 2}, {0, 5}, {3, 3}} { // messages, count in the record
+			u := uaid(byte(i))
+			d := Device{UAID: u, Created: now, LastSeen: now, Waiting: counts[1], Channels: 1}
+			if err := tx.Bucket(bucketDevices).Put(deviceKey(u), encodeDevice(d)); err != nil {
+				return err
+			}
+			if err := tx.Bucket(bucketChannels).Put(channelKey(u, chid(0)), encodeChannel(Channel{Created: now})); err != nil {
+				return err
+			}
+			for range counts[0] {
+				m := Message{UAID: u, Channel: chid(0), Received: now, TTL: 100 * 365 * 24 * time.Hour, Data: []byte("old")}
+				m.Expiry = m.Received.Add(m.TTL)
+				seq, err := tx.Bucket(bucketMessages).NextSequence()
+				if err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketMessages).Put(messageKey(u, seq), encodeMessage(&m)); err != nil {
+					return err
+				}
+				if err := tx.Bucket(bucketExpiry).Put(expiryKey(timeNanos(m.Expiry), u, seq), nil); err != nil {
+					return err
+				}
+			}
+		}
+		return putTotals(tx.Bucket(bucketMeta), totals{3, 3, 5})
+	})
+
+	s := openTest(t, Options{Path: path, MaxMessagesPerUAID: 3})
+	if v := fileSchema(t, s); v != schemaVersion() {
+		t.Errorf("schema %d after migration", v)
+	}
+	s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			if n := binary.BigEndian.Uint32(v[17:]); n != 0 {
+				t.Errorf("device %x still records %d messages", k, n)
+			}
+			return nil
+		})
+	})
+	// Counts come from the messages themselves, whatever the records said.
+	checkDevice(t, s, uaid(0), 2, 1)
+	checkDevice(t, s, uaid(1), 0, 1)
+	checkDevice(t, s, uaid(2), 3, 1)
+	checkStats(t, s, Stats{Devices: 3, Channels: 3, Waiting: 5})
+	// The cap counts the real messages: device 1 (recorded 5) keeps all
+	// it gets up to 3, device 2 (at 3) drops its oldest.
+	for range 3 {
+		mustAppend(t, s, msg(uaid(1), chid(0), "new"))
+	}
+	mustAppend(t, s, msg(uaid(2), chid(0), "new"))
+	checkDevice(t, s, uaid(1), 3, 1)
+	checkDevice(t, s, uaid(2), 3, 1)
+	if got := datas(mustMessages(t, s, uaid(2))); got != "old,old,new" {
+		t.Errorf("device 2 holds %s", got)
+	}
+	checkStats(t, s, Stats{Devices: 3, Channels: 3, Waiting: 8})
 }
 
 func TestSchemaTooNew(t *testing.T) {

@@ -119,7 +119,11 @@ type Store struct {
 
 	// tot is the committed totals, owned by the committer; the atomics
 	// publish them to Stats and the gauges.
-	tot                       totals
+	tot totals
+	// waiting counts the messages of devices the committer has seen
+	// lately, so that Append can apply the cap without a count kept on
+	// disk (schema 3). Owned by the committer; bounded by maxCachedCounts.
+	waiting                   map[UAID]int
 	nDevices, nChans, nWait   atomic.Int64
 	nCommits                  atomic.Uint64 // successful commits, for benchmarks
 	maxMessages, maxChannels  int
@@ -384,6 +388,7 @@ func (s *Store) commit(batch []*op) {
 			return putTotals(t.meta, s.tot.add(t.delta))
 		})
 		if err == nil {
+			s.keepCounts(t.waiting)
 			s.tot = s.tot.add(t.delta)
 			s.publish()
 			s.nCommits.Add(1)
@@ -411,6 +416,23 @@ func (s *Store) commit(batch []*op) {
 			close(o.done)
 		}
 		return
+	}
+}
+
+// maxCachedCounts bounds Store.waiting: past it the counts are forgotten
+// and counted again as devices are seen (about 40 bytes each).
+const maxCachedCounts = 1 << 16
+
+// keepCounts adopts a committed transaction's message counts.
+func (s *Store) keepCounts(counts map[UAID]int) {
+	if len(counts) == 0 {
+		return
+	}
+	if s.waiting == nil || len(s.waiting)+len(counts) > maxCachedCounts {
+		s.waiting = make(map[UAID]int, len(counts))
+	}
+	for u, n := range counts {
+		s.waiting[u] = n
 	}
 }
 

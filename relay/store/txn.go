@@ -32,8 +32,9 @@ var reasonNames = [numReasons]string{
 }
 
 // txn is one batch's write transaction with its buckets and the effects
-// to publish if it commits. Ops keep the per-device counts in the device
-// records and report store-wide changes in delta.
+// to publish if it commits. Ops keep the channel counts in the device
+// records, report store-wide changes in delta, and keep the committer's
+// per-device message counts (Store.waiting) through waiting.
 type txn struct {
 	tx                                                *bolt.Tx
 	devices, channels, messages, topics, expiry, meta *bolt.Bucket
@@ -43,6 +44,12 @@ type txn struct {
 	delta   totals
 	stored  int
 	deleted [numReasons]int
+
+	// cached is the committer's count of messages per device, read only;
+	// waiting holds this transaction's counts, which replace those in
+	// cached if it commits.
+	cached  map[UAID]int
+	waiting map[UAID]int
 }
 
 func (s *Store) newTxn(tx *bolt.Tx) *txn {
@@ -57,6 +64,7 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 		now:         s.now(),
 		maxMessages: s.maxMessages,
 		maxChannels: s.maxChannels,
+		cached:      s.waiting,
 	}
 	// Messages and expiry rows are queues: appended at the tail of a key
 	// range (a device's seqs, expiry times) and removed from its head.
@@ -102,8 +110,51 @@ func (t *txn) header(u UAID, seq uint64) (msgHeader, bool, error) {
 	return h, err == nil, err
 }
 
+// messageCount returns how many messages u has: from this transaction's
+// or the committer's count, or else counted (up to the cap, a few
+// thousand rows at most) and remembered.
+func (t *txn) messageCount(u UAID) int {
+	if n, ok := t.waiting[u]; ok {
+		return n
+	}
+	n, ok := t.cached[u]
+	if !ok {
+		n = countMessages(t.messages, u)
+	}
+	if t.waiting == nil {
+		t.waiting = make(map[UAID]int)
+	}
+	t.waiting[u] = n
+	return n
+}
+
+// addMessages records that u's message count changed by delta, where
+// the count is known; an unknown count is counted when it is needed.
+func (t *txn) addMessages(u UAID, delta int) {
+	if n, ok := t.waiting[u]; ok {
+		t.waiting[u] = max(n+delta, 0)
+		return
+	}
+	if n, ok := t.cached[u]; ok {
+		if t.waiting == nil {
+			t.waiting = make(map[UAID]int)
+		}
+		t.waiting[u] = max(n+delta, 0)
+	}
+}
+
+// countMessages counts u's rows in the messages bucket.
+func countMessages(messages *bolt.Bucket, u UAID) int {
+	n := 0
+	c := messages.Cursor()
+	for k, _ := c.Seek(u[:]); k != nil && bytes.HasPrefix(k, u[:]); k, _ = c.Next() {
+		n++
+	}
+	return n
+}
+
 // removeMessage deletes message u/seq and its index rows and counts it
-// under why. The caller adjusts the device's Waiting.
+// under why.
 func (t *txn) removeMessage(u UAID, seq uint64, h msgHeader, why reason) error {
 	if err := t.messages.Delete(messageKey(u, seq)); err != nil {
 		return err
@@ -121,18 +172,19 @@ func (t *txn) removeMessage(u UAID, seq uint64, h msgHeader, why reason) error {
 	}
 	t.delta.waiting--
 	t.deleted[why]++
+	t.addMessages(u, -1)
 	return nil
 }
 
-// dropOldest removes d's oldest message; false if it has none. An
+// dropOldest removes u's oldest message; false if it has none. An
 // expired message is counted as expired, not as dropped.
-func (t *txn) dropOldest(d *Device) (bool, error) {
-	k, v := t.messages.Cursor().Seek(d.UAID[:])
-	if k == nil || !bytes.HasPrefix(k, d.UAID[:]) {
+func (t *txn) dropOldest(u UAID) (bool, error) {
+	k, v := t.messages.Cursor().Seek(u[:])
+	if k == nil || !bytes.HasPrefix(k, u[:]) {
 		return false, nil
 	}
 	seq := binary.BigEndian.Uint64(k[16:])
-	h, err := decodeHeader(d.UAID, seq, v)
+	h, err := decodeHeader(u, seq, v)
 	if err != nil {
 		return false, err
 	}
@@ -140,10 +192,9 @@ func (t *txn) dropOldest(d *Device) (bool, error) {
 	if h.expiry <= timeNanos(t.now) {
 		why = reasonExpired
 	}
-	if err := t.removeMessage(d.UAID, seq, h, why); err != nil {
+	if err := t.removeMessage(u, seq, h, why); err != nil {
 		return false, err
 	}
-	d.Waiting--
 	return true, nil
 }
 

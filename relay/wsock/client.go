@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"sync"
 	"time"
@@ -92,6 +93,13 @@ func (c *ClientConn) Close() error {
 	c.wmu.Unlock()
 	return c.ws.Close()
 }
+
+// NetConn returns the connection under the WebSocket, for a load tool that
+// takes the socket over (the bench's epoll loop) once the handshake and the
+// replies it waited for are read, before anything else can arrive: bytes
+// already buffered here would not be seen there. After that, c may only be
+// closed.
+func (c *ClientConn) NetConn() net.Conn { return c.ws.NetConn() }
 
 // Abort closes the socket without a close frame, as a device losing its
 // network would.
