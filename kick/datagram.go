@@ -8,6 +8,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"io/fs"
 	"net/netip"
 	"os"
@@ -47,6 +48,53 @@ func appendAuth(b []byte, key []byte, u store.UAID, counter uint64) []byte {
 	return append(b, datagramMAC(key, u, b[len(b)-12:])[:16]...)
 }
 
+// appendAuthWith is appendAuth computing the MAC with m, allocating
+// nothing.
+func appendAuthWith(m *macer, b []byte, key []byte, u store.UAID, counter uint64) []byte {
+	b = append(b, authMagic...)
+	b = binary.BigEndian.AppendUint64(b, counter)
+	return append(b, m.mac(key, b[len(b)-12:], u[:])[:16]...)
+}
+
+// macer computes HMAC-SHA256 (RFC 2104) with digests it reuses, so the
+// kick loop allocates nothing per datagram. It is not safe for concurrent
+// use; the result is valid until the next call.
+type macer struct {
+	inner, outer hash.Hash
+	pad          [sha256.BlockSize]byte
+	sum          [sha256.Size]byte
+}
+
+func newMacer() *macer { return &macer{inner: sha256.New(), outer: sha256.New()} }
+
+// mac is HMAC-SHA256(key, a || b).
+func (m *macer) mac(key, a, b []byte) []byte {
+	if len(key) > sha256.BlockSize {
+		h := sha256.Sum256(key)
+		key = h[:]
+	}
+	m.keyPad(key, 0x36)
+	m.inner.Reset()
+	m.inner.Write(m.pad[:])
+	m.inner.Write(a)
+	m.inner.Write(b)
+	in := m.inner.Sum(m.sum[:0])
+	m.keyPad(key, 0x5c)
+	m.outer.Reset()
+	m.outer.Write(m.pad[:])
+	m.outer.Write(in)
+	return m.outer.Sum(m.sum[:0])
+}
+
+func (m *macer) keyPad(key []byte, v byte) {
+	for i := range m.pad {
+		m.pad[i] = v
+	}
+	for i, c := range key {
+		m.pad[i] ^= c
+	}
+}
+
 func datagramMAC(key []byte, u store.UAID, head []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write(head)
@@ -84,9 +132,18 @@ func NewKeys(secret []byte) (*Keys, error) {
 // Key is u's raw wake key.
 func (k *Keys) Key(u store.UAID) []byte {
 	m := hmac.New(sha256.New, k.secret)
-	m.Write([]byte("pushrelay wake key v1"))
+	m.Write([]byte(keyLabel))
 	m.Write(u[:])
 	return m.Sum(nil)[:keySize]
+}
+
+const keyLabel = "pushrelay wake key v1"
+
+var keyLabelBytes = []byte(keyLabel)
+
+// keyWith is Key computed with m, written into k.
+func (k *Keys) keyWith(m *macer, u store.UAID, into *[keySize]byte) {
+	copy(into[:], m.mac(k.secret, keyLabelBytes, u[:]))
 }
 
 // KeyString is u's wake key as the device sees it.

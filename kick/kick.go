@@ -40,6 +40,7 @@ type Store interface {
 	Device(u store.UAID) (store.Device, bool, error)
 	UpdateWake(ctx context.Context, u store.UAID, create bool, fn func(old []byte) ([]byte, error)) error
 	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
+	WakeStates(us []store.UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error
 }
 
 // Sender sends one datagram. discovery.Server sends from the STUN socket,
@@ -149,7 +150,12 @@ type Kicker struct {
 	// Only Run's goroutine uses these.
 	global  bucket
 	targets *targets
-	buf     []byte
+	mac     *macer
+	due     []*entry
+	snaps   []entry
+	us      []store.UAID
+	states  []state
+	free    chan []datagram // batches back from the sender
 
 	// recent holds the last accepted STUN stamp of devices whose refresh
 	// was not written to the store, so a captured request cannot be
@@ -176,6 +182,8 @@ func New(cfg Config) (*Kicker, error) {
 		pending: make(map[store.UAID]*entry),
 		poke:    make(chan struct{}, 1),
 		targets: newTargets(cfg.TargetRate, cfg.TargetBurst, cfg.MaxTargets),
+		mac:     newMacer(),
+		free:    make(chan []datagram, 4),
 		recent:  make(map[store.UAID]int64),
 		ctx:     ctx,
 		cancel:  cancel,
@@ -264,8 +272,16 @@ func (k *Kicker) signal() {
 	}
 }
 
-// Run sends due wakes until ctx is done or Close.
+// Run sends due wakes until ctx is done or Close. It owns one more
+// goroutine, the sender, and waits for it.
 func (k *Kicker) Run(ctx context.Context) error {
+	out := make(chan []datagram, 2)
+	var sender sync.WaitGroup
+	sender.Go(func() { k.sendLoop(out) })
+	defer func() {
+		close(out)
+		sender.Wait()
+	}()
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
 	prune := time.NewTicker(time.Minute)
@@ -298,7 +314,7 @@ func (k *Kicker) Run(ctx context.Context) error {
 			default:
 			}
 		}
-		k.sendDue()
+		k.sendDue(out)
 	}
 }
 
@@ -313,25 +329,32 @@ func (k *Kicker) Close() error {
 // seen promptly under load.
 const sendBatch = 256
 
-// sendDue handles the wakes that are due. An entry is out of the heap
-// (index -1) while it is handled; Wake marks it fresh meanwhile, and the
-// entry is then kept, its backoff started again.
-func (k *Kicker) sendDue() {
+// sendDue handles the wakes that are due, in passes of at most sendBatch:
+// one store read for the pass, then each entry, then the datagrams go to
+// the sender goroutine. An entry is out of the heap (index -1) while it is
+// handled; Wake marks it fresh meanwhile, and the entry is then kept, its
+// backoff started again.
+func (k *Kicker) sendDue(out chan<- []datagram) {
 	now := k.cfg.Now()
-	due := make([]*entry, 0, 16)
 	k.mu.Lock()
-	for len(k.queue) > 0 && len(due) < sendBatch && !k.queue[0].next.After(now) {
-		due = append(due, heap.Pop(&k.queue).(*entry))
+	k.due, k.snaps = k.due[:0], k.snaps[:0]
+	for len(k.queue) > 0 && len(k.due) < sendBatch && !k.queue[0].next.After(now) {
+		e := heap.Pop(&k.queue).(*entry)
+		k.due = append(k.due, e)
+		k.snaps = append(k.snaps, *e)
+		e.fresh = false
 	}
 	k.mu.Unlock()
-	for i, e := range due {
-		k.mu.Lock()
-		snap := *e
-		e.fresh = false
-		k.mu.Unlock()
-		next, done, limited := k.handle(&snap, now)
+	if len(k.due) == 0 {
+		return
+	}
+	k.readStates()
+	batch := k.batch()
+	for i, e := range k.due {
+		next, done, limited := k.handle(&k.snaps[i], &k.states[i], now, &batch)
 		k.mu.Lock()
 		if k.pending[e.u] == e { // else Connected while we looked at it
+			snap := &k.snaps[i]
 			e.lastSent, e.attempts, e.counter = snap.lastSent, snap.attempts, snap.counter
 			switch {
 			case e.fresh:
@@ -352,7 +375,7 @@ func (k *Kicker) sendDue() {
 		}
 		if limited {
 			// The global bucket is empty: the rest wait as long.
-			for _, r := range due[i+1:] {
+			for _, r := range k.due[i+1:] {
 				if k.pending[r.u] == r {
 					r.next = next
 					heap.Push(&k.queue, r)
@@ -361,14 +384,94 @@ func (k *Kicker) sendDue() {
 		}
 		k.mu.Unlock()
 		if limited {
-			return
+			break
+		}
+	}
+	if len(batch) > 0 {
+		out <- batch
+	} else {
+		k.recycle(batch)
+	}
+}
+
+// state is what the store says about a due device.
+type state struct {
+	err     error
+	ok      bool // it has a record
+	waiting bool // a message waits for it
+	rec     record
+	recErr  error
+}
+
+// readStates fills k.states for k.snaps in one read transaction.
+func (k *Kicker) readStates() {
+	k.us = k.us[:0]
+	for i := range k.snaps {
+		k.us = append(k.us, k.snaps[i].u)
+	}
+	k.states = append(k.states[:0], make([]state, len(k.us))...)
+	err := k.cfg.Store.WakeStates(k.us, func(i int, ok bool, wake []byte, waiting bool) {
+		st := &k.states[i]
+		st.ok, st.waiting = ok, waiting
+		if ok {
+			st.rec, st.recErr = decodeRecord(wake)
+		}
+	})
+	if err != nil {
+		for i := range k.states {
+			k.states[i].err = err
 		}
 	}
 }
 
-// handle sends e's datagram if it should go now and returns when to look
-// at it again, or done; limited means the global rate limit held it back.
-func (k *Kicker) handle(e *entry, now time.Time) (next time.Time, done, limited bool) {
+// datagram is one wake datagram for the sender goroutine.
+type datagram struct {
+	to     netip.AddrPort
+	n      uint8
+	auth   bool
+	retry  bool
+	buf    [64]byte
+	device store.UAID
+}
+
+func (k *Kicker) batch() []datagram {
+	select {
+	case b := <-k.free:
+		return b[:0]
+	default:
+		return make([]datagram, 0, sendBatch)
+	}
+}
+
+func (k *Kicker) recycle(b []datagram) {
+	select {
+	case k.free <- b[:0]:
+	default:
+	}
+}
+
+// sendLoop sends the batches handed over by sendDue until out is closed,
+// so the syscalls run beside the scheduling, on another core.
+func (k *Kicker) sendLoop(out <-chan []datagram) {
+	for b := range out {
+		for i := range b {
+			d := &b[i]
+			if err := k.cfg.Sender.WriteTo(d.buf[:d.n], d.to); err != nil {
+				k.cfg.Logger.Debug("send wake datagram", "uaid", d.device.String(), "to", d.to.String(), "err", err)
+				k.m.sendErrors.Inc() // retried like any other wake
+				continue
+			}
+			k.m.sentCounter(d.auth, d.retry).Inc()
+		}
+		k.recycle(b)
+	}
+}
+
+// handle decides about e, given what the store holds for it (st), and
+// adds its datagram to batch if one should go now. It returns when to
+// look at e again, or done; limited means the global rate limit held it
+// back.
+func (k *Kicker) handle(e *entry, st *state, now time.Time, batch *[]datagram) (next time.Time, done, limited bool) {
 	finish := func(reason string) (time.Time, bool, bool) {
 		k.m.finished.With(reason).Inc()
 		return time.Time{}, true, false
@@ -383,21 +486,18 @@ func (k *Kicker) handle(e *entry, now time.Time) (next time.Time, done, limited 
 	if k.online(e.u) {
 		return finish("connected")
 	}
-	d, ok, err := k.cfg.Store.Device(e.u)
-	if err != nil {
-		k.cfg.Logger.Warn("read device for wake", "uaid", e.u.String(), "err", err)
+	switch {
+	case st.err != nil:
+		k.cfg.Logger.Warn("read device for wake", "uaid", e.u.String(), "err", st.err)
 		return drop("store_error")
-	}
-	if !ok {
+	case !st.ok:
 		return drop("unknown_device")
-	}
-	if d.Waiting == 0 {
+	case !st.waiting:
 		return finish("nothing_waiting")
-	}
-	rec, err := decodeRecord(d.Wake)
-	if err != nil {
+	case st.recErr != nil:
 		return drop("bad_record")
 	}
+	rec := &st.rec
 	to, why := rec.target(now, k.cfg.BindingTTL, &k.cfg.Ranges)
 	switch why {
 	case "":
@@ -437,25 +537,18 @@ func (k *Kicker) handle(e *entry, now time.Time) (next time.Time, done, limited 
 		}
 		return now.Add(wait), false, false
 	}
-	format := "compat"
-	k.buf = k.buf[:0]
+	*batch = append(*batch, datagram{to: to, auth: rec.auth, retry: e.attempts > 0, device: e.u})
+	d := &(*batch)[len(*batch)-1]
+	var b []byte
 	if rec.auth {
-		format = "auth"
 		e.counter = max(e.counter+1, uint64(now.UnixMicro()))
-		k.buf = appendAuth(k.buf, k.cfg.Keys.Key(e.u), e.u, e.counter)
+		var key [keySize]byte
+		k.cfg.Keys.keyWith(k.mac, e.u, &key)
+		b = appendAuthWith(k.mac, d.buf[:0], key[:], e.u, e.counter)
 	} else {
-		k.buf = appendNotify(k.buf, to)
+		b = appendNotify(d.buf[:0], to)
 	}
-	kind := "first"
-	if e.attempts > 0 {
-		kind = "retry"
-	}
-	if err := k.cfg.Sender.WriteTo(k.buf, to); err != nil {
-		k.cfg.Logger.Debug("send wake datagram", "uaid", e.u.String(), "to", to.String(), "err", err)
-		k.m.sendErrors.Inc() // retried like any other wake
-	} else {
-		k.m.sent.With(format, kind).Inc()
-	}
+	d.n = uint8(len(b))
 	e.lastSent = now
 	e.attempts++
 	backoff := k.cfg.Interval << min(e.attempts-1, 30)

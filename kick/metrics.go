@@ -3,10 +3,10 @@ package kick
 import "github.com/pushrelay/pushrelay/relay/metrics"
 
 type kickMetrics struct {
-	sent       *metrics.CounterVec // format, kind
-	deferred   *metrics.CounterVec // limit
-	dropped    *metrics.CounterVec // reason
-	finished   *metrics.CounterVec // reason
+	sent       [2][2]metrics.Counter // [auth][retry]
+	deferred   *metrics.CounterVec   // limit
+	dropped    *metrics.CounterVec   // reason
+	finished   *metrics.CounterVec   // reason
 	sendErrors metrics.Counter
 	hellos     *metrics.CounterVec // result
 	bindings   *metrics.CounterVec // result
@@ -14,8 +14,12 @@ type kickMetrics struct {
 }
 
 func newKickMetrics(r *metrics.Registry) *kickMetrics {
+	sent := r.CounterVec("pushrelay_wake_datagrams_total", "Wake datagrams sent, by format (compat, auth) and kind (first, retry).", "format", "kind")
 	return &kickMetrics{
-		sent:       r.CounterVec("pushrelay_wake_datagrams_total", "Wake datagrams sent, by format (compat, auth) and kind (first, retry).", "format", "kind"),
+		sent: [2][2]metrics.Counter{
+			{sent.With("compat", "first"), sent.With("compat", "retry")},
+			{sent.With("auth", "first"), sent.With("auth", "retry")},
+		},
 		deferred:   r.CounterVec("pushrelay_wake_deferred_total", "Wake datagrams held back by a rate limit (global, target, target_table_full); they go later.", "limit"),
 		dropped:    r.CounterVec("pushrelay_wake_dropped_total", "Wakes given up although messages wait, by reason (stale_address, outside_ranges, unknown_device, queue_full, store_error, bad_record).", "reason"),
 		finished:   r.CounterVec("pushrelay_wake_finished_total", "Wakes ended normally, by reason (connected, expired, nothing_waiting, nothing_urgent, not_wakeable: an offline device that left no wake address).", "reason"),
@@ -24,4 +28,15 @@ func newKickMetrics(r *metrics.Registry) *kickMetrics {
 		bindings:   r.CounterVec("pushrelay_wake_bindings_total", "Authenticated STUN bindings accepted, by result (written to the store, or refreshed in memory).", "result"),
 		pending:    r.Gauge("pushrelay_wake_pending", "Devices with a wake due."),
 	}
+}
+
+func (m *kickMetrics) sentCounter(auth, retry bool) metrics.Counter {
+	return m.sent[b2i(auth)][b2i(retry)]
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }

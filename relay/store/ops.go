@@ -36,6 +36,31 @@ func (s *Store) Device(u UAID) (Device, bool, error) {
 	return d, ok, err
 }
 
+// WakeStates reads in one read transaction what the wake subsystem needs
+// about each device of us: whether it has a record, its wake blob, and
+// whether any message waits for it. fn is called once per device, in
+// order; wake is valid only during the call.
+func (s *Store) WakeStates(us []UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error {
+	return s.view(func(tx *bolt.Tx) error {
+		devices := tx.Bucket(bucketDevices)
+		c := tx.Bucket(bucketMessages).Cursor()
+		for i, u := range us {
+			v := devices.Get(u[:])
+			if v == nil {
+				fn(i, false, nil, false)
+				continue
+			}
+			d, err := decodeDevice(u, v)
+			if err != nil {
+				return err
+			}
+			k, _ := c.Seek(u[:])
+			fn(i, true, d.Wake, k != nil && bytes.HasPrefix(k, u[:]))
+		}
+		return nil
+	})
+}
+
 // Touch sets u's LastSeen to now if u has a record; otherwise it does
 // nothing.
 func (s *Store) Touch(ctx context.Context, u UAID, now time.Time) error {

@@ -943,3 +943,26 @@ func TestOptionsValidate(t *testing.T) {
 		t.Error("Open in a missing directory succeeded")
 	}
 }
+
+func TestWakeStates(t *testing.T) {
+	s := openTest(t, Options{})
+	a, b, none := uaid(1), uaid(2), uaid(3)
+	mustRegister(t, s, a, chid(1))
+	mustRegister(t, s, b, chid(1))
+	mustAppend(t, s, msg(b, chid(1), "x"))
+	if err := setWake(s, a, false, []byte("wa")); err != nil {
+		t.Fatal(err)
+	}
+	type st struct {
+		ok, waiting bool
+		wake        string
+	}
+	var got []st
+	err := s.WakeStates([]UAID{a, b, none}, func(i int, ok bool, wake []byte, waiting bool) {
+		got = append(got, st{ok, waiting, string(wake)})
+	})
+	want := []st{{true, false, "wa"}, {true, true, ""}, {false, false, ""}}
+	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("WakeStates = %v %v, want %v", got, err, want)
+	}
+}
