@@ -140,7 +140,7 @@ var settings = []setting{
 	durSetting("wake_max_backoff", "5m", "longest gap between wake retries while messages wait", func(c *Config) *time.Duration { return &c.WakeMaxBackoff }),
 	durSetting("wake_binding_ttl", "2m", "a STUN-proven wake address is used for this long after it was last recorded (devices refresh every quarter of it; a refresh from the same address is recorded once a quarter has passed)", func(c *Config) *time.Duration { return &c.WakeBindingTTL }),
 	intSetting("wake_rate", "1000", 0, 1<<24, "wake datagrams per second across all devices; 0 means unlimited", func(c *Config) *int { return &c.WakeRate }),
-	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one IP address (burst 3); 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
+	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 
 func findSetting(key string) (setting, bool) {
