@@ -655,3 +655,38 @@ func TestMacer(t *testing.T) {
 		t.Errorf("datagram %x does not verify", d)
 	}
 }
+
+// STUN-proven addresses are rate-limited per mapping: two devices behind
+// one NAT address (same IP, two ports) do not hold each other up, while
+// two claims on one host do.
+func TestTargetKeys(t *testing.T) {
+	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), TargetRate: 0.5, TargetBurst: 1, Interval: time.Hour}, false)
+	var proven, claimed []*net.UDPConn
+	for i := range 2 {
+		u, c := e.device(byte(90+i), "127.0.0.90")
+		e.hello(u, c, true, nil)
+		if err := e.k.Bind(u.String(), c.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now()); err != nil {
+			t.Fatal(err)
+		}
+		e.k.Wake(u, e.message(u, byte(90+i), store.UrgencyNormal, time.Hour))
+		proven = append(proven, c)
+	}
+	for i := range 2 {
+		u, c := e.device(byte(95+i), "127.0.0.95")
+		e.hello(u, c, false, nil)
+		e.k.Wake(u, e.message(u, byte(95+i), store.UrgencyNormal, time.Hour))
+		claimed = append(claimed, c)
+	}
+	for i, c := range proven {
+		if len(recv(c, 500*time.Millisecond)) != 1 {
+			t.Errorf("proven device %d behind a shared IP was held back", i)
+		}
+	}
+	got := 0
+	for _, c := range claimed {
+		got += len(recv(c, 100*time.Millisecond))
+	}
+	if got != 1 {
+		t.Errorf("two claims on one host got %d datagrams in ~0.6 s at 0.5/s burst 1, want 1", got)
+	}
+}
