@@ -1,15 +1,12 @@
 package discovery
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http/httptest"
 	"net/netip"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -120,22 +117,7 @@ func (r *testRegistry) bound() []bindCall {
 	return append([]bindCall(nil), r.binds...)
 }
 
-func metricValue(t testing.TB, r *metrics.Registry, series string) float64 {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	sc := bufio.NewScanner(rec.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	return 0
-}
+func metricValue(t testing.TB, r *metrics.Registry, series string) float64 { return r.Value(series) }
 
 func requests(t testing.TB, r *metrics.Registry, res string) float64 {
 	return metricValue(t, r, fmt.Sprintf(`pushrelay_stun_requests_total{result=%q}`, res))

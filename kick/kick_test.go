@@ -1,7 +1,6 @@
 package kick
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"crypto/hmac"
@@ -10,11 +9,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http/httptest"
 	"net/netip"
 	"path/filepath"
-	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -179,19 +175,7 @@ func (e *env) message(u store.UAID, n byte, urgency store.Urgency, ttl time.Dura
 	return m.Expiry
 }
 
-func (e *env) metric(series string) float64 {
-	e.t.Helper()
-	rec := httptest.NewRecorder()
-	e.reg.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	sc := bufio.NewScanner(rec.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, _ := strconv.ParseFloat(v, 64)
-			return f
-		}
-	}
-	return 0
-}
+func (e *env) metric(series string) float64 { return e.reg.Value(series) }
 
 // recv reads datagrams on c until d passes.
 func recv(c *net.UDPConn, d time.Duration) [][]byte {

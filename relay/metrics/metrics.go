@@ -7,11 +7,14 @@
 package metrics
 
 import (
+	"fmt"
 	"net/http"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
+	dto "github.com/prometheus/client_model/go"
 )
 
 // Counter only goes up.
@@ -107,6 +110,54 @@ func (r *Registry) Histogram(name, help string, buckets []float64) Observer {
 // Handler serves the registry in the Prometheus text format.
 func (r *Registry) Handler() http.Handler {
 	return promhttp.HandlerFor(r.reg, promhttp.HandlerOpts{Registry: r.reg})
+}
+
+// Value returns the current value of one counter or gauge series, named
+// as the text exposition writes it: name, or name{label="value",...} with
+// the labels in name order. A series that does not exist reads 0. For
+// tests and tools.
+func (r *Registry) Value(series string) float64 {
+	mfs, err := r.reg.Gather()
+	if err != nil {
+		return 0
+	}
+	for _, mf := range mfs {
+		if !strings.HasPrefix(series, mf.GetName()) {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			if seriesName(mf.GetName(), m.GetLabel()) != series {
+				continue
+			}
+			switch {
+			case m.GetCounter() != nil:
+				return m.GetCounter().GetValue()
+			case m.GetGauge() != nil:
+				return m.GetGauge().GetValue()
+			case m.GetUntyped() != nil:
+				return m.GetUntyped().GetValue()
+			}
+		}
+	}
+	return 0
+}
+
+func seriesName(name string, labels []*dto.LabelPair) string {
+	if len(labels) == 0 {
+		return name
+	}
+	var b strings.Builder
+	b.WriteString(name)
+	for i, l := range labels {
+		if i == 0 {
+			b.WriteByte('{')
+		} else {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, "%s=%q", l.GetName(), l.GetValue())
+	}
+	b.WriteByte('}')
+	return b.String()
 }
 
 // LatencyBuckets are histogram bounds in seconds from 50µs to 2.5s, for

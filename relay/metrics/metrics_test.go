@@ -34,6 +34,21 @@ func TestRegistryExports(t *testing.T) {
 			t.Errorf("metrics output lacks %q", want)
 		}
 	}
+	// Value reads the same series by the names the exposition shows.
+	r.CounterVec("pushrelay_test_pairs_total", "two labels", "b", "a").With("x", "y").Add(2)
+	for series, want := range map[string]float64{
+		"pushrelay_test_total":                        3,
+		`pushrelay_test_drops_total{reason="full"}`:   1,
+		`pushrelay_test_pairs_total{a="y",b="x"}`:     2,
+		"pushrelay_test_gauge":                        7,
+		"pushrelay_test_func":                         42,
+		`pushrelay_test_drops_total{reason="absent"}`: 0,
+		"pushrelay_test_t":                            0,
+	} {
+		if got := r.Value(series); got != want {
+			t.Errorf("Value(%s) = %v, want %v", series, got, want)
+		}
+	}
 }
 
 func TestOrNewIsolates(t *testing.T) {

@@ -1,11 +1,9 @@
 package pushclient_test
 
 import (
-	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
-	"fmt"
 	"net"
 	"net/http/httptest"
 	"path/filepath"
@@ -97,19 +95,7 @@ func (e *relayEnv) push(endpoint string, m relay.Message) (relay.Result, error) 
 }
 
 // metric reads one sample of the hub's metrics.
-func (e *relayEnv) metric(name string) float64 {
-	rec := httptest.NewRecorder()
-	e.reg.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	sc := bufio.NewScanner(rec.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), name+" "); ok {
-			var f float64
-			fmt.Sscan(v, &f)
-			return f
-		}
-	}
-	return 0
-}
+func (e *relayEnv) metric(name string) float64 { return e.reg.Value(name) }
 
 func (e *relayEnv) waiting() int64 {
 	s, _ := e.st.Stats()

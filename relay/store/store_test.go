@@ -1,14 +1,11 @@
 package store
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"fmt"
 	"log/slog"
-	"net/http/httptest"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -139,23 +136,8 @@ func checkStats(t testing.TB, s *Store, want Stats) {
 	}
 }
 
-// metricValue reads one series from the registry's exposition.
-func metricValue(t testing.TB, r *metrics.Registry, series string) float64 {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
-	sc := bufio.NewScanner(rec.Body)
-	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), series+" "); ok {
-			f, err := strconv.ParseFloat(v, 64)
-			if err != nil {
-				t.Fatal(err)
-			}
-			return f
-		}
-	}
-	return 0
-}
+// metricValue reads one series from the registry.
+func metricValue(t testing.TB, r *metrics.Registry, series string) float64 { return r.Value(series) }
 
 func deletedMetric(t testing.TB, r *metrics.Registry, reason string) float64 {
 	return metricValue(t, r, fmt.Sprintf(`pushrelay_store_messages_deleted_total{reason=%q}`, reason))
