@@ -3,10 +3,8 @@ package kick
 import (
 	"context"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/netip"
-	"path/filepath"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -118,16 +116,7 @@ func (s *countingSender) WriteTo(b []byte, to netip.AddrPort) error {
 
 func benchKick(b *testing.B, auth bool) {
 	ctx := context.Background()
-	st, err := store.Open(store.Options{Path: filepath.Join(b.TempDir(), "s.db"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { st.Close() })
-	out, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
-	if err != nil {
-		b.Fatal(err)
-	}
-	b.Cleanup(func() { out.Close() })
+	st, out := openStoreAndSocket(b)
 
 	received, addrs := benchReceiversOn(b)
 

@@ -80,20 +80,28 @@ type env struct {
 	clock *clock // nil: real time
 }
 
+// openStoreAndSocket opens a real store in a temp dir and a UDP socket on
+// loopback to send from, both closed at cleanup.
+func openStoreAndSocket(tb testing.TB) (*store.Store, *net.UDPConn) {
+	tb.Helper()
+	st, err := store.Open(store.Options{Path: filepath.Join(tb.TempDir(), "s.db"), Logger: slog.New(slog.DiscardHandler)})
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { st.Close() })
+	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { conn.Close() })
+	return st, conn
+}
+
 // newEnv starts a kicker on a real store and a real UDP socket; cfg's
 // zero fields take test-friendly values.
 func newEnv(t *testing.T, cfg Config, fake bool) *env {
 	t.Helper()
-	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "s.db"), Logger: slog.New(slog.DiscardHandler)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { st.Close() })
-	conn, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
+	st, conn := openStoreAndSocket(t)
 	e := &env{t: t, st: st, reg: metrics.NewRegistry(), pres: &presence{online: map[store.UAID]bool{}, proven: map[store.UAID]bool{}}}
 	if fake {
 		e.clock = &clock{t: time.Now()}
