@@ -41,15 +41,8 @@ func appendNotify(b []byte, to netip.AddrPort) []byte {
 	return to.AppendTo(b)
 }
 
-// appendAuth appends the authenticated datagram for device u.
-func appendAuth(b []byte, key []byte, u store.UAID, counter uint64) []byte {
-	b = append(b, authMagic...)
-	b = binary.BigEndian.AppendUint64(b, counter)
-	return append(b, datagramMAC(key, u, b[len(b)-12:])[:16]...)
-}
-
-// appendAuthWith is appendAuth computing the MAC with m, allocating
-// nothing.
+// appendAuthWith appends the authenticated datagram for device u, the
+// MAC computed with m (allocating nothing).
 func appendAuthWith(m *macer, b []byte, key []byte, u store.UAID, counter uint64) []byte {
 	b = append(b, authMagic...)
 	b = binary.BigEndian.AppendUint64(b, counter)

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/hmac"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -619,6 +620,14 @@ func TestBindAfterRestart(t *testing.T) {
 	if r, _ := decodeRecord(d.Wake); r.verified != b {
 		t.Errorf("verified %s, want %s", r.verified, b)
 	}
+}
+
+// appendAuth is the reference authenticated datagram, its MAC made with
+// crypto/hmac as Verify checks it.
+func appendAuth(b []byte, key []byte, u store.UAID, counter uint64) []byte {
+	b = append(b, authMagic...)
+	b = binary.BigEndian.AppendUint64(b, counter)
+	return append(b, datagramMAC(key, u, b[len(b)-12:])[:16]...)
 }
 
 // The allocation-free HMAC of the kick loop agrees with crypto/hmac, for
