@@ -179,8 +179,9 @@ func vapidHeader(keyArg, subject, endpoint string) (string, error) {
 // The private key goes to FILE (PEM, 0600); the public key, which devices
 // pass as --key, is printed.
 func runKeygen(args []string, stdout io.Writer) error {
-	if len(args) != 1 {
-		return errors.New("usage: pushrelay keygen FILE")
+	if len(args) != 1 || strings.HasPrefix(args[0], "-") {
+		// No flags: "-h" or "--help" is a request for this, not a file name.
+		return errors.New("usage: pushrelay keygen FILE (writes a new VAPID private key to FILE and prints its public key)")
 	}
 	priv, err := vapid.GenerateKey()
 	if err != nil {

@@ -36,6 +36,15 @@ func TestE2EDeviceAndSendTools(t *testing.T) {
 		t.Fatalf("keygen: %v", err)
 	}
 	pub := strings.TrimSpace(strings.TrimPrefix(string(out), "vapid public key "))
+	// keygen takes no flags: -h asks for usage and writes no file named -h.
+	help := exec.Command(binPath, "keygen", "-h")
+	help.Dir = dir
+	if err := help.Run(); err == nil {
+		t.Error("keygen -h succeeded")
+	}
+	if _, err := os.Stat(filepath.Join(dir, "-h")); err == nil {
+		t.Error("keygen -h wrote a key file named -h")
+	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
