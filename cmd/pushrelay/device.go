@@ -178,6 +178,7 @@ func openSession(ctx context.Context, o *deviceOpts, st *deviceState, extra map[
 		st.Subscriptions = nil
 	}
 	fmt.Fprintf(stdout, "uaid %s\n", st.UAID)
+	created := len(st.Subscriptions) < o.channels
 	for len(st.Subscriptions) < o.channels {
 		sub, err := newSubscription(c, o.appKey)
 		if err != nil {
@@ -191,7 +192,7 @@ func openSession(ctx context.Context, o *deviceOpts, st *deviceState, extra map[
 	for _, s := range st.Subscriptions {
 		fmt.Fprintf(stdout, "subscription %s\n", s.public())
 	}
-	if len(st.Subscriptions) > 0 {
+	if created && len(st.Subscriptions) > 0 {
 		fmt.Fprintf(stderr, "try: pushrelay send --subscription '%s' --data hello\n", st.Subscriptions[0].public())
 	}
 	return c, hello, nil
