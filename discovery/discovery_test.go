@@ -812,3 +812,33 @@ func TestHandlerAllocations(t *testing.T) {
 	n := testing.AllocsPerRun(100, func() { h.handle(auth, src) })
 	t.Logf("%v allocations per authenticated request", n)
 }
+
+// Bind, the device's side, gets the address the server saw, hands other
+// datagrams to Other, and gives up when nobody answers.
+func TestClientBind(t *testing.T) {
+	cfg := testConfig(t, newTestRegistry())
+	cfg.Now = time.Now // Bind stamps its requests with the real clock
+	s := startServer(t, cfg)
+	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.0.0.1:0")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// A datagram already waiting is not STUN: it goes to Other.
+	if err := s.WriteTo([]byte("NOTIFY"), c.LocalAddr().(*net.UDPAddr).AddrPort()); err != nil {
+		t.Fatal(err)
+	}
+	var other []string
+	got, err := Bind(c, net.UDPAddrFromAddrPort(s.Addr()), testUAID, testKey,
+		BindOptions{Other: func(b []byte) { other = append(other, string(b)) }})
+	if err != nil || got != c.LocalAddr().(*net.UDPAddr).AddrPort() {
+		t.Fatalf("Bind = %s, %v", got, err)
+	}
+	if len(other) != 1 || other[0] != "NOTIFY" {
+		t.Errorf("Other got %q", other)
+	}
+	if _, err := Bind(c, net.UDPAddrFromAddrPort(s.Addr()), testUAID, "wrong",
+		BindOptions{Tries: 2, Wait: 50 * time.Millisecond}); !errors.Is(err, ErrNoAnswer) {
+		t.Errorf("Bind with a wrong password: %v", err)
+	}
+}

@@ -369,7 +369,7 @@ func (d *wakeDev) setup(ctx context.Context, c *child, i int, o *wakeOpts) error
 		return err
 	}
 	defer cl.Abort()
-	r, err := cl.Hello("", pushclient.HelloOptions{Extra: d.helloExtra(o)})
+	r, err := cl.Hello("", pushclient.HelloOptions{Wake: d.addr, WakeAuth: o.auth})
 	if err != nil {
 		return err
 	}
@@ -416,49 +416,21 @@ func (d *wakeDev) setup(ctx context.Context, c *child, i int, o *wakeOpts) error
 	return cl.Close() // the device sleeps
 }
 
-func (d *wakeDev) helloExtra(o *wakeOpts) map[string]any {
-	m := map[string]any{"wakeup_hostport": map[string]any{"ip": d.addr.Addr().String(), "port": int(d.addr.Port())}}
-	if o.auth {
-		m["wake_auth"] = true
-	}
-	return m
-}
-
-// bind sends one authenticated STUN Binding request from the wake socket
-// and checks the answer maps it to its own address.
+// bind proves the wake socket's address with STUN and checks the relay saw
+// the socket's own address.
 func (d *wakeDev) bind(stunAddr, password string) error {
 	to, err := netip.ParseAddrPort(stunAddr)
 	if err != nil {
 		return fmt.Errorf("stun address %q: %w", stunAddr, err)
 	}
-	buf := make([]byte, 1500)
-	for attempt := range 3 {
-		req, txID, err := discovery.NewBindingRequest(d.uaid, password, time.Now())
-		if err != nil {
-			return err
-		}
-		if _, err := d.conn.WriteToUDPAddrPort(req, to); err != nil {
-			return err
-		}
-		d.conn.SetReadDeadline(time.Now().Add(time.Second << attempt))
-		for {
-			n, err := d.conn.Read(buf)
-			if err != nil {
-				break // time out: send again
-			}
-			mapped, err := discovery.ParseBindingResponse(buf[:n], txID, password)
-			if err != nil {
-				continue // an older answer
-			}
-			d.conn.SetReadDeadline(time.Time{})
-			if mapped != d.addr {
-				return fmt.Errorf("stun mapped %s to %s", d.addr, mapped)
-			}
-			return nil
-		}
+	mapped, err := discovery.Bind(d.conn, net.UDPAddrFromAddrPort(to), d.uaid, password, discovery.BindOptions{})
+	if err != nil {
+		return err
 	}
-	d.conn.SetReadDeadline(time.Time{})
-	return errors.New("no stun answer after 3 requests")
+	if mapped != d.addr {
+		return fmt.Errorf("stun mapped %s to %s", d.addr, mapped)
+	}
+	return nil
 }
 
 // serve reads d's wake socket until it is closed: it checks and counts
@@ -522,7 +494,7 @@ func (d *wakeDev) wake(ctx context.Context, c *child, o *wakeOpts) error {
 		return err
 	}
 	defer cl.Abort()
-	r, err := cl.Hello(d.uaid, pushclient.HelloOptions{Extra: d.helloExtra(o)})
+	r, err := cl.Hello(d.uaid, pushclient.HelloOptions{Wake: d.addr, WakeAuth: o.auth})
 	if err != nil {
 		return err
 	}

@@ -144,7 +144,7 @@ func (st *deviceState) save(path string) error {
 // deviceSession runs one connection. It returns nil when done (count
 // reached or ctx cancelled), an error when the connection was lost.
 func deviceSession(ctx context.Context, o *deviceOpts, st *deviceState, stdout, stderr io.Writer, seen *int) error {
-	c, _, err := openSession(ctx, o, st, nil, stdout, stderr)
+	c, _, err := openSession(ctx, o, st, pushclient.HelloOptions{}, stdout, stderr)
 	if err != nil {
 		return err
 	}
@@ -152,10 +152,10 @@ func deviceSession(ctx context.Context, o *deviceOpts, st *deviceState, stdout, 
 	return readNotifications(ctx, c, o, st, stdout, seen, 0)
 }
 
-// openSession connects, says hello (with extra hello fields), registers
+// openSession connects, says hello (with ho's wake fields), registers
 // what the device lacks and prints its subscriptions. The caller closes
 // the client.
-func openSession(ctx context.Context, o *deviceOpts, st *deviceState, extra map[string]any, stdout, stderr io.Writer) (*pushclient.Client, pushproto.ServerFrame, error) {
+func openSession(ctx context.Context, o *deviceOpts, st *deviceState, ho pushclient.HelloOptions, stdout, stderr io.Writer) (*pushclient.Client, pushproto.ServerFrame, error) {
 	c, err := pushclient.Dial(ctx, o.server)
 	if err != nil {
 		return nil, pushproto.ServerFrame{}, err
@@ -166,7 +166,8 @@ func openSession(ctx context.Context, o *deviceOpts, st *deviceState, extra map[
 		c.Close()
 		return nil, pushproto.ServerFrame{}, err
 	}
-	hello, err := c.Hello(st.UAID, pushclient.HelloOptions{Legacy: o.legacy, Extra: extra})
+	ho.Legacy = o.legacy
+	hello, err := c.Hello(st.UAID, ho)
 	if err != nil {
 		return fail(err)
 	}

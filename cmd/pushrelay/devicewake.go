@@ -12,6 +12,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/discovery"
 	"github.com/pushrelay/pushrelay/kick"
+	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -97,11 +98,7 @@ func runWakeDevice(ctx context.Context, o *deviceOpts, st *deviceState, stdout, 
 // awake is one connection: hello with the wake address, STUN if offered,
 // drain, close. It reports whether the relay can wake the device.
 func (d *wakeDevice) awake(ctx context.Context, seen *int) (bool, error) {
-	extra := map[string]any{
-		"wakeup_hostport": map[string]any{"ip": d.addr.Addr().String(), "port": d.addr.Port()},
-		"wake_auth":       !d.o.wakeCompat,
-	}
-	c, hello, err := openSession(ctx, d.o, d.st, extra, d.stdout, d.stderr)
+	c, hello, err := openSession(ctx, d.o, d.st, pushclient.HelloOptions{Wake: d.addr, WakeAuth: !d.o.wakeCompat}, d.stdout, d.stderr)
 	if err != nil {
 		return false, err
 	}
@@ -127,40 +124,15 @@ func (d *wakeDevice) awake(ctx context.Context, seen *int) (bool, error) {
 	return accepted, nil
 }
 
-// bind sends an authenticated Binding request from the wake socket and
-// waits for the relay's answer, trying three times.
+// bind proves the wake address to the relay's STUN listener.
 func (d *wakeDevice) bind() (netip.AddrPort, error) {
 	to, err := net.ResolveUDPAddr("udp", d.stun)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	buf := make([]byte, 1500)
-	for try := 0; try < 3; try++ {
-		req, tx, err := discovery.NewBindingRequest(d.st.UAID, d.keyString, time.Now())
-		if err != nil {
-			return netip.AddrPort{}, err
-		}
-		if _, err := d.sock.WriteToUDP(req, to); err != nil {
-			return netip.AddrPort{}, err
-		}
-		d.sock.SetReadDeadline(time.Now().Add(time.Second))
-		for {
-			n, _, err := d.sock.ReadFromUDPAddrPort(buf)
-			if err != nil {
-				break // timeout: try again
-			}
-			if !discovery.IsSTUN(buf[:n]) {
-				d.datagram(buf[:n]) // a wake while we bind: we are awake anyway
-				continue
-			}
-			if ap, err := discovery.ParseBindingResponse(buf[:n], tx, d.keyString); err == nil {
-				d.sock.SetReadDeadline(time.Time{})
-				return ap, nil
-			}
-		}
-	}
-	d.sock.SetReadDeadline(time.Time{})
-	return netip.AddrPort{}, errors.New("no authenticated answer")
+	// A wake datagram while binding: we are awake anyway, but its counter
+	// counts.
+	return discovery.Bind(d.sock, to, d.st.UAID, d.keyString, discovery.BindOptions{Other: func(b []byte) { d.datagram(b) }})
 }
 
 // sleep waits for a wake datagram, refreshing the STUN binding every

@@ -50,10 +50,7 @@ func newSleeper(t *testing.T, p *relayProc, ip string, auth bool) *sleeper {
 func (s *sleeper) connect(auth bool) *device {
 	s.t.Helper()
 	c := dial(s.t, s.p)
-	h, err := c.Hello(s.uaid, pushclient.HelloOptions{Extra: map[string]any{
-		"wakeup_hostport": map[string]any{"ip": s.addr.Addr().String(), "port": s.addr.Port()},
-		"wake_auth":       auth,
-	}})
+	h, err := c.Hello(s.uaid, pushclient.HelloOptions{Wake: s.addr, WakeAuth: auth})
 	if err != nil {
 		s.t.Fatal(err)
 	}
@@ -74,13 +71,8 @@ func (s *sleeper) bindRequest(password string) ([]byte, [12]byte) {
 // bind proves the wake address with STUN and returns what the relay saw.
 func (s *sleeper) bind() netip.AddrPort {
 	s.t.Helper()
-	req, tx := s.bindRequest(s.hello.WakeKey)
-	sendUDP(s.t, s.sock, req, s.hello.STUN)
-	b := s.read(2 * time.Second)
-	if b == nil {
-		s.t.Fatal("no STUN answer")
-	}
-	ap, err := discovery.ParseBindingResponse(b, tx, s.hello.WakeKey)
+	ap, err := discovery.Bind(s.sock, net.UDPAddrFromAddrPort(netip.MustParseAddrPort(s.hello.STUN)), s.uaid, s.hello.WakeKey,
+		discovery.BindOptions{Tries: 1, Wait: 2 * time.Second})
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -15,6 +15,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/pushproto"
@@ -53,7 +54,11 @@ type HelloOptions struct {
 	Broadcasts map[string]string
 	// Legacy leaves out use_webpush, as Firefox OS 1.x did.
 	Legacy bool
-	// Extra fields merged into the hello frame (wake extensions).
+	// Wake, if valid, is sent as wakeup_hostport (the device's wake
+	// socket); WakeAuth asks for authenticated wake datagrams.
+	Wake     netip.AddrPort
+	WakeAuth bool
+	// Extra fields merged into the hello frame.
 	Extra map[string]any
 }
 
@@ -68,6 +73,12 @@ func (c *Client) Hello(uaid string, o HelloOptions) (pushproto.ServerFrame, erro
 	}
 	if o.Broadcasts != nil {
 		m["broadcasts"] = o.Broadcasts
+	}
+	if o.Wake.IsValid() {
+		m["wakeup_hostport"] = map[string]any{"ip": o.Wake.Addr().String(), "port": o.Wake.Port()}
+		if o.WakeAuth {
+			m["wake_auth"] = true
+		}
 	}
 	for k, v := range o.Extra {
 		m[k] = v
