@@ -100,14 +100,14 @@ const (
 // countingSender is the test's udpSender counting the datagrams it sent,
 // and telling when a round's last one went.
 type countingSender struct {
-	udpSender
+	UDPSender
 	n       atomic.Int64
 	target  atomic.Int64
 	reached chan struct{}
 }
 
 func (s *countingSender) WriteTo(b []byte, to netip.AddrPort) error {
-	err := s.udpSender.WriteTo(b, to)
+	err := s.UDPSender.WriteTo(b, to)
 	if err == nil && s.n.Add(1) == s.target.Load() {
 		s.reached <- struct{}{}
 	}
@@ -125,7 +125,7 @@ func benchKick(b *testing.B, auth bool) {
 		b.Fatal(err)
 	}
 	reg := metrics.NewRegistry()
-	sender := &countingSender{udpSender: udpSender{out}, reached: make(chan struct{}, 1)}
+	sender := &countingSender{UDPSender: UDPSender{Conn: out}, reached: make(chan struct{}, 1)}
 	k, err := New(Config{Store: st, Sender: sender, Keys: keys, Ranges: ranges("127.0.0.0/8"),
 		Rate: -1, TargetRate: -1, Interval: time.Hour, Metrics: reg})
 	if err != nil {

@@ -37,16 +37,32 @@ import (
 
 // Store is what the kicker needs from durable storage.
 type Store interface {
-	Device(u store.UAID) (store.Device, bool, error)
 	UpdateWake(ctx context.Context, u store.UAID, create bool, fn func(old []byte) ([]byte, error)) error
 	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
 	WakeStates(us []store.UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error
 }
 
 // Sender sends one datagram. discovery.Server sends from the STUN socket,
-// so a NAT that mapped the device's STUN requests lets the datagram in.
+// so a NAT that mapped the device's STUN requests lets the datagram in;
+// UDPSender sends from any socket (when STUN is off).
 type Sender interface {
 	WriteTo(b []byte, to netip.AddrPort) error
+}
+
+// UDPSender sends wake datagrams from a plain UDP socket.
+type UDPSender struct{ Conn *net.UDPConn }
+
+// WriteTo sends b to to.
+func (s UDPSender) WriteTo(b []byte, to netip.AddrPort) error {
+	_, err := s.Conn.WriteToUDPAddrPort(b, to)
+	return err
+}
+
+// device reads what the store holds for u: whether it has a record and
+// whether a message waits for it (one seek, not a count).
+func (k *Kicker) device(u store.UAID) (ok, waiting bool, err error) {
+	err = k.cfg.Store.WakeStates([]store.UAID{u}, func(_ int, o bool, _ []byte, w bool) { ok, waiting = o, w })
+	return ok, waiting, err
 }
 
 // Presence is what the kicker asks the hub: whether a device is online
@@ -654,7 +670,7 @@ func (k *Kicker) Key(username string) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q", discovery.ErrUnknownUser, username)
 	}
-	if _, ok, err := k.cfg.Store.Device(u); err != nil {
+	if ok, _, err := k.device(u); err != nil {
 		return nil, fmt.Errorf("read device: %w", err)
 	} else if !ok {
 		return nil, fmt.Errorf("%w: %s", discovery.ErrUnknownUser, username)
@@ -724,7 +740,7 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 			// The device was unreachable, or elsewhere, while messages
 			// may have waited. (A refresh in place does not restart the
 			// backoff.)
-			if d, ok, err := k.cfg.Store.Device(u); err == nil && ok && d.Waiting > 0 {
+			if _, waiting, err := k.device(u); err == nil && waiting {
 				k.Wake(u, time.Time{})
 			}
 		}

@@ -22,14 +22,6 @@ import (
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
-// udpSender sends from a real UDP socket on loopback.
-type udpSender struct{ c *net.UDPConn }
-
-func (s udpSender) WriteTo(b []byte, to netip.AddrPort) error {
-	_, err := s.c.WriteToUDPAddrPort(b, to)
-	return err
-}
-
 // presence is the hub's side of the kicker in these tests.
 type presence struct {
 	mu     sync.Mutex
@@ -112,7 +104,7 @@ func newEnv(t *testing.T, cfg Config, fake bool) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg.Store, cfg.Sender, cfg.Keys, cfg.Metrics = st, udpSender{conn}, keys, e.reg
+	cfg.Store, cfg.Sender, cfg.Keys, cfg.Metrics = st, UDPSender{Conn: conn}, keys, e.reg
 	if cfg.Rate == 0 {
 		cfg.Rate = -1
 	}

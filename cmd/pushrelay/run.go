@@ -296,7 +296,7 @@ func (d *daemon) startWake() error {
 		if err != nil {
 			return fmt.Errorf("wake socket: %w", err)
 		}
-		sender = udpSender{d.udp}
+		sender = kick.UDPSender{Conn: d.udp}
 	}
 	unlimited := func(n int) float64 {
 		if n == 0 {
@@ -323,14 +323,6 @@ type wakeRegistry struct{ k *kick.Kicker }
 func (r *wakeRegistry) Key(username string) ([]byte, error) { return r.k.Key(username) }
 func (r *wakeRegistry) Bind(username string, addr netip.AddrPort, stamp time.Time) error {
 	return r.k.Bind(username, addr, stamp)
-}
-
-// udpSender sends wake datagrams from a plain UDP socket.
-type udpSender struct{ c *net.UDPConn }
-
-func (s udpSender) WriteTo(b []byte, to netip.AddrPort) error {
-	_, err := s.c.WriteToUDPAddrPort(b, to)
-	return err
 }
 
 // shutdown drains in order: readiness off, no new requests, in-flight pushes
