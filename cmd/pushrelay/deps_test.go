@@ -67,6 +67,7 @@ func TestOneWrapperPerLibrary(t *testing.T) {
 		"github.com/prometheus/":       "github.com/pushrelay/pushrelay/relay/metrics",
 		"go.yaml.in/yaml/v3":           "github.com/pushrelay/pushrelay/cmd/pushrelay",
 		"github.com/pion/stun/v3":      "github.com/pushrelay/pushrelay/discovery",
+		"github.com/valyala/fasthttp":  "github.com/pushrelay/pushrelay/relay/endpoint",
 	}
 	lines := goList(t, "-f", "{{.ImportPath}}:{{join .Imports \",\"}}", "../../...")
 	for _, line := range lines {

@@ -48,6 +48,7 @@ type daemon struct {
 	stun    *discovery.Server // nil when STUN is off
 	udp     *net.UDPConn      // the kicker's socket when STUN is off
 	ws      *wsock.Server
+	api     *endpoint.API
 	admin   *admin.Server
 	started time.Time
 
@@ -139,8 +140,9 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		return err
 	}
 	d.kick.SetPresence(d.hub)
-	api, err := endpoint.New(endpoint.Config{
+	d.api, err = endpoint.New(endpoint.Config{
 		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
+		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second,
 		Logger: d.log.With("component", "endpoint"), Metrics: d.reg,
 	})
 	if err != nil {
@@ -157,14 +159,6 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          errLog,
 	}
-	d.servers["endpoint"] = &http.Server{
-		Handler:           api,
-		ReadHeaderTimeout: 10 * time.Second,
-		ReadTimeout:       30 * time.Second,
-		WriteTimeout:      30 * time.Second,
-		IdleTimeout:       120 * time.Second,
-		ErrorLog:          errLog,
-	}
 	if _, ok := d.listeners["admin"]; ok {
 		d.servers["admin"] = &http.Server{Handler: d.admin, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	}
@@ -172,7 +166,12 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, len(d.servers)+2)
+	errc := make(chan error, len(d.servers)+7)
+	wg.Go(func() {
+		if err := d.api.Serve(d.listeners["endpoint"]); err != nil {
+			errc <- fmt.Errorf("endpoint listener: %w", err)
+		}
+	})
 	for name, srv := range d.servers {
 		ln := d.listeners[name]
 		wg.Go(func() {
@@ -332,13 +331,16 @@ func (d *daemon) shutdown() {
 	d.admin.SetReady(false)
 	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
 	defer cancel()
-	for _, name := range []string{"endpoint", "device"} {
-		if err := d.servers[name].Shutdown(ctx); err != nil {
-			d.log.Warn("drain "+name+" listener", "err", err)
-			d.servers[name].Close()
-		}
+	if err := d.api.Shutdown(ctx); err != nil {
+		d.log.Warn("drain endpoint listener", "err", err)
+		d.api.Close()
+	}
+	if err := d.servers["device"].Shutdown(ctx); err != nil {
+		d.log.Warn("drain device listener", "err", err)
+		d.servers["device"].Close()
 	}
 	d.hub.Close()
+	d.api.Close()
 	d.ws.Close()
 	d.kick.Close()
 	if d.stun != nil {

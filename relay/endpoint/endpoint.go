@@ -10,20 +10,28 @@
 // Every error is JSON {code, errno, error, message, more_info} with
 // autopush's errno where autopush has one (docs/endpoint-api.md lists them).
 // Nothing is stored unless the whole request is valid.
+//
+// The API serves HTTP/1.1 with github.com/valyala/fasthttp, which this
+// package alone imports: every message costs one request, and net/http's
+// per-request machinery (a background read, header maps, a context) was a
+// quarter of the relay's CPU per message (docs/benchmarks.md).
 package endpoint
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
-	"net/http"
+	"net"
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
+
+	"github.com/valyala/fasthttp"
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
@@ -47,6 +55,9 @@ const (
 	MaxTopicLen = 32
 	// DefaultMaxData is the largest body accepted (RFC 8030 §7.2: 4096).
 	DefaultMaxData = 4096
+	// MaxHeaderBytes bounds a request's line and headers together. A VAPID
+	// Authorization header is under 1 KiB.
+	MaxHeaderBytes = 8192
 )
 
 // Config configures the API.
@@ -56,20 +67,34 @@ type Config struct {
 	// PublicURL is the base of endpoints; its origin is the VAPID audience.
 	PublicURL string
 	MaxData   int
-	Logger    *slog.Logger
-	Metrics   *metrics.Registry
-	Now       func() time.Time
+	// ReadTimeout bounds reading one request (30s), WriteTimeout writing
+	// its answer (30s), IdleTimeout a keep-alive connection's wait for the
+	// next request (120s).
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+	Logger                                 *slog.Logger
+	Metrics                                *metrics.Registry
+	Now                                    func() time.Time
 }
 
-// API serves the endpoint routes.
+// API serves the endpoint routes. Serve it on a listener with Serve; stop
+// it with Shutdown (drain) or Close.
 type API struct {
 	cfg      Config
 	audience string
-	mux      *http.ServeMux
+	location string // public URL + "/m/"
+	srv      *fasthttp.Server
 	m        *apiMetrics
+	// ctx is what pushes run under: not cancelled by Shutdown, which lets
+	// requests in flight finish, only by Close.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	listeners []net.Listener
+	stopped   bool
 }
 
-// New returns the API handler.
+// New returns the API.
 func New(cfg Config) (*API, error) {
 	if cfg.Tokens == nil || cfg.Pusher == nil {
 		return nil, errors.New("endpoint: Tokens and Pusher are required")
@@ -87,20 +112,146 @@ func New(cfg Config) (*API, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	a := &API{cfg: cfg, audience: u.Scheme + "://" + u.Host, mux: http.NewServeMux(), m: newAPIMetrics(metrics.OrNew(cfg.Metrics))}
-	a.mux.HandleFunc("POST /wpush/{version}/{token}", a.postWebPush)
-	a.mux.HandleFunc("POST /wpush/{token}", a.postWebPush)
-	a.mux.HandleFunc("PUT /update/{token}", a.putSimplePush)
-	a.mux.HandleFunc("DELETE /m/{id}", a.deleteMessage)
-	a.mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
-		a.fail(w, r, errNotFound)
-	})
+	for _, d := range []struct {
+		v   *time.Duration
+		def time.Duration
+	}{{&cfg.ReadTimeout, 30 * time.Second}, {&cfg.WriteTimeout, 30 * time.Second}, {&cfg.IdleTimeout, 120 * time.Second}} {
+		if *d.v <= 0 {
+			*d.v = d.def
+		}
+	}
+	a := &API{
+		cfg:      cfg,
+		audience: u.Scheme + "://" + u.Host,
+		location: strings.TrimSuffix(cfg.PublicURL, "/") + "/m/",
+		m:        newAPIMetrics(metrics.OrNew(cfg.Metrics)),
+	}
+	a.ctx, a.cancel = context.WithCancel(context.Background())
+	a.srv = &fasthttp.Server{
+		Handler:      a.handle,
+		ErrorHandler: a.readFailed,
+		Logger:       logAdapter{cfg.Logger},
+		// A request that fits under MaxData is read whole before the
+		// handler runs; a larger declared length is refused unread.
+		MaxRequestBodySize:    cfg.MaxData,
+		ReadBufferSize:        MaxHeaderBytes,
+		ReadTimeout:           cfg.ReadTimeout,
+		WriteTimeout:          cfg.WriteTimeout,
+		IdleTimeout:           cfg.IdleTimeout,
+		NoDefaultServerHeader: true,
+		NoDefaultContentType:  true,
+		CloseOnShutdown:       true,
+		// Idle keep-alive connections give their buffers back.
+		ReduceMemoryUsage:            true,
+		DisablePreParseMultipartForm: true,
+	}
 	return a, nil
 }
 
-// ServeHTTP implements http.Handler.
-func (a *API) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	a.mux.ServeHTTP(w, r)
+// Serve answers app servers on ln (plain or TLS) until Shutdown or Close;
+// it returns nil then.
+func (a *API) Serve(ln net.Listener) error {
+	a.mu.Lock()
+	if a.stopped {
+		a.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	// Shutdown closes the listeners itself: fasthttp's Shutdown does not
+	// see a listener whose Serve has not reached its accept loop yet.
+	a.listeners = append(a.listeners, ln)
+	a.mu.Unlock()
+	if err := a.srv.Serve(ln); err != nil {
+		return fmt.Errorf("endpoint: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops accepting, closes idle connections and waits for requests
+// in flight (each push is durable before its 201) until ctx ends.
+func (a *API) Shutdown(ctx context.Context) error {
+	a.mu.Lock()
+	a.stopped = true
+	lns := a.listeners
+	a.listeners = nil
+	a.mu.Unlock()
+	for _, ln := range lns {
+		ln.Close() // Serve returns nil
+	}
+	if err := a.srv.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+		return fmt.Errorf("endpoint: drain: %w", err)
+	}
+	return nil
+}
+
+// Close stops the API at once: pushes still waiting for the store give up
+// (their app servers get no 201 and will retry). It is safe to call more
+// than once and after Shutdown.
+func (a *API) Close() error {
+	a.cancel()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	a.Shutdown(ctx)
+	return nil
+}
+
+// logAdapter gives fasthttp's own log lines to slog: a connection that
+// failed (a client's bad request, timeout or reset, already answered and
+// counted) at debug level, anything else (accept errors) as a warning.
+type logAdapter struct{ l *slog.Logger }
+
+func (l logAdapter) Printf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	if strings.HasPrefix(msg, "error when serving connection") {
+		l.l.Debug("http connection ended", "err", msg)
+		return
+	}
+	l.l.Warn("http server", "err", msg)
+}
+
+// handle routes a request.
+func (a *API) handle(ctx *fasthttp.RequestCtx) {
+	path := ctx.Path()
+	switch {
+	case ctx.IsPost():
+		if rest, ok := bytes.CutPrefix(path, []byte("/wpush/")); ok {
+			version, tok, ok := bytes.Cut(rest, []byte("/"))
+			if !ok {
+				a.postWebPush(ctx, "", rest)
+				return
+			}
+			if len(version) > 0 && !bytes.ContainsRune(tok, '/') {
+				a.postWebPush(ctx, string(version), tok)
+				return
+			}
+		}
+	case ctx.IsPut():
+		if tok, ok := bytes.CutPrefix(path, []byte("/update/")); ok && !bytes.ContainsRune(tok, '/') {
+			a.putSimplePush(ctx, tok)
+			return
+		}
+	case ctx.IsDelete():
+		if id, ok := bytes.CutPrefix(path, []byte("/m/")); ok && !bytes.ContainsRune(id, '/') {
+			a.deleteMessage(ctx, id)
+			return
+		}
+	}
+	a.fail(ctx, errNotFound)
+}
+
+// readFailed answers a request fasthttp could not read; the connection is
+// closed after the answer.
+func (a *API) readFailed(ctx *fasthttp.RequestCtx, err error) {
+	var small *fasthttp.ErrSmallBuffer
+	e := errMalformed.with(err.Error())
+	switch {
+	case errors.Is(err, fasthttp.ErrBodyTooLarge):
+		e = errTooLarge
+	case errors.As(err, &small):
+		e = errHeaderTooLarge
+	}
+	a.answer(ctx, e)
+	a.cfg.Logger.Debug("endpoint request unreadable", "remote", ctx.RemoteAddr().String(), "status", e.Code, "errno", e.Errno, "message", e.Message)
 }
 
 // apiError is an error response.
@@ -119,7 +270,7 @@ func (e *apiError) with(detail string) *apiError {
 }
 
 // The errors of the API. Errnos are autopush's (docs/src/errors.md); 115
-// and 116 are pushrelay's own.
+// to 118 are pushrelay's own.
 var (
 	errNotFound      = &apiError{404, 102, "Invalid URL endpoint"}
 	errBadToken      = &apiError{404, 102, "Invalid subscription token"}
@@ -136,124 +287,119 @@ var (
 	errNoMessage     = &apiError{404, 102, "No such message"}
 	errUnavailable   = &apiError{503, 202, "Service unavailable, try again"}
 	errInternal      = &apiError{500, 999, "An internal error occurred"}
+	// What fasthttp could not read as a request.
+	errMalformed      = &apiError{400, 117, "Malformed HTTP request"}
+	errHeaderTooLarge = &apiError{431, 118, "Request headers too large"}
 )
 
-func (a *API) fail(w http.ResponseWriter, r *http.Request, e *apiError) {
+// fail refuses a request with e and logs it.
+func (a *API) fail(ctx *fasthttp.RequestCtx, e *apiError) {
+	a.answer(ctx, e)
+	a.cfg.Logger.Debug("endpoint request refused", "method", string(ctx.Method()), "path", string(ctx.Path()), "status", e.Code, "errno", e.Errno, "message", e.Message)
+}
+
+// answer writes e as the JSON error response and counts it.
+func (a *API) answer(ctx *fasthttp.RequestCtx, e *apiError) {
 	a.m.errors.With(strconv.Itoa(e.Code), strconv.Itoa(e.Errno)).Inc()
-	h := w.Header()
-	h.Set("Content-Type", "application/json")
+	h := &ctx.Response.Header
+	h.SetContentType("application/json")
 	switch e.Code {
-	case http.StatusGone:
+	case fasthttp.StatusGone:
 		h.Set("Cache-Control", "max-age=86400")
-	case http.StatusServiceUnavailable:
+	case fasthttp.StatusServiceUnavailable:
 		h.Set("Retry-After", "120")
 	}
-	w.WriteHeader(e.Code)
-	json.NewEncoder(w).Encode(struct {
+	ctx.SetStatusCode(e.Code)
+	body, _ := json.Marshal(struct {
 		Code     int    `json:"code"`
 		Errno    int    `json:"errno"`
 		Error    string `json:"error"`
 		Message  string `json:"message"`
 		MoreInfo string `json:"more_info"`
-	}{e.Code, e.Errno, http.StatusText(e.Code), e.Message, "docs/endpoint-api.md"})
-	a.cfg.Logger.Debug("endpoint request refused", "method", r.Method, "path", r.URL.Path, "status", e.Code, "errno", e.Errno, "message", e.Message)
+	}{e.Code, e.Errno, fasthttp.StatusMessage(e.Code), e.Message, "docs/endpoint-api.md"})
+	ctx.SetBody(append(body, '\n'))
 }
 
-func (a *API) postWebPush(w http.ResponseWriter, r *http.Request) {
+// header returns a request header's value, "" when absent.
+func header(ctx *fasthttp.RequestCtx, name string) string {
+	return string(ctx.Request.Header.Peek(name))
+}
+
+func (a *API) postWebPush(ctx *fasthttp.RequestCtx, v string, tok []byte) {
 	start := a.cfg.Now()
 	version := 1
-	if v := r.PathValue("version"); v != "" {
+	if v != "" {
 		n, err := strconv.Atoi(strings.TrimPrefix(v, "v"))
 		if err != nil || !strings.HasPrefix(v, "v") {
-			a.fail(w, r, errNotFound)
+			a.fail(ctx, errNotFound)
 			return
 		}
 		version = n
 	}
-	ep, err := a.cfg.Tokens.OpenEndpoint(version, r.PathValue("token"))
+	ep, err := a.cfg.Tokens.OpenEndpoint(version, string(tok))
 	if err != nil {
-		a.fail(w, r, errBadToken)
+		a.fail(ctx, errBadToken)
 		return
 	}
-	msg, aerr := a.parseWebPush(r, ep)
+	msg, aerr := a.parseWebPush(ctx, ep)
 	if aerr != nil {
-		a.fail(w, r, aerr)
+		a.fail(ctx, aerr)
 		return
 	}
-	a.push(w, r, msg, start)
+	a.push(ctx, msg, start)
 }
 
 // parseWebPush validates everything about a Web Push request before
 // anything is stored.
-func (a *API) parseWebPush(r *http.Request, ep token.Endpoint) (relay.Message, *apiError) {
+func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (relay.Message, *apiError) {
 	m := relay.Message{Endpoint: ep}
-	if aerr := a.checkVAPID(r, ep); aerr != nil {
+	if aerr := a.checkVAPID(ctx, ep); aerr != nil {
 		return m, aerr
 	}
-	ttl, aerr := ParseTTL(r.Header.Values("TTL"))
+	var ttls []string
+	for _, v := range ctx.Request.Header.PeekAll("TTL") {
+		ttls = append(ttls, string(v))
+	}
+	ttl, aerr := ParseTTL(ttls)
 	if aerr != nil {
 		return m, aerr
 	}
 	m.TTL = ttl
-	if m.Topic, aerr = ParseTopic(r.Header.Get("Topic")); aerr != nil {
+	if m.Topic, aerr = ParseTopic(header(ctx, "Topic")); aerr != nil {
 		return m, aerr
 	}
-	if m.Urgency, aerr = ParseUrgency(r.Header.Get("Urgency")); aerr != nil {
+	if m.Urgency, aerr = ParseUrgency(header(ctx, "Urgency")); aerr != nil {
 		return m, aerr
 	}
-	body, aerr := a.readBody(r)
-	if aerr != nil {
-		return m, aerr
-	}
+	body := ctx.PostBody()
 	if len(body) > 0 {
-		enc, aerr := checkContent(r.Header, body)
+		get := func(name string) string { return header(ctx, name) }
+		enc, aerr := checkContent(get, body)
 		if aerr != nil {
 			return m, aerr
 		}
-		m.Data = body
+		// fasthttp reuses the request's buffer once the handler returns.
+		m.Data = bytes.Clone(body)
 		m.Encoding = enc
 		if enc == "aesgcm" {
-			m.Encryption = r.Header.Get("Encryption")
-			m.CryptoKey = r.Header.Get("Crypto-Key")
+			m.Encryption = get("Encryption")
+			m.CryptoKey = get("Crypto-Key")
 		}
 	}
 	return m, nil
 }
 
-func (a *API) readBody(r *http.Request) ([]byte, *apiError) {
-	if r.ContentLength > int64(a.cfg.MaxData) {
-		return nil, errTooLarge
-	}
-	if r.ContentLength >= 0 {
-		// The usual case: the length is known (net/http delivers exactly
-		// that many bytes), so read into one buffer of that size.
-		body := make([]byte, r.ContentLength)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
-			return nil, errBadCrypto.with("reading body: " + err.Error())
-		}
-		return body, nil
-	}
-	body, err := io.ReadAll(io.LimitReader(r.Body, int64(a.cfg.MaxData)+1))
-	if err != nil {
-		return nil, errBadCrypto.with("reading body: " + err.Error())
-	}
-	if len(body) > a.cfg.MaxData {
-		return nil, errTooLarge
-	}
-	return body, nil
-}
-
 // checkVAPID verifies the VAPID credentials if any were sent, and requires
 // them, with the bound key, for a v2 endpoint.
-func (a *API) checkVAPID(r *http.Request, ep token.Endpoint) *apiError {
-	auth := r.Header.Get("Authorization")
+func (a *API) checkVAPID(ctx *fasthttp.RequestCtx, ep token.Endpoint) *apiError {
+	auth := header(ctx, "Authorization")
 	if auth == "" {
 		if ep.KeyHash != nil {
 			return errAuth.with("this endpoint requires VAPID")
 		}
 		return nil
 	}
-	creds, err := vapid.ParseAuthorization(auth, r.Header.Get("Crypto-Key"))
+	creds, err := vapid.ParseAuthorization(auth, header(ctx, "Crypto-Key"))
 	if err != nil {
 		return errAuth.with(err.Error())
 	}
@@ -267,12 +413,12 @@ func (a *API) checkVAPID(r *http.Request, ep token.Endpoint) *apiError {
 }
 
 // checkContent validates the content coding of a non-empty body and returns
-// the encoding.
-func checkContent(h http.Header, body []byte) (string, *apiError) {
-	enc := strings.ToLower(strings.TrimSpace(h.Get("Content-Encoding")))
+// the encoding; get reads a request header.
+func checkContent(get func(name string) string, body []byte) (string, *apiError) {
+	enc := strings.ToLower(strings.TrimSpace(get("Content-Encoding")))
 	switch enc {
 	case "aes128gcm":
-		if hasParam(h.Get("Encryption"), "salt") || hasParam(h.Get("Crypto-Key"), "dh") {
+		if hasParam(get("Encryption"), "salt") || hasParam(get("Crypto-Key"), "dh") {
 			return "", errBadCrypto.with("aes128gcm carries its salt and key in the body, not in Encryption/Crypto-Key")
 		}
 		if _, _, _, err := ece.ParseAES128GCMHeader(body); err != nil {
@@ -280,10 +426,10 @@ func checkContent(h http.Header, body []byte) (string, *apiError) {
 		}
 		return enc, nil
 	case "aesgcm":
-		if !hasParam(h.Get("Encryption"), "salt") {
+		if !hasParam(get("Encryption"), "salt") {
 			return "", errMissingCrypto.with("aesgcm needs Encryption: salt=")
 		}
-		if !hasParam(h.Get("Crypto-Key"), "dh") {
+		if !hasParam(get("Crypto-Key"), "dh") {
 			return "", errMissingCrypto.with("aesgcm needs Crypto-Key: dh=")
 		}
 		return enc, nil
@@ -355,25 +501,25 @@ func ParseUrgency(s string) (store.Urgency, *apiError) {
 	return u, nil
 }
 
-func (a *API) push(w http.ResponseWriter, r *http.Request, m relay.Message, start time.Time) {
-	res, err := a.cfg.Pusher.Push(r.Context(), m)
+func (a *API) push(ctx *fasthttp.RequestCtx, m relay.Message, start time.Time) {
+	res, err := a.cfg.Pusher.Push(a.ctx, m)
 	switch {
 	case err == nil:
 	case errors.Is(err, relay.ErrNoSubscription):
-		a.fail(w, r, errNoSub)
+		a.fail(ctx, errNoSub)
 		return
-	case errors.Is(err, relay.ErrClosing):
-		a.fail(w, r, errUnavailable)
+	case errors.Is(err, relay.ErrClosing), errors.Is(err, context.Canceled):
+		a.fail(ctx, errUnavailable)
 		return
 	default:
 		a.cfg.Logger.Error("push failed", "err", err)
-		a.fail(w, r, errInternal)
+		a.fail(ctx, errInternal)
 		return
 	}
-	h := w.Header()
-	h.Set("Location", strings.TrimSuffix(a.cfg.PublicURL, "/")+"/m/"+res.ID)
+	h := &ctx.Response.Header
+	h.Set("Location", a.location+res.ID)
 	h.Set("TTL", strconv.FormatInt(int64(m.TTL/time.Second), 10))
-	w.WriteHeader(http.StatusCreated)
+	ctx.SetStatusCode(fasthttp.StatusCreated)
 	a.m.accepted.Inc()
 	a.m.latency.Observe(a.cfg.Now().Sub(start).Seconds())
 }
@@ -381,24 +527,19 @@ func (a *API) push(w http.ResponseWriter, r *http.Request, m relay.Message, star
 // putSimplePush accepts a SimplePush version update. The version is an
 // integer from the form body or query (version=N); without one the current
 // time in seconds is used, as SimplePush servers did.
-func (a *API) putSimplePush(w http.ResponseWriter, r *http.Request) {
+func (a *API) putSimplePush(ctx *fasthttp.RequestCtx, tok []byte) {
 	start := a.cfg.Now()
-	ep, err := a.cfg.Tokens.OpenEndpoint(1, r.PathValue("token"))
+	ep, err := a.cfg.Tokens.OpenEndpoint(1, string(tok))
 	if err != nil {
-		a.fail(w, r, errBadToken)
+		a.fail(ctx, errBadToken)
 		return
 	}
-	body, aerr := a.readBody(r)
+	v, aerr := ParseSimplePushVersion(string(ctx.PostBody()), string(ctx.URI().QueryString()), start)
 	if aerr != nil {
-		a.fail(w, r, aerr)
+		a.fail(ctx, aerr)
 		return
 	}
-	v, aerr := ParseSimplePushVersion(string(body), r.URL.RawQuery, start)
-	if aerr != nil {
-		a.fail(w, r, aerr)
-		return
-	}
-	a.push(w, r, relay.Message{Endpoint: ep, TTL: MaxTTL, Version: v, Urgency: store.UrgencyNormal}, start)
+	a.push(ctx, relay.Message{Endpoint: ep, TTL: MaxTTL, Version: v, Urgency: store.UrgencyNormal}, start)
 }
 
 // ParseSimplePushVersion reads version=N from a form body or query string.
@@ -419,17 +560,17 @@ func ParseSimplePushVersion(body, query string, now time.Time) (uint64, *apiErro
 	return uint64(now.Unix()), nil
 }
 
-func (a *API) deleteMessage(w http.ResponseWriter, r *http.Request) {
-	err := a.cfg.Pusher.Delete(r.Context(), r.PathValue("id"))
+func (a *API) deleteMessage(ctx *fasthttp.RequestCtx, id []byte) {
+	err := a.cfg.Pusher.Delete(a.ctx, string(id))
 	switch {
 	case err == nil:
-		w.WriteHeader(http.StatusNoContent)
+		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	case errors.Is(err, relay.ErrNoMessage):
-		a.fail(w, r, errNoMessage)
-	case errors.Is(err, relay.ErrClosing):
-		a.fail(w, r, errUnavailable)
+		a.fail(ctx, errNoMessage)
+	case errors.Is(err, relay.ErrClosing), errors.Is(err, context.Canceled):
+		a.fail(ctx, errUnavailable)
 	default:
 		a.cfg.Logger.Error("delete failed", "err", err)
-		a.fail(w, r, errInternal)
+		a.fail(ctx, errInternal)
 	}
 }

@@ -1,12 +1,13 @@
 package endpoint
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
 	"io"
+	"net"
 	"net/http"
-	"net/http/httptest"
 	"strconv"
 	"strings"
 	"testing"
@@ -397,13 +398,15 @@ func TestInternalError(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	req, _ := http.NewRequest("POST", s.path(t, e.base), bytes.NewReader(s.encrypt(t, "x")))
-	req.Header.Set("TTL", "60")
-	req.Header.Set("Content-Encoding", "aes128gcm")
-	rec := httptest.NewRecorder()
-	api.ServeHTTP(rec, req)
-	if rec.Code != 500 || !strings.Contains(rec.Body.String(), `"errno":999`) {
-		t.Fatalf("%d %s", rec.Code, rec.Body)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveAPI(t, api, ln)
+	path := "http://" + ln.Addr().String() + s.path(t, e.base)
+	r := e.do("POST", path, s.encrypt(t, "x"), with(aes128, "TTL", "60"))
+	if r.code != 500 || r.errno != 999 {
+		t.Fatalf("%d %s", r.code, r.body)
 	}
 }
 
@@ -427,5 +430,58 @@ func TestNewValidates(t *testing.T) {
 		if _, err := New(cfg); err == nil {
 			t.Errorf("%s: accepted", name)
 		}
+	}
+}
+
+// Requests fasthttp cannot read as HTTP get a JSON error too, and the
+// connection is closed after it.
+func TestUnreadableRequests(t *testing.T) {
+	e := newEnv(t, nil)
+	d := e.connect("")
+	s := d.subscribe(nil)
+	path := s.path(t, e.base)
+	host := strings.TrimPrefix(e.base, "http://")
+	cases := []struct {
+		name  string
+		raw   string
+		code  int
+		errno int
+	}{
+		{"not HTTP", "HELLO\r\n\r\n", 400, 117},
+		{"bad Content-Length", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Length: ten\r\n\r\n", 400, 117},
+		{"broken chunks", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, 117},
+		{"headers over 8 KiB", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nX-Filler: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\n", 431, 118},
+		{"body over MaxData", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Length: 4097\r\n\r\n", 413, 104},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := io.WriteString(conn, c.raw); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(conn), nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != c.code || !strings.Contains(string(b), `"errno":`+strconv.Itoa(c.errno)) {
+				t.Fatalf("%d %s, want %d errno %d", resp.StatusCode, b, c.code, c.errno)
+			}
+			if ct := resp.Header.Get("Content-Type"); ct != "application/json" {
+				t.Fatalf("Content-Type %q", ct)
+			}
+			if !resp.Close {
+				t.Fatal("connection left open after an unreadable request")
+			}
+		})
+	}
+	if w := e.waiting(); w != 0 {
+		t.Fatalf("unreadable requests stored %d messages", w)
 	}
 }

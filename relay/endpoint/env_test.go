@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -60,8 +61,11 @@ func newEnv(t testing.TB, tweak func(*Config)) *env {
 		t.Fatal(err)
 	}
 
-	epSrv := httptest.NewUnstartedServer(nil)
-	base := "http://" + epSrv.Listener.Addr().String()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	base := "http://" + ln.Addr().String()
 	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, PublicURL: base, CheckKey: vapid.DecodePublicKey, Logger: log})
 	if err != nil {
 		t.Fatal(err)
@@ -75,13 +79,29 @@ func newEnv(t testing.TB, tweak func(*Config)) *env {
 	if err != nil {
 		t.Fatal(err)
 	}
-	epSrv.Config.Handler = api
-	epSrv.Start()
-	t.Cleanup(epSrv.Close)
+	serveAPI(t, api, ln)
 	devSrv := httptest.NewServer(wsock.Handler(wsock.Options{}, func(c *wsock.Conn) { hub.Accept(c) }))
 	t.Cleanup(devSrv.Close)
 	return &env{t: t, st: st, hub: hub, tokens: tokens, api: api, base: base,
 		device: "ws" + strings.TrimPrefix(devSrv.URL, "http")}
+}
+
+// serveAPI serves api on ln until the test ends.
+func serveAPI(t testing.TB, api *API, ln net.Listener) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- api.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := api.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+		api.Close()
+	})
 }
 
 // testDevice is a device connected over the real WebSocket listener.
@@ -200,5 +220,6 @@ func (e *env) waiting() int64 {
 // knownErrnos maps each errno the API documents to its HTTP status.
 var knownErrnos = map[int]int{
 	101: 400, 102: 404, 104: 413, 106: 410, 109: 401, 110: 400,
-	111: 400, 113: 400, 114: 400, 115: 400, 116: 400, 202: 503,
+	111: 400, 113: 400, 114: 400, 115: 400, 116: 400, 117: 400,
+	118: 431, 202: 503,
 }

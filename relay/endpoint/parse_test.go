@@ -175,7 +175,7 @@ func TestCheckContent(t *testing.T) {
 			for k, v := range c.hdr {
 				h.Set(k, v)
 			}
-			enc, aerr := checkContent(h, c.body)
+			enc, aerr := checkContent(h.Get, c.body)
 			if c.wantErrno != 0 {
 				if aerr == nil || aerr.Errno != c.wantErrno || aerr.Code != 400 {
 					t.Fatalf("got %q, %v; want 400 errno %d", enc, aerr, c.wantErrno)
