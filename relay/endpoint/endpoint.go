@@ -26,6 +26,7 @@ import (
 	"log/slog"
 	"net"
 	"net/url"
+	"runtime/debug"
 	"strconv"
 	"strings"
 	"sync"
@@ -212,8 +213,22 @@ func (l logAdapter) Printf(format string, args ...any) {
 	l.l.Warn("http server", "err", msg)
 }
 
-// handle routes a request.
+// handle routes a request. fasthttp does not recover a handler's panic (it
+// would end the process), so handle does: the request gets 500 errno 999
+// and the panic is logged.
 func (a *API) handle(ctx *fasthttp.RequestCtx) {
+	defer func() {
+		if p := recover(); p != nil {
+			a.cfg.Logger.Error("endpoint handler panicked", "method", string(ctx.Method()), "path", string(ctx.Path()), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			ctx.Response.Reset()
+			a.answer(ctx, errInternal)
+			ctx.SetConnectionClose()
+		}
+	}()
+	a.route(ctx)
+}
+
+func (a *API) route(ctx *fasthttp.RequestCtx) {
 	path := ctx.Path()
 	switch {
 	case ctx.IsPost():

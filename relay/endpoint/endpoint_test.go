@@ -485,3 +485,37 @@ func TestUnreadableRequests(t *testing.T) {
 		t.Fatalf("unreadable requests stored %d messages", w)
 	}
 }
+
+type panickingPusher struct{}
+
+func (panickingPusher) Push(context.Context, relay.Message) (relay.Result, error) {
+	panic("bug in the pusher")
+}
+func (panickingPusher) Delete(context.Context, string) error { panic("bug in the pusher") }
+
+// A panic in a handler is answered 500 errno 999 and the listener goes on
+// serving: fasthttp itself would let it end the process.
+func TestHandlerPanicIsContained(t *testing.T) {
+	e := newEnv(t, nil)
+	d := e.connect("")
+	s := d.subscribe(nil)
+	api, err := New(Config{Tokens: e.tokens, Pusher: panickingPusher{}, PublicURL: e.base})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serveAPI(t, api, ln)
+	base := "http://" + ln.Addr().String()
+	for i := 0; i < 2; i++ {
+		r := e.do("POST", base+s.path(t, e.base), s.encrypt(t, "x"), with(aes128, "TTL", "60"))
+		if r.code != 500 || r.errno != 999 {
+			t.Fatalf("attempt %d: %d %s", i, r.code, r.body)
+		}
+	}
+	if r := e.do("DELETE", base+"/m/x", nil, nil); r.code != 500 || r.errno != 999 {
+		t.Fatalf("delete: %d %s", r.code, r.body)
+	}
+}

@@ -1,11 +1,13 @@
 package endpoint
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/json"
 	"io"
 	"math/big"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -230,4 +232,82 @@ func validFieldValue(v string) bool {
 		}
 	}
 	return true
+}
+
+// FuzzRawRequest writes arbitrary bytes to the real listener as one
+// connection's input. Whatever comes back must be HTTP responses, each a
+// 201 or a JSON error with a documented errno, and the listener must still
+// answer a good request afterwards. Seeds are real requests as app servers
+// send them.
+func FuzzRawRequest(f *testing.F) {
+	e := newEnv(f, nil)
+	d := e.connect("")
+	s := d.subscribe(nil)
+	d.c.Close()
+	host := strings.TrimPrefix(e.base, "http://")
+	path := s.path(f, e.base)
+	body := s.encrypt(f, "hello")
+	post := "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body)
+	for _, seed := range []string{
+		post,
+		post + post, // pipelined
+		"POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nTransfer-Encoding: chunked\r\n\r\n" + strconv.FormatInt(int64(len(body)), 16) + "\r\n" + string(body) + "\r\n0\r\n\r\n",
+		"PUT /update/" + path[len("/wpush/v1/"):] + "?version=7 HTTP/1.1\r\nHost: " + host + "\r\nContent-Length: 0\r\n\r\n",
+		"DELETE /m/abc HTTP/1.0\r\n\r\n",
+		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST " + path + " HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+	} {
+		f.Add([]byte(seed))
+	}
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		if len(raw) > 3*MaxHeaderBytes {
+			raw = raw[:3*MaxHeaderBytes]
+		}
+		conn, err := net.Dial("tcp", host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		conn.Write(raw)
+		conn.(*net.TCPConn).CloseWrite()
+		br := bufio.NewReader(conn)
+		for {
+			resp, err := http.ReadResponse(br, nil)
+			if err != nil {
+				break // the connection ended (after zero or more answers)
+			}
+			b, err := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if err != nil {
+				t.Fatalf("reading a %d body: %v", resp.StatusCode, err)
+			}
+			switch {
+			case resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusNoContent:
+			default:
+				var got struct {
+					Code  int `json:"code"`
+					Errno int `json:"errno"`
+				}
+				if err := json.Unmarshal(b, &got); err != nil {
+					t.Fatalf("%d with a non-JSON body %q", resp.StatusCode, b)
+				}
+				if status, ok := knownErrnos[got.Errno]; !ok || status != resp.StatusCode || got.Code != resp.StatusCode {
+					t.Fatalf("%d with %s", resp.StatusCode, b)
+				}
+			}
+		}
+		// The listener still serves.
+		req, _ := http.NewRequest("POST", e.base+path, bytes.NewReader(body))
+		req.Header.Set("TTL", "0")
+		req.Header.Set("Content-Encoding", "aes128gcm")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatalf("good request after the fuzzed one: %v", err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusCreated {
+			t.Fatalf("good request after the fuzzed one: %d", resp.StatusCode)
+		}
+	})
 }
