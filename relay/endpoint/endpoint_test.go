@@ -394,16 +394,7 @@ func TestInternalError(t *testing.T) {
 	e := newEnv(t, nil)
 	d := e.connect("")
 	s := d.subscribe(nil)
-	api, err := New(Config{Tokens: e.tokens, Pusher: failingPusher{}, PublicURL: e.base})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveAPI(t, api, ln)
-	path := "http://" + ln.Addr().String() + s.path(t, e.base)
+	path := e.serveWith(failingPusher{}) + s.path(t, e.base)
 	r := e.do("POST", path, s.encrypt(t, "x"), with(aes128, "TTL", "60"))
 	if r.code != 500 || r.errno != 999 {
 		t.Fatalf("%d %s", r.code, r.body)
@@ -499,16 +490,7 @@ func TestHandlerPanicIsContained(t *testing.T) {
 	e := newEnv(t, nil)
 	d := e.connect("")
 	s := d.subscribe(nil)
-	api, err := New(Config{Tokens: e.tokens, Pusher: panickingPusher{}, PublicURL: e.base})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	serveAPI(t, api, ln)
-	base := "http://" + ln.Addr().String()
+	base := e.serveWith(panickingPusher{})
 	for i := 0; i < 2; i++ {
 		r := e.do("POST", base+s.path(t, e.base), s.encrypt(t, "x"), with(aes128, "TTL", "60"))
 		if r.code != 500 || r.errno != 999 {

@@ -104,6 +104,22 @@ func serveAPI(t testing.TB, api *API, ln net.Listener) {
 	})
 }
 
+// serveWith serves a second API, with the env's tokens and public URL but
+// p as its Pusher, on a listener of its own, and returns its base URL.
+func (e *env) serveWith(p Pusher) string {
+	e.t.Helper()
+	api, err := New(Config{Tokens: e.tokens, Pusher: p, PublicURL: e.base})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	serveAPI(e.t, api, ln)
+	return "http://" + ln.Addr().String()
+}
+
 // testDevice is a device connected over the real WebSocket listener.
 type testDevice struct {
 	t testing.TB

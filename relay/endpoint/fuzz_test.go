@@ -208,19 +208,26 @@ func FuzzHeaders(f *testing.F) {
 		if ct := rec.header.Get("Content-Type"); ct != "application/json" {
 			t.Fatalf("%d with Content-Type %q", rec.Code, ct)
 		}
-		var got struct {
-			Code    int    `json:"code"`
-			Errno   int    `json:"errno"`
-			Error   string `json:"error"`
-			Message string `json:"message"`
-		}
-		if err := json.Unmarshal(rb, &got); err != nil {
-			t.Fatalf("%d with body %q: %v", rec.Code, rb, err)
-		}
-		if status, ok := knownErrnos[got.Errno]; !ok || status != rec.Code || got.Code != rec.Code || got.Message == "" || got.Error == "" {
-			t.Fatalf("%d with %+v", rec.Code, got)
-		}
+		checkErrorBody(t, rec.Code, rb)
 	})
+}
+
+// checkErrorBody fails t unless body is the API's JSON error for status:
+// a documented errno with its status, and a message.
+func checkErrorBody(t *testing.T, status int, body []byte) {
+	t.Helper()
+	var got struct {
+		Code    int    `json:"code"`
+		Errno   int    `json:"errno"`
+		Error   string `json:"error"`
+		Message string `json:"message"`
+	}
+	if err := json.Unmarshal(body, &got); err != nil {
+		t.Fatalf("%d with body %q: %v", status, body, err)
+	}
+	if want, ok := knownErrnos[got.Errno]; !ok || want != status || got.Code != status || got.Message == "" || got.Error == "" {
+		t.Fatalf("%d with %s", status, body)
+	}
 }
 
 // validFieldValue reports whether net/http's server would pass v through as
@@ -285,16 +292,7 @@ func FuzzRawRequest(f *testing.F) {
 			switch {
 			case resp.StatusCode == http.StatusCreated || resp.StatusCode == http.StatusNoContent:
 			default:
-				var got struct {
-					Code  int `json:"code"`
-					Errno int `json:"errno"`
-				}
-				if err := json.Unmarshal(b, &got); err != nil {
-					t.Fatalf("%d with a non-JSON body %q", resp.StatusCode, b)
-				}
-				if status, ok := knownErrnos[got.Errno]; !ok || status != resp.StatusCode || got.Code != resp.StatusCode {
-					t.Fatalf("%d with %s", resp.StatusCode, b)
-				}
+				checkErrorBody(t, resp.StatusCode, b)
 			}
 		}
 		// The listener still serves.
