@@ -142,7 +142,6 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	d.kick.SetPresence(d.hub)
 	d.api, err = endpoint.New(endpoint.Config{
 		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
-		ReadTimeout: 30 * time.Second, WriteTimeout: 30 * time.Second, IdleTimeout: 120 * time.Second,
 		Logger: d.log.With("component", "endpoint"), Metrics: d.reg,
 	})
 	if err != nil {
@@ -166,46 +165,35 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
-	errc := make(chan error, len(d.servers)+7)
-	wg.Go(func() {
-		if err := d.api.Serve(d.listeners["endpoint"]); err != nil {
-			errc <- fmt.Errorf("endpoint listener: %w", err)
-		}
-	})
-	for name, srv := range d.servers {
-		ln := d.listeners[name]
+	// The first part to fail stops the daemon; what fails after it (most
+	// likely because of it) is not waited for.
+	errc := make(chan error, 1)
+	start := func(what string, run func() error) {
 		wg.Go(func() {
-			if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
-				errc <- fmt.Errorf("%s listener: %w", name, err)
+			if err := run(); err != nil {
+				select {
+				case errc <- fmt.Errorf("%s: %w", what, err):
+				default:
+				}
 			}
 		})
 	}
-	wg.Go(func() {
-		if err := d.store.Run(runCtx); err != nil {
-			errc <- fmt.Errorf("store: %w", err)
-		}
-	})
-	wg.Go(func() {
-		if err := d.hub.Run(runCtx); err != nil {
-			errc <- fmt.Errorf("devices: %w", err)
-		}
-	})
-	wg.Go(func() {
-		if err := d.ws.Run(runCtx); err != nil {
-			errc <- fmt.Errorf("device poller: %w", err)
-		}
-	})
-	wg.Go(func() {
-		if err := d.kick.Run(runCtx); err != nil {
-			errc <- fmt.Errorf("wake: %w", err)
-		}
-	})
-	if d.stun != nil {
-		wg.Go(func() {
-			if err := d.stun.Run(runCtx); err != nil {
-				errc <- fmt.Errorf("stun listener: %w", err)
+	start("endpoint listener", func() error { return d.api.Serve(d.listeners["endpoint"]) })
+	for name, srv := range d.servers {
+		ln := d.listeners[name]
+		start(name+" listener", func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
 			}
+			return nil
 		})
+	}
+	start("store", func() error { return d.store.Run(runCtx) })
+	start("devices", func() error { return d.hub.Run(runCtx) })
+	start("device poller", func() error { return d.ws.Run(runCtx) })
+	start("wake", func() error { return d.kick.Run(runCtx) })
+	if d.stun != nil {
+		start("stun listener", func() error { return d.stun.Run(runCtx) })
 	}
 	d.admin.SetReady(true)
 	d.announce(stdout, publicURL)
