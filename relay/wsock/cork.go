@@ -1,8 +1,10 @@
 package wsock
 
 import (
+	"errors"
 	"net"
 	"sync"
+	"time"
 )
 
 // corkConn is the connection gorilla writes to. While corked, writes are
@@ -10,11 +12,53 @@ import (
 // notifications to a device costs one syscall instead of one per frame.
 // Control frames written meanwhile (a close from another goroutine) join
 // the batch; uncork follows at once.
+//
+// It also coarsens deadlines: gorilla sets the write deadline before every
+// frame and pushrelay extends the read deadline after every frame, and each
+// of those re-arms a runtime timer. A deadline that moves later by less
+// than an eighth of the time left to it (at most deadlineSlack) is not
+// passed on, so a read or write may time out that much before its full
+// timeout; earlier and cleared deadlines always pass.
 type corkConn struct {
 	net.Conn
 	mu     sync.Mutex
 	corked bool
 	buf    []byte
+
+	dmu           sync.Mutex // guards the applied deadlines, not held during I/O
+	read, written time.Time  // the deadlines last passed on
+}
+
+// deadlineSlack is the most a deadline may fire earlier than asked. The
+// timeouts it shortens are seconds (writes) to minutes (idle reads).
+const deadlineSlack = time.Second
+
+func (c *corkConn) SetReadDeadline(t time.Time) error {
+	return c.setDeadline(&c.read, t, c.Conn.SetReadDeadline)
+}
+
+func (c *corkConn) SetWriteDeadline(t time.Time) error {
+	return c.setDeadline(&c.written, t, c.Conn.SetWriteDeadline)
+}
+
+func (c *corkConn) SetDeadline(t time.Time) error {
+	return errors.Join(c.SetReadDeadline(t), c.SetWriteDeadline(t))
+}
+
+func (c *corkConn) setDeadline(applied *time.Time, t time.Time, set func(time.Time) error) error {
+	c.dmu.Lock()
+	defer c.dmu.Unlock()
+	if !t.IsZero() && !applied.IsZero() && !t.Before(*applied) {
+		moved := t.Sub(*applied)
+		if moved < deadlineSlack && moved < time.Until(t)/8 {
+			return nil
+		}
+	}
+	if err := set(t); err != nil {
+		return err
+	}
+	*applied = t
+	return nil
 }
 
 // maxCork bounds what a batch gathers before it is written anyway.

@@ -191,6 +191,45 @@ type Conn struct {
 	closing      atomic.Bool  // a close frame was sent; reads are bounded
 	closeOnce    sync.Once
 	releaseOnce  sync.Once
+	// frame holds the frames ReadFrame returns, from framePool, while a
+	// burst is being read; Notify, WaitReadable and Release give it back,
+	// so an idle connection holds none.
+	frame *[]byte
+}
+
+// framePool lends ReadFrame its buffers.
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// maxPooledFrame keeps a rare huge frame's buffer out of the pool.
+const maxPooledFrame = 16 << 10
+
+// putFrame gives the read buffer back to the pool.
+func (c *Conn) putFrame() {
+	if c.frame == nil {
+		return
+	}
+	if cap(*c.frame) <= maxPooledFrame {
+		*c.frame = (*c.frame)[:0]
+		framePool.Put(c.frame)
+	}
+	c.frame = nil
+}
+
+// readFrom appends what r holds to b, like io.ReadAll.
+func readFrom(b []byte, r io.Reader) ([]byte, error) {
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)]
+		}
+		n, err := r.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return b, err
+		}
+	}
 }
 
 // closeGrace bounds how long a closing connection waits for the peer's
@@ -244,6 +283,7 @@ func (c *Conn) SetIdleTimeout(d time.Duration) {
 // gorilla's frame parser. It returns at once when bytes are already
 // buffered, and on TLS connections (which need their own reads).
 func (c *Conn) WaitReadable() error {
+	c.putFrame()
 	if c.raw == nil || c.br.Buffered() > 0 {
 		return nil
 	}
@@ -258,6 +298,7 @@ func (c *Conn) Notify(f func()) bool {
 	if c.poll == nil {
 		return false
 	}
+	c.putFrame()
 	if c.br.Buffered() > 0 {
 		f()
 		return true
@@ -296,7 +337,9 @@ func (c *Conn) Buffered() bool {
 // shallowly it returns (nil, nil) when only pongs were pending: they are
 // consumed here, at the frame boundary, because gorilla would handle a pong
 // and then block deep inside its parser waiting for the next data frame,
-// which on an idle device may be half an hour away.
+// which on an idle device may be half an hour away. The frame is valid
+// until the next ReadFrame, Notify, WaitReadable or Release: its buffer is
+// reused.
 func (c *Conn) ReadFrame() ([]byte, error) {
 	if c.raw != nil {
 		more, err := c.skipPongs()
@@ -315,7 +358,11 @@ func (c *Conn) ReadFrame() ([]byte, error) {
 		c.extend()
 		switch typ {
 		case websocket.TextMessage:
-			b, err := io.ReadAll(r)
+			if c.frame == nil {
+				c.frame = framePool.Get().(*[]byte)
+			}
+			b, err := readFrom((*c.frame)[:0], r)
+			*c.frame = b
 			if err != nil {
 				return nil, mapReadErr(err)
 			}
@@ -426,6 +473,7 @@ func (c *Conn) Close(code int, reason string) error {
 func (c *Conn) Release() error {
 	var err error
 	c.releaseOnce.Do(func() {
+		c.putFrame()
 		c.armed.Store(false)
 		deadline := time.Now().Add(closeGrace)
 		c.closing.Store(true)

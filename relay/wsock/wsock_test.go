@@ -642,10 +642,11 @@ func TestRearmFromCallback(t *testing.T) {
 				got <- "error: " + err.Error()
 				return
 			}
+			frame := string(b) // b is only valid until Notify
 			if !sc.Notify(onReady) {
 				got <- "re-arm failed"
 			}
-			got <- string(b)
+			got <- frame
 		}()
 	}
 	if !sc.Notify(onReady) {
