@@ -33,6 +33,8 @@ type Hub struct {
 	all      map[*session]struct{}   // every session, before and after hello
 
 	work *workers
+	// offerTo is stored's scratch list; only the committer uses it.
+	offerTo []*session
 
 	closeOnce sync.Once
 }
@@ -57,7 +59,26 @@ func New(cfg Config) (*Hub, error) {
 		all:      make(map[*session]struct{}),
 	}
 	h.work = newWorkers(&h.wg, 1024, 2*time.Second)
+	cfg.Store.OnStored(h.stored)
 	return h, nil
+}
+
+// stored is the store's report of a commit: it offers each message to
+// its device's session, in seq order. It runs on the store's committer.
+func (h *Hub) stored(ms []store.Message) {
+	ss := h.offerTo[:0]
+	h.mu.Lock()
+	for _, m := range ms {
+		ss = append(ss, h.sessions[m.UAID])
+	}
+	h.mu.Unlock()
+	for i, s := range ss {
+		if s != nil {
+			s.offer(&ms[i])
+		}
+	}
+	clear(ss)
+	h.offerTo = ss
 }
 
 // Accept takes ownership of a device connection and serves it on a
@@ -149,6 +170,7 @@ func (h *Hub) Close() error {
 		for _, s := range all {
 			s.close(pushproto.CloseGoingAway, "server shutting down")
 		}
+		h.cfg.Store.OnStored(nil)
 		h.work.stop()
 		close(h.stopRun)
 		h.wg.Wait()
@@ -261,7 +283,9 @@ func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
 		return Result{}, wrapStore("store message", err)
 	}
 	h.m.pushed.With("stored").Inc()
-	if s := h.session(u); (s == nil || !s.kick()) && h.cfg.Waker != nil && m.Urgency.AtLeast(store.UrgencyNormal) {
+	// The committer has handed (or is handing) the message to the device's
+	// session, if one was attached (stored).
+	if s := h.session(u); (s == nil || !s.accepting()) && h.cfg.Waker != nil && m.Urgency.AtLeast(store.UrgencyNormal) {
 		// Very-low and low urgency wait for the device's next connection.
 		h.cfg.Waker.Wake(u, stored.Expiry)
 	}
@@ -285,7 +309,7 @@ func (h *Hub) pushDirect(u store.UAID, ch store.ChannelID, m Message, now time.T
 		h.m.dropped.With("ttl0_offline").Inc()
 		return Result{ID: id}, nil
 	}
-	if !s.sendDirect(s.frameFor(dm)) {
+	if !s.sendDirect(s.frameFor(&dm)) {
 		h.m.dropped.With("ttl0_queue_full").Inc()
 		return Result{ID: id}, nil
 	}

@@ -333,6 +333,7 @@ type harness struct {
 	t      *testing.T
 	hub    *relay.Hub
 	st     *store.Store
+	reads  *atomic.Int64 // the hub's calls of Store.Messages
 	tokens *token.Codec
 	// notify: connections arm a callback (as on plain TCP under the
 	// poller) instead of parking a goroutine (as on TLS).
@@ -374,7 +375,8 @@ func newHarnessMode(t *testing.T, notify bool, tweak func(*relay.Config)) *harne
 	if err != nil {
 		t.Fatal(err)
 	}
-	cfg := relay.Config{Store: st, Tokens: tokens, PublicURL: publicURL, Logger: log}
+	cs := &countingStore{Store: st}
+	cfg := relay.Config{Store: cs, Tokens: tokens, PublicURL: publicURL, Logger: log}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -383,13 +385,25 @@ func newHarnessMode(t *testing.T, notify bool, tweak func(*relay.Config)) *harne
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	h := &harness{t: t, hub: hub, st: st, tokens: tokens, notify: notify, ran: make(chan error, 1)}
+	h := &harness{t: t, hub: hub, st: st, reads: &cs.reads, tokens: tokens, notify: notify, ran: make(chan error, 1)}
 	go func() { h.ran <- hub.Run(ctx) }()
 	t.Cleanup(func() {
 		hub.Close()
 		cancel()
 	})
 	return h
+}
+
+// countingStore is the real store, counting the hub's reads of waiting
+// messages.
+type countingStore struct {
+	*store.Store
+	reads atomic.Int64
+}
+
+func (c *countingStore) Messages(u store.UAID, after uint64, limit int) ([]store.Message, error) {
+	c.reads.Add(1)
+	return c.Store.Messages(u, after, limit)
 }
 
 // device is the test's end of one connection.

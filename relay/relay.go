@@ -50,7 +50,8 @@ type Conn interface {
 	// control frames were pending and nothing else is buffered. Errors wrap
 	// pushproto.ErrBinaryFrame, pushproto.ErrFrameTooBig,
 	// pushproto.ErrPeerClosed, or are a net.Error timeout when a read
-	// waited past the idle timeout.
+	// waited past the idle timeout. The frame is the caller's only until
+	// its next call of ReadFrame, Notify, WaitReadable or Release.
 	ReadFrame() ([]byte, error)
 	// Buffered reports whether bytes of a further frame are already held
 	// in the adapter's buffer.
@@ -98,6 +99,9 @@ type Store interface {
 	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
 	Ack(ctx context.Context, u store.UAID, seqs ...uint64) (int, error)
 	Delete(ctx context.Context, u store.UAID, ch store.ChannelID, seq uint64) (bool, error)
+	// OnStored registers the hub's receiver of committed messages (see
+	// store.Store.OnStored); nil unregisters it.
+	OnStored(fn func([]store.Message))
 }
 
 // Waker wakes devices that sleep: the kick subsystem provides it. Its

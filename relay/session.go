@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strconv"
 	"sync"
 	"time"
@@ -49,6 +50,14 @@ type session struct {
 	direct       [][]byte            // TTL-0 frames to write
 	acks         []uint64            // acked seqs to delete
 	flushing     bool                // an ack flusher is running
+
+	// synced is set once the pump has read every stored message past
+	// lastSent and no commit came meanwhile: from then on the hub hands
+	// the session each message it commits for the device (offer), and
+	// queued holds those not yet sent, in seq order, so the pump sends
+	// them without reading them back.
+	synced bool
+	queued []*store.Message
 
 	wmu sync.Mutex
 
@@ -188,7 +197,7 @@ func (s *session) finish() {
 	s.cmu.Unlock()
 	s.conn.Release()
 	s.mu.Lock()
-	unacked := s.wake && (len(s.inflight) > 0 || s.pumpWanted)
+	unacked := s.wake && (len(s.inflight) > 0 || s.pumpWanted || len(s.queued) > 0)
 	s.mu.Unlock()
 	if unacked && h.cfg.Waker != nil {
 		// Messages went out without an ack, or were not sent: the device
@@ -479,6 +488,9 @@ func (s *session) unregister(m pushproto.Unregister) bool {
 		status = 500
 	} else {
 		h.m.unregisters.Inc()
+		s.mu.Lock()
+		s.queued = slices.DeleteFunc(s.queued, func(m *store.Message) bool { return m.Channel == ch })
+		s.mu.Unlock()
 	}
 	return s.write(pushproto.EncodeUnregister(m.ChannelID, status))
 }
@@ -508,7 +520,7 @@ func (s *session) ack(m pushproto.Ack) {
 	if startFlush {
 		s.flushing = true
 	}
-	startPump := s.pumpWanted && !s.pumping && !s.closed && len(s.inflight) < h.cfg.Window
+	startPump := (s.pumpWanted || len(s.queued) > 0) && !s.pumping && !s.closed && len(s.inflight) < h.cfg.Window
 	if startPump {
 		s.pumping = true
 	}
@@ -541,16 +553,20 @@ func (s *session) flushAcks() {
 	}
 }
 
-// kick tells the session the store may hold new messages for it; false
-// means the session is closing and will not send them.
-func (s *session) kick() bool {
+// kick tells the session the store may hold new messages for it.
+func (s *session) kick() {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return false
+		return
 	}
 	s.pumpWanted = true
-	// Nothing goes out before the hello reply: hello kicks once ready.
+	s.startPumpLocked()
+}
+
+// startPumpLocked starts a pump if one may run and unlocks s.mu.
+// Nothing goes out before the hello reply: hello kicks once ready.
+func (s *session) startPumpLocked() {
 	start := s.ready && !s.pumping && len(s.inflight) < s.hub.cfg.Window
 	if start {
 		s.pumping = true
@@ -559,7 +575,45 @@ func (s *session) kick() bool {
 	if start {
 		s.hub.goOwned(s.pump)
 	}
-	return true
+}
+
+// maxQueued bounds the committed messages a session holds for sending;
+// past it the session reads them from the store when it has room.
+const maxQueued = 128
+
+// offer hands the session a message just committed for its device. Called
+// in seq order (Hub.stored): a synced session queues it, dropping a queued
+// message it replaces by topic; any other reads the store again.
+func (s *session) offer(m *store.Message) {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	switch {
+	case !s.synced:
+		s.pumpWanted = true
+	case len(s.queued) >= maxQueued:
+		// Too far behind to hold in memory: what is queued is on disk
+		// past lastSent, and the pump reads it from there.
+		s.synced, s.queued, s.pumpWanted = false, nil, true
+	case m.Seq > s.lastSent:
+		if m.Topic != "" {
+			s.queued = slices.DeleteFunc(s.queued, func(q *store.Message) bool {
+				return q.Channel == m.Channel && q.Topic == m.Topic
+			})
+		}
+		s.queued = append(s.queued, m)
+	}
+	s.startPumpLocked()
+}
+
+// accepting reports whether the session will still send what is stored
+// for it; false means it is closing.
+func (s *session) accepting() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return !s.closed
 }
 
 // sendDirect queues a TTL-0 frame; false if the session is gone or its
@@ -583,9 +637,9 @@ func (s *session) sendDirect(frame []byte) bool {
 }
 
 // pump writes TTL-0 frames and stored messages past lastSent, keeping at
-// most Window notifications in flight. Reading the store (not passing
-// messages along) keeps delivery in seq order whatever order commits are
-// reported in.
+// most Window notifications in flight. Until the session is synced it
+// reads them from the store; then it sends what offer queued. Either way
+// they go out in seq order whatever order commits are reported in.
 func (s *session) pump() {
 	h := s.hub
 	for {
@@ -599,11 +653,24 @@ func (s *session) pump() {
 		direct := s.direct
 		s.direct = nil
 		room := h.cfg.Window - len(s.inflight)
-		want := s.pumpWanted && room > 0
-		if want {
-			s.pumpWanted = false
+		var send []*store.Message
+		read := false
+		switch {
+		case room <= 0:
+		case len(s.queued) > 0:
+			s.dropExpiredLocked(h.cfg.Now())
+			n := min(room, len(s.queued))
+			// send keeps the head of queued's array: offer only appends
+			// past the end of queued and filters from its start.
+			send = s.markSent(s.queued[:n:n])
+			s.queued = s.queued[n:]
+			if len(s.queued) == 0 {
+				s.queued = nil
+			}
+		case s.pumpWanted:
+			s.pumpWanted, read = false, true
 		}
-		if len(direct) == 0 && !want {
+		if len(direct) == 0 && len(send) == 0 && !read {
 			s.pumping = false
 			s.mu.Unlock()
 			return
@@ -618,49 +685,96 @@ func (s *session) pump() {
 			}
 			h.m.delivered.Inc()
 		}
-		if !want {
+		if read {
+			msgs, err := h.cfg.Store.Messages(s.uaid, after, room)
+			if err != nil {
+				h.cfg.Logger.Error("read waiting messages", "uaid", s.uaid.String(), "err", err)
+				s.close(pushproto.CloseServerError, "storage error")
+				s.pumpStopped()
+				return
+			}
+			ptrs := make([]*store.Message, len(msgs))
+			for i := range msgs {
+				ptrs[i] = &msgs[i]
+			}
+			s.mu.Lock()
+			send = s.markSent(ptrs)
+			switch {
+			case len(msgs) == room:
+				s.pumpWanted = true // there may be more
+			case !s.pumpWanted:
+				// Read to the end, and no commit for the device came
+				// during the read: offer now sees every later one.
+				s.synced = true
+			}
+			s.mu.Unlock()
+		}
+		if !s.sendMessages(send) {
+			s.pumpStopped()
+			return
+		}
+	}
+}
+
+// dropExpiredLocked drops queued messages whose TTL ran out while they
+// waited for room (the store's sweep deletes them). s.mu is held.
+func (s *session) dropExpiredLocked(now time.Time) {
+	s.queued = slices.DeleteFunc(s.queued, func(m *store.Message) bool { return !m.Expiry.After(now) })
+}
+
+// markSent takes the messages of msgs past lastSent as sent: in flight
+// until acked. It returns them, in msgs's array. s.mu is held.
+func (s *session) markSent(msgs []*store.Message) []*store.Message {
+	if s.inflight == nil {
+		s.inflight = make(map[uint64]struct{}, len(msgs))
+	}
+	if s.simplePush && s.spInflight == nil {
+		s.spInflight = make(map[spKey]uint64, len(msgs))
+	}
+	send := msgs[:0]
+	for _, m := range msgs {
+		if m.Seq <= s.lastSent {
 			continue
 		}
-		msgs, err := h.cfg.Store.Messages(s.uaid, after, room)
-		if err != nil {
-			h.cfg.Logger.Error("read waiting messages", "uaid", s.uaid.String(), "err", err)
-			s.close(pushproto.CloseServerError, "storage error")
-			s.pumpStopped()
-			return
+		s.inflight[m.Seq] = struct{}{}
+		s.lastSent = m.Seq
+		if s.simplePush {
+			s.spInflight[spKey{m.Channel.String(), strconv.FormatUint(simplePushVersion(*m), 10)}] = m.Seq
 		}
-		s.mu.Lock()
-		if s.inflight == nil {
-			s.inflight = make(map[uint64]struct{}, len(msgs))
-		}
-		if s.simplePush && s.spInflight == nil {
-			s.spInflight = make(map[spKey]uint64, len(msgs))
-		}
-		send := msgs[:0]
-		for _, m := range msgs {
-			if m.Seq <= s.lastSent {
-				continue
-			}
-			s.inflight[m.Seq] = struct{}{}
-			s.lastSent = m.Seq
-			if s.simplePush {
-				s.spInflight[spKey{m.Channel.String(), strconv.FormatUint(simplePushVersion(m), 10)}] = m.Seq
-			}
-			send = append(send, m)
-		}
-		if len(msgs) == room {
-			s.pumpWanted = true // there may be more
-		}
-		s.mu.Unlock()
-		frames := make([][]byte, len(send))
-		for i, m := range send {
-			frames[i] = s.frameFor(m)
-		}
-		if !s.writeAll(frames) {
-			s.pumpStopped()
-			return
-		}
-		h.m.delivered.Add(float64(len(frames)))
+		send = append(send, m)
 	}
+	return send
+}
+
+// frameBufs lends sendMessages the buffer it encodes frames into: the
+// adapter copies a frame out before WriteFrames returns.
+var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+// maxPooledFrames keeps a rare large batch's buffer out of the pool.
+const maxPooledFrames = 64 << 10
+
+// sendMessages writes notifications for msgs as one batch.
+func (s *session) sendMessages(msgs []*store.Message) bool {
+	if len(msgs) == 0 {
+		return true
+	}
+	bp := frameBufs.Get().(*[]byte)
+	buf := (*bp)[:0]
+	frames := make([][]byte, len(msgs))
+	for i, m := range msgs {
+		start := len(buf)
+		buf = s.appendFrame(buf, m)
+		frames[i] = buf[start:len(buf):len(buf)]
+	}
+	ok := s.writeAll(frames)
+	if cap(buf) <= maxPooledFrames {
+		*bp = buf[:0]
+		frameBufs.Put(bp)
+	}
+	if ok {
+		s.hub.m.delivered.Add(float64(len(frames)))
+	}
+	return ok
 }
 
 func (s *session) pumpStopped() {
@@ -684,19 +798,22 @@ func simplePushVersion(m store.Message) uint64 {
 
 // frameFor builds the notification frame for a stored message in the
 // session's dialect.
-func (s *session) frameFor(m store.Message) []byte {
+func (s *session) frameFor(m *store.Message) []byte { return s.appendFrame(nil, m) }
+
+// appendFrame appends m's notification frame to b.
+func (s *session) appendFrame(b []byte, m *store.Message) []byte {
 	if s.simplePush {
-		return pushproto.EncodeSimplePushNotification([]pushproto.SimplePushUpdate{{ChannelID: m.Channel.String(), Version: simplePushVersion(m)}})
+		return append(b, pushproto.EncodeSimplePushNotification([]pushproto.SimplePushUpdate{{ChannelID: m.Channel.String(), Version: simplePushVersion(*m)}})...)
 	}
 	id := s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
-	return notificationFrame(m.Channel.String(), id, m.Data, m.Encoding, m.Encryption, m.CryptoKey, 0)
+	return appendNotification(b, m.Channel.String(), id, m.Data, m.Encoding, m.Encryption, m.CryptoKey, 0)
 }
 
-func notificationFrame(channelID, version string, data []byte, encoding, encryption, cryptoKey string, ttl int) []byte {
+func appendNotification(b []byte, channelID, version string, data []byte, encoding, encryption, cryptoKey string, ttl int) []byte {
 	n := pushproto.Notification{ChannelID: channelID, Version: version, TTL: ttl}
 	if len(data) > 0 {
 		n.RawData = data
 		n.Headers = &pushproto.Headers{Encoding: encoding, Encryption: encryption, CryptoKey: cryptoKey}
 	}
-	return pushproto.EncodeNotification(n)
+	return pushproto.AppendNotification(b, n)
 }

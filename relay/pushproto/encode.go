@@ -3,6 +3,7 @@ package pushproto
 import (
 	"encoding/base64"
 	"encoding/json"
+	"slices"
 	"strconv"
 	"unicode/utf8"
 )
@@ -89,11 +90,17 @@ type Notification struct {
 // delivery, so it appends by hand instead of reflecting; the output is the
 // same JSON encoding/json would give (a test checks).
 func EncodeNotification(n Notification) []byte {
+	return AppendNotification(nil, n)
+}
+
+// AppendNotification appends n's frame, as EncodeNotification makes it,
+// to b.
+func AppendNotification(b []byte, n Notification) []byte {
 	size := 128 + len(n.ChannelID) + len(n.Version) + len(n.Data) + base64.RawURLEncoding.EncodedLen(len(n.RawData))
 	if h := n.Headers; h != nil {
 		size += 64 + len(h.Encoding) + len(h.Encryption) + len(h.CryptoKey)
 	}
-	b := make([]byte, 0, size)
+	b = slices.Grow(b, size)
 	b = append(b, `{"messageType":"notification","channelID":`...)
 	b = appendString(b, n.ChannelID)
 	b = append(b, `,"version":`...)

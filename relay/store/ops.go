@@ -306,6 +306,13 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 	exp := timeNanos(m.Expiry)
 	u, ch, topic := m.UAID, m.Channel, m.Topic
 	seq := new(uint64)
+	// What the stored hook sees: the caller's message with its data in
+	// val, which nothing changes after this (the caller's buffer may be
+	// reused once Append returns).
+	stored := *m
+	if len(m.Data) > 0 {
+		stored.Data = val[len(val)-len(m.Data):]
+	}
 	apply := func(t *txn) error {
 		// A channel implies its device's record (Register writes both,
 		// DeleteDevice removes both).
@@ -346,6 +353,10 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 		t.waiting[u] = n + 1
 		t.delta.waiting++
 		t.stored++
+		if t.keepAppended {
+			stored.Seq = *seq
+			t.addAppended(stored)
+		}
 		for n := n + 1; n > t.maxMessages; n-- {
 			dropped, err := t.dropOldest(u)
 			if err != nil {

@@ -126,6 +126,7 @@ type Store struct {
 	waiting                   map[UAID]int
 	nDevices, nChans, nWait   atomic.Int64
 	nCommits                  atomic.Uint64 // successful commits, for benchmarks
+	onStored                  atomic.Pointer[func([]Message)]
 	maxMessages, maxChannels  int
 	sweepChunk                int
 	lastCommitErrLog          time.Time
@@ -381,6 +382,7 @@ func (s *Store) commit(batch []*op) {
 		failed := -1
 		err := s.db.Update(func(tx *bolt.Tx) error {
 			t = s.newTxn(tx)
+			t.batchLen = len(ops)
 			var err error
 			if failed, err = applyOps(t, ops); err != nil {
 				return err
@@ -397,6 +399,11 @@ func (s *Store) commit(batch []*op) {
 			t.countMetrics(s.m)
 			for _, o := range ops {
 				close(o.done)
+			}
+			if fn := s.onStored.Load(); fn != nil && len(t.appended) > 0 {
+				if ms := t.stillStored(); len(ms) > 0 {
+					(*fn)(ms)
+				}
 			}
 			return
 		}
@@ -417,6 +424,21 @@ func (s *Store) commit(batch []*op) {
 		}
 		return
 	}
+}
+
+// OnStored sets the function the committer calls after each commit that
+// stored messages, with those of them still waiting when it committed, in
+// seq order; nil removes it. Commits are reported one at a time, in the
+// order they happened, after their callers were answered. fn runs on the
+// committer: it must return quickly and must not call a mutating method
+// (that would wait for the committer it is holding up). The slice and the
+// messages are fn's to keep; the committer never touches them again.
+func (s *Store) OnStored(fn func([]Message)) {
+	if fn == nil {
+		s.onStored.Store(nil)
+		return
+	}
+	s.onStored.Store(&fn)
 }
 
 // maxCachedCounts bounds Store.waiting: past it the counts are forgotten

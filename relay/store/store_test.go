@@ -734,6 +734,107 @@ func TestBatchIsolation(t *testing.T) {
 	checkStats(t, s, Stats{Devices: 1, Channels: 1, Waiting: 4})
 }
 
+// OnStored reports each commit's stored messages once, in seq order, as
+// they stand when the batch commits: not a message a later op of the same
+// batch replaced by topic or dropped for the cap, not a rejected one, not
+// the writes of an op that failed and was rolled back.
+func TestOnStoredReportsCommits(t *testing.T) {
+	ctx := context.Background()
+	s := openTest(t, Options{MaxMessagesPerUAID: 3})
+	u := uaid(1)
+	mustRegister(t, s, u, chid(1))
+	reports := make(chan []Message, 10)
+	s.OnStored(func(ms []Message) { reports <- ms })
+	next := func() []Message {
+		t.Helper()
+		select {
+		case ms := <-reports:
+			return ms
+		case <-time.After(5 * time.Second):
+			t.Fatal("no report")
+			return nil
+		}
+	}
+	withTopic := func(topic, data string) Message {
+		m := msg(u, chid(1), data)
+		m.Topic = topic
+		return m
+	}
+
+	// Park the committer so the next ops form one batch, queued in order.
+	release := make(chan struct{})
+	parked := make(chan struct{})
+	go s.do(ctx, func(*txn) error { close(parked); <-release; return nil })
+	<-parked
+	ops := []func() (Message, error){
+		func() (Message, error) { return s.Append(ctx, withTopic("t", "a")) },
+		func() (Message, error) { return s.Append(ctx, msg(u, chid(1), "plain")) },
+		func() (Message, error) { return s.Append(ctx, withTopic("t", "b")) }, // replaces a
+		func() (Message, error) { return s.Append(ctx, msg(u, chid(9), "rejected")) },
+		func() (Message, error) {
+			return Message{}, s.do(ctx, func(t *txn) error { return errors.New("disk on fire") })
+		},
+		func() (Message, error) { return s.Append(ctx, msg(u, chid(1), "c")) },
+		func() (Message, error) { return s.Append(ctx, msg(u, chid(1), "d")) }, // the cap drops plain
+	}
+	got := make([]Message, len(ops))
+	errs := make([]error, len(ops))
+	var wg sync.WaitGroup
+	for i, op := range ops {
+		wg.Go(func() { got[i], errs[i] = op() })
+		for len(s.queue) < i+1 {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	close(release)
+	wg.Wait()
+	for _, i := range []int{0, 1, 2, 5, 6} {
+		if errs[i] != nil {
+			t.Fatalf("op %d: %v", i, errs[i])
+		}
+	}
+	first := next()
+	if d := datas(first); d != "b,c,d" {
+		t.Fatalf("reported %q, want b,c,d", d)
+	}
+	for i, j := range []int{2, 5, 6} {
+		r := first[i]
+		if r.Seq != got[j].Seq || r.UAID != u || r.Channel != chid(1) || r.Expiry.IsZero() {
+			t.Errorf("reported %+v for op %d's %+v", r, j, got[j])
+		}
+	}
+	if first[0].Topic != "t" {
+		t.Errorf("topic %q not reported", first[0].Topic)
+	}
+	if d := datas(mustMessages(t, s, u)); d != "b,c,d" {
+		t.Fatalf("stored %q", d)
+	}
+
+	// The reported data is the store's copy, not the caller's buffer.
+	buf := []byte("mine")
+	mustAppend(t, s, Message{UAID: u, Channel: chid(1), TTL: time.Hour, Data: buf})
+	copy(buf, "XXXX")
+	if d := datas(next()); d != "mine" {
+		t.Fatalf("second report %q", d)
+	}
+
+	// Ops that store nothing are not reported, and nil unregisters.
+	if _, err := s.Ack(ctx, u, got[5].Seq); err != nil {
+		t.Fatal(err)
+	}
+	mustAppend(t, s, msg(u, chid(1), "e"))
+	if d := datas(next()); d != "e" {
+		t.Fatalf("third report %q", d)
+	}
+	s.OnStored(nil)
+	mustAppend(t, s, msg(u, chid(1), "f"))
+	select {
+	case ms := <-reports:
+		t.Fatalf("reported %q after OnStored(nil)", datas(ms))
+	case <-time.After(50 * time.Millisecond):
+	}
+}
+
 func TestCloseIdempotentAndErrClosed(t *testing.T) {
 	ctx := context.Background()
 	path := filepath.Join(t.TempDir(), "store.db")

@@ -2,7 +2,9 @@ package store
 
 import (
 	"bytes"
+	"cmp"
 	"encoding/binary"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -50,6 +52,16 @@ type txn struct {
 	// cached if it commits.
 	cached  map[UAID]int
 	waiting map[UAID]int
+
+	// appended collects the messages this transaction stored, in seq
+	// order, when the Store has a stored hook; gone marks (by index) those
+	// removed later in the same transaction: a topic or the cap can replace
+	// a message of the same batch.
+	appended []Message
+	gone     []bool
+	// keepAppended says whether to collect them; batchLen sizes appended.
+	keepAppended bool
+	batchLen     int
 }
 
 func (s *Store) newTxn(tx *bolt.Tx) *txn {
@@ -66,6 +78,7 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 		maxChannels: s.maxChannels,
 		cached:      s.waiting,
 	}
+	t.keepAppended = s.onStored.Load() != nil
 	// Messages and expiry rows are queues: appended at the tail of a key
 	// range (a device's seqs, expiry times) and removed from its head.
 	// bbolt's default half-full split doubles their size on disk.
@@ -173,7 +186,51 @@ func (t *txn) removeMessage(u UAID, seq uint64, h msgHeader, why reason) error {
 	t.delta.waiting--
 	t.deleted[why]++
 	t.addMessages(u, -1)
+	t.unappend(seq)
 	return nil
+}
+
+// addAppended records a message this transaction stored.
+func (t *txn) addAppended(m Message) {
+	if t.appended == nil {
+		t.appended = make([]Message, 0, t.batchLen)
+	}
+	t.appended = append(t.appended, m)
+}
+
+// stillStored returns the messages this transaction appended and did not
+// remove again, in seq order, in the transaction's array.
+func (t *txn) stillStored() []Message {
+	if t.gone == nil {
+		return t.appended
+	}
+	out := t.appended[:0]
+	for i, m := range t.appended {
+		if i >= len(t.gone) || !t.gone[i] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
+
+// unappend marks message seq gone if this transaction appended it.
+func (t *txn) unappend(seq uint64) {
+	if len(t.appended) == 0 || seq < t.appended[0].Seq {
+		return
+	}
+	i, ok := slices.BinarySearchFunc(t.appended, seq, func(m Message, seq uint64) int {
+		return cmp.Compare(m.Seq, seq)
+	})
+	if !ok {
+		return
+	}
+	if t.gone == nil {
+		t.gone = make([]bool, 0, cap(t.appended))
+	}
+	if i >= len(t.gone) {
+		t.gone = append(t.gone, make([]bool, i+1-len(t.gone))...)
+	}
+	t.gone[i] = true
 }
 
 // dropOldest removes u's oldest message; false if it has none. An
