@@ -308,8 +308,16 @@ type op struct {
 	// any other error, which aborts the transaction.
 	apply func(t *txn) error
 	err   error         // the outcome, set by the committer
-	done  chan struct{} // closed by the committer when err is final
+	done  chan struct{} // capacity 1: the committer sends once err is final
 }
+
+// opPool holds ops for reuse: every mutation needs one, and its channel
+// would be a second allocation.
+var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
+
+// finish hands o its outcome. The committer must not touch o afterwards:
+// its caller may reuse it at once.
+func (o *op) finish() { o.done <- struct{}{} }
 
 // rejection marks an error as an op's logical outcome rather than a
 // failure of the transaction.
@@ -325,21 +333,27 @@ func reject(err error) error { return rejection{err} }
 // skipped; once applied, the call waits for the fsync, so a nil error
 // always means durable and a non-nil error means nothing was written.
 func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
-	o := &op{ctx: ctx, apply: apply, done: make(chan struct{})}
 	s.mu.RLock()
 	if s.closed {
 		s.mu.RUnlock()
 		return ErrClosed
 	}
+	o := opPool.Get().(*op)
+	o.ctx, o.apply = ctx, apply
 	select {
 	case s.queue <- o:
 	case <-ctx.Done():
 		s.mu.RUnlock()
+		o.ctx, o.apply = nil, nil
+		opPool.Put(o)
 		return ctx.Err()
 	}
 	s.mu.RUnlock()
 	<-o.done
-	return o.err
+	err := o.err
+	*o = op{done: o.done}
+	opPool.Put(o)
+	return err
 }
 
 // commitLoop is the committer: it takes the first queued op, adds what
@@ -398,7 +412,7 @@ func (s *Store) commit(batch []*op) {
 			s.m.commitSeconds.Observe(time.Since(start).Seconds())
 			t.countMetrics(s.m)
 			for _, o := range ops {
-				close(o.done)
+				o.finish()
 			}
 			if fn := s.onStored.Load(); fn != nil && len(t.appended) > 0 {
 				if ms := t.stillStored(); len(ms) > 0 {
@@ -411,7 +425,7 @@ func (s *Store) commit(batch []*op) {
 		if failed >= 0 {
 			o := ops[failed]
 			o.err = fmt.Errorf("store write: %w", err)
-			close(o.done)
+			o.finish()
 			s.logCommitError("store op failed; retrying the rest of its batch", err)
 			ops = slices.Delete(ops, failed, failed+1)
 			continue
@@ -420,7 +434,7 @@ func (s *Store) commit(batch []*op) {
 		s.logCommitError("store commit failed", err)
 		for _, o := range ops {
 			o.err = err
-			close(o.done)
+			o.finish()
 		}
 		return
 	}
