@@ -282,7 +282,7 @@ func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
 	if err != nil {
 		return Result{}, wrapStore("store message", err)
 	}
-	h.m.pushed.With("stored").Inc()
+	h.m.pushedStored.Inc()
 	// The committer has handed (or is handing) the message to the device's
 	// session, if one was attached (stored).
 	if s := h.session(u); (s == nil || !s.accepting()) && h.cfg.Waker != nil && m.Urgency.AtLeast(store.UrgencyNormal) {
@@ -309,7 +309,7 @@ func (h *Hub) pushDirect(u store.UAID, ch store.ChannelID, m Message, now time.T
 		h.m.dropped.With("ttl0_offline").Inc()
 		return Result{ID: id}, nil
 	}
-	if !s.sendDirect(s.frameFor(&dm)) {
+	if !s.sendDirect(s.directFrame(&dm)) {
 		h.m.dropped.With("ttl0_queue_full").Inc()
 		return Result{ID: id}, nil
 	}

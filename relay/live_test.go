@@ -108,3 +108,25 @@ func TestLiveQueueFollowsStore(t *testing.T) {
 	}
 	d.expectNone(150 * time.Millisecond)
 }
+
+// An ack names a message by the version it was sent with; one written
+// differently (padded base64 here) still names it: the message is deleted
+// and leaves the window.
+func TestAckOfRewrittenVersion(t *testing.T) {
+	h := newHarness(t, func(c *relay.Config) { c.Window = 1 })
+	d := h.hello("")
+	s := d.subscribe()
+	h.mustPush(s, time.Hour, "a")
+	h.mustPush(s, time.Hour, "b")
+	n := d.expect(pushproto.TypeNotification)
+	if p := payload(t, n); p != "a" {
+		t.Fatalf("got %q", p)
+	}
+	d.expectNone(100 * time.Millisecond) // the window is full
+	n.Version += "=="
+	d.ack(n)
+	if p := payload(t, d.expect(pushproto.TypeNotification)); p != "b" {
+		t.Fatalf("got %q after the ack", p)
+	}
+	waitFor(t, "a deleted", func() bool { return h.waiting() == 1 })
+}

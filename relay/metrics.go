@@ -1,6 +1,11 @@
 package relay
 
-import "github.com/pushrelay/pushrelay/relay/metrics"
+import (
+	"strconv"
+
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+)
 
 type hubMetrics struct {
 	connections metrics.Gauge
@@ -16,10 +21,13 @@ type hubMetrics struct {
 	acked       *metrics.CounterVec // code
 	nacks       metrics.Counter
 	pings       metrics.Counter
+
+	// Children of the label values every message counts, resolved once.
+	pushedStored, ackedOK, framesAck metrics.Counter
 }
 
 func newHubMetrics(r *metrics.Registry) *hubMetrics {
-	return &hubMetrics{
+	m := &hubMetrics{
 		connections: r.Gauge("pushrelay_device_connections", "Device WebSocket sessions open now."),
 		accepted:    r.Counter("pushrelay_device_connections_total", "Device connections accepted."),
 		hellos:      r.CounterVec("pushrelay_device_hellos_total", "Completed hellos by result (new UAID or resumed).", "result"),
@@ -34,4 +42,8 @@ func newHubMetrics(r *metrics.Registry) *hubMetrics {
 		nacks:       r.Counter("pushrelay_device_nacks_total", "Nacks received from devices."),
 		pings:       r.Counter("pushrelay_device_pings_total", "WebPush {} pings answered."),
 	}
+	m.pushedStored = m.pushed.With("stored")
+	m.ackedOK = m.acked.With(strconv.Itoa(pushproto.AckOK))
+	m.framesAck = m.frames.With(string(pushproto.TypeAck))
+	return m
 }

@@ -42,14 +42,13 @@ type session struct {
 	closedAt     time.Time
 	finished     bool
 	lastPingSent time.Time
-	inflight     map[uint64]struct{} // seqs sent and not yet acked
-	spInflight   map[spKey]uint64    // SimplePush (channel, version) → seq
-	lastSent     uint64              // highest seq sent on this session
-	pumpWanted   bool                // the store may hold messages to send
-	pumping      bool                // a pump goroutine is running
-	direct       [][]byte            // TTL-0 frames to write
-	acks         []uint64            // acked seqs to delete
-	flushing     bool                // an ack flusher is running
+	inflight     map[sentKey]uint64 // notifications sent and not yet acked → seq
+	lastSent     uint64             // highest seq sent on this session
+	pumpWanted   bool               // the store may hold messages to send
+	pumping      bool               // a pump goroutine is running
+	direct       [][]byte           // TTL-0 frames to write
+	acks         []uint64           // acked seqs to delete
+	flushing     bool               // an ack flusher is running
 
 	// synced is set once the pump has read every stored message past
 	// lastSent and no commit came meanwhile: from then on the hub hands
@@ -330,7 +329,7 @@ func (s *session) handle(msg any) bool {
 		h.m.frames.With(string(pushproto.TypeUnregister)).Inc()
 		return s.unregister(m)
 	case pushproto.Ack:
-		h.m.frames.With(string(pushproto.TypeAck)).Inc()
+		h.m.framesAck.Inc()
 		s.ack(m)
 		return true
 	case pushproto.Nack:
@@ -499,21 +498,29 @@ func (s *session) ack(m pushproto.Ack) {
 	h := s.hub
 	s.mu.Lock()
 	for _, up := range m.Updates {
-		h.m.acked.With(strconv.Itoa(up.Code)).Inc()
-		if s.simplePush {
-			if seq, ok := s.spInflight[spKey{up.ChannelID, up.Version}]; ok {
-				delete(s.spInflight, spKey{up.ChannelID, up.Version})
-				delete(s.inflight, seq)
-				s.acks = append(s.acks, seq)
-				continue
-			}
+		if up.Code == pushproto.AckOK {
+			h.m.ackedOK.Inc()
+		} else {
+			h.m.acked.With(strconv.Itoa(up.Code)).Inc()
 		}
+		key := sentKey{up.ChannelID, up.Version}
+		if seq, ok := s.inflight[key]; ok {
+			delete(s.inflight, key)
+			s.acks = append(s.acks, seq)
+			continue
+		}
+		// Not in flight as sent: a message id from an earlier connection
+		// (or written differently) still names a message of this device.
 		id, err := h.cfg.Tokens.OpenMessageID(up.Version)
 		if err != nil || store.UAID(id.UAID) != s.uaid || store.ChannelID(id.Channel).String() != up.ChannelID {
 			h.m.dropped.With("ack_unknown").Inc()
 			continue
 		}
-		delete(s.inflight, id.Seq)
+		for k, seq := range s.inflight {
+			if seq == id.Seq {
+				delete(s.inflight, k)
+			}
+		}
 		s.acks = append(s.acks, id.Seq)
 	}
 	startFlush := len(s.acks) > 0 && !s.flushing
@@ -653,16 +660,15 @@ func (s *session) pump() {
 		direct := s.direct
 		s.direct = nil
 		room := h.cfg.Window - len(s.inflight)
-		var send []*store.Message
+		var send []outgoing
 		read := false
 		switch {
 		case room <= 0:
 		case len(s.queued) > 0:
 			s.dropExpiredLocked(h.cfg.Now())
 			n := min(room, len(s.queued))
-			// send keeps the head of queued's array: offer only appends
-			// past the end of queued and filters from its start.
-			send = s.markSent(s.queued[:n:n])
+			send = s.markSent(s.queued[:n])
+			clear(s.queued[:n])
 			s.queued = s.queued[n:]
 			if len(s.queued) == 0 {
 				s.queued = nil
@@ -722,26 +728,33 @@ func (s *session) dropExpiredLocked(now time.Time) {
 	s.queued = slices.DeleteFunc(s.queued, func(m *store.Message) bool { return !m.Expiry.After(now) })
 }
 
+// outgoing is a notification about to be written: the message and the
+// channelID and version the device sees and acks it by.
+type outgoing struct {
+	m   *store.Message
+	key sentKey
+}
+
 // markSent takes the messages of msgs past lastSent as sent: in flight
-// until acked. It returns them, in msgs's array. s.mu is held.
-func (s *session) markSent(msgs []*store.Message) []*store.Message {
+// until acked. s.mu is held.
+func (s *session) markSent(msgs []*store.Message) []outgoing {
 	if s.inflight == nil {
-		s.inflight = make(map[uint64]struct{}, len(msgs))
+		s.inflight = make(map[sentKey]uint64, len(msgs))
 	}
-	if s.simplePush && s.spInflight == nil {
-		s.spInflight = make(map[spKey]uint64, len(msgs))
-	}
-	send := msgs[:0]
+	var send []outgoing
 	for _, m := range msgs {
 		if m.Seq <= s.lastSent {
 			continue
 		}
-		s.inflight[m.Seq] = struct{}{}
-		s.lastSent = m.Seq
+		key := sentKey{channel: m.Channel.String()}
 		if s.simplePush {
-			s.spInflight[spKey{m.Channel.String(), strconv.FormatUint(simplePushVersion(*m), 10)}] = m.Seq
+			key.version = strconv.FormatUint(simplePushVersion(*m), 10)
+		} else {
+			key.version = s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
 		}
-		send = append(send, m)
+		s.inflight[key] = m.Seq
+		s.lastSent = m.Seq
+		send = append(send, outgoing{m, key})
 	}
 	return send
 }
@@ -754,16 +767,16 @@ var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &
 const maxPooledFrames = 64 << 10
 
 // sendMessages writes notifications for msgs as one batch.
-func (s *session) sendMessages(msgs []*store.Message) bool {
+func (s *session) sendMessages(msgs []outgoing) bool {
 	if len(msgs) == 0 {
 		return true
 	}
 	bp := frameBufs.Get().(*[]byte)
 	buf := (*bp)[:0]
 	frames := make([][]byte, len(msgs))
-	for i, m := range msgs {
+	for i, o := range msgs {
 		start := len(buf)
-		buf = s.appendFrame(buf, m)
+		buf = s.appendFrame(buf, o.m, o.key)
 		frames[i] = buf[start:len(buf):len(buf)]
 	}
 	ok := s.writeAll(frames)
@@ -784,8 +797,8 @@ func (s *session) pumpStopped() {
 	s.mu.Unlock()
 }
 
-// spKey names a SimplePush notification in flight.
-type spKey struct{ channel, version string }
+// sentKey names a notification in flight as the device acks it.
+type sentKey struct{ channel, version string }
 
 // simplePushVersion is the version a SimplePush device sees: the one the
 // app server PUT, or the message's seq for a Web Push message.
@@ -796,17 +809,22 @@ func simplePushVersion(m store.Message) uint64 {
 	return m.Seq
 }
 
-// frameFor builds the notification frame for a stored message in the
-// session's dialect.
-func (s *session) frameFor(m *store.Message) []byte { return s.appendFrame(nil, m) }
-
-// appendFrame appends m's notification frame to b.
-func (s *session) appendFrame(b []byte, m *store.Message) []byte {
-	if s.simplePush {
-		return append(b, pushproto.EncodeSimplePushNotification([]pushproto.SimplePushUpdate{{ChannelID: m.Channel.String(), Version: simplePushVersion(*m)}})...)
+// directFrame builds the frame of a TTL-0 message, which is never acked,
+// in the session's dialect.
+func (s *session) directFrame(m *store.Message) []byte {
+	key := sentKey{channel: m.Channel.String()}
+	if !s.simplePush {
+		key.version = s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
 	}
-	id := s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
-	return appendNotification(b, m.Channel.String(), id, m.Data, m.Encoding, m.Encryption, m.CryptoKey, 0)
+	return s.appendFrame(nil, m, key)
+}
+
+// appendFrame appends the notification frame of m, sent as key, to b.
+func (s *session) appendFrame(b []byte, m *store.Message, key sentKey) []byte {
+	if s.simplePush {
+		return append(b, pushproto.EncodeSimplePushNotification([]pushproto.SimplePushUpdate{{ChannelID: key.channel, Version: simplePushVersion(*m)}})...)
+	}
+	return appendNotification(b, key.channel, key.version, m.Data, m.Encoding, m.Encryption, m.CryptoKey, 0)
 }
 
 func appendNotification(b []byte, channelID, version string, data []byte, encoding, encryption, cryptoKey string, ttl int) []byte {

@@ -130,8 +130,15 @@ type Unregister struct {
 type AckUpdate struct {
 	ChannelID string
 	Version   string
-	Code      int // 100 delivered, 101 decryption error, 102 not delivered
+	Code      int // AckOK, AckDecryptError or AckNotDelivered
 }
+
+// Ack codes, as Firefox sends them.
+const (
+	AckOK           = 100 // delivered
+	AckDecryptError = 101 // the device could not decrypt it
+	AckNotDelivered = 102 // not delivered for another reason
+)
 
 // Ack acknowledges notifications.
 type Ack struct {
