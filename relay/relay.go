@@ -7,6 +7,13 @@
 // message leaves the store only when the device acks it; what a device did not
 // ack comes again on its next hello.
 //
+// Delivery: a session first reads what waits for its device from the store
+// (the pump, at most Window notifications in flight). Once a read finds
+// the end with no commit for the device in between, the session is synced:
+// the store reports every commit to the hub (Store.OnStored) in seq order,
+// and the hub hands each new message to its device's session, which sends
+// it from memory. A session that falls behind reads the store again.
+//
 // Goroutines: an idle session has none. When its adapter reports bytes to
 // read (Notify), a worker reads and handles the burst of frames, then the
 // session is armed again. Adapters that cannot notify get a worker parked

@@ -53,6 +53,11 @@
 // rejection (ErrNoChannel, ErrTooManyChannels, ...) does not affect the
 // rest of its batch.
 //
+// After each commit that stored messages, the committer passes them to the
+// function set with OnStored, in seq order and as they stand at the commit
+// (one replaced or dropped by a later op of its batch is left out), so a
+// consumer can deliver them without reading them back.
+//
 // # Concurrency
 //
 // Store.mu (shared by senders and readers, exclusive in Close) is the only
