@@ -1,7 +1,10 @@
 package relay_test
 
 import (
+	"fmt"
+	"math/rand/v2"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -129,4 +132,164 @@ func TestAckOfRewrittenVersion(t *testing.T) {
 		t.Fatalf("got %q after the ack", p)
 	}
 	waitFor(t, "a deleted", func() bool { return h.waiting() == 1 })
+}
+
+// Pushes, acks, skipped acks and reconnects interleave over several
+// devices with a small window, so sessions move between reading the store
+// and taking messages from commits many times. Within each connection
+// notifications come in seq order and skip no message that still waits (one
+// not acked and not replaceable by topic); at the end every message that
+// was not replaced has arrived and the store is empty.
+func TestLiveStress(t *testing.T) {
+	h := newHarness(t, func(c *relay.Config) { c.Window = 3 })
+	rng := rand.New(rand.NewPCG(1, 2))
+	const devices, each = 4, 200
+	type state struct {
+		d       *device
+		subs    []*sub
+		lastSeq uint64 // in the current connection
+		lastN   int    // the push number last received on it, or -1
+		onConn  int    // notifications on the current connection
+		unacked int    // of which not acked: at the window, it is stuck
+		got     map[string]bool
+		acked   map[int]bool
+	}
+	ds := make([]*state, devices)
+	for i := range ds {
+		d := h.hello("")
+		ds[i] = &state{d: d, subs: []*sub{d.subscribe(), d.subscribe()}, lastN: -1, got: map[string]bool{}, acked: map[int]bool{}}
+	}
+	lastTopic := make([]string, devices)
+	var wg sync.WaitGroup
+	errs := make(chan error, devices)
+	for i, st := range ds {
+		wg.Go(func() {
+			for n := range each {
+				data := fmt.Sprintf("%d/%d", i, n)
+				m := relay.Message{Endpoint: st.subs[n%2].ep, TTL: time.Hour, Data: []byte(data), Encoding: "aes128gcm"}
+				if n%5 == 0 {
+					m.Topic = "t"
+					m.Endpoint = st.subs[0].ep
+					lastTopic[i] = data
+				}
+				if _, err := h.hub.Push(t.Context(), m); err != nil {
+					errs <- err
+					return
+				}
+			}
+		})
+	}
+	pushed := make(chan struct{})
+	go func() { wg.Wait(); close(pushed) }()
+
+	// read takes up to max of the frames a device has been sent, checks
+	// their order and acks most of them; ackAll acks every one.
+	read := func(st *state, max int, ackAll bool) int {
+		n := 0
+		for n < max {
+			var b []byte
+			select {
+			case b = <-st.d.c.out:
+			default:
+				return n
+			}
+			f, err := pushproto.DecodeServer(b)
+			if err != nil || f.MessageType != pushproto.TypeNotification {
+				t.Fatalf("frame %q: %v", b, err)
+			}
+			id, err := h.tokens.OpenMessageID(f.Version)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if id.Seq <= st.lastSeq {
+				t.Fatalf("seq %d after %d on one connection", id.Seq, st.lastSeq)
+			}
+			st.lastSeq = id.Seq
+			data := payload(t, f)
+			var dev, pn int
+			if _, err := fmt.Sscanf(data, "%d/%d", &dev, &pn); err != nil {
+				t.Fatal(err)
+			}
+			// One sender per device posts in order, so push numbers
+			// follow seqs: a gap may hold only acked or replaceable ones.
+			if st.lastN >= 0 {
+				for k := st.lastN + 1; k < pn; k++ {
+					if k%5 != 0 && !st.acked[k] {
+						t.Fatalf("device %d got %d after %d on one connection; %d waits", dev, pn, st.lastN, k)
+					}
+				}
+			}
+			st.lastN = pn
+			st.got[data] = true
+			st.onConn++
+			n++
+			if ackAll || rng.IntN(10) < 8 {
+				st.d.ack(f)
+				st.acked[pn] = true
+			} else {
+				st.unacked++
+			}
+		}
+		return n
+	}
+	reconnects := 0
+	reconnect := func(st *state) {
+		reconnects++
+		st.d.c.hangUp()
+		st.d = h.hello(st.d.uaid)
+		st.lastSeq, st.lastN, st.onConn, st.unacked = 0, -1, 0, 0
+	}
+	deadline := time.Now().Add(20 * time.Second)
+	for done := false; !done; {
+		select {
+		case <-pushed:
+			done = true
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("pushes did not finish in time")
+		}
+		for _, st := range ds {
+			// One frame a round, slower than the senders, so backlogs
+			// build up; a connection stuck at its window is replaced.
+			read(st, 1, false)
+			if st.unacked == 3 || st.onConn >= 20+rng.IntN(40) {
+				reconnect(st)
+			}
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if reconnects < 4 {
+		t.Fatalf("only %d reconnects while pushing: the test did not interleave", reconnects)
+	}
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	// A last connection each takes and acks what is left.
+	for _, st := range ds {
+		reconnect(st)
+	}
+	for quiet := time.Now(); time.Since(quiet) < 300*time.Millisecond; {
+		if time.Now().After(deadline) {
+			t.Fatal("the rest did not arrive in time")
+		}
+		moved := 0
+		for _, st := range ds {
+			moved += read(st, 1000, true)
+		}
+		if moved > 0 {
+			quiet = time.Now()
+		}
+		time.Sleep(time.Millisecond)
+	}
+	for i, st := range ds {
+		for n := range each {
+			data := fmt.Sprintf("%d/%d", i, n)
+			if (n%5 != 0 || data == lastTopic[i]) && !st.got[data] {
+				t.Errorf("device %d never got %s", i, data)
+			}
+		}
+	}
+	waitFor(t, "store drained", func() bool { return h.waiting() == 0 })
 }
