@@ -2,6 +2,7 @@ package relay
 
 import (
 	"errors"
+	"hash/maphash"
 	"net"
 	"net/netip"
 	"slices"
@@ -42,13 +43,13 @@ type session struct {
 	closedAt     time.Time
 	finished     bool
 	lastPingSent time.Time
-	inflight     map[sentKey]uint64 // notifications sent and not yet acked → seq
-	lastSent     uint64             // highest seq sent on this session
-	pumpWanted   bool               // the store may hold messages to send
-	pumping      bool               // a pump goroutine is running
-	direct       [][]byte           // TTL-0 frames to write
-	acks         []uint64           // acked seqs to delete
-	flushing     bool               // an ack flusher is running
+	inflight     map[uint64]uint64 // notifications sent and not yet acked: sentHash → seq
+	lastSent     uint64            // highest seq sent on this session
+	pumpWanted   bool              // the store may hold messages to send
+	pumping      bool              // a pump goroutine is running
+	direct       [][]byte          // TTL-0 frames to write
+	acks         []uint64          // acked seqs to delete
+	flushing     bool              // an ack flusher is running
 
 	// synced is set once the pump has read every stored message past
 	// lastSent and no commit came meanwhile: from then on the hub hands
@@ -503,7 +504,7 @@ func (s *session) ack(m pushproto.Ack) {
 		} else {
 			h.m.acked.With(strconv.Itoa(up.Code)).Inc()
 		}
-		key := sentKey{up.ChannelID, up.Version}
+		key := sentHash(up.ChannelID, up.Version)
 		if seq, ok := s.inflight[key]; ok {
 			delete(s.inflight, key)
 			s.acks = append(s.acks, seq)
@@ -739,7 +740,7 @@ type outgoing struct {
 // until acked. s.mu is held.
 func (s *session) markSent(msgs []*store.Message) []outgoing {
 	if s.inflight == nil {
-		s.inflight = make(map[sentKey]uint64, len(msgs))
+		s.inflight = make(map[uint64]uint64, len(msgs))
 	}
 	var send []outgoing
 	for _, m := range msgs {
@@ -752,7 +753,7 @@ func (s *session) markSent(msgs []*store.Message) []outgoing {
 		} else {
 			key.version = s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
 		}
-		s.inflight[key] = m.Seq
+		s.inflight[sentHash(key.channel, key.version)] = m.Seq
 		s.lastSent = m.Seq
 		send = append(send, outgoing{m, key})
 	}
@@ -797,8 +798,26 @@ func (s *session) pumpStopped() {
 	s.mu.Unlock()
 }
 
-// sentKey names a notification in flight as the device acks it.
+// sentKey names a notification as the device sees and acks it.
 type sentKey struct{ channel, version string }
+
+// sentSeed keys sentHash.
+var sentSeed = maphash.MakeSeed()
+
+// sentHash is what a session keeps of a notification in flight: a seeded
+// hash of its channelID and version, 8 bytes instead of the 130 of the
+// strings (a session may hold Window of them, and a relay tens of
+// thousands of sessions). A collision among one session's hundred or so
+// is as good as impossible, and its worst case is an ack that frees the
+// wrong window slot of the same device.
+func sentHash(channel, version string) uint64 {
+	var h maphash.Hash
+	h.SetSeed(sentSeed)
+	h.WriteString(channel)
+	h.WriteByte(0)
+	h.WriteString(version)
+	return h.Sum64()
+}
 
 // simplePushVersion is the version a SimplePush device sees: the one the
 // app server PUT, or the message's seq for a Web Push message.
