@@ -808,8 +808,8 @@ var sentSeed = maphash.MakeSeed()
 // hash of its channelID and version, 8 bytes instead of the 130 of the
 // strings (a session may hold Window of them, and a relay tens of
 // thousands of sessions). A collision among one session's hundred or so
-// is as good as impossible, and its worst case is an ack that frees the
-// wrong window slot of the same device.
+// (odds near 1 in 10^15) would let the ack of one delete the other, a
+// message already written to the same device.
 func sentHash(channel, version string) uint64 {
 	var h maphash.Hash
 	h.SetSeed(sentSeed)
