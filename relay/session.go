@@ -747,12 +747,7 @@ func (s *session) markSent(msgs []*store.Message) []outgoing {
 		if m.Seq <= s.lastSent {
 			continue
 		}
-		key := sentKey{channel: m.Channel.String()}
-		if s.simplePush {
-			key.version = strconv.FormatUint(simplePushVersion(*m), 10)
-		} else {
-			key.version = s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
-		}
+		key := s.keyFor(m)
 		s.inflight[sentHash(key.channel, key.version)] = m.Seq
 		s.lastSent = m.Seq
 		send = append(send, outgoing{m, key})
@@ -828,14 +823,22 @@ func simplePushVersion(m store.Message) uint64 {
 	return m.Seq
 }
 
+// keyFor is how the device sees and acks m in the session's dialect: a
+// SimplePush version number, or a sealed message id.
+func (s *session) keyFor(m *store.Message) sentKey {
+	key := sentKey{channel: m.Channel.String()}
+	if s.simplePush {
+		key.version = strconv.FormatUint(simplePushVersion(*m), 10)
+	} else {
+		key.version = s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
+	}
+	return key
+}
+
 // directFrame builds the frame of a TTL-0 message, which is never acked,
 // in the session's dialect.
 func (s *session) directFrame(m *store.Message) []byte {
-	key := sentKey{channel: m.Channel.String()}
-	if !s.simplePush {
-		key.version = s.hub.cfg.Tokens.SealMessageID(token.MessageID{UAID: m.UAID, Channel: m.Channel, Seq: m.Seq})
-	}
-	return s.appendFrame(nil, m, key)
+	return s.appendFrame(nil, m, s.keyFor(m))
 }
 
 // appendFrame appends the notification frame of m, sent as key, to b.
