@@ -11,6 +11,7 @@ package wsock
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -194,11 +195,11 @@ type Conn struct {
 	// frame holds the frames ReadFrame returns, from framePool, while a
 	// burst is being read; Notify, WaitReadable and Release give it back,
 	// so an idle connection holds none.
-	frame *[]byte
+	frame *bytes.Buffer
 }
 
 // framePool lends ReadFrame its buffers.
-var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+var framePool = sync.Pool{New: func() any { return bytes.NewBuffer(make([]byte, 0, 1024)) }}
 
 // maxPooledFrame keeps a rare huge frame's buffer out of the pool.
 const maxPooledFrame = 16 << 10
@@ -208,28 +209,11 @@ func (c *Conn) putFrame() {
 	if c.frame == nil {
 		return
 	}
-	if cap(*c.frame) <= maxPooledFrame {
-		*c.frame = (*c.frame)[:0]
+	if c.frame.Cap() <= maxPooledFrame {
+		c.frame.Reset()
 		framePool.Put(c.frame)
 	}
 	c.frame = nil
-}
-
-// readFrom appends what r holds to b, like io.ReadAll.
-func readFrom(b []byte, r io.Reader) ([]byte, error) {
-	for {
-		if len(b) == cap(b) {
-			b = append(b, 0)[:len(b)]
-		}
-		n, err := r.Read(b[len(b):cap(b)])
-		b = b[:len(b)+n]
-		if err == io.EOF {
-			return b, nil
-		}
-		if err != nil {
-			return b, err
-		}
-	}
 }
 
 // closeGrace bounds how long a closing connection waits for the peer's
@@ -359,14 +343,13 @@ func (c *Conn) ReadFrame() ([]byte, error) {
 		switch typ {
 		case websocket.TextMessage:
 			if c.frame == nil {
-				c.frame = framePool.Get().(*[]byte)
+				c.frame = framePool.Get().(*bytes.Buffer)
 			}
-			b, err := readFrom((*c.frame)[:0], r)
-			*c.frame = b
-			if err != nil {
+			c.frame.Reset()
+			if _, err := c.frame.ReadFrom(r); err != nil {
 				return nil, mapReadErr(err)
 			}
-			return b, nil
+			return c.frame.Bytes(), nil
 		case websocket.BinaryMessage:
 			return nil, pushproto.ErrBinaryFrame
 		}
