@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
+	"fmt"
 	"strconv"
 	"sync"
 	"time"
@@ -26,6 +27,8 @@ type Hub struct {
 	cancel context.CancelFunc
 	// stopRun ends Run; closed by Close before it waits.
 	stopRun chan struct{}
+	// done is closed when Shutdown's wait is over.
+	done chan struct{}
 
 	mu       sync.Mutex
 	closing  bool
@@ -55,6 +58,7 @@ func New(cfg Config) (*Hub, error) {
 		ctx:      ctx,
 		cancel:   cancel,
 		stopRun:  make(chan struct{}),
+		done:     make(chan struct{}),
 		sessions: make(map[store.UAID]*session),
 		all:      make(map[*session]struct{}),
 	}
@@ -142,30 +146,29 @@ func (h *Hub) Run(ctx context.Context) error {
 	}
 }
 
+// keepalive only decides: pings and closes are queued for each session's
+// writer, so a device whose socket is stuck holds up nobody's check.
 func (h *Hub) keepalive() {
 	now := h.cfg.Now()
 	h.mu.Lock()
-	all := make([]*session, 0, len(h.all))
-	for s := range h.all {
-		all = append(all, s)
-	}
+	all := h.allLocked()
 	h.mu.Unlock()
 	for _, s := range all {
 		s.check(now)
 	}
 }
 
-// Close closes every session with 1001, waits for the hub's goroutines (ack
-// flushers finish their writes first) and refuses new work. It is
-// idempotent.
-func (h *Hub) Close() error {
+// Shutdown refuses new work, closes every session with 1001 and waits
+// until the hub's goroutines are done: each session writes what it had
+// queued and its close frame within closeGrace, ack flushers finish their
+// deletes. If ctx ends first, every socket is cut and the store calls made
+// for sessions are cancelled, and Shutdown returns once the goroutines
+// have seen that, with ctx's error. Later calls wait the same way.
+func (h *Hub) Shutdown(ctx context.Context) error {
 	h.closeOnce.Do(func() {
 		h.mu.Lock()
 		h.closing = true
-		all := make([]*session, 0, len(h.all))
-		for s := range h.all {
-			all = append(all, s)
-		}
+		all := h.allLocked()
 		h.mu.Unlock()
 		for _, s := range all {
 			s.close(pushproto.CloseGoingAway, "server shutting down")
@@ -173,10 +176,46 @@ func (h *Hub) Close() error {
 		h.cfg.Store.OnStored(nil)
 		h.work.stop()
 		close(h.stopRun)
-		h.wg.Wait()
-		h.cancel()
+		go func() {
+			h.wg.Wait()
+			h.cancel()
+			close(h.done)
+		}()
 	})
-	return nil
+	select {
+	case <-h.done:
+		return nil
+	case <-ctx.Done():
+	}
+	h.mu.Lock()
+	all := h.allLocked()
+	h.mu.Unlock()
+	h.cfg.Logger.Warn("shutdown deadline: cutting device sockets", "sessions", len(all))
+	for _, s := range all {
+		s.conn.Expire(0)
+	}
+	h.cancel()
+	<-h.done
+	return fmt.Errorf("close device sessions: %w", context.Cause(ctx))
+}
+
+// closeTimeout bounds Close.
+const closeTimeout = 10 * time.Second
+
+// Close is Shutdown bounded by ten seconds. It is idempotent.
+func (h *Hub) Close() error {
+	ctx, cancel := context.WithTimeout(context.Background(), closeTimeout)
+	defer cancel()
+	return h.Shutdown(ctx)
+}
+
+// allLocked lists every session; h.mu is held.
+func (h *Hub) allLocked() []*session {
+	all := make([]*session, 0, len(h.all))
+	for s := range h.all {
+		all = append(all, s)
+	}
+	return all
 }
 
 // attach makes s the session of its UAID, closing the one it replaces.
@@ -234,7 +273,9 @@ func (h *Hub) session(u store.UAID) *session {
 }
 
 // goOwned runs f on one of the hub's workers, which Close waits for. The
-// caller must be a live session or hold another WaitGroup count.
+// caller must hold a WaitGroup count while it calls: a session's reader
+// (the session's count), Run, or a ticket taken under session.mu while the
+// session was open (startPumpLocked).
 func (h *Hub) goOwned(f func()) { h.work.run(f) }
 
 // goWait runs f, which may block on a device for long, on a goroutine of
@@ -310,7 +351,7 @@ func (h *Hub) pushDirect(u store.UAID, ch store.ChannelID, m Message, now time.T
 		return Result{ID: id}, nil
 	}
 	if !s.sendDirect(s.directFrame(&dm)) {
-		h.m.dropped.With("ttl0_queue_full").Inc()
+		h.m.dropped.With("ttl0_outbox_full").Inc()
 		return Result{ID: id}, nil
 	}
 	h.m.pushed.With("direct").Inc()

@@ -21,6 +21,8 @@ type hubMetrics struct {
 	acked       *metrics.CounterVec // code
 	nacks       metrics.Counter
 	pings       metrics.Counter
+	slow        *metrics.CounterVec // reason: timeout, error, outbox_full
+	outbox      metrics.Gauge       // bytes queued for device sockets, all sessions
 
 	// Children of the label values every message counts, resolved once.
 	pushedStored, ackedOK, framesAck metrics.Counter
@@ -41,6 +43,8 @@ func newHubMetrics(r *metrics.Registry) *hubMetrics {
 		acked:       r.CounterVec("pushrelay_messages_acked_total", "Acks received from devices by ack code.", "code"),
 		nacks:       r.Counter("pushrelay_device_nacks_total", "Nacks received from devices."),
 		pings:       r.Counter("pushrelay_device_pings_total", "WebPush {} pings answered."),
+		outbox:      r.Gauge("pushrelay_device_outbox_bytes", "Bytes of frames queued for device sockets and not yet written, over all sessions (each is bounded by outbox_bytes plus 16 KiB of replies)."),
+		slow:        r.CounterVec("pushrelay_device_write_failures_total", "Device sessions ended because the relay could not write to them: timeout (the device did not read within the write timeout), error (the socket failed), outbox_full (the device made the relay queue more replies than its outbox holds without reading).", "reason"),
 	}
 	m.pushedStored = m.pushed.With("stored")
 	m.ackedOK = m.acked.With(strconv.Itoa(pushproto.AckOK))

@@ -53,6 +53,17 @@ type pipeConn struct {
 	// onIdle, if set, runs (on the hub's goroutine) each time the hub sets
 	// the idle timeout.
 	onIdle func(time.Duration)
+	onPing func([]byte)
+	expiry time.Time // set by Expire: reads and writes end by then
+
+	// stuck, while open, makes writes block as on a socket whose peer
+	// stopped reading: until unstick, or the expiry.
+	stuck        chan struct{}
+	writeTimeout time.Duration // a stuck write fails after this (0: never)
+	expired      chan struct{} // closed by Expire
+	expOnce      sync.Once
+	writers      atomic.Int32 // writes blocked now
+	pongsOut     [][]byte     // pongs the hub wrote
 
 	wake     chan struct{} // something arrived or the deadline moved
 	closed   chan struct{} // the hub sent its close frame
@@ -71,8 +82,79 @@ func newPipeConn(notify bool) *pipeConn {
 		closed:   make(chan struct{}),
 		hungUp:   make(chan struct{}),
 		released: make(chan struct{}),
+		expired:  make(chan struct{}),
 	}
 }
+
+// stick makes the device stop reading: the hub's writes block, each for
+// at most writeTimeout (0: until the hub expires the connection).
+func (c *pipeConn) stick(writeTimeout time.Duration) {
+	c.mu.Lock()
+	c.stuck = make(chan struct{})
+	c.writeTimeout = writeTimeout
+	c.mu.Unlock()
+}
+
+// blockIfStuck is a write's wait on a device that does not read.
+func (c *pipeConn) blockIfStuck() error {
+	c.mu.Lock()
+	stuck, writeTimeout := c.stuck, c.writeTimeout
+	c.mu.Unlock()
+	if stuck == nil {
+		return nil
+	}
+	c.writers.Add(1)
+	defer c.writers.Add(-1)
+	var timeout <-chan time.Time
+	if writeTimeout > 0 {
+		t := time.NewTimer(writeTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case <-stuck:
+		return nil
+	case <-c.expired:
+		return os.ErrDeadlineExceeded
+	case <-timeout:
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func (c *pipeConn) Expire(d time.Duration) {
+	c.mu.Lock()
+	t := time.Now().Add(d)
+	if c.expiry.IsZero() || t.Before(c.expiry) {
+		c.expiry = t
+	}
+	if c.deadline.IsZero() || t.Before(c.deadline) {
+		c.deadline = t
+	}
+	c.idle = 0 // reads no longer extend the deadline
+	c.mu.Unlock()
+	// Writes give up at the expiry.
+	time.AfterFunc(d, func() { c.expOnce.Do(func() { close(c.expired) }) })
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (c *pipeConn) OnPing(f func([]byte)) { c.onPing = f }
+
+func (c *pipeConn) Pong(p []byte) error {
+	if err := c.blockIfStuck(); err != nil {
+		return err
+	}
+	c.mu.Lock()
+	c.pongsOut = append(c.pongsOut, p)
+	c.mu.Unlock()
+	return nil
+}
+
+// devicePing is a transport ping from the device, as the adapter's reader
+// would hand it to the hub.
+func (c *pipeConn) devicePing(p []byte) { c.onPing(p) }
 
 var errCloseSent = errors.New("pipe: close frame already sent")
 
@@ -248,6 +330,9 @@ func (c *pipeConn) WriteFrame(p []byte) error {
 	if c.isClosed() {
 		return errCloseSent
 	}
+	if err := c.blockIfStuck(); err != nil {
+		return err
+	}
 	select {
 	case c.out <- append([]byte(nil), p...):
 		return nil
@@ -269,6 +354,9 @@ func (c *pipeConn) WriteFrames(frames [][]byte) error {
 func (c *pipeConn) Ping() error {
 	if c.isClosed() {
 		return errCloseSent
+	}
+	if err := c.blockIfStuck(); err != nil {
+		return err
 	}
 	c.pings.Add(1)
 	if c.autoPong.Load() {
@@ -294,6 +382,9 @@ func (c *pipeConn) SetIdleTimeout(d time.Duration) {
 }
 
 func (c *pipeConn) Close(code int, reason string) error {
+	if err := c.blockIfStuck(); err != nil {
+		return err
+	}
 	c.closeOnce.Do(func() {
 		c.mu.Lock()
 		c.closeCode, c.closeReason = code, reason

@@ -17,11 +17,18 @@
 // Goroutines: an idle session has none. When its adapter reports bytes to
 // read (Notify), a worker reads and handles the burst of frames, then the
 // session is armed again. Adapters that cannot notify get a worker parked
-// in WaitReadable instead. Workers also run the pumps that write
-// notifications and the flushers that delete acked messages; Run's loop
-// pings idle devices and enforces the hello and pong timeouts. Each live
-// session holds one count of the Hub's WaitGroup, and so does every worker;
-// Close waits for them all.
+// in WaitReadable instead. Workers also run the pumps that read the store
+// and queue notifications, and the flushers that delete acked messages;
+// none of them writes to a socket. Every frame a session sends (replies,
+// notifications, TTL-0 messages, pongs, pings, the close frame) goes
+// through its outbox, a queue bounded in bytes that a goroutine of the
+// session's own writes while it holds anything (outbox.go). A device that
+// stops reading therefore stalls only its own writer, until the write
+// timeout ends it; its messages wait in the store. Run's loop only
+// decides: it queues pings and closes and bounds a closing socket's life
+// (Conn.Expire), and never waits for one. Each live session holds one
+// count of the Hub's WaitGroup, and so does every worker and writer;
+// Shutdown waits for them all, to its deadline.
 //
 // This is for memory: a relay holds tens of thousands of idle devices, and
 // a goroutine parked deep in a WebSocket read keeps a 4 to 8 KiB stack for
@@ -29,8 +36,8 @@
 // 800 bytes), while JSON decoding and store calls happen on workers whose
 // grown stacks are reused.
 //
-// Lock order: session.cmu, then Hub.mu or session.mu (never both), then
-// session.wmu. No lock is held across a store call.
+// Lock order: Hub.mu or session.mu, never both at once. No lock is held
+// across a store call or a socket write.
 package relay
 
 import (
@@ -49,9 +56,9 @@ import (
 )
 
 // Conn is a device connection as the core sees it: text frames in and out.
-// One goroutine at a time reads (ReadFrame, WaitReadable); WriteFrame and
-// Ping are serialized by the core; Close, Disarm and Idle may be called at
-// any time.
+// One goroutine at a time reads (ReadFrame, WaitReadable); one at a time
+// writes (WriteFrame, WriteFrames, Ping, Pong, Close: the session's
+// writer); Expire, Disarm and Idle may be called at any time.
 type Conn interface {
 	// ReadFrame returns the next text frame, or (nil, nil) when only
 	// control frames were pending and nothing else is buffered. Errors wrap
@@ -83,11 +90,22 @@ type Conn interface {
 	WriteFrames(frames [][]byte) error
 	// Ping sends a transport-level ping.
 	Ping() error
+	// OnPing makes the adapter hand each transport ping it reads to f
+	// (on the reading goroutine; f must not block) instead of answering
+	// it; the core answers with Pong from its writer.
+	OnPing(f func(payload []byte))
+	// Pong answers a transport ping.
+	Pong(payload []byte) error
+	// Expire bounds the connection's end: every read and write, one in
+	// progress included, returns within d, and no later deadline reaches
+	// past it. It does not block.
+	Expire(d time.Duration)
 	// SetIdleTimeout bounds blocked reads, counted from the last frame or
 	// pong received.
 	SetIdleTimeout(d time.Duration)
 	// Close sends a close frame with code and reason (once) and makes a
-	// pending ReadFrame return within a short grace period.
+	// pending ReadFrame return within a short grace period. It is written
+	// by the session's writer, after everything queued before it.
 	Close(code int, reason string) error
 	// Release closes the socket after the closing handshake (reading the
 	// peer's close for up to a second); called once, when the session ends.
@@ -148,6 +166,10 @@ type Config struct {
 	PongTimeout     time.Duration // close when a ping goes unanswered (4s... plus one tick)
 	MinPingInterval time.Duration // WebPush {} pings closer than this close the socket (45s); 0 keeps the default, <0 disables
 	Window          int           // notifications in flight per device (100)
+	// OutboxBytes bounds the encoded notifications a session holds for
+	// writing, and the committed messages it holds for sending, each
+	// (64 KiB). What does not fit waits in the store.
+	OutboxBytes int
 
 	// Waker, if set, wakes sleeping devices; WakeIdleClose is how long a
 	// session of a device accepted for UDP wake may go without traffic
@@ -175,6 +197,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.Window <= 0 {
 		c.Window = 100
+	}
+	if c.OutboxBytes <= 0 {
+		c.OutboxBytes = 64 << 10
 	}
 	if c.WakeIdleClose <= 0 {
 		c.WakeIdleClose = 10 * time.Second

@@ -16,11 +16,9 @@ import (
 	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
-// maxDirect bounds the TTL-0 frames waiting for a session's pump.
-const maxDirect = 32
-
 // session is one device connection. The reader goroutine (run) owns the
-// fields above mu; mu guards the rest; wmu serializes writes to conn.
+// fields above mu; mu guards the rest. Only the session's writer (see
+// outbox) writes to conn.
 type session struct {
 	hub  *Hub
 	conn Conn
@@ -41,36 +39,44 @@ type session struct {
 	closed       bool // no more work may start
 	wake         bool // accepted for UDP wake: close with 4774 when idle
 	closedAt     time.Time
-	finished     bool
+	finished     bool // the reader is done: the writer releases the socket
+	release      bool // finish asked the writer to release the socket
 	lastPingSent time.Time
 	inflight     map[uint64]uint64 // notifications sent and not yet acked: sentHash → seq
 	lastSent     uint64            // highest seq sent on this session
 	pumpWanted   bool              // the store may hold messages to send
 	pumping      bool              // a pump goroutine is running
-	direct       [][]byte          // TTL-0 frames to write
 	acks         []uint64          // acked seqs to delete
 	flushing     bool              // an ack flusher is running
+	out          outbox
 
 	// synced is set once the pump has read every stored message past
 	// lastSent and no commit came meanwhile: from then on the hub hands
 	// the session each message it commits for the device (offer), and
 	// queued holds those not yet sent, in seq order, so the pump sends
-	// them without reading them back.
-	synced bool
-	queued []*store.Message
-
-	wmu sync.Mutex
-
-	// cmu orders the close frame: the first close decided is the one sent,
-	// and finish never overtakes it with a normal close.
-	cmu       sync.Mutex
-	closeSent bool // guarded by cmu
+	// them without reading them back. queuedBytes is their data's size,
+	// bounded like the outbox.
+	synced      bool
+	queued      []*store.Message
+	queuedBytes int
 }
 
 // start begins serving a newly accepted connection.
 func (s *session) start() {
+	s.conn.OnPing(s.onPing)
 	s.conn.SetIdleTimeout(s.hub.cfg.HelloTimeout)
 	s.wait()
+}
+
+// onPing queues the answer to a transport ping from the device. It runs
+// on the reading goroutine and never blocks.
+func (s *session) onPing(payload []byte) {
+	s.mu.Lock()
+	if !s.closed && len(s.out.pongs) < maxPongs {
+		s.out.pongs = append(s.out.pongs, payload)
+		s.startWriterLocked()
+	}
+	s.mu.Unlock()
 }
 
 // wait arranges for the next burst of frames: through the adapter's
@@ -164,6 +170,9 @@ func (s *session) readFailed(err error) {
 		s.close(pushproto.CloseUnsupported, "binary frames are not accepted")
 	case errors.Is(err, pushproto.ErrFrameTooBig):
 		s.close(pushproto.CloseTooBig, "frame too big")
+	case errors.Is(err, pushproto.ErrInvalidUTF8):
+		s.hub.m.frames.With("invalid").Inc()
+		s.close(pushproto.CloseInvalidData, "text frame is not valid UTF-8")
 	case errors.As(err, &ne) && ne.Timeout():
 		if !s.helloed {
 			s.close(pushproto.CloseServerError, "hello timeout")
@@ -174,30 +183,34 @@ func (s *session) readFailed(err error) {
 	// Otherwise the peer closed or the socket failed: finish closes it.
 }
 
-// finish ends the session: it leaves the hub, completes the closing
-// handshake and releases the socket. It runs once, on whichever goroutine
-// last owned the reading.
+// finish ends the session once nobody reads it any more: it leaves the
+// hub and has the writer send what is queued, then the close frame (a
+// normal one unless a close was decided), then release the socket. It
+// never blocks, and runs once, on whichever goroutine last owned the
+// reading.
 func (s *session) finish() {
 	s.mu.Lock()
 	if s.finished {
 		s.mu.Unlock()
 		return
 	}
-	s.finished, s.closed = true, true
-	s.mu.Unlock()
-	h := s.hub
-	h.detach(s)
-	// A close decided elsewhere (close, below) has sent its frame by the
-	// time cmu is ours; otherwise this is a normal end.
-	s.cmu.Lock()
-	if !s.closeSent {
-		s.closeSent = true
-		s.conn.Close(pushproto.CloseNormal, "")
+	s.finished, s.closed, s.release = true, true, true
+	if s.out.close == nil && !s.out.done {
+		s.out.close = &closeFrame{code: pushproto.CloseNormal}
 	}
-	s.cmu.Unlock()
+	s.startWriterLocked()
+	s.mu.Unlock()
+	s.hub.detach(s)
+}
+
+// released is the session's last step, on its writer: the close frame is
+// out (or could not be written), the reader is done.
+func (s *session) released() {
+	h := s.hub
 	s.conn.Release()
 	s.mu.Lock()
 	unacked := s.wake && (len(s.inflight) > 0 || s.pumpWanted || len(s.queued) > 0)
+	s.queued, s.queuedBytes = nil, 0
 	s.mu.Unlock()
 	if unacked && h.cfg.Waker != nil {
 		// Messages went out without an ack, or were not sent: the device
@@ -209,52 +222,26 @@ func (s *session) finish() {
 	h.wg.Done()
 }
 
-// close sends a close frame once and marks the session closed; the reader
-// then fails and finishes.
+// close decides the session's end: the close frame is queued after what
+// is already queued, the socket is bounded to closeGrace, and the reader
+// then fails and finishes. It never blocks, so the keepalive loop and the
+// hub may call it for any session. The first close decided wins.
 func (s *session) close(code int, reason string) {
-	s.cmu.Lock()
-	if s.closeSent {
-		s.cmu.Unlock()
+	s.mu.Lock()
+	if s.out.close != nil || s.out.done || s.finished {
+		s.mu.Unlock()
 		return
 	}
-	s.closeSent = true
-	s.mu.Lock()
 	s.closed = true
 	s.closedAt = s.hub.cfg.Now()
+	s.out.close = &closeFrame{code: code, reason: reason}
+	s.startWriterLocked()
 	s.mu.Unlock()
 	s.hub.m.closes.With(strconv.Itoa(code)).Inc()
-	s.conn.Close(code, reason)
-	s.cmu.Unlock()
+	s.conn.Expire(closeGrace)
 	if s.conn.Disarm() {
-		// Nobody is reading: finish now (Release waits for the peer's
-		// close frame). A live session holds a WaitGroup count.
-		s.hub.goOwned(s.finish)
+		s.finish() // nobody is reading
 	}
-}
-
-// writeAll sends frames as one batch; on failure it closes the session.
-func (s *session) writeAll(frames [][]byte) bool {
-	if len(frames) == 0 {
-		return true
-	}
-	return s.writeWith(func() error { return s.conn.WriteFrames(frames) })
-}
-
-// write sends one frame; on failure it closes the session.
-func (s *session) write(frame []byte) bool {
-	return s.writeWith(func() error { return s.conn.WriteFrame(frame) })
-}
-
-func (s *session) writeWith(w func() error) bool {
-	s.wmu.Lock()
-	err := w()
-	s.wmu.Unlock()
-	if err != nil {
-		s.hub.cfg.Logger.Debug("write to device failed", "uaid", s.uaidString(), "err", err)
-		s.close(pushproto.CloseServerError, "write failed")
-		return false
-	}
-	return true
 }
 
 // check is the keepalive loop's look at one session.
@@ -269,8 +256,8 @@ func (s *session) check(now time.Time) {
 	case closed:
 		// A close was sent while the poller watched the socket and the
 		// peer has not answered it: stop waiting.
-		if !closedAt.IsZero() && now.Sub(closedAt) > 2*time.Second && s.conn.Disarm() {
-			h.goOwned(s.finish)
+		if !closedAt.IsZero() && now.Sub(closedAt) > 2*closeGrace && s.conn.Disarm() {
+			s.finish()
 		}
 	case !ready:
 		if now.Sub(s.started) > h.cfg.HelloTimeout {
@@ -289,21 +276,16 @@ func (s *session) check(now time.Time) {
 	}
 }
 
-// ping sends a transport ping from the keepalive loop itself: a control
-// frame to an idle socket goes straight into the kernel's buffer. If a
-// write is in progress the session is not idle: skip it this time.
+// ping has the writer send a transport ping; the keepalive loop calls it
+// and does not wait for the socket.
 func (s *session) ping(now time.Time) {
-	if !s.wmu.TryLock() {
-		return
-	}
-	err := s.conn.Ping()
-	s.wmu.Unlock()
 	s.mu.Lock()
-	s.lastPingSent = now
-	s.mu.Unlock()
-	if err != nil {
-		s.close(pushproto.CloseServerError, "ping failed")
+	if !s.closed {
+		s.out.ping = true
+		s.lastPingSent = now
+		s.startWriterLocked()
 	}
+	s.mu.Unlock()
 }
 
 // handle processes one decoded frame; false ends the session.
@@ -489,7 +471,7 @@ func (s *session) unregister(m pushproto.Unregister) bool {
 	} else {
 		h.m.unregisters.Inc()
 		s.mu.Lock()
-		s.queued = slices.DeleteFunc(s.queued, func(m *store.Message) bool { return m.Channel == ch })
+		s.dropQueuedLocked(func(m *store.Message) bool { return m.Channel == ch })
 		s.mu.Unlock()
 	}
 	return s.write(pushproto.EncodeUnregister(m.ChannelID, status))
@@ -528,16 +510,10 @@ func (s *session) ack(m pushproto.Ack) {
 	if startFlush {
 		s.flushing = true
 	}
-	startPump := (s.pumpWanted || len(s.queued) > 0) && !s.pumping && !s.closed && len(s.inflight) < h.cfg.Window
-	if startPump {
-		s.pumping = true
-	}
-	s.mu.Unlock()
+	s.startPumpLocked()
 	if startFlush {
+		// The reader holds the session's count: no ticket needed.
 		h.goOwned(s.flushAcks)
-	}
-	if startPump {
-		h.goOwned(s.pump)
 	}
 }
 
@@ -572,12 +548,18 @@ func (s *session) kick() {
 	s.startPumpLocked()
 }
 
-// startPumpLocked starts a pump if one may run and unlocks s.mu.
-// Nothing goes out before the hello reply: hello kicks once ready.
+// startPumpLocked starts a pump if there is something to send and room
+// for it (in the window and in the outbox), then unlocks s.mu. Nothing
+// goes out before the hello reply: hello kicks once ready. The pump runs
+// on a shared worker: it reads the store and queues, and never waits for
+// the device. The WaitGroup ticket is taken under s.mu while the session
+// is open, so its own count is still held (callers such as the committer
+// and Push hold none).
 func (s *session) startPumpLocked() {
-	start := s.ready && !s.pumping && len(s.inflight) < s.hub.cfg.Window
+	start := s.ready && !s.closed && !s.pumping && (s.pumpWanted || len(s.queued) > 0) && s.roomLocked() > 0
 	if start {
 		s.pumping = true
+		s.hub.wg.Add(1)
 	}
 	s.mu.Unlock()
 	if start {
@@ -585,8 +567,18 @@ func (s *session) startPumpLocked() {
 	}
 }
 
+// roomLocked is how many more notifications may be queued now: the
+// window's free slots, or none while the outbox is at its budget.
+func (s *session) roomLocked() int {
+	if s.out.bytes >= s.hub.cfg.OutboxBytes {
+		return 0
+	}
+	return s.hub.cfg.Window - len(s.inflight)
+}
+
 // maxQueued bounds the committed messages a session holds for sending;
-// past it the session reads them from the store when it has room.
+// past it (or past the outbox budget in bytes) the session reads them from
+// the store when it has room.
 const maxQueued = 128
 
 // offer hands the session a message just committed for its device. Called
@@ -601,19 +593,31 @@ func (s *session) offer(m *store.Message) {
 	switch {
 	case !s.synced:
 		s.pumpWanted = true
-	case len(s.queued) >= maxQueued:
+	case len(s.queued) >= maxQueued || s.queuedBytes+len(m.Data) > s.hub.cfg.OutboxBytes:
 		// Too far behind to hold in memory: what is queued is on disk
 		// past lastSent, and the pump reads it from there.
-		s.synced, s.queued, s.pumpWanted = false, nil, true
+		s.synced, s.queued, s.queuedBytes, s.pumpWanted = false, nil, 0, true
 	case m.Seq > s.lastSent:
 		if m.Topic != "" {
-			s.queued = slices.DeleteFunc(s.queued, func(q *store.Message) bool {
+			s.dropQueuedLocked(func(q *store.Message) bool {
 				return q.Channel == m.Channel && q.Topic == m.Topic
 			})
 		}
 		s.queued = append(s.queued, m)
+		s.queuedBytes += len(m.Data)
 	}
 	s.startPumpLocked()
+}
+
+// dropQueuedLocked removes the queued messages drop selects. s.mu is held.
+func (s *session) dropQueuedLocked(drop func(*store.Message) bool) {
+	s.queued = slices.DeleteFunc(s.queued, func(m *store.Message) bool {
+		if drop(m) {
+			s.queuedBytes -= len(m.Data)
+			return true
+		}
+		return false
+	})
 }
 
 // accepting reports whether the session will still send what is stored
@@ -625,50 +629,47 @@ func (s *session) accepting() bool {
 }
 
 // sendDirect queues a TTL-0 frame; false if the session is gone or its
-// queue is full.
+// outbox is at its budget (a TTL-0 message is never stored, so it is
+// dropped, and counted by the caller).
 func (s *session) sendDirect(frame []byte) bool {
 	s.mu.Lock()
-	if s.closed || !s.ready || len(s.direct) >= maxDirect {
-		s.mu.Unlock()
+	defer s.mu.Unlock()
+	if s.closed || !s.ready || s.out.bytes+len(frame) > s.hub.cfg.OutboxBytes {
 		return false
 	}
-	s.direct = append(s.direct, frame)
-	start := !s.pumping
-	if start {
-		s.pumping = true
-	}
-	s.mu.Unlock()
-	if start {
-		s.hub.goOwned(s.pump)
-	}
+	s.queueLocked(frame, kindDirect)
+	s.startWriterLocked()
 	return true
 }
 
-// pump writes TTL-0 frames and stored messages past lastSent, keeping at
-// most Window notifications in flight. Until the session is synced it
-// reads them from the store; then it sends what offer queued. Either way
-// they go out in seq order whatever order commits are reported in.
+// pump queues notifications for stored messages past lastSent, keeping at
+// most Window in flight and the outbox within its budget. Until the
+// session is synced it reads them from the store; then it takes what
+// offer queued. Either way they go out in seq order whatever order commits
+// are reported in. It runs on a worker with a WaitGroup ticket
+// (startPumpLocked) and never waits for the device.
 func (s *session) pump() {
 	h := s.hub
+	defer h.wg.Done()
 	for {
 		s.mu.Lock()
-		if s.closed {
+		room := s.roomLocked()
+		if s.closed || room <= 0 {
 			s.pumping = false
-			s.direct = nil
 			s.mu.Unlock()
 			return
 		}
-		direct := s.direct
-		s.direct = nil
-		room := h.cfg.Window - len(s.inflight)
+		budget := h.cfg.OutboxBytes - s.out.bytes
 		var send []outgoing
 		read := false
 		switch {
-		case room <= 0:
 		case len(s.queued) > 0:
 			s.dropExpiredLocked(h.cfg.Now())
-			n := min(room, len(s.queued))
+			n := fitting(s.queued, room, budget)
 			send = s.markSent(s.queued[:n])
+			for _, m := range s.queued[:n] {
+				s.queuedBytes -= len(m.Data)
+			}
 			clear(s.queued[:n])
 			s.queued = s.queued[n:]
 			if len(s.queued) == 0 {
@@ -677,7 +678,7 @@ func (s *session) pump() {
 		case s.pumpWanted:
 			s.pumpWanted, read = false, true
 		}
-		if len(direct) == 0 && len(send) == 0 && !read {
+		if len(send) == 0 && !read {
 			s.pumping = false
 			s.mu.Unlock()
 			return
@@ -685,30 +686,24 @@ func (s *session) pump() {
 		after := s.lastSent
 		s.mu.Unlock()
 
-		for _, f := range direct {
-			if !s.write(f) {
-				s.pumpStopped()
-				return
-			}
-			h.m.delivered.Inc()
-		}
 		if read {
 			msgs, err := h.cfg.Store.Messages(s.uaid, after, room)
 			if err != nil {
 				h.cfg.Logger.Error("read waiting messages", "uaid", s.uaid.String(), "err", err)
-				s.close(pushproto.CloseServerError, "storage error")
 				s.pumpStopped()
+				s.close(pushproto.CloseServerError, "storage error")
 				return
 			}
 			ptrs := make([]*store.Message, len(msgs))
 			for i := range msgs {
 				ptrs[i] = &msgs[i]
 			}
+			n := fitting(ptrs, room, budget)
 			s.mu.Lock()
-			send = s.markSent(ptrs)
+			send = s.markSent(ptrs[:n])
 			switch {
-			case len(msgs) == room:
-				s.pumpWanted = true // there may be more
+			case len(msgs) == room || n < len(msgs):
+				s.pumpWanted = true // there may be more, or there is
 			case !s.pumpWanted:
 				// Read to the end, and no commit for the device came
 				// during the read: offer now sees every later one.
@@ -716,17 +711,35 @@ func (s *session) pump() {
 			}
 			s.mu.Unlock()
 		}
-		if !s.sendMessages(send) {
-			s.pumpStopped()
-			return
-		}
+		s.queueMessages(send)
 	}
+}
+
+// fitting is how many of msgs, at most room, fit in budget bytes of
+// frames; at least one when there is room, so a message larger than the
+// whole budget still goes (alone).
+func fitting(msgs []*store.Message, room, budget int) int {
+	n, used := 0, 0
+	for _, m := range msgs[:min(room, len(msgs))] {
+		used += frameCost(m)
+		if n > 0 && used > budget {
+			break
+		}
+		n++
+	}
+	return n
+}
+
+// frameCost estimates the size of m's notification frame: its data in
+// base64 and the fixed fields.
+func frameCost(m *store.Message) int {
+	return (len(m.Data)+2)/3*4 + len(m.Encoding) + len(m.Encryption) + len(m.CryptoKey) + 256
 }
 
 // dropExpiredLocked drops queued messages whose TTL ran out while they
 // waited for room (the store's sweep deletes them). s.mu is held.
 func (s *session) dropExpiredLocked(now time.Time) {
-	s.queued = slices.DeleteFunc(s.queued, func(m *store.Message) bool { return !m.Expiry.After(now) })
+	s.dropQueuedLocked(func(m *store.Message) bool { return !m.Expiry.After(now) })
 }
 
 // outgoing is a notification about to be written: the message and the
@@ -755,41 +768,53 @@ func (s *session) markSent(msgs []*store.Message) []outgoing {
 	return send
 }
 
-// frameBufs lends sendMessages the buffer it encodes frames into: the
-// adapter copies a frame out before WriteFrames returns.
+// frameBufs lends queueMessages the buffer it encodes a batch into; the
+// writer gives it back once the batch is written.
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // maxPooledFrames keeps a rare large batch's buffer out of the pool.
 const maxPooledFrames = 64 << 10
 
-// sendMessages writes notifications for msgs as one batch.
-func (s *session) sendMessages(msgs []outgoing) bool {
+func putFrameBuf(bp *[]byte) {
+	if cap(*bp) <= maxPooledFrames {
+		*bp = (*bp)[:0]
+		frameBufs.Put(bp)
+	}
+}
+
+// queueMessages encodes notifications for msgs into one buffer and queues
+// them for the writer. If the session closed meanwhile they are dropped:
+// they wait in the store.
+func (s *session) queueMessages(msgs []outgoing) {
 	if len(msgs) == 0 {
-		return true
+		return
 	}
 	bp := frameBufs.Get().(*[]byte)
 	buf := (*bp)[:0]
-	frames := make([][]byte, len(msgs))
+	ends := make([]int, len(msgs))
 	for i, o := range msgs {
-		start := len(buf)
 		buf = s.appendFrame(buf, o.m, o.key)
-		frames[i] = buf[start:len(buf):len(buf)]
+		ends[i] = len(buf)
 	}
-	ok := s.writeAll(frames)
-	if cap(buf) <= maxPooledFrames {
-		*bp = buf[:0]
-		frameBufs.Put(bp)
+	*bp = buf
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		putFrameBuf(bp)
+		return
 	}
-	if ok {
-		s.hub.m.delivered.Add(float64(len(frames)))
+	start := 0
+	for _, end := range ends {
+		s.queueLocked(buf[start:end:end], kindStored)
+		start = end
 	}
-	return ok
+	s.out.bufs = append(s.out.bufs, bp)
+	s.startWriterLocked()
 }
 
 func (s *session) pumpStopped() {
 	s.mu.Lock()
 	s.pumping = false
-	s.direct = nil
 	s.mu.Unlock()
 }
 

@@ -37,6 +37,7 @@ func TestE2EBadDeviceInput(t *testing.T) {
 		{"register before hello", false, `{"messageType":"register","channelID":"0b5a9d4e-3c5b-4f7e-8a7b-2a2f3f4e5d6c"}`, false, 1011},
 		{"second hello", true, `{"messageType":"hello","use_webpush":true}`, false, 1011},
 		{"binary frame", true, "\x00\x01", true, 1003},
+		{"text frame not UTF-8", true, "{\"messageType\":\"ping\",\"x\":\"\xff\xfe\"}", false, 1007},
 		{"oversized frame", true, big, false, 1009},
 	}
 	for _, c := range cases {

@@ -130,6 +130,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		HelloTimeout:  cfg.HelloTimeout,
 		PingInterval:  cfg.PingInterval,
 		Window:        cfg.InflightWindow,
+		OutboxBytes:   cfg.OutboxBytes,
 		Waker:         d.kick,
 		WakeIdleClose: cfg.WakeIdleClose,
 		Logger:        d.log.With("component", "devices"),
@@ -327,7 +328,9 @@ func (d *daemon) shutdown() {
 		d.log.Warn("drain device listener", "err", err)
 		d.servers["device"].Close()
 	}
-	d.hub.Close()
+	if err := d.hub.Shutdown(ctx); err != nil {
+		d.log.Warn("close device sessions", "err", err)
+	}
 	d.api.Close()
 	d.ws.Close()
 	d.kick.Close()

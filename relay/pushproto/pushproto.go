@@ -41,6 +41,7 @@ const (
 	CloseGoingAway     = 1001
 	CloseProtocolError = 1002
 	CloseUnsupported   = 1003
+	CloseInvalidData   = 1007
 	CloseTooBig        = 1009
 	CloseServerError   = 1011
 	CloseWake          = 4774
@@ -472,6 +473,8 @@ var (
 	ErrBinaryFrame = errors.New("binary frame")
 	// ErrFrameTooBig: a frame exceeded the size limit (closed with 1009).
 	ErrFrameTooBig = errors.New("frame too big")
+	// ErrInvalidUTF8: a text frame that is not UTF-8 (close 1007).
+	ErrInvalidUTF8 = errors.New("text frame is not valid UTF-8")
 	// ErrPeerClosed: the device closed the connection.
 	ErrPeerClosed = errors.New("closed by peer")
 )

@@ -111,6 +111,7 @@ type Store struct {
 	mu      sync.RWMutex
 	closed  bool
 	queue   chan *op
+	ops     sync.Pool     // of *op (newOp)
 	closing chan struct{} // closed by Close; stops Run
 
 	committerDone chan struct{}
@@ -167,6 +168,7 @@ func Open(opts Options) (*Store, error) {
 		log:           o.Logger,
 		now:           o.Now,
 		queue:         make(chan *op, o.QueueSize),
+		ops:           sync.Pool{New: newOp},
 		closing:       make(chan struct{}),
 		committerDone: make(chan struct{}),
 		tot:           tot,
@@ -311,9 +313,11 @@ type op struct {
 	done  chan struct{} // capacity 1: the committer sends once err is final
 }
 
-// opPool holds ops for reuse: every mutation needs one, and its channel
-// would be a second allocation.
-var opPool = sync.Pool{New: func() any { return &op{done: make(chan struct{}, 1)} }}
+// newOp is the ops pool's constructor. Each store has its own pool (ops
+// holds them for reuse: every mutation needs one, and its channel would be
+// a second allocation), so that a store's channels belong to the goroutines
+// that opened it (testing/synctest bubbles insist).
+func newOp() any { return &op{done: make(chan struct{}, 1)} }
 
 // finish hands o its outcome. The committer must not touch o afterwards:
 // its caller may reuse it at once.
@@ -338,21 +342,21 @@ func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
 		s.mu.RUnlock()
 		return ErrClosed
 	}
-	o := opPool.Get().(*op)
+	o := s.ops.Get().(*op)
 	o.ctx, o.apply = ctx, apply
 	select {
 	case s.queue <- o:
 	case <-ctx.Done():
 		s.mu.RUnlock()
 		o.ctx, o.apply = nil, nil
-		opPool.Put(o)
+		s.ops.Put(o)
 		return ctx.Err()
 	}
 	s.mu.RUnlock()
 	<-o.done
 	err := o.err
 	*o = op{done: o.done}
-	opPool.Put(o)
+	s.ops.Put(o)
 	return err
 }
 

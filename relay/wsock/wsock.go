@@ -21,6 +21,7 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
 
@@ -136,6 +137,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		return // the upgrader already answered
 	}
 	c := wrap(ws, s.opts.MaxFrame, s.opts.WriteTimeout)
+	// The core answers the peer's close frame itself, from the
+	// connection's writer; gorilla's default would write it from the
+	// reading goroutine and block it while the socket is full.
+	ws.SetCloseHandler(func(int, string) error { return nil })
 	c.br = hj.br
 	c.cork = hj.cork
 	c.raw = rawConn(hj.conn)
@@ -189,7 +194,9 @@ type Conn struct {
 	lastRead     atomic.Int64 // unix nanos of the last frame or pong received
 	writeTimeout time.Duration
 	idle         atomic.Int64 // idle timeout in ns
-	closing      atomic.Bool  // a close frame was sent; reads are bounded
+	closing      atomic.Bool  // a close frame was sent or the end is bounded (Expire)
+	expiry       atomic.Int64 // unix nanos every read and write must end by (Expire); 0 = none
+	onPing       atomic.Pointer[func([]byte)]
 	closeOnce    sync.Once
 	releaseOnce  sync.Once
 	// frame holds the frames ReadFrame returns, from framePool, while a
@@ -232,7 +239,11 @@ func wrap(ws *websocket.Conn, maxFrame int64, writeTimeout time.Duration) *Conn 
 	// shows the peer is alive.
 	ws.SetPingHandler(func(data string) error {
 		c.extend()
-		err := ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(writeTimeout))
+		if f := c.onPing.Load(); f != nil {
+			(*f)([]byte(data))
+			return nil
+		}
+		err := ws.WriteControl(websocket.PongMessage, []byte(data), c.writeDeadline(writeTimeout))
 		if errors.Is(err, websocket.ErrCloseSent) {
 			return nil
 		}
@@ -243,6 +254,53 @@ func wrap(ws *websocket.Conn, maxFrame int64, writeTimeout time.Duration) *Conn 
 		return err
 	})
 	return c
+}
+
+// writeDeadline is now plus d, or the expiry if that comes first.
+func (c *Conn) writeDeadline(d time.Duration) time.Time {
+	t := time.Now().Add(d)
+	if e := c.expiry.Load(); e != 0 && e < t.UnixNano() {
+		return time.Unix(0, e)
+	}
+	return t
+}
+
+// Expire bounds the connection's end: every read and write, including one
+// blocked now, returns within d, and later deadlines do not reach past
+// it. It is what lets a stuck peer's writer be ended from another
+// goroutine without waiting for it. Safe from any goroutine.
+func (c *Conn) Expire(d time.Duration) {
+	t := time.Now().Add(d)
+	for {
+		old := c.expiry.Load()
+		if old != 0 && old <= t.UnixNano() {
+			return // already bounded at least as tightly
+		}
+		if c.expiry.CompareAndSwap(old, t.UnixNano()) {
+			break
+		}
+	}
+	c.closing.Store(true)
+	// Through gorilla's net.Conn (the cork), which passes an earlier
+	// deadline on at once and so unblocks a write in progress.
+	nc := c.ws.NetConn()
+	nc.SetReadDeadline(t)
+	nc.SetWriteDeadline(t)
+}
+
+// OnPing makes f answer the peer's pings instead of the adapter: f is
+// called on the reading goroutine with the ping's payload and must not
+// block; the answer is written with Pong. The core uses it so that no
+// write happens on the goroutine that reads.
+func (c *Conn) OnPing(f func(payload []byte)) { c.onPing.Store(&f) }
+
+// Pong answers a ping with its payload.
+func (c *Conn) Pong(payload []byte) error {
+	err := c.ws.WriteControl(websocket.PongMessage, payload, c.writeDeadline(c.writeTimeout))
+	if errors.Is(err, websocket.ErrCloseSent) {
+		return nil
+	}
+	return err
 }
 
 func (c *Conn) extend() {
@@ -349,6 +407,9 @@ func (c *Conn) ReadFrame() ([]byte, error) {
 			if _, err := c.frame.ReadFrom(r); err != nil {
 				return nil, mapReadErr(err)
 			}
+			if !utf8.Valid(c.frame.Bytes()) {
+				return nil, pushproto.ErrInvalidUTF8 // RFC 6455 §8.1: close with 1007
+			}
 			return c.frame.Bytes(), nil
 		case websocket.BinaryMessage:
 			return nil, pushproto.ErrBinaryFrame
@@ -398,7 +459,7 @@ func mapReadErr(err error) error {
 
 // WriteFrame writes one text frame.
 func (c *Conn) WriteFrame(p []byte) error {
-	c.ws.SetWriteDeadline(time.Now().Add(c.writeTimeout))
+	c.ws.SetWriteDeadline(c.writeDeadline(c.writeTimeout))
 	return c.ws.WriteMessage(websocket.TextMessage, p)
 }
 
@@ -425,7 +486,7 @@ func (c *Conn) WriteFrames(frames [][]byte) error {
 
 // Ping sends a WebSocket ping.
 func (c *Conn) Ping() error {
-	return c.ws.WriteControl(websocket.PingMessage, nil, time.Now().Add(c.writeTimeout))
+	return c.ws.WriteControl(websocket.PingMessage, nil, c.writeDeadline(c.writeTimeout))
 }
 
 // Close sends a close frame (best effort, once) and bounds the reader so it
@@ -440,11 +501,11 @@ func (c *Conn) Close(code int, reason string) error {
 			reason = reason[:123]
 		}
 		msg := websocket.FormatCloseMessage(code, reason)
-		err = c.ws.WriteControl(websocket.CloseMessage, msg, time.Now().Add(closeGrace))
+		err = c.ws.WriteControl(websocket.CloseMessage, msg, c.writeDeadline(closeGrace))
 		if errors.Is(err, websocket.ErrCloseSent) {
 			err = nil
 		}
-		c.ws.SetReadDeadline(time.Now().Add(closeGrace))
+		c.ws.SetReadDeadline(c.writeDeadline(closeGrace))
 	})
 	return err
 }
@@ -458,7 +519,7 @@ func (c *Conn) Release() error {
 	c.releaseOnce.Do(func() {
 		c.putFrame()
 		c.armed.Store(false)
-		deadline := time.Now().Add(closeGrace)
+		deadline := c.writeDeadline(closeGrace)
 		c.closing.Store(true)
 		c.ws.SetReadDeadline(deadline)
 		var rerr error

@@ -228,6 +228,19 @@ func TestBinaryFrameRefused(t *testing.T) {
 	}
 }
 
+// A text frame that is not UTF-8 is refused (RFC 6455 §8.1: the core
+// closes with 1007).
+func TestInvalidUTF8Refused(t *testing.T) {
+	l := listen(t, wsock.Options{}, false)
+	cc, sc := l.dial()
+	if err := cc.Write([]byte("{\"messageType\":\"\xff\"}")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := readWithin(t, sc, 5*time.Second); !errors.Is(err, pushproto.ErrInvalidUTF8) {
+		t.Fatalf("ReadFrame: %v, want ErrInvalidUTF8", err)
+	}
+}
+
 // A frame over MaxFrame is ErrFrameTooBig, and the device, still sending
 // it, reads the 1009 close frame instead of a connection reset.
 func TestFrameTooBigClosesCleanly(t *testing.T) {
