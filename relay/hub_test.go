@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
@@ -22,147 +23,153 @@ import (
 // UAID; the new UAID is stored only at its first register; a device that
 // comes back with a stored UAID (in either spelling) keeps it.
 func TestHelloNewAndResumed(t *testing.T) {
-	h := newHarness(t, nil)
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
 
-	d := h.hello("")
-	u, err := store.ParseUAID(d.uaid)
-	if err != nil {
-		t.Fatalf("new UAID %q: %v", d.uaid, err)
-	}
-	if _, ok, _ := h.st.Device(u); ok {
-		t.Fatal("a UAID with no channel was stored at hello")
-	}
-	if st, _ := h.st.Stats(); st.Devices != 0 {
-		t.Fatalf("devices = %d after hello alone", st.Devices)
-	}
-	if h.hub.Connected() != 1 {
-		t.Fatalf("Connected = %d", h.hub.Connected())
-	}
+		d := h.hello("")
+		u, err := store.ParseUAID(d.uaid)
+		if err != nil {
+			t.Fatalf("new UAID %q: %v", d.uaid, err)
+		}
+		if _, ok, _ := h.st.Device(u); ok {
+			t.Fatal("a UAID with no channel was stored at hello")
+		}
+		if st, _ := h.st.Stats(); st.Devices != 0 {
+			t.Fatalf("devices = %d after hello alone", st.Devices)
+		}
+		if h.hub.Connected() != 1 {
+			t.Fatalf("Connected = %d", h.hub.Connected())
+		}
 
-	// Until it registers, the UAID means nothing: coming back with it
-	// gives another.
-	d.c.hangUp()
-	d.released(5 * time.Second)
-	again := h.hello(d.uaid)
-	if again.uaid == d.uaid {
-		t.Fatal("an unregistered UAID was resumed")
-	}
-	unknown := h.hello("0123456789abcdef0123456789abcdef")
-	if unknown.uaid == "0123456789abcdef0123456789abcdef" {
-		t.Fatal("an unknown UAID was accepted")
-	}
-	garbage := h.hello("not-a-uaid")
-	if garbage.uaid == "not-a-uaid" {
-		t.Fatal("an invalid UAID was accepted")
-	}
+		// Until it registers, the UAID means nothing: coming back with it
+		// gives another.
+		d.c.hangUp()
+		d.released(5 * time.Second)
+		again := h.hello(d.uaid)
+		if again.uaid == d.uaid {
+			t.Fatal("an unregistered UAID was resumed")
+		}
+		unknown := h.hello("0123456789abcdef0123456789abcdef")
+		if unknown.uaid == "0123456789abcdef0123456789abcdef" {
+			t.Fatal("an unknown UAID was accepted")
+		}
+		garbage := h.hello("not-a-uaid")
+		if garbage.uaid == "not-a-uaid" {
+			t.Fatal("an invalid UAID was accepted")
+		}
 
-	again.subscribe()
-	u, _ = store.ParseUAID(again.uaid)
-	if _, ok, _ := h.st.Device(u); !ok {
-		t.Fatal("UAID not stored at register")
-	}
-	again.c.hangUp()
-	back := h.hello(again.uaid)
-	if back.uaid != again.uaid {
-		t.Fatalf("stored UAID not resumed: %s → %s", again.uaid, back.uaid)
-	}
-	// autopush-era devices may send it dashed and in upper case; the reply
-	// is the canonical form.
-	back.c.hangUp()
-	x := strings.ToUpper(again.uaid)
-	dashed := x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
-	if d := h.hello(dashed); d.uaid != again.uaid {
-		t.Fatalf("dashed UAID %s resumed as %s", dashed, d.uaid)
-	}
+		again.subscribe()
+		u, _ = store.ParseUAID(again.uaid)
+		if _, ok, _ := h.st.Device(u); !ok {
+			t.Fatal("UAID not stored at register")
+		}
+		again.c.hangUp()
+		back := h.hello(again.uaid)
+		if back.uaid != again.uaid {
+			t.Fatalf("stored UAID not resumed: %s → %s", again.uaid, back.uaid)
+		}
+		// autopush-era devices may send it dashed and in upper case; the reply
+		// is the canonical form.
+		back.c.hangUp()
+		x := strings.ToUpper(again.uaid)
+		dashed := x[0:8] + "-" + x[8:12] + "-" + x[12:16] + "-" + x[16:20] + "-" + x[20:]
+		if d := h.hello(dashed); d.uaid != again.uaid {
+			t.Fatalf("dashed UAID %s resumed as %s", dashed, d.uaid)
+		}
+	})
 }
 
 // Register gives a v1 endpoint without a key and a v2 endpoint bound to a
 // valid P-256 key; a bad key is refused with 400 and the session goes on.
 func TestRegisterEndpoints(t *testing.T) {
-	h := newHarness(t, func(c *relay.Config) { c.CheckKey = vapid.DecodePublicKey })
-	d := h.hello("")
-	u, _ := store.ParseUAID(d.uaid)
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, func(c *relay.Config) { c.CheckKey = vapid.DecodePublicKey })
+		d := h.hello("")
+		u, _ := store.ParseUAID(d.uaid)
 
-	ch1 := newChannelID()
-	r := d.register(ch1, "")
-	if r.Status != 200 || !strings.HasPrefix(r.PushEndpoint, publicURL+"/wpush/v1/") {
-		t.Fatalf("keyless register: %+v", r)
-	}
-	ep := h.openEndpoint(r.PushEndpoint)
-	if store.UAID(ep.UAID) != u || store.ChannelID(ep.Channel).String() != ch1 || ep.KeyHash != nil {
-		t.Fatalf("v1 token carries %+v", ep)
-	}
-	// Registering again is idempotent: the same endpoint.
-	if r2 := d.register(ch1, ""); r2.Status != 200 || r2.PushEndpoint != r.PushEndpoint {
-		t.Fatalf("second register: %+v, want %s", r2, r.PushEndpoint)
-	}
-
-	priv, _ := vapid.GenerateKey()
-	pub := vapid.NewSigner(priv).PublicKey()
-	ch2 := newChannelID()
-	r = d.register(ch2, ece.EncodeKey(pub))
-	if r.Status != 200 || !strings.HasPrefix(r.PushEndpoint, publicURL+"/wpush/v2/") {
-		t.Fatalf("keyed register: %+v", r)
-	}
-	ep = h.openEndpoint(r.PushEndpoint)
-	if ep.KeyHash == nil || *ep.KeyHash != sha256.Sum256(pub) || store.ChannelID(ep.Channel).String() != ch2 {
-		t.Fatalf("v2 token does not carry the key's hash: %+v", ep)
-	}
-	c, ok, err := h.st.Channel(u, store.ChannelID(ep.Channel))
-	if err != nil || !ok || string(c.Key) != string(pub) {
-		t.Fatalf("stored channel %+v %v %v", c, ok, err)
-	}
-	// The same channel with another key conflicts.
-	other, _ := vapid.GenerateKey()
-	if r := d.register(ch2, ece.EncodeKey(vapid.NewSigner(other).PublicKey())); r.Status != 409 || r.PushEndpoint != "" {
-		t.Fatalf("register with a different key: %+v", r)
-	}
-
-	for _, bad := range []string{"not-a-key", ece.EncodeKey(pub[:64]), ece.EncodeKey(make([]byte, 65))} {
-		ch := newChannelID()
-		if r := d.register(ch, bad); r.Status != 400 || r.PushEndpoint != "" {
-			t.Fatalf("register with key %q: %+v", bad, r)
+		ch1 := newChannelID()
+		r := d.register(ch1, "")
+		if r.Status != 200 || !strings.HasPrefix(r.PushEndpoint, publicURL+"/wpush/v1/") {
+			t.Fatalf("keyless register: %+v", r)
 		}
-	}
-	if st, _ := h.st.Stats(); st.Channels != 2 {
-		t.Fatalf("channels = %d, want 2 (refused registers stored nothing)", st.Channels)
-	}
-	// The session is still good.
-	d.subscribe()
+		ep := h.openEndpoint(r.PushEndpoint)
+		if store.UAID(ep.UAID) != u || store.ChannelID(ep.Channel).String() != ch1 || ep.KeyHash != nil {
+			t.Fatalf("v1 token carries %+v", ep)
+		}
+		// Registering again is idempotent: the same endpoint.
+		if r2 := d.register(ch1, ""); r2.Status != 200 || r2.PushEndpoint != r.PushEndpoint {
+			t.Fatalf("second register: %+v, want %s", r2, r.PushEndpoint)
+		}
 
-	// A hub without a key checker refuses every key.
-	h2 := newHarness(t, nil)
-	d2 := h2.hello("")
-	if r := d2.register(newChannelID(), ece.EncodeKey(pub)); r.Status != 400 {
-		t.Fatalf("keyed register without CheckKey: %+v", r)
-	}
+		priv, _ := vapid.GenerateKey()
+		pub := vapid.NewSigner(priv).PublicKey()
+		ch2 := newChannelID()
+		r = d.register(ch2, ece.EncodeKey(pub))
+		if r.Status != 200 || !strings.HasPrefix(r.PushEndpoint, publicURL+"/wpush/v2/") {
+			t.Fatalf("keyed register: %+v", r)
+		}
+		ep = h.openEndpoint(r.PushEndpoint)
+		if ep.KeyHash == nil || *ep.KeyHash != sha256.Sum256(pub) || store.ChannelID(ep.Channel).String() != ch2 {
+			t.Fatalf("v2 token does not carry the key's hash: %+v", ep)
+		}
+		c, ok, err := h.st.Channel(u, store.ChannelID(ep.Channel))
+		if err != nil || !ok || string(c.Key) != string(pub) {
+			t.Fatalf("stored channel %+v %v %v", c, ok, err)
+		}
+		// The same channel with another key conflicts.
+		other, _ := vapid.GenerateKey()
+		if r := d.register(ch2, ece.EncodeKey(vapid.NewSigner(other).PublicKey())); r.Status != 409 || r.PushEndpoint != "" {
+			t.Fatalf("register with a different key: %+v", r)
+		}
+
+		for _, bad := range []string{"not-a-key", ece.EncodeKey(pub[:64]), ece.EncodeKey(make([]byte, 65))} {
+			ch := newChannelID()
+			if r := d.register(ch, bad); r.Status != 400 || r.PushEndpoint != "" {
+				t.Fatalf("register with key %q: %+v", bad, r)
+			}
+		}
+		if st, _ := h.st.Stats(); st.Channels != 2 {
+			t.Fatalf("channels = %d, want 2 (refused registers stored nothing)", st.Channels)
+		}
+		// The session is still good.
+		d.subscribe()
+
+		// A hub without a key checker refuses every key.
+		h2 := newHarness(t, nil)
+		d2 := h2.hello("")
+		if r := d2.register(newChannelID(), ece.EncodeKey(pub)); r.Status != 400 {
+			t.Fatalf("keyed register without CheckKey: %+v", r)
+		}
+	})
 }
 
 // A message pushed while the device is connected is delivered with its
 // payload and content headers, and its version is a message id.
 func TestPushWhileConnected(t *testing.T) {
-	h := newHarness(t, nil)
-	d := h.hello("")
-	s := d.subscribe()
-	res, err := h.hub.Push(context.Background(), relay.Message{
-		Endpoint: s.ep, TTL: time.Minute, Data: []byte("hello device"),
-		Encoding: "aesgcm", Encryption: "salt=abc", CryptoKey: "dh=def",
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		d := h.hello("")
+		s := d.subscribe()
+		res, err := h.hub.Push(context.Background(), relay.Message{
+			Endpoint: s.ep, TTL: time.Minute, Data: []byte("hello device"),
+			Encoding: "aesgcm", Encryption: "salt=abc", CryptoKey: "dh=def",
+		})
+		if err != nil || !res.Stored || res.Delivered || res.ID == "" {
+			t.Fatalf("Push = %+v, %v", res, err)
+		}
+		n := d.expect(pushproto.TypeNotification)
+		if n.ChannelID != s.channel || payload(t, n) != "hello device" || n.Version != res.ID {
+			t.Fatalf("notification %+v, want version %s", n, res.ID)
+		}
+		if n.Headers == nil || n.Headers.Encoding != "aesgcm" || n.Headers.Encryption != "salt=abc" || n.Headers.CryptoKey != "dh=def" {
+			t.Fatalf("headers %+v", n.Headers)
+		}
+		// A message without data is a bare tickle.
+		h.mustPush(s, time.Minute, "")
+		if n := d.expect(pushproto.TypeNotification); n.Data != "" || n.Headers != nil {
+			t.Fatalf("empty message arrived as %+v", n)
+		}
 	})
-	if err != nil || !res.Stored || res.Delivered || res.ID == "" {
-		t.Fatalf("Push = %+v, %v", res, err)
-	}
-	n := d.expect(pushproto.TypeNotification)
-	if n.ChannelID != s.channel || payload(t, n) != "hello device" || n.Version != res.ID {
-		t.Fatalf("notification %+v, want version %s", n, res.ID)
-	}
-	if n.Headers == nil || n.Headers.Encoding != "aesgcm" || n.Headers.Encryption != "salt=abc" || n.Headers.CryptoKey != "dh=def" {
-		t.Fatalf("headers %+v", n.Headers)
-	}
-	// A message without data is a bare tickle.
-	h.mustPush(s, time.Minute, "")
-	if n := d.expect(pushproto.TypeNotification); n.Data != "" || n.Headers != nil {
-		t.Fatalf("empty message arrived as %+v", n)
-	}
 }
 
 // Messages for an offline device are stored and arrive, in order, after
@@ -255,170 +262,180 @@ func testInflightWindow(t *testing.T, notify bool) {
 // Notifications a device received but did not ack come again, unchanged,
 // on its next connection; acked ones do not.
 func TestUnackedRedelivered(t *testing.T) {
-	h := newHarness(t, nil)
-	d := h.hello("")
-	s := d.subscribe()
-	var first []pushproto.ServerFrame
-	for i := range 3 {
-		h.mustPush(s, time.Hour, fmt.Sprintf("r%d", i))
-		first = append(first, d.expect(pushproto.TypeNotification))
-	}
-	d.ack(first[0])
-	waitFor(t, "the acked message deleted", func() bool { return h.waiting() == 2 })
-	d.c.hangUp()
-	d.released(5 * time.Second)
-
-	d2 := h.hello(d.uaid)
-	for _, want := range first[1:] {
-		n := d2.expect(pushproto.TypeNotification)
-		if n.Version != want.Version || n.Data != want.Data || n.ChannelID != want.ChannelID {
-			t.Fatalf("redelivered %+v, want %+v", n, want)
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		d := h.hello("")
+		s := d.subscribe()
+		var first []pushproto.ServerFrame
+		for i := range 3 {
+			h.mustPush(s, time.Hour, fmt.Sprintf("r%d", i))
+			first = append(first, d.expect(pushproto.TypeNotification))
 		}
-		d2.ack(n)
-	}
-	d2.expectNone(100 * time.Millisecond)
-	waitFor(t, "acked messages deleted", func() bool { return h.waiting() == 0 })
-	d2.c.hangUp()
-	h.hello(d.uaid).expectNone(100 * time.Millisecond)
+		d.ack(first[0])
+		waitFor(t, "the acked message deleted", func() bool { return h.waiting() == 2 })
+		d.c.hangUp()
+		d.released(5 * time.Second)
+
+		d2 := h.hello(d.uaid)
+		for _, want := range first[1:] {
+			n := d2.expect(pushproto.TypeNotification)
+			if n.Version != want.Version || n.Data != want.Data || n.ChannelID != want.ChannelID {
+				t.Fatalf("redelivered %+v, want %+v", n, want)
+			}
+			d2.ack(n)
+		}
+		d2.expectNone(100 * time.Millisecond)
+		waitFor(t, "acked messages deleted", func() bool { return h.waiting() == 0 })
+		d2.c.hangUp()
+		h.hello(d.uaid).expectNone(100 * time.Millisecond)
+	})
 }
 
 // Acks from the wrong device, for the wrong channel, or with a version that
 // is not a message id delete nothing.
 func TestForeignAcksIgnored(t *testing.T) {
-	h := newHarness(t, nil)
-	victim := h.hello("")
-	vs := victim.subscribe()
-	victim.c.hangUp()
-	res := h.mustPush(vs, time.Hour, "private")
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		victim := h.hello("")
+		vs := victim.subscribe()
+		victim.c.hangUp()
+		res := h.mustPush(vs, time.Hour, "private")
 
-	attacker := h.hello("")
-	as := attacker.subscribe()
-	attacker.send(map[string]any{"messageType": "ack", "updates": []map[string]any{
-		{"channelID": vs.channel, "version": res.ID, "code": 100},
-		{"channelID": as.channel, "version": res.ID, "code": 100},
-		{"channelID": as.channel, "version": "garbage", "code": 100},
-	}})
-	// The session survives bad acks and still answers.
-	attacker.send(`{"messageType":"ping"}`)
-	attacker.expect(pushproto.TypePing)
-	if w := h.waiting(); w != 1 {
-		t.Fatalf("waiting = %d after foreign acks", w)
-	}
-	// The owner still gets it.
-	n := h.hello(victim.uaid).expect(pushproto.TypeNotification)
-	if payload(t, n) != "private" {
-		t.Fatalf("got %+v", n)
-	}
+		attacker := h.hello("")
+		as := attacker.subscribe()
+		attacker.send(map[string]any{"messageType": "ack", "updates": []map[string]any{
+			{"channelID": vs.channel, "version": res.ID, "code": 100},
+			{"channelID": as.channel, "version": res.ID, "code": 100},
+			{"channelID": as.channel, "version": "garbage", "code": 100},
+		}})
+		// The session survives bad acks and still answers.
+		attacker.send(`{"messageType":"ping"}`)
+		attacker.expect(pushproto.TypePing)
+		if w := h.waiting(); w != 1 {
+			t.Fatalf("waiting = %d after foreign acks", w)
+		}
+		// The owner still gets it.
+		n := h.hello(victim.uaid).expect(pushproto.TypeNotification)
+		if payload(t, n) != "private" {
+			t.Fatalf("got %+v", n)
+		}
+	})
 }
 
 // TTL 0: handed straight to a connected device and never stored; dropped
 // (not delivered) when the device is away.
 func TestTTLZero(t *testing.T) {
-	h := newHarness(t, nil)
-	d := h.hello("")
-	s := d.subscribe()
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		d := h.hello("")
+		s := d.subscribe()
 
-	res := h.mustPush(s, 0, "now")
-	if !res.Delivered || res.Stored || res.ID == "" {
-		t.Fatalf("TTL 0 to a connected device: %+v", res)
-	}
-	n := d.expect(pushproto.TypeNotification)
-	if payload(t, n) != "now" || n.ChannelID != s.channel {
-		t.Fatalf("got %+v", n)
-	}
-	if w := h.waiting(); w != 0 {
-		t.Fatalf("TTL 0 message stored: waiting = %d", w)
-	}
-	// Its id names no stored message.
-	if err := h.hub.Delete(context.Background(), res.ID); !errors.Is(err, relay.ErrNoMessage) {
-		t.Fatalf("Delete of a TTL-0 id: %v", err)
-	}
+		res := h.mustPush(s, 0, "now")
+		if !res.Delivered || res.Stored || res.ID == "" {
+			t.Fatalf("TTL 0 to a connected device: %+v", res)
+		}
+		n := d.expect(pushproto.TypeNotification)
+		if payload(t, n) != "now" || n.ChannelID != s.channel {
+			t.Fatalf("got %+v", n)
+		}
+		if w := h.waiting(); w != 0 {
+			t.Fatalf("TTL 0 message stored: waiting = %d", w)
+		}
+		// Its id names no stored message.
+		if err := h.hub.Delete(context.Background(), res.ID); !errors.Is(err, relay.ErrNoMessage) {
+			t.Fatalf("Delete of a TTL-0 id: %v", err)
+		}
 
-	d.c.hangUp()
-	d.released(5 * time.Second)
-	waitFor(t, "the session to go", func() bool { return h.hub.Connected() == 0 })
-	res = h.mustPush(s, 0, "never")
-	if res.Delivered || res.Stored {
-		t.Fatalf("TTL 0 to an offline device: %+v", res)
-	}
-	h.hello(d.uaid).expectNone(150 * time.Millisecond)
-	if w := h.waiting(); w != 0 {
-		t.Fatalf("waiting = %d", w)
-	}
+		d.c.hangUp()
+		d.released(5 * time.Second)
+		waitFor(t, "the session to go", func() bool { return h.hub.Connected() == 0 })
+		res = h.mustPush(s, 0, "never")
+		if res.Delivered || res.Stored {
+			t.Fatalf("TTL 0 to an offline device: %+v", res)
+		}
+		h.hello(d.uaid).expectNone(150 * time.Millisecond)
+		if w := h.waiting(); w != 0 {
+			t.Fatalf("waiting = %d", w)
+		}
+	})
 }
 
 // An app server can withdraw a waiting message by its id; it is then
 // never delivered.
 func TestDeleteByID(t *testing.T) {
-	h := newHarness(t, nil)
-	d := h.hello("")
-	s := d.subscribe()
-	d.c.hangUp()
-	gone := h.mustPush(s, time.Hour, "regret")
-	kept := h.mustPush(s, time.Hour, "keep")
-	ctx := context.Background()
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		d := h.hello("")
+		s := d.subscribe()
+		d.c.hangUp()
+		gone := h.mustPush(s, time.Hour, "regret")
+		kept := h.mustPush(s, time.Hour, "keep")
+		ctx := context.Background()
 
-	if err := h.hub.Delete(ctx, gone.ID); err != nil {
-		t.Fatal(err)
-	}
-	if w := h.waiting(); w != 1 {
-		t.Fatalf("waiting = %d after delete", w)
-	}
-	for name, id := range map[string]string{
-		"deleted twice":    gone.ID,
-		"garbage":          "abc",
-		"endpoint token":   s.endpoint[strings.LastIndex(s.endpoint, "/")+1:],
-		"empty":            "",
-		"tampered kept id": kept.ID[:len(kept.ID)-2] + "AA",
-	} {
-		if err := h.hub.Delete(ctx, id); !errors.Is(err, relay.ErrNoMessage) {
-			t.Errorf("%s: %v, want ErrNoMessage", name, err)
+		if err := h.hub.Delete(ctx, gone.ID); err != nil {
+			t.Fatal(err)
 		}
-	}
-	d2 := h.hello(d.uaid)
-	if n := d2.expect(pushproto.TypeNotification); payload(t, n) != "keep" {
-		t.Fatalf("got %+v", n)
-	}
-	d2.expectNone(100 * time.Millisecond)
+		if w := h.waiting(); w != 1 {
+			t.Fatalf("waiting = %d after delete", w)
+		}
+		for name, id := range map[string]string{
+			"deleted twice":    gone.ID,
+			"garbage":          "abc",
+			"endpoint token":   s.endpoint[strings.LastIndex(s.endpoint, "/")+1:],
+			"empty":            "",
+			"tampered kept id": kept.ID[:len(kept.ID)-2] + "AA",
+		} {
+			if err := h.hub.Delete(ctx, id); !errors.Is(err, relay.ErrNoMessage) {
+				t.Errorf("%s: %v, want ErrNoMessage", name, err)
+			}
+		}
+		d2 := h.hello(d.uaid)
+		if n := d2.expect(pushproto.TypeNotification); payload(t, n) != "keep" {
+			t.Fatalf("got %+v", n)
+		}
+		d2.expectNone(100 * time.Millisecond)
+	})
 }
 
 // After unregister, pushes to the channel fail with ErrNoSubscription and
 // its waiting messages are gone.
 func TestUnregister(t *testing.T) {
-	h := newHarness(t, nil)
-	d := h.hello("")
-	s, other := d.subscribe(), d.subscribe()
-	h.mustPush(s, time.Hour, "unread")
-	d.expect(pushproto.TypeNotification)
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		d := h.hello("")
+		s, other := d.subscribe(), d.subscribe()
+		h.mustPush(s, time.Hour, "unread")
+		d.expect(pushproto.TypeNotification)
 
-	d.send(map[string]any{"messageType": "unregister", "channelID": s.channel, "code": 200})
-	if r := d.expect(pushproto.TypeUnregister); r.Status != 200 || r.ChannelID != s.channel {
-		t.Fatalf("unregister reply %+v", r)
-	}
-	for _, ttl := range []time.Duration{time.Hour, 0} {
-		if _, err := h.push(s, ttl, "x"); !errors.Is(err, relay.ErrNoSubscription) {
-			t.Fatalf("push TTL %s after unregister: %v", ttl, err)
+		d.send(map[string]any{"messageType": "unregister", "channelID": s.channel, "code": 200})
+		if r := d.expect(pushproto.TypeUnregister); r.Status != 200 || r.ChannelID != s.channel {
+			t.Fatalf("unregister reply %+v", r)
 		}
-	}
-	if w := h.waiting(); w != 0 {
-		t.Fatalf("waiting = %d: unregister left messages", w)
-	}
-	// Unregistering an unknown channel is not an error (autopush).
-	d.send(map[string]any{"messageType": "unregister", "channelID": newChannelID()})
-	if r := d.expect(pushproto.TypeUnregister); r.Status != 200 {
-		t.Fatalf("unregister unknown: %+v", r)
-	}
-	// The other channel still works.
-	h.mustPush(other, time.Hour, "still")
-	if n := d.expect(pushproto.TypeNotification); payload(t, n) != "still" {
-		t.Fatalf("got %+v", n)
-	}
-	// A channel that never existed.
-	ghost := &sub{ep: s.ep}
-	ghost.ep.Channel[0] ^= 0xff
-	if _, err := h.push(ghost, time.Hour, "x"); !errors.Is(err, relay.ErrNoSubscription) {
-		t.Fatalf("push to a never-registered channel: %v", err)
-	}
+		for _, ttl := range []time.Duration{time.Hour, 0} {
+			if _, err := h.push(s, ttl, "x"); !errors.Is(err, relay.ErrNoSubscription) {
+				t.Fatalf("push TTL %s after unregister: %v", ttl, err)
+			}
+		}
+		if w := h.waiting(); w != 0 {
+			t.Fatalf("waiting = %d: unregister left messages", w)
+		}
+		// Unregistering an unknown channel is not an error (autopush).
+		d.send(map[string]any{"messageType": "unregister", "channelID": newChannelID()})
+		if r := d.expect(pushproto.TypeUnregister); r.Status != 200 {
+			t.Fatalf("unregister unknown: %+v", r)
+		}
+		// The other channel still works.
+		h.mustPush(other, time.Hour, "still")
+		if n := d.expect(pushproto.TypeNotification); payload(t, n) != "still" {
+			t.Fatalf("got %+v", n)
+		}
+		// A channel that never existed.
+		ghost := &sub{ep: s.ep}
+		ghost.ep.Channel[0] ^= 0xff
+		if _, err := h.push(ghost, time.Hour, "x"); !errors.Is(err, relay.ErrNoSubscription) {
+			t.Fatalf("push to a never-registered channel: %v", err)
+		}
+	})
 }
 
 // One socket per UAID: a newer connection closes the older one with 1011
@@ -538,49 +555,51 @@ func testHelloTimeoutAndOrder(t *testing.T, notify bool) {
 // notifications as updates with integer versions, and its integer acks
 // delete the messages — also Web Push messages, which it sees by seq.
 func TestSimplePushDialect(t *testing.T) {
-	h := newHarness(t, nil)
-	d := h.connect()
-	d.hello("", true)
-	ch := newChannelID()
-	r := d.register(ch, "")
-	if r.Status != 200 || !strings.HasPrefix(r.PushEndpoint, publicURL+"/update/") {
-		t.Fatalf("legacy register: %+v", r)
-	}
-	s := &sub{channel: ch, endpoint: r.PushEndpoint, ep: h.openEndpoint(r.PushEndpoint)}
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		d := h.connect()
+		d.hello("", true)
+		ch := newChannelID()
+		r := d.register(ch, "")
+		if r.Status != 200 || !strings.HasPrefix(r.PushEndpoint, publicURL+"/update/") {
+			t.Fatalf("legacy register: %+v", r)
+		}
+		s := &sub{channel: ch, endpoint: r.PushEndpoint, ep: h.openEndpoint(r.PushEndpoint)}
 
-	if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: 42}); err != nil {
-		t.Fatal(err)
-	}
-	n := d.expect(pushproto.TypeNotification)
-	if len(n.Updates) != 1 || n.Updates[0].ChannelID != ch || n.Updates[0].Version != 42 || n.ChannelID != "" {
-		t.Fatalf("SimplePush notification %+v", n)
-	}
-	d.send(fmt.Sprintf(`{"messageType":"ack","updates":[{"channelID":%q,"version":42}]}`, ch))
-	waitFor(t, "integer ack deletes", func() bool { return h.waiting() == 0 })
-
-	// A Web Push message reaches it as an update too, versioned by seq.
-	h.mustPush(s, time.Hour, "ignored payload")
-	n = d.expect(pushproto.TypeNotification)
-	if len(n.Updates) != 1 || n.Updates[0].Version == 0 || n.Data != "" {
-		t.Fatalf("Web Push message to a SimplePush device: %+v", n)
-	}
-	d.ack(n)
-	waitFor(t, "seq ack deletes", func() bool { return h.waiting() == 0 })
-
-	// Offline, a newer version replaces the older one.
-	d.c.hangUp()
-	for _, v := range []uint64{7, 9} {
-		if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: v}); err != nil {
+		if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: 42}); err != nil {
 			t.Fatal(err)
 		}
-	}
-	d2 := h.connect()
-	d2.hello(d.uaid, true)
-	n = d2.expect(pushproto.TypeNotification)
-	if len(n.Updates) != 1 || n.Updates[0].Version != 9 {
-		t.Fatalf("after two versions: %+v", n)
-	}
-	d2.expectNone(100 * time.Millisecond)
+		n := d.expect(pushproto.TypeNotification)
+		if len(n.Updates) != 1 || n.Updates[0].ChannelID != ch || n.Updates[0].Version != 42 || n.ChannelID != "" {
+			t.Fatalf("SimplePush notification %+v", n)
+		}
+		d.send(fmt.Sprintf(`{"messageType":"ack","updates":[{"channelID":%q,"version":42}]}`, ch))
+		waitFor(t, "integer ack deletes", func() bool { return h.waiting() == 0 })
+
+		// A Web Push message reaches it as an update too, versioned by seq.
+		h.mustPush(s, time.Hour, "ignored payload")
+		n = d.expect(pushproto.TypeNotification)
+		if len(n.Updates) != 1 || n.Updates[0].Version == 0 || n.Data != "" {
+			t.Fatalf("Web Push message to a SimplePush device: %+v", n)
+		}
+		d.ack(n)
+		waitFor(t, "seq ack deletes", func() bool { return h.waiting() == 0 })
+
+		// Offline, a newer version replaces the older one.
+		d.c.hangUp()
+		for _, v := range []uint64{7, 9} {
+			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: v}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		d2 := h.connect()
+		d2.hello(d.uaid, true)
+		n = d2.expect(pushproto.TypeNotification)
+		if len(n.Updates) != 1 || n.Updates[0].Version != 9 {
+			t.Fatalf("after two versions: %+v", n)
+		}
+		d2.expectNone(100 * time.Millisecond)
+	})
 }
 
 // Run pings sessions that have been idle for PingInterval. One that answers
@@ -637,68 +656,72 @@ func testKeepalive(t *testing.T, notify bool) {
 // with 1011; spaced ones are answered; a negative MinPingInterval allows any
 // rate.
 func TestWebPushPingRate(t *testing.T) {
-	h := newHarness(t, func(c *relay.Config) { c.MinPingInterval = 150 * time.Millisecond })
-	d := h.hello("")
-	d.send("{}")
-	d.expect(pushproto.TypePing)
-	time.Sleep(200 * time.Millisecond)
-	d.send(`{"messageType":"ping"}`)
-	d.expect(pushproto.TypePing)
-	d.send("{}")
-	if code, reason := d.closedWith(time.Second); code != pushproto.CloseServerError || reason != "excessive ping" {
-		t.Fatalf("rapid ping: closed with %d %q", code, reason)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, func(c *relay.Config) { c.MinPingInterval = 150 * time.Millisecond })
+		d := h.hello("")
+		d.send("{}")
+		d.expect(pushproto.TypePing)
+		time.Sleep(200 * time.Millisecond)
+		d.send(`{"messageType":"ping"}`)
+		d.expect(pushproto.TypePing)
+		d.send("{}")
+		if code, reason := d.closedWith(time.Second); code != pushproto.CloseServerError || reason != "excessive ping" {
+			t.Fatalf("rapid ping: closed with %d %q", code, reason)
+		}
 
-	h2 := newHarness(t, func(c *relay.Config) { c.MinPingInterval = -1 })
-	d2 := h2.hello("")
-	for range 5 {
-		d2.send("{}")
-		d2.expect(pushproto.TypePing)
-	}
+		h2 := newHarness(t, func(c *relay.Config) { c.MinPingInterval = -1 })
+		d2 := h2.hello("")
+		for range 5 {
+			d2.send("{}")
+			d2.expect(pushproto.TypePing)
+		}
+	})
 }
 
 // Many app servers pushing at once to a connected device with a small
 // window: every message arrives exactly once, each sender's in the order it
 // posted them, and the store ends empty.
 func TestConcurrentPushesDelivered(t *testing.T) {
-	h := newHarness(t, func(c *relay.Config) { c.Window = 4 })
-	d := h.hello("")
-	s := d.subscribe()
-	const senders, each = 6, 25
-	var wg sync.WaitGroup
-	errs := make(chan error, senders*each)
-	for w := range senders {
-		wg.Go(func() {
-			for i := range each {
-				if _, err := h.push(s, time.Hour, fmt.Sprintf("%d/%d", w, i)); err != nil {
-					errs <- err
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, func(c *relay.Config) { c.Window = 4 })
+		d := h.hello("")
+		s := d.subscribe()
+		const senders, each = 6, 25
+		var wg sync.WaitGroup
+		errs := make(chan error, senders*each)
+		for w := range senders {
+			wg.Go(func() {
+				for i := range each {
+					if _, err := h.push(s, time.Hour, fmt.Sprintf("%d/%d", w, i)); err != nil {
+						errs <- err
+					}
 				}
+			})
+		}
+		last := make([]int, senders)
+		for i := range last {
+			last[i] = -1
+		}
+		for range senders * each {
+			n := d.next(10 * time.Second)
+			var w, i int
+			if _, err := fmt.Sscanf(payload(t, n), "%d/%d", &w, &i); err != nil {
+				t.Fatal(err)
 			}
-		})
-	}
-	last := make([]int, senders)
-	for i := range last {
-		last[i] = -1
-	}
-	for range senders * each {
-		n := d.next(10 * time.Second)
-		var w, i int
-		if _, err := fmt.Sscanf(payload(t, n), "%d/%d", &w, &i); err != nil {
+			if i != last[w]+1 {
+				t.Fatalf("sender %d: message %d after %d", w, i, last[w])
+			}
+			last[w] = i
+			d.ack(n)
+		}
+		wg.Wait()
+		close(errs)
+		for err := range errs {
 			t.Fatal(err)
 		}
-		if i != last[w]+1 {
-			t.Fatalf("sender %d: message %d after %d", w, i, last[w])
-		}
-		last[w] = i
-		d.ack(n)
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Fatal(err)
-	}
-	waitFor(t, "store drained", func() bool { return h.waiting() == 0 })
-	d.expectNone(100 * time.Millisecond)
+		waitFor(t, "store drained", func() bool { return h.waiting() == 0 })
+		d.expectNone(100 * time.Millisecond)
+	})
 }
 
 // The hello reply is the first frame of a session: a message pushed while
@@ -747,6 +770,8 @@ func testNothingBeforeHelloReply(t *testing.T, notify bool) {
 // poller) and with connections the hub parks a goroutine on (TLS).
 func bothModes(t *testing.T, f func(t *testing.T, notify bool)) {
 	for _, m := range modes {
-		t.Run(m.name, func(t *testing.T) { f(t, m.notify) })
+		t.Run(m.name, func(t *testing.T) {
+			synctest.Test(t, func(t *testing.T) { f(t, m.notify) })
+		})
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
@@ -112,84 +113,90 @@ func testWakeAcceptedSessionSleeps(t *testing.T, notify bool) {
 // A waker that cannot record the address leaves the device on its
 // WebSocket: 200, no wake fields, no 4774.
 func TestWakeHelloFailure(t *testing.T) {
-	w := &recWaker{status: pushproto.StatusWake, fail: errors.New("disk full")}
-	h := wakeHarness(t, true, w)
-	d := h.connect()
-	if f := d.wakeHello(""); f.Status != pushproto.StatusOK || f.WakeKey != "" {
-		t.Fatalf("hello reply %+v", f)
-	}
-	d.expectNone(700 * time.Millisecond)
-	if d.c.isClosed() {
-		t.Error("closed although the waker failed")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		w := &recWaker{status: pushproto.StatusWake, fail: errors.New("disk full")}
+		h := wakeHarness(t, true, w)
+		d := h.connect()
+		if f := d.wakeHello(""); f.Status != pushproto.StatusOK || f.WakeKey != "" {
+			t.Fatalf("hello reply %+v", f)
+		}
+		d.expectNone(700 * time.Millisecond)
+		if d.c.isClosed() {
+			t.Error("closed although the waker failed")
+		}
+	})
 }
 
 // Push asks for a wake only for an offline device and a message of urgency
 // normal or high, with the message's expiry.
 func TestPushWakesOfflineDevice(t *testing.T) {
-	w := &recWaker{status: pushproto.StatusOK}
-	h := wakeHarness(t, true, w)
-	d := h.hello("")
-	s := d.subscribe()
-	h.mustPush(s, time.Hour, "online")
-	d.ack(d.expect(pushproto.TypeNotification))
-	if wakes, _, _ := w.calls(); len(wakes) != 0 {
-		t.Fatalf("woke an online device: %v", wakes)
-	}
-	d.c.hangUp()
-	waitFor(t, "session gone", func() bool { return h.hub.Connected() == 0 })
-	for _, u := range []store.Urgency{store.UrgencyVeryLow, store.UrgencyLow} {
-		if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
-			t.Fatal(err)
+	synctest.Test(t, func(t *testing.T) {
+		w := &recWaker{status: pushproto.StatusOK}
+		h := wakeHarness(t, true, w)
+		d := h.hello("")
+		s := d.subscribe()
+		h.mustPush(s, time.Hour, "online")
+		d.ack(d.expect(pushproto.TypeNotification))
+		if wakes, _, _ := w.calls(); len(wakes) != 0 {
+			t.Fatalf("woke an online device: %v", wakes)
 		}
-	}
-	if wakes, _, _ := w.calls(); len(wakes) != 0 {
-		t.Fatalf("low urgency woke: %v", wakes)
-	}
-	before := time.Now()
-	for _, u := range []store.Urgency{store.UrgencyNormal, store.UrgencyHigh} {
-		if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
-			t.Fatal(err)
+		d.c.hangUp()
+		waitFor(t, "session gone", func() bool { return h.hub.Connected() == 0 })
+		for _, u := range []store.Urgency{store.UrgencyVeryLow, store.UrgencyLow} {
+			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
+				t.Fatal(err)
+			}
 		}
-	}
-	wakes, _, _ := w.calls()
-	if len(wakes) != 2 {
-		t.Fatalf("wakes %v, want 2", wakes)
-	}
-	for _, c := range wakes {
-		if c.u.String() != d.uaid || c.until.Before(before.Add(time.Hour-time.Second)) {
-			t.Errorf("wake %v, want %s until about an hour from now", c, d.uaid)
+		if wakes, _, _ := w.calls(); len(wakes) != 0 {
+			t.Fatalf("low urgency woke: %v", wakes)
 		}
-	}
+		before := time.Now()
+		for _, u := range []store.Urgency{store.UrgencyNormal, store.UrgencyHigh} {
+			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		wakes, _, _ := w.calls()
+		if len(wakes) != 2 {
+			t.Fatalf("wakes %v, want 2", wakes)
+		}
+		for _, c := range wakes {
+			if c.u.String() != d.uaid || c.until.Before(before.Add(time.Hour-time.Second)) {
+				t.Errorf("wake %v, want %s until about an hour from now", c, d.uaid)
+			}
+		}
+	})
 }
 
 // A wake session that ends with a notification unacked asks for a wake
 // (the messages are looked up); one that acked everything does not.
 func TestWakeSessionEndsUnacked(t *testing.T) {
-	w := &recWaker{status: pushproto.StatusWake}
-	h := wakeHarness(t, true, w)
-	d := h.connect()
-	d.wakeHello("")
-	s := d.subscribe()
-	h.mustPush(s, time.Hour, "acked")
-	d.ack(d.expect(pushproto.TypeNotification))
-	if code, _ := d.closedWith(5 * time.Second); code != pushproto.CloseWake {
-		t.Fatalf("close %d", code)
-	}
-	waitFor(t, "session gone", func() bool { return h.hub.Connected() == 0 })
-	if wakes, _, _ := w.calls(); len(wakes) != 0 {
-		t.Fatalf("woke after everything was acked: %v", wakes)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		w := &recWaker{status: pushproto.StatusWake}
+		h := wakeHarness(t, true, w)
+		d := h.connect()
+		d.wakeHello("")
+		s := d.subscribe()
+		h.mustPush(s, time.Hour, "acked")
+		d.ack(d.expect(pushproto.TypeNotification))
+		if code, _ := d.closedWith(5 * time.Second); code != pushproto.CloseWake {
+			t.Fatalf("close %d", code)
+		}
+		waitFor(t, "session gone", func() bool { return h.hub.Connected() == 0 })
+		if wakes, _, _ := w.calls(); len(wakes) != 0 {
+			t.Fatalf("woke after everything was acked: %v", wakes)
+		}
 
-	d2 := h.connect()
-	d2.wakeHello(d.uaid)
-	h.mustPush(s, time.Hour, "not acked")
-	d2.expect(pushproto.TypeNotification)
-	if code, _ := d2.closedWith(5 * time.Second); code != pushproto.CloseWake {
-		t.Fatalf("close %d", code)
-	}
-	waitFor(t, "a wake for the unacked message", func() bool {
-		wakes, _, _ := w.calls()
-		return len(wakes) == 1 && wakes[0].u.String() == d.uaid && wakes[0].until.IsZero()
+		d2 := h.connect()
+		d2.wakeHello(d.uaid)
+		h.mustPush(s, time.Hour, "not acked")
+		d2.expect(pushproto.TypeNotification)
+		if code, _ := d2.closedWith(5 * time.Second); code != pushproto.CloseWake {
+			t.Fatalf("close %d", code)
+		}
+		waitFor(t, "a wake for the unacked message", func() bool {
+			wakes, _, _ := w.calls()
+			return len(wakes) == 1 && wakes[0].u.String() == d.uaid && wakes[0].until.IsZero()
+		})
 	})
 }

@@ -4,50 +4,53 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"testing/synctest"
 	"time"
 )
 
 // Workers run every task, leave when idle, and come back for new work.
 func TestWorkersRunAndRetire(t *testing.T) {
-	var wg sync.WaitGroup
-	w := newWorkers(&wg, 4, 10*time.Millisecond)
-	running := func() int {
-		w.mu.Lock()
-		defer w.mu.Unlock()
-		return w.running
-	}
-	waitRetired := func() {
-		t.Helper()
-		for deadline := time.Now().Add(10 * time.Second); running() > 0; time.Sleep(time.Millisecond) {
-			if time.Now().After(deadline) {
-				t.Fatalf("%d idle workers did not exit", running())
+	synctest.Test(t, func(t *testing.T) {
+		var wg sync.WaitGroup
+		w := newWorkers(&wg, 4, 10*time.Millisecond)
+		running := func() int {
+			w.mu.Lock()
+			defer w.mu.Unlock()
+			return w.running
+		}
+		waitRetired := func() {
+			t.Helper()
+			for deadline := time.Now().Add(10 * time.Second); running() > 0; time.Sleep(time.Millisecond) {
+				if time.Now().After(deadline) {
+					t.Fatalf("%d idle workers did not exit", running())
+				}
 			}
 		}
-	}
-	var done atomic.Int64
-	var tasks sync.WaitGroup
-	for range 100 {
+		var done atomic.Int64
+		var tasks sync.WaitGroup
+		for range 100 {
+			tasks.Add(1)
+			wg.Add(1) // the caller's count, as a session holds one
+			w.run(func() {
+				defer tasks.Done()
+				defer wg.Done()
+				done.Add(1)
+			})
+		}
+		tasks.Wait()
+		if done.Load() != 100 {
+			t.Fatalf("%d of 100 tasks ran", done.Load())
+		}
+		if n := running(); n > 4 {
+			t.Fatalf("%d workers, max 4", n)
+		}
+		waitRetired()
 		tasks.Add(1)
-		wg.Add(1) // the caller's count, as a session holds one
-		w.run(func() {
-			defer tasks.Done()
-			defer wg.Done()
-			done.Add(1)
-		})
-	}
-	tasks.Wait()
-	if done.Load() != 100 {
-		t.Fatalf("%d of 100 tasks ran", done.Load())
-	}
-	if n := running(); n > 4 {
-		t.Fatalf("%d workers, max 4", n)
-	}
-	waitRetired()
-	tasks.Add(1)
-	wg.Add(1)
-	w.run(func() { defer tasks.Done(); defer wg.Done() })
-	tasks.Wait()
-	waitRetired()
-	w.stop()
-	wg.Wait()
+		wg.Add(1)
+		w.run(func() { defer tasks.Done(); defer wg.Done() })
+		tasks.Wait()
+		waitRetired()
+		w.stop()
+		wg.Wait()
+	})
 }

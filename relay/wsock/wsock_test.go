@@ -11,6 +11,7 @@ import (
 	"net/http/httptest"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -676,4 +677,48 @@ func TestRearmFromCallback(t *testing.T) {
 		}
 	}
 	sc.Disarm()
+}
+
+// Expire ends a write that is blocked on a peer that stopped reading, from
+// another goroutine, long before the write timeout would.
+func TestExpireEndsBlockedWrite(t *testing.T) {
+	l := listen(t, wsock.Options{WriteTimeout: time.Minute, MaxFrame: 1 << 20}, false)
+	_, sc := l.dial() // the client never reads
+	frame := []byte(`"` + strings.Repeat("x", 64<<10) + `"`)
+	done := make(chan error, 1)
+	var written atomic.Int64
+	go func() {
+		for {
+			if err := sc.WriteFrame(frame); err != nil {
+				done <- err
+				return
+			}
+			written.Add(1)
+		}
+	}()
+	// Wait until the socket's buffers are full and the writer blocks.
+	for last := int64(-1); ; {
+		time.Sleep(200 * time.Millisecond)
+		n := written.Load()
+		if n == last {
+			break
+		}
+		last = n
+	}
+	start := time.Now()
+	sc.Expire(100 * time.Millisecond)
+	select {
+	case err := <-done:
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() {
+			t.Fatalf("blocked write ended with %v, want a timeout", err)
+		}
+		t.Logf("blocked write ended %s after Expire, %d frames in", time.Since(start), written.Load())
+	case <-time.After(10 * time.Second):
+		t.Fatal("a write blocked on a stuck peer did not end after Expire")
+	}
+	// Later writes fail at once: the connection's end is bounded.
+	if err := sc.WriteFrame([]byte(`"late"`)); err == nil {
+		t.Fatal("a write after the expiry succeeded")
+	}
 }
