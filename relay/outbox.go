@@ -133,7 +133,8 @@ func (s *session) writer() {
 				s.released()
 				return
 			}
-			s.out.writing = false
+			// An idle session keeps no buffers.
+			s.out.writing, s.out.frames, s.out.bufs = false, nil, nil
 			s.mu.Unlock()
 			return
 		}

@@ -172,9 +172,13 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	start := func(what string, run func() error) {
 		wg.Go(func() {
 			if err := run(); err != nil {
+				err = fmt.Errorf("%s: %w", what, err)
 				select {
-				case errc <- fmt.Errorf("%s: %w", what, err):
+				case errc <- err:
 				default:
+					// Not the first failure: it does not change the exit
+					// status, but it is not hidden either.
+					d.log.Error("after the first failure", "err", err)
 				}
 			}
 		})
@@ -331,17 +335,25 @@ func (d *daemon) shutdown() {
 	if err := d.hub.Shutdown(ctx); err != nil {
 		d.log.Warn("close device sessions", "err", err)
 	}
-	d.api.Close()
-	d.ws.Close()
-	d.kick.Close()
+	logErr := func(what string, err error) {
+		if err != nil {
+			d.log.Warn(what, "err", err)
+		}
+	}
+	logErr("close endpoint listener", d.api.Close())
+	logErr("close device poller", d.ws.Close())
+	logErr("close wake sender", d.kick.Close())
 	if d.stun != nil {
-		d.stun.Close()
+		logErr("close stun listener", d.stun.Close())
 	}
 	if d.udp != nil {
-		d.udp.Close()
+		logErr("close wake socket", d.udp.Close())
 	}
 	if srv, ok := d.servers["admin"]; ok {
-		srv.Shutdown(ctx)
+		if err := srv.Shutdown(ctx); err != nil {
+			logErr("drain admin listener", err)
+			logErr("close admin listener", srv.Close())
+		}
 	}
 }
 

@@ -370,7 +370,7 @@ func TestPongExtendsIdle(t *testing.T) {
 	l := listen(t, wsock.Options{}, false)
 	cc, sc := l.dial()
 	go cc.Read(time.Now().Add(10 * time.Second)) // answers pings
-	const idle, pingFor = 300 * time.Millisecond, 1200 * time.Millisecond
+	const idle, pingFor = 600 * time.Millisecond, 1200 * time.Millisecond // idle is six ping gaps: a busy machine may delay one
 	sc.SetIdleTimeout(idle)
 	start := time.Now()
 	pinging := make(chan struct{})
