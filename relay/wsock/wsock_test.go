@@ -369,7 +369,7 @@ func TestIdleTimeout(t *testing.T) {
 func TestPongExtendsIdle(t *testing.T) {
 	l := listen(t, wsock.Options{}, false)
 	cc, sc := l.dial()
-	go cc.Read(time.Now().Add(10 * time.Second)) // answers pings
+	go cc.Read(time.Now().Add(10 * time.Second))                          // answers pings
 	const idle, pingFor = 600 * time.Millisecond, 1200 * time.Millisecond // idle is six ping gaps: a busy machine may delay one
 	sc.SetIdleTimeout(idle)
 	start := time.Now()
