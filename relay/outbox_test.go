@@ -160,3 +160,32 @@ func TestTransportPingAnsweredByWriter(t *testing.T) {
 		}
 	})
 }
+
+// TestPartialFrameHoldsNoWorker: a device that sends half a frame and
+// stops is waited for on a goroutine of its session's own, not on one of
+// the hub's shared workers, which other devices' frames need.
+func TestPartialFrameHoldsNoWorker(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		slow := h.hello("")
+		slow.c.partial.Store(true)
+		slow.c.arrived() // the poller sees bytes: half a frame
+		synctest.Wait()
+		slow.c.mu.Lock()
+		reader := slow.c.partialReader
+		slow.c.mu.Unlock()
+		if reader == "" {
+			t.Fatal("the partial frame was not read")
+		}
+		if strings.Contains(reader, "(*workers).loop") || !strings.Contains(reader, "goWait") {
+			t.Fatalf("a partial frame is waited for on a shared worker:\n%s", reader)
+		}
+		// The rest arrives: the session goes on as usual.
+		slow.c.partial.Store(false)
+		slow.send(`{"messageType":"ping"}`)
+		slow.expect(pushproto.TypePing)
+		other := h.hello("")
+		other.send(`{"messageType":"ping"}`)
+		other.expect(pushproto.TypePing)
+	})
+}

@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -38,8 +39,12 @@ type pipeConn struct {
 
 	// autoPong makes every Ping answered at once.
 	autoPong atomic.Bool
-	pings    atomic.Int32
-	batches  atomic.Int32 // WriteFrames calls
+	// partial makes the device's next frame look half-sent: Whole
+	// reports false, and ReadFrame waits as on a socket.
+	partial       atomic.Bool
+	partialReader string // the stack of the goroutine that read a partial frame
+	pings         atomic.Int32
+	batches       atomic.Int32 // WriteFrames calls
 
 	mu          sync.Mutex
 	queue       [][]byte // frames from the device not yet read
@@ -287,6 +292,13 @@ func (c *pipeConn) wait(take bool) ([]byte, error) {
 }
 
 func (c *pipeConn) ReadFrame() ([]byte, error) {
+	if c.partial.Load() {
+		// Note which goroutine waits for the rest of the frame.
+		buf := make([]byte, 8<<10)
+		c.mu.Lock()
+		c.partialReader = string(buf[:runtime.Stack(buf, false)])
+		c.mu.Unlock()
+	}
 	f, err := c.wait(true)
 	if f != nil {
 		c.extend()
@@ -298,6 +310,11 @@ func (c *pipeConn) WaitReadable() error {
 	_, err := c.wait(false)
 	return err
 }
+
+// Whole is false while the test holds a device's frame half-sent
+// (partial): the hub must then wait for the rest on a goroutine of the
+// session's own.
+func (c *pipeConn) Whole() bool { return !c.partial.Load() }
 
 func (c *pipeConn) Buffered() bool {
 	c.mu.Lock()

@@ -70,6 +70,12 @@ type Conn interface {
 	// Buffered reports whether bytes of a further frame are already held
 	// in the adapter's buffer.
 	Buffered() bool
+	// Whole reports whether ReadFrame would return without waiting for
+	// the peer: what the socket holds now makes a whole frame (or only
+	// pongs). Called after Notify fired, it may take in what the socket
+	// already holds, without blocking. Adapters that cannot tell report
+	// true.
+	Whole() bool
 	// Notify arranges for f to be called once, without blocking, when the
 	// connection has bytes to read, and reports true; while it waits the
 	// connection needs no goroutine. It reports false when the adapter

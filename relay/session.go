@@ -99,46 +99,74 @@ func (s *session) wait() {
 			s.finish()
 			return
 		}
-		s.burst()
+		s.burstOwn()
 	})
 }
 
 // onReadable is called by the adapter's poller; it must not block.
 func (s *session) onReadable() { s.hub.goOwned(s.burst) }
 
+// burst reads on a shared worker what the poller said is there. A frame
+// that has only partly arrived is not waited for here: the rest of the
+// burst goes to a goroutine of the session's own, so a device that sends
+// half a frame and stops holds no worker.
 func (s *session) burst() {
-	if s.readBurst() {
+	switch s.readBurst(true) {
+	case burstMore:
+		s.wait()
+	case burstPartial:
+		s.hub.goWait(s.burstOwn)
+	default:
+		s.finish()
+	}
+}
+
+// burstOwn reads a burst that may wait for the device, on the session's
+// own goroutine (goWait).
+func (s *session) burstOwn() {
+	if s.readBurst(false) == burstMore {
 		s.wait()
 	} else {
 		s.finish()
 	}
 }
 
+// How a burst of reading ended.
+const (
+	burstMore    = iota // read all there was; wait for more
+	burstPartial        // a frame is only partly here (shared workers only)
+	burstEnd            // the session must end
+)
+
 // readBurst reads and handles frames until the adapter holds no more
-// buffered bytes. It returns false when the session must end.
-func (s *session) readBurst() bool {
+// buffered bytes. On a shared worker it stops before a frame that has not
+// wholly arrived.
+func (s *session) readBurst(shared bool) int {
 	h := s.hub
 	for {
+		if shared && !s.conn.Whole() {
+			return burstPartial
+		}
 		frame, err := s.conn.ReadFrame()
 		if err != nil {
 			s.readFailed(err)
-			return false
+			return burstEnd
 		}
 		if frame == nil {
-			return true // only pongs were pending
+			return burstMore // only pongs were pending
 		}
 		msg, err := pushproto.DecodeClient(frame)
 		if err != nil {
 			h.m.frames.With("invalid").Inc()
 			h.cfg.Logger.Debug("bad frame from device", "remote", s.conn.RemoteAddr(), "uaid", s.uaidString(), "err", err)
 			s.close(pushproto.CloseServerError, pushproto.Reason(err))
-			return false
+			return burstEnd
 		}
 		if !s.handle(msg) {
-			return false
+			return burstEnd
 		}
 		if !s.conn.Buffered() {
-			return true
+			return burstMore
 		}
 	}
 }

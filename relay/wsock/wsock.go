@@ -375,6 +375,68 @@ func (c *Conn) Buffered() bool {
 	return c.br != nil && c.br.Buffered() > 0
 }
 
+// Whole reports whether the buffered bytes hold a whole frame, or only
+// whole pongs, so that ReadFrame will not wait for the peer. With nothing
+// buffered it first takes in what the socket holds (one read that does not
+// block when the poller said the socket is readable). A frame larger than
+// the read buffer is never whole here: its reader waits for the rest on a
+// goroutine of its own, not on a shared worker. Connections without a raw
+// socket (TLS) report true.
+func (c *Conn) Whole() bool {
+	if c.raw == nil {
+		return true
+	}
+	if c.br.Buffered() == 0 {
+		if _, err := c.br.Peek(1); err != nil {
+			return true // ReadFrame reports the error at once
+		}
+	}
+	b, _ := c.br.Peek(c.br.Buffered())
+	for len(b) > 0 {
+		n, ok := frameLen(b)
+		if !ok || n > len(b) {
+			return false
+		}
+		if b[0] != 0x8a { // not a pong: a frame for ReadFrame
+			return true
+		}
+		b = b[n:]
+	}
+	return true // only pongs
+}
+
+// frameLen is the length of the frame starting at b (RFC 6455 §5.2),
+// header and payload, or false if b does not hold the whole header.
+func frameLen(b []byte) (int, bool) {
+	if len(b) < 2 {
+		return 0, false
+	}
+	n, hdr := int64(b[1]&0x7f), 2
+	switch n {
+	case 126:
+		if len(b) < 4 {
+			return 0, false
+		}
+		n, hdr = int64(b[2])<<8|int64(b[3]), 4
+	case 127:
+		if len(b) < 10 {
+			return 0, false
+		}
+		n = 0
+		for _, x := range b[2:10] {
+			n = n<<8 | int64(x)
+		}
+		hdr = 10
+	}
+	if b[1]&0x80 != 0 {
+		hdr += 4 // the mask key
+	}
+	if n < 0 || n > 1<<30 {
+		return 1 << 30, true // absurd: never whole; gorilla refuses it
+	}
+	return hdr + int(n), true
+}
+
 // ReadFrame returns the next text frame. On a connection that parks
 // shallowly it returns (nil, nil) when only pongs were pending: they are
 // consumed here, at the frame boundary, because gorilla would handle a pong

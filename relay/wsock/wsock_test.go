@@ -722,3 +722,75 @@ func TestExpireEndsBlockedWrite(t *testing.T) {
 		t.Fatal("a write after the expiry succeeded")
 	}
 }
+
+// Whole tells a frame that has wholly arrived from one that has not, so
+// the core never waits for the rest of a frame on a shared worker. It is
+// asked as the core asks it: when the poller saw bytes, and after each
+// frame while bytes are buffered.
+func TestWhole(t *testing.T) {
+	l := listen(t, wsock.Options{}, false)
+	cc, sc := l.dial()
+	raw := cc.NetConn()
+	masked := func(op byte, payload string) []byte {
+		f := []byte{0x80 | op, 0x80 | byte(len(payload)), 1, 2, 3, 4}
+		for i := range len(payload) {
+			f = append(f, payload[i]^byte(i%4+1))
+		}
+		return f
+	}
+	const ping = `{"messageType":"ping"}`
+	frame := masked(0x1, ping)
+	pong := masked(0xa, "")
+	settle := func() { time.Sleep(50 * time.Millisecond) } // the bytes reach the relay's socket
+	read := func() {
+		t.Helper()
+		if f, err := sc.ReadFrame(); err != nil || string(f) != ping {
+			t.Fatalf("ReadFrame = %q, %v", f, err)
+		}
+	}
+
+	// A whole frame, then a frame and half of the next.
+	raw.Write(frame)
+	settle()
+	if !sc.Whole() {
+		t.Fatal("a whole frame is not whole")
+	}
+	read()
+	raw.Write(append(append([]byte{}, frame...), frame[:7]...))
+	settle()
+	if !sc.Whole() {
+		t.Fatal("a whole frame before half of one is not whole")
+	}
+	read()
+	if !sc.Buffered() || sc.Whole() {
+		t.Fatal("half a frame is whole")
+	}
+	raw.Write(frame[7:]) // the core's own goroutine reads the rest
+	read()
+
+	// Pongs and half a frame are not whole (ReadFrame would skip the
+	// pongs and wait); pongs alone are.
+	raw.Write(append(append(append([]byte{}, pong...), pong...), frame[:3]...))
+	settle()
+	if sc.Whole() {
+		t.Fatal("pongs and half a frame are whole")
+	}
+	raw.Write(frame[3:])
+	read()
+	raw.Write(pong)
+	settle()
+	if !sc.Whole() {
+		t.Fatal("a pong is not whole")
+	}
+	if f, err := sc.ReadFrame(); f != nil || err != nil {
+		t.Fatalf("ReadFrame of a pong = %q, %v", f, err)
+	}
+
+	// A frame larger than the read buffer is never whole.
+	big := []byte{0x81, 0x80 | 126, 0x04, 0x00, 1, 2, 3, 4} // 1024 bytes announced
+	raw.Write(big)
+	settle()
+	if sc.Whole() {
+		t.Fatal("the header of a 1 KiB frame is whole")
+	}
+}
