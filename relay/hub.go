@@ -350,8 +350,8 @@ func (h *Hub) pushDirect(u store.UAID, ch store.ChannelID, m Message, now time.T
 		h.m.dropped.With("ttl0_offline").Inc()
 		return Result{ID: id}, nil
 	}
-	if !s.sendDirect(s.directFrame(&dm)) {
-		h.m.dropped.With("ttl0_outbox_full").Inc()
+	if reason := s.sendDirect(s.directFrame(&dm)); reason != "" {
+		h.m.dropped.With(reason).Inc()
 		return Result{ID: id}, nil
 	}
 	h.m.pushed.With("direct").Inc()

@@ -656,18 +656,21 @@ func (s *session) accepting() bool {
 	return !s.closed
 }
 
-// sendDirect queues a TTL-0 frame; false if the session is gone or its
-// outbox is at its budget (a TTL-0 message is never stored, so it is
-// dropped, and counted by the caller).
-func (s *session) sendDirect(frame []byte) bool {
+// sendDirect queues a TTL-0 frame. A TTL-0 message is never stored, so
+// when the session is closing (or not past hello) or its outbox is at its
+// budget it is dropped: the reason is returned for the caller to count.
+func (s *session) sendDirect(frame []byte) (dropped string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.closed || !s.ready || s.out.bytes+len(frame) > s.hub.cfg.OutboxBytes {
-		return false
+	switch {
+	case s.closed || !s.ready:
+		return "ttl0_closed"
+	case s.out.bytes+len(frame) > s.hub.cfg.OutboxBytes:
+		return "ttl0_outbox_full"
 	}
 	s.queueLocked(frame, kindDirect)
 	s.startWriterLocked()
-	return true
+	return ""
 }
 
 // pump queues notifications for stored messages past lastSent, keeping at
