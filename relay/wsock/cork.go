@@ -90,7 +90,9 @@ func (c *corkConn) uncork() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.corked = false
-	return c.flushLocked()
+	err := c.flushLocked()
+	c.buf = nil // an idle connection keeps no batch buffer
+	return err
 }
 
 func (c *corkConn) flushLocked() error {

@@ -13,6 +13,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"io"
 	"net"
@@ -143,13 +144,35 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	ws.SetCloseHandler(func(int, string) error { return nil })
 	c.br = hj.br
 	c.cork = hj.cork
-	c.raw = rawConn(hj.conn)
+	c.tcp = tcpConn(hj.conn)
+	if c.tcp != nil {
+		c.raw = rawConn(c.tcp)
+	}
 	if c.raw != nil && s.poll != nil {
 		if fd := socketFD(c.raw); fd >= 0 {
 			c.fd, c.poll = fd, s.poll
 		}
 	}
 	s.accept(c)
+}
+
+// tcpConn finds the TCP socket under c: c itself, or what a wrapper (a
+// listener's connection guard) names with NetConn, as tls.Conn does. TLS
+// connections are not unwrapped: their bytes must go through TLS.
+func tcpConn(c net.Conn) *net.TCPConn {
+	for range 4 {
+		switch v := c.(type) {
+		case *net.TCPConn:
+			return v
+		case *tls.Conn:
+			return nil
+		case interface{ NetConn() net.Conn }:
+			c = v.NetConn()
+		default:
+			return nil
+		}
+	}
+	return nil
 }
 
 // hijacker hands gorilla a small read buffer of ours in place of the HTTP
@@ -183,6 +206,7 @@ type Conn struct {
 	ws           *websocket.Conn
 	br           *bufio.Reader   // gorilla's read buffer
 	cork         *corkConn       // what gorilla writes to; nil on client-side or foreign conns
+	tcp          *net.TCPConn    // the plain TCP socket under cork, for writev; nil on TLS
 	raw          syscall.RawConn // for parking idle readers cheaply; nil if unavailable
 	poll         *poller         // watches the socket while idle; nil if unavailable
 	fd           int
@@ -521,13 +545,19 @@ func mapReadErr(err error) error {
 
 // WriteFrame writes one text frame.
 func (c *Conn) WriteFrame(p []byte) error {
+	if c.tcp != nil {
+		return c.writeDirect([][]byte{p})
+	}
 	c.ws.SetWriteDeadline(c.writeDeadline(c.writeTimeout))
 	return c.ws.WriteMessage(websocket.TextMessage, p)
 }
 
-// WriteFrames writes text frames as one batch: one syscall when the
-// connection is corkable.
+// WriteFrames writes text frames as one batch: one system call on a plain
+// TCP connection (writev), a corked write on other hijacked ones.
 func (c *Conn) WriteFrames(frames [][]byte) error {
+	if c.tcp != nil {
+		return c.writeDirect(frames)
+	}
 	if c.cork == nil || len(frames) < 2 {
 		for _, f := range frames {
 			if err := c.WriteFrame(f); err != nil {
@@ -544,6 +574,43 @@ func (c *Conn) WriteFrames(frames [][]byte) error {
 		}
 	}
 	return c.cork.uncork()
+}
+
+// writeDirect frames text messages itself and writes them with one
+// writev: the headers beside the caller's payloads, so nothing is copied
+// and nothing but the caller's frames is held while a write waits for a
+// slow peer. Server frames are unmasked and unfragmented (RFC 6455 §5.2).
+// Only the connection's writer writes, and gorilla's own writes (control
+// frames) come from the same goroutine, so frames never interleave.
+func (c *Conn) writeDirect(frames [][]byte) error {
+	hdr := make([]byte, 0, maxHeader*len(frames))
+	bufs := make(net.Buffers, 0, 2*len(frames))
+	for _, f := range frames {
+		start := len(hdr)
+		hdr = appendTextHeader(hdr, len(f))
+		bufs = append(bufs, hdr[start:len(hdr):len(hdr)], f)
+	}
+	// Through the cork, which coarsens deadlines and caps them at the
+	// expiry.
+	c.cork.SetWriteDeadline(c.writeDeadline(c.writeTimeout))
+	_, err := bufs.WriteTo(c.tcp)
+	return err
+}
+
+// maxHeader is the longest header of an unmasked frame.
+const maxHeader = 10
+
+// appendTextHeader appends the header of a final, unmasked text frame of
+// n payload bytes.
+func appendTextHeader(b []byte, n int) []byte {
+	switch {
+	case n < 126:
+		return append(b, 0x81, byte(n))
+	case n <= 0xffff:
+		return append(b, 0x81, 126, byte(n>>8), byte(n))
+	default:
+		return append(b, 0x81, 127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
 }
 
 // Ping sends a WebSocket ping.

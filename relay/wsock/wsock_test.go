@@ -1,6 +1,7 @@
 package wsock_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -163,6 +164,35 @@ func TestTextFramesBothWays(t *testing.T) {
 				t.Fatalf("RemoteAddr %v", sc.RemoteAddr())
 			}
 		})
+	}
+}
+
+// Frames of every header length (7-bit, 16-bit and 64-bit payload
+// lengths, at their edges) reach a standard client whole, one at a time
+// and batched, on plain TCP (framed by wsock, written with writev) and TLS
+// (framed by gorilla).
+func TestFrameLengths(t *testing.T) {
+	for _, useTLS := range []bool{false, true} {
+		l := listen(t, wsock.Options{}, useTLS)
+		cc, sc := l.dial()
+		var frames [][]byte
+		for _, n := range []int{0, 1, 125, 126, 127, 65535, 65536, 70000} {
+			frames = append(frames, []byte(strings.Repeat("a", n)))
+		}
+		for _, f := range frames {
+			if err := sc.WriteFrame(f); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := sc.WriteFrames(frames); err != nil {
+			t.Fatal(err)
+		}
+		for i := range 2 * len(frames) {
+			got, err := cc.Read(time.Now().Add(5 * time.Second))
+			if want := frames[i%len(frames)]; err != nil || !bytes.Equal(got, want) {
+				t.Fatalf("tls=%v: frame %d: read %d bytes, %v; want %d", useTLS, i, len(got), err, len(want))
+			}
+		}
 	}
 }
 
