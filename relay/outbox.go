@@ -27,7 +27,6 @@ import (
 // All fields are guarded by session.mu.
 type outbox struct {
 	frames  [][]byte
-	bufs    []*[]byte // pooled buffers frames point into, recycled after the write
 	bytes   int       // encoded bytes of frames
 	notes   int       // notifications among frames (the rest are replies)
 	direct  int       // TTL-0 notifications among frames (counted as dropped if never written)
@@ -124,7 +123,6 @@ func (s *session) writer() {
 	h := s.hub
 	defer h.wg.Done()
 	var frames [][]byte
-	var bufs []*[]byte
 	for {
 		s.mu.Lock()
 		if !s.out.pendingLocked() {
@@ -134,12 +132,11 @@ func (s *session) writer() {
 				return
 			}
 			// An idle session keeps no buffers.
-			s.out.writing, s.out.frames, s.out.bufs = false, nil, nil
+			s.out.writing, s.out.frames = false, nil
 			s.mu.Unlock()
 			return
 		}
 		frames, s.out.frames = s.out.frames, frames[:0]
-		bufs, s.out.bufs = s.out.bufs, bufs[:0]
 		pongs, ping, cf := s.out.pongs, s.out.ping, s.out.close
 		s.out.pongs, s.out.ping = nil, false
 		notes, direct := s.out.notes, s.out.direct
@@ -173,10 +170,6 @@ func (s *session) writer() {
 			n += len(f)
 			frames[i] = nil
 		}
-		for i, b := range bufs {
-			putFrameBuf(b)
-			bufs[i] = nil
-		}
 
 		s.mu.Lock()
 		s.out.bytes -= n
@@ -190,10 +183,7 @@ func (s *session) writer() {
 				h.m.dropped.With("ttl0_closed").Add(float64(dropped))
 			}
 			h.m.outbox.Add(-float64(s.out.bytes))
-			for _, b := range s.out.bufs {
-				putFrameBuf(b)
-			}
-			s.out.frames, s.out.bufs, s.out.bytes = nil, nil, 0
+			s.out.frames, s.out.bytes = nil, 0
 			s.out.notes, s.out.direct = 0, 0
 			s.out.pongs, s.out.ping, s.out.close = nil, false, nil
 		}

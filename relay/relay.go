@@ -174,7 +174,7 @@ type Config struct {
 	Window          int           // notifications in flight per device (100)
 	// OutboxBytes bounds the encoded notifications a session holds for
 	// writing, and the committed messages it holds for sending, each
-	// (64 KiB). What does not fit waits in the store.
+	// (32 KiB). What does not fit waits in the store.
 	OutboxBytes int
 
 	// Waker, if set, wakes sleeping devices; WakeIdleClose is how long a
@@ -205,7 +205,7 @@ func (c *Config) setDefaults() {
 		c.Window = 100
 	}
 	if c.OutboxBytes <= 0 {
-		c.OutboxBytes = 64 << 10
+		c.OutboxBytes = 32 << 10
 	}
 	if c.WakeIdleClose <= 0 {
 		c.WakeIdleClose = 10 * time.Second

@@ -799,39 +799,36 @@ func (s *session) markSent(msgs []*store.Message) []outgoing {
 	return send
 }
 
-// frameBufs lends queueMessages the buffer it encodes a batch into; the
-// writer gives it back once the batch is written.
+// frameBufs lends queueMessages the scratch buffer it encodes a batch
+// into.
 var frameBufs = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
 
 // maxPooledFrames keeps a rare large batch's buffer out of the pool.
 const maxPooledFrames = 64 << 10
 
-func putFrameBuf(bp *[]byte) {
-	if cap(*bp) <= maxPooledFrames {
-		*bp = (*bp)[:0]
-		frameBufs.Put(bp)
-	}
-}
-
-// queueMessages encodes notifications for msgs into one buffer and queues
-// them for the writer. If the session closed meanwhile they are dropped:
-// they wait in the store.
+// queueMessages encodes notifications for msgs and queues them for the
+// writer, in one allocation of exactly their size: what a session holds
+// for a device that does not read is what its outbox counts. If the
+// session closed meanwhile they are dropped: they wait in the store.
 func (s *session) queueMessages(msgs []outgoing) {
 	if len(msgs) == 0 {
 		return
 	}
 	bp := frameBufs.Get().(*[]byte)
-	buf := (*bp)[:0]
+	scratch := (*bp)[:0]
 	ends := make([]int, len(msgs))
 	for i, o := range msgs {
-		buf = s.appendFrame(buf, o.m, o.key)
-		ends[i] = len(buf)
+		scratch = s.appendFrame(scratch, o.m, o.key)
+		ends[i] = len(scratch)
 	}
-	*bp = buf
+	buf := append([]byte(nil), scratch...)
+	if cap(scratch) <= maxPooledFrames {
+		*bp = scratch[:0]
+		frameBufs.Put(bp)
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		putFrameBuf(bp)
 		return
 	}
 	start := 0
@@ -839,7 +836,6 @@ func (s *session) queueMessages(msgs []outgoing) {
 		s.queueLocked(buf[start:end:end], kindStored)
 		start = end
 	}
-	s.out.bufs = append(s.out.bufs, bp)
 	s.startWriterLocked()
 }
 

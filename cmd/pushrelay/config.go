@@ -131,7 +131,7 @@ var settings = []setting{
 	intSetting("max_channels_per_uaid", "1000", 1, 1<<20, "channels one device may register", func(c *Config) *int { return &c.MaxChannelsPerUAID }),
 	intSetting("max_messages_per_uaid", "1000", 1, 1<<20, "messages kept per device; beyond it the oldest is dropped", func(c *Config) *int { return &c.MaxMessagesPerUAID }),
 	intSetting("inflight_window", "100", 1, 10000, "notifications sent to a device before it must ack", func(c *Config) *int { return &c.InflightWindow }),
-	intSetting("outbox_bytes", "65536", 4096, 16<<20, "bytes of notifications queued for one device's socket; the rest waits in the store", func(c *Config) *int { return &c.OutboxBytes }),
+	intSetting("outbox_bytes", "32768", 4096, 16<<20, "bytes of notifications queued for one device's socket; the rest waits in the store", func(c *Config) *int { return &c.OutboxBytes }),
 	strSetting("stun_listen", ":3478", "UDP address of the STUN listener, where devices prove their wake address and from which wake datagrams are sent; empty disables STUN", func(c *Config) *string { return &c.STUNListen }),
 	strSetting("stun_advertise", "", "STUN host:port told to devices (default: the listener's port on the address the device connected to)", func(c *Config) *string { return &c.STUNAdvertise }),
 	intSetting("stun_rate", "20", 1, 1<<20, "STUN requests per second accepted from one source address (burst twice that)", func(c *Config) *int { return &c.STUNRate }),
