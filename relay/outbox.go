@@ -27,11 +27,11 @@ import (
 // All fields are guarded by session.mu.
 type outbox struct {
 	frames  [][]byte
-	bytes   int       // encoded bytes of frames
-	notes   int       // notifications among frames (the rest are replies)
-	direct  int       // TTL-0 notifications among frames (counted as dropped if never written)
-	pongs   [][]byte  // ping payloads to answer, at most maxPongs
-	ping    bool      // a keepalive ping is wanted
+	bytes   int      // encoded bytes of frames
+	notes   int      // notifications among frames (the rest are replies)
+	direct  int      // TTL-0 notifications among frames (counted as dropped if never written)
+	pongs   [][]byte // ping payloads to answer, at most maxPongs
+	ping    bool     // a keepalive ping is wanted
 	close   *closeFrame
 	writing bool // the writer goroutine is running
 	// done: the close frame was written or a write failed; nothing more
