@@ -68,9 +68,10 @@ const (
 	// Authorization header is under 1 KiB.
 	MaxHeaderBytes = 8192
 	// DefaultConcurrency is how many app-server connections are served at
-	// once unless configured: each costs about 30 KiB while a request is
-	// read (buffers, request state, goroutine), so 1024 stay near 30 MiB on
-	// a 256 MB gateway. fasthttp's own default is 262,144.
+	// once unless configured: each costs about 10 KiB open and 18 KiB while
+	// a 4 KiB request is read (buffers, request state, goroutine), so 1024
+	// stay under 20 MiB on a 256 MB gateway (docs/operations.md). fasthttp's
+	// own default is 262,144.
 	DefaultConcurrency = 1024
 	// DefaultRequestTimeout bounds a push's wait for the store.
 	DefaultRequestTimeout = 5 * time.Second
