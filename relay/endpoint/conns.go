@@ -29,7 +29,9 @@ type listener struct {
 	conns map[*conn]struct{}
 	// refusing bounds the goroutines writing refusals: a refusal over TLS
 	// waits for the handshake, so it is not written on the accept loop.
+	// Each takes at most a second; Shutdown waits for them.
 	refusing chan struct{}
+	refusals sync.WaitGroup
 }
 
 func newListener(ln net.Listener, a *API) *listener {
@@ -68,12 +70,12 @@ func (l *listener) refuse(c net.Conn) {
 		c.Close() // too many refusals in flight: close without a word
 		return
 	}
-	go func() {
+	l.refusals.Go(func() {
 		defer func() { <-l.refusing }()
 		c.SetDeadline(time.Now().Add(time.Second))
 		c.Write(l.a.refusal)
 		c.Close()
-	}()
+	})
 }
 
 // closeUnused closes the connections that have not sent a byte: an app

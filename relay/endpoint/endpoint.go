@@ -225,6 +225,9 @@ func (a *API) Shutdown(ctx context.Context) error {
 		// still waiting for its first: that waits for its read timeout.
 		ln.closeUnused()
 	}
+	for _, ln := range lns {
+		ln.refusals.Wait()
+	}
 	if err := a.srv.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("endpoint: drain: %w", err)
 	}

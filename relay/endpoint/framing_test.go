@@ -398,3 +398,19 @@ func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// With the real store: a push whose deadline has passed before the store
+// takes it is 503 errno 120 and not stored.
+func TestRequestTimeoutRealStore(t *testing.T) {
+	e := newEnv(t, func(c *Config) { c.RequestTimeout = time.Nanosecond })
+	d := e.connect("")
+	s := d.subscribe(nil)
+	d.c.Close()
+	r := e.do("POST", s.endpoint, s.encrypt(t, "late"), with(aes128, "TTL", "60"))
+	if r.code != 503 || r.errno != 120 || r.header.Get("Retry-After") != "10" {
+		t.Fatalf("%d %s", r.code, r.body)
+	}
+	if w := e.waiting(); w != 0 {
+		t.Fatalf("a refused push was stored: %d waiting", w)
+	}
+}
