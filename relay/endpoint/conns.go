@@ -2,6 +2,7 @@ package endpoint
 
 import (
 	"bytes"
+	"crypto/tls"
 	"errors"
 	"net"
 	"strconv"
@@ -56,6 +57,9 @@ func (l *listener) Accept() (net.Conn, error) {
 		l.conns[tc] = struct{}{}
 		l.mu.Unlock()
 		l.a.m.conns.Inc()
+		if t, ok := c.(*tls.Conn); ok {
+			return &tlsConn{tc, t}, nil
+		}
 		return tc, nil
 	}
 }
@@ -133,6 +137,16 @@ func (c *conn) Close() error {
 	})
 	return err
 }
+
+// tlsConn keeps a TLS connection's methods visible: fasthttp tells TLS
+// requests by them.
+type tlsConn struct {
+	*conn
+	tls *tls.Conn
+}
+
+func (c *tlsConn) Handshake() error                     { return c.tls.Handshake() }
+func (c *tlsConn) ConnectionState() tls.ConnectionState { return c.tls.ConnectionState() }
 
 // framer follows the requests of one connection: the lines of each head up
 // to its blank line, then Content-Length bytes of body. After a chunked
