@@ -47,13 +47,14 @@ func (l *listener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		l.mu.Lock()
-		if len(l.conns) >= l.a.cfg.Concurrency {
-			l.mu.Unlock()
+		// The cap is the API's, over all its listeners.
+		if l.a.open.Add(1) > int64(l.a.cfg.Concurrency) {
+			l.a.open.Add(-1)
 			l.refuse(c)
 			continue
 		}
 		tc := &conn{Conn: c, l: l}
+		l.mu.Lock()
 		l.conns[tc] = struct{}{}
 		l.mu.Unlock()
 		l.a.m.conns.Inc()
@@ -133,6 +134,7 @@ func (c *conn) Close() error {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
 		c.l.mu.Unlock()
+		c.l.a.open.Add(-1)
 		c.l.a.m.conns.Dec()
 	})
 	return err

@@ -38,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -117,6 +118,8 @@ type API struct {
 
 	// refusal is the whole answer to a connection over the cap.
 	refusal []byte
+
+	open atomic.Int64 // connections counted under Concurrency
 
 	mu        sync.Mutex
 	listeners []*listener
