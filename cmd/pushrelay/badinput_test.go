@@ -1,8 +1,13 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -148,6 +153,53 @@ func TestE2EBadEndpointInput(t *testing.T) {
 			}
 			if !strings.Contains(r.body, `"message"`) || !strings.Contains(r.body, `"error"`) {
 				t.Fatalf("error body lacks fields: %s", r.body)
+			}
+		})
+	}
+	// Framing (RFC 9112), on raw connections: each is answered at once
+	// (the read timeout is 30 s, the test waits 10), and the connection
+	// is closed after the one answer, so the request hidden after a
+	// chunked body is never served.
+	host := strings.TrimPrefix(p.endpoint, "http://")
+	path := s.endpoint[strings.Index(s.endpoint, "/wpush/"):]
+	head := "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\n"
+	cl := "Content-Length: " + strconv.Itoa(len(good)) + "\r\n"
+	chunked := strconv.FormatInt(int64(len(good)), 16) + "\r\n" + string(good) + "\r\n0\r\n\r\n"
+	hidden := "DELETE /m/hidden HTTP/1.1\r\nHost: " + host + "\r\n\r\n"
+	framing := []struct {
+		name  string
+		raw   string
+		code  int
+		errno int
+	}{
+		{"Content-Length with Transfer-Encoding", head + cl + "Transfer-Encoding: chunked\r\n\r\n" + chunked + hidden, 400, 122},
+		{"Transfer-Encoding identity", head + "Transfer-Encoding: identity\r\n\r\n" + string(good), 501, 123},
+		{"Transfer-Encoding gzip", head + "Transfer-Encoding: gzip\r\n\r\n" + string(good), 501, 123},
+		{"bare LF line ends", strings.ReplaceAll(head+cl+"\r\n", "\r\n", "\n") + string(good), 400, 117},
+	}
+	for _, c := range framing {
+		t.Run(c.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			conn.SetDeadline(time.Now().Add(10 * time.Second))
+			io.WriteString(conn, c.raw)
+			all, err := io.ReadAll(conn)
+			if err != nil {
+				t.Fatalf("no answer and close within 10 s: %v (%q)", err, all)
+			}
+			resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(all)), nil)
+			if err != nil {
+				t.Fatalf("%v: %q", err, all)
+			}
+			b, _ := io.ReadAll(resp.Body)
+			if resp.StatusCode != c.code || !strings.Contains(string(b), `"errno":`+strconv.Itoa(c.errno)+",") {
+				t.Fatalf("got %d %s, want %d errno %d", resp.StatusCode, b, c.code, c.errno)
+			}
+			if n := strings.Count(string(all), "HTTP/1.1 "); n != 1 {
+				t.Fatalf("%d answers on one connection: %q", n, all)
 			}
 		})
 	}

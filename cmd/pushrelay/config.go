@@ -46,6 +46,9 @@ type Config struct {
 	InflightWindow     int
 	OutboxBytes        int
 
+	EndpointConcurrency    int
+	EndpointRequestTimeout time.Duration
+
 	STUNListen     string
 	STUNAdvertise  string
 	STUNRate       int
@@ -132,6 +135,8 @@ var settings = []setting{
 	intSetting("max_messages_per_uaid", "1000", 1, 1<<20, "messages kept per device; beyond it the oldest is dropped", func(c *Config) *int { return &c.MaxMessagesPerUAID }),
 	intSetting("inflight_window", "100", 1, 10000, "notifications sent to a device before it must ack", func(c *Config) *int { return &c.InflightWindow }),
 	intSetting("outbox_bytes", "32768", 4096, 16<<20, "bytes of notifications queued for one device's socket; the rest waits in the store", func(c *Config) *int { return &c.OutboxBytes }),
+	intSetting("endpoint_concurrency", "1024", 1, 1<<20, "app-server connections served at once (about 10 KiB each, 18 KiB while a request is read); one more is answered 503 with Retry-After and closed", func(c *Config) *int { return &c.EndpointConcurrency }),
+	durSetting("endpoint_request_timeout", "5s", "how long a push waits for the store before it is answered 503 with Retry-After", func(c *Config) *time.Duration { return &c.EndpointRequestTimeout }),
 	strSetting("stun_listen", ":3478", "UDP address of the STUN listener, where devices prove their wake address and from which wake datagrams are sent; empty disables STUN", func(c *Config) *string { return &c.STUNListen }),
 	strSetting("stun_advertise", "", "STUN host:port told to devices (default: the listener's port on the address the device connected to)", func(c *Config) *string { return &c.STUNAdvertise }),
 	intSetting("stun_rate", "20", 1, 1<<20, "STUN requests per second accepted from one source address (burst twice that)", func(c *Config) *int { return &c.STUNRate }),

@@ -143,6 +143,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	d.kick.SetPresence(d.hub)
 	d.api, err = endpoint.New(endpoint.Config{
 		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
+		Concurrency: cfg.EndpointConcurrency, RequestTimeout: cfg.EndpointRequestTimeout,
 		Logger: d.log.With("component", "endpoint"), Metrics: d.reg,
 	})
 	if err != nil {
@@ -150,6 +151,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		return err
 	}
 	d.admin = admin.New(d.reg, d.status)
+	d.admin.AddCheck("store", d.checkSpace)
 
 	errLog := log.New(&slogWriter{d.log}, "", 0)
 	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
@@ -355,6 +357,22 @@ func (d *daemon) shutdown() {
 			logErr("close admin listener", srv.Close())
 		}
 	}
+}
+
+// checkSpace fails while pushes are refused for lack of space. Each call
+// then writes a 64 KiB probe in the data dir: once it fits, writes resume
+// (SpaceFreed) without waiting for a push to get through, which a load
+// balancer watching /readyz would never send.
+func (d *daemon) checkSpace() error {
+	since, refused := d.api.DiskFull()
+	if since.IsZero() {
+		return nil
+	}
+	if store.ProbeSpace(d.cfg.DataDir, 64<<10) == nil {
+		d.api.SpaceFreed()
+		return nil
+	}
+	return fmt.Errorf("disk full since %s (%d pushes refused)", since.UTC().Format(time.RFC3339), refused)
 }
 
 func (d *daemon) status() admin.Status {

@@ -4,8 +4,9 @@
 //
 //	GET /metrics   Prometheus text format
 //	GET /healthz   200 while the process runs
-//	GET /readyz    200 once every listener is up, 503 before and while
-//	               shutting down
+//	GET /readyz    200 once every listener is up, 503 before, while
+//	               shutting down and while a check fails (the store out
+//	               of space: the body says which and since when)
 //	GET /status    JSON (Accept: application/json or ?format=json) or a
 //	               small HTML page
 //	/debug/pprof/  Go profiles (left out of builds tagged nopprof, which
@@ -21,6 +22,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -37,6 +39,9 @@ type Status struct {
 	Waiting     int64             `json:"waiting_messages"`
 	WakePending int               `json:"wake_pending"`
 	Listeners   map[string]string `json:"listeners"`
+	// Problems are the failing checks (AddCheck) by name; Ready is false
+	// while there is one.
+	Problems map[string]string `json:"problems,omitempty"`
 }
 
 // Server is the admin handler.
@@ -44,6 +49,14 @@ type Server struct {
 	ready  atomic.Bool
 	status func() Status
 	mux    *http.ServeMux
+
+	mu     sync.Mutex
+	checks []check
+}
+
+type check struct {
+	name string
+	fn   func() error
 }
 
 // New returns an admin handler exporting reg; status is called for /status.
@@ -58,6 +71,15 @@ func New(reg *metrics.Registry, status func() Status) *Server {
 			http.Error(w, "not ready", http.StatusServiceUnavailable)
 			return
 		}
+		if p := s.problems(); len(p) > 0 {
+			var b strings.Builder
+			b.WriteString("not ready:")
+			for _, name := range sortedKeys(p) {
+				fmt.Fprintf(&b, " %s: %s;", name, p[name])
+			}
+			http.Error(w, strings.TrimSuffix(b.String(), ";"), http.StatusServiceUnavailable)
+			return
+		}
 		w.Write([]byte("ready\n"))
 	})
 	s.mux.HandleFunc("GET /status", s.serveStatus)
@@ -67,6 +89,41 @@ func New(reg *metrics.Registry, status func() Status) *Server {
 
 // SetReady flips /readyz.
 func (s *Server) SetReady(v bool) { s.ready.Store(v) }
+
+// AddCheck adds a condition of readiness: while fn returns an error,
+// /readyz answers 503 with it and /status lists it under name. fn runs on
+// every /readyz and /status request, so it must be cheap.
+func (s *Server) AddCheck(name string, fn func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.checks = append(s.checks, check{name, fn})
+}
+
+// problems runs the checks and returns the failing ones.
+func (s *Server) problems() map[string]string {
+	s.mu.Lock()
+	checks := s.checks
+	s.mu.Unlock()
+	var p map[string]string
+	for _, c := range checks {
+		if err := c.fn(); err != nil {
+			if p == nil {
+				p = map[string]string{}
+			}
+			p[c.name] = err.Error()
+		}
+	}
+	return p
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
+}
 
 // ServeHTTP implements http.Handler.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) { s.mux.ServeHTTP(w, r) }
@@ -90,12 +147,10 @@ func writePage(w io.Writer, st Status) {
 	row("channels", strconv.FormatInt(st.Channels, 10))
 	row("waiting messages", strconv.FormatInt(st.Waiting, 10))
 	row("devices with a wake due", strconv.Itoa(st.WakePending))
-	names := make([]string, 0, len(st.Listeners))
-	for k := range st.Listeners {
-		names = append(names, k)
+	for _, k := range sortedKeys(st.Problems) {
+		row("problem: "+k, st.Problems[k])
 	}
-	sort.Strings(names)
-	for _, k := range names {
+	for _, k := range sortedKeys(st.Listeners) {
 		row(k+" listener", st.Listeners[k])
 	}
 	io.WriteString(w, `</table>
@@ -106,7 +161,8 @@ func writePage(w io.Writer, st Status) {
 
 func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 	st := s.status()
-	st.Ready = s.ready.Load()
+	st.Problems = s.problems()
+	st.Ready = s.ready.Load() && len(st.Problems) == 0
 	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(st)

@@ -2,10 +2,12 @@ package admin
 
 import (
 	"encoding/json"
+	"errors"
 	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"testing"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -74,5 +76,43 @@ func TestStatusPageEscapes(t *testing.T) {
 	_, body := get(t, srv, "/status")
 	if strings.Contains(body, "<script>") || !strings.Contains(body, "&lt;script&gt;") || !strings.Contains(body, "a&amp;b") {
 		t.Fatalf("status page does not escape: %s", body)
+	}
+}
+
+// A failing check makes the relay not ready, says why on /readyz and lists
+// it on /status; it clears when the check passes again.
+func TestChecks(t *testing.T) {
+	s := New(metrics.NewRegistry(), func() Status { return Status{Version: "v"} })
+	var full atomic.Bool
+	s.AddCheck("store", func() error {
+		if full.Load() {
+			return errors.New("disk full since 01:02:03 (7 pushes refused)")
+		}
+		return nil
+	})
+	s.SetReady(true)
+	srv := httptest.NewServer(s)
+	defer srv.Close()
+	if code, _ := get(t, srv, "/readyz"); code != 200 {
+		t.Fatalf("readyz with passing checks = %d", code)
+	}
+	full.Store(true)
+	if code, body := get(t, srv, "/readyz"); code != 503 || !strings.Contains(body, "store: disk full since 01:02:03") {
+		t.Fatalf("readyz with a failing check = %d %q", code, body)
+	}
+	code, body := get(t, srv, "/status?format=json")
+	var st Status
+	if code != 200 || json.Unmarshal([]byte(body), &st) != nil || st.Ready || !strings.HasPrefix(st.Problems["store"], "disk full since") {
+		t.Fatalf("status json = %d %s", code, body)
+	}
+	if _, body := get(t, srv, "/status"); !strings.Contains(body, "problem: store") {
+		t.Fatalf("status page lacks the problem: %s", body)
+	}
+	full.Store(false)
+	if code, _ := get(t, srv, "/readyz"); code != 200 {
+		t.Fatalf("readyz after the check passes = %d", code)
+	}
+	if _, body := get(t, srv, "/status?format=json"); strings.Contains(body, "problems") {
+		t.Fatalf("problems left in %s", body)
 	}
 }

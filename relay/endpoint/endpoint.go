@@ -15,6 +15,14 @@
 // package alone imports: every message costs one request, and net/http's
 // per-request machinery (a background read, header maps, a context) was a
 // quarter of the relay's CPU per message (docs/benchmarks.md).
+//
+// Bounds: at most Concurrency connections are served (more are answered 503
+// at once), each push waits at most RequestTimeout for the store (then 503),
+// and a store out of space refuses pushes with 507, logged once per
+// LogInterval, until a write succeeds again. Framing follows RFC 9112:
+// Content-Length with Transfer-Encoding is refused (400) and the connection
+// closed, a transfer coding other than chunked is 501, and a head with bare
+// LF line ends is refused at once rather than left to the read timeout.
 package endpoint
 
 import (
@@ -30,6 +38,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/valyala/fasthttp"
@@ -59,6 +68,14 @@ const (
 	// MaxHeaderBytes bounds a request's line and headers together. A VAPID
 	// Authorization header is under 1 KiB.
 	MaxHeaderBytes = 8192
+	// DefaultConcurrency is how many app-server connections are served at
+	// once unless configured: each costs about 10 KiB open and 18 KiB while
+	// a 4 KiB request is read (buffers, request state, goroutine), so 1024
+	// stay under 20 MiB on a 256 MB gateway (docs/operations.md). fasthttp's
+	// own default is 262,144.
+	DefaultConcurrency = 1024
+	// DefaultRequestTimeout bounds a push's wait for the store.
+	DefaultRequestTimeout = 5 * time.Second
 )
 
 // Config configures the API.
@@ -72,9 +89,18 @@ type Config struct {
 	// its answer (30s), IdleTimeout a keep-alive connection's wait for the
 	// next request (120s).
 	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
-	Logger                                 *slog.Logger
-	Metrics                                *metrics.Registry
-	Now                                    func() time.Time
+	// Concurrency caps the connections served at once (DefaultConcurrency);
+	// one more is answered 503 errno 121 and closed.
+	Concurrency int
+	// RequestTimeout bounds a push's or delete's wait for the store
+	// (DefaultRequestTimeout); past it the answer is 503 errno 120.
+	RequestTimeout time.Duration
+	// LogInterval is how often a store out of space is logged while pushes
+	// keep being refused (1 minute).
+	LogInterval time.Duration
+	Logger      *slog.Logger
+	Metrics     *metrics.Registry
+	Now         func() time.Time
 }
 
 // API serves the endpoint routes. Serve it on a listener with Serve; stop
@@ -90,9 +116,16 @@ type API struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	// refusal is the whole answer to a connection over the cap.
+	refusal []byte
+
+	open atomic.Int64 // connections counted under Concurrency
+
 	mu        sync.Mutex
-	listeners []net.Listener
+	listeners []*listener
 	stopped   bool
+
+	full diskFull
 }
 
 // New returns the API.
@@ -116,7 +149,8 @@ func New(cfg Config) (*API, error) {
 	for _, d := range []struct {
 		v   *time.Duration
 		def time.Duration
-	}{{&cfg.ReadTimeout, 30 * time.Second}, {&cfg.WriteTimeout, 30 * time.Second}, {&cfg.IdleTimeout, 120 * time.Second}} {
+	}{{&cfg.ReadTimeout, 30 * time.Second}, {&cfg.WriteTimeout, 30 * time.Second}, {&cfg.IdleTimeout, 120 * time.Second},
+		{&cfg.RequestTimeout, DefaultRequestTimeout}, {&cfg.LogInterval, time.Minute}} {
 		if *d.v <= 0 {
 			*d.v = d.def
 		}
@@ -127,6 +161,10 @@ func New(cfg Config) (*API, error) {
 		location: strings.TrimSuffix(cfg.PublicURL, "/") + "/m/",
 		m:        newAPIMetrics(metrics.OrNew(cfg.Metrics)),
 	}
+	if cfg.Concurrency <= 0 {
+		a.cfg.Concurrency = DefaultConcurrency
+	}
+	a.refusal = refusal(errBusy)
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.srv = &fasthttp.Server{
 		Handler:      a.handle,
@@ -142,6 +180,10 @@ func New(cfg Config) (*API, error) {
 		NoDefaultServerHeader: true,
 		NoDefaultContentType:  true,
 		CloseOnShutdown:       true,
+		// The listener keeps to Concurrency; fasthttp's cap, a little
+		// higher, only covers a closed connection's worker not yet back in
+		// its pool.
+		Concurrency: a.cfg.Concurrency + a.cfg.Concurrency/8 + 16,
 		// ReduceMemoryUsage stays off: it would give an idle keep-alive
 		// connection's read buffer back after every request, at the price
 		// of one more read system call per request (a one-byte read
@@ -163,9 +205,10 @@ func (a *API) Serve(ln net.Listener) error {
 	}
 	// Shutdown closes the listeners itself: fasthttp's Shutdown does not
 	// see a listener whose Serve has not reached its accept loop yet.
-	a.listeners = append(a.listeners, ln)
+	l := newListener(ln, a)
+	a.listeners = append(a.listeners, l)
 	a.mu.Unlock()
-	if err := a.srv.Serve(ln); err != nil {
+	if err := a.srv.Serve(l); err != nil {
 		return fmt.Errorf("endpoint: %w", err)
 	}
 	return nil
@@ -181,6 +224,12 @@ func (a *API) Shutdown(ctx context.Context) error {
 	a.mu.Unlock()
 	for _, ln := range lns {
 		ln.Close() // Serve returns nil
+		// fasthttp closes a connection idle after a request, not one
+		// still waiting for its first: that waits for its read timeout.
+		ln.closeUnused()
+	}
+	for _, ln := range lns {
+		ln.refusals.Wait()
 	}
 	if err := a.srv.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("endpoint: drain: %w", err)
@@ -225,7 +274,45 @@ func (a *API) handle(ctx *fasthttp.RequestCtx) {
 			ctx.SetConnectionClose()
 		}
 	}()
+	if e := checkFraming(ctx.Request.Header.RawHeaders()); e != nil {
+		// What follows on the connection cannot be trusted to start a
+		// request (RFC 9112 §6.3).
+		a.fail(ctx, e)
+		ctx.SetConnectionClose()
+		return
+	}
 	a.route(ctx)
+}
+
+// checkFraming refuses what fasthttp lets through of RFC 9112 §6: a
+// Transfer-Encoding with a Content-Length (a proxy framing by length would
+// see another request in the body) and the identity coding, which fasthttp
+// accepts although RFC 9112 dropped it. raw is the request's header lines;
+// fasthttp refuses other codings and repeated Transfer-Encoding itself.
+func checkFraming(raw []byte) *apiError {
+	var te, cl bool
+	var coding []byte
+	for len(raw) > 0 {
+		line, rest, _ := bytes.Cut(raw, []byte("\n"))
+		raw = rest
+		name, value, ok := bytes.Cut(line, []byte(":"))
+		if !ok {
+			continue
+		}
+		switch {
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			te, coding = true, bytes.TrimSpace(value)
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			cl = true
+		}
+	}
+	switch {
+	case te && cl:
+		return errFraming
+	case te && !bytes.EqualFold(coding, []byte("chunked")):
+		return errCoding.with(fmt.Sprintf("transfer coding %q", coding))
+	}
+	return nil
 }
 
 func (a *API) route(ctx *fasthttp.RequestCtx) {
@@ -267,16 +354,25 @@ func (a *API) readFailed(ctx *fasthttp.RequestCtx, err error) {
 		e = errTooLarge
 	case errors.As(err, &small):
 		e = errHeaderTooLarge
+	case errors.Is(err, errBareLF):
+		e = errMalformed.with(errBareLF.Error())
+	case errors.Is(err, fasthttp.ErrUnsupportedTransferEncoding):
+		// Transfer-Encoding on HTTP/1.0: faulty framing (RFC 9112 §6.1).
+	case strings.Contains(err.Error(), "unsupported transfer-encoding"):
+		// fasthttp's error for a coding it does not know has no sentinel.
+		e = errCoding
 	}
 	a.answer(ctx, e)
 	a.cfg.Logger.Debug("endpoint request unreadable", "remote", ctx.RemoteAddr().String(), "status", e.Code, "errno", e.Errno, "message", e.Message)
 }
 
-// apiError is an error response.
+// apiError is an error response. Retry, in seconds, is sent as
+// Retry-After when set.
 type apiError struct {
 	Code    int
 	Errno   int
 	Message string
+	Retry   int
 }
 
 func (e *apiError) Error() string { return fmt.Sprintf("%d errno %d: %s", e.Code, e.Errno, e.Message) }
@@ -290,24 +386,31 @@ func (e *apiError) with(detail string) *apiError {
 // The errors of the API. Errnos are autopush's (docs/src/errors.md); 115
 // to 118 are pushrelay's own.
 var (
-	errNotFound      = &apiError{404, 102, "Invalid URL endpoint"}
-	errBadToken      = &apiError{404, 102, "Invalid subscription token"}
-	errNoSub         = &apiError{410, 106, "No such subscription"}
-	errTooLarge      = &apiError{413, 104, "Data payload too large"}
-	errMissingCrypto = &apiError{400, 101, "Missing necessary crypto keys"}
-	errBadCrypto     = &apiError{400, 110, "Invalid crypto headers"}
-	errMissingTTL    = &apiError{400, 111, "Missing TTL header"}
-	errBadTTL        = &apiError{400, 114, "Invalid TTL header"}
-	errBadTopic      = &apiError{400, 113, "Invalid Topic header"}
-	errBadUrgency    = &apiError{400, 115, "Invalid Urgency header"}
-	errBadVersion    = &apiError{400, 116, "Invalid SimplePush version"}
-	errAuth          = &apiError{401, 109, "Invalid authentication"}
-	errNoMessage     = &apiError{404, 102, "No such message"}
-	errUnavailable   = &apiError{503, 202, "Service unavailable, try again"}
-	errInternal      = &apiError{500, 999, "An internal error occurred"}
+	errNotFound      = &apiError{404, 102, "Invalid URL endpoint", 0}
+	errBadToken      = &apiError{404, 102, "Invalid subscription token", 0}
+	errNoSub         = &apiError{410, 106, "No such subscription", 0}
+	errTooLarge      = &apiError{413, 104, "Data payload too large", 0}
+	errMissingCrypto = &apiError{400, 101, "Missing necessary crypto keys", 0}
+	errBadCrypto     = &apiError{400, 110, "Invalid crypto headers", 0}
+	errMissingTTL    = &apiError{400, 111, "Missing TTL header", 0}
+	errBadTTL        = &apiError{400, 114, "Invalid TTL header", 0}
+	errBadTopic      = &apiError{400, 113, "Invalid Topic header", 0}
+	errBadUrgency    = &apiError{400, 115, "Invalid Urgency header", 0}
+	errBadVersion    = &apiError{400, 116, "Invalid SimplePush version", 0}
+	errAuth          = &apiError{401, 109, "Invalid authentication", 0}
+	errNoMessage     = &apiError{404, 102, "No such message", 0}
+	errUnavailable   = &apiError{503, 202, "Service unavailable, try again", 120}
+	errInternal      = &apiError{500, 999, "An internal error occurred", 0}
 	// What fasthttp could not read as a request.
-	errMalformed      = &apiError{400, 117, "Malformed HTTP request"}
-	errHeaderTooLarge = &apiError{431, 118, "Request headers too large"}
+	errMalformed      = &apiError{400, 117, "Malformed HTTP request", 0}
+	errHeaderTooLarge = &apiError{431, 118, "Request headers too large", 0}
+	// Operating states: the store out of space or too slow, too many
+	// connections.
+	errNoSpace   = &apiError{507, 119, "The relay's storage is full, try again later", 60}
+	errStoreSlow = &apiError{503, 120, "The relay could not store the message in time, try again", 10}
+	errBusy      = &apiError{503, 121, "Too many connections, try again", 5}
+	errFraming   = &apiError{400, 122, "Content-Length with Transfer-Encoding", 0}
+	errCoding    = &apiError{501, 123, "Unsupported Transfer-Encoding", 0}
 )
 
 // fail refuses a request with e and logs it.
@@ -324,10 +427,15 @@ func (a *API) answer(ctx *fasthttp.RequestCtx, e *apiError) {
 	switch e.Code {
 	case fasthttp.StatusGone:
 		h.Set("Cache-Control", "max-age=86400")
-	case fasthttp.StatusServiceUnavailable:
-		h.Set("Retry-After", "120")
+	}
+	if e.Retry > 0 {
+		h.Set("Retry-After", strconv.Itoa(e.Retry))
 	}
 	ctx.SetStatusCode(e.Code)
+	ctx.SetBody(errorBody(e))
+}
+
+func errorBody(e *apiError) []byte {
 	body, _ := json.Marshal(struct {
 		Code     int    `json:"code"`
 		Errno    int    `json:"errno"`
@@ -335,7 +443,15 @@ func (a *API) answer(ctx *fasthttp.RequestCtx, e *apiError) {
 		Message  string `json:"message"`
 		MoreInfo string `json:"more_info"`
 	}{e.Code, e.Errno, fasthttp.StatusMessage(e.Code), e.Message, "docs/endpoint-api.md"})
-	ctx.SetBody(append(body, '\n'))
+	return append(body, '\n')
+}
+
+// refusal is the raw answer to a connection refused before fasthttp sees
+// it.
+func refusal(e *apiError) []byte {
+	body := errorBody(e)
+	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nRetry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		e.Code, fasthttp.StatusMessage(e.Code), e.Retry, len(body), body)
 }
 
 // header returns a request header's value, "" when absent.
@@ -520,18 +636,19 @@ func ParseUrgency(s string) (store.Urgency, *apiError) {
 }
 
 func (a *API) push(ctx *fasthttp.RequestCtx, m relay.Message, start time.Time) {
-	res, err := a.cfg.Pusher.Push(a.ctx, m)
+	pctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
+	res, err := a.cfg.Pusher.Push(pctx, m)
+	cancel()
 	switch {
 	case err == nil:
+		if res.Stored {
+			a.storeWrote()
+		}
 	case errors.Is(err, relay.ErrNoSubscription):
 		a.fail(ctx, errNoSub)
 		return
-	case errors.Is(err, relay.ErrClosing), errors.Is(err, context.Canceled):
-		a.fail(ctx, errUnavailable)
-		return
 	default:
-		a.cfg.Logger.Error("push failed", "err", err)
-		a.fail(ctx, errInternal)
+		a.fail(ctx, a.storeFailed("push", err))
 		return
 	}
 	h := &ctx.Response.Header
@@ -579,16 +696,32 @@ func ParseSimplePushVersion(body, query string, now time.Time) (uint64, *apiErro
 }
 
 func (a *API) deleteMessage(ctx *fasthttp.RequestCtx, id []byte) {
-	err := a.cfg.Pusher.Delete(a.ctx, string(id))
+	dctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
+	err := a.cfg.Pusher.Delete(dctx, string(id))
+	cancel()
 	switch {
 	case err == nil:
 		ctx.SetStatusCode(fasthttp.StatusNoContent)
 	case errors.Is(err, relay.ErrNoMessage):
 		a.fail(ctx, errNoMessage)
-	case errors.Is(err, relay.ErrClosing), errors.Is(err, context.Canceled):
-		a.fail(ctx, errUnavailable)
 	default:
-		a.cfg.Logger.Error("delete failed", "err", err)
-		a.fail(ctx, errInternal)
+		a.fail(ctx, a.storeFailed("delete", err))
+	}
+}
+
+// storeFailed classifies what the relay core returned for a push or delete
+// (op) and returns the answer.
+func (a *API) storeFailed(op string, err error) *apiError {
+	switch {
+	case errors.Is(err, relay.ErrClosing), errors.Is(err, context.Canceled):
+		return errUnavailable
+	case errors.Is(err, context.DeadlineExceeded):
+		return errStoreSlow
+	case store.IsNoSpace(err):
+		a.storeFull(err)
+		return errNoSpace
+	default:
+		a.cfg.Logger.Error(op+" failed", "err", err)
+		return errInternal
 	}
 }

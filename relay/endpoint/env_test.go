@@ -17,6 +17,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -32,8 +33,9 @@ type env struct {
 	hub    *relay.Hub
 	tokens *token.Codec
 	api    *API
-	base   string // the endpoint API's URL, also its PublicURL
-	device string // ws:// URL of the device listener
+	reg    *metrics.Registry // the API's metrics
+	base   string            // the endpoint API's URL, also its PublicURL
+	device string            // ws:// URL of the device listener
 }
 
 type testWriter struct{ t testing.TB }
@@ -71,7 +73,8 @@ func newEnv(t testing.TB, tweak func(*Config)) *env {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { hub.Close() })
-	cfg := Config{Tokens: tokens, Pusher: hub, PublicURL: base, Logger: log}
+	reg := metrics.NewRegistry()
+	cfg := Config{Tokens: tokens, Pusher: hub, PublicURL: base, Logger: log, Metrics: reg}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -82,7 +85,7 @@ func newEnv(t testing.TB, tweak func(*Config)) *env {
 	serveAPI(t, api, ln)
 	devSrv := httptest.NewServer(wsock.Handler(wsock.Options{}, func(c *wsock.Conn) { hub.Accept(c) }))
 	t.Cleanup(devSrv.Close)
-	return &env{t: t, st: st, hub: hub, tokens: tokens, api: api, base: base,
+	return &env{t: t, st: st, hub: hub, tokens: tokens, api: api, reg: reg, base: base,
 		device: "ws" + strings.TrimPrefix(devSrv.URL, "http")}
 }
 
@@ -118,6 +121,51 @@ func (e *env) serveWith(p Pusher) string {
 	}
 	serveAPI(e.t, api, ln)
 	return "http://" + ln.Addr().String()
+}
+
+// served is a second API of a test.
+type served struct {
+	api  *API
+	reg  *metrics.Registry
+	base string
+}
+
+// serveAPIConfig serves a second API with the env's tokens and public URL
+// and what tweak changes, on a listener of its own.
+func (e *env) serveAPIConfig(tweak func(*Config)) served {
+	e.t.Helper()
+	reg := metrics.NewRegistry()
+	cfg := Config{Tokens: e.tokens, Pusher: e.hub, PublicURL: e.base, Metrics: reg}
+	tweak(&cfg)
+	api, err := New(cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	serveAPI(e.t, api, ln)
+	return served{api: api, reg: reg, base: "http://" + ln.Addr().String()}
+}
+
+// serveConfig is serveAPIConfig's base URL.
+func (e *env) serveConfig(tweak func(*Config)) string { return e.serveAPIConfig(tweak).base }
+
+// metric is one series of the env's API metrics.
+func (e *env) metric(series string) float64 { return e.metricOf(e.reg, series) }
+
+func (e *env) metricOf(reg *metrics.Registry, series string) float64 { return reg.Value(series) }
+
+// waitUntil polls cond for up to 10 s.
+func waitUntil(t testing.TB, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10s")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }
 
 // testDevice is a device connected over the real WebSocket listener.
@@ -237,5 +285,5 @@ func (e *env) waiting() int64 {
 var knownErrnos = map[int]int{
 	101: 400, 102: 404, 104: 413, 106: 410, 109: 401, 110: 400,
 	111: 400, 113: 400, 114: 400, 115: 400, 116: 400, 117: 400,
-	118: 431, 202: 503,
+	118: 431, 119: 507, 120: 503, 121: 503, 122: 400, 123: 501, 202: 503,
 }

@@ -263,6 +263,13 @@ func FuzzRawRequest(f *testing.F) {
 		"DELETE /m/abc HTTP/1.0\r\n\r\n",
 		"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
 		"POST " + path + " HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+		// RFC 9112 framing: length and chunked together (a request hidden
+		// in the body), codings other than chunked, bare LF line ends.
+		"POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\nTransfer-Encoding: chunked\r\n\r\n" + strconv.FormatInt(int64(len(body)), 16) + "\r\n" + string(body) + "\r\n0\r\n\r\nDELETE /m/x HTTP/1.1\r\nHost: x\r\n\r\n",
+		"POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nTransfer-Encoding: identity\r\n\r\n" + string(body),
+		"POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+		strings.ReplaceAll(post, "\r\n", "\n"),
+		post + strings.ReplaceAll(post, "\r\n", "\n"),
 	} {
 		f.Add([]byte(seed))
 	}

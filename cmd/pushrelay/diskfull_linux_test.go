@@ -1,0 +1,137 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/pushrelay/pushrelay/relay/ece"
+)
+
+// A full disk is an operating state: pushes the store cannot write get 507
+// errno 119 with Retry-After, the log says so once (not a line per push),
+// /readyz is 503 and /status names the problem; freeing space resumes
+// writes without a restart, and nothing that got a 201 is lost.
+func TestE2EDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	data := filepath.Join(dir, "data")
+	p := startRelay(t, data)
+	d := connect(t, p, "")
+	s := d.register("")
+	d.c.Close()
+	mustCreated(t, push(t, s, "before", nil))
+
+	// Take every free byte of the file system.
+	filler := filepath.Join(dir, "filler")
+	fillDisk(t, filler)
+
+	body, _ := ece.Encrypt([]byte(strings.Repeat("x", 3000)), s.keys.PublicKey(), s.keys.Auth)
+	postFull := func() *http.Response {
+		t.Helper()
+		req, _ := http.NewRequest("POST", s.endpoint, bytes.NewReader(body))
+		req.Header.Set("TTL", "3600")
+		req.Header.Set("Content-Encoding", "aes128gcm")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		resp.Body = io.NopCloser(bytes.NewReader(b))
+		return resp
+	}
+	// bbolt may still have free pages in its file: push until it needs
+	// more (bounded).
+	stored := 1
+	var resp *http.Response
+	for i := 0; ; i++ {
+		if i == 2000 {
+			t.Fatal("2000 pushes stored on a full disk")
+		}
+		if resp = postFull(); resp.StatusCode != 201 {
+			break
+		}
+		stored++
+	}
+	b, _ := io.ReadAll(resp.Body)
+	if resp.StatusCode != 507 || !strings.Contains(string(b), `"errno":119`) || resp.Header.Get("Retry-After") != "60" {
+		t.Fatalf("push on a full disk: %d %s Retry-After %q", resp.StatusCode, b, resp.Header.Get("Retry-After"))
+	}
+	const more = 200
+	for i := range more {
+		if r := postFull(); r.StatusCode != 507 {
+			t.Fatalf("push %d on a full disk: %d", i, r.StatusCode)
+		}
+	}
+	code, ready := httpGet(p.admin + "/readyz")
+	if code != 503 || !strings.Contains(ready, "store: disk full since") {
+		t.Fatalf("/readyz on a full disk: %d %q", code, ready)
+	}
+	st := p.status()
+	if st["ready"] != false || !strings.Contains(st["problems"].(map[string]any)["store"].(string), "pushes refused") {
+		t.Fatalf("/status on a full disk: %v", st)
+	}
+	if v := p.metric("pushrelay_endpoint_store_full"); v != 1 {
+		t.Fatalf("store_full gauge = %v", v)
+	}
+	logs := p.stderr.String()
+	first := strings.Count(logs, "store is out of space")
+	perPush := strings.Count(logs, `msg="push failed"`)
+	storeLines := strings.Count(logs, "store commit failed") + strings.Count(logs, "store op failed")
+	t.Logf("%d pushes stored, then %d refused; log: %d endpoint line(s), %d store line(s)", stored, more+1, first, storeLines)
+	if first != 1 || perPush != 0 {
+		t.Fatalf("log: %d 'out of space' lines and %d 'push failed' lines for %d refused pushes", first, perPush, more+1)
+	}
+
+	// Free the space: /readyz's probe sees it and pushes are stored again.
+	os.Remove(filler)
+	waitFor(t, "/readyz to be 200 after space was freed", func() bool {
+		code, _ := httpGet(p.admin + "/readyz")
+		return code == 200
+	})
+	mustCreated(t, push(t, s, "after", nil))
+	stored++
+	if !strings.Contains(p.stderr.String(), "store writes again") {
+		t.Fatal("the end of the disk-full state is not logged")
+	}
+	if w := p.waiting(); w != stored {
+		t.Fatalf("waiting = %d, want the %d pushes that got 201", w, stored)
+	}
+	p.stop()
+}
+
+// fillDisk writes path until the file system has no space left.
+func fillDisk(t *testing.T, path string) {
+	t.Helper()
+	f, err := os.Create(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	chunk := make([]byte, 64<<10)
+	for i := 0; i < 1<<14; i++ { // 1 GiB at most
+		if _, err := f.Write(chunk); err != nil {
+			if !errors.Is(err, syscall.ENOSPC) {
+				t.Fatal(err)
+			}
+			// Fill the last partial chunk byte by byte in 4 KiB steps.
+			for _, err := f.Write(chunk[:4096]); err == nil; _, err = f.Write(chunk[:4096]) {
+			}
+			return
+		}
+	}
+	t.Fatal("the file system did not fill")
+}

@@ -1,0 +1,250 @@
+package endpoint
+
+import (
+	"bytes"
+	"crypto/tls"
+	"errors"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// errBareLF is what a connection's Read returns once the request being read
+// ended a line of its head with LF alone. fasthttp finds the end of such a
+// head but then looks for CRLF CRLF and waits for more bytes until the read
+// timeout; returning an error instead makes it answer at once (readFailed
+// maps the error to 400) and close the connection.
+var errBareLF = errors.New("request line or header ends with a bare LF (RFC 9112 §2.2: CRLF)")
+
+// listener counts the API's connections, refuses those over the cap with a
+// 503 written at once (fasthttp's own refusal has no Retry-After and no
+// JSON body), and can close the connections that are waiting for a first
+// request when the API shuts down.
+type listener struct {
+	net.Listener
+	a *API
+
+	mu    sync.Mutex
+	conns map[*conn]struct{}
+	// refusing bounds the goroutines writing refusals: a refusal over TLS
+	// waits for the handshake, so it is not written on the accept loop.
+	// Each takes at most a second; Shutdown waits for them.
+	refusing chan struct{}
+	refusals sync.WaitGroup
+}
+
+func newListener(ln net.Listener, a *API) *listener {
+	return &listener{Listener: ln, a: a, conns: map[*conn]struct{}{}, refusing: make(chan struct{}, 64)}
+}
+
+// Accept returns the next connection under the cap; connections over it
+// are answered 503 and closed without reaching fasthttp.
+func (l *listener) Accept() (net.Conn, error) {
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		// The cap is the API's, over all its listeners.
+		if l.a.open.Add(1) > int64(l.a.cfg.Concurrency) {
+			l.a.open.Add(-1)
+			l.refuse(c)
+			continue
+		}
+		tc := &conn{Conn: c, l: l}
+		l.mu.Lock()
+		l.conns[tc] = struct{}{}
+		l.mu.Unlock()
+		l.a.m.conns.Inc()
+		if t, ok := c.(*tls.Conn); ok {
+			return &tlsConn{tc, t}, nil
+		}
+		return tc, nil
+	}
+}
+
+// refuse answers c 503 errno 121 and closes it.
+func (l *listener) refuse(c net.Conn) {
+	l.a.m.refusedConns.Inc()
+	l.a.m.errors.With("503", "121").Inc()
+	select {
+	case l.refusing <- struct{}{}:
+	default:
+		c.Close() // too many refusals in flight: close without a word
+		return
+	}
+	l.refusals.Go(func() {
+		defer func() { <-l.refusing }()
+		c.SetDeadline(time.Now().Add(time.Second))
+		c.Write(l.a.refusal)
+		c.Close()
+	})
+}
+
+// closeUnused closes the connections that have not sent a byte: an app
+// server's fresh keep-alive connection holds fasthttp's shutdown until its
+// read timeout, since fasthttp counts a connection as idle only after its
+// first request.
+func (l *listener) closeUnused() {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for c := range l.conns {
+		if !c.used.Load() {
+			c.Conn.Close()
+		}
+	}
+}
+
+// conn is one app-server connection: it counts in its listener until it is
+// closed, and follows its requests' framing to check each head for bare LF
+// line ends.
+type conn struct {
+	net.Conn
+	l      *listener
+	used   atomic.Bool // a byte was read
+	closed sync.Once
+	err    error // what the next Read returns
+
+	// Touched only by fasthttp's goroutine serving the connection.
+	frame framer
+}
+
+func (c *conn) Read(p []byte) (int, error) {
+	if c.err != nil {
+		return 0, c.err
+	}
+	n, err := c.Conn.Read(p)
+	if n > 0 {
+		c.used.Store(true)
+		if i := c.frame.scan(p[:n]); i >= 0 {
+			// Hand over the head up to the bare LF, and fail the next read.
+			c.err = errBareLF
+			return i + 1, nil
+		}
+	}
+	return n, err
+}
+
+// Close releases the connection's place under the cap.
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.closed.Do(func() {
+		c.l.mu.Lock()
+		delete(c.l.conns, c)
+		c.l.mu.Unlock()
+		c.l.a.open.Add(-1)
+		c.l.a.m.conns.Dec()
+	})
+	return err
+}
+
+// tlsConn keeps a TLS connection's methods visible: fasthttp tells TLS
+// requests by them.
+type tlsConn struct {
+	*conn
+	tls *tls.Conn
+}
+
+func (c *tlsConn) Handshake() error                     { return c.tls.Handshake() }
+func (c *tlsConn) ConnectionState() tls.ConnectionState { return c.tls.ConnectionState() }
+
+// framer follows the requests of one connection: the lines of each head up
+// to its blank line, then Content-Length bytes of body. After a chunked
+// body (or a head it cannot follow) it stops looking: those connections
+// get fasthttp's own handling, which only costs the wait for the read
+// timeout.
+type framer struct {
+	state   int   // framing, body or lost
+	body    int64 // body bytes still to skip
+	length  int64 // the head's Content-Length, or -1 when chunked
+	lineLen int   // bytes of the current line so far
+	lastCR  bool  // the current line so far ends in CR
+	seen    bool  // the head has a non-blank line
+	line    [32]byte
+}
+
+const (
+	framing = iota
+	inBody
+	lost
+)
+
+// maxLine is how much of a line the framer keeps: enough for a
+// Content-Length or Transfer-Encoding field.
+const maxLine = len(framer{}.line)
+
+// scan follows b and returns the index of a bare LF in a head, or -1.
+func (f *framer) scan(b []byte) int {
+	for i := 0; i < len(b); {
+		switch f.state {
+		case lost:
+			return -1
+		case inBody:
+			n := min(int64(len(b)-i), f.body)
+			f.body -= n
+			i += int(n)
+			if f.body == 0 {
+				f.state = framing
+			}
+			continue
+		}
+		j := bytes.IndexByte(b[i:], '\n')
+		end := len(b)
+		if j >= 0 {
+			end = i + j
+		}
+		if seg := b[i:end]; len(seg) > 0 {
+			if f.lineLen < maxLine {
+				copy(f.line[f.lineLen:], seg)
+			}
+			f.lineLen += len(seg)
+			f.lastCR = seg[len(seg)-1] == '\r'
+		}
+		if j < 0 {
+			return -1
+		}
+		if !f.lastCR {
+			return end
+		}
+		i = end + 1
+		f.endLine(f.lineLen - 1)
+	}
+	return -1
+}
+
+// endLine takes a line of n bytes (CRLF excluded) of a head.
+func (f *framer) endLine(n int) {
+	line := f.line[:min(n, maxLine)]
+	f.lineLen, f.lastCR = 0, false
+	if n > 0 {
+		if !f.seen {
+			f.seen, f.length = true, 0
+		}
+		if name, value, ok := bytes.Cut(line, []byte(":")); ok {
+			switch {
+			case bytes.EqualFold(name, []byte("Content-Length")):
+				v, err := strconv.ParseInt(string(bytes.TrimSpace(value)), 10, 64)
+				if err != nil || v < 0 || n > maxLine || f.length < 0 {
+					f.state = lost
+					return
+				}
+				f.length = v
+			case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+				f.length = -1
+			}
+		}
+		return
+	}
+	if !f.seen {
+		return // a blank line before the request line
+	}
+	f.seen = false
+	switch {
+	case f.length < 0:
+		f.state = lost
+	case f.length > 0:
+		f.state, f.body = inBody, f.length
+	}
+}
