@@ -683,3 +683,190 @@ func TestTargetKeys(t *testing.T) {
 		t.Errorf("two claims on one host got %d datagrams in ~0.6 s at 0.5/s burst 1, want 1", got)
 	}
 }
+
+// openAt opens the store file path; the test closes it.
+func openAt(t *testing.T, path string, reg *metrics.Registry) *store.Store {
+	t.Helper()
+	st, err := store.Open(store.Options{Path: path, Logger: slog.New(slog.DiscardHandler), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// storedRecord reads u's wake record from st.
+func storedRecord(t *testing.T, st *store.Store, u store.UAID) record {
+	t.Helper()
+	d, ok, err := st.Device(u)
+	if err != nil || !ok {
+		t.Fatalf("device %s: %v %v", u, ok, err)
+	}
+	r, err := decodeRecord(d.Wake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Refreshes in place write nothing until a flush, which is one commit for
+// all of them; a crash (the store closed without the kicker's flush) loses
+// only their freshness; after the store and the kicker are opened again,
+// no request captured before the restart is accepted, from any address,
+// while the device's own next refresh is, and a move waits for the hold.
+func TestRefreshAcrossRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	clk := &clock{t: time.UnixMilli(1_800_000_000_000)}
+	keys, err := NewKeys(make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, conn := openStoreAndSocket(t)
+	start := func(st *store.Store) *Kicker {
+		k, err := New(Config{Store: st, Sender: UDPSender{Conn: conn}, Keys: keys, BindingTTL: 2 * time.Minute,
+			Now: clk.Now, Metrics: metrics.NewRegistry()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return k
+	}
+	sreg := metrics.NewRegistry()
+	st := openAt(t, path, sreg)
+	k := start(st)
+	const n = 50
+	us := make([]store.UAID, n)
+	for i := range us {
+		us[i][0], us[i][15] = 0xf0, byte(i)
+		if err := st.Register(context.Background(), store.Channel{UAID: us[i], ID: store.ChannelID{byte(i)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr := func(i int) netip.AddrPort { return netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1000+i)) }
+	elsewhere := netip.MustParseAddrPort("198.51.100.9:4000")
+	clk.Add(time.Millisecond)
+	for i, u := range us { // first bindings: moves, written at once
+		if err := k.Bind(u.String(), addr(i), clk.Now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	bound := clk.Now()
+	commits := func() float64 { return sreg.Value("pushrelay_store_commits_total") }
+	before := commits()
+	var captured time.Time
+	for range 3 { // three refreshes each, 30 s apart: memory only
+		clk.Add(30 * time.Second)
+		captured = clk.Now()
+		for i, u := range us {
+			if err := k.Bind(u.String(), addr(i), captured); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := commits() - before; got != 0 {
+		t.Errorf("%d refreshes in place made %v commits, want 0", 3*n, got)
+	}
+	if r := storedRecord(t, st, us[0]); !r.verifiedAt.Equal(bound) {
+		t.Errorf("stored binding time moved to %v before any flush", r.verifiedAt)
+	}
+	// Memory keeps the device fresh although the store's time is 90 s old.
+	k.snaps = []entry{{u: us[0]}} // k has no Run: readStates is ours to call
+	k.readStates()
+	if to, why := k.states[0].rec.target(clk.Now().Add(time.Minute), 2*time.Minute, &Ranges{}); why != "" || to != addr(0) {
+		t.Errorf("target with memory's freshness: %s %q", to, why)
+	}
+	// The crash: the store closes, the kicker never flushes.
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(5 * time.Second)
+	st = openAt(t, path, metrics.NewRegistry())
+	defer st.Close()
+	k2 := start(st)
+	defer k2.Close()
+	for _, from := range []netip.AddrPort{addr(0), elsewhere} {
+		if err := k2.Bind(us[0].String(), from, captured); !errors.Is(err, discovery.ErrReplay) {
+			t.Errorf("request captured before the restart replayed from %s: %v", from, err)
+		}
+	}
+	if r := storedRecord(t, st, us[0]); r.verified != addr(0) {
+		t.Errorf("binding moved to %s", r.verified)
+	}
+	// The stored time is stale after the crash (its binding is not used,
+	// never a wrong one); the device's own next refresh revives it.
+	clk.Add(time.Second)
+	if err := k2.Bind(us[0].String(), addr(0), clk.Now()); err != nil {
+		t.Errorf("the device's next refresh: %v", err)
+	}
+	// A real move waits for the hold, then goes through.
+	if err := k2.Bind(us[1].String(), elsewhere, clk.Now()); !errors.Is(err, discovery.ErrReplay) {
+		t.Errorf("move within the hold: %v", err)
+	}
+	clk.Add(restartHold)
+	if err := k2.Bind(us[1].String(), elsewhere, clk.Now()); err != nil {
+		t.Errorf("move after the hold: %v", err)
+	}
+	if r := storedRecord(t, st, us[1]); r.verified != elsewhere {
+		t.Errorf("moved binding stored as %s", r.verified)
+	}
+	// A flush (Close) writes the refresh; the record carries its stamp.
+	refreshed := clk.Now().Add(-restartHold)
+	if err := k2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := storedRecord(t, st, us[0]); !r.verifiedAt.Equal(refreshed) || r.stamp != refreshed.UnixMilli() {
+		t.Errorf("after flush: at %v stamp %d, want %v", r.verifiedAt, r.stamp, refreshed)
+	}
+}
+
+// A flush writes every entry in one commit and empties the table; a full
+// table writes refreshes at once instead of growing, and asks for a flush.
+func TestFlushAndBound(t *testing.T) {
+	e := newEnv(t, Config{BindingTTL: 2 * time.Minute, MaxFresh: 3, FlushInterval: time.Hour}, true)
+	var us []store.UAID
+	var as []netip.AddrPort
+	for i := range 5 {
+		u, c := e.device(byte(100+i), "127.0.0.1")
+		e.hello(u, c, true, nil)
+		us, as = append(us, u), append(as, c.LocalAddr().(*net.UDPAddr).AddrPort())
+	}
+	e.clock.Add(time.Millisecond)
+	for i, u := range us {
+		if err := e.k.Bind(u.String(), as[i], e.now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.clock.Add(30 * time.Second)
+	for i, u := range us {
+		if err := e.k.Bind(u.String(), as[i], e.now()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Run may flush as soon as the table is full, so the split between
+	// memory and written refreshes depends on timing; the bound does not.
+	refreshed := e.metric(`pushrelay_wake_bindings_total{result="refreshed"}`)
+	written := e.metric(`pushrelay_wake_bindings_total{result="written"}`)
+	if refreshed < 3 || refreshed+written != 10 {
+		t.Errorf("%v refreshes kept in memory, %v bindings written; want at least 3 and 10 in all", refreshed, written)
+	}
+	e.k.fmu.Lock()
+	if n := len(e.k.fresh); n > 3 {
+		t.Errorf("the table holds %d, over its bound of 3", n)
+	}
+	e.k.fmu.Unlock()
+	// The table filled up, so Run flushes without waiting for the hour.
+	waitFor(t, "the flush", func() bool { return e.metric(`pushrelay_wake_flushes_total{result="ok"}`) >= 1 })
+	if err := e.k.Flush(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.metric("pushrelay_wake_fresh_bindings"); got != 0 {
+		t.Errorf("%v bindings left in memory after a flush", got)
+	}
+	if got := e.metric("pushrelay_wake_flushed_bindings_total"); got != refreshed {
+		t.Errorf("%v bindings flushed, want %v", got, refreshed)
+	}
+	for _, u := range us {
+		d, _, _ := e.st.Device(u)
+		if r, _ := decodeRecord(d.Wake); r.verifiedAt.UnixMilli() != e.now().UnixMilli() {
+			t.Errorf("%s stored at %v, want %v", u, r.verifiedAt, e.now())
+		}
+	}
+}

@@ -295,6 +295,7 @@ func (d *daemon) startWake() error {
 		Store: d.store, Sender: sender, Keys: keys, Ranges: ranges, STUNAddr: advertise,
 		BindingTTL: cfg.WakeBindingTTL, Interval: cfg.WakeInterval, MaxBackoff: cfg.WakeMaxBackoff,
 		Rate: unlimited(cfg.WakeRate), TargetRate: unlimited(cfg.WakeTargetRate),
+		FlushInterval: cfg.WakeFlushInterval, MaxFresh: cfg.WakeFreshMax,
 		Metrics: d.reg, Logger: d.log.With("component", "wake"),
 	})
 	if err != nil {
@@ -330,7 +331,9 @@ func (d *daemon) shutdown() {
 	d.hub.Close()
 	d.api.Close()
 	d.ws.Close()
-	d.kick.Close()
+	if err := d.kick.Close(); err != nil {
+		d.log.Warn("close wake", "err", err)
+	}
 	if d.stun != nil {
 		d.stun.Close()
 	}
