@@ -48,6 +48,8 @@ type wakeDev struct {
 	uaid     string
 	u        store.UAID
 	key      []byte // raw wake key, for --auth
+	stunAddr string // from the hello reply, for --refresh
+	password string // the wake key string: the STUN password
 	endpoint string
 	req      []byte
 
@@ -67,6 +69,12 @@ type wakeOpts struct {
 	auth, stun                                         bool
 	timeout                                            time.Duration
 	cpuProfile                                         string
+
+	// The refresh scenario (--refresh): see benchwakerefresh.go.
+	refresh       time.Duration
+	compress      float64
+	flushInterval time.Duration
+	relayBin      string
 }
 
 // benchWake measures the wake path (issue #3): N devices say hello with a
@@ -90,6 +98,10 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.BoolVar(&o.stun, "stun", false, "devices prove their wake address with an authenticated STUN request instead of the relay trusting 127.0.0.0/8 (wake_cidrs)")
 	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up after this long")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "save a CPU profile of the relay from the first post (5s at most) to this file")
+	fs.DurationVar(&o.refresh, "refresh", 0, "instead of posting, let the sleeping devices refresh their STUN bindings (from the same address) for this long and report the bytes the relay wrote per device per day (implies --stun)")
+	fs.Float64Var(&o.compress, "compress", 1, "with --refresh: time compression; the relay's wake_binding_ttl (2m), hence the refresh interval (30s), and --flush-interval are divided by it, and the bytes written are scaled back")
+	fs.DurationVar(&o.flushInterval, "flush-interval", time.Hour, "with --refresh: the relay's wake_flush_interval before compression; 0 leaves the flag out (for a relay built before it existed)")
+	fs.StringVar(&o.relayBin, "relay", "", "run this pushrelay binary as the relay under test instead of this one (e.g. an older build, to compare)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -102,6 +114,11 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errors.New("bench wake: bad --port")
 	case o.wakeRate < 0:
 		return errors.New("bench wake: --wake-rate must be 0 (unlimited) or more")
+	case o.refresh < 0 || !(o.compress >= 1) || o.flushInterval < 0:
+		return errors.New("bench wake: --refresh and --flush-interval must not be negative, --compress at least 1")
+	}
+	if o.refresh > 0 {
+		o.stun = true
 	}
 	// One UDP socket per device, plus the WebSockets and posters open at
 	// once and the relay's own handful; Go raised the soft limit to the
@@ -119,7 +136,10 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if !o.stun {
 		extra = append(extra, "--wake-cidrs", "127.0.0.0/8")
 	}
-	c, stop, err := benchRelay(ctx, extra...)
+	if o.refresh > 0 {
+		extra = append(extra, refreshRelayFlags(&o)...)
+	}
+	c, stop, err := benchRelayBin(ctx, o.relayBin, extra...)
 	if err != nil {
 		return err
 	}
@@ -202,6 +222,9 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	asleep, _ := c.rss(true)
 	asleepStatus := procStatus(c.cmd.Process.Pid)
 	asleepM := c.runtimeMetrics()
+	if o.refresh > 0 {
+		return refreshDevices(ctx, c, devs, &o, stdout, stderr)
+	}
 	before, err := scrapeMetrics(c.admin)
 	if err != nil {
 		return err
@@ -380,7 +403,7 @@ func (d *wakeDev) setup(ctx context.Context, c *child, i int, o *wakeOpts) error
 	case !o.stun && r.Status != pushproto.StatusWake:
 		return fmt.Errorf("hello: status %d, want %d (accepted for UDP wake)", r.Status, pushproto.StatusWake)
 	}
-	d.uaid = r.UAID
+	d.uaid, d.stunAddr, d.password = r.UAID, r.STUN, r.WakeKey
 	if d.u, err = store.ParseUAID(r.UAID); err != nil {
 		return err
 	}
