@@ -723,13 +723,15 @@ func (k *Kicker) Key(username string) ([]byte, error) {
 // revives a binding gone stale) writes nothing: its time and stamp are
 // kept in memory (see seen) and written by the next flush. A request that
 // moves the binding to another address is written before Bind returns,
-// so before the STUN answer. A move is refused unless its stamp is later
+// so before the STUN answer: Bind returns a *discovery.Pending whose Wait
+// writes it. A move is refused unless its stamp is later
 // than the start plus restartHold: the last process may have accepted, and
 // not written, stamps up to its end plus the skew discovery allows (a
 // device whose clock runs ahead), and any of those could be replayed from
 // elsewhere. A device that had no binding is not held.
 //
-// The STUN server calls Bind from one goroutine.
+// The STUN server calls Bind from one goroutine, and Pending.Wait from
+// others.
 func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) error {
 	u, err := store.ParseUAID(username)
 	if err != nil {
@@ -768,15 +770,27 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 	moved := !fresh // the device was unreachable at this address until now
 	if rec.verified == addr && recErr == nil && k.remember(u, seen{addr: addr, at: now, stamp: ms}) {
 		k.m.bindings.With("refreshed").Inc()
-	} else {
-		if rec.verified.IsValid() && rec.verified != addr && ms <= k.floor {
-			return discovery.ErrReplay
-		}
+		k.bound(u, moved, waiting)
+		return nil
+	}
+	if rec.verified.IsValid() && rec.verified != addr && ms <= k.floor {
+		return discovery.ErrReplay
+	}
+	moved = moved || rec.verified != addr
+	// The write waits for a commit: the STUN server does it beside the
+	// next requests, and concurrent moves share a commit.
+	return &discovery.Pending{Wait: func() error {
 		if err := k.move(u, addr, now, ms); err != nil {
 			return err
 		}
-		moved = moved || rec.verified != addr
-	}
+		k.bound(u, moved, waiting)
+		return nil
+	}}
+}
+
+// bound tells the hub about u's accepted binding, or schedules a wake when
+// it moved while messages wait.
+func (k *Kicker) bound(u store.UAID, moved, waiting bool) {
 	if k.presence != nil {
 		if k.presence.Online(u) {
 			k.presence.WakeProven(u)
@@ -786,7 +800,6 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 			k.Wake(u, time.Time{})
 		}
 	}
-	return nil
 }
 
 // move writes u's binding to addr, stamped ms, at once.

@@ -504,18 +504,18 @@ func TestBind(t *testing.T) {
 			if _, err := e.k.Key(name); !errors.Is(err, discovery.ErrUnknownUser) {
 				t.Errorf("Key(%s): %v", name, err)
 			}
-			if err := e.k.Bind(name, netip.MustParseAddrPort("127.0.0.1:1"), e.now()); !errors.Is(err, discovery.ErrUnknownUser) {
+			if err := bindNow(e.k, name, netip.MustParseAddrPort("127.0.0.1:1"), e.now()); !errors.Is(err, discovery.ErrUnknownUser) {
 				t.Errorf("Bind(%s): %v", name, err)
 			}
 		}
 		a := c.LocalAddr().(*net.UDPAddr).AddrPort()
 		b := netip.MustParseAddrPort("127.0.0.99:4000")
 		t0 := e.now()
-		if err := e.k.Bind(u.String(), a, t0); err != nil {
+		if err := bindNow(e.k, u.String(), a, t0); err != nil {
 			t.Fatal(err)
 		}
 		for _, stamp := range []time.Time{t0, t0.Add(-time.Second)} {
-			if err := e.k.Bind(u.String(), b, stamp); !errors.Is(err, discovery.ErrReplay) {
+			if err := bindNow(e.k, u.String(), b, stamp); !errors.Is(err, discovery.ErrReplay) {
 				t.Errorf("replay at %v from elsewhere: %v", stamp.Sub(t0), err)
 			}
 		}
@@ -523,13 +523,13 @@ func TestBind(t *testing.T) {
 		// remembered: replaying it from elsewhere fails too.
 		e.clock.Add(time.Second)
 		t1 := e.now()
-		if err := e.k.Bind(u.String(), a, t1); err != nil {
+		if err := bindNow(e.k, u.String(), a, t1); err != nil {
 			t.Fatal(err)
 		}
 		if e.metric(`pushrelay_wake_bindings_total{result="refreshed"}`) != 1 {
 			t.Error("refresh was written")
 		}
-		if err := e.k.Bind(u.String(), b, t1); !errors.Is(err, discovery.ErrReplay) {
+		if err := bindNow(e.k, u.String(), b, t1); !errors.Is(err, discovery.ErrReplay) {
 			t.Errorf("replayed refresh: %v", err)
 		}
 		// Now the device is accepted at hello and woken at the observed address.
@@ -545,7 +545,7 @@ func TestBind(t *testing.T) {
 		e.k.Connected(u)
 		// A connected device that proves its address is told to the hub.
 		e.clock.Add(time.Second)
-		if err := e.k.Bind(u.String(), a, e.now()); err != nil || !e.pres.proven[u] {
+		if err := bindNow(e.k, u.String(), a, e.now()); err != nil || !e.pres.proven[u] {
 			t.Errorf("bind while online: %v, proven %v", err, e.pres.proven[u])
 		}
 		e.pres.set(u, false)
@@ -557,7 +557,7 @@ func TestBind(t *testing.T) {
 			t.Errorf("stale address got %d datagrams", len(got))
 		}
 		// A new binding while a message waits wakes the device at once.
-		if err := e.k.Bind(u.String(), a, e.now()); err != nil {
+		if err := bindNow(e.k, u.String(), a, e.now()); err != nil {
 			t.Fatal(err)
 		}
 		recvOne(t, c)
@@ -639,12 +639,12 @@ func TestBindAfterRestart(t *testing.T) {
 		u, c := e.device(80, "127.0.0.80")
 		e.hello(u, c, true, nil)
 		a := c.LocalAddr().(*net.UDPAddr).AddrPort()
-		if err := e.k.Bind(u.String(), a, e.now()); err != nil {
+		if err := bindNow(e.k, u.String(), a, e.now()); err != nil {
 			t.Fatal(err)
 		}
 		e.clock.Add(time.Second)
 		captured := e.now()
-		if err := e.k.Bind(u.String(), a, captured); err != nil { // a refresh, kept in memory only
+		if err := bindNow(e.k, u.String(), a, captured); err != nil { // a refresh, kept in memory only
 			t.Fatal(err)
 		}
 		cfg := e.k.cfg
@@ -655,15 +655,15 @@ func TestBindAfterRestart(t *testing.T) {
 		}
 		b := netip.MustParseAddrPort("127.0.0.81:5000")
 		e.clock.Add(10 * time.Second)
-		if err := restarted.Bind(u.String(), b, captured); !errors.Is(err, discovery.ErrReplay) {
+		if err := bindNow(restarted, u.String(), b, captured); !errors.Is(err, discovery.ErrReplay) {
 			t.Errorf("captured refresh replayed after restart: %v", err)
 		}
 		// The device itself refreshes in place meanwhile.
-		if err := restarted.Bind(u.String(), a, e.now()); err != nil {
+		if err := bindNow(restarted, u.String(), a, e.now()); err != nil {
 			t.Errorf("refresh in place after restart: %v", err)
 		}
 		e.clock.Add(restartHold)
-		if err := restarted.Bind(u.String(), b, e.now()); err != nil {
+		if err := bindNow(restarted, u.String(), b, e.now()); err != nil {
 			t.Errorf("a real move after the hold: %v", err)
 		}
 		d, _, _ := e.st.Device(u)
@@ -718,7 +718,7 @@ func TestTargetKeys(t *testing.T) {
 		for i := range 2 {
 			u, c := e.device(byte(90+i), "127.0.0.90")
 			e.hello(u, c, true, nil)
-			if err := e.k.Bind(u.String(), c.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now()); err != nil {
+			if err := bindNow(e.k, u.String(), c.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now()); err != nil {
 				t.Fatal(err)
 			}
 			e.k.Wake(u, e.message(u, byte(90+i), store.UrgencyNormal, time.Hour))
@@ -808,7 +808,7 @@ func TestRefreshAcrossRestart(t *testing.T) {
 	elsewhere := netip.MustParseAddrPort("198.51.100.9:4000")
 	clk.Add(time.Millisecond)
 	for i, u := range us { // first bindings: moves, written at once
-		if err := k.Bind(u.String(), addr(i), clk.Now()); err != nil {
+		if err := bindNow(k, u.String(), addr(i), clk.Now()); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -820,7 +820,7 @@ func TestRefreshAcrossRestart(t *testing.T) {
 		clk.Add(30 * time.Second)
 		captured = clk.Now()
 		for i, u := range us {
-			if err := k.Bind(u.String(), addr(i), captured); err != nil {
+			if err := bindNow(k, u.String(), addr(i), captured); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -847,7 +847,7 @@ func TestRefreshAcrossRestart(t *testing.T) {
 	k2 := start(st)
 	defer k2.Close()
 	for _, from := range []netip.AddrPort{addr(0), elsewhere} {
-		if err := k2.Bind(us[0].String(), from, captured); !errors.Is(err, discovery.ErrReplay) {
+		if err := bindNow(k2, us[0].String(), from, captured); !errors.Is(err, discovery.ErrReplay) {
 			t.Errorf("request captured before the restart replayed from %s: %v", from, err)
 		}
 	}
@@ -857,15 +857,15 @@ func TestRefreshAcrossRestart(t *testing.T) {
 	// The stored time is stale after the crash (its binding is not used,
 	// never a wrong one); the device's own next refresh revives it.
 	clk.Add(time.Second)
-	if err := k2.Bind(us[0].String(), addr(0), clk.Now()); err != nil {
+	if err := bindNow(k2, us[0].String(), addr(0), clk.Now()); err != nil {
 		t.Errorf("the device's next refresh: %v", err)
 	}
 	// A real move waits for the hold, then goes through.
-	if err := k2.Bind(us[1].String(), elsewhere, clk.Now()); !errors.Is(err, discovery.ErrReplay) {
+	if err := bindNow(k2, us[1].String(), elsewhere, clk.Now()); !errors.Is(err, discovery.ErrReplay) {
 		t.Errorf("move within the hold: %v", err)
 	}
 	clk.Add(restartHold)
-	if err := k2.Bind(us[1].String(), elsewhere, clk.Now()); err != nil {
+	if err := bindNow(k2, us[1].String(), elsewhere, clk.Now()); err != nil {
 		t.Errorf("move after the hold: %v", err)
 	}
 	if r := storedRecord(t, st, us[1]); r.verified != elsewhere {
@@ -895,13 +895,13 @@ func TestFlushAndBound(t *testing.T) {
 		}
 		e.clock.Add(time.Millisecond)
 		for i, u := range us {
-			if err := e.k.Bind(u.String(), as[i], e.now()); err != nil {
+			if err := bindNow(e.k, u.String(), as[i], e.now()); err != nil {
 				t.Fatal(err)
 			}
 		}
 		e.clock.Add(30 * time.Second)
 		for i, u := range us {
-			if err := e.k.Bind(u.String(), as[i], e.now()); err != nil {
+			if err := bindNow(e.k, u.String(), as[i], e.now()); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -935,4 +935,13 @@ func TestFlushAndBound(t *testing.T) {
 			}
 		}
 	})
+}
+
+// bindNow is Bind as the STUN server sees it, a move's write included.
+func bindNow(k *Kicker, username string, addr netip.AddrPort, stamp time.Time) error {
+	err := k.Bind(username, addr, stamp)
+	if p, ok := errors.AsType[*discovery.Pending](err); ok {
+		return p.Wait()
+	}
+	return err
 }
