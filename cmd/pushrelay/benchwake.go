@@ -75,6 +75,7 @@ type wakeOpts struct {
 	compress      float64
 	flushInterval time.Duration
 	relayBin      string
+	moveStorm     bool
 }
 
 // benchWake measures the wake path (issue #3): N devices say hello with a
@@ -101,6 +102,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.DurationVar(&o.refresh, "refresh", 0, "instead of posting, let the sleeping devices refresh their STUN bindings (from the same address) for this long and report the bytes the relay wrote per device per day (implies --stun)")
 	fs.Float64Var(&o.compress, "compress", 1, "with --refresh: time compression; the relay's wake_binding_ttl (2m), hence the refresh interval (30s), and --flush-interval are divided by it, and the bytes written are scaled back")
 	fs.DurationVar(&o.flushInterval, "flush-interval", time.Hour, "with --refresh: the relay's wake_flush_interval before compression; 0 leaves the flag out (for a relay built before it existed)")
+	fs.BoolVar(&o.moveStorm, "move-storm", false, "instead of posting, every sleeping device moves at once (a new wake socket, as after a NAT rebinding) and proves its new address with STUN; reports how fast the relay answered the moves, each written to the store before its answer (implies --stun)")
 	fs.StringVar(&o.relayBin, "relay", "", "run this pushrelay binary as the relay under test instead of this one (e.g. an older build, to compare)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -117,7 +119,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	case o.refresh < 0 || !(o.compress >= 1) || o.flushInterval < 0:
 		return errors.New("bench wake: --refresh and --flush-interval must not be negative, --compress at least 1")
 	}
-	if o.refresh > 0 {
+	if o.refresh > 0 || o.moveStorm {
 		o.stun = true
 	}
 	// One UDP socket per device, plus the WebSockets and posters open at
@@ -143,6 +145,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	started := time.Now()
 	defer stop()
 	limits := "wake limits off (--wake-rate 0 --wake-target-rate 0)"
 	if o.wakeRate > 0 {
@@ -224,6 +227,9 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	asleepM := c.runtimeMetrics()
 	if o.refresh > 0 {
 		return refreshDevices(ctx, c, devs, &o, stdout, stderr)
+	}
+	if o.moveStorm {
+		return moveStorm(ctx, c, devs, &o, started, stdout)
 	}
 	before, err := scrapeMetrics(c.admin)
 	if err != nil {

@@ -199,3 +199,87 @@ func flushLabel(o *wakeOpts) string {
 	}
 	return time.Duration(float64(o.flushInterval) / o.compress).String()
 }
+
+// moveHold is how long after its start the relay holds proven addresses
+// in place (kick's restartHold), plus a margin.
+const moveHold = 65 * time.Second
+
+// moveStorm: every device moves at once (--move-storm): it closes its wake
+// socket, opens another on the same address (a new port, as a NAT
+// rebinding gives) and binds it with STUN, retrying as a device does
+// (three tries, a second apart), o.workers devices at a time. Each move is
+// written to the store before its answer: the report is how fast the
+// relay answered them.
+func moveStorm(ctx context.Context, c *child, devs []*wakeDev, o *wakeOpts, started time.Time, stdout io.Writer) error {
+	if wait := time.Until(started.Add(moveHold)); wait > 0 {
+		fmt.Fprintf(stdout, "move storm: waiting %s for the relay's first minute (addresses do not move then)\n", wait.Truncate(time.Second))
+		select {
+		case <-time.After(wait):
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	server, err := netip.ParseAddrPort(devs[0].stunAddr)
+	if err != nil {
+		return fmt.Errorf("stun address %q: %w", devs[0].stunAddr, err)
+	}
+	to := net.UDPAddrFromAddrPort(server)
+	mBefore, err := scrapeMetrics(c.admin)
+	if err != nil {
+		return err
+	}
+	var next, moved, failed atomic.Int64
+	var lastErr atomic.Value
+	t0 := time.Now()
+	var wg sync.WaitGroup
+	for range o.workers {
+		wg.Go(func() {
+			for ctx.Err() == nil {
+				i := int(next.Add(1)) - 1
+				if i >= len(devs) {
+					return
+				}
+				d := devs[i]
+				d.conn.Close()
+				conn, err := net.ListenUDP("udp4", net.UDPAddrFromAddrPort(netip.AddrPortFrom(d.addr.Addr(), 0)))
+				if err != nil {
+					failed.Add(1)
+					lastErr.Store(err)
+					continue
+				}
+				d.conn = conn
+				got, err := discovery.Bind(conn, to, d.uaid, d.password, discovery.BindOptions{})
+				if err == nil && got != conn.LocalAddr().(*net.UDPAddr).AddrPort() {
+					err = fmt.Errorf("stun mapped %s", got)
+				}
+				if err != nil {
+					failed.Add(1)
+					lastErr.Store(err)
+					continue
+				}
+				moved.Add(1)
+			}
+		})
+	}
+	wg.Wait()
+	took := time.Since(t0)
+	mAfter, err := scrapeMetrics(c.admin)
+	if err != nil {
+		return err
+	}
+	delta := func(name, label string) float64 {
+		return sumMetric(mAfter, name, label) - sumMetric(mBefore, name, label)
+	}
+	fmt.Fprintf(stdout, "move storm: %d of %d devices moved and were answered in %s (%.0f moves/s, %d devices at a time); failed %d\n",
+		moved.Load(), len(devs), took.Truncate(time.Millisecond), float64(moved.Load())/took.Seconds(), o.workers, failed.Load())
+	commits := delta("pushrelay_store_commits_total", "")
+	fmt.Fprintf(stdout, "relay: bindings written %.0f, refreshed %.0f; stun requests %.0f (bound %.0f, replay %.0f, rate_limited %.0f); store commits %.0f (%.1f moves per commit)\n",
+		delta("pushrelay_wake_bindings_total", `result="written"`), delta("pushrelay_wake_bindings_total", `result="refreshed"`),
+		delta("pushrelay_stun_requests_total", ""), delta("pushrelay_stun_requests_total", `result="bound"`),
+		delta("pushrelay_stun_requests_total", `result="replay"`), delta("pushrelay_stun_requests_total", `result="rate_limited"`),
+		commits, delta("pushrelay_wake_bindings_total", `result="written"`)/max(commits, 1))
+	if failed.Load() > 0 {
+		return fmt.Errorf("%d devices could not move (last error: %v)", failed.Load(), lastErr.Load())
+	}
+	return nil
+}
