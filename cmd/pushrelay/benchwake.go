@@ -97,7 +97,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.IntVar(&o.payload, "payload", 32, "plaintext bytes per message (aes128gcm)")
 	fs.BoolVar(&o.auth, "auth", false, "devices ask for authenticated datagrams (wake_auth) and check each MAC and counter")
 	fs.BoolVar(&o.stun, "stun", false, "devices prove their wake address with an authenticated STUN request instead of the relay trusting 127.0.0.0/8 (wake_cidrs)")
-	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up after this long")
+	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up after this long (plus --refresh, and the minute --move-storm waits)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "save a CPU profile of the relay from the first post (5s at most) to this file")
 	fs.DurationVar(&o.refresh, "refresh", 0, "instead of posting, let the sleeping devices refresh their STUN bindings (from the same address) for this long and report the bytes the relay wrote per device per day (implies --stun)")
 	fs.Float64Var(&o.compress, "compress", 1, "with --refresh: time compression; the relay's wake_binding_ttl (2m), hence the refresh interval (30s), and --flush-interval are divided by it, and the bytes written are scaled back")
@@ -131,7 +131,12 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("bench wake: %d devices need about %d open files and the limit (ulimit -n) is %d: use fewer --devices or raise it", o.devices, need, lim.Cur)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	// The refresh run and the move storm's wait come on top of --timeout.
+	limit := o.timeout + o.refresh
+	if o.moveStorm {
+		limit += moveHold
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 
 	extra := []string{"--wake-rate", strconv.Itoa(o.wakeRate), "--wake-target-rate", "0"}
