@@ -43,7 +43,8 @@ import (
 )
 
 // Registry is what the STUN server needs from the wake subsystem (implemented
-// elsewhere, in kick/). The server calls it from one goroutine.
+// elsewhere, in kick/). The server calls it from one goroutine, and the
+// Wait of a Pending that Bind returned from others.
 type Registry interface {
 	// Key returns the STUN password for the device named by USERNAME, or
 	// an error wrapping ErrUnknownUser.

@@ -9,7 +9,10 @@
 // for a binding TTL, or the wakeup_hostport of its hello when that lies
 // inside the configured ranges. Nothing else is ever sent anything.
 //
-// A sleeping device costs its stored row only. A device with a wake due
+// A sleeping device costs its stored row, and while it refreshes its STUN
+// binding from the same address, one small entry in memory until the next
+// flush (see seen): such a refresh writes nothing at once, so sleeping
+// devices do not wear the gateway's flash. A device with a wake due
 // costs one small entry in a heap that a single goroutine (Run) serves;
 // global and per-target token buckets bound the datagrams sent, and every
 // datagram, deferral and drop is counted with its reason.
