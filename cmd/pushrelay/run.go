@@ -331,11 +331,12 @@ func (d *daemon) shutdown() {
 	d.hub.Close()
 	d.api.Close()
 	d.ws.Close()
-	if err := d.kick.Close(); err != nil {
-		d.log.Warn("close wake", "err", err)
-	}
+	// STUN first: its last bindings are then in the kicker's final flush.
 	if d.stun != nil {
 		d.stun.Close()
+	}
+	if err := d.kick.Close(); err != nil {
+		d.log.Warn("close wake", "err", err)
 	}
 	if d.udp != nil {
 		d.udp.Close()
