@@ -43,7 +43,8 @@ import (
 )
 
 // Registry is what the STUN server needs from the wake subsystem (implemented
-// elsewhere, in kick/). The server calls it from one goroutine.
+// elsewhere, in kick/). The server calls it from one goroutine, and the
+// Wait of a Pending that Bind returned from others.
 type Registry interface {
 	// Key returns the STUN password for the device named by USERNAME, or
 	// an error wrapping ErrUnknownUser.
@@ -52,9 +53,22 @@ type Registry interface {
 	// authenticated request stamped at stamp. It returns an error wrapping
 	// ErrReplay when stamp is not newer than the last one it accepted for
 	// the device (or the address may not move yet), ErrUnknownUser, or a
-	// storage error.
+	// storage error. It may return a *Pending when recording needs a slow
+	// write: the server then answers once the write is done.
 	Bind(username string, addr netip.AddrPort, stamp time.Time) error
 }
+
+// Pending is what Registry.Bind returns when the binding must be written
+// before it is answered (a device that moved): Wait does the write and
+// returns what Bind would have. The server calls Wait on another goroutine
+// (at most MaxPending at once, then it waits for one to finish), so the
+// requests of other devices are not held up behind a commit, and
+// concurrent writes can share one.
+type Pending struct {
+	Wait func() error
+}
+
+func (p *Pending) Error() string { return "discovery: binding pending" }
 
 var (
 	// ErrUnknownUser is wrapped by Registry errors for a USERNAME that
@@ -71,6 +85,7 @@ const (
 	defaultRate    = 20
 	defaultBurst   = 40
 	defaultMaxSkew = 30 * time.Second
+	defaultPending = 256
 )
 
 // Config configures a Server. Zero values mean the defaults given per field;
@@ -88,6 +103,9 @@ type Config struct {
 	Burst int
 	// MaxSkew is how far PUSHRELAY-TIME may be from now (default 30s).
 	MaxSkew time.Duration
+	// MaxPending bounds the bindings being written at once, each with
+	// its answer waiting (default 256).
+	MaxPending int
 	// Metrics receives the pushrelay_stun_* metrics; nil means a private
 	// registry.
 	Metrics *metrics.Registry
@@ -109,6 +127,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("discovery: config: negative burst %d", c.Burst)
 	case c.MaxSkew < 0:
 		return fmt.Errorf("discovery: config: negative max skew %v", c.MaxSkew)
+	case c.MaxPending < 0:
+		return fmt.Errorf("discovery: config: negative max pending %d", c.MaxPending)
 	}
 	return nil
 }
@@ -126,6 +146,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.MaxSkew == 0 {
 		c.MaxSkew = defaultMaxSkew
+	}
+	if c.MaxPending == 0 {
+		c.MaxPending = defaultPending
 	}
 	c.Metrics = metrics.OrNew(c.Metrics)
 	if c.Logger == nil {

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -26,6 +27,20 @@ type handler struct {
 
 	req, resp *stun.Message // reused for every datagram
 	xor       [20]byte      // XOR-MAPPED-ADDRESS value buffer
+
+	// pending is set by handle when the registry's Bind returned a
+	// *Pending: the answer comes later (the server's finish).
+	pending *deferred
+}
+
+// deferred is an authenticated request whose binding is being written:
+// what the answer needs once it is.
+type deferred struct {
+	wait     func() error
+	src      netip.AddrPort
+	txID     [stun.TransactionIDSize]byte
+	key      []byte
+	username string
 }
 
 func newHandler(cfg Config, met *serverMetrics) *handler {
@@ -48,6 +63,7 @@ func newHandler(cfg Config, met *serverMetrics) *handler {
 // the result. The answer is never larger than pkt and is valid until the next
 // call.
 func (h *handler) handle(pkt []byte, src netip.AddrPort) []byte {
+	h.pending = nil
 	src = netip.AddrPortFrom(src.Addr().Unmap(), src.Port())
 	now := h.now()
 	var (
@@ -62,6 +78,9 @@ func (h *handler) handle(pkt []byte, src netip.AddrPort) []byte {
 	}
 	if resp != nil && len(resp) > len(pkt) {
 		resp, res = nil, resultAmplification
+	}
+	if h.pending != nil {
+		return nil // counted when its write is done
 	}
 	h.met.results[res].Inc()
 	if resp == nil {
@@ -137,7 +156,11 @@ func (h *handler) authenticated(src netip.AddrPort, now time.Time) ([]byte, resu
 	if d := now.Sub(stamp); d > h.maxSkew || d < -h.maxSkew {
 		return nil, resultStale, nil
 	}
+	var pending *Pending
 	switch err := h.reg.Bind(username, src, stamp); {
+	case errors.As(err, &pending):
+		h.pending = &deferred{wait: pending.Wait, src: src, txID: req.TransactionID, key: bytes.Clone(key), username: username}
+		return nil, resultBound, nil
 	case errors.Is(err, ErrReplay):
 		return nil, resultReplay, err
 	case errors.Is(err, ErrUnknownUser):
@@ -163,12 +186,17 @@ func authResponseSize(src netip.AddrPort) int {
 // XOR-MAPPED-ADDRESS of src and, under a non-nil key, MESSAGE-INTEGRITY and
 // FINGERPRINT.
 func (h *handler) respond(src netip.AddrPort, key []byte) []byte {
-	m := h.resp
+	return buildResponse(h.resp, h.xor[:0], h.req.TransactionID, src, key)
+}
+
+// buildResponse builds in m the Binding success response to the request
+// with transaction ID txID from src; xor is scratch space.
+func buildResponse(m *stun.Message, xor []byte, txID [stun.TransactionIDSize]byte, src netip.AddrPort, key []byte) []byte {
 	m.Reset()
 	m.Type = stun.BindingSuccess
-	m.TransactionID = h.req.TransactionID
+	m.TransactionID = txID
 	m.WriteHeader()
-	m.Add(stun.AttrXORMappedAddress, appendXORAddr(h.xor[:0], src, m.TransactionID))
+	m.Add(stun.AttrXORMappedAddress, appendXORAddr(xor, src, m.TransactionID))
 	if key != nil {
 		// Neither fails: the message has no FINGERPRINT yet.
 		_ = stun.MessageIntegrity(key).AddTo(m)

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"sync"
 	"time"
+
+	"github.com/pion/stun/v3"
 )
 
 // Server is the STUN server. Listen binds it, Run serves, Close stops it.
@@ -24,6 +26,13 @@ type Server struct {
 	mu      sync.Mutex
 	started bool          // Run was called
 	runDone chan struct{} // closed when Run returns
+
+	// Bindings being written, their answers waiting (see Pending): slots
+	// bounds them, jobs is waited for by Run.
+	slots chan struct{}
+	jobs  sync.WaitGroup
+	wmu   sync.Mutex
+	warn  logLimit // their storage errors
 }
 
 // Listen validates cfg and binds its UDP socket.
@@ -48,6 +57,8 @@ func Listen(cfg Config) (*Server, error) {
 		h:       newHandler(cfg, met),
 		met:     met,
 		closing: make(chan struct{}),
+		slots:   make(chan struct{}, cfg.MaxPending),
+		warn:    logLimit{every: time.Second},
 	}, nil
 }
 
@@ -73,6 +84,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.runDone = make(chan struct{})
 	s.mu.Unlock()
 	defer close(s.runDone)
+	defer s.jobs.Wait()
 
 	// A read deadline in the past wakes the blocked read; the socket stays
 	// open for WriteTo until Close.
@@ -91,6 +103,10 @@ func (s *Server) Run(ctx context.Context) error {
 			return fmt.Errorf("discovery: read %s: %w", s.addr, err)
 		}
 		resp := s.h.handle(buf[:n], src)
+		if job := s.h.pending; job != nil {
+			s.finish(job)
+			continue
+		}
 		if resp == nil {
 			continue
 		}
@@ -99,6 +115,42 @@ func (s *Server) Run(ctx context.Context) error {
 			s.h.writeFailed(src, err)
 		}
 	}
+}
+
+// finish waits for job's binding to be written on another goroutine and
+// then answers it, so the next datagrams are read meanwhile. With
+// MaxPending jobs already waiting it blocks until one is done.
+func (s *Server) finish(job *deferred) {
+	s.slots <- struct{}{}
+	s.jobs.Go(func() {
+		defer func() { <-s.slots }()
+		res := resultBound
+		err := job.wait()
+		switch {
+		case err == nil:
+		case errors.Is(err, ErrReplay):
+			res = resultReplay
+		case errors.Is(err, ErrUnknownUser):
+			res = resultUnknownUser
+		default:
+			res = resultError
+			s.wmu.Lock()
+			n, ok := s.warn.allow(s.h.now())
+			s.wmu.Unlock()
+			if ok {
+				s.h.log.Warn("stun registry error", "op", "bind", "username", job.username, "err", err, "suppressed", n)
+			}
+		}
+		s.met.results[res].Inc()
+		if res != resultBound {
+			return
+		}
+		var xor [20]byte
+		resp := buildResponse(stun.New(), xor[:0], job.txID, job.src, job.key)
+		if _, err := s.conn.WriteToUDPAddrPort(resp, job.src); err != nil {
+			s.met.writeErrors.Inc()
+		}
+	})
 }
 
 // WriteTo sends b to to from the STUN socket. It is safe for concurrent use

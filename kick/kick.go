@@ -9,7 +9,10 @@
 // for a binding TTL, or the wakeup_hostport of its hello when that lies
 // inside the configured ranges. Nothing else is ever sent anything.
 //
-// A sleeping device costs its stored row only. A device with a wake due
+// A sleeping device costs its stored row, and while it refreshes its STUN
+// binding from the same address, one small entry in memory until the next
+// flush (see seen): such a refresh writes nothing at once, so sleeping
+// devices do not wear the gateway's flash. A device with a wake due
 // costs one small entry in a heap that a single goroutine (Run) serves;
 // global and per-target token buckets bound the datagrams sent, and every
 // datagram, deferral and drop is counted with its reason.
@@ -40,6 +43,7 @@ type Store interface {
 	UpdateWake(ctx context.Context, u store.UAID, create bool, fn func(old []byte) ([]byte, error)) error
 	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
 	WakeStates(us []store.UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error
+	UpdateWakes(ctx context.Context, us []store.UAID, fn func(i int, old []byte) []byte) (int, error)
 }
 
 // Sender sends one datagram. discovery.Server sends from the STUN socket,
@@ -94,6 +98,13 @@ type Config struct {
 	MaxPending  int           // devices with a wake due (1,000,000); more are dropped
 	MaxTargets  int           // per-target table size (65536)
 
+	// FlushInterval is how often the freshness of bindings refreshed in
+	// place, held in memory, is written to the store in one transaction
+	// (1h). MaxFresh bounds how many devices memory holds it for
+	// (100,000); past it a refresh is written at once and a flush starts.
+	FlushInterval time.Duration
+	MaxFresh      int
+
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
 	Now     func() time.Time
@@ -130,6 +141,12 @@ func (c *Config) setDefaults() {
 	if c.MaxTargets <= 0 {
 		c.MaxTargets = 65536
 	}
+	if c.FlushInterval <= 0 {
+		c.FlushInterval = time.Hour
+	}
+	if c.MaxFresh <= 0 {
+		c.MaxFresh = 100_000
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -156,8 +173,6 @@ type Kicker struct {
 	m        *kickMetrics
 	presence Presence
 
-	started time.Time
-
 	mu      sync.Mutex
 	pending map[store.UAID]*entry
 	queue   entryHeap
@@ -173,15 +188,23 @@ type Kicker struct {
 	states  []state
 	free    chan []datagram // batches back from the sender
 
-	// recent holds the last accepted STUN stamp of devices whose refresh
-	// was not written to the store, so a captured request cannot be
-	// replayed from elsewhere; old entries are pruned by Run.
-	bmu    sync.Mutex
-	recent map[store.UAID]int64
+	// fresh holds the bindings refreshed in place since they were last
+	// written (see seen); at most MaxFresh entries, each a device with a
+	// stored record. Flush empties it; flushMu serialises flushes.
+	fmu      sync.Mutex
+	fresh    map[store.UAID]seen
+	flushMu  sync.Mutex
+	flushNow chan struct{}
+	// Stamps (Unix ms) a request must pass, whatever the store holds:
+	// start, the process's start; floor, to move a binding that an earlier
+	// process may have refreshed in memory only, the start plus
+	// restartHold.
+	start, floor int64
 
 	ctx       context.Context
 	cancel    context.CancelFunc
 	closeOnce sync.Once
+	closeErr  error
 }
 
 // New returns a Kicker; it sends nothing until Run.
@@ -192,17 +215,19 @@ func New(cfg Config) (*Kicker, error) {
 	cfg.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
 	return &Kicker{
-		cfg:     cfg,
-		started: cfg.Now(),
-		m:       newKickMetrics(metrics.OrNew(cfg.Metrics)),
-		pending: make(map[store.UAID]*entry),
-		poke:    make(chan struct{}, 1),
-		targets: newTargets(cfg.TargetRate, cfg.TargetBurst, cfg.MaxTargets),
-		mac:     newMacer(),
-		free:    make(chan []datagram, 4),
-		recent:  make(map[store.UAID]int64),
-		ctx:     ctx,
-		cancel:  cancel,
+		cfg:      cfg,
+		m:        newKickMetrics(metrics.OrNew(cfg.Metrics)),
+		pending:  make(map[store.UAID]*entry),
+		poke:     make(chan struct{}, 1),
+		targets:  newTargets(cfg.TargetRate, cfg.TargetBurst, cfg.MaxTargets),
+		mac:      newMacer(),
+		free:     make(chan []datagram, 4),
+		fresh:    make(map[store.UAID]seen),
+		flushNow: make(chan struct{}, 1),
+		start:    cfg.Now().UnixMilli(),
+		floor:    cfg.Now().Add(restartHold).UnixMilli(),
+		ctx:      ctx,
+		cancel:   cancel,
 	}, nil
 }
 
@@ -300,8 +325,8 @@ func (k *Kicker) Run(ctx context.Context) error {
 	}()
 	t := time.NewTimer(time.Hour)
 	defer t.Stop()
-	prune := time.NewTicker(time.Minute)
-	defer prune.Stop()
+	flush := time.NewTicker(k.cfg.FlushInterval)
+	defer flush.Stop()
 	for {
 		k.mu.Lock()
 		wait := time.Hour
@@ -316,8 +341,10 @@ func (k *Kicker) Run(ctx context.Context) error {
 				return nil
 			case <-k.ctx.Done():
 				return nil
-			case <-prune.C:
-				k.pruneRecent()
+			case <-flush.C:
+				k.Flush(context.Background())
+			case <-k.flushNow:
+				k.Flush(context.Background())
 			case <-k.poke:
 			case <-t.C:
 			}
@@ -334,11 +361,18 @@ func (k *Kicker) Run(ctx context.Context) error {
 	}
 }
 
-// Close stops Run (its caller owns and waits for that goroutine) and
-// refuses further store writes from Bind. It is idempotent.
+// Close stops Run (its caller owns and waits for that goroutine), refuses
+// further store writes from Bind, and flushes the bindings' freshness held
+// in memory, so a restart finds them as fresh as they were; the store must
+// still be open. It is idempotent and returns the first flush's error.
 func (k *Kicker) Close() error {
-	k.closeOnce.Do(k.cancel)
-	return nil
+	k.closeOnce.Do(func() {
+		k.cancel()
+		if err := k.Flush(context.Background()); err != nil {
+			k.closeErr = fmt.Errorf("kick: close: %w", err)
+		}
+	})
+	return k.closeErr
 }
 
 // sendBatch bounds the wakes handled per pass, so Close and pokes are
@@ -431,6 +465,9 @@ func (k *Kicker) readStates() {
 		st.ok, st.waiting = ok, waiting
 		if ok {
 			st.rec, st.recErr = decodeRecord(wake)
+			if st.recErr == nil {
+				k.overlay(k.us[i], &st.rec)
+			}
 		}
 	})
 	if err != nil {
@@ -624,6 +661,8 @@ func (k *Kicker) HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello,
 		if err != nil {
 			r = record{} // unreadable: start again
 		}
+		// Written anyway: take the freshness memory holds along.
+		k.overlay(u, &r)
 		r.auth = h.WakeAuth
 		r.claimed, r.claimedAt, r.network = claimed, now, network
 		if !claimed.IsValid() {
@@ -680,9 +719,22 @@ func (k *Kicker) Key(username string) ([]byte, error) {
 
 // Bind records that u was seen at addr by an authenticated STUN request
 // stamped at stamp (discovery.Registry). A stamp not newer than the last
-// accepted one is a replay. A refresh from the same address is written
-// only once a quarter of the binding TTL has passed, so a device keeping
-// its NAT mapping open does not write the store every time.
+// accepted one is a replay, and so is one earlier than the process's
+// start: a request captured before a restart is never accepted again.
+//
+// A refresh from the address the store already holds (also one that
+// revives a binding gone stale) writes nothing: its time and stamp are
+// kept in memory (see seen) and written by the next flush. A request that
+// moves the binding to another address is written before Bind returns,
+// so before the STUN answer: Bind returns a *discovery.Pending whose Wait
+// writes it. A move is refused unless its stamp is later
+// than the start plus restartHold: the last process may have accepted, and
+// not written, stamps up to its end plus the skew discovery allows (a
+// device whose clock runs ahead), and any of those could be replayed from
+// elsewhere. A device that had no binding is not held.
+//
+// The STUN server calls Bind from one goroutine, and Pending.Wait from
+// others.
 func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) error {
 	u, err := store.ParseUAID(username)
 	if err != nil {
@@ -690,15 +742,72 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 	}
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
 	ms := stamp.UnixMilli()
-	k.bmu.Lock()
-	last := k.recent[u]
-	k.bmu.Unlock()
-	if ms <= last {
+	if ms < k.start || ms <= k.lastStamp(u) {
+		return discovery.ErrReplay
+	}
+	var (
+		ok, waiting bool
+		rec         record
+		recErr      error
+	)
+	if err := k.cfg.Store.WakeStates([]store.UAID{u}, func(_ int, o bool, wake []byte, w bool) {
+		ok, waiting = o, w
+		if o {
+			rec, recErr = decodeRecord(wake)
+		}
+	}); err != nil {
+		return fmt.Errorf("read device: %w", err)
+	}
+	if !ok {
+		return fmt.Errorf("%w: %s", discovery.ErrUnknownUser, username)
+	}
+	if recErr != nil {
+		rec = record{} // unreadable: the move below writes a new one
+	}
+	if ms <= rec.stamp {
 		return discovery.ErrReplay
 	}
 	now := k.cfg.Now()
-	wrote, moved := false, false
-	err = k.cfg.Store.UpdateWake(k.ctx, u, false, func(old []byte) ([]byte, error) {
+	k.overlay(u, &rec)
+	fresh := rec.verified.IsValid() && now.Sub(rec.verifiedAt) < k.cfg.BindingTTL
+	moved := !fresh // the device was unreachable at this address until now
+	if rec.verified == addr && recErr == nil && k.remember(u, seen{addr: addr, at: now, stamp: ms}) {
+		k.m.bindings.With("refreshed").Inc()
+		k.bound(u, moved, waiting)
+		return nil
+	}
+	if rec.verified.IsValid() && rec.verified != addr && ms <= k.floor {
+		return discovery.ErrReplay
+	}
+	moved = moved || rec.verified != addr
+	// The write waits for a commit: the STUN server does it beside the
+	// next requests, and concurrent moves share a commit.
+	return &discovery.Pending{Wait: func() error {
+		if err := k.move(u, addr, now, ms); err != nil {
+			return err
+		}
+		k.bound(u, moved, waiting)
+		return nil
+	}}
+}
+
+// bound tells the hub about u's accepted binding, or schedules a wake when
+// it moved while messages wait.
+func (k *Kicker) bound(u store.UAID, moved, waiting bool) {
+	if k.presence != nil {
+		if k.presence.Online(u) {
+			k.presence.WakeProven(u)
+		} else if moved && waiting {
+			// The device was unreachable, or elsewhere, while messages
+			// waited. (A refresh in place does not restart the backoff.)
+			k.Wake(u, time.Time{})
+		}
+	}
+}
+
+// move writes u's binding to addr, stamped ms, at once.
+func (k *Kicker) move(u store.UAID, addr netip.AddrPort, now time.Time, ms int64) error {
+	err := k.cfg.Store.UpdateWake(k.ctx, u, false, func(old []byte) ([]byte, error) {
 		r, err := decodeRecord(old)
 		if err != nil {
 			r = record{}
@@ -706,66 +815,23 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 		if ms <= r.stamp {
 			return nil, discovery.ErrReplay
 		}
-		fresh := r.verified.IsValid() && now.Sub(r.verifiedAt) < k.cfg.BindingTTL
-		if fresh && r.verified != addr && now.Sub(k.started) < restartHold {
-			// Stamps of refreshes not written to disk were lost with the
-			// last process: until any request captured before the restart
-			// is too old to pass discovery's skew check, a fresh address
-			// does not move.
-			return nil, discovery.ErrReplay
-		}
-		if r.verified == addr && now.Sub(r.verifiedAt) < k.cfg.BindingTTL/4 {
-			wrote, moved = false, false
-			return old, nil
-		}
-		moved = !fresh || r.verified != addr
 		r.verified, r.verifiedAt, r.stamp = addr, now, ms
-		wrote = true
 		return r.encode(), nil
 	})
 	switch {
 	case errors.Is(err, store.ErrNoDevice):
-		return fmt.Errorf("%w: %s", discovery.ErrUnknownUser, username)
+		return fmt.Errorf("%w: %s", discovery.ErrUnknownUser, u)
 	case err != nil:
 		return err
 	}
-	k.bmu.Lock()
-	k.recent[u] = ms
-	k.bmu.Unlock()
-	k.m.bindings.With(map[bool]string{true: "written", false: "refreshed"}[wrote]).Inc()
-	if k.presence != nil {
-		if k.presence.Online(u) {
-			k.presence.WakeProven(u)
-		} else if moved {
-			// The device was unreachable, or elsewhere, while messages
-			// may have waited. (A refresh in place does not restart the
-			// backoff.)
-			if _, waiting, err := k.device(u); err == nil && waiting {
-				k.Wake(u, time.Time{})
-			}
-		}
-	}
+	k.forget(u, ms)
+	k.m.bindings.With("written").Inc()
 	return nil
 }
 
-// restartHold is how long after start a fresh STUN-proven address cannot
-// move: longer than discovery's default 30 s clock skew.
+// restartHold is how long after start a binding cannot move: longer than
+// discovery's default 30 s clock skew.
 const restartHold = time.Minute
-
-// pruneAge is how long an accepted stamp is remembered; discovery refuses
-// stamps older than its MaxSkew (30s by default) anyway.
-const pruneAge = 5 * time.Minute
-
-func (k *Kicker) pruneRecent() {
-	cut := k.cfg.Now().Add(-pruneAge).UnixMilli()
-	k.bmu.Lock()
-	for u, ms := range k.recent {
-		if ms < cut {
-			delete(k.recent, u)
-		}
-	}
-	k.bmu.Unlock()
-}
 
 func minTime(a, b time.Time) time.Time {
 	if a.Before(b) {

@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	"github.com/pushrelay/pushrelay/discovery"
@@ -77,6 +78,7 @@ type env struct {
 // loopback to send from, both closed at cleanup.
 func openStoreAndSocket(tb testing.TB) (*store.Store, *net.UDPConn) {
 	tb.Helper()
+	forgetStoreOps()
 	st, err := store.Open(store.Options{Path: filepath.Join(tb.TempDir(), "s.db"), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		tb.Fatal(err)
@@ -178,40 +180,55 @@ func (e *env) message(u store.UAID, n byte, urgency store.Urgency, ttl time.Dura
 
 func (e *env) metric(series string) float64 { return e.reg.Value(series) }
 
-// recv reads datagrams on c until d passes.
+// The tests that run a Kicker run in a synctest bubble: its timers, rate
+// limits and backoff run on virtual time, which passes only while every
+// goroutine of the test waits, so a busy machine cannot change what they
+// see. The datagrams still go through real loopback sockets, read without
+// blocking (tryRead).
+
+// recv lets d of virtual time pass and returns the datagrams queued on c.
 func recv(c *net.UDPConn, d time.Duration) [][]byte {
+	time.Sleep(d)
+	synctest.Wait()
+	realSleep(time.Millisecond) // a datagram the kernel has not queued yet
 	var out [][]byte
-	deadline := time.Now().Add(d)
-	buf := make([]byte, 1500)
 	for {
-		c.SetReadDeadline(deadline)
-		n, err := c.Read(buf)
-		if err != nil {
+		b, ok := tryRead(c)
+		if !ok {
 			return out
 		}
-		out = append(out, append([]byte(nil), buf[:n]...))
+		out = append(out, b)
 	}
 }
 
-// recvOne waits up to 5s for one datagram.
+// recvOne waits up to 5s of virtual time for one datagram.
 func recvOne(t *testing.T, c *net.UDPConn) []byte {
 	t.Helper()
-	buf := make([]byte, 1500)
-	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	n, err := c.Read(buf)
-	if err != nil {
-		t.Fatalf("no wake datagram: %v", err)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		synctest.Wait()
+		if b, ok := tryRead(c); ok {
+			return b
+		}
+		realSleep(100 * time.Microsecond)
+		if b, ok := tryRead(c); ok {
+			return b
+		}
 	}
-	return buf[:n]
+	t.Fatal("no wake datagram within 5s")
+	return nil
 }
 
+// waitFor waits up to 5s of virtual time for f.
 func waitFor(t *testing.T, what string, f func() bool) {
 	t.Helper()
-	for deadline := time.Now().Add(5 * time.Second); !f(); {
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		synctest.Wait()
+		if f() {
+			return
+		}
 		if time.Now().After(deadline) {
 			t.Fatalf("timed out waiting for %s", what)
 		}
-		time.Sleep(5 * time.Millisecond)
 	}
 }
 
@@ -227,207 +244,245 @@ func ranges(s string) Ranges {
 // and woken with the compatible datagram; once it connects it gets no
 // more.
 func TestWakeClaimedAddress(t *testing.T) {
-	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 100 * time.Millisecond}, false)
-	u, c := e.device(1, "127.0.0.5")
-	r := e.hello(u, c, false, nil)
-	if r.Status != pushproto.StatusWake || r.WakeKey == "" || r.STUNAddr != "" {
-		t.Fatalf("hello reply %+v", r)
-	}
-	e.k.Wake(u, e.message(u, 1, store.UrgencyNormal, time.Hour))
-	got := recvOne(t, c)
-	if want := "NOTIFY " + c.LocalAddr().String(); string(got) != want || len(got) > 64 {
-		t.Errorf("datagram %q, want %q", got, want)
-	}
-	// The device reconnects: no retry reaches it.
-	e.pres.set(u, true)
-	e.k.Connected(u)
-	if more := recv(c, 400*time.Millisecond); len(more) != 0 {
-		t.Errorf("%d datagrams after connect", len(more))
-	}
-	if e.k.Pending() != 0 || e.metric(`pushrelay_wake_finished_total{reason="connected"}`) != 1 {
-		t.Errorf("pending %d, finished %v", e.k.Pending(), e.metric(`pushrelay_wake_finished_total{reason="connected"}`))
-	}
-	if e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`) != 1 {
-		t.Error("datagram not counted")
-	}
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 100 * time.Millisecond}, false)
+		u, c := e.device(1, "127.0.0.5")
+		r := e.hello(u, c, false, nil)
+		if r.Status != pushproto.StatusWake || r.WakeKey == "" || r.STUNAddr != "" {
+			t.Fatalf("hello reply %+v", r)
+		}
+		e.k.Wake(u, e.message(u, 1, store.UrgencyNormal, time.Hour))
+		got := recvOne(t, c)
+		if want := "NOTIFY " + c.LocalAddr().String(); string(got) != want || len(got) > 64 {
+			t.Errorf("datagram %q, want %q", got, want)
+		}
+		// The device reconnects: no retry reaches it.
+		e.pres.set(u, true)
+		e.k.Connected(u)
+		if more := recv(c, 400*time.Millisecond); len(more) != 0 {
+			t.Errorf("%d datagrams after connect", len(more))
+		}
+		if e.k.Pending() != 0 || e.metric(`pushrelay_wake_finished_total{reason="connected"}`) != 1 {
+			t.Errorf("pending %d, finished %v", e.k.Pending(), e.metric(`pushrelay_wake_finished_total{reason="connected"}`))
+		}
+		if e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`) != 1 {
+			t.Error("datagram not counted")
+		}
+	})
 }
 
 // Authenticated datagrams carry a MAC under the device's key and a counter
 // that grows with every retry; a datagram under another key, or altered,
 // does not verify.
 func TestAuthenticatedDatagram(t *testing.T) {
-	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 50 * time.Millisecond}, false)
-	u, c := e.device(2, "127.0.0.6")
-	r := e.hello(u, c, true, nil)
-	key, err := ParseKey(r.WakeKey)
-	if err != nil {
-		t.Fatal(err)
-	}
-	e.k.Wake(u, e.message(u, 2, store.UrgencyHigh, time.Hour))
-	first := append([]byte(nil), recvOne(t, c)...)
-	second := recvOne(t, c) // a retry: the device did not connect
-	if len(first) != AuthSize || len(first) > 64 {
-		t.Fatalf("datagram %d bytes", len(first))
-	}
-	c1, ok1 := Verify(key, u, first)
-	c2, ok2 := Verify(key, u, second)
-	if !ok1 || !ok2 || c2 <= c1 {
-		t.Errorf("verify %v %v, counters %d %d", ok1, ok2, c1, c2)
-	}
-	other := e.k.cfg.Keys.Key(store.UAID{9})
-	if _, ok := Verify(other, u, first); ok {
-		t.Error("verified under another device's key")
-	}
-	if _, ok := Verify(key, store.UAID{9}, first); ok {
-		t.Error("verified for another UAID")
-	}
-	bad := append([]byte(nil), first...)
-	bad[5] ^= 1
-	if _, ok := Verify(key, u, bad); ok {
-		t.Error("altered counter verified")
-	}
-	waitFor(t, "retry counted", func() bool {
-		return e.metric(`pushrelay_wake_datagrams_total{format="auth",kind="retry"}`) >= 1
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 50 * time.Millisecond}, false)
+		u, c := e.device(2, "127.0.0.6")
+		r := e.hello(u, c, true, nil)
+		key, err := ParseKey(r.WakeKey)
+		if err != nil {
+			t.Fatal(err)
+		}
+		e.k.Wake(u, e.message(u, 2, store.UrgencyHigh, time.Hour))
+		first := append([]byte(nil), recvOne(t, c)...)
+		second := recvOne(t, c) // a retry: the device did not connect
+		if len(first) != AuthSize || len(first) > 64 {
+			t.Fatalf("datagram %d bytes", len(first))
+		}
+		c1, ok1 := Verify(key, u, first)
+		c2, ok2 := Verify(key, u, second)
+		if !ok1 || !ok2 || c2 <= c1 {
+			t.Errorf("verify %v %v, counters %d %d", ok1, ok2, c1, c2)
+		}
+		other := e.k.cfg.Keys.Key(store.UAID{9})
+		if _, ok := Verify(other, u, first); ok {
+			t.Error("verified under another device's key")
+		}
+		if _, ok := Verify(key, store.UAID{9}, first); ok {
+			t.Error("verified for another UAID")
+		}
+		bad := append([]byte(nil), first...)
+		bad[5] ^= 1
+		if _, ok := Verify(key, u, bad); ok {
+			t.Error("altered counter verified")
+		}
+		waitFor(t, "retry counted", func() bool {
+			return e.metric(`pushrelay_wake_datagrams_total{format="auth",kind="retry"}`) >= 1
+		})
 	})
 }
 
 // A claimed address outside the ranges is never sent anything, and such a
 // device is told 200.
 func TestOutsideRangesNeverSent(t *testing.T) {
-	e := newEnv(t, Config{Ranges: ranges("10.0.0.0/8")}, false)
-	u, c := e.device(3, "127.0.0.7")
-	if r := e.hello(u, c, false, nil); r.Status != pushproto.StatusOK {
-		t.Fatalf("status %d", r.Status)
-	}
-	e.k.Wake(u, e.message(u, 3, store.UrgencyHigh, time.Hour))
-	waitFor(t, "drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="outside_ranges"}`) == 1 })
-	if got := recv(c, 200*time.Millisecond); len(got) != 0 {
-		t.Errorf("got %q", got)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("10.0.0.0/8")}, false)
+		u, c := e.device(3, "127.0.0.7")
+		if r := e.hello(u, c, false, nil); r.Status != pushproto.StatusOK {
+			t.Fatalf("status %d", r.Status)
+		}
+		e.k.Wake(u, e.message(u, 3, store.UrgencyHigh, time.Hour))
+		waitFor(t, "drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="outside_ranges"}`) == 1 })
+		if got := recv(c, 200*time.Millisecond); len(got) != 0 {
+			t.Errorf("got %q", got)
+		}
+	})
 }
 
 // Ranges may be given per mobile network: a device is trusted inside its
 // own network's ranges only.
 func TestNetworkRanges(t *testing.T) {
-	rg := Ranges{Networks: map[string][]netip.Prefix{"214-07": {netip.MustParsePrefix("127.0.0.0/24")}}}
-	e := newEnv(t, Config{Ranges: rg}, false)
-	u, c := e.device(4, "127.0.0.8")
-	if r := e.hello(u, c, false, &pushproto.MobileNetwork{MCC: "214", MNC: "01"}); r.Status != pushproto.StatusOK {
-		t.Errorf("other network: status %d", r.Status)
-	}
-	if r := e.hello(u, c, false, &pushproto.MobileNetwork{MCC: "214", MNC: "07"}); r.Status != pushproto.StatusWake {
-		t.Errorf("own network: status %d", r.Status)
-	}
-	e.k.Wake(u, e.message(u, 4, store.UrgencyNormal, time.Hour))
-	recvOne(t, c)
+	synctest.Test(t, func(t *testing.T) {
+		rg := Ranges{Networks: map[string][]netip.Prefix{"214-07": {netip.MustParsePrefix("127.0.0.0/24")}}}
+		e := newEnv(t, Config{Ranges: rg}, false)
+		u, c := e.device(4, "127.0.0.8")
+		if r := e.hello(u, c, false, &pushproto.MobileNetwork{MCC: "214", MNC: "01"}); r.Status != pushproto.StatusOK {
+			t.Errorf("other network: status %d", r.Status)
+		}
+		if r := e.hello(u, c, false, &pushproto.MobileNetwork{MCC: "214", MNC: "07"}); r.Status != pushproto.StatusWake {
+			t.Errorf("own network: status %d", r.Status)
+		}
+		e.k.Wake(u, e.message(u, 4, store.UrgencyNormal, time.Hour))
+		recvOne(t, c)
+	})
 }
 
 // Retries back off and stop when the messages expire.
 func TestRetriesStopAtExpiry(t *testing.T) {
-	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 40 * time.Millisecond}, false)
-	u, c := e.device(5, "127.0.0.9")
-	e.hello(u, c, false, nil)
-	until := e.message(u, 5, store.UrgencyNormal, 400*time.Millisecond)
-	e.k.Wake(u, until)
-	got := recv(c, time.Until(until)+100*time.Millisecond)
-	// 0, 40, 120, 280 ms; the next (600 ms) would come after expiry. A busy
-	// machine may delay a retry, never add one.
-	if len(got) < 2 || len(got) > 4 {
-		t.Errorf("%d datagrams before expiry, want 2 to 4", len(got))
-	}
-	waitFor(t, "expiry", func() bool { return e.k.Pending() == 0 })
-	if e.metric(`pushrelay_wake_finished_total{reason="expired"}`) != 1 {
-		t.Error("expiry not counted")
-	}
-	if more := recv(c, 300*time.Millisecond); len(more) != 0 {
-		t.Errorf("%d datagrams after expiry", len(more))
-	}
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 40 * time.Millisecond}, false)
+		u, c := e.device(5, "127.0.0.9")
+		e.hello(u, c, false, nil)
+		until := e.message(u, 5, store.UrgencyNormal, 400*time.Millisecond)
+		e.k.Wake(u, until)
+		got := recv(c, time.Until(until)+100*time.Millisecond)
+		// 0, 40, 120, 280 ms; the next (600 ms) would come after expiry.
+		if len(got) != 4 {
+			t.Errorf("%d datagrams before expiry, want 4", len(got))
+		}
+		waitFor(t, "expiry", func() bool { return e.k.Pending() == 0 })
+		if e.metric(`pushrelay_wake_finished_total{reason="expired"}`) != 1 {
+			t.Error("expiry not counted")
+		}
+		if more := recv(c, 300*time.Millisecond); len(more) != 0 {
+			t.Errorf("%d datagrams after expiry", len(more))
+		}
+	})
 }
 
 // Many messages for one device make one datagram per interval.
 func TestCoalesce(t *testing.T) {
-	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: time.Hour}, false)
-	u, c := e.device(6, "127.0.0.10")
-	e.hello(u, c, false, nil)
-	for i := range 20 {
-		e.k.Wake(u, e.message(u, 6, store.UrgencyNormal, time.Duration(i+1)*time.Hour))
-	}
-	if got := recv(c, 300*time.Millisecond); len(got) != 1 {
-		t.Errorf("%d datagrams for 20 messages, want 1", len(got))
-	}
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: time.Hour}, false)
+		u, c := e.device(6, "127.0.0.10")
+		e.hello(u, c, false, nil)
+		for i := range 20 {
+			e.k.Wake(u, e.message(u, 6, store.UrgencyNormal, time.Duration(i+1)*time.Hour))
+		}
+		if got := recv(c, 300*time.Millisecond); len(got) != 1 {
+			t.Errorf("%d datagrams for 20 messages, want 1", len(got))
+		}
+	})
 }
 
 // A device whose waiting messages are all low urgency is not woken by a
 // lookup (the hub does not even ask for those), and one with nothing
 // waiting neither.
 func TestLowUrgencyAndNothingWaiting(t *testing.T) {
-	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24")}, false)
-	u, c := e.device(7, "127.0.0.11")
-	e.hello(u, c, false, nil)
-	e.k.Wake(u, time.Time{})
-	waitFor(t, "nothing waiting", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_waiting"}`) == 1 })
-	e.message(u, 7, store.UrgencyLow, time.Hour)
-	e.message(u, 7, store.UrgencyVeryLow, time.Hour)
-	e.k.Wake(u, time.Time{})
-	waitFor(t, "nothing urgent", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_urgent"}`) == 1 })
-	if got := recv(c, 200*time.Millisecond); len(got) != 0 {
-		t.Errorf("woken %d times for low urgency", len(got))
-	}
-	e.message(u, 7, store.UrgencyNormal, time.Hour)
-	e.k.Wake(u, time.Time{})
-	recvOne(t, c)
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24")}, false)
+		u, c := e.device(7, "127.0.0.11")
+		e.hello(u, c, false, nil)
+		e.k.Wake(u, time.Time{})
+		waitFor(t, "nothing waiting", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_waiting"}`) == 1 })
+		e.message(u, 7, store.UrgencyLow, time.Hour)
+		e.message(u, 7, store.UrgencyVeryLow, time.Hour)
+		e.k.Wake(u, time.Time{})
+		waitFor(t, "nothing urgent", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_urgent"}`) == 1 })
+		if got := recv(c, 200*time.Millisecond); len(got) != 0 {
+			t.Errorf("woken %d times for low urgency", len(got))
+		}
+		e.message(u, 7, store.UrgencyNormal, time.Hour)
+		e.k.Wake(u, time.Time{})
+		recvOne(t, c)
+	})
 }
 
 // The global limit holds across devices; the per-target limit holds for
 // many devices that claim one host.
 func TestRateLimits(t *testing.T) {
 	t.Run("global", func(t *testing.T) {
-		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Rate: 10, Burst: 3, Interval: time.Hour}, false)
-		var conns []*net.UDPConn
-		for i := range 20 {
-			u, c := e.device(byte(10+i), fmt.Sprintf("127.0.0.%d", 20+i))
-			e.hello(u, c, false, nil)
-			e.k.Wake(u, e.message(u, byte(10+i), store.UrgencyNormal, time.Hour))
-			conns = append(conns, c)
-		}
-		time.Sleep(500 * time.Millisecond)
-		// burst 3 + 10/s for 0.5 s, with slack for a slow machine.
-		sent := e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`)
-		if sent < 3 || sent > 10 {
-			t.Errorf("%v datagrams in 0.5s under 10/s burst 3", sent)
-		}
-		if e.metric(`pushrelay_wake_deferred_total{limit="global"}`) == 0 {
-			t.Error("no deferral counted")
-		}
-		// All get theirs in the end.
-		waitFor(t, "all sent", func() bool {
-			return e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`) == 20
+		synctest.Test(t, func(t *testing.T) {
+			e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Rate: 10, Burst: 3, Interval: time.Hour}, false)
+			var conns []*net.UDPConn
+			for i := range 20 {
+				u, c := e.device(byte(10+i), fmt.Sprintf("127.0.0.%d", 20+i))
+				e.hello(u, c, false, nil)
+				e.k.Wake(u, e.message(u, byte(10+i), store.UrgencyNormal, time.Hour))
+				conns = append(conns, c)
+			}
+			sent := func() float64 { return e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`) }
+			// Virtual time: the burst of 3 at once, then one per 100 ms.
+			synctest.Wait()
+			if got := sent(); got != 3 {
+				t.Errorf("%v datagrams at once under burst 3", got)
+			}
+			time.Sleep(450 * time.Millisecond)
+			synctest.Wait()
+			if got := sent(); got != 3+4 {
+				t.Errorf("%v datagrams in 0.45s under 10/s burst 3, want 7", got)
+			}
+			if e.metric(`pushrelay_wake_deferred_total{limit="global"}`) == 0 {
+				t.Error("no deferral counted")
+			}
+			// All get theirs in the end: the last 100 ms apart.
+			time.Sleep(1300 * time.Millisecond)
+			synctest.Wait()
+			if got := sent(); got != 20 {
+				t.Errorf("%v datagrams after 1.75s, want 20", got)
+			}
+			got := 0
+			for _, c := range conns {
+				got += len(recv(c, 0))
+			}
+			if got != 20 {
+				t.Errorf("devices received %d datagrams, want 20", got)
+			}
 		})
 	})
 	t.Run("target", func(t *testing.T) {
-		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), TargetRate: 2, TargetBurst: 2, Interval: time.Hour}, false)
-		var conns []*net.UDPConn
-		for i := range 10 {
-			u, c := e.device(byte(40+i), "127.0.0.40") // one host, ten ports
-			e.hello(u, c, false, nil)
-			e.k.Wake(u, e.message(u, byte(40+i), store.UrgencyNormal, time.Hour))
-			conns = append(conns, c)
-		}
-		other, oc := e.device(60, "127.0.0.41")
-		e.hello(other, oc, false, nil)
-		e.k.Wake(other, e.message(other, 60, store.UrgencyNormal, time.Hour))
-		recvOne(t, oc) // another host is not held up
-		total := 0
-		for _, c := range conns {
-			total += len(recv(c, 50*time.Millisecond))
-		}
-		// burst 2 + 2/s over well under 2 s.
-		if total < 2 || total > 5 {
-			t.Errorf("%d datagrams to one host, want 2 to 5", total)
-		}
-		if e.metric(`pushrelay_wake_deferred_total{limit="target"}`) == 0 {
-			t.Error("no deferral counted")
-		}
+		synctest.Test(t, func(t *testing.T) {
+			e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), TargetRate: 2, TargetBurst: 2, Interval: time.Hour}, false)
+			var conns []*net.UDPConn
+			for i := range 10 {
+				u, c := e.device(byte(40+i), "127.0.0.40") // one host, ten ports
+				e.hello(u, c, false, nil)
+				e.k.Wake(u, e.message(u, byte(40+i), store.UrgencyNormal, time.Hour))
+				conns = append(conns, c)
+			}
+			other, oc := e.device(60, "127.0.0.41")
+			e.hello(other, oc, false, nil)
+			e.k.Wake(other, e.message(other, 60, store.UrgencyNormal, time.Hour))
+			recvOne(t, oc) // another host is not held up
+			// Burst 2, then one per 500 ms: 2 at once, 4 after 1.2 s.
+			count := func() int {
+				n := 0
+				for _, c := range conns {
+					n += len(recv(c, 0))
+				}
+				return n
+			}
+			if got := count(); got != 2 {
+				t.Errorf("%d datagrams to one host at once, want the burst of 2", got)
+			}
+			time.Sleep(1200 * time.Millisecond)
+			if got := count(); got != 2 {
+				t.Errorf("%d more datagrams to one host in 1.2s at 2/s, want 2", got)
+			}
+			if e.metric(`pushrelay_wake_deferred_total{limit="target"}`) == 0 {
+				t.Error("no deferral counted")
+			}
+		})
 	})
 }
 
@@ -435,76 +490,78 @@ func TestRateLimits(t *testing.T) {
 // the last accepted one never moves the address, even when that one was
 // only remembered in memory; unknown devices are refused.
 func TestBind(t *testing.T) {
-	e := newEnv(t, Config{BindingTTL: time.Minute}, true)
-	u, c := e.device(70, "127.0.0.70")
-	r := e.hello(u, c, true, nil)
-	if r.Status != pushproto.StatusOK {
-		t.Errorf("unproven device: status %d", r.Status)
-	}
-	if key, err := e.k.Key(u.String()); err != nil || string(key) != r.WakeKey {
-		t.Fatalf("Key: %q %v", key, err)
-	}
-	for _, name := range []string{"nothex", store.UAID{0xee}.String()} {
-		if _, err := e.k.Key(name); !errors.Is(err, discovery.ErrUnknownUser) {
-			t.Errorf("Key(%s): %v", name, err)
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{BindingTTL: time.Minute}, true)
+		u, c := e.device(70, "127.0.0.70")
+		r := e.hello(u, c, true, nil)
+		if r.Status != pushproto.StatusOK {
+			t.Errorf("unproven device: status %d", r.Status)
 		}
-		if err := e.k.Bind(name, netip.MustParseAddrPort("127.0.0.1:1"), e.now()); !errors.Is(err, discovery.ErrUnknownUser) {
-			t.Errorf("Bind(%s): %v", name, err)
+		if key, err := e.k.Key(u.String()); err != nil || string(key) != r.WakeKey {
+			t.Fatalf("Key: %q %v", key, err)
 		}
-	}
-	a := c.LocalAddr().(*net.UDPAddr).AddrPort()
-	b := netip.MustParseAddrPort("127.0.0.99:4000")
-	t0 := e.now()
-	if err := e.k.Bind(u.String(), a, t0); err != nil {
-		t.Fatal(err)
-	}
-	for _, stamp := range []time.Time{t0, t0.Add(-time.Second)} {
-		if err := e.k.Bind(u.String(), b, stamp); !errors.Is(err, discovery.ErrReplay) {
-			t.Errorf("replay at %v from elsewhere: %v", stamp.Sub(t0), err)
+		for _, name := range []string{"nothex", store.UAID{0xee}.String()} {
+			if _, err := e.k.Key(name); !errors.Is(err, discovery.ErrUnknownUser) {
+				t.Errorf("Key(%s): %v", name, err)
+			}
+			if err := bindNow(e.k, name, netip.MustParseAddrPort("127.0.0.1:1"), e.now()); !errors.Is(err, discovery.ErrUnknownUser) {
+				t.Errorf("Bind(%s): %v", name, err)
+			}
 		}
-	}
-	// A refresh from the same address is not written, but its stamp is
-	// remembered: replaying it from elsewhere fails too.
-	e.clock.Add(time.Second)
-	t1 := e.now()
-	if err := e.k.Bind(u.String(), a, t1); err != nil {
-		t.Fatal(err)
-	}
-	if e.metric(`pushrelay_wake_bindings_total{result="refreshed"}`) != 1 {
-		t.Error("refresh was written")
-	}
-	if err := e.k.Bind(u.String(), b, t1); !errors.Is(err, discovery.ErrReplay) {
-		t.Errorf("replayed refresh: %v", err)
-	}
-	// Now the device is accepted at hello and woken at the observed address.
-	if r := e.hello(u, c, true, nil); r.Status != pushproto.StatusWake {
-		t.Errorf("proven device: status %d", r.Status)
-	}
-	e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
-	key, _ := ParseKey(r.WakeKey)
-	if _, ok := Verify(key, u, recvOne(t, c)); !ok {
-		t.Error("datagram does not verify")
-	}
-	e.pres.set(u, true)
-	e.k.Connected(u)
-	// A connected device that proves its address is told to the hub.
-	e.clock.Add(time.Second)
-	if err := e.k.Bind(u.String(), a, e.now()); err != nil || !e.pres.proven[u] {
-		t.Errorf("bind while online: %v, proven %v", err, e.pres.proven[u])
-	}
-	e.pres.set(u, false)
-	// Past the binding TTL the address is stale: no datagram.
-	e.clock.Add(2 * time.Minute)
-	e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
-	waitFor(t, "stale drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="stale_address"}`) == 1 })
-	if got := recv(c, 100*time.Millisecond); len(got) != 0 {
-		t.Errorf("stale address got %d datagrams", len(got))
-	}
-	// A new binding while a message waits wakes the device at once.
-	if err := e.k.Bind(u.String(), a, e.now()); err != nil {
-		t.Fatal(err)
-	}
-	recvOne(t, c)
+		a := c.LocalAddr().(*net.UDPAddr).AddrPort()
+		b := netip.MustParseAddrPort("127.0.0.99:4000")
+		t0 := e.now()
+		if err := bindNow(e.k, u.String(), a, t0); err != nil {
+			t.Fatal(err)
+		}
+		for _, stamp := range []time.Time{t0, t0.Add(-time.Second)} {
+			if err := bindNow(e.k, u.String(), b, stamp); !errors.Is(err, discovery.ErrReplay) {
+				t.Errorf("replay at %v from elsewhere: %v", stamp.Sub(t0), err)
+			}
+		}
+		// A refresh from the same address is not written, but its stamp is
+		// remembered: replaying it from elsewhere fails too.
+		e.clock.Add(time.Second)
+		t1 := e.now()
+		if err := bindNow(e.k, u.String(), a, t1); err != nil {
+			t.Fatal(err)
+		}
+		if e.metric(`pushrelay_wake_bindings_total{result="refreshed"}`) != 1 {
+			t.Error("refresh was written")
+		}
+		if err := bindNow(e.k, u.String(), b, t1); !errors.Is(err, discovery.ErrReplay) {
+			t.Errorf("replayed refresh: %v", err)
+		}
+		// Now the device is accepted at hello and woken at the observed address.
+		if r := e.hello(u, c, true, nil); r.Status != pushproto.StatusWake {
+			t.Errorf("proven device: status %d", r.Status)
+		}
+		e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
+		key, _ := ParseKey(r.WakeKey)
+		if _, ok := Verify(key, u, recvOne(t, c)); !ok {
+			t.Error("datagram does not verify")
+		}
+		e.pres.set(u, true)
+		e.k.Connected(u)
+		// A connected device that proves its address is told to the hub.
+		e.clock.Add(time.Second)
+		if err := bindNow(e.k, u.String(), a, e.now()); err != nil || !e.pres.proven[u] {
+			t.Errorf("bind while online: %v, proven %v", err, e.pres.proven[u])
+		}
+		e.pres.set(u, false)
+		// Past the binding TTL the address is stale: no datagram.
+		e.clock.Add(2 * time.Minute)
+		e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
+		waitFor(t, "stale drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="stale_address"}`) == 1 })
+		if got := recv(c, 100*time.Millisecond); len(got) != 0 {
+			t.Errorf("stale address got %d datagrams", len(got))
+		}
+		// A new binding while a message waits wakes the device at once.
+		if err := bindNow(e.k, u.String(), a, e.now()); err != nil {
+			t.Fatal(err)
+		}
+		recvOne(t, c)
+	})
 }
 
 func TestRecordRoundTrip(t *testing.T) {
@@ -577,41 +634,43 @@ func TestSecretFile(t *testing.T) {
 // minute a fresh address does not move, so a request captured before the
 // restart cannot be replayed from elsewhere. Then moves work again.
 func TestBindAfterRestart(t *testing.T) {
-	e := newEnv(t, Config{BindingTTL: 10 * time.Minute}, true)
-	u, c := e.device(80, "127.0.0.80")
-	e.hello(u, c, true, nil)
-	a := c.LocalAddr().(*net.UDPAddr).AddrPort()
-	if err := e.k.Bind(u.String(), a, e.now()); err != nil {
-		t.Fatal(err)
-	}
-	e.clock.Add(time.Second)
-	captured := e.now()
-	if err := e.k.Bind(u.String(), a, captured); err != nil { // a refresh, kept in memory only
-		t.Fatal(err)
-	}
-	cfg := e.k.cfg
-	cfg.Metrics = metrics.NewRegistry()
-	restarted, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := netip.MustParseAddrPort("127.0.0.81:5000")
-	e.clock.Add(10 * time.Second)
-	if err := restarted.Bind(u.String(), b, captured); !errors.Is(err, discovery.ErrReplay) {
-		t.Errorf("captured refresh replayed after restart: %v", err)
-	}
-	// The device itself refreshes in place meanwhile.
-	if err := restarted.Bind(u.String(), a, e.now()); err != nil {
-		t.Errorf("refresh in place after restart: %v", err)
-	}
-	e.clock.Add(restartHold)
-	if err := restarted.Bind(u.String(), b, e.now()); err != nil {
-		t.Errorf("a real move after the hold: %v", err)
-	}
-	d, _, _ := e.st.Device(u)
-	if r, _ := decodeRecord(d.Wake); r.verified != b {
-		t.Errorf("verified %s, want %s", r.verified, b)
-	}
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{BindingTTL: 10 * time.Minute}, true)
+		u, c := e.device(80, "127.0.0.80")
+		e.hello(u, c, true, nil)
+		a := c.LocalAddr().(*net.UDPAddr).AddrPort()
+		if err := bindNow(e.k, u.String(), a, e.now()); err != nil {
+			t.Fatal(err)
+		}
+		e.clock.Add(time.Second)
+		captured := e.now()
+		if err := bindNow(e.k, u.String(), a, captured); err != nil { // a refresh, kept in memory only
+			t.Fatal(err)
+		}
+		cfg := e.k.cfg
+		cfg.Metrics = metrics.NewRegistry()
+		restarted, err := New(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := netip.MustParseAddrPort("127.0.0.81:5000")
+		e.clock.Add(10 * time.Second)
+		if err := bindNow(restarted, u.String(), b, captured); !errors.Is(err, discovery.ErrReplay) {
+			t.Errorf("captured refresh replayed after restart: %v", err)
+		}
+		// The device itself refreshes in place meanwhile.
+		if err := bindNow(restarted, u.String(), a, e.now()); err != nil {
+			t.Errorf("refresh in place after restart: %v", err)
+		}
+		e.clock.Add(restartHold)
+		if err := bindNow(restarted, u.String(), b, e.now()); err != nil {
+			t.Errorf("a real move after the hold: %v", err)
+		}
+		d, _, _ := e.st.Device(u)
+		if r, _ := decodeRecord(d.Wake); r.verified != b {
+			t.Errorf("verified %s, want %s", r.verified, b)
+		}
+	})
 }
 
 // appendAuth is the reference authenticated datagram, its MAC made with
@@ -653,33 +712,236 @@ func TestMacer(t *testing.T) {
 // one NAT address (same IP, two ports) do not hold each other up, while
 // two claims on one host do.
 func TestTargetKeys(t *testing.T) {
-	e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), TargetRate: 0.5, TargetBurst: 1, Interval: time.Hour}, false)
-	var proven, claimed []*net.UDPConn
-	for i := range 2 {
-		u, c := e.device(byte(90+i), "127.0.0.90")
-		e.hello(u, c, true, nil)
-		if err := e.k.Bind(u.String(), c.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now()); err != nil {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), TargetRate: 0.5, TargetBurst: 1, Interval: time.Hour}, false)
+		var proven, claimed []*net.UDPConn
+		for i := range 2 {
+			u, c := e.device(byte(90+i), "127.0.0.90")
+			e.hello(u, c, true, nil)
+			if err := bindNow(e.k, u.String(), c.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now()); err != nil {
+				t.Fatal(err)
+			}
+			e.k.Wake(u, e.message(u, byte(90+i), store.UrgencyNormal, time.Hour))
+			proven = append(proven, c)
+		}
+		for i := range 2 {
+			u, c := e.device(byte(95+i), "127.0.0.95")
+			e.hello(u, c, false, nil)
+			e.k.Wake(u, e.message(u, byte(95+i), store.UrgencyNormal, time.Hour))
+			claimed = append(claimed, c)
+		}
+		for i, c := range proven {
+			if len(recv(c, 500*time.Millisecond)) != 1 {
+				t.Errorf("proven device %d behind a shared IP was held back", i)
+			}
+		}
+		got := 0
+		for _, c := range claimed {
+			got += len(recv(c, 100*time.Millisecond))
+		}
+		if got != 1 {
+			t.Errorf("two claims on one host got %d datagrams in ~0.6 s at 0.5/s burst 1, want 1", got)
+		}
+	})
+}
+
+// openAt opens the store file path; the test closes it.
+func openAt(t *testing.T, path string, reg *metrics.Registry) *store.Store {
+	t.Helper()
+	forgetStoreOps()
+	st, err := store.Open(store.Options{Path: path, Logger: slog.New(slog.DiscardHandler), Metrics: reg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+// storedRecord reads u's wake record from st.
+func storedRecord(t *testing.T, st *store.Store, u store.UAID) record {
+	t.Helper()
+	d, ok, err := st.Device(u)
+	if err != nil || !ok {
+		t.Fatalf("device %s: %v %v", u, ok, err)
+	}
+	r, err := decodeRecord(d.Wake)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// Refreshes in place write nothing until a flush, which is one commit for
+// all of them; a crash (the store closed without the kicker's flush) loses
+// only their freshness; after the store and the kicker are opened again,
+// no request captured before the restart is accepted, from any address,
+// while the device's own next refresh is, and a move waits for the hold.
+func TestRefreshAcrossRestart(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "s.db")
+	clk := &clock{t: time.UnixMilli(1_800_000_000_000)}
+	keys, err := NewKeys(make([]byte, 32))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, conn := openStoreAndSocket(t)
+	start := func(st *store.Store) *Kicker {
+		k, err := New(Config{Store: st, Sender: UDPSender{Conn: conn}, Keys: keys, BindingTTL: 2 * time.Minute,
+			Now: clk.Now, Metrics: metrics.NewRegistry()})
+		if err != nil {
 			t.Fatal(err)
 		}
-		e.k.Wake(u, e.message(u, byte(90+i), store.UrgencyNormal, time.Hour))
-		proven = append(proven, c)
+		return k
 	}
-	for i := range 2 {
-		u, c := e.device(byte(95+i), "127.0.0.95")
-		e.hello(u, c, false, nil)
-		e.k.Wake(u, e.message(u, byte(95+i), store.UrgencyNormal, time.Hour))
-		claimed = append(claimed, c)
-	}
-	for i, c := range proven {
-		if len(recv(c, 500*time.Millisecond)) != 1 {
-			t.Errorf("proven device %d behind a shared IP was held back", i)
+	sreg := metrics.NewRegistry()
+	st := openAt(t, path, sreg)
+	k := start(st)
+	const n = 50
+	us := make([]store.UAID, n)
+	for i := range us {
+		us[i][0], us[i][15] = 0xf0, byte(i)
+		if err := st.Register(context.Background(), store.Channel{UAID: us[i], ID: store.ChannelID{byte(i)}}); err != nil {
+			t.Fatal(err)
 		}
 	}
-	got := 0
-	for _, c := range claimed {
-		got += len(recv(c, 100*time.Millisecond))
+	addr := func(i int) netip.AddrPort {
+		return netip.AddrPortFrom(netip.MustParseAddr("192.0.2.1"), uint16(1000+i))
 	}
-	if got != 1 {
-		t.Errorf("two claims on one host got %d datagrams in ~0.6 s at 0.5/s burst 1, want 1", got)
+	elsewhere := netip.MustParseAddrPort("198.51.100.9:4000")
+	clk.Add(time.Millisecond)
+	for i, u := range us { // first bindings: moves, written at once
+		if err := bindNow(k, u.String(), addr(i), clk.Now()); err != nil {
+			t.Fatal(err)
+		}
 	}
+	bound := clk.Now()
+	commits := func() float64 { return sreg.Value("pushrelay_store_commits_total") }
+	before := commits()
+	var captured time.Time
+	for range 3 { // three refreshes each, 30 s apart: memory only
+		clk.Add(30 * time.Second)
+		captured = clk.Now()
+		for i, u := range us {
+			if err := bindNow(k, u.String(), addr(i), captured); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	if got := commits() - before; got != 0 {
+		t.Errorf("%d refreshes in place made %v commits, want 0", 3*n, got)
+	}
+	if r := storedRecord(t, st, us[0]); !r.verifiedAt.Equal(bound) {
+		t.Errorf("stored binding time moved to %v before any flush", r.verifiedAt)
+	}
+	// Memory keeps the device fresh although the store's time is 90 s old.
+	k.snaps = []entry{{u: us[0]}} // k has no Run: readStates is ours to call
+	k.readStates()
+	if to, why := k.states[0].rec.target(clk.Now().Add(time.Minute), 2*time.Minute, &Ranges{}); why != "" || to != addr(0) {
+		t.Errorf("target with memory's freshness: %s %q", to, why)
+	}
+	// The crash: the store closes, the kicker never flushes.
+	if err := st.Close(); err != nil {
+		t.Fatal(err)
+	}
+	clk.Add(5 * time.Second)
+	st = openAt(t, path, metrics.NewRegistry())
+	defer st.Close()
+	k2 := start(st)
+	defer k2.Close()
+	for _, from := range []netip.AddrPort{addr(0), elsewhere} {
+		if err := bindNow(k2, us[0].String(), from, captured); !errors.Is(err, discovery.ErrReplay) {
+			t.Errorf("request captured before the restart replayed from %s: %v", from, err)
+		}
+	}
+	if r := storedRecord(t, st, us[0]); r.verified != addr(0) {
+		t.Errorf("binding moved to %s", r.verified)
+	}
+	// The stored time is stale after the crash (its binding is not used,
+	// never a wrong one); the device's own next refresh revives it.
+	clk.Add(time.Second)
+	if err := bindNow(k2, us[0].String(), addr(0), clk.Now()); err != nil {
+		t.Errorf("the device's next refresh: %v", err)
+	}
+	// A real move waits for the hold, then goes through.
+	if err := bindNow(k2, us[1].String(), elsewhere, clk.Now()); !errors.Is(err, discovery.ErrReplay) {
+		t.Errorf("move within the hold: %v", err)
+	}
+	clk.Add(restartHold)
+	if err := bindNow(k2, us[1].String(), elsewhere, clk.Now()); err != nil {
+		t.Errorf("move after the hold: %v", err)
+	}
+	if r := storedRecord(t, st, us[1]); r.verified != elsewhere {
+		t.Errorf("moved binding stored as %s", r.verified)
+	}
+	// A flush (Close) writes the refresh; the record carries its stamp.
+	refreshed := clk.Now().Add(-restartHold)
+	if err := k2.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r := storedRecord(t, st, us[0]); !r.verifiedAt.Equal(refreshed) || r.stamp != refreshed.UnixMilli() {
+		t.Errorf("after flush: at %v stamp %d, want %v", r.verifiedAt, r.stamp, refreshed)
+	}
+}
+
+// A flush writes every entry in one commit and empties the table; a full
+// table writes refreshes at once instead of growing, and asks for a flush.
+func TestFlushAndBound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{BindingTTL: 2 * time.Minute, MaxFresh: 3, FlushInterval: time.Hour}, true)
+		var us []store.UAID
+		var as []netip.AddrPort
+		for i := range 5 {
+			u, c := e.device(byte(100+i), "127.0.0.1")
+			e.hello(u, c, true, nil)
+			us, as = append(us, u), append(as, c.LocalAddr().(*net.UDPAddr).AddrPort())
+		}
+		e.clock.Add(time.Millisecond)
+		for i, u := range us {
+			if err := bindNow(e.k, u.String(), as[i], e.now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		e.clock.Add(30 * time.Second)
+		for i, u := range us {
+			if err := bindNow(e.k, u.String(), as[i], e.now()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		// Run may flush as soon as the table is full, so the split between
+		// memory and written refreshes depends on timing; the bound does not.
+		refreshed := e.metric(`pushrelay_wake_bindings_total{result="refreshed"}`)
+		written := e.metric(`pushrelay_wake_bindings_total{result="written"}`)
+		if refreshed < 3 || refreshed+written != 10 {
+			t.Errorf("%v refreshes kept in memory, %v bindings written; want at least 3 and 10 in all", refreshed, written)
+		}
+		e.k.fmu.Lock()
+		if n := len(e.k.fresh); n > 3 {
+			t.Errorf("the table holds %d, over its bound of 3", n)
+		}
+		e.k.fmu.Unlock()
+		// The table filled up, so Run flushes without waiting for the hour.
+		waitFor(t, "the flush", func() bool { return e.metric(`pushrelay_wake_flushes_total{result="ok"}`) >= 1 })
+		if err := e.k.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.metric("pushrelay_wake_fresh_bindings"); got != 0 {
+			t.Errorf("%v bindings left in memory after a flush", got)
+		}
+		if got := e.metric("pushrelay_wake_flushed_bindings_total"); got != refreshed {
+			t.Errorf("%v bindings flushed, want %v", got, refreshed)
+		}
+		for _, u := range us {
+			d, _, _ := e.st.Device(u)
+			if r, _ := decodeRecord(d.Wake); r.verifiedAt.UnixMilli() != e.now().UnixMilli() {
+				t.Errorf("%s stored at %v, want %v", u, r.verifiedAt, e.now())
+			}
+		}
+	})
+}
+
+// bindNow is Bind as the STUN server sees it, a move's write included.
+func bindNow(k *Kicker, username string, addr netip.AddrPort, stamp time.Time) error {
+	err := k.Bind(username, addr, stamp)
+	if p, ok := errors.AsType[*discovery.Pending](err); ok {
+		return p.Wait()
+	}
+	return err
 }

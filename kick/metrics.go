@@ -11,6 +11,11 @@ type kickMetrics struct {
 	hellos     *metrics.CounterVec // result
 	bindings   *metrics.CounterVec // result
 	pending    metrics.Gauge
+
+	fresh        metrics.Gauge
+	flushes      *metrics.CounterVec // result
+	flushed      metrics.Counter
+	flushSeconds metrics.Observer
 }
 
 func newKickMetrics(r *metrics.Registry) *kickMetrics {
@@ -25,8 +30,13 @@ func newKickMetrics(r *metrics.Registry) *kickMetrics {
 		finished:   r.CounterVec("pushrelay_wake_finished_total", "Wakes ended normally, by reason (connected, expired, nothing_waiting, nothing_urgent, not_wakeable: an offline device that left no wake address).", "reason"),
 		sendErrors: r.Counter("pushrelay_wake_send_errors_total", "Wake datagrams the socket refused; they are retried like any other."),
 		hellos:     r.CounterVec("pushrelay_wake_hellos_total", "Hellos with wake fields, by result (accepted: status 201; not_accepted: 200).", "result"),
-		bindings:   r.CounterVec("pushrelay_wake_bindings_total", "Authenticated STUN bindings accepted, by result (written to the store, or refreshed in memory).", "result"),
+		bindings:   r.CounterVec("pushrelay_wake_bindings_total", "Authenticated STUN bindings accepted, by result (written: a move, written to the store before the answer; refreshed: a refresh in place, kept in memory until the next flush).", "result"),
 		pending:    r.Gauge("pushrelay_wake_pending", "Devices with a wake due."),
+
+		fresh:        r.Gauge("pushrelay_wake_fresh_bindings", "Bindings refreshed in place whose freshness is held in memory, not yet flushed to the store (at most wake_fresh_max)."),
+		flushes:      r.CounterVec("pushrelay_wake_flushes_total", "Flushes of the bindings' freshness to the store (one transaction each), by result (ok, error).", "result"),
+		flushed:      r.Counter("pushrelay_wake_flushed_bindings_total", "Bindings whose freshness a flush wrote."),
+		flushSeconds: r.Histogram("pushrelay_wake_flush_seconds", "Time one flush took, commit included.", []float64{.001, .005, .01, .05, .1, .5, 1, 5, 30}),
 	}
 }
 

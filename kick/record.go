@@ -8,8 +8,8 @@ import (
 )
 
 // record is what the kicker keeps about one device, stored verbatim as the
-// store's wake blob. A sleeping device costs this row and nothing in
-// memory.
+// store's wake blob. Between flushes, memory may hold a fresher time and
+// stamp for the same verified address (see seen and overlay).
 type record struct {
 	auth bool // the device checks authenticated datagrams
 

@@ -48,6 +48,8 @@ type wakeDev struct {
 	uaid     string
 	u        store.UAID
 	key      []byte // raw wake key, for --auth
+	stunAddr string // from the hello reply, for --refresh
+	password string // the wake key string: the STUN password
 	endpoint string
 	req      []byte
 
@@ -67,6 +69,13 @@ type wakeOpts struct {
 	auth, stun                                         bool
 	timeout                                            time.Duration
 	cpuProfile                                         string
+
+	// The refresh scenario (--refresh): see benchwakerefresh.go.
+	refresh       time.Duration
+	compress      float64
+	flushInterval time.Duration
+	relayBin      string
+	moveStorm     bool
 }
 
 // benchWake measures the wake path (issue #3): N devices say hello with a
@@ -88,8 +97,13 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fs.IntVar(&o.payload, "payload", 32, "plaintext bytes per message (aes128gcm)")
 	fs.BoolVar(&o.auth, "auth", false, "devices ask for authenticated datagrams (wake_auth) and check each MAC and counter")
 	fs.BoolVar(&o.stun, "stun", false, "devices prove their wake address with an authenticated STUN request instead of the relay trusting 127.0.0.0/8 (wake_cidrs)")
-	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up after this long")
+	fs.DurationVar(&o.timeout, "timeout", 3*time.Minute, "give up after this long (plus --refresh, and the minute --move-storm waits)")
 	fs.StringVar(&o.cpuProfile, "cpu-profile", "", "save a CPU profile of the relay from the first post (5s at most) to this file")
+	fs.DurationVar(&o.refresh, "refresh", 0, "instead of posting, let the sleeping devices refresh their STUN bindings (from the same address) for this long and report the bytes the relay wrote per device per day (implies --stun)")
+	fs.Float64Var(&o.compress, "compress", 1, "with --refresh: time compression; the relay's wake_binding_ttl (2m), hence the refresh interval (30s), and --flush-interval are divided by it, and the bytes written are scaled back")
+	fs.DurationVar(&o.flushInterval, "flush-interval", time.Hour, "with --refresh: the relay's wake_flush_interval before compression; 0 leaves the flag out (for a relay built before it existed)")
+	fs.BoolVar(&o.moveStorm, "move-storm", false, "instead of posting, every sleeping device moves at once (a new wake socket, as after a NAT rebinding) and proves its new address with STUN; reports how fast the relay answered the moves, each written to the store before its answer (implies --stun)")
+	fs.StringVar(&o.relayBin, "relay", "", "run this pushrelay binary as the relay under test instead of this one (e.g. an older build, to compare)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -102,6 +116,11 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errors.New("bench wake: bad --port")
 	case o.wakeRate < 0:
 		return errors.New("bench wake: --wake-rate must be 0 (unlimited) or more")
+	case o.refresh < 0 || !(o.compress >= 1) || o.flushInterval < 0:
+		return errors.New("bench wake: --refresh and --flush-interval must not be negative, --compress at least 1")
+	}
+	if o.refresh > 0 || o.moveStorm {
+		o.stun = true
 	}
 	// One UDP socket per device, plus the WebSockets and posters open at
 	// once and the relay's own handful; Go raised the soft limit to the
@@ -112,17 +131,26 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return fmt.Errorf("bench wake: %d devices need about %d open files and the limit (ulimit -n) is %d: use fewer --devices or raise it", o.devices, need, lim.Cur)
 		}
 	}
-	ctx, cancel := context.WithTimeout(ctx, o.timeout)
+	// The refresh run and the move storm's wait come on top of --timeout.
+	limit := o.timeout + o.refresh
+	if o.moveStorm {
+		limit += moveHold
+	}
+	ctx, cancel := context.WithTimeout(ctx, limit)
 	defer cancel()
 
 	extra := []string{"--wake-rate", strconv.Itoa(o.wakeRate), "--wake-target-rate", "0"}
 	if !o.stun {
 		extra = append(extra, "--wake-cidrs", "127.0.0.0/8")
 	}
-	c, stop, err := benchRelay(ctx, extra...)
+	if o.refresh > 0 {
+		extra = append(extra, refreshRelayFlags(&o)...)
+	}
+	c, stop, err := benchRelayBin(ctx, o.relayBin, extra...)
 	if err != nil {
 		return err
 	}
+	started := time.Now()
 	defer stop()
 	limits := "wake limits off (--wake-rate 0 --wake-target-rate 0)"
 	if o.wakeRate > 0 {
@@ -202,6 +230,12 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	asleep, _ := c.rss(true)
 	asleepStatus := procStatus(c.cmd.Process.Pid)
 	asleepM := c.runtimeMetrics()
+	if o.refresh > 0 {
+		return refreshDevices(ctx, c, devs, &o, stdout, stderr)
+	}
+	if o.moveStorm {
+		return moveStorm(ctx, c, devs, &o, started, stdout)
+	}
 	before, err := scrapeMetrics(c.admin)
 	if err != nil {
 		return err
@@ -380,7 +414,7 @@ func (d *wakeDev) setup(ctx context.Context, c *child, i int, o *wakeOpts) error
 	case !o.stun && r.Status != pushproto.StatusWake:
 		return fmt.Errorf("hello: status %d, want %d (accepted for UDP wake)", r.Status, pushproto.StatusWake)
 	}
-	d.uaid = r.UAID
+	d.uaid, d.stunAddr, d.password = r.UAID, r.STUN, r.WakeKey
 	if d.u, err = store.ParseUAID(r.UAID); err != nil {
 		return err
 	}

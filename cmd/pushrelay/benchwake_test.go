@@ -20,6 +20,10 @@ func TestE2EBenchWake(t *testing.T) {
 			[]string{"all 50 devices woken and acked", "devices with exactly 1: 50,", "relay sent 50 (first 50, retry 0)", "wake limits off"}},
 		{"stun-auth", []string{"--devices", "20", "--auth", "--stun"},
 			[]string{"all 20 devices woken and acked", "devices with exactly 1: 20,", "wrong or bad MAC: 0", "authenticated datagrams"}},
+		// Refreshes in place for 3 s at 60× (a flush a second): none
+		// written one by one.
+		{"refresh", []string{"--devices", "20", "--refresh", "3s", "--compress", "60", "--flush-interval", "1m"},
+			[]string{"refresh: 20 devices refresh", "every 500ms", "replay 0, error 0", "bindings written 0, refreshed in memory", "bytes written per device per day"}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -49,17 +49,19 @@ type Config struct {
 	EndpointConcurrency    int
 	EndpointRequestTimeout time.Duration
 
-	STUNListen     string
-	STUNAdvertise  string
-	STUNRate       int
-	WakeCIDRs      string
-	WakeNetworks   string
-	WakeIdleClose  time.Duration
-	WakeInterval   time.Duration
-	WakeMaxBackoff time.Duration
-	WakeBindingTTL time.Duration
-	WakeRate       int
-	WakeTargetRate int
+	STUNListen        string
+	STUNAdvertise     string
+	STUNRate          int
+	WakeCIDRs         string
+	WakeNetworks      string
+	WakeIdleClose     time.Duration
+	WakeInterval      time.Duration
+	WakeMaxBackoff    time.Duration
+	WakeBindingTTL    time.Duration
+	WakeFlushInterval time.Duration
+	WakeFreshMax      int
+	WakeRate          int
+	WakeTargetRate    int
 }
 
 // setting binds one key to a field of a Config.
@@ -145,7 +147,9 @@ var settings = []setting{
 	durSetting("wake_idle_close", "10s", "a device accepted for UDP wake is closed with 4774 after this long without traffic, so it sleeps", func(c *Config) *time.Duration { return &c.WakeIdleClose }),
 	durSetting("wake_interval", "10s", "a sleeping device gets one wake datagram per interval; retries start after it and double", func(c *Config) *time.Duration { return &c.WakeInterval }),
 	durSetting("wake_max_backoff", "5m", "longest gap between wake retries while messages wait", func(c *Config) *time.Duration { return &c.WakeMaxBackoff }),
-	durSetting("wake_binding_ttl", "2m", "a STUN-proven wake address is used for this long after it was last recorded (devices refresh every quarter of it; a refresh from the same address is recorded once a quarter has passed)", func(c *Config) *time.Duration { return &c.WakeBindingTTL }),
+	durSetting("wake_binding_ttl", "2m", "a STUN-proven wake address is used for this long after the device's last STUN request from it (devices refresh every quarter of it)", func(c *Config) *time.Duration { return &c.WakeBindingTTL }),
+	durSetting("wake_flush_interval", "1h", "how often the freshness of STUN bindings refreshed in place, kept in memory, is written to the store, in one transaction (also at shutdown); a move to a new address is written at once", func(c *Config) *time.Duration { return &c.WakeFlushInterval }),
+	intSetting("wake_fresh_max", "100000", 1, 1<<24, "most devices whose binding freshness memory holds between flushes (about 120 bytes each); past it a refresh is written at once and a flush starts", func(c *Config) *int { return &c.WakeFreshMax }),
 	intSetting("wake_rate", "1000", 0, 1<<24, "wake datagrams per second across all devices; 0 means unlimited", func(c *Config) *int { return &c.WakeRate }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }

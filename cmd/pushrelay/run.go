@@ -302,6 +302,7 @@ func (d *daemon) startWake() error {
 		Store: d.store, Sender: sender, Keys: keys, Ranges: ranges, STUNAddr: advertise,
 		BindingTTL: cfg.WakeBindingTTL, Interval: cfg.WakeInterval, MaxBackoff: cfg.WakeMaxBackoff,
 		Rate: unlimited(cfg.WakeRate), TargetRate: unlimited(cfg.WakeTargetRate),
+		FlushInterval: cfg.WakeFlushInterval, MaxFresh: cfg.WakeFreshMax,
 		Metrics: d.reg, Logger: d.log.With("component", "wake"),
 	})
 	if err != nil {
@@ -344,10 +345,11 @@ func (d *daemon) shutdown() {
 	}
 	logErr("close endpoint listener", d.api.Close())
 	logErr("close device poller", d.ws.Close())
-	logErr("close wake sender", d.kick.Close())
+	// STUN first: its last bindings are then in the kicker's final flush.
 	if d.stun != nil {
 		logErr("close stun listener", d.stun.Close())
 	}
+	logErr("close wake", d.kick.Close())
 	if d.udp != nil {
 		logErr("close wake socket", d.udp.Close())
 	}

@@ -433,3 +433,63 @@ func TestWakeRateLimits(t *testing.T) {
 		}
 	})
 }
+
+// A request the relay accepted just before a crash (a refresh, its stamp
+// only in memory, never flushed) is not accepted by the restarted relay,
+// from the device's own address or from another; the device's next
+// refresh is, and the wake goes to it.
+func TestWakeReplayAfterCrash(t *testing.T) {
+	dir := t.TempDir()
+	p := startRelay(t, dir)
+	s := newSleeper(t, p, "127.77.0.30", true)
+	s.bind() // a move: written at once
+	time.Sleep(5 * time.Millisecond)
+	captured, _ := s.bindRequest(s.hello.WakeKey)
+	sendUDP(t, s.sock, captured, s.hello.STUN)
+	if s.read(10*time.Second) == nil {
+		t.Fatal("no answer to the refresh")
+	}
+	if got := p.metric(`pushrelay_wake_bindings_total{result="refreshed"}`); got != 1 {
+		t.Fatalf("refreshed in memory: %v, want 1", got)
+	}
+	p.kill() // a crash: no flush
+	p = startRelay(t, dir)
+	s.p = p
+	d := s.connect(true) // learns the new STUN address
+	d.c.Close()
+	attacker, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort("127.77.0.31:5000")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer attacker.Close()
+	sendUDP(t, s.sock, captured, s.hello.STUN)
+	sendUDP(t, attacker, captured, s.hello.STUN)
+	// The relay handles datagrams in order: once it counted both, neither
+	// was answered if nothing is queued.
+	deadline := time.Now().Add(10 * time.Second)
+	for p.metric(`pushrelay_stun_requests_total{result="replay"}`) < 2 {
+		if time.Now().After(deadline) {
+			t.Fatalf("replays counted: %v, want 2", p.metric(`pushrelay_stun_requests_total{result="replay"}`))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for name, c := range map[string]*net.UDPConn{"device": s.sock, "attacker": attacker} {
+		c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if n, err := c.Read(make([]byte, 1500)); err == nil {
+			t.Errorf("a request captured before the crash, replayed from the %s's address, was answered (%d bytes)", name, n)
+		}
+	}
+	if got := p.metric(`pushrelay_stun_requests_total{result="bound"}`); got != 0 {
+		t.Errorf("bound %v after replays, want 0", got)
+	}
+	if ap := s.bind(); ap != s.addr {
+		t.Errorf("the device's own refresh mapped to %s", ap)
+	}
+	// The endpoint is the same but for the new listener's port.
+	sub := *s.sub
+	sub.endpoint = p.endpoint + sub.endpoint[strings.Index(sub.endpoint, "/wpush/"):]
+	mustCreated(t, push(t, &sub, "x", nil))
+	if b := s.read(10 * time.Second); b == nil || !s.verify(b) {
+		t.Fatalf("device datagram %q", b)
+	}
+}
