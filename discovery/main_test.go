@@ -1,48 +1,17 @@
 package discovery
 
 import (
-	"fmt"
-	"os"
-	"runtime"
-	"strings"
 	"syscall"
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/leakcheck"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 )
 
-// TestMain fails the run if a goroutine of this package is still running
-// after every test returned: each Server's Run must have been stopped.
-func TestMain(m *testing.M) {
-	code := m.Run()
-	if code == 0 {
-		if leaked := leftover(); leaked != "" {
-			fmt.Fprintf(os.Stderr, "goroutines left behind by the tests:\n%s\n", leaked)
-			code = 1
-		}
-	}
-	os.Exit(code)
-}
-
-// leftover returns the stacks of goroutines still in this package, after
-// giving them a few seconds to finish.
-func leftover() string {
-	var bad []string
-	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
-		buf := make([]byte, 1<<20)
-		buf = buf[:runtime.Stack(buf, true)]
-		bad = bad[:0]
-		for _, g := range strings.Split(string(buf), "\n\n") {
-			if strings.Contains(g, "pushrelay/discovery.") && !strings.Contains(g, "discovery.TestMain") {
-				bad = append(bad, g)
-			}
-		}
-		if len(bad) == 0 || time.Now().After(deadline) {
-			return strings.Join(bad, "\n\n")
-		}
-	}
-}
+// TestMain fails the run if a test leaves a goroutine of ours behind
+// (Run, the sender, a store's committer).
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // The server tests run on real sockets, with the server's clock fixed
 // (testConfig): rate limits and skew do not depend on how fast the machine

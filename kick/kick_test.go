@@ -78,7 +78,6 @@ type env struct {
 // loopback to send from, both closed at cleanup.
 func openStoreAndSocket(tb testing.TB) (*store.Store, *net.UDPConn) {
 	tb.Helper()
-	forgetStoreOps()
 	st, err := store.Open(store.Options{Path: filepath.Join(tb.TempDir(), "s.db"), Logger: slog.New(slog.DiscardHandler)})
 	if err != nil {
 		tb.Fatal(err)
@@ -748,7 +747,6 @@ func TestTargetKeys(t *testing.T) {
 // openAt opens the store file path; the test closes it.
 func openAt(t *testing.T, path string, reg *metrics.Registry) *store.Store {
 	t.Helper()
-	forgetStoreOps()
 	st, err := store.Open(store.Options{Path: path, Logger: slog.New(slog.DiscardHandler), Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
