@@ -187,13 +187,17 @@ func benchRelay(ctx context.Context, extra ...string) (c *child, stop func(), er
 	return c, func() { c.stop(); cleanup() }, nil
 }
 
-// startSelf runs this binary as the relay under test, quietly.
+// startSelf runs this binary as the relay under test, quietly. The load
+// comes from one loopback address, so the connection caps are lifted
+// (extra can set them again).
 func startSelf(ctx context.Context, dataDir string, extra ...string) (*child, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	return startChild(ctx, self, dataDir, os.Stderr, append([]string{"--log-level", "warn"}, extra...)...)
+	return startChild(ctx, self, dataDir, os.Stderr, append([]string{"--log-level", "warn",
+		"--device-max-conns", "0", "--device-max-conns-per-ip", "0",
+		"--endpoint-max-conns", "0", "--endpoint-max-conns-per-ip", "0"}, extra...)...)
 }
 
 // rss returns the child's resident set in bytes, after asking it to run a
