@@ -74,6 +74,11 @@ func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 		}
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 		if err != nil {
+			select {
+			case <-p.done:
+				t.Fatalf("relay exited under the flood (%v); connection %d: %v", p.exitErr, i, err)
+			case <-time.After(time.Second):
+			}
 			t.Fatalf("flood connection %d: %v", i, err)
 		}
 		flood = append(flood, c)
@@ -87,6 +92,9 @@ func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 			case <-p.done:
 				t.Fatalf("relay exited under the flood: %v", p.exitErr)
 			default:
+			}
+			if strings.Contains(p.stderr.String(), "msg=fatal") {
+				t.Fatal("relay is stopping under the flood (a fatal error)")
 			}
 			if time.Now().After(deadline) {
 				t.Fatalf("no %q log line within 10s", line)
