@@ -34,7 +34,7 @@ import (
 // Every loop is bounded in count and time.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake [flags]")
+		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake|halfopen [flags]")
 	}
 	switch args[0] {
 	case "conns":
@@ -47,8 +47,10 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchDrain(ctx, args[1:], stdout, stderr)
 	case "wake":
 		return benchWake(ctx, args[1:], stdout, stderr)
+	case "halfopen":
+		return benchHalfOpen(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake)", args[0])
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake, halfopen)", args[0])
 }
 
 // child is a relay under test: the binary at bin, run on loopback port-0
@@ -187,13 +189,17 @@ func benchRelay(ctx context.Context, extra ...string) (c *child, stop func(), er
 	return c, func() { c.stop(); cleanup() }, nil
 }
 
-// startSelf runs this binary as the relay under test, quietly.
+// startSelf runs this binary as the relay under test, quietly. The load
+// comes from one loopback address, so the connection caps are lifted
+// (extra can set them again).
 func startSelf(ctx context.Context, dataDir string, extra ...string) (*child, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	return startChild(ctx, self, dataDir, os.Stderr, append([]string{"--log-level", "warn"}, extra...)...)
+	return startChild(ctx, self, dataDir, os.Stderr, append([]string{"--log-level", "warn",
+		"--device-max-conns", "0", "--device-max-conns-per-ip", "0",
+		"--endpoint-max-conns", "0", "--endpoint-max-conns-per-ip", "0"}, extra...)...)
 }
 
 // rss returns the child's resident set in bytes, after asking it to run a

@@ -18,6 +18,7 @@ func TestE2EBenchTool(t *testing.T) {
 		{[]string{"throughput", "--devices", "5", "--senders", "4", "--messages", "300"}, "end-to-end (post → deliver → ack):"},
 		{[]string{"throughput", "--devices", "5", "--senders", "4", "--messages", "200", "--rate", "400"}, "POST latency:"},
 		{[]string{"drain", "--devices", "5", "--messages", "40"}, "all 200 received and acked"},
+		{[]string{"halfopen", "--n", "40", "--sources", "2", "--max-conns", "100", "--max-conns-per-ip", "10", "--hold", "1s"}, "endpoint connections open: 21; refused per source: 20;"},
 		{[]string{"startup", "--messages", "500", "--per-device", "100", "--runs", "1"}, "start to ready"},
 	}
 	for _, c := range cases {

@@ -48,6 +48,11 @@ type Config struct {
 
 	EndpointConcurrency    int
 	EndpointRequestTimeout time.Duration
+	DeviceMaxConns         int
+	DeviceMaxConnsPerIP    int
+	EndpointMaxConns       int
+	EndpointMaxConnsPerIP  int
+	MemoryLimit            int64
 
 	STUNListen        string
 	STUNAdvertise     string
@@ -114,6 +119,59 @@ func intSetting(key, def string, lo, hi int, help string, f func(*Config) *int) 
 		get: func(c *Config) string { return strconv.Itoa(*f(c)) }}
 }
 
+// byteUnits are the suffixes sizeSetting takes, longest first.
+var byteUnits = []struct {
+	suffix string
+	n      int64
+}{
+	{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30},
+	{"kB", 1e3}, {"KB", 1e3}, {"MB", 1e6}, {"GB", 1e9},
+	{"B", 1},
+}
+
+// parseBytes reads a size: a whole number of bytes, optionally followed by
+// B, kB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024).
+func parseBytes(v string) (int64, error) {
+	num, mult := strings.TrimSpace(v), int64(1)
+	for _, u := range byteUnits {
+		if n, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(n), u.n
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return 0, errors.New("not a size (like 200MiB, 256MB or 0)")
+	}
+	return n * mult, nil
+}
+
+// formatBytes writes a size back in the largest binary unit that divides it.
+func formatBytes(n int64) string {
+	for _, u := range []struct {
+		suffix string
+		n      int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if n != 0 && n%u.n == 0 {
+			return strconv.FormatInt(n/u.n, 10) + u.suffix
+		}
+	}
+	return strconv.FormatInt(n, 10)
+}
+
+func sizeSetting(key, def, help string, f func(*Config) *int64) setting {
+	return setting{key: key, def: def, help: help,
+		set: func(c *Config, v string) error {
+			n, err := parseBytes(v)
+			if err != nil {
+				return err
+			}
+			*f(c) = n
+			return nil
+		},
+		get: func(c *Config) string { return formatBytes(*f(c)) }}
+}
+
 // settings lists every key. docs/configuration.md is generated from the
 // same table (pushrelay check-config --print-defaults).
 var settings = []setting{
@@ -139,6 +197,11 @@ var settings = []setting{
 	intSetting("outbox_bytes", "32768", 4096, 16<<20, "bytes of notifications queued for one device's socket; the rest waits in the store", func(c *Config) *int { return &c.OutboxBytes }),
 	intSetting("endpoint_concurrency", "1024", 1, 1<<20, "app-server connections served at once (about 10 KiB each, 18 KiB while a request is read); one more is answered 503 with Retry-After and closed", func(c *Config) *int { return &c.EndpointConcurrency }),
 	durSetting("endpoint_request_timeout", "5s", "how long a push waits for the store before it is answered 503 with Retry-After", func(c *Config) *time.Duration { return &c.EndpointRequestTimeout }),
+	intSetting("device_max_conns", "10000", 0, 1<<24, "device connections open at once; at the cap the listener stops accepting until one closes (0: no cap)", func(c *Config) *int { return &c.DeviceMaxConns }),
+	intSetting("device_max_conns_per_ip", "256", 0, 1<<24, "device connections open at once from one IPv4 address or IPv6 /64; more are closed at once (0: no cap)", func(c *Config) *int { return &c.DeviceMaxConnsPerIP }),
+	intSetting("endpoint_max_conns", "1024", 0, 1<<24, "app-server connections open at once; at the cap the listener stops accepting until one closes (0: no cap)", func(c *Config) *int { return &c.EndpointMaxConns }),
+	intSetting("endpoint_max_conns_per_ip", "512", 0, 1<<24, "app-server connections open at once from one IPv4 address or IPv6 /64; more are closed at once (0: no cap)", func(c *Config) *int { return &c.EndpointMaxConnsPerIP }),
+	sizeSetting("memory_limit", "160MiB", "soft limit of the Go runtime's memory (like 200MiB; 0: none); GOMEMLIMIT in the environment wins over it", func(c *Config) *int64 { return &c.MemoryLimit }),
 	strSetting("stun_listen", ":3478", "UDP address of the STUN listener, where devices prove their wake address and from which wake datagrams are sent; empty disables STUN", func(c *Config) *string { return &c.STUNListen }),
 	strSetting("stun_advertise", "", "STUN host:port told to devices (default: the listener's port on the address the device connected to)", func(c *Config) *string { return &c.STUNAdvertise }),
 	intSetting("stun_rate", "20", 1, 1<<20, "STUN requests per second accepted from one source address (burst twice that)", func(c *Config) *int { return &c.STUNRate }),

@@ -154,3 +154,41 @@ func TestConfigDocumented(t *testing.T) {
 		}
 	}
 }
+
+func TestConfigSizes(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want int64
+		out  string
+	}{
+		{"0", 0, "0"},
+		{"160MiB", 160 << 20, "160MiB"},
+		{"200 MiB", 200 << 20, "200MiB"},
+		{"256MB", 256e6, "250000KiB"},
+		{"1GiB", 1 << 30, "1GiB"},
+		{"64kB", 64000, "64000"},
+		{"4096", 4096, "4KiB"},
+		{"12B", 12, "12"},
+	} {
+		c, err := loadConfig("t", []string{"--memory-limit", tc.in}, env(nil), &bytes.Buffer{})
+		if err != nil {
+			t.Errorf("%q: %v", tc.in, err)
+			continue
+		}
+		if c.MemoryLimit != tc.want {
+			t.Errorf("%q = %d bytes, want %d", tc.in, c.MemoryLimit, tc.want)
+		}
+		if got := formatBytes(c.MemoryLimit); got != tc.out {
+			t.Errorf("%q is written back as %q, want %q", tc.in, got, tc.out)
+		}
+	}
+	for _, bad := range []string{"-1MiB", "1.5GiB", "MiB", "12 parsecs", "99999999999GiB"} {
+		if _, err := loadConfig("t", []string{"--memory-limit", bad}, env(nil), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "not a size") {
+			t.Errorf("%q: %v, want a size error", bad, err)
+		}
+	}
+	c, err := loadConfig("t", nil, env(map[string]string{"PUSHRELAY_DEVICE_MAX_CONNS_PER_IP": "0"}), &bytes.Buffer{})
+	if err != nil || c.DeviceMaxConnsPerIP != 0 || c.DeviceMaxConns != 10000 || c.EndpointMaxConns != 1024 || c.MemoryLimit != 160<<20 {
+		t.Fatalf("caps: %v %+v", err, c)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"os"
 	"strconv"
 	"sync"
 	"time"
@@ -20,6 +21,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
+	"github.com/pushrelay/pushrelay/relay/listener"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -75,6 +77,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		return err
 	}
 	d.reg = metrics.NewRegistry().WithProcess()
+	applyMemoryLimit(cfg.MemoryLimit, os.Getenv, d.log)
 	tokens, err := token.LoadOrCreate(cfg.dataPath("endpoint.key"))
 	if err != nil {
 		return err
@@ -219,11 +222,17 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	return runErr
 }
 
+// listen binds every listener behind a guard (relay/listener): accept
+// errors are retried, never fatal, and connections are capped.
 func (d *daemon) listen() error {
-	for _, l := range []struct{ name, addr string }{
-		{"device", d.cfg.DeviceListen},
-		{"endpoint", d.cfg.EndpointListen},
-		{"admin", d.cfg.AdminListen},
+	lm := listener.NewMetrics(d.reg)
+	for _, l := range []struct {
+		name, addr        string
+		max, maxPerSource int
+	}{
+		{"device", d.cfg.DeviceListen, d.cfg.DeviceMaxConns, d.cfg.DeviceMaxConnsPerIP},
+		{"endpoint", d.cfg.EndpointListen, d.cfg.EndpointMaxConns, d.cfg.EndpointMaxConnsPerIP},
+		{"admin", d.cfg.AdminListen, 0, 0},
 	} {
 		if l.addr == "" {
 			continue
@@ -232,7 +241,8 @@ func (d *daemon) listen() error {
 		if err != nil {
 			return fmt.Errorf("%s listener: %w", l.name, err)
 		}
-		d.listeners[l.name] = ln
+		d.listeners[l.name] = listener.Wrap(ln, listener.Config{Name: l.name, MaxConns: l.max, MaxPerSource: l.maxPerSource,
+			Logger: d.log.With("component", "listener"), Metrics: lm})
 	}
 	return nil
 }

@@ -166,3 +166,20 @@ var LatencyBuckets = []float64{0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 
 
 // SizeBuckets are histogram bounds for batch sizes.
 var SizeBuckets = []float64{1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024}
+
+// GaugeVec is a family of gauges told apart by label values.
+type GaugeVec struct {
+	v *prometheus.GaugeVec
+}
+
+// GaugeVec registers a labelled gauge family.
+func (r *Registry) GaugeVec(name, help string, labels ...string) *GaugeVec {
+	v := prometheus.NewGaugeVec(prometheus.GaugeOpts{Name: name, Help: help}, labels)
+	r.reg.MustRegister(v)
+	return &GaugeVec{v: v}
+}
+
+// With returns the gauge for the given label values, in label order.
+func (g *GaugeVec) With(values ...string) Gauge {
+	return g.v.WithLabelValues(values...)
+}

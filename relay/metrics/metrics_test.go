@@ -12,6 +12,7 @@ func TestRegistryExports(t *testing.T) {
 	r.Counter("pushrelay_test_total", "a test counter").Add(3)
 	r.CounterVec("pushrelay_test_drops_total", "drops", "reason").With("full").Inc()
 	r.Gauge("pushrelay_test_gauge", "g").Set(7)
+	r.GaugeVec("pushrelay_test_open", "gv", "listener").With("device").Add(5)
 	r.GaugeFunc("pushrelay_test_func", "f", func() float64 { return 42 })
 	r.Histogram("pushrelay_test_seconds", "h", LatencyBuckets).Observe(0.002)
 
@@ -27,6 +28,7 @@ func TestRegistryExports(t *testing.T) {
 		"pushrelay_test_total 3",
 		`pushrelay_test_drops_total{reason="full"} 1`,
 		"pushrelay_test_gauge 7",
+		`pushrelay_test_open{listener="device"} 5`,
 		"pushrelay_test_func 42",
 		"pushrelay_test_seconds_count 1",
 	} {
