@@ -199,7 +199,7 @@ func startSelf(ctx context.Context, dataDir string, extra ...string) (*child, er
 	}
 	return startChild(ctx, self, dataDir, os.Stderr, append([]string{"--log-level", "warn",
 		"--device-max-conns", "0", "--device-max-conns-per-ip", "0",
-		"--endpoint-max-conns", "0", "--endpoint-max-conns-per-ip", "0"}, extra...)...)
+		"--endpoint-concurrency", "1048576", "--endpoint-max-conns-per-ip", "0"}, extra...)...)
 }
 
 // rss returns the child's resident set in bytes, after asking it to run a

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -30,25 +31,33 @@ func benchHalfOpen(ctx context.Context, args []string, stdout, stderr io.Writer)
 	hold := fs.Duration("hold", 10*time.Second, "how long to hold them before measuring")
 	workers := fs.Int("workers", 64, "connections opened in parallel")
 	target := fs.String("listener", "endpoint", "endpoint or device")
-	maxConns := fs.String("max-conns", "", "the relay's endpoint_max_conns or device_max_conns (default: the configuration's; 0: no cap)")
+	maxConns := fs.String("max-conns", "", "the relay's endpoint_concurrency or device_max_conns (default: the configuration's; 0: no cap)")
 	maxPerIP := fs.String("max-conns-per-ip", "", "the relay's endpoint_max_conns_per_ip or device_max_conns_per_ip (default: the configuration's; 0: no cap)")
 	memLimit := fs.String("memory-limit", "160MiB", "the relay's memory_limit")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	if *target != "endpoint" && *target != "device" {
+	capKey := "device_max_conns"
+	switch *target {
+	case "device":
+	case "endpoint":
+		capKey = "endpoint_concurrency"
+	default:
 		return fmt.Errorf("bench halfopen: --listener %q: want endpoint or device", *target)
 	}
 	for _, f := range []struct {
 		v   *string
 		key string
-	}{{maxConns, *target + "_max_conns"}, {maxPerIP, *target + "_max_conns_per_ip"}} {
+	}{{maxConns, capKey}, {maxPerIP, *target + "_max_conns_per_ip"}} {
 		if *f.v == "" {
 			s, _ := findSetting(f.key)
 			*f.v = s.def
 		}
 	}
-	c, stop, err := benchRelay(ctx, "--"+*target+"-max-conns", *maxConns, "--"+*target+"-max-conns-per-ip", *maxPerIP,
+	if *target == "endpoint" && *maxConns == "0" {
+		*maxConns = "1048576" // endpoint_concurrency has no "no cap"
+	}
+	c, stop, err := benchRelay(ctx, "--"+strings.ReplaceAll(capKey, "_", "-"), *maxConns, "--"+*target+"-max-conns-per-ip", *maxPerIP,
 		"--memory-limit", *memLimit)
 	if err != nil {
 		return err
@@ -90,7 +99,7 @@ func benchHalfOpen(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return fmt.Errorf("post before the flood: %w", err)
 	}
 	base, _ := c.rss(true)
-	fmt.Fprintf(stdout, "relay RSS before the flood: %s (%s_max_conns %s, per ip %s, memory_limit %s)\n", mib(base), *target, *maxConns, *maxPerIP, *memLimit)
+	fmt.Fprintf(stdout, "relay RSS before the flood: %s (%s %s, per ip %s, memory_limit %s)\n", mib(base), capKey, *maxConns, *maxPerIP, *memLimit)
 
 	// The flood. A dial to a full listener completes in the kernel's accept
 	// queue; past the queue the kernel drops the SYN, and the dial gives

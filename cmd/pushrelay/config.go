@@ -50,7 +50,6 @@ type Config struct {
 	EndpointRequestTimeout time.Duration
 	DeviceMaxConns         int
 	DeviceMaxConnsPerIP    int
-	EndpointMaxConns       int
 	EndpointMaxConnsPerIP  int
 	MemoryLimit            int64
 
@@ -199,7 +198,6 @@ var settings = []setting{
 	durSetting("endpoint_request_timeout", "5s", "how long a push waits for the store before it is answered 503 with Retry-After", func(c *Config) *time.Duration { return &c.EndpointRequestTimeout }),
 	intSetting("device_max_conns", "10000", 0, 1<<24, "device connections open at once; at the cap the listener stops accepting until one closes (0: no cap)", func(c *Config) *int { return &c.DeviceMaxConns }),
 	intSetting("device_max_conns_per_ip", "256", 0, 1<<24, "device connections open at once from one IPv4 address or IPv6 /64; more are closed at once (0: no cap)", func(c *Config) *int { return &c.DeviceMaxConnsPerIP }),
-	intSetting("endpoint_max_conns", "1024", 0, 1<<24, "app-server connections open at once; at the cap the listener stops accepting until one closes (0: no cap)", func(c *Config) *int { return &c.EndpointMaxConns }),
 	intSetting("endpoint_max_conns_per_ip", "512", 0, 1<<24, "app-server connections open at once from one IPv4 address or IPv6 /64; more are closed at once (0: no cap)", func(c *Config) *int { return &c.EndpointMaxConnsPerIP }),
 	sizeSetting("memory_limit", "160MiB", "soft limit of the Go runtime's memory (like 200MiB; 0: none); GOMEMLIMIT in the environment wins over it", func(c *Config) *int64 { return &c.MemoryLimit }),
 	strSetting("stun_listen", ":3478", "UDP address of the STUN listener, where devices prove their wake address and from which wake datagrams are sent; empty disables STUN", func(c *Config) *string { return &c.STUNListen }),

@@ -188,7 +188,7 @@ func TestConfigSizes(t *testing.T) {
 		}
 	}
 	c, err := loadConfig("t", nil, env(map[string]string{"PUSHRELAY_DEVICE_MAX_CONNS_PER_IP": "0"}), &bytes.Buffer{})
-	if err != nil || c.DeviceMaxConnsPerIP != 0 || c.DeviceMaxConns != 10000 || c.EndpointMaxConns != 1024 || c.MemoryLimit != 160<<20 {
+	if err != nil || c.DeviceMaxConnsPerIP != 0 || c.DeviceMaxConns != 10000 || c.EndpointConcurrency != 1024 || c.MemoryLimit != 160<<20 {
 		t.Fatalf("caps: %v %+v", err, c)
 	}
 }

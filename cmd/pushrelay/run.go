@@ -231,7 +231,9 @@ func (d *daemon) listen() error {
 		max, maxPerSource int
 	}{
 		{"device", d.cfg.DeviceListen, d.cfg.DeviceMaxConns, d.cfg.DeviceMaxConnsPerIP},
-		{"endpoint", d.cfg.EndpointListen, d.cfg.EndpointMaxConns, d.cfg.EndpointMaxConnsPerIP},
+		// The endpoint's overall cap is endpoint_concurrency, which the
+		// API answers with a 503 app servers understand.
+		{"endpoint", d.cfg.EndpointListen, 0, d.cfg.EndpointMaxConnsPerIP},
 		{"admin", d.cfg.AdminListen, 0, 0},
 	} {
 		if l.addr == "" {
