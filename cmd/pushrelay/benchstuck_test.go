@@ -1,0 +1,62 @@
+package main
+
+import (
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The issue #5 scenarios (stuck, storm, halfopen) run end to end on small
+// sizes and print every figure docs/benchmarks.md records.
+func TestE2EBenchStuck(t *testing.T) {
+	cases := []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"stuck", "--healthy", "3", "--stuck", "3", "--stored", "20", "--direct", "5", "--duration", "2s"},
+			[]string{"without stuck devices:", "with 3 stuck devices (rcvbuf 4096, mss 1448;", "healthy push->device latency: p50",
+				"stuck devices' posts: 75 answered 201, 0 failed", "relay RSS: before", "hello timeout 2s: connection closed after",
+				"healthy p99 with stuck devices / without:"}},
+		{[]string{"storm", "--n", "200", "--healthy", "2"},
+			[]string{"reconnect storm: 200 devices reconnect at once: 200 back in", "0 failed", "per reconnecting device", "the relay kept running"}},
+		{[]string{"halfopen", "--n", "200", "--hold", "1s", "--healthy", "2"},
+			[]string{"half-open requests: 200 open (0 failed to open)", "per half-open request", "healthy push->device latency during it: p50", "the relay kept running"}},
+	}
+	for _, c := range cases {
+		t.Run(c.args[0], func(t *testing.T) {
+			cmd := exec.Command(binPath, append([]string{"bench"}, c.args...)...)
+			cmd.Env = childEnv()
+			done := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
+			defer done.Stop()
+			out, err := cmd.Output()
+			if err != nil {
+				t.Fatalf("bench %v: %v\n%s", c.args, err, out)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(string(out), w) {
+					t.Errorf("bench %v: no %q in\n%s", c.args, w, out)
+				}
+			}
+		})
+	}
+}
+
+// quantile picks from sorted samples, and is 0 for none.
+func TestQuantile(t *testing.T) {
+	var ds []time.Duration
+	for i := 1; i <= 100; i++ {
+		ds = append(ds, time.Duration(i)*time.Millisecond)
+	}
+	for _, c := range []struct {
+		q    float64
+		want time.Duration
+	}{{0.5, 51 * time.Millisecond}, {0.99, 100 * time.Millisecond}, {1, 100 * time.Millisecond}, {0, time.Millisecond}} {
+		if got := quantile(ds, c.q); got != c.want {
+			t.Errorf("quantile(%v) = %s, want %s", c.q, got, c.want)
+		}
+	}
+	if got := quantile(nil, 0.5); got != 0 {
+		t.Errorf("quantile of none = %s", got)
+	}
+}
