@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"net/url"
+	"os"
 	"os/exec"
 	"slices"
 	"strconv"
@@ -27,11 +28,12 @@ import (
 // show whether the relay kept serving them.
 
 // rssSampler reads a child's RSS every period until stopped, keeping the
-// peak.
+// peaks of the whole and of its anonymous part (the heap and stacks;
+// the rest is mostly the store's file pages, which the kernel can drop).
 type rssSampler struct {
-	peak atomic.Int64
-	stop chan struct{}
-	done chan struct{}
+	peak, peakAnon atomic.Int64
+	stop           chan struct{}
+	done           chan struct{}
 }
 
 func sampleRSS(c *child, period time.Duration) *rssSampler {
@@ -41,8 +43,9 @@ func sampleRSS(c *child, period time.Duration) *rssSampler {
 		t := time.NewTicker(period)
 		defer t.Stop()
 		for {
-			if v, err := c.rss(false); err == nil && v > s.peak.Load() {
-				s.peak.Store(v)
+			if all, anon, err := procRSSAnon(c.cmd.Process.Pid); err == nil {
+				s.peak.Store(max(s.peak.Load(), all))
+				s.peakAnon.Store(max(s.peakAnon.Load(), anon))
 			}
 			select {
 			case <-s.stop:
@@ -54,11 +57,39 @@ func sampleRSS(c *child, period time.Duration) *rssSampler {
 	return s
 }
 
-// end stops sampling and returns the peak.
-func (s *rssSampler) end() int64 {
+// end stops sampling and returns the peaks (all, anonymous).
+func (s *rssSampler) end() (int64, int64) {
 	close(s.stop)
 	<-s.done
-	return s.peak.Load()
+	return s.peak.Load(), s.peakAnon.Load()
+}
+
+// procRSSAnon is a process's resident set and its anonymous part, in bytes.
+func procRSSAnon(pid int) (all, anon int64, err error) {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	var found int
+	for _, line := range strings.Split(string(b), "\n") {
+		for _, f := range []struct {
+			key string
+			v   *int64
+		}{{"VmRSS:", &all}, {"RssAnon:", &anon}} {
+			if rest, ok := strings.CutPrefix(line, f.key); ok {
+				kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+				if err != nil {
+					return 0, 0, err
+				}
+				*f.v = kb * 1024
+				found++
+			}
+		}
+	}
+	if found != 2 {
+		return 0, 0, errors.New("no VmRSS or RssAnon in /proc status")
+	}
+	return all, anon, nil
 }
 
 // prober is a set of healthy devices: each gets a push every interval,
@@ -253,7 +284,8 @@ func stuckRun(ctx context.Context, o stuckOpts, nStuck int, stdout, stderr io.Wr
 		return nil, err
 	}
 	defer stop()
-	rss0, _ := c.rss(true)
+	c.rss(true)
+	rss0, anon0, _ := procRSSAnon(c.cmd.Process.Pid)
 	healthy, err := newProber(ctx, c, o.healthy, 0, o.interval)
 	if err != nil {
 		return nil, err
@@ -308,11 +340,11 @@ wait:
 			break wait
 		case <-progress.C:
 			d, _ := c.metric("pushrelay_messages_delivered_total")
-			r, _ := c.rss(false)
+			r, anon, _ := procRSSAnon(c.cmd.Process.Pid)
 			s := healthy.samples()
-			fmt.Fprintf(stderr, "  %2.0fs: healthy %d pushes (max %s), delivered_total +%.0f (+%.0f in 2s), stuck posts %d (failed %d), RSS %s\n",
+			fmt.Fprintf(stderr, "  %2.0fs: healthy %d pushes (max %s), delivered_total +%.0f (+%.0f in 2s), stuck posts %d (failed %d), RSS %s (anonymous %s)\n",
 				time.Since(start).Seconds(), len(s), quantile(s, 1).Round(time.Millisecond), d-delivered0, d-lastDelivered,
-				posted.Load(), postFailed.Load(), mib(r))
+				posted.Load(), postFailed.Load(), mib(r), mib(anon))
 			lastDelivered = d
 			if !shown && nStuck > 0 {
 				shown = true
@@ -321,13 +353,14 @@ wait:
 		}
 	}
 	delivered1, _ := c.metric("pushrelay_messages_delivered_total")
-	peakDuring := peak.end()
+	peakDuring, peakAnon := peak.end()
 	// The stuck devices hang up; what the relay keeps afterwards.
 	for _, s := range stuck {
 		s.cl.Abort()
 	}
 	time.Sleep(2 * time.Second)
-	rssAfter, _ := c.rss(true)
+	c.rss(true)
+	rssAfter, anonAfter, _ := procRSSAnon(c.cmd.Process.Pid)
 
 	lat := healthy.samples()
 	label := "without stuck devices"
@@ -340,7 +373,8 @@ wait:
 	if nStuck > 0 {
 		fmt.Fprintf(stdout, "  stuck devices' posts: %d answered 201, %d failed\n", posted.Load(), postFailed.Load())
 	}
-	fmt.Fprintf(stdout, "  relay RSS: before %s, peak %s, after the stuck devices hung up %s\n", mib(rss0), mib(peakDuring), mib(rssAfter))
+	fmt.Fprintf(stdout, "  relay RSS: before %s, peak %s, after the stuck devices hung up %s; anonymous: %s, %s, %s\n",
+		mib(rss0), mib(peakDuring), mib(rssAfter), mib(anon0), mib(peakAnon), mib(anonAfter))
 	slices.Sort(hello)
 	switch {
 	case helloErr != nil:
@@ -515,6 +549,7 @@ type attack struct {
 	healthy *prober
 	peak    *rssSampler
 	rss0    int64
+	anon0   int64
 	cancel  context.CancelFunc
 	done    chan struct{}
 	start   time.Time
@@ -526,7 +561,8 @@ func startAttack(ctx context.Context, c *child, healthy, first int, interval tim
 		return nil, err
 	}
 	a := &attack{c: c, healthy: p, done: make(chan struct{}), start: time.Now()}
-	a.rss0, _ = c.rss(true)
+	c.rss(true)
+	a.rss0, a.anon0, _ = procRSSAnon(c.cmd.Process.Pid)
 	a.peak = sampleRSS(c, 100*time.Millisecond)
 	hctx, cancel := context.WithCancel(ctx)
 	a.cancel = cancel
@@ -538,19 +574,20 @@ func startAttack(ctx context.Context, c *child, healthy, first int, interval tim
 }
 
 func (a *attack) progress(w io.Writer, what string) {
-	r, _ := a.c.rss(false)
+	r, anon, _ := procRSSAnon(a.c.cmd.Process.Pid)
 	s := a.healthy.samples()
-	fmt.Fprintf(w, "  %4.1fs: %s; relay RSS %s; healthy %d pushes, max %s\n",
-		time.Since(a.start).Seconds(), what, mib(r), len(s), quantile(s, 1).Round(time.Millisecond))
+	fmt.Fprintf(w, "  %4.1fs: %s; relay RSS %s (anonymous %s); healthy %d pushes, max %s\n",
+		time.Since(a.start).Seconds(), what, mib(r), mib(anon), len(s), quantile(s, 1).Round(time.Millisecond))
 }
 
 // end stops the healthy devices and the sampler and prints the figures.
 func (a *attack) end(w io.Writer, n int, what string) {
 	a.cancel()
 	<-a.done
-	peak := a.peak.end()
+	peak, peakAnon := a.peak.end()
 	a.healthy.close()
-	fmt.Fprintf(w, "  relay RSS: before %s, peak %s (+%.1f KiB per %s)\n", mib(a.rss0), mib(peak), float64(peak-a.rss0)/1024/float64(max(n, 1)), what)
+	fmt.Fprintf(w, "  relay RSS: before %s, peak %s (+%.1f KiB per %s); anonymous: before %s, peak %s\n",
+		mib(a.rss0), mib(peak), float64(peak-a.rss0)/1024/float64(max(n, 1)), what, mib(a.anon0), mib(peakAnon))
 	fmt.Fprintf(w, "  healthy push->device latency during it: %s, %d not delivered within %s\n",
 		latencyLine(a.healthy.samples()), a.healthy.lost.Load(), a.healthy.wait)
 	select {
