@@ -220,6 +220,8 @@ type stuckOpts struct {
 	pingInterval          time.Duration
 	baseline              bool
 	posters               int
+	vanish                bool
+	lab                   *vanishLab // the stuck devices' namespace, with vanish
 }
 
 // benchStuck measures issue #5 point 1: healthy devices' push latency
@@ -244,6 +246,7 @@ func benchStuck(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.DurationVar(&o.pingInterval, "ping-interval", time.Second, "relay's ping_interval (0: its default of 5m); shorter than --duration has the keepalive loop ping, and time out, the stuck devices")
 	fs.BoolVar(&o.baseline, "baseline", true, "first run the same load without the stuck devices, for comparison")
 	fs.IntVar(&o.posters, "posters", 16, "app-server connections posting to the stuck devices")
+	fs.BoolVar(&o.vanish, "vanish", false, "the stuck devices' network vanishes instead: they sit in a network namespace behind a veth pair (MTU 1500) whose packets are all dropped once they registered (needs root and ip)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -279,6 +282,15 @@ func stuckRun(ctx context.Context, o stuckOpts, nStuck int, stdout, stderr io.Wr
 	if o.pingInterval > 0 {
 		extra = append(extra, "--ping-interval", o.pingInterval.String())
 	}
+	if o.vanish && nStuck > 0 {
+		lab, err := newVanishLab()
+		if err != nil {
+			return nil, err
+		}
+		defer lab.close()
+		o.lab = lab
+		extra = append(extra, "--device-listen", vanishRelayAddr+":0")
+	}
 	c, stop, err := benchRelay(ctx, extra...)
 	if err != nil {
 		return nil, err
@@ -299,6 +311,12 @@ func stuckRun(ctx context.Context, o stuckOpts, nStuck int, stdout, stderr io.Wr
 	}()
 	if err != nil {
 		return nil, err
+	}
+	if o.lab != nil {
+		if err := o.lab.drop(); err != nil {
+			return nil, err
+		}
+		fmt.Fprintf(stderr, "  the stuck devices' network vanished (their veth end is down: every packet dropped)\n")
 	}
 	peak := sampleRSS(c, 100*time.Millisecond)
 	delivered0, _ := c.metric("pushrelay_messages_delivered_total")
@@ -364,7 +382,10 @@ wait:
 
 	lat := healthy.samples()
 	label := "without stuck devices"
-	if nStuck > 0 {
+	switch {
+	case nStuck > 0 && o.lab != nil:
+		label = fmt.Sprintf("with %d devices whose network vanished (%d stored + %d TTL-0 x %d B each)", nStuck, o.stored, o.direct, o.size)
+	case nStuck > 0:
 		label = fmt.Sprintf("with %d stuck devices (rcvbuf %d, mss %d; %d stored + %d TTL-0 x %d B each)", nStuck, o.rcvbuf, o.mss, o.stored, o.direct, o.size)
 	}
 	fmt.Fprintf(stdout, "%d healthy devices, a push every %s each, for %s, %s:\n", o.healthy, o.interval, o.duration, label)
@@ -401,7 +422,10 @@ func connectStuck(ctx context.Context, c *child, n int, o stuckOpts, stderr io.W
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errc := make(chan error, 16)
-	dialer := &net.Dialer{Control: pushclient.Shape(o.rcvbuf, o.mss)}
+	dial := pushclient.DialOptions{Net: &net.Dialer{Control: pushclient.Shape(o.rcvbuf, o.mss)}}
+	if o.lab != nil {
+		dial.DialContext = o.lab.dialer(dial.Net)
+	}
 	for range min(16, n) {
 		wg.Go(func() {
 			for {
@@ -409,7 +433,7 @@ func connectStuck(ctx context.Context, c *child, n int, o stuckOpts, stderr io.W
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				d, err := newStuckDev(ctx, c, 1_000_000+i, dialer, o.size)
+				d, err := newStuckDev(ctx, c, 1_000_000+i, dial, o.size)
 				if err != nil {
 					errc <- fmt.Errorf("stuck device %d: %w", i, err)
 					return
@@ -430,8 +454,8 @@ func connectStuck(ctx context.Context, c *child, n int, o stuckOpts, stderr io.W
 	return devs, nil
 }
 
-func newStuckDev(ctx context.Context, c *child, i int, dialer *net.Dialer, size int) (*stuckDev, error) {
-	cl, err := pushclient.DialWith(ctx, c.device, pushclient.DialOptions{Net: dialer})
+func newStuckDev(ctx context.Context, c *child, i int, dial pushclient.DialOptions, size int) (*stuckDev, error) {
+	cl, err := pushclient.DialWith(ctx, c.device, dial)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"os"
 	"os/exec"
 	"strings"
 	"testing"
@@ -13,18 +14,24 @@ func TestE2EBenchStuck(t *testing.T) {
 	cases := []struct {
 		args []string
 		want []string
+		root bool // needs a network namespace
 	}{
 		{[]string{"stuck", "--healthy", "3", "--stuck", "3", "--stored", "20", "--direct", "5", "--duration", "2s"},
 			[]string{"without stuck devices:", "with 3 stuck devices (rcvbuf 4096, mss 1448;", "healthy push->device latency: p50",
 				"stuck devices' posts: 75 answered 201, 0 failed", "relay RSS: before", "hello timeout 2s: ", "probes closed after median",
-				"healthy p99 with stuck devices / without:"}},
+				"healthy p99 with stuck devices / without:"}, false},
+		{[]string{"stuck", "--vanish", "--baseline=false", "--healthy", "3", "--stuck", "3", "--stored", "20", "--direct", "5", "--duration", "2s"},
+			[]string{"with 3 devices whose network vanished", "healthy push->device latency: p50", "stuck devices' posts: 75 answered 201, 0 failed"}, true},
 		{[]string{"storm", "--n", "200", "--healthy", "2"},
-			[]string{"reconnect storm: 200 devices reconnect at once: 200 back in", "0 failed", "per reconnecting device", "the relay kept running"}},
+			[]string{"reconnect storm: 200 devices reconnect at once: 200 back in", "0 failed", "per reconnecting device", "the relay kept running"}, false},
 		{[]string{"halfopen", "--n", "200", "--hold", "1s", "--healthy", "2"},
-			[]string{"half-open requests: 200 open (0 failed to open)", "per half-open request", "healthy push->device latency during it: p50", "the relay kept running"}},
+			[]string{"half-open requests: 200 open (0 failed to open)", "per half-open request", "healthy push->device latency during it: p50", "the relay kept running"}, false},
 	}
 	for _, c := range cases {
 		t.Run(c.args[0], func(t *testing.T) {
+			if c.root && os.Geteuid() != 0 {
+				t.Skip("needs root for a network namespace")
+			}
 			cmd := exec.Command(binPath, append([]string{"bench"}, c.args...)...)
 			cmd.Env = childEnv()
 			done := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })

@@ -21,17 +21,24 @@ type DialOptions struct {
 	// receive buffer, a realistic MSS) or its LocalAddr to pick a source
 	// address.
 	Net *net.Dialer
+	// DialContext, if set, opens the TCP connection instead of Net (a
+	// load tool opening sockets in another network namespace).
+	DialContext func(ctx context.Context, network, addr string) (net.Conn, error)
 }
 
 // DialWith connects to a device listener like Dial, opening the socket
-// with o.Net.
+// with o.DialContext or o.Net.
 func DialWith(ctx context.Context, url string, o DialOptions) (*ClientConn, error) {
-	nd := o.Net
-	if nd == nil {
-		nd = &net.Dialer{}
+	dial := o.DialContext
+	if dial == nil {
+		nd := o.Net
+		if nd == nil {
+			nd = &net.Dialer{}
+		}
+		dial = nd.DialContext
 	}
 	d := websocket.Dialer{
-		NetDialContext:   nd.DialContext,
+		NetDialContext:   dial,
 		TLSClientConfig:  o.TLS,
 		HandshakeTimeout: 10 * time.Second,
 		ReadBufferSize:   512,
