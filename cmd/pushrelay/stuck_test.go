@@ -24,7 +24,7 @@ import (
 // stored messages still wait in the store.
 //
 // "few" is the three devices with 200 messages each. On the hub's
-// shared worker pool it failed in 12 of 19 runs: a worker woken for
+// shared worker pool it failed in 12 of 20 runs: a worker woken for
 // one task is still counted idle, so a second task queued meanwhile (the
 // healthy device's pump) waits behind the first (a stuck device's pump,
 // blocked for the write timeout). "pool" fails every time there: more
