@@ -26,7 +26,7 @@ type workers struct {
 	mu      sync.Mutex
 	queue   []func()
 	running int // workers alive
-	idle    int // of which waiting for a task
+	idle    int // of which waiting for a task and not yet woken
 	wake    *sync.Cond
 	stopped bool
 	round   uint64 // rounds of idleFor counted by the reaper
@@ -43,16 +43,26 @@ func newWorkers(wg *sync.WaitGroup, max int, idleFor time.Duration) *workers {
 // does, and so does Run), so Add here is safe.
 func (w *workers) run(f func()) {
 	w.mu.Lock()
+	w.enqueueLocked(f)
+	w.mu.Unlock()
+}
+
+// enqueueLocked queues f and wakes or starts a worker for it; w.mu is
+// held.
+func (w *workers) enqueueLocked(f func()) {
 	w.queue = append(w.queue, f)
 	switch {
 	case w.idle > 0:
+		// The worker woken is no longer idle from now, not from when it
+		// takes the lock: a second task queued meanwhile must wake
+		// another (or start one), not wait behind this one.
+		w.idle--
 		w.wake.Signal()
 	case w.running < w.max:
 		w.running++
 		w.wg.Add(1)
 		go w.loop()
 	}
-	w.mu.Unlock()
 }
 
 func (w *workers) loop() {
@@ -79,8 +89,7 @@ func (w *workers) loop() {
 			w.reaping = true
 			time.AfterFunc(w.idleFor, w.reap)
 		}
-		w.wake.Wait()
-		w.idle--
+		w.wake.Wait() // whoever wakes us counted us out of idle
 	}
 	w.running--
 	w.mu.Unlock()
@@ -95,6 +104,7 @@ func (w *workers) reap() {
 	if w.reaping {
 		time.AfterFunc(w.idleFor, w.reap)
 	}
+	w.idle = 0 // all woken: each counts itself again if it waits on
 	w.wake.Broadcast()
 	w.mu.Unlock()
 }
@@ -103,6 +113,7 @@ func (w *workers) reap() {
 func (w *workers) stop() {
 	w.mu.Lock()
 	w.stopped = true
+	w.idle = 0
 	w.wake.Broadcast()
 	w.mu.Unlock()
 }

@@ -54,3 +54,32 @@ func TestWorkersRunAndRetire(t *testing.T) {
 		wg.Wait()
 	})
 }
+
+// Two tasks queued while one worker is idle both start at once: the
+// second does not wait behind the first (which, were it to block, would
+// hold it up for as long).
+func TestWorkersSecondTaskNotBehindFirst(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var wg sync.WaitGroup
+		w := newWorkers(&wg, 4, time.Hour)
+		wg.Add(1)
+		w.run(wg.Done) // leaves one idle worker
+		synctest.Wait()
+		release := make(chan struct{})
+		second := make(chan struct{})
+		// Queued together, before the woken worker can take the lock.
+		w.mu.Lock()
+		wg.Add(2)
+		w.enqueueLocked(func() { defer wg.Done(); <-release })
+		w.enqueueLocked(func() { defer wg.Done(); close(second) })
+		w.mu.Unlock()
+		select {
+		case <-second:
+		case <-time.After(time.Minute):
+			t.Fatal("the second task waited behind the first")
+		}
+		close(release)
+		w.stop()
+		wg.Wait()
+	})
+}

@@ -34,7 +34,7 @@ import (
 // Every loop is bounded in count and time.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake|halfopen [flags]")
+		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake|stuck|storm|halfopen [flags]")
 	}
 	switch args[0] {
 	case "conns":
@@ -47,10 +47,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchDrain(ctx, args[1:], stdout, stderr)
 	case "wake":
 		return benchWake(ctx, args[1:], stdout, stderr)
+	case "stuck":
+		return benchStuck(ctx, args[1:], stdout, stderr)
+	case "storm":
+		return benchStorm(ctx, args[1:], stdout, stderr)
 	case "halfopen":
 		return benchHalfOpen(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake, halfopen)", args[0])
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake, stuck, storm, halfopen)", args[0])
 }
 
 // child is a relay under test: the binary at bin, run on loopback port-0

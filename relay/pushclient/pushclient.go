@@ -49,6 +49,19 @@ func DialTLS(ctx context.Context, url string, tlsConf *tls.Config) (*Client, err
 	return &Client{conn: c, Timeout: 10 * time.Second}, nil
 }
 
+// DialOptions shape a client's socket: TLS settings, and the net.Dialer
+// that opens it (see Shape for a small receive buffer and MSS).
+type DialOptions = wsock.DialOptions
+
+// DialWith connects to a device listener with the given socket options.
+func DialWith(ctx context.Context, url string, o DialOptions) (*Client, error) {
+	c, err := wsock.DialWith(ctx, url, o)
+	if err != nil {
+		return nil, err
+	}
+	return &Client{conn: c, Timeout: 10 * time.Second}, nil
+}
+
 // HelloOptions are the optional parts of hello.
 type HelloOptions struct {
 	Broadcasts map[string]string

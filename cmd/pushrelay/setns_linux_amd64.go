@@ -1,0 +1,4 @@
+package main
+
+// sysSetns is setns(2)'s number (the syscall package does not name it here).
+const sysSetns = 308
