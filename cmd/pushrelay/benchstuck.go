@@ -735,4 +735,3 @@ wait:
 	}
 	return nil
 }
-
