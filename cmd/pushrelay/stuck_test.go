@@ -151,3 +151,50 @@ func roundAll(ds []time.Duration) []time.Duration {
 	}
 	return out
 }
+
+// Issue #5 point 8: SIGTERM with devices that stop reading ends within
+// shutdown_timeout although their writes would block for the (long) write
+// timeout, exits 0, and loses nothing: after a restart every message
+// stored for them still waits.
+func TestE2EShutdownBoundedWithStuckDevices(t *testing.T) {
+	const (
+		nStuck          = 20
+		stored          = 30
+		shutdownTimeout = 3 * time.Second
+	)
+	dir := t.TempDir()
+	p := startRelay(t, dir, "--write-timeout", "2m", "--shutdown-timeout", shutdownTimeout.String(), "--device-max-conns-per-ip", "0")
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	o := stuckOpts{stored: stored, size: 4000, rcvbuf: 4096, mss: 1448, posters: 8}
+	stuck, err := connectStuck(ctx, p.child, nStuck, o, io.Discard)
+	t.Cleanup(func() {
+		for _, s := range stuck {
+			s.cl.Abort()
+		}
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var posted, failed atomic.Int64
+	postStuck(ctx, p.endpoint, stuck, o, time.Now().Add(time.Minute), &posted, &failed)
+	if posted.Load() != nStuck*stored || failed.Load() != 0 {
+		t.Fatalf("posted %d, %d failed; want %d", posted.Load(), failed.Load(), nStuck*stored)
+	}
+	// The relay's writes to the stuck devices are blocked now.
+	waitFor(t, "writes to the stuck devices to block", func() bool {
+		return p.metric("pushrelay_device_outbox_bytes") > 0
+	})
+	start := time.Now()
+	p.stop()
+	if took := time.Since(start); took > shutdownTimeout+2*time.Second {
+		t.Errorf("SIGTERM took %s with stuck devices; shutdown_timeout is %s", took.Round(time.Millisecond), shutdownTimeout)
+	} else {
+		t.Logf("SIGTERM took %s with %d stuck devices", took.Round(time.Millisecond), nStuck)
+	}
+	p2 := startRelay(t, dir)
+	if got := p2.waiting(); got != nStuck*stored {
+		t.Errorf("after restart %d messages wait, want %d", got, nStuck*stored)
+	}
+	p2.stop()
+}
