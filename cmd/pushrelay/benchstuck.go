@@ -19,6 +19,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
 // This file holds the bench scenarios of issue #5: devices that stop
@@ -221,6 +222,7 @@ type stuckOpts struct {
 	baseline              bool
 	posters               int
 	vanish                bool
+	control               bool       // the "stuck" devices read and ack: the same load, nobody stuck
 	lab                   *vanishLab // the stuck devices' namespace, with vanish
 }
 
@@ -247,10 +249,21 @@ func benchStuck(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	fs.BoolVar(&o.baseline, "baseline", true, "first run the same load without the stuck devices, for comparison")
 	fs.IntVar(&o.posters, "posters", 16, "app-server connections posting to the stuck devices")
 	fs.BoolVar(&o.vanish, "vanish", false, "the stuck devices' network vanishes instead: they sit in a network namespace behind a veth pair (MTU 1500) whose packets are all dropped once they registered (needs root and ip)")
+	control := fs.Bool("control", false, "also run the same load with the would-be stuck devices reading and acking everything, to tell what stuck sockets cost the others from what the extra load costs")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	var base []time.Duration
+	var base, ctl []time.Duration
+	if *control {
+		co := o
+		co.control, co.vanish = true, false
+		fmt.Fprintf(stderr, "control: %d devices that read everything\n", o.stuck)
+		r, err := stuckRun(ctx, co, o.stuck, stdout, stderr)
+		if err != nil {
+			return fmt.Errorf("control: %w", err)
+		}
+		ctl = r
+	}
 	if o.baseline {
 		fmt.Fprintf(stderr, "baseline: %d healthy devices, no stuck ones\n", o.healthy)
 		r, err := stuckRun(ctx, o, 0, stdout, stderr)
@@ -268,6 +281,13 @@ func benchStuck(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		b, w := quantile(base, 0.99), quantile(with, 0.99)
 		if b > 0 {
 			fmt.Fprintf(stdout, "healthy p99 with stuck devices / without: %s / %s = %.1fx (target after issue #5: <= 2x)\n",
+				w.Round(100*time.Microsecond), b.Round(100*time.Microsecond), float64(w)/float64(b))
+		}
+	}
+	if ctl != nil {
+		b, w := quantile(ctl, 0.99), quantile(with, 0.99)
+		if b > 0 {
+			fmt.Fprintf(stdout, "healthy p99 with stuck devices / with the same devices reading: %s / %s = %.1fx\n",
 				w.Round(100*time.Microsecond), b.Round(100*time.Microsecond), float64(w)/float64(b))
 		}
 	}
@@ -311,6 +331,24 @@ func stuckRun(ctx context.Context, o stuckOpts, nStuck int, stdout, stderr io.Wr
 	}()
 	if err != nil {
 		return nil, err
+	}
+	var readers sync.WaitGroup
+	defer readers.Wait()
+	if o.control {
+		// The control: the same devices read and ack all they get.
+		for _, d := range stuck {
+			readers.Go(func() {
+				for {
+					f, err := d.cl.Read(time.Now().Add(10 * time.Minute))
+					if err != nil {
+						return
+					}
+					if f.MessageType == pushproto.TypeNotification {
+						d.cl.Ack(f)
+					}
+				}
+			})
+		}
 	}
 	if o.lab != nil {
 		if err := o.lab.drop(); err != nil {
@@ -383,6 +421,8 @@ wait:
 	lat := healthy.samples()
 	label := "without stuck devices"
 	switch {
+	case nStuck > 0 && o.control:
+		label = fmt.Sprintf("with %d devices that read and ack everything (control; rcvbuf %d, mss %d; %d stored + %d TTL-0 x %d B each)", nStuck, o.rcvbuf, o.mss, o.stored, o.direct, o.size)
 	case nStuck > 0 && o.lab != nil:
 		label = fmt.Sprintf("with %d devices whose network vanished (%d stored + %d TTL-0 x %d B each)", nStuck, o.stored, o.direct, o.size)
 	case nStuck > 0:
