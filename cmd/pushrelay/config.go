@@ -161,11 +161,12 @@ func cfgErr(format string, args ...any) error { return &configError{fmt.Sprintf(
 
 // loadConfig composes defaults, the file named by --config (or
 // PUSHRELAY_CONFIG), the environment and the flags in args, then validates.
-func loadConfig(name string, args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+func loadConfig(name string, args []string, getenv func(string) (string, bool), stderr io.Writer) (*Config, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	// Errors are reported by the caller on one line; only -h prints usage.
 	fs.SetOutput(io.Discard)
-	configPath := fs.String("config", getenv("PUSHRELAY_CONFIG"), "YAML config file")
+	configFile, _ := getenv("PUSHRELAY_CONFIG")
+	configPath := fs.String("config", configFile, "YAML config file")
 	flagVals := map[string]*string{}
 	for _, s := range settings {
 		v := new(string)
@@ -199,7 +200,8 @@ func loadConfig(name string, args []string, getenv func(string) string, stderr i
 		}
 	}
 	for _, s := range settings {
-		if v, ok := lookupEnv(getenv, s.envName()); ok {
+		// Set is set, even to "": PUSHRELAY_STUN_LISTEN= turns STUN off.
+		if v, ok := getenv(s.envName()); ok {
 			if err := s.set(c, v); err != nil {
 				return nil, cfgErr("%s=%q: %v", s.envName(), v, err)
 			}
@@ -217,11 +219,6 @@ func loadConfig(name string, args []string, getenv func(string) string, stderr i
 		return nil, err
 	}
 	return c, nil
-}
-
-func lookupEnv(getenv func(string) string, name string) (string, bool) {
-	v := getenv(name)
-	return v, v != ""
 }
 
 func applyFile(c *Config, path string) error {

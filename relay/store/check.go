@@ -277,20 +277,21 @@ func markClean(db *bolt.DB) error {
 	})
 }
 
-// takeClean reports whether the file carries the clean-close mark and
-// removes it, so that a crash from now on leaves the file unmarked.
+// takeClean reports whether the file needs no verification, because it
+// carries the clean-close mark or is new (no schema yet), and removes the
+// mark, so that a crash from now on leaves the file unmarked.
 func takeClean(db *bolt.DB) (bool, error) {
-	var clean bool
+	var marked, fresh bool
 	err := guard(func() error {
 		return db.View(func(tx *bolt.Tx) error {
-			if meta := tx.Bucket(bucketMeta); meta != nil {
-				clean = bytes.Equal(meta.Get(metaClean), []byte{1})
-			}
+			meta := tx.Bucket(bucketMeta)
+			fresh = meta == nil && tx.Bucket(bucketDevices) == nil
+			marked = meta != nil && bytes.Equal(meta.Get(metaClean), []byte{1})
 			return nil
 		})
 	})
-	if err != nil || !clean {
-		return false, err
+	if err != nil || !marked {
+		return fresh, err
 	}
 	return true, guard(func() error {
 		return db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucketMeta).Delete(metaClean) })

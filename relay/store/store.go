@@ -239,8 +239,7 @@ func verifyAtOpen(db *bolt.DB, o Options) error {
 	}
 	r := verifyDB(db)
 	if err := r.Err(o.Path); err != nil {
-		o.Logger.Error("store verification failed", "path", o.Path, "problems", r.Problems, "more", r.Dropped, "took", r.Took)
-		return err
+		return err // the caller reports it, on one line
 	}
 	why := "unclean stop"
 	if clean {
