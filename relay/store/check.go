@@ -76,9 +76,8 @@ func Verify(path string, lockTimeout time.Duration) (Report, error) {
 // walk reads pages with faults turned into panics and recovered, while
 // tx.Check runs on a goroutine of bbolt's, so it only reads what the walk
 // has already read without harm.
-func verifyDB(db *bolt.DB) Report {
+func verifyDB(db *bolt.DB) (r Report) {
 	start := time.Now()
-	var r Report
 	defer func() { r.Took = time.Since(start) }()
 	var hwm uint64
 	err := guard(func() error {
