@@ -5,8 +5,10 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"runtime/debug"
+	"syscall"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -66,7 +68,7 @@ func Verify(path string, lockTimeout time.Duration) (Report, error) {
 		return Report{}, fmt.Errorf("verify store %s: %w", path, ErrLocked)
 	}
 	if err != nil {
-		return Report{}, fmt.Errorf("%w: %s: %v", ErrDamaged, path, err)
+		return Report{}, openError(path, err)
 	}
 	r := verifyDB(db)
 	return r, errors.Join(r.Err(path), db.Close())
@@ -411,4 +413,22 @@ func checkPageBounds(p []byte, flags uint16, hwm uint64) string {
 		}
 	}
 	return ""
+}
+
+// openError reports why bbolt could not open path: the system's refusal
+// (permissions, a missing file, mmap failing for lack of address space)
+// as itself, anything else (no valid meta page, a file too short, a
+// panic) as damage.
+func openError(path string, err error) error {
+	var (
+		pathErr *fs.PathError
+		errno   syscall.Errno
+	)
+	if errors.As(err, &pathErr) || errors.As(err, &errno) {
+		return fmt.Errorf("open store %s: %w", path, err)
+	}
+	if errors.Is(err, ErrDamaged) {
+		return fmt.Errorf("store %s: %w", path, err)
+	}
+	return fmt.Errorf("%w: %s: %v", ErrDamaged, path, err)
 }

@@ -357,3 +357,15 @@ func TestVerifyLocked(t *testing.T) {
 		t.Fatal("Verify did not give up")
 	}
 }
+
+// A file the system refuses to open is not called damaged.
+func TestOpenErrorNotDamage(t *testing.T) {
+	dir := t.TempDir() // a directory where the file should be
+	_, err := Open(Options{Path: dir})
+	if err == nil || errors.Is(err, ErrDamaged) {
+		t.Fatalf("Open of a directory: %v", err)
+	}
+	if _, err := Verify(filepath.Join(dir, "missing.db"), 0); err == nil || errors.Is(err, ErrDamaged) {
+		t.Fatalf("Verify of a missing file: %v", err)
+	}
+}

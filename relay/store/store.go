@@ -157,7 +157,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, fmt.Errorf("open store %s: %w", o.Path, ErrLocked)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrDamaged, o.Path, err)
+		return nil, openError(o.Path, err)
 	}
 	if db, err = verifyAtOpen(db, o); err != nil {
 		return nil, err
@@ -258,7 +258,7 @@ func verifyAtOpen(db *bolt.DB, o Options) (*bolt.DB, error) {
 		return nil, fmt.Errorf("open store %s: %w", o.Path, ErrLocked)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: %s: %v", ErrDamaged, o.Path, err)
+		return nil, openError(o.Path, err)
 	}
 	return db, nil
 }
