@@ -71,11 +71,11 @@ func leafPages(t *testing.T, path string, keyLen int) (pageSize int, ids []int, 
 	const leafFlag = 0x02
 	for id := 2; (id+1)*pageSize <= len(b); id++ {
 		p := b[id*pageSize:]
-		if binary.LittleEndian.Uint64(p) != uint64(id) || binary.LittleEndian.Uint16(p[8:]) != leafFlag {
+		if binary.NativeEndian.Uint64(p) != uint64(id) || binary.NativeEndian.Uint16(p[8:]) != leafFlag {
 			continue
 		}
-		count := int(binary.LittleEndian.Uint16(p[10:]))
-		if count == 0 || int(binary.LittleEndian.Uint32(p[16+8:])) != keyLen {
+		count := int(binary.NativeEndian.Uint16(p[10:]))
+		if count == 0 || int(binary.NativeEndian.Uint32(p[16+8:])) != keyLen {
 			continue
 		}
 		ids = append(ids, id)
