@@ -234,6 +234,21 @@ func TestE2EDamagedDataDir(t *testing.T) {
 			}
 		}
 	})
+	// A first start cut short after the store was made and before the
+	// keys were written leaves a store with no device: the next start
+	// makes the keys.
+	t.Run("keys missing beside a store without devices", func(t *testing.T) {
+		dir := t.TempDir()
+		startRelay(t, dir).stop()
+		os.Remove(filepath.Join(dir, endpointKeyFile))
+		os.Truncate(filepath.Join(dir, wakeKeyFile), 0)
+		startRelay(t, dir).stop()
+		for _, name := range []string{endpointKeyFile, wakeKeyFile} {
+			if st, _ := stateOf(filepath.Join(dir, name)); st != filePresent {
+				t.Errorf("%s is %s", name, st)
+			}
+		}
+	})
 	t.Run("all state deleted starts afresh", func(t *testing.T) {
 		dir := unclean.clone(t)
 		for _, name := range []string{storeFile, endpointKeyFile, wakeKeyFile} {
