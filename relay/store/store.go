@@ -322,14 +322,14 @@ func (s *Store) Close() error {
 		close(s.queue)
 		s.mu.Unlock()
 		<-s.committerDone
-		var errs []error
 		if s.damageErr() == nil {
+			// Failing here (a full disk) costs only a verification at
+			// the next start.
 			if err := markClean(s.db); err != nil {
-				errs = append(errs, fmt.Errorf("mark clean: %w", err))
+				s.log.Warn("store not marked clean; the next start verifies it", "path", s.opts.Path, "err", err)
 			}
 		}
-		errs = append(errs, s.db.Close())
-		if err := errors.Join(errs...); err != nil {
+		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close store %s: %w", s.opts.Path, err)
 		}
 	})
