@@ -2,7 +2,6 @@ package store
 
 import (
 	"bytes"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -74,30 +73,23 @@ func Verify(path string, lockTimeout time.Duration) (Report, error) {
 	return r, errors.Join(r.Err(path), db.Close())
 }
 
-// verifyDB walks and checks the whole file. It runs the walk first: the
-// walk reads pages with faults turned into panics and recovered, while
-// tx.Check runs on a goroutine of bbolt's, so it only reads what the walk
-// has already read without harm.
+// verifyDB walks and checks the whole file. It first reads the page
+// trees itself (see checkTrees), because bbolt follows page ids and
+// element offsets through unsafe pointers and recursion: a page that
+// points outside the file, or back up its own tree, would make it fault
+// or recurse without end where no recover can catch it (tx.Check runs on
+// a goroutine of its own). Only a file whose trees are sound is then
+// walked row by row and given to tx.Check.
 func verifyDB(db *bolt.DB) (r Report) {
 	start := time.Now()
 	defer func() { r.Took = time.Since(start) }()
-	var hwm uint64
-	err := guard(func() error {
-		return db.View(func(tx *bolt.Tx) error {
-			hwm = uint64(tx.Size()) / uint64(db.Info().PageSize)
-			return nil
-		})
-	})
-	if err == nil {
-		err = checkPages(db.Path(), db.Info().PageSize, hwm, &r)
-	}
-	if err != nil {
+	if err := checkTrees(db, &r); err != nil {
 		r.problem("%v", err)
 	}
 	if len(r.Problems) > 0 {
 		return r
 	}
-	err = guard(func() error {
+	err := guard(func() error {
 		return db.View(func(tx *bolt.Tx) error {
 			walk(tx, &r)
 			return nil
@@ -105,20 +97,47 @@ func verifyDB(db *bolt.DB) (r Report) {
 	})
 	if err != nil {
 		r.problem("%v", err)
-	} else {
-		err = guard(func() error {
-			return db.View(func(tx *bolt.Tx) error {
-				for err := range tx.Check() {
-					r.problem("bbolt check: %v", err)
-				}
-				return nil
-			})
+		return r
+	}
+	err = guard(func() error {
+		return db.View(func(tx *bolt.Tx) error {
+			for err := range tx.Check() {
+				r.problem("bbolt check: %v", err)
+			}
+			return nil
 		})
-		if err != nil {
-			r.problem("%v", err)
-		}
+	})
+	if err != nil {
+		r.problem("%v", err)
 	}
 	return r
+}
+
+// checkTrees reads every page of every bucket's tree with plain reads
+// (pageFile) and reports the pages bbolt could not follow safely.
+func checkTrees(db *bolt.DB, r *Report) error {
+	geo, err := readGeometry(db)
+	if err != nil {
+		return err
+	}
+	pf, err := openPageFile(db.Path(), geo)
+	if err != nil {
+		return err
+	}
+	defer pf.close()
+	if pf.size < int64(geo.hwm)*int64(geo.pageSize) {
+		r.problem("file is %d bytes, its pages need %d (truncated)", pf.size, int64(geo.hwm)*int64(geo.pageSize))
+		return nil
+	}
+	for _, name := range geo.names {
+		if root := geo.roots[name]; root != 0 {
+			err := pf.walk(root, nil, func(id uint64, msg string) { r.problem("bucket %s: page %d: %s", name, id, msg) })
+			if err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // walk decodes every row of every bucket.
@@ -299,120 +318,25 @@ func takeClean(db *bolt.DB) (bool, error) {
 	})
 }
 
-// bbolt's page layout, as its file format defines it (native byte
-// order): a 16-byte header (id 8, flags 2, count 2, overflow 4), then
-// count 16-byte elements whose key (and value) sit pos bytes after the
-// element itself. A branch element is pos 4, ksize 4, child page id 8; a
-// leaf element flags 4, pos 4, ksize 4, vsize 4, and a leaf element
-// flagged as a bucket holds the bucket's root page id and sequence, then,
-// when the root id is 0, the bucket's own (inline) leaf page.
-const (
-	pageHeaderSize = 16
-	pageElemSize   = 16
-	branchPageFlag = 0x01
-	leafPageFlag   = 0x02
-	bucketLeafFlag = 0x01
-	inBucketSize   = 16
-)
-
-// checkPages reads every branch and leaf page of the file with plain
-// reads (never through bbolt's memory map) and checks that each element's
-// key and value lie inside its page and each page id it names lies inside
-// the file. bbolt reads pages through unsafe pointers: a page that breaks
-// these bounds makes it fault outside any goroutine we could guard (tx.Check
-// runs on its own), so the bounds are checked first. hwm is the file's
-// page count as its meta page says.
-func checkPages(path string, pageSize int, hwm uint64, r *Report) error {
-	f, err := os.Open(path)
+// checkSize fails with ErrDamaged when the file is shorter than the pages
+// its meta page counts (a file cut short: bbolt would fault on the first
+// page read past the end).
+func checkSize(db *bolt.DB) error {
+	var need int64
+	err := guard(func() error {
+		return db.View(func(tx *bolt.Tx) error { need = tx.Size(); return nil })
+	})
 	if err != nil {
-		return err
+		return fmt.Errorf("store %s: %w", db.Path(), err)
 	}
-	defer f.Close()
-	fi, err := f.Stat()
+	fi, err := os.Stat(db.Path())
 	if err != nil {
-		return err
+		return fmt.Errorf("open store %s: %w", db.Path(), err)
 	}
-	if uint64(fi.Size()) < hwm*uint64(pageSize) {
-		r.problem("file is %d bytes, its pages need %d (truncated)", fi.Size(), hwm*uint64(pageSize))
-		return nil
-	}
-	ne := binary.NativeEndian
-	buf := make([]byte, pageSize)
-	for id := uint64(2); id < hwm; id++ {
-		if _, err := f.ReadAt(buf[:pageSize], int64(id)*int64(pageSize)); err != nil {
-			return err
-		}
-		flags := ne.Uint16(buf[8:])
-		if ne.Uint64(buf) != id || (flags != branchPageFlag && flags != leafPageFlag) {
-			continue // free, freelist, overflow or damaged (bbolt reports those)
-		}
-		overflow := uint64(ne.Uint32(buf[12:]))
-		if id+overflow >= hwm {
-			r.problem("page %d: overflow %d runs past the last page %d", id, overflow, hwm-1)
-			continue
-		}
-		page := buf
-		if overflow > 0 {
-			page = make([]byte, (1+overflow)*uint64(pageSize))
-			if _, err := f.ReadAt(page, int64(id)*int64(pageSize)); err != nil {
-				return err
-			}
-		}
-		if msg := checkPageBounds(page, flags, hwm); msg != "" {
-			r.problem("page %d: %s", id, msg)
-		}
-		id += overflow
+	if fi.Size() < need {
+		return fmt.Errorf("%w: %s: file is %d bytes, its pages need %d (truncated)", ErrDamaged, db.Path(), fi.Size(), need)
 	}
 	return nil
-}
-
-// checkPageBounds checks one page (or an inline bucket page) held whole
-// in p; it returns what is wrong, or "".
-func checkPageBounds(p []byte, flags uint16, hwm uint64) string {
-	ne := binary.NativeEndian
-	if len(p) < pageHeaderSize {
-		return "shorter than a page header"
-	}
-	count := int(ne.Uint16(p[10:]))
-	if pageHeaderSize+count*pageElemSize > len(p) {
-		return fmt.Sprintf("%d elements do not fit", count)
-	}
-	for i := range count {
-		off := pageHeaderSize + i*pageElemSize
-		e := p[off : off+pageElemSize]
-		if flags == branchPageFlag {
-			pos, ksize, child := uint64(ne.Uint32(e)), uint64(ne.Uint32(e[4:])), ne.Uint64(e[8:])
-			if uint64(off)+pos+ksize > uint64(len(p)) {
-				return fmt.Sprintf("branch element %d lies outside the page", i)
-			}
-			if child < 2 || child >= hwm {
-				return fmt.Sprintf("branch element %d names page %d, outside 2..%d", i, child, hwm-1)
-			}
-			continue
-		}
-		eflags, pos, ksize, vsize := ne.Uint32(e), uint64(ne.Uint32(e[4:])), uint64(ne.Uint32(e[8:])), uint64(ne.Uint32(e[12:]))
-		end := uint64(off) + pos + ksize + vsize
-		if end > uint64(len(p)) {
-			return fmt.Sprintf("leaf element %d lies outside the page", i)
-		}
-		if eflags&bucketLeafFlag == 0 {
-			continue
-		}
-		v := p[uint64(off)+pos+ksize : end]
-		if len(v) < inBucketSize {
-			return fmt.Sprintf("bucket %d: header cut short", i)
-		}
-		root := ne.Uint64(v)
-		switch {
-		case root == 0:
-			if msg := checkPageBounds(v[inBucketSize:], leafPageFlag, hwm); msg != "" {
-				return fmt.Sprintf("inline bucket %d: %s", i, msg)
-			}
-		case root < 2 || root >= hwm:
-			return fmt.Sprintf("bucket %d: root page %d outside 2..%d", i, root, hwm-1)
-		}
-	}
-	return ""
 }
 
 // openError reports why bbolt could not open path: the system's refusal

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"time"
 
@@ -14,9 +13,9 @@ import (
 // SalvageReport counts what Salvage copied and what it left behind.
 type SalvageReport struct {
 	Devices, Channels, Messages int64 // rows copied
-	// DamagedRegions counts the key ranges stepped over because bbolt
-	// could not read them; BadRows the rows that did not decode;
-	// Orphans the messages whose channel was lost.
+	// DamagedRegions counts the pages skipped (each with the pages
+	// below it) because they could not be read; BadRows the rows that
+	// did not decode; Orphans the messages whose channel was lost.
 	DamagedRegions, BadRows, Orphans int
 	Took                             time.Duration
 }
@@ -26,8 +25,8 @@ const salvageChunk = 4096
 
 // Salvage copies every readable device, channel and message of the store
 // file src, which it only reads, into dst, a new store file (it fails if
-// dst exists). Pages bbolt cannot read are stepped over: the scan resumes
-// at the first key after them. A channel whose device record was lost
+// dst exists). It reads the page trees itself (see pageFile): a damaged
+// page is skipped, with the pages below it, and everything else is read. A channel whose device record was lost
 // gets a new record; a message whose channel was lost is left behind (no
 // endpoint can reach it). Message seqs are kept; the topic and expiry
 // indexes and the totals are rebuilt. dst carries no clean-close mark, so
@@ -59,8 +58,17 @@ func Salvage(src, dst string, lockTimeout time.Duration) (SalvageReport, error) 
 	if err != nil {
 		return rep, fmt.Errorf("salvage: open %s: %w", dst, err)
 	}
-	w := &salvageWriter{db: out, rep: &rep}
-	err = w.copyAll(in)
+	geo, err := readGeometry(in)
+	if err != nil {
+		return rep, fmt.Errorf("salvage %s: bbolt cannot read its bucket list (%v): nothing can be read, restore a backup", src, err)
+	}
+	pf, err := openPageFile(src, geo)
+	if err != nil {
+		return rep, fmt.Errorf("salvage %s: %w", src, err)
+	}
+	defer pf.close()
+	w := &salvageWriter{db: out, rep: &rep, in: in, pages: pf, geo: geo}
+	err = w.copyAll()
 	if cerr := out.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("salvage: close %s: %w", dst, cerr)
 	}
@@ -74,6 +82,10 @@ type salvageWriter struct {
 	rep     *SalvageReport
 	pending []func(t *salvageTx) error
 	maxSeq  uint64
+
+	in    *bolt.DB // the damaged file, read only
+	pages *pageFile
+	geo   geometry
 }
 
 type salvageTx struct {
@@ -113,10 +125,11 @@ func (w *salvageWriter) flush() error {
 	return nil
 }
 
-func (w *salvageWriter) copyAll(in *bolt.DB) error {
+func (w *salvageWriter) copyAll() error {
+	in := w.in
 	// Devices, with their channel count zeroed: channels count themselves
 	// in as they are copied.
-	err := w.scan(in, bucketDevices, 16, func(k, v []byte) error {
+	err := w.scan(bucketDevices, func(k, v []byte) error {
 		var u UAID
 		copy(u[:], k)
 		d, err := decodeDevice(u, v)
@@ -131,7 +144,7 @@ func (w *salvageWriter) copyAll(in *bolt.DB) error {
 	if err != nil {
 		return err
 	}
-	err = w.scan(in, bucketChannels, 32, func(k, v []byte) error {
+	err = w.scan(bucketChannels, func(k, v []byte) error {
 		u, id, ok := splitChannelKey(k)
 		c, err := decodeChannel(u, id, v)
 		if !ok || err != nil {
@@ -160,7 +173,7 @@ func (w *salvageWriter) copyAll(in *bolt.DB) error {
 	if err := w.flush(); err != nil {
 		return err
 	}
-	err = w.scan(in, bucketMessages, 24, func(k, v []byte) error {
+	err = w.scan(bucketMessages, func(k, v []byte) error {
 		u, seq, ok := splitMessageKey(k)
 		h, err := decodeHeader(u, seq, v)
 		if ok && err == nil {
@@ -235,108 +248,46 @@ func (w *salvageWriter) copyAll(in *bolt.DB) error {
 	})
 }
 
-// scan calls fn with every row of bucket name in db that bbolt can read,
-// in key order; fn must copy what it keeps. When reading panics (a
-// damaged page), scan steps over the damaged key range (see stepOver)
-// and goes on. keyLen is the width of the bucket's keys.
-func (w *salvageWriter) scan(db *bolt.DB, name []byte, keyLen int, fn func(k, v []byte) error) error {
-	var from []byte
-	for {
-		var (
-			last []byte
-			ferr error
-		)
-		err := guard(func() error {
-			return db.View(func(tx *bolt.Tx) error {
-				b := tx.Bucket(name)
-				if b == nil {
-					return nil
-				}
-				c := b.Cursor()
-				k, v := c.First()
-				if from != nil {
-					k, v = c.Seek(from)
-				}
-				for ; k != nil; k, v = c.Next() {
-					if ferr = fn(k, v); ferr != nil {
-						return nil
-					}
-					last = append(last[:0], k...)
-				}
+// scan calls fn with every row of bucket name that can be read, in key
+// order; fn must copy what it keeps. A bucket with its own tree is read
+// page by page (pageFile.walk): a damaged page is skipped with its
+// subtree and counted. A small bucket kept inline in the root page is
+// read through bbolt, with a panic counted as damage.
+func (w *salvageWriter) scan(name []byte, fn func(k, v []byte) error) error {
+	root, ok := w.geo.roots[string(name)]
+	if !ok {
+		w.rep.DamagedRegions++ // the bucket list lost it
+		return nil
+	}
+	if root != 0 {
+		var last []byte
+		return w.pages.walk(root, func(k, v []byte, flags uint32) error {
+			if flags&bucketLeafFlag != 0 || (last != nil && string(k) <= string(last)) {
+				w.rep.BadRows++ // a nested bucket, or out of order
 				return nil
+			}
+			last = append(last[:0], k...)
+			return fn(k, v)
+		}, func(uint64, string) { w.rep.DamagedRegions++ })
+	}
+	var ferr error
+	err := guard(func() error {
+		return w.in.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(name)
+			if b == nil {
+				return nil
+			}
+			return b.ForEach(func(k, v []byte) error {
+				ferr = fn(k, v)
+				return ferr
 			})
 		})
-		if ferr != nil {
-			return ferr
-		}
-		if err == nil {
-			return nil
-		}
-		if !errors.Is(err, ErrDamaged) {
-			return fmt.Errorf("salvage: read %s: %w", name, err)
-		}
+	})
+	if ferr != nil {
+		return ferr
+	}
+	if err != nil {
 		w.rep.DamagedRegions++
-		base := last
-		if base == nil {
-			base = from
-		}
-		next, ok := stepOver(db, name, base, keyLen)
-		if !ok {
-			return nil // nothing readable after base
-		}
-		from = next
 	}
-}
-
-// stepOver finds the smallest key after base at which a cursor Seek in
-// bucket name reads without panicking, that is the first key of the first
-// readable page after the damaged one (a branch page sends every key of
-// a page's range to that page, so a Seek panics exactly for the keys below
-// the next page's first key). It probes base+1, base+2, base+4, ... and
-// then bisects; keys are compared as keyLen-byte integers.
-func stepOver(db *bolt.DB, name []byte, base []byte, keyLen int) ([]byte, bool) {
-	key := func(n *big.Int) []byte { return n.FillBytes(make([]byte, keyLen)) }
-	readable := func(n *big.Int) bool {
-		return guard(func() error {
-			return db.View(func(tx *bolt.Tx) error {
-				if b := tx.Bucket(name); b != nil {
-					b.Cursor().Seek(key(n))
-				}
-				return nil
-			})
-		}) == nil
-	}
-	b := make([]byte, keyLen)
-	copy(b, base)
-	lo := new(big.Int).SetBytes(b)
-	limit := new(big.Int).Lsh(big.NewInt(1), uint(8*keyLen))
-	var hi *big.Int
-	for i := 0; hi == nil; i++ {
-		c := new(big.Int).Add(lo, new(big.Int).Lsh(big.NewInt(1), uint(i)))
-		last := c.Cmp(limit) >= 0
-		if last {
-			c.Sub(limit, big.NewInt(1))
-			if c.Cmp(lo) <= 0 {
-				return nil, false
-			}
-		}
-		switch {
-		case readable(c):
-			hi = c
-		case last:
-			return nil, false
-		default:
-			lo = c
-		}
-	}
-	one := big.NewInt(1)
-	for new(big.Int).Sub(hi, lo).Cmp(one) > 0 {
-		mid := new(big.Int).Rsh(new(big.Int).Add(lo, hi), 1)
-		if readable(mid) {
-			hi = mid
-		} else {
-			lo = mid
-		}
-	}
-	return key(hi), true
+	return nil
 }

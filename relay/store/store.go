@@ -234,6 +234,10 @@ func prepare(db *bolt.DB) (from, to uint64, tot totals, err error) {
 // relay's resident set (400 MiB for a million messages). It returns the
 // handle to use, or closes everything and returns the error.
 func verifyAtOpen(db *bolt.DB, o Options) (*bolt.DB, error) {
+	// A file cut short is found at every open: it costs one stat.
+	if err := checkSize(db); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
 	clean, err := takeClean(db)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
@@ -279,6 +283,10 @@ func openBolt(o Options, readOnly bool) (db *bolt.DB, err error) {
 			Mlock:          false,
 			MaxSize:        o.MaxSize,
 			ReadOnly:       readOnly,
+			// Read-only, bbolt would load the freelist lazily, inside
+			// tx.Check's goroutine; loaded here, a damaged one is an
+			// error, not a fault.
+			PreLoadFreelist: readOnly,
 		})
 		return err
 	})
