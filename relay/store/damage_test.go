@@ -369,3 +369,31 @@ func TestOpenErrorNotDamage(t *testing.T) {
 		t.Fatalf("Verify of a missing file: %v", err)
 	}
 }
+
+// A file cut short is refused at every Open, clean mark or not (bbolt
+// faults reading its freelist past the end, or its length falls short of
+// the pages its meta page counts), unless only the room bbolt had grown
+// it by went.
+func TestOpenRefusesTruncatedAfterCleanStop(t *testing.T) {
+	for _, frac := range []int64{2, 3, 10} {
+		path := fillDamageStore(t)
+		fi, _ := os.Stat(path)
+		if err := os.Truncate(path, fi.Size()*(frac-1)/frac); err != nil {
+			t.Fatal(err)
+		}
+		s, err := Open(Options{Path: path, Logger: testLogger(t)})
+		if err == nil {
+			// Only the room bbolt had grown the file by went: every
+			// page is there.
+			n, rerr := readAll(s)
+			s.Close()
+			if rerr != nil || n != dmgDevices*dmgPerDevice {
+				t.Fatalf("cut to %d/%d, opened: read %d messages, %v", frac-1, frac, n, rerr)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrDamaged) {
+			t.Fatalf("Open of a file cut to %d/%d: %v", frac-1, frac, err)
+		}
+	}
+}
