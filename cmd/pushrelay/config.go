@@ -25,6 +25,7 @@ import (
 // flag (-- + key with dashes); precedence is flag > env > file > default.
 type Config struct {
 	DataDir        string
+	AllowNewStore  bool
 	DeviceListen   string
 	EndpointListen string
 	AdminListen    string
@@ -108,10 +109,24 @@ func intSetting(key, def string, lo, hi int, help string, f func(*Config) *int) 
 		get: func(c *Config) string { return strconv.Itoa(*f(c)) }}
 }
 
+func boolSetting(key, def, help string, f func(*Config) *bool) setting {
+	return setting{key: key, def: def, help: help,
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("not a boolean (true, false, 1 or 0)")
+			}
+			*f(c) = b
+			return nil
+		},
+		get: func(c *Config) string { return strconv.FormatBool(*f(c)) }}
+}
+
 // settings lists every key. docs/configuration.md is generated from the
 // same table (pushrelay check-config --print-defaults).
 var settings = []setting{
 	strSetting("data_dir", "./data", "directory for the message store and the endpoint key", func(c *Config) *string { return &c.DataDir }),
+	boolSetting("allow_new_store", "false", "start with a new, empty store when pushrelay.db is missing or empty beside existing keys (OpenWrt's sysupgrade keeps endpoint.key, not the store); otherwise such a start is refused", func(c *Config) *bool { return &c.AllowNewStore }),
 	strSetting("device_listen", ":8080", "address of the device WebSocket listener", func(c *Config) *string { return &c.DeviceListen }),
 	strSetting("endpoint_listen", ":8082", "address of the app-server HTTP listener", func(c *Config) *string { return &c.EndpointListen }),
 	strSetting("admin_listen", "127.0.0.1:9090", "address of the admin listener (/metrics, /healthz, /readyz, /status, pprof); empty disables", func(c *Config) *string { return &c.AdminListen }),

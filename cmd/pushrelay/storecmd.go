@@ -75,12 +75,16 @@ func openState(cfg *Config, reg *metrics.Registry, log *slog.Logger) (*store.Sto
 				keys = append(keys, name)
 			}
 		}
-		if len(keys) > 0 {
-			verb := "exists"
-			if len(keys) > 1 {
-				verb = "exist"
-			}
-			return nil, nil, nil, fmt.Errorf("data dir %s: %s %s but %s is %s: refusing to start on a new store, which would make every endpoint handed out invalid; restore %s from a backup, or, to start afresh with no devices, delete %s",
+		verb := "exists"
+		if len(keys) > 1 {
+			verb = "exist"
+		}
+		switch {
+		case len(keys) == 0:
+		case cfg.AllowNewStore:
+			log.Warn("starting a new, empty store beside existing keys (allow_new_store): endpoints handed out before reach no device any more", "path", cfg.dataPath(storeFile), "was", dbState.String(), "keys", strings.Join(keys, ", "))
+		default:
+			return nil, nil, nil, fmt.Errorf("data dir %s: %s %s but %s is %s: refusing to start on a new store, which would make every endpoint handed out invalid; restore %s from a backup, or, to start afresh with no devices, delete %s (or set allow_new_store where this is expected, as after an OpenWrt sysupgrade)",
 				cfg.DataDir, strings.Join(keys, " and "), verb, storeFile, dbState, storeFile, strings.Join(keys, " and "))
 		}
 	}

@@ -249,6 +249,22 @@ func TestE2EDamagedDataDir(t *testing.T) {
 			}
 		}
 	})
+	// allow_new_store: the operator expects a store lost beside its keys
+	// (OpenWrt's sysupgrade keeps endpoint.key only).
+	t.Run("store deleted, allow_new_store", func(t *testing.T) {
+		dir := unclean.clone(t)
+		os.Remove(filepath.Join(dir, storeFile))
+		os.Remove(filepath.Join(dir, wakeKeyFile))
+		key, _ := os.ReadFile(filepath.Join(dir, endpointKeyFile))
+		p := startRelay(t, dir, "--allow-new-store", "true")
+		p.stop()
+		if !strings.Contains(p.stderr.String(), "allow_new_store") {
+			t.Error("no warning about the new store")
+		}
+		if now, _ := os.ReadFile(filepath.Join(dir, endpointKeyFile)); !bytes.Equal(now, key) {
+			t.Error("endpoint.key was replaced")
+		}
+	})
 	t.Run("all state deleted starts afresh", func(t *testing.T) {
 		dir := unclean.clone(t)
 		for _, name := range []string{storeFile, endpointKeyFile, wakeKeyFile} {
