@@ -397,3 +397,18 @@ func TestOpenRefusesTruncatedAfterCleanStop(t *testing.T) {
 		}
 	}
 }
+
+// VerifyAlways verifies after a clean stop too.
+func TestVerifyAlways(t *testing.T) {
+	path := fillDamageStore(t)
+	s, err := Open(Options{Path: path, VerifyAlways: true, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.Close()
+	pageSize, ids, _ := leafPages(t, path, 24)
+	damagePage(t, path, pageSize, ids[0], 9)
+	if _, err := Open(Options{Path: path, VerifyAlways: true, Logger: testLogger(t)}); !errors.Is(err, ErrDamaged) {
+		t.Fatalf("Open with VerifyAlways of a damaged file closed cleanly: %v", err)
+	}
+}
