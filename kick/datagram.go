@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"os"
 
+	"github.com/pushrelay/pushrelay/relay/atomicfile"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
@@ -169,20 +170,8 @@ func LoadOrCreateSecret(path string) ([]byte, error) {
 	}
 	b = make([]byte, 32)
 	rand.Read(b)
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
+	if err := atomicfile.Create(path, b, 0o600); err != nil {
 		return nil, fmt.Errorf("create wake secret: %w", err)
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("write wake secret: %w", err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return nil, fmt.Errorf("write wake secret: %w", err)
-	}
-	if err := f.Close(); err != nil {
-		return nil, fmt.Errorf("write wake secret: %w", err)
 	}
 	return b, nil
 }

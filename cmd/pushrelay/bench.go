@@ -8,6 +8,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net/http"
 	"os"
 	"os/exec"
@@ -641,6 +642,7 @@ func benchStartup(ctx context.Context, args []string, stdout, stderr io.Writer) 
 	perDevice := fs.Int("per-device", 1000, "messages per device")
 	keep := fs.String("data-dir", "", "use (and keep) this data dir; an existing fill is reused")
 	runs := fs.Int("runs", 5, "starts to time")
+	unclean := fs.Bool("unclean", false, "end each run with SIGKILL, so that every start verifies the store")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -663,14 +665,18 @@ func benchStartup(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		ready := time.Since(t0)
 		time.Sleep(time.Second)
 		m, _ := c.rss(false)
-		c.stop()
+		if *unclean {
+			c.kill()
+		} else {
+			c.stop()
+		}
 		times = append(times, ready)
 		rss = append(rss, m)
 		fmt.Fprintf(stderr, "  run %d: ready in %s, idle RSS %s\n", r+1, ready.Truncate(time.Microsecond), mib(m))
 	}
 	slices.Sort(times)
 	slices.Sort(rss)
-	fmt.Fprintf(stdout, "store: %d waiting messages (%d per device)\n", *messages, *perDevice)
+	fmt.Fprintf(stdout, "store: %d waiting messages (%d per device), %s stops\n", *messages, *perDevice, map[bool]string{false: "clean", true: "unclean (SIGKILL)"}[*unclean])
 	fmt.Fprintf(stdout, "start to ready (exec → /readyz 200), median of %d: %s (min %s, max %s)\n", *runs, times[len(times)/2].Truncate(time.Millisecond), times[0].Truncate(time.Millisecond), times[len(times)-1].Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "idle RSS 1s after ready, median: %s\n", mib(rss[len(rss)/2]))
 	return nil
@@ -684,6 +690,12 @@ func fillStore(ctx context.Context, path string, messages, perDevice int, stderr
 		return err
 	}
 	defer st.Close()
+	if s, err := st.Stats(); err == nil && s.Devices+s.Channels == 0 {
+		// The relay starts only on a store with its keys.
+		if _, _, err := loadKeys(filepath.Dir(path), 0, slog.New(slog.DiscardHandler)); err != nil {
+			return err
+		}
+	}
 	if s, err := st.Stats(); err == nil && s.Waiting >= int64(messages) {
 		fmt.Fprintf(stderr, "  store already holds %d messages\n", s.Waiting)
 		return nil

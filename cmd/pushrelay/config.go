@@ -25,6 +25,7 @@ import (
 // flag (-- + key with dashes); precedence is flag > env > file > default.
 type Config struct {
 	DataDir        string
+	AllowNewStore  bool
 	DeviceListen   string
 	EndpointListen string
 	AdminListen    string
@@ -171,10 +172,24 @@ func sizeSetting(key, def, help string, f func(*Config) *int64) setting {
 		get: func(c *Config) string { return formatBytes(*f(c)) }}
 }
 
+func boolSetting(key, def, help string, f func(*Config) *bool) setting {
+	return setting{key: key, def: def, help: help,
+		set: func(c *Config, v string) error {
+			b, err := strconv.ParseBool(v)
+			if err != nil {
+				return fmt.Errorf("not a boolean (true, false, 1 or 0)")
+			}
+			*f(c) = b
+			return nil
+		},
+		get: func(c *Config) string { return strconv.FormatBool(*f(c)) }}
+}
+
 // settings lists every key. docs/configuration.md is generated from the
 // same table (pushrelay check-config --print-defaults).
 var settings = []setting{
 	strSetting("data_dir", "./data", "directory for the message store and the endpoint key", func(c *Config) *string { return &c.DataDir }),
+	boolSetting("allow_new_store", "false", "start with a new, empty store when pushrelay.db is missing or empty beside existing keys (OpenWrt's sysupgrade keeps endpoint.key, not the store); otherwise such a start is refused", func(c *Config) *bool { return &c.AllowNewStore }),
 	strSetting("device_listen", ":8080", "address of the device WebSocket listener", func(c *Config) *string { return &c.DeviceListen }),
 	strSetting("endpoint_listen", ":8082", "address of the app-server HTTP listener", func(c *Config) *string { return &c.EndpointListen }),
 	strSetting("admin_listen", "127.0.0.1:9090", "address of the admin listener (/metrics, /healthz, /readyz, /status, pprof); empty disables", func(c *Config) *string { return &c.AdminListen }),
@@ -233,11 +248,12 @@ func cfgErr(format string, args ...any) error { return &configError{fmt.Sprintf(
 
 // loadConfig composes defaults, the file named by --config (or
 // PUSHRELAY_CONFIG), the environment and the flags in args, then validates.
-func loadConfig(name string, args []string, getenv func(string) string, stderr io.Writer) (*Config, error) {
+func loadConfig(name string, args []string, getenv func(string) (string, bool), stderr io.Writer) (*Config, error) {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	// Errors are reported by the caller on one line; only -h prints usage.
 	fs.SetOutput(io.Discard)
-	configPath := fs.String("config", getenv("PUSHRELAY_CONFIG"), "YAML config file")
+	configFile, _ := getenv("PUSHRELAY_CONFIG")
+	configPath := fs.String("config", configFile, "YAML config file")
 	flagVals := map[string]*string{}
 	for _, s := range settings {
 		v := new(string)
@@ -271,7 +287,8 @@ func loadConfig(name string, args []string, getenv func(string) string, stderr i
 		}
 	}
 	for _, s := range settings {
-		if v, ok := lookupEnv(getenv, s.envName()); ok {
+		// Set is set, even to "": PUSHRELAY_STUN_LISTEN= turns STUN off.
+		if v, ok := getenv(s.envName()); ok {
 			if err := s.set(c, v); err != nil {
 				return nil, cfgErr("%s=%q: %v", s.envName(), v, err)
 			}
@@ -289,11 +306,6 @@ func loadConfig(name string, args []string, getenv func(string) string, stderr i
 		return nil, err
 	}
 	return c, nil
-}
-
-func lookupEnv(getenv func(string) string, name string) (string, bool) {
-	v := getenv(name)
-	return v, v != ""
 }
 
 func applyFile(c *Config, path string) error {

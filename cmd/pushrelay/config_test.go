@@ -10,8 +10,8 @@ import (
 	"time"
 )
 
-func env(m map[string]string) func(string) string {
-	return func(k string) string { return m[k] }
+func env(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
 }
 
 func TestConfigPrecedence(t *testing.T) {
@@ -190,5 +190,29 @@ func TestConfigSizes(t *testing.T) {
 	c, err := loadConfig("t", nil, env(map[string]string{"PUSHRELAY_DEVICE_MAX_CONNS_PER_IP": "0"}), &bytes.Buffer{})
 	if err != nil || c.DeviceMaxConnsPerIP != 0 || c.DeviceMaxConns != 10000 || c.EndpointConcurrency != 1024 || c.MemoryLimit != 160<<20 {
 		t.Fatalf("caps: %v %+v", err, c)
+	}
+}
+
+// An environment variable set to the empty string sets its key to empty
+// (PUSHRELAY_STUN_LISTEN= turns STUN off); an unset one leaves the key
+// alone.
+func TestConfigEnvEmpty(t *testing.T) {
+	c, err := loadConfig("t", nil, env(map[string]string{"PUSHRELAY_STUN_LISTEN": "", "PUSHRELAY_PUBLIC_URL": ""}), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.STUNListen != "" {
+		t.Errorf("PUSHRELAY_STUN_LISTEN= left stun_listen %q", c.STUNListen)
+	}
+	c, err = loadConfig("t", nil, env(nil), &bytes.Buffer{})
+	if err != nil || c.STUNListen != ":3478" {
+		t.Fatalf("unset: stun_listen %q, %v", c.STUNListen, err)
+	}
+	// The file's value too can be emptied from the environment.
+	file := filepath.Join(t.TempDir(), "c.yaml")
+	os.WriteFile(file, []byte("stun_listen: \":4000\"\n"), 0o600)
+	c, err = loadConfig("t", []string{"--config", file}, env(map[string]string{"PUSHRELAY_STUN_LISTEN": ""}), &bytes.Buffer{})
+	if err != nil || c.STUNListen != "" {
+		t.Fatalf("file then empty env: stun_listen %q, %v", c.STUNListen, err)
 	}
 }

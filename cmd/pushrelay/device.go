@@ -14,6 +14,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/atomicfile"
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
@@ -134,11 +135,7 @@ func (st *deviceState) save(path string) error {
 		return nil
 	}
 	b, _ := json.MarshalIndent(st, "", "  ")
-	tmp := path + ".tmp"
-	if err := os.WriteFile(tmp, b, 0o600); err != nil {
-		return err
-	}
-	return os.Rename(tmp, path)
+	return atomicfile.Write(path, b, 0o600)
 }
 
 // deviceSession runs one connection. It returns nil when done (count

@@ -3,6 +3,8 @@
 //
 //	pushrelay run [--config FILE] [flags]   the daemon
 //	pushrelay check-config [flags]          validate the configuration and exit
+//	pushrelay check-store [flags]           verify the stopped relay's store
+//	pushrelay salvage [flags]               copy what is readable of a damaged store
 //	pushrelay device [flags]                a device: register, print, ack
 //	pushrelay send [flags] ENDPOINT         an app server: post one message
 //	pushrelay bench SCENARIO [flags]        measure the relay
@@ -24,7 +26,7 @@ import (
 
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout, os.Stderr)
+	err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
 }
@@ -44,11 +46,11 @@ func exitCode(err error, stderr io.Writer) int {
 	return 1
 }
 
-var errUsage = errors.New("usage: pushrelay run|check-config|device|send|keygen|uci-config|bench|version [flags] (pushrelay COMMAND -h for help)")
+var errUsage = errors.New("usage: pushrelay run|check-config|check-store|salvage|device|send|keygen|uci-config|bench|version [flags] (pushrelay COMMAND -h for help)")
 
 // run dispatches a subcommand. It is main without the process: tests call
 // it directly.
-func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
+func run(ctx context.Context, args []string, getenv func(string) (string, bool), stdout, stderr io.Writer) error {
 	if len(args) == 0 {
 		return errUsage
 	}
@@ -65,12 +67,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		if err != nil {
 			return err
 		}
-		if err := checkDataDir(cfg.DataDir); err != nil {
+		if err := checkDataDirNoWrite(cfg.DataDir); err != nil {
 			return err
 		}
 		fmt.Fprintln(stdout, "configuration ok")
 		cfg.dump(stdout)
 		return nil
+	case "check-store":
+		return runCheckStore(rest, getenv, stdout, stderr)
+	case "salvage":
+		return runSalvage(rest, getenv, stdout, stderr)
 	case "device":
 		return runDevice(ctx, rest, stdout, stderr)
 	case "send":

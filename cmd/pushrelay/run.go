@@ -78,21 +78,13 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	}
 	d.reg = metrics.NewRegistry().WithProcess()
 	applyMemoryLimit(cfg.MemoryLimit, os.Getenv, d.log)
-	tokens, err := token.LoadOrCreate(cfg.dataPath("endpoint.key"))
-	if err != nil {
-		return err
-	}
-	d.store, err = store.Open(store.Options{
-		Path:               cfg.dataPath("pushrelay.db"),
-		MaxMessagesPerUAID: cfg.MaxMessagesPerUAID,
-		MaxChannelsPerUAID: cfg.MaxChannelsPerUAID,
-		SweepInterval:      cfg.SweepInterval,
-		Metrics:            d.reg,
-		Logger:             d.log.With("component", "store"),
-	})
-	if errors.Is(err, store.ErrLocked) {
-		return fmt.Errorf("data dir %s is in use by another pushrelay process", cfg.DataDir)
-	}
+	// The store and the keys, together (storecmd.go): checked after an
+	// unclean stop, never replaced silently.
+	var (
+		tokens     *token.Codec
+		wakeSecret []byte
+	)
+	d.store, tokens, wakeSecret, err = openState(cfg, d.reg, d.log)
 	if err != nil {
 		return err
 	}
@@ -121,7 +113,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		publicURL = d.scheme("http") + "://" + displayAddr(d.listeners["endpoint"].Addr())
 		d.log.Warn("public_url is not set; endpoints name this host as "+publicURL+", which only local app servers can reach", "public_url", publicURL)
 	}
-	if err := d.startWake(); err != nil {
+	if err := d.startWake(wakeSecret); err != nil {
 		d.closeListeners()
 		return err
 	}
@@ -261,15 +253,11 @@ func (d *daemon) closeListeners() {
 	}
 }
 
-// startWake sets up waking: the wake secret in the data dir, the STUN
+// startWake sets up waking: keys from the wake secret, the STUN
 // listener (the kicker sends from its socket, so NAT mappings the device
 // opened let the datagram in) or, with STUN off, a plain UDP socket.
-func (d *daemon) startWake() error {
+func (d *daemon) startWake(secret []byte) error {
 	cfg := d.cfg
-	secret, err := kick.LoadOrCreateSecret(cfg.dataPath("wake.key"))
-	if err != nil {
-		return err
-	}
 	keys, err := kick.NewKeys(secret)
 	if err != nil {
 		return err

@@ -15,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/atomicfile"
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/vapid"
 )
@@ -191,7 +192,7 @@ func runKeygen(args []string, stdout io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(args[0], pemBytes, 0o600); err != nil {
+	if err := atomicfile.Write(args[0], pemBytes, 0o600); err != nil {
 		return err
 	}
 	fmt.Fprintf(stdout, "vapid public key %s\n", ece.EncodeKey(vapid.NewSigner(priv).PublicKey()))

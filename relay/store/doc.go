@@ -17,6 +17,7 @@
 //	expiry    expiry(8, Unix ns) uaid(16) seq(8) → (empty)
 //	meta      "schema"                          → version(8)
 //	          "devices" | "channels" | "waiting" → total(8)
+//	          "clean"                           → 1 (clean-close mark)
 //
 // Records start with a format byte (currently 1 for all):
 //
@@ -57,6 +58,19 @@
 // function set with OnStored, in seq order and as they stand at the commit
 // (one replaced or dropped by a later op of its batch is left out), so a
 // consumer can deliver them without reading them back.
+//
+// # Damage
+//
+// Close writes the clean-close mark and Open removes it (one small commit
+// each, none on the hot path), so a file without it was not closed
+// cleanly; Open then verifies it (Verify: the page bounds, bbolt's
+// consistency check and a walk decoding every row) before serving it,
+// and refuses a damaged file with ErrDamaged. Every read and commit runs
+// with bbolt's panics and memory faults turned into ErrDamaged: the first
+// one marks the Store damaged (logged once, pushrelay_store_damaged 1),
+// every later call fails with it, and Close leaves the mark off, so the
+// next Open verifies. Salvage copies what can still be read into a new
+// file.
 //
 // # Concurrency
 //

@@ -30,6 +30,13 @@ func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
 		func() float64 { return float64(s.nDevices.Load()) })
 	r.GaugeFunc("pushrelay_store_channels", "Registered channels.",
 		func() float64 { return float64(s.nChans.Load()) })
+	r.GaugeFunc("pushrelay_store_damaged", "1 once a read or write found the file damaged (every store call then fails; see docs/operations.md).",
+		func() float64 {
+			if s.damageErr() != nil {
+				return 1
+			}
+			return 0
+		})
 	r.GaugeFunc("pushrelay_store_queue_depth", "Operations waiting for the committer.",
 		func() float64 { return float64(len(s.queue)) })
 	return m

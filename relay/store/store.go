@@ -42,6 +42,10 @@ type Options struct {
 	// would grow the file beyond it fail. Small 32-bit gateways set it
 	// well under their mmap limit (about 2 GB on arm, 1 GB on mips).
 	MaxSize int
+	// VerifyAlways makes Open verify the file (see Verify) at every
+	// open; by default it does so only after an unclean stop, that is
+	// when the file lacks the mark Close writes.
+	VerifyAlways bool
 	// Metrics receives the store's metrics; nil keeps them private. A
 	// Registry can hold the metrics of one Store only.
 	Metrics *metrics.Registry
@@ -132,26 +136,42 @@ type Store struct {
 	sweepChunk                int
 	lastCommitErrLog          time.Time
 	suppressedCommitErrorLogs int
+	// damaged holds the first damage error (see damage); once set, every
+	// call answers it.
+	damaged atomic.Pointer[error]
 }
 
 // Open opens (creating if needed) the store at opts.Path, migrates its
-// schema and starts the committer. Nothing it does is proportional to the
-// number of stored messages: counts live in meta, and bbolt reads its
-// persisted freelist instead of walking the page tree.
+// schema and starts the committer. After a clean stop nothing it does is
+// proportional to the number of stored messages: counts live in meta, and
+// bbolt reads its persisted freelist instead of walking the page tree.
+// After an unclean stop (no clean-close mark, see Close) it first
+// verifies the whole file as Verify does, and refuses a damaged one with
+// an error wrapping ErrDamaged, as it does a file bbolt cannot open.
 func Open(opts Options) (*Store, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
 	o := opts.withDefaults()
-	db, err := openBolt(o)
+	db, err := openBolt(o, false)
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("open store %s: %w", o.Path, ErrLocked)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("open store %s: %w", o.Path, err)
+		return nil, openError(o.Path, err)
+	}
+	if db, err = verifyAtOpen(db, o); err != nil {
+		return nil, err
 	}
 
-	from, to, tot, err := prepare(db)
+	var (
+		from, to uint64
+		tot      totals
+	)
+	err = guard(func() (err error) {
+		from, to, tot, err = prepare(db)
+		return err
+	})
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
 	}
@@ -209,26 +229,70 @@ func prepare(db *bolt.DB) (from, to uint64, tot totals, err error) {
 	return from, to, tot, err
 }
 
+// verifyAtOpen takes the clean-close mark and, if it was missing (or
+// o.VerifyAlways), verifies the file. It verifies through a read-only
+// handle of its own and then opens the file again: closing that handle
+// unmaps the pages the walk read, which would otherwise stay in the
+// relay's resident set (400 MiB for a million messages). It returns the
+// handle to use, or closes everything and returns the error.
+func verifyAtOpen(db *bolt.DB, o Options) (*bolt.DB, error) {
+	// A file cut short is found at every open: it costs one stat.
+	if err := checkSize(db); err != nil {
+		return nil, errors.Join(err, db.Close())
+	}
+	clean, err := takeClean(db)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
+	}
+	if clean && !o.VerifyAlways {
+		return db, nil
+	}
+	if err := db.Close(); err != nil {
+		return nil, fmt.Errorf("open store %s: %w", o.Path, err)
+	}
+	r, err := Verify(o.Path, o.LockTimeout)
+	if err != nil {
+		return nil, err // the caller reports it, on one line
+	}
+	why := "unclean stop"
+	if clean {
+		why = "verify_always"
+	}
+	o.Logger.Info("store verified", "path", o.Path, "why", why, "devices", r.Devices, "channels", r.Channels, "messages", r.Messages, "took", r.Took)
+	db, err = openBolt(o, false)
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open store %s: %w", o.Path, ErrLocked)
+	}
+	if err != nil {
+		return nil, openError(o.Path, err)
+	}
+	return db, nil
+}
+
 // openBolt opens the file. The freelist is persisted: without it bbolt
 // rebuilds the list at open by walking every page, which on a store of a
 // million waiting messages reads the whole file into memory (400 MiB of
 // resident pages for 0.3 s) — wrong for a gateway with 256 MiB of RAM.
 // Writing the (map-typed) freelist costs each commit about one page; see
-// docs/benchmarks.md. bbolt panics on some broken files; that is reported
-// as an error instead.
-func openBolt(o Options) (db *bolt.DB, err error) {
-	defer func() {
-		if r := recover(); r != nil {
-			db, err = nil, fmt.Errorf("bbolt: %v (file corrupt?)", r)
-		}
-	}()
-	return bolt.Open(o.Path, 0o600, &bolt.Options{
-		Timeout:        o.LockTimeout, // a second process fails fast with ErrLocked
-		NoFreelistSync: false,
-		FreelistType:   bolt.FreelistMapType,
-		Mlock:          false,
-		MaxSize:        o.MaxSize,
+// docs/benchmarks.md. bbolt panics (or faults) on some broken files; that
+// is reported as an error instead. readOnly opens for Verify and Salvage.
+func openBolt(o Options, readOnly bool) (db *bolt.DB, err error) {
+	err = guard(func() (err error) {
+		db, err = bolt.Open(o.Path, 0o600, &bolt.Options{
+			Timeout:        o.LockTimeout, // a second process fails fast with ErrLocked
+			NoFreelistSync: false,
+			FreelistType:   bolt.FreelistMapType,
+			Mlock:          false,
+			MaxSize:        o.MaxSize,
+			ReadOnly:       readOnly,
+			// Read-only, bbolt would load the freelist lazily, inside
+			// tx.Check's goroutine; loaded here, a damaged one is an
+			// error, not a fault.
+			PreLoadFreelist: readOnly,
+		})
+		return err
 	})
+	return db, err
 }
 
 // Run removes expired messages every SweepInterval until ctx is done or
@@ -257,8 +321,9 @@ func (s *Store) Run(ctx context.Context) error {
 }
 
 // Close refuses new work (ErrClosed), lets the operations already queued
-// commit, stops the committer and closes the file. It is idempotent and
-// returns the same result every time.
+// commit, stops the committer, writes the clean-close mark (unless the
+// store is damaged) and closes the file. It is idempotent and returns the
+// same result every time.
 func (s *Store) Close() error {
 	s.closeOnce.Do(func() {
 		s.mu.Lock()
@@ -267,6 +332,13 @@ func (s *Store) Close() error {
 		close(s.queue)
 		s.mu.Unlock()
 		<-s.committerDone
+		if s.damageErr() == nil {
+			// Failing here (a full disk) costs only a verification at
+			// the next start.
+			if err := markClean(s.db); err != nil {
+				s.log.Warn("store not marked clean; the next start verifies it", "path", s.opts.Path, "err", err)
+			}
+		}
 		if err := s.db.Close(); err != nil {
 			s.closeErr = fmt.Errorf("close store %s: %w", s.opts.Path, err)
 		}
@@ -281,6 +353,9 @@ func (s *Store) Stats() (Stats, error) {
 	if s.closed {
 		return Stats{}, ErrClosed
 	}
+	if err := s.damageErr(); err != nil {
+		return Stats{}, err
+	}
 	return Stats{Devices: s.nDevices.Load(), Channels: s.nChans.Load(), Waiting: s.nWait.Load()}, nil
 }
 
@@ -290,14 +365,18 @@ func (s *Store) publish() {
 	s.nWait.Store(s.tot.waiting)
 }
 
-// view runs a read transaction unless the store is closed.
+// view runs a read transaction unless the store is closed or damaged. A
+// panic reading the file marks the store damaged.
 func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {
 		return ErrClosed
 	}
-	return s.db.View(fn)
+	if err := s.damageErr(); err != nil {
+		return err
+	}
+	return s.guarded(func() error { return s.db.View(fn) })
 }
 
 // ---- group commit ----
@@ -341,6 +420,10 @@ func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
 	if s.closed {
 		s.mu.RUnlock()
 		return ErrClosed
+	}
+	if err := s.damageErr(); err != nil {
+		s.mu.RUnlock()
+		return err
 	}
 	o := s.ops.Get().(*op)
 	o.ctx, o.apply = ctx, apply
@@ -398,15 +481,23 @@ func (s *Store) commit(batch []*op) {
 	for len(ops) > 0 {
 		var t *txn
 		failed := -1
-		err := s.db.Update(func(tx *bolt.Tx) error {
-			t = s.newTxn(tx)
-			t.batchLen = len(ops)
-			var err error
-			if failed, err = applyOps(t, ops); err != nil {
-				return err
+		err := s.damageErr()
+		if err == nil {
+			err = s.guarded(func() error {
+				return s.db.Update(func(tx *bolt.Tx) error {
+					t = s.newTxn(tx)
+					t.batchLen = len(ops)
+					var err error
+					if failed, err = applyOps(t, ops); err != nil {
+						return err
+					}
+					return putTotals(t.meta, s.tot.add(t.delta))
+				})
+			})
+			if errors.Is(err, ErrDamaged) {
+				failed = -1 // the file, not an op, failed
 			}
-			return putTotals(t.meta, s.tot.add(t.delta))
-		})
+		}
 		if err == nil {
 			s.keepCounts(t.waiting)
 			s.tot = s.tot.add(t.delta)
@@ -426,6 +517,14 @@ func (s *Store) commit(batch []*op) {
 			return
 		}
 		s.m.commitErrors.Inc()
+		if errors.Is(err, ErrDamaged) {
+			// Logged once, by damage.
+			for _, o := range ops {
+				o.err = err
+				o.finish()
+			}
+			return
+		}
 		if failed >= 0 {
 			o := ops[failed]
 			o.err = fmt.Errorf("store write: %w", err)

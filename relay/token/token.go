@@ -30,6 +30,8 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+
+	"github.com/pushrelay/pushrelay/relay/atomicfile"
 )
 
 // KeySize is the length of a master key.
@@ -137,8 +139,8 @@ func LoadOrCreate(path string) (*Codec, error) {
 			return nil, fmt.Errorf("create key dir: %w", err)
 		}
 		data = []byte(b64.EncodeToString(key) + "\n")
-		if err := writeFileSync(path, data); err != nil {
-			return nil, fmt.Errorf("write key file %s: %w", path, err)
+		if err := atomicfile.Create(path, data, 0o600); err != nil {
+			return nil, fmt.Errorf("create key file: %w", err)
 		}
 	} else if err != nil {
 		return nil, fmt.Errorf("read key file %s: %w", path, err)
@@ -170,22 +172,6 @@ func ParseKeys(data []byte) ([][]byte, error) {
 		return nil, fmt.Errorf("%w: no keys", ErrKeyFile)
 	}
 	return keys, nil
-}
-
-func writeFileSync(path string, data []byte) error {
-	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
 }
 
 func (c *Codec) seal(kind byte, plain []byte) string {

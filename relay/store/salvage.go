@@ -1,0 +1,293 @@
+package store
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+)
+
+// SalvageReport counts what Salvage copied and what it left behind.
+type SalvageReport struct {
+	Devices, Channels, Messages int64 // rows copied
+	// DamagedRegions counts the pages skipped (each with the pages
+	// below it) because they could not be read; BadRows the rows that
+	// did not decode; Orphans the messages whose channel was lost.
+	DamagedRegions, BadRows, Orphans int
+	Took                             time.Duration
+}
+
+// salvageChunk is how many rows one write transaction of Salvage carries.
+const salvageChunk = 4096
+
+// Salvage copies every readable device, channel and message of the store
+// file src, which it only reads, into dst, a new store file (it fails if
+// dst exists). It reads the page trees itself (see pageFile): a damaged
+// page is skipped, with the pages below it, and everything else is read. A channel whose device record was lost
+// gets a new record; a message whose channel was lost is left behind (no
+// endpoint can reach it). Message seqs are kept; the topic and expiry
+// indexes and the totals are rebuilt. dst carries no clean-close mark, so
+// the first Open verifies it.
+func Salvage(src, dst string, lockTimeout time.Duration) (SalvageReport, error) {
+	start := time.Now()
+	var rep SalvageReport
+	if _, err := os.Lstat(dst); err == nil {
+		return rep, fmt.Errorf("salvage into %s: %w", dst, os.ErrExist)
+	}
+	in, err := openBolt(Options{Path: src, LockTimeout: max(lockTimeout, time.Millisecond)}, true)
+	if errors.Is(err, bolt.ErrTimeout) {
+		return rep, fmt.Errorf("salvage %s: %w", src, ErrLocked)
+	}
+	if err != nil {
+		return rep, fmt.Errorf("salvage %s: bbolt cannot open it (%v): nothing can be read, restore a backup", src, err)
+	}
+	defer in.Close()
+
+	// Create dst with this build's schema, then write into it directly.
+	s, err := Open(Options{Path: dst})
+	if err != nil {
+		return rep, fmt.Errorf("salvage: create %s: %w", dst, err)
+	}
+	if err := s.Close(); err != nil {
+		return rep, fmt.Errorf("salvage: create %s: %w", dst, err)
+	}
+	out, err := openBolt(Options{Path: dst, LockTimeout: time.Second}, false)
+	if err != nil {
+		return rep, fmt.Errorf("salvage: open %s: %w", dst, err)
+	}
+	geo, err := readGeometry(in)
+	if err != nil {
+		return rep, fmt.Errorf("salvage %s: bbolt cannot read its bucket list (%v): nothing can be read, restore a backup", src, err)
+	}
+	pf, err := openPageFile(src, geo)
+	if err != nil {
+		return rep, fmt.Errorf("salvage %s: %w", src, err)
+	}
+	defer pf.close()
+	w := &salvageWriter{db: out, rep: &rep, in: in, pages: pf, geo: geo}
+	err = w.copyAll()
+	if cerr := out.Close(); err == nil && cerr != nil {
+		err = fmt.Errorf("salvage: close %s: %w", dst, cerr)
+	}
+	rep.Took = time.Since(start)
+	return rep, err
+}
+
+// salvageWriter buffers rows and writes them to the new file in chunks.
+type salvageWriter struct {
+	db      *bolt.DB
+	rep     *SalvageReport
+	pending []func(t *salvageTx) error
+	maxSeq  uint64
+
+	in    *bolt.DB // the damaged file, read only
+	pages *pageFile
+	geo   geometry
+}
+
+type salvageTx struct {
+	devices, channels, messages, topics, expiry *bolt.Bucket
+}
+
+func (w *salvageWriter) add(fn func(t *salvageTx) error) error {
+	w.pending = append(w.pending, fn)
+	if len(w.pending) >= salvageChunk {
+		return w.flush()
+	}
+	return nil
+}
+
+func (w *salvageWriter) flush() error {
+	if len(w.pending) == 0 {
+		return nil
+	}
+	err := w.db.Update(func(tx *bolt.Tx) error {
+		t := &salvageTx{
+			devices: tx.Bucket(bucketDevices), channels: tx.Bucket(bucketChannels),
+			messages: tx.Bucket(bucketMessages), topics: tx.Bucket(bucketTopics), expiry: tx.Bucket(bucketExpiry),
+		}
+		t.messages.FillPercent, t.expiry.FillPercent = appendFillPercent, appendFillPercent
+		for _, fn := range w.pending {
+			if err := fn(t); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	clear(w.pending)
+	w.pending = w.pending[:0]
+	if err != nil {
+		return fmt.Errorf("salvage: write: %w", err)
+	}
+	return nil
+}
+
+func (w *salvageWriter) copyAll() error {
+	in := w.in
+	// Devices, with their channel count zeroed: channels count themselves
+	// in as they are copied.
+	err := w.scan(bucketDevices, func(k, v []byte) error {
+		var u UAID
+		copy(u[:], k)
+		d, err := decodeDevice(u, v)
+		if len(k) != 16 || err != nil {
+			w.rep.BadRows++
+			return nil
+		}
+		d.Channels, d.Waiting = 0, 0
+		w.rep.Devices++
+		return w.add(func(t *salvageTx) error { return t.devices.Put(deviceKey(u), encodeDevice(d)) })
+	})
+	if err != nil {
+		return err
+	}
+	err = w.scan(bucketChannels, func(k, v []byte) error {
+		u, id, ok := splitChannelKey(k)
+		c, err := decodeChannel(u, id, v)
+		if !ok || err != nil {
+			w.rep.BadRows++
+			return nil
+		}
+		w.rep.Channels++
+		return w.add(func(t *salvageTx) error {
+			var d Device
+			if dv := t.devices.Get(u[:]); dv != nil {
+				d, _ = decodeDevice(u, dv)
+			} else {
+				d = Device{UAID: u, Created: c.Created, LastSeen: c.Created}
+				w.rep.Devices++
+			}
+			d.Channels++
+			if err := t.channels.Put(channelKey(u, id), encodeChannel(c)); err != nil {
+				return err
+			}
+			return t.devices.Put(deviceKey(u), encodeDevice(d))
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	err = w.scan(bucketMessages, func(k, v []byte) error {
+		u, seq, ok := splitMessageKey(k)
+		h, err := decodeHeader(u, seq, v)
+		if ok && err == nil {
+			_, err = decodeMessage(u, seq, v)
+		}
+		if !ok || err != nil {
+			w.rep.BadRows++
+			return nil
+		}
+		w.maxSeq = max(w.maxSeq, seq)
+		val := bytes.Clone(v)
+		return w.add(func(t *salvageTx) error {
+			if t.channels.Get(channelKey(u, h.channel)) == nil {
+				w.rep.Orphans++
+				return nil
+			}
+			if h.topic != "" {
+				// Seqs ascend within a device: this one replaces an older
+				// message with its topic, as Append would have.
+				tk := topicKey(u, h.channel, h.topic)
+				if old, ok := beUint64(t.topics.Get(tk)); ok {
+					if ov := t.messages.Get(messageKey(u, old)); ov != nil {
+						oh, _ := decodeHeader(u, old, ov)
+						if err := t.expiry.Delete(expiryKey(oh.expiry, u, old)); err != nil {
+							return err
+						}
+						if err := t.messages.Delete(messageKey(u, old)); err != nil {
+							return err
+						}
+						w.rep.Messages--
+					}
+				}
+				if err := t.topics.Put(tk, seqValue(seq)); err != nil {
+					return err
+				}
+			}
+			if err := t.messages.Put(messageKey(u, seq), val); err != nil {
+				return err
+			}
+			w.rep.Messages++
+			return t.expiry.Put(expiryKey(h.expiry, u, seq), nil)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	// The last seq issued: the old file's if it can be read, and never
+	// below a copied message's.
+	var seq uint64
+	if guard(func() error {
+		return in.View(func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bucketMessages); b != nil {
+				seq = b.Sequence()
+			}
+			return nil
+		})
+	}) != nil {
+		w.rep.DamagedRegions++
+	}
+	return w.db.Update(func(tx *bolt.Tx) error {
+		if err := tx.Bucket(bucketMessages).SetSequence(max(seq, w.maxSeq)); err != nil {
+			return err
+		}
+		meta := tx.Bucket(bucketMeta)
+		if err := meta.Delete(metaClean); err != nil {
+			return err
+		}
+		return putTotals(meta, totals{w.rep.Devices, w.rep.Channels, w.rep.Messages})
+	})
+}
+
+// scan calls fn with every row of bucket name that can be read, in key
+// order; fn must copy what it keeps. A bucket with its own tree is read
+// page by page (pageFile.walk): a damaged page is skipped with its
+// subtree and counted. A small bucket kept inline in the root page is
+// read through bbolt, with a panic counted as damage.
+func (w *salvageWriter) scan(name []byte, fn func(k, v []byte) error) error {
+	root, ok := w.geo.roots[string(name)]
+	if !ok {
+		w.rep.DamagedRegions++ // the bucket list lost it
+		return nil
+	}
+	if root != 0 {
+		var last []byte
+		return w.pages.walk(root, func(k, v []byte, flags uint32) error {
+			if flags&bucketLeafFlag != 0 || (last != nil && string(k) <= string(last)) {
+				w.rep.BadRows++ // a nested bucket, or out of order
+				return nil
+			}
+			last = append(last[:0], k...)
+			return fn(k, v)
+		}, func(uint64, string) { w.rep.DamagedRegions++ })
+	}
+	var ferr error
+	err := guard(func() error {
+		return w.in.View(func(tx *bolt.Tx) error {
+			b := tx.Bucket(name)
+			if b == nil {
+				return nil
+			}
+			return b.ForEach(func(k, v []byte) error {
+				ferr = fn(k, v)
+				return ferr
+			})
+		})
+	})
+	if ferr != nil {
+		return ferr
+	}
+	if err != nil {
+		w.rep.DamagedRegions++
+	}
+	return nil
+}
