@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/http"
 	"sync"
 	"time"
 
@@ -33,22 +32,7 @@ func (e *CloseError) Error() string { return fmt.Sprintf("closed by server: %d %
 // Dial connects to a device listener (ws:// or wss://). tlsConf may be nil
 // for the system roots.
 func Dial(ctx context.Context, url string, tlsConf *tls.Config) (*ClientConn, error) {
-	d := websocket.Dialer{
-		TLSClientConfig:  tlsConf,
-		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   512,
-		WriteBufferSize:  512,
-		WriteBufferPool:  &writePool,
-		Subprotocols:     []string{"push-notification"},
-	}
-	ws, resp, err := d.DialContext(ctx, url, http.Header{})
-	if err != nil {
-		if resp != nil {
-			return nil, fmt.Errorf("dial %s: %w (HTTP %d)", url, err, resp.StatusCode)
-		}
-		return nil, fmt.Errorf("dial %s: %w", url, err)
-	}
-	return &ClientConn{ws: ws}, nil
+	return DialWith(ctx, url, DialOptions{TLS: tlsConf})
 }
 
 // Write sends a text frame.

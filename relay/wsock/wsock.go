@@ -147,6 +147,9 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c.tcp = tcpConn(hj.conn)
 	if c.tcp != nil {
 		c.raw = rawConn(c.tcp)
+		// What the kernel buffered for a device that stopped reading is
+		// bounded by the write timeout too.
+		setUserTimeout(c.tcp, s.opts.WriteTimeout)
 	}
 	if c.raw != nil && s.poll != nil {
 		if fd := socketFD(c.raw); fd >= 0 {
