@@ -387,4 +387,15 @@ func newUAID() store.UAID {
 	return u
 }
 
+// storageFailed logs a store call that failed for a device. A damaged
+// store fails every call and has said so once itself: those go to debug,
+// so thousands of devices reconnecting do not flood the log.
+func (h *Hub) storageFailed(op string, u store.UAID, err error) {
+	if errors.Is(err, store.ErrDamaged) {
+		h.cfg.Logger.Debug(op, "uaid", u.String(), "err", err)
+		return
+	}
+	h.cfg.Logger.Error(op, "uaid", u.String(), "err", err)
+}
+
 func codeLabel(code int) string { return strconv.Itoa(code) }

@@ -374,7 +374,7 @@ func (s *session) hello(m pushproto.Hello) bool {
 	if err == nil {
 		_, ok, err := h.cfg.Store.Device(u)
 		if err != nil {
-			h.cfg.Logger.Error("read device", "uaid", u.String(), "err", err)
+			h.storageFailed("read device", u, err)
 			s.close(pushproto.CloseServerError, "storage error")
 			return false
 		}
@@ -462,7 +462,7 @@ func (s *session) register(m pushproto.Register) bool {
 	case errors.Is(err, store.ErrTooManyChannels):
 		status = 413
 	default:
-		h.cfg.Logger.Error("register channel", "uaid", s.uaid.String(), "err", err)
+		h.storageFailed("register channel", s.uaid, err)
 		status = 500
 	}
 	h.m.registers.With(strconv.Itoa(status)).Inc()
@@ -494,7 +494,7 @@ func (s *session) unregister(m pushproto.Unregister) bool {
 	}
 	status := 200
 	if _, err := h.cfg.Store.Unregister(h.ctx, s.uaid, ch); err != nil {
-		h.cfg.Logger.Error("unregister channel", "uaid", s.uaid.String(), "err", err)
+		h.storageFailed("unregister channel", s.uaid, err)
 		status = 500
 	} else {
 		h.m.unregisters.Inc()
@@ -720,7 +720,7 @@ func (s *session) pump() {
 		if read {
 			msgs, err := h.cfg.Store.Messages(s.uaid, after, room)
 			if err != nil {
-				h.cfg.Logger.Error("read waiting messages", "uaid", s.uaid.String(), "err", err)
+				h.storageFailed("read waiting messages", s.uaid, err)
 				s.pumpStopped()
 				s.close(pushproto.CloseServerError, "storage error")
 				return

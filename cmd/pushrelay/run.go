@@ -366,6 +366,11 @@ func (d *daemon) shutdown() {
 // (SpaceFreed) without waiting for a push to get through, which a load
 // balancer watching /readyz would never send.
 func (d *daemon) checkSpace() error {
+	if err := d.store.Damaged(); err != nil {
+		// Logged once by the store; the next start refuses the file with
+		// the recovery steps.
+		return fmt.Errorf("damaged: %w; restart the relay to have it checked", err)
+	}
 	since, refused := d.api.DiskFull()
 	if since.IsZero() {
 		return nil

@@ -321,7 +321,20 @@ func TestE2EDamageFoundWhileServing(t *testing.T) {
 	if code, _ := httpGet(p.admin + "/status"); code == 0 {
 		t.Fatal("the relay died")
 	}
+	// It says so where a load balancer looks, and more devices
+	// reconnecting do not flood the log.
+	if code, body := httpGet(p.admin + "/readyz"); code != 503 || !strings.Contains(body, "damaged") {
+		t.Errorf("/readyz on a damaged store: %d %s", code, body)
+	}
+	for range 5 {
+		c := dial(t, p)
+		c.Hello(dd.dev.uaid, pushclient.HelloOptions{})
+		c.Next(time.Now().Add(200 * time.Millisecond))
+	}
 	p.stop()
+	if n := strings.Count(p.stderr.String(), "level=ERROR"); n > 2 {
+		t.Errorf("%d ERROR lines for one damaged store:\n%s", n, tail(p.stderr.String(), 20))
+	}
 	if n := strings.Count(p.stderr.String(), "store damaged: refusing"); n != 1 {
 		t.Errorf("the damage was logged %d times", n)
 	}

@@ -267,6 +267,10 @@ func (s *Store) damage(err error) error {
 	return *s.damaged.Load()
 }
 
+// Damaged returns the damage the store met while serving (wrapping
+// ErrDamaged), or nil while it is sound.
+func (s *Store) Damaged() error { return s.damageErr() }
+
 // damageErr returns the damage error, or nil while the store is sound.
 func (s *Store) damageErr() error {
 	if p := s.damaged.Load(); p != nil {

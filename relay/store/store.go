@@ -576,10 +576,16 @@ func (s *Store) keepCounts(counts map[UAID]int) {
 }
 
 // logCommitError logs at most one commit error a second, so a failing
-// disk does not flood the log.
+// disk does not flood the log; a disk that is full is an operating state
+// the endpoint reports (once a minute), so the store says it once a
+// minute too.
 func (s *Store) logCommitError(msg string, err error) {
 	now := time.Now()
-	if now.Sub(s.lastCommitErrLog) < time.Second {
+	every := time.Second
+	if IsNoSpace(err) {
+		every = time.Minute
+	}
+	if now.Sub(s.lastCommitErrLog) < every {
 		s.suppressedCommitErrorLogs++
 		return
 	}
