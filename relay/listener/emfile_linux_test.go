@@ -33,7 +33,11 @@ func TestAcceptBacksOffOnEMFILE(t *testing.T) {
 		emfileChild()
 		return
 	}
-	cmd := exec.Command(os.Args[0], "-test.run=^TestAcceptBacksOffOnEMFILE$", "-test.count=1", "-test.timeout=60s")
+	args := []string{os.Args[0], "-test.run=^TestAcceptBacksOffOnEMFILE$", "-test.count=1", "-test.timeout=60s"}
+	if emu := os.Getenv("PUSHRELAY_TEST_EXEC"); emu != "" {
+		args = append([]string{emu}, args...) // make test-arm: the child runs under qemu too
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Env = append(os.Environ(), emfileChildEnv+"=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
