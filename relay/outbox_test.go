@@ -169,6 +169,7 @@ func TestPartialFrameHoldsNoWorker(t *testing.T) {
 		h := newHarness(t, nil)
 		slow := h.hello("")
 		slow.c.partial.Store(true)
+		synctest.Wait()  // the session is armed again after its hello
 		slow.c.arrived() // the poller sees bytes: half a frame
 		synctest.Wait()
 		slow.c.mu.Lock()
