@@ -146,7 +146,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		return err
 	}
 	d.admin = admin.New(d.reg, d.status)
-	d.admin.AddCheck("store", d.checkSpace)
+	d.admin.AddCheck("store", d.checkStore)
 
 	errLog := log.New(&slogWriter{d.log}, "", 0)
 	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
@@ -361,11 +361,12 @@ func (d *daemon) shutdown() {
 	}
 }
 
-// checkSpace fails while pushes are refused for lack of space. Each call
-// then writes a 64 KiB probe in the data dir: once it fits, writes resume
-// (SpaceFreed) without waiting for a push to get through, which a load
-// balancer watching /readyz would never send.
-func (d *daemon) checkSpace() error {
+// checkStore fails while the store is damaged, or while pushes are refused
+// for lack of space. In the second case each call writes a 64 KiB probe in
+// the data dir: once it fits, writes resume (SpaceFreed) without waiting
+// for a push to get through, which a load balancer watching /readyz would
+// never send.
+func (d *daemon) checkStore() error {
 	if err := d.store.Damaged(); err != nil {
 		// Logged once by the store; the next start refuses the file with
 		// the recovery steps.
