@@ -431,7 +431,7 @@ func TestUnreadableRequests(t *testing.T) {
 	d := e.connect("")
 	s := d.subscribe(nil)
 	path := s.path(t, e.base)
-	host := strings.TrimPrefix(e.base, "http://")
+	host := e.host()
 	cases := []struct {
 		name  string
 		raw   string

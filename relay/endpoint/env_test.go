@@ -218,6 +218,18 @@ func (d *testDevice) subscribe(appKey []byte) *subscription {
 	return &subscription{channel: id.String(), endpoint: r.PushEndpoint, keys: keys}
 }
 
+// subscribed registers one channel (no VAPID key) on a device that then
+// goes away: the target of tests that only post.
+func (e *env) subscribed() *subscription {
+	d := e.connect("")
+	s := d.subscribe(nil)
+	d.c.Close()
+	return s
+}
+
+// host is the API's host:port, for requests written by hand.
+func (e *env) host() string { return strings.TrimPrefix(e.base, "http://") }
+
 // path is the endpoint's path, for requests built by hand.
 func (s *subscription) path(t testing.TB, base string) string {
 	p, ok := strings.CutPrefix(s.endpoint, base)

@@ -56,10 +56,8 @@ func slowReads(c *Config) { c.ReadTimeout, c.IdleTimeout = time.Minute, time.Min
 // and the connection closed, at once.
 func TestFraming(t *testing.T) {
 	e := newEnv(t, slowReads)
-	d := e.connect("")
-	s := d.subscribe(nil)
-	d.c.Close()
-	host := strings.TrimPrefix(e.base, "http://")
+	s := e.subscribed()
+	host := e.host()
 	path := s.path(t, e.base)
 	body := string(s.encrypt(t, "hello"))
 	cl := "Content-Length: " + strconv.Itoa(len(body)) + "\r\n"
@@ -115,10 +113,8 @@ func TestFraming(t *testing.T) {
 // requests and Expect: 100-continue are served as before.
 func TestFramingKeepsGoodRequests(t *testing.T) {
 	e := newEnv(t, slowReads)
-	d := e.connect("")
-	s := d.subscribe(nil)
-	d.c.Close()
-	host := strings.TrimPrefix(e.base, "http://")
+	s := e.subscribed()
+	host := e.host()
 	path := s.path(t, e.base)
 	// A body full of LF, CR LF and blank lines, on a route that answers
 	// 404 after reading it.
@@ -176,7 +172,7 @@ func TestFramingKeepsGoodRequests(t *testing.T) {
 // Retry-After at once and closed; a place freed serves again.
 func TestConcurrencyCap(t *testing.T) {
 	e := newEnv(t, func(c *Config) { slowReads(c); c.Concurrency = 2 })
-	host := strings.TrimPrefix(e.base, "http://")
+	host := e.host()
 	var held []net.Conn
 	for range 2 {
 		c, err := net.Dial("tcp", host)
@@ -403,9 +399,7 @@ func isTimeout(err error) bool {
 // takes it is 503 errno 120 and not stored.
 func TestRequestTimeoutRealStore(t *testing.T) {
 	e := newEnv(t, func(c *Config) { c.RequestTimeout = time.Nanosecond })
-	d := e.connect("")
-	s := d.subscribe(nil)
-	d.c.Close()
+	s := e.subscribed()
 	r := e.do("POST", s.endpoint, s.encrypt(t, "late"), with(aes128, "TTL", "60"))
 	if r.code != 503 || r.errno != 120 || r.header.Get("Retry-After") != "10" {
 		t.Fatalf("%d %s", r.code, r.body)

@@ -248,10 +248,8 @@ func validFieldValue(v string) bool {
 // send them.
 func FuzzRawRequest(f *testing.F) {
 	e := newEnv(f, nil)
-	d := e.connect("")
-	s := d.subscribe(nil)
-	d.c.Close()
-	host := strings.TrimPrefix(e.base, "http://")
+	s := e.subscribed()
+	host := e.host()
 	path := s.path(f, e.base)
 	body := s.encrypt(f, "hello")
 	post := "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + string(body)
