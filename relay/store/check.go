@@ -269,10 +269,7 @@ func (s *Store) damage(err error) error {
 
 // Damaged returns the damage the store met while serving (wrapping
 // ErrDamaged), or nil while it is sound.
-func (s *Store) Damaged() error { return s.damageErr() }
-
-// damageErr returns the damage error, or nil while the store is sound.
-func (s *Store) damageErr() error {
+func (s *Store) Damaged() error {
 	if p := s.damaged.Load(); p != nil {
 		return *p
 	}

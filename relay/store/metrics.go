@@ -32,7 +32,7 @@ func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
 		func() float64 { return float64(s.nChans.Load()) })
 	r.GaugeFunc("pushrelay_store_damaged", "1 once a read or write found the file damaged (every store call then fails; see docs/operations.md).",
 		func() float64 {
-			if s.damageErr() != nil {
+			if s.Damaged() != nil {
 				return 1
 			}
 			return 0

@@ -332,7 +332,7 @@ func (s *Store) Close() error {
 		close(s.queue)
 		s.mu.Unlock()
 		<-s.committerDone
-		if s.damageErr() == nil {
+		if s.Damaged() == nil {
 			// Failing here (a full disk) costs only a verification at
 			// the next start.
 			if err := markClean(s.db); err != nil {
@@ -353,7 +353,7 @@ func (s *Store) Stats() (Stats, error) {
 	if s.closed {
 		return Stats{}, ErrClosed
 	}
-	if err := s.damageErr(); err != nil {
+	if err := s.Damaged(); err != nil {
 		return Stats{}, err
 	}
 	return Stats{Devices: s.nDevices.Load(), Channels: s.nChans.Load(), Waiting: s.nWait.Load()}, nil
@@ -373,7 +373,7 @@ func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 	if s.closed {
 		return ErrClosed
 	}
-	if err := s.damageErr(); err != nil {
+	if err := s.Damaged(); err != nil {
 		return err
 	}
 	return s.guarded(func() error { return s.db.View(fn) })
@@ -421,7 +421,7 @@ func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
 		s.mu.RUnlock()
 		return ErrClosed
 	}
-	if err := s.damageErr(); err != nil {
+	if err := s.Damaged(); err != nil {
 		s.mu.RUnlock()
 		return err
 	}
@@ -481,7 +481,7 @@ func (s *Store) commit(batch []*op) {
 	for len(ops) > 0 {
 		var t *txn
 		failed := -1
-		err := s.damageErr()
+		err := s.Damaged()
 		if err == nil {
 			err = s.guarded(func() error {
 				return s.db.Update(func(tx *bolt.Tx) error {
