@@ -219,6 +219,9 @@ func walk(tx *bolt.Tx, r *Report) {
 		}
 		return nil
 	})
+	if schema >= 4 {
+		checkBroadcasts(tx, r)
+	}
 }
 
 func splitChannelKey(k []byte) (UAID, ChannelID, bool) {

@@ -46,6 +46,9 @@ func fillDamageStore(t *testing.T) string {
 			}
 		}
 	}
+	if err := s.PutBroadcasts(ctx, map[string]string{"remote-settings/monitor_changes": `"1700000000"`}); err != nil {
+		t.Fatal(err)
+	}
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
@@ -340,6 +343,9 @@ func TestSalvage(t *testing.T) {
 				t.Fatalf("device %d holds %q", d, m.Data[:12])
 			}
 		}
+	}
+	if b, err := s.Broadcasts(); err != nil || b["remote-settings/monitor_changes"] != `"1700000000"` {
+		t.Fatalf("broadcasts after salvage: %v %v", b, err)
 	}
 	m, err := s.Append(context.Background(), msg(uaid(1), chid(1), "new"))
 	if err != nil || m.Seq <= dmgDevices*dmgPerDevice {

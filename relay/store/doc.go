@@ -18,6 +18,7 @@
 //	meta      "schema"                          → version(8)
 //	          "devices" | "channels" | "waiting" → total(8)
 //	          "clean"                           → 1 (clean-close mark)
+//	broadcasts id(≤128)                         → version(≤128)
 //
 // Records start with a format byte (currently 1 for all):
 //

@@ -223,6 +223,9 @@ func (w *salvageWriter) copyAll() error {
 	if err := w.flush(); err != nil {
 		return err
 	}
+	if err := w.copyBroadcasts(); err != nil {
+		return err
+	}
 	// The last seq issued: the old file's if it can be read, and never
 	// below a copied message's.
 	var seq uint64
@@ -290,4 +293,33 @@ func (w *salvageWriter) scan(name []byte, fn func(k, v []byte) error) error {
 		w.rep.DamagedRegions++
 	}
 	return nil
+}
+
+// copyBroadcasts copies the broadcast versions, if the old file has them
+// (schema 4 and later).
+func (w *salvageWriter) copyBroadcasts() error {
+	if _, ok := w.geo.roots[string(bucketBroadcasts)]; !ok {
+		return nil
+	}
+	kept := map[string]string{}
+	err := w.scan(bucketBroadcasts, func(k, v []byte) error {
+		if len(k) == 0 || len(k) > MaxBroadcastLen || len(v) == 0 || len(v) > MaxBroadcastLen {
+			w.rep.BadRows++
+			return nil
+		}
+		kept[string(k)] = string(v)
+		return nil
+	})
+	if err != nil || len(kept) == 0 {
+		return err
+	}
+	return w.db.Update(func(tx *bolt.Tx) error {
+		b := tx.Bucket(bucketBroadcasts)
+		for k, v := range kept {
+			if err := b.Put([]byte(k), []byte(v)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
 }

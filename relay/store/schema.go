@@ -38,6 +38,7 @@ var migrations = []migration{
 	{1, "create buckets", migrateCreateBuckets},
 	{2, "keep device, channel and waiting totals in meta", migrateCountTotals},
 	{3, "per-device message counts leave the device record", migrateDropDeviceWaiting},
+	{4, "broadcast versions", migrateCreateBroadcasts},
 }
 
 // schemaVersion is the version this build writes.
