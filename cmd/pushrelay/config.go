@@ -204,7 +204,7 @@ var settings = []setting{
 	durSetting("shutdown_timeout", "10s", "how long SIGTERM waits for requests to drain", func(c *Config) *time.Duration { return &c.ShutdownTimeout }),
 	durSetting("sweep_interval", "30s", "how often expired messages are deleted", func(c *Config) *time.Duration { return &c.SweepInterval }),
 	intSetting("max_frame_bytes", "32768", 1024, 1<<20, "largest WebSocket frame accepted from a device", func(c *Config) *int { return &c.MaxFrameBytes }),
-	intSetting("max_data_bytes", "4096", 1, 1<<16, "largest message body accepted from an app server", func(c *Config) *int { return &c.MaxDataBytes }),
+	intSetting("max_data_bytes", "5630", 1, 1<<16, "largest message body accepted from an app server (autopush's limit)", func(c *Config) *int { return &c.MaxDataBytes }),
 	intSetting("max_channels_per_uaid", "1000", 1, 1<<20, "channels one device may register", func(c *Config) *int { return &c.MaxChannelsPerUAID }),
 	intSetting("max_messages_per_uaid", "1000", 1, 1<<20, "messages kept per device; beyond it the oldest is dropped", func(c *Config) *int { return &c.MaxMessagesPerUAID }),
 	intSetting("inflight_window", "100", 1, 10000, "notifications sent to a device before it must ack", func(c *Config) *int { return &c.InflightWindow }),

@@ -152,7 +152,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
 		func(c *wsock.Conn) { d.hub.Accept(c) })
 	d.servers["device"] = &http.Server{
-		Handler:           d.ws,
+		Handler:           d.admin.DeviceHandler(d.ws),
 		ReadHeaderTimeout: 10 * time.Second,
 		ErrorLog:          errLog,
 	}

@@ -145,6 +145,29 @@ func TestE2EWebPushNPM(t *testing.T) {
 	if text, _ := d.receive(5 * time.Second); text != "from node web-push" {
 		t.Fatalf("device got %q", text)
 	}
+
+	// The legacy aesgcm encoding: web-push puts salt in Encryption and dh
+	// plus its VAPID key in Crypto-Key; the device gets them as autopush
+	// sends them (unquoted, unpadded: web-push's are already) and decrypts.
+	node = exec.Command("node", filepath.Join(dir, "send.js"), string(sub), "aesgcm from node", keys[0], keys[1])
+	node.Env = append(os.Environ(), "NODE_EXTRA_CA_CERTS="+certFile, "CONTENT_ENCODING=aesgcm")
+	if out, err = node.CombinedOutput(); err != nil || !strings.HasPrefix(string(out), "status 201") {
+		t.Fatalf("web-push send aesgcm: %v %s", err, out)
+	}
+	n, err := cl.Next(time.Now().Add(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.Headers
+	if h == nil || h.Encoding != "aesgcm" || !strings.HasPrefix(h.Encryption, "salt=") ||
+		!strings.HasPrefix(h.CryptoKey, "dh=") || !strings.Contains(h.CryptoKey, ";p256ecdsa="+keys[0]) ||
+		strings.Contains(h.Encryption+h.CryptoKey, `"`) || strings.HasSuffix(h.Encryption, "=") {
+		t.Fatalf("aesgcm headers %+v", h)
+	}
+	raw, _ := b64url(n.Data)
+	if plain, err := ece.DecryptAESGCM(raw, s.keys, h.Encryption, h.CryptoKey); err != nil || string(plain) != "aesgcm from node" {
+		t.Fatalf("decrypt aesgcm: %q %v", plain, err)
+	}
 }
 
 // selfSignedCert writes a certificate and key for 127.0.0.1 and returns a

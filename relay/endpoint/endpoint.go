@@ -63,8 +63,12 @@ const (
 	MaxTTL = 30 * 24 * time.Hour
 	// MaxTopicLen is RFC 8030's limit on Topic.
 	MaxTopicLen = 32
-	// DefaultMaxData is the largest body accepted (RFC 8030 §7.2: 4096).
-	DefaultMaxData = 4096
+	// DefaultMaxData is the largest body accepted: autopush's
+	// max_data_bytes, so a sender autopush takes is taken here too. RFC
+	// 8030 §7.2 only sets a floor (a push service MUST accept 4096
+	// bytes); senders that pad generously or base64-encode a 4 KB payload
+	// send more, and autopush answers them 201.
+	DefaultMaxData = 5630
 	// MaxHeaderBytes bounds a request's line and headers together. A VAPID
 	// Authorization header is under 1 KiB.
 	MaxHeaderBytes = 8192
@@ -516,8 +520,8 @@ func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (relay.M
 		m.Data = bytes.Clone(body)
 		m.Encoding = enc
 		if enc == "aesgcm" {
-			m.Encryption = get("Encryption")
-			m.CryptoKey = get("Crypto-Key")
+			m.Encryption = normalizeCryptoHeader(get("Encryption"))
+			m.CryptoKey = normalizeCryptoHeader(get("Crypto-Key"))
 		}
 	}
 	return m, nil

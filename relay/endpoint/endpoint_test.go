@@ -442,7 +442,7 @@ func TestUnreadableRequests(t *testing.T) {
 		{"bad Content-Length", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Length: ten\r\n\r\n", 400, 117},
 		{"broken chunks", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400, 117},
 		{"headers over 8 KiB", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nX-Filler: " + strings.Repeat("a", MaxHeaderBytes) + "\r\n\r\n", 431, 118},
-		{"body over MaxData", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Length: 4097\r\n\r\n", 413, 104},
+		{"body over MaxData", "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Length: " + strconv.Itoa(DefaultMaxData+1) + "\r\n\r\n", 413, 104},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -1,6 +1,7 @@
 // Sends one message through pushrelay with the web-push npm package, the
 // library many app servers use. Usage:
 //   node send.js SUBSCRIPTION_JSON PAYLOAD [VAPID_PUBLIC VAPID_PRIVATE]
+// CONTENT_ENCODING=aesgcm in the environment sends the legacy encoding.
 // Prints the HTTP status and Location; exits non-zero on failure.
 'use strict';
 const webpush = require('web-push');
@@ -8,7 +9,7 @@ const webpush = require('web-push');
 async function main() {
   const [subJSON, payload, vapidPublic, vapidPrivate] = process.argv.slice(2);
   const subscription = JSON.parse(subJSON);
-  const options = { TTL: 120, contentEncoding: 'aes128gcm' };
+  const options = { TTL: 120, contentEncoding: process.env.CONTENT_ENCODING || 'aes128gcm' };
   if (vapidPublic && vapidPrivate) {
     options.vapidDetails = {
       subject: 'mailto:interop@example.net',
