@@ -2,6 +2,7 @@ package main
 
 import (
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
 	"net/http"
@@ -107,4 +108,45 @@ func TestE2EDeviceListenerPaths(t *testing.T) {
 	// Devices still connect at the root.
 	d := connect(t, p, "")
 	d.register("")
+}
+
+// A sender that quotes and pads its aesgcm parameters (the draft's
+// examples do, and so did early libraries): the device gets autopush's
+// form and still decrypts.
+func TestE2EAESGCMHeadersNormalized(t *testing.T) {
+	p := startRelay(t, t.TempDir())
+	d := connect(t, p, "")
+	s := d.register("")
+	body, encHdr, ckHdr, err := ece.EncryptAESGCM([]byte("padded"), s.keys.PublicKey(), s.keys.Auth)
+	if err != nil {
+		t.Fatal(err)
+	}
+	padded := func(hdr, name string) string {
+		raw, err := ece.DecodeKey(ece.ParseHeaderParams(hdr)[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		return name + `="` + base64.URLEncoding.EncodeToString(raw) + `"`
+	}
+	enc := `keyid="p256dh";` + padded(encHdr, "salt")
+	ck := `keyid="p256dh";` + padded(ckHdr, "dh")
+	if !strings.Contains(enc, `=="`) || !strings.Contains(ck, `="`) {
+		t.Fatalf("test headers carry no padding: %s %s", enc, ck)
+	}
+	if r := do(t, "POST", s.endpoint, body, map[string]string{"TTL": "60", "Content-Encoding": "aesgcm", "Encryption": enc, "Crypto-Key": ck}); r.code != 201 {
+		t.Fatalf("POST: %d %s", r.code, r.body)
+	}
+	n, err := d.c.Next(time.Now().Add(5 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantEnc := "keyid=p256dh;salt=" + ece.ParseHeaderParams(encHdr)["salt"]
+	wantCK := "keyid=p256dh;dh=" + ece.ParseHeaderParams(ckHdr)["dh"]
+	if n.Headers == nil || n.Headers.Encryption != wantEnc || n.Headers.CryptoKey != wantCK {
+		t.Fatalf("device got %+v, want %q and %q", n.Headers, wantEnc, wantCK)
+	}
+	raw, _ := b64url(n.Data)
+	if plain, err := ece.DecryptAESGCM(raw, s.keys, n.Headers.Encryption, n.Headers.CryptoKey); err != nil || string(plain) != "padded" {
+		t.Fatalf("decrypt: %q %v", plain, err)
+	}
 }
