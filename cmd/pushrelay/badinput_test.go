@@ -124,7 +124,7 @@ func TestE2EBadEndpointInput(t *testing.T) {
 		{"missing TTL", "POST", s.endpoint, good, map[string]string{"Content-Encoding": "aes128gcm"}, 400, 111},
 		{"negative TTL", "POST", s.endpoint, good, mergeHeaders(std, map[string]string{"TTL": "-5"}), 400, 114},
 		{"TTL not a number", "POST", s.endpoint, good, mergeHeaders(std, map[string]string{"TTL": "soon"}), 400, 114},
-		{"oversized body", "POST", s.endpoint, bytes.Repeat([]byte{1}, 4097), std, 413, 104},
+		{"oversized body", "POST", s.endpoint, bytes.Repeat([]byte{1}, 5631), std, 413, 104},
 		{"no Content-Encoding", "POST", s.endpoint, good, map[string]string{"TTL": "60"}, 400, 101},
 		{"unknown Content-Encoding", "POST", s.endpoint, good, mergeHeaders(std, map[string]string{"Content-Encoding": "gzip"}), 400, 110},
 		{"aes128gcm body too short", "POST", s.endpoint, []byte("short"), std, 400, 110},
