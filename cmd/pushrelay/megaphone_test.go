@@ -1,88 +1,15 @@
 package main
 
 import (
-	"fmt"
 	"maps"
-	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/store"
 )
-
-// megaphoneStub is a megaphone service on loopback: it serves one
-// broadcasts map to requests with the right bearer token (401 otherwise)
-// and counts what it was asked.
-type megaphoneStub struct {
-	mu       sync.Mutex
-	token    string
-	status   int
-	versions map[string]string
-	polls    int
-	badAuth  int
-
-	ln  net.Listener
-	srv *http.Server
-}
-
-func newMegaphoneStub(token string, versions map[string]string) (*megaphoneStub, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &megaphoneStub{token: token, status: 200, versions: versions, ln: ln}
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
-	go s.srv.Serve(ln)
-	return s, nil
-}
-
-func (s *megaphoneStub) url() string  { return "http://" + s.ln.Addr().String() + "/v1/broadcasts" }
-func (s *megaphoneStub) close() error { return s.srv.Close() }
-
-// set serves status and versions from the next poll on.
-func (s *megaphoneStub) set(status int, versions map[string]string) {
-	s.mu.Lock()
-	s.status, s.versions = status, versions
-	s.mu.Unlock()
-}
-
-func (s *megaphoneStub) counts() (polls, badAuth int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.polls, s.badAuth
-}
-
-func (s *megaphoneStub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	s.polls++
-	status, body := s.status, ""
-	if s.token != "" && r.Header.Get("Authorization") != "Bearer "+s.token {
-		s.badAuth++
-		status, body = 401, `{"code":401,"error":"Unauthorized"}`
-	} else {
-		var b strings.Builder
-		b.WriteString(`{"code":200,"broadcasts":{`)
-		first := true
-		for id, v := range s.versions {
-			if !first {
-				b.WriteByte(',')
-			}
-			first = false
-			fmt.Fprintf(&b, "%q:%q", id, v)
-		}
-		b.WriteString(`}}`)
-		body = b.String()
-	}
-	s.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	w.Write([]byte(body))
-}
 
 // waitMetric polls the relay's /metrics until sample has want, for at most
 // 15 s.
