@@ -35,7 +35,7 @@ import (
 // Every loop is bounded in count and time.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake|stuck|storm|halfopen [flags]")
+		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake|stuck|storm|halfopen|broadcast [flags]")
 	}
 	switch args[0] {
 	case "conns":
@@ -54,8 +54,12 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return benchStorm(ctx, args[1:], stdout, stderr)
 	case "halfopen":
 		return benchHalfOpen(ctx, args[1:], stdout, stderr)
+	case "broadcast":
+		return benchBroadcast(ctx, args[1:], stdout, stderr)
+	case "broadcast-baseline":
+		return benchBroadcastBaseline(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake, stuck, storm, halfopen)", args[0])
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake, stuck, storm, halfopen, broadcast)", args[0])
 }
 
 // child is a relay under test: the binary at bin, run on loopback port-0

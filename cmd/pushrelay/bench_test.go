@@ -20,6 +20,7 @@ func TestE2EBenchTool(t *testing.T) {
 		{[]string{"drain", "--devices", "5", "--messages", "40"}, "all 200 received and acked"},
 		{[]string{"halfopen", "--n", "40", "--sources", "2", "--max-conns", "100", "--max-conns-per-ip", "10", "--hold", "1s"}, "endpoint connections open: 21; refused per source: 20;"},
 		{[]string{"startup", "--messages", "500", "--per-device", "100", "--runs", "1"}, "start to ready"},
+		{[]string{"broadcast", "--devices", "50", "--baseline-only"}, "baseline (one loop of wsock Conn.WriteFrame over 50 sockets"},
 	}
 	for _, c := range cases {
 		t.Run(c.args[0], func(t *testing.T) {
@@ -30,5 +31,23 @@ func TestE2EBenchTool(t *testing.T) {
 				t.Fatalf("bench %v: %v\n%s", c.args, err, out)
 			}
 		})
+	}
+}
+
+// bench broadcast runs end to end: the megaphone stub is polled, the relay
+// takes the change, and either every device gets it (a relay that fans
+// broadcasts out) or the bench says, within its timeout, that the relay
+// took the version and sent it to none.
+func TestE2EBenchBroadcast(t *testing.T) {
+	cmd := exec.Command(binPath, "bench", "broadcast", "--devices", "30", "--timeout", "4s", "--baseline=false")
+	cmd.Env = childEnv()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	switch {
+	case err == nil && strings.Contains(string(out), "relay fan-out (megaphone answer with the new version to the last of 30 devices):"):
+	case err != nil && strings.Contains(stderr.String(), `the relay took the new version (pushrelay_broadcast_changes_total{source="megaphone"} = 2) but did not send it`):
+	default:
+		t.Fatalf("bench broadcast: %v\n%s\n%s", err, out, stderr.String())
 	}
 }

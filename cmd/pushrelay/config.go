@@ -67,7 +67,17 @@ type Config struct {
 	WakeFreshMax      int
 	WakeRate          int
 	WakeTargetRate    int
+
+	MegaphoneURL          string
+	MegaphoneToken        string
+	MegaphoneTokenFile    string
+	MegaphonePollInterval time.Duration
 }
+
+// minMegaphonePoll is the shortest megaphone_poll_interval: the service is
+// shared by every relay of a deployment, and a version a second late is
+// not late.
+const minMegaphonePoll = time.Second
 
 // setting binds one key to a field of a Config.
 type setting struct {
@@ -227,6 +237,10 @@ var settings = []setting{
 	durSetting("wake_flush_interval", "1h", "how often the freshness of STUN bindings refreshed in place, kept in memory, is written to the store, in one transaction (also at shutdown); a move to a new address is written at once", func(c *Config) *time.Duration { return &c.WakeFlushInterval }),
 	intSetting("wake_fresh_max", "100000", 1, 1<<24, "most devices whose binding freshness memory holds between flushes (about 120 bytes each); past it a refresh is written at once and a flush starts", func(c *Config) *int { return &c.WakeFreshMax }),
 	intSetting("wake_rate", "1000", 0, 1<<24, "wake datagrams per second across all devices; 0 means unlimited", func(c *Config) *int { return &c.WakeRate }),
+	strSetting("megaphone_url", "", "URL of a megaphone-compatible service polled for broadcast versions (GET, answer {\"broadcasts\": {id: version}}); empty polls none", func(c *Config) *string { return &c.MegaphoneURL }),
+	strSetting("megaphone_token_file", "", "file holding the token sent to the megaphone service as Authorization: Bearer <token> (one line)", func(c *Config) *string { return &c.MegaphoneTokenFile }),
+	strSetting("megaphone_token", "", "the megaphone token itself, when not in megaphone_token_file (it then shows in the config and, as a flag, in ps)", func(c *Config) *string { return &c.MegaphoneToken }),
+	durSetting("megaphone_poll_interval", "30s", "how often the megaphone service is polled (at least 1s); after failed polls the wait doubles, up to 5m or the interval if longer", func(c *Config) *time.Duration { return &c.MegaphonePollInterval }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 
@@ -390,6 +404,9 @@ func (c *Config) Validate() error {
 	if _, err := c.wakeRanges(); err != nil {
 		return err
 	}
+	if err := c.validateMegaphone(); err != nil {
+		return err
+	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return cfgErr("tls_cert_file and tls_key_file go together")
 	}
@@ -399,6 +416,51 @@ func (c *Config) Validate() error {
 		}
 	}
 	return nil
+}
+
+func (c *Config) validateMegaphone() error {
+	if c.MegaphonePollInterval < minMegaphonePoll {
+		return cfgErr("megaphone_poll_interval %s: must be at least %s", c.MegaphonePollInterval, minMegaphonePoll)
+	}
+	if c.MegaphoneURL == "" {
+		if c.MegaphoneToken != "" || c.MegaphoneTokenFile != "" {
+			return cfgErr("a megaphone token is set but megaphone_url is not")
+		}
+		return nil
+	}
+	u, err := url.Parse(c.MegaphoneURL)
+	if err != nil || (u.Scheme != "http" && u.Scheme != "https") || u.Host == "" || u.Fragment != "" {
+		return cfgErr("megaphone_url %q: want an absolute http:// or https:// URL", c.MegaphoneURL)
+	}
+	if u.User != nil {
+		return cfgErr("megaphone_url %q: put credentials in megaphone_token_file, not in the URL", u.Redacted())
+	}
+	_, err = c.megaphoneToken()
+	return err
+}
+
+// megaphoneToken returns the megaphone token, from megaphone_token or the
+// first line of megaphone_token_file.
+func (c *Config) megaphoneToken() (string, error) {
+	if c.MegaphoneToken != "" && c.MegaphoneTokenFile != "" {
+		return "", cfgErr("megaphone_token and megaphone_token_file: set one")
+	}
+	tok := c.MegaphoneToken
+	if c.MegaphoneTokenFile != "" {
+		data, err := os.ReadFile(c.MegaphoneTokenFile)
+		if err != nil {
+			return "", cfgErr("megaphone_token_file: %v", err)
+		}
+		tok, _, _ = strings.Cut(string(data), "\n")
+		tok = strings.TrimSpace(tok)
+		if tok == "" {
+			return "", cfgErr("megaphone_token_file %s: empty", c.MegaphoneTokenFile)
+		}
+	}
+	if strings.ContainsAny(tok, "\r\n") || strings.TrimSpace(tok) != tok {
+		return "", cfgErr("megaphone_token: leading or trailing space or a line break")
+	}
+	return tok, nil
 }
 
 // tlsConfig loads the certificate, or returns nil when TLS is off.
@@ -446,7 +508,11 @@ func checkDataDir(dir string) error {
 // dump writes the effective configuration as YAML, in table order.
 func (c *Config) dump(w io.Writer) {
 	for _, s := range settings {
-		fmt.Fprintf(w, "%s: %q\n", s.key, s.get(c))
+		v := s.get(c)
+		if s.key == "megaphone_token" && v != "" {
+			v = "(set, not shown)"
+		}
+		fmt.Fprintf(w, "%s: %q\n", s.key, v)
 	}
 }
 

@@ -216,3 +216,57 @@ func TestConfigEnvEmpty(t *testing.T) {
 		t.Fatalf("file then empty env: stun_listen %q, %v", c.STUNListen, err)
 	}
 }
+
+// The megaphone keys: refused with a clear message when wrong, the token
+// from its file (first line), never printed by check-config.
+func TestConfigMegaphone(t *testing.T) {
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "megaphone.token")
+	os.WriteFile(tokFile, []byte("abc123\n"), 0o600)
+	empty := filepath.Join(dir, "empty.token")
+	os.WriteFile(empty, []byte("\n"), 0o600)
+	url := "--megaphone-url=https://megaphone.example.net/v1/broadcasts"
+	for _, c := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"not http", []string{"--megaphone-url", "ftp://example.net/"}, `megaphone_url "ftp://example.net/": want an absolute http:// or https:// URL`},
+		{"relative", []string{"--megaphone-url", "/v1/broadcasts"}, "megaphone_url"},
+		{"credentials in url", []string{"--megaphone-url", "https://u:secretpw@example.net/"}, "megaphone_token_file"},
+		{"too often", []string{url, "--megaphone-poll-interval", "100ms"}, "megaphone_poll_interval 100ms: must be at least 1s"},
+		{"token without url", []string{"--megaphone-token", "x"}, "megaphone_url is not"},
+		{"both tokens", []string{url, "--megaphone-token", "x", "--megaphone-token-file", tokFile}, "set one"},
+		{"missing token file", []string{url, "--megaphone-token-file", filepath.Join(dir, "nope")}, "megaphone_token_file"},
+		{"empty token file", []string{url, "--megaphone-token-file", empty}, "empty"},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := loadConfig("t", c.args, env(nil), &bytes.Buffer{})
+			if err == nil || !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err = %v, want it to mention %q", err, c.want)
+			}
+			if strings.Contains(err.Error(), "secretpw") {
+				t.Fatalf("the error shows the URL's password: %v", err)
+			}
+		})
+	}
+	c, err := loadConfig("t", []string{url, "--megaphone-token-file", tokFile}, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := c.megaphoneToken(); err != nil || tok != "abc123" {
+		t.Fatalf("token %q %v", tok, err)
+	}
+	if c.MegaphonePollInterval != 30*time.Second {
+		t.Fatalf("default poll interval %v, autopush's is 30s", c.MegaphonePollInterval)
+	}
+	c, err = loadConfig("t", []string{url, "--megaphone-token", "hunter2"}, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out bytes.Buffer
+	c.dump(&out)
+	if strings.Contains(out.String(), "hunter2") {
+		t.Fatalf("check-config prints the token:\n%s", out.String())
+	}
+}

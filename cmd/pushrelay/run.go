@@ -20,8 +20,10 @@ import (
 	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
+	"github.com/pushrelay/pushrelay/relay/broadcast"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/listener"
+	"github.com/pushrelay/pushrelay/relay/megaphone"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -53,6 +55,9 @@ type daemon struct {
 	api     *endpoint.API
 	admin   *admin.Server
 	started time.Time
+
+	broadcasts *broadcast.Registry
+	megaphone  *megaphone.Poller // nil without megaphone_url
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -145,6 +150,10 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		d.closeListeners()
 		return err
 	}
+	if err := d.startMegaphone(); err != nil {
+		d.closeListeners()
+		return err
+	}
 	d.admin = admin.New(d.reg, d.status)
 	d.admin.AddCheck("store", d.checkStore)
 
@@ -196,6 +205,9 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	start("wake", func() error { return d.kick.Run(runCtx) })
 	if d.stun != nil {
 		start("stun listener", func() error { return d.stun.Run(runCtx) })
+	}
+	if d.megaphone != nil {
+		start("megaphone", func() error { return d.megaphone.Run(runCtx) })
 	}
 	d.admin.SetReady(true)
 	d.announce(stdout, publicURL)
@@ -312,6 +324,31 @@ func (d *daemon) startWake(secret []byte) error {
 	return nil
 }
 
+// startMegaphone opens the broadcast registry (its versions are in the
+// store) and, with megaphone_url set, the poller that feeds it; runDaemon
+// runs the poller and shutdown closes it.
+func (d *daemon) startMegaphone() error {
+	if d.broadcasts == nil {
+		reg, err := broadcast.Open(d.store, d.reg)
+		if err != nil {
+			return err
+		}
+		d.broadcasts = reg
+	}
+	if d.cfg.MegaphoneURL == "" {
+		return nil
+	}
+	token, err := d.cfg.megaphoneToken()
+	if err != nil {
+		return err
+	}
+	d.megaphone, err = megaphone.New(megaphone.Config{
+		URL: d.cfg.MegaphoneURL, Token: token, Interval: d.cfg.MegaphonePollInterval,
+		Registry: d.broadcasts, Metrics: d.reg, Logger: d.log.With("component", "megaphone"),
+	})
+	return err
+}
+
 // wakeRegistry hands the STUN server's questions to the kicker.
 type wakeRegistry struct{ k *kick.Kicker }
 
@@ -335,13 +372,16 @@ func (d *daemon) shutdown() {
 		d.log.Warn("drain device listener", "err", err)
 		d.servers["device"].Close()
 	}
-	if err := d.hub.Shutdown(ctx); err != nil {
-		d.log.Warn("close device sessions", "err", err)
-	}
 	logErr := func(what string, err error) {
 		if err != nil {
 			d.log.Warn(what, "err", err)
 		}
+	}
+	if d.megaphone != nil {
+		logErr("close megaphone", d.megaphone.Close())
+	}
+	if err := d.hub.Shutdown(ctx); err != nil {
+		d.log.Warn("close device sessions", "err", err)
 	}
 	logErr("close endpoint listener", d.api.Close())
 	logErr("close device poller", d.ws.Close())

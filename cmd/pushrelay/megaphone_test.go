@@ -1,0 +1,92 @@
+package main
+
+import (
+	"maps"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// waitMetric polls the relay's /metrics until sample has want, for at most
+// 15 s.
+func (p *relayProc) waitMetric(sample string, want float64) {
+	p.t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		got := p.metric(sample)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			p.t.Fatalf("%s = %v after 15s, want %v", sample, got, want)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// The built binary with --megaphone-url: the versions the service serves
+// (token from a file, sent as a bearer token) end up in the relay and in
+// its store; a later change is applied, a service that fails is logged
+// once and changes nothing, and the versions survive a restart with the
+// service gone.
+func TestE2EMegaphone(t *testing.T) {
+	rs := "remote-settings/monitor_changes"
+	stub, err := newMegaphoneStub("t0ken", map[string]string{rs: `"1700000000000"`, "foo/bar": "v1"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stub.close()
+	dir := t.TempDir()
+	tokFile := filepath.Join(dir, "megaphone.token")
+	if err := os.WriteFile(tokFile, []byte("t0ken\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	data := filepath.Join(dir, "data")
+	p := startRelay(t, data, "--megaphone-url", stub.url(), "--megaphone-token-file", tokFile, "--megaphone-poll-interval", "1s")
+	p.waitMetric(`pushrelay_broadcast_changes_total{source="megaphone"}`, 2)
+	p.waitMetric("pushrelay_broadcasts", 2)
+	if _, bad := stub.counts(); bad != 0 {
+		t.Fatalf("%d polls without the bearer token", bad)
+	}
+
+	stub.set(200, map[string]string{rs: `"1700000005000"`})
+	p.waitMetric(`pushrelay_broadcast_changes_total{source="megaphone"}`, 3)
+	p.waitMetric("pushrelay_megaphone_versions_changed_total", 3)
+
+	stub.set(503, nil)
+	p.waitMetric("pushrelay_megaphone_consecutive_failures", 2)
+	if n := strings.Count(p.stderr.String(), "megaphone poll failed;"); n != 1 {
+		t.Fatalf("%d warnings for two failed polls in a row, want 1", n)
+	}
+	if v := p.metric(`pushrelay_megaphone_polls_total{result="status"}`); v < 2 {
+		t.Fatalf("status failures counted %v", v)
+	}
+	p.stop()
+
+	st, err := store.Open(store.Options{Path: filepath.Join(data, "pushrelay.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := st.Broadcasts()
+	st.Close()
+	want := map[string]string{rs: `"1700000005000"`, "foo/bar": "v1"}
+	if err != nil || !maps.Equal(got, want) {
+		t.Fatalf("stored versions %v (%v), want %v", got, err, want)
+	}
+
+	// The service gone: the relay starts, is ready, serves what it had.
+	stub.close()
+	p = startRelay(t, data, "--megaphone-url", stub.url(), "--megaphone-poll-interval", "1s")
+	p.waitMetric(`pushrelay_megaphone_polls_total{result="unreachable"}`, 1)
+	if v := p.metric("pushrelay_broadcasts"); v != 2 {
+		t.Fatalf("broadcasts after a restart with the service down: %v", v)
+	}
+	if code, body := httpGet(p.admin + "/readyz"); code != 200 {
+		t.Fatalf("/readyz with the megaphone down: %d %s", code, body)
+	}
+	p.stop()
+}
