@@ -45,6 +45,9 @@ type pipeConn struct {
 	partialReader string // the stack of the goroutine that read a partial frame
 	pings         atomic.Int32
 	batches       atomic.Int32 // WriteFrames calls
+	// shared makes WriteFrame hand out the hub's own bytes instead of a
+	// copy, so a test can see frames the hub shares among sessions.
+	shared atomic.Bool
 
 	mu          sync.Mutex
 	queue       [][]byte // frames from the device not yet read
@@ -97,6 +100,16 @@ func (c *pipeConn) stick(writeTimeout time.Duration) {
 	c.mu.Lock()
 	c.stuck = make(chan struct{})
 	c.writeTimeout = writeTimeout
+	c.mu.Unlock()
+}
+
+// unstick makes the device read again: blocked writes go on.
+func (c *pipeConn) unstick() {
+	c.mu.Lock()
+	if c.stuck != nil {
+		close(c.stuck)
+		c.stuck = nil
+	}
 	c.mu.Unlock()
 }
 
@@ -350,8 +363,11 @@ func (c *pipeConn) WriteFrame(p []byte) error {
 	if err := c.blockIfStuck(); err != nil {
 		return err
 	}
+	if !c.shared.Load() {
+		p = append([]byte(nil), p...)
+	}
 	select {
-	case c.out <- append([]byte(nil), p...):
+	case c.out <- p:
 		return nil
 	default:
 		return errors.New("pipe: device is not reading")

@@ -183,6 +183,11 @@ type Config struct {
 	Waker         Waker
 	WakeIdleClose time.Duration
 
+	// Broadcasts, if set, is where broadcast versions come from; devices
+	// subscribed to a broadcast are told its changes. Without it every id
+	// a device names is answered "Broadcast not found".
+	Broadcasts Broadcasts
+
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
 	Now     func() time.Time
