@@ -20,6 +20,7 @@ import (
 	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
+	"github.com/pushrelay/pushrelay/relay/broadcast"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/listener"
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -41,18 +42,22 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 
 // daemon is one running relay: what runDaemon builds and tears down.
 type daemon struct {
-	cfg     *Config
-	log     *slog.Logger
-	reg     *metrics.Registry
-	store   *store.Store
-	hub     *relay.Hub
-	kick    *kick.Kicker
-	stun    *discovery.Server // nil when STUN is off
-	udp     *net.UDPConn      // the kicker's socket when STUN is off
-	ws      *wsock.Server
-	api     *endpoint.API
-	admin   *admin.Server
-	started time.Time
+	cfg   *Config
+	log   *slog.Logger
+	reg   *metrics.Registry
+	store *store.Store
+	// broadcasts holds the broadcast versions, kept in the store: the hub
+	// serves them to devices, the admin calls and the megaphone poller
+	// set them.
+	broadcasts *broadcast.Registry
+	hub        *relay.Hub
+	kick       *kick.Kicker
+	stun       *discovery.Server // nil when STUN is off
+	udp        *net.UDPConn      // the kicker's socket when STUN is off
+	ws         *wsock.Server
+	api        *endpoint.API
+	admin      *admin.Server
+	started    time.Time
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -93,6 +98,10 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 			err = fmt.Errorf("close store: %w", cerr)
 		}
 	}()
+	d.broadcasts, err = broadcast.Open(d.store, d.reg)
+	if err != nil {
+		return err
+	}
 	if err := d.listen(); err != nil {
 		d.closeListeners()
 		return err
@@ -128,6 +137,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		OutboxBytes:   cfg.OutboxBytes,
 		Waker:         d.kick,
 		WakeIdleClose: cfg.WakeIdleClose,
+		Broadcasts:    d.broadcasts,
 		Logger:        d.log.With("component", "devices"),
 		Metrics:       d.reg,
 	})
@@ -147,6 +157,10 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	}
 	d.admin = admin.New(d.reg, d.status)
 	d.admin.AddCheck("store", d.checkStore)
+	if err := d.serveBroadcastCalls(); err != nil {
+		d.closeListeners()
+		return err
+	}
 
 	errLog := log.New(&slogWriter{d.log}, "", 0)
 	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
@@ -359,6 +373,20 @@ func (d *daemon) shutdown() {
 			logErr("close admin listener", srv.Close())
 		}
 	}
+}
+
+// serveBroadcastCalls turns on the admin listener's broadcast calls when
+// admin_token_file names a token.
+func (d *daemon) serveBroadcastCalls() error {
+	token, open, err := d.cfg.adminToken()
+	if err != nil || token == "" {
+		return err
+	}
+	if open {
+		d.log.Warn("admin_token_file may be read by other users: chmod 600 it", "file", d.cfg.AdminTokenFile)
+	}
+	d.admin.ServeBroadcasts(d.broadcasts, token)
+	return nil
 }
 
 // checkStore fails while the store is damaged, or while pushes are refused
