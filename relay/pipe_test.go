@@ -454,7 +454,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 const publicURL = "https://push.example.test"
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	hub    *relay.Hub
 	st     *store.Store
 	reads  *atomic.Int64 // the hub's calls of Store.Messages
@@ -469,7 +469,7 @@ type harness struct {
 // newHarness starts a hub on a real store in a temp dir and runs its
 // keepalive loop, as the daemon does; tweak adjusts the hub's config. All is
 // closed at the end of the test. Connections use the poller-style path.
-func newHarness(t *testing.T, tweak func(*relay.Config)) *harness {
+func newHarness(t testing.TB, tweak func(*relay.Config)) *harness {
 	return newHarnessMode(t, true, tweak)
 }
 
@@ -479,7 +479,7 @@ var modes = []struct {
 	notify bool
 }{{"notify", true}, {"park", false}}
 
-func newHarnessMode(t *testing.T, notify bool, tweak func(*relay.Config)) *harness {
+func newHarnessMode(t testing.TB, notify bool, tweak func(*relay.Config)) *harness {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "pushrelay.db"), Logger: log})
@@ -532,7 +532,7 @@ func (c *countingStore) Messages(u store.UAID, after uint64, limit int) ([]store
 
 // device is the test's end of one connection.
 type device struct {
-	t    *testing.T
+	t    testing.TB
 	h    *harness
 	c    *pipeConn
 	uaid string
