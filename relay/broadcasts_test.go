@@ -409,3 +409,37 @@ func BenchmarkBroadcastFanOut(b *testing.B) {
 	// Set returns once the change is stored and queued in every outbox.
 	b.ReportMetric(float64(inSet.Nanoseconds())/float64(b.N), "set-ns/op")
 }
+
+// TestBroadcastChangesWhileDevicesLeave: changes racing sessions that end
+// leave nothing behind: no subscription and no queued byte.
+func TestBroadcastChangesWhileDevicesLeave(t *testing.T) {
+	b := newBcastHarness(t, map[string]string{"a": "0", "b": "0"}, nil)
+	const devices = 30
+	ds := make([]*device, devices)
+	for i := range ds {
+		ds[i], _ = b.helloWith(map[string]string{"a": "0", "b": "0"})
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for i := 1; i <= 50; i++ {
+			if _, err := b.reg.Set(context.Background(), "test", map[string]string{"a": strconv.Itoa(i), "b": strconv.Itoa(i % 7)}); err != nil {
+				t.Error(err)
+				return
+			}
+		}
+	})
+	for i, d := range ds {
+		if i%2 == 0 {
+			// Some leave with frames still queued, each write failing
+			// after a write timeout as on a socket.
+			d.c.stick(500 * time.Millisecond)
+		}
+		d.c.hangUp()
+	}
+	wg.Wait()
+	for _, d := range ds {
+		d.released(5 * time.Second)
+	}
+	waitFor(t, "subscriptions gone", func() bool { return b.m.Value("pushrelay_broadcast_subscriptions") == 0 })
+	waitFor(t, "outboxes empty", func() bool { return b.m.Value("pushrelay_device_outbox_bytes") == 0 })
+}
