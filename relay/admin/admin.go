@@ -56,7 +56,7 @@ type Server struct {
 	mu     sync.Mutex
 	checks []check
 
-	bcast bcastState // the broadcast calls, once ServeBroadcasts turned them on
+	bcast atomic.Pointer[bcastAPI] // the broadcast calls, once ServeBroadcasts turned them on
 }
 
 type check struct {

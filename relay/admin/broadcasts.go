@@ -9,7 +9,6 @@ import (
 	"io"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/broadcast"
@@ -115,6 +114,3 @@ func answerJSON(w http.ResponseWriter, code int, v any) {
 func answerError(w http.ResponseWriter, code int, msg string) {
 	answerJSON(w, code, map[string]any{"code": code, "error": msg})
 }
-
-// bcastState is the Server's field for the broadcast calls.
-type bcastState = atomic.Pointer[bcastAPI]
