@@ -42,22 +42,23 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 
 // daemon is one running relay: what runDaemon builds and tears down.
 type daemon struct {
-	cfg   *Config
-	log   *slog.Logger
-	reg   *metrics.Registry
-	store *store.Store
+	cfg     *Config
+	log     *slog.Logger
+	reg     *metrics.Registry
+	store   *store.Store
+	hub     *relay.Hub
+	kick    *kick.Kicker
+	stun    *discovery.Server // nil when STUN is off
+	udp     *net.UDPConn      // the kicker's socket when STUN is off
+	ws      *wsock.Server
+	api     *endpoint.API
+	admin   *admin.Server
+	started time.Time
+
 	// broadcasts holds the broadcast versions, kept in the store: the hub
 	// serves them to devices, the admin calls and the megaphone poller
 	// set them.
 	broadcasts *broadcast.Registry
-	hub        *relay.Hub
-	kick       *kick.Kicker
-	stun       *discovery.Server // nil when STUN is off
-	udp        *net.UDPConn      // the kicker's socket when STUN is off
-	ws         *wsock.Server
-	api        *endpoint.API
-	admin      *admin.Server
-	started    time.Time
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
