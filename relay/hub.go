@@ -36,6 +36,8 @@ type Hub struct {
 	all      map[*session]struct{}   // every session, before and after hello
 
 	work *workers
+	// bc serves broadcasts; nil when Config.Broadcasts is (broadcasts.go).
+	bc *broadcasts
 	// offerTo is stored's scratch list; only the committer uses it.
 	offerTo []*session
 
@@ -63,6 +65,9 @@ func New(cfg Config) (*Hub, error) {
 		all:      make(map[*session]struct{}),
 	}
 	h.work = newWorkers(&h.wg, 1024, 2*time.Second)
+	if cfg.Broadcasts != nil {
+		h.bc = newBroadcasts(cfg.Broadcasts, newBcastMetrics(metrics.OrNew(cfg.Metrics)))
+	}
 	cfg.Store.OnStored(h.stored)
 	return h, nil
 }
@@ -241,6 +246,9 @@ func (h *Hub) detach(s *session) {
 	}
 	delete(h.all, s)
 	h.mu.Unlock()
+	if h.bc != nil {
+		h.bc.unsubscribe(s)
+	}
 }
 
 // Online reports whether u has a session past hello that is not closing:

@@ -51,3 +51,20 @@ func newHubMetrics(r *metrics.Registry) *hubMetrics {
 	m.framesAck = m.frames.With(string(pushproto.TypeAck))
 	return m
 }
+
+// bcastMetrics count broadcasts served to devices (broadcasts.go).
+type bcastMetrics struct {
+	frames        *metrics.CounterVec // kind: change, deferred_change, subscribe
+	deferred      metrics.Counter
+	subscriptions metrics.Gauge
+	refused       metrics.Counter
+}
+
+func newBcastMetrics(r *metrics.Registry) *bcastMetrics {
+	return &bcastMetrics{
+		frames:        r.CounterVec("pushrelay_broadcast_frames_total", "Broadcast frames queued for devices: change (a version changed; one frame encoded per delta, shared), deferred_change (changes that came while the device's writer was busy, sent in one frame when it was done), subscribe (the answer to broadcast_subscribe).", "kind"),
+		deferred:      r.Counter("pushrelay_broadcast_deferred_total", "Broadcast changes not queued at once because the device's writer was busy; each is sent when the writer is done, coalesced with later ones."),
+		subscriptions: r.Gauge("pushrelay_broadcast_subscriptions", "Broadcast subscriptions of connected devices."),
+		refused:       r.Counter("pushrelay_broadcast_subscriptions_refused_total", "Broadcast ids not subscribed because the session had 64 subscriptions already."),
+	}
+}

@@ -87,6 +87,11 @@ func (s *session) queueLocked(frame []byte, kind int) {
 // outbox may hold without reading it: then the session is closed.
 func (s *session) write(frame []byte) bool {
 	s.mu.Lock()
+	return s.writeAndUnlock(frame)
+}
+
+// writeAndUnlock is write with s.mu held; it unlocks it.
+func (s *session) writeAndUnlock(frame []byte) bool {
 	if s.closed {
 		s.mu.Unlock()
 		return false
@@ -125,6 +130,10 @@ func (s *session) writer() {
 	var frames [][]byte
 	for {
 		s.mu.Lock()
+		if s.bpending {
+			// Broadcast changes came while the last frames were written.
+			s.flushBroadcastsLocked()
+		}
 		if !s.out.pendingLocked() {
 			if s.release {
 				s.mu.Unlock()

@@ -45,6 +45,9 @@ type pipeConn struct {
 	partialReader string // the stack of the goroutine that read a partial frame
 	pings         atomic.Int32
 	batches       atomic.Int32 // WriteFrames calls
+	// shared makes WriteFrame hand out the hub's own bytes instead of a
+	// copy, so a test can see frames the hub shares among sessions.
+	shared atomic.Bool
 
 	mu          sync.Mutex
 	queue       [][]byte // frames from the device not yet read
@@ -97,6 +100,16 @@ func (c *pipeConn) stick(writeTimeout time.Duration) {
 	c.mu.Lock()
 	c.stuck = make(chan struct{})
 	c.writeTimeout = writeTimeout
+	c.mu.Unlock()
+}
+
+// unstick makes the device read again: blocked writes go on.
+func (c *pipeConn) unstick() {
+	c.mu.Lock()
+	if c.stuck != nil {
+		close(c.stuck)
+		c.stuck = nil
+	}
 	c.mu.Unlock()
 }
 
@@ -350,8 +363,11 @@ func (c *pipeConn) WriteFrame(p []byte) error {
 	if err := c.blockIfStuck(); err != nil {
 		return err
 	}
+	if !c.shared.Load() {
+		p = append([]byte(nil), p...)
+	}
 	select {
-	case c.out <- append([]byte(nil), p...):
+	case c.out <- p:
 		return nil
 	default:
 		return errors.New("pipe: device is not reading")
@@ -438,7 +454,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 const publicURL = "https://push.example.test"
 
 type harness struct {
-	t      *testing.T
+	t      testing.TB
 	hub    *relay.Hub
 	st     *store.Store
 	reads  *atomic.Int64 // the hub's calls of Store.Messages
@@ -453,7 +469,7 @@ type harness struct {
 // newHarness starts a hub on a real store in a temp dir and runs its
 // keepalive loop, as the daemon does; tweak adjusts the hub's config. All is
 // closed at the end of the test. Connections use the poller-style path.
-func newHarness(t *testing.T, tweak func(*relay.Config)) *harness {
+func newHarness(t testing.TB, tweak func(*relay.Config)) *harness {
 	return newHarnessMode(t, true, tweak)
 }
 
@@ -463,7 +479,7 @@ var modes = []struct {
 	notify bool
 }{{"notify", true}, {"park", false}}
 
-func newHarnessMode(t *testing.T, notify bool, tweak func(*relay.Config)) *harness {
+func newHarnessMode(t testing.TB, notify bool, tweak func(*relay.Config)) *harness {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "pushrelay.db"), Logger: log})
@@ -516,7 +532,7 @@ func (c *countingStore) Messages(u store.UAID, after uint64, limit int) ([]store
 
 // device is the test's end of one connection.
 type device struct {
-	t    *testing.T
+	t    testing.TB
 	h    *harness
 	c    *pipeConn
 	uaid string

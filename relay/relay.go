@@ -36,8 +36,15 @@
 // 800 bytes), while JSON decoding and store calls happen on workers whose
 // grown stacks are reused.
 //
-// Lock order: Hub.mu or session.mu, never both at once. No lock is held
-// across a store call or a socket write.
+// Broadcasts (broadcasts.go): the hub keeps an index from each broadcast
+// id to its subscribed sessions; a change walks only those and queues one
+// shared frame in each outbox, or marks a session whose writer is busy
+// for the writer to send the coalesced delta when done.
+//
+// Lock order: Hub.mu, the broadcast index's mutex or session.mu, never
+// two at once. No lock is held across a store call or a socket write. (A
+// change is reported while the broadcast source holds its own lock; the
+// hub takes its locks under it, one at a time.)
 package relay
 
 import (
@@ -182,6 +189,11 @@ type Config struct {
 	// before it is closed with 4774 so the device sleeps (10s).
 	Waker         Waker
 	WakeIdleClose time.Duration
+
+	// Broadcasts, if set, is where broadcast versions come from; devices
+	// subscribed to a broadcast are told its changes. Without it every id
+	// a device names is answered "Broadcast not found".
+	Broadcasts Broadcasts
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry

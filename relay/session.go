@@ -59,6 +59,12 @@ type session struct {
 	synced      bool
 	queued      []*store.Message
 	queuedBytes int
+
+	// bsubs are the session's broadcast subscriptions, each with the
+	// version its device has; bpending is set when a change came while
+	// the writer was busy: the writer sends it when done (broadcasts.go).
+	bsubs    []bcastSub
+	bpending bool
 }
 
 // start begins serving a newly accepted connection.
@@ -359,10 +365,7 @@ func (s *session) handle(msg any) bool {
 		return s.write(pushproto.PingReply)
 	case pushproto.BroadcastSubscribe:
 		h.m.frames.With(string(pushproto.TypeBroadcastSubscribe)).Inc()
-		if len(m.Broadcasts) == 0 {
-			return true
-		}
-		return s.write(pushproto.EncodeBroadcast(pushproto.BroadcastErrors(m.Broadcasts)))
+		return s.broadcastSubscribe(m.Broadcasts)
 	}
 	return true
 }
@@ -409,7 +412,6 @@ func (s *session) hello(m pushproto.Hello) bool {
 		}
 	}
 	reply.UAID = u.String()
-	reply.Broadcasts = pushproto.BroadcastErrors(m.Broadcasts)
 	if reply.Status == pushproto.StatusWake {
 		s.mu.Lock()
 		s.wake = true
@@ -417,7 +419,7 @@ func (s *session) hello(m pushproto.Hello) bool {
 	} else {
 		reply.Status = pushproto.StatusOK
 	}
-	if !s.write(pushproto.EncodeHello(reply)) {
+	if !s.helloReply(reply, m.Broadcasts) {
 		return false
 	}
 	if result == "resumed" {

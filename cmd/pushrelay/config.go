@@ -29,6 +29,7 @@ type Config struct {
 	DeviceListen   string
 	EndpointListen string
 	AdminListen    string
+	AdminTokenFile string
 	PublicURL      string
 	LogLevel       string
 	LogFormat      string
@@ -203,6 +204,7 @@ var settings = []setting{
 	strSetting("device_listen", ":8080", "address of the device WebSocket listener", func(c *Config) *string { return &c.DeviceListen }),
 	strSetting("endpoint_listen", ":8082", "address of the app-server HTTP listener", func(c *Config) *string { return &c.EndpointListen }),
 	strSetting("admin_listen", "127.0.0.1:9090", "address of the admin listener (/metrics, /healthz, /readyz, /status, pprof); empty disables", func(c *Config) *string { return &c.AdminListen }),
+	strSetting("admin_token_file", "", "file holding the bearer token of the admin listener's broadcast calls (GET /broadcasts, PUT /broadcasts/{id}); empty turns them off", func(c *Config) *string { return &c.AdminTokenFile }),
 	strSetting("public_url", "", "base URL of push endpoints as app servers reach them (default: http://<endpoint listen address>)", func(c *Config) *string { return &c.PublicURL }),
 	strSetting("tls_cert_file", "", "PEM certificate chain: serve the device (wss) and endpoint (https) listeners over TLS", func(c *Config) *string { return &c.TLSCertFile }),
 	strSetting("tls_key_file", "", "PEM private key for tls_cert_file", func(c *Config) *string { return &c.TLSKeyFile }),
@@ -415,6 +417,14 @@ func (c *Config) Validate() error {
 			return err
 		}
 	}
+	if c.AdminTokenFile != "" {
+		if c.AdminListen == "" {
+			return cfgErr("admin_token_file is set but admin_listen is empty: the broadcast calls are served on the admin listener")
+		}
+		if _, _, err := c.adminToken(); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -461,6 +471,37 @@ func (c *Config) megaphoneToken() (string, error) {
 		return "", cfgErr("megaphone_token: leading or trailing space or a line break")
 	}
 	return tok, nil
+}
+
+// minAdminToken is the shortest admin token accepted.
+const minAdminToken = 16
+
+// adminToken reads the admin token from admin_token_file (surrounding
+// whitespace trimmed). open reports that the file may be read by other
+// users than its owner. An empty admin_token_file gives "".
+func (c *Config) adminToken() (token string, open bool, err error) {
+	if c.AdminTokenFile == "" {
+		return "", false, nil
+	}
+	f, err := os.Open(c.AdminTokenFile)
+	if err != nil {
+		return "", false, cfgErr("admin_token_file: %v", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", false, cfgErr("admin_token_file: %v", err)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, 4096))
+	if err != nil {
+		return "", false, cfgErr("admin_token_file: %v", err)
+	}
+	token = strings.TrimSpace(string(b))
+	if len(token) < minAdminToken || strings.ContainsAny(token, " \t\r\n") {
+		return "", false, cfgErr("admin_token_file %s: want one token of at least %d characters on one line (make one with: head -c 32 /dev/urandom | base64 > %s; chmod 600 %s)",
+			c.AdminTokenFile, minAdminToken, c.AdminTokenFile, c.AdminTokenFile)
+	}
+	return token, fi.Mode().Perm()&0o077 != 0, nil
 }
 
 // tlsConfig loads the certificate, or returns nil when TLS is off.

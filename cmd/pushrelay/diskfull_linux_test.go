@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -134,4 +135,42 @@ func fillDisk(t *testing.T, path string) {
 		}
 	}
 	t.Fatal("the file system did not fill")
+}
+
+// A broadcast version the full store cannot write is answered 507 with
+// Retry-After, as a push is, and is not published.
+func TestE2EBroadcastDiskFull(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	tokenFile, token := writeAdminToken(t)
+	p := startRelay(t, filepath.Join(dir, "data"), "--admin-token-file", tokenFile)
+	fillDisk(t, filepath.Join(dir, "filler"))
+
+	// Long ids and versions, so the store needs new pages soon (bounded by
+	// the 1,024 ids a relay serves).
+	version := strings.Repeat("v", 128)
+	stored := 0
+	var code int
+	var v map[string]any
+	for i := range 1024 {
+		id := fmt.Sprintf("%04d-%s", i, strings.Repeat("i", 123))
+		if code, v = adminCall(t, p, "PUT", "/broadcasts/"+id, token, version); code != 200 {
+			break
+		}
+		stored++
+	}
+	if code != 507 || !strings.Contains(fmt.Sprint(v["error"]), "full") {
+		t.Fatalf("PUT on a full disk after %d stored: %d %v", stored, code, v)
+	}
+	_, list := adminCall(t, p, "GET", "/broadcasts", token, "")
+	if got := len(list["broadcasts"].(map[string]any)); got != stored {
+		t.Fatalf("%d broadcasts listed, want the %d stored", got, stored)
+	}
+	t.Logf("%d versions stored, then 507", stored)
 }

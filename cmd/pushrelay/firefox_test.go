@@ -42,7 +42,14 @@ func TestFirefox(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
 
-	p := startRelay(t, t.TempDir())
+	tokenFile, token := writeAdminToken(t)
+	p := startRelay(t, t.TempDir(), "--admin-token-file", tokenFile)
+	// Remote Settings' broadcast, at a version Firefox cannot have: its
+	// hello (or broadcast_subscribe) is answered with it.
+	const rsID = "remote-settings/monitor_changes"
+	if code, v := adminCall(t, p, "PUT", "/broadcasts/"+rsID, token, `"1700000000000"`); code != 200 {
+		t.Fatalf("PUT broadcast = %d %v", code, v)
+	}
 
 	// The page and worker, served from a loopback origin Firefox treats as
 	// secure (localhost), as service workers require.
@@ -90,7 +97,9 @@ func TestFirefox(t *testing.T) {
 	})
 
 	ffOut := &syncBuffer{}
-	ff := exec.Command(firefox, "--marionette", "--no-remote", "--profile", profile, "about:blank")
+	// -remote-allow-system-access lets Marionette run code in Firefox's
+	// chrome (the broadcast part below); Firefox 138 and later ask for it.
+	ff := exec.Command(firefox, "--marionette", "-remote-allow-system-access", "--no-remote", "--profile", profile, "about:blank")
 	ff.Env = append(childEnv(), "DISPLAY="+display, "MOZ_CRASHREPORTER_DISABLE=1")
 	ff.Stdout, ff.Stderr = ffOut, ffOut
 	ff.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its content processes too, at cleanup
@@ -205,8 +214,59 @@ func TestFirefox(t *testing.T) {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
-	t.Logf("push delivered to the service worker in %v, acked in %v; whole test %v",
-		delivered.Round(time.Millisecond), time.Since(pushStart).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
+	t.Logf("push delivered to the service worker in %v, acked in %v",
+		delivered.Round(time.Millisecond), time.Since(pushStart).Round(time.Millisecond))
+
+	// Broadcasts: Remote Settings subscribes as at Firefox's startup
+	// (nsBrowserGlue calls RemoteSettings.init once idle, which a short
+	// test may not reach: the hello above named no broadcasts), with the
+	// version a new profile has, "0". Firefox sends broadcast_subscribe
+	// (or, had init run before hello, names it there) and is told the
+	// relay's version; a later change reaches it as a broadcast frame.
+	if _, err := mn.cmd("Marionette:SetContext", map[string]any{"value": "chrome"}); err != nil {
+		t.Fatal(err)
+	}
+	var ok bool
+	if err := mn.script(`
+		const done = arguments[arguments.length - 1];
+		const { RemoteSettings } = ChromeUtils.importESModule("resource://services-settings/remote-settings.sys.mjs");
+		RemoteSettings.init();
+		done(true);
+	`, &ok); err != nil {
+		t.Fatal(err)
+	}
+	received := func(version string) bool {
+		for _, l := range strings.Split(ffOut.String(), "\n") {
+			if strings.Contains(l, "wsOnMessageAvailable") && strings.Contains(l, rsID) && strings.Contains(l, version) {
+				return true
+			}
+		}
+		return false
+	}
+	waitFirefox := func(what string, cond func() bool) {
+		t.Helper()
+		deadline := time.Now().Add(15 * time.Second)
+		for !cond() {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s within 15s", what)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitFirefox("Firefox did not subscribe to "+rsID, func() bool { return p.metric(`pushrelay_broadcast_subscriptions`) == 1 })
+	waitFirefox("Firefox was not told the relay's version", func() bool { return received("1700000000000") })
+	bcastStart := time.Now()
+	if code, v := adminCall(t, p, "PUT", "/broadcasts/"+rsID, token, `"1700000000001"`); code != 200 {
+		t.Fatalf("PUT broadcast = %d %v", code, v)
+	}
+	waitFirefox("Firefox did not receive the changed version", func() bool { return received("1700000000001") })
+	for _, l := range strings.Split(ffOut.String(), "\n") {
+		if strings.Contains(l, "broadcast") && strings.Contains(l, "PushServiceWebSocket") {
+			t.Logf("firefox: %.240s", l)
+		}
+	}
+	t.Logf("broadcast change received by Firefox in %v; whole test %v",
+		time.Since(bcastStart).Round(time.Millisecond), time.Since(start).Round(time.Millisecond))
 }
 
 // startXvfb runs an X server on a free display and returns ":N".

@@ -56,6 +56,9 @@ type daemon struct {
 	admin   *admin.Server
 	started time.Time
 
+	// broadcasts holds the broadcast versions, kept in the store: the hub
+	// serves them to devices, the admin calls and the megaphone poller
+	// set them.
 	broadcasts *broadcast.Registry
 	megaphone  *megaphone.Poller // nil without megaphone_url
 
@@ -98,6 +101,10 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 			err = fmt.Errorf("close store: %w", cerr)
 		}
 	}()
+	d.broadcasts, err = broadcast.Open(d.store, d.reg)
+	if err != nil {
+		return err
+	}
 	if err := d.listen(); err != nil {
 		d.closeListeners()
 		return err
@@ -133,6 +140,7 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		OutboxBytes:   cfg.OutboxBytes,
 		Waker:         d.kick,
 		WakeIdleClose: cfg.WakeIdleClose,
+		Broadcasts:    d.broadcasts,
 		Logger:        d.log.With("component", "devices"),
 		Metrics:       d.reg,
 	})
@@ -156,6 +164,10 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 	}
 	d.admin = admin.New(d.reg, d.status)
 	d.admin.AddCheck("store", d.checkStore)
+	if err := d.serveBroadcastCalls(); err != nil {
+		d.closeListeners()
+		return err
+	}
 
 	errLog := log.New(&slogWriter{d.log}, "", 0)
 	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
@@ -324,17 +336,9 @@ func (d *daemon) startWake(secret []byte) error {
 	return nil
 }
 
-// startMegaphone opens the broadcast registry (its versions are in the
-// store) and, with megaphone_url set, the poller that feeds it; runDaemon
-// runs the poller and shutdown closes it.
+// startMegaphone makes, with megaphone_url set, the poller that feeds the
+// broadcast registry; runDaemon runs it and shutdown closes it.
 func (d *daemon) startMegaphone() error {
-	if d.broadcasts == nil {
-		reg, err := broadcast.Open(d.store, d.reg)
-		if err != nil {
-			return err
-		}
-		d.broadcasts = reg
-	}
 	if d.cfg.MegaphoneURL == "" {
 		return nil
 	}
@@ -399,6 +403,20 @@ func (d *daemon) shutdown() {
 			logErr("close admin listener", srv.Close())
 		}
 	}
+}
+
+// serveBroadcastCalls turns on the admin listener's broadcast calls when
+// admin_token_file names a token.
+func (d *daemon) serveBroadcastCalls() error {
+	token, open, err := d.cfg.adminToken()
+	if err != nil || token == "" {
+		return err
+	}
+	if open {
+		d.log.Warn("admin_token_file may be read by other users: chmod 600 it", "file", d.cfg.AdminTokenFile)
+	}
+	d.admin.ServeBroadcasts(d.broadcasts, token)
+	return nil
 }
 
 // checkStore fails while the store is damaged, or while pushes are refused

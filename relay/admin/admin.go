@@ -11,6 +11,9 @@
 //	               small HTML page
 //	/debug/pprof/  Go profiles (left out of builds tagged nopprof, which
 //	               the smallest gateway targets use to save space)
+//	GET /broadcasts, PUT /broadcasts/{id}
+//	               broadcast versions, for sites with no megaphone, with
+//	               the operator's bearer token (broadcasts.go)
 package admin
 
 import (
@@ -52,6 +55,8 @@ type Server struct {
 
 	mu     sync.Mutex
 	checks []check
+
+	bcast atomic.Pointer[bcastAPI] // the broadcast calls, once ServeBroadcasts turned them on
 }
 
 type check struct {
@@ -83,6 +88,7 @@ func New(reg *metrics.Registry, status func() Status) *Server {
 		w.Write([]byte("ready\n"))
 	})
 	s.mux.HandleFunc("GET /status", s.serveStatus)
+	s.registerBroadcasts()
 	registerPprof(s.mux)
 	return s
 }
