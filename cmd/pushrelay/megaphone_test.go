@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"maps"
 	"os"
 	"path/filepath"
@@ -8,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
@@ -53,9 +55,30 @@ func TestE2EMegaphone(t *testing.T) {
 		t.Fatalf("%d polls without the bearer token", bad)
 	}
 
+	// A device that has an old version is told the megaphone's in its
+	// hello reply, and then the next change as it is polled; one that
+	// follows only the other id hears nothing of it.
+	dev, told := bcastHello(t, p, "", map[string]string{rs: `"0"`})
+	defer dev.Abort()
+	if fmt.Sprint(told) != fmt.Sprint(map[string]any{rs: `"1700000000000"`}) {
+		t.Fatalf("hello reply broadcasts %v", told)
+	}
+	other, told := bcastHello(t, p, "", map[string]string{"foo/bar": "v1"})
+	defer other.Abort()
+	if len(told) != 0 {
+		t.Fatalf("up-to-date hello got %v", told)
+	}
+
 	stub.set(200, map[string]string{rs: `"1700000005000"`})
 	p.waitMetric(`pushrelay_broadcast_changes_total{source="megaphone"}`, 3)
 	p.waitMetric("pushrelay_megaphone_versions_changed_total", 3)
+	f, err := dev.Next(time.Now().Add(5 * time.Second))
+	if err != nil || f.MessageType != pushproto.TypeBroadcast || fmt.Sprint(f.Broadcasts) != fmt.Sprint(map[string]any{rs: `"1700000005000"`}) {
+		t.Fatalf("subscribed device got %+v, %v", f, err)
+	}
+	if f, err := other.Next(time.Now().Add(300 * time.Millisecond)); err == nil {
+		t.Fatalf("device not subscribed to %s got %+v", rs, f)
+	}
 
 	stub.set(503, nil)
 	p.waitMetric("pushrelay_megaphone_consecutive_failures", 2)
