@@ -12,11 +12,12 @@ import (
 // PushBatch accepts messages from an app server and returns one result
 // per message, in order. Every message with a TTL goes into one store
 // commit: when PushBatch returns, each is on disk or has its own Err
-// (ErrNoSubscription for a channel that is not registered). A TTL-0
-// message is handed to its device's session if one is open and dropped
-// otherwise, as Push does. The error is for the whole batch (ErrClosing,
-// a store failure, ctx); then no message with a TTL was stored, though
-// TTL-0 messages may have been handed on.
+// (ErrNoSubscription for a channel that is not registered; when the
+// commit failed as a whole, ErrClosing, ctx's error or the store's, the
+// same for every message it carried). A TTL-0 message is handed to its
+// device's session if one is open and dropped otherwise, as Push does.
+// The error is ErrClosing when the hub was closing before it began; then
+// nothing was done.
 //
 // This is the one path of app-server messages: Push is the batch of one.
 func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
@@ -35,9 +36,6 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 		u, ch := uaidOf(m.Endpoint), channelOf(m.Endpoint)
 		if m.TTL <= 0 {
 			r, err := h.pushDirect(u, ch, *m, now)
-			if err != nil && !errors.Is(err, ErrNoSubscription) {
-				return nil, err
-			}
 			r.Err = err
 			res[i] = r
 			continue
@@ -60,11 +58,18 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 		return res, nil
 	}
 	stored, err := h.cfg.Store.AppendBatch(ctx, toStore)
-	if errors.Is(err, store.ErrClosed) {
-		return nil, ErrClosing
-	}
 	if err != nil {
-		return nil, wrapStore("store messages", err)
+		// Nothing of the commit was written: each message to store
+		// fails with it (the direct ones keep their results).
+		if errors.Is(err, store.ErrClosed) {
+			err = ErrClosing
+		} else {
+			err = wrapStore("store messages", err)
+		}
+		for _, i := range at {
+			res[i].Err = err
+		}
+		return res, nil
 	}
 	for j, sr := range stored {
 		i := at[j]
