@@ -134,7 +134,13 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	}
 	fmt.Fprintf(stderr, "  %d devices connected; %d messages per mode and round\n", *devices, *total)
 
-	type result struct{ post, e2e time.Duration }
+	// result is one mode's run: time to the last 201, time to the last
+	// ack, the relay's CPU time and its peak resident set.
+	type result struct {
+		post, e2e time.Duration
+		cpu       time.Duration
+		peakRSS   int64
+	}
 	var single, batch []result
 	run := func(useBatch bool) (result, error) {
 		var (
@@ -150,6 +156,26 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		requests := (int64(*total) + per - 1) / per
 		start := acked.Load()
+		var peak atomic.Int64
+		sampled := make(chan struct{})
+		stopSampling := make(chan struct{})
+		go func() {
+			defer close(sampled)
+			tick := time.NewTicker(10 * time.Millisecond)
+			defer tick.Stop()
+			for {
+				if rss, err := procRSS(c.cmd.Process.Pid); err == nil && rss > peak.Load() {
+					peak.Store(rss)
+				}
+				select {
+				case <-stopSampling:
+					return
+				case <-tick.C:
+				}
+			}
+		}()
+		defer func() { close(stopSampling); <-sampled }()
+		cpu0, _ := procCPU(c.cmd.Process.Pid)
 		t0 := time.Now()
 		for range n {
 			wg.Go(func() {
@@ -201,7 +227,9 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			}
 			time.Sleep(2 * time.Millisecond)
 		}
-		return result{post: post, e2e: time.Since(t0)}, nil
+		e2e := time.Since(t0)
+		cpu1, _ := procCPU(c.cmd.Process.Pid)
+		return result{post: post, e2e: e2e, cpu: cpu1 - cpu0, peakRSS: peak.Load()}, nil
 	}
 	sent := int64(*total)
 	if r := int64(*total) % int64(*batchSize); r != 0 {
@@ -221,8 +249,17 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			} else {
 				single = append(single, res)
 			}
-			fmt.Fprintf(stderr, "  round %d %s: %.0f msg/s stored, %.0f msg/s acked\n", r+1, mode, rate(n, res.post), rate(n, res.e2e))
+			fmt.Fprintf(stderr, "  round %d %s: %.0f msg/s stored, %.0f msg/s acked, relay CPU %.1f µs/msg, peak RSS %s\n",
+				r+1, mode, rate(n, res.post), rate(n, res.e2e), float64(res.cpu.Microseconds())/float64(n), mib(res.peakRSS))
 		}
+	}
+	medianOf := func(rs []result, f func(result) float64) float64 {
+		v := make([]float64, len(rs))
+		for i, r := range rs {
+			v[i] = f(r)
+		}
+		slices.Sort(v)
+		return v[len(v)/2]
 	}
 	median := func(rs []result, n int64, e2e bool) float64 {
 		v := make([]float64, len(rs))
@@ -242,6 +279,18 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		*senders, median(single, int64(*total), false), median(single, int64(*total), true))
 	fmt.Fprintf(stdout, "batches of %d (%d connections): median %.0f msg/s stored (201 in the results), %.0f msg/s acked by devices\n",
 		*batchSize, *batchSenders, median(batch, sent, false), median(batch, sent, true))
+	cpuPer := func(n int64) func(result) float64 {
+		return func(r result) float64 { return float64(r.cpu.Microseconds()) / float64(n) }
+	}
+	maxRSS := func(rs []result) int64 {
+		var m int64
+		for _, r := range rs {
+			m = max(m, r.peakRSS)
+		}
+		return m
+	}
+	fmt.Fprintf(stdout, "relay CPU per message (median): single %.1f µs, batch %.1f µs; relay peak RSS: single %s, batch %s\n",
+		medianOf(single, cpuPer(int64(*total))), medianOf(batch, cpuPer(sent)), mib(maxRSS(single)), mib(maxRSS(batch)))
 	fmt.Fprintf(stdout, "batch/single stored: %.2fx\n", median(batch, sent, false)/median(single, int64(*total), false))
 	return nil
 }
