@@ -35,6 +35,7 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	rounds := fs.Int("rounds", 3, "rounds; each runs both modes, in alternating order")
 	payload := fs.Int("payload", 128, "plaintext bytes per message (aes128gcm)")
 	limit := fs.Duration("max-time", 5*time.Minute, "stop after this long whatever was sent")
+	offline := fs.Bool("offline", false, "devices disconnect after registering: only the storing is measured (messages stay in the store)")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -99,6 +100,11 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		}
 		entries[i], _ = json.Marshal(map[string]any{"endpoint": r.PushEndpoint, "ttl": 3600, "encoding": "aes128gcm",
 			"data": base64.RawURLEncoding.EncodeToString(body)})
+		if *offline {
+			cl.Close()
+			clients[i] = nil
+			continue
+		}
 		readers.Go(func() {
 			for {
 				n, err := cl.Next(time.Now().Add(time.Hour))
@@ -221,7 +227,7 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			return result{}, fmt.Errorf("%d messages not stored", f)
 		}
 		want := start + requests*per
-		for acked.Load() < want {
+		for !*offline && acked.Load() < want {
 			if ctx.Err() != nil {
 				return result{}, fmt.Errorf("%d of %d acked in time", acked.Load()-start, want-start)
 			}

@@ -8,7 +8,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"strconv"
 	"strings"
 	"sync"
@@ -225,17 +224,14 @@ type batchMessage struct {
 }
 
 // decodeBatch decodes a batch body: one JSON object with a "messages"
-// array of at most maxMessages objects, no unknown fields, nothing after
-// it. Each message is checked later, on its own.
+// array of at most maxMessages objects, nothing after it; unknown fields
+// are ignored. Each message is checked later, on its own. It decodes in
+// place (json.Unmarshal): a json.Decoder would first copy the body into a
+// buffer of its own, up to twice its size.
 func decodeBatch(body []byte, maxMessages int) ([]batchMessage, *apiError) {
-	dec := json.NewDecoder(bytes.NewReader(body))
-	dec.DisallowUnknownFields()
 	var req batchRequest
-	if err := dec.Decode(&req); err != nil {
+	if err := json.Unmarshal(body, &req); err != nil {
 		return nil, errBadBatch.with(jsonProblem(err))
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, errBadBatch.with("data after the JSON object")
 	}
 	switch {
 	case req.Messages == nil:
@@ -257,8 +253,6 @@ func jsonProblem(err error) string {
 		return fmt.Sprintf("not JSON at byte %d", syn.Offset)
 	case errors.As(err, &typ):
 		return fmt.Sprintf("%s: want %s", typ.Field, typ.Type)
-	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
-		return "JSON cut short"
 	}
 	return err.Error()
 }
@@ -351,6 +345,9 @@ func (a *API) postBatch(ctx *fasthttp.RequestCtx) {
 		a.refuseBatch(ctx, aerr)
 		return
 	}
+	// The decoded fields are copies: the body's buffer can go back to
+	// fasthttp's pool while the store writes.
+	ctx.Request.ResetBody()
 	results := make([]batchResult, len(items))
 	msgs := make([]relay.Message, 0, len(items))
 	at := make([]int, 0, len(items)) // index in items of each msgs entry
@@ -442,7 +439,7 @@ func (a *API) parseBatchMessage(b *batchMessage, auth batchAuth) (relay.Message,
 		return relay.Message{}, aerr
 	}
 	m := relay.Message{Endpoint: ep}
-	if b.TTL == nil || string(b.TTL) == "null" {
+	if len(b.TTL) == 0 || string(b.TTL) == "null" {
 		return m, errMissingTTL
 	}
 	ttl := string(b.TTL)

@@ -237,9 +237,9 @@ func TestBatchLimits(t *testing.T) {
 		"not an object": "[]",
 		"no messages":   `{"messages": []}`,
 		"null messages": `{"messages": null}`,
-		"unknown field": `{"messages": [{"endpoint": "x", "ttl": 1, "colour": "red"}]}`,
 		"wrong type":    `{"messages": [{"endpoint": 5}]}`,
 		"trailing data": `{"messages": [{"token": "x"}]} {}`,
+		"cut short":     `{"messages": [{"token": "x"}`,
 		"empty":         "",
 	} {
 		if r := e.postBatchBody(e.base, bearer, []byte(body)); r.code != 400 || r.errno != 124 {
