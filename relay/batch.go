@@ -30,11 +30,19 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 	now := h.cfg.Now()
 	res := make([]Result, len(ms))
 	toStore := make([]store.Message, 0, len(ms))
-	at := make([]int, 0, len(ms)) // index in ms of each toStore entry
+	// at maps toStore's entries to their index in ms; nil while they are
+	// the same (no TTL-0 message so far).
+	var at []int
 	for i := range ms {
 		m := &ms[i]
 		u, ch := uaidOf(m.Endpoint), channelOf(m.Endpoint)
 		if m.TTL <= 0 {
+			if at == nil {
+				at = make([]int, len(toStore), len(ms))
+				for j := range at {
+					at[j] = j
+				}
+			}
 			r, err := h.pushDirect(u, ch, *m, now)
 			r.Err = err
 			res[i] = r
@@ -52,7 +60,9 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 			Encoding: m.Encoding, Encryption: m.Encryption, CryptoKey: m.CryptoKey,
 			Data: m.Data, Version: m.Version,
 		})
-		at = append(at, i)
+		if at != nil {
+			at = append(at, i)
+		}
 	}
 	if len(toStore) == 0 {
 		return res, nil
@@ -66,13 +76,13 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 		} else {
 			err = wrapStore("store messages", err)
 		}
-		for _, i := range at {
-			res[i].Err = err
+		for j := range toStore {
+			res[index(at, j)].Err = err
 		}
 		return res, nil
 	}
 	for j, sr := range stored {
-		i := at[j]
+		i := index(at, j)
 		if sr.Err != nil {
 			if errors.Is(sr.Err, store.ErrNoChannel) {
 				res[i].Err = ErrNoSubscription
@@ -102,4 +112,13 @@ func (h *Hub) wakeFor(u store.UAID, urg store.Urgency, expiry time.Time) {
 	if s := h.session(u); s == nil || !s.accepting() {
 		h.cfg.Waker.Wake(u, expiry)
 	}
+}
+
+// index is the index in a batch of its j-th stored message (at is nil when
+// they are the same).
+func index(at []int, j int) int {
+	if at == nil {
+		return j
+	}
+	return at[j]
 }

@@ -288,8 +288,10 @@ func (h *Hub) goWait(f func()) {
 	}()
 }
 
-// Push accepts a message from an app server: PushBatch of one. A
-// message's own failure (ErrNoSubscription) is the error here.
+// Push accepts a message from an app server: PushBatch of one, with the
+// message's own failure (ErrNoSubscription) as the error. A message with a
+// TTL is on disk when Push returns; a TTL-0 message is handed to the
+// device's session if one is open and dropped otherwise.
 func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
 	rs, err := h.PushBatch(ctx, []Message{m})
 	if err != nil {

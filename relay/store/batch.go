@@ -32,9 +32,12 @@ type AppendResult struct {
 // OnStored sees the batch's messages with the rest of its commit.
 func (s *Store) AppendBatch(ctx context.Context, ms []Message) ([]AppendResult, error) {
 	res := make([]AppendResult, len(ms))
-	applies := make([]func(t *txn) error, len(ms))
-	outs := make([]*appendOutcome, len(ms))
-	pending := 0
+	type pending struct {
+		apply func(t *txn) error
+		out   *appendOutcome
+	}
+	ops := make([]pending, len(ms))
+	n, last := 0, -1
 	for i := range ms {
 		res[i].Message = ms[i]
 		apply, out, err := s.appendOp(&res[i].Message)
@@ -42,39 +45,49 @@ func (s *Store) AppendBatch(ctx context.Context, ms []Message) ([]AppendResult, 
 			res[i].Err = err
 			continue
 		}
-		applies[i], outs[i] = apply, out
-		pending++
+		ops[i] = pending{apply, out}
+		n, last = n+1, i
 	}
-	if pending == 0 {
+	var err error
+	switch n {
+	case 0:
 		return res, nil
-	}
-	err := s.do(ctx, func(t *txn) error {
-		for i, apply := range applies {
-			if apply == nil {
-				continue
-			}
-			// The commit may run the op again (after another op of its
-			// transaction failed): each run starts from scratch.
-			res[i].Err = nil
-			err := apply(t)
-			var r rejection
-			switch {
-			case err == nil:
-			case errors.As(err, &r):
-				res[i].Err = r.err
-			default:
-				return err
-			}
+	case 1:
+		// One message (every single post): its op as it is. Its only
+		// rejection, ErrNoChannel, comes back as the op's error.
+		err = s.do(ctx, ops[last].apply)
+		if errors.Is(err, ErrNoChannel) {
+			res[last].Err, err = err, nil
 		}
-		return nil
-	})
+	default:
+		err = s.do(ctx, func(t *txn) error {
+			for i, op := range ops {
+				if op.apply == nil {
+					continue
+				}
+				// The commit may run the op again (after another op of
+				// its transaction failed): each run starts from scratch.
+				res[i].Err = nil
+				err := op.apply(t)
+				var r rejection
+				switch {
+				case err == nil:
+				case errors.As(err, &r):
+					res[i].Err = r.err
+				default:
+					return err
+				}
+			}
+			return nil
+		})
+	}
 	if err != nil {
 		return nil, err
 	}
-	for i, out := range outs {
-		if out != nil && res[i].Err == nil {
-			res[i].Message.Seq = out.seq
-			res[i].Queue = out.queue
+	for i, op := range ops {
+		if op.out != nil && res[i].Err == nil {
+			res[i].Message.Seq = op.out.seq
+			res[i].Queue = op.out.queue
 		}
 	}
 	return res, nil
