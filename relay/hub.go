@@ -296,50 +296,16 @@ func (h *Hub) goWait(f func()) {
 	}()
 }
 
-// Push accepts a message from an app server. A message with a TTL is on disk
-// when Push returns; a TTL-0 message is handed to the device's session if
-// one is open and dropped otherwise.
+// Push accepts a message from an app server: PushBatch of one, with the
+// message's own failure (ErrNoSubscription) as the error. A message with a
+// TTL is on disk when Push returns; a TTL-0 message is handed to the
+// device's session if one is open and dropped otherwise.
 func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
-	h.mu.Lock()
-	closing := h.closing
-	h.mu.Unlock()
-	if closing {
-		return Result{}, ErrClosing
-	}
-	u, ch := uaidOf(m.Endpoint), channelOf(m.Endpoint)
-	now := h.cfg.Now()
-	if m.TTL <= 0 {
-		return h.pushDirect(u, ch, m, now)
-	}
-	if m.Version != 0 {
-		// SimplePush keeps only the latest version of a channel.
-		m.Topic = simplePushTopic
-	}
-	stored, err := h.cfg.Store.Append(ctx, store.Message{
-		UAID: u, Channel: ch,
-		Received: now, TTL: m.TTL, Expiry: now.Add(m.TTL),
-		Topic: m.Topic, Urgency: m.Urgency,
-		Encoding: m.Encoding, Encryption: m.Encryption, CryptoKey: m.CryptoKey,
-		Data: m.Data, Version: m.Version,
-	})
-	if errors.Is(err, store.ErrNoChannel) {
-		return Result{}, ErrNoSubscription
-	}
-	if errors.Is(err, store.ErrClosed) {
-		return Result{}, ErrClosing
-	}
+	rs, err := h.PushBatch(ctx, []Message{m})
 	if err != nil {
-		return Result{}, wrapStore("store message", err)
+		return Result{}, err
 	}
-	h.m.pushedStored.Inc()
-	// The committer has handed (or is handing) the message to the device's
-	// session, if one was attached (stored).
-	if s := h.session(u); (s == nil || !s.accepting()) && h.cfg.Waker != nil && m.Urgency.AtLeast(store.UrgencyNormal) {
-		// Very-low and low urgency wait for the device's next connection.
-		h.cfg.Waker.Wake(u, stored.Expiry)
-	}
-	id := h.cfg.Tokens.SealMessageID(token.MessageID{UAID: u, Channel: ch, Seq: stored.Seq})
-	return Result{ID: id, Stored: true}, nil
+	return rs[0], rs[0].Err
 }
 
 func (h *Hub) pushDirect(u store.UAID, ch store.ChannelID, m Message, now time.Time) (Result, error) {

@@ -133,7 +133,9 @@ type Store interface {
 	Register(ctx context.Context, c store.Channel) error
 	Channel(u store.UAID, id store.ChannelID) (store.Channel, bool, error)
 	Unregister(ctx context.Context, u store.UAID, id store.ChannelID) (bool, error)
-	Append(ctx context.Context, m store.Message) (store.Message, error)
+	// AppendBatch stores messages in one commit (see
+	// store.Store.AppendBatch).
+	AppendBatch(ctx context.Context, ms []store.Message) ([]store.AppendResult, error)
 	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
 	Ack(ctx context.Context, u store.UAID, seqs ...uint64) (int, error)
 	Delete(ctx context.Context, u store.UAID, ch store.ChannelID, seq uint64) (bool, error)
@@ -230,7 +232,8 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Errors returned by Push and Delete; the endpoint API maps them to HTTP.
+// Errors returned by Push, PushBatch and Delete; the endpoint API maps
+// them to HTTP.
 var (
 	// ErrNoSubscription: the channel was unregistered or never existed.
 	ErrNoSubscription = errors.New("no such subscription")
@@ -263,6 +266,13 @@ type Result struct {
 	// Delivered is true when a TTL-0 message went straight to a connected
 	// device.
 	Delivered bool
+	// Queue is, for a stored message, how many messages its device had
+	// waiting right after it was stored (and after the per-device cap
+	// dropped the oldest, if it did).
+	Queue int
+	// Err is this message's own failure in PushBatch (ErrNoSubscription,
+	// or a store rejection); nil when it was stored or handled directly.
+	Err error
 }
 
 func uaidOf(e token.Endpoint) store.UAID         { return store.UAID(e.UAID) }

@@ -35,13 +35,15 @@ import (
 // Every loop is bounded in count and time.
 func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		return errors.New("usage: pushrelay bench conns|throughput|startup|drain|wake|stuck|storm|halfopen|broadcast [flags]")
+		return errors.New("usage: pushrelay bench conns|throughput|batch|startup|drain|wake|stuck|storm|halfopen|broadcast [flags]")
 	}
 	switch args[0] {
 	case "conns":
 		return benchConns(ctx, args[1:], stdout, stderr)
 	case "throughput":
 		return benchThroughput(ctx, args[1:], stdout, stderr)
+	case "batch":
+		return benchBatch(ctx, args[1:], stdout, stderr)
 	case "startup":
 		return benchStartup(ctx, args[1:], stdout, stderr)
 	case "drain":
@@ -59,7 +61,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "broadcast-baseline":
 		return benchBroadcastBaseline(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, startup, drain, wake, stuck, storm, halfopen, broadcast)", args[0])
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, batch, startup, drain, wake, stuck, storm, halfopen, broadcast)", args[0])
 }
 
 // child is a relay under test: the binary at bin, run on loopback port-0

@@ -17,6 +17,7 @@ func TestE2EBenchTool(t *testing.T) {
 		{[]string{"conns", "--n", "50", "--hold", "200ms"}, "per idle device connection:"},
 		{[]string{"throughput", "--devices", "5", "--senders", "4", "--messages", "300"}, "end-to-end (post → deliver → ack):"},
 		{[]string{"throughput", "--devices", "5", "--senders", "4", "--messages", "200", "--rate", "400"}, "POST latency:"},
+		{[]string{"batch", "--devices", "5", "--senders", "4", "--batch", "50", "--messages", "300", "--rounds", "1"}, "batch/single stored:"},
 		{[]string{"drain", "--devices", "5", "--messages", "40"}, "all 200 received and acked"},
 		{[]string{"halfopen", "--n", "40", "--sources", "2", "--max-conns", "100", "--max-conns-per-ip", "10", "--hold", "1s"}, "endpoint connections open: 21; refused per source: 20;"},
 		{[]string{"startup", "--messages", "500", "--per-device", "100", "--runs", "1"}, "start to ready"},

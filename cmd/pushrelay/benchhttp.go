@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/url"
 	"strconv"
@@ -20,6 +21,9 @@ type rawPoster struct {
 	addr string
 	conn net.Conn
 	br   *bufio.Reader
+	// keep makes roundTrip keep each answer's body in body.
+	keep bool
+	body []byte
 }
 
 func newRawPoster(endpoint string) (*rawPoster, error) {
@@ -110,7 +114,12 @@ func (p *rawPoster) roundTrip(req []byte) (int, error) {
 			return 0, errors.New("chunked responses are not expected from the relay")
 		}
 	}
-	if _, err := p.br.Discard(length); err != nil {
+	if p.keep {
+		p.body = append(p.body[:0], make([]byte, length)...)
+		if _, err := io.ReadFull(p.br, p.body); err != nil {
+			return 0, err
+		}
+	} else if _, err := p.br.Discard(length); err != nil {
 		return 0, err
 	}
 	if closeConn {

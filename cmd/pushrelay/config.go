@@ -50,6 +50,9 @@ type Config struct {
 
 	EndpointConcurrency    int
 	EndpointRequestTimeout time.Duration
+	BatchMaxMessages       int
+	BatchConcurrency       int
+	BatchTokenFile         string
 	DeviceMaxConns         int
 	DeviceMaxConnsPerIP    int
 	EndpointMaxConnsPerIP  int
@@ -222,6 +225,9 @@ var settings = []setting{
 	intSetting("inflight_window", "100", 1, 10000, "notifications sent to a device before it must ack", func(c *Config) *int { return &c.InflightWindow }),
 	intSetting("outbox_bytes", "32768", 4096, 16<<20, "bytes of notifications queued for one device's socket; the rest waits in the store", func(c *Config) *int { return &c.OutboxBytes }),
 	intSetting("endpoint_concurrency", "1024", 1, 1<<20, "app-server connections served at once (about 10 KiB each, 18 KiB while a request is read); one more is answered 503 with Retry-After and closed", func(c *Config) *int { return &c.EndpointConcurrency }),
+	intSetting("batch_max_messages", "100", 1, 10000, "messages one POST /wpush/batch may carry; its body may take, per message, max_data_bytes in base64 plus 1 KiB", func(c *Config) *int { return &c.BatchMaxMessages }),
+	intSetting("batch_concurrency", "4", 1, 1024, "batch bodies read and held at once; one more batch is answered 503 with Retry-After, unread", func(c *Config) *int { return &c.BatchConcurrency }),
+	strSetting("batch_token_file", "", "file holding the app-server token (at least 16 characters) that authenticates POST /wpush/batch for v1 endpoints (Authorization: Bearer <token>); empty refuses token batches", func(c *Config) *string { return &c.BatchTokenFile }),
 	durSetting("endpoint_request_timeout", "5s", "how long a push waits for the store before it is answered 503 with Retry-After", func(c *Config) *time.Duration { return &c.EndpointRequestTimeout }),
 	intSetting("device_max_conns", "10000", 0, 1<<24, "device connections open at once; at the cap the listener stops accepting until one closes (0: no cap)", func(c *Config) *int { return &c.DeviceMaxConns }),
 	intSetting("device_max_conns_per_ip", "256", 0, 1<<24, "device connections open at once from one IPv4 address or IPv6 /64; more are closed at once (0: no cap)", func(c *Config) *int { return &c.DeviceMaxConnsPerIP }),
@@ -409,6 +415,9 @@ func (c *Config) Validate() error {
 	if err := c.validateMegaphone(); err != nil {
 		return err
 	}
+	if _, err := c.batchToken(); err != nil {
+		return err
+	}
 	if (c.TLSCertFile == "") != (c.TLSKeyFile == "") {
 		return cfgErr("tls_cert_file and tls_key_file go together")
 	}
@@ -584,6 +593,26 @@ func (c *Config) wakeRanges() (kick.Ranges, error) {
 		r.Networks[key] = append(r.Networks[key], p...)
 	}
 	return r, nil
+}
+
+// minBatchToken is the shortest batch token taken.
+const minBatchToken = 16
+
+// batchToken reads the batch token from batch_token_file (surrounding
+// white space removed), or returns nil when none is configured.
+func (c *Config) batchToken() ([]byte, error) {
+	if c.BatchTokenFile == "" {
+		return nil, nil
+	}
+	b, err := os.ReadFile(c.BatchTokenFile)
+	if err != nil {
+		return nil, cfgErr("batch_token_file: %v", oneLine(err))
+	}
+	tok := []byte(strings.TrimSpace(string(b)))
+	if len(tok) < minBatchToken || strings.ContainsAny(string(tok), " \t\r\n") {
+		return nil, cfgErr("batch_token_file %q: want one token of at least %d characters, no white space inside", c.BatchTokenFile, minBatchToken)
+	}
+	return tok, nil
 }
 
 func (c *Config) dataPath(name string) string { return filepath.Join(c.DataDir, name) }

@@ -270,3 +270,28 @@ func TestConfigMegaphone(t *testing.T) {
 		t.Fatalf("check-config prints the token:\n%s", out.String())
 	}
 }
+
+// batch_token_file is read (white space around the token ignored) and a
+// missing file or a token too short is refused.
+func TestConfigBatchToken(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good")
+	os.WriteFile(good, []byte("  0123456789abcdef0123\n"), 0o600)
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, []byte("0123456789\n"), 0o600)
+	c, err := loadConfig("t", []string{"--batch-token-file", good}, env(nil), &bytes.Buffer{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tok, err := c.batchToken(); err != nil || string(tok) != "0123456789abcdef0123" {
+		t.Errorf("token %q, %v", tok, err)
+	}
+	for _, f := range []string{short, filepath.Join(dir, "missing")} {
+		if _, err := loadConfig("t", []string{"--batch-token-file", f}, env(nil), &bytes.Buffer{}); err == nil || !strings.Contains(err.Error(), "batch_token_file") {
+			t.Errorf("%s: %v", f, err)
+		}
+	}
+	if c, err := loadConfig("t", nil, env(nil), &bytes.Buffer{}); err != nil || c.BatchMaxMessages != 100 || c.BatchConcurrency != 4 || c.BatchTokenFile != "" {
+		t.Errorf("defaults: %+v %v", c, err)
+	}
+}

@@ -149,10 +149,16 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		return err
 	}
 	d.kick.SetPresence(d.hub)
+	batchToken, err := cfg.batchToken()
+	if err != nil {
+		d.closeListeners()
+		return err
+	}
 	d.api, err = endpoint.New(endpoint.Config{
 		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
 		Concurrency: cfg.EndpointConcurrency, RequestTimeout: cfg.EndpointRequestTimeout,
 		Logger: d.log.With("component", "endpoint"), Metrics: d.reg,
+		BatchMaxMessages: cfg.BatchMaxMessages, BatchConcurrency: cfg.BatchConcurrency, BatchToken: batchToken,
 	})
 	if err != nil {
 		d.closeListeners()

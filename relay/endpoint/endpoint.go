@@ -6,6 +6,7 @@
 //	POST   /wpush/{token}      same as v1
 //	PUT    /update/{token}     SimplePush: body or query version=N
 //	DELETE /m/{id}             withdraw a waiting message
+//	POST   /wpush/batch        many messages, answered one by one (batch.go)
 //
 // Every error is JSON {code, errno, error, message, more_info} with
 // autopush's errno where autopush has one (docs/endpoint-api.md lists them).
@@ -54,6 +55,7 @@ import (
 // Pusher is what the API needs from the relay core.
 type Pusher interface {
 	Push(ctx context.Context, m relay.Message) (relay.Result, error)
+	PushBatch(ctx context.Context, ms []relay.Message) ([]relay.Result, error)
 	Delete(ctx context.Context, id string) error
 }
 
@@ -105,6 +107,14 @@ type Config struct {
 	Logger      *slog.Logger
 	Metrics     *metrics.Registry
 	Now         func() time.Time
+
+	// BatchMaxMessages bounds a batch's messages
+	// (DefaultBatchMaxMessages); its body may take, per message, MaxData
+	// in base64 plus 1 KiB. BatchConcurrency bounds the batch bodies held
+	// at once (DefaultBatchConcurrency). BatchToken authenticates batches
+	// to v1 endpoints; empty refuses them.
+	BatchMaxMessages, BatchConcurrency int
+	BatchToken                         []byte
 }
 
 // API serves the endpoint routes. Serve it on a listener with Serve; stop
@@ -130,6 +140,10 @@ type API struct {
 	stopped   bool
 
 	full diskFull
+
+	batch    *batchGate
+	batchMax int // a batch's body limit
+	bm       *batchMetrics
 }
 
 // New returns the API.
@@ -168,6 +182,15 @@ func New(cfg Config) (*API, error) {
 	if cfg.Concurrency <= 0 {
 		a.cfg.Concurrency = DefaultConcurrency
 	}
+	if cfg.BatchMaxMessages <= 0 {
+		a.cfg.BatchMaxMessages = DefaultBatchMaxMessages
+	}
+	if cfg.BatchConcurrency <= 0 {
+		a.cfg.BatchConcurrency = DefaultBatchConcurrency
+	}
+	a.batchMax = batchMaxBytes(a.cfg.BatchMaxMessages, cfg.MaxData)
+	a.batch = newBatchGate(a.cfg.BatchConcurrency, cfg.ReadTimeout+cfg.RequestTimeout+cfg.WriteTimeout, cfg.Now)
+	a.bm = newBatchMetrics(metrics.OrNew(cfg.Metrics))
 	a.refusal = refusal(errBusy)
 	a.ctx, a.cancel = context.WithCancel(context.Background())
 	a.srv = &fasthttp.Server{
@@ -177,6 +200,7 @@ func New(cfg Config) (*API, error) {
 		// A request that fits under MaxData is read whole before the
 		// handler runs; a larger declared length is refused unread.
 		MaxRequestBodySize:    cfg.MaxData,
+		HeaderReceived:        a.headerReceived, // a batch's limit
 		ReadBufferSize:        MaxHeaderBytes,
 		ReadTimeout:           cfg.ReadTimeout,
 		WriteTimeout:          cfg.WriteTimeout,
@@ -278,6 +302,7 @@ func (a *API) handle(ctx *fasthttp.RequestCtx) {
 			ctx.SetConnectionClose()
 		}
 	}()
+	defer a.batch.release(&ctx.Request.Header)
 	if e := checkFraming(ctx.Request.Header.RawHeaders()); e != nil {
 		// What follows on the connection cannot be trusted to start a
 		// request (RFC 9112 §6.3).
@@ -323,6 +348,10 @@ func (a *API) route(ctx *fasthttp.RequestCtx) {
 	path := ctx.Path()
 	switch {
 	case ctx.IsPost():
+		if bytes.Equal(path, batchPath) {
+			a.postBatch(ctx)
+			return
+		}
 		if rest, ok := bytes.CutPrefix(path, []byte("/wpush/")); ok {
 			version, tok, ok := bytes.Cut(rest, []byte("/"))
 			if !ok {
@@ -351,6 +380,9 @@ func (a *API) route(ctx *fasthttp.RequestCtx) {
 // readFailed answers a request fasthttp could not read; the connection is
 // closed after the answer.
 func (a *API) readFailed(ctx *fasthttp.RequestCtx, err error) {
+	if a.batchUnread(ctx) {
+		return
+	}
 	var small *fasthttp.ErrSmallBuffer
 	e := errMalformed.with(err.Error())
 	switch {

@@ -406,6 +406,9 @@ type failingPusher struct{}
 func (failingPusher) Push(context.Context, relay.Message) (relay.Result, error) {
 	return relay.Result{}, errors.New("disk on fire")
 }
+func (failingPusher) PushBatch(context.Context, []relay.Message) ([]relay.Result, error) {
+	return nil, errors.New("disk on fire")
+}
 func (failingPusher) Delete(context.Context, string) error { return errors.New("disk on fire") }
 
 // New refuses configs it cannot serve.
@@ -480,6 +483,9 @@ func TestUnreadableRequests(t *testing.T) {
 type panickingPusher struct{}
 
 func (panickingPusher) Push(context.Context, relay.Message) (relay.Result, error) {
+	panic("bug in the pusher")
+}
+func (panickingPusher) PushBatch(context.Context, []relay.Message) ([]relay.Result, error) {
 	panic("bug in the pusher")
 }
 func (panickingPusher) Delete(context.Context, string) error { panic("bug in the pusher") }

@@ -214,6 +214,16 @@ func (p *blockingPusher) Push(ctx context.Context, m relay.Message) (relay.Resul
 		return relay.Result{ID: "x", Stored: true}, nil
 	}
 }
+func (p *blockingPusher) PushBatch(ctx context.Context, ms []relay.Message) ([]relay.Result, error) {
+	rs := make([]relay.Result, len(ms))
+	for i := range rs {
+		rs[i], rs[i].Err = p.Push(ctx, ms[i])
+		if rs[i].Err != nil {
+			return rs, nil
+		}
+	}
+	return rs, nil
+}
 func (p *blockingPusher) Delete(ctx context.Context, id string) error {
 	<-ctx.Done()
 	return ctx.Err()
@@ -250,6 +260,13 @@ func (p *noSpacePusher) Push(ctx context.Context, m relay.Message) (relay.Result
 		return relay.Result{}, &wrapped{"store message", &wrapped{"store commit", &fs.PathError{Op: "write", Path: "pushrelay.db", Err: syscall.ENOSPC}}}
 	}
 	return relay.Result{ID: "x", Stored: true}, nil
+}
+func (p *noSpacePusher) PushBatch(ctx context.Context, ms []relay.Message) ([]relay.Result, error) {
+	rs := make([]relay.Result, len(ms))
+	for i := range rs {
+		rs[i], rs[i].Err = p.Push(ctx, ms[i])
+	}
+	return rs, nil
 }
 func (p *noSpacePusher) Delete(context.Context, string) error { return nil }
 

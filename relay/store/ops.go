@@ -274,21 +274,30 @@ func (s *Store) Unregister(ctx context.Context, u UAID, id ChannelID) (bool, err
 // holds more than MaxMessagesPerUAID messages its oldest are dropped
 // (counted as dropped_cap).
 func (s *Store) Append(ctx context.Context, m Message) (Message, error) {
-	apply, seq, err := s.appendOp(&m)
+	apply, out, err := s.appendOp(&m)
 	if err != nil {
 		return Message{}, err
 	}
 	if err := s.do(ctx, apply); err != nil {
 		return Message{}, err
 	}
-	m.Seq = *seq
+	m.Seq = out.seq
 	return m, nil
 }
 
+// appendOutcome is where an append op leaves what it did: the message's
+// seq and its device's message count right after it (and after any
+// drop-oldest it caused).
+type appendOutcome struct {
+	seq   uint64
+	queue int
+}
+
 // appendOp validates and completes m and returns the op that stores it
-// and where that op leaves the seq. Encoding happens here, in the
-// caller's goroutine, not in the committer.
-func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
+// and where that op leaves its outcome. Encoding happens here, in the
+// caller's goroutine, not in the committer. AppendBatch runs several of
+// these ops as one.
+func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error) {
 	if m.TTL <= 0 {
 		return nil, nil, ErrZeroTTL
 	}
@@ -305,7 +314,8 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 	val := encodeMessage(m)
 	exp := timeNanos(m.Expiry)
 	u, ch, topic := m.UAID, m.Channel, m.Topic
-	seq := new(uint64)
+	out := new(appendOutcome)
+	seq := &out.seq
 	// What the stored hook sees: the caller's message with its data in
 	// val, which nothing changes after this (the caller's buffer may be
 	// reused once Append returns).
@@ -366,9 +376,10 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *uint64, error) {
 				break
 			}
 		}
+		out.queue = t.messageCount(u)
 		return nil
 	}
-	return apply, seq, nil
+	return apply, out, nil
 }
 
 // Messages returns up to limit (all if limit <= 0) of u's unexpired
