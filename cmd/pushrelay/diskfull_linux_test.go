@@ -20,14 +20,7 @@ import (
 // /readyz is 503 and /status names the problem; freeing space resumes
 // writes without a restart, and nothing that got a 201 is lost.
 func TestE2EDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := smallTmpfs(t)
 	data := filepath.Join(dir, "data")
 	p := startRelay(t, data)
 	d := connect(t, p, "")
@@ -140,14 +133,7 @@ func fillDisk(t *testing.T, path string) {
 // A broadcast version the full store cannot write is answered 507 with
 // Retry-After, as a push is, and is not published.
 func TestE2EBroadcastDiskFull(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("mounting a small tmpfs needs root")
-	}
-	dir := t.TempDir()
-	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
-		t.Skipf("cannot mount a tmpfs here: %v", err)
-	}
-	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	dir := smallTmpfs(t)
 	tokenFile, token := writeAdminToken(t)
 	p := startRelay(t, filepath.Join(dir, "data"), "--admin-token-file", tokenFile)
 	fillDisk(t, filepath.Join(dir, "filler"))
@@ -173,4 +159,19 @@ func TestE2EBroadcastDiskFull(t *testing.T) {
 		t.Fatalf("%d broadcasts listed, want the %d stored", got, stored)
 	}
 	t.Logf("%d versions stored, then 507", stored)
+}
+
+// smallTmpfs mounts a 4 MiB tmpfs on a temp dir, unmounted at the test's
+// end; the test is skipped where that is not allowed (not root).
+func smallTmpfs(t *testing.T) string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("mounting a small tmpfs needs root")
+	}
+	dir := t.TempDir()
+	if err := syscall.Mount("tmpfs", dir, "tmpfs", 0, "size=4m"); err != nil {
+		t.Skipf("cannot mount a tmpfs here: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(dir, syscall.MNT_DETACH) })
+	return dir
 }
