@@ -25,6 +25,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/node"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -698,7 +699,7 @@ func fillStore(ctx context.Context, path string, messages, perDevice int, stderr
 	defer st.Close()
 	if s, err := st.Stats(); err == nil && s.Devices+s.Channels == 0 {
 		// The relay starts only on a store with its keys.
-		if _, _, err := loadKeys(filepath.Dir(path), 0, slog.New(slog.DiscardHandler)); err != nil {
+		if _, _, err := node.LoadKeys(filepath.Dir(path), 0, slog.New(slog.DiscardHandler)); err != nil {
 			return err
 		}
 	}
