@@ -17,6 +17,8 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay/node"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // damagedDir is a data dir written by the relay: one device, two
@@ -46,7 +48,7 @@ func makeDataDir(t *testing.T, clean bool) *damagedDir {
 	if clean {
 		p.stop()
 	} else {
-		p.kill()
+		p.Kill()
 	}
 	return &damagedDir{dir: dir, dev: d, sent: sent}
 }
@@ -124,7 +126,7 @@ func runBin(t *testing.T, args ...string) (int, string, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binPath, args...)
-	cmd.Env = childEnv()
+	cmd.Env = relayproc.Env()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -319,12 +321,12 @@ func TestE2EDamageFoundWhileServing(t *testing.T) {
 			c.Ack(n)
 		}
 	}
-	if code, _ := httpGet(p.admin + "/status"); code == 0 {
+	if code, _ := httpGet(p.Admin + "/status"); code == 0 {
 		t.Fatal("the relay died")
 	}
 	// It says so where a load balancer looks, and more devices
 	// reconnecting do not flood the log.
-	if code, body := httpGet(p.admin + "/readyz"); code != 503 || !strings.Contains(body, "damaged") {
+	if code, body := httpGet(p.Admin + "/readyz"); code != 503 || !strings.Contains(body, "damaged") {
 		t.Errorf("/readyz on a damaged store: %d %s", code, body)
 	}
 	for range 5 {
