@@ -15,7 +15,7 @@
 // Goroutines: Run starts one per part (listeners, store sweeps, the hub's
 // keepalive, the device poller, waking, STUN, megaphone) and waits for all
 // of them before it returns; the parts own and wait for theirs. New starts
-// none, so a node that never ran is released by Close alone.
+// only the store's committer, which Close stops on a node that never ran.
 package node
 
 import (
@@ -125,7 +125,8 @@ type Config struct {
 	// runtime's and the process's collectors).
 	Metrics *metrics.Registry
 	// OnReady, when set, is called by Run once every part serves and
-	// /readyz says 200, before Run waits for its context.
+	// /readyz says 200, before Run waits for its context; it must return
+	// promptly.
 	OnReady func(*Node)
 }
 
@@ -285,9 +286,15 @@ func New(cfg Config) (_ *Node, err error) {
 	if cfg.AdminToken != "" {
 		d.admin.ServeBroadcasts(d.broadcasts, cfg.AdminToken)
 	}
+	return d, nil
+}
 
+// makeServers makes the device listener's WebSocket server (its poller
+// holds descriptors, so it is made only by Run, which closes it) and the
+// HTTP servers.
+func (d *Node) makeServers() {
 	errLog := log.New(&slogWriter{d.log}, "", 0)
-	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(cfg.MaxFrameBytes), WriteTimeout: cfg.WriteTimeout},
+	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(d.cfg.MaxFrameBytes), WriteTimeout: d.cfg.WriteTimeout},
 		func(c *wsock.Conn) { d.hub.Accept(c) })
 	d.servers["device"] = &http.Server{
 		Handler:           d.admin.DeviceHandler(d.ws),
@@ -297,7 +304,6 @@ func New(cfg Config) (_ *Node, err error) {
 	if _, ok := d.listeners["admin"]; ok {
 		d.servers["admin"] = &http.Server{Handler: d.admin, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
 	}
-	return d, nil
 }
 
 // Run serves until ctx is done (the daemon's SIGTERM) or Close is called,
@@ -327,6 +333,7 @@ func (d *Node) Run(ctx context.Context) (err error) {
 		}
 	}()
 
+	d.makeServers()
 	runCtx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var wg sync.WaitGroup
@@ -415,9 +422,6 @@ func (d *Node) release() error {
 	}
 	if d.api != nil {
 		errs = append(errs, d.api.Close())
-	}
-	if d.ws != nil {
-		errs = append(errs, d.ws.Close())
 	}
 	if d.hub != nil {
 		errs = append(errs, d.hub.Close())

@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -324,13 +325,31 @@ func TestCloseWithoutRun(t *testing.T) {
 	if err := n.Run(context.Background()); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Run after Close = %v, want ErrClosed", err)
 	}
-	n2, err := New(cfg)
+	// Again and again: nothing New opened stays open (no descriptor is
+	// left behind either).
+	before := openFiles(t)
+	for i := range 5 {
+		n2, err := New(cfg)
+		if err != nil {
+			t.Fatalf("a new node on the same data dir (%d): %v", i, err)
+		}
+		if err := n2.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := openFiles(t); before >= 0 && after > before {
+		t.Fatalf("%d descriptors open after 5 nodes made and closed, %d before", after, before)
+	}
+}
+
+// openFiles counts this process's open descriptors (-1 where /proc has
+// none to show).
+func openFiles(t *testing.T) int {
+	es, err := os.ReadDir("/proc/self/fd")
 	if err != nil {
-		t.Fatalf("a new node on the same data dir: %v", err)
+		return -1
 	}
-	if err := n2.Close(); err != nil {
-		t.Fatal(err)
-	}
+	return len(es)
 }
 
 // Run returns when its context ends, as the daemon's does on SIGTERM, and
