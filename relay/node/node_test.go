@@ -6,10 +6,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"log/slog"
 	"net"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -97,6 +99,23 @@ func (r *running) stop(t *testing.T) {
 	case <-time.After(15 * time.Second):
 		t.Fatal("Run did not return after Close")
 	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
 
 // subscriber is a device with one channel, its endpoint and its keys.
@@ -199,6 +218,22 @@ func httpGet(t *testing.T, url string) (int, string) {
 // once closed.
 func TestThreeNodesInOneProcess(t *testing.T) {
 	const nodes = 3
+	// Nothing goes through the process's defaults: slog's and log's
+	// default loggers stay silent, the memory limit stays as it was.
+	var global syncBuffer
+	defer slog.SetDefault(slog.Default())
+	slog.SetDefault(slog.New(slog.NewTextHandler(&global, nil)))
+	defer log.SetOutput(log.Writer())
+	log.SetOutput(&global)
+	memLimit := debug.SetMemoryLimit(-1)
+	defer func() {
+		if got := debug.SetMemoryLimit(-1); got != memLimit {
+			t.Errorf("memory limit changed from %d to %d", memLimit, got)
+		}
+		if global.String() != "" {
+			t.Errorf("written to the process's default loggers:\n%s", global.String())
+		}
+	}()
 	var rs []*running
 	seen := map[string]bool{}
 	for i := range nodes {
