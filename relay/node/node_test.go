@@ -441,3 +441,26 @@ func TestDataDirInUse(t *testing.T) {
 	}
 	r.stop(t)
 }
+
+// A part that fails stops the node: Run drains the rest and returns that
+// part's error (the daemon's exit status), and nothing is left running.
+func TestPartFailureStopsNode(t *testing.T) {
+	r := start(t, testConfig(t, "failing"))
+	s := subscribe(t, r.Node, "")
+	r.listeners["device"].Close() // the device listener's Serve fails
+	select {
+	case err := <-r.errc:
+		if err == nil || !strings.HasPrefix(err.Error(), "device listener: ") {
+			t.Fatalf("Run = %v, want the device listener's error", err)
+		}
+	case <-time.After(15 * time.Second):
+		t.Fatal("Run did not return after a part failed")
+	}
+	var ce *pushclient.CloseError
+	if _, err := s.c.Read(time.Now().Add(5 * time.Second)); !errors.As(err, &ce) || ce.Code != pushproto.CloseGoingAway {
+		t.Fatalf("device read after the failure: %v, want a close with %d", err, pushproto.CloseGoingAway)
+	}
+	if err := r.Close(); err != nil {
+		t.Fatalf("Close after the failure: %v", err)
+	}
+}
