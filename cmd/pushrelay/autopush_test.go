@@ -69,7 +69,7 @@ func TestE2EBodyLimit(t *testing.T) {
 // /notif/{uaid} live on an internal port), 426 only for a plain GET of /.
 func TestE2EDeviceListenerPaths(t *testing.T) {
 	p := startRelay(t, t.TempDir())
-	base := "http://" + strings.TrimSuffix(strings.TrimPrefix(p.device, "ws://"), "/")
+	base := "http://" + strings.TrimSuffix(strings.TrimPrefix(p.Device, "ws://"), "/")
 	get := func(method, path string) (int, map[string]any) {
 		t.Helper()
 		req, _ := http.NewRequest(method, base+path, nil)

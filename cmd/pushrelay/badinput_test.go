@@ -107,9 +107,9 @@ func TestE2EBadEndpointInput(t *testing.T) {
 	tok := s.endpoint[strings.LastIndex(s.endpoint, "/")+1:]
 	forged := []byte(tok)
 	forged[len(forged)/2] ^= 1
-	expired, _ := signer.Header(p.endpoint, "mailto:a@b.c", time.Now().Add(-time.Minute))
-	tooFar, _ := signer.Header(p.endpoint, "mailto:a@b.c", time.Now().Add(48*time.Hour))
-	valid, _ := signer.Header(p.endpoint, "mailto:a@b.c", time.Now().Add(time.Hour))
+	expired, _ := signer.Header(p.Endpoint, "mailto:a@b.c", time.Now().Add(-time.Minute))
+	tooFar, _ := signer.Header(p.Endpoint, "mailto:a@b.c", time.Now().Add(48*time.Hour))
+	valid, _ := signer.Header(p.Endpoint, "mailto:a@b.c", time.Now().Add(time.Hour))
 	wrongAud, _ := signer.Header("https://push.example.net", "mailto:a@b.c", time.Now().Add(time.Hour))
 	std := map[string]string{"TTL": "60", "Content-Encoding": "aes128gcm"}
 	cases := []struct {
@@ -132,17 +132,17 @@ func TestE2EBadEndpointInput(t *testing.T) {
 		{"topic too long", "POST", s.endpoint, good, mergeHeaders(std, map[string]string{"Topic": strings.Repeat("a", 33)}), 400, 113},
 		{"topic not base64url", "POST", s.endpoint, good, mergeHeaders(std, map[string]string{"Topic": "a b"}), 400, 113},
 		{"bad urgency", "POST", s.endpoint, good, mergeHeaders(std, map[string]string{"Urgency": "urgent"}), 400, 115},
-		{"garbage token", "POST", p.endpoint + "/wpush/v1/notatoken", good, std, 404, 102},
-		{"forged token", "POST", p.endpoint + "/wpush/v1/" + string(forged), good, std, 404, 102},
-		{"v1 token under v2", "POST", p.endpoint + "/wpush/v2/" + tok, good, std, 404, 102},
-		{"unknown version", "POST", p.endpoint + "/wpush/v9/" + tok, good, std, 404, 102},
-		{"unknown path", "POST", p.endpoint + "/push/abc", good, std, 404, 102},
+		{"garbage token", "POST", p.Endpoint + "/wpush/v1/notatoken", good, std, 404, 102},
+		{"forged token", "POST", p.Endpoint + "/wpush/v1/" + string(forged), good, std, 404, 102},
+		{"v1 token under v2", "POST", p.Endpoint + "/wpush/v2/" + tok, good, std, 404, 102},
+		{"unknown version", "POST", p.Endpoint + "/wpush/v9/" + tok, good, std, 404, 102},
+		{"unknown path", "POST", p.Endpoint + "/push/abc", good, std, 404, 102},
 		{"v2 without VAPID", "POST", keyed.endpoint, good, std, 401, 109},
 		{"VAPID garbage", "POST", keyed.endpoint, good, mergeHeaders(std, map[string]string{"Authorization": "vapid t=abc, k=def"}), 401, 109},
 		{"VAPID expired", "POST", keyed.endpoint, good, mergeHeaders(std, map[string]string{"Authorization": expired}), 401, 109},
 		{"VAPID exp beyond 24h", "POST", keyed.endpoint, good, mergeHeaders(std, map[string]string{"Authorization": tooFar}), 401, 109},
 		{"VAPID on v1, wrong audience", "POST", s.endpoint, good, mergeHeaders(std, map[string]string{"Authorization": wrongAud}), 401, 109},
-		{"delete unknown message", "DELETE", p.endpoint + "/m/nothing", nil, nil, 404, 102},
+		{"delete unknown message", "DELETE", p.Endpoint + "/m/nothing", nil, nil, 404, 102},
 		{"simplepush bad version", "PUT", strings.Replace(s.endpoint, "/wpush/v1/", "/update/", 1), []byte("version=abc"), map[string]string{"Content-Type": "application/x-www-form-urlencoded"}, 400, 116},
 	}
 	for _, c := range cases {
@@ -160,7 +160,7 @@ func TestE2EBadEndpointInput(t *testing.T) {
 	// (the read timeout is 30 s, the test waits 10), and the connection
 	// is closed after the one answer, so the request hidden after a
 	// chunked body is never served.
-	host := strings.TrimPrefix(p.endpoint, "http://")
+	host := strings.TrimPrefix(p.Endpoint, "http://")
 	path := s.endpoint[strings.Index(s.endpoint, "/wpush/"):]
 	head := "POST " + path + " HTTP/1.1\r\nHost: " + host + "\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\n"
 	cl := "Content-Length: " + strconv.Itoa(len(good)) + "\r\n"

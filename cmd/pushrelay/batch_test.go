@@ -29,7 +29,7 @@ type batchAnswer struct {
 func postBatch(t *testing.T, p *relayProc, hdr map[string]string, msgs ...map[string]any) batchAnswer {
 	t.Helper()
 	body, _ := json.Marshal(map[string]any{"messages": msgs})
-	r := do(t, "POST", p.endpoint+"/wpush/batch", body, hdr)
+	r := do(t, "POST", p.Endpoint+"/wpush/batch", body, hdr)
 	a := batchAnswer{code: r.code, errno: r.errno, body: r.body}
 	if r.code == 200 {
 		var out struct {
@@ -101,7 +101,7 @@ func TestE2EBatch(t *testing.T) {
 		if got.Status != w.status || got.Errno != w.errno || q != w.queue {
 			t.Errorf("result %d: %+v queue %d, want %+v", i, got, q, w)
 		}
-		if w.status == 201 && !strings.HasPrefix(got.Location, p.endpoint+"/m/") {
+		if w.status == 201 && !strings.HasPrefix(got.Location, p.Endpoint+"/m/") {
 			t.Errorf("result %d: location %q", i, got.Location)
 		}
 	}
@@ -124,7 +124,7 @@ func TestE2EBatch(t *testing.T) {
 	}
 
 	// A VAPID-signed batch reaches the v2 subscription bound to its key.
-	auth, _ := signer.Header(p.endpoint, "mailto:ops@example.net", time.Now().Add(time.Hour))
+	auth, _ := signer.Header(p.Endpoint, "mailto:ops@example.net", time.Now().Add(time.Hour))
 	r = postBatch(t, p, map[string]string{"Authorization": auth}, batchMessage(t, sV, "signed batch"), batchMessage(t, sOn, "v1 needs the token"))
 	if r.code != 200 || r.results[0].Status != 201 || r.results[1].Status != 401 || r.results[1].Errno != 109 {
 		t.Fatalf("vapid batch: %d %s", r.code, r.body)
@@ -144,7 +144,7 @@ func TestE2EBatch(t *testing.T) {
 	if r := postBatch(t, p, tokenAuth, many...); r.code != 413 || r.errno != 104 {
 		t.Errorf("11 messages: %d %s", r.code, r.body)
 	}
-	if r := do(t, "POST", p.endpoint+"/wpush/batch", []byte("{"), tokenAuth); r.code != 400 || r.errno != 124 {
+	if r := do(t, "POST", p.Endpoint+"/wpush/batch", []byte("{"), tokenAuth); r.code != 400 || r.errno != 124 {
 		t.Errorf("malformed: %d %s", r.code, r.body)
 	}
 	if v := p.metric(`pushrelay_endpoint_batches_total{result="accepted"}`); v != 2 {

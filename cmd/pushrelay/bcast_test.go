@@ -14,6 +14,8 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // writeAdminToken writes a token file as the docs say to make one.
@@ -30,7 +32,7 @@ func writeAdminToken(t *testing.T) (path, token string) {
 // adminCall makes one broadcast call on the relay's admin listener.
 func adminCall(t *testing.T, p *relayProc, method, path, token, body string) (int, map[string]any) {
 	t.Helper()
-	req, err := http.NewRequest(method, p.admin+path, strings.NewReader(body))
+	req, err := http.NewRequest(method, p.Admin+path, strings.NewReader(body))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -159,7 +161,7 @@ func TestE2EBroadcastCallsOff(t *testing.T) {
 	short := filepath.Join(t.TempDir(), "short.token")
 	os.WriteFile(short, []byte("abc\n"), 0o600)
 	cmd := exec.Command(binPath, "check-config", "--data-dir", t.TempDir(), "--admin-token-file", short)
-	cmd.Env = childEnv()
+	cmd.Env = relayproc.Env()
 	out, err := cmd.CombinedOutput()
 	if ee, ok := err.(*exec.ExitError); !ok || ee.ExitCode() != 2 || !strings.Contains(string(out), "head -c 32 /dev/urandom") {
 		t.Fatalf("check-config with a short token: %v %s", err, out)

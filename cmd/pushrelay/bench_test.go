@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // The load tool runs its scenarios end to end on small sizes, so it keeps
@@ -26,7 +28,7 @@ func TestE2EBenchTool(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.args[0], func(t *testing.T) {
 			cmd := exec.Command(binPath, append([]string{"bench"}, c.args...)...)
-			cmd.Env = childEnv()
+			cmd.Env = relayproc.Env()
 			out, err := cmd.Output()
 			if err != nil || !strings.Contains(string(out), c.want) {
 				t.Fatalf("bench %v: %v\n%s", c.args, err, out)
@@ -41,7 +43,7 @@ func TestE2EBenchTool(t *testing.T) {
 // took the version and sent it to none.
 func TestE2EBenchBroadcast(t *testing.T) {
 	cmd := exec.Command(binPath, "bench", "broadcast", "--devices", "30", "--timeout", "4s", "--baseline=false")
-	cmd.Env = childEnv()
+	cmd.Env = relayproc.Env()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()

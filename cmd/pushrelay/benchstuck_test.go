@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // The issue #5 scenarios (stuck, storm) run end to end on small sizes and
@@ -31,7 +33,7 @@ func TestE2EBenchStuck(t *testing.T) {
 				t.Skip("needs root for a network namespace")
 			}
 			cmd := exec.Command(binPath, append([]string{"bench"}, c.args...)...)
-			cmd.Env = childEnv()
+			cmd.Env = relayproc.Env()
 			done := time.AfterFunc(2*time.Minute, func() { cmd.Process.Kill() })
 			defer done.Stop()
 			out, err := cmd.Output()
@@ -44,24 +46,5 @@ func TestE2EBenchStuck(t *testing.T) {
 				}
 			}
 		})
-	}
-}
-
-// quantile picks from sorted samples, and is 0 for none.
-func TestQuantile(t *testing.T) {
-	var ds []time.Duration
-	for i := 1; i <= 100; i++ {
-		ds = append(ds, time.Duration(i)*time.Millisecond)
-	}
-	for _, c := range []struct {
-		q    float64
-		want time.Duration
-	}{{0.5, 51 * time.Millisecond}, {0.99, 100 * time.Millisecond}, {1, 100 * time.Millisecond}, {0, time.Millisecond}} {
-		if got := quantile(ds, c.q); got != c.want {
-			t.Errorf("quantile(%v) = %s, want %s", c.q, got, c.want)
-		}
-	}
-	if got := quantile(nil, 0.5); got != 0 {
-		t.Errorf("quantile of none = %s", got)
 	}
 }

@@ -4,6 +4,8 @@ import (
 	"os/exec"
 	"strings"
 	"testing"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // bench wake runs end to end on a few devices: every device is woken by
@@ -28,7 +30,7 @@ func TestE2EBenchWake(t *testing.T) {
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			cmd := exec.Command(binPath, append([]string{"bench", "wake", "--port", "0", "--timeout", "60s"}, c.args...)...)
-			cmd.Env = childEnv()
+			cmd.Env = relayproc.Env()
 			out, err := cmd.Output()
 			if err != nil {
 				t.Fatalf("bench wake %v: %v\n%s", c.args, err, out)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 func env(m map[string]string) func(string) (string, bool) {
@@ -115,7 +117,7 @@ func TestE2EBadConfigExit(t *testing.T) {
 	}
 	for _, args := range cases {
 		cmd := exec.Command(binPath, args...)
-		cmd.Env = childEnv()
+		cmd.Env = relayproc.Env()
 		var stderr bytes.Buffer
 		cmd.Stderr = &stderr
 		err := cmd.Run()
@@ -129,7 +131,7 @@ func TestE2EBadConfigExit(t *testing.T) {
 		}
 	}
 	cmd := exec.Command(binPath, "check-config", "--config", "../../configs/pushrelay.yaml", "--data-dir", dir)
-	cmd.Env = childEnv()
+	cmd.Env = relayproc.Env()
 	if out, err := cmd.CombinedOutput(); err != nil || !strings.Contains(string(out), "configuration ok") {
 		t.Fatalf("check-config: %v %s", err, out)
 	}

@@ -70,7 +70,7 @@ func TestE2EDiskFull(t *testing.T) {
 			t.Fatalf("push %d on a full disk: %d", i, r.StatusCode)
 		}
 	}
-	code, ready := httpGet(p.admin + "/readyz")
+	code, ready := httpGet(p.Admin + "/readyz")
 	if code != 503 || !strings.Contains(ready, "store: disk full since") {
 		t.Fatalf("/readyz on a full disk: %d %q", code, ready)
 	}
@@ -93,7 +93,7 @@ func TestE2EDiskFull(t *testing.T) {
 	// Free the space: /readyz's probe sees it and pushes are stored again.
 	os.Remove(filler)
 	waitFor(t, "/readyz to be 200 after space was freed", func() bool {
-		code, _ := httpGet(p.admin + "/readyz")
+		code, _ := httpGet(p.Admin + "/readyz")
 		return code == 200
 	})
 	mustCreated(t, push(t, s, "after", nil))

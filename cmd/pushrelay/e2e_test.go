@@ -27,12 +27,12 @@ func TestE2EFlow(t *testing.T) {
 	p := startRelay(t, t.TempDir())
 	d := connect(t, p, "")
 	s := d.register("")
-	if !strings.HasPrefix(s.endpoint, p.endpoint+"/wpush/v1/") {
-		t.Fatalf("endpoint %q is not under %s/wpush/v1/", s.endpoint, p.endpoint)
+	if !strings.HasPrefix(s.endpoint, p.Endpoint+"/wpush/v1/") {
+		t.Fatalf("endpoint %q is not under %s/wpush/v1/", s.endpoint, p.Endpoint)
 	}
 	resp := push(t, s, "hello from the app server", nil)
 	mustCreated(t, resp)
-	if loc := resp.Header.Get("Location"); !strings.HasPrefix(loc, p.endpoint+"/m/") {
+	if loc := resp.Header.Get("Location"); !strings.HasPrefix(loc, p.Endpoint+"/m/") {
 		t.Fatalf("Location = %q", loc)
 	}
 	if resp.Header.Get("TTL") != "60" {
@@ -176,7 +176,7 @@ func TestE2EGracefulShutdown(t *testing.T) {
 	p := startRelay(t, t.TempDir())
 	d := connect(t, p, "")
 	d.register("")
-	go p.cmd.Process.Signal(syscall.SIGTERM)
+	go p.Cmd.Process.Signal(syscall.SIGTERM)
 	_, err := d.c.Read(time.Now().Add(10 * time.Second))
 	var ce *pushclient.CloseError
 	if !errors.As(err, &ce) || ce.Code != 1001 {
@@ -197,7 +197,7 @@ func TestE2EShutdownClosesIdleEndpointConnections(t *testing.T) {
 	d := connect(t, p, "")
 	s := d.register("")
 	d.c.Close()
-	host := strings.TrimPrefix(p.endpoint, "http://")
+	host := strings.TrimPrefix(p.Endpoint, "http://")
 	idle, err := net.Dial("tcp", host)
 	if err != nil {
 		t.Fatal(err)
@@ -215,7 +215,7 @@ func TestE2EShutdownClosesIdleEndpointConnections(t *testing.T) {
 	fmt.Fprintf(busy, "POST %s HTTP/1.1\r\nHost: %s\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: %d\r\n\r\n%s", path, host, len(body), body[:10])
 	waitFor(t, "the relay to have both connections", func() bool { return p.metric("pushrelay_endpoint_connections") == 2 })
 
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.Cmd.Process.Signal(syscall.SIGTERM)
 	waitFor(t, "shutting down", func() bool { return strings.Contains(p.stderr.String(), "shutting down") })
 	busy.Write(body[10:])
 	resp, err := http.ReadResponse(bufio.NewReader(busy), nil)
@@ -277,7 +277,7 @@ func TestE2ESigkillLosesNothing(t *testing.T) {
 		})
 	}
 	waitFor(t, "some messages acknowledged", func() bool { return n.Load() >= 300 })
-	p.kill()
+	p.Kill()
 	cancel()
 	wg.Wait()
 	t.Logf("%d messages got 201 before SIGKILL", len(acked))
@@ -320,7 +320,7 @@ func TestE2EVAPID(t *testing.T) {
 	if !strings.Contains(s.endpoint, "/wpush/v2/") {
 		t.Fatalf("keyed register gave %q", s.endpoint)
 	}
-	auth, err := signer.Header(p.endpoint, "mailto:ops@example.net", time.Now().Add(time.Hour))
+	auth, err := signer.Header(p.Endpoint, "mailto:ops@example.net", time.Now().Add(time.Hour))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -330,7 +330,7 @@ func TestE2EVAPID(t *testing.T) {
 	}
 	// Unsigned, signed by another key, or for another audience: 401 errno 109.
 	other, _ := vapid.GenerateKey()
-	otherAuth, _ := vapid.NewSigner(other).Header(p.endpoint, "mailto:x@example.net", time.Now().Add(time.Hour))
+	otherAuth, _ := vapid.NewSigner(other).Header(p.Endpoint, "mailto:x@example.net", time.Now().Add(time.Hour))
 	wrongAud, _ := signer.Header("https://elsewhere.example", "mailto:x@example.net", time.Now().Add(time.Hour))
 	for name, h := range map[string]string{"unsigned": "", "other key": otherAuth, "wrong audience": wrongAud} {
 		resp := pushRaw(t, s, "x", map[string]string{"Authorization": h})

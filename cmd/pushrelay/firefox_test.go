@@ -17,6 +17,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // TestFirefox drives a stock Firefox (firefox-esr, under Xvfb, through
@@ -66,7 +68,7 @@ func TestFirefox(t *testing.T) {
 
 	profile := t.TempDir()
 	writeFirefoxPrefs(t, profile, map[string]any{
-		"dom.push.serverURL":                         p.device,
+		"dom.push.serverURL":                         p.Device,
 		"dom.push.testing.allowInsecureServerURL":    true,
 		"dom.push.connection.enabled":                true,
 		"dom.push.enabled":                           true,
@@ -100,7 +102,7 @@ func TestFirefox(t *testing.T) {
 	// -remote-allow-system-access lets Marionette run code in Firefox's
 	// chrome (the broadcast part below); Firefox 138 and later ask for it.
 	ff := exec.Command(firefox, "--marionette", "-remote-allow-system-access", "--no-remote", "--profile", profile, "about:blank")
-	ff.Env = append(childEnv(), "DISPLAY="+display, "MOZ_CRASHREPORTER_DISABLE=1")
+	ff.Env = append(relayproc.Env(), "DISPLAY="+display, "MOZ_CRASHREPORTER_DISABLE=1")
 	ff.Stdout, ff.Stderr = ffOut, ffOut
 	ff.SysProcAttr = &syscall.SysProcAttr{Setpgid: true} // its content processes too, at cleanup
 	if err := ff.Start(); err != nil {
@@ -179,8 +181,8 @@ func TestFirefox(t *testing.T) {
 		Endpoint string `json:"endpoint"`
 	}
 	json.Unmarshal(sub.Sub, &subJSON)
-	if !strings.HasPrefix(subJSON.Endpoint, p.endpoint+"/") {
-		t.Fatalf("subscription endpoint %q is not on the relay (%s): %s", subJSON.Endpoint, p.endpoint, sub.Sub)
+	if !strings.HasPrefix(subJSON.Endpoint, p.Endpoint+"/") {
+		t.Fatalf("subscription endpoint %q is not on the relay (%s): %s", subJSON.Endpoint, p.Endpoint, sub.Sub)
 	}
 	t.Logf("subscribed in %v: %s", time.Since(subStart).Round(time.Millisecond), sub.Sub)
 

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/leakcheck"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
@@ -52,7 +53,7 @@ func TestMain(m *testing.M) {
 
 // relayProc is a pushrelay binary running with port-0 listeners.
 type relayProc struct {
-	*child
+	*relayproc.Proc
 	t      *testing.T
 	stderr *syncBuffer
 }
@@ -78,16 +79,16 @@ func (s *syncBuffer) String() string {
 func startRelay(t *testing.T, dataDir string, extra ...string) *relayProc {
 	t.Helper()
 	p := &relayProc{t: t, stderr: &syncBuffer{}}
-	c, err := startChild(context.Background(), binPath, dataDir, p.stderr, append([]string{"--log-level", "debug"}, extra...)...)
+	c, err := relayproc.Start(context.Background(), binPath, dataDir, p.stderr, append([]string{"--log-level", "debug"}, extra...)...)
 	if err != nil {
 		t.Fatalf("%v\nstderr:\n%s", err, tail(p.stderr.String(), 40))
 	}
-	p.child = c
+	p.Proc = c
 	t.Cleanup(func() {
 		select {
-		case <-p.done:
+		case <-p.Done:
 		default:
-			p.kill()
+			p.Kill()
 		}
 		if t.Failed() {
 			t.Logf("relay stderr:\n%s", tail(p.stderr.String(), 60))
@@ -107,15 +108,15 @@ func tail(s string, lines int) string {
 // stop sends SIGTERM and checks the relay exits 0.
 func (p *relayProc) stop() {
 	p.t.Helper()
-	p.cmd.Process.Signal(syscall.SIGTERM)
+	p.Cmd.Process.Signal(syscall.SIGTERM)
 	select {
-	case <-p.done:
+	case <-p.Done:
 	case <-time.After(20 * time.Second):
-		p.cmd.Process.Kill()
+		p.Cmd.Process.Kill()
 		p.t.Fatal("relay did not exit after SIGTERM")
 	}
-	if p.exitErr != nil {
-		p.t.Fatalf("relay exit after SIGTERM: %v\nstderr:\n%s", p.exitErr, tail(p.stderr.String(), 30))
+	if p.ExitErr != nil {
+		p.t.Fatalf("relay exit after SIGTERM: %v\nstderr:\n%s", p.ExitErr, tail(p.stderr.String(), 30))
 	}
 }
 
@@ -132,7 +133,7 @@ func httpGet(url string) (int, string) {
 // status reads /status as JSON.
 func (p *relayProc) status() map[string]any {
 	p.t.Helper()
-	code, body := httpGet(p.admin + "/status?format=json")
+	code, body := httpGet(p.Admin + "/status?format=json")
 	if code != 200 {
 		p.t.Fatalf("/status = %d %s", code, body)
 	}
@@ -148,7 +149,7 @@ func (p *relayProc) waiting() int {
 // metric returns the value of one sample line of /metrics (0 if absent).
 func (p *relayProc) metric(sample string) float64 {
 	p.t.Helper()
-	_, body := httpGet(p.admin + "/metrics")
+	_, body := httpGet(p.Admin + "/metrics")
 	for _, line := range strings.Split(body, "\n") {
 		if strings.HasPrefix(line, sample+" ") {
 			var v float64
@@ -178,7 +179,7 @@ func dial(t *testing.T, p *relayProc) *pushclient.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := pushclient.Dial(ctx, p.device)
+	c, err := pushclient.Dial(ctx, p.Device)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -53,12 +53,12 @@ func highestFD(t *testing.T, pid int) int {
 // registers and receives a push.
 func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 	p := startRelay(t, t.TempDir())
-	pid := p.cmd.Process.Pid
+	pid := p.Cmd.Process.Pid
 	if err := setNofile(pid, highestFD(t, pid)+1+24); err != nil {
 		t.Skipf("cannot lower the relay's RLIMIT_NOFILE: %v", err)
 	}
-	devAddr := hostOf(t, p.device)
-	epAddr := hostOf(t, p.endpoint)
+	devAddr := hostOf(t, p.Device)
+	epAddr := hostOf(t, p.Endpoint)
 
 	// The flood: bounded in count (150 per listener) and time (2s per dial).
 	var flood []net.Conn
@@ -75,8 +75,8 @@ func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 		c, err := net.DialTimeout("tcp", addr, 2*time.Second)
 		if err != nil {
 			select {
-			case <-p.done:
-				t.Fatalf("relay exited under the flood (%v); connection %d: %v", p.exitErr, i, err)
+			case <-p.Done:
+				t.Fatalf("relay exited under the flood (%v); connection %d: %v", p.ExitErr, i, err)
 			case <-time.After(time.Second):
 			}
 			t.Fatalf("flood connection %d: %v", i, err)
@@ -89,8 +89,8 @@ func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 		deadline := time.Now().Add(10 * time.Second)
 		for !line.MatchString(p.stderr.String()) {
 			select {
-			case <-p.done:
-				t.Fatalf("relay exited under the flood: %v", p.exitErr)
+			case <-p.Done:
+				t.Fatalf("relay exited under the flood: %v", p.ExitErr)
 			default:
 			}
 			if strings.Contains(p.stderr.String(), "msg=fatal") {
@@ -107,8 +107,8 @@ func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 	}
 	// Held for a moment at the limit: still alive.
 	select {
-	case <-p.done:
-		t.Fatalf("relay exited under the flood: %v", p.exitErr)
+	case <-p.Done:
+		t.Fatalf("relay exited under the flood: %v", p.ExitErr)
 	case <-time.After(500 * time.Millisecond):
 	}
 
@@ -124,12 +124,12 @@ func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 	deadline := time.Now().Add(20 * time.Second)
 	for c == nil {
 		select {
-		case <-p.done:
-			t.Fatalf("relay exited after the flood: %v", p.exitErr)
+		case <-p.Done:
+			t.Fatalf("relay exited after the flood: %v", p.ExitErr)
 		default:
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		cc, err := pushclient.Dial(ctx, p.device)
+		cc, err := pushclient.Dial(ctx, p.Device)
 		cancel()
 		if err == nil {
 			c = cc

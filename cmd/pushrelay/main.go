@@ -22,6 +22,8 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/bench"
 )
 
 func main() {
@@ -29,6 +31,13 @@ func main() {
 	err := run(ctx, os.Args[1:], os.LookupEnv, os.Stdout, os.Stderr)
 	stop()
 	os.Exit(exitCode(err, os.Stderr))
+}
+
+// settingDefault is the default value of a configuration key, for the
+// load tools.
+func settingDefault(key string) string {
+	s, _ := findSetting(key)
+	return s.def
 }
 
 func exitCode(err error, stderr io.Writer) int {
@@ -82,7 +91,7 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 	case "send":
 		return runSend(ctx, rest, stdout, stderr)
 	case "bench":
-		return runBench(ctx, rest, stdout, stderr)
+		return bench.Run(ctx, rest, stdout, stderr, settingDefault)
 	case "keygen":
 		return runKeygen(rest, stdout)
 	case "uci-config":

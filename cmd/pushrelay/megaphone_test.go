@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -37,21 +38,21 @@ func (p *relayProc) waitMetric(sample string, want float64) {
 // service gone.
 func TestE2EMegaphone(t *testing.T) {
 	rs := "remote-settings/monitor_changes"
-	stub, err := newMegaphoneStub("t0ken", map[string]string{rs: `"1700000000000"`, "foo/bar": "v1"})
+	stub, err := relayproc.NewMegaphoneStub("t0ken", map[string]string{rs: `"1700000000000"`, "foo/bar": "v1"})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stub.close()
+	defer stub.Close()
 	dir := t.TempDir()
 	tokFile := filepath.Join(dir, "megaphone.token")
 	if err := os.WriteFile(tokFile, []byte("t0ken\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	data := filepath.Join(dir, "data")
-	p := startRelay(t, data, "--megaphone-url", stub.url(), "--megaphone-token-file", tokFile, "--megaphone-poll-interval", "1s")
+	p := startRelay(t, data, "--megaphone-url", stub.URL(), "--megaphone-token-file", tokFile, "--megaphone-poll-interval", "1s")
 	p.waitMetric(`pushrelay_broadcast_changes_total{source="megaphone"}`, 2)
 	p.waitMetric("pushrelay_broadcasts", 2)
-	if _, bad := stub.counts(); bad != 0 {
+	if _, bad := stub.Counts(); bad != 0 {
 		t.Fatalf("%d polls without the bearer token", bad)
 	}
 
@@ -69,7 +70,7 @@ func TestE2EMegaphone(t *testing.T) {
 		t.Fatalf("up-to-date hello got %v", told)
 	}
 
-	stub.set(200, map[string]string{rs: `"1700000005000"`})
+	stub.Set(200, map[string]string{rs: `"1700000005000"`})
 	p.waitMetric(`pushrelay_broadcast_changes_total{source="megaphone"}`, 3)
 	p.waitMetric("pushrelay_megaphone_versions_changed_total", 3)
 	f, err := dev.Next(time.Now().Add(5 * time.Second))
@@ -80,7 +81,7 @@ func TestE2EMegaphone(t *testing.T) {
 		t.Fatalf("device not subscribed to %s got %+v", rs, f)
 	}
 
-	stub.set(503, nil)
+	stub.Set(503, nil)
 	p.waitMetric("pushrelay_megaphone_consecutive_failures", 2)
 	if n := strings.Count(p.stderr.String(), "megaphone poll failed;"); n != 1 {
 		t.Fatalf("%d warnings for two failed polls in a row, want 1", n)
@@ -102,13 +103,13 @@ func TestE2EMegaphone(t *testing.T) {
 	}
 
 	// The service gone: the relay starts, is ready, serves what it had.
-	stub.close()
-	p = startRelay(t, data, "--megaphone-url", stub.url(), "--megaphone-poll-interval", "1s")
+	stub.Close()
+	p = startRelay(t, data, "--megaphone-url", stub.URL(), "--megaphone-poll-interval", "1s")
 	p.waitMetric(`pushrelay_megaphone_polls_total{result="unreachable"}`, 1)
 	if v := p.metric("pushrelay_broadcasts"); v != 2 {
 		t.Fatalf("broadcasts after a restart with the service down: %v", v)
 	}
-	if code, body := httpGet(p.admin + "/readyz"); code != 200 {
+	if code, body := httpGet(p.Admin + "/readyz"); code != 200 {
 		t.Fatalf("/readyz with the megaphone down: %d %s", code, body)
 	}
 	p.stop()

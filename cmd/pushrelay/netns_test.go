@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // netLab is three network namespaces made for one test: a device behind a
@@ -93,7 +95,7 @@ func newNetLab(t *testing.T) *netLab {
 func (l *netLab) start(ctx context.Context, ns string, args ...string) (<-chan string, *syncBuffer) {
 	l.t.Helper()
 	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, binPath}, args...)...)
-	cmd.Env = childEnv()
+	cmd.Env = relayproc.Env()
 	stderr := &syncBuffer{}
 	cmd.Stderr = stderr
 	out, err := cmd.StdoutPipe()
@@ -168,7 +170,7 @@ func TestWakeBehindNAT(t *testing.T) {
 	expectLine(t, ctx, dev, "sleeping")
 
 	send := exec.CommandContext(ctx, "ip", "netns", "exec", l.relay, binPath, "send", "--subscription", sub, "--data", "through the NAT")
-	send.Env = childEnv()
+	send.Env = relayproc.Env()
 	if out, err := send.CombinedOutput(); err != nil {
 		t.Fatalf("send: %v\n%s", err, out)
 	}

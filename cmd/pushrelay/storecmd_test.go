@@ -15,7 +15,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/node"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // damagedDir is a data dir written by the relay: one device, two
@@ -45,7 +48,7 @@ func makeDataDir(t *testing.T, clean bool) *damagedDir {
 	if clean {
 		p.stop()
 	} else {
-		p.kill()
+		p.Kill()
 	}
 	return &damagedDir{dir: dir, dev: d, sent: sent}
 }
@@ -123,7 +126,7 @@ func runBin(t *testing.T, args ...string) (int, string, string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, binPath, args...)
-	cmd.Env = childEnv()
+	cmd.Env = relayproc.Env()
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()
@@ -161,10 +164,10 @@ func TestE2EDamagedDataDir(t *testing.T) {
 		want   []string // in the one line
 	}{
 		{"store page of random bytes", func(t *testing.T, dir string) {
-			randomPage(t, filepath.Join(dir, storeFile))
-		}, []string{storeFile, "damaged", "salvage", "backup"}},
+			randomPage(t, filepath.Join(dir, node.StoreFile))
+		}, []string{node.StoreFile, "damaged", "salvage", "backup"}},
 		{"store page headers flipped", func(t *testing.T, dir string) {
-			path := filepath.Join(dir, storeFile)
+			path := filepath.Join(dir, node.StoreFile)
 			pageSize, ids := messagePages(t, path)
 			b, _ := os.ReadFile(path)
 			for _, id := range ids[:4] {
@@ -173,36 +176,36 @@ func TestE2EDamagedDataDir(t *testing.T) {
 				}
 			}
 			os.WriteFile(path, b, 0o600)
-		}, []string{storeFile, "damaged", "salvage"}},
+		}, []string{node.StoreFile, "damaged", "salvage"}},
 		{"store truncated to half", func(t *testing.T, dir string) {
-			path := filepath.Join(dir, storeFile)
+			path := filepath.Join(dir, node.StoreFile)
 			fi, _ := os.Stat(path)
 			os.Truncate(path, fi.Size()/2)
-		}, []string{storeFile, "damaged", "salvage"}},
+		}, []string{node.StoreFile, "damaged", "salvage"}},
 		{"store empty", func(t *testing.T, dir string) {
-			os.Truncate(filepath.Join(dir, storeFile), 0)
-		}, []string{storeFile, "empty", "endpoint.key and wake.key exist", "delete"}},
+			os.Truncate(filepath.Join(dir, node.StoreFile), 0)
+		}, []string{node.StoreFile, "empty", "endpoint.key and wake.key exist", "delete"}},
 		{"store deleted", func(t *testing.T, dir string) {
-			os.Remove(filepath.Join(dir, storeFile))
-		}, []string{storeFile, "missing", "backup"}},
+			os.Remove(filepath.Join(dir, node.StoreFile))
+		}, []string{node.StoreFile, "missing", "backup"}},
 		{"endpoint.key deleted", func(t *testing.T, dir string) {
-			os.Remove(filepath.Join(dir, endpointKeyFile))
-		}, []string{endpointKeyFile, "missing", "endpoint handed out", "backup"}},
+			os.Remove(filepath.Join(dir, node.EndpointKeyFile))
+		}, []string{node.EndpointKeyFile, "missing", "endpoint handed out", "backup"}},
 		{"endpoint.key empty", func(t *testing.T, dir string) {
-			os.Truncate(filepath.Join(dir, endpointKeyFile), 0)
-		}, []string{endpointKeyFile, "empty", "backup"}},
+			os.Truncate(filepath.Join(dir, node.EndpointKeyFile), 0)
+		}, []string{node.EndpointKeyFile, "empty", "backup"}},
 		{"endpoint.key cut short", func(t *testing.T, dir string) {
-			os.Truncate(filepath.Join(dir, endpointKeyFile), 20)
-		}, []string{endpointKeyFile}},
+			os.Truncate(filepath.Join(dir, node.EndpointKeyFile), 20)
+		}, []string{node.EndpointKeyFile}},
 		{"wake.key deleted", func(t *testing.T, dir string) {
-			os.Remove(filepath.Join(dir, wakeKeyFile))
-		}, []string{wakeKeyFile, "missing", "wake key", "backup"}},
+			os.Remove(filepath.Join(dir, node.WakeKeyFile))
+		}, []string{node.WakeKeyFile, "missing", "wake key", "backup"}},
 		{"wake.key empty", func(t *testing.T, dir string) {
-			os.Truncate(filepath.Join(dir, wakeKeyFile), 0)
-		}, []string{wakeKeyFile, "empty"}},
+			os.Truncate(filepath.Join(dir, node.WakeKeyFile), 0)
+		}, []string{node.WakeKeyFile, "empty"}},
 		{"wake.key cut short", func(t *testing.T, dir string) {
-			os.Truncate(filepath.Join(dir, wakeKeyFile), 20)
-		}, []string{wakeKeyFile}},
+			os.Truncate(filepath.Join(dir, node.WakeKeyFile), 20)
+		}, []string{node.WakeKeyFile}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -228,8 +231,8 @@ func TestE2EDamagedDataDir(t *testing.T) {
 		dir := filepath.Join(t.TempDir(), "new")
 		p := startRelay(t, dir)
 		p.stop()
-		for _, name := range []string{storeFile, endpointKeyFile, wakeKeyFile} {
-			if st, _ := stateOf(filepath.Join(dir, name)); st != filePresent {
+		for _, name := range []string{node.StoreFile, node.EndpointKeyFile, node.WakeKeyFile} {
+			if st, _ := node.StateOf(filepath.Join(dir, name)); st != node.FilePresent {
 				t.Errorf("%s is %s after the first start", name, st)
 			}
 		}
@@ -240,11 +243,11 @@ func TestE2EDamagedDataDir(t *testing.T) {
 	t.Run("keys missing beside a store without devices", func(t *testing.T) {
 		dir := t.TempDir()
 		startRelay(t, dir).stop()
-		os.Remove(filepath.Join(dir, endpointKeyFile))
-		os.Truncate(filepath.Join(dir, wakeKeyFile), 0)
+		os.Remove(filepath.Join(dir, node.EndpointKeyFile))
+		os.Truncate(filepath.Join(dir, node.WakeKeyFile), 0)
 		startRelay(t, dir).stop()
-		for _, name := range []string{endpointKeyFile, wakeKeyFile} {
-			if st, _ := stateOf(filepath.Join(dir, name)); st != filePresent {
+		for _, name := range []string{node.EndpointKeyFile, node.WakeKeyFile} {
+			if st, _ := node.StateOf(filepath.Join(dir, name)); st != node.FilePresent {
 				t.Errorf("%s is %s", name, st)
 			}
 		}
@@ -253,21 +256,21 @@ func TestE2EDamagedDataDir(t *testing.T) {
 	// (OpenWrt's sysupgrade keeps endpoint.key only).
 	t.Run("store deleted, allow_new_store", func(t *testing.T) {
 		dir := unclean.clone(t)
-		os.Remove(filepath.Join(dir, storeFile))
-		os.Remove(filepath.Join(dir, wakeKeyFile))
-		key, _ := os.ReadFile(filepath.Join(dir, endpointKeyFile))
+		os.Remove(filepath.Join(dir, node.StoreFile))
+		os.Remove(filepath.Join(dir, node.WakeKeyFile))
+		key, _ := os.ReadFile(filepath.Join(dir, node.EndpointKeyFile))
 		p := startRelay(t, dir, "--allow-new-store", "true")
 		p.stop()
 		if !strings.Contains(p.stderr.String(), "allow_new_store") {
 			t.Error("no warning about the new store")
 		}
-		if now, _ := os.ReadFile(filepath.Join(dir, endpointKeyFile)); !bytes.Equal(now, key) {
+		if now, _ := os.ReadFile(filepath.Join(dir, node.EndpointKeyFile)); !bytes.Equal(now, key) {
 			t.Error("endpoint.key was replaced")
 		}
 	})
 	t.Run("all state deleted starts afresh", func(t *testing.T) {
 		dir := unclean.clone(t)
-		for _, name := range []string{storeFile, endpointKeyFile, wakeKeyFile} {
+		for _, name := range []string{node.StoreFile, node.EndpointKeyFile, node.WakeKeyFile} {
 			os.Remove(filepath.Join(dir, name))
 		}
 		startRelay(t, dir).stop()
@@ -287,7 +290,7 @@ func listDir(t *testing.T, dir string) string {
 	for _, e := range ents {
 		fi, _ := e.Info()
 		mtime := fi.ModTime().Format(time.RFC3339Nano)
-		if e.Name() == storeFile {
+		if e.Name() == node.StoreFile {
 			mtime = ""
 		}
 		fmt.Fprintf(&b, "%s %d %s\n", e.Name(), fi.Size(), mtime)
@@ -302,7 +305,7 @@ func listDir(t *testing.T, dir string) string {
 func TestE2EDamageFoundWhileServing(t *testing.T) {
 	dd := makeDataDir(t, true)
 	dir := dd.clone(t)
-	randomPage(t, filepath.Join(dir, storeFile))
+	randomPage(t, filepath.Join(dir, node.StoreFile))
 	p := startRelay(t, dir)
 	c := dial(t, p)
 	// The device's hello reads its backlog, which crosses the damaged
@@ -318,12 +321,12 @@ func TestE2EDamageFoundWhileServing(t *testing.T) {
 			c.Ack(n)
 		}
 	}
-	if code, _ := httpGet(p.admin + "/status"); code == 0 {
+	if code, _ := httpGet(p.Admin + "/status"); code == 0 {
 		t.Fatal("the relay died")
 	}
 	// It says so where a load balancer looks, and more devices
 	// reconnecting do not flood the log.
-	if code, body := httpGet(p.admin + "/readyz"); code != 503 || !strings.Contains(body, "damaged") {
+	if code, body := httpGet(p.Admin + "/readyz"); code != 503 || !strings.Contains(body, "damaged") {
 		t.Errorf("/readyz on a damaged store: %d %s", code, body)
 	}
 	for range 5 {
@@ -355,7 +358,7 @@ func TestE2ECheckStoreAndSalvage(t *testing.T) {
 		t.Fatalf("check-store on a sound store: exit %d\n%s%s", code, stdout, stderr)
 	}
 
-	randomPage(t, filepath.Join(dir, storeFile))
+	randomPage(t, filepath.Join(dir, node.StoreFile))
 	code, stdout, stderr = runBin(t, "check-store", "--data-dir", dir)
 	if line := strings.TrimSpace(stderr); code != 1 || strings.Count(line, "\n") != 0 || !strings.Contains(line, "salvage") {
 		t.Fatalf("check-store on a damaged store: exit %d\n%s%s", code, stdout, stderr)
@@ -375,11 +378,11 @@ func TestE2ECheckStoreAndSalvage(t *testing.T) {
 		t.Fatalf("salvaged %d of %d messages: one page holds a few", kept, dmgMessages)
 	}
 	// The documented steps: move the damaged file away, the salvaged one in.
-	db := filepath.Join(dir, storeFile)
+	db := filepath.Join(dir, node.StoreFile)
 	if err := os.Rename(db, db+".damaged"); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.Rename(db+salvagedSuffix, db); err != nil {
+	if err := os.Rename(db+node.SalvagedSuffix, db); err != nil {
 		t.Fatal(err)
 	}
 	p := startRelay(t, dir)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/bench"
 	"github.com/pushrelay/pushrelay/relay/ece"
 )
 
@@ -59,13 +60,9 @@ func testStuck(t *testing.T, stuckN, stored, direct int, writeTimeout time.Durat
 	healthy := connect(t, p, "")
 	hs := healthy.register("")
 
-	o := stuckOpts{stored: stored, direct: direct, size: 4000, rcvbuf: 4096, mss: 1448, posters: 16}
-	stuck, err := connectStuck(ctx, p.child, stuckN, o, io.Discard)
-	t.Cleanup(func() {
-		for _, s := range stuck {
-			s.cl.Abort()
-		}
-	})
+	o := bench.StuckOptions{Stored: stored, Direct: direct, Size: 4000, RcvBuf: 4096, MSS: 1448, Posters: 16}
+	stuck, err := bench.ConnectStuck(ctx, p.Proc, stuckN, o, io.Discard)
+	t.Cleanup(stuck.Abort)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -74,7 +71,7 @@ func testStuck(t *testing.T, stuckN, stored, direct int, writeTimeout time.Durat
 	// ones, from the bench's posters.
 	var posted, postFailed atomic.Int64
 	var posts sync.WaitGroup
-	posts.Go(func() { postStuck(ctx, p.endpoint, stuck, o, time.Now().Add(time.Minute), &posted, &postFailed) })
+	posts.Go(func() { stuck.Post(ctx, p.Endpoint, time.Now().Add(time.Minute), &posted, &postFailed) })
 
 	// The healthy device gets a push every 100 ms and acks it.
 	client := &http.Client{Timeout: 30 * time.Second}
@@ -166,18 +163,14 @@ func TestE2EShutdownBoundedWithStuckDevices(t *testing.T) {
 	p := startRelay(t, dir, "--write-timeout", "2m", "--shutdown-timeout", shutdownTimeout.String(), "--device-max-conns-per-ip", "0")
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	o := stuckOpts{stored: stored, size: 4000, rcvbuf: 4096, mss: 1448, posters: 8}
-	stuck, err := connectStuck(ctx, p.child, nStuck, o, io.Discard)
-	t.Cleanup(func() {
-		for _, s := range stuck {
-			s.cl.Abort()
-		}
-	})
+	o := bench.StuckOptions{Stored: stored, Size: 4000, RcvBuf: 4096, MSS: 1448, Posters: 8}
+	stuck, err := bench.ConnectStuck(ctx, p.Proc, nStuck, o, io.Discard)
+	t.Cleanup(stuck.Abort)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var posted, failed atomic.Int64
-	postStuck(ctx, p.endpoint, stuck, o, time.Now().Add(time.Minute), &posted, &failed)
+	stuck.Post(ctx, p.Endpoint, time.Now().Add(time.Minute), &posted, &failed)
 	if posted.Load() != nStuck*stored || failed.Load() != 0 {
 		t.Fatalf("posted %d, %d failed; want %d", posted.Load(), failed.Load(), nStuck*stored)
 	}

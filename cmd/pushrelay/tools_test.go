@@ -48,7 +48,7 @@ func TestE2EDeviceAndSendTools(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	dev := exec.CommandContext(ctx, binPath, "device", "--server", p.device, "--key", pub, "--count", "2",
+	dev := exec.CommandContext(ctx, binPath, "device", "--server", p.Device, "--key", pub, "--count", "2",
 		"--state", filepath.Join(dir, "device.json"))
 	stdout, _ := dev.StdoutPipe()
 	if err := dev.Start(); err != nil {
@@ -116,12 +116,12 @@ func TestE2EWebPushNPM(t *testing.T) {
 	// certificate for 127.0.0.1 that node is told to trust.
 	certFile, keyFile, pool := selfSignedCert(t)
 	p := startRelay(t, t.TempDir(), "--tls-cert-file", certFile, "--tls-key-file", keyFile)
-	if !strings.HasPrefix(p.device, "wss://") || !strings.HasPrefix(p.endpoint, "https://") {
-		t.Fatalf("TLS listeners announced as %s and %s", p.device, p.endpoint)
+	if !strings.HasPrefix(p.Device, "wss://") || !strings.HasPrefix(p.Endpoint, "https://") {
+		t.Fatalf("TLS listeners announced as %s and %s", p.Device, p.Endpoint)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	cl, err := pushclient.DialTLS(ctx, p.device, &tls.Config{RootCAs: pool})
+	cl, err := pushclient.DialTLS(ctx, p.Device, &tls.Config{RootCAs: pool})
 	if err != nil {
 		t.Fatal(err)
 	}

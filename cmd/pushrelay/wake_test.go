@@ -16,6 +16,8 @@ import (
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
+
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
 
 // sleeper is a test device that sleeps: a wake socket on its own loopback
@@ -128,8 +130,8 @@ func (s *sleeper) verify(b []byte) bool {
 func TestWakeCycle(t *testing.T) {
 	p := startRelay(t, t.TempDir(), "--wake-interval", "300ms", "--wake-idle-close", "500ms")
 	s := newSleeper(t, p, "127.77.0.11", true)
-	if s.hello.Status != pushproto.StatusOK || s.hello.WakeKey == "" || s.hello.STUN != p.stun {
-		t.Fatalf("hello before STUN: %+v (stun listener %s)", s.hello, p.stun)
+	if s.hello.Status != pushproto.StatusOK || s.hello.WakeKey == "" || s.hello.STUN != p.STUN {
+		t.Fatalf("hello before STUN: %+v (stun listener %s)", s.hello, p.STUN)
 	}
 	if seen := s.bind(); seen != s.addr {
 		t.Fatalf("relay saw %s, want %s", seen, s.addr)
@@ -172,8 +174,8 @@ func TestWakeDeviceTool(t *testing.T) {
 	p := startRelay(t, t.TempDir(), "--wake-idle-close", "2s")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binPath, "device", "--server", p.device, "--wake", "127.77.0.12", "--count", "2", "--timeout", "50s")
-	cmd.Env = childEnv()
+	cmd := exec.CommandContext(ctx, binPath, "device", "--server", p.Device, "--wake", "127.77.0.12", "--count", "2", "--timeout", "50s")
+	cmd.Env = relayproc.Env()
 	out, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -217,7 +219,7 @@ func TestWakeDeviceTool(t *testing.T) {
 	expect("sleeping")
 	for i, text := range []string{"first", "second"} {
 		send := exec.Command(binPath, "send", "--subscription", sub, "--data", text)
-		send.Env = childEnv()
+		send.Env = relayproc.Env()
 		if b, err := send.CombinedOutput(); err != nil {
 			t.Fatalf("send: %v\n%s", err, b)
 		}
@@ -452,7 +454,7 @@ func TestWakeReplayAfterCrash(t *testing.T) {
 	if got := p.metric(`pushrelay_wake_bindings_total{result="refreshed"}`); got != 1 {
 		t.Fatalf("refreshed in memory: %v, want 1", got)
 	}
-	p.kill() // a crash: no flush
+	p.Kill() // a crash: no flush
 	p = startRelay(t, dir)
 	s.p = p
 	d := s.connect(true) // learns the new STUN address
@@ -487,7 +489,7 @@ func TestWakeReplayAfterCrash(t *testing.T) {
 	}
 	// The endpoint is the same but for the new listener's port.
 	sub := *s.sub
-	sub.endpoint = p.endpoint + sub.endpoint[strings.Index(sub.endpoint, "/wpush/"):]
+	sub.endpoint = p.Endpoint + sub.endpoint[strings.Index(sub.endpoint, "/wpush/"):]
 	mustCreated(t, push(t, &sub, "x", nil))
 	if b := s.read(10 * time.Second); b == nil || !s.verify(b) {
 		t.Fatalf("device datagram %q", b)

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -20,6 +20,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/wsock"
@@ -90,12 +91,12 @@ func benchBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 	}
 
-	stub, err := newMegaphoneStub("bench-token", map[string]string{*id: v1})
+	stub, err := relayproc.NewMegaphoneStub("bench-token", map[string]string{*id: v1})
 	if err != nil {
 		return err
 	}
-	defer stub.close()
-	c, stop, err := benchRelay(ctx, "--megaphone-url", stub.url(), "--megaphone-token", "bench-token",
+	defer stub.Close()
+	c, stop, err := benchRelay(ctx, "--megaphone-url", stub.URL(), "--megaphone-token", "bench-token",
 		"--megaphone-poll-interval", poll.String())
 	if err != nil {
 		return err
@@ -115,7 +116,7 @@ func benchBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer
 		}
 	}()
 	err = openAll(ctx, *n, *workers, *timeout, stderr, func(ctx context.Context, i int) error {
-		cl, err := pushclient.Dial(ctx, c.device)
+		cl, err := pushclient.Dial(ctx, c.Device)
 		if err != nil {
 			return err
 		}
@@ -147,12 +148,12 @@ func benchBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer
 			}
 		})
 	}
-	stub.set(200, map[string]string{*id: v2})
+	stub.Set(200, map[string]string{*id: v2})
 	fmt.Fprintf(stderr, "relay: the megaphone serves %s=%s from now; waiting for %d devices (at most %s after it is served)\n", *id, v2, *n, *timeout)
 	progress := time.Now()
 	for have.Load() < int64(*n) && time.Now().Before(deadline) && ctx.Err() == nil {
 		time.Sleep(50 * time.Millisecond)
-		if s := stub.served(); !s.IsZero() && time.Since(s) > *timeout {
+		if s := stub.Served(); !s.IsZero() && time.Since(s) > *timeout {
 			break
 		}
 		if time.Since(progress) >= time.Second {
@@ -160,7 +161,7 @@ func benchBroadcast(ctx context.Context, args []string, stdout, stderr io.Writer
 			fmt.Fprintf(stderr, "  %d of %d devices have it\n", have.Load(), *n)
 		}
 	}
-	served := stub.served()
+	served := stub.Served()
 	if k := have.Load(); k < int64(*n) {
 		// Unblock the readers: their deadline may be a while off.
 		for _, cl := range clients {
@@ -248,7 +249,7 @@ func broadcastBaseline(ctx context.Context, n, workers int, limit time.Duration,
 	ctx, cancel := context.WithTimeout(ctx, 3*limit)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, self, "bench", "broadcast-baseline", "--frame", string(frame))
-	cmd.Env = childEnv()
+	cmd.Env = relayproc.Env()
 	cmd.Stderr = stderr
 	in, err := cmd.StdinPipe()
 	if err != nil {
@@ -385,75 +386,4 @@ func benchBroadcastBaseline(ctx context.Context, args []string, stdout, stderr i
 		fmt.Fprintf(stdout, "wrote %d frames in %s\n", n, time.Since(start).Round(time.Microsecond))
 	}
 	return nil
-}
-
-// megaphoneStub is a megaphone service on loopback: it serves one
-// broadcasts map to requests with the right bearer token (401 otherwise),
-// counts what it was asked and notes when it first served the map set
-// last.
-type megaphoneStub struct {
-	mu          sync.Mutex
-	token       string
-	status      int
-	versions    map[string]string
-	polls       int
-	badAuth     int
-	firstServed time.Time // of the current versions; zero until served
-
-	ln  net.Listener
-	srv *http.Server
-}
-
-func newMegaphoneStub(token string, versions map[string]string) (*megaphoneStub, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return nil, err
-	}
-	s := &megaphoneStub{token: token, status: 200, versions: versions, ln: ln}
-	s.srv = &http.Server{Handler: s, ReadHeaderTimeout: 5 * time.Second}
-	go s.srv.Serve(ln)
-	return s, nil
-}
-
-func (s *megaphoneStub) url() string  { return "http://" + s.ln.Addr().String() + "/v1/broadcasts" }
-func (s *megaphoneStub) close() error { return s.srv.Close() }
-
-// set serves status and versions from the next poll on.
-func (s *megaphoneStub) set(status int, versions map[string]string) {
-	s.mu.Lock()
-	s.status, s.versions, s.firstServed = status, versions, time.Time{}
-	s.mu.Unlock()
-}
-
-func (s *megaphoneStub) counts() (polls, badAuth int) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.polls, s.badAuth
-}
-
-// served is when the versions set last were first served (zero: not yet).
-func (s *megaphoneStub) served() time.Time {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.firstServed
-}
-
-func (s *megaphoneStub) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	s.mu.Lock()
-	s.polls++
-	status, body := s.status, ""
-	if s.token != "" && r.Header.Get("Authorization") != "Bearer "+s.token {
-		s.badAuth++
-		status, body = 401, `{"code":401,"error":"Unauthorized"}`
-	} else {
-		b, _ := json.Marshal(map[string]any{"code": status, "broadcasts": s.versions})
-		body = string(b)
-		if status == 200 && s.firstServed.IsZero() {
-			s.firstServed = time.Now()
-		}
-	}
-	s.mu.Unlock()
-	w.Header().Set("Content-Type", "application/json")
-	w.WriteHeader(status)
-	io.WriteString(w, body)
 }

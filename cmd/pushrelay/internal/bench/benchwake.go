@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bufio"
@@ -168,7 +168,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	fmt.Fprintf(stdout, "%d sleeping devices; %s; %s; %s\n", o.devices, limits, how, format)
 
 	base, _ := c.rss(true)
-	baseStatus := procStatus(c.cmd.Process.Pid)
+	baseStatus := procStatus(c.Cmd.Process.Pid)
 	baseM := c.runtimeMetrics()
 
 	// The devices' wake sockets.
@@ -228,7 +228,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return errors.New("the relay still holds sessions or wakes 30s after the devices closed")
 	}
 	asleep, _ := c.rss(true)
-	asleepStatus := procStatus(c.cmd.Process.Pid)
+	asleepStatus := procStatus(c.Cmd.Process.Pid)
 	asleepM := c.runtimeMetrics()
 	if o.refresh > 0 {
 		return refreshDevices(ctx, c, devs, &o, stdout, stderr)
@@ -236,7 +236,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if o.moveStorm {
 		return moveStorm(ctx, c, devs, &o, started, stdout)
 	}
-	before, err := scrapeMetrics(c.admin)
+	before, err := scrapeMetrics(c.Admin)
 	if err != nil {
 		return err
 	}
@@ -319,7 +319,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	time.Sleep(200 * time.Millisecond)
 	stopReceivers()
 	profiling.Wait()
-	after, err := scrapeMetrics(c.admin)
+	after, err := scrapeMetrics(c.Admin)
 	if err != nil {
 		return err
 	}
@@ -398,7 +398,7 @@ func benchWake(ctx context.Context, args []string, stdout, stderr io.Writer) err
 // setup makes d a sleeping device: hello with its wake address, one
 // channel, a POST prepared for it, and its WebSocket closed.
 func (d *wakeDev) setup(ctx context.Context, c *child, i int, o *wakeOpts) error {
-	cl, err := pushclient.Dial(ctx, c.device)
+	cl, err := pushclient.Dial(ctx, c.Device)
 	if err != nil {
 		return err
 	}
@@ -523,7 +523,7 @@ func (d *wakeDev) serve(ctx context.Context, c *child, o *wakeOpts, sem chan str
 // UAID (and wake address, as devices always send it), take the
 // notification, ack it and close.
 func (d *wakeDev) wake(ctx context.Context, c *child, o *wakeOpts) error {
-	cl, err := pushclient.Dial(ctx, c.device)
+	cl, err := pushclient.Dial(ctx, c.Device)
 	if err != nil {
 		return err
 	}
@@ -593,7 +593,7 @@ func sumMetric(m map[string]float64, name, label string) float64 {
 // waitMetrics polls /metrics until ok says so or limit passes.
 func waitMetrics(c *child, limit time.Duration, ok func(map[string]float64) bool) bool {
 	for deadline := time.Now().Add(limit); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
-		if m, err := scrapeMetrics(c.admin); err == nil && ok(m) {
+		if m, err := scrapeMetrics(c.Admin); err == nil && ok(m) {
 			return true
 		}
 	}
@@ -624,11 +624,11 @@ func procStatus(pid int) map[string]float64 {
 
 // storeSize is the size of the child's store file, for the report.
 func storeSize(c *child) string {
-	i := slices.Index(c.cmd.Args, "--data-dir")
-	if i < 0 || i+1 >= len(c.cmd.Args) {
+	i := slices.Index(c.Cmd.Args, "--data-dir")
+	if i < 0 || i+1 >= len(c.Cmd.Args) {
 		return "?"
 	}
-	fi, err := os.Stat(filepath.Join(c.cmd.Args[i+1], "pushrelay.db"))
+	fi, err := os.Stat(filepath.Join(c.Cmd.Args[i+1], "pushrelay.db"))
 	if err != nil {
 		return "?"
 	}

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"bytes"
@@ -75,7 +75,7 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 		readers.Wait()
 	}()
 	for i := range *devices {
-		cl, err := pushclient.Dial(ctx, c.device)
+		cl, err := pushclient.Dial(ctx, c.Device)
 		if err != nil {
 			return err
 		}
@@ -123,7 +123,7 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	// device once, at most 64.
 	nBodies := min(64, max(1, *devices / *batchSize + 1))
 	batches := make([][]byte, nBodies)
-	batchURL := c.endpoint + "/wpush/batch"
+	batchURL := c.Endpoint + "/wpush/batch"
 	for k := range batches {
 		var b bytes.Buffer
 		b.WriteString(`{"messages":[`)
@@ -172,7 +172,7 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			for {
 				// The anonymous part: the store's mapped file, which
 				// grows as messages pile up, is left out.
-				if _, anon, err := procRSSAnon(c.cmd.Process.Pid); err == nil && anon > peak.Load() {
+				if _, anon, err := procRSSAnon(c.Cmd.Process.Pid); err == nil && anon > peak.Load() {
 					peak.Store(anon)
 				}
 				select {
@@ -183,11 +183,11 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			}
 		}()
 		defer func() { close(stopSampling); <-sampled }()
-		cpu0, _ := procCPU(c.cmd.Process.Pid)
+		cpu0, _ := procCPU(c.Cmd.Process.Pid)
 		t0 := time.Now()
 		for range n {
 			wg.Go(func() {
-				p, err := newRawPoster(c.endpoint)
+				p, err := newRawPoster(c.Endpoint)
 				if err != nil {
 					errMu.Lock()
 					runErr = err
@@ -236,7 +236,7 @@ func benchBatch(ctx context.Context, args []string, stdout, stderr io.Writer) er
 			time.Sleep(2 * time.Millisecond)
 		}
 		e2e := time.Since(t0)
-		cpu1, _ := procCPU(c.cmd.Process.Pid)
+		cpu1, _ := procCPU(c.Cmd.Process.Pid)
 		return result{post: post, e2e: e2e, cpu: cpu1 - cpu0, peakRSS: peak.Load()}, nil
 	}
 	sent := int64(*total)

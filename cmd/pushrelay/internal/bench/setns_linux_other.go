@@ -1,6 +1,6 @@
 //go:build linux && !amd64 && !arm64
 
-package main
+package bench
 
 // sysSetns is unknown here: bench stuck --vanish runs on amd64 and arm64.
 const sysSetns = 0

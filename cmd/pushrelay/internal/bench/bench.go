@@ -1,4 +1,18 @@
-package main
+// Package bench holds the load tools behind `pushrelay bench SCENARIO`:
+// each starts the relay under test as a child process (internal/relayproc)
+// on loopback port-0 listeners, drives it like devices and app servers do,
+// and prints what it measured (docs/benchmarks.md records the figures and
+// the commands). Every loop is bounded in count and time.
+//
+// The tools live here, out of the daemon's package main, which only
+// dispatches the subcommand to Run. They stay a subcommand of the same
+// binary, rather than a binary of their own, on purpose: the relay under
+// test is the very binary that runs the bench (os.Executable), so a
+// cross-built gateway binary is measured under qemu-user with nothing else
+// to build or copy (PUSHRELAY_BENCH_EMULATOR), and every command recorded
+// in docs/benchmarks.md runs as written. --relay (bench wake) still runs
+// another build as the relay, to compare.
+package bench
 
 import (
 	"bufio"
@@ -11,9 +25,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"regexp"
 	"runtime"
 	"runtime/pprof"
 	"slices"
@@ -24,16 +36,17 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/node"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
-// runBench is `pushrelay bench SCENARIO`: load tools that start this same
-// binary as the relay under test (a child process on loopback, port 0),
-// drive it like devices and app servers do, and print what they measured.
-// Every loop is bounded in count and time.
-func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+// Run is `pushrelay bench SCENARIO`: args are the scenario and its flags.
+// defaults gives the relay's default value of a configuration key (the
+// daemon's settings table), for scenarios that run the relay with it.
+func Run(ctx context.Context, args []string, stdout, stderr io.Writer, defaults func(key string) string) error {
 	if len(args) == 0 {
 		return errors.New("usage: pushrelay bench conns|throughput|batch|startup|drain|wake|stuck|storm|halfopen|broadcast [flags]")
 	}
@@ -55,7 +68,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	case "storm":
 		return benchStorm(ctx, args[1:], stdout, stderr)
 	case "halfopen":
-		return benchHalfOpen(ctx, args[1:], stdout, stderr)
+		return benchHalfOpen(ctx, args[1:], stdout, stderr, defaults)
 	case "broadcast":
 		return benchBroadcast(ctx, args[1:], stdout, stderr)
 	case "broadcast-baseline":
@@ -64,125 +77,17 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, batch, startup, drain, wake, stuck, storm, halfopen, broadcast)", args[0])
 }
 
-// child is a relay under test: the binary at bin, run on loopback port-0
-// listeners, found by the lines it prints when ready. The end-to-end tests
-// use it too.
-type child struct {
-	cmd      *exec.Cmd
-	device   string // ws://127.0.0.1:N/
-	endpoint string // http://127.0.0.1:N
-	admin    string // http://127.0.0.1:N
-	stun     string // 127.0.0.1:N (UDP), if the relay runs STUN
-	done     chan struct{}
-	exitErr  error // valid after done is closed
-}
+// child is the relay under test, with the measurements the scenarios take
+// of it.
+type child struct{ *relayproc.Proc }
 
-var benchAnnounce = regexp.MustCompile(`^\s+(devices|endpoint|admin|stun)\s+(\S+)`)
-
-// startChild runs `bin run` on dataDir with extra flags, sends its stderr
-// to stderr, and returns once /readyz says 200.
+// startChild runs bin as the relay under test (relayproc.Start).
 func startChild(ctx context.Context, bin, dataDir string, stderr io.Writer, extra ...string) (*child, error) {
-	args := append([]string{"run", "--data-dir", dataDir,
-		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
-		"--stun-listen", "127.0.0.1:0"}, extra...)
-	cmdArgs := append([]string{bin}, args...)
-	if emu := os.Getenv("PUSHRELAY_BENCH_EMULATOR"); emu != "" {
-		// Measuring a cross-built binary under qemu-user: run the child
-		// through the same emulator (binfmt is not assumed).
-		cmdArgs = append([]string{emu}, cmdArgs...)
-	}
-	c := &child{cmd: exec.Command(cmdArgs[0], cmdArgs[1:]...), done: make(chan struct{})}
-	c.cmd.Env = childEnv()
-	c.cmd.Stderr = stderr
-	out, err := c.cmd.StdoutPipe()
+	p, err := relayproc.Start(ctx, bin, dataDir, stderr, extra...)
 	if err != nil {
 		return nil, err
 	}
-	if err := c.cmd.Start(); err != nil {
-		return nil, err
-	}
-	found := make(chan struct{})
-	go func() {
-		sc := bufio.NewScanner(out)
-		n := 0
-		for sc.Scan() {
-			if m := benchAnnounce.FindStringSubmatch(sc.Text()); m != nil {
-				v := strings.TrimSuffix(strings.TrimSuffix(m[2], "/status"), "/")
-				switch m[1] {
-				case "devices":
-					c.device = m[2]
-				case "endpoint":
-					c.endpoint = v
-				case "admin":
-					c.admin = v
-				case "stun":
-					c.stun = m[2]
-					continue
-				}
-				if n++; n == 3 {
-					close(found)
-				}
-			}
-		}
-		c.exitErr = c.cmd.Wait()
-		close(c.done)
-	}()
-	select {
-	case <-found:
-	case <-c.done:
-		return nil, fmt.Errorf("relay exited at start: %v", c.exitErr)
-	case <-time.After(60 * time.Second):
-		c.kill()
-		return nil, errors.New("relay did not start within 60s")
-	case <-ctx.Done():
-		c.kill()
-		return nil, ctx.Err()
-	}
-	if err := c.waitReady(60 * time.Second); err != nil {
-		c.kill()
-		return nil, err
-	}
-	return c, nil
-}
-
-// childEnv is this process's environment without PUSHRELAY_ settings, so
-// the child runs on its flags alone.
-func childEnv() []string {
-	var env []string
-	for _, kv := range os.Environ() {
-		if !strings.HasPrefix(kv, "PUSHRELAY_") {
-			env = append(env, kv)
-		}
-	}
-	return env
-}
-
-func (c *child) kill() {
-	c.cmd.Process.Kill()
-	<-c.done
-}
-
-func (c *child) waitReady(limit time.Duration) error {
-	deadline := time.Now().Add(limit)
-	for time.Now().Before(deadline) {
-		if resp, err := http.Get(c.admin + "/readyz"); err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == 200 {
-				return nil
-			}
-		}
-		time.Sleep(2 * time.Millisecond)
-	}
-	return errors.New("relay not ready in time")
-}
-
-func (c *child) stop() {
-	c.cmd.Process.Signal(os.Interrupt)
-	select {
-	case <-c.done:
-	case <-time.After(30 * time.Second):
-		c.kill()
-	}
+	return &child{p}, nil
 }
 
 // benchRelay starts this binary as the relay under test on a fresh data
@@ -197,7 +102,7 @@ func benchRelay(ctx context.Context, extra ...string) (c *child, stop func(), er
 		cleanup()
 		return nil, nil, err
 	}
-	return c, func() { c.stop(); cleanup() }, nil
+	return c, func() { c.Stop(); cleanup() }, nil
 }
 
 // startSelf runs this binary as the relay under test, quietly. The load
@@ -218,14 +123,14 @@ func startSelf(ctx context.Context, dataDir string, extra ...string) (*child, er
 func (c *child) rss(gc bool) (int64, error) {
 	if gc {
 		for range 2 {
-			if resp, err := http.Get(c.admin + "/debug/pprof/heap?gc=1"); err == nil {
+			if resp, err := http.Get(c.Admin + "/debug/pprof/heap?gc=1"); err == nil {
 				io.Copy(io.Discard, resp.Body)
 				resp.Body.Close()
 			}
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
-	return procRSS(c.cmd.Process.Pid)
+	return procRSS(c.Cmd.Process.Pid)
 }
 
 // procCPU is the user and system CPU time process pid has used, from
@@ -323,7 +228,7 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				if i >= *n || ctx.Err() != nil {
 					return
 				}
-				cl, err := pushclient.Dial(ctx, c.device)
+				cl, err := pushclient.Dial(ctx, c.Device)
 				if err == nil {
 					_, err = cl.Hello("", pushclient.HelloOptions{})
 				}
@@ -384,7 +289,7 @@ func benchConns(ctx context.Context, args []string, stdout, stderr io.Writer) er
 
 // saveProfile writes one of the relay's pprof profiles to path.
 func (c *child) saveProfile(name, path string) error {
-	resp, err := http.Get(c.admin + "/debug/pprof/" + name)
+	resp, err := http.Get(c.Admin + "/debug/pprof/" + name)
 	if err != nil {
 		return err
 	}
@@ -402,7 +307,7 @@ func (c *child) saveProfile(name, path string) error {
 
 // metric reads one unlabelled metric from the relay's /metrics.
 func (c *child) metric(name string) (float64, bool) {
-	resp, err := http.Get(c.admin + "/metrics")
+	resp, err := http.Get(c.Admin + "/metrics")
 	if err != nil {
 		return 0, false
 	}
@@ -420,7 +325,7 @@ func (c *child) metric(name string) (float64, bool) {
 // runtimeMetrics reads the relay's Go runtime gauges from /metrics.
 func (c *child) runtimeMetrics() map[string]float64 {
 	out := map[string]float64{}
-	resp, err := http.Get(c.admin + "/metrics")
+	resp, err := http.Get(c.Admin + "/metrics")
 	if err != nil {
 		return out
 	}
@@ -445,7 +350,7 @@ type benchDev struct {
 }
 
 func newBenchDev(ctx context.Context, c *child, i, payload int) (d *benchDev, err error) {
-	cl, err := pushclient.Dial(ctx, c.device)
+	cl, err := pushclient.Dial(ctx, c.Device)
 	if err != nil {
 		return nil, err
 	}
@@ -522,7 +427,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	if err != nil {
 		return err
 	}
-	relayCPU0, _ := procCPU(c.cmd.Process.Pid)
+	relayCPU0, _ := procCPU(c.Cmd.Process.Pid)
 	loadCPU0 := selfCPU()
 	start := time.Now()
 	done := make(chan error, 1)
@@ -556,7 +461,7 @@ loop:
 		}
 	}
 	elapsed := time.Since(start)
-	relayCPU1, cpuErr := procCPU(c.cmd.Process.Pid)
+	relayCPU1, cpuErr := procCPU(c.Cmd.Process.Pid)
 	loadCPU := selfCPU() - loadCPU0
 	progress.Stop()
 	if runErr != nil && !errors.Is(runErr, context.DeadlineExceeded) {
@@ -672,9 +577,9 @@ func benchStartup(ctx context.Context, args []string, stdout, stderr io.Writer) 
 		time.Sleep(time.Second)
 		m, _ := c.rss(false)
 		if *unclean {
-			c.kill()
+			c.Kill()
 		} else {
-			c.stop()
+			c.Stop()
 		}
 		times = append(times, ready)
 		rss = append(rss, m)
@@ -698,7 +603,7 @@ func fillStore(ctx context.Context, path string, messages, perDevice int, stderr
 	defer st.Close()
 	if s, err := st.Stats(); err == nil && s.Devices+s.Channels == 0 {
 		// The relay starts only on a store with its keys.
-		if _, _, err := loadKeys(filepath.Dir(path), 0, slog.New(slog.DiscardHandler)); err != nil {
+		if _, _, err := node.LoadKeys(filepath.Dir(path), 0, slog.New(slog.DiscardHandler)); err != nil {
 			return err
 		}
 	}
@@ -788,7 +693,7 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	errc := make(chan error, 32)
 	for range 32 {
 		wg.Go(func() {
-			p, err := newRawPoster(c.endpoint)
+			p, err := newRawPoster(c.Endpoint)
 			if err != nil {
 				errc <- err
 				return
@@ -816,7 +721,7 @@ func benchDrain(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	start := time.Now()
 	for _, d := range devs {
 		wg.Go(func() {
-			cl, err := pushclient.Dial(ctx, c.device)
+			cl, err := pushclient.Dial(ctx, c.Device)
 			if err != nil {
 				return
 			}

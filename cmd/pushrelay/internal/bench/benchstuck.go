@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -44,7 +44,7 @@ func sampleRSS(c *child, period time.Duration) *rssSampler {
 		t := time.NewTicker(period)
 		defer t.Stop()
 		for {
-			if all, anon, err := procRSSAnon(c.cmd.Process.Pid); err == nil {
+			if all, anon, err := procRSSAnon(c.Cmd.Process.Pid); err == nil {
 				s.peak.Store(max(s.peak.Load(), all))
 				s.peakAnon.Store(max(s.peakAnon.Load(), anon))
 			}
@@ -195,7 +195,7 @@ func latencyLine(sorted []time.Duration) string {
 // how long the relay took to close it (bounded by limit).
 func helloProbe(ctx context.Context, c *child, limit time.Duration) (time.Duration, error) {
 	t0 := time.Now()
-	cl, err := pushclient.Dial(ctx, c.device)
+	cl, err := pushclient.Dial(ctx, c.Device)
 	if err != nil {
 		return 0, err
 	}
@@ -317,7 +317,7 @@ func stuckRun(ctx context.Context, o stuckOpts, nStuck int, stdout, stderr io.Wr
 	}
 	defer stop()
 	c.rss(true)
-	rss0, anon0, _ := procRSSAnon(c.cmd.Process.Pid)
+	rss0, anon0, _ := procRSSAnon(c.Cmd.Process.Pid)
 	healthy, err := newProber(ctx, c, o.healthy, 0, o.interval)
 	if err != nil {
 		return nil, err
@@ -362,9 +362,9 @@ func stuckRun(ctx context.Context, o stuckOpts, nStuck int, stdout, stderr io.Wr
 	until := start.Add(o.duration)
 	var posted, postFailed atomic.Int64
 	var wg sync.WaitGroup
-	wg.Go(func() { healthy.run(ctx, c.endpoint, until) })
+	wg.Go(func() { healthy.run(ctx, c.Endpoint, until) })
 	if nStuck > 0 {
-		wg.Go(func() { postStuck(ctx, c.endpoint, stuck, o, until, &posted, &postFailed) })
+		wg.Go(func() { postStuck(ctx, c.Endpoint, stuck, o, until, &posted, &postFailed) })
 	}
 	// Hello probes, one after another through the run (at least one): each a connection
 	// that never says hello, timed until the relay closes it.
@@ -396,7 +396,7 @@ wait:
 			break wait
 		case <-progress.C:
 			d, _ := c.metric("pushrelay_messages_delivered_total")
-			r, anon, _ := procRSSAnon(c.cmd.Process.Pid)
+			r, anon, _ := procRSSAnon(c.Cmd.Process.Pid)
 			s := healthy.samples()
 			fmt.Fprintf(stderr, "  %2.0fs: healthy %d pushes (max %s), delivered_total +%.0f (+%.0f in 2s), stuck posts %d (failed %d), RSS %s (anonymous %s)\n",
 				time.Since(start).Seconds(), len(s), quantile(s, 1).Round(time.Millisecond), d-delivered0, d-lastDelivered,
@@ -416,7 +416,7 @@ wait:
 	}
 	time.Sleep(2 * time.Second)
 	c.rss(true)
-	rssAfter, anonAfter, _ := procRSSAnon(c.cmd.Process.Pid)
+	rssAfter, anonAfter, _ := procRSSAnon(c.Cmd.Process.Pid)
 
 	lat := healthy.samples()
 	label := "without stuck devices"
@@ -495,7 +495,7 @@ func connectStuck(ctx context.Context, c *child, n int, o stuckOpts, stderr io.W
 }
 
 func newStuckDev(ctx context.Context, c *child, i int, dial pushclient.DialOptions, size int) (*stuckDev, error) {
-	cl, err := pushclient.DialWith(ctx, c.device, dial)
+	cl, err := pushclient.DialWith(ctx, c.Device, dial)
 	if err != nil {
 		return nil, err
 	}
@@ -626,19 +626,19 @@ func startAttack(ctx context.Context, c *child, healthy, first int, interval tim
 	}
 	a := &attack{c: c, healthy: p, done: make(chan struct{}), start: time.Now()}
 	c.rss(true)
-	a.rss0, a.anon0, _ = procRSSAnon(c.cmd.Process.Pid)
+	a.rss0, a.anon0, _ = procRSSAnon(c.Cmd.Process.Pid)
 	a.peak = sampleRSS(c, 100*time.Millisecond)
 	hctx, cancel := context.WithCancel(ctx)
 	a.cancel = cancel
 	go func() {
 		defer close(a.done)
-		p.run(hctx, c.endpoint, time.Now().Add(24*time.Hour))
+		p.run(hctx, c.Endpoint, time.Now().Add(24*time.Hour))
 	}()
 	return a, nil
 }
 
 func (a *attack) progress(w io.Writer, what string) {
-	r, anon, _ := procRSSAnon(a.c.cmd.Process.Pid)
+	r, anon, _ := procRSSAnon(a.c.Cmd.Process.Pid)
 	s := a.healthy.samples()
 	fmt.Fprintf(w, "  %4.1fs: %s; relay RSS %s (anonymous %s); healthy %d pushes, max %s\n",
 		time.Since(a.start).Seconds(), what, mib(r), mib(anon), len(s), quantile(s, 1).Round(time.Millisecond))
@@ -655,8 +655,8 @@ func (a *attack) end(w io.Writer, n int, what string) {
 	fmt.Fprintf(w, "  healthy push->device latency during it: %s, %d not delivered within %s\n",
 		latencyLine(a.healthy.samples()), a.healthy.lost.Load(), a.healthy.wait)
 	select {
-	case <-a.c.done:
-		fmt.Fprintf(w, "  the relay EXITED: %v\n", a.c.exitErr)
+	case <-a.c.Done:
+		fmt.Fprintf(w, "  the relay EXITED: %v\n", a.c.ExitErr)
 	default:
 		fmt.Fprintf(w, "  the relay kept running\n")
 	}
@@ -692,7 +692,7 @@ func benchStorm(ctx context.Context, args []string, stdout, stderr io.Writer) er
 				if i >= *n || ctx.Err() != nil {
 					return
 				}
-				cl, err := pushclient.DialWith(ctx, c.device, pushclient.DialOptions{Net: &net.Dialer{LocalAddr: srcAddr(i)}})
+				cl, err := pushclient.DialWith(ctx, c.Device, pushclient.DialOptions{Net: &net.Dialer{LocalAddr: srcAddr(i)}})
 				if err == nil {
 					_, err = cl.Hello("", pushclient.HelloOptions{})
 					if err == nil {
@@ -732,7 +732,7 @@ func benchStorm(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	for i := range *n {
 		wg.Go(func() {
 			<-gate
-			cl, err := pushclient.DialWith(sctx, c.device, pushclient.DialOptions{Net: &net.Dialer{LocalAddr: srcAddr(*n + i)}})
+			cl, err := pushclient.DialWith(sctx, c.Device, pushclient.DialOptions{Net: &net.Dialer{LocalAddr: srcAddr(*n + i)}})
 			if err == nil {
 				if _, err = cl.Hello(uaids[i], pushclient.HelloOptions{}); err != nil {
 					cl.Abort()

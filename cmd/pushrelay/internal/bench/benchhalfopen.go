@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -23,7 +23,7 @@ import (
 // message. The relay runs with the endpoint caps given here (the
 // configuration's defaults unless set), so one run with them and one with
 // 0 show what the caps buy.
-func benchHalfOpen(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+func benchHalfOpen(ctx context.Context, args []string, stdout, stderr io.Writer, defaults func(key string) string) error {
 	fs := flag.NewFlagSet("pushrelay bench halfopen", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	n := fs.Int("n", 15000, "half-open requests (connections) to open")
@@ -50,8 +50,7 @@ func benchHalfOpen(ctx context.Context, args []string, stdout, stderr io.Writer)
 		key string
 	}{{maxConns, capKey}, {maxPerIP, *target + "_max_conns_per_ip"}} {
 		if *f.v == "" {
-			s, _ := findSetting(f.key)
-			*f.v = s.def
+			*f.v = defaults(f.key)
 		}
 	}
 	if *target == "endpoint" && *maxConns == "0" {
@@ -63,9 +62,9 @@ func benchHalfOpen(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	defer stop()
-	u, err := url.Parse(c.endpoint)
+	u, err := url.Parse(c.Endpoint)
 	if *target == "device" {
-		u, err = url.Parse(c.device)
+		u, err = url.Parse(c.Device)
 	}
 	if err != nil {
 		return err

@@ -1,4 +1,4 @@
-package main
+package bench
 
 import (
 	"context"
@@ -56,7 +56,7 @@ func benchRelayBin(ctx context.Context, bin string, extra ...string) (*child, fu
 		cleanup()
 		return nil, nil, err
 	}
-	return c, func() { c.stop(); cleanup() }, nil
+	return c, func() { c.Stop(); cleanup() }, nil
 }
 
 // procIO reads /proc/PID/io: write_bytes (what the process caused to be
@@ -113,12 +113,12 @@ func refreshDevices(ctx context.Context, c *child, devs []*wakeDev, o *wakeOpts,
 		readers.Wait()
 	}()
 
-	pid := c.cmd.Process.Pid
+	pid := c.Cmd.Process.Pid
 	before, err := procIO(pid)
 	if err != nil {
 		return err
 	}
-	mBefore, err := scrapeMetrics(c.admin)
+	mBefore, err := scrapeMetrics(c.Admin)
 	if err != nil {
 		return err
 	}
@@ -156,7 +156,7 @@ func refreshDevices(ctx context.Context, c *child, devs []*wakeDev, o *wakeOpts,
 	if err != nil {
 		return err
 	}
-	mAfter, err := scrapeMetrics(c.admin)
+	mAfter, err := scrapeMetrics(c.Admin)
 	if err != nil {
 		return err
 	}
@@ -224,7 +224,7 @@ func moveStorm(ctx context.Context, c *child, devs []*wakeDev, o *wakeOpts, star
 		return fmt.Errorf("stun address %q: %w", devs[0].stunAddr, err)
 	}
 	to := net.UDPAddrFromAddrPort(server)
-	mBefore, err := scrapeMetrics(c.admin)
+	mBefore, err := scrapeMetrics(c.Admin)
 	if err != nil {
 		return err
 	}
@@ -263,7 +263,7 @@ func moveStorm(ctx context.Context, c *child, devs []*wakeDev, o *wakeOpts, star
 	}
 	wg.Wait()
 	took := time.Since(t0)
-	mAfter, err := scrapeMetrics(c.admin)
+	mAfter, err := scrapeMetrics(c.Admin)
 	if err != nil {
 		return err
 	}

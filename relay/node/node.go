@@ -1,0 +1,738 @@
+// Package node assembles one relay from a Config: the store and its keys,
+// the broadcast registry and the megaphone poller, the hub, the endpoint
+// API, the device listener (WebSocket, behind the admin's device routes),
+// the admin listener, waking and STUN. It is what `pushrelay run` runs,
+// as a library: New binds every listener (port 0 picks a port, and the
+// accessors report the real address), Run serves until its context is done
+// and then drains, bounded by Config.ShutdownTimeout, and Close is
+// idempotent. Tests run several nodes in one process.
+//
+// A node owns nothing global: its metrics go to its own registry, its logs
+// to Config.Logger, its HTTP handlers to their own muxes. The Go runtime's
+// memory limit is the process's, not a node's, so the daemon sets it
+// (cmd/pushrelay), not this package.
+//
+// Goroutines: Run starts one per part (listeners, store sweeps, the hub's
+// keepalive, the device poller, waking, STUN, megaphone) and waits for all
+// of them before it returns; the parts own and wait for theirs. New starts
+// only the store's committer, which Close stops on a node that never ran.
+package node
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushrelay/pushrelay/discovery"
+	"github.com/pushrelay/pushrelay/kick"
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/admin"
+	"github.com/pushrelay/pushrelay/relay/broadcast"
+	"github.com/pushrelay/pushrelay/relay/endpoint"
+	"github.com/pushrelay/pushrelay/relay/listener"
+	"github.com/pushrelay/pushrelay/relay/megaphone"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/token"
+	"github.com/pushrelay/pushrelay/relay/vapid"
+	"github.com/pushrelay/pushrelay/relay/wsock"
+)
+
+// Config is one relay's configuration, already parsed and checked: files
+// named by the daemon's configuration (tokens, certificates) are read by
+// the daemon and handed over here as values. Zero values of the parts'
+// settings take the parts' defaults; the daemon passes its own defaults.
+type Config struct {
+	// DataDir holds the store and its keys (state.go). It must exist.
+	DataDir string
+	// AllowNewStore starts on a new, empty store beside existing keys.
+	AllowNewStore bool
+
+	// Listen addresses; port 0 picks a free port. Empty device and
+	// endpoint addresses mean 127.0.0.1:0; an empty admin address turns
+	// the admin listener off, an empty STUN address turns STUN off.
+	DeviceListen   string
+	EndpointListen string
+	AdminListen    string
+	STUNListen     string
+	// STUNAdvertise is the STUN host:port told to devices (default: the
+	// listener's).
+	STUNAdvertise string
+
+	// PublicURL is the base of push endpoints (default: the endpoint
+	// listener's address, with a warning).
+	PublicURL string
+	// TLS, when set, serves the device (wss) and endpoint (https)
+	// listeners over TLS.
+	TLS *tls.Config
+	// AdminToken turns on the admin listener's broadcast calls.
+	AdminToken string
+	// BatchToken authenticates POST /wpush/batch for v1 endpoints.
+	BatchToken []byte
+
+	HelloTimeout       time.Duration
+	PingInterval       time.Duration
+	WriteTimeout       time.Duration
+	ShutdownTimeout    time.Duration // default 10s
+	SweepInterval      time.Duration
+	MaxFrameBytes      int
+	MaxDataBytes       int
+	MaxChannelsPerUAID int
+	MaxMessagesPerUAID int
+	InflightWindow     int
+	OutboxBytes        int
+
+	EndpointConcurrency    int
+	EndpointRequestTimeout time.Duration
+	BatchMaxMessages       int
+	BatchConcurrency       int
+	DeviceMaxConns         int // 0: no cap
+	DeviceMaxConnsPerIP    int // 0: no cap
+	EndpointMaxConnsPerIP  int // 0: no cap
+
+	STUNRate          int
+	WakeRanges        kick.Ranges
+	WakeIdleClose     time.Duration
+	WakeInterval      time.Duration
+	WakeMaxBackoff    time.Duration
+	WakeBindingTTL    time.Duration
+	WakeFlushInterval time.Duration
+	WakeFreshMax      int
+	WakeRate          int // wake datagrams per second; 0: unlimited
+	WakeTargetRate    int // per target; 0: unlimited
+
+	// MegaphoneURL, when set, is polled for broadcast versions.
+	MegaphoneURL          string
+	MegaphoneToken        string
+	MegaphonePollInterval time.Duration
+
+	// Version is reported by /status and the ready lines.
+	Version string
+	// Logger receives the node's logs (default: discarded).
+	Logger *slog.Logger
+	// Metrics is the node's registry (default: a new one, with the Go
+	// runtime's and the process's collectors).
+	Metrics *metrics.Registry
+	// OnReady, when set, is called by Run once every part serves and
+	// /readyz says 200, before Run waits for its context; it must return
+	// promptly.
+	OnReady func(*Node)
+}
+
+// defaultShutdownTimeout bounds the drain when Config.ShutdownTimeout is 0.
+const defaultShutdownTimeout = 10 * time.Second
+
+// ErrClosed is returned by Run on a node that was closed, or ran already.
+var ErrClosed = errors.New("node: closed")
+
+// Node is one relay: what New builds and Run serves.
+type Node struct {
+	cfg     Config
+	log     *slog.Logger
+	reg     *metrics.Registry
+	store   *store.Store
+	hub     *relay.Hub
+	kick    *kick.Kicker
+	stun    *discovery.Server // nil when STUN is off
+	udp     *net.UDPConn      // the kicker's socket when STUN is off
+	ws      *wsock.Server
+	api     *endpoint.API
+	admin   *admin.Server
+	started time.Time
+
+	// broadcasts holds the broadcast versions, kept in the store: the hub
+	// serves them to devices, the admin calls and the megaphone poller
+	// set them.
+	broadcasts *broadcast.Registry
+	megaphone  *megaphone.Poller // nil without megaphone_url
+
+	listeners map[string]net.Listener
+	servers   map[string]*http.Server
+	tls       bool // device and endpoint listeners serve TLS
+	publicURL string
+	ready     atomic.Bool
+
+	// mu guards state and stopRun; Run and Close meet there.
+	mu        sync.Mutex
+	state     runState
+	stopRun   context.CancelCauseFunc
+	runDone   chan struct{}
+	closeOnce sync.Once
+	closeErr  error // the store's close, whoever closed it
+}
+
+type runState int
+
+const (
+	stateNew runState = iota
+	stateRunning
+	stateClosed
+)
+
+// scheme adds the TLS "s" (http → https, ws → wss) when TLS is on.
+func (d *Node) scheme(plain string) string {
+	if d.tls {
+		return plain + "s"
+	}
+	return plain
+}
+
+// New opens the store and its keys in cfg.DataDir, binds every listener
+// and builds every part; nothing runs until Run. On error everything it
+// opened is closed again.
+func New(cfg Config) (_ *Node, err error) {
+	if cfg.DataDir == "" {
+		return nil, errors.New("node: DataDir is empty")
+	}
+	if cfg.DeviceListen == "" {
+		cfg.DeviceListen = "127.0.0.1:0"
+	}
+	if cfg.EndpointListen == "" {
+		cfg.EndpointListen = "127.0.0.1:0"
+	}
+	if cfg.ShutdownTimeout <= 0 {
+		cfg.ShutdownTimeout = defaultShutdownTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	d := &Node{cfg: cfg, log: cfg.Logger, started: time.Now(), reg: cfg.Metrics,
+		listeners: map[string]net.Listener{}, servers: map[string]*http.Server{},
+		runDone: make(chan struct{})}
+	if d.reg == nil {
+		d.reg = metrics.NewRegistry().WithProcess()
+	}
+	// The store and the keys, together (state.go): checked after an
+	// unclean stop, never replaced silently.
+	var (
+		tokens     *token.Codec
+		wakeSecret []byte
+	)
+	d.store, tokens, wakeSecret, err = openState(&cfg, d.reg, d.log)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			err = errors.Join(err, d.release())
+		}
+	}()
+	d.broadcasts, err = broadcast.Open(d.store, d.reg)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.listen(); err != nil {
+		return nil, err
+	}
+	if cfg.TLS != nil {
+		d.tls = true
+		for _, name := range []string{"device", "endpoint"} {
+			d.listeners[name] = tls.NewListener(d.listeners[name], cfg.TLS)
+		}
+	}
+	publicURL := cfg.PublicURL
+	if publicURL == "" {
+		publicURL = d.scheme("http") + "://" + displayAddr(d.listeners["endpoint"].Addr())
+		d.log.Warn("public_url is not set; endpoints name this host as "+publicURL+", which only local app servers can reach", "public_url", publicURL)
+	}
+	d.publicURL = publicURL
+	if err := d.startWake(wakeSecret); err != nil {
+		return nil, err
+	}
+	d.hub, err = relay.New(relay.Config{
+		Store:         d.store,
+		Tokens:        tokens,
+		PublicURL:     publicURL,
+		CheckKey:      vapid.DecodePublicKey,
+		HelloTimeout:  cfg.HelloTimeout,
+		PingInterval:  cfg.PingInterval,
+		Window:        cfg.InflightWindow,
+		OutboxBytes:   cfg.OutboxBytes,
+		Waker:         d.kick,
+		WakeIdleClose: cfg.WakeIdleClose,
+		Broadcasts:    d.broadcasts,
+		Logger:        d.log.With("component", "devices"),
+		Metrics:       d.reg,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.kick.SetPresence(d.hub)
+	d.api, err = endpoint.New(endpoint.Config{
+		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
+		Concurrency: cfg.EndpointConcurrency, RequestTimeout: cfg.EndpointRequestTimeout,
+		Logger: d.log.With("component", "endpoint"), Metrics: d.reg,
+		BatchMaxMessages: cfg.BatchMaxMessages, BatchConcurrency: cfg.BatchConcurrency, BatchToken: cfg.BatchToken,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if err := d.startMegaphone(); err != nil {
+		return nil, err
+	}
+	d.admin = admin.New(d.reg, d.status)
+	d.admin.AddCheck("store", d.checkStore)
+	if cfg.AdminToken != "" {
+		d.admin.ServeBroadcasts(d.broadcasts, cfg.AdminToken)
+	}
+	return d, nil
+}
+
+// makeServers makes the device listener's WebSocket server (its poller
+// holds descriptors, so it is made only by Run, which closes it) and the
+// HTTP servers.
+func (d *Node) makeServers() {
+	errLog := log.New(&slogWriter{d.log}, "", 0)
+	d.ws = wsock.NewServer(wsock.Options{MaxFrame: int64(d.cfg.MaxFrameBytes), WriteTimeout: d.cfg.WriteTimeout},
+		func(c *wsock.Conn) { d.hub.Accept(c) })
+	d.servers["device"] = &http.Server{
+		Handler:           d.admin.DeviceHandler(d.ws),
+		ReadHeaderTimeout: 10 * time.Second,
+		ErrorLog:          errLog,
+	}
+	if _, ok := d.listeners["admin"]; ok {
+		d.servers["admin"] = &http.Server{Handler: d.admin, ReadHeaderTimeout: 10 * time.Second, ErrorLog: errLog}
+	}
+}
+
+// Run serves until ctx is done (the daemon's SIGTERM) or Close is called,
+// then shuts down gracefully: stop taking requests, let in-flight pushes
+// finish, close device sockets with 1001, flush the store, within
+// Config.ShutdownTimeout. It returns the first part's failure, if one
+// stopped the node; nil after a requested stop. Run may be called once.
+func (d *Node) Run(ctx context.Context) (err error) {
+	d.mu.Lock()
+	if d.state != stateNew {
+		d.mu.Unlock()
+		return ErrClosed
+	}
+	ctx, stop := context.WithCancelCause(ctx)
+	defer stop(nil)
+	d.state, d.stopRun = stateRunning, stop
+	d.mu.Unlock()
+	defer close(d.runDone)
+	defer func() {
+		cerr := d.store.Close()
+		if cerr != nil {
+			cerr = fmt.Errorf("close store: %w", cerr)
+		}
+		d.closeErr = cerr
+		if err == nil {
+			err = cerr
+		}
+	}()
+
+	d.makeServers()
+	runCtx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var wg sync.WaitGroup
+	// The first part to fail stops the daemon; what fails after it (most
+	// likely because of it) is not waited for.
+	errc := make(chan error, 1)
+	start := func(what string, run func() error) {
+		wg.Go(func() {
+			if err := run(); err != nil {
+				err = fmt.Errorf("%s: %w", what, err)
+				select {
+				case errc <- err:
+				default:
+					// Not the first failure: it does not change the exit
+					// status, but it is not hidden either.
+					d.log.Error("after the first failure", "err", err)
+				}
+			}
+		})
+	}
+	start("endpoint listener", func() error { return d.api.Serve(d.listeners["endpoint"]) })
+	for name, srv := range d.servers {
+		ln := d.listeners[name]
+		start(name+" listener", func() error {
+			if err := srv.Serve(ln); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		})
+	}
+	start("store", func() error { return d.store.Run(runCtx) })
+	start("devices", func() error { return d.hub.Run(runCtx) })
+	start("device poller", func() error { return d.ws.Run(runCtx) })
+	start("wake", func() error { return d.kick.Run(runCtx) })
+	if d.stun != nil {
+		start("stun listener", func() error { return d.stun.Run(runCtx) })
+	}
+	if d.megaphone != nil {
+		start("megaphone", func() error { return d.megaphone.Run(runCtx) })
+	}
+	d.setReady(true)
+	if d.cfg.OnReady != nil {
+		d.cfg.OnReady(d)
+	}
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+		d.log.Info("shutting down", "reason", context.Cause(ctx))
+	case runErr = <-errc:
+		d.log.Error("fatal", "err", runErr)
+	}
+	d.shutdown()
+	cancel()
+	wg.Wait()
+	d.log.Info("stopped")
+	return runErr
+}
+
+// Close stops a running node as its context would, and waits for Run to
+// return; a node that never ran has everything New opened closed. It is
+// idempotent and returns the store's close error every time.
+func (d *Node) Close() error {
+	d.closeOnce.Do(func() {
+		d.mu.Lock()
+		was := d.state
+		d.state = stateClosed
+		d.mu.Unlock()
+		if was == stateRunning {
+			d.stopRun(ErrClosed)
+			<-d.runDone
+			return
+		}
+		d.closeErr = d.release()
+	})
+	return d.closeErr
+}
+
+// release closes what New opened, for a node that did not run: each part
+// that exists, the kicker before the store it flushes to.
+func (d *Node) release() error {
+	d.closeListeners()
+	var errs []error
+	if d.megaphone != nil {
+		errs = append(errs, d.megaphone.Close())
+	}
+	if d.api != nil {
+		errs = append(errs, d.api.Close())
+	}
+	if d.hub != nil {
+		errs = append(errs, d.hub.Close())
+	}
+	if d.kick != nil {
+		errs = append(errs, d.kick.Close())
+	}
+	if err := d.store.Close(); err != nil {
+		errs = append(errs, fmt.Errorf("close store: %w", err))
+	}
+	return errors.Join(errs...)
+}
+
+// listen binds every listener behind a guard (relay/listener): accept
+// errors are retried, never fatal, and connections are capped.
+func (d *Node) listen() error {
+	lm := listener.NewMetrics(d.reg)
+	for _, l := range []struct {
+		name, addr        string
+		max, maxPerSource int
+	}{
+		{"device", d.cfg.DeviceListen, d.cfg.DeviceMaxConns, d.cfg.DeviceMaxConnsPerIP},
+		// The endpoint's overall cap is endpoint_concurrency, which the
+		// API answers with a 503 app servers understand.
+		{"endpoint", d.cfg.EndpointListen, 0, d.cfg.EndpointMaxConnsPerIP},
+		{"admin", d.cfg.AdminListen, 0, 0},
+	} {
+		if l.addr == "" {
+			continue
+		}
+		ln, err := net.Listen("tcp", l.addr)
+		if err != nil {
+			return fmt.Errorf("%s listener: %w", l.name, err)
+		}
+		d.listeners[l.name] = listener.Wrap(ln, listener.Config{Name: l.name, MaxConns: l.max, MaxPerSource: l.maxPerSource,
+			Logger: d.log.With("component", "listener"), Metrics: lm})
+	}
+	return nil
+}
+
+func (d *Node) closeListeners() {
+	for _, ln := range d.listeners {
+		ln.Close()
+	}
+	if d.stun != nil {
+		d.stun.Close()
+	}
+	if d.udp != nil {
+		d.udp.Close()
+	}
+}
+
+// startWake sets up waking: keys from the wake secret, the STUN
+// listener (the kicker sends from its socket, so NAT mappings the device
+// opened let the datagram in) or, with STUN off, a plain UDP socket.
+func (d *Node) startWake(secret []byte) error {
+	cfg := d.cfg
+	keys, err := kick.NewKeys(secret)
+	if err != nil {
+		return err
+	}
+	// The STUN server and the kicker need each other; reg is filled in
+	// before either runs.
+	reg := &wakeRegistry{}
+	var sender kick.Sender
+	advertise := ""
+	if cfg.STUNListen != "" {
+		d.stun, err = discovery.Listen(discovery.Config{
+			Listen: cfg.STUNListen, Registry: reg,
+			Rate: float64(cfg.STUNRate), Burst: 2 * cfg.STUNRate,
+			Metrics: d.reg, Logger: d.log.With("component", "stun"),
+		})
+		if err != nil {
+			return fmt.Errorf("stun listener: %w", err)
+		}
+		sender = d.stun
+		advertise = cfg.STUNAdvertise
+		if advertise == "" {
+			advertise = d.stun.Addr().String()
+		}
+	} else {
+		d.udp, err = net.ListenUDP("udp", nil)
+		if err != nil {
+			return fmt.Errorf("wake socket: %w", err)
+		}
+		sender = kick.UDPSender{Conn: d.udp}
+	}
+	unlimited := func(n int) float64 {
+		if n == 0 {
+			return -1
+		}
+		return float64(n)
+	}
+	d.kick, err = kick.New(kick.Config{
+		Store: d.store, Sender: sender, Keys: keys, Ranges: cfg.WakeRanges, STUNAddr: advertise,
+		BindingTTL: cfg.WakeBindingTTL, Interval: cfg.WakeInterval, MaxBackoff: cfg.WakeMaxBackoff,
+		Rate: unlimited(cfg.WakeRate), TargetRate: unlimited(cfg.WakeTargetRate),
+		FlushInterval: cfg.WakeFlushInterval, MaxFresh: cfg.WakeFreshMax,
+		Metrics: d.reg, Logger: d.log.With("component", "wake"),
+	})
+	if err != nil {
+		return err
+	}
+	reg.k = d.kick
+	return nil
+}
+
+// startMegaphone makes, with megaphone_url set, the poller that feeds the
+// broadcast registry; Run runs it and shutdown closes it.
+func (d *Node) startMegaphone() error {
+	if d.cfg.MegaphoneURL == "" {
+		return nil
+	}
+	var err error
+	d.megaphone, err = megaphone.New(megaphone.Config{
+		URL: d.cfg.MegaphoneURL, Token: d.cfg.MegaphoneToken, Interval: d.cfg.MegaphonePollInterval,
+		Registry: d.broadcasts, Metrics: d.reg, Logger: d.log.With("component", "megaphone"),
+	})
+	return err
+}
+
+// wakeRegistry hands the STUN server's questions to the kicker.
+type wakeRegistry struct{ k *kick.Kicker }
+
+func (r *wakeRegistry) Key(username string) ([]byte, error) { return r.k.Key(username) }
+func (r *wakeRegistry) Bind(username string, addr netip.AddrPort, stamp time.Time) error {
+	return r.k.Bind(username, addr, stamp)
+}
+
+// shutdown drains in order: readiness off, no new requests, in-flight pushes
+// finish (each is durable before its 201), device sessions get 1001 and
+// their pending acks are written. The store is closed by Run.
+func (d *Node) shutdown() {
+	d.setReady(false)
+	ctx, cancel := context.WithTimeout(context.Background(), d.cfg.ShutdownTimeout)
+	defer cancel()
+	if err := d.api.Shutdown(ctx); err != nil {
+		d.log.Warn("drain endpoint listener", "err", err)
+		d.api.Close()
+	}
+	if err := d.servers["device"].Shutdown(ctx); err != nil {
+		d.log.Warn("drain device listener", "err", err)
+		d.servers["device"].Close()
+	}
+	logErr := func(what string, err error) {
+		if err != nil {
+			d.log.Warn(what, "err", err)
+		}
+	}
+	if d.megaphone != nil {
+		logErr("close megaphone", d.megaphone.Close())
+	}
+	if err := d.hub.Shutdown(ctx); err != nil {
+		d.log.Warn("close device sessions", "err", err)
+	}
+	logErr("close endpoint listener", d.api.Close())
+	logErr("close device poller", d.ws.Close())
+	// STUN first: its last bindings are then in the kicker's final flush.
+	if d.stun != nil {
+		logErr("close stun listener", d.stun.Close())
+	}
+	logErr("close wake", d.kick.Close())
+	if d.udp != nil {
+		logErr("close wake socket", d.udp.Close())
+	}
+	if srv, ok := d.servers["admin"]; ok {
+		if err := srv.Shutdown(ctx); err != nil {
+			logErr("drain admin listener", err)
+			logErr("close admin listener", srv.Close())
+		}
+	}
+}
+
+// checkStore fails while the store is damaged, or while pushes are refused
+// for lack of space. In the second case each call writes a 64 KiB probe in
+// the data dir: once it fits, writes resume (SpaceFreed) without waiting
+// for a push to get through, which a load balancer watching /readyz would
+// never send.
+func (d *Node) checkStore() error {
+	if err := d.store.Damaged(); err != nil {
+		// Logged once by the store; the next start refuses the file with
+		// the recovery steps.
+		return fmt.Errorf("damaged: %w; restart the relay to have it checked", err)
+	}
+	since, refused := d.api.DiskFull()
+	if since.IsZero() {
+		return nil
+	}
+	if store.ProbeSpace(d.cfg.DataDir, 64<<10) == nil {
+		d.api.SpaceFreed()
+		return nil
+	}
+	return fmt.Errorf("disk full since %s (%d pushes refused)", since.UTC().Format(time.RFC3339), refused)
+}
+
+func (d *Node) status() admin.Status {
+	st := admin.Status{
+		Version:     d.cfg.Version,
+		Uptime:      time.Since(d.started).Truncate(time.Second).String(),
+		Connections: d.hub.Connected(),
+		WakePending: d.kick.Pending(),
+		Listeners:   map[string]string{},
+	}
+	if s, err := d.store.Stats(); err == nil {
+		st.Devices, st.Channels, st.Waiting = s.Devices, s.Channels, s.Waiting
+	}
+	for name, ln := range d.listeners {
+		st.Listeners[name] = ln.Addr().String()
+	}
+	if d.stun != nil {
+		st.Listeners["stun"] = d.stun.Addr().String() + "/udp"
+	}
+	return st
+}
+
+// Announce prints where to connect, one "name url" line each, so people and
+// tests (which bind port 0) can find the listeners; the daemon calls it
+// from OnReady.
+func (d *Node) Announce(w io.Writer) {
+	fmt.Fprintf(w, "pushrelay %s ready (data in %s)\n", d.cfg.Version, d.cfg.DataDir)
+	fmt.Fprintf(w, "  devices      %s\n", d.DeviceURL())
+	fmt.Fprintf(w, "  app servers  %s/wpush/v1/{token}  (each device gets its endpoint at register)\n", d.publicURL)
+	fmt.Fprintf(w, "  endpoint     %s/\n", d.EndpointURL())
+	if d.stun != nil {
+		fmt.Fprintf(w, "  stun         %s (udp; devices prove wake addresses, wake datagrams come from here)\n", d.stun.Addr())
+	}
+	if ln, ok := d.listeners["admin"]; ok {
+		fmt.Fprintf(w, "  admin        http://%s/status\n", displayAddr(ln.Addr()))
+	}
+	d.log.Info("ready", "device", d.listeners["device"].Addr().String(), "endpoint", d.listeners["endpoint"].Addr().String(), "public_url", d.publicURL)
+}
+
+// DeviceAddr is the device listener's address, its port resolved.
+func (d *Node) DeviceAddr() net.Addr { return d.listeners["device"].Addr() }
+
+// EndpointAddr is the endpoint listener's address, its port resolved.
+func (d *Node) EndpointAddr() net.Addr { return d.listeners["endpoint"].Addr() }
+
+// AdminAddr is the admin listener's address, or nil when it is off.
+func (d *Node) AdminAddr() net.Addr {
+	if ln, ok := d.listeners["admin"]; ok {
+		return ln.Addr()
+	}
+	return nil
+}
+
+// STUNAddr is the STUN listener's UDP address; not valid when STUN is off.
+func (d *Node) STUNAddr() netip.AddrPort {
+	if d.stun == nil {
+		return netip.AddrPort{}
+	}
+	return d.stun.Addr()
+}
+
+// DeviceURL is where a local device connects: ws://host:port/ (wss with
+// TLS).
+func (d *Node) DeviceURL() string {
+	return d.scheme("ws") + "://" + displayAddr(d.DeviceAddr()) + "/"
+}
+
+// EndpointURL is the endpoint listener's base URL as a local app server
+// dials it, without a trailing slash.
+func (d *Node) EndpointURL() string {
+	return d.scheme("http") + "://" + displayAddr(d.EndpointAddr())
+}
+
+// PublicURL is the base of the push endpoints handed to devices.
+func (d *Node) PublicURL() string { return d.publicURL }
+
+// Metrics is the node's registry.
+func (d *Node) Metrics() *metrics.Registry { return d.reg }
+
+// Admin is the admin handler (/metrics, /readyz, /status...), to serve or
+// call without the admin listener.
+func (d *Node) Admin() http.Handler { return d.admin }
+
+// Ready reports what /readyz reports: serving and not shutting down, the
+// store neither damaged nor out of space.
+func (d *Node) Ready() bool { return d.ready.Load() && d.checkStore() == nil }
+
+// setReady flips /readyz and Ready together.
+func (d *Node) setReady(v bool) {
+	d.ready.Store(v)
+	d.admin.SetReady(v)
+}
+
+// displayAddr turns a listener address into one a local client can dial.
+func displayAddr(a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return a.String()
+	}
+	host := ta.IP.String()
+	if ta.IP == nil || ta.IP.IsUnspecified() {
+		host = "localhost"
+	}
+	return net.JoinHostPort(host, strconv.Itoa(ta.Port))
+}
+
+// slogWriter routes net/http's error log (TLS handshake noise, panics in
+// handlers) into the structured log.
+type slogWriter struct{ l *slog.Logger }
+
+func (w *slogWriter) Write(p []byte) (int, error) {
+	w.l.Warn("http server", "msg", string(trimNL(p)))
+	return len(p), nil
+}
+
+func trimNL(p []byte) []byte {
+	for len(p) > 0 && (p[len(p)-1] == '\n' || p[len(p)-1] == '\r') {
+		p = p[:len(p)-1]
+	}
+	return p
+}
