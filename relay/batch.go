@@ -5,6 +5,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
 )
@@ -105,8 +106,8 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 // wakeFor asks the waker to wake u for a stored message of urgency until
 // its expiry, unless u has a session taking messages. Very-low and low
 // urgency wait for the device's next connection.
-func (h *Hub) wakeFor(u store.UAID, urg store.Urgency, expiry time.Time) {
-	if h.cfg.Waker == nil || !urg.AtLeast(store.UrgencyNormal) {
+func (h *Hub) wakeFor(u push.UAID, urg push.Urgency, expiry time.Time) {
+	if h.cfg.Waker == nil || !urg.AtLeast(push.UrgencyNormal) {
 		return
 	}
 	if s := h.session(u); s == nil || !s.accepting() {

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -525,7 +526,7 @@ type countingStore struct {
 	reads atomic.Int64
 }
 
-func (c *countingStore) Messages(u store.UAID, after uint64, limit int) ([]store.Message, error) {
+func (c *countingStore) Messages(u push.UAID, after uint64, limit int) ([]store.Message, error) {
 	c.reads.Add(1)
 	return c.Store.Messages(u, after, limit)
 }

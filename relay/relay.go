@@ -57,6 +57,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -128,17 +129,17 @@ type Conn interface {
 
 // Store is what the hub needs from durable storage.
 type Store interface {
-	Device(u store.UAID) (store.Device, bool, error)
-	Touch(ctx context.Context, u store.UAID, now time.Time) error
+	Device(u push.UAID) (store.Device, bool, error)
+	Touch(ctx context.Context, u push.UAID, now time.Time) error
 	Register(ctx context.Context, c store.Channel) error
-	Channel(u store.UAID, id store.ChannelID) (store.Channel, bool, error)
-	Unregister(ctx context.Context, u store.UAID, id store.ChannelID) (bool, error)
+	Channel(u push.UAID, id push.ChannelID) (store.Channel, bool, error)
+	Unregister(ctx context.Context, u push.UAID, id push.ChannelID) (bool, error)
 	// AppendBatch stores messages in one commit (see
 	// store.Store.AppendBatch).
 	AppendBatch(ctx context.Context, ms []store.Message) ([]store.AppendResult, error)
-	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
-	Ack(ctx context.Context, u store.UAID, seqs ...uint64) (int, error)
-	Delete(ctx context.Context, u store.UAID, ch store.ChannelID, seq uint64) (bool, error)
+	Messages(u push.UAID, afterSeq uint64, limit int) ([]store.Message, error)
+	Ack(ctx context.Context, u push.UAID, seqs ...uint64) (int, error)
+	Delete(ctx context.Context, u push.UAID, ch push.ChannelID, seq uint64) (bool, error)
 	// OnStored registers the hub's receiver of committed messages (see
 	// store.Store.OnStored); nil unregisters it.
 	OnStored(fn func([]store.Message))
@@ -155,12 +156,12 @@ type Waker interface {
 	// and WakeRefresh. local is the relay's address the device connected
 	// to (invalid if unknown): the STUN address a device is told is on
 	// the host it already reaches.
-	HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error)
+	HelloWake(ctx context.Context, u push.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error)
 	// Wake asks for u to be woken: a message that may wake it was stored
 	// and waits until until. A zero until means "look at what waits".
-	Wake(u store.UAID, until time.Time)
+	Wake(u push.UAID, until time.Time)
 	// Connected tells the waker that u said hello: stop waking it.
-	Connected(u store.UAID)
+	Connected(u push.UAID)
 }
 
 // KeyChecker validates the VAPID public key a device passes in register and
@@ -248,7 +249,7 @@ type Message struct {
 	Endpoint   token.Endpoint
 	TTL        time.Duration
 	Topic      string
-	Urgency    store.Urgency
+	Urgency    push.Urgency
 	Encoding   string
 	Encryption string
 	CryptoKey  string
@@ -275,8 +276,8 @@ type Result struct {
 	Err error
 }
 
-func uaidOf(e token.Endpoint) store.UAID         { return store.UAID(e.UAID) }
-func channelOf(e token.Endpoint) store.ChannelID { return store.ChannelID(e.Channel) }
+func uaidOf(e token.Endpoint) push.UAID         { return push.UAID(e.UAID) }
+func channelOf(e token.Endpoint) push.ChannelID { return push.ChannelID(e.Channel) }
 
 func wrapStore(op string, err error) error {
 	if err == nil {

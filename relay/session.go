@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -24,7 +25,7 @@ type session struct {
 	conn Conn
 
 	// reader-owned
-	uaid     store.UAID
+	uaid     push.UAID
 	helloed  bool
 	lastPing time.Time
 	// simplePush is set for devices that did not say use_webpush (Firefox
@@ -373,7 +374,7 @@ func (s *session) handle(msg any) bool {
 func (s *session) hello(m pushproto.Hello) bool {
 	h := s.hub
 	result := "new"
-	u, err := store.ParseUAID(m.UAID)
+	u, err := push.ParseUAID(m.UAID)
 	if err == nil {
 		_, ok, err := h.cfg.Store.Device(u)
 		if err != nil {
@@ -438,7 +439,7 @@ func (s *session) hello(m pushproto.Hello) bool {
 
 func (s *session) register(m pushproto.Register) bool {
 	h := s.hub
-	ch, err := store.ParseChannelID(m.ChannelID)
+	ch, err := push.ParseChannelID(m.ChannelID)
 	if err != nil {
 		s.close(pushproto.CloseServerError, "invalid channelID")
 		return false
@@ -475,7 +476,7 @@ func (s *session) register(m pushproto.Register) bool {
 	return s.write(pushproto.EncodeRegister(m.ChannelID, status, endpoint))
 }
 
-func (h *Hub) endpointURL(u store.UAID, ch store.ChannelID, key []byte, simplePush bool) string {
+func (h *Hub) endpointURL(u push.UAID, ch push.ChannelID, key []byte, simplePush bool) string {
 	e := token.Endpoint{UAID: u, Channel: ch}
 	if simplePush && key == nil {
 		return h.cfg.PublicURL + "/update/" + h.cfg.Tokens.SealEndpoint(e)
@@ -489,7 +490,7 @@ func (h *Hub) endpointURL(u store.UAID, ch store.ChannelID, key []byte, simplePu
 
 func (s *session) unregister(m pushproto.Unregister) bool {
 	h := s.hub
-	ch, err := store.ParseChannelID(m.ChannelID)
+	ch, err := push.ParseChannelID(m.ChannelID)
 	if err != nil {
 		s.close(pushproto.CloseServerError, "invalid channelID")
 		return false
@@ -525,7 +526,7 @@ func (s *session) ack(m pushproto.Ack) {
 		// Not in flight as sent: a message id from an earlier connection
 		// (or written differently) still names a message of this device.
 		id, err := h.cfg.Tokens.OpenMessageID(up.Version)
-		if err != nil || store.UAID(id.UAID) != s.uaid || store.ChannelID(id.Channel).String() != up.ChannelID {
+		if err != nil || push.UAID(id.UAID) != s.uaid || push.ChannelID(id.Channel).String() != up.ChannelID {
 			h.m.dropped.With("ack_unknown").Inc()
 			continue
 		}

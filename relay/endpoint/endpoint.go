@@ -47,6 +47,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
 	"github.com/pushrelay/pushrelay/relay/vapid"
@@ -660,11 +661,11 @@ func ParseTopic(s string) (string, *apiError) {
 }
 
 // ParseUrgency checks the Urgency header (RFC 8030 §5.3); absent is normal.
-func ParseUrgency(s string) (store.Urgency, *apiError) {
+func ParseUrgency(s string) (push.Urgency, *apiError) {
 	if s == "" {
-		return store.UrgencyNormal, nil
+		return push.UrgencyNormal, nil
 	}
-	u, err := store.ParseUrgency(strings.ToLower(strings.TrimSpace(s)))
+	u, err := push.ParseUrgency(strings.ToLower(strings.TrimSpace(s)))
 	if err != nil {
 		return 0, errBadUrgency.with("want very-low, low, normal or high")
 	}
@@ -710,7 +711,7 @@ func (a *API) putSimplePush(ctx *fasthttp.RequestCtx, tok []byte) {
 		a.fail(ctx, aerr)
 		return
 	}
-	a.push(ctx, relay.Message{Endpoint: ep, TTL: MaxTTL, Version: v, Urgency: store.UrgencyNormal}, start)
+	a.push(ctx, relay.Message{Endpoint: ep, TTL: MaxTTL, Version: v, Urgency: push.UrgencyNormal}, start)
 }
 
 // ParseSimplePushVersion reads version=N from a form body or query string.

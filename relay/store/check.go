@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -165,7 +166,7 @@ func walk(tx *bolt.Tx, r *Report) {
 		r.problem("%v", err)
 	}
 	bk["devices"].ForEach(func(k, v []byte) error {
-		var u UAID
+		var u push.UAID
 		if len(k) != len(u) {
 			r.problem("%v", corrupt("device key", k))
 			return nil
@@ -224,10 +225,10 @@ func walk(tx *bolt.Tx, r *Report) {
 	}
 }
 
-func splitChannelKey(k []byte) (UAID, ChannelID, bool) {
+func splitChannelKey(k []byte) (push.UAID, push.ChannelID, bool) {
 	var (
-		u  UAID
-		id ChannelID
+		u  push.UAID
+		id push.ChannelID
 	)
 	if len(k) != 32 {
 		return u, id, false
@@ -237,8 +238,8 @@ func splitChannelKey(k []byte) (UAID, ChannelID, bool) {
 	return u, id, true
 }
 
-func splitMessageKey(k []byte) (UAID, uint64, bool) {
-	var u UAID
+func splitMessageKey(k []byte) (push.UAID, uint64, bool) {
+	var u push.UAID
 	if len(k) != 24 {
 		return u, 0, false
 	}

@@ -1,8 +1,8 @@
 // Package store is pushrelay's durable state, kept in one bbolt file.
 //
 // It is the only package that imports bbolt; the rest of pushrelay sees
-// typed methods (Register, Append, Messages, Ack, ...) and the types in
-// types.go. Values are copied out of transactions, never aliased.
+// typed methods (Register, Append, Messages, Ack, ...), the types in
+// types.go and the domain types of package push. Values are copied out of transactions, never aliased.
 //
 // # Layout
 //

@@ -11,24 +11,25 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // The model is what the store should hold, kept the simple way.
 type modelMsg struct {
 	seq    uint64
-	ch     ChannelID
+	ch     push.ChannelID
 	topic  string
 	expiry time.Time
 	data   string
 }
 
 type modelDev struct {
-	chans map[ChannelID]string // channel → key
-	msgs  []modelMsg           // in seq order
+	chans map[push.ChannelID]string // channel → key
+	msgs  []modelMsg                // in seq order
 }
 
 type model struct {
-	devs    map[UAID]*modelDev
+	devs    map[push.UAID]*modelDev
 	deleted map[string]int
 	lastSeq uint64
 }
@@ -79,7 +80,7 @@ func TestModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { s.Close() }()
-	mod := &model{devs: map[UAID]*modelDev{}, deleted: map[string]int{}}
+	mod := &model{devs: map[push.UAID]*modelDev{}, deleted: map[string]int{}}
 
 	check := func(step int, what string) {
 		t.Helper()
@@ -151,7 +152,7 @@ func TestModel(t *testing.T) {
 				want = ErrTooManyChannels
 			default:
 				if md == nil {
-					md = &modelDev{chans: map[ChannelID]string{}}
+					md = &modelDev{chans: map[push.ChannelID]string{}}
 					mod.devs[u] = md
 				}
 				md.chans[ch] = key
@@ -313,7 +314,7 @@ func TestModel(t *testing.T) {
 	check(steps, "reopen")
 }
 
-func hasChan(d *modelDev, ch ChannelID) bool {
+func hasChan(d *modelDev, ch push.ChannelID) bool {
 	_, ok := d.chans[ch]
 	return ok
 }

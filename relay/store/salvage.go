@@ -7,6 +7,7 @@ import (
 	"os"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -130,7 +131,7 @@ func (w *salvageWriter) copyAll() error {
 	// Devices, with their channel count zeroed: channels count themselves
 	// in as they are copied.
 	err := w.scan(bucketDevices, func(k, v []byte) error {
-		var u UAID
+		var u push.UAID
 		copy(u[:], k)
 		d, err := decodeDevice(u, v)
 		if len(k) != 16 || err != nil {

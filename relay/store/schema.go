@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -109,7 +110,7 @@ func migrateCreateBuckets(tx *bolt.Tx) error {
 func migrateCountTotals(tx *bolt.Tx) error {
 	var devices, channels, waiting uint64
 	err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-		var u UAID
+		var u push.UAID
 		if len(k) != len(u) {
 			return corrupt("device key", k)
 		}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -50,8 +51,8 @@ type txn struct {
 	// cached is the committer's count of messages per device, read only;
 	// waiting holds this transaction's counts, which replace those in
 	// cached if it commits.
-	cached  map[UAID]int
-	waiting map[UAID]int
+	cached  map[push.UAID]int
+	waiting map[push.UAID]int
 
 	// appended collects the messages this transaction stored, in seq
 	// order, when the Store has a stored hook; gone marks (by index) those
@@ -100,7 +101,7 @@ func (t *txn) countMetrics(m *storeMetrics) {
 	}
 }
 
-func (t *txn) device(u UAID) (Device, bool, error) {
+func (t *txn) device(u push.UAID) (Device, bool, error) {
 	v := t.devices.Get(u[:])
 	if v == nil {
 		return Device{}, false, nil
@@ -114,7 +115,7 @@ func (t *txn) putDevice(d Device) error {
 }
 
 // header decodes the index fields of message u/seq, or reports it absent.
-func (t *txn) header(u UAID, seq uint64) (msgHeader, bool, error) {
+func (t *txn) header(u push.UAID, seq uint64) (msgHeader, bool, error) {
 	v := t.messages.Get(messageKey(u, seq))
 	if v == nil {
 		return msgHeader{}, false, nil
@@ -126,7 +127,7 @@ func (t *txn) header(u UAID, seq uint64) (msgHeader, bool, error) {
 // messageCount returns how many messages u has: from this transaction's
 // or the committer's count, or else counted (up to the cap, a few
 // thousand rows at most) and remembered.
-func (t *txn) messageCount(u UAID) int {
+func (t *txn) messageCount(u push.UAID) int {
 	if n, ok := t.waiting[u]; ok {
 		return n
 	}
@@ -135,7 +136,7 @@ func (t *txn) messageCount(u UAID) int {
 		n = countMessages(t.messages, u)
 	}
 	if t.waiting == nil {
-		t.waiting = make(map[UAID]int)
+		t.waiting = make(map[push.UAID]int)
 	}
 	t.waiting[u] = n
 	return n
@@ -143,21 +144,21 @@ func (t *txn) messageCount(u UAID) int {
 
 // addMessages records that u's message count changed by delta, where
 // the count is known; an unknown count is counted when it is needed.
-func (t *txn) addMessages(u UAID, delta int) {
+func (t *txn) addMessages(u push.UAID, delta int) {
 	if n, ok := t.waiting[u]; ok {
 		t.waiting[u] = max(n+delta, 0)
 		return
 	}
 	if n, ok := t.cached[u]; ok {
 		if t.waiting == nil {
-			t.waiting = make(map[UAID]int)
+			t.waiting = make(map[push.UAID]int)
 		}
 		t.waiting[u] = max(n+delta, 0)
 	}
 }
 
 // countMessages counts u's rows in the messages bucket.
-func countMessages(messages *bolt.Bucket, u UAID) int {
+func countMessages(messages *bolt.Bucket, u push.UAID) int {
 	n := 0
 	c := messages.Cursor()
 	for k, _ := c.Seek(u[:]); k != nil && bytes.HasPrefix(k, u[:]); k, _ = c.Next() {
@@ -168,7 +169,7 @@ func countMessages(messages *bolt.Bucket, u UAID) int {
 
 // removeMessage deletes message u/seq and its index rows and counts it
 // under why.
-func (t *txn) removeMessage(u UAID, seq uint64, h msgHeader, why reason) error {
+func (t *txn) removeMessage(u push.UAID, seq uint64, h msgHeader, why reason) error {
 	if err := t.messages.Delete(messageKey(u, seq)); err != nil {
 		return err
 	}
@@ -235,7 +236,7 @@ func (t *txn) unappend(seq uint64) {
 
 // dropOldest removes u's oldest message; false if it has none. An
 // expired message is counted as expired, not as dropped.
-func (t *txn) dropOldest(u UAID) (bool, error) {
+func (t *txn) dropOldest(u push.UAID) (bool, error) {
 	k, v := t.messages.Cursor().Seek(u[:])
 	if k == nil || !bytes.HasPrefix(k, u[:]) {
 		return false, nil
@@ -257,7 +258,7 @@ func (t *txn) dropOldest(u UAID) (bool, error) {
 
 // uaidMessages returns the seqs and headers of u's messages, optionally
 // only those of channel ch.
-func (t *txn) uaidMessages(u UAID, ch *ChannelID) ([]uint64, []msgHeader, error) {
+func (t *txn) uaidMessages(u push.UAID, ch *push.ChannelID) ([]uint64, []msgHeader, error) {
 	var (
 		seqs []uint64
 		hs   []msgHeader
