@@ -91,3 +91,42 @@ func TestUrgency(t *testing.T) {
 		}
 	}
 }
+
+func TestOrigin(t *testing.T) {
+	u, ch := UAID{1, 2}, ChannelID{3, 4}
+	long := string(make([]byte, 500))
+	for _, o := range []Origin{
+		LocalOrigin([16]byte{9, 9, 9}),
+		UpstreamOrigin(u, ch, "gAAAAABk-version"),
+		UpstreamOrigin(u, ch, long),
+		ParentOrigin([]byte("parent-7")),
+		ParentOrigin([]byte(long)),
+	} {
+		b, err := o.AppendBinary(nil)
+		if err != nil {
+			t.Fatalf("%v: %v", o, err)
+		}
+		if len(b) > 1+MaxOriginID {
+			t.Errorf("%v: %d bytes", o, len(b))
+		}
+		got, err := DecodeOrigin(b)
+		if err != nil || got != o {
+			t.Errorf("DecodeOrigin(%x) = %v, %v; want %v", b, got, err, o)
+		}
+	}
+	if UpstreamOrigin(u, ch, "v1") == UpstreamOrigin(u, ch, "v2") ||
+		UpstreamOrigin(u, ch, "v1") == UpstreamOrigin(u, ChannelID{5}, "v1") ||
+		UpstreamOrigin(u, ch, long) == UpstreamOrigin(u, ch, long+"x") {
+		t.Error("distinct upstream messages share an origin key")
+	}
+	for _, o := range []Origin{{}, {Kind: 4, ID: "x"}, {Kind: OriginLocal}, {Kind: OriginParent, ID: long}} {
+		if _, err := o.AppendBinary(nil); !errors.Is(err, ErrBadOrigin) {
+			t.Errorf("%v encoded: %v", o, err)
+		}
+	}
+	for _, b := range [][]byte{nil, {1}, {0, 1}, {9, 1}} {
+		if _, err := DecodeOrigin(b); !errors.Is(err, ErrBadOrigin) {
+			t.Errorf("DecodeOrigin(%x): %v", b, err)
+		}
+	}
+}

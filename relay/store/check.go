@@ -215,13 +215,21 @@ func walk(tx *bolt.Tx, r *Report) {
 		return nil
 	})
 	bk["expiry"].ForEach(func(k, v []byte) error {
-		if len(k) != 32 || len(v) != 0 {
+		if len(k) != 32 {
 			r.problem("%v", corrupt("expiry row", k))
+		} else if len(v) != 0 {
+			// Names the message's origin key (schema 5).
+			if _, err := push.DecodeOrigin(v); err != nil || schema < 5 {
+				r.problem("%v", corrupt("expiry row", k))
+			}
 		}
 		return nil
 	})
 	if schema >= 4 {
 		checkBroadcasts(tx, r)
+	}
+	if schema >= 5 {
+		checkOrigins(tx, r)
 	}
 }
 
@@ -360,4 +368,21 @@ func openError(path string, err error) error {
 		return fmt.Errorf("store %s: %w", path, err)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrDamaged, path, err)
+}
+
+// checkOrigins decodes the origin-key index (schema 5 and later).
+func checkOrigins(tx *bolt.Tx, r *Report) {
+	b := tx.Bucket(bucketOrigins)
+	if b == nil {
+		r.problem("bucket %s missing", bucketOrigins)
+		return
+	}
+	b.ForEach(func(k, v []byte) error {
+		if _, err := push.DecodeOrigin(k); err != nil {
+			r.problem("%v", corrupt("origin key", k))
+		} else if _, ok := decodeOriginValue(v); !ok {
+			r.problem("%v", corrupt("origin row", k))
+		}
+		return nil
+	})
 }

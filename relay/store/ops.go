@@ -268,7 +268,9 @@ func (s *Store) Unregister(ctx context.Context, u push.UAID, id push.ChannelID) 
 // ---- messages ----
 
 // Append stores m and returns it with its Seq (and Received and Expiry
-// filled in when they were zero). The channel must be registered
+// filled in when they were zero). A message whose origin key was appended
+// before, while that one's TTL lasts, is not stored again: Append returns
+// it with the first one's Seq (AppendBatch tells more). The channel must be registered
 // (ErrNoChannel); m.TTL must be positive (ErrZeroTTL). A waiting message
 // with the same non-empty Topic on the same channel is replaced (counted
 // as replaced_topic) and the new one gets a new Seq. If the device then
@@ -292,6 +294,9 @@ func (s *Store) Append(ctx context.Context, m Message) (Message, error) {
 type appendOutcome struct {
 	seq   uint64
 	queue int
+	// dup: the origin key was appended before (seq is the first's);
+	// waiting: the first still waits.
+	dup, waiting bool
 }
 
 // appendOp validates and completes m and returns the op that stores it
@@ -311,6 +316,13 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 	if m.Expiry.IsZero() {
 		m.Expiry = m.Received.Add(m.TTL)
 	}
+	var okey []byte
+	if !m.Origin.IsZero() {
+		var err error
+		if okey, err = m.Origin.AppendBinary(nil); err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrBadMessage, err)
+		}
+	}
 	m.Seq = 0
 	val := encodeMessage(m)
 	exp := timeNanos(m.Expiry)
@@ -325,6 +337,18 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 		stored.Data = val[len(val)-len(m.Data):]
 	}
 	apply := func(t *txn) error {
+		out.dup, out.waiting = false, false
+		if okey != nil {
+			// The same origin key again while the first one's TTL lasts:
+			// report the first, store nothing.
+			if first, ok, err := t.origin(okey); err != nil {
+				return err
+			} else if ok {
+				out.dup, out.seq, out.queue = true, first.seq, 0
+				out.waiting = t.messages.Get(messageKey(first.uaid, first.seq)) != nil
+				return nil
+			}
+		}
 		// A channel implies its device's record (Register writes both,
 		// DeleteDevice removes both).
 		if t.channels.Get(channelKey(u, ch)) == nil {
@@ -353,8 +377,15 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 		if err := t.messages.Put(messageKey(u, *seq), val); err != nil {
 			return err
 		}
-		if err := t.expiry.Put(expiryKey(exp, u, *seq), nil); err != nil {
+		// The expiry row names the origin key (if any), so the sweep
+		// removes the key when the TTL ends, acked or not.
+		if err := t.expiry.Put(expiryKey(exp, u, *seq), okey); err != nil {
 			return err
+		}
+		if okey != nil {
+			if err := t.origins.Put(okey, originValue(u, *seq, exp)); err != nil {
+				return err
+			}
 		}
 		if tk != nil {
 			if err := t.topics.Put(tk, seqValue(*seq)); err != nil {
@@ -469,9 +500,9 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 		err := s.do(ctx, func(t *txn) error {
 			n, more = 0, false
 			now := timeNanos(t.now)
-			var keys [][]byte
+			var keys, okeys [][]byte
 			c := t.expiry.Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			for k, v := c.First(); k != nil; k, v = c.Next() {
 				if len(k) != 32 {
 					return corrupt("expiry key", k)
 				}
@@ -483,8 +514,14 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 					break
 				}
 				keys = append(keys, bytes.Clone(k))
+				okeys = append(okeys, bytes.Clone(v))
 			}
-			for _, k := range keys {
+			for i, k := range keys {
+				// The origin key (if any) ends with the TTL, whether the
+				// message was acked or still waits.
+				if err := t.dropOrigin(okeys[i], k[8:]); err != nil {
+					return err
+				}
 				var u push.UAID
 				copy(u[:], k[8:24])
 				seq := binary.BigEndian.Uint64(k[24:])

@@ -39,10 +39,10 @@ var reasonNames = [numReasons]string{
 // records, report store-wide changes in delta, and keep the committer's
 // per-device message counts (Store.waiting) through waiting.
 type txn struct {
-	tx                                                *bolt.Tx
-	devices, channels, messages, topics, expiry, meta *bolt.Bucket
-	now                                               time.Time
-	maxMessages, maxChannels                          int
+	tx                                                         *bolt.Tx
+	devices, channels, messages, topics, expiry, meta, origins *bolt.Bucket
+	now                                                        time.Time
+	maxMessages, maxChannels                                   int
 
 	delta   totals
 	stored  int
@@ -74,6 +74,7 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 		topics:      tx.Bucket(bucketTopics),
 		expiry:      tx.Bucket(bucketExpiry),
 		meta:        tx.Bucket(bucketMeta),
+		origins:     tx.Bucket(bucketOrigins),
 		now:         s.now(),
 		maxMessages: s.maxMessages,
 		maxChannels: s.maxChannels,
@@ -173,8 +174,12 @@ func (t *txn) removeMessage(u push.UAID, seq uint64, h msgHeader, why reason) er
 	if err := t.messages.Delete(messageKey(u, seq)); err != nil {
 		return err
 	}
-	if err := t.expiry.Delete(expiryKey(h.expiry, u, seq)); err != nil {
-		return err
+	// An expiry row that names an origin key stays until the TTL ends:
+	// the sweep removes it with the key.
+	if ek := expiryKey(h.expiry, u, seq); len(t.expiry.Get(ek)) == 0 {
+		if err := t.expiry.Delete(ek); err != nil {
+			return err
+		}
 	}
 	if h.topic != "" {
 		tk := topicKey(u, h.channel, h.topic)
@@ -287,4 +292,59 @@ func keysWithPrefix(b *bolt.Bucket, prefix []byte) [][]byte {
 		keys = append(keys, bytes.Clone(k))
 	}
 	return keys
+}
+
+// originEntry is an origins row: the message first appended with the key.
+type originEntry struct {
+	uaid   push.UAID
+	seq    uint64
+	expiry uint64
+}
+
+// originValue encodes an origins row: uaid(16) | seq(8) | expiry(8).
+func originValue(u push.UAID, seq, expiry uint64) []byte {
+	v := make([]byte, 32)
+	copy(v, u[:])
+	binary.BigEndian.PutUint64(v[16:], seq)
+	binary.BigEndian.PutUint64(v[24:], expiry)
+	return v
+}
+
+func decodeOriginValue(v []byte) (originEntry, bool) {
+	if len(v) != 32 {
+		return originEntry{}, false
+	}
+	var e originEntry
+	copy(e.uaid[:], v)
+	e.seq = binary.BigEndian.Uint64(v[16:])
+	e.expiry = binary.BigEndian.Uint64(v[24:])
+	return e, true
+}
+
+// origin returns the message first appended with origin key okey, unless
+// its TTL has ended (a row the sweep has not removed yet is ignored, and
+// replaced by the next append with the key).
+func (t *txn) origin(okey []byte) (originEntry, bool, error) {
+	v := t.origins.Get(okey)
+	if v == nil {
+		return originEntry{}, false, nil
+	}
+	e, ok := decodeOriginValue(v)
+	if !ok {
+		return originEntry{}, false, corrupt("origin row", okey)
+	}
+	return e, e.expiry > timeNanos(t.now), nil
+}
+
+// dropOrigin removes origin key okey (none if empty) if its row still
+// names message useq (uaid(16) | seq(8)): a later append with the key may
+// have taken it over.
+func (t *txn) dropOrigin(okey, useq []byte) error {
+	if len(okey) == 0 {
+		return nil
+	}
+	if v := t.origins.Get(okey); len(v) == 32 && bytes.Equal(v[:24], useq) {
+		return t.origins.Delete(okey)
+	}
+	return nil
 }

@@ -85,6 +85,12 @@ type Message struct {
 	Encoding, Encryption, CryptoKey string
 
 	Data []byte
+
+	// Origin is where the message came from and its id there (see
+	// push.Origin). A message with one is appended at most once while its
+	// TTL lasts (the origins index). It is not kept in the message record:
+	// messages read back have none.
+	Origin push.Origin
 }
 
 // Stats are whole-store totals, kept as counters so reading them is O(1).
