@@ -297,19 +297,19 @@ func (h *Hub) goWait(f func()) {
 	}()
 }
 
-// Push accepts a message from an app server: PushBatch of one, with the
+// Push ingests one message: Ingest of one, with the
 // message's own failure (ErrNoSubscription) as the error. A message with a
 // TTL is on disk when Push returns; a TTL-0 message is handed to the
 // device's session if one is open and dropped otherwise.
-func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
-	rs, err := h.PushBatch(ctx, []Message{m})
+func (h *Hub) Push(ctx context.Context, m push.Message) (Result, error) {
+	rs, err := h.Ingest(ctx, []push.Message{m})
 	if err != nil {
 		return Result{}, err
 	}
 	return rs[0], rs[0].Err
 }
 
-func (h *Hub) pushDirect(u push.UAID, ch push.ChannelID, m Message, now time.Time) (Result, error) {
+func (h *Hub) pushDirect(u push.UAID, ch push.ChannelID, m push.Message, now time.Time) (Result, error) {
 	if _, ok, err := h.cfg.Store.Channel(u, ch); err != nil {
 		return Result{}, wrapStore("read channel", err)
 	} else if !ok {

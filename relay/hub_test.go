@@ -150,8 +150,8 @@ func TestPushWhileConnected(t *testing.T) {
 		h := newHarness(t, nil)
 		d := h.hello("")
 		s := d.subscribe()
-		res, err := h.hub.Push(context.Background(), relay.Message{
-			Endpoint: s.ep, TTL: time.Minute, Data: []byte("hello device"),
+		res, err := h.hub.Push(context.Background(), push.Message{
+			UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Minute, Data: []byte("hello device"),
 			Encoding: "aesgcm", Encryption: "salt=abc", CryptoKey: "dh=def",
 		})
 		if err != nil || !res.Stored || res.Delivered || res.ID == "" {
@@ -566,7 +566,7 @@ func TestSimplePushDialect(t *testing.T) {
 		}
 		s := &sub{channel: ch, endpoint: r.PushEndpoint, ep: h.openEndpoint(r.PushEndpoint)}
 
-		if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: 42}); err != nil {
+		if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Version: 42}); err != nil {
 			t.Fatal(err)
 		}
 		n := d.expect(pushproto.TypeNotification)
@@ -588,7 +588,7 @@ func TestSimplePushDialect(t *testing.T) {
 		// Offline, a newer version replaces the older one.
 		d.c.hangUp()
 		for _, v := range []uint64{7, 9} {
-			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: v}); err != nil {
+			if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Version: v}); err != nil {
 				t.Fatal(err)
 			}
 		}

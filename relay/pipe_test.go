@@ -465,6 +465,8 @@ type harness struct {
 	notify bool
 	// ran gets Run's result when it returns.
 	ran chan error
+	// stop closes the hub and the store (as a restart would).
+	stop func()
 }
 
 // newHarness starts a hub on a real store in a temp dir and runs its
@@ -482,16 +484,27 @@ var modes = []struct {
 
 func newHarnessMode(t testing.TB, notify bool, tweak func(*relay.Config)) *harness {
 	t.Helper()
+	return newHarnessAt(t, filepath.Join(t.TempDir(), "pushrelay.db"), notify, tweak)
+}
+
+// newHarnessAt is newHarness on the store file at path; stop ends it
+// before the test does (a restart opens another harness on the file).
+func newHarnessAt(t testing.TB, path string, notify bool, tweak func(*relay.Config)) *harness {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "pushrelay.db"), Logger: log})
+	st, err := store.Open(store.Options{Path: path, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	var stopped sync.Once
+	closeStore := func() {
+		stopped.Do(func() {
+			if err := st.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(closeStore)
 	key := make([]byte, token.KeySize)
 	for i := range key {
 		key[i] = byte(i + 1)
@@ -512,6 +525,11 @@ func newHarnessMode(t testing.TB, notify bool, tweak func(*relay.Config)) *harne
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{t: t, hub: hub, st: st, reads: &cs.reads, tokens: tokens, notify: notify, ran: make(chan error, 1)}
 	go func() { h.ran <- hub.Run(ctx) }()
+	h.stop = func() {
+		hub.Close()
+		cancel()
+		closeStore()
+	}
 	t.Cleanup(func() {
 		hub.Close()
 		cancel()
@@ -721,7 +739,7 @@ func (h *harness) openEndpoint(url string) token.Endpoint {
 
 // push sends an app-server message to s.
 func (h *harness) push(s *sub, ttl time.Duration, data string) (relay.Result, error) {
-	m := relay.Message{Endpoint: s.ep, TTL: ttl}
+	m := push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: ttl}
 	if data != "" {
 		m.Data, m.Encoding = []byte(data), "aes128gcm"
 	}

@@ -233,7 +233,7 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Errors returned by Push, PushBatch and Delete; the endpoint API maps
+// Errors returned by Push, Ingest and Delete; the endpoint API maps
 // them to HTTP.
 var (
 	// ErrNoSubscription: the channel was unregistered or never existed.
@@ -243,20 +243,6 @@ var (
 	// ErrClosing: the hub is shutting down.
 	ErrClosing = errors.New("relay is shutting down")
 )
-
-// Message is a message from an app server for one subscription.
-type Message struct {
-	Endpoint   token.Endpoint
-	TTL        time.Duration
-	Topic      string
-	Urgency    push.Urgency
-	Encoding   string
-	Encryption string
-	CryptoKey  string
-	Data       []byte
-	// Version is a SimplePush version (PUT /update); 0 for Web Push.
-	Version uint64
-}
 
 // Result tells the caller what became of a pushed message.
 type Result struct {
@@ -271,13 +257,13 @@ type Result struct {
 	// waiting right after it was stored (and after the per-device cap
 	// dropped the oldest, if it did).
 	Queue int
-	// Err is this message's own failure in PushBatch (ErrNoSubscription,
+	// Duplicate is true when the message's origin key was ingested before:
+	// it was not stored again (Stored is set, ID names the first one).
+	Duplicate bool
+	// Err is this message's own failure in Ingest (ErrNoSubscription,
 	// or a store rejection); nil when it was stored or handled directly.
 	Err error
 }
-
-func uaidOf(e token.Endpoint) push.UAID         { return push.UAID(e.UAID) }
-func channelOf(e token.Endpoint) push.ChannelID { return push.ChannelID(e.Channel) }
 
 func wrapStore(op string, err error) error {
 	if err == nil {

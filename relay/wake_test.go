@@ -143,7 +143,7 @@ func TestPushWakesOfflineDevice(t *testing.T) {
 		d.c.hangUp()
 		waitFor(t, "session gone", func() bool { return h.hub.Connected() == 0 })
 		for _, u := range []push.Urgency{push.UrgencyVeryLow, push.UrgencyLow} {
-			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
+			if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Urgency: u}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -152,7 +152,7 @@ func TestPushWakesOfflineDevice(t *testing.T) {
 		}
 		before := time.Now()
 		for _, u := range []push.Urgency{push.UrgencyNormal, push.UrgencyHigh} {
-			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
+			if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Urgency: u}); err != nil {
 				t.Fatal(err)
 			}
 		}

@@ -29,6 +29,7 @@ package endpoint
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -55,9 +56,19 @@ import (
 
 // Pusher is what the API needs from the relay core.
 type Pusher interface {
-	Push(ctx context.Context, m relay.Message) (relay.Result, error)
-	PushBatch(ctx context.Context, ms []relay.Message) ([]relay.Result, error)
+	// Ingest stores messages in one commit (see relay.Hub.Ingest). Every
+	// message the API hands it carries a local origin key of its own.
+	Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error)
 	Delete(ctx context.Context, id string) error
+}
+
+// messageFor starts the message of a post to ep, with a new local origin
+// key: random, so two posts are never one, but the key is what the
+// store's origin index and every later hop know the message by.
+func messageFor(ep token.Endpoint) push.Message {
+	var id [16]byte
+	rand.Read(id[:]) // never fails (crypto/rand)
+	return push.Message{UAID: push.UAID(ep.UAID), Channel: push.ChannelID(ep.Channel), Origin: push.LocalOrigin(id)}
 }
 
 // Limits fixed by the protocol.
@@ -522,8 +533,8 @@ func (a *API) postWebPush(ctx *fasthttp.RequestCtx, v string, tok []byte) {
 
 // parseWebPush validates everything about a Web Push request before
 // anything is stored.
-func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (relay.Message, *apiError) {
-	m := relay.Message{Endpoint: ep}
+func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (push.Message, *apiError) {
+	m := messageFor(ep)
 	if aerr := a.checkVAPID(ctx, ep); aerr != nil {
 		return m, aerr
 	}
@@ -672,9 +683,13 @@ func ParseUrgency(s string) (push.Urgency, *apiError) {
 	return u, nil
 }
 
-func (a *API) push(ctx *fasthttp.RequestCtx, m relay.Message, start time.Time) {
+func (a *API) push(ctx *fasthttp.RequestCtx, m push.Message, start time.Time) {
 	pctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
-	res, err := a.cfg.Pusher.Push(pctx, m)
+	var res relay.Result
+	rs, err := a.cfg.Pusher.Ingest(pctx, []push.Message{m})
+	if err == nil {
+		res, err = rs[0], rs[0].Err
+	}
 	cancel()
 	switch {
 	case err == nil:
@@ -711,7 +726,9 @@ func (a *API) putSimplePush(ctx *fasthttp.RequestCtx, tok []byte) {
 		a.fail(ctx, aerr)
 		return
 	}
-	a.push(ctx, relay.Message{Endpoint: ep, TTL: MaxTTL, Version: v, Urgency: push.UrgencyNormal}, start)
+	m := messageFor(ep)
+	m.TTL, m.Version, m.Urgency = MaxTTL, v, push.UrgencyNormal
+	a.push(ctx, m, start)
 }
 
 // ParseSimplePushVersion reads version=N from a form body or query string.

@@ -403,10 +403,10 @@ func TestInternalError(t *testing.T) {
 
 type failingPusher struct{}
 
-func (failingPusher) Push(context.Context, relay.Message) (relay.Result, error) {
+func (failingPusher) Push(context.Context, push.Message) (relay.Result, error) {
 	return relay.Result{}, errors.New("disk on fire")
 }
-func (failingPusher) PushBatch(context.Context, []relay.Message) ([]relay.Result, error) {
+func (failingPusher) Ingest(context.Context, []push.Message) ([]relay.Result, error) {
 	return nil, errors.New("disk on fire")
 }
 func (failingPusher) Delete(context.Context, string) error { return errors.New("disk on fire") }
@@ -482,10 +482,10 @@ func TestUnreadableRequests(t *testing.T) {
 
 type panickingPusher struct{}
 
-func (panickingPusher) Push(context.Context, relay.Message) (relay.Result, error) {
+func (panickingPusher) Push(context.Context, push.Message) (relay.Result, error) {
 	panic("bug in the pusher")
 }
-func (panickingPusher) PushBatch(context.Context, []relay.Message) ([]relay.Result, error) {
+func (panickingPusher) Ingest(context.Context, []push.Message) ([]relay.Result, error) {
 	panic("bug in the pusher")
 }
 func (panickingPusher) Delete(context.Context, string) error { panic("bug in the pusher") }

@@ -14,6 +14,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
@@ -77,7 +78,7 @@ func (e *relayEnv) dial() *pushclient.Client {
 }
 
 // push sends an app-server message to the endpoint URL a register gave.
-func (e *relayEnv) push(endpoint string, m relay.Message) (relay.Result, error) {
+func (e *relayEnv) push(endpoint string, m push.Message) (relay.Result, error) {
 	e.t.Helper()
 	version := 1
 	if strings.Contains(endpoint, "/wpush/v2/") {
@@ -87,7 +88,7 @@ func (e *relayEnv) push(endpoint string, m relay.Message) (relay.Result, error) 
 	if err != nil {
 		e.t.Fatalf("endpoint %s: %v", endpoint, err)
 	}
-	m.Endpoint = ep
+	m.UAID, m.Channel = push.UAID(ep.UAID), push.ChannelID(ep.Channel)
 	if m.TTL == 0 {
 		m.TTL = time.Hour
 	}
@@ -150,7 +151,7 @@ func TestRoundTrips(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 
-	res, err := e.push(r.PushEndpoint, relay.Message{Data: []byte("payload"), Encoding: "aes128gcm"})
+	res, err := e.push(r.PushEndpoint, push.Message{Data: []byte("payload"), Encoding: "aes128gcm"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +168,7 @@ func TestRoundTrips(t *testing.T) {
 	if err != nil || u.Status != 200 || u.ChannelID != ch {
 		t.Fatalf("unregister: %+v, %v", u, err)
 	}
-	if _, err := e.push(r.PushEndpoint, relay.Message{}); !errors.Is(err, relay.ErrNoSubscription) {
+	if _, err := e.push(r.PushEndpoint, push.Message{}); !errors.Is(err, relay.ErrNoSubscription) {
 		t.Fatalf("push after unregister: %v", err)
 	}
 
@@ -195,7 +196,7 @@ func TestSimplePushDevice(t *testing.T) {
 		t.Fatalf("register: %+v, %v", r, err)
 	}
 	for _, v := range []uint64{3, 4} {
-		if _, err := e.push(r.PushEndpoint, relay.Message{Version: v}); err != nil {
+		if _, err := e.push(r.PushEndpoint, push.Message{Version: v}); err != nil {
 			t.Fatal(err)
 		}
 		n, err := c.Next(time.Now().Add(5 * time.Second))
@@ -222,7 +223,7 @@ func TestExpectKeepsNotifications(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		if _, err := e.push(r.PushEndpoint, relay.Message{Data: []byte{byte('a' + i)}, Encoding: "aes128gcm"}); err != nil {
+		if _, err := e.push(r.PushEndpoint, push.Message{Data: []byte{byte('a' + i)}, Encoding: "aes128gcm"}); err != nil {
 			t.Fatal(err)
 		}
 	}
