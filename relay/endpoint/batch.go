@@ -439,7 +439,7 @@ func (a *API) parseBatchMessage(b *batchMessage, auth batchAuth) (push.Message, 
 	if aerr := auth.permits(ep); aerr != nil {
 		return push.Message{}, aerr
 	}
-	m := messageFor(ep)
+	m := a.messageFor(ep)
 	if len(b.TTL) == 0 || string(b.TTL) == "null" {
 		return m, errMissingTTL
 	}

@@ -30,6 +30,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/binary"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -63,12 +64,22 @@ type Pusher interface {
 }
 
 // messageFor starts the message of a post to ep, with a new local origin
-// key: random, so two posts are never one, but the key is what the
-// store's origin index and every later hop know the message by.
-func messageFor(ep token.Endpoint) push.Message {
+// key, unique to the post: what the store's origin index and every later
+// hop know the message by.
+func (a *API) messageFor(ep token.Endpoint) push.Message {
+	return push.Message{UAID: push.UAID(ep.UAID), Channel: push.ChannelID(ep.Channel), Origin: push.LocalOrigin(a.localID())}
+}
+
+// localID makes a local origin id: the clock's nanoseconds, big-endian,
+// then 8 random bytes. Ids made one after another sort one after another,
+// so the store appends them at the end of its index like seqs instead of
+// writing a random page of it for every post (with 16 random bytes the
+// relay spent 1.6x the CPU per single post; see docs/benchmarks.md).
+func (a *API) localID() [16]byte {
 	var id [16]byte
-	rand.Read(id[:]) // never fails (crypto/rand)
-	return push.Message{UAID: push.UAID(ep.UAID), Channel: push.ChannelID(ep.Channel), Origin: push.LocalOrigin(id)}
+	binary.BigEndian.PutUint64(id[:8], uint64(time.Now().UnixNano()))
+	rand.Read(id[8:]) // never fails (crypto/rand)
+	return id
 }
 
 // Limits fixed by the protocol.
@@ -534,7 +545,7 @@ func (a *API) postWebPush(ctx *fasthttp.RequestCtx, v string, tok []byte) {
 // parseWebPush validates everything about a Web Push request before
 // anything is stored.
 func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (push.Message, *apiError) {
-	m := messageFor(ep)
+	m := a.messageFor(ep)
 	if aerr := a.checkVAPID(ctx, ep); aerr != nil {
 		return m, aerr
 	}
@@ -726,7 +737,7 @@ func (a *API) putSimplePush(ctx *fasthttp.RequestCtx, tok []byte) {
 		a.fail(ctx, aerr)
 		return
 	}
-	m := messageFor(ep)
+	m := a.messageFor(ep)
 	m.TTL, m.Version, m.Urgency = MaxTTL, v, push.UrgencyNormal
 	a.push(ctx, m, start)
 }

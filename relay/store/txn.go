@@ -86,6 +86,9 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 	// bbolt's default half-full split doubles their size on disk.
 	t.messages.FillPercent = appendFillPercent
 	t.expiry.FillPercent = appendFillPercent
+	// Local origin ids start with the clock, so they too are appended
+	// in order, mostly.
+	t.origins.FillPercent = appendFillPercent
 	return t
 }
 
