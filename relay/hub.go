@@ -50,8 +50,8 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Store == nil || cfg.Tokens == nil {
 		return nil, errors.New("relay: Store and Tokens are required")
 	}
-	if cfg.PublicURL == "" {
-		return nil, errors.New("relay: PublicURL is required")
+	if cfg.Endpoints == nil {
+		return nil, errors.New("relay: Endpoints is required")
 	}
 	cfg.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())

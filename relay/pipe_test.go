@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
@@ -514,7 +515,11 @@ func newHarnessAt(t testing.TB, path string, notify bool, tweak func(*relay.Conf
 		t.Fatal(err)
 	}
 	cs := &countingStore{Store: st}
-	cfg := relay.Config{Store: cs, Tokens: tokens, PublicURL: publicURL, Logger: log}
+	minter, err := endpoint.NewMinter(tokens, publicURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := relay.Config{Store: cs, Tokens: tokens, Endpoints: minter, Logger: log}
 	if tweak != nil {
 		tweak(&cfg)
 	}

@@ -164,16 +164,44 @@ type Waker interface {
 	Connected(u push.UAID)
 }
 
+// Endpoints mints the push endpoint a device's register is answered with.
+// The standalone relay's (endpoint.Minter) seals this relay's own token
+// endpoints; a relay with an upstream registers the channel upstream and
+// returns the upstream's pushEndpoint.
+//
+// The hub calls Mint before it stores the channel, as autopush makes the
+// endpoint before it adds the channel: an error answers the register with
+// status 500 and stores nothing. When the store then refuses the channel
+// (409, 413, 500) the hub calls Abandon with the same registration, so an
+// implementation that registered somewhere can undo it; the device is
+// answered without an endpoint either way.
+type Endpoints interface {
+	Mint(ctx context.Context, r Registration) (endpoint string, err error)
+	Abandon(ctx context.Context, r Registration)
+}
+
+// Registration is one register of a device, as Endpoints sees it.
+type Registration struct {
+	UAID    push.UAID
+	Channel push.ChannelID
+	// Key is the raw VAPID public key the channel is bound to, or nil.
+	Key []byte
+	// SimplePush is set for a device that did not say use_webpush: a
+	// channel without a key gets a SimplePush (PUT /update) endpoint.
+	SimplePush bool
+}
+
 // KeyChecker validates the VAPID public key a device passes in register and
 // returns its raw bytes. The vapid package provides it.
 type KeyChecker func(string) ([]byte, error)
 
 // Config configures a Hub. Zero durations take the defaults in parentheses.
 type Config struct {
-	Store  Store
+	Store Store
+	// Tokens seals and opens message ids.
 	Tokens *token.Codec
-	// PublicURL is the base of push endpoints, e.g. https://push.example.net.
-	PublicURL string
+	// Endpoints mints the endpoints registers are answered with.
+	Endpoints Endpoints
 	// CheckKey validates register keys; nil accepts none (status 400).
 	CheckKey KeyChecker
 

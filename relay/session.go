@@ -14,7 +14,6 @@ import (
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
-	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
 // session is one device connection. The reader goroutine (run) owns the
@@ -456,6 +455,13 @@ func (s *session) register(m pushproto.Register) bool {
 			return s.write(pushproto.EncodeRegister(m.ChannelID, 400, ""))
 		}
 	}
+	reg := Registration{UAID: s.uaid, Channel: ch, Key: key, SimplePush: s.simplePush}
+	endpoint, err := h.cfg.Endpoints.Mint(h.ctx, reg)
+	if err != nil {
+		h.cfg.Logger.Warn("endpoint not minted", "uaid", s.uaid, "channel", ch, "err", err)
+		h.m.registers.With("500").Inc()
+		return s.write(pushproto.EncodeRegister(m.ChannelID, 500, ""))
+	}
 	err = h.cfg.Store.Register(h.ctx, store.Channel{UAID: s.uaid, ID: ch, Created: h.cfg.Now(), Key: key})
 	status := 200
 	switch {
@@ -469,23 +475,11 @@ func (s *session) register(m pushproto.Register) bool {
 		status = 500
 	}
 	h.m.registers.With(strconv.Itoa(status)).Inc()
-	endpoint := ""
-	if status == 200 {
-		endpoint = h.endpointURL(s.uaid, ch, key, s.simplePush)
+	if status != 200 {
+		h.cfg.Endpoints.Abandon(h.ctx, reg)
+		endpoint = ""
 	}
 	return s.write(pushproto.EncodeRegister(m.ChannelID, status, endpoint))
-}
-
-func (h *Hub) endpointURL(u push.UAID, ch push.ChannelID, key []byte, simplePush bool) string {
-	e := token.Endpoint{UAID: u, Channel: ch}
-	if simplePush && key == nil {
-		return h.cfg.PublicURL + "/update/" + h.cfg.Tokens.SealEndpoint(e)
-	}
-	if key != nil {
-		sum := vapid.KeyHash(key) // the hash the endpoint API checks VAPID keys against
-		e.KeyHash = &sum
-	}
-	return h.cfg.PublicURL + "/wpush/v" + strconv.Itoa(e.Version()) + "/" + h.cfg.Tokens.SealEndpoint(e)
 }
 
 func (s *session) unregister(m pushproto.Unregister) bool {

@@ -129,10 +129,15 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) (err 
 		d.closeListeners()
 		return err
 	}
+	minter, err := endpoint.NewMinter(tokens, publicURL)
+	if err != nil {
+		d.closeListeners()
+		return err
+	}
 	d.hub, err = relay.New(relay.Config{
 		Store:         d.store,
 		Tokens:        tokens,
-		PublicURL:     publicURL,
+		Endpoints:     minter,
 		CheckKey:      vapid.DecodePublicKey,
 		HelloTimeout:  cfg.HelloTimeout,
 		PingInterval:  cfg.PingInterval,

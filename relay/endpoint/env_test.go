@@ -69,7 +69,11 @@ func newEnv(t testing.TB, tweak func(*Config)) *env {
 		t.Fatal(err)
 	}
 	base := "http://" + ln.Addr().String()
-	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, PublicURL: base, CheckKey: vapid.DecodePublicKey, Logger: log})
+	minter, err := NewMinter(tokens, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, Endpoints: minter, CheckKey: vapid.DecodePublicKey, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
@@ -47,7 +48,11 @@ func newRelay(t *testing.T) *relayEnv {
 	rand.Read(key)
 	tokens, _ := token.New(key)
 	reg := metrics.NewRegistry()
-	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, PublicURL: publicURL, CheckKey: vapid.DecodePublicKey, Metrics: reg})
+	minter, err := endpoint.NewMinter(tokens, publicURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, Endpoints: minter, CheckKey: vapid.DecodePublicKey, Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
