@@ -2,10 +2,13 @@
 // of stored messages to them.
 //
 // The Hub never listens. Adapters hand it device connections (Accept) and
-// app-server messages (Push); it stores through the Store before anything is
-// acknowledged and delivers over the device's session when one is open. A
-// message leaves the store only when the device acks it; what a device did not
-// ack comes again on its next hello.
+// messages (Ingest, from the endpoint API and later upstreams and relay
+// links; each with an origin key, so a message sent twice is stored and
+// delivered once); registers get their endpoints from Endpoints. It
+// stores through the Store before anything is acknowledged and delivers
+// over the device's session when one is open. A message leaves the store
+// only when the device acks it; what a device did not ack comes again on
+// its next hello.
 //
 // Delivery: a session first reads what waits for its device from the store
 // (the pump, at most Window notifications in flight). Once a read finds
