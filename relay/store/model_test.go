@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -32,6 +33,15 @@ type model struct {
 	devs    map[push.UAID]*modelDev
 	deleted map[string]int
 	lastSeq uint64
+	// origins: the message first appended with each origin key, until
+	// a sweep after its expiry.
+	origins map[push.Origin]modelOrigin
+}
+
+type modelOrigin struct {
+	uaid   push.UAID
+	seq    uint64
+	expiry time.Time
 }
 
 func (m *model) totals() Stats {
@@ -80,7 +90,7 @@ func TestModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { s.Close() }()
-	mod := &model{devs: map[push.UAID]*modelDev{}, deleted: map[string]int{}}
+	mod := &model{devs: map[push.UAID]*modelDev{}, deleted: map[string]int{}, origins: map[push.Origin]modelOrigin{}}
 
 	check := func(step int, what string) {
 		t.Helper()
@@ -90,6 +100,9 @@ func TestModel(t *testing.T) {
 		}
 		if want := mod.totals(); st != want {
 			t.Fatalf("step %d (%s): Stats %+v, model %+v", step, what, st, want)
+		}
+		if o, _ := originRows(t, s); o != len(mod.origins) {
+			t.Fatalf("step %d (%s): %d origin keys, model %d", step, what, o, len(mod.origins))
 		}
 		for i := range nDevs {
 			u := uaid(byte(i))
@@ -180,8 +193,30 @@ func TestModel(t *testing.T) {
 			topic := []string{"", "", "a", "b"}[rng.IntN(4)]
 			ttl := time.Duration(1+rng.IntN(6)) * time.Second
 			data := fmt.Sprint("d", step)
-			what = fmt.Sprintf("append %v %v topic %q ttl %v", u, ch, topic, ttl)
-			got, err := s.Append(ctx, Message{UAID: u, Channel: ch, TTL: ttl, Topic: topic, Data: []byte(data)})
+			var origin push.Origin
+			if rng.IntN(2) == 0 {
+				origin = push.ParentOrigin([]byte{byte(rng.IntN(6))})
+			}
+			what = fmt.Sprintf("append %v %v topic %q ttl %v origin %v", u, ch, topic, ttl, origin)
+			rs, err := s.AppendBatch(ctx, []Message{{UAID: u, Channel: ch, TTL: ttl, Topic: topic, Data: []byte(data), Origin: origin}})
+			if err != nil {
+				t.Fatalf("step %d: %s: %v", step, what, err)
+			}
+			got, err := rs[0].Message, rs[0].Err
+			if first, ok := mod.origins[origin]; ok && first.expiry.After(clk.Now()) {
+				// A duplicate, whatever became of the first or its channel.
+				waiting := false
+				if fd := mod.devs[first.uaid]; fd != nil {
+					waiting = slices.ContainsFunc(fd.msgs, func(x modelMsg) bool { return x.seq == first.seq })
+				}
+				if err != nil || !rs[0].Duplicate || got.Seq != first.seq || rs[0].Waiting != waiting {
+					t.Fatalf("step %d: %s = %+v, want a duplicate of %d (waiting %v)", step, what, rs[0], first.seq, waiting)
+				}
+				break
+			}
+			if rs[0].Duplicate {
+				t.Fatalf("step %d: %s: a duplicate of nothing: %+v", step, what, rs[0])
+			}
 			if md == nil || !hasChan(md, ch) {
 				if !errors.Is(err, ErrNoChannel) {
 					t.Fatalf("step %d: %s = %v, want ErrNoChannel", step, what, err)
@@ -195,6 +230,9 @@ func TestModel(t *testing.T) {
 				t.Fatalf("step %d: seq %d after %d", step, got.Seq, mod.lastSeq)
 			}
 			mod.lastSeq = got.Seq
+			if !origin.IsZero() {
+				mod.origins[origin] = modelOrigin{uaid: u, seq: got.Seq, expiry: clk.Now().Add(ttl)}
+			}
 			if topic != "" {
 				mod.remove(md, func(x modelMsg) string {
 					if x.ch == ch && x.topic == topic {
@@ -287,6 +325,7 @@ func TestModel(t *testing.T) {
 			if err != nil || n != want {
 				t.Fatalf("step %d: %s = %d, %v; want %d", step, what, n, err, want)
 			}
+			maps.DeleteFunc(mod.origins, func(_ push.Origin, o modelOrigin) bool { return !o.expiry.After(clk.Now()) })
 		default: // touch
 			what = fmt.Sprintf("touch %v", u)
 			if err := s.Touch(ctx, u, clk.Now()); err != nil {
