@@ -177,7 +177,10 @@ type Waker interface {
 // status 500 and stores nothing. When the store then refuses the channel
 // (409, 413, 500) the hub calls Abandon with the same registration, so an
 // implementation that registered somewhere can undo it; the device is
-// answered without an endpoint either way.
+// answered without an endpoint either way. Both run on the session's
+// worker, in the device's frame order: the standalone Mint is pure, and
+// an implementation that waits on the network must bound the wait
+// (Firefox gives a register 10 s).
 type Endpoints interface {
 	Mint(ctx context.Context, r Registration) (endpoint string, err error)
 	Abandon(ctx context.Context, r Registration)
