@@ -18,7 +18,7 @@ import (
 // queue size, an unknown subscription with ErrNoSubscription, a TTL-0
 // message delivered to a connected device; the connected device gets
 // its messages, the offline one finds them at its next hello.
-func TestPushBatch(t *testing.T) {
+func TestIngestBatch(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness(t, nil)
 		on := h.hello("")
@@ -96,7 +96,7 @@ func TestPushBatch(t *testing.T) {
 }
 
 // After Close a batch is refused as a whole.
-func TestPushBatchClosing(t *testing.T) {
+func TestIngestClosing(t *testing.T) {
 	h := newHarness(t, nil)
 	h.hub.Close()
 	if _, err := h.hub.Ingest(context.Background(), []push.Message{{TTL: time.Minute}}); !errors.Is(err, relay.ErrClosing) {
