@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -131,11 +132,11 @@ func benchKick(b *testing.B, auth bool) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	k.SetPresence(&presence{online: map[store.UAID]bool{}, proven: map[store.UAID]bool{}})
+	k.SetPresence(&presence{online: map[push.UAID]bool{}, proven: map[push.UAID]bool{}})
 
 	// The devices: registered, accepted for wake at hello, one message
 	// waiting. Written in parallel so the store's committer groups them.
-	devs := make([]store.UAID, benchDevices)
+	devs := make([]push.UAID, benchDevices)
 	var until time.Time
 	{
 		now := time.Now()
@@ -150,10 +151,10 @@ func benchKick(b *testing.B, auth bool) {
 					if i >= len(devs) {
 						return
 					}
-					var u store.UAID
+					var u push.UAID
 					u[0], u[14], u[15] = 0xbe, byte(i>>8), byte(i)
 					devs[i] = u
-					ch := store.ChannelID{byte(i >> 8), byte(i)}
+					ch := push.ChannelID{byte(i >> 8), byte(i)}
 					a := addrs[i%len(addrs)]
 					err := st.Register(ctx, store.Channel{UAID: u, ID: ch, Created: now})
 					if err == nil {
@@ -166,7 +167,7 @@ func benchKick(b *testing.B, auth bool) {
 					}
 					if err == nil {
 						_, err = st.Append(ctx, store.Message{UAID: u, Channel: ch, Received: now, TTL: 24 * time.Hour,
-							Expiry: until, Urgency: store.UrgencyNormal, Data: []byte("x")})
+							Expiry: until, Urgency: push.UrgencyNormal, Data: []byte("x")})
 					}
 					if err != nil {
 						errc <- fmt.Errorf("device %d: %w", i, err)

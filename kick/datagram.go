@@ -14,7 +14,7 @@ import (
 	"os"
 
 	"github.com/pushrelay/pushrelay/relay/atomicfile"
-	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // Wake datagrams. Both fit in 64 bytes.
@@ -44,7 +44,7 @@ func appendNotify(b []byte, to netip.AddrPort) []byte {
 
 // appendAuthWith appends the authenticated datagram for device u, the
 // MAC computed with m (allocating nothing).
-func appendAuthWith(m *macer, b []byte, key []byte, u store.UAID, counter uint64) []byte {
+func appendAuthWith(m *macer, b []byte, key []byte, u push.UAID, counter uint64) []byte {
 	b = append(b, authMagic...)
 	b = binary.BigEndian.AppendUint64(b, counter)
 	return append(b, m.mac(key, b[len(b)-12:], u[:])[:16]...)
@@ -89,7 +89,7 @@ func (m *macer) keyPad(key []byte, v byte) {
 	}
 }
 
-func datagramMAC(key []byte, u store.UAID, head []byte) []byte {
+func datagramMAC(key []byte, u push.UAID, head []byte) []byte {
 	m := hmac.New(sha256.New, key)
 	m.Write(head)
 	m.Write(u[:])
@@ -99,7 +99,7 @@ func datagramMAC(key []byte, u store.UAID, head []byte) []byte {
 // Verify checks an authenticated wake datagram for device u under its
 // wake key and returns its counter. The caller must also require the
 // counter to be above the last one it accepted.
-func Verify(key []byte, u store.UAID, b []byte) (counter uint64, ok bool) {
+func Verify(key []byte, u push.UAID, b []byte) (counter uint64, ok bool) {
 	if len(b) != AuthSize || string(b[:4]) != authMagic {
 		return 0, false
 	}
@@ -124,7 +124,7 @@ func NewKeys(secret []byte) (*Keys, error) {
 }
 
 // Key is u's raw wake key.
-func (k *Keys) Key(u store.UAID) []byte {
+func (k *Keys) Key(u push.UAID) []byte {
 	m := hmac.New(sha256.New, k.secret)
 	m.Write([]byte(keyLabel))
 	m.Write(u[:])
@@ -136,12 +136,12 @@ const keyLabel = "pushrelay wake key v1"
 var keyLabelBytes = []byte(keyLabel)
 
 // keyWith is Key computed with m, written into k.
-func (k *Keys) keyWith(m *macer, u store.UAID, into *[keySize]byte) {
+func (k *Keys) keyWith(m *macer, u push.UAID, into *[keySize]byte) {
 	copy(into[:], m.mac(k.secret, keyLabelBytes, u[:]))
 }
 
 // KeyString is u's wake key as the device sees it.
-func (k *Keys) KeyString(u store.UAID) string {
+func (k *Keys) KeyString(u push.UAID) string {
 	return base64.RawURLEncoding.EncodeToString(k.Key(u))
 }
 

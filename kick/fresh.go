@@ -5,7 +5,7 @@ import (
 	"net/netip"
 	"time"
 
-	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // seen is the freshness of a device's STUN binding held in memory: the
@@ -24,7 +24,7 @@ type seen struct {
 // the store: a later refresh at the same address makes it fresher. An
 // entry for another address is older than rec (a move is written at
 // once) and is ignored.
-func (k *Kicker) overlay(u store.UAID, rec *record) {
+func (k *Kicker) overlay(u push.UAID, rec *record) {
 	k.fmu.Lock()
 	s, ok := k.fresh[u]
 	k.fmu.Unlock()
@@ -44,7 +44,7 @@ func (s seen) apply(rec *record) {
 
 // remember records a refresh in place; false when the table is full (the
 // caller then writes the refresh at once, and Run is asked to flush).
-func (k *Kicker) remember(u store.UAID, s seen) bool {
+func (k *Kicker) remember(u push.UAID, s seen) bool {
 	k.fmu.Lock()
 	defer k.fmu.Unlock()
 	if _, ok := k.fresh[u]; !ok && len(k.fresh) >= k.cfg.MaxFresh {
@@ -58,7 +58,7 @@ func (k *Kicker) remember(u store.UAID, s seen) bool {
 
 // forget drops u's entry if it holds a stamp not newer than stamp: a move
 // stamped stamp was just written.
-func (k *Kicker) forget(u store.UAID, stamp int64) {
+func (k *Kicker) forget(u push.UAID, stamp int64) {
 	k.fmu.Lock()
 	if s, ok := k.fresh[u]; ok && s.stamp <= stamp {
 		delete(k.fresh, u)
@@ -68,7 +68,7 @@ func (k *Kicker) forget(u store.UAID, stamp int64) {
 }
 
 // lastStamp is the newest stamp memory holds for u, or 0.
-func (k *Kicker) lastStamp(u store.UAID) int64 {
+func (k *Kicker) lastStamp(u push.UAID) int64 {
 	k.fmu.Lock()
 	defer k.fmu.Unlock()
 	return k.fresh[u].stamp
@@ -97,7 +97,7 @@ func (k *Kicker) Flush(ctx context.Context) error {
 		k.fmu.Unlock()
 		return nil
 	}
-	us := make([]store.UAID, 0, len(k.fresh))
+	us := make([]push.UAID, 0, len(k.fresh))
 	ss := make([]seen, 0, len(k.fresh))
 	for u, s := range k.fresh {
 		us = append(us, u)

@@ -4,14 +4,14 @@ import (
 	"bytes"
 	"testing"
 
-	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // FuzzVerify feeds arbitrary datagrams to the device-side check: nothing
 // but a datagram made with the key verifies, and nothing panics.
 func FuzzVerify(f *testing.F) {
 	keys, _ := NewKeys(make([]byte, 32))
-	u := store.UAID{0xd0, 15: 1}
+	u := push.UAID{0xd0, 15: 1}
 	key := keys.Key(u)
 	good := appendAuth(nil, key, u, 1_763_000_000_000_000)
 	f.Add(good)

@@ -34,16 +34,17 @@ import (
 
 	"github.com/pushrelay/pushrelay/discovery"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
 // Store is what the kicker needs from durable storage.
 type Store interface {
-	UpdateWake(ctx context.Context, u store.UAID, create bool, fn func(old []byte) ([]byte, error)) error
-	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
-	WakeStates(us []store.UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error
-	UpdateWakes(ctx context.Context, us []store.UAID, fn func(i int, old []byte) []byte) (int, error)
+	UpdateWake(ctx context.Context, u push.UAID, create bool, fn func(old []byte) ([]byte, error)) error
+	Messages(u push.UAID, afterSeq uint64, limit int) ([]store.Message, error)
+	WakeStates(us []push.UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error
+	UpdateWakes(ctx context.Context, us []push.UAID, fn func(i int, old []byte) []byte) (int, error)
 }
 
 // Sender sends one datagram. discovery.Server sends from the STUN socket,
@@ -64,8 +65,8 @@ func (s UDPSender) WriteTo(b []byte, to netip.AddrPort) error {
 
 // device reads what the store holds for u: whether it has a record and
 // whether a message waits for it (one seek, not a count).
-func (k *Kicker) device(u store.UAID) (ok, waiting bool, err error) {
-	err = k.cfg.Store.WakeStates([]store.UAID{u}, func(_ int, o bool, _ []byte, w bool) { ok, waiting = o, w })
+func (k *Kicker) device(u push.UAID) (ok, waiting bool, err error) {
+	err = k.cfg.Store.WakeStates([]push.UAID{u}, func(_ int, o bool, _ []byte, w bool) { ok, waiting = o, w })
 	return ok, waiting, err
 }
 
@@ -73,8 +74,8 @@ func (k *Kicker) device(u store.UAID) (ok, waiting bool, err error) {
 // (then it is not woken), and to treat a device that proved its address
 // while connected as accepted for wake.
 type Presence interface {
-	Online(u store.UAID) bool
-	WakeProven(u store.UAID)
+	Online(u push.UAID) bool
+	WakeProven(u push.UAID)
 }
 
 // Config configures a Kicker. Zero values take the defaults in
@@ -157,7 +158,7 @@ func (c *Config) setDefaults() {
 
 // entry is a device with a wake due.
 type entry struct {
-	u        store.UAID
+	u        push.UAID
 	until    time.Time // its messages expire then; zero: look them up
 	next     time.Time // when to send
 	lastSent time.Time
@@ -174,7 +175,7 @@ type Kicker struct {
 	presence Presence
 
 	mu      sync.Mutex
-	pending map[store.UAID]*entry
+	pending map[push.UAID]*entry
 	queue   entryHeap
 	poke    chan struct{}
 
@@ -184,7 +185,7 @@ type Kicker struct {
 	mac     *macer
 	due     []*entry
 	snaps   []entry
-	us      []store.UAID
+	us      []push.UAID
 	states  []state
 	free    chan []datagram // batches back from the sender
 
@@ -192,7 +193,7 @@ type Kicker struct {
 	// written (see seen); at most MaxFresh entries, each a device with a
 	// stored record. Flush empties it; flushMu serialises flushes.
 	fmu      sync.Mutex
-	fresh    map[store.UAID]seen
+	fresh    map[push.UAID]seen
 	flushMu  sync.Mutex
 	flushNow chan struct{}
 	// Stamps (Unix ms) a request must pass, whatever the store holds:
@@ -217,12 +218,12 @@ func New(cfg Config) (*Kicker, error) {
 	return &Kicker{
 		cfg:      cfg,
 		m:        newKickMetrics(metrics.OrNew(cfg.Metrics)),
-		pending:  make(map[store.UAID]*entry),
+		pending:  make(map[push.UAID]*entry),
 		poke:     make(chan struct{}, 1),
 		targets:  newTargets(cfg.TargetRate, cfg.TargetBurst, cfg.MaxTargets),
 		mac:      newMacer(),
 		free:     make(chan []datagram, 4),
-		fresh:    make(map[store.UAID]seen),
+		fresh:    make(map[push.UAID]seen),
 		flushNow: make(chan struct{}, 1),
 		start:    cfg.Now().UnixMilli(),
 		floor:    cfg.Now().Add(restartHold).UnixMilli(),
@@ -234,14 +235,14 @@ func New(cfg Config) (*Kicker, error) {
 // SetPresence connects the kicker to the hub; call it before Run.
 func (k *Kicker) SetPresence(p Presence) { k.presence = p }
 
-func (k *Kicker) online(u store.UAID) bool {
+func (k *Kicker) online(u push.UAID) bool {
 	return k.presence != nil && k.presence.Online(u)
 }
 
 // Wake schedules a wake for u (relay.Waker). A device with a wake already
 // due is not sent another datagram for it, unless the last one went out an
 // Interval or more ago. It never blocks.
-func (k *Kicker) Wake(u store.UAID, until time.Time) {
+func (k *Kicker) Wake(u push.UAID, until time.Time) {
 	now := k.cfg.Now()
 	k.mu.Lock()
 	if e := k.pending[u]; e != nil {
@@ -278,7 +279,7 @@ func (k *Kicker) Wake(u store.UAID, until time.Time) {
 }
 
 // Connected stops waking u: it said hello (relay.Waker).
-func (k *Kicker) Connected(u store.UAID) {
+func (k *Kicker) Connected(u push.UAID) {
 	k.mu.Lock()
 	e := k.pending[u]
 	if e != nil {
@@ -484,7 +485,7 @@ type datagram struct {
 	auth   bool
 	retry  bool
 	buf    [64]byte
-	device store.UAID
+	device push.UAID
 }
 
 func (k *Kicker) batch() []datagram {
@@ -614,7 +615,7 @@ func (k *Kicker) handle(e *entry, st *state, now time.Time, batch *[]datagram) (
 
 // wakeUntil is when the last of u's waiting messages that may wake it
 // expires, or zero when none may.
-func (k *Kicker) wakeUntil(u store.UAID, now time.Time) (time.Time, error) {
+func (k *Kicker) wakeUntil(u push.UAID, now time.Time) (time.Time, error) {
 	const scan = 1000
 	var until time.Time
 	after := uint64(0)
@@ -624,7 +625,7 @@ func (k *Kicker) wakeUntil(u store.UAID, now time.Time) (time.Time, error) {
 			return time.Time{}, err
 		}
 		for _, m := range msgs {
-			if m.Urgency.AtLeast(store.UrgencyNormal) && m.Expiry.After(now) && m.Expiry.After(until) {
+			if m.Urgency.AtLeast(push.UrgencyNormal) && m.Expiry.After(now) && m.Expiry.After(until) {
 				until = m.Expiry
 			}
 			after = m.Seq
@@ -643,7 +644,7 @@ func (k *Kicker) wakeUntil(u store.UAID, now time.Time) (time.Time, error) {
 //
 // STUNAddr is the configured one; when its host is unspecified (":3478")
 // it is completed with local, the address the device connected to.
-func (k *Kicker) HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error) {
+func (k *Kicker) HelloWake(ctx context.Context, u push.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error) {
 	now := k.cfg.Now()
 	var claimed netip.AddrPort
 	if h.Wake != nil {
@@ -705,7 +706,7 @@ func stunAddrFor(adv string, local netip.Addr) string {
 // Key returns the STUN password of the device named by username
 // (discovery.Registry).
 func (k *Kicker) Key(username string) ([]byte, error) {
-	u, err := store.ParseUAID(username)
+	u, err := push.ParseUAID(username)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %q", discovery.ErrUnknownUser, username)
 	}
@@ -736,7 +737,7 @@ func (k *Kicker) Key(username string) ([]byte, error) {
 // The STUN server calls Bind from one goroutine, and Pending.Wait from
 // others.
 func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) error {
-	u, err := store.ParseUAID(username)
+	u, err := push.ParseUAID(username)
 	if err != nil {
 		return fmt.Errorf("%w: %q", discovery.ErrUnknownUser, username)
 	}
@@ -750,7 +751,7 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 		rec         record
 		recErr      error
 	)
-	if err := k.cfg.Store.WakeStates([]store.UAID{u}, func(_ int, o bool, wake []byte, w bool) {
+	if err := k.cfg.Store.WakeStates([]push.UAID{u}, func(_ int, o bool, wake []byte, w bool) {
 		ok, waiting = o, w
 		if o {
 			rec, recErr = decodeRecord(wake)
@@ -793,7 +794,7 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 
 // bound tells the hub about u's accepted binding, or schedules a wake when
 // it moved while messages wait.
-func (k *Kicker) bound(u store.UAID, moved, waiting bool) {
+func (k *Kicker) bound(u push.UAID, moved, waiting bool) {
 	if k.presence != nil {
 		if k.presence.Online(u) {
 			k.presence.WakeProven(u)
@@ -806,7 +807,7 @@ func (k *Kicker) bound(u store.UAID, moved, waiting bool) {
 }
 
 // move writes u's binding to addr, stamped ms, at once.
-func (k *Kicker) move(u store.UAID, addr netip.AddrPort, now time.Time, ms int64) error {
+func (k *Kicker) move(u push.UAID, addr netip.AddrPort, now time.Time, ms int64) error {
 	err := k.cfg.Store.UpdateWake(k.ctx, u, false, func(old []byte) ([]byte, error) {
 		r, err := decodeRecord(old)
 		if err != nil {

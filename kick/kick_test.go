@@ -19,6 +19,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/discovery"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -26,23 +27,23 @@ import (
 // presence is the hub's side of the kicker in these tests.
 type presence struct {
 	mu     sync.Mutex
-	online map[store.UAID]bool
-	proven map[store.UAID]bool
+	online map[push.UAID]bool
+	proven map[push.UAID]bool
 }
 
-func (p *presence) Online(u store.UAID) bool {
+func (p *presence) Online(u push.UAID) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.online[u]
 }
 
-func (p *presence) WakeProven(u store.UAID) {
+func (p *presence) WakeProven(u push.UAID) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.proven[u] = true
 }
 
-func (p *presence) set(u store.UAID, on bool) {
+func (p *presence) set(u push.UAID, on bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	p.online[u] = on
@@ -96,7 +97,7 @@ func openStoreAndSocket(tb testing.TB) (*store.Store, *net.UDPConn) {
 func newEnv(t *testing.T, cfg Config, fake bool) *env {
 	t.Helper()
 	st, conn := openStoreAndSocket(t)
-	e := &env{t: t, st: st, reg: metrics.NewRegistry(), pres: &presence{online: map[store.UAID]bool{}, proven: map[store.UAID]bool{}}}
+	e := &env{t: t, st: st, reg: metrics.NewRegistry(), pres: &presence{online: map[push.UAID]bool{}, proven: map[push.UAID]bool{}}}
 	if fake {
 		e.clock = &clock{t: time.Now()}
 		cfg.Now = e.clock.Now
@@ -140,11 +141,11 @@ func (e *env) now() time.Time {
 
 // device makes a registered device with a wake socket on ip and returns
 // its UAID and the socket.
-func (e *env) device(n byte, ip string) (store.UAID, *net.UDPConn) {
+func (e *env) device(n byte, ip string) (push.UAID, *net.UDPConn) {
 	e.t.Helper()
-	var u store.UAID
+	var u push.UAID
 	u[0], u[15] = 0xd0, n
-	if err := e.st.Register(context.Background(), store.Channel{UAID: u, ID: store.ChannelID{n}}); err != nil {
+	if err := e.st.Register(context.Background(), store.Channel{UAID: u, ID: push.ChannelID{n}}); err != nil {
 		e.t.Fatal(err)
 	}
 	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.MustParseAddrPort(ip+":0")))
@@ -155,7 +156,7 @@ func (e *env) device(n byte, ip string) (store.UAID, *net.UDPConn) {
 	return u, c
 }
 
-func (e *env) hello(u store.UAID, c *net.UDPConn, auth bool, mobile *pushproto.MobileNetwork) pushproto.HelloReply {
+func (e *env) hello(u push.UAID, c *net.UDPConn, auth bool, mobile *pushproto.MobileNetwork) pushproto.HelloReply {
 	e.t.Helper()
 	a := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	r, err := e.k.HelloWake(context.Background(), u, pushproto.Hello{
@@ -166,10 +167,10 @@ func (e *env) hello(u store.UAID, c *net.UDPConn, auth bool, mobile *pushproto.M
 	return r
 }
 
-func (e *env) message(u store.UAID, n byte, urgency store.Urgency, ttl time.Duration) time.Time {
+func (e *env) message(u push.UAID, n byte, urgency push.Urgency, ttl time.Duration) time.Time {
 	e.t.Helper()
 	now := e.now()
-	m, err := e.st.Append(context.Background(), store.Message{UAID: u, Channel: store.ChannelID{n}, Received: now,
+	m, err := e.st.Append(context.Background(), store.Message{UAID: u, Channel: push.ChannelID{n}, Received: now,
 		TTL: ttl, Expiry: now.Add(ttl), Urgency: urgency, Data: []byte("x")})
 	if err != nil {
 		e.t.Fatal(err)
@@ -250,7 +251,7 @@ func TestWakeClaimedAddress(t *testing.T) {
 		if r.Status != pushproto.StatusWake || r.WakeKey == "" || r.STUNAddr != "" {
 			t.Fatalf("hello reply %+v", r)
 		}
-		e.k.Wake(u, e.message(u, 1, store.UrgencyNormal, time.Hour))
+		e.k.Wake(u, e.message(u, 1, push.UrgencyNormal, time.Hour))
 		got := recvOne(t, c)
 		if want := "NOTIFY " + c.LocalAddr().String(); string(got) != want || len(got) > 64 {
 			t.Errorf("datagram %q, want %q", got, want)
@@ -282,7 +283,7 @@ func TestAuthenticatedDatagram(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		e.k.Wake(u, e.message(u, 2, store.UrgencyHigh, time.Hour))
+		e.k.Wake(u, e.message(u, 2, push.UrgencyHigh, time.Hour))
 		first := append([]byte(nil), recvOne(t, c)...)
 		second := recvOne(t, c) // a retry: the device did not connect
 		if len(first) != AuthSize || len(first) > 64 {
@@ -293,11 +294,11 @@ func TestAuthenticatedDatagram(t *testing.T) {
 		if !ok1 || !ok2 || c2 <= c1 {
 			t.Errorf("verify %v %v, counters %d %d", ok1, ok2, c1, c2)
 		}
-		other := e.k.cfg.Keys.Key(store.UAID{9})
+		other := e.k.cfg.Keys.Key(push.UAID{9})
 		if _, ok := Verify(other, u, first); ok {
 			t.Error("verified under another device's key")
 		}
-		if _, ok := Verify(key, store.UAID{9}, first); ok {
+		if _, ok := Verify(key, push.UAID{9}, first); ok {
 			t.Error("verified for another UAID")
 		}
 		bad := append([]byte(nil), first...)
@@ -320,7 +321,7 @@ func TestOutsideRangesNeverSent(t *testing.T) {
 		if r := e.hello(u, c, false, nil); r.Status != pushproto.StatusOK {
 			t.Fatalf("status %d", r.Status)
 		}
-		e.k.Wake(u, e.message(u, 3, store.UrgencyHigh, time.Hour))
+		e.k.Wake(u, e.message(u, 3, push.UrgencyHigh, time.Hour))
 		waitFor(t, "drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="outside_ranges"}`) == 1 })
 		if got := recv(c, 200*time.Millisecond); len(got) != 0 {
 			t.Errorf("got %q", got)
@@ -341,7 +342,7 @@ func TestNetworkRanges(t *testing.T) {
 		if r := e.hello(u, c, false, &pushproto.MobileNetwork{MCC: "214", MNC: "07"}); r.Status != pushproto.StatusWake {
 			t.Errorf("own network: status %d", r.Status)
 		}
-		e.k.Wake(u, e.message(u, 4, store.UrgencyNormal, time.Hour))
+		e.k.Wake(u, e.message(u, 4, push.UrgencyNormal, time.Hour))
 		recvOne(t, c)
 	})
 }
@@ -352,7 +353,7 @@ func TestRetriesStopAtExpiry(t *testing.T) {
 		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: 40 * time.Millisecond}, false)
 		u, c := e.device(5, "127.0.0.9")
 		e.hello(u, c, false, nil)
-		until := e.message(u, 5, store.UrgencyNormal, 400*time.Millisecond)
+		until := e.message(u, 5, push.UrgencyNormal, 400*time.Millisecond)
 		e.k.Wake(u, until)
 		got := recv(c, time.Until(until)+100*time.Millisecond)
 		// 0, 40, 120, 280 ms; the next (600 ms) would come after expiry.
@@ -376,7 +377,7 @@ func TestCoalesce(t *testing.T) {
 		u, c := e.device(6, "127.0.0.10")
 		e.hello(u, c, false, nil)
 		for i := range 20 {
-			e.k.Wake(u, e.message(u, 6, store.UrgencyNormal, time.Duration(i+1)*time.Hour))
+			e.k.Wake(u, e.message(u, 6, push.UrgencyNormal, time.Duration(i+1)*time.Hour))
 		}
 		if got := recv(c, 300*time.Millisecond); len(got) != 1 {
 			t.Errorf("%d datagrams for 20 messages, want 1", len(got))
@@ -394,14 +395,14 @@ func TestLowUrgencyAndNothingWaiting(t *testing.T) {
 		e.hello(u, c, false, nil)
 		e.k.Wake(u, time.Time{})
 		waitFor(t, "nothing waiting", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_waiting"}`) == 1 })
-		e.message(u, 7, store.UrgencyLow, time.Hour)
-		e.message(u, 7, store.UrgencyVeryLow, time.Hour)
+		e.message(u, 7, push.UrgencyLow, time.Hour)
+		e.message(u, 7, push.UrgencyVeryLow, time.Hour)
 		e.k.Wake(u, time.Time{})
 		waitFor(t, "nothing urgent", func() bool { return e.metric(`pushrelay_wake_finished_total{reason="nothing_urgent"}`) == 1 })
 		if got := recv(c, 200*time.Millisecond); len(got) != 0 {
 			t.Errorf("woken %d times for low urgency", len(got))
 		}
-		e.message(u, 7, store.UrgencyNormal, time.Hour)
+		e.message(u, 7, push.UrgencyNormal, time.Hour)
 		e.k.Wake(u, time.Time{})
 		recvOne(t, c)
 	})
@@ -417,7 +418,7 @@ func TestRateLimits(t *testing.T) {
 			for i := range 20 {
 				u, c := e.device(byte(10+i), fmt.Sprintf("127.0.0.%d", 20+i))
 				e.hello(u, c, false, nil)
-				e.k.Wake(u, e.message(u, byte(10+i), store.UrgencyNormal, time.Hour))
+				e.k.Wake(u, e.message(u, byte(10+i), push.UrgencyNormal, time.Hour))
 				conns = append(conns, c)
 			}
 			sent := func() float64 { return e.metric(`pushrelay_wake_datagrams_total{format="compat",kind="first"}`) }
@@ -456,12 +457,12 @@ func TestRateLimits(t *testing.T) {
 			for i := range 10 {
 				u, c := e.device(byte(40+i), "127.0.0.40") // one host, ten ports
 				e.hello(u, c, false, nil)
-				e.k.Wake(u, e.message(u, byte(40+i), store.UrgencyNormal, time.Hour))
+				e.k.Wake(u, e.message(u, byte(40+i), push.UrgencyNormal, time.Hour))
 				conns = append(conns, c)
 			}
 			other, oc := e.device(60, "127.0.0.41")
 			e.hello(other, oc, false, nil)
-			e.k.Wake(other, e.message(other, 60, store.UrgencyNormal, time.Hour))
+			e.k.Wake(other, e.message(other, 60, push.UrgencyNormal, time.Hour))
 			recvOne(t, oc) // another host is not held up
 			// Burst 2, then one per 500 ms: 2 at once, 4 after 1.2 s.
 			count := func() int {
@@ -499,7 +500,7 @@ func TestBind(t *testing.T) {
 		if key, err := e.k.Key(u.String()); err != nil || string(key) != r.WakeKey {
 			t.Fatalf("Key: %q %v", key, err)
 		}
-		for _, name := range []string{"nothex", store.UAID{0xee}.String()} {
+		for _, name := range []string{"nothex", push.UAID{0xee}.String()} {
 			if _, err := e.k.Key(name); !errors.Is(err, discovery.ErrUnknownUser) {
 				t.Errorf("Key(%s): %v", name, err)
 			}
@@ -535,7 +536,7 @@ func TestBind(t *testing.T) {
 		if r := e.hello(u, c, true, nil); r.Status != pushproto.StatusWake {
 			t.Errorf("proven device: status %d", r.Status)
 		}
-		e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
+		e.k.Wake(u, e.message(u, 70, push.UrgencyNormal, time.Hour))
 		key, _ := ParseKey(r.WakeKey)
 		if _, ok := Verify(key, u, recvOne(t, c)); !ok {
 			t.Error("datagram does not verify")
@@ -550,7 +551,7 @@ func TestBind(t *testing.T) {
 		e.pres.set(u, false)
 		// Past the binding TTL the address is stale: no datagram.
 		e.clock.Add(2 * time.Minute)
-		e.k.Wake(u, e.message(u, 70, store.UrgencyNormal, time.Hour))
+		e.k.Wake(u, e.message(u, 70, push.UrgencyNormal, time.Hour))
 		waitFor(t, "stale drop", func() bool { return e.metric(`pushrelay_wake_dropped_total{reason="stale_address"}`) == 1 })
 		if got := recv(c, 100*time.Millisecond); len(got) != 0 {
 			t.Errorf("stale address got %d datagrams", len(got))
@@ -674,7 +675,7 @@ func TestBindAfterRestart(t *testing.T) {
 
 // appendAuth is the reference authenticated datagram, its MAC made with
 // crypto/hmac as Verify checks it.
-func appendAuth(b []byte, key []byte, u store.UAID, counter uint64) []byte {
+func appendAuth(b []byte, key []byte, u push.UAID, counter uint64) []byte {
 	b = append(b, authMagic...)
 	b = binary.BigEndian.AppendUint64(b, counter)
 	return append(b, datagramMAC(key, u, b[len(b)-12:])[:16]...)
@@ -695,7 +696,7 @@ func TestMacer(t *testing.T) {
 		}
 	}
 	keys, _ := NewKeys(bytes.Repeat([]byte{7}, 32))
-	u := store.UAID{1, 2, 3}
+	u := push.UAID{1, 2, 3}
 	var key [keySize]byte
 	keys.keyWith(m, u, &key)
 	if !bytes.Equal(key[:], keys.Key(u)) {
@@ -720,13 +721,13 @@ func TestTargetKeys(t *testing.T) {
 			if err := bindNow(e.k, u.String(), c.LocalAddr().(*net.UDPAddr).AddrPort(), time.Now()); err != nil {
 				t.Fatal(err)
 			}
-			e.k.Wake(u, e.message(u, byte(90+i), store.UrgencyNormal, time.Hour))
+			e.k.Wake(u, e.message(u, byte(90+i), push.UrgencyNormal, time.Hour))
 			proven = append(proven, c)
 		}
 		for i := range 2 {
 			u, c := e.device(byte(95+i), "127.0.0.95")
 			e.hello(u, c, false, nil)
-			e.k.Wake(u, e.message(u, byte(95+i), store.UrgencyNormal, time.Hour))
+			e.k.Wake(u, e.message(u, byte(95+i), push.UrgencyNormal, time.Hour))
 			claimed = append(claimed, c)
 		}
 		for i, c := range proven {
@@ -755,7 +756,7 @@ func openAt(t *testing.T, path string, reg *metrics.Registry) *store.Store {
 }
 
 // storedRecord reads u's wake record from st.
-func storedRecord(t *testing.T, st *store.Store, u store.UAID) record {
+func storedRecord(t *testing.T, st *store.Store, u push.UAID) record {
 	t.Helper()
 	d, ok, err := st.Device(u)
 	if err != nil || !ok {
@@ -793,10 +794,10 @@ func TestRefreshAcrossRestart(t *testing.T) {
 	st := openAt(t, path, sreg)
 	k := start(st)
 	const n = 50
-	us := make([]store.UAID, n)
+	us := make([]push.UAID, n)
 	for i := range us {
 		us[i][0], us[i][15] = 0xf0, byte(i)
-		if err := st.Register(context.Background(), store.Channel{UAID: us[i], ID: store.ChannelID{byte(i)}}); err != nil {
+		if err := st.Register(context.Background(), store.Channel{UAID: us[i], ID: push.ChannelID{byte(i)}}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -884,7 +885,7 @@ func TestRefreshAcrossRestart(t *testing.T) {
 func TestFlushAndBound(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		e := newEnv(t, Config{BindingTTL: 2 * time.Minute, MaxFresh: 3, FlushInterval: time.Hour}, true)
-		var us []store.UAID
+		var us []push.UAID
 		var as []netip.AddrPort
 		for i := range 5 {
 			u, c := e.device(byte(100+i), "127.0.0.1")

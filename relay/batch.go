@@ -5,22 +5,30 @@ import (
 	"errors"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
 )
 
-// PushBatch accepts messages from an app server and returns one result
+// Ingest is the one way messages enter the core, whatever their source
+// (the endpoint API, an upstream, a parent relay): it returns one result
 // per message, in order. Every message with a TTL goes into one store
-// commit: when PushBatch returns, each is on disk or has its own Err
+// commit: when Ingest returns, each is on disk or has its own Err
 // (ErrNoSubscription for a channel that is not registered; when the
 // commit failed as a whole, ErrClosing, ctx's error or the store's, the
-// same for every message it carried). A TTL-0 message is handed to its
-// device's session if one is open and dropped otherwise, as Push does.
+// same for every message it carried), so the caller may then acknowledge
+// its source.
+//
+// A message whose origin key was ingested before (while that one's TTL
+// lasts; across restarts too) is not stored again and does not reach the
+// device again: its result has Duplicate set, Stored set and the first
+// one's ID. The caller acks its source as for a new message.
+//
+// A TTL-0 message is handed to its device's session if one is open and
+// dropped otherwise; it is never stored, so its origin key is not kept.
 // The error is ErrClosing when the hub was closing before it began; then
 // nothing was done.
-//
-// This is the one path of app-server messages: Push is the batch of one.
-func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
+func (h *Hub) Ingest(ctx context.Context, ms []push.Message) ([]Result, error) {
 	h.mu.Lock()
 	closing := h.closing
 	h.mu.Unlock()
@@ -35,7 +43,7 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 	var at []int
 	for i := range ms {
 		m := &ms[i]
-		u, ch := uaidOf(m.Endpoint), channelOf(m.Endpoint)
+		u, ch := m.UAID, m.Channel
 		if m.TTL <= 0 {
 			if at == nil {
 				at = make([]int, len(toStore), len(ms))
@@ -58,7 +66,7 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 			Received: now, TTL: m.TTL, Expiry: now.Add(m.TTL),
 			Topic: topic, Urgency: m.Urgency,
 			Encoding: m.Encoding, Encryption: m.Encryption, CryptoKey: m.CryptoKey,
-			Data: m.Data, Version: m.Version,
+			Data: m.Data, Version: m.Version, Origin: m.Origin,
 		})
 		if at != nil {
 			at = append(at, i)
@@ -91,8 +99,16 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 			}
 			continue
 		}
-		h.m.pushedStored.Inc()
 		sm := &sr.Message
+		if sr.Duplicate {
+			// Stored before: the device has it or had it; nothing to
+			// deliver or wake for.
+			h.m.duplicates.Inc()
+			id := h.cfg.Tokens.SealMessageID(token.MessageID{UAID: sm.UAID, Channel: sm.Channel, Seq: sm.Seq})
+			res[i] = Result{ID: id, Stored: true, Duplicate: true}
+			continue
+		}
+		h.m.pushedStored.Inc()
 		// The committer has handed (or is handing) the message to the
 		// device's session, if one was attached (stored).
 		h.wakeFor(sm.UAID, ms[i].Urgency, sm.Expiry)
@@ -105,8 +121,8 @@ func (h *Hub) PushBatch(ctx context.Context, ms []Message) ([]Result, error) {
 // wakeFor asks the waker to wake u for a stored message of urgency until
 // its expiry, unless u has a session taking messages. Very-low and low
 // urgency wait for the device's next connection.
-func (h *Hub) wakeFor(u store.UAID, urg store.Urgency, expiry time.Time) {
-	if h.cfg.Waker == nil || !urg.AtLeast(store.UrgencyNormal) {
+func (h *Hub) wakeFor(u push.UAID, urg push.Urgency, expiry time.Time) {
+	if h.cfg.Waker == nil || !urg.AtLeast(push.UrgencyNormal) {
 		return
 	}
 	if s := h.session(u); s == nil || !s.accepting() {

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -32,8 +33,8 @@ type Hub struct {
 
 	mu       sync.Mutex
 	closing  bool
-	sessions map[store.UAID]*session // sessions past hello, by UAID
-	all      map[*session]struct{}   // every session, before and after hello
+	sessions map[push.UAID]*session // sessions past hello, by UAID
+	all      map[*session]struct{}  // every session, before and after hello
 
 	work *workers
 	// bc serves broadcasts; nil when Config.Broadcasts is (broadcasts.go).
@@ -49,8 +50,8 @@ func New(cfg Config) (*Hub, error) {
 	if cfg.Store == nil || cfg.Tokens == nil {
 		return nil, errors.New("relay: Store and Tokens are required")
 	}
-	if cfg.PublicURL == "" {
-		return nil, errors.New("relay: PublicURL is required")
+	if cfg.Endpoints == nil {
+		return nil, errors.New("relay: Endpoints is required")
 	}
 	cfg.setDefaults()
 	ctx, cancel := context.WithCancel(context.Background())
@@ -61,7 +62,7 @@ func New(cfg Config) (*Hub, error) {
 		cancel:   cancel,
 		stopRun:  make(chan struct{}),
 		done:     make(chan struct{}),
-		sessions: make(map[store.UAID]*session),
+		sessions: make(map[push.UAID]*session),
 		all:      make(map[*session]struct{}),
 	}
 	h.work = newWorkers(&h.wg, 1024, 2*time.Second)
@@ -253,7 +254,7 @@ func (h *Hub) detach(s *session) {
 
 // Online reports whether u has a session past hello that is not closing:
 // the kick subsystem does not wake a device that is online.
-func (h *Hub) Online(u store.UAID) bool {
+func (h *Hub) Online(u push.UAID) bool {
 	s := h.session(u)
 	if s == nil {
 		return false
@@ -266,7 +267,7 @@ func (h *Hub) Online(u store.UAID) bool {
 // WakeProven tells the hub that u proved a wake address (STUN) while
 // connected: its session is now closed with 4774 once idle, like one
 // accepted for wake at hello.
-func (h *Hub) WakeProven(u store.UAID) {
+func (h *Hub) WakeProven(u push.UAID) {
 	if s := h.session(u); s != nil {
 		s.mu.Lock()
 		s.wake = true
@@ -274,7 +275,7 @@ func (h *Hub) WakeProven(u store.UAID) {
 	}
 }
 
-func (h *Hub) session(u store.UAID) *session {
+func (h *Hub) session(u push.UAID) *session {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	return h.sessions[u]
@@ -296,19 +297,19 @@ func (h *Hub) goWait(f func()) {
 	}()
 }
 
-// Push accepts a message from an app server: PushBatch of one, with the
+// Push ingests one message: Ingest of one, with the
 // message's own failure (ErrNoSubscription) as the error. A message with a
 // TTL is on disk when Push returns; a TTL-0 message is handed to the
 // device's session if one is open and dropped otherwise.
-func (h *Hub) Push(ctx context.Context, m Message) (Result, error) {
-	rs, err := h.PushBatch(ctx, []Message{m})
+func (h *Hub) Push(ctx context.Context, m push.Message) (Result, error) {
+	rs, err := h.Ingest(ctx, []push.Message{m})
 	if err != nil {
 		return Result{}, err
 	}
 	return rs[0], rs[0].Err
 }
 
-func (h *Hub) pushDirect(u store.UAID, ch store.ChannelID, m Message, now time.Time) (Result, error) {
+func (h *Hub) pushDirect(u push.UAID, ch push.ChannelID, m push.Message, now time.Time) (Result, error) {
 	if _, ok, err := h.cfg.Store.Channel(u, ch); err != nil {
 		return Result{}, wrapStore("read channel", err)
 	} else if !ok {
@@ -338,7 +339,7 @@ func (h *Hub) Delete(ctx context.Context, id string) error {
 	if err != nil {
 		return ErrNoMessage
 	}
-	ok, err := h.cfg.Store.Delete(ctx, store.UAID(mid.UAID), store.ChannelID(mid.Channel), mid.Seq)
+	ok, err := h.cfg.Store.Delete(ctx, push.UAID(mid.UAID), push.ChannelID(mid.Channel), mid.Seq)
 	if err != nil {
 		return wrapStore("delete message", err)
 	}
@@ -353,8 +354,8 @@ func (h *Hub) Delete(ctx context.Context, id string) error {
 // collide with it.
 const simplePushTopic = "!simplepush"
 
-func newUAID() store.UAID {
-	var u store.UAID
+func newUAID() push.UAID {
+	var u push.UAID
 	rand.Read(u[:])
 	u[6] = u[6]&0x0f | 0x40 // UUID version 4, as autopush makes them
 	u[8] = u[8]&0x3f | 0x80
@@ -364,7 +365,7 @@ func newUAID() store.UAID {
 // storageFailed logs a store call that failed for a device. A damaged
 // store fails every call and has said so once itself: those go to debug,
 // so thousands of devices reconnecting do not flood the log.
-func (h *Hub) storageFailed(op string, u store.UAID, err error) {
+func (h *Hub) storageFailed(op string, u push.UAID, err error) {
 	if errors.Is(err, store.ErrDamaged) {
 		h.cfg.Logger.Debug(op, "uaid", u.String(), "err", err)
 		return

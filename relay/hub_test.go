@@ -14,8 +14,8 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
-	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
@@ -27,7 +27,7 @@ func TestHelloNewAndResumed(t *testing.T) {
 		h := newHarness(t, nil)
 
 		d := h.hello("")
-		u, err := store.ParseUAID(d.uaid)
+		u, err := push.ParseUAID(d.uaid)
 		if err != nil {
 			t.Fatalf("new UAID %q: %v", d.uaid, err)
 		}
@@ -59,7 +59,7 @@ func TestHelloNewAndResumed(t *testing.T) {
 		}
 
 		again.subscribe()
-		u, _ = store.ParseUAID(again.uaid)
+		u, _ = push.ParseUAID(again.uaid)
 		if _, ok, _ := h.st.Device(u); !ok {
 			t.Fatal("UAID not stored at register")
 		}
@@ -85,7 +85,7 @@ func TestRegisterEndpoints(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
 		h := newHarness(t, func(c *relay.Config) { c.CheckKey = vapid.DecodePublicKey })
 		d := h.hello("")
-		u, _ := store.ParseUAID(d.uaid)
+		u, _ := push.ParseUAID(d.uaid)
 
 		ch1 := newChannelID()
 		r := d.register(ch1, "")
@@ -93,7 +93,7 @@ func TestRegisterEndpoints(t *testing.T) {
 			t.Fatalf("keyless register: %+v", r)
 		}
 		ep := h.openEndpoint(r.PushEndpoint)
-		if store.UAID(ep.UAID) != u || store.ChannelID(ep.Channel).String() != ch1 || ep.KeyHash != nil {
+		if push.UAID(ep.UAID) != u || push.ChannelID(ep.Channel).String() != ch1 || ep.KeyHash != nil {
 			t.Fatalf("v1 token carries %+v", ep)
 		}
 		// Registering again is idempotent: the same endpoint.
@@ -109,10 +109,10 @@ func TestRegisterEndpoints(t *testing.T) {
 			t.Fatalf("keyed register: %+v", r)
 		}
 		ep = h.openEndpoint(r.PushEndpoint)
-		if ep.KeyHash == nil || *ep.KeyHash != sha256.Sum256(pub) || store.ChannelID(ep.Channel).String() != ch2 {
+		if ep.KeyHash == nil || *ep.KeyHash != sha256.Sum256(pub) || push.ChannelID(ep.Channel).String() != ch2 {
 			t.Fatalf("v2 token does not carry the key's hash: %+v", ep)
 		}
-		c, ok, err := h.st.Channel(u, store.ChannelID(ep.Channel))
+		c, ok, err := h.st.Channel(u, push.ChannelID(ep.Channel))
 		if err != nil || !ok || string(c.Key) != string(pub) {
 			t.Fatalf("stored channel %+v %v %v", c, ok, err)
 		}
@@ -150,8 +150,8 @@ func TestPushWhileConnected(t *testing.T) {
 		h := newHarness(t, nil)
 		d := h.hello("")
 		s := d.subscribe()
-		res, err := h.hub.Push(context.Background(), relay.Message{
-			Endpoint: s.ep, TTL: time.Minute, Data: []byte("hello device"),
+		res, err := h.hub.Push(context.Background(), push.Message{
+			UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Minute, Data: []byte("hello device"),
 			Encoding: "aesgcm", Encryption: "salt=abc", CryptoKey: "dh=def",
 		})
 		if err != nil || !res.Stored || res.Delivered || res.ID == "" {
@@ -566,7 +566,7 @@ func TestSimplePushDialect(t *testing.T) {
 		}
 		s := &sub{channel: ch, endpoint: r.PushEndpoint, ep: h.openEndpoint(r.PushEndpoint)}
 
-		if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: 42}); err != nil {
+		if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Version: 42}); err != nil {
 			t.Fatal(err)
 		}
 		n := d.expect(pushproto.TypeNotification)
@@ -588,7 +588,7 @@ func TestSimplePushDialect(t *testing.T) {
 		// Offline, a newer version replaces the older one.
 		d.c.hangUp()
 		for _, v := range []uint64{7, 9} {
-			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Version: v}); err != nil {
+			if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Version: v}); err != nil {
 				t.Fatal(err)
 			}
 		}

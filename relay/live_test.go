@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
@@ -89,7 +90,7 @@ func TestLiveQueueFollowsStore(t *testing.T) {
 
 		push := func(s *sub, ttl time.Duration, topic, data string) {
 			t.Helper()
-			m := relay.Message{Endpoint: s.ep, TTL: ttl, Topic: topic, Data: []byte(data), Encoding: "aes128gcm"}
+			m := push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: ttl, Topic: topic, Data: []byte(data), Encoding: "aes128gcm"}
 			if _, err := h.hub.Push(t.Context(), m); err != nil {
 				t.Fatal(err)
 			}
@@ -177,10 +178,10 @@ func TestLiveStress(t *testing.T) {
 		wg.Go(func() {
 			for n := range each {
 				data := fmt.Sprintf("%d/%d", i, n)
-				m := relay.Message{Endpoint: st.subs[n%2].ep, TTL: time.Hour, Data: []byte(data), Encoding: "aes128gcm"}
+				m := push.Message{UAID: push.UAID(st.subs[n%2].ep.UAID), Channel: push.ChannelID(st.subs[n%2].ep.Channel), TTL: time.Hour, Data: []byte(data), Encoding: "aes128gcm"}
 				if n%5 == 0 {
 					m.Topic = "t"
-					m.Endpoint = st.subs[0].ep
+					m.UAID, m.Channel = push.UAID(st.subs[0].ep.UAID), push.ChannelID(st.subs[0].ep.Channel)
 					lastTopic[i] = data
 				}
 				if _, err := h.hub.Push(t.Context(), m); err != nil {

@@ -15,7 +15,7 @@ type hubMetrics struct {
 	closes      *metrics.CounterVec // code
 	registers   *metrics.CounterVec // status
 	unregisters metrics.Counter
-	pushed      *metrics.CounterVec // result: stored, direct
+	pushed      *metrics.CounterVec // result: stored, direct, duplicate
 	dropped     *metrics.CounterVec // reason
 	delivered   metrics.Counter
 	acked       *metrics.CounterVec // code
@@ -25,7 +25,7 @@ type hubMetrics struct {
 	outbox      metrics.Gauge       // bytes queued for device sockets, all sessions
 
 	// Children of the label values every message counts, resolved once.
-	pushedStored, ackedOK, framesAck metrics.Counter
+	pushedStored, duplicates, ackedOK, framesAck metrics.Counter
 }
 
 func newHubMetrics(r *metrics.Registry) *hubMetrics {
@@ -37,7 +37,7 @@ func newHubMetrics(r *metrics.Registry) *hubMetrics {
 		closes:      r.CounterVec("pushrelay_device_closes_total", "Device sessions closed by the relay, by WebSocket close code.", "code"),
 		registers:   r.CounterVec("pushrelay_device_registers_total", "Register requests by reply status.", "status"),
 		unregisters: r.Counter("pushrelay_device_unregisters_total", "Channels unregistered by devices."),
-		pushed:      r.CounterVec("pushrelay_messages_in_total", "Messages accepted from app servers (stored, or direct for TTL 0).", "result"),
+		pushed:      r.CounterVec("pushrelay_messages_in_total", "Messages ingested (stored; direct for TTL 0; duplicate: its origin key was ingested before, not stored again).", "result"),
 		dropped:     r.CounterVec("pushrelay_messages_dropped_total", "Messages dropped by the hub, by reason.", "reason"),
 		delivered:   r.Counter("pushrelay_messages_delivered_total", "Notifications written to device sockets."),
 		acked:       r.CounterVec("pushrelay_messages_acked_total", "Acks received from devices by ack code.", "code"),
@@ -47,6 +47,7 @@ func newHubMetrics(r *metrics.Registry) *hubMetrics {
 		slow:        r.CounterVec("pushrelay_device_write_failures_total", "Device sessions ended because the relay could not write to them: timeout (the device did not read within the write timeout), error (the socket failed), outbox_full (the device made the relay queue more replies than its outbox holds without reading).", "reason"),
 	}
 	m.pushedStored = m.pushed.With("stored")
+	m.duplicates = m.pushed.With("duplicate")
 	m.ackedOK = m.acked.With(strconv.Itoa(pushproto.AckOK))
 	m.framesAck = m.frames.With(string(pushproto.TypeAck))
 	return m

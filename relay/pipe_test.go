@@ -18,6 +18,8 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/endpoint"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -464,6 +466,8 @@ type harness struct {
 	notify bool
 	// ran gets Run's result when it returns.
 	ran chan error
+	// stop closes the hub and the store (as a restart would).
+	stop func()
 }
 
 // newHarness starts a hub on a real store in a temp dir and runs its
@@ -481,16 +485,27 @@ var modes = []struct {
 
 func newHarnessMode(t testing.TB, notify bool, tweak func(*relay.Config)) *harness {
 	t.Helper()
+	return newHarnessAt(t, filepath.Join(t.TempDir(), "pushrelay.db"), notify, tweak)
+}
+
+// newHarnessAt is newHarness on the store file at path; stop ends it
+// before the test does (a restart opens another harness on the file).
+func newHarnessAt(t testing.TB, path string, notify bool, tweak func(*relay.Config)) *harness {
+	t.Helper()
 	log := slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "pushrelay.db"), Logger: log})
+	st, err := store.Open(store.Options{Path: path, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() {
-		if err := st.Close(); err != nil {
-			t.Error(err)
-		}
-	})
+	var stopped sync.Once
+	closeStore := func() {
+		stopped.Do(func() {
+			if err := st.Close(); err != nil {
+				t.Error(err)
+			}
+		})
+	}
+	t.Cleanup(closeStore)
 	key := make([]byte, token.KeySize)
 	for i := range key {
 		key[i] = byte(i + 1)
@@ -500,7 +515,11 @@ func newHarnessMode(t testing.TB, notify bool, tweak func(*relay.Config)) *harne
 		t.Fatal(err)
 	}
 	cs := &countingStore{Store: st}
-	cfg := relay.Config{Store: cs, Tokens: tokens, PublicURL: publicURL, Logger: log}
+	minter, err := endpoint.NewMinter(tokens, publicURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := relay.Config{Store: cs, Tokens: tokens, Endpoints: minter, Logger: log}
 	if tweak != nil {
 		tweak(&cfg)
 	}
@@ -511,6 +530,11 @@ func newHarnessMode(t testing.TB, notify bool, tweak func(*relay.Config)) *harne
 	ctx, cancel := context.WithCancel(context.Background())
 	h := &harness{t: t, hub: hub, st: st, reads: &cs.reads, tokens: tokens, notify: notify, ran: make(chan error, 1)}
 	go func() { h.ran <- hub.Run(ctx) }()
+	h.stop = func() {
+		hub.Close()
+		cancel()
+		closeStore()
+	}
 	t.Cleanup(func() {
 		hub.Close()
 		cancel()
@@ -525,7 +549,7 @@ type countingStore struct {
 	reads atomic.Int64
 }
 
-func (c *countingStore) Messages(u store.UAID, after uint64, limit int) ([]store.Message, error) {
+func (c *countingStore) Messages(u push.UAID, after uint64, limit int) ([]store.Message, error) {
 	c.reads.Add(1)
 	return c.Store.Messages(u, after, limit)
 }
@@ -720,7 +744,7 @@ func (h *harness) openEndpoint(url string) token.Endpoint {
 
 // push sends an app-server message to s.
 func (h *harness) push(s *sub, ttl time.Duration, data string) (relay.Result, error) {
-	m := relay.Message{Endpoint: s.ep, TTL: ttl}
+	m := push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: ttl}
 	if data != "" {
 		m.Data, m.Encoding = []byte(data), "aes128gcm"
 	}

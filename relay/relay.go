@@ -2,10 +2,13 @@
 // of stored messages to them.
 //
 // The Hub never listens. Adapters hand it device connections (Accept) and
-// app-server messages (Push); it stores through the Store before anything is
-// acknowledged and delivers over the device's session when one is open. A
-// message leaves the store only when the device acks it; what a device did not
-// ack comes again on its next hello.
+// messages (Ingest, from the endpoint API and later upstreams and relay
+// links; each with an origin key, so a message sent twice is stored and
+// delivered once); registers get their endpoints from Endpoints. It
+// stores through the Store before anything is acknowledged and delivers
+// over the device's session when one is open. A message leaves the store
+// only when the device acks it; what a device did not ack comes again on
+// its next hello.
 //
 // Delivery: a session first reads what waits for its device from the store
 // (the pump, at most Window notifications in flight). Once a read finds
@@ -57,6 +60,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -128,17 +132,17 @@ type Conn interface {
 
 // Store is what the hub needs from durable storage.
 type Store interface {
-	Device(u store.UAID) (store.Device, bool, error)
-	Touch(ctx context.Context, u store.UAID, now time.Time) error
+	Device(u push.UAID) (store.Device, bool, error)
+	Touch(ctx context.Context, u push.UAID, now time.Time) error
 	Register(ctx context.Context, c store.Channel) error
-	Channel(u store.UAID, id store.ChannelID) (store.Channel, bool, error)
-	Unregister(ctx context.Context, u store.UAID, id store.ChannelID) (bool, error)
+	Channel(u push.UAID, id push.ChannelID) (store.Channel, bool, error)
+	Unregister(ctx context.Context, u push.UAID, id push.ChannelID) (bool, error)
 	// AppendBatch stores messages in one commit (see
 	// store.Store.AppendBatch).
 	AppendBatch(ctx context.Context, ms []store.Message) ([]store.AppendResult, error)
-	Messages(u store.UAID, afterSeq uint64, limit int) ([]store.Message, error)
-	Ack(ctx context.Context, u store.UAID, seqs ...uint64) (int, error)
-	Delete(ctx context.Context, u store.UAID, ch store.ChannelID, seq uint64) (bool, error)
+	Messages(u push.UAID, afterSeq uint64, limit int) ([]store.Message, error)
+	Ack(ctx context.Context, u push.UAID, seqs ...uint64) (int, error)
+	Delete(ctx context.Context, u push.UAID, ch push.ChannelID, seq uint64) (bool, error)
 	// OnStored registers the hub's receiver of committed messages (see
 	// store.Store.OnStored); nil unregisters it.
 	OnStored(fn func([]store.Message))
@@ -155,12 +159,42 @@ type Waker interface {
 	// and WakeRefresh. local is the relay's address the device connected
 	// to (invalid if unknown): the STUN address a device is told is on
 	// the host it already reaches.
-	HelloWake(ctx context.Context, u store.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error)
+	HelloWake(ctx context.Context, u push.UAID, h pushproto.Hello, local netip.Addr) (pushproto.HelloReply, error)
 	// Wake asks for u to be woken: a message that may wake it was stored
 	// and waits until until. A zero until means "look at what waits".
-	Wake(u store.UAID, until time.Time)
+	Wake(u push.UAID, until time.Time)
 	// Connected tells the waker that u said hello: stop waking it.
-	Connected(u store.UAID)
+	Connected(u push.UAID)
+}
+
+// Endpoints mints the push endpoint a device's register is answered with.
+// The standalone relay's (endpoint.Minter) seals this relay's own token
+// endpoints; a relay with an upstream registers the channel upstream and
+// returns the upstream's pushEndpoint.
+//
+// The hub calls Mint before it stores the channel, as autopush makes the
+// endpoint before it adds the channel: an error answers the register with
+// status 500 and stores nothing. When the store then refuses the channel
+// (409, 413, 500) the hub calls Abandon with the same registration, so an
+// implementation that registered somewhere can undo it; the device is
+// answered without an endpoint either way. Both run on the session's
+// worker, in the device's frame order: the standalone Mint is pure, and
+// an implementation that waits on the network must bound the wait
+// (Firefox gives a register 10 s).
+type Endpoints interface {
+	Mint(ctx context.Context, r Registration) (endpoint string, err error)
+	Abandon(ctx context.Context, r Registration)
+}
+
+// Registration is one register of a device, as Endpoints sees it.
+type Registration struct {
+	UAID    push.UAID
+	Channel push.ChannelID
+	// Key is the raw VAPID public key the channel is bound to, or nil.
+	Key []byte
+	// SimplePush is set for a device that did not say use_webpush: a
+	// channel without a key gets a SimplePush (PUT /update) endpoint.
+	SimplePush bool
 }
 
 // KeyChecker validates the VAPID public key a device passes in register and
@@ -169,10 +203,11 @@ type KeyChecker func(string) ([]byte, error)
 
 // Config configures a Hub. Zero durations take the defaults in parentheses.
 type Config struct {
-	Store  Store
+	Store Store
+	// Tokens seals and opens message ids.
 	Tokens *token.Codec
-	// PublicURL is the base of push endpoints, e.g. https://push.example.net.
-	PublicURL string
+	// Endpoints mints the endpoints registers are answered with.
+	Endpoints Endpoints
 	// CheckKey validates register keys; nil accepts none (status 400).
 	CheckKey KeyChecker
 
@@ -232,7 +267,7 @@ func (c *Config) setDefaults() {
 	}
 }
 
-// Errors returned by Push, PushBatch and Delete; the endpoint API maps
+// Errors returned by Push, Ingest and Delete; the endpoint API maps
 // them to HTTP.
 var (
 	// ErrNoSubscription: the channel was unregistered or never existed.
@@ -242,20 +277,6 @@ var (
 	// ErrClosing: the hub is shutting down.
 	ErrClosing = errors.New("relay is shutting down")
 )
-
-// Message is a message from an app server for one subscription.
-type Message struct {
-	Endpoint   token.Endpoint
-	TTL        time.Duration
-	Topic      string
-	Urgency    store.Urgency
-	Encoding   string
-	Encryption string
-	CryptoKey  string
-	Data       []byte
-	// Version is a SimplePush version (PUT /update); 0 for Web Push.
-	Version uint64
-}
 
 // Result tells the caller what became of a pushed message.
 type Result struct {
@@ -270,13 +291,13 @@ type Result struct {
 	// waiting right after it was stored (and after the per-device cap
 	// dropped the oldest, if it did).
 	Queue int
-	// Err is this message's own failure in PushBatch (ErrNoSubscription,
+	// Duplicate is true when the message's origin key was ingested before:
+	// it was not stored again (Stored is set, ID names the first one).
+	Duplicate bool
+	// Err is this message's own failure in Ingest (ErrNoSubscription,
 	// or a store rejection); nil when it was stored or handled directly.
 	Err error
 }
-
-func uaidOf(e token.Endpoint) store.UAID         { return store.UAID(e.UAID) }
-func channelOf(e token.Endpoint) store.ChannelID { return store.ChannelID(e.Channel) }
 
 func wrapStore(op string, err error) error {
 	if err == nil {

@@ -10,10 +10,10 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
-	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
 // session is one device connection. The reader goroutine (run) owns the
@@ -24,7 +24,7 @@ type session struct {
 	conn Conn
 
 	// reader-owned
-	uaid     store.UAID
+	uaid     push.UAID
 	helloed  bool
 	lastPing time.Time
 	// simplePush is set for devices that did not say use_webpush (Firefox
@@ -373,7 +373,7 @@ func (s *session) handle(msg any) bool {
 func (s *session) hello(m pushproto.Hello) bool {
 	h := s.hub
 	result := "new"
-	u, err := store.ParseUAID(m.UAID)
+	u, err := push.ParseUAID(m.UAID)
 	if err == nil {
 		_, ok, err := h.cfg.Store.Device(u)
 		if err != nil {
@@ -438,7 +438,7 @@ func (s *session) hello(m pushproto.Hello) bool {
 
 func (s *session) register(m pushproto.Register) bool {
 	h := s.hub
-	ch, err := store.ParseChannelID(m.ChannelID)
+	ch, err := push.ParseChannelID(m.ChannelID)
 	if err != nil {
 		s.close(pushproto.CloseServerError, "invalid channelID")
 		return false
@@ -455,6 +455,13 @@ func (s *session) register(m pushproto.Register) bool {
 			return s.write(pushproto.EncodeRegister(m.ChannelID, 400, ""))
 		}
 	}
+	reg := Registration{UAID: s.uaid, Channel: ch, Key: key, SimplePush: s.simplePush}
+	endpoint, err := h.cfg.Endpoints.Mint(h.ctx, reg)
+	if err != nil {
+		h.cfg.Logger.Warn("endpoint not minted", "uaid", s.uaid, "channel", ch, "err", err)
+		h.m.registers.With("500").Inc()
+		return s.write(pushproto.EncodeRegister(m.ChannelID, 500, ""))
+	}
 	err = h.cfg.Store.Register(h.ctx, store.Channel{UAID: s.uaid, ID: ch, Created: h.cfg.Now(), Key: key})
 	status := 200
 	switch {
@@ -468,28 +475,16 @@ func (s *session) register(m pushproto.Register) bool {
 		status = 500
 	}
 	h.m.registers.With(strconv.Itoa(status)).Inc()
-	endpoint := ""
-	if status == 200 {
-		endpoint = h.endpointURL(s.uaid, ch, key, s.simplePush)
+	if status != 200 {
+		h.cfg.Endpoints.Abandon(h.ctx, reg)
+		endpoint = ""
 	}
 	return s.write(pushproto.EncodeRegister(m.ChannelID, status, endpoint))
 }
 
-func (h *Hub) endpointURL(u store.UAID, ch store.ChannelID, key []byte, simplePush bool) string {
-	e := token.Endpoint{UAID: u, Channel: ch}
-	if simplePush && key == nil {
-		return h.cfg.PublicURL + "/update/" + h.cfg.Tokens.SealEndpoint(e)
-	}
-	if key != nil {
-		sum := vapid.KeyHash(key) // the hash the endpoint API checks VAPID keys against
-		e.KeyHash = &sum
-	}
-	return h.cfg.PublicURL + "/wpush/v" + strconv.Itoa(e.Version()) + "/" + h.cfg.Tokens.SealEndpoint(e)
-}
-
 func (s *session) unregister(m pushproto.Unregister) bool {
 	h := s.hub
-	ch, err := store.ParseChannelID(m.ChannelID)
+	ch, err := push.ParseChannelID(m.ChannelID)
 	if err != nil {
 		s.close(pushproto.CloseServerError, "invalid channelID")
 		return false
@@ -525,7 +520,7 @@ func (s *session) ack(m pushproto.Ack) {
 		// Not in flight as sent: a message id from an earlier connection
 		// (or written differently) still names a message of this device.
 		id, err := h.cfg.Tokens.OpenMessageID(up.Version)
-		if err != nil || store.UAID(id.UAID) != s.uaid || store.ChannelID(id.Channel).String() != up.ChannelID {
+		if err != nil || push.UAID(id.UAID) != s.uaid || push.ChannelID(id.Channel).String() != up.ChannelID {
 			h.m.dropped.With("ack_unknown").Inc()
 			continue
 		}

@@ -10,8 +10,8 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
-	"github.com/pushrelay/pushrelay/relay/store"
 )
 
 // recWaker records what the hub asks of the wake subsystem.
@@ -21,15 +21,15 @@ type recWaker struct {
 	fail      error
 	hellos    int
 	wakes     []wakeCall
-	connected []store.UAID
+	connected []push.UAID
 }
 
 type wakeCall struct {
-	u     store.UAID
+	u     push.UAID
 	until time.Time
 }
 
-func (w *recWaker) HelloWake(_ context.Context, u store.UAID, h pushproto.Hello, _ netip.Addr) (pushproto.HelloReply, error) {
+func (w *recWaker) HelloWake(_ context.Context, u push.UAID, h pushproto.Hello, _ netip.Addr) (pushproto.HelloReply, error) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.hellos++
@@ -39,22 +39,22 @@ func (w *recWaker) HelloWake(_ context.Context, u store.UAID, h pushproto.Hello,
 	return pushproto.HelloReply{Status: w.status, WakeKey: "key-" + h.Wake.IP, STUNAddr: "127.0.0.1:3478", WakeRefresh: 30}, nil
 }
 
-func (w *recWaker) Wake(u store.UAID, until time.Time) {
+func (w *recWaker) Wake(u push.UAID, until time.Time) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.wakes = append(w.wakes, wakeCall{u, until})
 }
 
-func (w *recWaker) Connected(u store.UAID) {
+func (w *recWaker) Connected(u push.UAID) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.connected = append(w.connected, u)
 }
 
-func (w *recWaker) calls() ([]wakeCall, []store.UAID, int) {
+func (w *recWaker) calls() ([]wakeCall, []push.UAID, int) {
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	return append([]wakeCall(nil), w.wakes...), append([]store.UAID(nil), w.connected...), w.hellos
+	return append([]wakeCall(nil), w.wakes...), append([]push.UAID(nil), w.connected...), w.hellos
 }
 
 func wakeHarness(t *testing.T, notify bool, w *recWaker) *harness {
@@ -142,8 +142,8 @@ func TestPushWakesOfflineDevice(t *testing.T) {
 		}
 		d.c.hangUp()
 		waitFor(t, "session gone", func() bool { return h.hub.Connected() == 0 })
-		for _, u := range []store.Urgency{store.UrgencyVeryLow, store.UrgencyLow} {
-			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
+		for _, u := range []push.Urgency{push.UrgencyVeryLow, push.UrgencyLow} {
+			if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Urgency: u}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -151,8 +151,8 @@ func TestPushWakesOfflineDevice(t *testing.T) {
 			t.Fatalf("low urgency woke: %v", wakes)
 		}
 		before := time.Now()
-		for _, u := range []store.Urgency{store.UrgencyNormal, store.UrgencyHigh} {
-			if _, err := h.hub.Push(context.Background(), relay.Message{Endpoint: s.ep, TTL: time.Hour, Urgency: u}); err != nil {
+		for _, u := range []push.Urgency{push.UrgencyNormal, push.UrgencyHigh} {
+			if _, err := h.hub.Push(context.Background(), push.Message{UAID: push.UAID(s.ep.UAID), Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Urgency: u}); err != nil {
 				t.Fatal(err)
 			}
 		}

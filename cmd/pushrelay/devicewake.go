@@ -12,9 +12,9 @@ import (
 
 	"github.com/pushrelay/pushrelay/discovery"
 	"github.com/pushrelay/pushrelay/kick"
+	pushtypes "github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
-	"github.com/pushrelay/pushrelay/relay/store"
 )
 
 // wakeDevice is `pushrelay device --wake ADDR`: a device that sleeps. It
@@ -178,7 +178,7 @@ func (d *wakeDevice) datagram(b []byte) bool {
 	if d.o.wakeCompat {
 		return true
 	}
-	u, err := store.ParseUAID(d.st.UAID)
+	u, err := pushtypes.ParseUAID(d.st.UAID)
 	if err != nil {
 		return false
 	}

@@ -13,9 +13,9 @@ import (
 
 	"github.com/pushrelay/pushrelay/discovery"
 	"github.com/pushrelay/pushrelay/kick"
+	pushtypes "github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
-	"github.com/pushrelay/pushrelay/relay/store"
 
 	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
@@ -120,7 +120,7 @@ func (s *sleeper) verify(b []byte) bool {
 	if err != nil {
 		s.t.Fatal(err)
 	}
-	u, _ := store.ParseUAID(s.uaid)
+	u, _ := pushtypes.ParseUAID(s.uaid)
 	_, ok := kick.Verify(key, u, b)
 	return ok
 }

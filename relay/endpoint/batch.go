@@ -18,6 +18,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/token"
 	"github.com/pushrelay/pushrelay/relay/vapid"
 )
@@ -349,7 +350,7 @@ func (a *API) postBatch(ctx *fasthttp.RequestCtx) {
 	// fasthttp's pool while the store writes.
 	ctx.Request.ResetBody()
 	results := make([]batchResult, len(items))
-	msgs := make([]relay.Message, 0, len(items))
+	msgs := make([]push.Message, 0, len(items))
 	at := make([]int, 0, len(items)) // index in items of each msgs entry
 	for i := range items {
 		m, aerr := a.parseBatchMessage(&items[i], auth)
@@ -363,7 +364,7 @@ func (a *API) postBatch(ctx *fasthttp.RequestCtx) {
 	items = nil // the decoded strings can go
 	if len(msgs) > 0 {
 		pctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
-		rs, err := a.cfg.Pusher.PushBatch(pctx, msgs)
+		rs, err := a.cfg.Pusher.Ingest(pctx, msgs)
 		cancel()
 		if err != nil {
 			a.refuseBatch(ctx, a.storeFailed("batch push", err))
@@ -430,15 +431,15 @@ func (a *API) refuseBatch(ctx *fasthttp.RequestCtx, e *apiError) {
 
 // parseBatchMessage validates one message of a batch as a single POST
 // validates its request.
-func (a *API) parseBatchMessage(b *batchMessage, auth batchAuth) (relay.Message, *apiError) {
+func (a *API) parseBatchMessage(b *batchMessage, auth batchAuth) (push.Message, *apiError) {
 	ep, aerr := a.batchEndpoint(b)
 	if aerr != nil {
-		return relay.Message{}, aerr
+		return push.Message{}, aerr
 	}
 	if aerr := auth.permits(ep); aerr != nil {
-		return relay.Message{}, aerr
+		return push.Message{}, aerr
 	}
-	m := relay.Message{Endpoint: ep}
+	m := a.messageFor(ep)
 	if len(b.TTL) == 0 || string(b.TTL) == "null" {
 		return m, errMissingTTL
 	}

@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +17,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
@@ -275,17 +277,21 @@ func TestBatchLimits(t *testing.T) {
 	}
 }
 
-// gatePusher holds every batch until released; single posts go to the
-// hub.
+// gatePusher holds every call until released, except while pass is set
+// (single posts and batches both come through Ingest); then it goes
+// straight to the hub.
 type gatePusher struct {
 	Pusher
 	started, release chan struct{}
+	pass             atomic.Bool
 }
 
-func (p *gatePusher) PushBatch(ctx context.Context, ms []relay.Message) ([]relay.Result, error) {
-	p.started <- struct{}{}
-	<-p.release
-	return p.Pusher.PushBatch(ctx, ms)
+func (p *gatePusher) Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error) {
+	if !p.pass.Load() {
+		p.started <- struct{}{}
+		<-p.release
+	}
+	return p.Pusher.Ingest(ctx, ms)
 }
 
 // At most BatchConcurrency batches are held at once; one more is answered
@@ -306,9 +312,11 @@ func TestBatchConcurrency(t *testing.T) {
 	if r.code != 503 || r.errno != 121 || r.header.Get("Retry-After") == "" {
 		t.Errorf("second batch: %d %s %v", r.code, r.body, r.header)
 	}
+	p.pass.Store(true)
 	if r := e.do("POST", base+s.path(t, e.base), nil, map[string]string{"TTL": "60"}); r.code != 201 {
 		t.Errorf("single post while the batch slot is taken: %d %s", r.code, r.body)
 	}
+	p.pass.Store(false)
 	p.release <- struct{}{}
 	wg.Wait()
 	if first.code != 200 || first.results[0].Status != 201 || *first.results[0].QueueSize != 2 {

@@ -15,8 +15,8 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
-	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
@@ -75,7 +75,7 @@ func TestCreatedHeaders(t *testing.T) {
 		t.Fatalf("waiting = %d after DELETE, want 5", w)
 	}
 	// The stored message expires when the capped TTL says.
-	u, _ := store.ParseUAID(d.c.UAID)
+	u, _ := push.ParseUAID(d.c.UAID)
 	msgs, err := e.st.Messages(u, 0, 0)
 	if err != nil {
 		t.Fatal(err)
@@ -105,13 +105,13 @@ func TestUnversionedPathAndStoredFields(t *testing.T) {
 	if r.code != 201 {
 		t.Fatalf("POST /wpush/{token}: %d %s", r.code, r.body)
 	}
-	u, _ := store.ParseUAID(d.c.UAID)
+	u, _ := push.ParseUAID(d.c.UAID)
 	msgs, _ := e.st.Messages(u, 0, 0)
 	if len(msgs) != 1 {
 		t.Fatalf("%d messages stored", len(msgs))
 	}
 	m := msgs[0]
-	if m.Topic != "inbox" || m.Urgency != store.UrgencyHigh || m.TTL != 2*time.Minute ||
+	if m.Topic != "inbox" || m.Urgency != push.UrgencyHigh || m.TTL != 2*time.Minute ||
 		m.Encoding != "aesgcm" || m.Encryption != encHdr || m.CryptoKey != ckHdr || !bytes.Equal(m.Data, body) {
 		t.Fatalf("stored %+v", m)
 	}
@@ -403,10 +403,10 @@ func TestInternalError(t *testing.T) {
 
 type failingPusher struct{}
 
-func (failingPusher) Push(context.Context, relay.Message) (relay.Result, error) {
+func (failingPusher) Push(context.Context, push.Message) (relay.Result, error) {
 	return relay.Result{}, errors.New("disk on fire")
 }
-func (failingPusher) PushBatch(context.Context, []relay.Message) ([]relay.Result, error) {
+func (failingPusher) Ingest(context.Context, []push.Message) ([]relay.Result, error) {
 	return nil, errors.New("disk on fire")
 }
 func (failingPusher) Delete(context.Context, string) error { return errors.New("disk on fire") }
@@ -482,10 +482,10 @@ func TestUnreadableRequests(t *testing.T) {
 
 type panickingPusher struct{}
 
-func (panickingPusher) Push(context.Context, relay.Message) (relay.Result, error) {
+func (panickingPusher) Push(context.Context, push.Message) (relay.Result, error) {
 	panic("bug in the pusher")
 }
-func (panickingPusher) PushBatch(context.Context, []relay.Message) ([]relay.Result, error) {
+func (panickingPusher) Ingest(context.Context, []push.Message) ([]relay.Result, error) {
 	panic("bug in the pusher")
 }
 func (panickingPusher) Delete(context.Context, string) error { panic("bug in the pusher") }

@@ -18,6 +18,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
@@ -68,7 +69,11 @@ func newEnv(t testing.TB, tweak func(*Config)) *env {
 		t.Fatal(err)
 	}
 	base := "http://" + ln.Addr().String()
-	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, PublicURL: base, CheckKey: vapid.DecodePublicKey, Logger: log})
+	minter, err := NewMinter(tokens, base)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, Endpoints: minter, CheckKey: vapid.DecodePublicKey, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,7 +204,7 @@ type subscription struct {
 
 func (d *testDevice) subscribe(appKey []byte) *subscription {
 	d.t.Helper()
-	var id store.ChannelID
+	var id push.ChannelID
 	rand.Read(id[:])
 	id[6] = id[6]&0x0f | 0x40
 	id[8] = id[8]&0x3f | 0x80

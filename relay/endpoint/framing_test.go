@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // rawExchange writes raw on a new connection to host and reads every
@@ -205,7 +206,7 @@ type blockingPusher struct {
 	release chan struct{}
 }
 
-func (p *blockingPusher) Push(ctx context.Context, m relay.Message) (relay.Result, error) {
+func (p *blockingPusher) Push(ctx context.Context, m push.Message) (relay.Result, error) {
 	p.started <- struct{}{}
 	select {
 	case <-ctx.Done():
@@ -214,7 +215,7 @@ func (p *blockingPusher) Push(ctx context.Context, m relay.Message) (relay.Resul
 		return relay.Result{ID: "x", Stored: true}, nil
 	}
 }
-func (p *blockingPusher) PushBatch(ctx context.Context, ms []relay.Message) ([]relay.Result, error) {
+func (p *blockingPusher) Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error) {
 	rs := make([]relay.Result, len(ms))
 	for i := range rs {
 		rs[i], rs[i].Err = p.Push(ctx, ms[i])
@@ -253,7 +254,7 @@ type noSpacePusher struct {
 	full bool
 }
 
-func (p *noSpacePusher) Push(ctx context.Context, m relay.Message) (relay.Result, error) {
+func (p *noSpacePusher) Push(ctx context.Context, m push.Message) (relay.Result, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.full {
@@ -261,7 +262,7 @@ func (p *noSpacePusher) Push(ctx context.Context, m relay.Message) (relay.Result
 	}
 	return relay.Result{ID: "x", Stored: true}, nil
 }
-func (p *noSpacePusher) PushBatch(ctx context.Context, ms []relay.Message) ([]relay.Result, error) {
+func (p *noSpacePusher) Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error) {
 	rs := make([]relay.Result, len(ms))
 	for i := range rs {
 		rs[i], rs[i].Err = p.Push(ctx, ms[i])

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/ece"
-	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 func TestParseTTL(t *testing.T) {
@@ -68,15 +68,15 @@ func TestParseTopic(t *testing.T) {
 }
 
 func TestParseUrgency(t *testing.T) {
-	cases := map[string]store.Urgency{
-		"":         store.UrgencyNormal,
-		"very-low": store.UrgencyVeryLow,
-		"low":      store.UrgencyLow,
-		"normal":   store.UrgencyNormal,
-		"high":     store.UrgencyHigh,
-		"HIGH":     store.UrgencyHigh,
-		"Very-Low": store.UrgencyVeryLow,
-		" low ":    store.UrgencyLow,
+	cases := map[string]push.Urgency{
+		"":         push.UrgencyNormal,
+		"very-low": push.UrgencyVeryLow,
+		"low":      push.UrgencyLow,
+		"normal":   push.UrgencyNormal,
+		"high":     push.UrgencyHigh,
+		"HIGH":     push.UrgencyHigh,
+		"Very-Low": push.UrgencyVeryLow,
+		" low ":    push.UrgencyLow,
 	}
 	for s, want := range cases {
 		if got, aerr := ParseUrgency(s); aerr != nil || got != want {

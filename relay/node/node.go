@@ -250,10 +250,14 @@ func New(cfg Config) (_ *Node, err error) {
 	if err := d.startWake(wakeSecret); err != nil {
 		return nil, err
 	}
+	minter, err := endpoint.NewMinter(tokens, publicURL)
+	if err != nil {
+		return nil, err
+	}
 	d.hub, err = relay.New(relay.Config{
 		Store:         d.store,
 		Tokens:        tokens,
-		PublicURL:     publicURL,
+		Endpoints:     minter,
 		CheckKey:      vapid.DecodePublicKey,
 		HelloTimeout:  cfg.HelloTimeout,
 		PingInterval:  cfg.PingInterval,

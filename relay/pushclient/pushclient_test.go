@@ -13,7 +13,9 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 	"github.com/pushrelay/pushrelay/relay/store"
@@ -46,7 +48,11 @@ func newRelay(t *testing.T) *relayEnv {
 	rand.Read(key)
 	tokens, _ := token.New(key)
 	reg := metrics.NewRegistry()
-	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, PublicURL: publicURL, CheckKey: vapid.DecodePublicKey, Metrics: reg})
+	minter, err := endpoint.NewMinter(tokens, publicURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	hub, err := relay.New(relay.Config{Store: st, Tokens: tokens, Endpoints: minter, CheckKey: vapid.DecodePublicKey, Metrics: reg})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -77,7 +83,7 @@ func (e *relayEnv) dial() *pushclient.Client {
 }
 
 // push sends an app-server message to the endpoint URL a register gave.
-func (e *relayEnv) push(endpoint string, m relay.Message) (relay.Result, error) {
+func (e *relayEnv) push(endpoint string, m push.Message) (relay.Result, error) {
 	e.t.Helper()
 	version := 1
 	if strings.Contains(endpoint, "/wpush/v2/") {
@@ -87,7 +93,7 @@ func (e *relayEnv) push(endpoint string, m relay.Message) (relay.Result, error) 
 	if err != nil {
 		e.t.Fatalf("endpoint %s: %v", endpoint, err)
 	}
-	m.Endpoint = ep
+	m.UAID, m.Channel = push.UAID(ep.UAID), push.ChannelID(ep.Channel)
 	if m.TTL == 0 {
 		m.TTL = time.Hour
 	}
@@ -150,7 +156,7 @@ func TestRoundTrips(t *testing.T) {
 		t.Fatalf("ping: %v", err)
 	}
 
-	res, err := e.push(r.PushEndpoint, relay.Message{Data: []byte("payload"), Encoding: "aes128gcm"})
+	res, err := e.push(r.PushEndpoint, push.Message{Data: []byte("payload"), Encoding: "aes128gcm"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -167,7 +173,7 @@ func TestRoundTrips(t *testing.T) {
 	if err != nil || u.Status != 200 || u.ChannelID != ch {
 		t.Fatalf("unregister: %+v, %v", u, err)
 	}
-	if _, err := e.push(r.PushEndpoint, relay.Message{}); !errors.Is(err, relay.ErrNoSubscription) {
+	if _, err := e.push(r.PushEndpoint, push.Message{}); !errors.Is(err, relay.ErrNoSubscription) {
 		t.Fatalf("push after unregister: %v", err)
 	}
 
@@ -195,7 +201,7 @@ func TestSimplePushDevice(t *testing.T) {
 		t.Fatalf("register: %+v, %v", r, err)
 	}
 	for _, v := range []uint64{3, 4} {
-		if _, err := e.push(r.PushEndpoint, relay.Message{Version: v}); err != nil {
+		if _, err := e.push(r.PushEndpoint, push.Message{Version: v}); err != nil {
 			t.Fatal(err)
 		}
 		n, err := c.Next(time.Now().Add(5 * time.Second))
@@ -222,7 +228,7 @@ func TestExpectKeepsNotifications(t *testing.T) {
 		t.Fatal(err)
 	}
 	for i := range 3 {
-		if _, err := e.push(r.PushEndpoint, relay.Message{Data: []byte{byte('a' + i)}, Encoding: "aes128gcm"}); err != nil {
+		if _, err := e.push(r.PushEndpoint, push.Message{Data: []byte{byte('a' + i)}, Encoding: "aes128gcm"}); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -14,6 +14,13 @@ type AppendResult struct {
 	// stored, and after any oldest message its cap dropped (expired
 	// messages the sweeper has not removed yet included).
 	Queue int
+	// Duplicate is set when the message's origin key was appended before
+	// and that message's TTL has not ended: nothing was stored, and
+	// Message.Seq is the first one's seq. Waiting says whether the first
+	// one still waits for its device; if not, it was acked (or deleted,
+	// replaced, dropped) meanwhile. The caller acks its source again; the
+	// device does not see the message twice.
+	Duplicate, Waiting bool
 	// Err is the message's own rejection (ErrNoChannel, ErrZeroTTL,
 	// ErrBadMessage, possibly wrapped), or nil when it was stored.
 	Err error
@@ -88,6 +95,7 @@ func (s *Store) AppendBatch(ctx context.Context, ms []Message) ([]AppendResult, 
 		if op.out != nil && res[i].Err == nil {
 			res[i].Message.Seq = op.out.seq
 			res[i].Queue = op.out.queue
+			res[i].Duplicate, res[i].Waiting = op.out.dup, op.out.waiting
 		}
 	}
 	return res, nil

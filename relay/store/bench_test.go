@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -95,7 +96,7 @@ func benchAppend(b *testing.B, mode string, conc int) {
 	b.ReportMetric(float64(b.N)/float64(max(commits, 1)), "msgs/commit")
 }
 
-func benchUAID(w int) UAID { return UAID{0xbe, byte(w >> 8), byte(w)} }
+func benchUAID(w int) push.UAID { return push.UAID{0xbe, byte(w >> 8), byte(w)} }
 
 // BenchmarkOpenLarge times Open of a store holding many waiting messages.
 // The fill is slow, so it runs only when PUSHRELAY_STORE_BENCH_MSGS is set

@@ -53,7 +53,7 @@ func TestMigrationFromV3(t *testing.T) {
 		return err
 	})
 	s := openTest(t, Options{Path: path})
-	if v := fileSchema(t, s); v != 4 || schemaVersion() < 4 {
+	if v := fileSchema(t, s); v != schemaVersion() || v < 4 {
 		t.Fatalf("schema %d after migration", v)
 	}
 	if err := s.PutBroadcasts(context.Background(), map[string]string{"a": "1"}); err != nil {

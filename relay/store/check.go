@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -165,7 +166,7 @@ func walk(tx *bolt.Tx, r *Report) {
 		r.problem("%v", err)
 	}
 	bk["devices"].ForEach(func(k, v []byte) error {
-		var u UAID
+		var u push.UAID
 		if len(k) != len(u) {
 			r.problem("%v", corrupt("device key", k))
 			return nil
@@ -214,20 +215,28 @@ func walk(tx *bolt.Tx, r *Report) {
 		return nil
 	})
 	bk["expiry"].ForEach(func(k, v []byte) error {
-		if len(k) != 32 || len(v) != 0 {
+		if len(k) != 32 {
 			r.problem("%v", corrupt("expiry row", k))
+		} else if len(v) != 0 {
+			// Names the message's origin key (schema 5).
+			if _, err := push.DecodeOrigin(v); err != nil || schema < 5 {
+				r.problem("%v", corrupt("expiry row", k))
+			}
 		}
 		return nil
 	})
 	if schema >= 4 {
 		checkBroadcasts(tx, r)
 	}
+	if schema >= 5 {
+		checkOrigins(tx, r)
+	}
 }
 
-func splitChannelKey(k []byte) (UAID, ChannelID, bool) {
+func splitChannelKey(k []byte) (push.UAID, push.ChannelID, bool) {
 	var (
-		u  UAID
-		id ChannelID
+		u  push.UAID
+		id push.ChannelID
 	)
 	if len(k) != 32 {
 		return u, id, false
@@ -237,8 +246,8 @@ func splitChannelKey(k []byte) (UAID, ChannelID, bool) {
 	return u, id, true
 }
 
-func splitMessageKey(k []byte) (UAID, uint64, bool) {
-	var u UAID
+func splitMessageKey(k []byte) (push.UAID, uint64, bool) {
+	var u push.UAID
 	if len(k) != 24 {
 		return u, 0, false
 	}
@@ -359,4 +368,21 @@ func openError(path string, err error) error {
 		return fmt.Errorf("store %s: %w", path, err)
 	}
 	return fmt.Errorf("%w: %s: %v", ErrDamaged, path, err)
+}
+
+// checkOrigins decodes the origin-key index (schema 5 and later).
+func checkOrigins(tx *bolt.Tx, r *Report) {
+	b := tx.Bucket(bucketOrigins)
+	if b == nil {
+		r.problem("bucket %s missing", bucketOrigins)
+		return
+	}
+	b.ForEach(func(k, v []byte) error {
+		if _, err := push.DecodeOrigin(k); err != nil {
+			r.problem("%v", corrupt("origin key", k))
+		} else if _, ok := decodeOriginValue(v); !ok {
+			r.problem("%v", corrupt("origin row", k))
+		}
+		return nil
+	})
 }

@@ -6,28 +6,30 @@ import (
 	"fmt"
 	"math"
 	"time"
+
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // Keys are fixed-width big-endian binary so that cursor order is numeric
 // order and a UAID's rows are one contiguous range.
 
-func deviceKey(u UAID) []byte { k := make([]byte, 16); copy(k, u[:]); return k }
+func deviceKey(u push.UAID) []byte { k := make([]byte, 16); copy(k, u[:]); return k }
 
-func channelKey(u UAID, id ChannelID) []byte {
+func channelKey(u push.UAID, id push.ChannelID) []byte {
 	k := make([]byte, 32)
 	copy(k, u[:])
 	copy(k[16:], id[:])
 	return k
 }
 
-func messageKey(u UAID, seq uint64) []byte {
+func messageKey(u push.UAID, seq uint64) []byte {
 	k := make([]byte, 24)
 	copy(k, u[:])
 	binary.BigEndian.PutUint64(k[16:], seq)
 	return k
 }
 
-func topicKey(u UAID, id ChannelID, topic string) []byte {
+func topicKey(u push.UAID, id push.ChannelID, topic string) []byte {
 	k := make([]byte, 32+len(topic))
 	copy(k, u[:])
 	copy(k[16:], id[:])
@@ -35,7 +37,7 @@ func topicKey(u UAID, id ChannelID, topic string) []byte {
 	return k
 }
 
-func expiryKey(expiry uint64, u UAID, seq uint64) []byte {
+func expiryKey(expiry uint64, u push.UAID, seq uint64) []byte {
 	k := make([]byte, 32)
 	binary.BigEndian.PutUint64(k, expiry)
 	copy(k[8:], u[:])
@@ -97,7 +99,7 @@ func encodeDevice(d Device) []byte {
 	return b
 }
 
-func decodeDevice(u UAID, b []byte) (Device, error) {
+func decodeDevice(u push.UAID, b []byte) (Device, error) {
 	if len(b) < deviceFixed || b[0] != deviceV1 {
 		return Device{}, corrupt("device", u[:])
 	}
@@ -135,7 +137,7 @@ func encodeChannel(c Channel) []byte {
 	return b
 }
 
-func decodeChannel(u UAID, id ChannelID, b []byte) (Channel, error) {
+func decodeChannel(u push.UAID, id push.ChannelID, b []byte) (Channel, error) {
 	if len(b) < channelFixed || b[0] != channelV1 {
 		return Channel{}, corrupt("channel", channelKey(u, id))
 	}
@@ -173,12 +175,12 @@ func encodeMessage(m *Message) []byte {
 
 // msgHeader is the part of a message the indexes need.
 type msgHeader struct {
-	channel ChannelID
+	channel push.ChannelID
 	expiry  uint64
 	topic   string
 }
 
-func decodeHeader(u UAID, seq uint64, b []byte) (msgHeader, error) {
+func decodeHeader(u push.UAID, seq uint64, b []byte) (msgHeader, error) {
 	if len(b) < messageFixed || b[0] != messageV1 {
 		return msgHeader{}, corrupt("message", messageKey(u, seq))
 	}
@@ -192,7 +194,7 @@ func decodeHeader(u UAID, seq uint64, b []byte) (msgHeader, error) {
 	return h, nil
 }
 
-func decodeMessage(u UAID, seq uint64, b []byte) (Message, error) {
+func decodeMessage(u push.UAID, seq uint64, b []byte) (Message, error) {
 	if len(b) < messageFixed || b[0] != messageV1 {
 		return Message{}, corrupt("message", messageKey(u, seq))
 	}
@@ -202,7 +204,7 @@ func decodeMessage(u UAID, seq uint64, b []byte) (Message, error) {
 		Received: nanosTime(binary.BigEndian.Uint64(b[17:])),
 		TTL:      time.Duration(binary.BigEndian.Uint64(b[25:])),
 		Expiry:   nanosTime(binary.BigEndian.Uint64(b[33:])),
-		Urgency:  Urgency(b[41]),
+		Urgency:  push.Urgency(b[41]),
 		Version:  binary.BigEndian.Uint64(b[42:]),
 	}
 	copy(m.Channel[:], b[1:17])

@@ -1,8 +1,8 @@
 // Package store is pushrelay's durable state, kept in one bbolt file.
 //
 // It is the only package that imports bbolt; the rest of pushrelay sees
-// typed methods (Register, Append, Messages, Ack, ...) and the types in
-// types.go. Values are copied out of transactions, never aliased.
+// typed methods (Register, Append, Messages, Ack, ...), the types in
+// types.go and the domain types of package push. Values are copied out of transactions, never aliased.
 //
 // # Layout
 //
@@ -14,11 +14,12 @@
 //	messages  uaid(16) seq(8)                   → message record
 //	          (bucket sequence = last seq issued, global, persisted)
 //	topics    uaid(16) chid(16) topic(≤255)     → seq(8)
-//	expiry    expiry(8, Unix ns) uaid(16) seq(8) → (empty)
+//	expiry    expiry(8, Unix ns) uaid(16) seq(8) → origin key, or empty
 //	meta      "schema"                          → version(8)
 //	          "devices" | "channels" | "waiting" → total(8)
 //	          "clean"                           → 1 (clean-close mark)
 //	broadcasts id(≤128)                         → version(≤128)
+//	origins   kind(1) id(≤96)                   → uaid(16) seq(8) expiry(8)
 //
 // Records start with a format byte (currently 1 for all):
 //
@@ -38,6 +39,18 @@
 // counts the device's rows the first time Append needs them for the cap
 // and then keeps the count in memory; Device counts them. A channel's
 // row implies its device's record.
+//
+// # Origin keys
+//
+// A message appended with an origin key (push.Origin: where it came from
+// and its id there) is indexed in origins, in the same transaction, and
+// its expiry row names the key. An append whose key is in the index and
+// whose TTL has not ended stores nothing and reports the first (its seq,
+// and whether it still waits), so a source that re-sends is acked again
+// and the device sees the message once, across restarts. The key outlives
+// the message's ack (removeMessage leaves an expiry row that names a key)
+// and the sweep removes both when the TTL ends, so the index holds at most
+// one row per message appended within the longest TTL.
 //
 // # Schema
 //

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
 	"math/rand/v2"
 	"path/filepath"
 	"slices"
@@ -11,26 +12,36 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // The model is what the store should hold, kept the simple way.
 type modelMsg struct {
 	seq    uint64
-	ch     ChannelID
+	ch     push.ChannelID
 	topic  string
 	expiry time.Time
 	data   string
 }
 
 type modelDev struct {
-	chans map[ChannelID]string // channel → key
-	msgs  []modelMsg           // in seq order
+	chans map[push.ChannelID]string // channel → key
+	msgs  []modelMsg                // in seq order
 }
 
 type model struct {
-	devs    map[UAID]*modelDev
+	devs    map[push.UAID]*modelDev
 	deleted map[string]int
 	lastSeq uint64
+	// origins: the message first appended with each origin key, until
+	// a sweep after its expiry.
+	origins map[push.Origin]modelOrigin
+}
+
+type modelOrigin struct {
+	uaid   push.UAID
+	seq    uint64
+	expiry time.Time
 }
 
 func (m *model) totals() Stats {
@@ -79,7 +90,7 @@ func TestModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { s.Close() }()
-	mod := &model{devs: map[UAID]*modelDev{}, deleted: map[string]int{}}
+	mod := &model{devs: map[push.UAID]*modelDev{}, deleted: map[string]int{}, origins: map[push.Origin]modelOrigin{}}
 
 	check := func(step int, what string) {
 		t.Helper()
@@ -89,6 +100,9 @@ func TestModel(t *testing.T) {
 		}
 		if want := mod.totals(); st != want {
 			t.Fatalf("step %d (%s): Stats %+v, model %+v", step, what, st, want)
+		}
+		if o, _ := originRows(t, s); o != len(mod.origins) {
+			t.Fatalf("step %d (%s): %d origin keys, model %d", step, what, o, len(mod.origins))
 		}
 		for i := range nDevs {
 			u := uaid(byte(i))
@@ -151,7 +165,7 @@ func TestModel(t *testing.T) {
 				want = ErrTooManyChannels
 			default:
 				if md == nil {
-					md = &modelDev{chans: map[ChannelID]string{}}
+					md = &modelDev{chans: map[push.ChannelID]string{}}
 					mod.devs[u] = md
 				}
 				md.chans[ch] = key
@@ -179,8 +193,30 @@ func TestModel(t *testing.T) {
 			topic := []string{"", "", "a", "b"}[rng.IntN(4)]
 			ttl := time.Duration(1+rng.IntN(6)) * time.Second
 			data := fmt.Sprint("d", step)
-			what = fmt.Sprintf("append %v %v topic %q ttl %v", u, ch, topic, ttl)
-			got, err := s.Append(ctx, Message{UAID: u, Channel: ch, TTL: ttl, Topic: topic, Data: []byte(data)})
+			var origin push.Origin
+			if rng.IntN(2) == 0 {
+				origin = push.ParentOrigin([]byte{byte(rng.IntN(6))})
+			}
+			what = fmt.Sprintf("append %v %v topic %q ttl %v origin %v", u, ch, topic, ttl, origin)
+			rs, err := s.AppendBatch(ctx, []Message{{UAID: u, Channel: ch, TTL: ttl, Topic: topic, Data: []byte(data), Origin: origin}})
+			if err != nil {
+				t.Fatalf("step %d: %s: %v", step, what, err)
+			}
+			got, err := rs[0].Message, rs[0].Err
+			if first, ok := mod.origins[origin]; ok && first.expiry.After(clk.Now()) {
+				// A duplicate, whatever became of the first or its channel.
+				waiting := false
+				if fd := mod.devs[first.uaid]; fd != nil {
+					waiting = slices.ContainsFunc(fd.msgs, func(x modelMsg) bool { return x.seq == first.seq })
+				}
+				if err != nil || !rs[0].Duplicate || got.Seq != first.seq || rs[0].Waiting != waiting {
+					t.Fatalf("step %d: %s = %+v, want a duplicate of %d (waiting %v)", step, what, rs[0], first.seq, waiting)
+				}
+				break
+			}
+			if rs[0].Duplicate {
+				t.Fatalf("step %d: %s: a duplicate of nothing: %+v", step, what, rs[0])
+			}
 			if md == nil || !hasChan(md, ch) {
 				if !errors.Is(err, ErrNoChannel) {
 					t.Fatalf("step %d: %s = %v, want ErrNoChannel", step, what, err)
@@ -194,6 +230,9 @@ func TestModel(t *testing.T) {
 				t.Fatalf("step %d: seq %d after %d", step, got.Seq, mod.lastSeq)
 			}
 			mod.lastSeq = got.Seq
+			if !origin.IsZero() {
+				mod.origins[origin] = modelOrigin{uaid: u, seq: got.Seq, expiry: clk.Now().Add(ttl)}
+			}
 			if topic != "" {
 				mod.remove(md, func(x modelMsg) string {
 					if x.ch == ch && x.topic == topic {
@@ -286,6 +325,7 @@ func TestModel(t *testing.T) {
 			if err != nil || n != want {
 				t.Fatalf("step %d: %s = %d, %v; want %d", step, what, n, err, want)
 			}
+			maps.DeleteFunc(mod.origins, func(_ push.Origin, o modelOrigin) bool { return !o.expiry.After(clk.Now()) })
 		default: // touch
 			what = fmt.Sprintf("touch %v", u)
 			if err := s.Touch(ctx, u, clk.Now()); err != nil {
@@ -313,7 +353,7 @@ func TestModel(t *testing.T) {
 	check(steps, "reopen")
 }
 
-func hasChan(d *modelDev, ch ChannelID) bool {
+func hasChan(d *modelDev, ch push.ChannelID) bool {
 	_, ok := d.chans[ch]
 	return ok
 }

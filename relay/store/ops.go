@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -17,7 +18,7 @@ const sweepChunk = 10000
 // ---- devices ----
 
 // Device returns u's record, or false if it has none.
-func (s *Store) Device(u UAID) (Device, bool, error) {
+func (s *Store) Device(u push.UAID) (Device, bool, error) {
 	var (
 		d  Device
 		ok bool
@@ -40,7 +41,7 @@ func (s *Store) Device(u UAID) (Device, bool, error) {
 // about each device of us: whether it has a record, its wake blob, and
 // whether any message waits for it. fn is called once per device, in
 // order; wake is valid only during the call.
-func (s *Store) WakeStates(us []UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error {
+func (s *Store) WakeStates(us []push.UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error {
 	return s.view(func(tx *bolt.Tx) error {
 		devices := tx.Bucket(bucketDevices)
 		c := tx.Bucket(bucketMessages).Cursor()
@@ -63,7 +64,7 @@ func (s *Store) WakeStates(us []UAID, fn func(i int, ok bool, wake []byte, waiti
 
 // Touch sets u's LastSeen to now if u has a record; otherwise it does
 // nothing.
-func (s *Store) Touch(ctx context.Context, u UAID, now time.Time) error {
+func (s *Store) Touch(ctx context.Context, u push.UAID, now time.Time) error {
 	return s.do(ctx, func(t *txn) error {
 		d, ok, err := t.device(u)
 		if err != nil || !ok {
@@ -82,7 +83,7 @@ func (s *Store) Touch(ctx context.Context, u UAID, now time.Time) error {
 // nothing is written either. Without a record for u, fn sees nil and
 // UpdateWake creates the record (as Register would) if create is true,
 // and otherwise fails with ErrNoDevice.
-func (s *Store) UpdateWake(ctx context.Context, u UAID, create bool, fn func(old []byte) ([]byte, error)) error {
+func (s *Store) UpdateWake(ctx context.Context, u push.UAID, create bool, fn func(old []byte) ([]byte, error)) error {
 	return s.do(ctx, func(t *txn) error {
 		d, ok, err := t.device(u)
 		if err != nil {
@@ -110,7 +111,7 @@ func (s *Store) UpdateWake(ctx context.Context, u UAID, create bool, fn func(old
 
 // DeleteDevice removes u's record, channels and messages (counted as
 // unregistered). Deleting an unknown device is not an error.
-func (s *Store) DeleteDevice(ctx context.Context, u UAID) error {
+func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
 	return s.do(ctx, func(t *txn) error {
 		_, ok, err := t.device(u)
 		if err != nil {
@@ -190,7 +191,7 @@ func (s *Store) Register(ctx context.Context, c Channel) error {
 }
 
 // Channel returns one channel, or false if it is not registered.
-func (s *Store) Channel(u UAID, id ChannelID) (Channel, bool, error) {
+func (s *Store) Channel(u push.UAID, id push.ChannelID) (Channel, bool, error) {
 	var (
 		c  Channel
 		ok bool
@@ -209,12 +210,12 @@ func (s *Store) Channel(u UAID, id ChannelID) (Channel, bool, error) {
 }
 
 // Channels returns u's channels ordered by ID.
-func (s *Store) Channels(u UAID) ([]Channel, error) {
+func (s *Store) Channels(u push.UAID) ([]Channel, error) {
 	var out []Channel
 	err := s.view(func(tx *bolt.Tx) error {
 		c := tx.Bucket(bucketChannels).Cursor()
 		for k, v := c.Seek(u[:]); k != nil && bytes.HasPrefix(k, u[:]); k, v = c.Next() {
-			var id ChannelID
+			var id push.ChannelID
 			copy(id[:], k[16:])
 			ch, err := decodeChannel(u, id, v)
 			if err != nil {
@@ -229,7 +230,7 @@ func (s *Store) Channels(u UAID) ([]Channel, error) {
 
 // Unregister removes a channel and its waiting messages (counted as
 // unregistered). It reports false if the channel did not exist.
-func (s *Store) Unregister(ctx context.Context, u UAID, id ChannelID) (bool, error) {
+func (s *Store) Unregister(ctx context.Context, u push.UAID, id push.ChannelID) (bool, error) {
 	key := channelKey(u, id)
 	var existed bool
 	err := s.do(ctx, func(t *txn) error {
@@ -267,7 +268,9 @@ func (s *Store) Unregister(ctx context.Context, u UAID, id ChannelID) (bool, err
 // ---- messages ----
 
 // Append stores m and returns it with its Seq (and Received and Expiry
-// filled in when they were zero). The channel must be registered
+// filled in when they were zero). A message whose origin key was appended
+// before, while that one's TTL lasts, is not stored again: Append returns
+// it with the first one's Seq (AppendBatch tells more). The channel must be registered
 // (ErrNoChannel); m.TTL must be positive (ErrZeroTTL). A waiting message
 // with the same non-empty Topic on the same channel is replaced (counted
 // as replaced_topic) and the new one gets a new Seq. If the device then
@@ -291,6 +294,9 @@ func (s *Store) Append(ctx context.Context, m Message) (Message, error) {
 type appendOutcome struct {
 	seq   uint64
 	queue int
+	// dup: the origin key was appended before (seq is the first's);
+	// waiting: the first still waits.
+	dup, waiting bool
 }
 
 // appendOp validates and completes m and returns the op that stores it
@@ -310,6 +316,13 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 	if m.Expiry.IsZero() {
 		m.Expiry = m.Received.Add(m.TTL)
 	}
+	var okey []byte
+	if !m.Origin.IsZero() {
+		var err error
+		if okey, err = m.Origin.AppendBinary(nil); err != nil {
+			return nil, nil, fmt.Errorf("%w: %w", ErrBadMessage, err)
+		}
+	}
 	m.Seq = 0
 	val := encodeMessage(m)
 	exp := timeNanos(m.Expiry)
@@ -324,6 +337,18 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 		stored.Data = val[len(val)-len(m.Data):]
 	}
 	apply := func(t *txn) error {
+		out.dup, out.waiting = false, false
+		if okey != nil {
+			// The same origin key again while the first one's TTL lasts:
+			// report the first, store nothing.
+			if first, ok, err := t.origin(okey); err != nil {
+				return err
+			} else if ok {
+				out.dup, out.seq, out.queue = true, first.seq, 0
+				out.waiting = t.messages.Get(messageKey(first.uaid, first.seq)) != nil
+				return nil
+			}
+		}
 		// A channel implies its device's record (Register writes both,
 		// DeleteDevice removes both).
 		if t.channels.Get(channelKey(u, ch)) == nil {
@@ -352,8 +377,15 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 		if err := t.messages.Put(messageKey(u, *seq), val); err != nil {
 			return err
 		}
-		if err := t.expiry.Put(expiryKey(exp, u, *seq), nil); err != nil {
+		// The expiry row names the origin key (if any), so the sweep
+		// removes the key when the TTL ends, acked or not.
+		if err := t.expiry.Put(expiryKey(exp, u, *seq), okey); err != nil {
 			return err
+		}
+		if okey != nil {
+			if err := t.origins.Put(okey, originValue(u, *seq, exp)); err != nil {
+				return err
+			}
 		}
 		if tk != nil {
 			if err := t.topics.Put(tk, seqValue(*seq)); err != nil {
@@ -384,7 +416,7 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 
 // Messages returns up to limit (all if limit <= 0) of u's unexpired
 // messages with Seq > afterSeq, in Seq order.
-func (s *Store) Messages(u UAID, afterSeq uint64, limit int) ([]Message, error) {
+func (s *Store) Messages(u push.UAID, afterSeq uint64, limit int) ([]Message, error) {
 	now := timeNanos(s.now())
 	var out []Message
 	err := s.view(func(tx *bolt.Tx) error {
@@ -413,7 +445,7 @@ func (s *Store) Messages(u UAID, afterSeq uint64, limit int) ([]Message, error) 
 
 // Ack deletes u's messages with the given seqs (counted as acked) and
 // returns how many existed. Unknown seqs are ignored.
-func (s *Store) Ack(ctx context.Context, u UAID, seqs ...uint64) (int, error) {
+func (s *Store) Ack(ctx context.Context, u push.UAID, seqs ...uint64) (int, error) {
 	if len(seqs) == 0 {
 		return 0, nil
 	}
@@ -440,7 +472,7 @@ func (s *Store) Ack(ctx context.Context, u UAID, seqs ...uint64) (int, error) {
 
 // Delete removes message seq if it belongs to channel ch of u (the app
 // server's DELETE, counted as deleted), reporting whether it did.
-func (s *Store) Delete(ctx context.Context, u UAID, ch ChannelID, seq uint64) (bool, error) {
+func (s *Store) Delete(ctx context.Context, u push.UAID, ch push.ChannelID, seq uint64) (bool, error) {
 	var deleted bool
 	err := s.do(ctx, func(t *txn) error {
 		deleted = false
@@ -468,9 +500,9 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 		err := s.do(ctx, func(t *txn) error {
 			n, more = 0, false
 			now := timeNanos(t.now)
-			var keys [][]byte
+			var keys, okeys [][]byte
 			c := t.expiry.Cursor()
-			for k, _ := c.First(); k != nil; k, _ = c.Next() {
+			for k, v := c.First(); k != nil; k, v = c.Next() {
 				if len(k) != 32 {
 					return corrupt("expiry key", k)
 				}
@@ -482,9 +514,15 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 					break
 				}
 				keys = append(keys, bytes.Clone(k))
+				okeys = append(okeys, bytes.Clone(v))
 			}
-			for _, k := range keys {
-				var u UAID
+			for i, k := range keys {
+				// The origin key (if any) ends with the TTL, whether the
+				// message was acked or still waits.
+				if err := t.dropOrigin(okeys[i], k[8:]); err != nil {
+					return err
+				}
+				var u push.UAID
 				copy(u[:], k[8:24])
 				seq := binary.BigEndian.Uint64(k[24:])
 				h, ok, err := t.header(u, seq)

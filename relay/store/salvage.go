@@ -7,12 +7,16 @@ import (
 	"os"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
 // SalvageReport counts what Salvage copied and what it left behind.
 type SalvageReport struct {
 	Devices, Channels, Messages int64 // rows copied
+	// Origins counts the origin keys copied (each with its expiry row,
+	// so it still ends with its message's TTL).
+	Origins int64
 	// DamagedRegions counts the pages skipped (each with the pages
 	// below it) because they could not be read; BadRows the rows that
 	// did not decode; Orphans the messages whose channel was lost.
@@ -89,7 +93,7 @@ type salvageWriter struct {
 }
 
 type salvageTx struct {
-	devices, channels, messages, topics, expiry *bolt.Bucket
+	devices, channels, messages, topics, expiry, origins *bolt.Bucket
 }
 
 func (w *salvageWriter) add(fn func(t *salvageTx) error) error {
@@ -108,6 +112,7 @@ func (w *salvageWriter) flush() error {
 		t := &salvageTx{
 			devices: tx.Bucket(bucketDevices), channels: tx.Bucket(bucketChannels),
 			messages: tx.Bucket(bucketMessages), topics: tx.Bucket(bucketTopics), expiry: tx.Bucket(bucketExpiry),
+			origins: tx.Bucket(bucketOrigins),
 		}
 		t.messages.FillPercent, t.expiry.FillPercent = appendFillPercent, appendFillPercent
 		for _, fn := range w.pending {
@@ -130,7 +135,7 @@ func (w *salvageWriter) copyAll() error {
 	// Devices, with their channel count zeroed: channels count themselves
 	// in as they are copied.
 	err := w.scan(bucketDevices, func(k, v []byte) error {
-		var u UAID
+		var u push.UAID
 		copy(u[:], k)
 		d, err := decodeDevice(u, v)
 		if len(k) != 16 || err != nil {
@@ -223,6 +228,9 @@ func (w *salvageWriter) copyAll() error {
 	if err := w.flush(); err != nil {
 		return err
 	}
+	if err := w.copyOrigins(); err != nil {
+		return err
+	}
 	if err := w.copyBroadcasts(); err != nil {
 		return err
 	}
@@ -293,6 +301,33 @@ func (w *salvageWriter) scan(name []byte, fn func(k, v []byte) error) error {
 		w.rep.DamagedRegions++
 	}
 	return nil
+}
+
+// copyOrigins copies the origin-key index (schema 5 and later), acked
+// messages' keys included, and rebuilds the expiry row that ends each.
+func (w *salvageWriter) copyOrigins() error {
+	if _, ok := w.geo.roots[string(bucketOrigins)]; !ok {
+		return nil
+	}
+	err := w.scan(bucketOrigins, func(k, v []byte) error {
+		e, ok := decodeOriginValue(v)
+		if _, err := push.DecodeOrigin(k); err != nil || !ok {
+			w.rep.BadRows++
+			return nil
+		}
+		key := bytes.Clone(k)
+		w.rep.Origins++
+		return w.add(func(t *salvageTx) error {
+			if err := t.origins.Put(key, originValue(e.uaid, e.seq, e.expiry)); err != nil {
+				return err
+			}
+			return t.expiry.Put(expiryKey(e.expiry, e.uaid, e.seq), key)
+		})
+	})
+	if err != nil {
+		return err
+	}
+	return w.flush()
 }
 
 // copyBroadcasts copies the broadcast versions, if the old file has them

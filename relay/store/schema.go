@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -16,6 +17,7 @@ var (
 	bucketTopics   = []byte("topics")
 	bucketExpiry   = []byte("expiry")
 	bucketMeta     = []byte("meta")
+	bucketOrigins  = []byte("origins")
 
 	metaSchema   = []byte("schema")
 	metaDevices  = []byte("devices")
@@ -39,6 +41,7 @@ var migrations = []migration{
 	{2, "keep device, channel and waiting totals in meta", migrateCountTotals},
 	{3, "per-device message counts leave the device record", migrateDropDeviceWaiting},
 	{4, "broadcast versions", migrateCreateBroadcasts},
+	{5, "origin-key index", migrateCreateOrigins},
 }
 
 // schemaVersion is the version this build writes.
@@ -109,7 +112,7 @@ func migrateCreateBuckets(tx *bolt.Tx) error {
 func migrateCountTotals(tx *bolt.Tx) error {
 	var devices, channels, waiting uint64
 	err := tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
-		var u UAID
+		var u push.UAID
 		if len(k) != len(u) {
 			return corrupt("device key", k)
 		}
@@ -191,6 +194,15 @@ func putTotals(meta *bolt.Bucket, t totals) error {
 		if err := meta.Put(f.key, v); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// Version 5: the origin-key index. Existing messages have no origin key,
+// so the bucket starts empty and the expiry rows stay as they are.
+func migrateCreateOrigins(tx *bolt.Tx) error {
+	if _, err := tx.CreateBucketIfNotExists(bucketOrigins); err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucketOrigins, err)
 	}
 	return nil
 }

@@ -23,7 +23,7 @@ func fileSchema(t *testing.T, s *Store) uint64 {
 func checkBuckets(t *testing.T, s *Store) {
 	t.Helper()
 	if err := s.view(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketChannels, bucketMessages, bucketTopics, bucketExpiry, bucketMeta, bucketBroadcasts} {
+		for _, b := range [][]byte{bucketDevices, bucketChannels, bucketMessages, bucketTopics, bucketExpiry, bucketMeta, bucketBroadcasts, bucketOrigins} {
 			if tx.Bucket(b) == nil {
 				t.Errorf("bucket %s missing", b)
 			}

@@ -13,6 +13,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // Options configure a Store. The zero value of every field but Path is a
@@ -128,7 +129,7 @@ type Store struct {
 	// waiting counts the messages of devices the committer has seen
 	// lately, so that Append can apply the cap without a count kept on
 	// disk (schema 3). Owned by the committer; bounded by maxCachedCounts.
-	waiting                   map[UAID]int
+	waiting                   map[push.UAID]int
 	nDevices, nChans, nWait   atomic.Int64
 	nCommits                  atomic.Uint64 // successful commits, for benchmarks
 	onStored                  atomic.Pointer[func([]Message)]
@@ -563,12 +564,12 @@ func (s *Store) OnStored(fn func([]Message)) {
 const maxCachedCounts = 1 << 16
 
 // keepCounts adopts a committed transaction's message counts.
-func (s *Store) keepCounts(counts map[UAID]int) {
+func (s *Store) keepCounts(counts map[push.UAID]int) {
 	if len(counts) == 0 {
 		return
 	}
 	if s.waiting == nil || len(s.waiting)+len(counts) > maxCachedCounts {
-		s.waiting = make(map[UAID]int, len(counts))
+		s.waiting = make(map[push.UAID]int, len(counts))
 	}
 	for u, n := range counts {
 		s.waiting[u] = n

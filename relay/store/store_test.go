@@ -14,6 +14,7 @@ import (
 	bolt "go.etcd.io/bbolt"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // ---- helpers ----
@@ -74,14 +75,14 @@ func (c *fakeClock) Add(d time.Duration) {
 	c.mu.Unlock()
 }
 
-func uaid(n byte) UAID      { return UAID{0xaa, n} }
-func chid(n byte) ChannelID { return ChannelID{0xcc, n} }
+func uaid(n byte) push.UAID      { return push.UAID{0xaa, n} }
+func chid(n byte) push.ChannelID { return push.ChannelID{0xcc, n} }
 
-func msg(u UAID, ch ChannelID, data string) Message {
+func msg(u push.UAID, ch push.ChannelID, data string) Message {
 	return Message{UAID: u, Channel: ch, TTL: time.Hour, Data: []byte(data)}
 }
 
-func mustRegister(t testing.TB, s *Store, u UAID, ch ChannelID) {
+func mustRegister(t testing.TB, s *Store, u push.UAID, ch push.ChannelID) {
 	t.Helper()
 	if err := s.Register(context.Background(), Channel{UAID: u, ID: ch}); err != nil {
 		t.Fatal(err)
@@ -105,7 +106,7 @@ func datas(ms []Message) string {
 	return strings.Join(b, ",")
 }
 
-func mustMessages(t testing.TB, s *Store, u UAID) []Message {
+func mustMessages(t testing.TB, s *Store, u push.UAID) []Message {
 	t.Helper()
 	ms, err := s.Messages(u, 0, 0)
 	if err != nil {
@@ -114,7 +115,7 @@ func mustMessages(t testing.TB, s *Store, u UAID) []Message {
 	return ms
 }
 
-func checkDevice(t testing.TB, s *Store, u UAID, waiting, channels int) {
+func checkDevice(t testing.TB, s *Store, u push.UAID, waiting, channels int) {
 	t.Helper()
 	d, ok, err := s.Device(u)
 	if err != nil || !ok {
@@ -159,7 +160,7 @@ func TestRoundTrip(t *testing.T) {
 		t.Fatalf("Channel = %+v, %v, %v", c, ok, err)
 	}
 	in := Message{
-		UAID: u, Channel: ch, TTL: time.Minute, Urgency: UrgencyLow, Version: 7,
+		UAID: u, Channel: ch, TTL: time.Minute, Urgency: push.UrgencyLow, Version: 7,
 		Encoding: "aes128gcm", Data: []byte("one"),
 	}
 	m1 := mustAppend(t, s, in)
@@ -299,7 +300,7 @@ func TestTopicReplacement(t *testing.T) {
 	u := uaid(1)
 	mustRegister(t, s, u, chid(1))
 	mustRegister(t, s, u, chid(2))
-	withTopic := func(ch ChannelID, topic, data string) Message {
+	withTopic := func(ch push.ChannelID, topic, data string) Message {
 		m := msg(u, ch, data)
 		m.Topic = topic
 		return m
@@ -364,7 +365,7 @@ func TestExpiryAndSweep(t *testing.T) {
 	a, b := uaid(1), uaid(2)
 	mustRegister(t, s, a, chid(1))
 	mustRegister(t, s, b, chid(1))
-	add := func(u UAID, ttl time.Duration, data, topic string) {
+	add := func(u push.UAID, ttl time.Duration, data, topic string) {
 		m := msg(u, chid(1), data)
 		m.TTL, m.Topic = ttl, topic
 		mustAppend(t, s, m)
@@ -536,7 +537,7 @@ func TestDeleteDevice(t *testing.T) {
 	ctx := context.Background()
 	s := openTest(t, Options{})
 	u, other := uaid(1), uaid(2)
-	for _, d := range []UAID{u, other} {
+	for _, d := range []push.UAID{u, other} {
 		mustRegister(t, s, d, chid(1))
 		mustRegister(t, s, d, chid(2))
 		for i := range 3 {
@@ -672,7 +673,7 @@ func TestTouchAndWake(t *testing.T) {
 	}
 }
 
-func setWake(s *Store, u UAID, create bool, blob []byte) error {
+func setWake(s *Store, u push.UAID, create bool, blob []byte) error {
 	return s.UpdateWake(context.Background(), u, create, func([]byte) ([]byte, error) { return blob, nil })
 }
 
@@ -923,7 +924,7 @@ func TestAppendDuringClose(t *testing.T) {
 	}
 }
 
-func checkAllPresent(t *testing.T, s *Store, u UAID, seqs []uint64) {
+func checkAllPresent(t *testing.T, s *Store, u push.UAID, seqs []uint64) {
 	t.Helper()
 	ms := mustMessages(t, s, u)
 	have := make(map[uint64]bool, len(ms))
@@ -1041,7 +1042,7 @@ func TestWakeStates(t *testing.T) {
 		wake        string
 	}
 	var got []st
-	err := s.WakeStates([]UAID{a, b, none}, func(i int, ok bool, wake []byte, waiting bool) {
+	err := s.WakeStates([]push.UAID{a, b, none}, func(i int, ok bool, wake []byte, waiting bool) {
 		got = append(got, st{ok, waiting, string(wake)})
 	})
 	want := []st{{true, false, "wa"}, {true, true, ""}, {false, false, ""}}

@@ -7,6 +7,7 @@ import (
 	"slices"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -38,10 +39,10 @@ var reasonNames = [numReasons]string{
 // records, report store-wide changes in delta, and keep the committer's
 // per-device message counts (Store.waiting) through waiting.
 type txn struct {
-	tx                                                *bolt.Tx
-	devices, channels, messages, topics, expiry, meta *bolt.Bucket
-	now                                               time.Time
-	maxMessages, maxChannels                          int
+	tx                                                         *bolt.Tx
+	devices, channels, messages, topics, expiry, meta, origins *bolt.Bucket
+	now                                                        time.Time
+	maxMessages, maxChannels                                   int
 
 	delta   totals
 	stored  int
@@ -50,8 +51,8 @@ type txn struct {
 	// cached is the committer's count of messages per device, read only;
 	// waiting holds this transaction's counts, which replace those in
 	// cached if it commits.
-	cached  map[UAID]int
-	waiting map[UAID]int
+	cached  map[push.UAID]int
+	waiting map[push.UAID]int
 
 	// appended collects the messages this transaction stored, in seq
 	// order, when the Store has a stored hook; gone marks (by index) those
@@ -73,6 +74,7 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 		topics:      tx.Bucket(bucketTopics),
 		expiry:      tx.Bucket(bucketExpiry),
 		meta:        tx.Bucket(bucketMeta),
+		origins:     tx.Bucket(bucketOrigins),
 		now:         s.now(),
 		maxMessages: s.maxMessages,
 		maxChannels: s.maxChannels,
@@ -84,6 +86,9 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 	// bbolt's default half-full split doubles their size on disk.
 	t.messages.FillPercent = appendFillPercent
 	t.expiry.FillPercent = appendFillPercent
+	// Local origin ids start with the clock, so they too are appended
+	// in order, mostly.
+	t.origins.FillPercent = appendFillPercent
 	return t
 }
 
@@ -100,7 +105,7 @@ func (t *txn) countMetrics(m *storeMetrics) {
 	}
 }
 
-func (t *txn) device(u UAID) (Device, bool, error) {
+func (t *txn) device(u push.UAID) (Device, bool, error) {
 	v := t.devices.Get(u[:])
 	if v == nil {
 		return Device{}, false, nil
@@ -114,7 +119,7 @@ func (t *txn) putDevice(d Device) error {
 }
 
 // header decodes the index fields of message u/seq, or reports it absent.
-func (t *txn) header(u UAID, seq uint64) (msgHeader, bool, error) {
+func (t *txn) header(u push.UAID, seq uint64) (msgHeader, bool, error) {
 	v := t.messages.Get(messageKey(u, seq))
 	if v == nil {
 		return msgHeader{}, false, nil
@@ -126,7 +131,7 @@ func (t *txn) header(u UAID, seq uint64) (msgHeader, bool, error) {
 // messageCount returns how many messages u has: from this transaction's
 // or the committer's count, or else counted (up to the cap, a few
 // thousand rows at most) and remembered.
-func (t *txn) messageCount(u UAID) int {
+func (t *txn) messageCount(u push.UAID) int {
 	if n, ok := t.waiting[u]; ok {
 		return n
 	}
@@ -135,7 +140,7 @@ func (t *txn) messageCount(u UAID) int {
 		n = countMessages(t.messages, u)
 	}
 	if t.waiting == nil {
-		t.waiting = make(map[UAID]int)
+		t.waiting = make(map[push.UAID]int)
 	}
 	t.waiting[u] = n
 	return n
@@ -143,21 +148,21 @@ func (t *txn) messageCount(u UAID) int {
 
 // addMessages records that u's message count changed by delta, where
 // the count is known; an unknown count is counted when it is needed.
-func (t *txn) addMessages(u UAID, delta int) {
+func (t *txn) addMessages(u push.UAID, delta int) {
 	if n, ok := t.waiting[u]; ok {
 		t.waiting[u] = max(n+delta, 0)
 		return
 	}
 	if n, ok := t.cached[u]; ok {
 		if t.waiting == nil {
-			t.waiting = make(map[UAID]int)
+			t.waiting = make(map[push.UAID]int)
 		}
 		t.waiting[u] = max(n+delta, 0)
 	}
 }
 
 // countMessages counts u's rows in the messages bucket.
-func countMessages(messages *bolt.Bucket, u UAID) int {
+func countMessages(messages *bolt.Bucket, u push.UAID) int {
 	n := 0
 	c := messages.Cursor()
 	for k, _ := c.Seek(u[:]); k != nil && bytes.HasPrefix(k, u[:]); k, _ = c.Next() {
@@ -168,12 +173,16 @@ func countMessages(messages *bolt.Bucket, u UAID) int {
 
 // removeMessage deletes message u/seq and its index rows and counts it
 // under why.
-func (t *txn) removeMessage(u UAID, seq uint64, h msgHeader, why reason) error {
+func (t *txn) removeMessage(u push.UAID, seq uint64, h msgHeader, why reason) error {
 	if err := t.messages.Delete(messageKey(u, seq)); err != nil {
 		return err
 	}
-	if err := t.expiry.Delete(expiryKey(h.expiry, u, seq)); err != nil {
-		return err
+	// An expiry row that names an origin key stays until the TTL ends:
+	// the sweep removes it with the key.
+	if ek := expiryKey(h.expiry, u, seq); len(t.expiry.Get(ek)) == 0 {
+		if err := t.expiry.Delete(ek); err != nil {
+			return err
+		}
 	}
 	if h.topic != "" {
 		tk := topicKey(u, h.channel, h.topic)
@@ -235,7 +244,7 @@ func (t *txn) unappend(seq uint64) {
 
 // dropOldest removes u's oldest message; false if it has none. An
 // expired message is counted as expired, not as dropped.
-func (t *txn) dropOldest(u UAID) (bool, error) {
+func (t *txn) dropOldest(u push.UAID) (bool, error) {
 	k, v := t.messages.Cursor().Seek(u[:])
 	if k == nil || !bytes.HasPrefix(k, u[:]) {
 		return false, nil
@@ -257,7 +266,7 @@ func (t *txn) dropOldest(u UAID) (bool, error) {
 
 // uaidMessages returns the seqs and headers of u's messages, optionally
 // only those of channel ch.
-func (t *txn) uaidMessages(u UAID, ch *ChannelID) ([]uint64, []msgHeader, error) {
+func (t *txn) uaidMessages(u push.UAID, ch *push.ChannelID) ([]uint64, []msgHeader, error) {
 	var (
 		seqs []uint64
 		hs   []msgHeader
@@ -286,4 +295,59 @@ func keysWithPrefix(b *bolt.Bucket, prefix []byte) [][]byte {
 		keys = append(keys, bytes.Clone(k))
 	}
 	return keys
+}
+
+// originEntry is an origins row: the message first appended with the key.
+type originEntry struct {
+	uaid   push.UAID
+	seq    uint64
+	expiry uint64
+}
+
+// originValue encodes an origins row: uaid(16) | seq(8) | expiry(8).
+func originValue(u push.UAID, seq, expiry uint64) []byte {
+	v := make([]byte, 32)
+	copy(v, u[:])
+	binary.BigEndian.PutUint64(v[16:], seq)
+	binary.BigEndian.PutUint64(v[24:], expiry)
+	return v
+}
+
+func decodeOriginValue(v []byte) (originEntry, bool) {
+	if len(v) != 32 {
+		return originEntry{}, false
+	}
+	var e originEntry
+	copy(e.uaid[:], v)
+	e.seq = binary.BigEndian.Uint64(v[16:])
+	e.expiry = binary.BigEndian.Uint64(v[24:])
+	return e, true
+}
+
+// origin returns the message first appended with origin key okey, unless
+// its TTL has ended (a row the sweep has not removed yet is ignored, and
+// replaced by the next append with the key).
+func (t *txn) origin(okey []byte) (originEntry, bool, error) {
+	v := t.origins.Get(okey)
+	if v == nil {
+		return originEntry{}, false, nil
+	}
+	e, ok := decodeOriginValue(v)
+	if !ok {
+		return originEntry{}, false, corrupt("origin row", okey)
+	}
+	return e, e.expiry > timeNanos(t.now), nil
+}
+
+// dropOrigin removes origin key okey (none if empty) if its row still
+// names message useq (uaid(16) | seq(8)): a later append with the key may
+// have taken it over.
+func (t *txn) dropOrigin(okey, useq []byte) error {
+	if len(okey) == 0 {
+		return nil
+	}
+	if v := t.origins.Get(okey); len(v) == 32 && bytes.Equal(v[:24], useq) {
+		return t.origins.Delete(okey)
+	}
+	return nil
 }

@@ -3,6 +3,8 @@ package store
 import (
 	"bytes"
 	"context"
+
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // UpdateWakes rewrites the wake blobs of the devices us in ONE write
@@ -16,7 +18,7 @@ import (
 //
 // The wake subsystem flushes with it what it keeps in memory between
 // writes (when each device's STUN binding was last refreshed).
-func (s *Store) UpdateWakes(ctx context.Context, us []UAID, fn func(i int, old []byte) []byte) (int, error) {
+func (s *Store) UpdateWakes(ctx context.Context, us []push.UAID, fn func(i int, old []byte) []byte) (int, error) {
 	var changed int
 	err := s.do(ctx, func(t *txn) error {
 		changed = 0

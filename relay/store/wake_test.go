@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 )
 
 // UpdateWakes changes many devices' wake blobs in one commit, skips those
@@ -14,15 +15,15 @@ func TestUpdateWakes(t *testing.T) {
 	reg := metrics.NewRegistry()
 	s := openTest(t, Options{Metrics: reg})
 	ctx := context.Background()
-	var us []UAID
+	var us []push.UAID
 	for i := range 4 {
-		u := UAID{0xaa, byte(i)}
+		u := push.UAID{0xaa, byte(i)}
 		if err := s.UpdateWake(ctx, u, true, func([]byte) ([]byte, error) { return []byte{byte(i)}, nil }); err != nil {
 			t.Fatal(err)
 		}
 		us = append(us, u)
 	}
-	us = append(us, UAID{0xbb}) // no record
+	us = append(us, push.UAID{0xbb}) // no record
 	before := reg.Value("pushrelay_store_commits_total")
 	seen := map[int][]byte{}
 	n, err := s.UpdateWakes(ctx, us, func(i int, old []byte) []byte {

@@ -39,6 +39,7 @@ import (
 	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/node"
+	pushtypes "github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -615,10 +616,10 @@ func fillStore(ctx context.Context, path string, messages, perDevice int, stderr
 	fmt.Fprintf(stderr, "  filling %d messages for %d devices...\n", messages, devicesN)
 	body := make([]byte, 200)
 	now := time.Now()
-	dev := func(i int) (store.UAID, store.ChannelID) {
-		var u store.UAID
+	dev := func(i int) (pushtypes.UAID, pushtypes.ChannelID) {
+		var u pushtypes.UAID
 		copy(u[:], fmt.Sprintf("dev%013d", i))
-		var ch store.ChannelID
+		var ch pushtypes.ChannelID
 		copy(ch[:], "channel-00000001")
 		return u, ch
 	}

@@ -24,9 +24,9 @@ import (
 	"github.com/pushrelay/pushrelay/discovery"
 	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay/ece"
+	pushtypes "github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
-	"github.com/pushrelay/pushrelay/relay/store"
 )
 
 // maxWakeDevices is how many distinct loopback addresses wakeAddr hands
@@ -46,7 +46,7 @@ type wakeDev struct {
 	conn     *net.UDPConn
 	addr     netip.AddrPort // where conn is bound
 	uaid     string
-	u        store.UAID
+	u        pushtypes.UAID
 	key      []byte // raw wake key, for --auth
 	stunAddr string // from the hello reply, for --refresh
 	password string // the wake key string: the STUN password
@@ -415,7 +415,7 @@ func (d *wakeDev) setup(ctx context.Context, c *child, i int, o *wakeOpts) error
 		return fmt.Errorf("hello: status %d, want %d (accepted for UDP wake)", r.Status, pushproto.StatusWake)
 	}
 	d.uaid, d.stunAddr, d.password = r.UAID, r.STUN, r.WakeKey
-	if d.u, err = store.ParseUAID(r.UAID); err != nil {
+	if d.u, err = pushtypes.ParseUAID(r.UAID); err != nil {
 		return err
 	}
 	if d.key, err = kick.ParseKey(r.WakeKey); err != nil {
