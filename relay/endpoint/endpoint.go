@@ -64,17 +64,15 @@ type Pusher interface {
 }
 
 // messageFor starts the message of a post to ep, with a new local origin
-// key, unique to the post: what the store's origin index and every later
-// hop know the message by.
+// key, unique to the post.
 func (a *API) messageFor(ep token.Endpoint) push.Message {
 	return push.Message{UAID: push.UAID(ep.UAID), Channel: push.ChannelID(ep.Channel), Origin: push.LocalOrigin(a.localID())}
 }
 
 // localID makes a local origin id: the clock's nanoseconds, big-endian,
-// then 8 random bytes. Ids made one after another sort one after another,
-// so the store appends them at the end of its index like seqs instead of
-// writing a random page of it for every post (with 16 random bytes the
-// relay spent 1.6x the CPU per single post; see docs/benchmarks.md).
+// then 8 random bytes, unique to the post and in the order posts came.
+// The store does not index local keys (nothing can send a post again);
+// the key names the message to whatever handles it next.
 func (a *API) localID() [16]byte {
 	var id [16]byte
 	binary.BigEndian.PutUint64(id[:8], uint64(time.Now().UnixNano()))

@@ -19,7 +19,8 @@ type OriginKind uint8
 const (
 	OriginNone OriginKind = 0
 	// OriginLocal: an app server's post to this relay's endpoint API; the
-	// ID is random bytes the endpoint made for the post.
+	// ID is bytes the endpoint made for the post. Nothing can send the
+	// same post again, so the store does not index these keys.
 	OriginLocal OriginKind = 1
 	// OriginUpstream: a notification from an upstream push server; the
 	// ID is the upstream UAID, channel and version (UpstreamOrigin).

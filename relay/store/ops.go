@@ -322,6 +322,12 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 		if okey, err = m.Origin.AppendBinary(nil); err != nil {
 			return nil, nil, fmt.Errorf("%w: %w", ErrBadMessage, err)
 		}
+		if m.Origin.Kind == push.OriginLocal {
+			// A local key names a post to this relay: nothing can send
+			// it again, so an index row for it would be a write (a page
+			// per commit, on flash) that no lookup ever reads.
+			okey = nil
+		}
 	}
 	m.Seq = 0
 	val := encodeMessage(m)

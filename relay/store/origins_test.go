@@ -13,7 +13,7 @@ import (
 func originMsg(u push.UAID, ch push.ChannelID, data string, id byte, ttl time.Duration) Message {
 	m := msg(u, ch, data)
 	m.TTL = ttl
-	m.Origin = push.LocalOrigin([16]byte{0x0e, id})
+	m.Origin = push.ParentOrigin([]byte{0x0e, id})
 	return m
 }
 
@@ -272,5 +272,25 @@ func TestSalvageOrigins(t *testing.T) {
 	}
 	if o, e := originRows(t, s); o != 0 || e != 0 {
 		t.Fatalf("after the TTL: origins %d, expiry rows %d", o, e)
+	}
+}
+
+// A local key (a post to this relay) cannot come again: it is not indexed,
+// and two posts that somehow carried the same one are both stored.
+func TestLocalOriginNotIndexed(t *testing.T) {
+	s := openTest(t, Options{})
+	u, ch := uaid(1), chid(1)
+	if err := s.Register(context.Background(), Channel{UAID: u, ID: ch}); err != nil {
+		t.Fatal(err)
+	}
+	m := msg(u, ch, "post")
+	m.TTL = time.Hour
+	m.Origin = push.LocalOrigin([16]byte{1, 2, 3})
+	rs := appendBatch(t, s, m, m)
+	if rs[0].Duplicate || rs[1].Duplicate || rs[0].Message.Seq == rs[1].Message.Seq {
+		t.Fatalf("local keys deduplicated: %+v", rs)
+	}
+	if o, e := originRows(t, s); o != 0 || e != 2 {
+		t.Fatalf("%d origin rows and %d expiry rows, want 0 and 2", o, e)
 	}
 }
