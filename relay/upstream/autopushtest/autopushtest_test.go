@@ -243,14 +243,26 @@ func TestGhost(t *testing.T) {
 	uaid, ep := registered(t, s)
 	old := dial(t, s)
 	hello(t, old, uaid)
+	if code := post(t, ep, "60", "", "first"); code != 201 {
+		t.Fatalf("post: %d", code)
+	}
+	batch(t, old, 1) // and not acked
 	nu := dial(t, s)
 	hello(t, nu, uaid)
 	expectClose(t, old, 1011, "SM")
-	// Posts go to the new connection.
+	// What the ghost left unacked is stored and reaches the new
+	// connection; posts go to it too.
+	got := batch(t, nu, 1)
+	if got[0].Data != "Zmlyc3Q" {
+		t.Fatalf("got %+v", got[0])
+	}
 	if code := post(t, ep, "60", "", ""); code != 201 {
 		t.Fatalf("post: %d", code)
 	}
 	batch(t, nu, 1)
+	if st := s.Stats(); st.Connections != 3 || st.Hellos[uaid] != 3 || st.Resent != 1 {
+		t.Fatalf("stats %+v", st)
+	}
 }
 
 func TestRegisterRules(t *testing.T) {

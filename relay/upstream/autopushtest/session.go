@@ -4,6 +4,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -131,20 +132,36 @@ func (ss *session) finish() {
 	if u != nil && u.sess == ss {
 		u.sess = nil
 	}
+	kept := false
 	keep := func(m *message) {
 		if u != nil && m.ttl > 0 {
+			s.seq++
+			m.sortkey = s.seq // after what current_timestamp passed
 			s.storeLocked(u, m)
+			kept = true
 		}
 	}
+	unacked := make([]*message, 0, len(ss.unackedDirect))
 	for _, m := range ss.unackedDirect {
+		unacked = append(unacked, m)
+	}
+	sort.Slice(unacked, func(i, j int) bool { return unacked[i].sortkey < unacked[j].sortkey })
+	for _, m := range unacked {
 		keep(m)
 	}
-	for {
+	for drained := false; !drained; {
 		select {
 		case m := <-ss.direct:
 			keep(m)
 		default:
-			return
+			drained = true
+		}
+	}
+	// The UAID's new connection (a ghost's successor) is told to look.
+	if kept && u.sess != nil {
+		select {
+		case u.sess.check <- struct{}{}:
+		default:
 		}
 	}
 }
