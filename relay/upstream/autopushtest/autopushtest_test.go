@@ -613,3 +613,78 @@ func TestAckedBatchNotResent(t *testing.T) {
 		t.Fatalf("pending %d, want 10", p)
 	}
 }
+
+// TestExpiredSkipped: stored messages past their TTL are not sent, and a
+// batch read that held only expired ones does not end the storage check.
+func TestExpiredSkipped(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	s := start(t, autopushtest.Config{Now: clock, PingMin: time.Nanosecond})
+	uaid, ep := registered(t, s)
+	for i := range 12 {
+		post(t, ep, "10", "", fmt.Sprint("short", i))
+	}
+	post(t, ep, "10", "t", "topic")
+	for i := range 3 {
+		post(t, ep, "100", "", fmt.Sprint("long", i))
+	}
+	mu.Lock()
+	now = now.Add(11 * time.Second)
+	mu.Unlock()
+	c := dial(t, s)
+	hello(t, c, uaid)
+	got := batch(t, c, 3)
+	quiet(t, c)
+	for _, f := range got {
+		if !strings.HasPrefix(f.Data, "bG9uZ") { // "long"
+			t.Fatalf("expired message sent: %+v", f)
+		}
+	}
+}
+
+// TestDirectHoldsTheNextBatch: a direct message sent during a stored batch
+// must be acked too before the next batch comes (unacked_notifs counts
+// both).
+func TestDirectHoldsTheNextBatch(t *testing.T) {
+	s := start(t, autopushtest.Config{})
+	uaid, ep := registered(t, s)
+	for i := range 15 {
+		post(t, ep, "600", "", fmt.Sprint(i))
+	}
+	c := dial(t, s)
+	hello(t, c, uaid)
+	first := batch(t, c, 10)
+	post(t, ep, "600", "", "direct")
+	direct := batch(t, c, 1)
+	if direct[0].Data != "ZGlyZWN0" {
+		t.Fatalf("direct %+v", direct[0])
+	}
+	c.Ack(first...)
+	quiet(t, c)
+	c.Ack(direct...)
+	batch(t, c, 5)
+}
+
+func TestBadFramesClose(t *testing.T) {
+	s := start(t, autopushtest.Config{})
+	for _, tc := range []struct {
+		frame  string
+		reason string
+	}{
+		{`{"messageType":"bogus"}`, "Json"},
+		{`{"messageType":"ack","updates":"x"}`, "Json"},
+		{`{"messageType":"unregister","channelID":"not-a-uuid"}`, "Json"},
+		{`{"messageType":"register"}`, "Json"},
+		{`not json`, "Json"},
+		{`{"messageType":"hello"}`, "SM"},
+	} {
+		c := dial(t, s)
+		hello(t, c, "")
+		// nack is metrics only: it changes nothing.
+		c.Send([]byte(`{"messageType":"nack","version":"x","code":301}`))
+		quiet(t, c)
+		c.Send([]byte(tc.frame))
+		expectClose(t, c, 1011, tc.reason)
+	}
+}
