@@ -688,3 +688,34 @@ func TestBadFramesClose(t *testing.T) {
 		expectClose(t, c, 1011, tc.reason)
 	}
 }
+
+// TestRouterTTL: a UAID that says hello within the router TTL is kept;
+// one that goes past it without a hello is forgotten.
+func TestRouterTTL(t *testing.T) {
+	var mu sync.Mutex
+	now := time.Unix(1e9, 0)
+	clock := func() time.Time { mu.Lock(); defer mu.Unlock(); return now }
+	advance := func(d time.Duration) { mu.Lock(); now = now.Add(d); mu.Unlock() }
+	s := start(t, autopushtest.Config{Now: clock, PingMin: time.Nanosecond})
+	uaid, ep := registered(t, s)
+	for range 3 {
+		advance(59 * 24 * time.Hour)
+		c := dial(t, s)
+		if got := hello(t, c, uaid); got != uaid {
+			t.Fatal("UAID forgotten within 60 days of its last hello")
+		}
+		c.Close()
+		waitIdle(t, s, uaid)
+	}
+	advance(60*24*time.Hour + time.Second)
+	if code := post(t, ep, "60", "", ""); code != 410 {
+		t.Fatalf("post after 60 days: %d, want 410", code)
+	}
+	c := dial(t, s)
+	if got := hello(t, c, uaid); got == uaid {
+		t.Fatal("UAID resumed after 60 days without a hello")
+	}
+	if st := s.Stats(); st.Expired != 1 || st.Resets != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}

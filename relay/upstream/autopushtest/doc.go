@@ -59,6 +59,10 @@
 //     pong within Config.AutoPingTimeout (4 s) closes 1011 "PongTimeout"
 //     (src/ping.rs). Here any frame that arrives after the ping counts as its
 //     pong (relay/wsock reports when the peer was last heard, not what).
+//   - A UAID that went Config.RouterTTL (60 days) without a hello is
+//     forgotten: its endpoints answer 410 and a hello with it gets a new
+//     UAID (MAX_ROUTER_TTL_SECS, autopush-common/src/lib.rs). Stored
+//     messages' TTLs are capped at 30 days (MAX_NOTIFICATION_TTL_SECS).
 //   - Broadcasts (SetBroadcast): a hello's broadcasts and broadcast_subscribe
 //     subscribe to the known ids and answer the ones whose version differs;
 //     unknown ids are answered under "errors" with "Broadcast not found"
@@ -72,6 +76,6 @@
 // storage check only if the session is not in one already.
 //
 // Stats returns counters a test can read: connections, hellos per UAID,
-// notifications sent, sent again (a version already sent once), acked, and
-// UAID resets.
+// notifications sent, sent again (a version already sent once), acked,
+// UAID resets and UAIDs forgotten.
 package autopushtest

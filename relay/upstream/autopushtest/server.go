@@ -30,6 +30,10 @@ type Config struct {
 	PingMin time.Duration
 	// MsgLimit is msg_limit (150).
 	MsgLimit int
+	// RouterTTL is how long a UAID without a hello is kept
+	// (MAX_ROUTER_TTL_SECS, 60 days): after it, posts answer 410 and a
+	// hello with it gets a new UAID.
+	RouterTTL time.Duration
 	// Now is the clock for the {} ping rule and TTLs (time.Now).
 	Now func() time.Time
 }
@@ -49,6 +53,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MsgLimit <= 0 {
 		c.MsgLimit = 150
+	}
+	if c.RouterTTL <= 0 {
+		c.RouterTTL = 60 * 24 * time.Hour
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -80,6 +87,7 @@ type Stats struct {
 	Resent      int            // of those, versions sent before
 	Acked       int            // acks that matched an unacked notification
 	Resets      int            // UAIDs deleted by msg_limit
+	Expired     int            // UAIDs forgotten after RouterTTL without a hello
 }
 
 type message struct {
@@ -96,6 +104,19 @@ type user struct {
 	topics   map[string]*message
 	current  int64 // current_timestamp: every message ≤ it was delivered
 	sess     *session
+	seen     time.Time // connected_at: the last hello (or the first register)
+}
+
+// userLocked returns a stored UAID, forgetting it first if it went
+// RouterTTL without a hello.
+func (s *Server) userLocked(uaid string) *user {
+	u := s.users[uaid]
+	if u != nil && u.sess == nil && s.cfg.Now().Sub(u.seen) > s.cfg.RouterTTL {
+		delete(s.users, uaid)
+		s.stats.Expired++
+		return nil
+	}
+	return u
 }
 
 // Server is a running test upstream.
@@ -212,7 +233,7 @@ func (s *Server) SetBroadcast(id, version string) {
 func (s *Server) Exists(uaid string) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return s.users[uaid] != nil
+	return s.userLocked(uaid) != nil
 }
 
 // Open reports whether a connection that said hello with (or was given)
@@ -232,7 +253,7 @@ func (s *Server) Open(uaid string) bool {
 func (s *Server) Pending(uaid string) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	u := s.users[uaid]
+	u := s.userLocked(uaid)
 	if u == nil {
 		return 0
 	}
@@ -335,7 +356,7 @@ func (s *Server) post(w http.ResponseWriter, r *http.Request) {
 	uaid, chid := r.PathValue("uaid"), r.PathValue("chid")
 
 	s.mu.Lock()
-	u := s.users[uaid]
+	u := s.userLocked(uaid)
 	if u == nil {
 		s.mu.Unlock()
 		errno(w, http.StatusGone, 103, "No such subscription")

@@ -291,11 +291,12 @@ func (ss *session) hello(f []byte) error {
 	var u *user
 	if h.UAID != nil {
 		if id, err := push.ParseUAID(*h.UAID); err == nil {
-			u = s.users[id.String()]
+			u = s.userLocked(id.String())
 		}
 	}
 	if u != nil {
 		ss.uaid, ss.stored = u.uaid, true
+		u.seen = s.cfg.Now()
 		if old := u.sess; old != nil {
 			select {
 			case old.ghost <- struct{}{}:
@@ -439,7 +440,7 @@ func (ss *session) register(chid string, key *string) error {
 	u := s.users[ss.uaid]
 	if u == nil {
 		// deferred_add_user: a new UAID is stored at its first register.
-		u = &user{uaid: ss.uaid, channels: map[string]string{}, topics: map[string]*message{}, sess: ss}
+		u = &user{uaid: ss.uaid, channels: map[string]string{}, topics: map[string]*message{}, sess: ss, seen: s.cfg.Now()}
 		s.users[ss.uaid] = u
 		ss.stored = true
 	}
