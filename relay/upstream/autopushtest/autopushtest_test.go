@@ -194,6 +194,10 @@ func TestFirstFrameMustBeHello(t *testing.T) {
 	c = dial(t, s)
 	c.SendBinary([]byte(`{"messageType":"hello"}`))
 	expectClose(t, c, 1003, "UnsupportedMessage")
+
+	c = dial(t, s)
+	c.Send([]byte(`{"messageType":"hello","x":"` + strings.Repeat("x", 64<<10) + `"}`))
+	expectClose(t, c, 1002, "Protocol")
 }
 
 func TestSecondHelloCloses(t *testing.T) {

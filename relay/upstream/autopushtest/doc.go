@@ -22,8 +22,9 @@
 //     second hello closes 1011 "SM" (InvalidMessage "Already Hello'd",
 //     autoconnect-ws-sm/src/identified/on_client_msg.rs).
 //   - Close codes and reasons: 1000 only for a UAID reset, 1011 for every
-//     other error, 1003 for a binary frame; the reason is the error variant's
-//     name: "SM" for every state-machine error (ghost, excessive ping,
+//     other error, 1003 for a binary frame, 1002 "Protocol" for a frame
+//     over 64 KiB or not UTF-8 (actix-http defaults, inferred); the reason is the
+//     error variant's name: "SM" for every state-machine error (ghost, excessive ping,
 //     invalid message, reset), "Json" for an unparsable frame,
 //     "HandshakeTimeout", "PongTimeout", "UnsupportedMessage"
 //     (src/error.rs, autoconnect-ws-sm/src/error.rs).

@@ -69,6 +69,7 @@ const (
 	ReasonHandshakeTimeout = "HandshakeTimeout"
 	ReasonPongTimeout      = "PongTimeout"
 	ReasonUnsupported      = "UnsupportedMessage"
+	ReasonProtocol         = "Protocol"
 )
 
 // batchSize and topicBatch are autopush's storage reads: 10 timestamp
@@ -161,7 +162,9 @@ func New(cfg Config) (*Server, error) {
 		stats:      Stats{Hellos: map[string]int{}},
 		bcast:      map[string]bcastVal{},
 	}
-	ws := wsock.Handler(wsock.Options{MaxFrame: 64 << 10}, s.accept)
+	// wsock would close a frame over its limit with gorilla's 1009; read
+	// larger ones and close them as actix does.
+	ws := wsock.Handler(wsock.Options{MaxFrame: 4 * maxFrame}, s.accept)
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /push/{uaid}/{chid}", s.post)
 	mux.Handle("/", ws)
@@ -324,6 +327,8 @@ func errno(w http.ResponseWriter, code, no int, msg string) {
 }
 
 const maxData = 5630 // max_data_bytes
+
+const maxFrame = 64 << 10 // actix-http's ws::Codec default
 
 // post is the endpoint: POST /push/{uaid}/{chid}.
 func (s *Server) post(w http.ResponseWriter, r *http.Request) {

@@ -78,6 +78,10 @@ func (ss *session) read() {
 		if f == nil {
 			continue // only pongs
 		}
+		if len(f) > maxFrame {
+			ss.readErr <- pushproto.ErrFrameTooBig
+			return
+		}
 		select {
 		case ss.frames <- append([]byte(nil), f...):
 		case <-ss.done:
@@ -110,6 +114,8 @@ func (ss *session) run() {
 		code, reason = ce.code, ce.reason
 	case errors.Is(err, pushproto.ErrBinaryFrame):
 		code, reason = 1003, ReasonUnsupported
+	case errors.Is(err, pushproto.ErrFrameTooBig), errors.Is(err, pushproto.ErrInvalidUTF8):
+		code, reason = 1002, ReasonProtocol
 	case errors.Is(err, errStopped):
 		code = 1001
 	}
