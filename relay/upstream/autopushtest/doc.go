@@ -5,7 +5,8 @@
 // another pushrelay. It stands in for a third-party service; nothing of the
 // relay uses it outside tests.
 //
-// A Server listens on 127.0.0.1:0 with one HTTP server: GET on any path
+// A Server listens on 127.0.0.1:0 (with TLS if Config.TLS is set: wss://
+// and https://, as autopush is reached) with one HTTP server: GET on any path
 // upgrades to the device WebSocket (through relay/wsock), and
 // POST /push/{uaid}/{chid} is the endpoint side (the pushEndpoint a register
 // answers; autopush's is /wpush/v1/{token}, a Fernet token of the same two
@@ -22,11 +23,11 @@
 //     second hello closes 1011 "SM" (InvalidMessage "Already Hello'd",
 //     autoconnect-ws-sm/src/identified/on_client_msg.rs).
 //   - Close codes and reasons: 1000 only for a UAID reset, 1011 for every
-//     other error, 1003 for a binary frame, 1002 "Protocol" for a frame
-//     over 64 KiB or not UTF-8 (actix-http defaults, inferred); the reason is the
-//     error variant's name: "SM" for every state-machine error (ghost, excessive ping,
-//     invalid message, reset), "Json" for an unparsable frame,
-//     "HandshakeTimeout", "PongTimeout", "UnsupportedMessage"
+//     other error, 1003 for a binary frame, 1002 for a frame over 64 KiB or
+//     not UTF-8 (actix-http's defaults, inferred). The reason is the error
+//     variant's name: "SM" for every state-machine error (ghost, excessive
+//     ping, invalid message, reset), "Json" for an unparsable frame,
+//     "HandshakeTimeout", "PongTimeout", "UnsupportedMessage", "Protocol"
 //     (src/error.rs, autoconnect-ws-sm/src/error.rs).
 //   - A hello with an unknown or invalid uaid gets a new one (32 hex digits),
 //     not stored until its first register (deferred_add_user in

@@ -3,6 +3,7 @@ package autopushtest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/hex"
 	"fmt"
@@ -36,6 +37,8 @@ type Config struct {
 	RouterTTL time.Duration
 	// Now is the clock for the {} ping rule and TTLs (time.Now).
 	Now func() time.Time
+	// TLS, if set, serves wss:// and https:// with it.
+	TLS *tls.Config
 }
 
 func (c *Config) setDefaults() {
@@ -152,10 +155,15 @@ func New(cfg Config) (*Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("autopushtest: listen: %w", err)
 	}
+	scheme := "http"
+	if cfg.TLS != nil {
+		ln = tls.NewListener(ln, cfg.TLS)
+		scheme = "https"
+	}
 	s := &Server{
 		cfg:        cfg,
 		ln:         ln,
-		base:       "http://" + ln.Addr().String(),
+		base:       scheme + "://" + ln.Addr().String(),
 		users:      map[string]*user{},
 		sessions:   map[*session]struct{}{},
 		sentBefore: map[string]bool{},
@@ -178,7 +186,12 @@ func New(cfg Config) (*Server, error) {
 }
 
 // URL is the WebSocket URL devices (or a relay) connect to.
-func (s *Server) URL() string { return "ws://" + s.ln.Addr().String() + "/" }
+func (s *Server) URL() string {
+	if s.cfg.TLS != nil {
+		return "wss://" + s.ln.Addr().String() + "/"
+	}
+	return "ws://" + s.ln.Addr().String() + "/"
+}
 
 // Endpoint is the push endpoint of a UAID's channel, as register answers it.
 func (s *Server) Endpoint(uaid, chid string) string {
