@@ -359,7 +359,13 @@ func TestUnackedDirectIsStored(t *testing.T) {
 // only when the whole batch is acked, and a partly acked batch comes again
 // on the next connect.
 func TestBatchesOfTen(t *testing.T) {
-	s := start(t, autopushtest.Config{})
+	var mu sync.Mutex
+	acks := map[string]int{}
+	s := start(t, autopushtest.Config{OnAck: func(uaid, version string) {
+		mu.Lock()
+		acks[version]++
+		mu.Unlock()
+	}})
 	uaid, ep := registered(t, s)
 	for i := range 25 {
 		if code := post(t, ep, "600", "", fmt.Sprint(i)); code != 201 {
@@ -406,6 +412,16 @@ func TestBatchesOfTen(t *testing.T) {
 	st := s.Stats()
 	if st.Sent != 35 || st.Resent != 10 || st.Acked != 9+25 {
 		t.Fatalf("stats %+v", st)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if len(acks) != 25 {
+		t.Fatalf("OnAck saw %d versions, want 25", len(acks))
+	}
+	for _, f := range first[:9] {
+		if acks[f.Version] != 2 {
+			t.Fatalf("a version acked in both sessions was reported %d times", acks[f.Version])
+		}
 	}
 }
 

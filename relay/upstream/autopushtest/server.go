@@ -39,6 +39,12 @@ type Config struct {
 	Now func() time.Time
 	// TLS, if set, serves wss:// and https:// with it.
 	TLS *tls.Config
+	// OnAck, if set, is called with each acked version (one that was sent
+	// and not yet acked) on the session's goroutine, before the server
+	// reads storage for the next batch: a test checks there that the
+	// client holds the message (on disk) when it acks. It must not block
+	// for long.
+	OnAck func(uaid, version string)
 }
 
 func (c *Config) setDefaults() {

@@ -476,17 +476,20 @@ func (ss *session) unregister(chid string) error {
 
 func (ss *session) ack(m clientMsg) error {
 	s := ss.s
+	var acked []string
 	s.mu.Lock()
 	u := s.users[ss.uaid]
 	for _, a := range m.Updates {
 		if _, ok := ss.unackedDirect[a.Version]; ok {
 			delete(ss.unackedDirect, a.Version)
 			s.stats.Acked++
+			acked = append(acked, a.Version)
 			continue
 		}
 		if msg, ok := ss.unackedStored[a.Version]; ok {
 			delete(ss.unackedStored, a.Version)
 			s.stats.Acked++
+			acked = append(acked, a.Version)
 			if msg.topic != "" && u != nil {
 				k := msg.chid + " " + msg.topic
 				if u.topics[k] == msg {
@@ -496,6 +499,11 @@ func (ss *session) ack(m clientMsg) error {
 		}
 	}
 	s.mu.Unlock()
+	if s.cfg.OnAck != nil {
+		for _, v := range acked {
+			s.cfg.OnAck(ss.uaid, v)
+		}
+	}
 	if len(ss.unackedDirect) > 0 || len(ss.unackedStored) > 0 {
 		return nil
 	}
