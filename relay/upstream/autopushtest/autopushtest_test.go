@@ -795,3 +795,111 @@ func TestTLS(t *testing.T) {
 	}
 	batch(t, c, 1)
 }
+
+// TestManyClients drains stored batches for 40 UAIDs at once (under -race
+// this checks the server's locking), each posting to itself meanwhile.
+func TestManyClients(t *testing.T) {
+	s := start(t, autopushtest.Config{})
+	const n, per = 40, 12
+	errs := make(chan error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs <- oneClient(s, i, per)
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Error(err)
+		}
+	}
+	st := s.Stats()
+	if st.Connections != 2*n || st.Acked != n*(per+1) || st.Resent != 0 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func oneClient(s *autopushtest.Server, i, per int) error {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pushclient.Dial(ctx, s.URL())
+	if err != nil {
+		return err
+	}
+	f, err := c.Hello("", pushclient.HelloOptions{})
+	if err != nil {
+		c.Abort()
+		return err
+	}
+	uaid := f.UAID
+	r, err := c.Register(chA, "")
+	c.Close()
+	if err != nil {
+		return err
+	}
+	for range 500 {
+		if !s.Open(uaid) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for k := range per {
+		req, _ := http.NewRequest("POST", r.PushEndpoint, strings.NewReader(fmt.Sprint(i, k)))
+		req.Header.Set("TTL", "60")
+		req.Header.Set("Content-Encoding", "aes128gcm")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 201 {
+			return fmt.Errorf("client %d post %d: %d", i, k, resp.StatusCode)
+		}
+	}
+	c, err = pushclient.Dial(ctx, s.URL())
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	if _, err := c.Hello(uaid, pushclient.HelloOptions{}); err != nil {
+		return err
+	}
+	got := 0
+	for _, size := range []int{10, per - 10} {
+		var fs []pushproto.ServerFrame
+		for range size {
+			f, err := c.Next(time.Now().Add(5 * time.Second))
+			if err != nil {
+				return fmt.Errorf("client %d after %d: %w", i, got, err)
+			}
+			fs = append(fs, f)
+			got++
+		}
+		if err := c.Ack(fs...); err != nil {
+			return err
+		}
+	}
+	// And one direct, now that it is connected.
+	req, _ := http.NewRequest("POST", r.PushEndpoint, nil)
+	req.Header.Set("TTL", "60")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return err
+	}
+	resp.Body.Close()
+	f, err = c.Next(time.Now().Add(5 * time.Second))
+	if err != nil {
+		return err
+	}
+	if err := c.Ack(f); err != nil {
+		return err
+	}
+	if err := c.Ping(); err != nil { // the ack is read before the ping
+		return err
+	}
+	return nil
+}
