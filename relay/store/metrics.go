@@ -10,6 +10,7 @@ type storeMetrics struct {
 	batchSize     metrics.Observer
 	stored        metrics.Counter
 	deleted       [numReasons]metrics.Counter
+	tombstoned    metrics.Counter
 }
 
 func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
@@ -19,6 +20,7 @@ func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
 		commitSeconds: r.Histogram("pushrelay_store_commit_seconds", "Time from taking a batch to its fsync completing.", metrics.LatencyBuckets),
 		batchSize:     r.Histogram("pushrelay_store_batch_ops", "Operations per commit batch.", metrics.SizeBuckets),
 		stored:        r.Counter("pushrelay_store_messages_stored_total", "Messages appended."),
+		tombstoned:    r.Counter("pushrelay_store_tombstoned_total", "Messages refused because their channel's unregister waits to be sent upstream."),
 	}
 	deleted := r.CounterVec("pushrelay_store_messages_deleted_total", "Messages removed, by reason.", "reason")
 	for i, name := range reasonNames {

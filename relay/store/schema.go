@@ -42,6 +42,7 @@ var migrations = []migration{
 	{3, "per-device message counts leave the device record", migrateDropDeviceWaiting},
 	{4, "broadcast versions", migrateCreateBroadcasts},
 	{5, "origin-key index", migrateCreateOrigins},
+	{6, "upstream identities, hello order, unregister outbox; channel records v2", migrateCreateUpstream},
 }
 
 // schemaVersion is the version this build writes.
