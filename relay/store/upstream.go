@@ -196,32 +196,48 @@ func (s *Store) Helloed(ctx context.Context, at time.Time, us ...push.UAID) (int
 	err := s.do(ctx, func(t *txn) error {
 		updated = 0
 		for _, u := range us {
-			v := t.upstream.Get(u[:])
-			if v == nil {
-				continue
-			}
-			id, ok := decodeUpstream(u[:], v)
-			if !ok {
-				return corrupt("upstream row", u[:])
-			}
-			updated++
-			old := timeNanos(id.Helloed)
-			if old == n {
-				continue
-			}
-			if err := t.hellos.Delete(helloKey(old, u)); err != nil {
+			ok, err := t.helloed(u, n)
+			if err != nil {
 				return err
 			}
-			if err := t.hellos.Put(helloKey(n, u), nil); err != nil {
-				return err
-			}
-			if err := t.upstream.Put(deviceKey(u), upstreamValue(id.Upstream, n)); err != nil {
-				return err
+			if ok {
+				updated++
 			}
 		}
 		return nil
 	})
 	return updated, err
+}
+
+// helloed records u's hello at n (Unix ns): its identity row and its
+// place in the hello order. It reports false if u has no identity.
+func (t *txn) helloed(u push.UAID, n uint64) (bool, error) {
+	v := t.upstream.Get(u[:])
+	if v == nil {
+		return false, nil
+	}
+	id, ok := decodeUpstream(u[:], v)
+	if !ok {
+		return false, corrupt("upstream row", u[:])
+	}
+	if err := t.moveHello(u, timeNanos(id.Helloed), n); err != nil {
+		return true, err
+	}
+	if timeNanos(id.Helloed) == n {
+		return true, nil
+	}
+	return true, t.upstream.Put(deviceKey(u), upstreamValue(id.Upstream, n))
+}
+
+// moveHello moves u's row in the hello order from old to n.
+func (t *txn) moveHello(u push.UAID, old, n uint64) error {
+	if old == n {
+		return nil
+	}
+	if err := t.hellos.Delete(helloKey(old, u)); err != nil {
+		return err
+	}
+	return t.hellos.Put(helloKey(n, u), nil)
 }
 
 // HelloedBefore returns up to limit (all if limit <= 0) upstream
