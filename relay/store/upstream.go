@@ -129,7 +129,7 @@ func (s *Store) DeviceFor(up push.UAID) (push.UAID, bool, error) {
 
 // SetUpstreamID records that upstream UAID up stands for device u, last
 // helloed at helloed (zero: not yet), replacing u's previous identity if
-// any (after the upstream reset it). An up that already stands for
+// any (after the upstream reset it; a first register uses AddUpstreamID). An up that already stands for
 // another device fails with ErrUpstreamConflict; setting the identity u
 // already has only updates helloed.
 func (s *Store) SetUpstreamID(ctx context.Context, u, up push.UAID, helloed time.Time) error {
@@ -141,14 +141,55 @@ func (s *Store) SetUpstreamID(ctx context.Context, u, up push.UAID, helloed time
 		if err := t.deleteUpstreamID(u); err != nil {
 			return err
 		}
-		if err := t.upstream.Put(deviceKey(u), upstreamValue(up, at)); err != nil {
-			return err
-		}
-		if err := t.upstreamRev.Put(deviceKey(up), deviceKey(u)); err != nil {
-			return err
-		}
-		return t.hellos.Put(helloKey(at, u), nil)
+		return t.putUpstreamID(u, up, at)
 	})
+}
+
+// AddUpstreamID records that upstream UAID up stands for device u, last
+// helloed at helloed, unless u already has an identity: it returns the
+// identity u has afterwards and whether this call made it. A caller that
+// lost a race for a device's first register uses the identity returned
+// and abandons its own up. An up that already stands for another device
+// fails with ErrUpstreamConflict.
+func (s *Store) AddUpstreamID(ctx context.Context, u, up push.UAID, helloed time.Time) (UpstreamID, bool, error) {
+	at := timeNanos(helloed)
+	var (
+		id    UpstreamID
+		added bool
+	)
+	err := s.do(ctx, func(t *txn) error {
+		added = false
+		if v := t.upstream.Get(u[:]); v != nil {
+			var ok bool
+			if id, ok = decodeUpstream(u[:], v); !ok {
+				return corrupt("upstream row", u[:])
+			}
+			return nil
+		}
+		if t.upstreamRev.Get(up[:]) != nil {
+			return reject(ErrUpstreamConflict)
+		}
+		if err := t.putUpstreamID(u, up, at); err != nil {
+			return err
+		}
+		id, added = UpstreamID{Device: u, Upstream: up, Helloed: nanosTime(at)}, true
+		return nil
+	})
+	if err != nil {
+		return UpstreamID{}, false, err
+	}
+	return id, added, nil
+}
+
+// putUpstreamID writes u's identity rows; u has none.
+func (t *txn) putUpstreamID(u, up push.UAID, at uint64) error {
+	if err := t.upstream.Put(deviceKey(u), upstreamValue(up, at)); err != nil {
+		return err
+	}
+	if err := t.upstreamRev.Put(deviceKey(up), deviceKey(u)); err != nil {
+		return err
+	}
+	return t.hellos.Put(helloKey(at, u), nil)
 }
 
 // DeleteUpstreamID removes device u's upstream identity, reporting

@@ -137,6 +137,20 @@ func TestUpstreamIdentity(t *testing.T) {
 	checkDeviceFor(t, s, upuaid(2), u2, true)
 	checkDeviceFor(t, s, upuaid(3), push.UAID{}, false)
 
+	// A first register that lost a race gets the identity made first.
+	if id, added, err := s.AddUpstreamID(ctx, u1, upuaid(5), at.Add(time.Minute)); err != nil || added || id.Upstream != upuaid(1) || !id.Helloed.Equal(at) {
+		t.Fatalf("AddUpstreamID over an identity = %+v, %v, %v", id, added, err)
+	}
+	checkDeviceFor(t, s, upuaid(5), push.UAID{}, false)
+	if _, _, err := s.AddUpstreamID(ctx, uaid(3), upuaid(2), at); !errors.Is(err, ErrUpstreamConflict) {
+		t.Fatalf("AddUpstreamID of another device's upstream uaid: %v", err)
+	}
+	if id, added, err := s.AddUpstreamID(ctx, uaid(3), upuaid(3), at); err != nil || !added || id.Upstream != upuaid(3) || id.Device != uaid(3) {
+		t.Fatalf("AddUpstreamID = %+v, %v, %v", id, added, err)
+	}
+	if ok, err := s.DeleteUpstreamID(ctx, uaid(3)); err != nil || !ok {
+		t.Fatalf("DeleteUpstreamID = %v, %v", ok, err)
+	}
 	// Another device cannot take an upstream UAID in use.
 	if err := s.SetUpstreamID(ctx, u2, upuaid(1), at); !errors.Is(err, ErrUpstreamConflict) {
 		t.Fatalf("taking another device's upstream uaid: %v", err)
