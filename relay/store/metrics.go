@@ -32,6 +32,10 @@ func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
 		func() float64 { return float64(s.nDevices.Load()) })
 	r.GaugeFunc("pushrelay_store_channels", "Registered channels.",
 		func() float64 { return float64(s.nChans.Load()) })
+	r.GaugeFunc("pushrelay_store_upstream_ids", "Devices with an identity at the upstream.",
+		func() float64 { return float64(s.nUpstreamIDs.Load()) })
+	r.GaugeFunc("pushrelay_store_unregisters_pending", "Unregisters kept to be sent to the upstream.",
+		func() float64 { return float64(s.nUnregs.Load()) })
 	r.GaugeFunc("pushrelay_store_damaged", "1 once a read or write found the file damaged (every store call then fails; see docs/operations.md).",
 		func() float64 {
 			if s.Damaged() != nil {

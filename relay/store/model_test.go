@@ -84,6 +84,7 @@ func (m *model) totals() Stats {
 		st.Channels += int64(len(d.chans))
 		st.Waiting += int64(len(d.msgs))
 	}
+	st.UpstreamIDs, st.PendingUnregisters = int64(len(m.ids)), int64(len(m.outbox))
 	return st
 }
 

@@ -215,7 +215,7 @@ func TestMigrationFromV4(t *testing.T) {
 		if err := tx.Bucket(bucketExpiry).Put(expiryKey(timeNanos(m.Expiry), u, 1), nil); err != nil {
 			return err
 		}
-		return putTotals(tx.Bucket(bucketMeta), totals{1, 1, 1})
+		return putTotals(tx.Bucket(bucketMeta), totals{devices: 1, channels: 1, waiting: 1})
 	})
 	clk := &fakeClock{t: now}
 	s := openTest(t, Options{Path: path, Now: clk.Now})

@@ -264,7 +264,7 @@ func (w *salvageWriter) copyAll() error {
 		if err := meta.Delete(metaClean); err != nil {
 			return err
 		}
-		return putTotals(meta, totals{w.rep.Devices, w.rep.Channels, w.rep.Messages})
+		return putTotals(meta, totals{w.rep.Devices, w.rep.Channels, w.rep.Messages, w.rep.UpstreamIDs, w.rep.Unregisters})
 	})
 }
 

@@ -183,7 +183,7 @@ func TestMigrationFromV2(t *testing.T) {
 				}
 			}
 		}
-		return putTotals(tx.Bucket(bucketMeta), totals{3, 3, 5})
+		return putTotals(tx.Bucket(bucketMeta), totals{devices: 3, channels: 3, waiting: 5})
 	})
 
 	s := openTest(t, Options{Path: path, MaxMessagesPerUAID: 3})

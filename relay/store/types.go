@@ -114,4 +114,7 @@ type Message struct {
 // Stats are whole-store totals, kept as counters so reading them is O(1).
 type Stats struct {
 	Devices, Channels, Waiting int64
+	// UpstreamIDs counts the devices with an upstream identity;
+	// PendingUnregisters the unregisters waiting to be sent upstream.
+	UpstreamIDs, PendingUnregisters int64
 }

@@ -183,6 +183,7 @@ func (s *Store) AddUpstreamID(ctx context.Context, u, up push.UAID, helloed time
 
 // putUpstreamID writes u's identity rows; u has none.
 func (t *txn) putUpstreamID(u, up push.UAID, at uint64) error {
+	t.delta.upstreamIDs++
 	if err := t.upstream.Put(deviceKey(u), upstreamValue(up, at)); err != nil {
 		return err
 	}
@@ -221,6 +222,7 @@ func (t *txn) deleteUpstreamID(u push.UAID) error {
 	if err := t.hellos.Delete(helloKey(timeNanos(id.Helloed), u)); err != nil {
 		return err
 	}
+	t.delta.upstreamIDs--
 	return t.upstream.Delete(u[:])
 }
 
@@ -383,6 +385,7 @@ func (s *Store) UnregisterLater(ctx context.Context, u push.UAID, id push.Channe
 		if err := t.unregOutbox.Put(seqValue(seq), encodeOutbox(p)); err != nil {
 			return err
 		}
+		t.delta.unregs++
 		return t.tombstones.Put(key, seqValue(seq))
 	})
 	return existed, err
@@ -453,6 +456,7 @@ func (s *Store) UnregisterSent(ctx context.Context, seqs ...uint64) (int, error)
 			if err := t.unregOutbox.Delete(k); err != nil {
 				return err
 			}
+			t.delta.unregs--
 			n++
 		}
 		return nil

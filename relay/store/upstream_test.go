@@ -136,6 +136,7 @@ func TestUpstreamIdentity(t *testing.T) {
 	checkDeviceFor(t, s, upuaid(1), u1, true)
 	checkDeviceFor(t, s, upuaid(2), u2, true)
 	checkDeviceFor(t, s, upuaid(3), push.UAID{}, false)
+	checkStats(t, s, Stats{UpstreamIDs: 2})
 
 	// A first register that lost a race gets the identity made first.
 	if id, added, err := s.AddUpstreamID(ctx, u1, upuaid(5), at.Add(time.Minute)); err != nil || added || id.Upstream != upuaid(1) || !id.Helloed.Equal(at) {
@@ -175,6 +176,7 @@ func TestUpstreamIdentity(t *testing.T) {
 	}
 	s = openTest(t, Options{Path: path})
 	checkDeviceFor(t, s, upuaid(9), u1, true)
+	checkStats(t, s, Stats{UpstreamIDs: 2})
 
 	if ok, err := s.DeleteUpstreamID(ctx, u1); err != nil || !ok {
 		t.Fatalf("DeleteUpstreamID = %v, %v", ok, err)
@@ -199,6 +201,7 @@ func TestUpstreamIdentity(t *testing.T) {
 	if n := bucketRows(t, s, bucketUpstream) + bucketRows(t, s, bucketUpstreamRev) + bucketRows(t, s, bucketHellos); n != 0 {
 		t.Fatalf("%d identity rows left", n)
 	}
+	checkStats(t, s, Stats{})
 }
 
 func mustHelloedBefore(t *testing.T, s *Store, before time.Time, limit int) []UpstreamID {
@@ -317,6 +320,10 @@ func TestUnregisterLater(t *testing.T) {
 		}
 	}
 	checkDevice(t, s, u, 1, 1)
+	checkStats(t, s, Stats{Devices: 1, Channels: 1, Waiting: 1, PendingUnregisters: 3})
+	if n := metricValue(t, reg, "pushrelay_store_unregisters_pending"); n != 3 {
+		t.Fatalf("unregisters_pending %v", n)
+	}
 	if got := datas(mustMessages(t, s, u)); got != "kept" {
 		t.Fatalf("messages %s", got)
 	}
@@ -395,6 +402,7 @@ func TestUnregisterLater(t *testing.T) {
 	if ps, _ := s.PendingUnregisters(0, 0); len(ps) != 1 || ps[0].Channel != chid(2) {
 		t.Fatalf("left: %+v", ps)
 	}
+	checkStats(t, s, Stats{Devices: 1, Channels: 2, Waiting: 3, PendingUnregisters: 1})
 	// A new entry after a restart numbers after the old ones.
 	if _, err := s.UnregisterLater(ctx, u, chid(1), upuaid(1)); err != nil {
 		t.Fatal(err)
@@ -447,7 +455,7 @@ func TestMigrationFromV5(t *testing.T) {
 		if err := tx.Bucket(bucketExpiry).Put(expiryKey(timeNanos(m.Expiry), u, 1), nil); err != nil {
 			return err
 		}
-		return putTotals(tx.Bucket(bucketMeta), totals{1, 1, 1})
+		return putTotals(tx.Bucket(bucketMeta), totals{devices: 1, channels: 1, waiting: 1})
 	})
 	// A version 5 file verifies as one (Verify does not ask for the new
 	// buckets).
@@ -478,7 +486,7 @@ func TestMigrationFromV5(t *testing.T) {
 	if ok, err := s.UnregisterLater(ctx, u, chid(1), upuaid(1)); err != nil || !ok {
 		t.Fatalf("UnregisterLater = %v, %v", ok, err)
 	}
-	checkStats(t, s, Stats{Devices: 1, Channels: 0, Waiting: 0})
+	checkStats(t, s, Stats{Devices: 1, Channels: 0, Waiting: 0, UpstreamIDs: 1, PendingUnregisters: 1})
 }
 
 // Verify finds rows of the upstream buckets that do not decode or do not
@@ -577,6 +585,7 @@ func TestSalvageUpstream(t *testing.T) {
 		t.Fatalf("Verify the copy: %v %+v", err, r)
 	}
 	s = openTest(t, Options{Path: dst})
+	checkStats(t, s, Stats{Devices: 3, Channels: 4, UpstreamIDs: 3, PendingUnregisters: 2})
 	if got := devicesOf(mustHelloedBefore(t, s, at.Add(100*time.Hour), 0)); !bytes.Equal(got, []byte{0, 1, 2}) {
 		t.Fatalf("hello order %v", got)
 	}
