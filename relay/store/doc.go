@@ -17,6 +17,7 @@
 //	expiry    expiry(8, Unix ns) uaid(16) seq(8) → origin key, or empty
 //	meta      "schema"                          → version(8)
 //	          "devices" | "channels" | "waiting" → total(8)
+//	          "upstream_ids" | "unregs"          → total(8) (schema 6)
 //	          "clean"                           → 1 (clean-close mark)
 //	broadcasts id(≤128)                         → version(≤128)
 //	origins   kind(1) id(≤96)                   → uaid(16) seq(8) expiry(8)
