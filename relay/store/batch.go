@@ -21,8 +21,9 @@ type AppendResult struct {
 	// replaced, dropped) meanwhile. The caller acks its source again; the
 	// device does not see the message twice.
 	Duplicate, Waiting bool
-	// Err is the message's own rejection (ErrNoChannel, ErrTombstoned, ErrZeroTTL,
-	// ErrBadMessage, possibly wrapped), or nil when it was stored.
+	// Err is the message's own rejection (ErrNoChannel, ErrTombstoned,
+	// ErrZeroTTL, ErrBadMessage, possibly wrapped), or nil when it was
+	// stored.
 	Err error
 }
 

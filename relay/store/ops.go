@@ -290,9 +290,10 @@ func (t *txn) unregister(u push.UAID, id push.ChannelID) error {
 // Append stores m and returns it with its Seq (and Received and Expiry
 // filled in when they were zero). A message whose origin key was appended
 // before, while that one's TTL lasts, is not stored again: Append returns
-// it with the first one's Seq (AppendBatch tells more). The channel must be registered
-// (ErrNoChannel, or ErrTombstoned while its unregister waits to be sent
-// upstream: the caller acks the message upstream and drops it); m.TTL must be positive (ErrZeroTTL). A waiting message
+// it with the first one's Seq (AppendBatch tells more). The channel must
+// be registered (ErrNoChannel, or ErrTombstoned while its unregister waits
+// to be sent upstream: the caller acks the message upstream and drops
+// it); m.TTL must be positive (ErrZeroTTL). A waiting message
 // with the same non-empty Topic on the same channel is replaced (counted
 // as replaced_topic) and the new one gets a new Seq. If the device then
 // holds more than MaxMessagesPerUAID messages its oldest are dropped
