@@ -92,7 +92,9 @@ func (h *Hub) Ingest(ctx context.Context, ms []push.Message) ([]Result, error) {
 	for j, sr := range stored {
 		i := index(at, j)
 		if sr.Err != nil {
-			if errors.Is(sr.Err, store.ErrNoChannel) {
+			if errors.Is(sr.Err, store.ErrNoChannel) || errors.Is(sr.Err, store.ErrTombstoned) {
+				// A tombstoned channel was unregistered here; only the
+				// upstream has not heard yet.
 				res[i].Err = ErrNoSubscription
 			} else {
 				res[i].Err = wrapStore("store message", sr.Err)

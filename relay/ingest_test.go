@@ -175,3 +175,25 @@ func TestIngestOriginKeyOnce(t *testing.T) {
 		}
 	})
 }
+
+// A channel unregistered here while the upstream has not heard yet (a
+// tombstone) takes no messages: its posts are answered as for a channel
+// that does not exist.
+func TestIngestTombstonedChannel(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		h := newHarness(t, nil)
+		d := h.hello("")
+		s := d.subscribe()
+		u, ch := push.UAID(s.ep.UAID), push.ChannelID(s.ep.Channel)
+		if ok, err := h.st.UnregisterLater(context.Background(), u, ch, push.UAID{9}); err != nil || !ok {
+			t.Fatalf("unregister later: %v %v", ok, err)
+		}
+		rs, err := h.hub.Ingest(context.Background(), []push.Message{{UAID: u, Channel: ch, TTL: time.Minute, Data: []byte("x"), Encoding: "aes128gcm"}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !errors.Is(rs[0].Err, relay.ErrNoSubscription) || rs[0].Stored {
+			t.Fatalf("tombstoned channel: %+v", rs[0])
+		}
+	})
+}

@@ -82,6 +82,8 @@ func runSalvage(args []string, getenv func(string) (string, bool), stdout, stder
 	}
 	fmt.Fprintf(stdout, "salvaged %s into %s in %s: %d devices, %d channels, %d messages\n",
 		src, dst, rep.Took.Round(time.Millisecond), rep.Devices, rep.Channels, rep.Messages)
+	fmt.Fprintf(stdout, "and %d origin keys, %d upstream identities, %d unregisters still to send upstream\n",
+		rep.Origins, rep.UpstreamIDs, rep.Unregisters)
 	fmt.Fprintf(stdout, "left behind: %d damaged key ranges, %d unreadable rows, %d messages whose channel was lost\n",
 		rep.DamagedRegions, rep.BadRows, rep.Orphans)
 	fmt.Fprintf(stdout, "next: mv %s %s.damaged && mv %s %s, then start the relay (keep endpoint.key and wake.key)\n", src, src, dst, src)

@@ -21,8 +21,9 @@ type AppendResult struct {
 	// replaced, dropped) meanwhile. The caller acks its source again; the
 	// device does not see the message twice.
 	Duplicate, Waiting bool
-	// Err is the message's own rejection (ErrNoChannel, ErrZeroTTL,
-	// ErrBadMessage, possibly wrapped), or nil when it was stored.
+	// Err is the message's own rejection (ErrNoChannel, ErrTombstoned,
+	// ErrZeroTTL, ErrBadMessage, possibly wrapped), or nil when it was
+	// stored.
 	Err error
 }
 
@@ -61,9 +62,10 @@ func (s *Store) AppendBatch(ctx context.Context, ms []Message) ([]AppendResult, 
 		return res, nil
 	case 1:
 		// One message (every single post): its op as it is. Its only
-		// rejection, ErrNoChannel, comes back as the op's error.
+		// rejections, ErrNoChannel and ErrTombstoned, come back as the
+		// op's error.
 		err = s.do(ctx, ops[last].apply)
-		if errors.Is(err, ErrNoChannel) {
+		if errors.Is(err, ErrNoChannel) || errors.Is(err, ErrTombstoned) {
 			res[last].Err, err = err, nil
 		}
 	default:

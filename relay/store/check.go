@@ -231,6 +231,9 @@ func walk(tx *bolt.Tx, r *Report) {
 	if schema >= 5 {
 		checkOrigins(tx, r)
 	}
+	if schema >= 6 {
+		checkUpstream(tx, r)
+	}
 }
 
 func splitChannelKey(k []byte) (push.UAID, push.ChannelID, bool) {

@@ -82,6 +82,7 @@ func corrupt(what string, key []byte) error {
 const (
 	deviceV1  = 1
 	channelV1 = 1
+	channelV2 = 2
 	messageV1 = 1
 )
 
@@ -127,9 +128,23 @@ func clampU32(n int) uint32 {
 }
 
 // channel v1: ver | created(8) | key...
+// channel v2: ver | created(8) | keylen uvarint | key | endpoint...
+// (schema 6: v2 adds the endpoint an upstream returned; v1 records, with
+// no endpoint, still decode and are never rewritten in place).
 const channelFixed = 1 + 8
 
 func encodeChannel(c Channel) []byte {
+	b := make([]byte, channelFixed, channelFixed+binary.MaxVarintLen64+len(c.Key)+len(c.Endpoint))
+	b[0] = channelV2
+	binary.BigEndian.PutUint64(b[1:], timeNanos(c.Created))
+	b = binary.AppendUvarint(b, uint64(len(c.Key)))
+	b = append(b, c.Key...)
+	return append(b, c.Endpoint...)
+}
+
+// encodeChannelV1 writes the format schemas 1 to 5 wrote; the tests use
+// it to build old files.
+func encodeChannelV1(c Channel) []byte {
 	b := make([]byte, channelFixed+len(c.Key))
 	b[0] = channelV1
 	binary.BigEndian.PutUint64(b[1:], timeNanos(c.Created))
@@ -138,12 +153,24 @@ func encodeChannel(c Channel) []byte {
 }
 
 func decodeChannel(u push.UAID, id push.ChannelID, b []byte) (Channel, error) {
-	if len(b) < channelFixed || b[0] != channelV1 {
+	if len(b) < channelFixed || (b[0] != channelV1 && b[0] != channelV2) {
 		return Channel{}, corrupt("channel", channelKey(u, id))
 	}
 	c := Channel{UAID: u, ID: id, Created: nanosTime(binary.BigEndian.Uint64(b[1:]))}
-	if len(b) > channelFixed {
-		c.Key = append([]byte(nil), b[channelFixed:]...)
+	rest := b[channelFixed:]
+	if b[0] == channelV2 {
+		n, w := binary.Uvarint(rest)
+		if w <= 0 || n > uint64(len(rest)-w) || len(rest)-w-int(n) > MaxEndpointLen {
+			return Channel{}, corrupt("channel", channelKey(u, id))
+		}
+		key, ep := rest[w:w+int(n)], rest[w+int(n):]
+		if len(ep) > 0 {
+			c.Endpoint = string(ep)
+		}
+		rest = key
+	}
+	if len(rest) > 0 {
+		c.Key = append([]byte(nil), rest...)
 	}
 	return c, nil
 }

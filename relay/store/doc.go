@@ -17,15 +17,24 @@
 //	expiry    expiry(8, Unix ns) uaid(16) seq(8) → origin key, or empty
 //	meta      "schema"                          → version(8)
 //	          "devices" | "channels" | "waiting" → total(8)
+//	          "upstream_ids" | "unregs"          → total(8) (schema 6)
 //	          "clean"                           → 1 (clean-close mark)
 //	broadcasts id(≤128)                         → version(≤128)
 //	origins   kind(1) id(≤96)                   → uaid(16) seq(8) expiry(8)
+//	upstream      uaid(16)                      → upstream uaid(16) | helloed(8)
+//	upstream_rev  upstream uaid(16)             → uaid(16)
+//	hellos        helloed(8) uaid(16)           → empty
+//	tombstones    uaid(16) chid(16)             → outbox seq(8)
+//	unreg_outbox  seq(8)                        → 1 | uaid(16) | chid(16) | upstream uaid(16) | at(8)
+//	              (bucket sequence = last outbox seq issued)
 //
-// Records start with a format byte (currently 1 for all):
+// Records start with a format byte:
 //
 //	device   1 | created(8) | lastSeen(8) | waiting(4) | channels(4) | wake…
 //	         (waiting is 0 since schema 3: see below)
-//	channel  1 | created(8) | vapidKey…
+//	channel  2 | created(8) | keyLen(uvarint) | vapidKey | endpoint…
+//	         (since schema 6; format 1, 1 | created(8) | vapidKey…, still
+//	         decodes: records are not rewritten by the migration)
 //	message  1 | chid(16) | received(8) | ttl(8) | expiry(8) | urgency(1) |
 //	         version(8) | topic | encoding | encryption | cryptoKey | data…
 //
@@ -51,6 +60,22 @@
 // the message's ack (removeMessage leaves an expiry row that names a key)
 // and the sweep removes both when the TTL ends, so the index holds at most
 // one row per message appended within the longest TTL.
+//
+// # Upstream state
+//
+// What the upstream link keeps (schema 6, upstream.go): per device, the
+// UAID that stands for it upstream (upstream, with the reverse lookup in
+// upstream_rev for notifications coming back) and when it was last
+// helloed there, with hellos ordering the devices by that time so the
+// oldest is found without a scan; a hello rewrites these two small rows,
+// never the device record. A channel registered through an upstream
+// keeps the endpoint the upstream returned in its record. An unregister
+// the upstream has not heard yet is an entry in unreg_outbox, numbered in
+// the order made, and a tombstone (found by channel) that makes Append
+// refuse the channel's messages with ErrTombstoned, and Register the
+// channel, until UnregisterSent removes both. DeleteDevice removes the
+// identity but not the outbox entries: the upstream still holds those
+// channels.
 //
 // # Schema
 //

@@ -10,6 +10,7 @@ type storeMetrics struct {
 	batchSize     metrics.Observer
 	stored        metrics.Counter
 	deleted       [numReasons]metrics.Counter
+	tombstoned    metrics.Counter
 }
 
 func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
@@ -19,6 +20,7 @@ func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
 		commitSeconds: r.Histogram("pushrelay_store_commit_seconds", "Time from taking a batch to its fsync completing.", metrics.LatencyBuckets),
 		batchSize:     r.Histogram("pushrelay_store_batch_ops", "Operations per commit batch.", metrics.SizeBuckets),
 		stored:        r.Counter("pushrelay_store_messages_stored_total", "Messages appended."),
+		tombstoned:    r.Counter("pushrelay_store_tombstoned_total", "Messages refused because their channel's unregister waits to be sent upstream."),
 	}
 	deleted := r.CounterVec("pushrelay_store_messages_deleted_total", "Messages removed, by reason.", "reason")
 	for i, name := range reasonNames {
@@ -30,6 +32,10 @@ func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
 		func() float64 { return float64(s.nDevices.Load()) })
 	r.GaugeFunc("pushrelay_store_channels", "Registered channels.",
 		func() float64 { return float64(s.nChans.Load()) })
+	r.GaugeFunc("pushrelay_store_upstream_ids", "Devices with an identity at the upstream.",
+		func() float64 { return float64(s.nUpstreamIDs.Load()) })
+	r.GaugeFunc("pushrelay_store_unregisters_pending", "Unregisters kept to be sent to the upstream.",
+		func() float64 { return float64(s.nUnregs.Load()) })
 	r.GaugeFunc("pushrelay_store_damaged", "1 once a read or write found the file damaged (every store call then fails; see docs/operations.md).",
 		func() float64 {
 			if s.Damaged() != nil {

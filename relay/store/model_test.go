@@ -25,7 +25,7 @@ type modelMsg struct {
 }
 
 type modelDev struct {
-	chans map[push.ChannelID]string // channel → key
+	chans map[push.ChannelID]string // channel → key and endpoint
 	msgs  []modelMsg                // in seq order
 }
 
@@ -36,6 +36,39 @@ type model struct {
 	// origins: the message first appended with each origin key, until
 	// a sweep after its expiry.
 	origins map[push.Origin]modelOrigin
+	// outbox: the unregisters waiting for the upstream, in order;
+	// lastOut the last outbox seq issued; tombstoned the appends refused
+	// for a tombstone.
+	outbox     []modelUnreg
+	lastOut    uint64
+	tombstoned int
+	// ids: each device's upstream identity.
+	ids map[push.UAID]modelID
+}
+
+type modelUnreg struct {
+	seq  uint64
+	uaid push.UAID
+	ch   push.ChannelID
+	up   push.UAID
+}
+
+type modelID struct {
+	up      push.UAID
+	helloed time.Time
+}
+
+func (m *model) tombstone(u push.UAID, ch push.ChannelID) bool {
+	return slices.ContainsFunc(m.outbox, func(x modelUnreg) bool { return x.uaid == u && x.ch == ch })
+}
+
+func (m *model) owner(up push.UAID) (push.UAID, bool) {
+	for u, id := range m.ids {
+		if id.up == up {
+			return u, true
+		}
+	}
+	return push.UAID{}, false
 }
 
 type modelOrigin struct {
@@ -51,6 +84,7 @@ func (m *model) totals() Stats {
 		st.Channels += int64(len(d.chans))
 		st.Waiting += int64(len(d.msgs))
 	}
+	st.UpstreamIDs, st.PendingUnregisters = int64(len(m.ids)), int64(len(m.outbox))
 	return st
 }
 
@@ -90,7 +124,7 @@ func TestModel(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer func() { s.Close() }()
-	mod := &model{devs: map[push.UAID]*modelDev{}, deleted: map[string]int{}, origins: map[push.Origin]modelOrigin{}}
+	mod := &model{devs: map[push.UAID]*modelDev{}, deleted: map[string]int{}, origins: map[push.Origin]modelOrigin{}, ids: map[push.UAID]modelID{}}
 
 	check := func(step int, what string) {
 		t.Helper()
@@ -103,6 +137,45 @@ func TestModel(t *testing.T) {
 		}
 		if o, _ := originRows(t, s); o != len(mod.origins) {
 			t.Fatalf("step %d (%s): %d origin keys, model %d", step, what, o, len(mod.origins))
+		}
+		ps, err := s.PendingUnregisters(0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gotOut []modelUnreg
+		for _, p := range ps {
+			gotOut = append(gotOut, modelUnreg{p.Seq, p.UAID, p.Channel, p.Upstream})
+		}
+		if !slices.Equal(gotOut, mod.outbox) {
+			t.Fatalf("step %d (%s): outbox\n got %v\nwant %v", step, what, gotOut, mod.outbox)
+		}
+		hs, err := s.HelloedBefore(clk.Now().Add(time.Hour), 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var gotIDs, wantIDs []UpstreamID
+		for _, h := range hs {
+			gotIDs = append(gotIDs, UpstreamID{h.Device, h.Upstream, h.Helloed.UTC()})
+		}
+		for u, id := range mod.ids {
+			wantIDs = append(wantIDs, UpstreamID{u, id.up, id.helloed.UTC()})
+		}
+		slices.SortFunc(wantIDs, func(a, b UpstreamID) int {
+			if c := a.Helloed.Compare(b.Helloed); c != 0 {
+				return c
+			}
+			return slices.Compare(a.Device[:], b.Device[:])
+		})
+		if !slices.Equal(gotIDs, wantIDs) {
+			t.Fatalf("step %d (%s): hello order\n got %v\nwant %v", step, what, gotIDs, wantIDs)
+		}
+		for i := range nDevs {
+			up := upuaid(byte(i))
+			got, ok, err := s.DeviceFor(up)
+			want, wantOK := mod.owner(up)
+			if err != nil || ok != wantOK || got != want {
+				t.Fatalf("step %d (%s): DeviceFor(%v) = %v %v %v, model %v %v", step, what, up, got, ok, err, want, wantOK)
+			}
 		}
 		for i := range nDevs {
 			u := uaid(byte(i))
@@ -149,18 +222,22 @@ func TestModel(t *testing.T) {
 		switch r := rng.IntN(100); {
 		case r < 12: // register
 			key := []string{"", "k"}[rng.IntN(2)]
-			what = fmt.Sprintf("register %v %v %q", u, ch, key)
+			endpoint := []string{"", "", "https://up/e"}[rng.IntN(3)]
+			what = fmt.Sprintf("register %v %v %q %q", u, ch, key, endpoint)
 			var keyb []byte
 			if key != "" {
 				keyb = []byte(key)
 			}
-			err := s.Register(ctx, Channel{UAID: u, ID: ch, Key: keyb})
+			err := s.Register(ctx, Channel{UAID: u, ID: ch, Key: keyb, Endpoint: endpoint})
+			key += "|" + endpoint
 			var want error
 			switch {
 			case md != nil && hasChan(md, ch):
 				if md.chans[ch] != key {
 					want = ErrChannelConflict
 				}
+			case mod.tombstone(u, ch):
+				want = ErrTombstoned
 			case md != nil && len(md.chans) >= maxChan:
 				want = ErrTooManyChannels
 			default:
@@ -173,12 +250,23 @@ func TestModel(t *testing.T) {
 			if !errors.Is(err, want) || (want == nil) != (err == nil) {
 				t.Fatalf("step %d: %s = %v, want %v", step, what, err, want)
 			}
-		case r < 16: // unregister
-			what = fmt.Sprintf("unregister %v %v", u, ch)
-			ok, err := s.Unregister(ctx, u, ch)
+		case r < 16: // unregister, here or (half the time) for the upstream too
+			later := rng.IntN(2) == 0
+			up := upuaid(byte(rng.IntN(nDevs)))
+			what = fmt.Sprintf("unregister %v %v (later %v)", u, ch, later)
+			var ok bool
+			if later {
+				ok, err = s.UnregisterLater(ctx, u, ch, up)
+			} else {
+				ok, err = s.Unregister(ctx, u, ch)
+			}
 			want := md != nil && hasChan(md, ch)
 			if err != nil || ok != want {
 				t.Fatalf("step %d: %s = %v, %v; want %v", step, what, ok, err, want)
+			}
+			if want && later && !mod.tombstone(u, ch) {
+				mod.lastOut++
+				mod.outbox = append(mod.outbox, modelUnreg{mod.lastOut, u, ch, up})
 			}
 			if want {
 				delete(md.chans, ch)
@@ -218,8 +306,13 @@ func TestModel(t *testing.T) {
 				t.Fatalf("step %d: %s: a duplicate of nothing: %+v", step, what, rs[0])
 			}
 			if md == nil || !hasChan(md, ch) {
-				if !errors.Is(err, ErrNoChannel) {
-					t.Fatalf("step %d: %s = %v, want ErrNoChannel", step, what, err)
+				want := ErrNoChannel
+				if mod.tombstone(u, ch) {
+					want = ErrTombstoned
+					mod.tombstoned++
+				}
+				if !errors.Is(err, want) {
+					t.Fatalf("step %d: %s = %v, want %v", step, what, err, want)
 				}
 				break
 			}
@@ -306,11 +399,87 @@ func TestModel(t *testing.T) {
 				mod.deleted["unregistered"] += len(md.msgs)
 				delete(mod.devs, u)
 			}
-		case r < 87: // time passes
+			delete(mod.ids, u)
+		case r < 79: // the unregisters sent upstream
+			var seqs []uint64
+			for _, x := range mod.outbox {
+				if rng.IntN(2) == 0 {
+					seqs = append(seqs, x.seq)
+				}
+			}
+			want := len(seqs)
+			seqs = append(seqs, mod.lastOut+1)
+			what = fmt.Sprintf("unregister sent %v", seqs)
+			n, err := s.UnregisterSent(ctx, seqs...)
+			if err != nil || n != want {
+				t.Fatalf("step %d: %s = %d, %v; want %d", step, what, n, err, want)
+			}
+			mod.outbox = slices.DeleteFunc(mod.outbox, func(x modelUnreg) bool { return slices.Contains(seqs, x.seq) })
+		case r < 82: // an upstream identity set or dropped, a hello
+			up := upuaid(byte(rng.IntN(nDevs)))
+			switch rng.IntN(4) {
+			case 0:
+				what = fmt.Sprintf("set upstream id %v %v", u, up)
+				err := s.SetUpstreamID(ctx, u, up, clk.Now())
+				if owner, ok := mod.owner(up); ok && owner != u {
+					if !errors.Is(err, ErrUpstreamConflict) {
+						t.Fatalf("step %d: %s = %v, want ErrUpstreamConflict", step, what, err)
+					}
+					break
+				}
+				if err != nil {
+					t.Fatalf("step %d: %s: %v", step, what, err)
+				}
+				mod.ids[u] = modelID{up, clk.Now()}
+			case 3:
+				what = fmt.Sprintf("add upstream id %v %v", u, up)
+				id, added, err := s.AddUpstreamID(ctx, u, up, clk.Now())
+				old, had := mod.ids[u]
+				owner, taken := mod.owner(up)
+				switch {
+				case had:
+					if err != nil || added || id.Upstream != old.up || !id.Helloed.Equal(old.helloed) {
+						t.Fatalf("step %d: %s = %+v %v %v; want the old %+v", step, what, id, added, err, old)
+					}
+				case taken && owner != u:
+					if !errors.Is(err, ErrUpstreamConflict) {
+						t.Fatalf("step %d: %s = %v, want ErrUpstreamConflict", step, what, err)
+					}
+				default:
+					if err != nil || !added || id.Upstream != up || id.Device != u {
+						t.Fatalf("step %d: %s = %+v %v %v", step, what, id, added, err)
+					}
+					mod.ids[u] = modelID{up, clk.Now()}
+				}
+			case 1:
+				what = fmt.Sprintf("delete upstream id %v", u)
+				ok, err := s.DeleteUpstreamID(ctx, u)
+				_, want := mod.ids[u]
+				if err != nil || ok != want {
+					t.Fatalf("step %d: %s = %v, %v; want %v", step, what, ok, err, want)
+				}
+				delete(mod.ids, u)
+			default:
+				u2 := uaid(byte(rng.IntN(nDevs)))
+				what = fmt.Sprintf("helloed %v %v", u, u2)
+				n, err := s.Helloed(ctx, clk.Now(), u, u2)
+				want := 0
+				for _, x := range []push.UAID{u, u2} {
+					if id, ok := mod.ids[x]; ok {
+						want++
+						id.helloed = clk.Now()
+						mod.ids[x] = id
+					}
+				}
+				if err != nil || n != want {
+					t.Fatalf("step %d: %s = %d, %v; want %d", step, what, n, err, want)
+				}
+			}
+		case r < 90: // time passes
 			d := time.Duration(rng.IntN(2000)) * time.Millisecond
 			what = fmt.Sprintf("advance %v", d)
 			clk.Add(d)
-		case r < 95: // sweep
+		case r < 96: // sweep
 			what = "sweep"
 			n, err := s.Sweep(ctx)
 			want := 0
@@ -340,11 +509,18 @@ func TestModel(t *testing.T) {
 			t.Errorf("deleted{%s} = %v, model %d", r, got, mod.deleted[r])
 		}
 	}
-	t.Logf("deleted by reason: %v; final %+v", mod.deleted, mod.totals())
+	if got := metricValue(t, reg, "pushrelay_store_tombstoned_total"); got != float64(mod.tombstoned) {
+		t.Errorf("tombstoned_total = %v, model %d", got, mod.tombstoned)
+	}
+	t.Logf("deleted by reason: %v; final %+v; %d refused for a tombstone, %d unregisters waiting", mod.deleted, mod.totals(), mod.tombstoned, len(mod.outbox))
 
 	// The totals persisted in meta survive a reopen.
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
+	}
+	// And the file is sound, the upstream buckets' cross-references too.
+	if r, err := Verify(path, time.Second); err != nil {
+		t.Fatalf("Verify: %v %+v", err, r)
 	}
 	opts.Metrics = nil
 	if s, err = Open(opts); err != nil {

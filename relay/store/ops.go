@@ -110,7 +110,9 @@ func (s *Store) UpdateWake(ctx context.Context, u push.UAID, create bool, fn fun
 }
 
 // DeleteDevice removes u's record, channels and messages (counted as
-// unregistered). Deleting an unknown device is not an error.
+// unregistered) and its upstream identity. Unregisters waiting to be sent
+// upstream stay (UnregisterLater). Deleting an unknown device is not an
+// error.
 func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
 	return s.do(ctx, func(t *txn) error {
 		_, ok, err := t.device(u)
@@ -132,6 +134,9 @@ func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
 			}
 			t.delta.channels--
 		}
+		if err := t.deleteUpstreamID(u); err != nil {
+			return err
+		}
 		// Topic rows all went with their messages; this catches strays.
 		for _, k := range keysWithPrefix(t.topics, u[:]) {
 			if err := t.topics.Delete(k); err != nil {
@@ -150,10 +155,17 @@ func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
 
 // Register adds channel c, creating its device's record if needed (with
 // Created and LastSeen set to c.Created, or now if that is zero).
-// Registering an existing channel again with an equal Key is a no-op;
-// with another Key it fails with ErrChannelConflict. A device over
-// MaxChannelsPerUAID gets ErrTooManyChannels.
+// Registering an existing channel again with an equal Key and Endpoint is
+// a no-op; with another Key or Endpoint it fails with ErrChannelConflict
+// (a caller with an upstream reads the stored Endpoint with Channel
+// first and answers it). A device over MaxChannelsPerUAID gets
+// ErrTooManyChannels; a channel whose unregister still waits to be sent
+// upstream gets ErrTombstoned; an Endpoint longer than MaxEndpointLen,
+// ErrBadChannel.
 func (s *Store) Register(ctx context.Context, c Channel) error {
+	if len(c.Endpoint) > MaxEndpointLen {
+		return fmt.Errorf("%w: endpoint longer than %d bytes", ErrBadChannel, MaxEndpointLen)
+	}
 	if c.Created.IsZero() {
 		c.Created = s.now()
 	}
@@ -165,10 +177,13 @@ func (s *Store) Register(ctx context.Context, c Channel) error {
 			if err != nil {
 				return err
 			}
-			if bytes.Equal(old.Key, c.Key) {
+			if bytes.Equal(old.Key, c.Key) && old.Endpoint == c.Endpoint {
 				return nil
 			}
 			return reject(ErrChannelConflict)
+		}
+		if t.tombstones.Get(key) != nil {
+			return reject(ErrTombstoned)
 		}
 		d, ok, err := t.device(c.UAID)
 		if err != nil {
@@ -238,31 +253,36 @@ func (s *Store) Unregister(ctx context.Context, u push.UAID, id push.ChannelID) 
 		if t.channels.Get(key) == nil {
 			return nil
 		}
-		d, ok, err := t.device(u)
-		if err != nil {
-			return err
-		}
-		seqs, hs, err := t.uaidMessages(u, &id)
-		if err != nil {
-			return err
-		}
-		for i, seq := range seqs {
-			if err := t.removeMessage(u, seq, hs[i], reasonUnregistered); err != nil {
-				return err
-			}
-		}
-		if err := t.channels.Delete(key); err != nil {
-			return err
-		}
-		t.delta.channels--
 		existed = true
-		if !ok {
-			return nil
-		}
-		d.Channels--
-		return t.putDevice(d)
+		return t.unregister(u, id)
 	})
 	return existed, err
+}
+
+// unregister removes registered channel id of u and its waiting messages.
+func (t *txn) unregister(u push.UAID, id push.ChannelID) error {
+	d, ok, err := t.device(u)
+	if err != nil {
+		return err
+	}
+	seqs, hs, err := t.uaidMessages(u, &id)
+	if err != nil {
+		return err
+	}
+	for i, seq := range seqs {
+		if err := t.removeMessage(u, seq, hs[i], reasonUnregistered); err != nil {
+			return err
+		}
+	}
+	if err := t.channels.Delete(channelKey(u, id)); err != nil {
+		return err
+	}
+	t.delta.channels--
+	if !ok {
+		return nil
+	}
+	d.Channels--
+	return t.putDevice(d)
 }
 
 // ---- messages ----
@@ -270,8 +290,10 @@ func (s *Store) Unregister(ctx context.Context, u push.UAID, id push.ChannelID) 
 // Append stores m and returns it with its Seq (and Received and Expiry
 // filled in when they were zero). A message whose origin key was appended
 // before, while that one's TTL lasts, is not stored again: Append returns
-// it with the first one's Seq (AppendBatch tells more). The channel must be registered
-// (ErrNoChannel); m.TTL must be positive (ErrZeroTTL). A waiting message
+// it with the first one's Seq (AppendBatch tells more). The channel must
+// be registered (ErrNoChannel, or ErrTombstoned while its unregister waits
+// to be sent upstream: the caller acks the message upstream and drops
+// it); m.TTL must be positive (ErrZeroTTL). A waiting message
 // with the same non-empty Topic on the same channel is replaced (counted
 // as replaced_topic) and the new one gets a new Seq. If the device then
 // holds more than MaxMessagesPerUAID messages its oldest are dropped
@@ -357,7 +379,11 @@ func (s *Store) appendOp(m *Message) (func(t *txn) error, *appendOutcome, error)
 		}
 		// A channel implies its device's record (Register writes both,
 		// DeleteDevice removes both).
-		if t.channels.Get(channelKey(u, ch)) == nil {
+		if ck := channelKey(u, ch); t.channels.Get(ck) == nil {
+			if t.tombstones.Get(ck) != nil {
+				t.tombstoned++
+				return reject(ErrTombstoned)
+			}
 			return reject(ErrNoChannel)
 		}
 		var tk []byte

@@ -202,7 +202,7 @@ func TestMigrationFromV4(t *testing.T) {
 		if err := tx.Bucket(bucketDevices).Put(deviceKey(u), encodeDevice(Device{UAID: u, Created: now, LastSeen: now, Channels: 1})); err != nil {
 			return err
 		}
-		if err := tx.Bucket(bucketChannels).Put(channelKey(u, chid(1)), encodeChannel(Channel{Created: now})); err != nil {
+		if err := tx.Bucket(bucketChannels).Put(channelKey(u, chid(1)), encodeChannelV1(Channel{Created: now})); err != nil {
 			return err
 		}
 		m := Message{UAID: u, Channel: chid(1), Received: now, TTL: time.Minute, Expiry: now.Add(time.Minute), Data: []byte("old")}
@@ -215,11 +215,11 @@ func TestMigrationFromV4(t *testing.T) {
 		if err := tx.Bucket(bucketExpiry).Put(expiryKey(timeNanos(m.Expiry), u, 1), nil); err != nil {
 			return err
 		}
-		return putTotals(tx.Bucket(bucketMeta), totals{1, 1, 1})
+		return putTotals(tx.Bucket(bucketMeta), totals{devices: 1, channels: 1, waiting: 1})
 	})
 	clk := &fakeClock{t: now}
 	s := openTest(t, Options{Path: path, Now: clk.Now})
-	if v := fileSchema(t, s); v != 5 {
+	if v := fileSchema(t, s); v != schemaVersion() {
 		t.Fatalf("schema %d after migration", v)
 	}
 	rs := appendBatch(t, s, originMsg(u, chid(1), "new", 1, time.Hour), originMsg(u, chid(1), "new", 1, time.Hour))

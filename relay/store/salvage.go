@@ -17,6 +17,10 @@ type SalvageReport struct {
 	// Origins counts the origin keys copied (each with its expiry row,
 	// so it still ends with its message's TTL).
 	Origins int64
+	// UpstreamIDs counts the upstream identities copied (with their
+	// reverse and hello rows); Unregisters the unregisters still to be
+	// sent upstream (with their tombstones).
+	UpstreamIDs, Unregisters int64
 	// DamagedRegions counts the pages skipped (each with the pages
 	// below it) because they could not be read; BadRows the rows that
 	// did not decode; Orphans the messages whose channel was lost.
@@ -33,7 +37,9 @@ const salvageChunk = 4096
 // page is skipped, with the pages below it, and everything else is read. A channel whose device record was lost
 // gets a new record; a message whose channel was lost is left behind (no
 // endpoint can reach it). Message seqs are kept; the topic and expiry
-// indexes and the totals are rebuilt. dst carries no clean-close mark, so
+// indexes and the totals are rebuilt, and so are the upstream identities'
+// reverse and hello rows and the tombstones of the unregisters still to
+// be sent upstream. dst carries no clean-close mark, so
 // the first Open verifies it.
 func Salvage(src, dst string, lockTimeout time.Duration) (SalvageReport, error) {
 	start := time.Now()
@@ -234,6 +240,9 @@ func (w *salvageWriter) copyAll() error {
 	if err := w.copyBroadcasts(); err != nil {
 		return err
 	}
+	if err := w.copyUpstream(); err != nil {
+		return err
+	}
 	// The last seq issued: the old file's if it can be read, and never
 	// below a copied message's.
 	var seq uint64
@@ -255,7 +264,7 @@ func (w *salvageWriter) copyAll() error {
 		if err := meta.Delete(metaClean); err != nil {
 			return err
 		}
-		return putTotals(meta, totals{w.rep.Devices, w.rep.Channels, w.rep.Messages})
+		return putTotals(meta, totals{w.rep.Devices, w.rep.Channels, w.rep.Messages, w.rep.UpstreamIDs, w.rep.Unregisters})
 	})
 }
 
@@ -356,5 +365,88 @@ func (w *salvageWriter) copyBroadcasts() error {
 			}
 		}
 		return nil
+	})
+}
+
+// copyUpstream copies the upstream identities and the unregisters still
+// to be sent upstream, if the old file has them (schema 6 and later). The
+// reverse and hello rows are rebuilt from the identities, the tombstones
+// from the outbox; an upstream UAID claimed by two devices (a damaged
+// row) stays with the first.
+func (w *salvageWriter) copyUpstream() error {
+	if _, ok := w.geo.roots[string(bucketUpstream)]; ok {
+		err := w.scan(bucketUpstream, func(k, v []byte) error {
+			id, ok := decodeUpstream(k, v)
+			if !ok {
+				w.rep.BadRows++
+				return nil
+			}
+			return w.add(func(t *salvageTx) error {
+				tx := t.devices.Tx()
+				rev := tx.Bucket(bucketUpstreamRev)
+				if rev.Get(id.Upstream[:]) != nil {
+					w.rep.BadRows++
+					return nil
+				}
+				at := timeNanos(id.Helloed)
+				if err := tx.Bucket(bucketUpstream).Put(deviceKey(id.Device), upstreamValue(id.Upstream, at)); err != nil {
+					return err
+				}
+				if err := rev.Put(deviceKey(id.Upstream), deviceKey(id.Device)); err != nil {
+					return err
+				}
+				w.rep.UpstreamIDs++
+				return tx.Bucket(bucketHellos).Put(helloKey(at, id.Device), nil)
+			})
+		})
+		if err != nil {
+			return err
+		}
+	}
+	var maxSeq uint64
+	if _, ok := w.geo.roots[string(bucketUnregOutbox)]; ok {
+		err := w.scan(bucketUnregOutbox, func(k, v []byte) error {
+			p, ok := decodeOutbox(k, v)
+			if !ok {
+				w.rep.BadRows++
+				return nil
+			}
+			maxSeq = max(maxSeq, p.Seq)
+			return w.add(func(t *salvageTx) error {
+				tx := t.devices.Tx()
+				tomb := tx.Bucket(bucketTombstones)
+				ck := channelKey(p.UAID, p.Channel)
+				if tomb.Get(ck) != nil {
+					// Two entries for one channel: the first is enough.
+					return nil
+				}
+				if err := tx.Bucket(bucketUnregOutbox).Put(seqValue(p.Seq), encodeOutbox(p)); err != nil {
+					return err
+				}
+				w.rep.Unregisters++
+				return tomb.Put(ck, seqValue(p.Seq))
+			})
+		})
+		if err != nil {
+			return err
+		}
+	}
+	if err := w.flush(); err != nil {
+		return err
+	}
+	// Outbox seqs continue after the old file's, as message seqs do.
+	var seq uint64
+	if guard(func() error {
+		return w.in.View(func(tx *bolt.Tx) error {
+			if b := tx.Bucket(bucketUnregOutbox); b != nil {
+				seq = b.Sequence()
+			}
+			return nil
+		})
+	}) != nil {
+		w.rep.DamagedRegions++
+	}
+	return w.db.Update(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketUnregOutbox).SetSequence(max(seq, maxSeq))
 	})
 }

@@ -23,6 +23,9 @@ var (
 	metaDevices  = []byte("devices")
 	metaChannels = []byte("channels")
 	metaWaiting  = []byte("waiting")
+	// Schema 6: upstream identities and unregisters kept for the upstream.
+	metaUpstreamIDs = []byte("upstream_ids")
+	metaUnregs      = []byte("unregs")
 )
 
 // A migration moves the file from version-1 to version. Migrations run in
@@ -42,6 +45,7 @@ var migrations = []migration{
 	{3, "per-device message counts leave the device record", migrateDropDeviceWaiting},
 	{4, "broadcast versions", migrateCreateBroadcasts},
 	{5, "origin-key index", migrateCreateOrigins},
+	{6, "upstream identities, hello order, unregister outbox; channel records v2", migrateCreateUpstream},
 }
 
 // schemaVersion is the version this build writes.
@@ -129,7 +133,7 @@ func migrateCountTotals(tx *bolt.Tx) error {
 	if err != nil {
 		return err
 	}
-	return putTotals(tx.Bucket(bucketMeta), totals{int64(devices), int64(channels), int64(waiting)})
+	return putTotals(tx.Bucket(bucketMeta), totals{devices: int64(devices), channels: int64(channels), waiting: int64(waiting)})
 }
 
 // Version 3: a device's message count is no longer kept in its record,
@@ -162,15 +166,17 @@ func migrateDropDeviceWaiting(tx *bolt.Tx) error {
 	return nil
 }
 
-// totals are the store-wide counters kept in meta.
-type totals struct{ devices, channels, waiting int64 }
+// totals are the store-wide counters kept in meta. A file from before
+// schema 6 has no upstreamIDs or unregs key: both read as 0, right for
+// its empty buckets.
+type totals struct{ devices, channels, waiting, upstreamIDs, unregs int64 }
 
 func readTotals(meta *bolt.Bucket) (totals, error) {
 	var t totals
 	for _, f := range []struct {
 		key []byte
 		dst *int64
-	}{{metaDevices, &t.devices}, {metaChannels, &t.channels}, {metaWaiting, &t.waiting}} {
+	}{{metaDevices, &t.devices}, {metaChannels, &t.channels}, {metaWaiting, &t.waiting}, {metaUpstreamIDs, &t.upstreamIDs}, {metaUnregs, &t.unregs}} {
 		v := meta.Get(f.key)
 		if v == nil {
 			continue
@@ -188,7 +194,7 @@ func putTotals(meta *bolt.Bucket, t totals) error {
 	for _, f := range []struct {
 		key []byte
 		n   int64
-	}{{metaDevices, t.devices}, {metaChannels, t.channels}, {metaWaiting, t.waiting}} {
+	}{{metaDevices, t.devices}, {metaChannels, t.channels}, {metaWaiting, t.waiting}, {metaUpstreamIDs, t.upstreamIDs}, {metaUnregs, t.unregs}} {
 		v := make([]byte, 8)
 		binary.BigEndian.PutUint64(v, uint64(max(f.n, 0)))
 		if err := meta.Put(f.key, v); err != nil {

@@ -23,7 +23,7 @@ func fileSchema(t *testing.T, s *Store) uint64 {
 func checkBuckets(t *testing.T, s *Store) {
 	t.Helper()
 	if err := s.view(func(tx *bolt.Tx) error {
-		for _, b := range [][]byte{bucketDevices, bucketChannels, bucketMessages, bucketTopics, bucketExpiry, bucketMeta, bucketBroadcasts, bucketOrigins} {
+		for _, b := range [][]byte{bucketDevices, bucketChannels, bucketMessages, bucketTopics, bucketExpiry, bucketMeta, bucketBroadcasts, bucketOrigins, bucketUpstream, bucketUpstreamRev, bucketHellos, bucketTombstones, bucketUnregOutbox} {
 			if tx.Bucket(b) == nil {
 				t.Errorf("bucket %s missing", b)
 			}
@@ -92,7 +92,7 @@ func TestMigrationFromV1(t *testing.T) {
 				return err
 			}
 			for c := range counts[1] {
-				if err := tx.Bucket(bucketChannels).Put(channelKey(u, chid(byte(c))), encodeChannel(Channel{Created: now})); err != nil {
+				if err := tx.Bucket(bucketChannels).Put(channelKey(u, chid(byte(c))), encodeChannelV1(Channel{Created: now})); err != nil {
 					return err
 				}
 			}
@@ -165,7 +165,7 @@ func TestMigrationFromV2(t *testing.T) {
 			if err := tx.Bucket(bucketDevices).Put(deviceKey(u), encodeDevice(d)); err != nil {
 				return err
 			}
-			if err := tx.Bucket(bucketChannels).Put(channelKey(u, chid(0)), encodeChannel(Channel{Created: now})); err != nil {
+			if err := tx.Bucket(bucketChannels).Put(channelKey(u, chid(0)), encodeChannelV1(Channel{Created: now})); err != nil {
 				return err
 			}
 			for range counts[0] {
@@ -183,7 +183,7 @@ func TestMigrationFromV2(t *testing.T) {
 				}
 			}
 		}
-		return putTotals(tx.Bucket(bucketMeta), totals{3, 3, 5})
+		return putTotals(tx.Bucket(bucketMeta), totals{devices: 3, channels: 3, waiting: 5})
 	})
 
 	s := openTest(t, Options{Path: path, MaxMessagesPerUAID: 3})

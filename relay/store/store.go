@@ -131,6 +131,7 @@ type Store struct {
 	// disk (schema 3). Owned by the committer; bounded by maxCachedCounts.
 	waiting                   map[push.UAID]int
 	nDevices, nChans, nWait   atomic.Int64
+	nUpstreamIDs, nUnregs     atomic.Int64
 	nCommits                  atomic.Uint64 // successful commits, for benchmarks
 	onStored                  atomic.Pointer[func([]Message)]
 	maxMessages, maxChannels  int
@@ -357,13 +358,18 @@ func (s *Store) Stats() (Stats, error) {
 	if err := s.Damaged(); err != nil {
 		return Stats{}, err
 	}
-	return Stats{Devices: s.nDevices.Load(), Channels: s.nChans.Load(), Waiting: s.nWait.Load()}, nil
+	return Stats{
+		Devices: s.nDevices.Load(), Channels: s.nChans.Load(), Waiting: s.nWait.Load(),
+		UpstreamIDs: s.nUpstreamIDs.Load(), PendingUnregisters: s.nUnregs.Load(),
+	}, nil
 }
 
 func (s *Store) publish() {
 	s.nDevices.Store(s.tot.devices)
 	s.nChans.Store(s.tot.channels)
 	s.nWait.Store(s.tot.waiting)
+	s.nUpstreamIDs.Store(s.tot.upstreamIDs)
+	s.nUnregs.Store(s.tot.unregs)
 }
 
 // view runs a read transaction unless the store is closed or damaged. A
@@ -621,5 +627,8 @@ func (a totals) add(b totals) totals {
 		devices:  max(a.devices+b.devices, 0),
 		channels: max(a.channels+b.channels, 0),
 		waiting:  max(a.waiting+b.waiting, 0),
+
+		upstreamIDs: max(a.upstreamIDs+b.upstreamIDs, 0),
+		unregs:      max(a.unregs+b.unregs, 0),
 	}
 }

@@ -41,12 +41,16 @@ var reasonNames = [numReasons]string{
 type txn struct {
 	tx                                                         *bolt.Tx
 	devices, channels, messages, topics, expiry, meta, origins *bolt.Bucket
-	now                                                        time.Time
-	maxMessages, maxChannels                                   int
+	// The upstream link's buckets (schema 6, upstream.go).
+	upstream, upstreamRev, hellos, tombstones, unregOutbox *bolt.Bucket
+	now                                                    time.Time
+	maxMessages, maxChannels                               int
 
 	delta   totals
 	stored  int
 	deleted [numReasons]int
+	// tombstoned counts appends refused with ErrTombstoned.
+	tombstoned int
 
 	// cached is the committer's count of messages per device, read only;
 	// waiting holds this transaction's counts, which replace those in
@@ -75,6 +79,11 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 		expiry:      tx.Bucket(bucketExpiry),
 		meta:        tx.Bucket(bucketMeta),
 		origins:     tx.Bucket(bucketOrigins),
+		upstream:    tx.Bucket(bucketUpstream),
+		upstreamRev: tx.Bucket(bucketUpstreamRev),
+		hellos:      tx.Bucket(bucketHellos),
+		tombstones:  tx.Bucket(bucketTombstones),
+		unregOutbox: tx.Bucket(bucketUnregOutbox),
 		now:         s.now(),
 		maxMessages: s.maxMessages,
 		maxChannels: s.maxChannels,
@@ -97,6 +106,9 @@ const appendFillPercent = 0.9
 func (t *txn) countMetrics(m *storeMetrics) {
 	if t.stored > 0 {
 		m.stored.Add(float64(t.stored))
+	}
+	if t.tombstoned > 0 {
+		m.tombstoned.Add(float64(t.tombstoned))
 	}
 	for r, n := range t.deleted {
 		if n > 0 {

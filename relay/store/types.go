@@ -14,6 +14,14 @@ var (
 	ErrClosed = errors.New("store closed")
 	// ErrNoChannel: Append to a channel (or device) that is not registered.
 	ErrNoChannel = errors.New("no such channel")
+	// ErrTombstoned: Append to a channel whose unregister waits to be
+	// sent upstream (UnregisterLater), or Register of it again. A message
+	// refused with it is counted (pushrelay_store_tombstoned_total); the
+	// caller acks it upstream and drops it.
+	ErrTombstoned = errors.New("channel unregistered, unregister not yet sent upstream")
+	// ErrUpstreamConflict: SetUpstreamID with an upstream UAID that
+	// already stands for another device.
+	ErrUpstreamConflict = errors.New("upstream uaid belongs to another device")
 	// ErrNoDevice: UpdateWake without create for a device that has no
 	// record.
 	ErrNoDevice = errors.New("no such device")
@@ -27,6 +35,9 @@ var (
 	// ErrBadMessage: Append of a message the store cannot hold (for
 	// example a topic longer than MaxTopicLen).
 	ErrBadMessage = errors.New("bad message")
+	// ErrBadChannel: Register of a channel the store cannot hold (an
+	// Endpoint longer than MaxEndpointLen).
+	ErrBadChannel = errors.New("bad channel")
 	// ErrSchemaTooNew: the file was written by a newer pushrelay.
 	ErrSchemaTooNew = errors.New("store schema is newer than this build")
 	// ErrLocked: another process holds the store file.
@@ -60,7 +71,14 @@ type Channel struct {
 	Created time.Time
 	// Key is the raw VAPID public key the channel is bound to, or nil.
 	Key []byte
+	// Endpoint is the push endpoint an upstream returned for the channel
+	// (at most MaxEndpointLen bytes), kept so that a re-register or a
+	// restart answers the same one; empty in standalone mode.
+	Endpoint string
 }
+
+// MaxEndpointLen bounds Channel.Endpoint.
+const MaxEndpointLen = 1024
 
 // Message is one stored push message.
 type Message struct {
@@ -96,4 +114,7 @@ type Message struct {
 // Stats are whole-store totals, kept as counters so reading them is O(1).
 type Stats struct {
 	Devices, Channels, Waiting int64
+	// UpstreamIDs counts the devices with an upstream identity;
+	// PendingUnregisters the unregisters waiting to be sent upstream.
+	UpstreamIDs, PendingUnregisters int64
 }
