@@ -91,3 +91,41 @@ func TestRegisterMintsThroughEndpoints(t *testing.T) {
 		d.expectNone(time.Second) // and the session goes on
 	})
 }
+
+// keepingEndpoints is upstreamEndpoints whose endpoints the hub must store.
+type keepingEndpoints struct{ upstreamEndpoints }
+
+func (*keepingEndpoints) KeepEndpoints() bool { return true }
+
+// An Endpoints that is an EndpointKeeper has its endpoint stored with the
+// channel; the standalone kind does not.
+func TestRegisterKeepsEndpoint(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		for _, keep := range []bool{false, true} {
+			var eps relay.Endpoints = &upstreamEndpoints{}
+			if keep {
+				eps = &keepingEndpoints{}
+			}
+			h := newHarness(t, func(c *relay.Config) { c.Endpoints = eps })
+			d := h.hello("")
+			ch := newChannelID()
+			r := d.register(ch, "")
+			if r.Status != 200 {
+				t.Fatalf("register: %+v", r)
+			}
+			u, _ := push.ParseUAID(d.uaid)
+			id, _ := push.ParseChannelID(ch)
+			c, ok, err := h.st.Channel(u, id)
+			if !ok || err != nil {
+				t.Fatalf("channel not stored: %v %v", ok, err)
+			}
+			want := ""
+			if keep {
+				want = r.PushEndpoint
+			}
+			if c.Endpoint != want {
+				t.Errorf("keep=%v: stored endpoint %q, want %q", keep, c.Endpoint, want)
+			}
+		}
+	})
+}

@@ -186,6 +186,14 @@ type Endpoints interface {
 	Abandon(ctx context.Context, r Registration)
 }
 
+// EndpointKeeper is implemented by Endpoints whose endpoints cannot be
+// minted again (an upstream's pushEndpoint): the hub stores what Mint
+// returned with the channel (store.Channel.Endpoint) when KeepEndpoints
+// reports true. The standalone minter's endpoints are not stored.
+type EndpointKeeper interface {
+	KeepEndpoints() bool
+}
+
 // Registration is one register of a device, as Endpoints sees it.
 type Registration struct {
 	UAID    push.UAID

@@ -462,7 +462,11 @@ func (s *session) register(m pushproto.Register) bool {
 		h.m.registers.With("500").Inc()
 		return s.write(pushproto.EncodeRegister(m.ChannelID, 500, ""))
 	}
-	err = h.cfg.Store.Register(h.ctx, store.Channel{UAID: s.uaid, ID: ch, Created: h.cfg.Now(), Key: key})
+	c := store.Channel{UAID: s.uaid, ID: ch, Created: h.cfg.Now(), Key: key}
+	if k, ok := h.cfg.Endpoints.(EndpointKeeper); ok && k.KeepEndpoints() {
+		c.Endpoint = endpoint
+	}
+	err = h.cfg.Store.Register(h.ctx, c)
 	status := 200
 	switch {
 	case err == nil:
