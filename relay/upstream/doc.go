@@ -24,7 +24,9 @@
 // after a jittered exponential backoff (Config.BackoffMin doubling to
 // Config.BackoffMax). The link never sends the {} ping (autopush closes a
 // client that sends it more than once per 45 s); the upstream's WebSocket
-// pings are answered by the client's WebSocket layer.
+// pings are answered, and each extends the session's read deadline
+// (Config.ReadTimeout), so a session is dropped only when the upstream
+// stopped sending even pings.
 //
 // Goroutines: one per held session, parked in its read, which also does
 // the session's Ingest calls; so at most one notification per session is

@@ -101,6 +101,9 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	if _, err := l.cfg.Store.Helloed(ctx, l.cfg.Now(), h.id.Device); err != nil {
 		l.cfg.Logger.Warn("record upstream hello", "uaid", h.id.Device, "err", err)
 	}
+	// autopush pings every 300 s: a read times out only when the pings
+	// stopped, not while the device merely gets nothing.
+	c.ExtendOnPing(l.cfg.ReadTimeout)
 	h.mu.Lock()
 	h.c = c
 	h.mu.Unlock()

@@ -416,3 +416,46 @@ func TestPartlyAckedBatchResentOnce(t *testing.T) {
 		t.Errorf("hub counted %v duplicates, the link %v", hd, d)
 	}
 }
+
+// A held session lives on while the upstream only pings it: its pings
+// (answered) keep the read from timing out, so a quiet device is not
+// reconnected every ReadTimeout.
+func TestQuietSessionHeld(t *testing.T) {
+	up := startUpstream(t, autopushtest.Config{AutoPingInterval: 100 * time.Millisecond, AutoPingTimeout: 50 * time.Millisecond})
+	n := startNode(t, node.Config{})
+	dev := dial(t, n.DeviceURL())
+	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := push.ParseUAID(dev.UAID)
+	ch, _ := push.ParseChannelID(newChannelID())
+	link, err := upstream.New(upstream.Config{
+		URL: up.URL(), Store: n.Store(), BackoffMin: 20 * time.Millisecond, ReadTimeout: 300 * time.Millisecond,
+		Logger: testLogger(t, "link"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- link.Run(runCtx, n.Hub()) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err = link.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := n.Store().UpstreamID(u)
+	waitFor(t, "the held session", func() bool { return up.Open(id.Upstream.String()) })
+	time.Sleep(time.Second) // over three read timeouts, some 10 pings
+	// The register's own connection and the held session: no reconnect.
+	if h := up.Stats().Hellos[id.Upstream.String()]; h != 2 {
+		t.Errorf("%d hellos from the identity, want 2", h)
+	}
+}
