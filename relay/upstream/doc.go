@@ -19,7 +19,7 @@
 // channel, version), TTL Config.TTL, urgency normal: upstream frames carry
 // neither) and is acked upstream only once Ingest returned it durable, a
 // duplicate and a message for a channel unregistered here included. A
-// message Ingest could not store is not acked: the session is dropped and
+// message Ingest could not store is not acked: the session is closed and
 // the upstream sends it again on the next connect. Lost sessions reconnect
 // after a jittered exponential backoff (Config.BackoffMin doubling to
 // Config.BackoffMax). The link never sends the {} ping (autopush closes a
@@ -28,7 +28,14 @@
 // (Config.ReadTimeout), so a session is dropped only when the upstream
 // stopped sending even pings.
 //
-// Goroutines: one per held session, parked in its read, which also does
-// the session's Ingest calls; so at most one notification per session is
-// in flight between the upstream and the store.
+// Batches: autopush sends stored messages 10 at a time and the next batch
+// only when the whole one is acked. The session's reader queues each
+// notification (at most Config.MaxInflight unacked); an ingester drains
+// the queue up to 10 at a time, one Ingest call (one commit) and one ack
+// frame per batch. autopush sends a partly acked batch again, whole, on
+// the next connect; the origin keys make what was stored here duplicates,
+// acked again and not delivered again.
+//
+// Goroutines: one per held session, parked in its read, and one more
+// while notifications wait to be stored and acked.
 package upstream

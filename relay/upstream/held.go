@@ -118,14 +118,23 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 		}
 		h.mu.Unlock()
 	}()
+	in := &inbox{slots: make(chan struct{}, l.cfg.MaxInflight)}
+	// The ingester is done (and acks no more) before the next connect.
+	defer in.wg.Wait()
+	defer c.Abort()
 	for {
 		f, err := c.Read(time.Now().Add(l.cfg.ReadTimeout))
 		if err != nil {
+			in.mu.Lock()
+			if in.failed != nil {
+				err = in.failed
+			}
+			in.mu.Unlock()
 			return true, fmt.Errorf("read: %w", err)
 		}
 		switch f.MessageType {
 		case pushproto.TypeNotification:
-			if err := h.deliver(ctx, c, f); err != nil {
+			if err := h.put(ctx, in, c, f); err != nil {
 				return true, err
 			}
 		case pushproto.TypeRegister, pushproto.TypeUnregister:
@@ -140,62 +149,156 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	}
 }
 
-// deliver ingests one notification and acks it upstream once it is
-// durable here, or dropped for good. An error leaves it unacked and ends
-// the connection: the upstream sends it again on the next.
-func (h *held) deliver(ctx context.Context, c *pushclient.Client, f pushproto.ServerFrame) error {
+// batchMax is the most notifications one Ingest call carries: autopush
+// sends stored messages 10 at a time.
+const batchMax = 10
+
+// inbox is what the reader hands the session's ingester: notifications in
+// arrival order, at most Config.MaxInflight of them.
+type inbox struct {
+	mu      sync.Mutex
+	q       []pushproto.ServerFrame
+	running bool  // an ingester goroutine is draining q
+	failed  error // the first ingest or ack failure; nothing more is acked
+	slots   chan struct{}
+	wg      sync.WaitGroup
+}
+
+// put queues a notification, waiting for a slot while MaxInflight are in
+// flight, and starts an ingester if none runs.
+func (h *held) put(ctx context.Context, in *inbox, c *pushclient.Client, f pushproto.ServerFrame) error {
+	select {
+	case in.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.failed != nil {
+		<-in.slots
+		return in.failed
+	}
+	in.q = append(in.q, f)
+	if !in.running {
+		in.running = true
+		in.wg.Go(func() { h.drain(ctx, in, c) })
+	}
+	return nil
+}
+
+// drain ingests what the inbox holds, batchMax at a time, acking each
+// batch in one frame after its commit, until the inbox is empty. A
+// failure stops the connection (the upstream sends the unacked ones
+// again on the next).
+func (h *held) drain(ctx context.Context, in *inbox, c *pushclient.Client) {
+	for {
+		in.mu.Lock()
+		if len(in.q) == 0 || in.failed != nil {
+			for range in.q {
+				<-in.slots
+			}
+			in.q = nil
+			in.running = false
+			in.mu.Unlock()
+			return
+		}
+		n := min(len(in.q), batchMax)
+		batch := append([]pushproto.ServerFrame(nil), in.q[:n]...)
+		in.q = append(in.q[:0], in.q[n:]...)
+		in.mu.Unlock()
+		err := h.deliver(ctx, c, batch)
+		for range batch {
+			<-in.slots
+		}
+		if err != nil {
+			in.mu.Lock()
+			if in.failed == nil {
+				in.failed = err
+			}
+			in.mu.Unlock()
+			h.l.cfg.Logger.Info("upstream notifications not stored; dropping the session", "uaid", h.id.Device, "err", err)
+			// A close frame, after the acks already written: the
+			// upstream reads those first and re-sends only the rest.
+			c.Close()
+		}
+	}
+}
+
+// deliver ingests a batch of notifications in one commit and acks upstream
+// those now durable here, or dropped for good, in one frame. An error
+// leaves the batch unacked.
+func (h *held) deliver(ctx context.Context, c *pushclient.Client, fs []pushproto.ServerFrame) error {
 	l := h.l
-	ack := func() error {
-		if err := c.Send(pushproto.EncodeAck([]pushproto.AckUpdate{{ChannelID: f.ChannelID, Version: f.Version, Code: pushproto.AckOK}})); err != nil {
+	acks := make([]pushproto.AckUpdate, 0, len(fs))
+	ms := make([]push.Message, 0, len(fs))
+	at := make([]int, 0, len(fs)) // index in fs of each of ms
+	for i, f := range fs {
+		ch, err := push.ParseChannelID(f.ChannelID)
+		var data []byte
+		if err == nil {
+			data, err = base64.RawURLEncoding.DecodeString(strings.TrimRight(f.Data, "="))
+		}
+		if err != nil || f.Version == "" || len(f.Updates) > 0 {
+			// Nothing here could ever store it; holding it upstream
+			// would only block the batches behind it.
+			l.m.messages.With("dropped_bad").Inc()
+			l.cfg.Logger.Warn("upstream notification dropped: malformed", "uaid", h.id.Device, "channel", f.ChannelID, "err", err)
+			acks = append(acks, pushproto.AckUpdate{ChannelID: f.ChannelID, Version: f.Version, Code: pushproto.AckOK})
+			continue
+		}
+		m := push.Message{
+			UAID: h.id.Device, Channel: ch,
+			Origin:  push.UpstreamOrigin(h.id.Upstream, ch, f.Version),
+			TTL:     l.cfg.TTL,
+			Urgency: push.UrgencyNormal,
+			Data:    data,
+		}
+		if f.Headers != nil {
+			m.Encoding, m.Encryption, m.CryptoKey = f.Headers.Encoding, f.Headers.Encryption, f.Headers.CryptoKey
+		}
+		ms = append(ms, m)
+		at = append(at, i)
+	}
+	var failed error
+	if len(ms) > 0 {
+		l.mu.Lock()
+		ingester := l.in
+		l.mu.Unlock()
+		res, err := ingester.Ingest(ctx, ms)
+		if err == nil && len(res) != len(ms) {
+			err = fmt.Errorf("ingest returned %d results for %d messages", len(res), len(ms))
+		}
+		if err != nil {
+			l.m.messages.With("not_stored").Add(float64(len(ms)))
+			return fmt.Errorf("ingest: %w", err)
+		}
+		for j, r := range res {
+			f := fs[at[j]]
+			switch {
+			case r.Err == nil && r.Duplicate:
+				l.m.messages.With("duplicate").Inc()
+			case r.Err == nil:
+				l.m.messages.With("stored").Inc()
+			case errors.Is(r.Err, relay.ErrNoSubscription):
+				l.m.messages.With("dropped_unregistered").Inc()
+			default:
+				// Not acked: it comes again on the next connect.
+				l.m.messages.With("not_stored").Inc()
+				if failed == nil {
+					failed = fmt.Errorf("ingest: %w", r.Err)
+				}
+				continue
+			}
+			acks = append(acks, pushproto.AckUpdate{ChannelID: f.ChannelID, Version: f.Version, Code: pushproto.AckOK})
+		}
+	}
+	if len(acks) > 0 {
+		if err := c.Send(pushproto.EncodeAck(acks)); err != nil {
 			return fmt.Errorf("ack: %w", err)
 		}
-		l.m.acks.Inc()
-		return nil
+		l.m.acks.Add(float64(len(acks)))
 	}
-	ch, err := push.ParseChannelID(f.ChannelID)
-	var data []byte
-	if err == nil {
-		data, err = base64.RawURLEncoding.DecodeString(strings.TrimRight(f.Data, "="))
-	}
-	if err != nil || f.Version == "" || len(f.Updates) > 0 {
-		// Nothing here could ever store it; holding it upstream would
-		// only block the batches behind it.
-		l.m.messages.With("dropped_bad").Inc()
-		l.cfg.Logger.Warn("upstream notification dropped: malformed", "uaid", h.id.Device, "channel", f.ChannelID, "err", err)
-		return ack()
-	}
-	m := push.Message{
-		UAID: h.id.Device, Channel: ch,
-		Origin:  push.UpstreamOrigin(h.id.Upstream, ch, f.Version),
-		TTL:     l.cfg.TTL,
-		Urgency: push.UrgencyNormal,
-		Data:    data,
-	}
-	if f.Headers != nil {
-		m.Encoding, m.Encryption, m.CryptoKey = f.Headers.Encoding, f.Headers.Encryption, f.Headers.CryptoKey
-	}
-	l.mu.Lock()
-	in := l.in
-	l.mu.Unlock()
-	res, err := in.Ingest(ctx, []push.Message{m})
-	if err == nil && len(res) != 1 {
-		err = fmt.Errorf("ingest returned %d results for 1 message", len(res))
-	}
-	if err == nil {
-		err = res[0].Err
-	}
-	switch {
-	case err == nil && res[0].Duplicate:
-		l.m.messages.With("duplicate").Inc()
-	case err == nil:
-		l.m.messages.With("stored").Inc()
-	case errors.Is(err, relay.ErrNoSubscription):
-		l.m.messages.With("dropped_unregistered").Inc()
-	default:
-		l.m.messages.With("not_stored").Inc()
-		return fmt.Errorf("ingest: %w", err)
-	}
-	return ack()
+	return failed
 }
 
 // request sends frame over the open connection and waits for the reply of

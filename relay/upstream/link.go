@@ -49,6 +49,10 @@ type Config struct {
 	// MaxSessions bounds the held sessions (10000); devices past it are
 	// not held (polling them is not built yet).
 	MaxSessions int
+	// MaxInflight bounds the notifications a held session has read and
+	// not yet acked (100); past it the session reads nothing more until
+	// a batch is stored and acked.
+	MaxInflight int
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
@@ -76,6 +80,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 10000
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 100
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
