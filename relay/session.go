@@ -494,7 +494,12 @@ func (s *session) unregister(m pushproto.Unregister) bool {
 		return false
 	}
 	status := 200
-	if _, err := h.cfg.Store.Unregister(h.ctx, s.uaid, ch); err != nil {
+	if un, ok := h.cfg.Endpoints.(Unregisterer); ok {
+		err = un.Unregister(h.ctx, s.uaid, ch)
+	} else {
+		_, err = h.cfg.Store.Unregister(h.ctx, s.uaid, ch)
+	}
+	if err != nil {
 		h.storageFailed("unregister channel", s.uaid, err)
 		status = 500
 	} else {
