@@ -12,6 +12,12 @@
 // bounded (Config.RequestTimeout) so that a register is answered well
 // within Firefox's 10 s.
 //
+// A device's unregister (relay.Unregisterer) removes the channel here and
+// keeps the unregister in the store's outbox, in one commit, without
+// waiting on the network; while Run runs, a sender passes the outbox
+// upstream (at start, at each new entry, and after a failure with the
+// sessions' backoff).
+//
 // While Run runs, each device with an upstream identity (up to
 // Config.MaxSessions) has one held session: a hello with its upstream
 // UAID, then every notification the upstream sends goes into the core

@@ -103,6 +103,9 @@ type Link struct {
 	in       Ingester
 	ctx      context.Context // Run's, nil while not running
 	wg       sync.WaitGroup
+
+	// unregKick wakes the unregister sender.
+	unregKick chan struct{}
 }
 
 // New makes a Link; Run starts its held sessions.
@@ -114,7 +117,7 @@ func New(cfg Config) (*Link, error) {
 		return nil, errors.New("upstream: Store is required")
 	}
 	cfg.setDefaults()
-	return &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}}, nil
+	return &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}, nil
 }
 
 // KeepEndpoints makes the hub store the upstream's endpoint with each
@@ -139,6 +142,7 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	for _, id := range ids {
 		l.hold(id)
 	}
+	l.wg.Go(func() { l.sendUnregisters(ctx) })
 	<-ctx.Done()
 	l.wg.Wait()
 	return nil
@@ -253,7 +257,7 @@ func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.Mes
 	err := l.oneShot(ctx, id.Upstream.String(), func(c *pushclient.Client) error {
 		if c.UAID != id.Upstream.String() {
 			l.m.resets.Inc()
-			return fmt.Errorf("upstream answered hello with another UAID (%s for %s)", c.UAID, id.Upstream)
+			return fmt.Errorf("%w (%s for %s)", errReset, c.UAID, id.Upstream)
 		}
 		if err := c.Send(frame); err != nil {
 			return err

@@ -464,3 +464,64 @@ func TestQuietSessionHeld(t *testing.T) {
 		t.Errorf("%d hellos from the identity, want 2", h)
 	}
 }
+
+func postStatus(t *testing.T, endpoint string) int {
+	t.Helper()
+	req, _ := http.NewRequest("POST", endpoint, nil)
+	req.Header.Set("TTL", "60")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	return resp.StatusCode
+}
+
+// A device's unregister is answered once it is durable here (channel
+// removed, unregister kept in the outbox) and passed upstream by the
+// sender: the upstream's endpoint then answers 410. With the upstream
+// gone the unregister is still answered 200 and stays pending, with the
+// channel tombstoned.
+func TestUnregisterPassesThrough(t *testing.T) {
+	up := startUpstream(t, autopushtest.Config{})
+	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamBackoffMin: 50 * time.Millisecond})
+	st := n.Store()
+	dev := dial(t, n.DeviceURL())
+	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := push.ParseUAID(dev.UAID)
+	var subs []pushproto.ServerFrame
+	for range 2 {
+		r, err := dev.Register(newChannelID(), "")
+		if err != nil || r.Status != 200 {
+			t.Fatalf("register: %+v %v", r, err)
+		}
+		subs = append(subs, r)
+	}
+	r, err := dev.Unregister(subs[0].ChannelID)
+	if err != nil || r.Status != 200 {
+		t.Fatalf("unregister: %+v %v", r, err)
+	}
+	waitFor(t, "the unregister upstream", func() bool { return postStatus(t, subs[0].PushEndpoint) == 410 })
+	if ps, err := st.PendingUnregisters(0, 10); err != nil || len(ps) != 0 {
+		t.Errorf("pending unregisters %v %v", ps, err)
+	}
+	if s := postStatus(t, subs[1].PushEndpoint); s != 201 {
+		t.Errorf("the other channel's endpoint answered %d", s)
+	}
+
+	up.Close()
+	r, err = dev.Unregister(subs[1].ChannelID)
+	if err != nil || r.Status != 200 {
+		t.Fatalf("unregister with the upstream gone: %+v %v", r, err)
+	}
+	ch, _ := push.ParseChannelID(subs[1].ChannelID)
+	ps, err := st.PendingUnregisters(0, 10)
+	if err != nil || len(ps) != 1 || ps[0].Channel != ch || ps[0].UAID != u {
+		t.Errorf("pending unregisters %+v %v", ps, err)
+	}
+	if tomb, err := st.Tombstoned(u, ch); !tomb || err != nil {
+		t.Errorf("tombstoned: %v %v", tomb, err)
+	}
+}
