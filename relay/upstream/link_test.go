@@ -11,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -524,4 +525,107 @@ func TestUnregisterPassesThrough(t *testing.T) {
 	if tomb, err := st.Tombstoned(u, ch); !tomb || err != nil {
 		t.Errorf("tombstoned: %v %v", tomb, err)
 	}
+}
+
+// setupRelayed starts an upstream and an edge node and returns a device
+// connected to the edge with one channel registered through it, its
+// upstream endpoint and the device's upstream UAID.
+func setupRelayed(t testing.TB, up *autopushtest.Server, n *node.Node) (*pushclient.Client, string, string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	dev, err := pushclient.Dial(ctx, n.DeviceURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dev.Abort() })
+	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := dev.Register(newChannelID(), "")
+	if err != nil || r.Status != 200 {
+		t.Fatalf("register: %+v %v", r, err)
+	}
+	u, _ := push.ParseUAID(dev.UAID)
+	id, _, err := n.Store().UpstreamID(u)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dev, r.PushEndpoint, id.Upstream.String()
+}
+
+// A held session the upstream closes (here: ghosted by another client
+// saying hello with its UAID, as autopush does) is connected again after
+// the backoff, and relays again.
+func TestHeldSessionReconnects(t *testing.T) {
+	up := startUpstream(t, autopushtest.Config{})
+	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamBackoffMin: 50 * time.Millisecond})
+	dev, endpoint, upUAID := setupRelayed(t, up, n)
+	waitFor(t, "the held session", func() bool { return up.Open(upUAID) })
+	ghost := dial(t, up.URL())
+	if _, err := ghost.Hello(upUAID, pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	// The link's next hello ghosts this one in turn.
+	if _, err := ghost.Read(time.Now().Add(5 * time.Second)); err == nil {
+		t.Fatal("the ghost connection was not closed")
+	}
+	waitFor(t, "the session held again", func() bool { return up.Open(upUAID) && up.Stats().Hellos[upUAID] >= 3 })
+	post(t, endpoint, []byte("after the reconnect"))
+	if got := receive(t, dev, 1); got[0] != "after the reconnect" {
+		t.Errorf("device got %q", got)
+	}
+}
+
+// BenchmarkHeldLatency measures upstream POST (201) to the local device's
+// receipt for a held session, one message at a time, on loopback.
+func BenchmarkHeldLatency(b *testing.B) {
+	up, err := autopushtest.New(autopushtest.Config{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer up.Close()
+	cfg := node.Config{Upstream: up.URL(), DataDir: b.TempDir(), Logger: slog.New(slog.DiscardHandler)}
+	n, err := node.New(cfg)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go n.Run(context.Background())
+	defer n.Close()
+	for i := 0; !n.Ready(); i++ {
+		if i == 500 {
+			b.Fatal("node not ready")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	dev, endpoint, upUAID := setupRelayed(b, up, n)
+	for i := 0; !up.Open(upUAID); i++ {
+		if i == 500 {
+			b.Fatal("session not held")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	lat := make([]time.Duration, 0, b.N)
+	body := bytes.Repeat([]byte("x"), 100)
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		req, _ := http.NewRequest("POST", endpoint, bytes.NewReader(body))
+		req.Header.Set("TTL", "600")
+		req.Header.Set("Content-Encoding", "aes128gcm")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 201 {
+			b.Fatalf("post: %v %v", resp, err)
+		}
+		resp.Body.Close()
+		f, err := dev.Next(time.Now().Add(5 * time.Second))
+		if err != nil {
+			b.Fatal(err)
+		}
+		lat = append(lat, time.Since(start))
+		dev.Ack(f)
+	}
+	b.StopTimer()
+	slices.Sort(lat)
+	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
+	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
 }
