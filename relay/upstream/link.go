@@ -101,7 +101,8 @@ type Link struct {
 	mu       sync.Mutex
 	sessions map[push.UAID]*held // by device UAID
 	in       Ingester
-	ctx      context.Context // Run's, nil while not running
+	ctx      context.Context // Run's, nil until Run
+	stopped  bool            // Run is waiting for its goroutines: start none
 	wg       sync.WaitGroup
 
 	// unregKick wakes the unregister sender.
@@ -128,10 +129,6 @@ func (l *Link) KeepEndpoints() bool { return true }
 // every one Mint makes meanwhile), delivering their notifications to in,
 // until ctx ends; then it closes them and returns when they are gone.
 func (l *Link) Run(ctx context.Context, in Ingester) error {
-	ids, err := l.cfg.Store.HelloedBefore(l.cfg.Now().Add(24*time.Hour), l.cfg.MaxSessions)
-	if err != nil {
-		return fmt.Errorf("upstream: read identities: %w", err)
-	}
 	l.mu.Lock()
 	if l.ctx != nil {
 		l.mu.Unlock()
@@ -139,11 +136,24 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	}
 	l.ctx, l.in = ctx, in
 	l.mu.Unlock()
+	// Identities Mint makes from here on are held by Mint; those read
+	// here may include some of them (hold skips a held one).
+	ids, err := l.cfg.Store.HelloedBefore(l.cfg.Now().Add(24*time.Hour), l.cfg.MaxSessions)
+	if err != nil {
+		l.mu.Lock()
+		l.stopped = true
+		l.mu.Unlock()
+		l.wg.Wait()
+		return fmt.Errorf("upstream: read identities: %w", err)
+	}
 	for _, id := range ids {
 		l.hold(id)
 	}
 	l.wg.Go(func() { l.sendUnregisters(ctx) })
 	<-ctx.Done()
+	l.mu.Lock()
+	l.stopped = true
+	l.mu.Unlock()
 	l.wg.Wait()
 	return nil
 }
@@ -153,7 +163,7 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 func (l *Link) hold(id store.UpstreamID) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if l.ctx == nil || l.ctx.Err() != nil || l.sessions[id.Device] != nil {
+	if l.ctx == nil || l.stopped || l.sessions[id.Device] != nil {
 		return
 	}
 	if len(l.sessions) >= l.cfg.MaxSessions {

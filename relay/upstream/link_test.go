@@ -51,7 +51,9 @@ func startUpstream(t *testing.T, cfg autopushtest.Config) *autopushtest.Server {
 // startNode runs a relay until the test ends.
 func startNode(t *testing.T, cfg node.Config) *node.Node {
 	t.Helper()
-	cfg.DataDir = t.TempDir()
+	if cfg.DataDir == "" {
+		cfg.DataDir = t.TempDir()
+	}
 	cfg.Version = "test"
 	cfg.Logger = testLogger(t, "edge")
 	ready := make(chan struct{})
@@ -628,4 +630,37 @@ func BenchmarkHeldLatency(b *testing.B) {
 	slices.Sort(lat)
 	b.ReportMetric(float64(lat[len(lat)/2].Microseconds())/1000, "p50-ms")
 	b.ReportMetric(float64(lat[len(lat)*99/100].Microseconds())/1000, "p99-ms")
+}
+
+// After a restart the edge holds its devices' sessions again (from the
+// identities in its store): what the upstream kept while the edge was
+// down reaches the device, and a re-register answers the stored endpoint.
+func TestRestartHoldsAgain(t *testing.T) {
+	up := startUpstream(t, autopushtest.Config{})
+	dir := t.TempDir()
+	cfg := node.Config{Upstream: up.URL(), UpstreamBackoffMin: 50 * time.Millisecond, DataDir: dir}
+	n := startNode(t, cfg)
+	dev, endpoint, upUAID := setupRelayed(t, up, n)
+	uaid := dev.UAID
+	waitFor(t, "the held session", func() bool { return up.Open(upUAID) })
+	dev.Close()
+	if err := n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the session to end", func() bool { return !up.Open(upUAID) })
+	post(t, endpoint, []byte("while the edge was down"))
+
+	n = startNode(t, cfg)
+	waitFor(t, "the session held again", func() bool { return up.Open(upUAID) })
+	dev = dial(t, n.DeviceURL())
+	if _, err := dev.Hello(uaid, pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	if got := receive(t, dev, 1); got[0] != "while the edge was down" {
+		t.Errorf("device got %q", got)
+	}
+	chid := endpoint[strings.LastIndex(endpoint, "/")+1:]
+	if r, err := dev.Register(chid, ""); err != nil || r.Status != 200 || r.PushEndpoint != endpoint {
+		t.Errorf("re-register answered %+v %v, want %s", r, err, endpoint)
+	}
 }
