@@ -47,6 +47,13 @@ func TestE2EUpstream(t *testing.T) {
 	if v := edge.metric(`pushrelay_upstream_acks_total`); v != 2 {
 		t.Errorf("edge acked %v upstream, want 2", v)
 	}
+	st, _ := edge.status()["upstream"].(map[string]any)
+	if st == nil || st["url"] != core.Device || st["held_sessions"] != 1.0 || st["open_sessions"] != 1.0 {
+		t.Errorf("edge /status upstream: %v", edge.status()["upstream"])
+	}
+	if _, ok := core.status()["upstream"]; ok {
+		t.Errorf("standalone /status names an upstream")
+	}
 	edge.stop()
 	core.stop()
 }

@@ -29,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -669,6 +670,17 @@ func (d *Node) status() admin.Status {
 	}
 	if d.stun != nil {
 		st.Listeners["stun"] = d.stun.Addr().String() + "/udp"
+	}
+	if d.link != nil {
+		u := &admin.UpstreamStatus{URL: d.link.URL()}
+		if pu, err := url.Parse(u.URL); err == nil {
+			u.URL = pu.Redacted()
+		}
+		u.Held, u.Open = d.link.Sessions()
+		if s, err := d.store.Stats(); err == nil {
+			u.PendingUnregisters = s.PendingUnregisters
+		}
+		st.Upstream = u
 	}
 	return st
 }

@@ -121,6 +121,28 @@ func New(cfg Config) (*Link, error) {
 	return &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}, nil
 }
 
+// Sessions reports how many device identities have a held session, and
+// how many of those are connected now.
+func (l *Link) Sessions() (n, open int) {
+	l.mu.Lock()
+	hs := make([]*held, 0, len(l.sessions))
+	for _, h := range l.sessions {
+		hs = append(hs, h)
+	}
+	l.mu.Unlock()
+	for _, h := range hs {
+		h.mu.Lock()
+		if h.c != nil {
+			open++
+		}
+		h.mu.Unlock()
+	}
+	return len(hs), open
+}
+
+// URL is the upstream's URL.
+func (l *Link) URL() string { return l.cfg.URL }
+
 // KeepEndpoints makes the hub store the upstream's endpoint with each
 // channel (relay.EndpointKeeper).
 func (l *Link) KeepEndpoints() bool { return true }
