@@ -77,9 +77,10 @@ type Config struct {
 	MegaphoneTokenFile    string
 	MegaphonePollInterval time.Duration
 
-	Upstream           string
-	UpstreamTTL        time.Duration
-	UpstreamBackoffMin time.Duration
+	Upstream            string
+	UpstreamTTL         time.Duration
+	UpstreamBackoffMin  time.Duration
+	UpstreamConnectRate int
 }
 
 // minMegaphonePoll is the shortest megaphone_poll_interval: the service is
@@ -256,6 +257,7 @@ var settings = []setting{
 	strSetting("upstream", "", "ws:// or wss:// URL of an autopush-compatible server (autopush, or another pushrelay) to relay for: devices get its endpoints and this relay holds their sessions with it; empty runs standalone", func(c *Config) *string { return &c.Upstream }),
 	durSetting("upstream_ttl", "24h", "TTL given to each notification from the upstream (its frames carry none)", func(c *Config) *time.Duration { return &c.UpstreamTTL }),
 	durSetting("upstream_backoff", "5s", "first wait before reconnecting a lost upstream session (jittered, doubling up to 10m)", func(c *Config) *time.Duration { return &c.UpstreamBackoffMin }),
+	intSetting("upstream_connect_rate", "100", 1, 1<<20, "upstream session connects per second, all devices together (a register's own connect is not paced)", func(c *Config) *int { return &c.UpstreamConnectRate }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 

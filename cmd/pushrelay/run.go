@@ -118,9 +118,10 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		MegaphoneToken:        megaphoneToken,
 		MegaphonePollInterval: c.MegaphonePollInterval,
 
-		Upstream:           c.Upstream,
-		UpstreamTTL:        c.UpstreamTTL,
-		UpstreamBackoffMin: c.UpstreamBackoffMin,
+		Upstream:            c.Upstream,
+		UpstreamTTL:         c.UpstreamTTL,
+		UpstreamBackoffMin:  c.UpstreamBackoffMin,
+		UpstreamConnectRate: c.UpstreamConnectRate,
 
 		Version: version,
 		Logger:  log,

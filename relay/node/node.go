@@ -127,6 +127,8 @@ type Config struct {
 	// backoff of a held upstream session (5s, 10m).
 	UpstreamBackoffMin time.Duration
 	UpstreamBackoffMax time.Duration
+	// UpstreamConnectRate bounds held sessions' connects per second (100).
+	UpstreamConnectRate int
 
 	// MegaphoneURL, when set, is polled for broadcast versions.
 	MegaphoneURL          string
@@ -272,7 +274,8 @@ func New(cfg Config) (_ *Node, err error) {
 		d.link, err = upstream.New(upstream.Config{
 			URL: cfg.Upstream, TLS: cfg.UpstreamTLS, Store: d.store, TTL: cfg.UpstreamTTL,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
-			Logger: d.log.With("component", "upstream"), Metrics: d.reg,
+			ConnectRate: cfg.UpstreamConnectRate,
+			Logger:      d.log.With("component", "upstream"), Metrics: d.reg,
 		})
 		if err != nil {
 			return nil, err

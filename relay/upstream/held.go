@@ -74,6 +74,9 @@ func (h *held) run(ctx context.Context) {
 // was answered.
 func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	l := h.l
+	if err := l.pace.wait(ctx); err != nil {
+		return false, err
+	}
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
 	c, err := l.dial(dctx)
 	if err != nil {
@@ -104,6 +107,9 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	// autopush pings every 300 s: a read times out only when the pings
 	// stopped, not while the device merely gets nothing.
 	c.ExtendOnPing(l.cfg.ReadTimeout)
+	// Say hello again now and then (a new connection).
+	aged := time.AfterFunc(jitter(l.cfg.MaxSessionAge), func() { c.Close() })
+	defer aged.Stop()
 	h.mu.Lock()
 	h.c = c
 	h.mu.Unlock()

@@ -49,6 +49,15 @@ type Config struct {
 	// MaxSessions bounds the held sessions (10000); devices past it are
 	// not held (polling them is not built yet).
 	MaxSessions int
+	// ConnectRate bounds the held sessions' connects per second, all
+	// together (100; negative: unbounded), so that thousands of sessions
+	// coming back after an outage do not stampede the upstream. A
+	// register's own connection is not paced: a device waits for it.
+	ConnectRate int
+	// MaxSessionAge closes a held session after about this long (jittered
+	// by half) and connects again: every identity says hello at least
+	// this often; autopush forgets a UAID after 60 days without (7 days).
+	MaxSessionAge time.Duration
 	// MaxInflight bounds the notifications a held session has read and
 	// not yet acked (100); past it the session reads nothing more until
 	// a batch is stored and acked.
@@ -81,6 +90,12 @@ func (c *Config) setDefaults() {
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 10000
 	}
+	if c.ConnectRate == 0 {
+		c.ConnectRate = 100
+	}
+	if c.MaxSessionAge <= 0 {
+		c.MaxSessionAge = 7 * 24 * time.Hour
+	}
 	if c.MaxInflight <= 0 {
 		c.MaxInflight = 100
 	}
@@ -95,8 +110,9 @@ func (c *Config) setDefaults() {
 // Link is a relay's link to its upstream: its relay.Endpoints, and the
 // held sessions that bring the upstream's notifications in.
 type Link struct {
-	cfg Config
-	m   *linkMetrics
+	cfg  Config
+	m    *linkMetrics
+	pace pacer
 
 	mu       sync.Mutex
 	sessions map[push.UAID]*held // by device UAID
@@ -118,7 +134,11 @@ func New(cfg Config) (*Link, error) {
 		return nil, errors.New("upstream: Store is required")
 	}
 	cfg.setDefaults()
-	return &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}, nil
+	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}
+	if cfg.ConnectRate > 0 {
+		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)
+	}
+	return l, nil
 }
 
 // Sessions reports how many device identities have a held session, and
@@ -366,7 +386,7 @@ func registerFrame(r relay.Registration) []byte {
 	return b
 }
 
-// jitter returns a duration in [d/2, d).
+// jitter returns a duration in [d/2, d].
 func jitter(d time.Duration) time.Duration {
 	return d/2 + rand.N(d/2+1)
 }

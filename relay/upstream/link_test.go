@@ -664,3 +664,43 @@ func TestRestartHoldsAgain(t *testing.T) {
 		t.Errorf("re-register answered %+v %v, want %s", r, err, endpoint)
 	}
 }
+
+// A held session older than MaxSessionAge is closed and connected again,
+// so that the identity says hello again (and the store records it).
+func TestSessionHelloesAgain(t *testing.T) {
+	up := startUpstream(t, autopushtest.Config{})
+	n := startNode(t, node.Config{})
+	dev := dial(t, n.DeviceURL())
+	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := push.ParseUAID(dev.UAID)
+	ch, _ := push.ParseChannelID(newChannelID())
+	link, err := upstream.New(upstream.Config{
+		URL: up.URL(), Store: n.Store(), BackoffMin: 10 * time.Millisecond, MaxSessionAge: 100 * time.Millisecond,
+		Logger: testLogger(t, "link"),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	_, err = link.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
+	cancel()
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := n.Store().UpstreamID(u)
+	runCtx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- link.Run(runCtx, n.Hub()) }()
+	defer func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	waitFor(t, "three more hellos", func() bool { return up.Stats().Hellos[id.Upstream.String()] >= 4 })
+	if again, _, _ := n.Store().UpstreamID(u); !again.Helloed.After(id.Helloed) {
+		t.Errorf("hello time %v not after the first %v", again.Helloed, id.Helloed)
+	}
+}
