@@ -43,8 +43,8 @@
 // acked again and not delivered again.
 //
 // Goroutines: one per held session, parked in its read, and one more
-// while notifications wait to be stored and acked; one more sends the
-// pending unregisters. Held sessions connect at most Config.ConnectRate
+// while its notifications wait to be stored and acked; and one for the
+// link that sends the pending unregisters. Held sessions connect at most Config.ConnectRate
 // times a second, all together, and each connects again after about
 // Config.MaxSessionAge so that every identity says hello that often.
 package upstream

@@ -4,11 +4,16 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/big"
 	"net"
 	"net/http"
 	"slices"
@@ -702,5 +707,50 @@ func TestSessionHelloesAgain(t *testing.T) {
 	waitFor(t, "three more hellos", func() bool { return up.Stats().Hellos[id.Upstream.String()] >= 4 })
 	if again, _, _ := n.Store().UpstreamID(u); !again.Helloed.After(id.Helloed) {
 		t.Errorf("hello time %v not after the first %v", again.Helloed, id.Helloed)
+	}
+}
+
+// Over wss:// with the upstream's certificate trusted through
+// UpstreamTLS: register, hold and relay work as over ws://.
+func TestTLSUpstream(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour),
+		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+	up := startUpstream(t, autopushtest.Config{TLS: &tls.Config{
+		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}})
+	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamTLS: &tls.Config{RootCAs: roots}})
+	dev, endpoint, upUAID := setupRelayed(t, up, n)
+	if !strings.HasPrefix(endpoint, "https://") {
+		t.Fatalf("endpoint %s", endpoint)
+	}
+	waitFor(t, "the held session", func() bool { return up.Open(upUAID) })
+	hc := &http.Client{Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: roots}}}
+	defer hc.CloseIdleConnections()
+	req, _ := http.NewRequest("POST", endpoint, strings.NewReader("over tls"))
+	req.Header.Set("TTL", "60")
+	req.Header.Set("Content-Encoding", "aes128gcm")
+	resp, err := hc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("post: %s", resp.Status)
+	}
+	if got := receive(t, dev, 1); got[0] != "over tls" {
+		t.Errorf("device got %q", got)
 	}
 }
