@@ -47,4 +47,9 @@
 // link that sends the pending unregisters. Held sessions connect at most Config.ConnectRate
 // times a second, all together, and each connects again after about
 // Config.MaxSessionAge so that every identity says hello that often.
+// Run ends when its context does or at Close; either way it returns once
+// every goroutine it started has.
+//
+// Locks: Link.mu, a held session's mu and its inbox's mu; never two at
+// once, none held across a store call or a socket write.
 package upstream

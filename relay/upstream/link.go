@@ -119,6 +119,7 @@ type Link struct {
 	in       Ingester
 	ctx      context.Context // Run's, nil until Run
 	stopped  bool            // Run is waiting for its goroutines: start none
+	cancel   context.CancelFunc
 	wg       sync.WaitGroup
 
 	// unregKick wakes the unregister sender.
@@ -172,11 +173,13 @@ func (l *Link) KeepEndpoints() bool { return true }
 // until ctx ends; then it closes them and returns when they are gone.
 func (l *Link) Run(ctx context.Context, in Ingester) error {
 	l.mu.Lock()
-	if l.ctx != nil {
+	if l.ctx != nil || l.stopped {
 		l.mu.Unlock()
-		return errors.New("upstream: Run called twice")
+		return ErrClosed
 	}
-	l.ctx, l.in = ctx, in
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	l.ctx, l.in, l.cancel = ctx, in, cancel
 	l.mu.Unlock()
 	// Identities Mint makes from here on are held by Mint; those read
 	// here may include some of them (hold skips a held one).
@@ -196,6 +199,23 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	l.mu.Lock()
 	l.stopped = true
 	l.mu.Unlock()
+	l.wg.Wait()
+	return nil
+}
+
+// ErrClosed is returned by Run on a link that ran or was closed.
+var ErrClosed = errors.New("upstream: link closed")
+
+// Close stops Run, as its context ending would, and waits for the held
+// sessions to end. It is idempotent; a link closed before Run never runs.
+func (l *Link) Close() error {
+	l.mu.Lock()
+	l.stopped = true
+	cancel := l.cancel
+	l.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 	l.wg.Wait()
 	return nil
 }

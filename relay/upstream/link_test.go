@@ -567,7 +567,8 @@ func TestHeldSessionReconnects(t *testing.T) {
 	up := startUpstream(t, autopushtest.Config{})
 	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamBackoffMin: 50 * time.Millisecond})
 	dev, endpoint, upUAID := setupRelayed(t, up, n)
-	waitFor(t, "the held session", func() bool { return up.Open(upUAID) })
+	// The register's hello, then the held session's.
+	waitFor(t, "the held session", func() bool { return up.Open(upUAID) && up.Stats().Hellos[upUAID] == 2 })
 	ghost := dial(t, up.URL())
 	if _, err := ghost.Hello(upUAID, pushclient.HelloOptions{}); err != nil {
 		t.Fatal(err)
@@ -576,7 +577,7 @@ func TestHeldSessionReconnects(t *testing.T) {
 	if _, err := ghost.Read(time.Now().Add(5 * time.Second)); err == nil {
 		t.Fatal("the ghost connection was not closed")
 	}
-	waitFor(t, "the session held again", func() bool { return up.Open(upUAID) && up.Stats().Hellos[upUAID] >= 3 })
+	waitFor(t, "the session held again", func() bool { return up.Open(upUAID) && up.Stats().Hellos[upUAID] >= 4 })
 	post(t, endpoint, []byte("after the reconnect"))
 	if got := receive(t, dev, 1); got[0] != "after the reconnect" {
 		t.Errorf("device got %q", got)
@@ -752,5 +753,45 @@ func TestTLSUpstream(t *testing.T) {
 	}
 	if got := receive(t, dev, 1); got[0] != "over tls" {
 		t.Errorf("device got %q", got)
+	}
+}
+
+// Close stops Run (which returns nil once its sessions ended), is
+// idempotent, and a closed link does not run again.
+func TestLinkClose(t *testing.T) {
+	up := startUpstream(t, autopushtest.Config{})
+	n := startNode(t, node.Config{})
+	dev := dial(t, n.DeviceURL())
+	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	u, _ := push.ParseUAID(dev.UAID)
+	ch, _ := push.ParseChannelID(newChannelID())
+	link, err := upstream.New(upstream.Config{URL: up.URL(), Store: n.Store(), Logger: testLogger(t, "link")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := link.Mint(ctx, relay.Registration{UAID: u, Channel: ch}); err != nil {
+		t.Fatal(err)
+	}
+	id, _, _ := n.Store().UpstreamID(u)
+	done := make(chan error, 1)
+	go func() { done <- link.Run(context.Background(), n.Hub()) }()
+	waitFor(t, "the held session", func() bool { _, open := link.Sessions(); return open == 1 })
+	link.Close()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Errorf("Run after Close: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return after Close")
+	}
+	waitFor(t, "the session closed upstream", func() bool { return !up.Open(id.Upstream.String()) })
+	link.Close()
+	if err := link.Run(context.Background(), n.Hub()); !errors.Is(err, upstream.ErrClosed) {
+		t.Errorf("Run on a closed link: %v", err)
 	}
 }
