@@ -10,6 +10,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
 // upstreamEndpoints stands where an upstream's Endpoints will: it answers
@@ -90,4 +91,102 @@ func TestRegisterMintsThroughEndpoints(t *testing.T) {
 		}
 		d.expectNone(time.Second) // and the session goes on
 	})
+}
+
+// keepingEndpoints is upstreamEndpoints whose endpoints the hub must store.
+type keepingEndpoints struct{ upstreamEndpoints }
+
+func (*keepingEndpoints) KeepEndpoints() bool { return true }
+
+// An Endpoints that is an EndpointKeeper has its endpoint stored with the
+// channel; the standalone kind does not.
+func TestRegisterKeepsEndpoint(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		for _, keep := range []bool{false, true} {
+			var eps relay.Endpoints = &upstreamEndpoints{}
+			if keep {
+				eps = &keepingEndpoints{}
+			}
+			h := newHarness(t, func(c *relay.Config) { c.Endpoints = eps })
+			d := h.hello("")
+			ch := newChannelID()
+			r := d.register(ch, "")
+			if r.Status != 200 {
+				t.Fatalf("register: %+v", r)
+			}
+			u, _ := push.ParseUAID(d.uaid)
+			id, _ := push.ParseChannelID(ch)
+			c, ok, err := h.st.Channel(u, id)
+			if !ok || err != nil {
+				t.Fatalf("channel not stored: %v %v", ok, err)
+			}
+			want := ""
+			if keep {
+				want = r.PushEndpoint
+			}
+			if c.Endpoint != want {
+				t.Errorf("keep=%v: stored endpoint %q, want %q", keep, c.Endpoint, want)
+			}
+		}
+	})
+}
+
+// unregisteringEndpoints records unregisters and removes the channel, as
+// an upstream's Endpoints does (durably, before it returns).
+type unregisteringEndpoints struct {
+	upstreamEndpoints
+	st interface {
+		Unregister(context.Context, push.UAID, push.ChannelID) (bool, error)
+	}
+	unregistered []push.ChannelID
+	fail         error
+}
+
+func (e *unregisteringEndpoints) Unregister(ctx context.Context, u push.UAID, ch push.ChannelID) error {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if e.fail != nil {
+		return e.fail
+	}
+	e.unregistered = append(e.unregistered, ch)
+	_, err := e.st.Unregister(ctx, u, ch)
+	return err
+}
+
+// An Endpoints that is an Unregisterer takes the device's unregisters; its
+// failure is answered 500.
+func TestUnregisterThroughEndpoints(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		eps := &unregisteringEndpoints{}
+		h := newHarness(t, func(c *relay.Config) { c.Endpoints = eps })
+		eps.st = h.st
+		d := h.hello("")
+		ch := newChannelID()
+		if r := d.register(ch, ""); r.Status != 200 {
+			t.Fatalf("register: %+v", r)
+		}
+		if r := unregister(d, ch); r.Status != 200 {
+			t.Fatalf("unregister: %+v", r)
+		}
+		eps.mu.Lock()
+		if len(eps.unregistered) != 1 || eps.unregistered[0].String() != ch {
+			t.Errorf("unregistered %v", eps.unregistered)
+		}
+		eps.fail = errors.New("store failed")
+		eps.mu.Unlock()
+		u, _ := push.ParseUAID(d.uaid)
+		id, _ := push.ParseChannelID(ch)
+		if _, ok, err := h.st.Channel(u, id); ok || err != nil {
+			t.Errorf("channel still stored: %v %v", ok, err)
+		}
+		if r := unregister(d, newChannelID()); r.Status != 500 {
+			t.Fatalf("failed unregister answered %+v", r)
+		}
+	})
+}
+
+func unregister(d *device, ch string) pushproto.ServerFrame {
+	d.t.Helper()
+	d.send(map[string]any{"messageType": "unregister", "channelID": ch})
+	return d.expect(pushproto.TypeUnregister)
 }

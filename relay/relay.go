@@ -186,6 +186,24 @@ type Endpoints interface {
 	Abandon(ctx context.Context, r Registration)
 }
 
+// EndpointKeeper is implemented by Endpoints whose endpoints cannot be
+// minted again (an upstream's pushEndpoint): the hub stores what Mint
+// returned with the channel (store.Channel.Endpoint) when KeepEndpoints
+// reports true. The standalone minter's endpoints are not stored.
+type EndpointKeeper interface {
+	KeepEndpoints() bool
+}
+
+// Unregisterer is implemented by Endpoints that must hear of a device's
+// unregister (an upstream's, to pass it on). The hub then calls
+// Unregister instead of removing the channel from the store itself; it
+// runs on the session's worker, must have made the removal durable when
+// it returns nil (an error answers the device 500), and must not wait on
+// the network.
+type Unregisterer interface {
+	Unregister(ctx context.Context, u push.UAID, ch push.ChannelID) error
+}
+
 // Registration is one register of a device, as Endpoints sees it.
 type Registration struct {
 	UAID    push.UAID

@@ -462,7 +462,11 @@ func (s *session) register(m pushproto.Register) bool {
 		h.m.registers.With("500").Inc()
 		return s.write(pushproto.EncodeRegister(m.ChannelID, 500, ""))
 	}
-	err = h.cfg.Store.Register(h.ctx, store.Channel{UAID: s.uaid, ID: ch, Created: h.cfg.Now(), Key: key})
+	c := store.Channel{UAID: s.uaid, ID: ch, Created: h.cfg.Now(), Key: key}
+	if k, ok := h.cfg.Endpoints.(EndpointKeeper); ok && k.KeepEndpoints() {
+		c.Endpoint = endpoint
+	}
+	err = h.cfg.Store.Register(h.ctx, c)
 	status := 200
 	switch {
 	case err == nil:
@@ -490,7 +494,12 @@ func (s *session) unregister(m pushproto.Unregister) bool {
 		return false
 	}
 	status := 200
-	if _, err := h.cfg.Store.Unregister(h.ctx, s.uaid, ch); err != nil {
+	if un, ok := h.cfg.Endpoints.(Unregisterer); ok {
+		err = un.Unregister(h.ctx, s.uaid, ch)
+	} else {
+		_, err = h.cfg.Store.Unregister(h.ctx, s.uaid, ch)
+	}
+	if err != nil {
 		h.storageFailed("unregister channel", s.uaid, err)
 		status = 500
 	} else {

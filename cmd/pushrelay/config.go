@@ -76,6 +76,11 @@ type Config struct {
 	MegaphoneToken        string
 	MegaphoneTokenFile    string
 	MegaphonePollInterval time.Duration
+
+	Upstream            string
+	UpstreamTTL         time.Duration
+	UpstreamBackoffMin  time.Duration
+	UpstreamConnectRate int
 }
 
 // minMegaphonePoll is the shortest megaphone_poll_interval: the service is
@@ -249,6 +254,10 @@ var settings = []setting{
 	strSetting("megaphone_token_file", "", "file holding the token sent to the megaphone service as Authorization: Bearer <token> (one line)", func(c *Config) *string { return &c.MegaphoneTokenFile }),
 	strSetting("megaphone_token", "", "the megaphone token itself, when not in megaphone_token_file (it then shows in the config and, as a flag, in ps)", func(c *Config) *string { return &c.MegaphoneToken }),
 	durSetting("megaphone_poll_interval", "30s", "how often the megaphone service is polled (at least 1s); after failed polls the wait doubles, up to 5m or the interval if longer", func(c *Config) *time.Duration { return &c.MegaphonePollInterval }),
+	strSetting("upstream", "", "ws:// or wss:// URL of an autopush-compatible server (autopush, or another pushrelay) to relay for: devices get its endpoints and this relay holds their sessions with it; empty runs standalone", func(c *Config) *string { return &c.Upstream }),
+	durSetting("upstream_ttl", "24h", "TTL given to each notification from the upstream (its frames carry none)", func(c *Config) *time.Duration { return &c.UpstreamTTL }),
+	durSetting("upstream_backoff", "5s", "first wait before reconnecting a lost upstream session (jittered, doubling up to 10m)", func(c *Config) *time.Duration { return &c.UpstreamBackoffMin }),
+	intSetting("upstream_connect_rate", "100", 1, 1<<20, "upstream session connects per second, all devices together (a register's own connect is not paced)", func(c *Config) *int { return &c.UpstreamConnectRate }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 
@@ -415,6 +424,9 @@ func (c *Config) Validate() error {
 	if err := c.validateMegaphone(); err != nil {
 		return err
 	}
+	if err := c.validateUpstream(); err != nil {
+		return err
+	}
 	if _, err := c.batchToken(); err != nil {
 		return err
 	}
@@ -433,6 +445,17 @@ func (c *Config) Validate() error {
 		if _, _, err := c.adminToken(); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+func (c *Config) validateUpstream() error {
+	if c.Upstream == "" {
+		return nil
+	}
+	u, err := url.Parse(c.Upstream)
+	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.Fragment != "" {
+		return cfgErr("upstream %q: want an absolute ws:// or wss:// URL", c.Upstream)
 	}
 	return nil
 }

@@ -68,6 +68,7 @@ func TestConfigErrors(t *testing.T) {
 		{"bad public url", []string{"--public-url", "push.example.net"}, nil, "public_url"},
 		{"bad log level", []string{"--log-level", "loud"}, nil, "log_level"},
 		{"unknown flag", []string{"--upstream-typo", "x"}, nil, "flag provided but not defined"},
+		{"bad upstream", []string{"--upstream", "https://push.example.net/"}, nil, "ws:// or wss://"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -118,6 +118,11 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		MegaphoneToken:        megaphoneToken,
 		MegaphonePollInterval: c.MegaphonePollInterval,
 
+		Upstream:            c.Upstream,
+		UpstreamTTL:         c.UpstreamTTL,
+		UpstreamBackoffMin:  c.UpstreamBackoffMin,
+		UpstreamConnectRate: c.UpstreamConnectRate,
+
 		Version: version,
 		Logger:  log,
 		Metrics: nil, // the node's own, with the process collectors

@@ -42,9 +42,22 @@ type Status struct {
 	Waiting     int64             `json:"waiting_messages"`
 	WakePending int               `json:"wake_pending"`
 	Listeners   map[string]string `json:"listeners"`
+	// Upstream is the upstream link's state; nil in standalone mode.
+	Upstream *UpstreamStatus `json:"upstream,omitempty"`
 	// Problems are the failing checks (AddCheck) by name; Ready is false
 	// while there is one.
 	Problems map[string]string `json:"problems,omitempty"`
+}
+
+// UpstreamStatus is the upstream link's part of Status.
+type UpstreamStatus struct {
+	URL string `json:"url"`
+	// Held are the device identities with a held session; Open, those
+	// connected now.
+	Held int `json:"held_sessions"`
+	Open int `json:"open_sessions"`
+	// PendingUnregisters are devices' unregisters not yet sent upstream.
+	PendingUnregisters int64 `json:"pending_unregisters"`
 }
 
 // Server is the admin handler.
@@ -153,6 +166,11 @@ func writePage(w io.Writer, st Status) {
 	row("channels", strconv.FormatInt(st.Channels, 10))
 	row("waiting messages", strconv.FormatInt(st.Waiting, 10))
 	row("devices with a wake due", strconv.Itoa(st.WakePending))
+	if u := st.Upstream; u != nil {
+		row("upstream", u.URL)
+		row("upstream sessions held / open", strconv.Itoa(u.Held)+" / "+strconv.Itoa(u.Open))
+		row("unregisters waiting for the upstream", strconv.FormatInt(u.PendingUnregisters, 10))
+	}
 	for _, k := range sortedKeys(st.Problems) {
 		row("problem: "+k, st.Problems[k])
 	}

@@ -29,6 +29,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -45,6 +46,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
+	"github.com/pushrelay/pushrelay/relay/upstream"
 	"github.com/pushrelay/pushrelay/relay/vapid"
 	"github.com/pushrelay/pushrelay/relay/wsock"
 )
@@ -112,6 +114,22 @@ type Config struct {
 	WakeRate          int // wake datagrams per second; 0: unlimited
 	WakeTargetRate    int // per target; 0: unlimited
 
+	// Upstream, when set (ws:// or wss://), makes this relay hold its
+	// devices' sessions with an autopush-compatible server: endpoints are
+	// the upstream's and its notifications are stored and delivered here
+	// (relay/upstream). Empty: standalone, endpoints are this relay's.
+	Upstream string
+	// UpstreamTLS is used for a wss:// upstream (nil: system roots).
+	UpstreamTLS *tls.Config
+	// UpstreamTTL is the TTL given to the upstream's notifications (24h).
+	UpstreamTTL time.Duration
+	// UpstreamBackoffMin and UpstreamBackoffMax bound the reconnect
+	// backoff of a held upstream session (5s, 10m).
+	UpstreamBackoffMin time.Duration
+	UpstreamBackoffMax time.Duration
+	// UpstreamConnectRate bounds held sessions' connects per second (100).
+	UpstreamConnectRate int
+
 	// MegaphoneURL, when set, is polled for broadcast versions.
 	MegaphoneURL          string
 	MegaphoneToken        string
@@ -156,6 +174,7 @@ type Node struct {
 	// set them.
 	broadcasts *broadcast.Registry
 	megaphone  *megaphone.Poller // nil without megaphone_url
+	link       *upstream.Link    // nil without an upstream
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -250,14 +269,28 @@ func New(cfg Config) (_ *Node, err error) {
 	if err := d.startWake(wakeSecret); err != nil {
 		return nil, err
 	}
-	minter, err := endpoint.NewMinter(tokens, publicURL)
-	if err != nil {
-		return nil, err
+	var endpoints relay.Endpoints
+	if cfg.Upstream != "" {
+		d.link, err = upstream.New(upstream.Config{
+			URL: cfg.Upstream, TLS: cfg.UpstreamTLS, Store: d.store, TTL: cfg.UpstreamTTL,
+			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
+			ConnectRate: cfg.UpstreamConnectRate,
+			Logger:      d.log.With("component", "upstream"), Metrics: d.reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		endpoints = d.link
+	} else {
+		endpoints, err = endpoint.NewMinter(tokens, publicURL)
+		if err != nil {
+			return nil, err
+		}
 	}
 	d.hub, err = relay.New(relay.Config{
 		Store:         d.store,
 		Tokens:        tokens,
-		Endpoints:     minter,
+		Endpoints:     endpoints,
 		CheckKey:      vapid.DecodePublicKey,
 		HelloTimeout:  cfg.HelloTimeout,
 		PingInterval:  cfg.PingInterval,
@@ -377,6 +410,9 @@ func (d *Node) Run(ctx context.Context) (err error) {
 	}
 	if d.megaphone != nil {
 		start("megaphone", func() error { return d.megaphone.Run(runCtx) })
+	}
+	if d.link != nil {
+		start("upstream", func() error { return d.link.Run(runCtx, d.hub) })
 	}
 	d.setReady(true)
 	if d.cfg.OnReady != nil {
@@ -638,6 +674,17 @@ func (d *Node) status() admin.Status {
 	if d.stun != nil {
 		st.Listeners["stun"] = d.stun.Addr().String() + "/udp"
 	}
+	if d.link != nil {
+		u := &admin.UpstreamStatus{URL: d.link.URL()}
+		if pu, err := url.Parse(u.URL); err == nil {
+			u.URL = pu.Redacted()
+		}
+		u.Held, u.Open = d.link.Sessions()
+		if s, err := d.store.Stats(); err == nil {
+			u.PendingUnregisters = s.PendingUnregisters
+		}
+		st.Upstream = u
+	}
 	return st
 }
 
@@ -694,6 +741,12 @@ func (d *Node) EndpointURL() string {
 
 // PublicURL is the base of the push endpoints handed to devices.
 func (d *Node) PublicURL() string { return d.publicURL }
+
+// Store returns the node's store, for tests that look at what it holds.
+func (d *Node) Store() *store.Store { return d.store }
+
+// Hub returns the node's hub.
+func (d *Node) Hub() *relay.Hub { return d.hub }
 
 // Metrics is the node's registry.
 func (d *Node) Metrics() *metrics.Registry { return d.reg }

@@ -232,6 +232,10 @@ func (c *Client) Next(deadline time.Time) (pushproto.ServerFrame, error) {
 // wsock.ClientConn.NetConn). Frames Expect kept are not handed over.
 func (c *Client) NetConn() net.Conn { return c.conn.NetConn() }
 
+// ExtendOnPing makes each WebSocket ping from the server (answered as
+// always) push the current read's deadline to d from its arrival.
+func (c *Client) ExtendOnPing(d time.Duration) { c.conn.ExtendOnPing(d) }
+
 // Close closes the connection with a normal close frame.
 func (c *Client) Close() error { return c.conn.Close() }
 

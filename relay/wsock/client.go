@@ -70,6 +70,22 @@ func (c *ClientConn) Read(deadline time.Time) ([]byte, error) {
 	}
 }
 
+// ExtendOnPing makes every ping the server sends, besides being answered,
+// push the read deadline to d from its arrival: a long-lived client (the
+// upstream link) then times a read out only when the server stopped
+// pinging, not while it is merely quiet. Call it before reading.
+func (c *ClientConn) ExtendOnPing(d time.Duration) {
+	c.ws.SetPingHandler(func(data string) error {
+		c.ws.SetReadDeadline(time.Now().Add(d))
+		err := c.ws.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(time.Second))
+		var ne net.Error
+		if errors.Is(err, websocket.ErrCloseSent) || (errors.As(err, &ne) && ne.Timeout()) {
+			return nil
+		}
+		return err
+	})
+}
+
 // Close sends a normal close frame and closes the socket.
 func (c *ClientConn) Close() error {
 	c.wmu.Lock()

@@ -1,0 +1,59 @@
+package main
+
+import (
+	"strings"
+	"testing"
+	"time"
+)
+
+// Two built binaries: an edge relay whose upstream is a standalone
+// pushrelay. A device on the edge gets the core's endpoint; an app server
+// posts to it; the edge, holding the device's session with the core,
+// stores the message, acks it there, and delivers it.
+func TestE2EUpstream(t *testing.T) {
+	core := startRelay(t, t.TempDir())
+	edge := startRelay(t, t.TempDir(), "--upstream", core.Device, "--upstream-backoff", "100ms")
+
+	d := connect(t, edge, "")
+	s := d.register("")
+	if !strings.HasPrefix(s.endpoint, core.Endpoint+"/") {
+		t.Fatalf("device got endpoint %s, want one of the upstream's (%s)", s.endpoint, core.Endpoint)
+	}
+	mustCreated(t, push(t, s, "through the core", nil))
+	if got, _ := d.receive(10 * time.Second); got != "through the core" {
+		t.Fatalf("device got %q", got)
+	}
+	// The edge acked upstream: the core holds nothing for the device.
+	for i := 0; core.waiting() != 0; i++ {
+		if i == 100 {
+			t.Fatalf("the core still holds %d messages", core.waiting())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	// While the device is away, the edge keeps what comes.
+	d.c.Close()
+	mustCreated(t, push(t, s, "kept at the edge", nil))
+	for i := 0; edge.waiting() != 1; i++ {
+		if i == 100 {
+			t.Fatalf("the edge holds %d messages, want 1", edge.waiting())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	d2 := connect(t, edge, d.uaid)
+	d2.subs = d.subs
+	if got, _ := d2.receive(10 * time.Second); got != "kept at the edge" {
+		t.Fatalf("device got %q", got)
+	}
+	if v := edge.metric(`pushrelay_upstream_acks_total`); v != 2 {
+		t.Errorf("edge acked %v upstream, want 2", v)
+	}
+	st, _ := edge.status()["upstream"].(map[string]any)
+	if st == nil || st["url"] != core.Device || st["held_sessions"] != 1.0 || st["open_sessions"] != 1.0 {
+		t.Errorf("edge /status upstream: %v", edge.status()["upstream"])
+	}
+	if _, ok := core.status()["upstream"]; ok {
+		t.Errorf("standalone /status names an upstream")
+	}
+	edge.stop()
+	core.stop()
+}

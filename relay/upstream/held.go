@@ -1,0 +1,348 @@
+package upstream
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/pushclient"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// held is one device's held session with the upstream.
+type held struct {
+	l  *Link
+	id store.UpstreamID
+
+	mu sync.Mutex
+	c  *pushclient.Client // nil while not connected
+	// pending are the register and unregister replies awaited over c, by
+	// type and channel ID.
+	pending map[string]chan pushproto.ServerFrame
+}
+
+// errReset ends a held session whose UAID the upstream forgot.
+var errReset = errors.New("upstream answered hello with another UAID")
+
+// run connects, serves and reconnects after a jittered exponential
+// backoff until ctx ends.
+func (h *held) run(ctx context.Context) {
+	l := h.l
+	log := l.cfg.Logger.With("uaid", h.id.Device, "upstream_uaid", h.id.Upstream)
+	defer func() {
+		l.mu.Lock()
+		delete(l.sessions, h.id.Device)
+		l.mu.Unlock()
+	}()
+	backoff := l.cfg.BackoffMin
+	for ctx.Err() == nil {
+		helloed, err := h.serve(ctx)
+		if ctx.Err() != nil {
+			return
+		}
+		if errors.Is(err, errReset) {
+			// Giving the device a new identity is not built yet.
+			l.m.resets.Inc()
+			log.Error("upstream forgot the device's UAID; session no longer held", "err", err)
+			return
+		}
+		if helloed {
+			backoff = l.cfg.BackoffMin
+		}
+		wait := jitter(backoff)
+		log.Info("upstream session lost; reconnecting", "err", err, "in", wait)
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return
+		case <-t.C:
+		}
+		backoff = min(backoff*2, l.cfg.BackoffMax)
+	}
+}
+
+// serve runs one connection: connect, hello, then notifications until
+// the connection fails or ctx ends. helloed reports whether the hello
+// was answered.
+func (h *held) serve(ctx context.Context) (helloed bool, err error) {
+	l := h.l
+	if err := l.pace.wait(ctx); err != nil {
+		return false, err
+	}
+	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
+	c, err := l.dial(dctx)
+	if err != nil {
+		cancel()
+		l.m.connects.With("error").Inc()
+		return false, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Abort() })
+	defer func() {
+		stop()
+		c.Abort()
+	}()
+	helloDone := context.AfterFunc(dctx, func() { c.Abort() })
+	_, err = c.Hello(h.id.Upstream.String(), pushclient.HelloOptions{})
+	helloDone()
+	cancel()
+	if err != nil {
+		l.m.connects.With("error").Inc()
+		return false, fmt.Errorf("hello: %w", err)
+	}
+	l.m.connects.With("ok").Inc()
+	if c.UAID != h.id.Upstream.String() {
+		return true, fmt.Errorf("%w (%s for %s)", errReset, c.UAID, h.id.Upstream)
+	}
+	if _, err := l.cfg.Store.Helloed(ctx, l.cfg.Now(), h.id.Device); err != nil {
+		l.cfg.Logger.Warn("record upstream hello", "uaid", h.id.Device, "err", err)
+	}
+	// autopush pings every 300 s: a read times out only when the pings
+	// stopped, not while the device merely gets nothing.
+	c.ExtendOnPing(l.cfg.ReadTimeout)
+	// Say hello again now and then (a new connection).
+	aged := time.AfterFunc(jitter(l.cfg.MaxSessionAge), func() { c.Close() })
+	defer aged.Stop()
+	h.mu.Lock()
+	h.c = c
+	h.mu.Unlock()
+	l.m.open.Inc()
+	defer func() {
+		l.m.open.Dec()
+		h.mu.Lock()
+		h.c = nil
+		for k, ch := range h.pending {
+			close(ch)
+			delete(h.pending, k)
+		}
+		h.mu.Unlock()
+	}()
+	in := &inbox{slots: make(chan struct{}, l.cfg.MaxInflight)}
+	// The ingester is done (and acks no more) before the next connect.
+	defer in.wg.Wait()
+	defer c.Abort()
+	for {
+		f, err := c.Read(time.Now().Add(l.cfg.ReadTimeout))
+		if err != nil {
+			in.mu.Lock()
+			if in.failed != nil {
+				err = in.failed
+			}
+			in.mu.Unlock()
+			return true, fmt.Errorf("read: %w", err)
+		}
+		switch f.MessageType {
+		case pushproto.TypeNotification:
+			if err := h.put(ctx, in, c, f); err != nil {
+				return true, err
+			}
+		case pushproto.TypeRegister, pushproto.TypeUnregister:
+			h.mu.Lock()
+			key := string(f.MessageType) + ":" + f.ChannelID
+			if ch := h.pending[key]; ch != nil {
+				ch <- f
+				delete(h.pending, key)
+			}
+			h.mu.Unlock()
+		}
+	}
+}
+
+// batchMax is the most notifications one Ingest call carries: autopush
+// sends stored messages 10 at a time.
+const batchMax = 10
+
+// inbox is what the reader hands the session's ingester: notifications in
+// arrival order, at most Config.MaxInflight of them.
+type inbox struct {
+	mu      sync.Mutex
+	q       []pushproto.ServerFrame
+	running bool  // an ingester goroutine is draining q
+	failed  error // the first ingest or ack failure; nothing more is acked
+	slots   chan struct{}
+	wg      sync.WaitGroup
+}
+
+// put queues a notification, waiting for a slot while MaxInflight are in
+// flight, and starts an ingester if none runs.
+func (h *held) put(ctx context.Context, in *inbox, c *pushclient.Client, f pushproto.ServerFrame) error {
+	select {
+	case in.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	in.mu.Lock()
+	defer in.mu.Unlock()
+	if in.failed != nil {
+		<-in.slots
+		return in.failed
+	}
+	in.q = append(in.q, f)
+	if !in.running {
+		in.running = true
+		in.wg.Go(func() { h.drain(ctx, in, c) })
+	}
+	return nil
+}
+
+// drain ingests what the inbox holds, batchMax at a time, acking each
+// batch in one frame after its commit, until the inbox is empty. A
+// failure stops the connection (the upstream sends the unacked ones
+// again on the next).
+func (h *held) drain(ctx context.Context, in *inbox, c *pushclient.Client) {
+	for {
+		in.mu.Lock()
+		if len(in.q) == 0 || in.failed != nil {
+			for range in.q {
+				<-in.slots
+			}
+			in.q = nil
+			in.running = false
+			in.mu.Unlock()
+			return
+		}
+		n := min(len(in.q), batchMax)
+		batch := append([]pushproto.ServerFrame(nil), in.q[:n]...)
+		in.q = append(in.q[:0], in.q[n:]...)
+		in.mu.Unlock()
+		err := h.deliver(ctx, c, batch)
+		for range batch {
+			<-in.slots
+		}
+		if err != nil {
+			in.mu.Lock()
+			if in.failed == nil {
+				in.failed = err
+			}
+			in.mu.Unlock()
+			h.l.cfg.Logger.Info("upstream notifications not stored; dropping the session", "uaid", h.id.Device, "err", err)
+			// A close frame, after the acks already written: the
+			// upstream reads those first and re-sends only the rest.
+			c.Close()
+		}
+	}
+}
+
+// deliver ingests a batch of notifications in one commit and acks upstream
+// those now durable here, or dropped for good, in one frame. An error
+// leaves the batch unacked.
+func (h *held) deliver(ctx context.Context, c *pushclient.Client, fs []pushproto.ServerFrame) error {
+	l := h.l
+	acks := make([]pushproto.AckUpdate, 0, len(fs))
+	ms := make([]push.Message, 0, len(fs))
+	at := make([]int, 0, len(fs)) // index in fs of each of ms
+	for i, f := range fs {
+		ch, err := push.ParseChannelID(f.ChannelID)
+		var data []byte
+		if err == nil {
+			data, err = base64.RawURLEncoding.DecodeString(strings.TrimRight(f.Data, "="))
+		}
+		if err != nil || f.Version == "" || len(f.Updates) > 0 {
+			// Nothing here could ever store it; holding it upstream
+			// would only block the batches behind it.
+			l.m.messages.With("dropped_bad").Inc()
+			l.cfg.Logger.Warn("upstream notification dropped: malformed", "uaid", h.id.Device, "channel", f.ChannelID, "err", err)
+			acks = append(acks, pushproto.AckUpdate{ChannelID: f.ChannelID, Version: f.Version, Code: pushproto.AckOK})
+			continue
+		}
+		m := push.Message{
+			UAID: h.id.Device, Channel: ch,
+			Origin:  push.UpstreamOrigin(h.id.Upstream, ch, f.Version),
+			TTL:     l.cfg.TTL,
+			Urgency: push.UrgencyNormal,
+			Data:    data,
+		}
+		if f.Headers != nil {
+			m.Encoding, m.Encryption, m.CryptoKey = f.Headers.Encoding, f.Headers.Encryption, f.Headers.CryptoKey
+		}
+		ms = append(ms, m)
+		at = append(at, i)
+	}
+	var failed error
+	if len(ms) > 0 {
+		l.mu.Lock()
+		ingester := l.in
+		l.mu.Unlock()
+		res, err := ingester.Ingest(ctx, ms)
+		if err == nil && len(res) != len(ms) {
+			err = fmt.Errorf("ingest returned %d results for %d messages", len(res), len(ms))
+		}
+		if err != nil {
+			l.m.messages.With("not_stored").Add(float64(len(ms)))
+			return fmt.Errorf("ingest: %w", err)
+		}
+		for j, r := range res {
+			f := fs[at[j]]
+			switch {
+			case r.Err == nil && r.Duplicate:
+				l.m.messages.With("duplicate").Inc()
+			case r.Err == nil:
+				l.m.messages.With("stored").Inc()
+			case errors.Is(r.Err, relay.ErrNoSubscription):
+				l.m.messages.With("dropped_unregistered").Inc()
+			default:
+				// Not acked: it comes again on the next connect.
+				l.m.messages.With("not_stored").Inc()
+				if failed == nil {
+					failed = fmt.Errorf("ingest: %w", r.Err)
+				}
+				continue
+			}
+			acks = append(acks, pushproto.AckUpdate{ChannelID: f.ChannelID, Version: f.Version, Code: pushproto.AckOK})
+		}
+	}
+	if len(acks) > 0 {
+		if err := c.Send(pushproto.EncodeAck(acks)); err != nil {
+			return fmt.Errorf("ack: %w", err)
+		}
+		l.m.acks.Add(float64(len(acks)))
+	}
+	return failed
+}
+
+// request sends frame over the open connection and waits for the reply of
+// type t for chid. ok is false when the session is not open (nothing was
+// sent).
+func (h *held) request(ctx context.Context, t pushproto.MessageType, chid string, frame []byte) (pushproto.ServerFrame, bool, error) {
+	key := string(t) + ":" + chid
+	rc := make(chan pushproto.ServerFrame, 1)
+	h.mu.Lock()
+	c := h.c
+	if c == nil {
+		h.mu.Unlock()
+		return pushproto.ServerFrame{}, false, nil
+	}
+	if h.pending[key] != nil {
+		h.mu.Unlock()
+		return pushproto.ServerFrame{}, true, fmt.Errorf("upstream: a %s for %s is already waiting", t, chid)
+	}
+	h.pending[key] = rc
+	h.mu.Unlock()
+	fail := func(err error) (pushproto.ServerFrame, bool, error) {
+		h.mu.Lock()
+		if h.pending[key] == rc {
+			delete(h.pending, key)
+		}
+		h.mu.Unlock()
+		return pushproto.ServerFrame{}, true, err
+	}
+	if err := c.Send(frame); err != nil {
+		return fail(fmt.Errorf("upstream: send %s: %w", t, err))
+	}
+	select {
+	case f, ok := <-rc:
+		if !ok {
+			return pushproto.ServerFrame{}, true, fmt.Errorf("upstream: session lost before the %s reply", t)
+		}
+		return f, true, nil
+	case <-ctx.Done():
+		return fail(fmt.Errorf("upstream: waiting for the %s reply: %w", t, ctx.Err()))
+	}
+}

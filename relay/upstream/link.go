@@ -1,0 +1,412 @@
+package upstream
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/pushclient"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// Ingester is where notifications from the upstream go: the hub.
+type Ingester interface {
+	Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error)
+}
+
+// Config configures a Link. Zero values take the defaults in parentheses.
+type Config struct {
+	// URL is the upstream's WebSocket URL, ws:// or wss://.
+	URL string
+	// TLS is used for wss:// (nil: the system roots).
+	TLS *tls.Config
+	// Store holds the upstream identities and the channels' endpoints.
+	Store *store.Store
+	// TTL is the TTL given to every notification from the upstream,
+	// whose frames carry none (upstream_ttl, 24h).
+	TTL time.Duration
+	// RequestTimeout bounds a connect, a hello and a register or
+	// unregister upstream, each call of Mint and Abandon in all (5s).
+	RequestTimeout time.Duration
+	// BackoffMin and BackoffMax bound the jittered exponential backoff
+	// between a held session's connects (5s, 10m).
+	BackoffMin, BackoffMax time.Duration
+	// ReadTimeout drops a held session from which nothing arrived for
+	// this long; autopush pings every 300 s (11m).
+	ReadTimeout time.Duration
+	// MaxSessions bounds the held sessions (10000); devices past it are
+	// not held (polling them is not built yet).
+	MaxSessions int
+	// ConnectRate bounds the held sessions' connects per second, all
+	// together (100; negative: unbounded), so that thousands of sessions
+	// coming back after an outage do not stampede the upstream. A
+	// register's own connection is not paced: a device waits for it.
+	ConnectRate int
+	// MaxSessionAge closes a held session after about this long (jittered
+	// by half) and connects again: every identity says hello at least
+	// this often; autopush forgets a UAID after 60 days without (7 days).
+	MaxSessionAge time.Duration
+	// MaxInflight bounds the notifications a held session has read and
+	// not yet acked (100); past it the session reads nothing more until
+	// a batch is stored and acked.
+	MaxInflight int
+
+	Logger  *slog.Logger
+	Metrics *metrics.Registry
+	Now     func() time.Time
+}
+
+func (c *Config) setDefaults() {
+	if c.TTL <= 0 {
+		c.TTL = 24 * time.Hour
+	}
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.BackoffMin <= 0 {
+		c.BackoffMin = 5 * time.Second
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 10 * time.Minute
+	}
+	if c.BackoffMax < c.BackoffMin {
+		c.BackoffMax = c.BackoffMin
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = 11 * time.Minute
+	}
+	if c.MaxSessions <= 0 {
+		c.MaxSessions = 10000
+	}
+	if c.ConnectRate == 0 {
+		c.ConnectRate = 100
+	}
+	if c.MaxSessionAge <= 0 {
+		c.MaxSessionAge = 7 * 24 * time.Hour
+	}
+	if c.MaxInflight <= 0 {
+		c.MaxInflight = 100
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Link is a relay's link to its upstream: its relay.Endpoints, and the
+// held sessions that bring the upstream's notifications in.
+type Link struct {
+	cfg  Config
+	m    *linkMetrics
+	pace pacer
+
+	mu       sync.Mutex
+	sessions map[push.UAID]*held // by device UAID
+	in       Ingester
+	ctx      context.Context // Run's, nil until Run
+	stopped  bool            // Run is waiting for its goroutines: start none
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+
+	// unregKick wakes the unregister sender.
+	unregKick chan struct{}
+}
+
+// New makes a Link; Run starts its held sessions.
+func New(cfg Config) (*Link, error) {
+	if !strings.HasPrefix(cfg.URL, "ws://") && !strings.HasPrefix(cfg.URL, "wss://") {
+		return nil, fmt.Errorf("upstream: URL %q is not ws:// or wss://", cfg.URL)
+	}
+	if cfg.Store == nil {
+		return nil, errors.New("upstream: Store is required")
+	}
+	cfg.setDefaults()
+	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}
+	if cfg.ConnectRate > 0 {
+		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)
+	}
+	return l, nil
+}
+
+// Sessions reports how many device identities have a held session, and
+// how many of those are connected now.
+func (l *Link) Sessions() (n, open int) {
+	l.mu.Lock()
+	hs := make([]*held, 0, len(l.sessions))
+	for _, h := range l.sessions {
+		hs = append(hs, h)
+	}
+	l.mu.Unlock()
+	for _, h := range hs {
+		h.mu.Lock()
+		if h.c != nil {
+			open++
+		}
+		h.mu.Unlock()
+	}
+	return len(hs), open
+}
+
+// URL is the upstream's URL.
+func (l *Link) URL() string { return l.cfg.URL }
+
+// KeepEndpoints makes the hub store the upstream's endpoint with each
+// channel (relay.EndpointKeeper).
+func (l *Link) KeepEndpoints() bool { return true }
+
+// Run holds a session for every device with an upstream identity (and
+// every one Mint makes meanwhile), delivering their notifications to in,
+// until ctx ends; then it closes them and returns when they are gone.
+func (l *Link) Run(ctx context.Context, in Ingester) error {
+	l.mu.Lock()
+	if l.ctx != nil || l.stopped {
+		l.mu.Unlock()
+		return ErrClosed
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	l.ctx, l.in, l.cancel = ctx, in, cancel
+	l.mu.Unlock()
+	// Identities Mint makes from here on are held by Mint; those read
+	// here may include some of them (hold skips a held one).
+	ids, err := l.cfg.Store.HelloedBefore(l.cfg.Now().Add(24*time.Hour), l.cfg.MaxSessions)
+	if err != nil {
+		l.mu.Lock()
+		l.stopped = true
+		l.mu.Unlock()
+		l.wg.Wait()
+		return fmt.Errorf("upstream: read identities: %w", err)
+	}
+	for _, id := range ids {
+		l.hold(id)
+	}
+	l.wg.Go(func() { l.sendUnregisters(ctx) })
+	<-ctx.Done()
+	l.mu.Lock()
+	l.stopped = true
+	l.mu.Unlock()
+	l.wg.Wait()
+	return nil
+}
+
+// ErrClosed is returned by Run on a link that ran or was closed.
+var ErrClosed = errors.New("upstream: link closed")
+
+// Close stops Run, as its context ending would, and waits for the held
+// sessions to end. It is idempotent; a link closed before Run never runs.
+func (l *Link) Close() error {
+	l.mu.Lock()
+	l.stopped = true
+	cancel := l.cancel
+	l.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
+	l.wg.Wait()
+	return nil
+}
+
+// hold starts id's held session, unless it has one, the link is not
+// running or MaxSessions are held.
+func (l *Link) hold(id store.UpstreamID) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.ctx == nil || l.stopped || l.sessions[id.Device] != nil {
+		return
+	}
+	if len(l.sessions) >= l.cfg.MaxSessions {
+		l.cfg.Logger.Warn("upstream session not held: max sessions reached", "uaid", id.Device, "max", l.cfg.MaxSessions)
+		return
+	}
+	h := &held{l: l, id: id, pending: map[string]chan pushproto.ServerFrame{}}
+	l.sessions[id.Device] = h
+	ctx := l.ctx
+	l.wg.Go(func() { h.run(ctx) })
+}
+
+func (l *Link) session(u push.UAID) *held {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.sessions[u]
+}
+
+// Mint registers r's channel upstream and returns the upstream's endpoint
+// (relay.Endpoints). A device without an upstream identity gets one first.
+// A channel already stored here is answered with its stored endpoint,
+// without the upstream.
+func (l *Link) Mint(ctx context.Context, r relay.Registration) (string, error) {
+	if r.SimplePush {
+		l.m.registers.With("refused").Inc()
+		return "", errors.New("upstream: SimplePush channels are not relayed")
+	}
+	if c, ok, err := l.cfg.Store.Channel(r.UAID, r.Channel); err != nil {
+		return "", fmt.Errorf("upstream: read channel: %w", err)
+	} else if ok && c.Endpoint != "" {
+		return c.Endpoint, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
+	defer cancel()
+	id, ok, err := l.cfg.Store.UpstreamID(r.UAID)
+	if err != nil {
+		return "", fmt.Errorf("upstream: read identity: %w", err)
+	}
+	reg := registerFrame(r)
+	var f pushproto.ServerFrame
+	if ok {
+		f, err = l.request(ctx, id, pushproto.TypeRegister, r.Channel.String(), reg)
+	} else {
+		f, id, err = l.firstRegister(ctx, r, reg)
+	}
+	if err != nil {
+		l.m.registers.With("error").Inc()
+		return "", err
+	}
+	if f.Status != 200 || f.PushEndpoint == "" || len(f.PushEndpoint) > store.MaxEndpointLen {
+		l.m.registers.With("refused").Inc()
+		return "", fmt.Errorf("upstream: register answered status %d, endpoint of %d bytes", f.Status, len(f.PushEndpoint))
+	}
+	l.m.registers.With("ok").Inc()
+	l.hold(id)
+	return f.PushEndpoint, nil
+}
+
+// firstRegister makes r's device an upstream identity: hello without a
+// UAID, register (autopush keeps a new UAID only from its first
+// register), then store the mapping.
+func (l *Link) firstRegister(ctx context.Context, r relay.Registration, reg []byte) (pushproto.ServerFrame, store.UpstreamID, error) {
+	var f pushproto.ServerFrame
+	var up push.UAID
+	err := l.oneShot(ctx, "", func(c *pushclient.Client) error {
+		var err error
+		if up, err = push.ParseUAID(c.UAID); err != nil {
+			return fmt.Errorf("upstream UAID: %w", err)
+		}
+		if err := c.Send(reg); err != nil {
+			return err
+		}
+		f, err = c.Expect(pushproto.TypeRegister)
+		return err
+	})
+	if err != nil || f.Status != 200 {
+		return f, store.UpstreamID{}, err
+	}
+	id, _, err := l.cfg.Store.AddUpstreamID(ctx, r.UAID, up, l.cfg.Now())
+	if err != nil {
+		// The upstream keeps an identity no device stands for; it
+		// forgets it after 60 days without a hello.
+		return f, id, fmt.Errorf("upstream: store identity: %w", err)
+	}
+	if id.Upstream != up {
+		return f, id, errors.New("upstream: the device got another upstream identity meanwhile")
+	}
+	return f, id, nil
+}
+
+// request sends a register or unregister for id's device and returns the
+// reply: over its held session when that is open, else over a connection
+// of its own.
+func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.MessageType, chid string, frame []byte) (pushproto.ServerFrame, error) {
+	if h := l.session(id.Device); h != nil {
+		if f, ok, err := h.request(ctx, t, chid, frame); ok || err != nil {
+			return f, err
+		}
+	}
+	var f pushproto.ServerFrame
+	err := l.oneShot(ctx, id.Upstream.String(), func(c *pushclient.Client) error {
+		if c.UAID != id.Upstream.String() {
+			l.m.resets.Inc()
+			return fmt.Errorf("%w (%s for %s)", errReset, c.UAID, id.Upstream)
+		}
+		if err := c.Send(frame); err != nil {
+			return err
+		}
+		var err error
+		f, err = c.Expect(t)
+		return err
+	})
+	return f, err
+}
+
+// oneShot connects, says hello with uaid, runs do and closes, all within
+// ctx.
+func (l *Link) oneShot(ctx context.Context, uaid string, do func(*pushclient.Client) error) error {
+	c, err := l.dial(ctx)
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Abort() })
+	defer func() {
+		stop()
+		c.Close()
+	}()
+	if _, err := c.Hello(uaid, pushclient.HelloOptions{}); err != nil {
+		return fmt.Errorf("upstream: hello: %w", err)
+	}
+	if err := do(c); err != nil {
+		if ctx.Err() != nil {
+			err = fmt.Errorf("%w (%w)", err, ctx.Err())
+		}
+		return fmt.Errorf("upstream: %w", err)
+	}
+	return nil
+}
+
+func (l *Link) dial(ctx context.Context) (*pushclient.Client, error) {
+	c, err := pushclient.DialWith(ctx, l.cfg.URL, pushclient.DialOptions{TLS: l.cfg.TLS})
+	if err != nil {
+		return nil, fmt.Errorf("upstream: connect: %w", err)
+	}
+	c.Timeout = l.cfg.RequestTimeout
+	if d, ok := ctx.Deadline(); ok {
+		c.Timeout = time.Until(d)
+	}
+	return c, nil
+}
+
+// Abandon unregisters r's channel upstream, unless the channel is stored
+// here (a register the store refused as a conflict must not undo the
+// channel it has). A failure is logged.
+func (l *Link) Abandon(ctx context.Context, r relay.Registration) {
+	if _, ok, err := l.cfg.Store.Channel(r.UAID, r.Channel); err != nil || ok {
+		return
+	}
+	id, ok, err := l.cfg.Store.UpstreamID(r.UAID)
+	if err != nil || !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
+	defer cancel()
+	chid := r.Channel.String()
+	frame, _ := json.Marshal(map[string]any{"messageType": "unregister", "channelID": chid, "code": 200})
+	if _, err := l.request(ctx, id, pushproto.TypeUnregister, chid, frame); err != nil {
+		l.cfg.Logger.Warn("abandoned channel not unregistered upstream", "uaid", r.UAID, "channel", chid, "err", err)
+	}
+}
+
+func registerFrame(r relay.Registration) []byte {
+	m := map[string]any{"messageType": "register", "channelID": r.Channel.String()}
+	if len(r.Key) > 0 {
+		m["key"] = base64.RawURLEncoding.EncodeToString(r.Key)
+	}
+	b, _ := json.Marshal(m)
+	return b
+}
+
+// jitter returns a duration in [d/2, d].
+func jitter(d time.Duration) time.Duration {
+	return d/2 + rand.N(d/2+1)
+}
