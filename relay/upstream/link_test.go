@@ -4,16 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto/ecdh"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/base64"
 	"errors"
 	"fmt"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
 	"slices"
@@ -714,24 +710,11 @@ func TestSessionHelloesAgain(t *testing.T) {
 // Over wss:// with the upstream's certificate trusted through
 // UpstreamTLS: register, hold and relay work as over ws://.
 func TestTLSUpstream(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	serverTLS, roots, err := autopushtest.LoopbackTLS()
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IPAddresses: []net.IP{net.IPv4(127, 0, 0, 1)}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	roots := x509.NewCertPool()
-	roots.AddCert(cert)
-	up := startUpstream(t, autopushtest.Config{TLS: &tls.Config{
-		Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}})
+	up := startUpstream(t, autopushtest.Config{TLS: serverTLS})
 	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamTLS: &tls.Config{RootCAs: roots}})
 	dev, endpoint, upUAID := setupRelayed(t, up, n)
 	if !strings.HasPrefix(endpoint, "https://") {
