@@ -92,13 +92,14 @@ func dial(t *testing.T, url string) *pushclient.Client {
 	return c
 }
 
-func newChannelID() string {
-	var b [16]byte
-	rand.Read(b[:])
-	b[6] = b[6]&0x0f | 0x40
-	b[8] = b[8]&0x3f | 0x80
-	h := fmt.Sprintf("%x", b)
-	return h[:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:]
+// helloDevice connects a device to n and says hello without a UAID.
+func helloDevice(t *testing.T, n *node.Node) *pushclient.Client {
+	t.Helper()
+	dev := dial(t, n.DeviceURL())
+	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	return dev
 }
 
 func post(t *testing.T, endpoint string, body []byte) {
@@ -199,10 +200,7 @@ func TestRegisterAndRelay(t *testing.T) {
 	st = n.Store()
 	mu.Unlock()
 
-	dev := dial(t, n.DeviceURL())
-	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	dev := helloDevice(t, n)
 	u, err := push.ParseUAID(dev.UAID)
 	if err != nil {
 		t.Fatal(err)
@@ -214,7 +212,7 @@ func TestRegisterAndRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	chid := newChannelID()
+	chid := pushproto.NewChannelID()
 	r, err := dev.Register(chid, base64.RawURLEncoding.EncodeToString(key.PublicKey().Bytes()))
 	if err != nil {
 		t.Fatal(err)
@@ -236,7 +234,7 @@ func TestRegisterAndRelay(t *testing.T) {
 	// A second channel goes through the held session, with the same
 	// identity.
 	waitFor(t, "the held session", func() bool { return up.Open(id.Upstream.String()) })
-	chid2 := newChannelID()
+	chid2 := pushproto.NewChannelID()
 	r2, err := dev.Register(chid2, "")
 	if err != nil {
 		t.Fatal(err)
@@ -297,11 +295,8 @@ func TestRegisterUpstreamDown(t *testing.T) {
 	addr := ln.Addr().String()
 	ln.Close()
 	n := startNode(t, node.Config{Upstream: "ws://" + addr + "/"})
-	dev := dial(t, n.DeviceURL())
-	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	chid := newChannelID()
+	dev := helloDevice(t, n)
+	chid := pushproto.NewChannelID()
 	start := time.Now()
 	r, err := dev.Register(chid, "")
 	if err != nil {
@@ -357,11 +352,8 @@ func (l *lossyIngester) Ingest(ctx context.Context, ms []push.Message) ([]relay.
 func TestPartlyAckedBatchResentOnce(t *testing.T) {
 	up := startUpstream(t, autopushtest.Config{})
 	n := startNode(t, node.Config{})
-	dev := dial(t, n.DeviceURL())
-	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
-		t.Fatal(err)
-	}
-	chid := newChannelID()
+	dev := helloDevice(t, n)
+	chid := pushproto.NewChannelID()
 	if r, err := dev.Register(chid, ""); err != nil || r.Status != 200 {
 		t.Fatalf("register: %+v %v", r, err)
 	}
@@ -432,12 +424,9 @@ func TestPartlyAckedBatchResentOnce(t *testing.T) {
 func TestQuietSessionHeld(t *testing.T) {
 	up := startUpstream(t, autopushtest.Config{AutoPingInterval: 100 * time.Millisecond, AutoPingTimeout: 50 * time.Millisecond})
 	n := startNode(t, node.Config{})
-	dev := dial(t, n.DeviceURL())
-	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	dev := helloDevice(t, n)
 	u, _ := push.ParseUAID(dev.UAID)
-	ch, _ := push.ParseChannelID(newChannelID())
+	ch, _ := push.ParseChannelID(pushproto.NewChannelID())
 	link, err := upstream.New(upstream.Config{
 		URL: up.URL(), Store: n.Store(), BackoffMin: 20 * time.Millisecond, ReadTimeout: 300 * time.Millisecond,
 		Logger: testLogger(t, "link"),
@@ -490,14 +479,11 @@ func TestUnregisterPassesThrough(t *testing.T) {
 	up := startUpstream(t, autopushtest.Config{})
 	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamBackoffMin: 50 * time.Millisecond})
 	st := n.Store()
-	dev := dial(t, n.DeviceURL())
-	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	dev := helloDevice(t, n)
 	u, _ := push.ParseUAID(dev.UAID)
 	var subs []pushproto.ServerFrame
 	for range 2 {
-		r, err := dev.Register(newChannelID(), "")
+		r, err := dev.Register(pushproto.NewChannelID(), "")
 		if err != nil || r.Status != 200 {
 			t.Fatalf("register: %+v %v", r, err)
 		}
@@ -544,7 +530,7 @@ func setupRelayed(t testing.TB, up *autopushtest.Server, n *node.Node) (*pushcli
 	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	r, err := dev.Register(newChannelID(), "")
+	r, err := dev.Register(pushproto.NewChannelID(), "")
 	if err != nil || r.Status != 200 {
 		t.Fatalf("register: %+v %v", r, err)
 	}
@@ -672,12 +658,9 @@ func TestRestartHoldsAgain(t *testing.T) {
 func TestSessionHelloesAgain(t *testing.T) {
 	up := startUpstream(t, autopushtest.Config{})
 	n := startNode(t, node.Config{})
-	dev := dial(t, n.DeviceURL())
-	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	dev := helloDevice(t, n)
 	u, _ := push.ParseUAID(dev.UAID)
-	ch, _ := push.ParseChannelID(newChannelID())
+	ch, _ := push.ParseChannelID(pushproto.NewChannelID())
 	link, err := upstream.New(upstream.Config{
 		URL: up.URL(), Store: n.Store(), BackoffMin: 10 * time.Millisecond, MaxSessionAge: 100 * time.Millisecond,
 		Logger: testLogger(t, "link"),
@@ -744,12 +727,9 @@ func TestTLSUpstream(t *testing.T) {
 func TestLinkClose(t *testing.T) {
 	up := startUpstream(t, autopushtest.Config{})
 	n := startNode(t, node.Config{})
-	dev := dial(t, n.DeviceURL())
-	if _, err := dev.Hello("", pushclient.HelloOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	dev := helloDevice(t, n)
 	u, _ := push.ParseUAID(dev.UAID)
-	ch, _ := push.ParseChannelID(newChannelID())
+	ch, _ := push.ParseChannelID(pushproto.NewChannelID())
 	link, err := upstream.New(upstream.Config{URL: up.URL(), Store: n.Store(), Logger: testLogger(t, "link")})
 	if err != nil {
 		t.Fatal(err)
