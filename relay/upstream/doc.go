@@ -34,6 +34,14 @@
 // (Config.ReadTimeout), so a session is dropped only when the upstream
 // stopped sending even pings.
 //
+// Resets: an upstream that answers a hello for a device's upstream UAID
+// with another UAID forgot the device (autopush: 60 days without a hello,
+// or a backlog past msg_limit). The link then resets the device here
+// through the Ingester given to Run, when it is a Resetter (the hub:
+// channels, identity and stored messages deleted, its session closed, a
+// new UAID at its next hello); the UAID the upstream gave is not kept. A
+// held session that met a reset ends; a register that met one fails.
+//
 // Batches: autopush sends stored messages 10 at a time and the next batch
 // only when the whole one is acked. The session's reader queues each
 // notification (at most Config.MaxInflight unacked); an ingester drains

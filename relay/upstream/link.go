@@ -328,8 +328,7 @@ func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.Mes
 	var f pushproto.ServerFrame
 	err := l.oneShot(ctx, id.Upstream.String(), func(c *pushclient.Client) error {
 		if c.UAID != id.Upstream.String() {
-			l.m.resets.Inc()
-			return fmt.Errorf("%w (%s for %s)", errReset, c.UAID, id.Upstream)
+			return &resetError{got: c.UAID, was: id.Upstream}
 		}
 		if err := c.Send(frame); err != nil {
 			return err
@@ -338,6 +337,12 @@ func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.Mes
 		f, err = c.Expect(t)
 		return err
 	})
+	if errors.Is(err, errReset) {
+		// The upstream forgot the device: reset it here too.
+		if rerr := l.reset(ctx, id, resetUAID(err), "request"); rerr != nil {
+			l.cfg.Logger.Error("upstream forgot the device's UAID; reset failed", "uaid", id.Device, "err", rerr)
+		}
+	}
 	return f, err
 }
 

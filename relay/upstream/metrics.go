@@ -8,7 +8,7 @@ type linkMetrics struct {
 	registers   *metrics.CounterVec
 	messages    *metrics.CounterVec
 	acks        metrics.Counter
-	resets      metrics.Counter
+	resets      *metrics.CounterVec
 	unregisters metrics.Counter
 }
 
@@ -19,7 +19,7 @@ func newLinkMetrics(r *metrics.Registry) *linkMetrics {
 		registers:   r.CounterVec("pushrelay_upstream_registers_total", "Registers passed to the upstream, by result (ok, refused, error).", "result"),
 		messages:    r.CounterVec("pushrelay_upstream_messages_total", "Notifications from the upstream, by result (stored, duplicate, dropped_unregistered, dropped_bad, not_stored).", "result"),
 		acks:        r.Counter("pushrelay_upstream_acks_total", "Notifications acked upstream (each after its durable ingest)."),
-		resets:      r.Counter("pushrelay_upstream_resets_total", "Hellos the upstream answered with another UAID (it forgot ours)."),
+		resets:      r.CounterVec("pushrelay_upstream_resets_total", "Hellos the upstream answered with another UAID (it forgot ours), by via: held (a held session's hello; the device was reset here), request (a register's or unregister's own connection; the device was reset here), stale (for an identity the device no longer has: nothing to reset), failed (the reset could not be stored; the next hello tries again).", "via"),
 		unregisters: r.Counter("pushrelay_upstream_unregisters_sent_total", "Devices' unregisters passed to the upstream (each kept durably until then)."),
 	}
 }
