@@ -62,6 +62,10 @@ type Config struct {
 	// not yet acked (100); past it the session reads nothing more until
 	// a batch is stored and acked.
 	MaxInflight int
+	// Broadcasts, if set, is the relay's broadcast registry: the link
+	// subscribes upstream to its ids and to those devices ask for, and
+	// sets the upstream's versions in it (broadcast.go).
+	Broadcasts BroadcastRegistry
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
@@ -124,6 +128,8 @@ type Link struct {
 
 	// unregKick wakes the unregister sender.
 	unregKick chan struct{}
+	// bc is the broadcast connection; nil without Config.Broadcasts.
+	bc *bcast
 }
 
 // New makes a Link; Run starts its held sessions.
@@ -139,7 +145,21 @@ func New(cfg Config) (*Link, error) {
 	if cfg.ConnectRate > 0 {
 		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)
 	}
+	if cfg.Broadcasts != nil {
+		l.bc = newBcast(l, cfg.Broadcasts)
+	}
 	return l, nil
+}
+
+// Broadcasts is what the hub serves broadcasts from (relay.Broadcasts):
+// the registry's versions, and the ids devices ask for that it does not
+// hold asked upstream (relay.BroadcastWanter). Nil without
+// Config.Broadcasts.
+func (l *Link) Broadcasts() relay.Broadcasts {
+	if l.bc == nil {
+		return nil
+	}
+	return l.bc
 }
 
 // Sessions reports how many device identities have a held session, and
@@ -195,6 +215,9 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 		l.hold(id)
 	}
 	l.wg.Go(func() { l.sendUnregisters(ctx) })
+	if l.bc != nil {
+		l.wg.Go(func() { l.bc.run(ctx) })
+	}
 	<-ctx.Done()
 	l.mu.Lock()
 	l.stopped = true
