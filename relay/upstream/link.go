@@ -120,11 +120,13 @@ type Link struct {
 
 	mu       sync.Mutex
 	sessions map[push.UAID]*held // by device UAID
-	in       Ingester
-	ctx      context.Context // Run's, nil until Run
-	stopped  bool            // Run is waiting for its goroutines: start none
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// reset holds the devices reset in the last resetHold (reset.go).
+	resetAt map[push.UAID]time.Time
+	in      Ingester
+	ctx     context.Context // Run's, nil until Run
+	stopped bool            // Run is waiting for its goroutines: start none
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 
 	// unregKick wakes the unregister sender.
 	unregKick chan struct{}
@@ -141,7 +143,7 @@ func New(cfg Config) (*Link, error) {
 		return nil, errors.New("upstream: Store is required")
 	}
 	cfg.setDefaults()
-	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}
+	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, resetAt: map[push.UAID]time.Time{}, unregKick: make(chan struct{}, 1)}
 	if cfg.ConnectRate > 0 {
 		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)
 	}
@@ -276,6 +278,10 @@ func (l *Link) Mint(ctx context.Context, r relay.Registration) (string, error) {
 		l.m.registers.With("refused").Inc()
 		return "", errors.New("upstream: SimplePush channels are not relayed")
 	}
+	if l.wasReset(r.UAID) {
+		l.m.registers.With("refused").Inc()
+		return "", errDeviceReset
+	}
 	if c, ok, err := l.cfg.Store.Channel(r.UAID, r.Channel); err != nil {
 		return "", fmt.Errorf("upstream: read channel: %w", err)
 	} else if ok && c.Endpoint != "" {
@@ -335,6 +341,14 @@ func (l *Link) firstRegister(ctx context.Context, r relay.Registration, reg []by
 	}
 	if id.Upstream != up {
 		return f, id, errors.New("upstream: the device got another upstream identity meanwhile")
+	}
+	if l.wasReset(r.UAID) {
+		// The device was reset while this register was upstream: the
+		// identity must not outlive it.
+		if _, err := l.cfg.Store.DeleteUpstreamID(ctx, r.UAID); err != nil {
+			l.cfg.Logger.Warn("identity of a reset device not removed", "uaid", r.UAID, "err", err)
+		}
+		return f, id, errDeviceReset
 	}
 	return f, id, nil
 }

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"maps"
+	"time"
 
 	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/store"
@@ -25,7 +27,9 @@ type Resetter interface {
 // device is reset here (Resetter): it gets a new UAID at its next hello
 // and its next register makes a fresh upstream identity through Mint.
 // The UAID the upstream gave is not kept: autopush stores a new UAID only
-// at its first register, so the hello left nothing upstream.
+// at its first register, so the hello left nothing upstream. For
+// resetHold after, Mint refuses the device's old UAID: a register it sent
+// just before its session was closed makes no new identity for it.
 //
 // A hello for an identity the device no longer has (a pending unregister
 // of an older identity) resets nothing and is only counted (via
@@ -40,6 +44,7 @@ func (l *Link) reset(ctx context.Context, id store.UpstreamID, got, via string) 
 		l.m.resets.With("stale").Inc()
 		return nil
 	}
+	l.markReset(id.Device)
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), l.cfg.RequestTimeout)
 	defer cancel()
 	l.mu.Lock()
@@ -79,4 +84,30 @@ func resetUAID(err error) string {
 		return re.got
 	}
 	return ""
+}
+
+// resetHold is how long Mint refuses a device after its reset: a register
+// the device sent just before its session was closed must not make it a
+// new identity under the UAID it is about to lose.
+const resetHold = time.Minute
+
+// errDeviceReset refuses a register for a device just reset.
+var errDeviceReset = errors.New("upstream: the device was reset (its upstream forgot it); it gets a new UAID at its next hello")
+
+// markReset records that u is being reset, and forgets the marks older
+// than resetHold.
+func (l *Link) markReset(u push.UAID) {
+	now := l.cfg.Now()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	maps.DeleteFunc(l.resetAt, func(_ push.UAID, at time.Time) bool { return now.Sub(at) > resetHold })
+	l.resetAt[u] = now
+}
+
+// wasReset reports whether u was reset in the last resetHold.
+func (l *Link) wasReset(u push.UAID) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	at, ok := l.resetAt[u]
+	return ok && l.cfg.Now().Sub(at) <= resetHold
 }

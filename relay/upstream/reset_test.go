@@ -238,4 +238,10 @@ func TestResetOnRequest(t *testing.T) {
 	if _, ok, _ := st.UpstreamID(heldU); !ok {
 		t.Error("the held device lost its identity")
 	}
+	// A register the device sent just before its session closed does not
+	// make the UAID it loses a new identity.
+	if _, err := mint(u); err == nil {
+		t.Error("a register for the UAID just reset succeeded")
+	}
+	checkForgotten(t, st, u)
 }
