@@ -21,6 +21,16 @@ type Broadcasts interface {
 	OnChange(fn func(changed map[string]string))
 }
 
+// BroadcastWanter is implemented by Broadcasts that can fetch ids they do
+// not hold yet (an upstream link's). When a device names such ids the hub
+// calls Want with them; the ids it returns are being fetched, and the
+// device is subscribed to them as to known ones: it is told nothing about
+// them until a version arrives (through OnChange), then that version.
+// Want must not block.
+type BroadcastWanter interface {
+	Want(ids []string) []string
+}
+
 // MaxSubscriptions bounds the broadcasts one session is subscribed to,
 // over its hello and every broadcast_subscribe. Ids past it are not
 // subscribed and not answered (counted in
@@ -88,13 +98,22 @@ func (b *broadcasts) subscribe(s *session, want map[string]string) []*bcastTopic
 	cur := b.src.Versions()
 	s.mu.Lock()
 	n := len(s.bsubs)
-	var known []string
+	var known, unknown []string
 	for id := range want {
-		if _, ok := cur[id]; ok && !s.subscribedLocked(id) {
+		if s.subscribedLocked(id) {
+			continue
+		}
+		if _, ok := cur[id]; ok {
 			known = append(known, id)
+		} else {
+			unknown = append(unknown, id)
 		}
 	}
 	s.mu.Unlock()
+	if w, ok := b.src.(BroadcastWanter); ok && len(unknown) > 0 {
+		slices.Sort(unknown)
+		known = append(known, w.Want(unknown)...)
+	}
 	if len(known) == 0 {
 		return nil
 	}
@@ -173,7 +192,8 @@ func (b *broadcasts) answerLocked(s *session, topics []*bcastTopic, want map[str
 		if v, ok := want[sub.t.id]; ok {
 			sub.have = v // what the device says it has now
 		}
-		if v := cur[sub.t.id]; v != sub.have {
+		// An id being fetched (BroadcastWanter) has no version yet.
+		if v, ok := cur[sub.t.id]; ok && v != sub.have {
 			put(sub.t.id, v)
 			sub.have = v
 		}
@@ -181,7 +201,7 @@ func (b *broadcasts) answerLocked(s *session, topics []*bcastTopic, want map[str
 	s.bpending = false // everything due is in this answer
 	var missing map[string]string
 	for id := range want {
-		if _, ok := cur[id]; !ok {
+		if _, ok := cur[id]; !ok && !s.subscribedLocked(id) {
 			if missing == nil {
 				missing = map[string]string{}
 			}
@@ -332,7 +352,7 @@ func (s *session) flushBroadcastsLocked() {
 	var delta map[string]any
 	for i := range s.bsubs {
 		sub := &s.bsubs[i]
-		if v := cur[sub.t.id]; v != sub.have {
+		if v, ok := cur[sub.t.id]; ok && v != sub.have {
 			if delta == nil {
 				delta = map[string]any{}
 			}

@@ -143,6 +143,9 @@ type Store interface {
 	Messages(u push.UAID, afterSeq uint64, limit int) ([]store.Message, error)
 	Ack(ctx context.Context, u push.UAID, seqs ...uint64) (int, error)
 	Delete(ctx context.Context, u push.UAID, ch push.ChannelID, seq uint64) (bool, error)
+	// DeleteDevice removes a device with its channels, messages and
+	// upstream identity (Hub.ResetDevice).
+	DeleteDevice(ctx context.Context, u push.UAID) error
 	// OnStored registers the hub's receiver of committed messages (see
 	// store.Store.OnStored); nil unregisters it.
 	OnStored(fn func([]store.Message))

@@ -6,7 +6,7 @@
 // A Registry holds the current versions in memory, as an immutable map
 // that readers share without locking, and in the store, so they survive a
 // restart. Set is the one way in, whatever the source (a megaphone poll,
-// an operator's admin call, later an upstream): it persists what changed,
+// an operator's admin call, an upstream link): it persists what changed,
 // publishes the new map, then calls the change listeners with only the
 // ids that changed. Setting a version that is already current changes
 // nothing and writes nothing.

@@ -274,8 +274,8 @@ func New(cfg Config) (_ *Node, err error) {
 		d.link, err = upstream.New(upstream.Config{
 			URL: cfg.Upstream, TLS: cfg.UpstreamTLS, Store: d.store, TTL: cfg.UpstreamTTL,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
-			ConnectRate: cfg.UpstreamConnectRate,
-			Logger:      d.log.With("component", "upstream"), Metrics: d.reg,
+			ConnectRate: cfg.UpstreamConnectRate, Broadcasts: d.broadcasts,
+			Logger: d.log.With("component", "upstream"), Metrics: d.reg,
 		})
 		if err != nil {
 			return nil, err
@@ -286,6 +286,11 @@ func New(cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, err
 		}
+	}
+	var bsrc relay.Broadcasts = d.broadcasts
+	if d.link != nil {
+		// Ids devices ask for that the registry lacks are asked upstream.
+		bsrc = d.link.Broadcasts()
 	}
 	d.hub, err = relay.New(relay.Config{
 		Store:         d.store,
@@ -298,7 +303,7 @@ func New(cfg Config) (_ *Node, err error) {
 		OutboxBytes:   cfg.OutboxBytes,
 		Waker:         d.kick,
 		WakeIdleClose: cfg.WakeIdleClose,
-		Broadcasts:    d.broadcasts,
+		Broadcasts:    bsrc,
 		Logger:        d.log.With("component", "devices"),
 		Metrics:       d.reg,
 	})

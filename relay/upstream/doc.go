@@ -34,6 +34,21 @@
 // (Config.ReadTimeout), so a session is dropped only when the upstream
 // stopped sending even pings.
 //
+// Resets: an upstream that answers a hello for a device's upstream UAID
+// with another UAID forgot the device (autopush: 60 days without a hello,
+// or a backlog past msg_limit). The link then resets the device here
+// through the Ingester given to Run, when it is a Resetter (the hub:
+// channels, identity and stored messages deleted, its session closed, a
+// new UAID at its next hello); the UAID the upstream gave is not kept. A
+// held session that met a reset ends; a register that met one fails.
+//
+// Broadcasts: with Config.Broadcasts (the relay's broadcast.Registry) the
+// link keeps one more connection, a hello without a UAID that never
+// registers, subscribed to the registry's ids and to those devices asked
+// for that it lacks (Link.Broadcasts is the hub's source, a
+// relay.BroadcastWanter); the upstream's versions are set in the registry
+// under the source "upstream" (broadcast.go).
+//
 // Batches: autopush sends stored messages 10 at a time and the next batch
 // only when the whole one is acked. The session's reader queues each
 // notification (at most Config.MaxInflight unacked); an ingester drains
@@ -43,13 +58,16 @@
 // acked again and not delivered again.
 //
 // Goroutines: one per held session, parked in its read, and one more
-// while its notifications wait to be stored and acked; and one for the
-// link that sends the pending unregisters. Held sessions connect at most Config.ConnectRate
+// while its notifications wait to be stored and acked; one for the
+// link that sends the pending unregisters; and, with broadcasts, one for
+// the broadcast connection and one more that sends its subscribes while
+// it is connected. Held sessions connect at most Config.ConnectRate
 // times a second, all together, and each connects again after about
 // Config.MaxSessionAge so that every identity says hello that often.
 // Run ends when its context does or at Close; either way it returns once
 // every goroutine it started has.
 //
-// Locks: Link.mu, a held session's mu and its inbox's mu; never two at
-// once, none held across a store call or a socket write.
+// Locks: Link.mu, a held session's mu, its inbox's mu and the broadcast
+// connection's mu; never two at once, none held across a store call or a
+// socket write.
 package upstream

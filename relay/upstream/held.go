@@ -48,10 +48,11 @@ func (h *held) run(ctx context.Context) {
 			return
 		}
 		if errors.Is(err, errReset) {
-			// Giving the device a new identity is not built yet.
-			l.m.resets.Inc()
-			log.Error("upstream forgot the device's UAID; session no longer held", "err", err)
-			return
+			rerr := l.reset(ctx, h.id, resetUAID(err), "held")
+			if rerr == nil {
+				return // the device is gone here; no session to hold
+			}
+			log.Error("upstream forgot the device's UAID; reset failed, trying again at the next hello", "err", rerr)
 		}
 		if helloed {
 			backoff = l.cfg.BackoffMin
@@ -99,7 +100,7 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	}
 	l.m.connects.With("ok").Inc()
 	if c.UAID != h.id.Upstream.String() {
-		return true, fmt.Errorf("%w (%s for %s)", errReset, c.UAID, h.id.Upstream)
+		return true, &resetError{got: c.UAID, was: h.id.Upstream}
 	}
 	if _, err := l.cfg.Store.Helloed(ctx, l.cfg.Now(), h.id.Device); err != nil {
 		l.cfg.Logger.Warn("record upstream hello", "uaid", h.id.Device, "err", err)

@@ -62,6 +62,10 @@ type Config struct {
 	// not yet acked (100); past it the session reads nothing more until
 	// a batch is stored and acked.
 	MaxInflight int
+	// Broadcasts, if set, is the relay's broadcast registry: the link
+	// subscribes upstream to its ids and to those devices ask for, and
+	// sets the upstream's versions in it (broadcast.go).
+	Broadcasts BroadcastRegistry
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
@@ -116,14 +120,18 @@ type Link struct {
 
 	mu       sync.Mutex
 	sessions map[push.UAID]*held // by device UAID
-	in       Ingester
-	ctx      context.Context // Run's, nil until Run
-	stopped  bool            // Run is waiting for its goroutines: start none
-	cancel   context.CancelFunc
-	wg       sync.WaitGroup
+	// reset holds the devices reset in the last resetHold (reset.go).
+	resetAt map[push.UAID]time.Time
+	in      Ingester
+	ctx     context.Context // Run's, nil until Run
+	stopped bool            // Run is waiting for its goroutines: start none
+	cancel  context.CancelFunc
+	wg      sync.WaitGroup
 
 	// unregKick wakes the unregister sender.
 	unregKick chan struct{}
+	// bc is the broadcast connection; nil without Config.Broadcasts.
+	bc *bcast
 }
 
 // New makes a Link; Run starts its held sessions.
@@ -135,11 +143,25 @@ func New(cfg Config) (*Link, error) {
 		return nil, errors.New("upstream: Store is required")
 	}
 	cfg.setDefaults()
-	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}
+	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, resetAt: map[push.UAID]time.Time{}, unregKick: make(chan struct{}, 1)}
 	if cfg.ConnectRate > 0 {
 		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)
 	}
+	if cfg.Broadcasts != nil {
+		l.bc = newBcast(l, cfg.Broadcasts)
+	}
 	return l, nil
+}
+
+// Broadcasts is what the hub serves broadcasts from (relay.Broadcasts):
+// the registry's versions, and the ids devices ask for that it does not
+// hold asked upstream (relay.BroadcastWanter). Nil without
+// Config.Broadcasts.
+func (l *Link) Broadcasts() relay.Broadcasts {
+	if l.bc == nil {
+		return nil
+	}
+	return l.bc
 }
 
 // Sessions reports how many device identities have a held session, and
@@ -195,6 +217,9 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 		l.hold(id)
 	}
 	l.wg.Go(func() { l.sendUnregisters(ctx) })
+	if l.bc != nil {
+		l.wg.Go(func() { l.bc.run(ctx) })
+	}
 	<-ctx.Done()
 	l.mu.Lock()
 	l.stopped = true
@@ -252,6 +277,10 @@ func (l *Link) Mint(ctx context.Context, r relay.Registration) (string, error) {
 	if r.SimplePush {
 		l.m.registers.With("refused").Inc()
 		return "", errors.New("upstream: SimplePush channels are not relayed")
+	}
+	if l.wasReset(r.UAID) {
+		l.m.registers.With("refused").Inc()
+		return "", errDeviceReset
 	}
 	if c, ok, err := l.cfg.Store.Channel(r.UAID, r.Channel); err != nil {
 		return "", fmt.Errorf("upstream: read channel: %w", err)
@@ -313,6 +342,14 @@ func (l *Link) firstRegister(ctx context.Context, r relay.Registration, reg []by
 	if id.Upstream != up {
 		return f, id, errors.New("upstream: the device got another upstream identity meanwhile")
 	}
+	if l.wasReset(r.UAID) {
+		// The device was reset while this register was upstream: the
+		// identity must not outlive it.
+		if _, err := l.cfg.Store.DeleteUpstreamID(ctx, r.UAID); err != nil {
+			l.cfg.Logger.Warn("identity of a reset device not removed", "uaid", r.UAID, "err", err)
+		}
+		return f, id, errDeviceReset
+	}
 	return f, id, nil
 }
 
@@ -328,8 +365,7 @@ func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.Mes
 	var f pushproto.ServerFrame
 	err := l.oneShot(ctx, id.Upstream.String(), func(c *pushclient.Client) error {
 		if c.UAID != id.Upstream.String() {
-			l.m.resets.Inc()
-			return fmt.Errorf("%w (%s for %s)", errReset, c.UAID, id.Upstream)
+			return &resetError{got: c.UAID, was: id.Upstream}
 		}
 		if err := c.Send(frame); err != nil {
 			return err
@@ -338,6 +374,12 @@ func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.Mes
 		f, err = c.Expect(t)
 		return err
 	})
+	if errors.Is(err, errReset) {
+		// The upstream forgot the device: reset it here too.
+		if rerr := l.reset(ctx, id, resetUAID(err), "request"); rerr != nil {
+			l.cfg.Logger.Error("upstream forgot the device's UAID; reset failed", "uaid", id.Device, "err", rerr)
+		}
+	}
 	return f, err
 }
 

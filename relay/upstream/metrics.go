@@ -8,8 +8,13 @@ type linkMetrics struct {
 	registers   *metrics.CounterVec
 	messages    *metrics.CounterVec
 	acks        metrics.Counter
-	resets      metrics.Counter
+	resets      *metrics.CounterVec
 	unregisters metrics.Counter
+
+	bcOpen     metrics.Gauge
+	bcConnects *metrics.CounterVec
+	bcPending  metrics.Gauge
+	bcIDs      *metrics.CounterVec
 }
 
 func newLinkMetrics(r *metrics.Registry) *linkMetrics {
@@ -19,7 +24,12 @@ func newLinkMetrics(r *metrics.Registry) *linkMetrics {
 		registers:   r.CounterVec("pushrelay_upstream_registers_total", "Registers passed to the upstream, by result (ok, refused, error).", "result"),
 		messages:    r.CounterVec("pushrelay_upstream_messages_total", "Notifications from the upstream, by result (stored, duplicate, dropped_unregistered, dropped_bad, not_stored).", "result"),
 		acks:        r.Counter("pushrelay_upstream_acks_total", "Notifications acked upstream (each after its durable ingest)."),
-		resets:      r.Counter("pushrelay_upstream_resets_total", "Hellos the upstream answered with another UAID (it forgot ours)."),
+		resets:      r.CounterVec("pushrelay_upstream_resets_total", "Hellos the upstream answered with another UAID (it forgot ours), by via: held (a held session's hello; the device was reset here), request (a register's or unregister's own connection; the device was reset here), stale (for an identity the device no longer has: nothing to reset), failed (the reset could not be stored; the next hello tries again).", "via"),
 		unregisters: r.Counter("pushrelay_upstream_unregisters_sent_total", "Devices' unregisters passed to the upstream (each kept durably until then)."),
+
+		bcOpen:     r.Gauge("pushrelay_upstream_broadcast_connected", "1 while the upstream broadcast connection is open (it said hello)."),
+		bcConnects: r.CounterVec("pushrelay_upstream_broadcast_connects_total", "Connects of the upstream broadcast connection, by result (ok, error).", "result"),
+		bcPending:  r.Gauge("pushrelay_upstream_broadcasts_pending", "Broadcast ids devices asked for that the relay asked upstream and has no version of yet."),
+		bcIDs:      r.CounterVec("pushrelay_upstream_broadcast_ids_total", "Broadcast ids from or for the upstream, by result: changed (a version set in the registry), not_found (the upstream does not know an id devices asked for), refused (the relay's 1,024 ids are reached: not asked upstream), bad (an invalid id or version from the upstream), not_stored (the registry could not store a version).", "result"),
 	}
 }

@@ -1,0 +1,52 @@
+package main
+
+import (
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/pushproto"
+)
+
+// Two built binaries: an edge relay whose upstream is a standalone
+// pushrelay serving a broadcast. A device on the edge names the broadcast,
+// which the edge does not serve yet: the edge asks the core and the
+// device gets the core's version, then the core's change. The edge's
+// broadcast connection leaves no device behind on the core.
+func TestE2EUpstreamBroadcasts(t *testing.T) {
+	tokenFile, token := writeAdminToken(t)
+	core := startRelay(t, t.TempDir(), "--admin-token-file", tokenFile)
+	const id = "remote-settings/monitor_changes"
+	if code, v := adminCall(t, core, "PUT", "/broadcasts/"+id, token, `"1"`); code != 200 {
+		t.Fatalf("PUT = %d %v", code, v)
+	}
+	edge := startRelay(t, t.TempDir(), "--upstream", core.Device, "--upstream-backoff", "100ms")
+
+	dev, got := bcastHello(t, edge, "", map[string]string{id: `"0"`})
+	if len(got) != 0 {
+		t.Fatalf("hello answered %v, want nothing yet (the edge asks its upstream)", got)
+	}
+	next := func(want string) {
+		t.Helper()
+		f, err := dev.Next(time.Now().Add(10 * time.Second))
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", want, err)
+		}
+		if f.MessageType != pushproto.TypeBroadcast || fmt.Sprint(f.Broadcasts) != fmt.Sprint(map[string]any{id: want}) {
+			t.Fatalf("device got %+v, want %s: %s", f, id, want)
+		}
+	}
+	next(`"1"`)
+	if code, v := adminCall(t, core, "PUT", "/broadcasts/"+id, token, `"2"`); code != 200 {
+		t.Fatalf("PUT = %d %v", code, v)
+	}
+	next(`"2"`)
+	if v := edge.metric(`pushrelay_broadcast_changes_total{source="upstream"}`); v != 2 {
+		t.Errorf("edge changes from the upstream = %v, want 2", v)
+	}
+	if v := core.metric(`pushrelay_store_devices`); v != 0 {
+		t.Errorf("the core stored %v devices, want none", v)
+	}
+	edge.stop()
+	core.stop()
+}
