@@ -114,7 +114,7 @@ func (r *payload) channel() (c push.ChannelID) {
 // bytes reads a length-prefixed field of min to max bytes; the result
 // aliases the payload.
 func (r *payload) field(min, max int, what string) []byte {
-	l := r.varint(what + " length")
+	l := r.varint(what)
 	if r.err != nil {
 		return nil
 	}
