@@ -141,9 +141,9 @@ func TestResyncDecodeRefuses(t *testing.T) {
 	}
 	hdr := 3 // type, 2-byte length
 	for name, edit := range map[string]func(b []byte){
-		"uaids out of order":   func(b []byte) { b[hdr+32+1+7] = 9 }, // first UAID 9, second 2,
-		"channels out of order": func(b []byte) { b[len(b)-1-8] = 0 }, // last channel 0, before 1,
-		"low above high":       func(b []byte) { b[hdr] = 0xff; b[hdr+16] = 0 }, // ff00.. > 00ff..,
+		"uaids out of order":    func(b []byte) { b[hdr+32+1+7] = 9 },            // first UAID 9, second 2,
+		"channels out of order": func(b []byte) { b[len(b)-1-8] = 0 },            // last channel 0, before 1,
+		"low above high":        func(b []byte) { b[hdr] = 0xff; b[hdr+16] = 0 }, // ff00.. > 00ff..,
 	} {
 		b := append([]byte(nil), good...)
 		edit(b)
