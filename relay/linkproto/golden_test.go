@@ -200,3 +200,29 @@ func TestDocLimits(t *testing.T) {
 		t.Errorf("doc lists %d frame types, code has %d", seen, len(types))
 	}
 }
+
+// TestDocCodes checks the doc's table of codes against Code.String.
+func TestDocCodes(t *testing.T) {
+	doc, err := os.ReadFile(docPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	seen := 0
+	for _, l := range strings.Split(string(doc), "\n") {
+		f := strings.Split(l, "|")
+		if len(f) != 5 || !strings.HasPrefix(strings.TrimSpace(f[1]), "0x") {
+			continue
+		}
+		var c uint64
+		if _, err := fmt.Sscanf(strings.TrimSpace(f[1]), "0x%x", &c); err != nil {
+			t.Fatalf("%q: %v", l, err)
+		}
+		if got := Code(c).String(); got != strings.TrimSpace(f[2]) {
+			t.Errorf("doc names code 0x%x %q, code %q", c, strings.TrimSpace(f[2]), got)
+		}
+		seen++
+	}
+	if seen != len(codeText) {
+		t.Errorf("doc lists %d codes, code has %d", seen, len(codeText))
+	}
+}

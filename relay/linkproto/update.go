@@ -90,39 +90,43 @@ func countGroups(ms []push.Message) int {
 	return n
 }
 
+// checkMessage reports why the format cannot carry m, or nil.
+func checkMessage(m *push.Message) error {
+	switch {
+	case m.Origin.Kind != push.OriginParent || !m.Origin.Valid():
+		return fmt.Errorf("%w: message origin %v is no parent id", ErrMalformed, m.Origin)
+	case m.Urgency > push.UrgencyHigh:
+		return fmt.Errorf("%w: urgency %d", ErrMalformed, m.Urgency)
+	case m.TTL/time.Second > MaxTTLSeconds:
+		return fmt.Errorf("%w: ttl %s", ErrTooLarge, m.TTL)
+	case m.Version > MaxVarint:
+		return fmt.Errorf("%w: version %d above 2^62-1", ErrTooLarge, m.Version)
+	case len(m.Topic) > MaxTopicLen:
+		return fmt.Errorf("%w: topic of %d bytes, limit %d", ErrTooLarge, len(m.Topic), MaxTopicLen)
+	case len(m.Encoding) > MaxContentHeaderLen, len(m.Encryption) > MaxContentHeaderLen, len(m.CryptoKey) > MaxContentHeaderLen:
+		return fmt.Errorf("%w: content header over %d bytes", ErrTooLarge, MaxContentHeaderLen)
+	case len(m.Data) > MaxData:
+		return fmt.Errorf("%w: data of %d bytes, limit %d", ErrTooLarge, len(m.Data), MaxData)
+	}
+	return nil
+}
+
 func appendMessage(b []byte, m *push.Message) ([]byte, error) {
-	if m.Origin.Kind != push.OriginParent || !m.Origin.Valid() {
-		return b, fmt.Errorf("%w: message origin %v is no parent id", ErrMalformed, m.Origin)
-	}
-	if m.Urgency > push.UrgencyHigh {
-		return b, fmt.Errorf("%w: urgency %d", ErrMalformed, m.Urgency)
-	}
-	ttl := max(m.TTL/time.Second, 0)
-	if ttl > MaxTTLSeconds {
-		return b, fmt.Errorf("%w: ttl %s", ErrTooLarge, m.TTL)
+	if err := checkMessage(m); err != nil {
+		return b, err
 	}
 	b = append(b, m.Channel[:]...)
 	b = AppendVarint(b, uint64(len(m.Origin.ID)))
 	b = append(b, m.Origin.ID...)
-	b = AppendVarint(b, uint64(ttl))
+	b = AppendVarint(b, uint64(max(m.TTL/time.Second, 0)))
 	b = append(b, byte(m.Urgency))
-	b, err := appendVarintChecked(b, m.Version, "version")
-	if err != nil {
-		return b, err
+	b = AppendVarint(b, m.Version)
+	for _, s := range [...]string{m.Topic, m.Encoding, m.Encryption, m.CryptoKey} {
+		b = AppendVarint(b, uint64(len(s)))
+		b = append(b, s...)
 	}
-	if b, err = appendString(b, m.Topic, MaxTopicLen, "topic"); err != nil {
-		return b, err
-	}
-	if b, err = appendString(b, m.Encoding, MaxContentHeaderLen, "encoding"); err != nil {
-		return b, err
-	}
-	if b, err = appendString(b, m.Encryption, MaxContentHeaderLen, "encryption"); err != nil {
-		return b, err
-	}
-	if b, err = appendString(b, m.CryptoKey, MaxContentHeaderLen, "crypto-key"); err != nil {
-		return b, err
-	}
-	return appendBytes(b, m.Data, MaxData, "data")
+	b = AppendVarint(b, uint64(len(m.Data)))
+	return append(b, m.Data...), nil
 }
 
 // messageLen is the encoded length of m (valid or not).
@@ -249,7 +253,7 @@ func (ub *UpdateBuilder) Build(seq uint64, msgs []push.Message, emit func(seq ui
 	for i := range ub.sorted {
 		// Check each message alone first, so that a bad one fails the
 		// batch before any frame is out.
-		if _, err := appendMessage(ub.frame[:0], &ub.sorted[i]); err != nil {
+		if err := checkMessage(&ub.sorted[i]); err != nil {
 			clear(ub.sorted)
 			return seq, err
 		}
