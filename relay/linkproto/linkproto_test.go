@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"reflect"
+	"runtime"
 	"strings"
 	"testing"
 )
@@ -239,5 +240,30 @@ func TestCodes(t *testing.T) {
 	}
 	if TypeUpdate.String() != "UPDATE" || FrameType(0x99).String() != "type(0x99)" {
 		t.Error(TypeUpdate, FrameType(0x99))
+	}
+}
+
+// Counts and lengths that promise more than the frame holds are refused
+// before anything is allocated for them.
+func TestHostileCountsAllocateLittle(t *testing.T) {
+	resync := append(append([]byte{0x0b, 0x23}, make([]byte, 16)...), bytes.Repeat([]byte{0xff}, 16)...)
+	for name, b := range map[string][]byte{
+		"broadcast of 1024":      {0x0a, 0x03, 0x44, 0x00, 0x00},
+		"resync of 4096 uaids":   append(resync, 0x50, 0x00, 0x00),
+		"update of 1024 groups":  {0x10, 0x04, 0x01, 0x44, 0x00, 0x00},
+		"update data of 64 KiB":  {0x10, 0x05, 0x01, 0x01, 0xaa, 0x80, 0x01},
+		"hello of 2^62 versions": {0x01, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00},
+	} {
+		var err error
+		var a, z runtime.MemStats
+		runtime.ReadMemStats(&a)
+		_, _, err = Decode(b)
+		runtime.ReadMemStats(&z)
+		if err == nil || !isOurs(err) {
+			t.Errorf("%s: %v", name, err)
+		}
+		if n := z.TotalAlloc - a.TotalAlloc; n > 1024 {
+			t.Errorf("%s: %d bytes allocated for a %d-byte frame", name, n, len(b))
+		}
 	}
 }
