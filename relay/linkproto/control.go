@@ -464,3 +464,15 @@ func (f *GoAway) decodePayload(p []byte) error {
 	f.Reason = r.str(0, MaxReasonLen, "reason")
 	return r.end()
 }
+
+// ChooseVersion is the parent's choice from a HELLO's versions: the first
+// one (the child's preference) that it speaks too. ok is false when there
+// is none: REFUSE with CodeVersion.
+func ChooseVersion(offered, supported []uint64) (v uint64, ok bool) {
+	for _, o := range offered {
+		if slices.Contains(supported, o) {
+			return o, true
+		}
+	}
+	return 0, false
+}

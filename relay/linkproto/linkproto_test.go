@@ -267,3 +267,15 @@ func TestHostileCountsAllocateLittle(t *testing.T) {
 		}
 	}
 }
+
+func TestChooseVersion(t *testing.T) {
+	if v, ok := ChooseVersion([]uint64{3, 1}, []uint64{Version, 2}); v != 1 || !ok {
+		t.Errorf("chose %d %v", v, ok)
+	}
+	if v, ok := ChooseVersion([]uint64{2, 1}, []uint64{1, 2}); v != 2 || !ok {
+		t.Errorf("child's preference first: chose %d %v", v, ok)
+	}
+	if _, ok := ChooseVersion([]uint64{7}, []uint64{Version}); ok {
+		t.Error("no common version chosen")
+	}
+}
