@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/pushrelay/pushrelay/relay/push"
@@ -284,4 +285,43 @@ func TestWriteCorpus(t *testing.T) {
 			write("FuzzControl", name, byte(raw.Type), raw.Payload)
 		}
 	}
+}
+
+// FuzzUpdateBuilder packs batches the fuzzer shapes (sizes, UAIDs, frame
+// size): every frame stays within MaxPayload and decodes to what was
+// emitted (build checks), and each UAID's messages come back complete and
+// in order.
+func FuzzUpdateBuilder(f *testing.F) {
+	f.Add([]byte{1, 2, 3, 200, 255, 7}, uint32(0))
+	f.Add(bytes.Repeat([]byte{0xff, 0x80}, 40), uint32(900_000))
+	f.Fuzz(func(t *testing.T, shape []byte, frame uint32) {
+		if len(shape) > 2000 {
+			return
+		}
+		var in []push.Message
+		for i, c := range shape {
+			m := msg(uaidN(int(c%7)), i, int(c)*257%(MaxData+1))
+			m.Topic = strings.Repeat("t", int(c)%40)
+			m.Origin = push.ParentOrigin(bytes.Repeat([]byte{c}, 1+int(c)%push.MaxOriginID))
+			in = append(in, m)
+		}
+		ub := UpdateBuilder{MaxPayload: MinUpdatePayload + int(frame%(MaxUpdatePayload-MinUpdatePayload+1))}
+		frames, next := build(t, &ub, 5, in)
+		if next != 5+uint64(len(frames)) {
+			t.Fatalf("%d frames, next %d", len(frames), next)
+		}
+		got := map[push.UAID][]push.Message{}
+		for _, fr := range frames {
+			for _, m := range fr.Messages {
+				got[m.UAID] = append(got[m.UAID], m)
+			}
+		}
+		want := map[push.UAID][]push.Message{}
+		for _, m := range in {
+			want[m.UAID] = append(want[m.UAID], m)
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatal("messages lost, reordered or changed")
+		}
+	})
 }
