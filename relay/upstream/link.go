@@ -46,9 +46,15 @@ type Config struct {
 	// ReadTimeout drops a held session from which nothing arrived for
 	// this long; autopush pings every 300 s (11m).
 	ReadTimeout time.Duration
-	// MaxSessions bounds the held sessions (10000); devices past it are
-	// not held (polling them is not built yet).
+	// MaxSessions bounds the held sessions (upstream_sessions, 10000):
+	// devices connected here first, then the most recently active; the
+	// others are polled.
 	MaxSessions int
+	// PollInterval is how often each device that is not held is polled
+	// (upstream_poll_interval, 15m), jittered by a tenth.
+	PollInterval time.Duration
+	// MaxPolls bounds the polls running at once (32).
+	MaxPolls int
 	// ConnectRate bounds the held sessions' connects per second, all
 	// together (100; negative: unbounded), so that thousands of sessions
 	// coming back after an outage do not stampede the upstream. A
@@ -90,6 +96,15 @@ func (c *Config) setDefaults() {
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 10000
 	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 15 * time.Minute
+	}
+	if c.MaxPolls <= 0 {
+		// A poll is a few round trips and usually finds nothing: 32 at
+		// once pass far more than the connect rate lets start, and
+		// bound the goroutines and sockets polls take.
+		c.MaxPolls = 32
+	}
 	if c.ConnectRate == 0 {
 		c.ConnectRate = 100
 	}
@@ -116,6 +131,10 @@ type Link struct {
 
 	mu       sync.Mutex
 	sessions map[push.UAID]*held // by device UAID
+	devs     map[push.UAID]*dev  // every identity, while Run runs
+	queue    pollQueue           // the polled devices not being polled, by due time
+	pollKick chan struct{}       // wakes the poll scheduler
+	lastLag  time.Duration       // the latest poll's lag behind its due time
 	in       Ingester
 	ctx      context.Context // Run's, nil until Run
 	stopped  bool            // Run is waiting for its goroutines: start none
@@ -135,7 +154,8 @@ func New(cfg Config) (*Link, error) {
 		return nil, errors.New("upstream: Store is required")
 	}
 	cfg.setDefaults()
-	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, unregKick: make(chan struct{}, 1)}
+	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{},
+		devs: map[push.UAID]*dev{}, pollKick: make(chan struct{}, 1), unregKick: make(chan struct{}, 1)}
 	if cfg.ConnectRate > 0 {
 		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)
 	}
@@ -181,9 +201,9 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	defer cancel()
 	l.ctx, l.in, l.cancel = ctx, in, cancel
 	l.mu.Unlock()
-	// Identities Mint makes from here on are held by Mint; those read
-	// here may include some of them (hold skips a held one).
-	ids, err := l.cfg.Store.HelloedBefore(l.cfg.Now().Add(24*time.Hour), l.cfg.MaxSessions)
+	// Identities Mint makes from here on are added by Mint; those read
+	// here may include some of them (add skips a known one).
+	ids, err := l.identities()
 	if err != nil {
 		l.mu.Lock()
 		l.stopped = true
@@ -192,9 +212,10 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 		return fmt.Errorf("upstream: read identities: %w", err)
 	}
 	for _, id := range ids {
-		l.hold(id)
+		l.add(id.UpstreamID, id.active, false)
 	}
 	l.wg.Go(func() { l.sendUnregisters(ctx) })
+	l.wg.Go(func() { l.schedulePolls(ctx) })
 	<-ctx.Done()
 	l.mu.Lock()
 	l.stopped = true
@@ -218,24 +239,6 @@ func (l *Link) Close() error {
 	}
 	l.wg.Wait()
 	return nil
-}
-
-// hold starts id's held session, unless it has one, the link is not
-// running or MaxSessions are held.
-func (l *Link) hold(id store.UpstreamID) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ctx == nil || l.stopped || l.sessions[id.Device] != nil {
-		return
-	}
-	if len(l.sessions) >= l.cfg.MaxSessions {
-		l.cfg.Logger.Warn("upstream session not held: max sessions reached", "uaid", id.Device, "max", l.cfg.MaxSessions)
-		return
-	}
-	h := &held{l: l, id: id, pending: map[string]chan pushproto.ServerFrame{}}
-	l.sessions[id.Device] = h
-	ctx := l.ctx
-	l.wg.Go(func() { h.run(ctx) })
 }
 
 func (l *Link) session(u push.UAID) *held {
@@ -280,7 +283,8 @@ func (l *Link) Mint(ctx context.Context, r relay.Registration) (string, error) {
 		return "", fmt.Errorf("upstream: register answered status %d, endpoint of %d bytes", f.Status, len(f.PushEndpoint))
 	}
 	l.m.registers.With("ok").Inc()
-	l.hold(id)
+	// The device is connected here: it registers.
+	l.add(id, l.cfg.Now(), true)
 	return f.PushEndpoint, nil
 }
 
