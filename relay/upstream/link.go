@@ -30,7 +30,8 @@ type Ingester interface {
 type Config struct {
 	// URL is the upstream's WebSocket URL, ws:// or wss://.
 	URL string
-	// TLS is used for wss:// (nil: the system roots).
+	// TLS is used for wss:// (nil: the system roots), with a TLS session
+	// cache of its own if it has none.
 	TLS *tls.Config
 	// Store holds the upstream identities and the channels' endpoints.
 	Store *store.Store
@@ -133,6 +134,7 @@ type Link struct {
 	sessions map[push.UAID]*held // by device UAID
 	devs     map[push.UAID]*dev  // every identity, while Run runs
 	queue    pollQueue           // the polled devices not being polled, by due time
+	polling  int                 // polls running
 	pollKick chan struct{}       // wakes the poll scheduler
 	lastLag  time.Duration       // the latest poll's lag behind its due time
 	in       Ingester
@@ -154,6 +156,18 @@ func New(cfg Config) (*Link, error) {
 		return nil, errors.New("upstream: Store is required")
 	}
 	cfg.setDefaults()
+	if strings.HasPrefix(cfg.URL, "wss://") {
+		// Sessions and polls connect again and again: resuming the TLS
+		// session skips the certificate exchange and its checks.
+		t := &tls.Config{}
+		if cfg.TLS != nil {
+			t = cfg.TLS.Clone()
+		}
+		if t.ClientSessionCache == nil {
+			t.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+		}
+		cfg.TLS = t
+	}
 	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{},
 		devs: map[push.UAID]*dev{}, pollKick: make(chan struct{}, 1), unregKick: make(chan struct{}, 1)}
 	if cfg.ConnectRate > 0 {

@@ -228,13 +228,7 @@ func (l *Link) countLocked() {
 }
 
 func (l *Link) polledLocked() int {
-	n := len(l.queue)
-	for _, d := range l.devs {
-		if d.polling {
-			n++
-		}
-	}
-	return n
+	return len(l.queue) + l.polling
 }
 
 // nextInterval is PollInterval jittered by a tenth either way: devices
@@ -274,6 +268,7 @@ func (l *Link) schedulePolls(ctx context.Context) {
 				if top := l.queue[0]; !top.due.After(now) {
 					d = heap.Pop(&l.queue).(*dev)
 					d.polling = true
+					l.polling++
 					lag = now.Sub(d.due)
 					l.lastLag = lag
 				} else {
@@ -310,6 +305,7 @@ func (l *Link) pollDev(ctx context.Context, d *dev) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	d.polling = false
+	l.polling--
 	if ctx.Err() != nil {
 		return
 	}
