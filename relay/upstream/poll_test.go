@@ -82,7 +82,7 @@ func TestPolledDevices(t *testing.T) {
 	}
 	start = time.Now()
 	waitFor(t, "the backlog drained upstream", func() bool { return up.Pending(up2) == 0 })
-	if d := time.Since(start); d > interval+interval/10+time.Second {
+	if d := time.Since(start); d > interval+interval/10+2*time.Second {
 		t.Errorf("backlog drained after %v, interval %v", d, interval)
 	}
 	ms, err := n.Store().Messages(u2, 0, 100)
@@ -213,17 +213,8 @@ func TestPingAnsweredAfterStoredBatch(t *testing.T) {
 			}
 			uaid := c.UAID
 			c.Close()
-			for i := range 25 {
-				req, _ := http.NewRequest("POST", r.PushEndpoint, nil)
-				req.Header.Set("TTL", "600")
-				resp, err := http.DefaultClient.Do(req)
-				if err != nil {
-					t.Fatal(err)
-				}
-				resp.Body.Close()
-				if resp.StatusCode != 201 {
-					t.Fatalf("post %d: %s", i, resp.Status)
-				}
+			for range 25 {
+				postBare(t, r.PushEndpoint)
 			}
 			// Each round: hello, {} at once: the notifications before
 			// its answer are stored ones. The first 20 rounds ack none
@@ -286,4 +277,69 @@ func TestPingAnsweredAfterStoredBatch(t *testing.T) {
 			}
 		})
 	}
+}
+
+// postBare posts without a body (a standalone pushrelay checks an
+// aes128gcm body's header), expecting 201.
+func postBare(t *testing.T, endpoint string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", endpoint, nil)
+	req.Header.Set("TTL", "600")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 201 {
+		t.Fatalf("post: %s", resp.Status)
+	}
+}
+
+// An edge whose upstream is a standalone pushrelay (a real hub) polls it
+// as it polls autopush: a backlog of 35 kept by the core for a polled
+// device is drained into the edge, and the core keeps none of it.
+func TestPolledFromPushrelay(t *testing.T) {
+	core := startNode(t, node.Config{})
+	edge := startNode(t, node.Config{Upstream: core.DeviceURL(), UpstreamBackoffMin: 50 * time.Millisecond,
+		UpstreamSessions: 1, UpstreamPollInterval: 300 * time.Millisecond})
+	helloRegister := func() (*pushclient.Client, string) {
+		dev := helloDevice(t, edge)
+		r, err := dev.Register(pushproto.NewChannelID(), "")
+		if err != nil || r.Status != 200 {
+			t.Fatalf("register: %+v %v", r, err)
+		}
+		return dev, r.PushEndpoint
+	}
+	helloRegister() // held, and stays connected
+	dev, endpoint := helloRegister()
+	waitFor(t, "one polled", func() bool { return metric(edge, "pushrelay_upstream_polled") == 1 })
+	u, _ := push.ParseUAID(dev.UAID)
+	id, _, _ := edge.Store().UpstreamID(u)
+	dev.Close()
+	for range 35 {
+		postBare(t, endpoint)
+	}
+	waitFor(t, "the backlog in the edge and gone from the core", func() bool {
+		ms, _ := edge.Store().Messages(u, 0, 100)
+		left, _ := core.Store().Messages(id.Upstream, 0, 100)
+		return len(ms) == 35 && len(left) == 0
+	})
+	waitFor(t, "the poll counted", func() bool {
+		return metric(edge, `pushrelay_upstream_polls_total{result="drained"}`) >= 1
+	})
+	if e := metric(edge, `pushrelay_upstream_polls_total{result="error"}`); e != 0 {
+		t.Errorf("%v polls failed", e)
+	}
+	dev = dial(t, edge.DeviceURL())
+	if _, err := dev.Hello(u.String(), pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 35 {
+		f, err := dev.Next(time.Now().Add(5 * time.Second))
+		if err != nil {
+			t.Fatalf("after %d: %v", i, err)
+		}
+		dev.Ack(f)
+	}
+	expectNothing(t, dev, 200*time.Millisecond)
 }
