@@ -60,7 +60,7 @@ const (
 	// is polled again soon (result "more").
 	maxRounds = 4
 	// drainedMany is the drained count past which a device is polled
-	// again after a eighth of the interval: autopush deletes a UAID
+	// again after an eighth of the interval: autopush deletes a UAID
 	// whose backlog reaches msg_limit (150).
 	drainedMany = 50
 )
