@@ -237,16 +237,23 @@ func (h *Hub) attach(s *session) bool {
 	if old != nil {
 		old.close(pushproto.CloseServerError, "replaced by a newer connection")
 	}
+	if pw, ok := h.cfg.Endpoints.(PresenceWatcher); ok {
+		pw.DeviceOnline(s.uaid)
+	}
 	return true
 }
 
 func (h *Hub) detach(s *session) {
 	h.mu.Lock()
-	if h.sessions[s.uaid] == s {
+	current := h.sessions[s.uaid] == s
+	if current {
 		delete(h.sessions, s.uaid)
 	}
 	delete(h.all, s)
 	h.mu.Unlock()
+	if pw, ok := h.cfg.Endpoints.(PresenceWatcher); ok && current {
+		pw.DeviceOffline(s.uaid)
+	}
 	if h.bc != nil {
 		h.bc.unsubscribe(s)
 	}

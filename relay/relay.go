@@ -207,6 +207,18 @@ type Unregisterer interface {
 	Unregister(ctx context.Context, u push.UAID, ch push.ChannelID) error
 }
 
+// PresenceWatcher is implemented by Endpoints that must hear when a
+// device connects here and leaves (the upstream link holds an upstream
+// session for devices connected locally first). The hub calls
+// DeviceOnline once a session for u is past hello and DeviceOffline when
+// u's current session ends (not when a newer connection replaced it),
+// from the session's goroutines: both must return at once, without
+// waiting on the network or the store.
+type PresenceWatcher interface {
+	DeviceOnline(u push.UAID)
+	DeviceOffline(u push.UAID)
+}
+
 // Registration is one register of a device, as Endpoints sees it.
 type Registration struct {
 	UAID    push.UAID

@@ -46,6 +46,7 @@ type session struct {
 	lastSent     uint64            // highest seq sent on this session
 	pumpWanted   bool              // the store may hold messages to send
 	pumping      bool              // a pump goroutine is running
+	pingOwed     bool              // a {} answer waits for the pump
 	acks         []uint64          // acked seqs to delete
 	flushing     bool              // an ack flusher is running
 	out          outbox
@@ -362,7 +363,17 @@ func (s *session) handle(msg any) bool {
 		}
 		s.lastPing = now
 		h.m.pings.Inc()
-		return s.write(pushproto.PingReply)
+		// As autopush, answer after what the frames before it made the
+		// session send (the stored messages a hello or an ack lets
+		// out): a client that reads the answer before any notification
+		// knows nothing was waiting (the upstream link's polls).
+		s.mu.Lock()
+		if s.pumping {
+			s.pingOwed = true
+			s.mu.Unlock()
+			return true
+		}
+		return s.writeAndUnlock(pushproto.PingReply)
 	case pushproto.BroadcastSubscribe:
 		h.m.frames.With(string(pushproto.TypeBroadcastSubscribe)).Inc()
 		return s.broadcastSubscribe(m.Broadcasts)
@@ -692,7 +703,7 @@ func (s *session) pump() {
 		s.mu.Lock()
 		room := s.roomLocked()
 		if s.closed || room <= 0 {
-			s.pumping = false
+			s.pumpDoneLocked()
 			s.mu.Unlock()
 			return
 		}
@@ -716,7 +727,7 @@ func (s *session) pump() {
 			s.pumpWanted, read = false, true
 		}
 		if len(send) == 0 && !read {
-			s.pumping = false
+			s.pumpDoneLocked()
 			s.mu.Unlock()
 			return
 		}
@@ -843,6 +854,17 @@ func (s *session) queueMessages(msgs []outgoing) {
 		start = end
 	}
 	s.startWriterLocked()
+}
+
+// pumpDoneLocked marks the pump stopped and queues the {} answer that
+// waited for it. s.mu is held.
+func (s *session) pumpDoneLocked() {
+	s.pumping = false
+	if s.pingOwed && !s.closed {
+		s.pingOwed = false
+		s.queueLocked(pushproto.PingReply, kindReply)
+		s.startWriterLocked()
+	}
 }
 
 func (s *session) pumpStopped() {

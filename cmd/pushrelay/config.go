@@ -77,11 +77,22 @@ type Config struct {
 	MegaphoneTokenFile    string
 	MegaphonePollInterval time.Duration
 
-	Upstream            string
-	UpstreamTTL         time.Duration
-	UpstreamBackoffMin  time.Duration
-	UpstreamConnectRate int
+	Upstream             string
+	UpstreamTTL          time.Duration
+	UpstreamBackoffMin   time.Duration
+	UpstreamConnectRate  int
+	UpstreamSessions     int
+	UpstreamPollInterval time.Duration
 }
+
+// minUpstreamPoll and maxUpstreamPoll bound upstream_poll_interval: each
+// poll is a connection upstream, and a poll is what keeps a polled
+// device's backlog under autopush's msg_limit (150) and its UAID said
+// hello to (autopush forgets one after 60 days).
+const (
+	minUpstreamPoll = time.Second
+	maxUpstreamPoll = 24 * time.Hour
+)
 
 // minMegaphonePoll is the shortest megaphone_poll_interval: the service is
 // shared by every relay of a deployment, and a version a second late is
@@ -258,6 +269,8 @@ var settings = []setting{
 	durSetting("upstream_ttl", "24h", "TTL given to each notification from the upstream (its frames carry none)", func(c *Config) *time.Duration { return &c.UpstreamTTL }),
 	durSetting("upstream_backoff", "5s", "first wait before reconnecting a lost upstream session (jittered, doubling up to 10m)", func(c *Config) *time.Duration { return &c.UpstreamBackoffMin }),
 	intSetting("upstream_connect_rate", "100", 1, 1<<20, "upstream session connects per second, all devices together (a register's own connect is not paced)", func(c *Config) *int { return &c.UpstreamConnectRate }),
+	intSetting("upstream_sessions", "10000", 1, 1<<24, "device identities that keep an open upstream session (devices connected here first, then the most recently active); the others are polled", func(c *Config) *int { return &c.UpstreamSessions }),
+	durSetting("upstream_poll_interval", "15m", "how often each device without a held upstream session is polled (1s to 24h; jittered, spread out)", func(c *Config) *time.Duration { return &c.UpstreamPollInterval }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 
@@ -461,6 +474,9 @@ func (c *Config) validateUpstream() error {
 }
 
 func (c *Config) validateMegaphone() error {
+	if c.UpstreamPollInterval < minUpstreamPoll || c.UpstreamPollInterval > maxUpstreamPoll {
+		return cfgErr("upstream_poll_interval %s: must be from %s to %s", c.UpstreamPollInterval, minUpstreamPoll, maxUpstreamPoll)
+	}
 	if c.MegaphonePollInterval < minMegaphonePoll {
 		return cfgErr("megaphone_poll_interval %s: must be at least %s", c.MegaphonePollInterval, minMegaphonePoll)
 	}

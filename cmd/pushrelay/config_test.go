@@ -69,6 +69,9 @@ func TestConfigErrors(t *testing.T) {
 		{"bad log level", []string{"--log-level", "loud"}, nil, "log_level"},
 		{"unknown flag", []string{"--upstream-typo", "x"}, nil, "flag provided but not defined"},
 		{"bad upstream", []string{"--upstream", "https://push.example.net/"}, nil, "ws:// or wss://"},
+		{"poll interval too short", []string{"--upstream-poll-interval", "500ms"}, nil, "upstream_poll_interval 500ms"},
+		{"poll interval too long", []string{"--upstream-poll-interval", "25h"}, nil, "upstream_poll_interval 25h0m0s"},
+		{"no upstream sessions", []string{"--upstream-sessions", "0"}, nil, "between 1 and"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -118,10 +118,12 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		MegaphoneToken:        megaphoneToken,
 		MegaphonePollInterval: c.MegaphonePollInterval,
 
-		Upstream:            c.Upstream,
-		UpstreamTTL:         c.UpstreamTTL,
-		UpstreamBackoffMin:  c.UpstreamBackoffMin,
-		UpstreamConnectRate: c.UpstreamConnectRate,
+		Upstream:             c.Upstream,
+		UpstreamTTL:          c.UpstreamTTL,
+		UpstreamBackoffMin:   c.UpstreamBackoffMin,
+		UpstreamConnectRate:  c.UpstreamConnectRate,
+		UpstreamSessions:     c.UpstreamSessions,
+		UpstreamPollInterval: c.UpstreamPollInterval,
 
 		Version: version,
 		Logger:  log,

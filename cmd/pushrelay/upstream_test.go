@@ -57,3 +57,40 @@ func TestE2EUpstream(t *testing.T) {
 	edge.stop()
 	core.stop()
 }
+
+// Past upstream_sessions the edge polls: with one session, a device
+// connected to the edge is held and a second, away, is polled every
+// second; what the core keeps for the second reaches the edge within the
+// interval and the device when it comes back. /status shows one held and
+// one polled.
+func TestE2EUpstreamPolled(t *testing.T) {
+	core := startRelay(t, t.TempDir())
+	edge := startRelay(t, t.TempDir(), "--upstream", core.Device, "--upstream-backoff", "100ms",
+		"--upstream-sessions", "1", "--upstream-poll-interval", "1s")
+	held := connect(t, edge, "")
+	held.register("")
+	d := connect(t, edge, "")
+	s := d.register("")
+	d.c.Close()
+	mustCreated(t, push(t, s, "polled through", nil))
+	for i := 0; edge.waiting() != 1 || core.waiting() != 0; i++ {
+		if i == 60 { // 3 s: the interval, jittered, and the poll
+			t.Fatalf("the edge holds %d messages, the core %d; want 1 and 0", edge.waiting(), core.waiting())
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	st, _ := edge.status()["upstream"].(map[string]any)
+	if st == nil || st["held_sessions"] != 1.0 || st["polled"] != 1.0 || st["poll_lag"] == "" {
+		t.Errorf("edge /status upstream: %v", edge.status()["upstream"])
+	}
+	d2 := connect(t, edge, d.uaid)
+	d2.subs = d.subs
+	if got, _ := d2.receive(10 * time.Second); got != "polled through" {
+		t.Fatalf("device got %q", got)
+	}
+	if v := edge.metric(`pushrelay_upstream_polls_total{result="drained"}`); v < 1 {
+		t.Errorf("edge counted %v drained polls", v)
+	}
+	edge.stop()
+	core.stop()
+}

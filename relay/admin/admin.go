@@ -56,6 +56,10 @@ type UpstreamStatus struct {
 	// connected now.
 	Held int `json:"held_sessions"`
 	Open int `json:"open_sessions"`
+	// Polled are the device identities polled instead of held; PollLag
+	// is how late the latest poll started after its due time.
+	Polled  int    `json:"polled"`
+	PollLag string `json:"poll_lag"`
 	// PendingUnregisters are devices' unregisters not yet sent upstream.
 	PendingUnregisters int64 `json:"pending_unregisters"`
 }
@@ -169,6 +173,7 @@ func writePage(w io.Writer, st Status) {
 	if u := st.Upstream; u != nil {
 		row("upstream", u.URL)
 		row("upstream sessions held / open", strconv.Itoa(u.Held)+" / "+strconv.Itoa(u.Open))
+		row("upstream devices polled (latest poll's lag)", strconv.Itoa(u.Polled)+" ("+u.PollLag+")")
 		row("unregisters waiting for the upstream", strconv.FormatInt(u.PendingUnregisters, 10))
 	}
 	for _, k := range sortedKeys(st.Problems) {

@@ -127,8 +127,13 @@ type Config struct {
 	// backoff of a held upstream session (5s, 10m).
 	UpstreamBackoffMin time.Duration
 	UpstreamBackoffMax time.Duration
-	// UpstreamConnectRate bounds held sessions' connects per second (100).
+	// UpstreamConnectRate bounds held sessions' and polls' connects per
+	// second (100).
 	UpstreamConnectRate int
+	// UpstreamSessions bounds the held upstream sessions (10000); the
+	// other devices are polled every UpstreamPollInterval (15m).
+	UpstreamSessions     int
+	UpstreamPollInterval time.Duration
 
 	// MegaphoneURL, when set, is polled for broadcast versions.
 	MegaphoneURL          string
@@ -275,6 +280,7 @@ func New(cfg Config) (_ *Node, err error) {
 			URL: cfg.Upstream, TLS: cfg.UpstreamTLS, Store: d.store, TTL: cfg.UpstreamTTL,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
 			ConnectRate: cfg.UpstreamConnectRate, Broadcasts: d.broadcasts,
+			MaxSessions: cfg.UpstreamSessions, PollInterval: cfg.UpstreamPollInterval,
 			Logger: d.log.With("component", "upstream"), Metrics: d.reg,
 		})
 		if err != nil {
@@ -685,6 +691,9 @@ func (d *Node) status() admin.Status {
 			u.URL = pu.Redacted()
 		}
 		u.Held, u.Open = d.link.Sessions()
+		var lag time.Duration
+		u.Polled, lag = d.link.Polled()
+		u.PollLag = lag.Round(time.Millisecond).String()
 		if s, err := d.store.Stats(); err == nil {
 			u.PendingUnregisters = s.PendingUnregisters
 		}

@@ -18,9 +18,11 @@
 // upstream (at start, at each new entry, and after a failure with the
 // sessions' backoff).
 //
-// While Run runs, each device with an upstream identity (up to
-// Config.MaxSessions) has one held session: a hello with its upstream
-// UAID, then every notification the upstream sends goes into the core
+// While Run runs, up to Config.MaxSessions devices with an upstream
+// identity have one held session each (devices connected here first,
+// then the most recently active: store.Device.LastSeen, or the identity's
+// last hello), the others are polled (below). A held session is a hello
+// with its upstream UAID, then every notification the upstream sends goes into the core
 // through the Ingester (origin key push.UpstreamOrigin(upstream UAID,
 // channel, version), TTL Config.TTL, urgency normal: upstream frames carry
 // neither) and is acked upstream only once Ingest returned it durable, a
@@ -57,12 +59,49 @@
 // the next connect; the origin keys make what was stored here duplicates,
 // acked again and not delivered again.
 //
+// Held or polled: the link hears of local connects and disconnects
+// (relay.PresenceWatcher, from the hub). A polled device that connects
+// here is held from then on, in place of the least recently active held
+// device not connected here (its session is ended and it is polled,
+// first one interval on); while every held device is connected here, it
+// stays polled. A device's first register holds it the same way. The
+// link's state is one small record per identity (Link.devs) and a heap
+// of the polled ones by due time.
+//
+// Polls: each polled device is polled every Config.PollInterval,
+// jittered by a tenth (the first polls at start spread evenly over one
+// interval, so that thousands do not poll at once); one scheduler starts
+// those due, at most Config.MaxPolls at once, each connect paced with the
+// held sessions' (Config.ConnectRate). A poll is up to maxRounds
+// connections. Each connects, says hello (recorded with Store.Helloed:
+// a poll is the weekly hello too) and sends the {} ping at once. autopush
+// answers each client message in full before it reads the next (the
+// hello's answer includes its first check of storage, up to 10 stored
+// messages; an ack of a whole batch is answered with the next), and
+// answers the first {} of every connection (last_ping starts at 0; a
+// second within 45 s closes the connection). So a {} answered before any
+// notification confirms that the upstream held nothing: the poll closes.
+// Otherwise the notifications are stored and acked as a held session's
+// (held.deliver: ingest, then the ack after the commit), which lets the
+// upstream send the next batch; once the inbox is empty and nothing came
+// for twice the {}'s round trip after the last ack, the connection is
+// closed and the next one confirms. A poll that did not confirm within
+// maxRounds is polled again after a backoff (result "more"); a failed
+// one after the sessions' backoff, doubling; one that drained
+// drainedMany (50) or more after an eighth of the interval: autopush
+// deletes a UAID whose backlog reaches msg_limit (150), and polling sooner
+// keeps a busy device under it unless the backhaul is down longer.
+// Notifications sent directly (posted while the poll is connected) count
+// as maybe more; autopush stores unacked direct ones at the close.
+//
 // Goroutines: one per held session, parked in its read, and one more
 // while its notifications wait to be stored and acked; one for the
-// link that sends the pending unregisters; and, with broadcasts, one for
-// the broadcast connection and one more that sends its subscribes while
-// it is connected. Held sessions connect at most Config.ConnectRate
-// times a second, all together, and each connects again after about
+// link that sends the pending unregisters; one that schedules polls, and
+// per running poll one, plus its reader and its ingester; and, with
+// broadcasts, one for the broadcast connection and one more that sends
+// its subscribes while it is connected. Held sessions and polls connect
+// at most Config.ConnectRate times a second, all together, and each
+// connects again after about
 // Config.MaxSessionAge so that every identity says hello that often.
 // Run ends when its context does or at Close; either way it returns once
 // every goroutine it started has.

@@ -18,8 +18,9 @@ import (
 
 // held is one device's held session with the upstream.
 type held struct {
-	l  *Link
-	id store.UpstreamID
+	l      *Link
+	id     store.UpstreamID
+	cancel context.CancelFunc // ends run: the device is polled instead
 
 	mu sync.Mutex
 	c  *pushclient.Client // nil while not connected
@@ -38,7 +39,10 @@ func (h *held) run(ctx context.Context) {
 	log := l.cfg.Logger.With("uaid", h.id.Device, "upstream_uaid", h.id.Upstream)
 	defer func() {
 		l.mu.Lock()
-		delete(l.sessions, h.id.Device)
+		if l.sessions[h.id.Device] == h {
+			delete(l.sessions, h.id.Device)
+		}
+		l.countLocked()
 		l.mu.Unlock()
 	}()
 	backoff := l.cfg.BackoffMin
@@ -167,6 +171,7 @@ type inbox struct {
 	q       []pushproto.ServerFrame
 	running bool  // an ingester goroutine is draining q
 	failed  error // the first ingest or ack failure; nothing more is acked
+	lastAck time.Time
 	slots   chan struct{}
 	wg      sync.WaitGroup
 }
@@ -214,6 +219,9 @@ func (h *held) drain(ctx context.Context, in *inbox, c *pushclient.Client) {
 		in.q = append(in.q[:0], in.q[n:]...)
 		in.mu.Unlock()
 		err := h.deliver(ctx, c, batch)
+		in.mu.Lock()
+		in.lastAck = time.Now()
+		in.mu.Unlock()
 		for range batch {
 			<-in.slots
 		}

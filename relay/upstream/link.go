@@ -30,7 +30,8 @@ type Ingester interface {
 type Config struct {
 	// URL is the upstream's WebSocket URL, ws:// or wss://.
 	URL string
-	// TLS is used for wss:// (nil: the system roots).
+	// TLS is used for wss:// (nil: the system roots), with a TLS session
+	// cache of its own if it has none.
 	TLS *tls.Config
 	// Store holds the upstream identities and the channels' endpoints.
 	Store *store.Store
@@ -46,9 +47,15 @@ type Config struct {
 	// ReadTimeout drops a held session from which nothing arrived for
 	// this long; autopush pings every 300 s (11m).
 	ReadTimeout time.Duration
-	// MaxSessions bounds the held sessions (10000); devices past it are
-	// not held (polling them is not built yet).
+	// MaxSessions bounds the held sessions (upstream_sessions, 10000):
+	// devices connected here first, then the most recently active; the
+	// others are polled.
 	MaxSessions int
+	// PollInterval is how often each device that is not held is polled
+	// (upstream_poll_interval, 15m), jittered by a tenth.
+	PollInterval time.Duration
+	// MaxPolls bounds the polls running at once (32).
+	MaxPolls int
 	// ConnectRate bounds the held sessions' connects per second, all
 	// together (100; negative: unbounded), so that thousands of sessions
 	// coming back after an outage do not stampede the upstream. A
@@ -94,6 +101,15 @@ func (c *Config) setDefaults() {
 	if c.MaxSessions <= 0 {
 		c.MaxSessions = 10000
 	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = 15 * time.Minute
+	}
+	if c.MaxPolls <= 0 {
+		// A poll is a few round trips and usually finds nothing: 32 at
+		// once pass far more than the connect rate lets start, and
+		// bound the goroutines and sockets polls take.
+		c.MaxPolls = 32
+	}
 	if c.ConnectRate == 0 {
 		c.ConnectRate = 100
 	}
@@ -120,7 +136,12 @@ type Link struct {
 
 	mu       sync.Mutex
 	sessions map[push.UAID]*held // by device UAID
-	// reset holds the devices reset in the last resetHold (reset.go).
+	devs     map[push.UAID]*dev  // every identity, while Run runs
+	queue    pollQueue           // the polled devices not being polled, by due time
+	polling  int                 // polls running
+	pollKick chan struct{}       // wakes the poll scheduler
+	lastLag  time.Duration       // the latest poll's lag behind its due time
+	// resetAt holds the devices reset in the last resetHold (reset.go).
 	resetAt map[push.UAID]time.Time
 	in      Ingester
 	ctx     context.Context // Run's, nil until Run
@@ -143,7 +164,20 @@ func New(cfg Config) (*Link, error) {
 		return nil, errors.New("upstream: Store is required")
 	}
 	cfg.setDefaults()
-	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{}, resetAt: map[push.UAID]time.Time{}, unregKick: make(chan struct{}, 1)}
+	if strings.HasPrefix(cfg.URL, "wss://") {
+		// Sessions and polls connect again and again: resuming the TLS
+		// session skips the certificate exchange and its checks.
+		t := &tls.Config{}
+		if cfg.TLS != nil {
+			t = cfg.TLS.Clone()
+		}
+		if t.ClientSessionCache == nil {
+			t.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+		}
+		cfg.TLS = t
+	}
+	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{},
+		devs: map[push.UAID]*dev{}, resetAt: map[push.UAID]time.Time{}, pollKick: make(chan struct{}, 1), unregKick: make(chan struct{}, 1)}
 	if cfg.ConnectRate > 0 {
 		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)
 	}
@@ -203,9 +237,9 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	defer cancel()
 	l.ctx, l.in, l.cancel = ctx, in, cancel
 	l.mu.Unlock()
-	// Identities Mint makes from here on are held by Mint; those read
-	// here may include some of them (hold skips a held one).
-	ids, err := l.cfg.Store.HelloedBefore(l.cfg.Now().Add(24*time.Hour), l.cfg.MaxSessions)
+	// Identities Mint makes from here on are added by Mint; those read
+	// here may include some of them (add skips a known one).
+	ids, err := l.identities()
 	if err != nil {
 		l.mu.Lock()
 		l.stopped = true
@@ -214,9 +248,10 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 		return fmt.Errorf("upstream: read identities: %w", err)
 	}
 	for _, id := range ids {
-		l.hold(id)
+		l.add(id.UpstreamID, id.active, false)
 	}
 	l.wg.Go(func() { l.sendUnregisters(ctx) })
+	l.wg.Go(func() { l.schedulePolls(ctx) })
 	if l.bc != nil {
 		l.wg.Go(func() { l.bc.run(ctx) })
 	}
@@ -243,24 +278,6 @@ func (l *Link) Close() error {
 	}
 	l.wg.Wait()
 	return nil
-}
-
-// hold starts id's held session, unless it has one, the link is not
-// running or MaxSessions are held.
-func (l *Link) hold(id store.UpstreamID) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.ctx == nil || l.stopped || l.sessions[id.Device] != nil {
-		return
-	}
-	if len(l.sessions) >= l.cfg.MaxSessions {
-		l.cfg.Logger.Warn("upstream session not held: max sessions reached", "uaid", id.Device, "max", l.cfg.MaxSessions)
-		return
-	}
-	h := &held{l: l, id: id, pending: map[string]chan pushproto.ServerFrame{}}
-	l.sessions[id.Device] = h
-	ctx := l.ctx
-	l.wg.Go(func() { h.run(ctx) })
 }
 
 func (l *Link) session(u push.UAID) *held {
@@ -309,7 +326,8 @@ func (l *Link) Mint(ctx context.Context, r relay.Registration) (string, error) {
 		return "", fmt.Errorf("upstream: register answered status %d, endpoint of %d bytes", f.Status, len(f.PushEndpoint))
 	}
 	l.m.registers.With("ok").Inc()
-	l.hold(id)
+	// The device is connected here: it registers.
+	l.add(id, l.cfg.Now(), true)
 	return f.PushEndpoint, nil
 }
 

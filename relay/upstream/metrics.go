@@ -10,6 +10,11 @@ type linkMetrics struct {
 	acks        metrics.Counter
 	resets      *metrics.CounterVec
 	unregisters metrics.Counter
+	polled      metrics.Gauge
+	polls       *metrics.CounterVec
+	pollRounds  metrics.Counter
+	pollLag     metrics.Observer
+	demotions   metrics.Counter
 
 	bcOpen     metrics.Gauge
 	bcConnects *metrics.CounterVec
@@ -24,7 +29,12 @@ func newLinkMetrics(r *metrics.Registry) *linkMetrics {
 		registers:   r.CounterVec("pushrelay_upstream_registers_total", "Registers passed to the upstream, by result (ok, refused, error).", "result"),
 		messages:    r.CounterVec("pushrelay_upstream_messages_total", "Notifications from the upstream, by result (stored, duplicate, dropped_unregistered, dropped_bad, not_stored).", "result"),
 		acks:        r.Counter("pushrelay_upstream_acks_total", "Notifications acked upstream (each after its durable ingest)."),
-		resets:      r.CounterVec("pushrelay_upstream_resets_total", "Hellos the upstream answered with another UAID (it forgot ours), by via: held (a held session's hello; the device was reset here), request (a register's or unregister's own connection; the device was reset here), stale (for an identity the device no longer has: nothing to reset), failed (the reset could not be stored; the next hello tries again).", "via"),
+		resets:      r.CounterVec("pushrelay_upstream_resets_total", "Hellos the upstream answered with another UAID (it forgot ours), by via: held (a held session's hello; the device was reset here), poll (a poll's hello; likewise), request (a register's or unregister's own connection; the device was reset here), stale (for an identity the device no longer has: nothing to reset), failed (the reset could not be stored; the next hello tries again).", "via"),
+		polled:      r.Gauge("pushrelay_upstream_polled", "Device identities polled instead of held (upstream_sessions are held)."),
+		polls:       r.CounterVec("pushrelay_upstream_polls_total", "Polls of devices not held, by result (empty, drained, more, error, reset).", "result"),
+		pollRounds:  r.Counter("pushrelay_upstream_poll_rounds_total", "Connections polls made (a poll that drained something confirms with another)."),
+		pollLag:     r.Histogram("pushrelay_upstream_poll_lag_seconds", "How late each poll started after its due time.", []float64{0.01, 0.1, 1, 5, 15, 60, 300, 900}),
+		demotions:   r.Counter("pushrelay_upstream_demotions_total", "Held devices polled from then on to make room for a device that connected here."),
 		unregisters: r.Counter("pushrelay_upstream_unregisters_sent_total", "Devices' unregisters passed to the upstream (each kept durably until then)."),
 
 		bcOpen:     r.Gauge("pushrelay_upstream_broadcast_connected", "1 while the upstream broadcast connection is open (it said hello)."),

@@ -21,7 +21,8 @@ type Resetter interface {
 
 // reset handles an upstream that answered the hello for id with another
 // UAID, got (via names the path: "held" for a held session's hello,
-// "request" for a register's or unregister's own connection). autopush
+// "poll" for a poll's, "request" for a register's or unregister's own
+// connection). autopush
 // forgets a UAID after 60 days without a hello, or when its backlog passed
 // msg_limit: the device's upstream channels and endpoints are gone. The
 // device is reset here (Resetter): it gets a new UAID at its next hello
@@ -61,6 +62,9 @@ func (l *Link) reset(ctx context.Context, id store.UpstreamID, got, via string) 
 		return fmt.Errorf("upstream: reset device %s: %w", id.Device, err)
 	}
 	l.m.resets.With(via).Inc()
+	l.mu.Lock()
+	l.forgetLocked(id.Device)
+	l.mu.Unlock()
 	l.cfg.Logger.Warn("upstream forgot the device's UAID: device reset, it gets a new UAID at its next hello",
 		"uaid", id.Device, "upstream_uaid", id.Upstream, "new_upstream_uaid", got, "via", via, "messages_dropped", dropped)
 	return nil

@@ -245,3 +245,77 @@ func TestResetOnRequest(t *testing.T) {
 	}
 	checkForgotten(t, st, u)
 }
+
+// A polled device (past MaxSessions) whose UAID the upstream forgot meets
+// the reset at its next poll's hello: it is reset here as from a held
+// session, and is polled no more.
+func TestResetOnPoll(t *testing.T) {
+	var clock fakeClock
+	up := startUpstream(t, autopushtest.Config{Now: clock.now})
+	n := startNode(t, node.Config{})
+	st := n.Store()
+	link, err := upstream.New(upstream.Config{
+		URL: up.URL(), Store: st, MaxSessions: 1, PollInterval: 300 * time.Millisecond,
+		BackoffMin: 50 * time.Millisecond, Logger: testLogger(t, "link"), Metrics: n.Metrics(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- link.Run(context.Background(), n.Hub()) }()
+	defer func() {
+		link.Close()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	}()
+	mint := func(u push.UAID) error {
+		ch, _ := push.ParseChannelID(pushproto.NewChannelID())
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		ep, err := link.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
+		if err == nil {
+			err = st.Register(ctx, store.Channel{UAID: u, ID: ch, Endpoint: ep})
+		}
+		return err
+	}
+	held := helloDevice(t, n)
+	heldU, _ := push.ParseUAID(held.UAID)
+	if err := mint(heldU); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the held session", func() bool { _, open := link.Sessions(); return open == 1 })
+	dev := helloDevice(t, n)
+	u, _ := push.ParseUAID(dev.UAID)
+	if err := mint(u); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "a poll of the device", func() bool {
+		return n.Metrics().Value(`pushrelay_upstream_polls_total{result="empty"}`) >= 1
+	})
+	clock.advance(sixtyOneDays)
+	waitFor(t, "the reset at a poll", func() bool {
+		return n.Metrics().Value(`pushrelay_upstream_resets_total{via="poll"}`) == 1
+	})
+	checkForgotten(t, st, u)
+	_, err = dev.Next(time.Now().Add(5 * time.Second))
+	var ce *pushclient.CloseError
+	if !errors.As(err, &ce) || ce.Code != pushproto.CloseNormal || ce.Reason != "UAID reset" {
+		t.Fatalf("device session ended with %v, want 1000 UAID reset", err)
+	}
+	if got := n.Metrics().Value(`pushrelay_upstream_polls_total{result="reset"}`); got != 1 {
+		t.Errorf("polls reset = %v, want 1", got)
+	}
+	// Forgotten: not polled again.
+	polls := n.Metrics().Value(`pushrelay_upstream_poll_rounds_total`)
+	time.Sleep(time.Second)
+	if got := n.Metrics().Value(`pushrelay_upstream_poll_rounds_total`); got != polls {
+		t.Errorf("poll rounds went on after the reset: %v → %v", polls, got)
+	}
+	if p, _ := link.Polled(); p != 0 {
+		t.Errorf("%d devices polled after the reset, want 0", p)
+	}
+	if _, ok, _ := st.UpstreamID(heldU); !ok {
+		t.Error("the held device lost its identity")
+	}
+}

@@ -884,3 +884,71 @@ func oneClient(s *autopushtest.Server, i, per int) error {
 	}
 	return nil
 }
+
+// The first {} of every connection is answered, and after everything the
+// messages before it made the server send: a {} right after the hello
+// after the hello's first stored batch, a {} right after the ack of a
+// whole batch after the next batch (autopush answers each client message
+// in full before it reads the next: identified_ws in
+// autoconnect-ws/src/handler.rs). The upstream link's polls confirm on
+// this.
+func TestPingAnsweredInOrder(t *testing.T) {
+	now := time.Unix(1e9, 0)
+	s := start(t, autopushtest.Config{Now: func() time.Time { return now }}) // PingMin 45 s
+	uaid, ep := registered(t, s)
+	for i := range 25 {
+		if code := post(t, ep, "600", "", fmt.Sprint(i)); code != 201 {
+			t.Fatalf("post %d: %d", i, code)
+		}
+	}
+	// untilAnswer reads the notifications before the {} answer.
+	untilAnswer := func(c *pushclient.Client) []pushproto.ServerFrame {
+		t.Helper()
+		var fs []pushproto.ServerFrame
+		for {
+			f, err := c.Read(time.Now().Add(5 * time.Second))
+			if err != nil {
+				t.Fatalf("after %d notifications: %v", len(fs), err)
+			}
+			switch f.MessageType {
+			case pushproto.TypePing:
+				return fs
+			case pushproto.TypeNotification:
+				fs = append(fs, f)
+			}
+		}
+	}
+	c := dial(t, s)
+	hello(t, c, uaid)
+	c.Send([]byte("{}"))
+	if fs := untilAnswer(c); len(fs) != 10 {
+		t.Fatalf("%d notifications before the answer to a {} after the hello, want the batch of 10", len(fs))
+	}
+	c.Close()
+	waitIdle(t, s, uaid)
+
+	c = dial(t, s)
+	hello(t, c, uaid)
+	first := batch(t, c, 10) // sent again: not acked
+	c.Ack(first...)
+	c.Send([]byte("{}"))
+	if fs := untilAnswer(c); len(fs) != 10 {
+		t.Fatalf("%d notifications before the answer to a {} after an ack, want the next batch of 10", len(fs))
+	} else {
+		c.Ack(fs...)
+	}
+	last := batch(t, c, 5)
+	c.Ack(last...)
+	c.Close()
+	waitIdle(t, s, uaid)
+
+	c = dial(t, s)
+	hello(t, c, uaid)
+	c.Send([]byte("{}"))
+	if fs := untilAnswer(c); len(fs) != 0 {
+		t.Fatalf("%d notifications with nothing stored", len(fs))
+	}
+	if p := s.Pending(uaid); p != 0 {
+		t.Fatalf("pending %d", p)
+	}
+}

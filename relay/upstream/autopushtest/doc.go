@@ -54,8 +54,14 @@
 //     1000 "SM" (UaidReset, on_server_notif.rs::check_msg_limit).
 //   - The WebPush ping {} (or {"messageType":"ping"}) is answered {} only if
 //     45 s (Config.PingMin) passed since the last answered one, else close
-//     1011 "SM" (ExcessivePing, on_client_msg.rs::ping). The first is
-//     always answered.
+//     1011 "SM" (ExcessivePing, on_client_msg.rs::ping). The first on a
+//     connection is always answered (last_ping starts at 0).
+//   - One goroutine per connection reads the client's messages and
+//     writes every answer to one before it reads the next, as
+//     identified_ws does (src/handler.rs): the hello's answer is followed
+//     by the first stored batch, an ack of a whole batch by the next, and
+//     a {} is answered after all of it. Direct notifications interleave
+//     between client messages.
 //   - Every Config.AutoPingInterval (300 s) the server sends a WebSocket ping,
 //     or instead a broadcast frame when a subscribed broadcast changed; no
 //     pong within Config.AutoPingTimeout (4 s) closes 1011 "PongTimeout"
