@@ -22,8 +22,16 @@ type held struct {
 	id     store.UpstreamID
 	cancel context.CancelFunc // ends run: the device is polled instead
 
+	// kick wakes run from its backoff: a register waits for the session.
+	kick chan struct{}
+	// done is closed when run returns.
+	done chan struct{}
+
 	mu sync.Mutex
 	c  *pushclient.Client // nil while not connected
+	// opened, once a request waits for the session, is closed when c is
+	// set.
+	opened chan struct{}
 	// pending are the register and unregister replies awaited over c, by
 	// type and channel ID.
 	pending map[string]chan pushproto.ServerFrame
@@ -37,6 +45,7 @@ var errReset = errors.New("upstream answered hello with another UAID")
 func (h *held) run(ctx context.Context) {
 	l := h.l
 	log := l.cfg.Logger.With("uaid", h.id.Device, "upstream_uaid", h.id.Upstream)
+	defer close(h.done)
 	defer func() {
 		l.mu.Lock()
 		if l.sessions[h.id.Device] == h {
@@ -69,6 +78,8 @@ func (h *held) run(ctx context.Context) {
 			t.Stop()
 			return
 		case <-t.C:
+		case <-h.kick:
+			t.Stop()
 		}
 		backoff = min(backoff*2, l.cfg.BackoffMax)
 	}
@@ -117,6 +128,10 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	defer aged.Stop()
 	h.mu.Lock()
 	h.c = c
+	if h.opened != nil {
+		close(h.opened)
+		h.opened = nil
+	}
 	h.mu.Unlock()
 	l.m.open.Inc()
 	defer func() {
@@ -314,6 +329,37 @@ func (h *held) deliver(ctx context.Context, c *pushclient.Client, fs []pushproto
 		l.m.acks.Add(float64(len(acks)))
 	}
 	return failed
+}
+
+// waitOpen waits until the session is open, waking it from its backoff,
+// and reports whether it is; false when ctx ended or the session ended
+// (the device is polled, or reset). A register waits for the held session
+// rather than saying hello on a connection of its own: two connections
+// with one UAID ghost each other upstream (autopush closes the older).
+func (h *held) waitOpen(ctx context.Context) bool {
+	for {
+		h.mu.Lock()
+		if h.c != nil {
+			h.mu.Unlock()
+			return true
+		}
+		if h.opened == nil {
+			h.opened = make(chan struct{})
+		}
+		opened := h.opened
+		h.mu.Unlock()
+		select {
+		case h.kick <- struct{}{}:
+		default:
+		}
+		select {
+		case <-opened:
+		case <-h.done:
+			return false
+		case <-ctx.Done():
+			return false
+		}
+	}
 }
 
 // request sends frame over the open connection and waits for the reply of

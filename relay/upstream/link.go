@@ -372,12 +372,16 @@ func (l *Link) firstRegister(ctx context.Context, r relay.Registration, reg []by
 }
 
 // request sends a register or unregister for id's device and returns the
-// reply: over its held session when that is open, else over a connection
-// of its own.
+// reply: over its held session (waiting for it to open, within ctx) when
+// it has one, else over a connection of its own.
 func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.MessageType, chid string, frame []byte) (pushproto.ServerFrame, error) {
 	if h := l.session(id.Device); h != nil {
-		if f, ok, err := h.request(ctx, t, chid, frame); ok || err != nil {
-			return f, err
+		if h.waitOpen(ctx) {
+			if f, ok, err := h.request(ctx, t, chid, frame); ok || err != nil {
+				return f, err
+			}
+		} else if ctx.Err() != nil {
+			return pushproto.ServerFrame{}, fmt.Errorf("upstream: the device's held session did not open: %w", ctx.Err())
 		}
 	}
 	var f pushproto.ServerFrame

@@ -761,3 +761,41 @@ func TestLinkClose(t *testing.T) {
 		t.Errorf("Run on a closed link: %v", err)
 	}
 }
+
+// A register for a device whose held session is down (here: ghosted, and
+// waiting out a long backoff) wakes the session and goes over it, rather
+// than over a connection of its own that the session's next hello would
+// ghost (autopush closes the older of two connections with one UAID).
+func TestRegisterWakesHeldSession(t *testing.T) {
+	up := startUpstream(t, autopushtest.Config{})
+	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamBackoffMin: time.Minute})
+	dev, _, upUAID := setupRelayed(t, up, n)
+	waitFor(t, "the held session", func() bool { return up.Open(upUAID) })
+	ghost := dial(t, up.URL())
+	if _, err := ghost.Hello(upUAID, pushclient.HelloOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	ghost.Close()
+	waitFor(t, "the held session to be ghosted", func() bool {
+		return n.Metrics().Value("pushrelay_upstream_sessions_open") == 0
+	})
+	hellos := up.Stats().Hellos[upUAID]
+	start := time.Now()
+	r, err := dev.Register(pushproto.NewChannelID(), "")
+	if err != nil || r.Status != 200 {
+		t.Fatalf("register: %+v %v", r, err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("register took %v", d)
+	}
+	if !up.Open(upUAID) {
+		t.Error("the held session is not open after the register")
+	}
+	if got := up.Stats().Hellos[upUAID] - hellos; got != 1 {
+		t.Errorf("the register made %d hellos upstream, want 1 (the held session's)", got)
+	}
+	post(t, r.PushEndpoint, []byte("woken"))
+	if got := receive(t, dev, 1); got[0] != "woken" {
+		t.Errorf("device got %q", got)
+	}
+}
