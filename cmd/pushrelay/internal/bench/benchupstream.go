@@ -47,6 +47,7 @@ func benchUpstream(ctx context.Context, args []string, stdout, stderr io.Writer)
 	senders := fs.Int("senders", 32, "app-server goroutines posting upstream")
 	rate := fs.Int("connect-rate", 200, "the edge's upstream_connect_rate (held-session connects per second)")
 	logLevel := fs.String("edge-log-level", "warn", "the edge's log_level (its log goes to stderr)")
+	cpuProfile := fs.String("cpu-profile", "", "save the edge's CPU profile (pprof) over the first 5 s of the first message run to this file")
 	profile := fs.String("heap-profile", "", "save the edge's heap profile (pprof) with the sessions open (last run) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -173,8 +174,12 @@ func benchUpstream(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return nil
 	}
 	var rates []float64
-	for range *runs {
-		r, err := relayMessages(ctx, edge, roots, uaids[:*devices], endpoints[:*devices], *messages, *senders, stdout)
+	for run := range *runs {
+		prof := ""
+		if run == 0 {
+			prof = *cpuProfile
+		}
+		r, err := relayMessages(ctx, edge, roots, uaids[:*devices], endpoints[:*devices], *messages, *senders, prof, stdout)
 		if err != nil {
 			return err
 		}
@@ -187,9 +192,10 @@ func benchUpstream(ctx context.Context, args []string, stdout, stderr io.Writer)
 // relayMessages connects the devices to the edge (their sessions held
 // upstream), posts messages to their upstream endpoints from senders
 // goroutines, and reports messages per second from the first post to the
-// last notification the devices read (each acked), returned.
+// last notification the devices read (each acked), returned. With
+// cpuProfile, the edge's CPU profile over the first 5 s is saved there.
 func relayMessages(ctx context.Context, edge *child, roots *x509.CertPool, uaids, endpoints []string,
-	messages, senders int, stdout io.Writer) (rate float64, err error) {
+	messages, senders int, cpuProfile string, stdout io.Writer) (rate float64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
 	bodies := make([][]byte, len(endpoints))
@@ -244,6 +250,13 @@ func relayMessages(ctx context.Context, edge *child, roots *x509.CertPool, uaids
 	defer client.CloseIdleConnections()
 	var next, refused atomic.Int64
 	var posters sync.WaitGroup
+	if cpuProfile != "" {
+		posters.Go(func() {
+			if err := edge.saveProfile("profile?seconds=5", cpuProfile); err != nil {
+				errc <- fmt.Errorf("cpu profile: %w", err)
+			}
+		})
+	}
 	start := time.Now()
 	for range senders {
 		posters.Go(func() {
