@@ -459,6 +459,13 @@ func (p *cutProxy) restore() {
 				continue
 			}
 			p.mu.Lock()
+			if p.ln != ln {
+				// Cut while this one was being made.
+				p.mu.Unlock()
+				c.Close()
+				u.Close()
+				continue
+			}
 			p.conns[c], p.conns[u] = struct{}{}, struct{}{}
 			p.mu.Unlock()
 			for _, pair := range [][2]net.Conn{{c, u}, {u, c}} {
