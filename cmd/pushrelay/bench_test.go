@@ -23,6 +23,7 @@ func TestE2EBenchTool(t *testing.T) {
 		{[]string{"drain", "--devices", "5", "--messages", "40"}, "all 200 received and acked"},
 		{[]string{"halfopen", "--n", "40", "--sources", "2", "--max-conns", "100", "--max-conns-per-ip", "10", "--hold", "1s"}, "endpoint connections open: 21; refused per source: 20;"},
 		{[]string{"startup", "--messages", "500", "--per-device", "100", "--runs", "1"}, "start to ready"},
+		{[]string{"upstream", "--n", "40", "--runs", "1", "--hold", "200ms", "--devices", "5", "--messages", "200"}, "relayed through held sessions, 5 devices"},
 		{[]string{"broadcast", "--devices", "50", "--baseline-only"}, "baseline (one loop of wsock Conn.WriteFrame over 50 sockets"},
 	}
 	for _, c := range cases {

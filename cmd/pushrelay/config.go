@@ -2,6 +2,8 @@ package main
 
 import (
 	"crypto/tls"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
@@ -83,6 +85,7 @@ type Config struct {
 	UpstreamConnectRate  int
 	UpstreamSessions     int
 	UpstreamPollInterval time.Duration
+	UpstreamCAFile       string
 }
 
 // minUpstreamPoll and maxUpstreamPoll bound upstream_poll_interval: each
@@ -268,6 +271,7 @@ var settings = []setting{
 	strSetting("upstream", "", "ws:// or wss:// URL of an autopush-compatible server (autopush, or another pushrelay) to relay for: devices get its endpoints and this relay holds their sessions with it; empty runs standalone", func(c *Config) *string { return &c.Upstream }),
 	durSetting("upstream_ttl", "24h", "TTL given to each notification from the upstream (its frames carry none)", func(c *Config) *time.Duration { return &c.UpstreamTTL }),
 	durSetting("upstream_backoff", "5s", "first wait before reconnecting a lost upstream session (jittered, doubling up to 10m)", func(c *Config) *time.Duration { return &c.UpstreamBackoffMin }),
+	strSetting("upstream_ca_file", "", "PEM file of CA certificates trusted for a wss:// upstream, in addition to the system's roots (for an upstream with a private CA)", func(c *Config) *string { return &c.UpstreamCAFile }),
 	intSetting("upstream_connect_rate", "100", 1, 1<<20, "upstream session connects per second, all devices together (a register's own connect is not paced)", func(c *Config) *int { return &c.UpstreamConnectRate }),
 	intSetting("upstream_sessions", "10000", 1, 1<<24, "device identities that keep an open upstream session (devices connected here first, then the most recently active); the others are polled", func(c *Config) *int { return &c.UpstreamSessions }),
 	durSetting("upstream_poll_interval", "15m", "how often each device without a held upstream session is polled (1s to 24h; jittered, spread out)", func(c *Config) *time.Duration { return &c.UpstreamPollInterval }),
@@ -470,7 +474,53 @@ func (c *Config) validateUpstream() error {
 	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.Fragment != "" {
 		return cfgErr("upstream %q: want an absolute ws:// or wss:// URL", c.Upstream)
 	}
+	if c.UpstreamCAFile != "" {
+		if u.Scheme != "wss" {
+			return cfgErr("upstream_ca_file is set but upstream %q is not wss://", u.Redacted())
+		}
+		if _, err := c.upstreamTLS(); err != nil {
+			return err
+		}
+	}
 	return nil
+}
+
+// upstreamTLS is the TLS configuration for a wss:// upstream: nil (the
+// system roots) without upstream_ca_file, else the system roots (none
+// where the system has none) and every certificate of the file.
+func (c *Config) upstreamTLS() (*tls.Config, error) {
+	if c.Upstream == "" || c.UpstreamCAFile == "" {
+		return nil, nil
+	}
+	data, err := os.ReadFile(c.UpstreamCAFile)
+	if err != nil {
+		return nil, cfgErr("upstream_ca_file: %v", err)
+	}
+	roots, err := x509.SystemCertPool()
+	if err != nil || roots == nil {
+		roots = x509.NewCertPool()
+	}
+	n := 0
+	for rest := data; ; {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			break
+		}
+		if b.Type != "CERTIFICATE" {
+			continue
+		}
+		cert, err := x509.ParseCertificate(b.Bytes)
+		if err != nil {
+			return nil, cfgErr("upstream_ca_file %s: certificate %d: %v", c.UpstreamCAFile, n+1, oneLine(err))
+		}
+		roots.AddCert(cert)
+		n++
+	}
+	if n == 0 {
+		return nil, cfgErr("upstream_ca_file %s: no PEM certificate in it", c.UpstreamCAFile)
+	}
+	return &tls.Config{RootCAs: roots, MinVersion: tls.VersionTLS12}, nil
 }
 
 func (c *Config) validateMegaphone() error {

@@ -56,6 +56,10 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 	if err != nil {
 		return node.Config{}, err
 	}
+	upstreamTLS, err := c.upstreamTLS()
+	if err != nil {
+		return node.Config{}, err
+	}
 	var megaphoneToken string
 	if c.MegaphoneURL != "" {
 		if megaphoneToken, err = c.megaphoneToken(); err != nil {
@@ -119,6 +123,7 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		MegaphonePollInterval: c.MegaphonePollInterval,
 
 		Upstream:             c.Upstream,
+		UpstreamTLS:          upstreamTLS,
 		UpstreamTTL:          c.UpstreamTTL,
 		UpstreamBackoffMin:   c.UpstreamBackoffMin,
 		UpstreamConnectRate:  c.UpstreamConnectRate,
