@@ -181,7 +181,7 @@ func (b *bcast) run(ctx context.Context) {
 // upstream's answers and changes into the registry.
 func (b *bcast) serve(ctx context.Context) (helloed bool, err error) {
 	l := b.l
-	if err := l.pace.wait(ctx); err != nil {
+	if err := l.pace.wait(ctx, nil); err != nil {
 		return false, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)

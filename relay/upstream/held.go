@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
@@ -22,8 +23,12 @@ type held struct {
 	id     store.UpstreamID
 	cancel context.CancelFunc // ends run: the device is polled instead
 
-	// kick wakes run from its backoff: a register waits for the session.
+	// kick wakes run from its backoff, and the connect from its pacing: a
+	// register waits for the session.
 	kick chan struct{}
+	// urgent is set with a kick that run's backoff took: the next
+	// connect is not paced either.
+	urgent atomic.Bool
 	// done is closed when run returns.
 	done chan struct{}
 
@@ -80,6 +85,7 @@ func (h *held) run(ctx context.Context) {
 		case <-t.C:
 		case <-h.kick:
 			t.Stop()
+			h.urgent.Store(true)
 		}
 		backoff = min(backoff*2, l.cfg.BackoffMax)
 	}
@@ -90,8 +96,10 @@ func (h *held) run(ctx context.Context) {
 // was answered.
 func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	l := h.l
-	if err := l.pace.wait(ctx); err != nil {
-		return false, err
+	if !h.urgent.Swap(false) {
+		if err := l.pace.wait(ctx, h.kick); err != nil {
+			return false, err
+		}
 	}
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
 	c, err := l.dial(dctx)

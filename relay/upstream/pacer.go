@@ -16,8 +16,9 @@ type pacer struct {
 }
 
 // wait returns when the caller's turn comes, or ctx's error first (the
-// turn is then lost, which only spaces the others more).
-func (p *pacer) wait(ctx context.Context) error {
+// turn is then lost, which only spaces the others more). A receive from
+// skip (nil: none) ends the wait at once: a device waits for that connect.
+func (p *pacer) wait(ctx context.Context, skip <-chan struct{}) error {
 	if p.every <= 0 {
 		return ctx.Err()
 	}
@@ -37,6 +38,8 @@ func (p *pacer) wait(ctx context.Context) error {
 	defer t.Stop()
 	select {
 	case <-t.C:
+		return nil
+	case <-skip:
 		return nil
 	case <-ctx.Done():
 		return ctx.Err()

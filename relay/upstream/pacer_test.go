@@ -21,7 +21,7 @@ func TestPacerSpacesCallers(t *testing.T) {
 		)
 		for range 20 {
 			wg.Go(func() {
-				if err := p.wait(context.Background()); err != nil {
+				if err := p.wait(context.Background(), nil); err != nil {
 					t.Error(err)
 				}
 				mu.Lock()
@@ -41,7 +41,7 @@ func TestPacerSpacesCallers(t *testing.T) {
 		// Idle for a while: the next goes at once.
 		time.Sleep(time.Second)
 		before := time.Now()
-		p.wait(context.Background())
+		p.wait(context.Background(), nil)
 		if d := time.Since(before); d != 0 {
 			t.Errorf("after an idle second the next waited %v", d)
 		}
@@ -57,4 +57,27 @@ func TestJitterBounds(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A receive from skip ends a wait at once: a register's connect is not
+// queued behind a reconnect storm.
+func TestPacerSkip(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		p := pacer{every: time.Hour}
+		if err := p.wait(context.Background(), nil); err != nil {
+			t.Fatal(err)
+		}
+		skip := make(chan struct{}, 1)
+		start := time.Now()
+		go func() {
+			time.Sleep(time.Second)
+			skip <- struct{}{}
+		}()
+		if err := p.wait(context.Background(), skip); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d != time.Second {
+			t.Errorf("waited %v, want 1s (the skip)", d)
+		}
+	})
 }

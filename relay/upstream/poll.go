@@ -395,7 +395,7 @@ func (l *Link) poll(ctx context.Context, id store.UpstreamID) (result string, n 
 // session's are, which makes autopush send the next; once nothing came
 // for settle after the last ack the round closes and another confirms.
 func (l *Link) pollRound(ctx context.Context, id store.UpstreamID) (n int, confirmed bool, err error) {
-	if err := l.pace.wait(ctx); err != nil {
+	if err := l.pace.wait(ctx, nil); err != nil {
 		return 0, false, err
 	}
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
