@@ -88,8 +88,13 @@ func TestE2EUpstreamPolled(t *testing.T) {
 	if got, _ := d2.receive(10 * time.Second); got != "polled through" {
 		t.Fatalf("device got %q", got)
 	}
-	if v := edge.metric(`pushrelay_upstream_polls_total{result="drained"}`); v < 1 {
-		t.Errorf("edge counted %v drained polls", v)
+	// The poll is counted when it ends: after the round that confirms
+	// nothing more waits, a moment after the message was stored.
+	for i := 0; edge.metric(`pushrelay_upstream_polls_total{result="drained"}`) < 1; i++ {
+		if i == 100 {
+			t.Fatalf("edge counted %v drained polls", edge.metric(`pushrelay_upstream_polls_total{result="drained"}`))
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
 	edge.stop()
 	core.stop()
