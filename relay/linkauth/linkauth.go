@@ -24,7 +24,8 @@
 //
 // A refused peer is told why in the TLS alert: unknown_ca (48) when the
 // chain does not end at the CA, certificate_unknown (46) when the key is not
-// pinned, certificate_required (116) when no certificate came. Reason names
+// pinned, certificate_expired (45) when it is out of its dates,
+// certificate_required (116) when no certificate came. Reason names
 // each case for logs and metric labels.
 package linkauth
 
@@ -80,11 +81,12 @@ var (
 	ErrNoCertificate = fmt.Errorf("linkauth: peer sent no certificate%.0w", tls.AlertError(116))
 	ErrBadCA         = fmt.Errorf("linkauth: peer certificate is not signed by the site CA%.0w", tls.AlertError(48))
 	ErrUnknownPin    = fmt.Errorf("linkauth: peer public key is not pinned%.0w", tls.AlertError(46))
+	ErrExpired       = fmt.Errorf("linkauth: peer certificate has expired or is not valid yet%.0w", tls.AlertError(45))
 	ErrWrongToken    = errors.New("linkauth: wrong token (or a binding made for another connection)")
 )
 
 // Reason is a short label for why err refused a peer, for logs and metric
-// labels: bad_ca, unknown_pin, no_certificate, wrong_token, or "" when err
+// labels: bad_ca, unknown_pin, no_certificate, expired, wrong_token, or "" when err
 // is none of them.
 func Reason(err error) string {
 	switch {
@@ -94,6 +96,8 @@ func Reason(err error) string {
 		return "unknown_pin"
 	case errors.Is(err, ErrNoCertificate):
 		return "no_certificate"
+	case errors.Is(err, ErrExpired):
+		return "expired"
 	case errors.Is(err, ErrWrongToken):
 		return "wrong_token"
 	}
@@ -371,6 +375,9 @@ func (t *Trust) Verify(certs []*x509.Certificate) error {
 		Intermediates: inter,
 		KeyUsages:     []x509.ExtKeyUsage{x509.ExtKeyUsageAny},
 	})
+	if ie, ok := errors.AsType[x509.CertificateInvalidError](err); ok && ie.Reason == x509.Expired {
+		return fmt.Errorf("%w: %q: %v", ErrExpired, leaf.Subject.CommonName, err)
+	}
 	if err != nil {
 		if len(t.Pins) > 0 {
 			return fmt.Errorf("%w (nor pinned: %s): %q: %v", ErrBadCA, Pin(leaf), leaf.Subject.CommonName, err)

@@ -625,6 +625,7 @@ func (e *CloseError) Timeout() bool {
 // alertReasons says what each TLS alert a peer sends means on this link.
 var alertReasons = map[uint8]string{
 	42:  "bad certificate",
+	45:  "our certificate has expired or is not valid yet (expired)",
 	46:  "our public key is not pinned there (unknown_pin)",
 	48:  "our certificate is not signed by its site CA (bad_ca)",
 	116: "it requires a certificate and we sent none (no_certificate)",
