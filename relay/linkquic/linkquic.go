@@ -229,6 +229,9 @@ type Listener struct {
 	ln  *quic.Listener
 	log *slog.Logger
 	m   *linkMetrics
+
+	closeOnce sync.Once
+	closeErr  error
 }
 
 // Listen opens the parent's UDP socket on addr ("host:port", port 0 picks
@@ -312,9 +315,12 @@ func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 }
 
 // Close stops listening and ends every child's connection abruptly; close
-// them first (Conn.Close) to tell the children why.
+// them first (Conn.Close) to tell the children why. It is idempotent.
 func (l *Listener) Close() error {
-	return errors.Join(l.ln.Close(), l.tr.Close(), l.tr.Conn.Close())
+	l.closeOnce.Do(func() {
+		l.closeErr = errors.Join(l.ln.Close(), l.tr.Close(), l.tr.Conn.Close())
+	})
+	return l.closeErr
 }
 
 // Dial connects a child to its parent at addr ("host:port") from a new

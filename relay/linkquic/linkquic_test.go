@@ -585,8 +585,45 @@ func TestCloseIdempotent(t *testing.T) {
 	if c.Close(CodeNone, "") != c.Close(CodeNone, "") {
 		t.Error("child's Close not idempotent")
 	}
-	p.l.Close()
-	p.l.Close()
+
+	// The child's Close reaches the parent before its socket closes.
+	c2, err := dial(t, p.addr(), s.creds(t, "edge-2"), Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc2 := accept(t, p)
+	if err := c2.Close(CodeProtocol, "bad frame"); err != nil {
+		t.Errorf("child's Close: %v", err)
+	}
+	select {
+	case <-pc2.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("parent did not see the child's close")
+	}
+	ce, ok = errors.AsType[*CloseError](pc2.Err())
+	if !ok || ce.Cause != "remote" || ce.Code != CodeProtocol || ce.Reason != "bad frame" {
+		t.Errorf("parent sees %v, want remote protocol \"bad frame\"", pc2.Err())
+	}
+	// The count is taken just after the connection's context ends.
+	for deadline := time.Now().Add(5 * time.Second); p.reg.Value("pushrelay_link_conns_open") != 0 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := p.reg.Value(`pushrelay_link_closes_total{cause="remote"}`); got != 1 {
+		t.Errorf("remote closes counted %v, want 1", got)
+	}
+	if got := p.reg.Value(`pushrelay_link_closes_total{cause="local"}`); got != 1 {
+		t.Errorf("local closes counted %v, want 1", got)
+	}
+	if got := p.reg.Value("pushrelay_link_conns_open"); got != 0 {
+		t.Errorf("open conns %v, want 0", got)
+	}
+	first = p.l.Close()
+	if first != nil {
+		t.Errorf("listener Close: %v", first)
+	}
+	if err := p.l.Close(); err != first {
+		t.Errorf("second listener Close: %v", err)
+	}
 }
 
 // The reset key is made once, 0600, and read back the same.
