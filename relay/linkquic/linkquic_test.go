@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -27,7 +28,40 @@ func TestMain(m *testing.M) {
 	// quic-go warns (log.Printf) when it cannot get 7 MiB socket buffers,
 	// as it cannot in an unprivileged test run.
 	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
-	leakcheck.Main(m)
+	code := m.Run()
+	if code == 0 {
+		if err := quicLeftover(5 * time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	if code == 0 {
+		if err := leakcheck.Check(5 * time.Second); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// quicLeftover fails the run if quic-go's goroutines outlive the tests:
+// leakcheck counts only ours, and a Conn or Listener that did not close
+// its transport leaves quic-go's running.
+func quicLeftover(grace time.Duration) error {
+	var left string
+	for deadline := time.Now().Add(grace); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		left = ""
+		buf := make([]byte, 1<<20)
+		for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+			if strings.Contains(g, "github.com/quic-go/quic-go") {
+				left += g + "\n\n"
+			}
+		}
+		if left == "" {
+			return nil
+		}
+	}
+	return fmt.Errorf("quic-go goroutines left running after the tests:\n\n%s", left)
 }
 
 // logBuf is a log the test reads back.
