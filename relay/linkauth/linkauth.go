@@ -465,7 +465,8 @@ func (c *Credentials) ServerTLS(refused func(error)) (*tls.Config, error) {
 
 // ClientTLS is the child's TLS configuration: its certificate unless in
 // token mode, the parent's certificate checked by Trust, and a session
-// cache so that a reconnect resumes (1-RTT; 0-RTT stays off).
+// cache so that a reconnect resumes (1-RTT; 0-RTT stays off). Make it
+// once and dial with it each time: the session cache is in it.
 func (c *Credentials) ClientTLS() *tls.Config {
 	conf := &tls.Config{
 		MinVersion: tls.VersionTLS13,
