@@ -431,11 +431,10 @@ func Load(certFile, keyFile, caFile string, pins []string, token string) (*Crede
 func (c *Credentials) TokenMode() bool { return len(c.Token) > 0 }
 
 // ServerTLS is the parent's TLS configuration: its certificate, and in CA
-// or pin mode a client certificate required and checked by Trust. In token
-// mode no client certificate is asked for (the link checks the binding).
-// refused, if not nil, is called with each refusal's error (to log and
-// count it) before the handshake fails.
-func (c *Credentials) ServerTLS(refused func(error)) (*tls.Config, error) {
+// or pin mode a client certificate checked by Trust (relay/linkquic logs
+// and counts the refusals VerifyConnection returns). In token mode no
+// client certificate is asked for (the link checks the binding).
+func (c *Credentials) ServerTLS() (*tls.Config, error) {
 	if c.Cert == nil {
 		return nil, errors.New("a parent needs its own certificate and key")
 	}
@@ -451,14 +450,10 @@ func (c *Credentials) ServerTLS(refused func(error)) (*tls.Config, error) {
 		return conf, nil
 	}
 	trust := c.Trust
+	// VerifyConnection, unlike VerifyPeerCertificate, runs on resumed
+	// sessions too (with the certificates of the first handshake).
 	conf.VerifyConnection = func(cs tls.ConnectionState) error {
-		// VerifyConnection, unlike VerifyPeerCertificate, runs on resumed
-		// sessions too (with the certificates of the first handshake).
-		err := trust.Verify(cs.PeerCertificates)
-		if err != nil && refused != nil {
-			refused(err)
-		}
-		return err
+		return trust.Verify(cs.PeerCertificates)
 	}
 	return conf, nil
 }

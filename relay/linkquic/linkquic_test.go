@@ -129,7 +129,7 @@ type parent struct {
 func listen(t *testing.T, addr string, c *linkauth.Credentials, cfg Config) *parent {
 	t.Helper()
 	p := &parent{reg: metrics.NewRegistry(), log: &logBuf{t: t}}
-	tlsConf, err := c.ServerTLS(nil)
+	tlsConf, err := c.ServerTLS()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -545,7 +545,7 @@ func TestWrongALPN(t *testing.T) {
 
 	// A QUIC server speaking h3 only.
 	serverCreds := s.creds(t, "web")
-	stls, _ := serverCreds.ServerTLS(nil)
+	stls, _ := serverCreds.ServerTLS()
 	stls.NextProtos = []string{"h3"}
 	ln, err := quic.ListenAddr("127.0.0.1:0", stls, nil)
 	if err != nil {
