@@ -692,11 +692,15 @@ func TestResetKeyPersisted(t *testing.T) {
 // the child send; it returns how long the child took to see its link end
 // and why.
 func restartNotice(t *testing.T, key1, key2 *[32]byte, idle time.Duration) (time.Duration, error) {
+	return restartNoticeKeepAlive(t, key1, key2, idle, 0, true)
+}
+
+func restartNoticeKeepAlive(t *testing.T, key1, key2 *[32]byte, idle, keepAlive time.Duration, send bool) (time.Duration, error) {
 	s := newSite(t)
 	pcreds := s.creds(t, "core-1")
 	p := listen(t, "127.0.0.1:0", pcreds, Config{ResetKey: key1, IdleTimeout: idle})
 	addr := p.addr()
-	c, err := dial(t, addr, s.creds(t, "edge-1"), Config{IdleTimeout: idle})
+	c, err := dial(t, addr, s.creds(t, "edge-1"), Config{IdleTimeout: idle, KeepAlive: keepAlive})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -721,7 +725,9 @@ func restartNotice(t *testing.T, key1, key2 *[32]byte, idle time.Duration) (time
 	default:
 	}
 	start := time.Now()
-	ctl.Write([]byte("after the restart\n"))
+	if send {
+		ctl.Write([]byte("after the restart\n"))
+	}
 	select {
 	case <-c.Done():
 	case <-time.After(idle + 10*time.Second):
@@ -745,6 +751,25 @@ func TestRestartedParentNoticedAtOnce(t *testing.T) {
 	}
 	if took > 2*time.Second {
 		t.Errorf("noticed after %v, want well under the 30 s idle timeout", took)
+	}
+}
+
+// A child with nothing to send learns of the restart from the reset that
+// answers its next keepalive: within one keepalive period (15 s by
+// default), here 500 ms.
+func TestRestartedParentNoticedByIdleChild(t *testing.T) {
+	key, err := LoadResetKey(filepath.Join(t.TempDir(), ResetKeyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const keepAlive = 500 * time.Millisecond
+	took, err := restartNoticeKeepAlive(t, key, key, 30*time.Second, keepAlive, false)
+	t.Logf("restarted parent noticed by an idle child in %v (keepalive %v)", took, keepAlive)
+	if ce, ok := errors.AsType[*CloseError](err); !ok || ce.Cause != "stateless_reset" {
+		t.Errorf("child's link ended with %v, want a stateless reset", err)
+	}
+	if took > keepAlive+2*time.Second {
+		t.Errorf("noticed after %v, want within about one keepalive (%v)", took, keepAlive)
 	}
 }
 
