@@ -9,9 +9,12 @@
 //   - ALPN "pushrelay/1": a client or server speaking anything else is
 //     refused in the handshake (TLS alert no_application_protocol).
 //   - Keepalive every 15 s: cellular carriers' NATs often drop a UDP
-//     mapping after 30 s of silence, so a PING at half that keeps the
+//     mapping after 30 s of silence, so a packet at half that keeps the
 //     mapping (and lets the parent reach the child) on a quiet link. It
-//     costs about 4 small packets a minute.
+//     costs about 4 small packets a minute each way. The parent sends
+//     QUIC PINGs; the child sends a heartbeat, a 32-byte DATAGRAM the
+//     parent discards, instead: quic-go answers only packets over 42 bytes
+//     with a stateless reset, and a bare PING is about 25.
 //   - Idle timeout 60 s: with no packet from the peer for that long the
 //     link is dead and the child redials. Four keepalives may be lost
 //     first, so a short radio fade does not cost a reconnect; a restarted
@@ -50,8 +53,10 @@
 // # Goroutines
 //
 // quic-go runs its own per socket and per connection. This package starts
-// none that outlive a call, except the short one context.AfterFunc runs
-// when a parent's connection ends (to count it).
+// one per connection: on the child the heartbeat, on the parent the loop
+// that discards heartbeats. Each returns when its connection ends, and
+// Close waits for it. context.AfterFunc runs a short one when a parent's
+// connection ends (to count it).
 package linkquic
 
 import (
@@ -172,15 +177,26 @@ func (c Config) quic(server bool) *quic.Config {
 		InitialConnectionReceiveWindow: initialConnWindow,
 		MaxConnectionReceiveWindow:     maxConnWindow,
 	}
+	// DATAGRAM frames carry the child's heartbeat (see heartbeat).
+	q.EnableDatagrams = true
 	if server {
 		q.MaxIncomingStreams = 1
 		q.MaxIncomingUniStreams = -1
 	} else {
 		q.MaxIncomingStreams = -1
 		q.MaxIncomingUniStreams = MaxDataStreams
+		// The heartbeat is the child's keepalive.
+		q.KeepAlivePeriod = 0
 	}
 	return q
 }
+
+// heartbeatSize is the child's heartbeat payload. The packet carrying it
+// (about 60 bytes) is larger than 42 bytes, the least quic-go answers with
+// a stateless reset (a reset must be smaller than what triggers it, RFC
+// 9000 section 10.3); QUIC's own keepalive, a bare PING of about 25 bytes,
+// is not, so a restarted parent would not reset an idle child.
+const heartbeatSize = 32
 
 func orDefault(d, def time.Duration) time.Duration {
 	if d <= 0 {
@@ -305,6 +321,11 @@ func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 		return nil, fmt.Errorf("linkquic: accept: %w", err)
 	}
 	c := newConn(qc, nil, l)
+	c.beatDone = make(chan struct{})
+	go func() {
+		defer close(c.beatDone)
+		drain(qc)
+	}()
 	l.m.handshakes.With("ok").Inc()
 	l.m.open.Inc()
 	context.AfterFunc(qc.Context(), func() {
@@ -348,7 +369,40 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Conn, error) {
 	}
 	c := newConn(qc, tr, nil)
 	c.cfg = cfg
+	c.beatDone = make(chan struct{})
+	go c.heartbeat(orDefault(cfg.KeepAlive, DefaultKeepAlive))
 	return c, nil
+}
+
+// heartbeat is the child's keepalive: a DATAGRAM every period, which the
+// parent acks (keeping carrier NAT mappings) and, if it restarted with
+// the same reset key, answers with a stateless reset. It ends with the
+// connection.
+func (c *Conn) heartbeat(period time.Duration) {
+	defer close(c.beatDone)
+	t := time.NewTicker(period)
+	defer t.Stop()
+	beat := make([]byte, heartbeatSize)
+	for {
+		select {
+		case <-c.qc.Context().Done():
+			return
+		case <-t.C:
+			// An error (the send queue full, the path's MTU shrunk) loses
+			// one beat; the next comes a period later.
+			_ = c.qc.SendDatagram(beat)
+		}
+	}
+}
+
+// drain discards the child's heartbeats on the parent until the
+// connection ends, so they take no memory.
+func drain(qc *quic.Conn) {
+	for {
+		if _, err := qc.ReceiveDatagram(qc.Context()); err != nil {
+			return
+		}
+	}
 }
 
 func clientTransport(ra *net.UDPAddr, cfg Config) (*quic.Transport, error) {
@@ -371,6 +425,10 @@ type Conn struct {
 
 	mu  sync.Mutex
 	trs []*quic.Transport // the child's sockets, current last
+
+	// beatDone is closed when the child's heartbeat (or the parent's
+	// drain of it) has returned, which it does when the connection ends.
+	beatDone chan struct{}
 
 	closeOnce sync.Once
 	closeErr  error
@@ -502,6 +560,9 @@ func (c *Conn) AcceptData(ctx context.Context) (*ReceiveStream, error) {
 func (c *Conn) Close(code Code, reason string) error {
 	c.closeOnce.Do(func() {
 		err := c.qc.CloseWithError(quic.ApplicationErrorCode(code), reason)
+		if c.beatDone != nil {
+			<-c.beatDone
+		}
 		c.mu.Lock()
 		trs := c.trs
 		c.trs = nil
