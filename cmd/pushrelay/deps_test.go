@@ -68,6 +68,7 @@ func TestOneWrapperPerLibrary(t *testing.T) {
 		"go.yaml.in/yaml/v3":           "github.com/pushrelay/pushrelay/cmd/pushrelay",
 		"github.com/pion/stun/v3":      "github.com/pushrelay/pushrelay/discovery",
 		"github.com/valyala/fasthttp":  "github.com/pushrelay/pushrelay/relay/endpoint",
+		"github.com/quic-go/quic-go":   "github.com/pushrelay/pushrelay/relay/linkquic",
 	}
 	lines := goList(t, "-f", "{{.ImportPath}}:{{join .Imports \",\"}}", "../../...")
 	for _, line := range lines {

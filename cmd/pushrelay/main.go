@@ -55,7 +55,7 @@ func exitCode(err error, stderr io.Writer) int {
 	return 1
 }
 
-var errUsage = errors.New("usage: pushrelay run|check-config|check-store|salvage|device|send|keygen|uci-config|bench|version [flags] (pushrelay COMMAND -h for help)")
+var errUsage = errors.New("usage: pushrelay run|check-config|check-store|salvage|device|send|keygen|keys|uci-config|bench|version [flags] (pushrelay COMMAND -h for help)")
 
 // run dispatches a subcommand. It is main without the process: tests call
 // it directly.
@@ -94,6 +94,8 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		return bench.Run(ctx, rest, stdout, stderr, settingDefault)
 	case "keygen":
 		return runKeygen(rest, stdout)
+	case "keys":
+		return runKeys(rest, stdout, stderr)
 	case "uci-config":
 		return runUCIConfig(rest, stdout)
 	case "version":
