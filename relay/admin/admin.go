@@ -44,6 +44,9 @@ type Status struct {
 	Listeners   map[string]string `json:"listeners"`
 	// Upstream is the upstream link's state; nil in standalone mode.
 	Upstream *UpstreamStatus `json:"upstream,omitempty"`
+	// Link is the relay link's state: this relay's link to its parent
+	// and its children; nil when it has neither.
+	Link *LinkStatus `json:"link,omitempty"`
 	// Problems are the failing checks (AddCheck) by name; Ready is false
 	// while there is one.
 	Problems map[string]string `json:"problems,omitempty"`
@@ -62,6 +65,15 @@ type UpstreamStatus struct {
 	PollLag string `json:"poll_lag"`
 	// PendingUnregisters are devices' unregisters not yet sent upstream.
 	PendingUnregisters int64 `json:"pending_unregisters"`
+}
+
+// LinkStatus is the relay link's part of Status: Parent is the link to
+// this relay's parent (relay/link.ChildStatus), Listen and Children the
+// children's side (relay/link.ChildInfo each).
+type LinkStatus struct {
+	Parent   any    `json:"parent,omitempty"`
+	Listen   string `json:"listen,omitempty"`
+	Children any    `json:"children,omitempty"`
 }
 
 // Server is the admin handler.
