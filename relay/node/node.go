@@ -791,6 +791,9 @@ func (d *Node) Announce(w io.Writer) {
 	if d.stun != nil {
 		fmt.Fprintf(w, "  stun         %s (udp; devices prove wake addresses, wake datagrams come from here)\n", d.stun.Addr())
 	}
+	if d.parent != nil {
+		fmt.Fprintf(w, "  relay link   %s (udp; child relays connect here: upstream quic://…)\n", d.parent.Addr())
+	}
 	if ln, ok := d.listeners["admin"]; ok {
 		fmt.Fprintf(w, "  admin        http://%s/status\n", displayAddr(ln.Addr()))
 	}
