@@ -124,6 +124,12 @@ func TestRelayLink(t *testing.T) {
 		t.Fatalf("core /status %d: %s", code, body)
 	}
 
+	// The device's ack is deleted in the background: wait for it, or
+	// the message comes again after the restart (as it may after any).
+	eventually(t, "the edge deleted what the device acked", func() bool {
+		st, err := edge.Store().Stats()
+		return err == nil && st.Waiting == 0
+	})
 	// The edge goes away; the core keeps what is posted meanwhile.
 	edge.stop(t)
 	push(t, s, "two")
@@ -176,7 +182,8 @@ func TestRelayLink(t *testing.T) {
 }
 
 // A child whose certificate the core does not trust, and one with the
-// wrong token, are refused, and both ends say why.
+// wrong token, are refused, and both ends say why; one with the right
+// token (and no certificate) is taken.
 func TestRelayLinkRefused(t *testing.T) {
 	t.Run("ca", func(t *testing.T) {
 		site, other := newLinkSite(t), newLinkSite(t)
@@ -202,6 +209,17 @@ func TestRelayLinkRefused(t *testing.T) {
 			return !st.Connected && st.LastError != ""
 		})
 		t.Logf("edge: %s", edge.child.Status().LastError)
+	})
+	t.Run("token accepted", func(t *testing.T) {
+		site := newLinkSite(t)
+		const tok = "right-token-right-token-right-token-1234567"
+		core := start(t, parentConfig(t, site, tok))
+		edge := start(t, childConfig(t, site, core.Node, tok))
+		s := subscribe(t, edge.Node, "")
+		push(t, s, "by token")
+		if got := receive(t, s); got != "by token" {
+			t.Fatalf("got %q", got)
+		}
 	})
 	t.Run("token", func(t *testing.T) {
 		site := newLinkSite(t)
