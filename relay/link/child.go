@@ -363,10 +363,17 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 		return fmt.Errorf("protocol: %v before WELCOME", fr.Type())
 	}
 	c.m.connects.With("ok").Inc()
+	var fix *resyncFix
 	if w.Digest != d {
 		c.m.digestMismatches.Inc()
-		c.cfg.Logger.Warn("the parent's digest of this relay's channels differs (resync is not built yet)",
-			"ours", d.String(), "parent", w.Digest.String())
+		c.cfg.Logger.Warn("the parent's digest of this relay's channels differs from this relay's",
+			"ours", d.String(), "parent", w.Digest.String(), "resync", w.Resync)
+	}
+	if w.Resync {
+		if fix, err = c.readResync(f); err != nil {
+			closeFor(conn, err, linkproto.CodeProtocol)
+			return fmt.Errorf("resync: %w", readErr(conn, err))
+		}
 	}
 	cc := &childConn{c: c, conn: conn, ctl: f, pending: map[uint64]chan answer{},
 		next: w.Next, done: map[uint64]struct{}{},
@@ -393,6 +400,9 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { cc.acceptData(ctx, in, &wg) })
+	if fix != nil {
+		wg.Go(func() { c.resync(ctx, fix) })
+	}
 	for {
 		fr, err := f.next()
 		if err != nil {
@@ -633,4 +643,94 @@ func (c *Child) sendPendingUnregisters(ctx context.Context) (bool, error) {
 		c.m.unregisters.Inc()
 	}
 	return len(ps) == unregisterBatch, nil
+}
+
+// chPair is one (UAID, channel).
+type chPair struct {
+	u  push.UAID
+	ch push.ChannelID
+}
+
+// resyncFix is what makes the parent's view this relay's: the pairs it
+// lacks (REGISTER) and those only it has (UNREGISTER).
+type resyncFix struct {
+	register, unregister []chPair
+}
+
+// readResync reads the parent's view (RESYNC chunks, right after WELCOME)
+// and compares it with the store.
+func (c *Child) readResync(f *framer) (*resyncFix, error) {
+	var rr linkproto.ResyncReader
+	theirs := map[chPair]struct{}{}
+	for {
+		fr, err := f.next()
+		if err != nil {
+			return nil, err
+		}
+		r, ok := fr.(*linkproto.Resync)
+		if !ok {
+			return nil, fmt.Errorf("%v inside a resync", fr.Type())
+		}
+		last, err := rr.Add(*r)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range r.Entries {
+			for _, ch := range e.Channels {
+				theirs[chPair{e.UAID, ch}] = struct{}{}
+			}
+		}
+		if last {
+			break
+		}
+	}
+	fix := &resyncFix{}
+	err := c.cfg.Store.EachChannel(func(u push.UAID, ch push.ChannelID) {
+		p := chPair{u, ch}
+		if _, ok := theirs[p]; ok {
+			delete(theirs, p)
+		} else {
+			fix.register = append(fix.register, p)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read channels: %w", err)
+	}
+	for p := range theirs {
+		fix.unregister = append(fix.unregister, p)
+	}
+	c.cfg.Logger.Info("resync: fixing the parent's view", "register", len(fix.register), "unregister", len(fix.unregister))
+	return fix, nil
+}
+
+// resync sends the REGISTERs and UNREGISTERs of fix, one at a time; what
+// fails is fixed at a later connect (the digests still differ).
+func (c *Child) resync(ctx context.Context, fix *resyncFix) {
+	failed := 0
+	for _, p := range fix.register {
+		ch, ok, err := c.cfg.Store.Channel(p.u, p.ch)
+		if err != nil || !ok {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		reg := &linkproto.Register{UAID: p.u, Channel: p.ch, Key: ch.Key}
+		a, err := c.request(rctx, func(id uint64) linkproto.Frame { reg.ID = id; return reg })
+		cancel()
+		if err != nil || a.status != linkproto.StatusOK {
+			failed++
+		}
+	}
+	for _, p := range fix.unregister {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		un := &linkproto.Unregister{UAID: p.u, Channel: p.ch}
+		a, err := c.request(rctx, func(id uint64) linkproto.Frame { un.ID = id; return un })
+		cancel()
+		if err != nil || a.status != linkproto.StatusOK {
+			failed++
+		}
+	}
+	c.m.resyncs.Inc()
+	if failed > 0 {
+		c.cfg.Logger.Warn("resync: some fixes failed; the next connect tries again", "failed", failed)
+	}
 }

@@ -42,7 +42,8 @@
 // of UAIDs with messages not yet read and the frames in flight (bounded by
 // the credit). The digests are computed from the store at each connect
 // (the child's over all its channels, the parent's over the child's
-// UAIDs); a mismatch is logged and counted, RESYNC is not built yet.
+// UAIDs); on a mismatch the parent sends its view (RESYNC) after WELCOME
+// and the child fixes it with REGISTERs and UNREGISTERs.
 //
 // Goroutines: the child's Run holds one for the connection's control
 // stream, one accepting data streams and one per data stream (each

@@ -295,3 +295,53 @@ func TestUnregisterOverLink(t *testing.T) {
 		t.Fatalf("%v digest mismatches", n)
 	}
 }
+
+// A parent whose view of the child diverged (a channel lost, one too
+// many) is fixed by the resync at the next connect, and the connect after
+// finds the digests equal.
+func TestResync(t *testing.T) {
+	p := newPair(t, 0)
+	u, ch := p.register()
+	u2, ch2 := p.register()
+	ctx := context.Background()
+	// The parent loses one of the child's channels and holds one the
+	// child does not have.
+	if _, err := p.pst.Unregister(ctx, u, ch); err != nil {
+		t.Fatal(err)
+	}
+	var extra push.ChannelID
+	rand.Read(extra[:])
+	if err := p.pst.Register(ctx, store.Channel{UAID: u2, ID: extra}); err != nil {
+		t.Fatal(err)
+	}
+	reconnect := func() {
+		p.child.mu.Lock()
+		cc := p.child.cur
+		p.child.mu.Unlock()
+		if cc != nil {
+			cc.conn.Close(0, "test: reconnect")
+		}
+	}
+	reconnect()
+	eventually(t, "the resync fixed the parent", func() bool {
+		_, ok1, _ := p.pst.Channel(u, ch)
+		_, ok2, _ := p.pst.Channel(u2, ch2)
+		_, ok3, _ := p.pst.Channel(u2, extra)
+		return ok1 && ok2 && !ok3
+	})
+	if n := p.creg.Value("pushrelay_link_up_resyncs_total"); n != 1 {
+		t.Fatalf("%v resyncs", n)
+	}
+	mismatches := p.preg.Value("pushrelay_link_children_digest_mismatches_total")
+	if mismatches != 1 {
+		t.Fatalf("%v digest mismatches, want 1", mismatches)
+	}
+	before := p.creg.Value(`pushrelay_link_up_connects_total{result="ok"}`)
+	reconnect()
+	eventually(t, "the child reconnected", func() bool {
+		return p.creg.Value(`pushrelay_link_up_connects_total{result="ok"}`) > before
+	})
+	if n := p.preg.Value("pushrelay_link_children_digest_mismatches_total"); n != mismatches {
+		t.Fatalf("the digests still differ after the resync")
+	}
+}

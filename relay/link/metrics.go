@@ -10,6 +10,7 @@ type childMetrics struct {
 	acks             metrics.Counter
 	unregisters      metrics.Counter
 	digestMismatches metrics.Counter
+	resyncs          metrics.Counter
 }
 
 func newChildMetrics(r *metrics.Registry) *childMetrics {
@@ -21,6 +22,7 @@ func newChildMetrics(r *metrics.Registry) *childMetrics {
 		acks:             r.Counter("pushrelay_link_up_acks_total", "ACKs sent to the parent (each after the durable ingest of what it covers)."),
 		unregisters:      r.Counter("pushrelay_link_up_unregisters_sent_total", "Devices' unregisters passed to the parent (each kept durably until then)."),
 		digestMismatches: r.Counter("pushrelay_link_up_digest_mismatches_total", "WELCOMEs whose digest of this relay's channels differed from its own."),
+		resyncs:          r.Counter("pushrelay_link_up_resyncs_total", "Resyncs done: the parent's view compared with the store and fixed with registers and unregisters."),
 	}
 }
 
@@ -46,6 +48,6 @@ func newParentMetrics(r *metrics.Registry) *parentMetrics {
 		sent:             r.Counter("pushrelay_link_children_messages_sent_total", "Messages sent to children (resends after a break included)."),
 		frames:           r.Counter("pushrelay_link_children_updates_sent_total", "UPDATE frames sent to children."),
 		acked:            r.Counter("pushrelay_link_children_messages_acked_total", "Messages children acked (deleted here then)."),
-		digestMismatches: r.Counter("pushrelay_link_children_digest_mismatches_total", "HELLOs whose digest differed from this relay's view of the child (resync is not built yet)."),
+		digestMismatches: r.Counter("pushrelay_link_children_digest_mismatches_total", "HELLOs whose digest differed from this relay's view of the child (each answered with a resync)."),
 	}
 }

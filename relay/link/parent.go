@@ -308,16 +308,24 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 		p.refuse(conn, f, linkproto.CodeInternal, "store error", nil)
 		return
 	}
-	if d != hello.Digest {
+	resync := d != hello.Digest
+	if resync {
 		p.m.digestMismatches.Inc()
-		p.cfg.Logger.Warn("child's digest differs from this relay's view of it (resync is not built yet)",
+		p.cfg.Logger.Warn("child's digest differs from this relay's view of it: resync",
 			"child", pc.name, "child_digest", hello.Digest.String(), "view", d.String())
 	}
 	pc.seq = hello.Resume + 1
 	pc.maxUpdate = int(min(hello.MaxUpdate, linkproto.MaxUpdatePayload))
-	w := &linkproto.Welcome{Version: v, Name: p.cfg.Name, Next: pc.seq, DataStreams: uint64(p.cfg.DataStreams), Digest: d}
+	w := &linkproto.Welcome{Version: v, Name: p.cfg.Name, Next: pc.seq, DataStreams: uint64(p.cfg.DataStreams), Digest: d, Resync: resync}
 	if err := f.send(w); err != nil {
 		return
+	}
+	if resync {
+		if err := p.sendResync(f, us); err != nil {
+			p.cfg.Logger.Error("resync not sent", "child", pc.name, "err", err)
+			closeFor(conn, err, linkproto.CodeInternal)
+			return
+		}
 	}
 	for range p.cfg.DataStreams {
 		s, err := conn.OpenData(ctx)
@@ -434,6 +442,29 @@ func (p *Parent) view(i uint16) (linkproto.Digest, []push.UAID, error) {
 		}
 	}
 	return d, us, nil
+}
+
+// sendResync sends this relay's view of the pairs it holds for a child,
+// the UAIDs us, as RESYNC chunks.
+func (p *Parent) sendResync(f *framer, us []push.UAID) error {
+	slices.SortFunc(us, func(a, b push.UAID) int { return bytes.Compare(a[:], b[:]) })
+	entries := make([]linkproto.ResyncEntry, 0, len(us))
+	for _, u := range us {
+		cs, err := p.cfg.Store.Channels(u)
+		if err != nil {
+			return err
+		}
+		if len(cs) == 0 {
+			continue
+		}
+		e := linkproto.ResyncEntry{UAID: u, Channels: make([]push.ChannelID, len(cs))}
+		for i, c := range cs {
+			e.Channels[i] = c.ID
+		}
+		slices.SortFunc(e.Channels, func(a, b push.ChannelID) int { return bytes.Compare(a[:], b[:]) })
+		entries = append(entries, e)
+	}
+	return linkproto.ChunkResync(entries, func(r linkproto.Resync) error { return f.send(&r) })
 }
 
 // register answers a child's REGISTER: the channel is minted by this
