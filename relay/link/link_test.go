@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -343,5 +344,30 @@ func TestResync(t *testing.T) {
 	})
 	if n := p.preg.Value("pushrelay_link_children_digest_mismatches_total"); n != mismatches {
 		t.Fatalf("the digests still differ after the resync")
+	}
+}
+
+// What the parent keeps in memory per UAID a child serves (its serves
+// map) stays within the 100-byte target: measured over 100,000 UAIDs.
+func TestParentMemoryPerUAID(t *testing.T) {
+	const n = 100000
+	us := make([]push.UAID, n)
+	for i := range us {
+		rand.Read(us[i][:])
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	p := &Parent{serves: map[push.UAID]uint16{}}
+	for i, u := range us {
+		p.serves[u] = uint16(i % 3)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+	t.Logf("parent memory per UAID a child serves: %.1f bytes (%d UAIDs; heap %d -> %d)", per, len(p.serves), before.HeapAlloc, after.HeapAlloc)
+	runtime.KeepAlive(us)
+	if per > 100 {
+		t.Errorf("%.1f bytes per UAID, over the 100-byte target", per)
 	}
 }
