@@ -31,7 +31,7 @@ func TestMain(m *testing.M) {
 // pair is a parent and a child relay in one process: real stores, hubs,
 // a QUIC link on loopback, keys from a site CA.
 type pair struct {
-	t          *testing.T
+	t          testing.TB
 	pst, cst   *store.Store
 	phub, chub *relay.Hub
 	parent     *Parent
@@ -86,7 +86,7 @@ func (g *gate) release() {
 	g.mu.Unlock()
 }
 
-func newPair(t *testing.T, creditMessages int) *pair {
+func newPair(t testing.TB, creditMessages int) *pair {
 	t.Helper()
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
@@ -201,7 +201,7 @@ func (p *pair) post(u push.UAID, ch push.ChannelID, n int) {
 	}
 }
 
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
@@ -370,4 +370,29 @@ func TestParentMemoryPerUAID(t *testing.T) {
 	if per > 100 {
 		t.Errorf("%.1f bytes per UAID, over the 100-byte target", per)
 	}
+}
+
+// BenchmarkLinkDrain measures messages/s over one link: a backlog stored
+// at the parent for 100 devices of the child (both stores fsyncing each
+// commit) drains to the child. b.N is the backlog.
+func BenchmarkLinkDrain(b *testing.B) {
+	p := newPair(b, 0)
+	const devs = 100
+	us := make([]push.UAID, devs)
+	chs := make([]push.ChannelID, devs)
+	for i := range us {
+		us[i], chs[i] = p.register()
+	}
+	p.gate.hold()
+	for i := range us {
+		p.post(us[i], chs[i], max(b.N/devs, 1))
+	}
+	want := int64(max(b.N/devs, 1) * devs)
+	b.ResetTimer()
+	start := time.Now()
+	p.gate.release()
+	for p.waiting(p.pst) != 0 || p.waiting(p.cst) != want {
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportMetric(float64(want)/time.Since(start).Seconds(), "msg/s")
 }
