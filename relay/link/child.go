@@ -132,14 +132,16 @@ func (c *Child) KeepEndpoints() bool { return true }
 // Addr is the parent's address.
 func (c *Child) Addr() string { return c.cfg.Addr }
 
-// ChildStatus is the link's state for /status.
+// ChildStatus is the link's state for /status: the parent's name (from
+// its last WELCOME) and address, whether the link is up and since when,
+// the last sequence acked, the last error.
 type ChildStatus struct {
-	Parent    string `json:"parent"`
-	Addr      string `json:"addr"`
-	Connected bool   `json:"connected"`
-	Since     string `json:"since,omitempty"`
-	Acked     uint64 `json:"acked"`
-	LastError string `json:"last_error,omitempty"`
+	Parent    string
+	Addr      string
+	Connected bool
+	Since     string
+	Acked     uint64
+	LastError string
 }
 
 // Status reports the link's state.

@@ -146,13 +146,15 @@ func (p *Parent) Addr() net.Addr { return p.l.Addr() }
 // never ran.
 func (p *Parent) Close() error { return p.l.Close() }
 
-// ChildStatus is one child's part of the parent's /status.
+// ChildInfo is one child's part of the parent's /status: its name,
+// whether it is connected and from where, the UAIDs it serves, the
+// messages sent to it and not yet acked.
 type ChildInfo struct {
-	Name      string `json:"name"`
-	Connected bool   `json:"connected"`
-	Addr      string `json:"addr,omitempty"`
-	UAIDs     int    `json:"uaids"`
-	InFlight  int    `json:"in_flight"`
+	Name      string
+	Connected bool
+	Addr      string
+	UAIDs     int
+	InFlight  int
 }
 
 // Children reports every child known here.

@@ -148,13 +148,16 @@ func TestRelayLink(t *testing.T) {
 	var st struct {
 		Link struct {
 			Parent struct {
-				Parent    string
+				Name      string
 				Connected bool
 			}
 		}
 	}
-	if code != 200 || json.Unmarshal([]byte(body), &st) != nil || !st.Link.Parent.Connected || st.Link.Parent.Parent != "core" {
+	if code != 200 || json.Unmarshal([]byte(body), &st) != nil || !st.Link.Parent.Connected || st.Link.Parent.Name != "core" {
 		t.Fatalf("edge /status %d: %s", code, body)
+	}
+	if code, page := httpGet(t, "http://"+core.AdminAddr().String()+"/status"); code != 200 || !strings.Contains(page, "child relay edge-1") {
+		t.Fatalf("core /status page %d: %s", code, page)
 	}
 
 	// The unregister travels to the core: its endpoint is gone.

@@ -770,11 +770,14 @@ func (d *Node) status() admin.Status {
 		st.Link = &admin.LinkStatus{}
 		if d.child != nil {
 			cs := d.child.Status()
-			st.Link.Parent = &cs
+			st.Link.Parent = &admin.LinkParent{Name: cs.Parent, Addr: cs.Addr, Connected: cs.Connected,
+				Since: cs.Since, Acked: cs.Acked, LastError: cs.LastError}
 		}
 		if d.parent != nil {
 			st.Link.Listen = d.parent.Addr().String() + "/udp"
-			st.Link.Children = d.parent.Children()
+			for _, c := range d.parent.Children() {
+				st.Link.Children = append(st.Link.Children, admin.LinkChild(c))
+			}
 		}
 	}
 	return st
