@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -395,4 +396,25 @@ func BenchmarkLinkDrain(b *testing.B) {
 		time.Sleep(time.Millisecond)
 	}
 	b.ReportMetric(float64(want)/time.Since(start).Seconds(), "msg/s")
+}
+
+// A stored message an UPDATE cannot carry (a header over the link's
+// limit) is dropped, counted, and does not hold up the others.
+func TestUncarriableDropped(t *testing.T) {
+	p := newPair(t, 0)
+	u, ch := p.register()
+	p.gate.hold()
+	bad := push.Message{UAID: u, Channel: ch, TTL: time.Hour, Encryption: strings.Repeat("a", 9000),
+		Origin: push.Origin{Kind: push.OriginLocal, ID: "bad"}}
+	if res, err := p.phub.Ingest(context.Background(), []push.Message{bad}); err != nil || res[0].Err != nil {
+		t.Fatalf("store the message: %v %+v", err, res)
+	}
+	p.post(u, ch, 3)
+	p.gate.release()
+	eventually(t, "the others reached the child", func() bool {
+		return p.waiting(p.cst) == 3 && p.waiting(p.pst) == 0
+	})
+	if n := p.preg.Value("pushrelay_link_children_messages_dropped_total"); n != 1 {
+		t.Fatalf("%v dropped, want 1", n)
+	}
 }

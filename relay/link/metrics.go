@@ -35,6 +35,7 @@ type parentMetrics struct {
 	sent             metrics.Counter
 	frames           metrics.Counter
 	acked            metrics.Counter
+	dropped          metrics.Counter
 	digestMismatches metrics.Counter
 }
 
@@ -48,6 +49,7 @@ func newParentMetrics(r *metrics.Registry) *parentMetrics {
 		sent:             r.Counter("pushrelay_link_children_messages_sent_total", "Messages sent to children (resends after a break included)."),
 		frames:           r.Counter("pushrelay_link_children_updates_sent_total", "UPDATE frames sent to children."),
 		acked:            r.Counter("pushrelay_link_children_messages_acked_total", "Messages children acked (deleted here then)."),
+		dropped:          r.Counter("pushrelay_link_children_messages_dropped_total", "Messages for children deleted unsent because an UPDATE cannot carry them (over a field's limit)."),
 		digestMismatches: r.Counter("pushrelay_link_children_digest_mismatches_total", "HELLOs whose digest differed from this relay's view of the child (each answered with a resync)."),
 	}
 }

@@ -753,13 +753,21 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		if len(b) == 0 {
 			continue
 		}
-		_, err := pc.builders[s].Build(pc.seq, b, func(seq uint64, frame []byte, msgs []push.Message) error {
+		emit := func(seq uint64, frame []byte, msgs []push.Message) error {
 			return pc.sendFrame(s, seq, frame, msgs)
-		})
+		}
+		_, err := pc.builders[s].Build(pc.seq, b, emit)
+		if errors.Is(err, linkproto.ErrTooLarge) || errors.Is(err, linkproto.ErrMalformed) {
+			// Build refuses the whole batch for one message the format
+			// cannot carry: drop those, keep the rest.
+			if b, err = pc.dropUncarriable(ctx, s, b); err == nil {
+				_, err = pc.builders[s].Build(pc.seq, b, emit)
+			}
+		}
 		if errors.Is(err, errNoCredit) {
 			// What was not sent is read again when credit comes.
-			for _, m := range b {
-				pc.mark(m.UAID)
+			for _, u := range us {
+				pc.mark(u)
 			}
 			return false, nil
 		}
@@ -768,6 +776,30 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		}
 	}
 	return more, nil
+}
+
+// dropUncarriable deletes from the store the messages of b an UPDATE
+// cannot carry (logged and counted: they would stall the link for good)
+// and returns the others.
+func (pc *parentConn) dropUncarriable(ctx context.Context, s int, b []push.Message) ([]push.Message, error) {
+	good := b[:0:0]
+	bad := map[push.UAID][]uint64{}
+	for _, m := range b {
+		_, err := pc.builders[s].Build(0, []push.Message{m}, func(uint64, []byte, []push.Message) error { return nil })
+		if err != nil {
+			pc.p.cfg.Logger.Warn("message the link cannot carry dropped", "child", pc.name, "uaid", m.UAID, "err", err)
+			bad[m.UAID] = append(bad[m.UAID], binary.BigEndian.Uint64([]byte(m.Origin.ID)))
+			continue
+		}
+		good = append(good, m)
+	}
+	if _, err := pc.p.cfg.Store.AckMany(ctx, bad); err != nil {
+		return nil, fmt.Errorf("delete uncarriable messages: %w", err)
+	}
+	for _, ss := range bad {
+		pc.p.m.dropped.Add(float64(len(ss)))
+	}
+	return good, nil
 }
 
 // sendFrame writes one UPDATE on data stream s if the credit allows it,
