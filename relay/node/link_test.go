@@ -238,3 +238,35 @@ func TestRelayLinkRefused(t *testing.T) {
 		t.Logf("edge: %s", edge.child.Status().LastError)
 	})
 }
+
+// Three tiers: device → edge → regional → core. The regional relay is a
+// child of the core and a parent of the edge; the device's endpoint is
+// the core's, and a post there reaches it through both links.
+func TestRelayLinkThreeTiers(t *testing.T) {
+	site := newLinkSite(t)
+	core := start(t, parentConfig(t, site, ""))
+	mcfg := childConfig(t, site, core.Node, "")
+	mcfg.LinkName = "regional"
+	mcfg.LinkCredentials = site.creds(t, "regional", "")
+	mcfg.RelayListen = "127.0.0.1:0"
+	regional := start(t, mcfg)
+	edge := start(t, childConfig(t, site, regional.Node, ""))
+	s := subscribe(t, edge.Node, "")
+	if !strings.HasPrefix(s.endpoint, core.PublicURL()+"/") {
+		t.Fatalf("endpoint %s is not the core's (%s)", s.endpoint, core.PublicURL())
+	}
+	for _, text := range []string{"three", "tiers"} {
+		push(t, s, text)
+		if got := receive(t, s); got != text {
+			t.Fatalf("got %q, want %q", got, text)
+		}
+	}
+	eventually(t, "every tier deleted what the next one acked", func() bool {
+		for _, n := range []*running{core, regional} {
+			if st, err := n.Store().Stats(); err != nil || st.Waiting != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
