@@ -49,12 +49,14 @@ func BenchmarkScrape(b *testing.B) {
 		r.Histogram("pushrelay_bench_h"+strconv.Itoa(i)+"_seconds", "a histogram", LatencyBuckets).Observe(0.002)
 	}
 	h := r.Handler()
+	var n int64
 	for b.Loop() {
 		rec := httptest.NewRecorder()
 		h.ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
 		if rec.Code != 200 {
 			b.Fatal(rec.Code)
 		}
-		io.Copy(io.Discard, rec.Body)
+		n, _ = io.Copy(io.Discard, rec.Body)
 	}
+	b.ReportMetric(float64(n), "body-bytes")
 }
