@@ -251,8 +251,7 @@ func TestExpositionParses(t *testing.T) {
 func TestConcurrentUse(t *testing.T) {
 	r := NewRegistry()
 	v := r.CounterVec("pushrelay_conc_total", "c", "worker", "kind")
-	g := r.GaugeFunc
-	g("pushrelay_conc_func", "reads a vec's series", func() float64 { return r.Value(`pushrelay_conc_total{kind="a",worker="0"}`) })
+	r.GaugeFunc("pushrelay_conc_func", "reads a vec's series", func() float64 { return r.Value(`pushrelay_conc_total{kind="a",worker="0"}`) })
 	const workers, rounds = 4, 500
 	var wg sync.WaitGroup
 	for w := range workers {
@@ -262,12 +261,19 @@ func TestConcurrentUse(t *testing.T) {
 			}
 		})
 	}
+	bodies := make(chan []byte, 20)
 	wg.Go(func() {
+		defer close(bodies)
 		for range 20 {
-			parse(t, func() []byte { b, _, _ := scrape(t, r, ""); return b }())
+			rec := httptest.NewRecorder()
+			r.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/metrics", nil))
+			bodies <- rec.Body.Bytes()
 		}
 	})
 	wg.Wait()
+	for body := range bodies {
+		parse(t, body)
+	}
 	for w := range workers {
 		for _, k := range []string{"a", "b"} {
 			series := `pushrelay_conc_total{kind="` + k + `",worker="` + strconv.Itoa(w) + `"}`
