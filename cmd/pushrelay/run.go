@@ -26,6 +26,10 @@ func newLogger(cfg *Config, w io.Writer) *slog.Logger {
 // the files the configuration names, and the ready lines on stdout.
 func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
+	// What libraries write with the standard log package (the metrics
+	// library's /proc read errors, net/http's) goes through the same
+	// structured handler, not bare to stderr.
+	slog.SetDefault(log)
 	if err := checkDataDir(cfg.DataDir); err != nil {
 		return err
 	}

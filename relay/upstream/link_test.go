@@ -799,3 +799,31 @@ func TestRegisterWakesHeldSession(t *testing.T) {
 		t.Errorf("device got %q", got)
 	}
 }
+
+// runLink runs link on in until the test ends, then stops it and checks
+// that Run returned nil.
+func runLink(t *testing.T, link *upstream.Link, in upstream.Ingester) {
+	t.Helper()
+	ctx, stop := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- link.Run(ctx, in) }()
+	t.Cleanup(func() {
+		stop()
+		if err := <-done; err != nil {
+			t.Error(err)
+		}
+	})
+}
+
+// mintFor registers a new channel of u through link and stores it as the
+// hub would, returning the channel.
+func mintFor(link *upstream.Link, st *store.Store, u push.UAID) (push.ChannelID, error) {
+	ch, _ := push.ParseChannelID(pushproto.NewChannelID())
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	ep, err := link.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
+	if err == nil {
+		err = st.Register(ctx, store.Channel{UAID: u, ID: ch, Endpoint: ep})
+	}
+	return ch, err
+}

@@ -1,13 +1,11 @@
 package upstream_test
 
 import (
-	"context"
 	"errors"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/node"
 	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
@@ -188,24 +186,8 @@ func TestResetOnRequest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- link.Run(context.Background(), n.Hub()) }()
-	defer func() {
-		link.Close()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	mint := func(u push.UAID) (push.ChannelID, error) {
-		ch, _ := push.ParseChannelID(pushproto.NewChannelID())
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		ep, err := link.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
-		if err == nil {
-			err = st.Register(ctx, store.Channel{UAID: u, ID: ch, Endpoint: ep})
-		}
-		return ch, err
-	}
+	runLink(t, link, n.Hub())
+	mint := func(u push.UAID) (push.ChannelID, error) { return mintFor(link, st, u) }
 	held := helloDevice(t, n)
 	heldU, _ := push.ParseUAID(held.UAID)
 	if _, err := mint(heldU); err != nil {
@@ -261,24 +243,8 @@ func TestResetOnPoll(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan error, 1)
-	go func() { done <- link.Run(context.Background(), n.Hub()) }()
-	defer func() {
-		link.Close()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
-	mint := func(u push.UAID) error {
-		ch, _ := push.ParseChannelID(pushproto.NewChannelID())
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		ep, err := link.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
-		if err == nil {
-			err = st.Register(ctx, store.Channel{UAID: u, ID: ch, Endpoint: ep})
-		}
-		return err
-	}
+	runLink(t, link, n.Hub())
+	mint := func(u push.UAID) error { _, err := mintFor(link, st, u); return err }
 	held := helloDevice(t, n)
 	heldU, _ := push.ParseUAID(held.UAID)
 	if err := mint(heldU); err != nil {
