@@ -89,6 +89,9 @@ func (h *Hub) stored(ms []store.Message) {
 	}
 	clear(ss)
 	h.offerTo = ss
+	if h.cfg.Stored != nil {
+		h.cfg.Stored(ms)
+	}
 }
 
 // Accept takes ownership of a device connection and serves it on a

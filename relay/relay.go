@@ -265,6 +265,12 @@ type Config struct {
 	// a device names is answered "Broadcast not found".
 	Broadcasts Broadcasts
 
+	// Stored, if set, hears of every commit of messages after the hub
+	// offered them to its sessions, on the store's committer, in seq
+	// order: a relay link's parent sends those of the UAIDs its children
+	// serve down the link. It must not block and must not keep ms.
+	Stored func(ms []store.Message)
+
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
 	Now     func() time.Time

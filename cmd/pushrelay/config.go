@@ -20,6 +20,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/pushrelay/pushrelay/kick"
+	"github.com/pushrelay/pushrelay/relay/linkauth"
 )
 
 // Config is the daemon's whole configuration. Every field is one key of the
@@ -86,6 +87,15 @@ type Config struct {
 	UpstreamSessions     int
 	UpstreamPollInterval time.Duration
 	UpstreamCAFile       string
+
+	RelayListen   string
+	LinkName      string
+	LinkCert      string
+	LinkKey       string
+	LinkCA        string
+	LinkPins      string
+	LinkToken     string
+	LinkTokenFile string
 }
 
 // minUpstreamPoll and maxUpstreamPoll bound upstream_poll_interval: each
@@ -268,7 +278,15 @@ var settings = []setting{
 	strSetting("megaphone_token_file", "", "file holding the token sent to the megaphone service as Authorization: Bearer <token> (one line)", func(c *Config) *string { return &c.MegaphoneTokenFile }),
 	strSetting("megaphone_token", "", "the megaphone token itself, when not in megaphone_token_file (it then shows in the config and, as a flag, in ps)", func(c *Config) *string { return &c.MegaphoneToken }),
 	durSetting("megaphone_poll_interval", "30s", "how often the megaphone service is polled (at least 1s); after failed polls the wait doubles, up to 5m or the interval if longer", func(c *Config) *time.Duration { return &c.MegaphonePollInterval }),
-	strSetting("upstream", "", "ws:// or wss:// URL of an autopush-compatible server (autopush, or another pushrelay) to relay for: devices get its endpoints and this relay holds their sessions with it; empty runs standalone", func(c *Config) *string { return &c.Upstream }),
+	strSetting("upstream", "", "ws:// or wss:// URL of an autopush-compatible server (autopush, or another pushrelay) to relay for: devices get its endpoints and this relay holds their sessions with it; quic://host:port of a parent pushrelay's relay_listen: one relay link carries all devices (link_* keys); empty runs standalone", func(c *Config) *string { return &c.Upstream }),
+	strSetting("relay_listen", "", "UDP host:port where child relays connect over the relay link (QUIC, ALPN pushrelay/1; needs link_cert and link_key); empty takes no children", func(c *Config) *string { return &c.RelayListen }),
+	strSetting("link_name", "", "this relay's name on the relay link (default: link_cert's name, else the host name); with certificates, the name the certificate carries", func(c *Config) *string { return &c.LinkName }),
+	strSetting("link_cert", "", "this relay's link certificate (pushrelay keys issue: NAME.crt); a parent needs one, a child in token mode has none", func(c *Config) *string { return &c.LinkCert }),
+	strSetting("link_key", "", "the private key of link_cert (NAME.key)", func(c *Config) *string { return &c.LinkKey }),
+	strSetting("link_ca", "", "site CA certificate(s) trusted on the relay link (pushrelay keys ca: ca.crt)", func(c *Config) *string { return &c.LinkCA }),
+	strSetting("link_pins", "", "comma-separated public key pins trusted on the relay link (pushrelay keys pin), instead of or besides link_ca", func(c *Config) *string { return &c.LinkPins }),
+	strSetting("link_token", "", "shared relay link token (pushrelay keys token): a child proves it instead of a certificate, a parent requires it; it shows in the config and, as a flag, in ps: prefer link_token_file", func(c *Config) *string { return &c.LinkToken }),
+	strSetting("link_token_file", "", "file holding the shared relay link token (first line)", func(c *Config) *string { return &c.LinkTokenFile }),
 	durSetting("upstream_ttl", "24h", "TTL given to each notification from the upstream (its frames carry none)", func(c *Config) *time.Duration { return &c.UpstreamTTL }),
 	durSetting("upstream_backoff", "5s", "first wait before reconnecting a lost upstream session (jittered, doubling up to 10m)", func(c *Config) *time.Duration { return &c.UpstreamBackoffMin }),
 	strSetting("upstream_ca_file", "", "PEM file of CA certificates trusted for a wss:// upstream, in addition to the system's roots (for an upstream with a private CA)", func(c *Config) *string { return &c.UpstreamCAFile }),
@@ -467,12 +485,15 @@ func (c *Config) Validate() error {
 }
 
 func (c *Config) validateUpstream() error {
-	if c.Upstream == "" {
+	if err := c.validateLink(); err != nil {
+		return err
+	}
+	if c.Upstream == "" || strings.HasPrefix(c.Upstream, "quic://") {
 		return nil
 	}
 	u, err := url.Parse(c.Upstream)
 	if err != nil || (u.Scheme != "ws" && u.Scheme != "wss") || u.Host == "" || u.Fragment != "" {
-		return cfgErr("upstream %q: want an absolute ws:// or wss:// URL", c.Upstream)
+		return cfgErr("upstream %q: want an absolute ws:// or wss:// URL, or quic://host:port", c.Upstream)
 	}
 	if c.UpstreamCAFile != "" {
 		if u.Scheme != "wss" {
@@ -483,6 +504,100 @@ func (c *Config) validateUpstream() error {
 		}
 	}
 	return nil
+}
+
+// linkUsed reports whether the relay link is configured, at either end.
+func (c *Config) linkUsed() bool {
+	return c.RelayListen != "" || strings.HasPrefix(c.Upstream, "quic://")
+}
+
+// validateLink checks the relay link's keys: relay_listen and a quic://
+// upstream each need them, and they load.
+func (c *Config) validateLink() error {
+	if addr, ok := strings.CutPrefix(c.Upstream, "quic://"); ok {
+		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" || port == "0" {
+			return cfgErr("upstream %q: want quic://host:port", c.Upstream)
+		}
+		if c.UpstreamCAFile != "" {
+			return cfgErr("upstream_ca_file is for a wss:// upstream; a quic:// upstream trusts link_ca or link_pins")
+		}
+	}
+	if c.RelayListen != "" {
+		if _, _, err := net.SplitHostPort(c.RelayListen); err != nil {
+			return cfgErr("relay_listen %q: want host:port", c.RelayListen)
+		}
+		if c.LinkCert == "" {
+			return cfgErr("relay_listen needs link_cert and link_key: a parent presents a certificate to its children")
+		}
+	}
+	if !c.linkUsed() {
+		for key, v := range map[string]string{"link_cert": c.LinkCert, "link_ca": c.LinkCA, "link_pins": c.LinkPins, "link_token": c.LinkToken, "link_token_file": c.LinkTokenFile} {
+			if v != "" {
+				return cfgErr("%s is set but neither relay_listen nor a quic:// upstream is", key)
+			}
+		}
+		return nil
+	}
+	_, err := c.linkCredentials()
+	return err
+}
+
+// linkCredentials loads the relay link's keys.
+func (c *Config) linkCredentials() (*linkauth.Credentials, error) {
+	if (c.LinkCert == "") != (c.LinkKey == "") {
+		return nil, cfgErr("link_cert and link_key go together")
+	}
+	if c.LinkCA == "" && c.LinkPins == "" {
+		return nil, cfgErr("the relay link needs link_ca or link_pins: whom to trust at the other end")
+	}
+	if c.LinkToken != "" && c.LinkTokenFile != "" {
+		return nil, cfgErr("link_token and link_token_file: set one")
+	}
+	tok := c.LinkToken
+	if c.LinkTokenFile != "" {
+		data, err := os.ReadFile(c.LinkTokenFile)
+		if err != nil {
+			return nil, cfgErr("link_token_file: %v", err)
+		}
+		tok, _, _ = strings.Cut(string(data), "\n")
+		if tok = strings.TrimSpace(tok); tok == "" {
+			return nil, cfgErr("link_token_file %s: empty", c.LinkTokenFile)
+		}
+	}
+	if c.LinkCert == "" && tok == "" {
+		return nil, cfgErr("the relay link needs link_cert and link_key, or (a child) link_token")
+	}
+	var pins []string
+	for p := range strings.SplitSeq(c.LinkPins, ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			pins = append(pins, p)
+		}
+	}
+	creds, err := linkauth.Load(c.LinkCert, c.LinkKey, c.LinkCA, pins, tok)
+	if err != nil {
+		return nil, cfgErr("relay link keys: %v", err)
+	}
+	return creds, nil
+}
+
+// linkName is the relay's name on the link: link_name, else the name in
+// link_cert, else the host name.
+func (c *Config) linkName() (string, error) {
+	name := c.LinkName
+	if name == "" && c.LinkCert != "" {
+		cert, err := linkauth.LoadCert(c.LinkCert)
+		if err != nil {
+			return "", cfgErr("link_cert: %v", err)
+		}
+		name = linkauth.PeerName([]*x509.Certificate{cert})
+	}
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	if !linkauth.ValidName(name) {
+		return "", cfgErr("link_name %q: 1 to 63 letters, digits, dots and dashes", name)
+	}
+	return name, nil
 }
 
 // upstreamTLS is the TLS configuration for a wss:// upstream: nil (the

@@ -72,6 +72,13 @@ func TestConfigErrors(t *testing.T) {
 		{"poll interval too short", []string{"--upstream-poll-interval", "500ms"}, nil, "upstream_poll_interval 500ms"},
 		{"poll interval too long", []string{"--upstream-poll-interval", "25h"}, nil, "upstream_poll_interval 25h0m0s"},
 		{"no upstream sessions", []string{"--upstream-sessions", "0"}, nil, "between 1 and"},
+		{"quic upstream without port", []string{"--upstream", "quic://core.example.net"}, nil, "want quic://host:port"},
+		{"quic upstream without keys", []string{"--upstream", "quic://core.example.net:4433"}, nil, "link_ca or link_pins"},
+		{"quic upstream with upstream_ca_file", []string{"--upstream", "quic://core:4433", "--upstream-ca-file", "x"}, nil, "upstream_ca_file is for a wss://"},
+		{"relay_listen without cert", []string{"--relay-listen", ":4433", "--link-ca", "x"}, nil, "relay_listen needs link_cert"},
+		{"link key without link", []string{"--link-ca", "ca.crt"}, nil, "link_ca is set but neither"},
+		{"link ca missing", []string{"--upstream", "quic://core:4433", "--link-ca", filepath.Join(dir, "nope.crt"), "--link-token", "t"}, nil, "nope.crt"},
+		{"link token and file", []string{"--upstream", "quic://core:4433", "--link-ca", "x", "--link-token", "t", "--link-token-file", "f"}, nil, "set one"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

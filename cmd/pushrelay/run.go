@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 
+	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/node"
 )
 
@@ -63,6 +64,18 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 	upstreamTLS, err := c.upstreamTLS()
 	if err != nil {
 		return node.Config{}, err
+	}
+	var (
+		linkCreds *linkauth.Credentials
+		linkName  string
+	)
+	if c.linkUsed() {
+		if linkCreds, err = c.linkCredentials(); err != nil {
+			return node.Config{}, err
+		}
+		if linkName, err = c.linkName(); err != nil {
+			return node.Config{}, err
+		}
 	}
 	var megaphoneToken string
 	if c.MegaphoneURL != "" {
@@ -133,6 +146,10 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		UpstreamConnectRate:  c.UpstreamConnectRate,
 		UpstreamSessions:     c.UpstreamSessions,
 		UpstreamPollInterval: c.UpstreamPollInterval,
+
+		RelayListen:     c.RelayListen,
+		LinkName:        linkName,
+		LinkCredentials: linkCreds,
 
 		Version: version,
 		Logger:  log,

@@ -44,6 +44,9 @@ type Status struct {
 	Listeners   map[string]string `json:"listeners"`
 	// Upstream is the upstream link's state; nil in standalone mode.
 	Upstream *UpstreamStatus `json:"upstream,omitempty"`
+	// Link is the relay link's state: this relay's link to its parent
+	// and its children; nil when it has neither.
+	Link *LinkStatus `json:"link,omitempty"`
 	// Problems are the failing checks (AddCheck) by name; Ready is false
 	// while there is one.
 	Problems map[string]string `json:"problems,omitempty"`
@@ -62,6 +65,35 @@ type UpstreamStatus struct {
 	PollLag string `json:"poll_lag"`
 	// PendingUnregisters are devices' unregisters not yet sent upstream.
 	PendingUnregisters int64 `json:"pending_unregisters"`
+}
+
+// LinkStatus is the relay link's part of Status: Parent is the link to
+// this relay's parent (nil when it has none), Listen and Children the
+// children's side (empty when it takes none).
+type LinkStatus struct {
+	Parent   *LinkParent `json:"parent,omitempty"`
+	Listen   string      `json:"listen,omitempty"`
+	Children []LinkChild `json:"children,omitempty"`
+}
+
+// LinkParent is this relay's link to its parent.
+type LinkParent struct {
+	Name      string `json:"name"`
+	Addr      string `json:"addr"`
+	Connected bool   `json:"connected"`
+	Since     string `json:"since,omitempty"`
+	// Acked is the last sequence acked on the link.
+	Acked     uint64 `json:"acked"`
+	LastError string `json:"last_error,omitempty"`
+}
+
+// LinkChild is one child relay known to this parent.
+type LinkChild struct {
+	Name      string `json:"name"`
+	Connected bool   `json:"connected"`
+	Addr      string `json:"addr,omitempty"`
+	UAIDs     int    `json:"uaids"`
+	InFlight  int    `json:"in_flight"`
 }
 
 // Server is the admin handler.
@@ -175,6 +207,28 @@ func writePage(w io.Writer, st Status) {
 		row("upstream sessions held / open", strconv.Itoa(u.Held)+" / "+strconv.Itoa(u.Open))
 		row("upstream devices polled (latest poll's lag)", strconv.Itoa(u.Polled)+" ("+u.PollLag+")")
 		row("unregisters waiting for the upstream", strconv.FormatInt(u.PendingUnregisters, 10))
+	}
+	if l := st.Link; l != nil {
+		if p := l.Parent; p != nil {
+			state := "down"
+			if p.Connected {
+				state = "up since " + p.Since
+			}
+			row("relay link to parent", p.Name+" "+p.Addr+": "+state)
+			if p.LastError != "" {
+				row("relay link: last error", p.LastError)
+			}
+		}
+		if l.Listen != "" {
+			row("relay link listener", l.Listen)
+		}
+		for _, c := range l.Children {
+			state := "away"
+			if c.Connected {
+				state = "connected from " + c.Addr
+			}
+			row("child relay "+c.Name, state+"; "+strconv.Itoa(c.UAIDs)+" UAIDs, "+strconv.Itoa(c.InFlight)+" messages in flight")
+		}
 	}
 	for _, k := range sortedKeys(st.Problems) {
 		row("problem: "+k, st.Problems[k])

@@ -30,7 +30,9 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +43,9 @@ import (
 	"github.com/pushrelay/pushrelay/relay/admin"
 	"github.com/pushrelay/pushrelay/relay/broadcast"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
+	"github.com/pushrelay/pushrelay/relay/link"
+	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/linkquic"
 	"github.com/pushrelay/pushrelay/relay/listener"
 	"github.com/pushrelay/pushrelay/relay/megaphone"
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -117,7 +122,9 @@ type Config struct {
 	// Upstream, when set (ws:// or wss://), makes this relay hold its
 	// devices' sessions with an autopush-compatible server: endpoints are
 	// the upstream's and its notifications are stored and delivered here
-	// (relay/upstream). Empty: standalone, endpoints are this relay's.
+	// (relay/upstream). quic://host:port makes it a child of a parent
+	// pushrelay over the relay link (relay/link; LinkCredentials
+	// required). Empty: standalone, endpoints are this relay's.
 	Upstream string
 	// UpstreamTLS is used for a wss:// upstream (nil: system roots).
 	UpstreamTLS *tls.Config
@@ -134,6 +141,19 @@ type Config struct {
 	// other devices are polled every UpstreamPollInterval (15m).
 	UpstreamSessions     int
 	UpstreamPollInterval time.Duration
+
+	// RelayListen, when set, makes this relay a parent: it accepts child
+	// relays on this UDP address (QUIC, relay/link; LinkCredentials
+	// required) and sends them their devices' messages.
+	RelayListen string
+	// LinkName is this relay's name on the relay link (default "relay").
+	LinkName string
+	// LinkCredentials are the relay link's keys (linkauth.Load), for
+	// both ends.
+	LinkCredentials *linkauth.Credentials
+	// LinkKeepAlive and LinkIdleTimeout tune the link's transport
+	// (linkquic's defaults).
+	LinkKeepAlive, LinkIdleTimeout time.Duration
 
 	// MegaphoneURL, when set, is polled for broadcast versions.
 	MegaphoneURL          string
@@ -179,7 +199,9 @@ type Node struct {
 	// set them.
 	broadcasts *broadcast.Registry
 	megaphone  *megaphone.Poller // nil without megaphone_url
-	link       *upstream.Link    // nil without an upstream
+	link       *upstream.Link    // nil without a ws(s):// upstream
+	child      *link.Child       // nil without a quic:// upstream
+	parent     *link.Parent      // nil without relay_listen
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -275,7 +297,25 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	var endpoints relay.Endpoints
-	if cfg.Upstream != "" {
+	linkName := cfg.LinkName
+	if linkName == "" {
+		linkName = "relay"
+	}
+	if (strings.HasPrefix(cfg.Upstream, "quic://") || cfg.RelayListen != "") && cfg.LinkCredentials == nil {
+		return nil, errors.New("node: the relay link needs its keys (link_cert and link_key, link_ca or link_pins, or link_token)")
+	}
+	if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok {
+		d.child, err = link.NewChild(link.ChildConfig{
+			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: d.store,
+			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
+			KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout,
+			Logger: d.log.With("component", "link"), Metrics: d.reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		endpoints = d.child
+	} else if cfg.Upstream != "" {
 		d.link, err = upstream.New(upstream.Config{
 			URL: cfg.Upstream, TLS: cfg.UpstreamTLS, Store: d.store, TTL: cfg.UpstreamTTL,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
@@ -292,6 +332,23 @@ func New(cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, err
 		}
+	}
+	var stored func([]store.Message)
+	if cfg.RelayListen != "" {
+		var resetKey *[32]byte
+		resetKey, err = linkquic.LoadResetKey(filepath.Join(cfg.DataDir, linkquic.ResetKeyFile))
+		if err != nil {
+			return nil, fmt.Errorf("relay link: %w", err)
+		}
+		d.parent, err = link.NewParent(link.ParentConfig{
+			Listen: cfg.RelayListen, Name: linkName, Credentials: cfg.LinkCredentials, ResetKey: resetKey,
+			Store: d.store, Endpoints: endpoints, KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout,
+			Logger: d.log.With("component", "link-parent"), Metrics: d.reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		stored = d.parent.Stored
 	}
 	var bsrc relay.Broadcasts = d.broadcasts
 	if d.link != nil {
@@ -310,6 +367,7 @@ func New(cfg Config) (_ *Node, err error) {
 		Waker:         d.kick,
 		WakeIdleClose: cfg.WakeIdleClose,
 		Broadcasts:    bsrc,
+		Stored:        stored,
 		Logger:        d.log.With("component", "devices"),
 		Metrics:       d.reg,
 	})
@@ -425,6 +483,12 @@ func (d *Node) Run(ctx context.Context) (err error) {
 	if d.link != nil {
 		start("upstream", func() error { return d.link.Run(runCtx, d.hub) })
 	}
+	if d.child != nil {
+		start("relay link", func() error { return d.child.Run(runCtx, d.hub) })
+	}
+	if d.parent != nil {
+		start("relay link listener", func() error { return d.parent.Run(runCtx) })
+	}
 	d.setReady(true)
 	if d.cfg.OnReady != nil {
 		d.cfg.OnReady(d)
@@ -470,6 +534,9 @@ func (d *Node) release() error {
 	var errs []error
 	if d.megaphone != nil {
 		errs = append(errs, d.megaphone.Close())
+	}
+	if d.parent != nil {
+		errs = append(errs, d.parent.Close())
 	}
 	if d.api != nil {
 		errs = append(errs, d.api.Close())
@@ -699,6 +766,20 @@ func (d *Node) status() admin.Status {
 		}
 		st.Upstream = u
 	}
+	if d.child != nil || d.parent != nil {
+		st.Link = &admin.LinkStatus{}
+		if d.child != nil {
+			cs := d.child.Status()
+			st.Link.Parent = &admin.LinkParent{Name: cs.Parent, Addr: cs.Addr, Connected: cs.Connected,
+				Since: cs.Since, Acked: cs.Acked, LastError: cs.LastError}
+		}
+		if d.parent != nil {
+			st.Link.Listen = d.parent.Addr().String() + "/udp"
+			for _, c := range d.parent.Children() {
+				st.Link.Children = append(st.Link.Children, admin.LinkChild(c))
+			}
+		}
+	}
 	return st
 }
 
@@ -712,6 +793,9 @@ func (d *Node) Announce(w io.Writer) {
 	fmt.Fprintf(w, "  endpoint     %s/\n", d.EndpointURL())
 	if d.stun != nil {
 		fmt.Fprintf(w, "  stun         %s (udp; devices prove wake addresses, wake datagrams come from here)\n", d.stun.Addr())
+	}
+	if d.parent != nil {
+		fmt.Fprintf(w, "  relay link   %s (udp; child relays connect here: upstream quic://…)\n", d.parent.Addr())
 	}
 	if ln, ok := d.listeners["admin"]; ok {
 		fmt.Fprintf(w, "  admin        http://%s/status\n", displayAddr(ln.Addr()))
@@ -751,6 +835,15 @@ func (d *Node) DeviceURL() string {
 // dials it, without a trailing slash.
 func (d *Node) EndpointURL() string {
 	return d.scheme("http") + "://" + displayAddr(d.EndpointAddr())
+}
+
+// RelayAddr is the relay link's listening address (UDP), nil when this
+// relay takes no children.
+func (d *Node) RelayAddr() net.Addr {
+	if d.parent == nil {
+		return nil
+	}
+	return d.parent.Addr()
 }
 
 // PublicURL is the base of the push endpoints handed to devices.

@@ -234,6 +234,9 @@ func walk(tx *bolt.Tx, r *Report) {
 	if schema >= 6 {
 		checkUpstream(tx, r)
 	}
+	if schema >= 7 {
+		checkLinkChildren(tx, r)
+	}
 }
 
 func splitChannelKey(k []byte) (push.UAID, push.ChannelID, bool) {

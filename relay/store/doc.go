@@ -27,6 +27,7 @@
 //	tombstones    uaid(16) chid(16)             → outbox seq(8)
 //	unreg_outbox  seq(8)                        → 1 | uaid(16) | chid(16) | upstream uaid(16) | at(8)
 //	              (bucket sequence = last outbox seq issued)
+//	link_children uaid(16)                      → child relay name (schema 7: linkchild.go)
 //
 // Records start with a format byte:
 //

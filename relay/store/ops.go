@@ -137,6 +137,9 @@ func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
 		if err := t.deleteUpstreamID(u); err != nil {
 			return err
 		}
+		if err := t.tx.Bucket(bucketLinkChildren).Delete(u[:]); err != nil {
+			return err
+		}
 		// Topic rows all went with their messages; this catches strays.
 		for _, k := range keysWithPrefix(t.topics, u[:]) {
 			if err := t.topics.Delete(k); err != nil {

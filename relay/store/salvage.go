@@ -243,6 +243,9 @@ func (w *salvageWriter) copyAll() error {
 	if err := w.copyUpstream(); err != nil {
 		return err
 	}
+	if err := w.copyLinkChildren(); err != nil {
+		return err
+	}
 	// The last seq issued: the old file's if it can be read, and never
 	// below a copied message's.
 	var seq uint64

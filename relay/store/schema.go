@@ -46,6 +46,7 @@ var migrations = []migration{
 	{4, "broadcast versions", migrateCreateBroadcasts},
 	{5, "origin-key index", migrateCreateOrigins},
 	{6, "upstream identities, hello order, unregister outbox; channel records v2", migrateCreateUpstream},
+	{7, "relay link: the child serving each UAID", migrateCreateLinkChildren},
 }
 
 // schemaVersion is the version this build writes.

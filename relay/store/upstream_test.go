@@ -464,7 +464,7 @@ func TestMigrationFromV5(t *testing.T) {
 	}
 	clk := &fakeClock{t: now}
 	s := openTest(t, Options{Path: path, Now: clk.Now})
-	if v := fileSchema(t, s); v != 6 {
+	if v := fileSchema(t, s); v != schemaVersion() {
 		t.Fatalf("schema %d after migration", v)
 	}
 	checkBuckets(t, s)

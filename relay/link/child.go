@@ -1,0 +1,738 @@
+package link
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/linkproto"
+	"github.com/pushrelay/pushrelay/relay/linkquic"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// Ingester is where a child puts the messages its parent sends: the hub.
+type Ingester interface {
+	Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error)
+}
+
+// ChildConfig configures a Child. Zero values take the defaults in
+// parentheses.
+type ChildConfig struct {
+	// Addr is the parent's link address, host:port (upstream
+	// quic://host:port).
+	Addr string
+	// Name is this relay's name in HELLO (1 to 64 bytes); in mutual TLS
+	// its certificate must name the same.
+	Name string
+	// Credentials are this relay's link keys (linkauth.Load).
+	Credentials *linkauth.Credentials
+	// Store holds the channels (with the parent's endpoints) and the
+	// unregisters still to be sent.
+	Store *store.Store
+	// RequestTimeout bounds a register or unregister over the link,
+	// waiting for the link to come up included (5s).
+	RequestTimeout time.Duration
+	// BackoffMin and BackoffMax bound the jittered exponential backoff
+	// between connects (500ms, 30s).
+	BackoffMin, BackoffMax time.Duration
+	// CreditBytes and CreditMessages are the window the child grants the
+	// parent beyond what it has ingested: UPDATE payload bytes (4 MiB)
+	// and messages (4096). They bound the duplicates after a break.
+	CreditBytes, CreditMessages int
+	// KeepAlive and IdleTimeout are the transport's (linkquic defaults).
+	KeepAlive, IdleTimeout time.Duration
+
+	Logger  *slog.Logger
+	Metrics *metrics.Registry
+}
+
+// maxUpdate is the largest UPDATE payload a child accepts.
+const maxUpdate = 256 << 10
+
+func (c *ChildConfig) setDefaults() {
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.BackoffMin <= 0 {
+		c.BackoffMin = 500 * time.Millisecond
+	}
+	if c.BackoffMax <= 0 {
+		c.BackoffMax = 30 * time.Second
+	}
+	c.BackoffMax = max(c.BackoffMax, c.BackoffMin)
+	if c.CreditBytes <= 0 {
+		c.CreditBytes = 4 << 20
+	}
+	c.CreditBytes = max(c.CreditBytes, maxUpdate)
+	if c.CreditMessages <= 0 {
+		c.CreditMessages = 4096
+	}
+	c.CreditMessages = max(c.CreditMessages, linkproto.MaxUpdateMessages)
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// Child is a child relay's end of the link: its relay.Endpoints (registers
+// and unregisters travel to the parent) and, while Run runs, the one
+// connection that brings the parent's messages in.
+type Child struct {
+	cfg ChildConfig
+	m   *childMetrics
+	tls *tls.Config
+
+	reqID     atomic.Uint64
+	unregKick chan struct{}
+
+	mu sync.Mutex
+	// cur is the connection up now, nil while down; up is closed when
+	// one comes up (and replaced when it goes down).
+	cur     *childConn
+	up      chan struct{}
+	since   time.Time
+	lastErr string
+	// resume is the last sequence acked, carried to the next HELLO.
+	resume uint64
+	parent string
+}
+
+// ErrNotConnected: a register or unregister found the link down for its
+// whole timeout.
+var ErrNotConnected = errors.New("link: parent not connected")
+
+// NewChild makes a Child; Run connects it.
+func NewChild(cfg ChildConfig) (*Child, error) {
+	if cfg.Store == nil || cfg.Credentials == nil {
+		return nil, errors.New("link: Store and Credentials are required")
+	}
+	if len(cfg.Name) == 0 || len(cfg.Name) > linkproto.MaxNameLen {
+		return nil, fmt.Errorf("link: relay name %q must be 1 to %d bytes", cfg.Name, linkproto.MaxNameLen)
+	}
+	if cfg.Addr == "" {
+		return nil, errors.New("link: parent address is empty")
+	}
+	cfg.setDefaults()
+	return &Child{cfg: cfg, m: newChildMetrics(metrics.OrNew(cfg.Metrics)), tls: cfg.Credentials.ClientTLS(),
+		unregKick: make(chan struct{}, 1), up: make(chan struct{})}, nil
+}
+
+// KeepEndpoints makes the hub store the parent's endpoint with each
+// channel (relay.EndpointKeeper).
+func (c *Child) KeepEndpoints() bool { return true }
+
+// Addr is the parent's address.
+func (c *Child) Addr() string { return c.cfg.Addr }
+
+// ChildStatus is the link's state for /status: the parent's name (from
+// its last WELCOME) and address, whether the link is up and since when,
+// the last sequence acked, the last error.
+type ChildStatus struct {
+	Parent    string
+	Addr      string
+	Connected bool
+	Since     string
+	Acked     uint64
+	LastError string
+}
+
+// Status reports the link's state.
+func (c *Child) Status() ChildStatus {
+	c.mu.Lock()
+	st := ChildStatus{Parent: c.parent, Addr: c.cfg.Addr, Connected: c.cur != nil, LastError: c.lastErr, Acked: c.resume}
+	cc := c.cur
+	if cc != nil {
+		st.Since = c.since.UTC().Format(time.RFC3339)
+	}
+	c.mu.Unlock()
+	if cc != nil {
+		st.Acked = cc.ackedSeq()
+	}
+	return st
+}
+
+// Mint registers r's channel with the parent, which mints the endpoint at
+// the top of the chain (relay.Endpoints). A channel already stored here is
+// answered with its stored endpoint.
+func (c *Child) Mint(ctx context.Context, r relay.Registration) (string, error) {
+	if ch, ok, err := c.cfg.Store.Channel(r.UAID, r.Channel); err != nil {
+		return "", fmt.Errorf("link: read channel: %w", err)
+	} else if ok && ch.Endpoint != "" {
+		return ch.Endpoint, nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	reg := &linkproto.Register{UAID: r.UAID, Channel: r.Channel, SimplePush: r.SimplePush, Key: r.Key}
+	a, err := c.request(ctx, func(id uint64) linkproto.Frame { reg.ID = id; return reg })
+	if err != nil {
+		c.m.registers.With("error").Inc()
+		return "", err
+	}
+	if a.status != linkproto.StatusOK || a.endpoint == "" {
+		c.m.registers.With("refused").Inc()
+		return "", fmt.Errorf("link: the parent answered the register with status %d", a.status)
+	}
+	c.m.registers.With("ok").Inc()
+	return a.endpoint, nil
+}
+
+// Abandon unregisters r's channel at the parent, unless the channel is
+// stored here. A failure is logged.
+func (c *Child) Abandon(ctx context.Context, r relay.Registration) {
+	if _, ok, err := c.cfg.Store.Channel(r.UAID, r.Channel); err != nil || ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	un := &linkproto.Unregister{UAID: r.UAID, Channel: r.Channel}
+	if _, err := c.request(ctx, func(id uint64) linkproto.Frame { un.ID = id; return un }); err != nil {
+		c.cfg.Logger.Warn("abandoned channel not unregistered at the parent", "uaid", r.UAID, "err", err)
+	}
+}
+
+// Unregister removes a device's channel here and keeps its unregister to
+// be sent to the parent, in one commit (store.UnregisterLater: an outbox
+// entry and a tombstone); the sender passes it on while the link is up
+// (relay.Unregisterer).
+func (c *Child) Unregister(ctx context.Context, u push.UAID, ch push.ChannelID) error {
+	added, err := c.cfg.Store.UnregisterLater(ctx, u, ch, u)
+	if err != nil {
+		return err
+	}
+	if added {
+		kick(c.unregKick)
+	}
+	return nil
+}
+
+func kick(ch chan struct{}) {
+	select {
+	case ch <- struct{}{}:
+	default:
+	}
+}
+
+// answer is a REGISTERED or UNREGISTERED.
+type answer struct {
+	status   linkproto.Status
+	endpoint string
+}
+
+// request sends the frame build makes with a new request id once the link
+// is up, and waits for its answer, all within ctx.
+func (c *Child) request(ctx context.Context, build func(id uint64) linkproto.Frame) (answer, error) {
+	cc, err := c.waitUp(ctx)
+	if err != nil {
+		return answer{}, err
+	}
+	id := c.reqID.Add(1)
+	ch := make(chan answer, 1)
+	cc.mu.Lock()
+	cc.pending[id] = ch
+	cc.mu.Unlock()
+	defer func() {
+		cc.mu.Lock()
+		delete(cc.pending, id)
+		cc.mu.Unlock()
+	}()
+	if err := cc.ctl.send(build(id)); err != nil {
+		return answer{}, fmt.Errorf("link: send request: %w", readErr(cc.conn, err))
+	}
+	select {
+	case a := <-ch:
+		return a, nil
+	case <-ctx.Done():
+		return answer{}, fmt.Errorf("link: no answer from the parent: %w", ctx.Err())
+	case <-cc.conn.Done():
+		return answer{}, fmt.Errorf("link: connection lost before the answer: %w", cc.conn.Err())
+	}
+}
+
+// waitUp returns the connection up now, waiting for one within ctx.
+func (c *Child) waitUp(ctx context.Context) (*childConn, error) {
+	for {
+		c.mu.Lock()
+		cc, up := c.cur, c.up
+		c.mu.Unlock()
+		if cc != nil {
+			return cc, nil
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (%w)", ErrNotConnected, ctx.Err())
+		}
+	}
+}
+
+// Run keeps the link to the parent up, ingesting what it sends into in,
+// until ctx ends; it reconnects after a jittered exponential backoff.
+func (c *Child) Run(ctx context.Context, in Ingester) error {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { c.sendUnregisters(ctx) })
+	backoff := c.cfg.BackoffMin
+	for {
+		start := time.Now()
+		err := c.connect(ctx, in)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if time.Since(start) > c.cfg.BackoffMax {
+			backoff = c.cfg.BackoffMin
+		}
+		wait := jitter(backoff)
+		c.mu.Lock()
+		c.lastErr = err.Error()
+		c.mu.Unlock()
+		c.cfg.Logger.Warn("link to the parent down; reconnecting", "parent", c.cfg.Addr, "err", err, "in", wait)
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+		backoff = min(backoff*2, c.cfg.BackoffMax)
+	}
+}
+
+// connect runs one connection, from the dial until it ends.
+func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
+	hctx, cancel := context.WithTimeout(ctx, 2*c.cfg.RequestTimeout)
+	defer cancel()
+	conn, err := linkquic.Dial(hctx, c.cfg.Addr, linkquic.Config{TLS: c.tls, KeepAlive: c.cfg.KeepAlive,
+		IdleTimeout: c.cfg.IdleTimeout, Logger: c.cfg.Logger})
+	if err != nil {
+		c.m.connects.With("error").Inc()
+		return fmt.Errorf("connect: %w", err)
+	}
+	defer conn.Close(linkquic.Code(linkproto.CodeShutdown), "shutting down")
+	stop := context.AfterFunc(ctx, func() { conn.Close(linkquic.Code(linkproto.CodeShutdown), "shutting down") })
+	defer stop()
+	ctl, err := conn.OpenControl(hctx)
+	if err != nil {
+		c.m.connects.With("error").Inc()
+		return fmt.Errorf("open control stream: %w", readErr(conn, err))
+	}
+	var d linkproto.Digest
+	if err := c.cfg.Store.EachChannel(func(u push.UAID, id push.ChannelID) { d.Add(u, id) }); err != nil {
+		return fmt.Errorf("digest: %w", err)
+	}
+	c.mu.Lock()
+	resume := c.resume
+	c.mu.Unlock()
+	hello := &linkproto.Hello{Versions: []uint64{linkproto.Version}, Name: c.cfg.Name, Resume: resume,
+		MaxUpdate: maxUpdate, Digest: d}
+	if c.cfg.Credentials.TokenMode() {
+		if hello.Auth, err = conn.Binding(c.cfg.Credentials.Token); err != nil {
+			return fmt.Errorf("token binding: %w", err)
+		}
+	}
+	f := newFramer(ctl, linkproto.StreamControl)
+	if err := f.send(hello); err != nil {
+		c.m.connects.With("error").Inc()
+		return fmt.Errorf("send hello: %w", readErr(conn, err))
+	}
+	ctl.SetReadDeadline(time.Now().Add(2 * c.cfg.RequestTimeout))
+	fr, err := f.next()
+	if err != nil {
+		c.m.connects.With("error").Inc()
+		err = readErr(conn, err)
+		var ce *linkquic.CloseError
+		if errors.As(err, &ce) && ce.Cause == "remote" {
+			c.cfg.Logger.Error("the parent refused this relay", "parent", c.cfg.Addr, "code", linkproto.Code(ce.Code), "reason", ce.Reason)
+		}
+		return fmt.Errorf("read welcome: %w", err)
+	}
+	ctl.SetReadDeadline(time.Time{})
+	var w *linkproto.Welcome
+	switch fr := fr.(type) {
+	case *linkproto.Refuse:
+		c.m.connects.With("refused").Inc()
+		c.cfg.Logger.Error("the parent refused this relay", "parent", c.cfg.Addr, "code", fr.Code, "reason", fr.Reason)
+		return fmt.Errorf("refused by the parent: %v: %s", fr.Code, fr.Reason)
+	case *linkproto.Welcome:
+		w = fr
+	default:
+		closeFor(conn, fmt.Errorf("%v before WELCOME", fr.Type()), linkproto.CodeProtocol)
+		return fmt.Errorf("protocol: %v before WELCOME", fr.Type())
+	}
+	c.m.connects.With("ok").Inc()
+	var fix *resyncFix
+	if w.Digest != d {
+		c.m.digestMismatches.Inc()
+		c.cfg.Logger.Warn("the parent's digest of this relay's channels differs from this relay's",
+			"ours", d.String(), "parent", w.Digest.String(), "resync", w.Resync)
+	}
+	if w.Resync {
+		if fix, err = c.readResync(f); err != nil {
+			closeFor(conn, err, linkproto.CodeProtocol)
+			return fmt.Errorf("resync: %w", readErr(conn, err))
+		}
+	}
+	cc := &childConn{c: c, conn: conn, ctl: f, pending: map[uint64]chan answer{},
+		next: w.Next, done: map[uint64]struct{}{},
+		grantedBytes: uint64(c.cfg.CreditBytes), granted: uint64(c.cfg.CreditMessages)}
+	cc.acked = w.Next - 1
+	if err := f.send(&linkproto.Credit{Bytes: uint64(c.cfg.CreditBytes), Messages: uint64(c.cfg.CreditMessages)}); err != nil {
+		return fmt.Errorf("send credit: %w", readErr(conn, err))
+	}
+	c.mu.Lock()
+	c.cur, c.since, c.lastErr, c.parent = cc, time.Now(), "", w.Name
+	close(c.up)
+	c.mu.Unlock()
+	c.m.connected.Set(1)
+	c.cfg.Logger.Info("link to the parent up", "parent", w.Name, "addr", c.cfg.Addr, "next", w.Next, "resumed_tls", conn.Resumed())
+	kick(c.unregKick)
+	defer func() {
+		c.m.connected.Set(0)
+		c.mu.Lock()
+		c.cur, c.up = nil, make(chan struct{})
+		c.resume = max(c.resume, cc.ackedSeq())
+		c.mu.Unlock()
+	}()
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { cc.acceptData(ctx, in, &wg) })
+	if fix != nil {
+		wg.Go(func() { c.resync(ctx, fix) })
+	}
+	for {
+		fr, err := f.next()
+		if err != nil {
+			err = readErr(conn, err)
+			if !errors.Is(err, context.Canceled) {
+				var ce *linkquic.CloseError
+				if !errors.As(err, &ce) {
+					closeFor(conn, err, linkproto.CodeNoError)
+				}
+			}
+			return err
+		}
+		switch fr := fr.(type) {
+		case *linkproto.Registered:
+			cc.answer(fr.ID, answer{status: fr.Status, endpoint: fr.Endpoint})
+		case *linkproto.Unregistered:
+			cc.answer(fr.ID, answer{status: fr.Status})
+		case *linkproto.Broadcast, *linkproto.Resync:
+			// Broadcasts down the chain and resync are not built yet.
+		case *linkproto.GoAway:
+			c.cfg.Logger.Info("the parent is leaving", "code", fr.Code, "reason", fr.Reason)
+			conn.Close(linkquic.Code(linkproto.CodeNoError), "goaway")
+			return fmt.Errorf("goaway: %v: %s", fr.Code, fr.Reason)
+		default:
+			err := fmt.Errorf("%v from the parent on the control stream", fr.Type())
+			closeFor(conn, err, linkproto.CodeProtocol)
+			return err
+		}
+	}
+}
+
+// childConn is one connection's state on the child.
+type childConn struct {
+	c    *Child
+	conn *linkquic.Conn
+	ctl  *framer
+
+	mu      sync.Mutex
+	pending map[uint64]chan answer
+	// next is the lowest sequence not yet durable, done those above it
+	// that are, acked the highest sequence below which all are.
+	next                    uint64
+	done                    map[uint64]struct{}
+	acked                   uint64
+	consumedBytes, consumed uint64
+	// grantedBytes and granted are the credit granted so far.
+	grantedBytes, granted uint64
+}
+
+func (cc *childConn) answer(id uint64, a answer) {
+	cc.mu.Lock()
+	ch := cc.pending[id]
+	cc.mu.Unlock()
+	if ch != nil {
+		select {
+		case ch <- a:
+		default:
+		}
+	}
+}
+
+func (cc *childConn) ackedSeq() uint64 {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	return cc.acked
+}
+
+// acceptData reads every data stream the parent opens.
+func (cc *childConn) acceptData(ctx context.Context, in Ingester, wg *sync.WaitGroup) {
+	for {
+		s, err := cc.conn.AcceptData(ctx)
+		if err != nil {
+			return
+		}
+		wg.Go(func() { cc.readData(ctx, s, in) })
+	}
+}
+
+// readData ingests the UPDATEs of one data stream, one Ingest (one
+// commit) per frame, and acks each once ingested.
+func (cc *childConn) readData(ctx context.Context, s *linkquic.ReceiveStream, in Ingester) {
+	f := &framer{s: recvOnly{s}, rd: linkproto.Reader{Stream: linkproto.StreamData, MaxUpdate: maxUpdate}, buf: make([]byte, 32<<10)}
+	var u linkproto.Update
+	m := cc.c.m
+	for {
+		raw, err := f.nextRaw()
+		if err != nil {
+			if cc.conn.Err() == nil && !errors.Is(err, context.Canceled) {
+				closeFor(cc.conn, fmt.Errorf("data stream: %w", err), linkproto.CodeNoError)
+			}
+			return
+		}
+		if err := linkproto.DecodeUpdate(&u, raw.Payload); err != nil {
+			closeFor(cc.conn, fmt.Errorf("update: %w", err), linkproto.CodeNoError)
+			return
+		}
+		size := uint64(len(raw.Payload))
+		if err := cc.received(size, len(u.Messages)); err != nil {
+			closeFor(cc.conn, err, linkproto.CodeFlowControl)
+			return
+		}
+		res, err := in.Ingest(ctx, u.Messages)
+		if err != nil {
+			closeFor(cc.conn, fmt.Errorf("ingest: %w", err), linkproto.CodeInternal)
+			return
+		}
+		for _, r := range res {
+			switch {
+			case r.Err == nil && r.Duplicate:
+				m.messages.With("duplicate").Inc()
+			case r.Err == nil:
+				m.messages.With("stored").Inc()
+			case errors.Is(r.Err, relay.ErrNoSubscription):
+				m.messages.With("dropped_unregistered").Inc()
+			default:
+				// Not durable: no ack; the parent sends it again on the
+				// next connection.
+				m.messages.With("not_stored").Inc()
+				closeFor(cc.conn, fmt.Errorf("ingest: %w", r.Err), linkproto.CodeInternal)
+				return
+			}
+		}
+		if err := cc.durable(u.Seq, size, len(u.Messages)); err != nil {
+			closeFor(cc.conn, err, linkproto.CodeNoError)
+			return
+		}
+	}
+}
+
+// received checks an UPDATE against the credit granted.
+func (cc *childConn) received(size uint64, n int) error {
+	cc.mu.Lock()
+	defer cc.mu.Unlock()
+	cc.consumedBytes += size
+	cc.consumed += uint64(n)
+	if cc.consumedBytes > cc.grantedBytes || cc.consumed > cc.granted {
+		return fmt.Errorf("the parent sent %d bytes, %d messages beyond the credit of %d, %d",
+			cc.consumedBytes, cc.consumed, cc.grantedBytes, cc.granted)
+	}
+	return nil
+}
+
+// durable records that sequence seq is ingested and sends the ACK and the
+// raised CREDIT it allows.
+func (cc *childConn) durable(seq, size uint64, n int) error {
+	cc.mu.Lock()
+	if seq >= cc.next {
+		cc.done[seq] = struct{}{}
+	}
+	advanced := false
+	for {
+		if _, ok := cc.done[cc.next]; !ok {
+			break
+		}
+		delete(cc.done, cc.next)
+		cc.acked = cc.next
+		cc.next++
+		advanced = true
+	}
+	ack := cc.acked
+	credit := linkproto.Credit{Bytes: cc.consumedBytes + uint64(cc.c.cfg.CreditBytes), Messages: cc.consumed + uint64(cc.c.cfg.CreditMessages)}
+	cc.grantedBytes, cc.granted = max(cc.grantedBytes, credit.Bytes), max(cc.granted, credit.Messages)
+	cc.mu.Unlock()
+	if !advanced {
+		return nil
+	}
+	if err := cc.ctl.send(&linkproto.Ack{Seq: ack}); err != nil {
+		return fmt.Errorf("send ack: %w", err)
+	}
+	cc.c.m.acks.Inc()
+	if err := cc.ctl.send(&credit); err != nil {
+		return fmt.Errorf("send credit: %w", err)
+	}
+	return nil
+}
+
+// recvOnly makes a data stream a framer's stream; nothing is written.
+type recvOnly struct{ *linkquic.ReceiveStream }
+
+func (recvOnly) Write([]byte) (int, error)          { return 0, errors.New("link: data streams are one-way") }
+func (recvOnly) SetWriteDeadline(t time.Time) error { return nil }
+
+// unregisterBatch is how many pending unregisters the sender reads at once.
+const unregisterBatch = 100
+
+// sendUnregisters passes the pending unregisters to the parent, oldest
+// first, whenever the link is up: at each connect, when Unregister adds
+// one, and after a failure with the backoff.
+func (c *Child) sendUnregisters(ctx context.Context) {
+	backoff := c.cfg.BackoffMin
+	var retry <-chan time.Time
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-c.unregKick:
+		case <-retry:
+		}
+		retry = nil
+		for {
+			more, err := c.sendPendingUnregisters(ctx)
+			if ctx.Err() != nil {
+				return
+			}
+			if err != nil {
+				c.cfg.Logger.Info("unregisters not sent to the parent yet", "err", err)
+				retry = time.After(jitter(backoff))
+				backoff = min(backoff*2, c.cfg.BackoffMax)
+				break
+			}
+			backoff = c.cfg.BackoffMin
+			if !more {
+				break
+			}
+		}
+	}
+}
+
+func (c *Child) sendPendingUnregisters(ctx context.Context) (bool, error) {
+	ps, err := c.cfg.Store.PendingUnregisters(0, unregisterBatch)
+	if err != nil {
+		return false, fmt.Errorf("read pending unregisters: %w", err)
+	}
+	for _, p := range ps {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		un := &linkproto.Unregister{UAID: p.UAID, Channel: p.Channel}
+		a, err := c.request(rctx, func(id uint64) linkproto.Frame { un.ID = id; return un })
+		cancel()
+		if err != nil {
+			return false, err
+		}
+		if a.status >= 500 {
+			return false, fmt.Errorf("the parent answered an unregister with %d", a.status)
+		}
+		if _, err := c.cfg.Store.UnregisterSent(ctx, p.Seq); err != nil {
+			return false, fmt.Errorf("record unregister sent: %w", err)
+		}
+		c.m.unregisters.Inc()
+	}
+	return len(ps) == unregisterBatch, nil
+}
+
+// chPair is one (UAID, channel).
+type chPair struct {
+	u  push.UAID
+	ch push.ChannelID
+}
+
+// resyncFix is what makes the parent's view this relay's: the pairs it
+// lacks (REGISTER) and those only it has (UNREGISTER).
+type resyncFix struct {
+	register, unregister []chPair
+}
+
+// readResync reads the parent's view (RESYNC chunks, right after WELCOME)
+// and compares it with the store.
+func (c *Child) readResync(f *framer) (*resyncFix, error) {
+	var rr linkproto.ResyncReader
+	theirs := map[chPair]struct{}{}
+	for {
+		fr, err := f.next()
+		if err != nil {
+			return nil, err
+		}
+		r, ok := fr.(*linkproto.Resync)
+		if !ok {
+			return nil, fmt.Errorf("%v inside a resync", fr.Type())
+		}
+		last, err := rr.Add(*r)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range r.Entries {
+			for _, ch := range e.Channels {
+				theirs[chPair{e.UAID, ch}] = struct{}{}
+			}
+		}
+		if last {
+			break
+		}
+	}
+	fix := &resyncFix{}
+	err := c.cfg.Store.EachChannel(func(u push.UAID, ch push.ChannelID) {
+		p := chPair{u, ch}
+		if _, ok := theirs[p]; ok {
+			delete(theirs, p)
+		} else {
+			fix.register = append(fix.register, p)
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read channels: %w", err)
+	}
+	for p := range theirs {
+		fix.unregister = append(fix.unregister, p)
+	}
+	c.cfg.Logger.Info("resync: fixing the parent's view", "register", len(fix.register), "unregister", len(fix.unregister))
+	return fix, nil
+}
+
+// resync sends the REGISTERs and UNREGISTERs of fix, one at a time; what
+// fails is fixed at a later connect (the digests still differ).
+func (c *Child) resync(ctx context.Context, fix *resyncFix) {
+	failed := 0
+	for _, p := range fix.register {
+		ch, ok, err := c.cfg.Store.Channel(p.u, p.ch)
+		if err != nil || !ok {
+			continue
+		}
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		reg := &linkproto.Register{UAID: p.u, Channel: p.ch, Key: ch.Key}
+		a, err := c.request(rctx, func(id uint64) linkproto.Frame { reg.ID = id; return reg })
+		cancel()
+		if err != nil || a.status != linkproto.StatusOK {
+			failed++
+		}
+	}
+	for _, p := range fix.unregister {
+		rctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		un := &linkproto.Unregister{UAID: p.u, Channel: p.ch}
+		a, err := c.request(rctx, func(id uint64) linkproto.Frame { un.ID = id; return un })
+		cancel()
+		if err != nil || a.status != linkproto.StatusOK {
+			failed++
+		}
+	}
+	c.m.resyncs.Inc()
+	if failed > 0 {
+		c.cfg.Logger.Warn("resync: some fixes failed; the next connect tries again", "failed", failed)
+	}
+}

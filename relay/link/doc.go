@@ -1,0 +1,57 @@
+// Package link is the relay link (#8) between a child relay and its
+// parent pushrelay: one QUIC connection (relay/linkquic, authenticated by
+// relay/linkauth) carrying all the child's devices, in the frames of
+// relay/linkproto. docs/relay-link.md is the protocol; this package is
+// both ends of it.
+//
+// Child (upstream quic://host:port): the relay's relay.Endpoints. Mint is
+// a REGISTER over the control stream, answered with the endpoint minted at
+// the top of the chain (the hub stores it with the channel:
+// relay.EndpointKeeper); Unregister keeps the unregister in the store's
+// outbox with a tombstone (store.UnregisterLater) and a sender passes it
+// on while the link is up. Run dials, says HELLO (its name, the last
+// sequence it acked, the digest of every channel in its store, and in
+// token mode the token's binding to the connection), grants CREDIT, and
+// ingests every UPDATE through the hub (Ingest: origin key (parent, the
+// parent's id), one commit per frame), then ACKs it and raises the credit
+// by what it took. A lost connection is redialed after a jittered
+// exponential backoff.
+//
+// Parent (relay_listen): accepts children, checks the token binding (or
+// that the certificate names the child it says it is), answers REGISTER
+// through the relay's own Endpoints (standalone minter, or its own
+// upstream), records durably which child serves the UAID
+// (store.SetLinkChild), and stores the channel under the UAID as for a
+// local device. Messages for such UAIDs are stored by the hub as for any
+// device; the hub reports each commit (relay.Config.Stored) and the
+// child's connection sends them: a sender reads each marked UAID's
+// waiting messages from the store, packs them into UPDATEs (a UAID always
+// on the same data stream, so its messages keep their order), within the
+// child's credit, and deletes them (store.AckMany, one commit) only when
+// an ACK covers their frame. The origin id of a message is its store
+// sequence, the same on every resend. At each connect every UAID of the
+// child is marked, so whatever was not acked is sent again; the child's
+// origin keys drop the copies (at most the credit window of them).
+//
+// Sequences are numbered per connection from the HELLO's resume point
+// plus one; the parent's durable queue is the store's messages
+// themselves, not a separate log.
+//
+// Memory on the parent per UAID a child serves: one map entry (the UAID
+// and a 2-byte child index), plus, while a child is connected, the marks
+// of UAIDs with messages not yet read and the frames in flight (bounded by
+// the credit). The digests are computed from the store at each connect
+// (the child's over all its channels, the parent's over the child's
+// UAIDs); on a mismatch the parent sends its view (RESYNC) after WELCOME
+// and the child fixes it with REGISTERs and UNREGISTERs.
+//
+// Goroutines: the child's Run holds one for the connection's control
+// stream, one accepting data streams and one per data stream (each
+// ingesting), and one unregister sender. The parent's Run accepts; each
+// child has one goroutine on its control stream, one sender, and one per
+// register or unregister being answered (at most 16 at once).
+//
+// Locks: Parent.mu before a connection's mu, never the other way; the
+// child's mu and a connection's mu are never held together. No lock is
+// held across a store call or a stream write.
+package link

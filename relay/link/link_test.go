@@ -1,0 +1,420 @@
+package link
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/endpoint"
+	"github.com/pushrelay/pushrelay/relay/leakcheck"
+	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/token"
+)
+
+func TestMain(m *testing.M) {
+	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
+	leakcheck.Main(m)
+}
+
+// pair is a parent and a child relay in one process: real stores, hubs,
+// a QUIC link on loopback, keys from a site CA.
+type pair struct {
+	t          testing.TB
+	pst, cst   *store.Store
+	phub, chub *relay.Hub
+	parent     *Parent
+	child      *Child
+	preg, creg *metrics.Registry
+	gate       *gate
+	cancel     context.CancelFunc
+	wg         sync.WaitGroup
+}
+
+// gate is the child's hub as the link's Ingester, with a test's hand on
+// it: hold stops ingesting until released; failAfter makes the next
+// ingest report a failure after the hub stored it (as a child killed
+// between its commit and its ACK).
+type gate struct {
+	hub       *relay.Hub
+	mu        sync.Mutex
+	held      chan struct{} // nil: open
+	failAfter atomic.Bool
+	calls     atomic.Int64
+}
+
+func (g *gate) Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error) {
+	g.mu.Lock()
+	held := g.held
+	g.mu.Unlock()
+	if held != nil {
+		select {
+		case <-held:
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+	g.calls.Add(1)
+	res, err := g.hub.Ingest(ctx, ms)
+	if err == nil && g.failAfter.CompareAndSwap(true, false) {
+		return nil, errors.New("test: failed after the commit")
+	}
+	return res, err
+}
+
+func (g *gate) hold() {
+	g.mu.Lock()
+	g.held = make(chan struct{})
+	g.mu.Unlock()
+}
+
+func (g *gate) release() {
+	g.mu.Lock()
+	close(g.held)
+	g.held = nil
+	g.mu.Unlock()
+}
+
+func newPair(t testing.TB, creditMessages int) *pair {
+	t.Helper()
+	dir := t.TempDir()
+	ca := filepath.Join(dir, "ca")
+	if _, err := linkauth.NewCA(ca, "", false); err != nil {
+		t.Fatal(err)
+	}
+	creds := func(name string) *linkauth.Credentials {
+		if _, err := linkauth.Issue(ca, name, dir, false); err != nil {
+			t.Fatal(err)
+		}
+		c, err := linkauth.Load(filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(ca, linkauth.CACertFile), nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+	key := make([]byte, token.KeySize)
+	rand.Read(key)
+	tokens, err := token.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &pair{t: t, preg: metrics.NewRegistry(), creg: metrics.NewRegistry()}
+	open := func(name string) *store.Store {
+		s, err := store.Open(store.Options{Path: filepath.Join(dir, name+".db"), MaxMessagesPerUAID: 100000})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { s.Close() })
+		return s
+	}
+	p.pst, p.cst = open("core"), open("edge")
+	minter, err := endpoint.NewMinter(tokens, "https://core.example.net")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.parent, err = NewParent(ParentConfig{Listen: "127.0.0.1:0", Name: "core", Credentials: creds("core"),
+		Store: p.pst, Endpoints: minter, Metrics: p.preg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.phub, err = relay.New(relay.Config{Store: p.pst, Tokens: tokens, Endpoints: minter, Stored: p.parent.Stored})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.child, err = NewChild(ChildConfig{Addr: p.parent.Addr().String(), Name: "edge-1", Credentials: creds("edge-1"),
+		Store: p.cst, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
+		CreditMessages: creditMessages, Metrics: p.creg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.chub, err = relay.New(relay.Config{Store: p.cst, Tokens: tokens, Endpoints: p.child})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.gate = &gate{hub: p.chub}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	p.wg.Go(func() { p.parent.Run(ctx) })
+	p.wg.Go(func() { p.child.Run(ctx, p.gate) })
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *pair) close() {
+	p.cancel()
+	p.wg.Wait()
+	p.phub.Close()
+	p.chub.Close()
+}
+
+// register registers a channel of a new device on the child, as its hub
+// does: Mint over the link, then the channel stored with the endpoint.
+func (p *pair) register() (push.UAID, push.ChannelID) {
+	p.t.Helper()
+	var u push.UAID
+	var ch push.ChannelID
+	rand.Read(u[:])
+	rand.Read(ch[:])
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ep, err := p.child.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	if err := p.cst.Register(ctx, store.Channel{UAID: u, ID: ch, Endpoint: ep}); err != nil {
+		p.t.Fatal(err)
+	}
+	return u, ch
+}
+
+// post stores n messages for (u, ch) at the parent, as its endpoint does.
+func (p *pair) post(u push.UAID, ch push.ChannelID, n int) {
+	p.t.Helper()
+	ms := make([]push.Message, n)
+	for i := range ms {
+		ms[i] = push.Message{UAID: u, Channel: ch, TTL: time.Hour, Data: fmt.Appendf(nil, "m%d", i),
+			Origin: push.Origin{Kind: push.OriginLocal, ID: fmt.Sprintf("post-%d-%x", i, u[:4])}}
+	}
+	for len(ms) > 0 {
+		k := min(len(ms), 500)
+		res, err := p.phub.Ingest(context.Background(), ms[:k])
+		if err != nil {
+			p.t.Fatal(err)
+		}
+		for _, r := range res {
+			if r.Err != nil {
+				p.t.Fatal(r.Err)
+			}
+		}
+		ms = ms[k:]
+	}
+}
+
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(10 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("not within 10s: %s", what)
+		}
+	}
+}
+
+func (p *pair) waiting(s *store.Store) int64 {
+	st, err := s.Stats()
+	if err != nil {
+		p.t.Fatal(err)
+	}
+	return st.Waiting
+}
+
+// The parent never has more messages in flight than the child's credit,
+// and deletes them only once acked.
+func TestCreditBoundsInFlight(t *testing.T) {
+	const credit, total = 1024, 3000
+	p := newPair(t, credit)
+	u, ch := p.register()
+	p.gate.hold()
+	p.post(u, ch, total)
+	eventually(t, "the parent filled the credit", func() bool {
+		// The sender reads readBatch messages of a UAID at a time.
+		return p.preg.Value("pushrelay_link_children_messages_sent_total") > credit-readBatch
+	})
+	// Give it the time to (wrongly) send more.
+	time.Sleep(200 * time.Millisecond)
+	if sent := p.preg.Value("pushrelay_link_children_messages_sent_total"); sent > credit {
+		t.Fatalf("%v messages sent with a credit of %d", sent, credit)
+	}
+	if w := p.waiting(p.pst); w != total {
+		t.Fatalf("the parent deleted messages before any ACK: %d of %d wait", w, total)
+	}
+	p.gate.release()
+	eventually(t, "everything reached the child and left the parent", func() bool {
+		return p.waiting(p.cst) == total && p.waiting(p.pst) == 0
+	})
+	if got := p.creg.Value(`pushrelay_link_up_messages_total{result="stored"}`); got != total {
+		t.Fatalf("the child stored %v messages, want %d", got, total)
+	}
+}
+
+// A child that stored a frame and broke before its ACK is sent the frame
+// again; its store keeps one copy of each message.
+func TestResendAfterBreakStoredOnce(t *testing.T) {
+	const total = 50
+	p := newPair(t, 0)
+	u, ch := p.register()
+	p.gate.failAfter.Store(true)
+	p.post(u, ch, total)
+	eventually(t, "everything reached the child and left the parent", func() bool {
+		return p.waiting(p.cst) == total && p.waiting(p.pst) == 0
+	})
+	if dups := p.creg.Value(`pushrelay_link_up_messages_total{result="duplicate"}`); dups < 1 {
+		t.Fatalf("no duplicate after the break: the frame was not sent again (%v)", dups)
+	}
+	if got := p.creg.Value("pushrelay_link_up_connects_total{result=\"ok\"}"); got < 2 {
+		t.Fatalf("%v connects, want a reconnect", got)
+	}
+	ms, err := p.cst.Messages(u, 0, 2*total)
+	if err != nil || len(ms) != total {
+		t.Fatalf("the child holds %d messages, want %d (%v)", len(ms), total, err)
+	}
+}
+
+// An unregister on the child reaches the parent (through the child's
+// outbox), and the child's digest matches the parent's view at the next
+// connect.
+func TestUnregisterOverLink(t *testing.T) {
+	p := newPair(t, 0)
+	u, ch := p.register()
+	u2, _ := p.register()
+	ctx := context.Background()
+	if err := p.child.Unregister(ctx, u, ch); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the parent removed the channel", func() bool {
+		_, ok, err := p.pst.Channel(u, ch)
+		return err == nil && !ok
+	})
+	eventually(t, "the unregister left the child's outbox", func() bool {
+		ps, err := p.cst.PendingUnregisters(0, 10)
+		return err == nil && len(ps) == 0
+	})
+	if _, ok, _ := p.pst.Channel(u2, push.ChannelID{}); ok {
+		t.Fatal("unexpected channel")
+	}
+	if n := p.preg.Value("pushrelay_link_children_digest_mismatches_total"); n != 0 {
+		t.Fatalf("%v digest mismatches", n)
+	}
+}
+
+// A parent whose view of the child diverged (a channel lost, one too
+// many) is fixed by the resync at the next connect, and the connect after
+// finds the digests equal.
+func TestResync(t *testing.T) {
+	p := newPair(t, 0)
+	u, ch := p.register()
+	u2, ch2 := p.register()
+	ctx := context.Background()
+	// The parent loses one of the child's channels and holds one the
+	// child does not have.
+	if _, err := p.pst.Unregister(ctx, u, ch); err != nil {
+		t.Fatal(err)
+	}
+	var extra push.ChannelID
+	rand.Read(extra[:])
+	if err := p.pst.Register(ctx, store.Channel{UAID: u2, ID: extra}); err != nil {
+		t.Fatal(err)
+	}
+	reconnect := func() {
+		p.child.mu.Lock()
+		cc := p.child.cur
+		p.child.mu.Unlock()
+		if cc != nil {
+			cc.conn.Close(0, "test: reconnect")
+		}
+	}
+	reconnect()
+	eventually(t, "the resync fixed the parent", func() bool {
+		_, ok1, _ := p.pst.Channel(u, ch)
+		_, ok2, _ := p.pst.Channel(u2, ch2)
+		_, ok3, _ := p.pst.Channel(u2, extra)
+		return ok1 && ok2 && !ok3
+	})
+	if n := p.creg.Value("pushrelay_link_up_resyncs_total"); n != 1 {
+		t.Fatalf("%v resyncs", n)
+	}
+	mismatches := p.preg.Value("pushrelay_link_children_digest_mismatches_total")
+	if mismatches != 1 {
+		t.Fatalf("%v digest mismatches, want 1", mismatches)
+	}
+	before := p.creg.Value(`pushrelay_link_up_connects_total{result="ok"}`)
+	reconnect()
+	eventually(t, "the child reconnected", func() bool {
+		return p.creg.Value(`pushrelay_link_up_connects_total{result="ok"}`) > before
+	})
+	if n := p.preg.Value("pushrelay_link_children_digest_mismatches_total"); n != mismatches {
+		t.Fatalf("the digests still differ after the resync")
+	}
+}
+
+// What the parent keeps in memory per UAID a child serves (its serves
+// map) stays within the 100-byte target: measured over 100,000 UAIDs.
+func TestParentMemoryPerUAID(t *testing.T) {
+	const n = 100000
+	us := make([]push.UAID, n)
+	for i := range us {
+		rand.Read(us[i][:])
+	}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	p := &Parent{serves: map[push.UAID]uint16{}}
+	for i, u := range us {
+		p.serves[u] = uint16(i % 3)
+	}
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	per := (float64(after.HeapAlloc) - float64(before.HeapAlloc)) / n
+	t.Logf("parent memory per UAID a child serves: %.1f bytes (%d UAIDs; heap %d -> %d)", per, len(p.serves), before.HeapAlloc, after.HeapAlloc)
+	runtime.KeepAlive(us)
+	if per > 100 {
+		t.Errorf("%.1f bytes per UAID, over the 100-byte target", per)
+	}
+}
+
+// BenchmarkLinkDrain measures messages/s over one link: a backlog stored
+// at the parent for 100 devices of the child (both stores fsyncing each
+// commit) drains to the child. b.N is the backlog.
+func BenchmarkLinkDrain(b *testing.B) {
+	p := newPair(b, 0)
+	const devs = 100
+	us := make([]push.UAID, devs)
+	chs := make([]push.ChannelID, devs)
+	for i := range us {
+		us[i], chs[i] = p.register()
+	}
+	p.gate.hold()
+	for i := range us {
+		p.post(us[i], chs[i], max(b.N/devs, 1))
+	}
+	want := int64(max(b.N/devs, 1) * devs)
+	b.ResetTimer()
+	start := time.Now()
+	p.gate.release()
+	for p.waiting(p.pst) != 0 || p.waiting(p.cst) != want {
+		time.Sleep(time.Millisecond)
+	}
+	b.ReportMetric(float64(want)/time.Since(start).Seconds(), "msg/s")
+}
+
+// A stored message an UPDATE cannot carry (a header over the link's
+// limit) is dropped, counted, and does not hold up the others.
+func TestUncarriableDropped(t *testing.T) {
+	p := newPair(t, 0)
+	u, ch := p.register()
+	p.gate.hold()
+	bad := push.Message{UAID: u, Channel: ch, TTL: time.Hour, Encryption: strings.Repeat("a", 9000),
+		Origin: push.Origin{Kind: push.OriginLocal, ID: "bad"}}
+	if res, err := p.phub.Ingest(context.Background(), []push.Message{bad}); err != nil || res[0].Err != nil {
+		t.Fatalf("store the message: %v %+v", err, res)
+	}
+	p.post(u, ch, 3)
+	p.gate.release()
+	eventually(t, "the others reached the child", func() bool {
+		return p.waiting(p.cst) == 3 && p.waiting(p.pst) == 0
+	})
+	if n := p.preg.Value("pushrelay_link_children_messages_dropped_total"); n != 1 {
+		t.Fatalf("%v dropped, want 1", n)
+	}
+}

@@ -1,0 +1,55 @@
+package link
+
+import "github.com/pushrelay/pushrelay/relay/metrics"
+
+type childMetrics struct {
+	connected        metrics.Gauge
+	connects         *metrics.CounterVec
+	registers        *metrics.CounterVec
+	messages         *metrics.CounterVec
+	acks             metrics.Counter
+	unregisters      metrics.Counter
+	digestMismatches metrics.Counter
+	resyncs          metrics.Counter
+}
+
+func newChildMetrics(r *metrics.Registry) *childMetrics {
+	return &childMetrics{
+		connected:        r.Gauge("pushrelay_link_up_connected", "1 while this relay's link to its parent is up (WELCOME received)."),
+		connects:         r.CounterVec("pushrelay_link_up_connects_total", "Connects to the parent, by result (ok, refused, error).", "result"),
+		registers:        r.CounterVec("pushrelay_link_up_registers_total", "Registers passed to the parent, by result (ok, refused, error).", "result"),
+		messages:         r.CounterVec("pushrelay_link_up_messages_total", "Messages from the parent, by result (stored, duplicate, dropped_unregistered, not_stored).", "result"),
+		acks:             r.Counter("pushrelay_link_up_acks_total", "ACKs sent to the parent (each after the durable ingest of what it covers)."),
+		unregisters:      r.Counter("pushrelay_link_up_unregisters_sent_total", "Devices' unregisters passed to the parent (each kept durably until then)."),
+		digestMismatches: r.Counter("pushrelay_link_up_digest_mismatches_total", "WELCOMEs whose digest of this relay's channels differed from its own."),
+		resyncs:          r.Counter("pushrelay_link_up_resyncs_total", "Resyncs done: the parent's view compared with the store and fixed with registers and unregisters."),
+	}
+}
+
+type parentMetrics struct {
+	connected        metrics.Gauge
+	uaids            metrics.Gauge
+	refused          *metrics.CounterVec
+	registers        *metrics.CounterVec
+	unregisters      *metrics.CounterVec
+	sent             metrics.Counter
+	frames           metrics.Counter
+	acked            metrics.Counter
+	dropped          metrics.Counter
+	digestMismatches metrics.Counter
+}
+
+func newParentMetrics(r *metrics.Registry) *parentMetrics {
+	return &parentMetrics{
+		connected:        r.Gauge("pushrelay_link_children_connected", "Child relays connected (past HELLO)."),
+		uaids:            r.Gauge("pushrelay_link_children_uaids", "UAIDs served by child relays."),
+		refused:          r.CounterVec("pushrelay_link_children_refused_total", "Children refused after HELLO, by code (unknown child, no common protocol version, busy, internal error).", "code"),
+		registers:        r.CounterVec("pushrelay_link_children_registers_total", "Children's registers answered, by status.", "status"),
+		unregisters:      r.CounterVec("pushrelay_link_children_unregisters_total", "Children's unregisters answered, by status.", "status"),
+		sent:             r.Counter("pushrelay_link_children_messages_sent_total", "Messages sent to children (resends after a break included)."),
+		frames:           r.Counter("pushrelay_link_children_updates_sent_total", "UPDATE frames sent to children."),
+		acked:            r.Counter("pushrelay_link_children_messages_acked_total", "Messages children acked (deleted here then)."),
+		dropped:          r.Counter("pushrelay_link_children_messages_dropped_total", "Messages for children deleted unsent because an UPDATE cannot carry them (over a field's limit)."),
+		digestMismatches: r.Counter("pushrelay_link_children_digest_mismatches_total", "HELLOs whose digest differed from this relay's view of the child (each answered with a resync)."),
+	}
+}

@@ -1,0 +1,843 @@
+package link
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/linkproto"
+	"github.com/pushrelay/pushrelay/relay/linkquic"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/store"
+)
+
+// ParentConfig configures a Parent. Zero values take the defaults in
+// parentheses.
+type ParentConfig struct {
+	// Listen is the link's UDP address, host:port (relay_listen).
+	Listen string
+	// Name is this relay's name in WELCOME.
+	Name string
+	// Credentials are this relay's link keys and whom it trusts.
+	Credentials *linkauth.Credentials
+	// ResetKey is the stateless reset key (linkquic.LoadResetKey).
+	ResetKey *[32]byte
+	// Store holds the channels registered for children, the child serving
+	// each UAID, and the messages waiting for them.
+	Store *store.Store
+	// Endpoints mints the endpoints of children's registers: the
+	// relay's own (standalone minter, or its upstream link).
+	Endpoints relay.Endpoints
+	// DataStreams is how many data streams each child gets (4).
+	DataStreams int
+	// MaxChildren bounds the children known (by name) to this parent
+	// (256); a new one past it is refused busy.
+	MaxChildren int
+	// RequestTimeout bounds a child's register here, minting included,
+	// and the HELLO's wait (5s).
+	RequestTimeout time.Duration
+	// KeepAlive and IdleTimeout are the transport's (linkquic defaults).
+	KeepAlive, IdleTimeout time.Duration
+
+	Logger  *slog.Logger
+	Metrics *metrics.Registry
+	Now     func() time.Time
+}
+
+func (c *ParentConfig) setDefaults() {
+	if c.DataStreams <= 0 {
+		c.DataStreams = 4
+	}
+	c.DataStreams = min(c.DataStreams, linkproto.MaxDataStreams, linkquic.MaxDataStreams)
+	if c.MaxChildren <= 0 {
+		c.MaxChildren = 256
+	}
+	c.MaxChildren = min(c.MaxChildren, 1<<16)
+	if c.RequestTimeout <= 0 {
+		c.RequestTimeout = 5 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+}
+
+// Parent is a parent relay's end of the link: it accepts children,
+// answers their registers, and sends them the messages stored here for
+// the UAIDs they serve.
+type Parent struct {
+	cfg   ParentConfig
+	m     *parentMetrics
+	l     *linkquic.Listener
+	token []byte
+
+	mu sync.Mutex
+	// serves maps each UAID a child serves to the child's index in names:
+	// the only memory a UAID costs here beyond the store.
+	serves map[push.UAID]uint16
+	names  []string
+	index  map[string]uint16
+	conns  []*parentConn // by index; nil while the child is away
+	wg     sync.WaitGroup
+}
+
+// NewParent reads which child serves each UAID from the store and opens
+// the link's socket; Run accepts children.
+func NewParent(cfg ParentConfig) (*Parent, error) {
+	if cfg.Store == nil || cfg.Credentials == nil || cfg.Endpoints == nil {
+		return nil, errors.New("link: Store, Credentials and Endpoints are required")
+	}
+	if len(cfg.Name) == 0 || len(cfg.Name) > linkproto.MaxNameLen {
+		return nil, fmt.Errorf("link: relay name %q must be 1 to %d bytes", cfg.Name, linkproto.MaxNameLen)
+	}
+	cfg.setDefaults()
+	p := &Parent{cfg: cfg, m: newParentMetrics(metrics.OrNew(cfg.Metrics)), serves: map[push.UAID]uint16{},
+		index: map[string]uint16{}}
+	if cfg.Credentials.TokenMode() {
+		p.token = cfg.Credentials.Token
+	}
+	var ferr error
+	err := cfg.Store.LinkChildren(func(u push.UAID, child []byte) {
+		i, ok := p.index[string(child)]
+		if !ok {
+			if len(p.names) >= cfg.MaxChildren {
+				ferr = fmt.Errorf("link: the store names more than %d children", cfg.MaxChildren)
+				return
+			}
+			i = uint16(len(p.names))
+			p.names = append(p.names, string(child))
+			p.conns = append(p.conns, nil)
+			p.index[string(child)] = i
+		}
+		p.serves[u] = i
+	})
+	if err = errors.Join(err, ferr); err != nil {
+		return nil, fmt.Errorf("link: read children: %w", err)
+	}
+	p.m.uaids.Set(float64(len(p.serves)))
+	tlsConf, err := cfg.Credentials.ServerTLS()
+	if err != nil {
+		return nil, fmt.Errorf("link: %w", err)
+	}
+	p.l, err = linkquic.Listen(cfg.Listen, linkquic.Config{TLS: tlsConf, ResetKey: cfg.ResetKey,
+		KeepAlive: cfg.KeepAlive, IdleTimeout: cfg.IdleTimeout, Logger: cfg.Logger, Metrics: cfg.Metrics})
+	if err != nil {
+		return nil, fmt.Errorf("link: listen on %s: %w", cfg.Listen, err)
+	}
+	return p, nil
+}
+
+// Addr is the link's listening address.
+func (p *Parent) Addr() net.Addr { return p.l.Addr() }
+
+// Close closes the listener (Run does on its way out); for a Parent that
+// never ran.
+func (p *Parent) Close() error { return p.l.Close() }
+
+// ChildInfo is one child's part of the parent's /status: its name,
+// whether it is connected and from where, the UAIDs it serves, the
+// messages sent to it and not yet acked.
+type ChildInfo struct {
+	Name      string
+	Connected bool
+	Addr      string
+	UAIDs     int
+	InFlight  int
+}
+
+// Children reports every child known here.
+func (p *Parent) Children() []ChildInfo {
+	p.mu.Lock()
+	out := make([]ChildInfo, len(p.names))
+	for i, n := range p.names {
+		out[i].Name = n
+		if pc := p.conns[i]; pc != nil {
+			out[i].Connected = true
+			out[i].Addr = pc.conn.RemoteAddr().String()
+		}
+	}
+	for _, i := range p.serves {
+		out[i].UAIDs++
+	}
+	conns := slices.Clone(p.conns)
+	p.mu.Unlock()
+	for i, pc := range conns {
+		if pc != nil {
+			pc.mu.Lock()
+			out[i].InFlight = int(pc.inflightMsgs)
+			pc.mu.Unlock()
+		}
+	}
+	return out
+}
+
+// Stored hears of every commit of messages (relay.Config.Stored): those
+// for a UAID a connected child serves are marked for its sender.
+func (p *Parent) Stored(ms []store.Message) {
+	var last *parentConn
+	var lastU push.UAID
+	p.mu.Lock()
+	for i := range ms {
+		u := ms[i].UAID
+		if last != nil && u == lastU {
+			continue
+		}
+		j, ok := p.serves[u]
+		if !ok || p.conns[j] == nil {
+			continue
+		}
+		pc := p.conns[j]
+		pc.mark(u)
+		last, lastU = pc, u
+	}
+	p.mu.Unlock()
+	if last != nil {
+		// Kick every connection that got a mark (usually one).
+		p.mu.Lock()
+		conns := slices.Clone(p.conns)
+		p.mu.Unlock()
+		for _, pc := range conns {
+			if pc != nil {
+				pc.wake()
+			}
+		}
+	}
+}
+
+// Run accepts children until ctx ends; then it closes their connections
+// and returns once every goroutine it started has.
+func (p *Parent) Run(ctx context.Context) error {
+	defer p.wg.Wait()
+	defer p.l.Close()
+	stop := context.AfterFunc(ctx, func() {
+		p.mu.Lock()
+		conns := slices.Clone(p.conns)
+		p.mu.Unlock()
+		for _, pc := range conns {
+			if pc != nil {
+				pc.ctl.send(&linkproto.GoAway{Code: linkproto.CodeShutdown, Reason: "shutting down"})
+				pc.conn.Close(linkquic.Code(linkproto.CodeShutdown), "shutting down")
+			}
+		}
+		p.l.Close()
+	})
+	defer stop()
+	for {
+		conn, err := p.l.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("link: accept: %w", err)
+		}
+		p.wg.Go(func() { p.serve(ctx, conn) })
+	}
+}
+
+// refuse tells a child why it is turned away (REFUSE) and closes.
+func (p *Parent) refuse(conn *linkquic.Conn, f *framer, code linkproto.Code, reason string, authErr error) {
+	p.m.refused.With(code.String()).Inc()
+	p.cfg.Logger.Warn("child refused", "addr", conn.RemoteAddr(), "code", code, "reason", reason)
+	f.send(&linkproto.Refuse{Code: code, Reason: reason})
+	if authErr != nil {
+		conn.Refuse(authErr)
+		return
+	}
+	conn.Close(linkquic.Code(code), reason)
+}
+
+// serve runs one child's connection.
+func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
+	defer conn.Close(linkquic.Code(linkproto.CodeShutdown), "closing")
+	hctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
+	defer cancel()
+	ctl, err := conn.AcceptControl(hctx)
+	if err != nil {
+		p.cfg.Logger.Info("child gave no control stream", "addr", conn.RemoteAddr(), "err", readErr(conn, err))
+		return
+	}
+	f := newFramer(ctl, linkproto.StreamControl)
+	ctl.SetReadDeadline(time.Now().Add(p.cfg.RequestTimeout))
+	fr, err := f.next()
+	if err != nil {
+		closeFor(conn, fmt.Errorf("hello: %w", err), linkproto.CodeNoError)
+		return
+	}
+	ctl.SetReadDeadline(time.Time{})
+	hello, ok := fr.(*linkproto.Hello)
+	if !ok {
+		closeFor(conn, fmt.Errorf("%v before HELLO", fr.Type()), linkproto.CodeProtocol)
+		return
+	}
+	if p.token != nil {
+		if err := conn.VerifyBinding(p.token, hello.Auth); err != nil {
+			p.refuse(conn, f, linkproto.CodeUnknownChild, "wrong token", err)
+			return
+		}
+	} else if peer := conn.Peer(); peer != "" && peer != hello.Name {
+		p.refuse(conn, f, linkproto.CodeUnknownChild, fmt.Sprintf("the certificate names %q, not %q", peer, hello.Name), nil)
+		return
+	}
+	v, ok := linkproto.ChooseVersion(hello.Versions, []uint64{linkproto.Version})
+	if !ok {
+		p.refuse(conn, f, linkproto.CodeVersion, "no common protocol version", nil)
+		return
+	}
+	pc, old, ok := p.attach(hello.Name, conn, f)
+	if !ok {
+		p.refuse(conn, f, linkproto.CodeBusy, "too many children", nil)
+		return
+	}
+	if old != nil {
+		old.conn.Close(linkquic.Code(linkproto.CodeReplaced), "replaced by a newer connection")
+	}
+	defer p.detach(pc)
+	d, us, err := p.view(pc.idx)
+	if err != nil {
+		p.cfg.Logger.Error("child's view not read", "child", pc.name, "err", err)
+		p.refuse(conn, f, linkproto.CodeInternal, "store error", nil)
+		return
+	}
+	resync := d != hello.Digest
+	if resync {
+		p.m.digestMismatches.Inc()
+		p.cfg.Logger.Warn("child's digest differs from this relay's view of it: resync",
+			"child", pc.name, "child_digest", hello.Digest.String(), "view", d.String())
+	}
+	pc.seq = hello.Resume + 1
+	pc.maxUpdate = int(min(hello.MaxUpdate, linkproto.MaxUpdatePayload))
+	w := &linkproto.Welcome{Version: v, Name: p.cfg.Name, Next: pc.seq, DataStreams: uint64(p.cfg.DataStreams), Digest: d, Resync: resync}
+	if err := f.send(w); err != nil {
+		return
+	}
+	if resync {
+		if err := p.sendResync(f, us); err != nil {
+			p.cfg.Logger.Error("resync not sent", "child", pc.name, "err", err)
+			closeFor(conn, err, linkproto.CodeInternal)
+			return
+		}
+	}
+	for range p.cfg.DataStreams {
+		s, err := conn.OpenData(ctx)
+		if err != nil {
+			return
+		}
+		pc.data = append(pc.data, s)
+	}
+	p.m.connected.Inc()
+	defer p.m.connected.Dec()
+	p.cfg.Logger.Info("child connected", "child", pc.name, "addr", conn.RemoteAddr(), "uaids", len(us), "next", pc.seq)
+	for _, u := range us {
+		pc.dirty[u] = struct{}{}
+	}
+
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	wg.Go(func() { pc.send(ctx) })
+	sem := make(chan struct{}, 16)
+	for {
+		fr, err := f.next()
+		if err != nil {
+			err = readErr(conn, err)
+			var ce *linkquic.CloseError
+			if !errors.As(err, &ce) {
+				closeFor(conn, err, linkproto.CodeNoError)
+			}
+			p.cfg.Logger.Info("child disconnected", "child", pc.name, "err", err)
+			return
+		}
+		switch fr := fr.(type) {
+		case *linkproto.Credit:
+			pc.mu.Lock()
+			pc.creditBytes, pc.creditMsgs = max(pc.creditBytes, fr.Bytes), max(pc.creditMsgs, fr.Messages)
+			pc.mu.Unlock()
+			pc.wake()
+		case *linkproto.Ack:
+			pc.mu.Lock()
+			pc.ackedTo = max(pc.ackedTo, fr.Seq)
+			pc.mu.Unlock()
+			pc.wake()
+		case *linkproto.Register:
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				f.send(p.register(ctx, pc, fr))
+			})
+		case *linkproto.Unregister:
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				f.send(p.unregister(ctx, pc, fr))
+			})
+		case *linkproto.GoAway:
+			p.cfg.Logger.Info("child leaving", "child", pc.name, "reason", fr.Reason)
+			conn.Close(linkquic.Code(linkproto.CodeNoError), "goaway")
+			return
+		default:
+			closeFor(conn, fmt.Errorf("%v from a child", fr.Type()), linkproto.CodeProtocol)
+			return
+		}
+	}
+}
+
+// attach makes pc the connection of the child name, returning the one it
+// replaces; false when a new child would pass MaxChildren.
+func (p *Parent) attach(name string, conn *linkquic.Conn, f *framer) (pc, old *parentConn, ok bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i, known := p.index[name]
+	if !known {
+		if len(p.names) >= p.cfg.MaxChildren {
+			return nil, nil, false
+		}
+		i = uint16(len(p.names))
+		p.names = append(p.names, name)
+		p.conns = append(p.conns, nil)
+		p.index[name] = i
+	}
+	pc = &parentConn{p: p, idx: i, name: name, conn: conn, ctl: f, dirty: map[push.UAID]struct{}{},
+		kick: make(chan struct{}, 1), sentUpTo: map[push.UAID]uint64{}}
+	old = p.conns[i]
+	p.conns[i] = pc
+	return pc, old, true
+}
+
+func (p *Parent) detach(pc *parentConn) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.conns[pc.idx] == pc {
+		p.conns[pc.idx] = nil
+	}
+}
+
+// view is the digest of the pairs this relay holds for child i, and the
+// UAIDs it serves.
+func (p *Parent) view(i uint16) (linkproto.Digest, []push.UAID, error) {
+	p.mu.Lock()
+	var us []push.UAID
+	for u, j := range p.serves {
+		if j == i {
+			us = append(us, u)
+		}
+	}
+	p.mu.Unlock()
+	var d linkproto.Digest
+	for _, u := range us {
+		cs, err := p.cfg.Store.Channels(u)
+		if err != nil {
+			return d, nil, err
+		}
+		for _, c := range cs {
+			d.Add(u, c.ID)
+		}
+	}
+	return d, us, nil
+}
+
+// sendResync sends this relay's view of the pairs it holds for a child,
+// the UAIDs us, as RESYNC chunks.
+func (p *Parent) sendResync(f *framer, us []push.UAID) error {
+	slices.SortFunc(us, func(a, b push.UAID) int { return bytes.Compare(a[:], b[:]) })
+	entries := make([]linkproto.ResyncEntry, 0, len(us))
+	for _, u := range us {
+		cs, err := p.cfg.Store.Channels(u)
+		if err != nil {
+			return err
+		}
+		if len(cs) == 0 {
+			continue
+		}
+		e := linkproto.ResyncEntry{UAID: u, Channels: make([]push.ChannelID, len(cs))}
+		for i, c := range cs {
+			e.Channels[i] = c.ID
+		}
+		slices.SortFunc(e.Channels, func(a, b push.ChannelID) int { return bytes.Compare(a[:], b[:]) })
+		entries = append(entries, e)
+	}
+	return linkproto.ChunkResync(entries, func(r linkproto.Resync) error { return f.send(&r) })
+}
+
+// register answers a child's REGISTER: the channel is minted by this
+// relay's Endpoints (its own, or up its chain), stored here under the
+// UAID, and the UAID recorded as the child's, durably, before the answer.
+func (p *Parent) register(ctx context.Context, pc *parentConn, r *linkproto.Register) *linkproto.Registered {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
+	defer cancel()
+	answer := func(st linkproto.Status, ep string) *linkproto.Registered {
+		p.m.registers.With(fmt.Sprint(uint64(st))).Inc()
+		return &linkproto.Registered{ID: r.ID, Status: st, Endpoint: ep}
+	}
+	eps := p.cfg.Endpoints
+	keep := false
+	if k, ok := eps.(relay.EndpointKeeper); ok {
+		keep = k.KeepEndpoints()
+	}
+	reg := relay.Registration{UAID: r.UAID, Channel: r.Channel, Key: r.Key, SimplePush: r.SimplePush}
+	if c, ok, err := p.cfg.Store.Channel(r.UAID, r.Channel); err != nil {
+		return answer(linkproto.StatusError, "")
+	} else if ok && c.Endpoint != "" && bytes.Equal(c.Key, r.Key) {
+		if err := p.claim(ctx, pc, r.UAID); err != nil {
+			return answer(linkproto.StatusError, "")
+		}
+		return answer(linkproto.StatusOK, c.Endpoint)
+	}
+	ep, err := eps.Mint(ctx, reg)
+	if err != nil {
+		p.cfg.Logger.Info("child's register not minted", "child", pc.name, "err", err)
+		return answer(linkproto.StatusUnavailable, "")
+	}
+	if len(ep) > linkproto.MaxEndpointLen {
+		eps.Abandon(ctx, reg)
+		return answer(linkproto.StatusError, "")
+	}
+	if err := p.claim(ctx, pc, r.UAID); err != nil {
+		eps.Abandon(ctx, reg)
+		return answer(linkproto.StatusError, "")
+	}
+	c := store.Channel{UAID: r.UAID, ID: r.Channel, Key: r.Key}
+	if keep {
+		c.Endpoint = ep
+	}
+	if err := p.cfg.Store.Register(ctx, c); err != nil {
+		eps.Abandon(ctx, reg)
+		switch {
+		case errors.Is(err, store.ErrChannelConflict), errors.Is(err, store.ErrTombstoned):
+			return answer(linkproto.StatusConflict, "")
+		case errors.Is(err, store.ErrTooManyChannels):
+			return answer(linkproto.StatusTooMany, "")
+		case errors.Is(err, store.ErrBadChannel):
+			return answer(linkproto.StatusBadRequest, "")
+		}
+		p.cfg.Logger.Error("child's register not stored", "child", pc.name, "err", err)
+		return answer(linkproto.StatusError, "")
+	}
+	return answer(linkproto.StatusOK, ep)
+}
+
+// claim records durably that pc's child serves u.
+func (p *Parent) claim(ctx context.Context, pc *parentConn, u push.UAID) error {
+	p.mu.Lock()
+	i, ok := p.serves[u]
+	p.mu.Unlock()
+	if ok && i == pc.idx {
+		return nil
+	}
+	if err := p.cfg.Store.SetLinkChild(ctx, u, pc.name); err != nil {
+		p.cfg.Logger.Error("child's UAID not recorded", "child", pc.name, "err", err)
+		return err
+	}
+	p.mu.Lock()
+	p.serves[u] = pc.idx
+	n := len(p.serves)
+	p.mu.Unlock()
+	p.m.uaids.Set(float64(n))
+	return nil
+}
+
+// unregister answers a child's UNREGISTER through this relay's
+// Endpoints (an upstream passes it on) or the store.
+func (p *Parent) unregister(ctx context.Context, pc *parentConn, r *linkproto.Unregister) *linkproto.Unregistered {
+	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
+	defer cancel()
+	var err error
+	if un, ok := p.cfg.Endpoints.(relay.Unregisterer); ok {
+		err = un.Unregister(ctx, r.UAID, r.Channel)
+	} else {
+		_, err = p.cfg.Store.Unregister(ctx, r.UAID, r.Channel)
+	}
+	st := linkproto.StatusOK
+	if err != nil {
+		p.cfg.Logger.Error("child's unregister not stored", "child", pc.name, "err", err)
+		st = linkproto.StatusError
+	}
+	p.m.unregisters.With(fmt.Sprint(uint64(st))).Inc()
+	return &linkproto.Unregistered{ID: r.ID, Status: st}
+}
+
+// parentConn is one child's connection on the parent.
+type parentConn struct {
+	p    *Parent
+	idx  uint16
+	name string
+	conn *linkquic.Conn
+	ctl  *framer
+	data []*linkquic.SendStream
+	kick chan struct{}
+
+	mu sync.Mutex
+	// dirty are the UAIDs that may have messages not sent yet.
+	dirty                   map[push.UAID]struct{}
+	creditBytes, creditMsgs uint64
+	ackedTo                 uint64
+	inflightMsgs            int
+
+	// The sender's own.
+	seq                 uint64
+	maxUpdate           int
+	sentBytes, sentMsgs uint64
+	inflight            []sentFrame
+	sentUpTo            map[push.UAID]uint64
+	builders            []linkproto.UpdateBuilder
+}
+
+// sentFrame is an UPDATE sent and not yet acked: the store's messages it
+// carried.
+type sentFrame struct {
+	seq  uint64
+	refs []msgRef
+}
+
+type msgRef struct {
+	u   push.UAID
+	seq uint64
+}
+
+func (pc *parentConn) mark(u push.UAID) {
+	pc.mu.Lock()
+	pc.dirty[u] = struct{}{}
+	pc.mu.Unlock()
+}
+
+func (pc *parentConn) wake() { kick(pc.kick) }
+
+// errNoCredit stops a Build when the next frame would pass the credit.
+var errNoCredit = errors.New("no credit")
+
+// readBatch bounds the messages read per UAID, and sendBatch the UAIDs
+// taken per round.
+const (
+	readBatch = 100
+	sendBatch = 256
+)
+
+// send is the connection's sender: it deletes what the child acked and
+// sends what waits, within the credit, until the connection ends.
+func (pc *parentConn) send(ctx context.Context) {
+	pc.builders = make([]linkproto.UpdateBuilder, len(pc.data))
+	for i := range pc.builders {
+		pc.builders[i].MaxPayload = max(min(pc.maxUpdate, maxUpdate), linkproto.MinUpdatePayload)
+	}
+	pc.wake()
+	for {
+		select {
+		case <-pc.kick:
+		case <-pc.conn.Done():
+			return
+		}
+		if err := pc.deleteAcked(ctx); err != nil {
+			pc.p.cfg.Logger.Error("acked messages not deleted", "child", pc.name, "err", err)
+			closeFor(pc.conn, err, linkproto.CodeInternal)
+			return
+		}
+		more, err := pc.sendSome(ctx)
+		if err != nil {
+			if pc.conn.Err() == nil {
+				pc.p.cfg.Logger.Error("updates not sent", "child", pc.name, "err", err)
+				closeFor(pc.conn, err, linkproto.CodeInternal)
+			}
+			return
+		}
+		if more {
+			pc.wake()
+		}
+	}
+}
+
+// deleteAcked deletes from the store the messages of the frames the
+// child's ACK covers, in one commit.
+func (pc *parentConn) deleteAcked(ctx context.Context) error {
+	pc.mu.Lock()
+	acked := pc.ackedTo
+	pc.mu.Unlock()
+	n := 0
+	for n < len(pc.inflight) && pc.inflight[n].seq <= acked {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	seqs := map[push.UAID][]uint64{}
+	msgs := 0
+	for _, f := range pc.inflight[:n] {
+		for _, r := range f.refs {
+			seqs[r.u] = append(seqs[r.u], r.seq)
+			msgs++
+		}
+	}
+	if _, err := pc.p.cfg.Store.AckMany(ctx, seqs); err != nil {
+		return err
+	}
+	pc.inflight = slices.Delete(pc.inflight, 0, n)
+	for u, ss := range seqs {
+		if pc.sentUpTo[u] <= slices.Max(ss) {
+			delete(pc.sentUpTo, u)
+		}
+	}
+	pc.p.m.acked.Add(float64(msgs))
+	pc.mu.Lock()
+	pc.inflightMsgs -= msgs
+	pc.mu.Unlock()
+	return nil
+}
+
+// sendSome sends the waiting messages of up to sendBatch dirty UAIDs, and
+// reports whether more may wait with credit to send them.
+func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
+	pc.mu.Lock()
+	if pc.sentBytes >= pc.creditBytes || pc.sentMsgs >= pc.creditMsgs {
+		pc.mu.Unlock()
+		return false, nil
+	}
+	us := make([]push.UAID, 0, min(len(pc.dirty), sendBatch))
+	for u := range pc.dirty {
+		if len(us) == sendBatch {
+			break
+		}
+		us = append(us, u)
+		delete(pc.dirty, u)
+	}
+	more := len(pc.dirty) > 0
+	pc.mu.Unlock()
+	if len(us) == 0 {
+		return false, nil
+	}
+	n := len(pc.data)
+	batches := make([][]push.Message, n)
+	now := pc.p.cfg.Now()
+	expired := map[push.UAID][]uint64{}
+	for _, u := range us {
+		ms, err := pc.p.cfg.Store.Messages(u, pc.sentUpTo[u], readBatch)
+		if err != nil {
+			return false, fmt.Errorf("read messages: %w", err)
+		}
+		if len(ms) == readBatch {
+			pc.mark(u)
+			more = true
+		}
+		s := int(u[15]) % n
+		for i := range ms {
+			m := &ms[i]
+			ttl := m.Expiry.Sub(now).Truncate(time.Second)
+			if ttl < time.Second {
+				expired[u] = append(expired[u], m.Seq)
+				continue
+			}
+			topic := m.Topic
+			if m.Version != 0 {
+				topic = ""
+			}
+			batches[s] = append(batches[s], push.Message{UAID: u, Channel: m.Channel, TTL: ttl, Urgency: m.Urgency,
+				Topic: topic, Version: m.Version, Encoding: m.Encoding, Encryption: m.Encryption, CryptoKey: m.CryptoKey,
+				Data: m.Data, Origin: push.Origin{Kind: push.OriginParent, ID: string(binary.BigEndian.AppendUint64(nil, m.Seq))}})
+		}
+	}
+	if len(expired) > 0 {
+		// Nothing to send: the message's time is up.
+		if _, err := pc.p.cfg.Store.AckMany(ctx, expired); err != nil {
+			return false, fmt.Errorf("delete expired: %w", err)
+		}
+	}
+	for s, b := range batches {
+		if len(b) == 0 {
+			continue
+		}
+		emit := func(seq uint64, frame []byte, msgs []push.Message) error {
+			return pc.sendFrame(s, seq, frame, msgs)
+		}
+		_, err := pc.builders[s].Build(pc.seq, b, emit)
+		if errors.Is(err, linkproto.ErrTooLarge) || errors.Is(err, linkproto.ErrMalformed) {
+			// Build refuses the whole batch for one message the format
+			// cannot carry: drop those, keep the rest.
+			if b, err = pc.dropUncarriable(ctx, s, b); err == nil {
+				_, err = pc.builders[s].Build(pc.seq, b, emit)
+			}
+		}
+		if errors.Is(err, errNoCredit) {
+			// What was not sent is read again when credit comes.
+			for _, u := range us {
+				pc.mark(u)
+			}
+			return false, nil
+		}
+		if err != nil {
+			return false, err
+		}
+	}
+	return more, nil
+}
+
+// dropUncarriable deletes from the store the messages of b an UPDATE
+// cannot carry (logged and counted: they would stall the link for good)
+// and returns the others.
+func (pc *parentConn) dropUncarriable(ctx context.Context, s int, b []push.Message) ([]push.Message, error) {
+	good := b[:0:0]
+	bad := map[push.UAID][]uint64{}
+	for _, m := range b {
+		_, err := pc.builders[s].Build(0, []push.Message{m}, func(uint64, []byte, []push.Message) error { return nil })
+		if err != nil {
+			pc.p.cfg.Logger.Warn("message the link cannot carry dropped", "child", pc.name, "uaid", m.UAID, "err", err)
+			bad[m.UAID] = append(bad[m.UAID], binary.BigEndian.Uint64([]byte(m.Origin.ID)))
+			continue
+		}
+		good = append(good, m)
+	}
+	if _, err := pc.p.cfg.Store.AckMany(ctx, bad); err != nil {
+		return nil, fmt.Errorf("delete uncarriable messages: %w", err)
+	}
+	for _, ss := range bad {
+		pc.p.m.dropped.Add(float64(len(ss)))
+	}
+	return good, nil
+}
+
+// sendFrame writes one UPDATE on data stream s if the credit allows it,
+// and keeps it in flight until acked.
+func (pc *parentConn) sendFrame(s int, seq uint64, frame []byte, msgs []push.Message) error {
+	raw, _, err := linkproto.ParseFrame(frame)
+	if err != nil {
+		return err
+	}
+	size := uint64(len(raw.Payload))
+	pc.mu.Lock()
+	ok := pc.sentBytes+size <= pc.creditBytes && pc.sentMsgs+uint64(len(msgs)) <= pc.creditMsgs
+	pc.mu.Unlock()
+	if !ok {
+		return errNoCredit
+	}
+	// Build numbers frames from the sequence it was given; the frames
+	// this connection sends are numbered on from pc.seq.
+	if seq != pc.seq {
+		return fmt.Errorf("frame %d out of sequence (next %d)", seq, pc.seq)
+	}
+	pc.data[s].SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := pc.data[s].Write(frame); err != nil {
+		return readErr(pc.conn, err)
+	}
+	refs := make([]msgRef, len(msgs))
+	for i, m := range msgs {
+		refs[i] = msgRef{u: m.UAID, seq: binary.BigEndian.Uint64([]byte(m.Origin.ID))}
+		pc.sentUpTo[m.UAID] = max(pc.sentUpTo[m.UAID], refs[i].seq)
+	}
+	pc.inflight = append(pc.inflight, sentFrame{seq: seq, refs: refs})
+	pc.seq++
+	pc.p.m.sent.Add(float64(len(msgs)))
+	pc.p.m.frames.Inc()
+	pc.mu.Lock()
+	pc.sentBytes += size
+	pc.sentMsgs += uint64(len(msgs))
+	pc.inflightMsgs += len(msgs)
+	pc.mu.Unlock()
+	return nil
+}

@@ -1,0 +1,89 @@
+package store
+
+import (
+	"context"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/push"
+)
+
+// A parent's record of which child serves a UAID survives a restart,
+// Verify and Salvage, and goes with DeleteDevice; AckMany deletes
+// several devices' messages in one commit.
+func TestLinkChildren(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, b := push.UAID{1}, push.UAID{2}
+	for _, u := range []push.UAID{a, b} {
+		if err := s.SetLinkChild(ctx, u, "edge-1"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Register(ctx, Channel{UAID: u, ID: push.ChannelID{9}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := s.SetLinkChild(ctx, b, "edge-2"); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.SetLinkChild(ctx, b, ""); err == nil {
+		t.Fatal("empty child name accepted")
+	}
+	var seqs []uint64
+	for _, u := range []push.UAID{a, b} {
+		m, err := s.Append(ctx, Message{UAID: u, Channel: push.ChannelID{9}, TTL: time.Hour, Received: time.Now()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		seqs = append(seqs, m.Seq)
+	}
+	n, err := s.AckMany(ctx, map[push.UAID][]uint64{a: {seqs[0]}, b: {seqs[1], seqs[1] + 100}})
+	if err != nil || n != 2 {
+		t.Fatalf("AckMany = %d, %v; want 2", n, err)
+	}
+	if ms, _ := s.Messages(a, 0, 10); len(ms) != 0 {
+		t.Fatalf("%d messages left after AckMany", len(ms))
+	}
+	var chans int
+	if err := s.EachChannel(func(push.UAID, push.ChannelID) { chans++ }); err != nil || chans != 2 {
+		t.Fatalf("EachChannel saw %d, %v", chans, err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(path, time.Second); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	dst := filepath.Join(dir, "salvaged.db")
+	if _, err := Salvage(path, dst, time.Second); err != nil {
+		t.Fatalf("Salvage: %v", err)
+	}
+	for _, p := range []string{path, dst} {
+		s, err := Open(Options{Path: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[push.UAID]string{}
+		if err := s.LinkChildren(func(u push.UAID, c []byte) { got[u] = string(c) }); err != nil {
+			t.Fatal(err)
+		}
+		if len(got) != 2 || got[a] != "edge-1" || got[b] != "edge-2" {
+			t.Errorf("%s: children %v", filepath.Base(p), got)
+		}
+		if err := s.DeleteDevice(ctx, a); err != nil {
+			t.Fatal(err)
+		}
+		clear(got)
+		s.LinkChildren(func(u push.UAID, c []byte) { got[u] = string(c) })
+		if _, ok := got[a]; ok || len(got) != 1 {
+			t.Errorf("%s: after DeleteDevice, children %v", filepath.Base(p), got)
+		}
+		s.Close()
+	}
+}
