@@ -28,8 +28,9 @@
 // waiting messages from the store, packs them into UPDATEs (a UAID always
 // on the same data stream, so its messages keep their order), within the
 // child's credit, and deletes them (store.AckMany, one commit) only when
-// an ACK covers their frame. The origin id of a message is its store
-// sequence, the same on every resend. At each connect every UAID of the
+// an ACK covers their frame. The origin id of a message is the store's
+// epoch and its sequence there (Parent.originID), the same on every
+// resend and never reused by a store started afresh. At each connect every UAID of the
 // child is marked, so whatever was not acked is sent again; the child's
 // origin keys drop the copies (at most the credit window of them).
 //

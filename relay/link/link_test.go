@@ -418,3 +418,32 @@ func TestUncarriableDropped(t *testing.T) {
 		t.Fatalf("%v dropped, want 1", n)
 	}
 }
+
+// The origin id of a message is the parent's store epoch and its sequence
+// there: a parent whose store was started afresh hands out sequences
+// again, and the child must not take those messages for the ones it
+// keeps under the same sequences from the old store.
+func TestOriginIDsNameTheStore(t *testing.T) {
+	p := newPair(t, 0)
+	id := p.parent.originID(7)
+	if len(id) != store.EpochLen+8 || id[:store.EpochLen] != string(p.pst.Epoch()) || originSeq(id) != 7 {
+		t.Fatalf("origin id %x (epoch %x)", id, p.pst.Epoch())
+	}
+	u, ch := p.register()
+	other, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "fresh.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	fresh := &Parent{epoch: other.Epoch()}
+	for i, pid := range []string{id, fresh.originID(7)} {
+		res, err := p.chub.Ingest(context.Background(), []push.Message{{UAID: u, Channel: ch, TTL: time.Hour,
+			Data: fmt.Appendf(nil, "m%d", i), Origin: push.Origin{Kind: push.OriginParent, ID: pid}}})
+		if err != nil || res[0].Err != nil || res[0].Duplicate {
+			t.Fatalf("message %d with origin id %x: %+v %v", i, pid, res, err)
+		}
+	}
+	if ms, err := p.cst.Messages(u, 0, 10); err != nil || len(ms) != 2 {
+		t.Fatalf("the child keeps %d messages, want 2 (%v)", len(ms), err)
+	}
+}

@@ -78,6 +78,8 @@ func (c *ParentConfig) setDefaults() {
 // answers their registers, and sends them the messages stored here for
 // the UAIDs they serve.
 type Parent struct {
+	// epoch is the store's (Store.Epoch): the first 8 bytes of origin ids.
+	epoch []byte
 	cfg   ParentConfig
 	m     *parentMetrics
 	l     *linkquic.Listener
@@ -103,7 +105,7 @@ func NewParent(cfg ParentConfig) (*Parent, error) {
 		return nil, fmt.Errorf("link: relay name %q must be 1 to %d bytes", cfg.Name, linkproto.MaxNameLen)
 	}
 	cfg.setDefaults()
-	p := &Parent{cfg: cfg, m: newParentMetrics(metrics.OrNew(cfg.Metrics)), serves: map[push.UAID]uint16{},
+	p := &Parent{cfg: cfg, epoch: cfg.Store.Epoch(), m: newParentMetrics(metrics.OrNew(cfg.Metrics)), serves: map[push.UAID]uint16{},
 		index: map[string]uint16{}}
 	if cfg.Credentials.TokenMode() {
 		p.token = cfg.Credentials.Token
@@ -740,7 +742,7 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 			}
 			batches[s] = append(batches[s], push.Message{UAID: u, Channel: m.Channel, TTL: ttl, Urgency: m.Urgency,
 				Topic: topic, Version: m.Version, Encoding: m.Encoding, Encryption: m.Encryption, CryptoKey: m.CryptoKey,
-				Data: m.Data, Origin: push.Origin{Kind: push.OriginParent, ID: string(binary.BigEndian.AppendUint64(nil, m.Seq))}})
+				Data: m.Data, Origin: push.Origin{Kind: push.OriginParent, ID: pc.p.originID(m.Seq)}})
 		}
 	}
 	if len(expired) > 0 {
@@ -788,7 +790,7 @@ func (pc *parentConn) dropUncarriable(ctx context.Context, s int, b []push.Messa
 		_, err := pc.builders[s].Build(0, []push.Message{m}, func(uint64, []byte, []push.Message) error { return nil })
 		if err != nil {
 			pc.p.cfg.Logger.Warn("message the link cannot carry dropped", "child", pc.name, "uaid", m.UAID, "err", err)
-			bad[m.UAID] = append(bad[m.UAID], binary.BigEndian.Uint64([]byte(m.Origin.ID)))
+			bad[m.UAID] = append(bad[m.UAID], originSeq(m.Origin.ID))
 			continue
 		}
 		good = append(good, m)
@@ -827,7 +829,7 @@ func (pc *parentConn) sendFrame(s int, seq uint64, frame []byte, msgs []push.Mes
 	}
 	refs := make([]msgRef, len(msgs))
 	for i, m := range msgs {
-		refs[i] = msgRef{u: m.UAID, seq: binary.BigEndian.Uint64([]byte(m.Origin.ID))}
+		refs[i] = msgRef{u: m.UAID, seq: originSeq(m.Origin.ID)}
 		pc.sentUpTo[m.UAID] = max(pc.sentUpTo[m.UAID], refs[i].seq)
 	}
 	pc.inflight = append(pc.inflight, sentFrame{seq: seq, refs: refs})
@@ -840,4 +842,18 @@ func (pc *parentConn) sendFrame(s int, seq uint64, frame []byte, msgs []push.Mes
 	pc.inflightMsgs += len(msgs)
 	pc.mu.Unlock()
 	return nil
+}
+
+// originID is the origin id the child stores a message under: the
+// parent's store epoch and the message's sequence there. Sequences are
+// unique only within one store file; with the epoch, a parent whose store
+// was started afresh (or salvaged) cannot hand out an id the child
+// already keeps for an older message, which it would drop as a duplicate.
+func (p *Parent) originID(seq uint64) string {
+	return string(binary.BigEndian.AppendUint64(p.epoch[:len(p.epoch):len(p.epoch)], seq))
+}
+
+// originSeq is the store sequence in an id originID made.
+func originSeq(id string) uint64 {
+	return binary.BigEndian.Uint64([]byte(id[len(id)-8:]))
 }

@@ -19,6 +19,7 @@
 //	          "devices" | "channels" | "waiting" → total(8)
 //	          "upstream_ids" | "unregs"          → total(8) (schema 6)
 //	          "clean"                           → 1 (clean-close mark)
+//	          "epoch"                           → 8 random bytes naming the file (Store.Epoch)
 //	broadcasts id(≤128)                         → version(≤128)
 //	origins   kind(1) id(≤96)                   → uaid(16) seq(8) expiry(8)
 //	upstream      uaid(16)                      → upstream uaid(16) | helloed(8)

@@ -26,6 +26,8 @@ var (
 	// Schema 6: upstream identities and unregisters kept for the upstream.
 	metaUpstreamIDs = []byte("upstream_ids")
 	metaUnregs      = []byte("unregs")
+	// metaEpoch names this store file: random, made once (Store.Epoch).
+	metaEpoch = []byte("epoch")
 )
 
 // A migration moves the file from version-1 to version. Migrations run in

@@ -2,6 +2,7 @@ package store
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -109,6 +110,8 @@ type Store struct {
 	log  *slog.Logger
 	now  func() time.Time
 	m    *storeMetrics
+	// epoch is the file's Epoch, read at Open.
+	epoch []byte
 
 	// mu guards closed and the send side of queue: senders hold it shared
 	// while they send, Close holds it exclusively to close queue, so no
@@ -169,9 +172,13 @@ func Open(opts Options) (*Store, error) {
 	var (
 		from, to uint64
 		tot      totals
+		epoch    []byte
 	)
 	err = guard(func() (err error) {
-		from, to, tot, err = prepare(db)
+		if from, to, tot, err = prepare(db); err != nil {
+			return err
+		}
+		epoch, err = takeEpoch(db)
 		return err
 	})
 	if err != nil {
@@ -194,6 +201,7 @@ func Open(opts Options) (*Store, error) {
 		closing:       make(chan struct{}),
 		committerDone: make(chan struct{}),
 		tot:           tot,
+		epoch:         epoch,
 		maxMessages:   o.MaxMessagesPerUAID,
 		maxChannels:   o.MaxChannelsPerUAID,
 		sweepChunk:    sweepChunk,
@@ -202,6 +210,35 @@ func Open(opts Options) (*Store, error) {
 	s.m = newMetrics(metrics.OrNew(o.Metrics), s)
 	go s.commitLoop()
 	return s, nil
+}
+
+// EpochLen is the length of Store.Epoch.
+const EpochLen = 8
+
+// Epoch names this store file: 8 random bytes made when the file was
+// created (or first opened by a build that keeps one), the same at every
+// open, different for another file (a new data dir, a salvaged copy).
+// Message sequences are unique only within one file: an id a relay hands
+// out of its store (the relay link's origin ids) is the epoch and the
+// sequence, so a store started afresh cannot reuse one.
+func (s *Store) Epoch() []byte { return append([]byte(nil), s.epoch...) }
+
+// takeEpoch reads the file's epoch, making it if it has none.
+func takeEpoch(db *bolt.DB) ([]byte, error) {
+	var e []byte
+	err := db.Update(func(tx *bolt.Tx) error {
+		meta := tx.Bucket(bucketMeta)
+		if v := meta.Get(metaEpoch); len(v) == EpochLen {
+			e = append([]byte(nil), v...)
+			return nil
+		}
+		e = make([]byte, EpochLen)
+		if _, err := rand.Read(e); err != nil {
+			return err
+		}
+		return meta.Put(metaEpoch, e)
+	})
+	return e, err
 }
 
 // prepare migrates the file to this build's schema if needed and reads the

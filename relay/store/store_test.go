@@ -1,6 +1,7 @@
 package store
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -1048,5 +1049,35 @@ func TestWakeStates(t *testing.T) {
 	want := []st{{true, false, "wa"}, {true, true, ""}, {false, false, ""}}
 	if err != nil || fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("WakeStates = %v %v, want %v", got, err, want)
+	}
+}
+
+// A store file keeps its epoch across opens; another file has another.
+func TestEpoch(t *testing.T) {
+	dir := t.TempDir()
+	open := func(name string) *Store {
+		s, err := Open(Options{Path: filepath.Join(dir, name)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return s
+	}
+	a := open("a.db")
+	e := a.Epoch()
+	if len(e) != EpochLen || bytes.Equal(e, make([]byte, EpochLen)) {
+		t.Fatalf("epoch %x", e)
+	}
+	if err := a.Close(); err != nil {
+		t.Fatal(err)
+	}
+	a = open("a.db")
+	defer a.Close()
+	if !bytes.Equal(a.Epoch(), e) {
+		t.Errorf("epoch %x after reopening, was %x", a.Epoch(), e)
+	}
+	b := open("b.db")
+	defer b.Close()
+	if bytes.Equal(b.Epoch(), e) {
+		t.Errorf("two files share the epoch %x", e)
 	}
 }
