@@ -200,10 +200,8 @@ func (l *Link) holdLocked(d *dev) bool {
 	h := &held{l: l, id: d.id, cancel: cancel, kick: make(chan struct{}, 1), done: make(chan struct{}), pending: map[string]chan pushproto.ServerFrame{}}
 	l.sessions[d.id.Device] = h
 	l.countLocked()
-	l.wg.Go(func() {
-		defer cancel()
-		h.run(ctx)
-	})
+	l.wg.Add(1) // released by h's end
+	go h.run(ctx)
 	return true
 }
 
