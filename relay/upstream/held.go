@@ -41,7 +41,7 @@ type held struct {
 	// set.
 	opened chan struct{}
 	// pending are the register and unregister replies awaited over c, by
-	// type and channel ID.
+	// type and channel ID; nil until the first.
 	pending map[string]chan pushproto.ServerFrame
 }
 
@@ -463,6 +463,9 @@ func (h *held) request(ctx context.Context, t pushproto.MessageType, chid string
 	if h.pending[key] != nil {
 		h.mu.Unlock()
 		return pushproto.ServerFrame{}, true, fmt.Errorf("upstream: a %s for %s is already waiting", t, chid)
+	}
+	if h.pending == nil {
+		h.pending = map[string]chan pushproto.ServerFrame{}
 	}
 	h.pending[key] = rc
 	h.mu.Unlock()

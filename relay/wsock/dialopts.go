@@ -46,10 +46,14 @@ func DialWith(ctx context.Context, url string, o DialOptions) (*ClientConn, erro
 			return dialTLS(ctx, dial, network, addr, o.TLS)
 		},
 		HandshakeTimeout: 10 * time.Second,
-		ReadBufferSize:   512,
-		WriteBufferSize:  512,
-		WriteBufferPool:  &writePool,
-		Subprotocols:     []string{"push-notification"},
+		// gorilla reads only the handshake's response: the frames are
+		// read by ClientConn through a buffer of its own, lent while
+		// reading. Its smallest buffer then, not one each idle
+		// connection keeps.
+		ReadBufferSize:  128,
+		WriteBufferSize: 512,
+		WriteBufferPool: &writePool,
+		Subprotocols:    []string{"push-notification"},
 	}
 	ws, resp, err := d.DialContext(ctx, url, http.Header{})
 	if err != nil {
