@@ -7,6 +7,9 @@
 // handler returns as soon as the upgrade is done, so the HTTP server's
 // goroutine and buffers go away; the core's reader goroutine starts with a
 // small stack; reads use a small buffer and writes borrow one from a pool.
+// A long-lived client connection (the upstream link's held sessions) reads
+// frames itself and can park on a Poller while idle (ClientConn.Park), so
+// that it holds no goroutine either.
 package wsock
 
 import (
