@@ -21,7 +21,7 @@ import (
 type held struct {
 	l      *Link
 	id     store.UpstreamID
-	cancel context.CancelFunc // ends run: the device is polled instead
+	cancel context.CancelFunc // ends run (the device is polled instead): cancels its context and aborts its connection
 
 	// kick wakes run from its backoff, and the connect from its pacing: a
 	// register waits for the session.
@@ -37,6 +37,9 @@ type held struct {
 
 	mu sync.Mutex
 	c  *pushclient.Client // nil while not connected
+	// aborted is set when the session's context ends (abort): no
+	// connection is kept open from then on.
+	aborted bool
 	// opened, once a request waits for the session, is closed when c is
 	// set.
 	opened chan struct{}
@@ -55,7 +58,6 @@ var errReset = errors.New("upstream answered hello with another UAID")
 type conn struct {
 	c    *pushclient.Client
 	in   *inbox
-	stop func() bool // the ctx.AfterFunc that aborts c
 	aged *time.Timer // closes c after about MaxSessionAge
 	// woke is set by the reader started by the poller's wake: Receive
 	// comes first, the socket is not parked again unread.
@@ -165,20 +167,17 @@ func (h *held) open(ctx context.Context) (s *conn, helloed bool, err error) {
 		l.m.connects.With("error").Inc()
 		return nil, false, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Abort() })
 	helloDone := context.AfterFunc(dctx, func() { c.Abort() })
 	_, err = c.Hello(h.id.Upstream.String(), pushclient.HelloOptions{})
 	helloDone()
 	cancel()
 	if err != nil {
-		stop()
 		c.Abort()
 		l.m.connects.With("error").Inc()
 		return nil, false, fmt.Errorf("hello: %w", err)
 	}
 	l.m.connects.With("ok").Inc()
 	if c.UAID != h.id.Upstream.String() {
-		stop()
 		c.Abort()
 		return nil, true, &resetError{got: c.UAID, was: h.id.Upstream}
 	}
@@ -189,10 +188,17 @@ func (h *held) open(ctx context.Context) (s *conn, helloed bool, err error) {
 	// stopped, not while the device merely gets nothing.
 	c.ExtendOnPing(l.cfg.ReadTimeout)
 	c.SetReadDeadline(time.Now().Add(l.cfg.ReadTimeout))
-	s = &conn{c: c, stop: stop, in: &inbox{slots: make(chan struct{}, l.cfg.MaxInflight)}}
+	// From here the end of ctx aborts c through abort, not a
+	// context.AfterFunc of its own (the memory of a held session counts).
+	h.mu.Lock()
+	if h.aborted {
+		h.mu.Unlock()
+		c.Abort()
+		return nil, true, ctx.Err()
+	}
+	s = &conn{c: c, in: &inbox{slots: make(chan struct{}, l.cfg.MaxInflight)}}
 	// Say hello again now and then (a new connection).
 	s.aged = time.AfterFunc(jitter(l.cfg.MaxSessionAge), func() { c.Close() })
-	h.mu.Lock()
 	h.c = c
 	if h.opened != nil {
 		close(h.opened)
@@ -217,8 +223,21 @@ func (h *held) shut(s *conn) {
 	}
 	h.mu.Unlock()
 	s.aged.Stop()
-	s.stop()
 	s.c.Abort()
+}
+
+// abort is the end of the session's context: the open connection is
+// aborted (which wakes it if parked), and none is kept open after. The
+// link calls it for every session when Run's context ends, and cancel
+// for one session.
+func (h *held) abort() {
+	h.mu.Lock()
+	h.aborted = true
+	c := h.c
+	h.mu.Unlock()
+	if c != nil {
+		c.Abort()
+	}
 }
 
 // serve reads notifications and replies until the connection fails or

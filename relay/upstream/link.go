@@ -278,7 +278,15 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	<-ctx.Done()
 	l.mu.Lock()
 	l.stopped = true
+	hs := make([]*held, 0, len(l.sessions))
+	for _, h := range l.sessions {
+		hs = append(hs, h)
+	}
 	l.mu.Unlock()
+	// Their contexts ended with ctx; this closes their connections.
+	for _, h := range hs {
+		h.abort()
+	}
 	l.wg.Wait()
 	return nil
 }
