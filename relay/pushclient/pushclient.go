@@ -189,6 +189,38 @@ func (c *Client) Read(deadline time.Time) (pushproto.ServerFrame, error) {
 	return pushproto.DecodeServer(b)
 }
 
+// SetReadDeadline sets the deadline of the Receives that follow, which
+// pings push on with ExtendOnPing.
+func (c *Client) SetReadDeadline(t time.Time) { c.conn.SetReadDeadline(t) }
+
+// Receive reads one WebSocket frame, waiting until the read deadline, and
+// returns the server frame it completes (ok); after a control frame (a
+// ping, answered) ok is false. Frames Expect kept are ignored. A server
+// close is a *CloseError.
+func (c *Client) Receive() (f pushproto.ServerFrame, ok bool, err error) {
+	b, ok, err := c.conn.Receive()
+	if err != nil || !ok {
+		return f, false, err
+	}
+	f, err = pushproto.DecodeServer(b)
+	return f, err == nil, err
+}
+
+// Pending reports whether Receive would find a frame without waiting for
+// the socket (wsock.ClientConn.Pending); when false, the reader may Park.
+func (c *Client) Pending() bool { return c.conn.Pending() }
+
+// Poller watches parked clients (wsock.Poller).
+type Poller = wsock.Poller
+
+// NewPoller makes a Poller, where the platform has one (Linux).
+func NewPoller() (*Poller, error) { return wsock.NewPoller() }
+
+// Park arranges for wake to be called once when Receive has something:
+// bytes, the read deadline passed, or the connection closed
+// (wsock.ClientConn.Park); false when it cannot, and the caller reads.
+func (c *Client) Park(p *Poller, wake func()) bool { return c.conn.Park(p, wake) }
+
 // Expect reads until a frame of type t, keeping notifications and
 // broadcasts that arrive first for Next.
 func (c *Client) Expect(t pushproto.MessageType) (pushproto.ServerFrame, error) {

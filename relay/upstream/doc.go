@@ -94,8 +94,14 @@
 // Notifications sent directly (posted while the poll is connected) count
 // as maybe more; autopush stores unacked direct ones at the close.
 //
-// Goroutines: one per held session, parked in its read, and one more
-// while its notifications wait to be stored and acked; one for the
+// Goroutines: one per held session while it connects, waits out its
+// backoff or reads; an open session with nothing to read has none: its
+// connection is parked on the link's poller (pushclient.Poller, epoll,
+// Linux; elsewhere the goroutine stays, blocked in its read), whose wake
+// (bytes, the read deadline, a close) starts a reader that parks again
+// once nothing is buffered above the socket. One more per session while
+// its notifications wait to be stored and acked; one for the poller; one
+// for the
 // link that sends the pending unregisters; one that schedules polls, and
 // per running poll one, plus its reader and its ingester; and, with
 // broadcasts, one for the broadcast connection and one more that sends

@@ -21,7 +21,7 @@ import (
 type held struct {
 	l      *Link
 	id     store.UpstreamID
-	cancel context.CancelFunc // ends run: the device is polled instead
+	cancel context.CancelFunc // ends run (the device is polled instead): cancels its context and aborts its connection
 
 	// kick wakes run from its backoff, and the connect from its pacing: a
 	// register waits for the session.
@@ -29,76 +29,135 @@ type held struct {
 	// urgent is set with a kick that run's backoff took: the next
 	// connect is not paced either.
 	urgent atomic.Bool
-	// done is closed when run returns.
+	// done is closed when run ends.
 	done chan struct{}
+	// backoff is run's next backoff; only the goroutine running the
+	// session touches it.
+	backoff time.Duration
 
 	mu sync.Mutex
 	c  *pushclient.Client // nil while not connected
+	// aborted is set when the session's context ends (abort): no
+	// connection is kept open from then on.
+	aborted bool
 	// opened, once a request waits for the session, is closed when c is
 	// set.
 	opened chan struct{}
 	// pending are the register and unregister replies awaited over c, by
-	// type and channel ID.
+	// type and channel ID; nil until the first.
 	pending map[string]chan pushproto.ServerFrame
 }
 
 // errReset ends a held session whose UAID the upstream forgot.
 var errReset = errors.New("upstream answered hello with another UAID")
 
+// conn is one connection of a held session, open after its hello. Its
+// reader parks on the link's poller while nothing arrives (Linux): a
+// held session then costs no goroutine, only this state and the
+// connection's.
+type conn struct {
+	c    *pushclient.Client
+	in   *inbox
+	aged *time.Timer // closes c after about MaxSessionAge
+	// woke is set by the reader started by the poller's wake: Receive
+	// comes first, the socket is not parked again unread.
+	woke bool
+}
+
 // run connects, serves and reconnects after a jittered exponential
-// backoff until ctx ends.
+// backoff until ctx ends. It holds a count of l.wg that end releases,
+// from whichever goroutine finishes the session: while the connection
+// is parked no goroutine runs for it, and its wake starts one (resume).
 func (h *held) run(ctx context.Context) {
-	l := h.l
-	log := l.cfg.Logger.With("uaid", h.id.Device, "upstream_uaid", h.id.Upstream)
-	defer close(h.done)
-	defer func() {
-		l.mu.Lock()
-		if l.sessions[h.id.Device] == h {
-			delete(l.sessions, h.id.Device)
+	h.backoff = h.l.cfg.BackoffMin
+	h.loop(ctx, nil)
+}
+
+// resume is the parked connection's wake: a new reader.
+func (h *held) resume(ctx context.Context, s *conn) {
+	s.woke = true
+	h.loop(ctx, s)
+}
+
+// loop serves s (nil: connects first) and reconnects, until ctx ends or
+// the connection parks.
+func (h *held) loop(ctx context.Context, s *conn) {
+	for {
+		var helloed bool
+		var err error
+		if s == nil {
+			s, helloed, err = h.open(ctx)
 		}
-		l.countLocked()
-		l.mu.Unlock()
-	}()
-	backoff := l.cfg.BackoffMin
-	for ctx.Err() == nil {
-		helloed, err := h.serve(ctx)
-		if ctx.Err() != nil {
-			return
-		}
-		if errors.Is(err, errReset) {
-			rerr := l.reset(ctx, h.id, resetUAID(err), "held")
-			if rerr == nil {
-				return // the device is gone here; no session to hold
+		if s != nil {
+			helloed = true
+			var parked bool
+			if parked, err = h.serve(ctx, s); parked {
+				return
 			}
-			log.Error("upstream forgot the device's UAID; reset failed, trying again at the next hello", "err", rerr)
+			h.shut(s)
+			s = nil
 		}
-		if helloed {
-			backoff = l.cfg.BackoffMin
-		}
-		wait := jitter(backoff)
-		log.Info("upstream session lost; reconnecting", "err", err, "in", wait)
-		t := time.NewTimer(wait)
-		select {
-		case <-ctx.Done():
-			t.Stop()
+		if !h.retry(ctx, helloed, err) {
+			h.end()
 			return
-		case <-t.C:
-		case <-h.kick:
-			t.Stop()
-			h.urgent.Store(true)
 		}
-		backoff = min(backoff*2, l.cfg.BackoffMax)
 	}
 }
 
-// serve runs one connection: connect, hello, then notifications until
-// the connection fails or ctx ends. helloed reports whether the hello
-// was answered.
-func (h *held) serve(ctx context.Context) (helloed bool, err error) {
+// end is the end of run.
+func (h *held) end() {
+	l := h.l
+	l.mu.Lock()
+	if l.sessions[h.id.Device] == h {
+		delete(l.sessions, h.id.Device)
+	}
+	l.countLocked()
+	l.mu.Unlock()
+	close(h.done)
+	h.cancel()
+	l.wg.Done()
+}
+
+// retry waits out the backoff after a lost connection (or a failed
+// connect), and reports whether to connect again.
+func (h *held) retry(ctx context.Context, helloed bool, err error) bool {
+	l := h.l
+	if ctx.Err() != nil {
+		return false
+	}
+	if errors.Is(err, errReset) {
+		rerr := l.reset(ctx, h.id, resetUAID(err), "held")
+		if rerr == nil {
+			return false // the device is gone here; no session to hold
+		}
+		l.cfg.Logger.Error("upstream forgot the device's UAID; reset failed, trying again at the next hello", "uaid", h.id.Device, "upstream_uaid", h.id.Upstream, "err", rerr)
+	}
+	if helloed {
+		h.backoff = l.cfg.BackoffMin
+	}
+	wait := jitter(h.backoff)
+	l.cfg.Logger.Info("upstream session lost; reconnecting", "uaid", h.id.Device, "upstream_uaid", h.id.Upstream, "err", err, "in", wait)
+	t := time.NewTimer(wait)
+	select {
+	case <-ctx.Done():
+		t.Stop()
+		return false
+	case <-t.C:
+	case <-h.kick:
+		t.Stop()
+		h.urgent.Store(true)
+	}
+	h.backoff = min(h.backoff*2, l.cfg.BackoffMax)
+	return ctx.Err() == nil
+}
+
+// open connects and says hello. With s nil, helloed reports whether the
+// hello was answered (a reset).
+func (h *held) open(ctx context.Context) (s *conn, helloed bool, err error) {
 	l := h.l
 	if !h.urgent.Swap(false) {
 		if err := l.pace.wait(ctx, h.kick); err != nil {
-			return false, err
+			return nil, false, err
 		}
 	}
 	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
@@ -106,24 +165,21 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	if err != nil {
 		cancel()
 		l.m.connects.With("error").Inc()
-		return false, err
+		return nil, false, err
 	}
-	stop := context.AfterFunc(ctx, func() { c.Abort() })
-	defer func() {
-		stop()
-		c.Abort()
-	}()
 	helloDone := context.AfterFunc(dctx, func() { c.Abort() })
 	_, err = c.Hello(h.id.Upstream.String(), pushclient.HelloOptions{})
 	helloDone()
 	cancel()
 	if err != nil {
+		c.Abort()
 		l.m.connects.With("error").Inc()
-		return false, fmt.Errorf("hello: %w", err)
+		return nil, false, fmt.Errorf("hello: %w", err)
 	}
 	l.m.connects.With("ok").Inc()
 	if c.UAID != h.id.Upstream.String() {
-		return true, &resetError{got: c.UAID, was: h.id.Upstream}
+		c.Abort()
+		return nil, true, &resetError{got: c.UAID, was: h.id.Upstream}
 	}
 	if _, err := l.cfg.Store.Helloed(ctx, l.cfg.Now(), h.id.Device); err != nil {
 		l.cfg.Logger.Warn("record upstream hello", "uaid", h.id.Device, "err", err)
@@ -131,10 +187,18 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	// autopush pings every 300 s: a read times out only when the pings
 	// stopped, not while the device merely gets nothing.
 	c.ExtendOnPing(l.cfg.ReadTimeout)
-	// Say hello again now and then (a new connection).
-	aged := time.AfterFunc(jitter(l.cfg.MaxSessionAge), func() { c.Close() })
-	defer aged.Stop()
+	c.SetReadDeadline(time.Now().Add(l.cfg.ReadTimeout))
+	// From here the end of ctx aborts c through abort, not a
+	// context.AfterFunc of its own (the memory of a held session counts).
 	h.mu.Lock()
+	if h.aborted {
+		h.mu.Unlock()
+		c.Abort()
+		return nil, true, ctx.Err()
+	}
+	s = &conn{c: c, in: &inbox{slots: make(chan struct{}, l.cfg.MaxInflight)}}
+	// Say hello again now and then (a new connection).
+	s.aged = time.AfterFunc(jitter(l.cfg.MaxSessionAge), func() { c.Close() })
 	h.c = c
 	if h.opened != nil {
 		close(h.opened)
@@ -142,34 +206,66 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 	}
 	h.mu.Unlock()
 	l.m.open.Inc()
-	defer func() {
-		l.m.open.Dec()
-		h.mu.Lock()
-		h.c = nil
-		for k, ch := range h.pending {
-			close(ch)
-			delete(h.pending, k)
-		}
-		h.mu.Unlock()
-	}()
-	in := &inbox{slots: make(chan struct{}, l.cfg.MaxInflight)}
+	return s, true, nil
+}
+
+// shut ends a connection serve returned from.
+func (h *held) shut(s *conn) {
+	s.c.Abort()
 	// The ingester is done (and acks no more) before the next connect.
-	defer in.wg.Wait()
-	defer c.Abort()
+	s.in.wg.Wait()
+	h.l.m.open.Dec()
+	h.mu.Lock()
+	h.c = nil
+	for k, ch := range h.pending {
+		close(ch)
+		delete(h.pending, k)
+	}
+	h.mu.Unlock()
+	s.aged.Stop()
+	s.c.Abort()
+}
+
+// abort is the end of the session's context: the open connection is
+// aborted (which wakes it if parked), and none is kept open after. The
+// link calls it for every session when Run's context ends, and cancel
+// for one session.
+func (h *held) abort() {
+	h.mu.Lock()
+	h.aborted = true
+	c := h.c
+	h.mu.Unlock()
+	if c != nil {
+		c.Abort()
+	}
+}
+
+// serve reads notifications and replies until the connection fails or
+// ctx ends, or, with nothing to read, parks it (parked: its wake goes
+// on, on a new goroutine).
+func (h *held) serve(ctx context.Context, s *conn) (parked bool, err error) {
+	l, c, in := h.l, s.c, s.in
 	for {
-		f, err := c.Read(time.Now().Add(l.cfg.ReadTimeout))
+		if !s.woke && !c.Pending() && c.Park(l.poller, func() { go h.resume(ctx, s) }) {
+			return true, nil
+		}
+		s.woke = false
+		f, ok, err := c.Receive()
 		if err != nil {
 			in.mu.Lock()
 			if in.failed != nil {
 				err = in.failed
 			}
 			in.mu.Unlock()
-			return true, fmt.Errorf("read: %w", err)
+			return false, fmt.Errorf("read: %w", err)
+		}
+		if !ok {
+			continue // a ping, answered
 		}
 		switch f.MessageType {
 		case pushproto.TypeNotification:
 			if err := h.put(ctx, in, c, f); err != nil {
-				return true, err
+				return false, err
 			}
 		case pushproto.TypeRegister, pushproto.TypeUnregister:
 			h.mu.Lock()
@@ -180,6 +276,7 @@ func (h *held) serve(ctx context.Context) (helloed bool, err error) {
 			}
 			h.mu.Unlock()
 		}
+		c.SetReadDeadline(time.Now().Add(l.cfg.ReadTimeout))
 	}
 }
 
@@ -385,6 +482,9 @@ func (h *held) request(ctx context.Context, t pushproto.MessageType, chid string
 	if h.pending[key] != nil {
 		h.mu.Unlock()
 		return pushproto.ServerFrame{}, true, fmt.Errorf("upstream: a %s for %s is already waiting", t, chid)
+	}
+	if h.pending == nil {
+		h.pending = map[string]chan pushproto.ServerFrame{}
 	}
 	h.pending[key] = rc
 	h.mu.Unlock()

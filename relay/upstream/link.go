@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net/url"
 	"strings"
 	"sync"
 	"time"
@@ -148,6 +149,9 @@ type Link struct {
 	stopped bool            // Run is waiting for its goroutines: start none
 	cancel  context.CancelFunc
 	wg      sync.WaitGroup
+	// poller watches the held sessions' idle connections, from Run
+	// (Linux; nil elsewhere: each has a goroutine blocked in its read).
+	poller *pushclient.Poller
 
 	// unregKick wakes the unregister sender.
 	unregKick chan struct{}
@@ -173,6 +177,13 @@ func New(cfg Config) (*Link, error) {
 		}
 		if t.ClientSessionCache == nil {
 			t.ClientSessionCache = tls.NewLRUClientSessionCache(0)
+		}
+		if t.ServerName == "" {
+			// Named here, every connection shares this config
+			// instead of a copy naming the server.
+			if u, err := url.Parse(cfg.URL); err == nil {
+				t.ServerName = u.Hostname()
+			}
 		}
 		cfg.TLS = t
 	}
@@ -236,6 +247,14 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	l.ctx, l.in, l.cancel = ctx, in, cancel
+	if p, err := pushclient.NewPoller(); err == nil {
+		l.poller = p
+		l.wg.Go(func() {
+			if err := p.Run(ctx); err != nil {
+				l.cfg.Logger.Error("upstream poller failed", "err", err)
+			}
+		})
+	}
 	l.mu.Unlock()
 	// Identities Mint makes from here on are added by Mint; those read
 	// here may include some of them (add skips a known one).
@@ -244,6 +263,7 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 		l.mu.Lock()
 		l.stopped = true
 		l.mu.Unlock()
+		cancel() // the poller
 		l.wg.Wait()
 		return fmt.Errorf("upstream: read identities: %w", err)
 	}
@@ -258,7 +278,15 @@ func (l *Link) Run(ctx context.Context, in Ingester) error {
 	<-ctx.Done()
 	l.mu.Lock()
 	l.stopped = true
+	hs := make([]*held, 0, len(l.sessions))
+	for _, h := range l.sessions {
+		hs = append(hs, h)
+	}
 	l.mu.Unlock()
+	// Their contexts ended with ctx; this closes their connections.
+	for _, h := range hs {
+		h.abort()
+	}
 	l.wg.Wait()
 	return nil
 }

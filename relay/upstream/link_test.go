@@ -770,7 +770,11 @@ func TestRegisterWakesHeldSession(t *testing.T) {
 	up := startUpstream(t, autopushtest.Config{})
 	n := startNode(t, node.Config{Upstream: up.URL(), UpstreamBackoffMin: time.Minute})
 	dev, _, upUAID := setupRelayed(t, up, n)
-	waitFor(t, "the held session", func() bool { return up.Open(upUAID) })
+	// The register's hello, then the held session's: ghost the held
+	// session, not the register's connection before it.
+	waitFor(t, "the held session", func() bool {
+		return up.Open(upUAID) && up.Stats().Hellos[upUAID] == 2 && n.Metrics().Value("pushrelay_upstream_sessions_open") == 1
+	})
 	ghost := dial(t, up.URL())
 	if _, err := ghost.Hello(upUAID, pushclient.HelloOptions{}); err != nil {
 		t.Fatal(err)

@@ -197,13 +197,15 @@ func (l *Link) holdLocked(d *dev) bool {
 		heap.Remove(&l.queue, d.idx)
 	}
 	ctx, cancel := context.WithCancel(l.ctx)
-	h := &held{l: l, id: d.id, cancel: cancel, kick: make(chan struct{}, 1), done: make(chan struct{}), pending: map[string]chan pushproto.ServerFrame{}}
+	h := &held{l: l, id: d.id, kick: make(chan struct{}, 1), done: make(chan struct{})}
+	h.cancel = func() {
+		cancel()
+		h.abort()
+	}
 	l.sessions[d.id.Device] = h
 	l.countLocked()
-	l.wg.Go(func() {
-		defer cancel()
-		h.run(ctx)
-	})
+	l.wg.Add(1) // released by h's end
+	go h.run(ctx)
 	return true
 }
 

@@ -21,7 +21,8 @@ type poller struct {
 	wake int // eventfd that interrupts epoll_wait on Close
 
 	mu    sync.Mutex
-	conns map[int32]*Conn
+	conns map[int32]pollee
+	shut  bool // epfd is closed (or closing): arm and forget touch it no more
 
 	closeOnce sync.Once
 	done      chan struct{}
@@ -43,7 +44,7 @@ func newPoller() (*poller, error) {
 		syscall.Close(int(wake))
 		return nil, fmt.Errorf("epoll_ctl eventfd: %w", err)
 	}
-	return &poller{epfd: epfd, wake: int(wake), conns: map[int32]*Conn{}, done: make(chan struct{})}, nil
+	return &poller{epfd: epfd, wake: int(wake), conns: map[int32]pollee{}, done: make(chan struct{})}, nil
 }
 
 // run waits for events until close. epoll_wait blocks its thread, as a
@@ -64,7 +65,10 @@ func (p *poller) run(ctx context.Context) error {
 			if ev.Fd == -1 {
 				select {
 				case <-p.done:
+					p.mu.Lock()
+					p.shut = true
 					syscall.Close(p.epfd)
+					p.mu.Unlock()
 					syscall.Close(p.wake)
 					return nil
 				default:
@@ -90,41 +94,54 @@ func (p *poller) close() {
 }
 
 // arm registers c's socket for one readiness event. It refuses a
-// connection already forgotten, whose descriptor may be closed or reused.
-func (p *poller) arm(c *Conn) error {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	if c.released {
+// connection already forgotten, whose descriptor may be closed or reused,
+// and any once the poller stopped.
+func (p *poller) arm(c pollee) error {
+	r := c.reg()
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	if r.released {
 		return errors.New("connection released")
 	}
-	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(c.fd)}
-	op := syscall.EPOLL_CTL_MOD
-	if !c.registered {
-		op = syscall.EPOLL_CTL_ADD
-		p.mu.Lock()
-		p.conns[int32(c.fd)] = c
-		p.mu.Unlock()
-		c.registered = true
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.shut {
+		return errors.New("poller stopped")
 	}
-	return syscall.EpollCtl(p.epfd, op, c.fd, &ev)
+	ev := syscall.EpollEvent{Events: syscall.EPOLLIN | syscall.EPOLLRDHUP | syscall.EPOLLONESHOT, Fd: int32(r.fd)}
+	op := syscall.EPOLL_CTL_MOD
+	if !r.registered {
+		op = syscall.EPOLL_CTL_ADD
+	}
+	if err := syscall.EpollCtl(p.epfd, op, r.fd, &ev); err != nil {
+		return fmt.Errorf("epoll_ctl: %w", err)
+	}
+	if !r.registered {
+		p.conns[int32(r.fd)] = c
+		r.registered = true
+	}
+	return nil
 }
 
 // forget removes c's socket before it is closed, so its descriptor number
 // can be reused safely, and makes later arms fail.
-func (p *poller) forget(c *Conn) {
-	c.pmu.Lock()
-	defer c.pmu.Unlock()
-	c.released = true
-	if !c.registered {
+func (p *poller) forget(c pollee) {
+	r := c.reg()
+	r.pmu.Lock()
+	defer r.pmu.Unlock()
+	r.released = true
+	if !r.registered {
 		return
 	}
-	syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, c.fd, nil)
 	p.mu.Lock()
-	if p.conns[int32(c.fd)] == c {
-		delete(p.conns, int32(c.fd))
+	if !p.shut {
+		syscall.EpollCtl(p.epfd, syscall.EPOLL_CTL_DEL, r.fd, nil)
+	}
+	if p.conns[int32(r.fd)] == c {
+		delete(p.conns, int32(r.fd))
 	}
 	p.mu.Unlock()
-	c.registered = false
+	r.registered = false
 }
 
 // socketFD returns the descriptor of a raw connection.

@@ -19,6 +19,6 @@ type poller struct{}
 func newPoller() (*poller, error)               { return nil, errors.New("no poller on this platform") }
 func (p *poller) run(ctx context.Context) error { <-ctx.Done(); return nil }
 func (p *poller) close()                        {}
-func (p *poller) arm(*Conn) error               { return errors.New("no poller") }
-func (p *poller) forget(*Conn)                  {}
+func (p *poller) arm(pollee) error              { return errors.New("no poller") }
+func (p *poller) forget(pollee)                 {}
 func socketFD(syscall.RawConn) int              { return -1 }

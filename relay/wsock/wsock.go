@@ -7,6 +7,9 @@
 // handler returns as soon as the upgrade is done, so the HTTP server's
 // goroutine and buffers go away; the core's reader goroutine starts with a
 // small stack; reads use a small buffer and writes borrow one from a pool.
+// A long-lived client connection (the upstream link's held sessions) reads
+// frames itself and can park on a Poller while idle (ClientConn.Park), so
+// that it holds no goroutine either.
 package wsock
 
 import (
@@ -206,16 +209,13 @@ func (h *hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 
 // Conn is one WebSocket connection. It satisfies relay.Conn.
 type Conn struct {
-	ws           *websocket.Conn
-	br           *bufio.Reader   // gorilla's read buffer
-	cork         *corkConn       // what gorilla writes to; nil on client-side or foreign conns
-	tcp          *net.TCPConn    // the plain TCP socket under cork, for writev; nil on TLS
-	raw          syscall.RawConn // for parking idle readers cheaply; nil if unavailable
-	poll         *poller         // watches the socket while idle; nil if unavailable
-	fd           int
-	pmu          sync.Mutex  // guards registered and released
-	registered   bool        // fd is in the poller
-	released     bool        // forgotten by the poller: never arm again
+	ws   *websocket.Conn
+	br   *bufio.Reader   // gorilla's read buffer
+	cork *corkConn       // what gorilla writes to; nil on client-side or foreign conns
+	tcp  *net.TCPConn    // the plain TCP socket under cork, for writev; nil on TLS
+	raw  syscall.RawConn // for parking idle readers cheaply; nil if unavailable
+	poll *poller         // watches the socket while idle; nil if unavailable
+	pollReg
 	armed        atomic.Bool // the poller will call onReady once
 	onReady      func()
 	lastRead     atomic.Int64 // unix nanos of the last frame or pong received
@@ -255,7 +255,8 @@ func (c *Conn) putFrame() {
 const closeGrace = time.Second
 
 func wrap(ws *websocket.Conn, maxFrame int64, writeTimeout time.Duration) *Conn {
-	c := &Conn{ws: ws, writeTimeout: writeTimeout, fd: -1}
+	c := &Conn{ws: ws, writeTimeout: writeTimeout}
+	c.fd = -1
 	c.lastRead.Store(time.Now().UnixNano())
 	ws.SetReadLimit(maxFrame)
 	ws.SetPongHandler(func(string) error {

@@ -46,6 +46,7 @@ func benchUpstream(ctx context.Context, args []string, stdout, stderr io.Writer)
 	messages := fs.Int("messages", 20000, "messages posted upstream in the message phase")
 	senders := fs.Int("senders", 32, "app-server goroutines posting upstream")
 	rate := fs.Int("connect-rate", 200, "the edge's upstream_connect_rate (held-session connects per second)")
+	pq := fs.Bool("upstream-tls-pq", true, "the edge's upstream_tls_pq (false: X25519 key exchange, not X25519MLKEM768)")
 	logLevel := fs.String("edge-log-level", "warn", "the edge's log_level (its log goes to stderr)")
 	cpuProfile := fs.String("cpu-profile", "", "save the edge's CPU profile (pprof) over the first 5 s of the first message run to this file")
 	profile := fs.String("heap-profile", "", "save the edge's heap profile (pprof) with the sessions open (last run) to this file")
@@ -74,7 +75,8 @@ func benchUpstream(ctx context.Context, args []string, stdout, stderr io.Writer)
 		return err
 	}
 	data := filepath.Join(dir, "data")
-	linked := []string{"--upstream", up.URL(), "--upstream-ca-file", caFile, "--upstream-connect-rate", fmt.Sprint(*rate), "--upstream-backoff", "1s", "--log-level", *logLevel}
+	linked := []string{"--upstream", up.URL(), "--upstream-ca-file", caFile, "--upstream-connect-rate", fmt.Sprint(*rate), "--upstream-backoff", "1s", "--log-level", *logLevel,
+		"--upstream-tls-pq=" + fmt.Sprint(*pq)}
 
 	edge, err := startSelf(ctx, data, linked...)
 	if err != nil {
