@@ -82,18 +82,10 @@ func (s *Store) AckMany(ctx context.Context, seqs map[push.UAID][]uint64) (int, 
 	err := s.do(ctx, func(t *txn) error {
 		n = 0
 		for u, ss := range seqs {
-			for _, seq := range ss {
-				h, ok, err := t.header(u, seq)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					continue
-				}
-				if err := t.removeMessage(u, seq, h, reasonAcked); err != nil {
-					return err
-				}
-				n++
+			k, err := t.ack(u, ss)
+			n += k
+			if err != nil {
+				return err
 			}
 		}
 		return nil

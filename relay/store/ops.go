@@ -485,24 +485,31 @@ func (s *Store) Ack(ctx context.Context, u push.UAID, seqs ...uint64) (int, erro
 		return 0, nil
 	}
 	var n int
-	err := s.do(ctx, func(t *txn) error {
-		n = 0
-		for _, seq := range seqs {
-			h, ok, err := t.header(u, seq)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				continue
-			}
-			if err := t.removeMessage(u, seq, h, reasonAcked); err != nil {
-				return err
-			}
-			n++
-		}
-		return nil
+	err := s.do(ctx, func(t *txn) (err error) {
+		n, err = t.ack(u, seqs)
+		return err
 	})
 	return n, err
+}
+
+// ack deletes u's messages with the given seqs (counted as acked),
+// returning how many existed.
+func (t *txn) ack(u push.UAID, seqs []uint64) (int, error) {
+	n := 0
+	for _, seq := range seqs {
+		h, ok, err := t.header(u, seq)
+		if err != nil {
+			return n, err
+		}
+		if !ok {
+			continue
+		}
+		if err := t.removeMessage(u, seq, h, reasonAcked); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
 }
 
 // Delete removes message seq if it belongs to channel ch of u (the app
