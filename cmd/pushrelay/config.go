@@ -89,14 +89,16 @@ type Config struct {
 	UpstreamCAFile       string
 	UpstreamTLSPQ        bool
 
-	RelayListen   string
-	LinkName      string
-	LinkCert      string
-	LinkKey       string
-	LinkCA        string
-	LinkPins      string
-	LinkToken     string
-	LinkTokenFile string
+	RelayListen     string
+	LinkName        string
+	LinkCert        string
+	LinkKey         string
+	LinkCA          string
+	LinkPins        string
+	LinkToken       string
+	LinkTokenFile   string
+	LinkKeepAlive   time.Duration
+	LinkIdleTimeout time.Duration
 }
 
 // minUpstreamPoll and maxUpstreamPoll bound upstream_poll_interval: each
@@ -288,6 +290,8 @@ var settings = []setting{
 	strSetting("link_pins", "", "comma-separated public key pins trusted on the relay link (pushrelay keys pin), instead of or besides link_ca", func(c *Config) *string { return &c.LinkPins }),
 	strSetting("link_token", "", "shared relay link token (pushrelay keys token): a child proves it instead of a certificate, a parent requires it; it shows in the config and, as a flag, in ps: prefer link_token_file", func(c *Config) *string { return &c.LinkToken }),
 	strSetting("link_token_file", "", "file holding the shared relay link token (first line)", func(c *Config) *string { return &c.LinkTokenFile }),
+	durSetting("link_keepalive", "15s", "how often a child relay sends its parent a heartbeat on the relay link (keeps NAT mappings; a restarted parent is noticed at the next one)", func(c *Config) *time.Duration { return &c.LinkKeepAlive }),
+	durSetting("link_idle_timeout", "60s", "how long the relay link may carry nothing from the other end before it is given up and the child redials (longer than link_keepalive)", func(c *Config) *time.Duration { return &c.LinkIdleTimeout }),
 	durSetting("upstream_ttl", "24h", "TTL given to each notification from the upstream (its frames carry none)", func(c *Config) *time.Duration { return &c.UpstreamTTL }),
 	durSetting("upstream_backoff", "5s", "first wait before reconnecting a lost upstream session (jittered, doubling up to 10m)", func(c *Config) *time.Duration { return &c.UpstreamBackoffMin }),
 	strSetting("upstream_ca_file", "", "PEM file of CA certificates trusted for a wss:// upstream, in addition to the system's roots (for an upstream with a private CA)", func(c *Config) *string { return &c.UpstreamCAFile }),
@@ -523,6 +527,9 @@ func (c *Config) validateLink() error {
 		if c.UpstreamCAFile != "" {
 			return cfgErr("upstream_ca_file is for a wss:// upstream; a quic:// upstream trusts link_ca or link_pins")
 		}
+	}
+	if c.LinkIdleTimeout <= c.LinkKeepAlive {
+		return cfgErr("link_idle_timeout %s must be longer than link_keepalive %s", c.LinkIdleTimeout, c.LinkKeepAlive)
 	}
 	if c.RelayListen != "" {
 		if _, _, err := net.SplitHostPort(c.RelayListen); err != nil {

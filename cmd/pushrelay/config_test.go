@@ -78,6 +78,7 @@ func TestConfigErrors(t *testing.T) {
 		{"relay_listen without cert", []string{"--relay-listen", ":4433", "--link-ca", "x"}, nil, "relay_listen needs link_cert"},
 		{"link key without link", []string{"--link-ca", "ca.crt"}, nil, "link_ca is set but neither"},
 		{"link ca missing", []string{"--upstream", "quic://core:4433", "--link-ca", filepath.Join(dir, "nope.crt"), "--link-token", "t"}, nil, "nope.crt"},
+		{"link idle timeout under keepalive", []string{"--upstream", "quic://core:4433", "--link-keepalive", "2s", "--link-idle-timeout", "2s"}, nil, "link_idle_timeout 2s must be longer than link_keepalive 2s"},
 		{"link token and file", []string{"--upstream", "quic://core:4433", "--link-ca", "x", "--link-token", "t", "--link-token-file", "f"}, nil, "set one"},
 	}
 	for _, c := range cases {

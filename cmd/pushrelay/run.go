@@ -150,6 +150,8 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		RelayListen:     c.RelayListen,
 		LinkName:        linkName,
 		LinkCredentials: linkCreds,
+		LinkKeepAlive:   c.LinkKeepAlive,
+		LinkIdleTimeout: c.LinkIdleTimeout,
 
 		Version: version,
 		Logger:  log,

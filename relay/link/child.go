@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -50,6 +52,13 @@ type ChildConfig struct {
 	CreditBytes, CreditMessages int
 	// KeepAlive and IdleTimeout are the transport's (linkquic defaults).
 	KeepAlive, IdleTimeout time.Duration
+	// PathCheck is how often the child asks the kernel which local
+	// address its route to the parent takes now (1s); when it changed,
+	// the connection migrates (see watchPath).
+	PathCheck time.Duration
+	// routeSource is the local address the route to the parent takes
+	// (routeSource; tests replace it).
+	routeSource func(net.Addr) netip.Addr
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
@@ -77,6 +86,12 @@ func (c *ChildConfig) setDefaults() {
 		c.CreditMessages = 4096
 	}
 	c.CreditMessages = max(c.CreditMessages, linkproto.MaxUpdateMessages)
+	if c.PathCheck <= 0 {
+		c.PathCheck = time.Second
+	}
+	if c.routeSource == nil {
+		c.routeSource = routeSource
+	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -402,6 +417,7 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { cc.acceptData(ctx, in, &wg) })
+	wg.Go(func() { c.watchPath(ctx, conn) })
 	if fix != nil {
 		wg.Go(func() { c.resync(ctx, fix) })
 	}
@@ -434,6 +450,67 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 			return err
 		}
 	}
+}
+
+// watchPath migrates the connection (linkquic's Conn.Migrate: a new
+// socket, the path validated, every stream kept) when the local address
+// of the route to the parent changes: a new backhaul address, a DHCP
+// renewal, a failover to another uplink. It asks every PathCheck, which
+// costs a socket and no packet. The parent would follow a changed source
+// address on its own (QUIC's passive migration), but only if packets from
+// the old socket still leave; moving to a fresh socket on the new route
+// does not depend on that. A migration that fails closes the connection,
+// and Run redials; a path that dies without any address changing is left
+// to the idle timeout (link_idle_timeout), then the redial.
+func (c *Child) watchPath(ctx context.Context, conn *linkquic.Conn) {
+	from := c.cfg.routeSource(conn.RemoteAddr())
+	t := time.NewTicker(c.cfg.PathCheck)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-conn.Done():
+			return
+		case <-t.C:
+		}
+		now := c.cfg.routeSource(conn.RemoteAddr())
+		if !now.IsValid() || now == from {
+			// No route at all (an interface down) leaves the path alone:
+			// it may come back with the same address.
+			continue
+		}
+		mctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+		err := conn.Migrate(mctx)
+		cancel()
+		if err != nil {
+			c.m.migrations.With("error").Inc()
+			c.cfg.Logger.Warn("the route to the parent changed and the link could not move to it; reconnecting",
+				"from", from, "to", now, "err", err)
+			conn.Close(linkquic.Code(linkproto.CodeNoError), "migration failed")
+			return
+		}
+		c.m.migrations.With("ok").Inc()
+		c.cfg.Logger.Info("the route to the parent changed; the link moved to it", "from", from, "to", now,
+			"local", conn.LocalAddr())
+		from = now
+	}
+}
+
+// routeSource is the local address the kernel's route to addr (UDP)
+// takes: a connected UDP socket, which sends nothing. The zero Addr when
+// there is no route.
+func routeSource(addr net.Addr) netip.Addr {
+	ua, ok := addr.(*net.UDPAddr)
+	if !ok {
+		return netip.Addr{}
+	}
+	uc, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		return netip.Addr{}
+	}
+	defer uc.Close()
+	return uc.LocalAddr().(*net.UDPAddr).AddrPort().Addr().Unmap()
 }
 
 // childConn is one connection's state on the child.

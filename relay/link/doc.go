@@ -15,7 +15,9 @@
 // ingests every UPDATE through the hub (Ingest: origin key (parent, the
 // parent's id), one commit per frame), then ACKs it and raises the credit
 // by what it took. A lost connection is redialed after a jittered
-// exponential backoff.
+// exponential backoff. When the local address of the route to the parent
+// changes, the connection moves to a new socket on it (QUIC connection
+// migration, linkquic's Conn.Migrate) instead of redialing.
 //
 // Parent (relay_listen): accepts children, checks the token binding (or
 // that the certificate names the child it says it is), answers REGISTER
@@ -48,7 +50,8 @@
 //
 // Goroutines: the child's Run holds one for the connection's control
 // stream, one accepting data streams and one per data stream (each
-// ingesting), and one unregister sender. The parent's Run accepts; each
+// ingesting), one watching the route to the parent (migrating the
+// connection when its local address changes), and one unregister sender. The parent's Run accepts; each
 // child has one goroutine on its control stream, one sender, and one per
 // register or unregister being answered (at most 16 at once).
 //

@@ -89,6 +89,12 @@ func (g *gate) release() {
 
 func newPair(t testing.TB, creditMessages int) *pair {
 	t.Helper()
+	return newPairWith(t, creditMessages, nil)
+}
+
+// newPairWith is newPair with the child's config changed by edit first.
+func newPairWith(t testing.TB, creditMessages int, edit func(*ChildConfig)) *pair {
+	t.Helper()
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
 	if _, err := linkauth.NewCA(ca, "", false); err != nil {
@@ -133,9 +139,13 @@ func newPair(t testing.TB, creditMessages int) *pair {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.child, err = NewChild(ChildConfig{Addr: p.parent.Addr().String(), Name: "edge-1", Credentials: creds("edge-1"),
+	ccfg := ChildConfig{Addr: p.parent.Addr().String(), Name: "edge-1", Credentials: creds("edge-1"),
 		Store: p.cst, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
-		CreditMessages: creditMessages, Metrics: p.creg})
+		CreditMessages: creditMessages, Metrics: p.creg}
+	if edit != nil {
+		edit(&ccfg)
+	}
+	p.child, err = NewChild(ccfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -331,6 +341,9 @@ func TestResync(t *testing.T) {
 		_, ok3, _ := p.pst.Channel(u2, extra)
 		return ok1 && ok2 && !ok3
 	})
+	// The parent's store is fixed before the child has the last answer
+	// and counts the resync done.
+	eventually(t, "the child counted the resync", func() bool { return p.creg.Value("pushrelay_link_up_resyncs_total") >= 1 })
 	if n := p.creg.Value("pushrelay_link_up_resyncs_total"); n != 1 {
 		t.Fatalf("%v resyncs", n)
 	}

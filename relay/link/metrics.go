@@ -11,6 +11,7 @@ type childMetrics struct {
 	unregisters      metrics.Counter
 	digestMismatches metrics.Counter
 	resyncs          metrics.Counter
+	migrations       *metrics.CounterVec
 }
 
 func newChildMetrics(r *metrics.Registry) *childMetrics {
@@ -23,6 +24,7 @@ func newChildMetrics(r *metrics.Registry) *childMetrics {
 		unregisters:      r.Counter("pushrelay_link_up_unregisters_sent_total", "Devices' unregisters passed to the parent (each kept durably until then)."),
 		digestMismatches: r.Counter("pushrelay_link_up_digest_mismatches_total", "WELCOMEs whose digest of this relay's channels differed from its own."),
 		resyncs:          r.Counter("pushrelay_link_up_resyncs_total", "Resyncs done: the parent's view compared with the store and fixed with registers and unregisters."),
+		migrations:       r.CounterVec("pushrelay_link_up_migrations_total", "Moves of the link to a new local address after the route to the parent changed, by result (ok, error: then it redials).", "result"),
 	}
 }
 
