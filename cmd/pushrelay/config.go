@@ -97,6 +97,7 @@ type Config struct {
 	LinkPins      string
 	LinkToken     string
 	LinkTokenFile string
+	LinkKeepAlive time.Duration
 }
 
 // minUpstreamPoll and maxUpstreamPoll bound upstream_poll_interval: each
@@ -288,6 +289,7 @@ var settings = []setting{
 	strSetting("link_pins", "", "comma-separated public key pins trusted on the relay link (pushrelay keys pin), instead of or besides link_ca", func(c *Config) *string { return &c.LinkPins }),
 	strSetting("link_token", "", "shared relay link token (pushrelay keys token): a child proves it instead of a certificate, a parent requires it; it shows in the config and, as a flag, in ps: prefer link_token_file", func(c *Config) *string { return &c.LinkToken }),
 	strSetting("link_token_file", "", "file holding the shared relay link token (first line)", func(c *Config) *string { return &c.LinkTokenFile }),
+	durSetting("link_keepalive", "15s", "how often a child relay sends its parent a heartbeat on an idle link: it keeps NAT mappings, and a restarted parent answers it with a stateless reset, so an idle child notices the restart within this", func(c *Config) *time.Duration { return &c.LinkKeepAlive }),
 	durSetting("upstream_ttl", "24h", "TTL given to each notification from the upstream (its frames carry none)", func(c *Config) *time.Duration { return &c.UpstreamTTL }),
 	durSetting("upstream_backoff", "5s", "first wait before reconnecting a lost upstream session (jittered, doubling up to 10m)", func(c *Config) *time.Duration { return &c.UpstreamBackoffMin }),
 	strSetting("upstream_ca_file", "", "PEM file of CA certificates trusted for a wss:// upstream, in addition to the system's roots (for an upstream with a private CA)", func(c *Config) *string { return &c.UpstreamCAFile }),

@@ -150,6 +150,7 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		RelayListen:     c.RelayListen,
 		LinkName:        linkName,
 		LinkCredentials: linkCreds,
+		LinkKeepAlive:   c.LinkKeepAlive,
 
 		Version: version,
 		Logger:  log,
