@@ -6,13 +6,16 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/broadcast"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/linkproto"
 	"github.com/pushrelay/pushrelay/relay/linkquic"
@@ -59,10 +62,24 @@ type ChildConfig struct {
 	// routeSource is the local address the route to the parent takes
 	// (routeSource; tests replace it).
 	routeSource func(net.Addr) netip.Addr
+	// Broadcasts, when set, keeps the broadcast versions the parent sends
+	// (broadcast.Registry), under the source BroadcastSource.
+	Broadcasts BroadcastSetter
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
 }
+
+// BroadcastSetter is where a child keeps its parent's broadcast versions:
+// broadcast.Registry.
+type BroadcastSetter interface {
+	Versions() map[string]string
+	Set(ctx context.Context, source string, versions map[string]string) (map[string]string, error)
+}
+
+// BroadcastSource is the source the parent's versions are set under
+// (pushrelay_broadcast_changes_total{source="parent"}).
+const BroadcastSource = "parent"
 
 // maxUpdate is the largest UPDATE payload a child accepts.
 const maxUpdate = 256 << 10
@@ -438,8 +455,10 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 			cc.answer(fr.ID, answer{status: fr.Status, endpoint: fr.Endpoint})
 		case *linkproto.Unregistered:
 			cc.answer(fr.ID, answer{status: fr.Status})
-		case *linkproto.Broadcast, *linkproto.Resync:
-			// Broadcasts down the chain and resync are not built yet.
+		case *linkproto.Broadcast:
+			c.setBroadcasts(ctx, fr.Versions)
+		case *linkproto.Resync:
+			// Read right after WELCOME (readResync); ignored later.
 		case *linkproto.GoAway:
 			c.cfg.Logger.Info("the parent is leaving", "code", fr.Code, "reason", fr.Reason)
 			conn.Close(linkquic.Code(linkproto.CodeNoError), "goaway")
@@ -722,6 +741,51 @@ func (c *Child) sendPendingUnregisters(ctx context.Context) (bool, error) {
 		c.m.unregisters.Inc()
 	}
 	return len(ps) == unregisterBatch, nil
+}
+
+// setBroadcasts keeps the versions of a BROADCAST in the registry, in
+// the order the frames come (on the control stream's goroutine: a change
+// is rare, and one commit). Past the registry's broadcast.MaxIDs (ids
+// set here by other sources count too) it keeps the versions of the ids
+// it holds and as many new ids as fit, in id order; the others are
+// counted refused and logged. A version not stored is logged: the
+// parent sends the whole map again at the next connect.
+func (c *Child) setBroadcasts(ctx context.Context, vs map[string]string) {
+	reg := c.cfg.Broadcasts
+	if reg == nil || len(vs) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.RequestTimeout)
+	defer cancel()
+	changed, err := reg.Set(ctx, BroadcastSource, vs)
+	refused := 0
+	if errors.Is(err, broadcast.ErrBad) {
+		cur := reg.Versions()
+		room := broadcast.MaxIDs - len(cur)
+		fit := make(map[string]string, len(vs))
+		for _, id := range slices.Sorted(maps.Keys(vs)) {
+			if _, ok := cur[id]; !ok {
+				if room <= 0 {
+					refused++
+					continue
+				}
+				room--
+			}
+			fit[id] = vs[id]
+		}
+		c.cfg.Logger.Warn("broadcasts from the parent past the registry's limit not kept",
+			"ids", refused, "limit", broadcast.MaxIDs)
+		changed, err = reg.Set(ctx, BroadcastSource, fit)
+		vs = fit
+	}
+	if err != nil {
+		c.m.broadcasts.With("not_stored").Add(float64(len(vs)))
+		c.cfg.Logger.Warn("broadcasts from the parent not stored", "ids", len(vs), "err", err)
+		return
+	}
+	c.m.broadcasts.With("refused").Add(float64(refused))
+	c.m.broadcasts.With("set").Add(float64(len(changed)))
+	c.m.broadcasts.With("unchanged").Add(float64(len(vs) - len(changed)))
 }
 
 // chPair is one (UAID, channel).

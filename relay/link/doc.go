@@ -36,6 +36,15 @@
 // child is marked, so whatever was not acked is sent again; the child's
 // origin keys drop the copies (at most the credit window of them).
 //
+// Broadcasts (ParentConfig.Broadcasts, ChildConfig.Broadcasts: the
+// relays' broadcast.Registry): the parent sends each child every id of
+// its registry with its version once the connection is up, then, at each
+// change, what differs from what it sent on that connection (one
+// goroutine per connection, woken by the registry's change listener); the
+// child sets them in its registry under the source "parent" on its
+// control stream's goroutine, in frame order. On a middle tier the one
+// registry is both, so versions flow down a chain tier by tier.
+//
 // Sequences are numbered per connection from the HELLO's resume point
 // plus one; the parent's durable queue is the store's messages
 // themselves, not a separate log.
@@ -51,11 +60,14 @@
 // Goroutines: the child's Run holds one for the connection's control
 // stream, one accepting data streams and one per data stream (each
 // ingesting), one watching the route to the parent (migrating the
-// connection when its local address changes), and one unregister sender. The parent's Run accepts; each
-// child has one goroutine on its control stream, one sender, and one per
-// register or unregister being answered (at most 16 at once).
+// connection when its local address changes), and one unregister sender.
+// The parent's Run accepts; each child has one goroutine on its control
+// stream, one sender, one sending broadcasts, and one per register or
+// unregister being answered (at most 16 at once).
 //
-// Locks: Parent.mu before a connection's mu, never the other way; the
-// child's mu and a connection's mu are never held together. No lock is
-// held across a store call or a stream write.
+// Locks: the broadcast registry's lock (its change listener runs under
+// it) before Parent.mu; Parent.mu before a connection's mu, never the
+// other way; the child's mu and a connection's mu are never held
+// together. No lock of this package is held across a store call or a
+// stream write.
 package link

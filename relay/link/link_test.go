@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/broadcast"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/leakcheck"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
@@ -38,6 +39,7 @@ type pair struct {
 	parent     *Parent
 	child      *Child
 	preg, creg *metrics.Registry
+	pbc, cbc   *broadcast.Registry
 	gate       *gate
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
@@ -130,8 +132,14 @@ func newPairWith(t testing.TB, creditMessages int, edit func(*ChildConfig)) *pai
 	if err != nil {
 		t.Fatal(err)
 	}
+	if p.pbc, err = broadcast.Open(p.pst, p.preg); err != nil {
+		t.Fatal(err)
+	}
+	if p.cbc, err = broadcast.Open(p.cst, p.creg); err != nil {
+		t.Fatal(err)
+	}
 	p.parent, err = NewParent(ParentConfig{Listen: "127.0.0.1:0", Name: "core", Credentials: creds("core"),
-		Store: p.pst, Endpoints: minter, Metrics: p.preg})
+		Store: p.pst, Endpoints: minter, Metrics: p.preg, Broadcasts: p.pbc})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -141,7 +149,7 @@ func newPairWith(t testing.TB, creditMessages int, edit func(*ChildConfig)) *pai
 	}
 	ccfg := ChildConfig{Addr: p.parent.Addr().String(), Name: "edge-1", Credentials: creds("edge-1"),
 		Store: p.cst, BackoffMin: 20 * time.Millisecond, BackoffMax: 100 * time.Millisecond,
-		CreditMessages: creditMessages, Metrics: p.creg}
+		CreditMessages: creditMessages, Metrics: p.creg, Broadcasts: p.cbc}
 	if edit != nil {
 		edit(&ccfg)
 	}
@@ -458,5 +466,102 @@ func TestOriginIDsNameTheStore(t *testing.T) {
 	}
 	if ms, err := p.cst.Messages(u, 0, 10); err != nil || len(ms) != 2 {
 		t.Fatalf("the child keeps %d messages, want 2 (%v)", len(ms), err)
+	}
+}
+
+// reconnect closes the child's connection; it dials again at once.
+func (p *pair) reconnect() {
+	p.child.mu.Lock()
+	cc := p.child.cur
+	p.child.mu.Unlock()
+	if cc != nil {
+		cc.conn.Close(0, "test: reconnect")
+	}
+}
+
+// hasVersions reports whether reg holds every version of want.
+func hasVersions(reg *broadcast.Registry, want map[string]string) bool {
+	cur := reg.Versions()
+	for id, v := range want {
+		if cur[id] != v {
+			return false
+		}
+	}
+	return true
+}
+
+// The parent's broadcast versions reach the child's registry: the whole
+// map at each connect, then only what changes; the child keeps them under
+// the source "parent" beside its own ids.
+func TestBroadcastsDownTheLink(t *testing.T) {
+	p := newPair(t, 0)
+	ctx := context.Background()
+	eventually(t, "the link is up", func() bool { return p.child.Status().Connected })
+	if _, err := p.cbc.Set(ctx, "admin", map[string]string{"own": "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.pbc.Set(ctx, "admin", map[string]string{"a": "1", "b": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the child has a and b", func() bool { return hasVersions(p.cbc, map[string]string{"a": "1", "b": "1"}) })
+	if _, err := p.pbc.Set(ctx, "admin", map[string]string{"a": "2"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the child has a's change", func() bool { return hasVersions(p.cbc, map[string]string{"a": "2", "b": "1"}) })
+	if got := p.preg.Value("pushrelay_link_children_broadcasts_sent_total"); got != 3 {
+		t.Fatalf("%v versions sent, want 3 (a and b, then a's change alone)", got)
+	}
+	if got := p.creg.Value(`pushrelay_broadcast_changes_total{source="parent"}`); got != 3 {
+		t.Fatalf("%v changes from the parent, want 3", got)
+	}
+	// At the next connect the whole map comes again: nothing changes.
+	p.reconnect()
+	eventually(t, "the whole map sent again", func() bool {
+		return p.preg.Value("pushrelay_link_children_broadcasts_sent_total") == 5
+	})
+	eventually(t, "the child took it", func() bool {
+		return p.creg.Value(`pushrelay_link_up_broadcasts_total{result="unchanged"}`) == 2
+	})
+	want := map[string]string{"own": "x", "a": "2", "b": "1"}
+	if got := p.cbc.Versions(); fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("child's versions %v, want %v", got, want)
+	}
+	// A change made while the child is away reaches it at the connect.
+	p.child.mu.Lock()
+	cc := p.child.cur
+	p.child.mu.Unlock()
+	gone := cc.conn.Done()
+	p.reconnect()
+	<-gone
+	if _, err := p.pbc.Set(ctx, "admin", map[string]string{"b": "2", "c": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the child has b's change and c", func() bool { return hasVersions(p.cbc, map[string]string{"b": "2", "c": "1"}) })
+}
+
+// Past the registry's 1,024 ids the child keeps the versions of the ids
+// it holds and as many new ones as fit, in id order, and counts the rest
+// refused.
+func TestBroadcastsPastTheLimit(t *testing.T) {
+	p := newPair(t, 0)
+	ctx := context.Background()
+	own := map[string]string{}
+	for i := range broadcast.MaxIDs - 1 {
+		own[fmt.Sprintf("own-%04d", i)] = "1"
+	}
+	if _, err := p.cbc.Set(ctx, "admin", own); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := p.pbc.Set(ctx, "admin", map[string]string{"own-0000": "2", "p1": "1", "p2": "1"}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the child took what fits", func() bool {
+		return hasVersions(p.cbc, map[string]string{"own-0000": "2", "p1": "1"})
+	})
+	if _, ok := p.cbc.Versions()["p2"]; ok {
+		t.Fatal("the child holds more than 1,024 ids")
+	}
+	if got := p.creg.Value(`pushrelay_link_up_broadcasts_total{result="refused"}`); got != 1 {
+		t.Fatalf("%v refused, want 1", got)
 	}
 }

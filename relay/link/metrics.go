@@ -12,6 +12,7 @@ type childMetrics struct {
 	digestMismatches metrics.Counter
 	resyncs          metrics.Counter
 	migrations       *metrics.CounterVec
+	broadcasts       *metrics.CounterVec
 }
 
 func newChildMetrics(r *metrics.Registry) *childMetrics {
@@ -25,6 +26,7 @@ func newChildMetrics(r *metrics.Registry) *childMetrics {
 		digestMismatches: r.Counter("pushrelay_link_up_digest_mismatches_total", "WELCOMEs whose digest of this relay's channels differed from its own."),
 		resyncs:          r.Counter("pushrelay_link_up_resyncs_total", "Resyncs done: the parent's view compared with the store and fixed with registers and unregisters."),
 		migrations:       r.CounterVec("pushrelay_link_up_migrations_total", "Moves of the link to a new local address after the route to the parent changed, by result (ok, error: then it redials).", "result"),
+		broadcasts:       r.CounterVec("pushrelay_link_up_broadcasts_total", "Broadcast versions from the parent, by result (set, unchanged, refused: past the registry's 1,024 ids, not_stored).", "result"),
 	}
 }
 
@@ -39,6 +41,7 @@ type parentMetrics struct {
 	acked            metrics.Counter
 	dropped          metrics.Counter
 	digestMismatches metrics.Counter
+	broadcasts       metrics.Counter
 }
 
 func newParentMetrics(r *metrics.Registry) *parentMetrics {
@@ -53,5 +56,6 @@ func newParentMetrics(r *metrics.Registry) *parentMetrics {
 		acked:            r.Counter("pushrelay_link_children_messages_acked_total", "Messages children acked (deleted here then)."),
 		dropped:          r.Counter("pushrelay_link_children_messages_dropped_total", "Messages for children deleted unsent because an UPDATE cannot carry them (over a field's limit)."),
 		digestMismatches: r.Counter("pushrelay_link_children_digest_mismatches_total", "HELLOs whose digest differed from this relay's view of the child (each answered with a resync)."),
+		broadcasts:       r.Counter("pushrelay_link_children_broadcasts_sent_total", "Broadcast versions sent to children in BROADCAST frames (the whole map at each connect, then changes)."),
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -48,6 +49,9 @@ type ParentConfig struct {
 	RequestTimeout time.Duration
 	// KeepAlive and IdleTimeout are the transport's (linkquic defaults).
 	KeepAlive, IdleTimeout time.Duration
+	// Broadcasts, when set, are sent down to every child: the whole map
+	// after WELCOME, then each change (broadcast.Registry).
+	Broadcasts relay.Broadcasts
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
@@ -129,6 +133,18 @@ func NewParent(cfg ParentConfig) (*Parent, error) {
 		return nil, fmt.Errorf("link: read children: %w", err)
 	}
 	p.m.uaids.Set(float64(len(p.serves)))
+	if cfg.Broadcasts != nil {
+		// Runs under the registry's lock: Parent.mu is taken after it.
+		cfg.Broadcasts.OnChange(func(map[string]string) {
+			p.mu.Lock()
+			for _, pc := range p.conns {
+				if pc != nil {
+					kick(pc.bcKick)
+				}
+			}
+			p.mu.Unlock()
+		})
+	}
 	tlsConf, err := cfg.Credentials.ServerTLS()
 	if err != nil {
 		return nil, fmt.Errorf("link: %w", err)
@@ -348,6 +364,9 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	wg.Go(func() { pc.send(ctx) })
+	if p.cfg.Broadcasts != nil {
+		wg.Go(func() { pc.sendBroadcasts() })
+	}
 	sem := make(chan struct{}, 16)
 	for {
 		fr, err := f.next()
@@ -410,7 +429,7 @@ func (p *Parent) attach(name string, conn *linkquic.Conn, f *framer) (pc, old *p
 		p.index[name] = i
 	}
 	pc = &parentConn{p: p, idx: i, name: name, conn: conn, ctl: f, dirty: map[push.UAID]struct{}{},
-		kick: make(chan struct{}, 1), sentUpTo: map[push.UAID]uint64{}}
+		kick: make(chan struct{}, 1), bcKick: make(chan struct{}, 1), sentUpTo: map[push.UAID]uint64{}}
 	old = p.conns[i]
 	p.conns[i] = pc
 	return pc, old, true
@@ -577,6 +596,8 @@ type parentConn struct {
 	ctl  *framer
 	data []*linkquic.SendStream
 	kick chan struct{}
+	// bcKick: the broadcast versions changed.
+	bcKick chan struct{}
 
 	mu sync.Mutex
 	// dirty are the UAIDs that may have messages not sent yet.
@@ -842,6 +863,60 @@ func (pc *parentConn) sendFrame(s int, seq uint64, frame []byte, msgs []push.Mes
 	pc.inflightMsgs += len(msgs)
 	pc.mu.Unlock()
 	return nil
+}
+
+// sendBroadcasts sends the child the broadcast versions on the control
+// stream: the whole map first (right after WELCOME and any RESYNC, as the
+// sender and this start together), then, at each change, the ids whose
+// version differs from what this connection sent. Changes that come while
+// a frame is written are sent together in the next. A failed write
+// closes the connection; the next one starts with the whole map again.
+func (pc *parentConn) sendBroadcasts() {
+	var sent map[string]string
+	kick(pc.bcKick)
+	for {
+		select {
+		case <-pc.bcKick:
+		case <-pc.conn.Done():
+			return
+		}
+		cur := pc.p.cfg.Broadcasts.Versions()
+		var diff map[string]string
+		for id, v := range cur {
+			if old, ok := sent[id]; !ok || old != v {
+				if diff == nil {
+					diff = map[string]string{}
+				}
+				diff[id] = v
+			}
+		}
+		if len(diff) == 0 {
+			continue
+		}
+		if len(diff) > linkproto.MaxBroadcasts {
+			// The registry holds at most broadcast.MaxIDs, which is
+			// MaxBroadcasts; never more in one frame.
+			for id := range diff {
+				if len(diff) == linkproto.MaxBroadcasts {
+					break
+				}
+				delete(diff, id)
+			}
+			kick(pc.bcKick)
+		}
+		if err := pc.ctl.send(&linkproto.Broadcast{Versions: diff}); err != nil {
+			if pc.conn.Err() == nil {
+				pc.p.cfg.Logger.Warn("broadcasts not sent", "child", pc.name, "err", err)
+				closeFor(pc.conn, err, linkproto.CodeInternal)
+			}
+			return
+		}
+		pc.p.m.broadcasts.Add(float64(len(diff)))
+		if sent == nil {
+			sent = make(map[string]string, len(cur))
+		}
+		maps.Copy(sent, diff)
+	}
 }
 
 // originID is the origin id the child stores a message under: the

@@ -13,6 +13,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	pushid "github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
+	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
 func init() {
@@ -269,4 +270,53 @@ func TestRelayLinkThreeTiers(t *testing.T) {
 		}
 		return true
 	})
+}
+
+// Broadcasts flow down a chain of three tiers: the core's versions (its
+// admin's) reach a device on the edge two links down, and so do their
+// changes; each tier below keeps them under the source "parent".
+func TestRelayLinkThreeTiersBroadcasts(t *testing.T) {
+	const id = "remote-settings/monitor_changes"
+	site := newLinkSite(t)
+	core := start(t, parentConfig(t, site, ""))
+	if _, err := core.broadcasts.Set(context.Background(), "admin", map[string]string{id: "1"}); err != nil {
+		t.Fatal(err)
+	}
+	mcfg := childConfig(t, site, core.Node, "")
+	mcfg.LinkName = "regional"
+	mcfg.LinkCredentials = site.creds(t, "regional", "")
+	mcfg.RelayListen = "127.0.0.1:0"
+	regional := start(t, mcfg)
+	edge := start(t, childConfig(t, site, regional.Node, ""))
+	eventually(t, "the edge has the core's version", func() bool { return edge.broadcasts.Versions()[id] == "1" })
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := pushclient.Dial(ctx, edge.DeviceURL())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Abort()
+	h, err := c.Hello("", pushclient.HelloOptions{Broadcasts: map[string]string{id: "0"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.Broadcasts[id] != "1" {
+		t.Fatalf("hello answered broadcasts %v, want %s: 1", h.Broadcasts, id)
+	}
+	if _, err := core.broadcasts.Set(context.Background(), "admin", map[string]string{id: "2"}); err != nil {
+		t.Fatal(err)
+	}
+	f, err := c.Next(time.Now().Add(10 * time.Second))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.MessageType != pushproto.TypeBroadcast || f.Broadcasts[id] != "2" {
+		t.Fatalf("device got %+v, want the broadcast %s: 2", f, id)
+	}
+	for name, n := range map[string]*running{"regional": regional, "edge": edge} {
+		if got := n.Metrics().Value(`pushrelay_broadcast_changes_total{source="parent"}`); got != 2 {
+			t.Errorf("%s: %v changes from the parent, want 2", name, got)
+		}
+	}
 }

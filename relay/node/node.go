@@ -308,7 +308,7 @@ func New(cfg Config) (_ *Node, err error) {
 		d.child, err = link.NewChild(link.ChildConfig{
 			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: d.store,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
-			KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout,
+			KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout, Broadcasts: d.broadcasts,
 			Logger: d.log.With("component", "link"), Metrics: d.reg,
 		})
 		if err != nil {
@@ -343,7 +343,7 @@ func New(cfg Config) (_ *Node, err error) {
 		d.parent, err = link.NewParent(link.ParentConfig{
 			Listen: cfg.RelayListen, Name: linkName, Credentials: cfg.LinkCredentials, ResetKey: resetKey,
 			Store: d.store, Endpoints: endpoints, KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout,
-			Logger: d.log.With("component", "link-parent"), Metrics: d.reg,
+			Broadcasts: d.broadcasts, Logger: d.log.With("component", "link-parent"), Metrics: d.reg,
 		})
 		if err != nil {
 			return nil, err
