@@ -188,8 +188,12 @@ const (
 // clientBufs; a frame larger than it gets a buffer of its own.
 const clientReadBuf = 512
 
-// maxClientMessage bounds a frame or a message from the server.
-const maxClientMessage = 16 << 20
+// maxClientMessage bounds a frame or a message from the server, and so
+// what one server can make a held session buffer (the frame's room is
+// taken when its header is read). The largest the push protocol sends is
+// a hello or broadcast answer naming 1,024 broadcast ids of 128 bytes
+// with versions, some 300 KB; a notification is under 8 KB.
+const maxClientMessage = 1 << 20
 
 var clientBufs = sync.Pool{New: func() any { b := make([]byte, clientReadBuf); return &b }}
 
