@@ -563,8 +563,8 @@ func TestE2EUpstreamOutage(t *testing.T) {
 			mustCreated(t, push(t, s, fmt.Sprintf("during the outage %d", i), nil))
 		}
 	}
-	if code, body := httpGet(edge.Admin + "/readyz"); code != 200 {
-		t.Errorf("/readyz with the upstream down = %d %s, want 200: local devices are still served", code, body)
+	if code, body := httpGet(edge.Admin + "/readyz"); code != 200 || !strings.Contains(body, "warning: upstream: none of the 20 held sessions is open") {
+		t.Errorf("/readyz with the upstream down = %d %q, want 200 (local devices are still served) and the upstream's warning", code, body)
 	}
 	if code, _ := httpGet(edge.Admin + "/healthz"); code != 200 {
 		t.Errorf("/healthz = %d", code)
@@ -607,6 +607,9 @@ func TestE2EUpstreamOutage(t *testing.T) {
 		maxSeen = max(maxSeen, float64(conns)/max(time.Since(t0).Seconds(), 0.001))
 	})
 	t.Logf("%d sessions back in %s (%d connects)", n, time.Since(t0).Round(time.Millisecond), up.Stats().Connections-before)
+	if code, body := httpGet(edge.Admin + "/readyz"); code != 200 || strings.Contains(body, "warning") {
+		t.Errorf("/readyz with the upstream back = %d %q, want 200 and no warning", code, body)
+	}
 	for i, d := range devs {
 		if i > 1 {
 			d = connect(t, edge, d.uaid)

@@ -6,7 +6,9 @@
 //	GET /healthz   200 while the process runs
 //	GET /readyz    200 once every listener is up, 503 before, while
 //	               shutting down and while a check fails (the store out
-//	               of space: the body says which and since when)
+//	               of space: the body says which and since when); a
+//	               warning (AddWarning: the upstream down) keeps it 200
+//	               and adds a "warning:" line
 //	GET /status    JSON (Accept: application/json or ?format=json) or a
 //	               small HTML page
 //	/debug/pprof/  Go profiles (left out of builds tagged nopprof, which
@@ -50,6 +52,10 @@ type Status struct {
 	// Problems are the failing checks (AddCheck) by name; Ready is false
 	// while there is one.
 	Problems map[string]string `json:"problems,omitempty"`
+	// Warnings are the failing conditions that do not make the relay
+	// unready (AddWarning) by name: the upstream down, while local
+	// service goes on.
+	Warnings map[string]string `json:"warnings,omitempty"`
 }
 
 // UpstreamStatus is the upstream link's part of Status.
@@ -102,8 +108,9 @@ type Server struct {
 	status func() Status
 	mux    *http.ServeMux
 
-	mu     sync.Mutex
-	checks []check
+	mu       sync.Mutex
+	checks   []check
+	warnings []check
 
 	bcast atomic.Pointer[bcastAPI] // the broadcast calls, once ServeBroadcasts turned them on
 }
@@ -134,7 +141,13 @@ func New(reg *metrics.Registry, status func() Status) *Server {
 			http.Error(w, strings.TrimSuffix(b.String(), ";"), http.StatusServiceUnavailable)
 			return
 		}
-		w.Write([]byte("ready\n"))
+		var b strings.Builder
+		b.WriteString("ready\n")
+		warn := s.warned()
+		for _, name := range sortedKeys(warn) {
+			fmt.Fprintf(&b, "warning: %s: %s\n", name, warn[name])
+		}
+		w.Write([]byte(b.String()))
 	})
 	s.mux.HandleFunc("GET /status", s.serveStatus)
 	s.registerBroadcasts()
@@ -154,11 +167,33 @@ func (s *Server) AddCheck(name string, fn func() error) {
 	s.checks = append(s.checks, check{name, fn})
 }
 
+// AddWarning adds a condition that does not make the relay unready but is
+// worth a look: while fn returns an error, /readyz still answers 200 and
+// says it on a "warning:" line, and /status lists it under warnings. fn
+// runs on every /readyz and /status request, so it must be cheap.
+func (s *Server) AddWarning(name string, fn func() error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.warnings = append(s.warnings, check{name, fn})
+}
+
 // problems runs the checks and returns the failing ones.
 func (s *Server) problems() map[string]string {
 	s.mu.Lock()
 	checks := s.checks
 	s.mu.Unlock()
+	return failing(checks)
+}
+
+// warned runs the warnings' conditions and returns the failing ones.
+func (s *Server) warned() map[string]string {
+	s.mu.Lock()
+	checks := s.warnings
+	s.mu.Unlock()
+	return failing(checks)
+}
+
+func failing(checks []check) map[string]string {
 	var p map[string]string
 	for _, c := range checks {
 		if err := c.fn(); err != nil {
@@ -233,6 +268,9 @@ func writePage(w io.Writer, st Status) {
 	for _, k := range sortedKeys(st.Problems) {
 		row("problem: "+k, st.Problems[k])
 	}
+	for _, k := range sortedKeys(st.Warnings) {
+		row("warning: "+k, st.Warnings[k])
+	}
 	for _, k := range sortedKeys(st.Listeners) {
 		row(k+" listener", st.Listeners[k])
 	}
@@ -245,6 +283,7 @@ func writePage(w io.Writer, st Status) {
 func (s *Server) serveStatus(w http.ResponseWriter, r *http.Request) {
 	st := s.status()
 	st.Problems = s.problems()
+	st.Warnings = s.warned()
 	st.Ready = s.ready.Load() && len(st.Problems) == 0
 	if r.URL.Query().Get("format") == "json" || strings.Contains(r.Header.Get("Accept"), "application/json") {
 		w.Header().Set("Content-Type", "application/json")

@@ -116,3 +116,36 @@ func TestChecks(t *testing.T) {
 		t.Fatalf("problems left in %s", body)
 	}
 }
+
+// A warning does not make the relay unready: /readyz answers 200 and
+// says it; /status lists it. A failing check still answers 503.
+func TestWarnings(t *testing.T) {
+	s := New(metrics.NewRegistry(), func() Status { return Status{} })
+	s.SetReady(true)
+	var down atomic.Bool
+	s.AddWarning("upstream", func() error {
+		if down.Load() {
+			return errors.New("none open")
+		}
+		return nil
+	})
+	get := func(path string) (int, string) {
+		rec := httptest.NewRecorder()
+		s.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+		return rec.Code, rec.Body.String()
+	}
+	if code, body := get("/readyz"); code != 200 || body != "ready\n" {
+		t.Errorf("/readyz = %d %q", code, body)
+	}
+	down.Store(true)
+	if code, body := get("/readyz"); code != 200 || body != "ready\nwarning: upstream: none open\n" {
+		t.Errorf("/readyz with a warning = %d %q", code, body)
+	}
+	if _, body := get("/status?format=json"); !strings.Contains(body, `"warnings":{"upstream":"none open"}`) {
+		t.Errorf("/status does not list the warning: %s", body)
+	}
+	s.AddCheck("store", func() error { return errors.New("full") })
+	if code, _ := get("/readyz"); code != 503 {
+		t.Errorf("/readyz with a failing check = %d, want 503", code)
+	}
+}

@@ -389,6 +389,28 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	d.admin = admin.New(d.reg, d.status)
 	d.admin.AddCheck("store", d.checkStore)
+	// The upstream or the parent being away does not make this relay
+	// unready (its devices are served locally all the same), but /readyz
+	// and /status say so.
+	if d.link != nil {
+		d.admin.AddWarning("upstream", func() error {
+			if held, open := d.link.Sessions(); held > 0 && open == 0 {
+				return fmt.Errorf("none of the %d held sessions is open: the upstream or the backhaul is down (or they are still connecting)", held)
+			}
+			return nil
+		})
+	}
+	if d.child != nil {
+		d.admin.AddWarning("relay link", func() error {
+			if st := d.child.Status(); !st.Connected {
+				if st.LastError != "" {
+					return fmt.Errorf("not connected to the parent %s: %s", st.Addr, st.LastError)
+				}
+				return fmt.Errorf("not connected to the parent %s", st.Addr)
+			}
+			return nil
+		})
+	}
 	if cfg.AdminToken != "" {
 		d.admin.ServeBroadcasts(d.broadcasts, cfg.AdminToken)
 	}
