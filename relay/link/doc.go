@@ -41,10 +41,17 @@
 // Memory on the parent per UAID a child serves: one map entry (the UAID
 // and a 2-byte child index), plus, while a child is connected, the marks
 // of UAIDs with messages not yet read and the frames in flight (bounded by
-// the credit). The digests are computed from the store at each connect
-// (the child's over all its channels, the parent's over the child's
-// UAIDs); on a mismatch the parent sends its view (RESYNC) after WELCOME
-// and the child fixes it with REGISTERs and UNREGISTERs.
+// the credit), and 40 bytes per child for its digest. The parent keeps
+// each child's digest (of the pairs it holds for the child's UAIDs): built
+// from the store when it starts, then changed on every register,
+// unregister and claim the link makes (linkproto.Digest's O(1) Add and
+// Remove), so a connect reads nothing from the store. Only when a child's
+// HELLO digest differs is the digest rebuilt from the store, which
+// decides; then, still differing, the parent sends its view (RESYNC) after
+// WELCOME and the child fixes it with REGISTERs and UNREGISTERs. A change
+// to those pairs made at a running parent by another path (a device reset
+// by its hub or its upstream) is seen at its next start, not at the next
+// connect. The child's digest is computed from its store at each connect.
 //
 // Goroutines: the child's Run holds one for the connection's control
 // stream, one accepting data streams and one per data stream (each

@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sync"
@@ -90,9 +91,14 @@ type Parent struct {
 	// the only memory a UAID costs here beyond the store.
 	serves map[push.UAID]uint16
 	names  []string
-	index  map[string]uint16
-	conns  []*parentConn // by index; nil while the child is away
-	wg     sync.WaitGroup
+	// digests are, by child index, the digest of the pairs this relay
+	// holds for the child's UAIDs: built from the store once, then kept
+	// on every register, unregister and claim, so a connect reads nothing
+	// from the store unless the child's digest differs.
+	digests []linkproto.Digest
+	index   map[string]uint16
+	conns   []*parentConn // by index; nil while the child is away
+	wg      sync.WaitGroup
 }
 
 // NewParent reads which child serves each UAID from the store and opens
@@ -121,12 +127,16 @@ func NewParent(cfg ParentConfig) (*Parent, error) {
 			i = uint16(len(p.names))
 			p.names = append(p.names, string(child))
 			p.conns = append(p.conns, nil)
+			p.digests = append(p.digests, linkproto.Digest{})
 			p.index[string(child)] = i
 		}
 		p.serves[u] = i
 	})
 	if err = errors.Join(err, ferr); err != nil {
 		return nil, fmt.Errorf("link: read children: %w", err)
+	}
+	if err := p.rebuildDigests(); err != nil {
+		return nil, fmt.Errorf("link: read children's channels: %w", err)
 	}
 	p.m.uaids.Set(float64(len(p.serves)))
 	tlsConf, err := cfg.Credentials.ServerTLS()
@@ -306,11 +316,25 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 		old.conn.Close(linkquic.Code(linkproto.CodeReplaced), "replaced by a newer connection")
 	}
 	defer p.detach(pc)
-	d, us, err := p.view(pc.idx)
-	if err != nil {
-		p.cfg.Logger.Error("child's view not read", "child", pc.name, "err", err)
-		p.refuse(conn, f, linkproto.CodeInternal, "store error", nil)
-		return
+	d, us := p.view(pc.idx)
+	if d != hello.Digest {
+		// The store decides: the kept digest may have missed a change
+		// (two registers of one channel at once, a channel this relay
+		// removed on its own); rebuilt, it is kept from then on.
+		sd, err := p.storeDigest(us)
+		if err != nil {
+			p.cfg.Logger.Error("child's view not read", "child", pc.name, "err", err)
+			p.refuse(conn, f, linkproto.CodeInternal, "store error", nil)
+			return
+		}
+		if sd != d {
+			p.cfg.Logger.Warn("kept digest of a child's pairs differed from the store's: rebuilt", "child", pc.name,
+				"kept", d.String(), "store", sd.String())
+			p.mu.Lock()
+			p.digests[pc.idx] = sd
+			p.mu.Unlock()
+			d = sd
+		}
 	}
 	resync := d != hello.Digest
 	if resync {
@@ -407,6 +431,7 @@ func (p *Parent) attach(name string, conn *linkquic.Conn, f *framer) (pc, old *p
 		i = uint16(len(p.names))
 		p.names = append(p.names, name)
 		p.conns = append(p.conns, nil)
+		p.digests = append(p.digests, linkproto.Digest{})
 		p.index[name] = i
 	}
 	pc = &parentConn{p: p, idx: i, name: name, conn: conn, ctl: f, dirty: map[push.UAID]struct{}{},
@@ -424,28 +449,71 @@ func (p *Parent) detach(pc *parentConn) {
 	}
 }
 
-// view is the digest of the pairs this relay holds for child i, and the
-// UAIDs it serves.
-func (p *Parent) view(i uint16) (linkproto.Digest, []push.UAID, error) {
+// view is the kept digest of the pairs this relay holds for child i, and
+// the UAIDs it serves.
+func (p *Parent) view(i uint16) (linkproto.Digest, []push.UAID) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	var us []push.UAID
 	for u, j := range p.serves {
 		if j == i {
 			us = append(us, u)
 		}
 	}
+	return p.digests[i], us
+}
+
+// rebuildDigests computes every child's kept digest from the store.
+func (p *Parent) rebuildDigests() error {
+	p.mu.Lock()
+	serves := maps.Clone(p.serves)
+	n := len(p.names)
 	p.mu.Unlock()
+	ds := make([]linkproto.Digest, n)
+	for u, i := range serves {
+		cs, err := p.cfg.Store.Channels(u)
+		if err != nil {
+			return err
+		}
+		for _, c := range cs {
+			ds[i].Add(u, c.ID)
+		}
+	}
+	p.mu.Lock()
+	copy(p.digests, ds)
+	p.mu.Unlock()
+	return nil
+}
+
+// storeDigest is the digest of the pairs the store holds for the UAIDs us.
+func (p *Parent) storeDigest(us []push.UAID) (linkproto.Digest, error) {
 	var d linkproto.Digest
 	for _, u := range us {
 		cs, err := p.cfg.Store.Channels(u)
 		if err != nil {
-			return d, nil, err
+			return d, err
 		}
 		for _, c := range cs {
 			d.Add(u, c.ID)
 		}
 	}
-	return d, us, nil
+	return d, nil
+}
+
+// pairChanged keeps the digest of the child serving u when the pair
+// (u, ch) was stored (added) or removed here.
+func (p *Parent) pairChanged(u push.UAID, ch push.ChannelID, added bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i, ok := p.serves[u]
+	if !ok {
+		return
+	}
+	if added {
+		p.digests[i].Add(u, ch)
+	} else {
+		p.digests[i].Remove(u, ch)
+	}
 }
 
 // sendResync sends this relay's view of the pairs it holds for a child,
@@ -487,13 +555,15 @@ func (p *Parent) register(ctx context.Context, pc *parentConn, r *linkproto.Regi
 		keep = k.KeepEndpoints()
 	}
 	reg := relay.Registration{UAID: r.UAID, Channel: r.Channel, Key: r.Key, SimplePush: r.SimplePush}
-	if c, ok, err := p.cfg.Store.Channel(r.UAID, r.Channel); err != nil {
+	old, existed, err := p.cfg.Store.Channel(r.UAID, r.Channel)
+	if err != nil {
 		return answer(linkproto.StatusError, "")
-	} else if ok && c.Endpoint != "" && bytes.Equal(c.Key, r.Key) {
+	}
+	if existed && old.Endpoint != "" && bytes.Equal(old.Key, r.Key) {
 		if err := p.claim(ctx, pc, r.UAID); err != nil {
 			return answer(linkproto.StatusError, "")
 		}
-		return answer(linkproto.StatusOK, c.Endpoint)
+		return answer(linkproto.StatusOK, old.Endpoint)
 	}
 	ep, err := eps.Mint(ctx, reg)
 	if err != nil {
@@ -525,10 +595,14 @@ func (p *Parent) register(ctx context.Context, pc *parentConn, r *linkproto.Regi
 		p.cfg.Logger.Error("child's register not stored", "child", pc.name, "err", err)
 		return answer(linkproto.StatusError, "")
 	}
+	if !existed {
+		p.pairChanged(r.UAID, r.Channel, true)
+	}
 	return answer(linkproto.StatusOK, ep)
 }
 
-// claim records durably that pc's child serves u.
+// claim records durably that pc's child serves u; the pairs already
+// stored under u move to its digest.
 func (p *Parent) claim(ctx context.Context, pc *parentConn, u push.UAID) error {
 	p.mu.Lock()
 	i, ok := p.serves[u]
@@ -540,7 +614,18 @@ func (p *Parent) claim(ctx context.Context, pc *parentConn, u push.UAID) error {
 		p.cfg.Logger.Error("child's UAID not recorded", "child", pc.name, "err", err)
 		return err
 	}
+	cs, err := p.cfg.Store.Channels(u)
+	if err != nil {
+		return err
+	}
 	p.mu.Lock()
+	i, ok = p.serves[u]
+	for _, c := range cs {
+		if ok {
+			p.digests[i].Remove(u, c.ID)
+		}
+		p.digests[pc.idx].Add(u, c.ID)
+	}
 	p.serves[u] = pc.idx
 	n := len(p.serves)
 	p.mu.Unlock()
@@ -554,10 +639,16 @@ func (p *Parent) unregister(ctx context.Context, pc *parentConn, r *linkproto.Un
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
 	defer cancel()
 	var err error
+	removed := false
 	if un, ok := p.cfg.Endpoints.(relay.Unregisterer); ok {
-		err = un.Unregister(ctx, r.UAID, r.Channel)
+		if _, removed, err = p.cfg.Store.Channel(r.UAID, r.Channel); err == nil {
+			err = un.Unregister(ctx, r.UAID, r.Channel)
+		}
 	} else {
-		_, err = p.cfg.Store.Unregister(ctx, r.UAID, r.Channel)
+		removed, err = p.cfg.Store.Unregister(ctx, r.UAID, r.Channel)
+	}
+	if err == nil && removed {
+		p.pairChanged(r.UAID, r.Channel, false)
 	}
 	st := linkproto.StatusOK
 	if err != nil {
