@@ -353,6 +353,45 @@ func TestKeptDigest(t *testing.T) {
 	}
 }
 
+// At a connect the parent looks at every UAID of the child, sendBatch at a
+// time from its sweep (not all at once in its dirty map, which would keep
+// the map's memory for good): what waits for more UAIDs than one batch,
+// sent before the break and never acked, is all sent again, and the
+// sweep is gone after.
+func TestConnectSweep(t *testing.T) {
+	p := newPair(t, 0)
+	const n = sendBatch + 44
+	us := make([]push.UAID, n)
+	chs := make([]push.ChannelID, n)
+	for i := range us {
+		us[i], chs[i] = p.register()
+	}
+	p.gate.hold()
+	for i := range us {
+		p.post(us[i], chs[i], 1)
+	}
+	p.child.mu.Lock()
+	cc := p.child.cur
+	p.child.mu.Unlock()
+	cc.conn.Close(0, "test: reconnect")
+	p.gate.release()
+	eventually(t, "everything reached the child", func() bool {
+		return p.waiting(p.pst) == 0 && p.waiting(p.cst) == n
+	})
+	p.parent.mu.Lock()
+	pc := p.parent.conns[p.parent.index["edge-1"]]
+	p.parent.mu.Unlock()
+	if pc == nil {
+		t.Fatal("the child is not connected")
+	}
+	pc.mu.Lock()
+	sweep, dirty := pc.sweep, len(pc.dirty)
+	pc.mu.Unlock()
+	if sweep != nil || dirty != 0 {
+		t.Fatalf("after the sweep: %d UAIDs left in it, %d dirty", len(sweep), dirty)
+	}
+}
+
 // A parent whose view of the child diverged (a channel lost, one too
 // many) is fixed by the resync at the next connect, and the connect after
 // finds the digests equal.

@@ -365,9 +365,9 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 	p.m.connected.Inc()
 	defer p.m.connected.Dec()
 	p.cfg.Logger.Info("child connected", "child", pc.name, "addr", conn.RemoteAddr(), "uaids", len(us), "next", pc.seq)
-	for _, u := range us {
-		pc.dirty[u] = struct{}{}
-	}
+	pc.mu.Lock()
+	pc.sweep = us
+	pc.mu.Unlock()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -671,7 +671,11 @@ type parentConn struct {
 
 	mu sync.Mutex
 	// dirty are the UAIDs that may have messages not sent yet.
-	dirty                   map[push.UAID]struct{}
+	dirty map[push.UAID]struct{}
+	// sweep are the UAIDs of the child not yet looked at since the
+	// connect; taken into dirty sendBatch at a time, so dirty (a map, which
+	// never shrinks) stays small and the sweep's memory goes once done.
+	sweep                   []push.UAID
 	creditBytes, creditMsgs uint64
 	ackedTo                 uint64
 	inflightMsgs            int
@@ -793,6 +797,13 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		pc.mu.Unlock()
 		return false, nil
 	}
+	for len(pc.dirty) < sendBatch && len(pc.sweep) > 0 {
+		pc.dirty[pc.sweep[len(pc.sweep)-1]] = struct{}{}
+		pc.sweep = pc.sweep[:len(pc.sweep)-1]
+	}
+	if len(pc.sweep) == 0 {
+		pc.sweep = nil
+	}
 	us := make([]push.UAID, 0, min(len(pc.dirty), sendBatch))
 	for u := range pc.dirty {
 		if len(us) == sendBatch {
@@ -801,7 +812,7 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		us = append(us, u)
 		delete(pc.dirty, u)
 	}
-	more := len(pc.dirty) > 0
+	more := len(pc.dirty) > 0 || len(pc.sweep) > 0
 	pc.mu.Unlock()
 	if len(us) == 0 {
 		return false, nil
