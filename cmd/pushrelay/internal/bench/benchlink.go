@@ -1,7 +1,6 @@
 package bench
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -55,6 +54,7 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	outage := fs.Duration("outage", 5*time.Minute, "how long the child is away in the drain phase (posting included)")
 	runs := fs.Int("runs", 3, "runs of each measurement (the median is reported)")
 	drainRuns := fs.Int("drain-runs", 1, "runs of the drain phase")
+	children := fs.Int("children", 5, "children connected at once in the memory phase (at least 2: the first alone, then all)")
 	workers := fs.Int("workers", 32, "registers through the child in parallel")
 	hold := fs.Duration("hold", 3*time.Second, "settling time before a memory reading")
 	logLevel := fs.String("log-level", "warn", "both relays' log_level (their logs go to stderr)")
@@ -73,7 +73,11 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer cleanup()
-	keys, err := linkKeys(filepath.Join(dir, "keys"), "parent", "child")
+	names := []string{"parent", "child"}
+	for i := 2; i <= max(*children, 2); i++ {
+		names = append(names, fmt.Sprintf("child-%d", i))
+	}
+	keys, err := linkKeys(filepath.Join(dir, "keys"), names...)
 	if err != nil {
 		return err
 	}
@@ -119,27 +123,68 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if want["memory"] {
 		var per []float64
 		for run := range *runs {
+			if err := restartParent(parentArgs(addr)...); err != nil {
+				return err
+			}
 			time.Sleep(*hold)
 			a0, n0, err := gcRSS(parent)
 			if err != nil {
 				return err
 			}
-			c, err := startLinked()
-			if err != nil {
-				return err
+			var cs []*child
+			stopAll := func() {
+				for _, c := range cs {
+					c.Stop()
+				}
+			}
+			// The first child's connect pays one-time costs (code paged
+			// in, pools); what the others add is one more child's cost.
+			var n1 int64
+			for i := range max(*children, 2) {
+				name, data := "child", cdata
+				if i > 0 {
+					name, data = fmt.Sprintf("child-%d", i+1), filepath.Join(dir, fmt.Sprintf("child-%d", i+1))
+				}
+				args := append(append([]string{"--upstream", "quic://" + addr, "--upstream-backoff", "50ms"}, keys[name]...), quiet...)
+				c, err := startSelf(ctx, data, args...)
+				if err != nil {
+					stopAll()
+					return err
+				}
+				cs = append(cs, c)
+				if i > 0 {
+					continue
+				}
+				if err := waitUntil(ctx, time.Minute, func() bool { v, _ := parent.metric("pushrelay_link_children_connected"); return v == 1 }); err != nil {
+					stopAll()
+					return fmt.Errorf("the child did not connect: %w", err)
+				}
+				time.Sleep(*hold)
+				if _, n1, err = gcRSS(parent); err != nil {
+					stopAll()
+					return err
+				}
+			}
+			if err := waitUntil(ctx, time.Minute, func() bool {
+				v, _ := parent.metric("pushrelay_link_children_connected")
+				return int(v) == len(cs)
+			}); err != nil {
+				stopAll()
+				return fmt.Errorf("the children did not connect: %w", err)
 			}
 			time.Sleep(*hold)
-			a1, n1, err := gcRSS(parent)
-			c.Stop()
+			_, nAll, err := gcRSS(parent)
+			stopAll()
 			if err != nil {
 				return err
 			}
-			per = append(per, float64(n1-n0))
-			fmt.Fprintf(stdout, "memory run %d: parent %s (anon %s) with no child, %s (anon %s) with the child connected: %+.0f KiB (anon %+.0f KiB)\n",
-				run+1, mib(a0), mib(n0), mib(a1), mib(n1), float64(a1-a0)/1024, float64(n1-n0)/1024)
+			p := float64(nAll-n1) / float64(len(cs)-1)
+			per = append(per, p)
+			fmt.Fprintf(stdout, "memory run %d: parent %s (anon %s) with no child, anon %s with one child connected (%+.0f KiB), %s with %d: %+.0f KiB per child after the first\n",
+				run+1, mib(a0), mib(n0), mib(n1), float64(n1-n0)/1024, mib(nAll), len(cs), p/1024)
 		}
 		perChild = median(per)
-		fmt.Fprintf(stdout, "parent's memory per connected child, no UAIDs (median of %d): %.0f KiB of anon RSS\n", *runs, perChild/1024)
+		fmt.Fprintf(stdout, "parent's memory per connected child, no UAIDs, %d children (median of %d): %.0f KiB of anon RSS\n", *children, *runs, perChild/1024)
 	}
 
 	c, err := startLinked()
@@ -367,8 +412,10 @@ func bodies(n int) ([][]byte, error) {
 	return out, nil
 }
 
-// post posts n messages round-robin to endpoints from senders goroutines
-// and returns how long it took; any answer but 201 is an error.
+// post posts n messages round-robin to endpoints from senders
+// goroutines, each on its own keep-alive connection (rawPoster, the
+// bench's lean app server), and returns how long it took; any answer but
+// 201 is an error.
 func post(ctx context.Context, endpoints []string, n, senders int) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
@@ -376,30 +423,31 @@ func post(ctx context.Context, endpoints []string, n, senders int) (time.Duratio
 	if err != nil {
 		return 0, err
 	}
-	client := &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{MaxIdleConnsPerHost: senders}}
-	defer client.CloseIdleConnections()
+	reqs := make([][]byte, len(endpoints))
+	for i, ep := range endpoints {
+		if reqs[i], err = rawRequest(ep, bs[i], map[string]string{"TTL": "86400", "Content-Encoding": "aes128gcm"}); err != nil {
+			return 0, err
+		}
+	}
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	errc := make(chan error, senders)
 	start := time.Now()
 	for range senders {
+		rp, err := newRawPoster(endpoints[0])
+		if err != nil {
+			return 0, err
+		}
 		wg.Go(func() {
+			defer rp.close()
 			for {
 				i := int(next.Add(1)) - 1
 				if i >= n || ctx.Err() != nil {
 					return
 				}
-				d := i % len(endpoints)
-				req, _ := http.NewRequestWithContext(ctx, "POST", endpoints[d], bytes.NewReader(bs[d]))
-				req.Header.Set("TTL", "86400")
-				req.Header.Set("Content-Encoding", "aes128gcm")
-				resp, err := client.Do(req)
-				if err == nil {
-					io.Copy(io.Discard, resp.Body)
-					resp.Body.Close()
-					if resp.StatusCode != http.StatusCreated {
-						err = fmt.Errorf("status %d", resp.StatusCode)
-					}
+				code, err := rp.do(reqs[i%len(reqs)])
+				if err == nil && code != http.StatusCreated {
+					err = fmt.Errorf("status %d", code)
 				}
 				if err != nil {
 					errc <- fmt.Errorf("post: %w", err)
