@@ -57,6 +57,7 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	children := fs.Int("children", 5, "children connected at once in the memory phase (at least 2: the first alone, then all)")
 	workers := fs.Int("workers", 32, "registers through the child in parallel")
 	hold := fs.Duration("hold", 3*time.Second, "settling time before a memory reading")
+	drainProfile := fs.String("drain-profile", "", "save both relays' CPU profiles (pprof) over the first 3 s of the first drain to this path's .parent and .child files")
 	logLevel := fs.String("log-level", "warn", "both relays' log_level (their logs go to stderr)")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -316,6 +317,19 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				return err
 			}
 			ready := time.Since(t0)
+			ccpu0, _ := procCPU(c.Cmd.Process.Pid)
+			var profiles sync.WaitGroup
+			if *drainProfile != "" {
+				base := *drainProfile
+				for who, r := range map[string]*child{"parent": parent, "child": c} {
+					profiles.Go(func() {
+						if err := r.saveProfile("profile?seconds=3", base+"."+who); err != nil {
+							fmt.Fprintf(stderr, "%s's profile: %v\n", who, err)
+						}
+					})
+				}
+				*drainProfile = ""
+			}
 			if err := waitUntil(ctx, 10*time.Minute, func() bool {
 				v, _ := parent.metric("pushrelay_link_children_messages_acked_total")
 				return v-acked0 >= float64(*backlog)
@@ -324,14 +338,16 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				return fmt.Errorf("%.0f of %d acked: %w", v-acked0, *backlog, err)
 			}
 			d := time.Since(t0)
+			profiles.Wait()
 			cpu1, _ := procCPU(parent.Cmd.Process.Pid)
+			ccpu1, _ := procCPU(c.Cmd.Process.Pid)
 			stored, _ := c.metric(`pushrelay_link_up_messages_total{result="stored"}`)
 			commits, _ := c.metric("pushrelay_store_commits_total")
 			rate := float64(*backlog) / (d - ready).Seconds()
 			rates = append(rates, rate)
-			fmt.Fprintf(stdout, "drain after a %s outage: %d messages acked by the child %s after its start (%s of it the child's own start): %.0f msg/s over the link; child stored %.0f in %.0f commits; parent CPU %.1f µs/message\n",
+			fmt.Fprintf(stdout, "drain after a %s outage: %d messages acked by the child %s after its start (%s of it the child's own start): %.0f msg/s over the link; child stored %.0f in %.0f commits; CPU µs/message parent %.1f, child %.1f\n",
 				outage.String(), *backlog, d.Round(time.Millisecond), ready.Round(time.Millisecond), rate, stored, commits,
-				float64((cpu1-cpu0).Microseconds())/float64(*backlog))
+				float64((cpu1-cpu0).Microseconds())/float64(*backlog), float64((ccpu1-ccpu0).Microseconds())/float64(*backlog))
 		}
 		fmt.Fprintf(stdout, "backlog drain over one link (median of %d): %.0f msg/s\n", *drainRuns, median(rates))
 	}
@@ -551,7 +567,6 @@ func linkMessages(ctx context.Context, parent, c *child, uaids, endpoints []stri
 // had connected again (an upper bound). With flowing, devices register
 // through the child all along, so the child keeps sending up the link.
 func restartNotice(ctx context.Context, parent **child, c *child, pdata string, args []string, flowing bool, stdout io.Writer) (time.Duration, error) {
-	ok0, _ := c.metric(`pushrelay_link_up_connects_total{result="ok"}`)
 	fctx, stopFlow := context.WithCancel(ctx)
 	var flow sync.WaitGroup
 	var regs atomic.Int64
@@ -580,6 +595,9 @@ func restartNotice(ctx context.Context, parent **child, c *child, pdata string, 
 		time.Sleep(2 * time.Second)
 	}
 	defer func() { stopFlow(); flow.Wait() }()
+	// Read here, not before the wait: the child counts its last
+	// reconnect a moment after the parent sees it.
+	ok0, _ := c.metric(`pushrelay_link_up_connects_total{result="ok"}`)
 	old := *parent
 	old.Kill()
 	killed := time.Now()
