@@ -687,6 +687,18 @@ type parentConn struct {
 	inflight            []sentFrame
 	sentUpTo            map[push.UAID]uint64
 	builders            []linkproto.UpdateBuilder
+	// deleting is set while a goroutine deletes acked messages (one
+	// delete at a time), so the sender goes on sending during its
+	// commit; it reports on deleted.
+	deleting bool
+	deleted  chan deletion
+}
+
+// deletion is a finished delete of acked messages.
+type deletion struct {
+	seqs map[push.UAID][]uint64
+	msgs int
+	err  error
 }
 
 // sentFrame is an UPDATE sent and not yet acked: the store's messages it
@@ -722,6 +734,12 @@ const (
 // send is the connection's sender: it deletes what the child acked and
 // sends what waits, within the credit, until the connection ends.
 func (pc *parentConn) send(ctx context.Context) {
+	pc.deleted = make(chan deletion, 1)
+	defer func() {
+		if pc.deleting {
+			pc.deletedAcked(<-pc.deleted)
+		}
+	}()
 	pc.builders = make([]linkproto.UpdateBuilder, len(pc.data))
 	for i := range pc.builders {
 		pc.builders[i].MaxPayload = max(min(pc.maxUpdate, maxUpdate), linkproto.MinUpdatePayload)
@@ -753,8 +771,21 @@ func (pc *parentConn) send(ctx context.Context) {
 }
 
 // deleteAcked deletes from the store the messages of the frames the
-// child's ACK covers, in one commit.
+// child's ACK covers, in one commit, on a goroutine of its own: the
+// sender keeps sending during the commit's fsync instead of waiting for
+// it every round (with few messages per round that wait was most of the
+// round). One delete at a time; it first takes in the one that finished.
 func (pc *parentConn) deleteAcked(ctx context.Context) error {
+	if pc.deleting {
+		select {
+		case d := <-pc.deleted:
+			if err := pc.deletedAcked(d); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
 	pc.mu.Lock()
 	acked := pc.ackedTo
 	pc.mu.Unlock()
@@ -773,18 +804,32 @@ func (pc *parentConn) deleteAcked(ctx context.Context) error {
 			msgs++
 		}
 	}
-	if _, err := pc.p.cfg.Store.AckMany(ctx, seqs); err != nil {
-		return err
-	}
 	pc.inflight = slices.Delete(pc.inflight, 0, n)
-	for u, ss := range seqs {
+	pc.deleting = true
+	go func() {
+		_, err := pc.p.cfg.Store.AckMany(ctx, seqs)
+		pc.deleted <- deletion{seqs: seqs, msgs: msgs, err: err}
+		pc.wake()
+	}()
+	return nil
+}
+
+// deletedAcked takes in a finished delete. Only now may the sender read
+// those UAIDs from their first message again (sentUpTo kept it past
+// what was acked while the delete was not committed).
+func (pc *parentConn) deletedAcked(d deletion) error {
+	pc.deleting = false
+	if d.err != nil {
+		return d.err
+	}
+	for u, ss := range d.seqs {
 		if pc.sentUpTo[u] <= slices.Max(ss) {
 			delete(pc.sentUpTo, u)
 		}
 	}
-	pc.p.m.acked.Add(float64(msgs))
+	pc.p.m.acked.Add(float64(d.msgs))
 	pc.mu.Lock()
-	pc.inflightMsgs -= msgs
+	pc.inflightMsgs -= d.msgs
 	pc.mu.Unlock()
 	return nil
 }
