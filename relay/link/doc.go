@@ -56,8 +56,10 @@
 // Goroutines: the child's Run holds one for the connection's control
 // stream, one accepting data streams and one per data stream (each
 // ingesting), and one unregister sender. The parent's Run accepts; each
-// child has one goroutine on its control stream, one sender, and one per
-// register or unregister being answered (at most 16 at once).
+// child has one goroutine on its control stream, one sender, one deleting
+// acked messages while such a commit is under way (the sender goes on
+// sending meanwhile), and one per register or unregister being answered
+// (at most 16 at once).
 //
 // Locks: Parent.mu before a connection's mu, never the other way; the
 // child's mu and a connection's mu are never held together. No lock is
