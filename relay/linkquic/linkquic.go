@@ -316,8 +316,10 @@ func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 	l.m.handshakes.With("ok").Inc()
 	l.m.open.Inc()
 	context.AfterFunc(qc.Context(), func() {
-		l.m.open.Dec()
+		// The close is counted before the connection leaves the open
+		// gauge: one who sees it at 0 sees every close counted.
 		l.m.closes.With(causeOf(context.Cause(qc.Context()))).Inc()
+		l.m.open.Dec()
 	})
 	return c, nil
 }
