@@ -25,6 +25,8 @@ func TestE2EBenchTool(t *testing.T) {
 		{[]string{"startup", "--messages", "500", "--per-device", "100", "--runs", "1"}, "start to ready"},
 		{[]string{"upstream", "--n", "40", "--runs", "1", "--hold", "200ms", "--devices", "5", "--messages", "200"}, "relayed through held sessions, 5 devices"},
 		{[]string{"broadcast", "--devices", "50", "--baseline-only"}, "baseline (one loop of wsock Conn.WriteFrame over 50 sockets"},
+		{[]string{"link", "--uaids", "40", "--devices", "10", "--messages", "300", "--backlog", "300", "--outage", "0s", "--runs", "1",
+			"--children", "2", "--hold", "200ms", "--phases", "memory,throughput,drain"}, "backlog drain over one link (median of 1):"},
 	}
 	for _, c := range cases {
 		t.Run(c.args[0], func(t *testing.T) {

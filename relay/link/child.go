@@ -51,7 +51,9 @@ type ChildConfig struct {
 	BackoffMin, BackoffMax time.Duration
 	// CreditBytes and CreditMessages are the window the child grants the
 	// parent beyond what it has ingested: UPDATE payload bytes (4 MiB)
-	// and messages (4096). They bound the duplicates after a break.
+	// and messages (16384: with small messages the bytes bind first, and
+	// 4096 halved the drain of a backlog). They bound the duplicates after a
+	// break, which the child's origin keys drop.
 	CreditBytes, CreditMessages int
 	// KeepAlive and IdleTimeout are the transport's (linkquic defaults).
 	KeepAlive, IdleTimeout time.Duration
@@ -100,7 +102,7 @@ func (c *ChildConfig) setDefaults() {
 	}
 	c.CreditBytes = max(c.CreditBytes, maxUpdate)
 	if c.CreditMessages <= 0 {
-		c.CreditMessages = 4096
+		c.CreditMessages = 16384
 	}
 	c.CreditMessages = max(c.CreditMessages, linkproto.MaxUpdateMessages)
 	if c.PathCheck <= 0 {

@@ -52,18 +52,27 @@
 // Memory on the parent per UAID a child serves: one map entry (the UAID
 // and a 2-byte child index), plus, while a child is connected, the marks
 // of UAIDs with messages not yet read and the frames in flight (bounded by
-// the credit). The digests are computed from the store at each connect
-// (the child's over all its channels, the parent's over the child's
-// UAIDs); on a mismatch the parent sends its view (RESYNC) after WELCOME
-// and the child fixes it with REGISTERs and UNREGISTERs.
+// the credit), and 40 bytes per child for its digest. The parent keeps
+// each child's digest (of the pairs it holds for the child's UAIDs): built
+// from the store when it starts, then changed on every register,
+// unregister and claim the link makes (linkproto.Digest's O(1) Add and
+// Remove), so a connect reads nothing from the store. Only when a child's
+// HELLO digest differs is the digest rebuilt from the store, which
+// decides; then, still differing, the parent sends its view (RESYNC) after
+// WELCOME and the child fixes it with REGISTERs and UNREGISTERs. A change
+// to those pairs made at a running parent by another path (a device reset
+// by its hub or its upstream) is seen at its next start, not at the next
+// connect. The child's digest is computed from its store at each connect.
 //
 // Goroutines: the child's Run holds one for the connection's control
 // stream, one accepting data streams and one per data stream (each
 // ingesting), one watching the route to the parent (migrating the
 // connection when its local address changes), and one unregister sender.
 // The parent's Run accepts; each child has one goroutine on its control
-// stream, one sender, one sending broadcasts, and one per register or
-// unregister being answered (at most 16 at once).
+// stream, one sender, one sending broadcasts, one deleting acked messages
+// while such a commit is under way (the sender goes on sending
+// meanwhile), and one per register or unregister being answered (at most
+// 16 at once).
 //
 // Locks: the broadcast registry's lock (its change listener runs under
 // it) before Parent.mu; Parent.mu before a connection's mu, never the

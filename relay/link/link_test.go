@@ -316,6 +316,100 @@ func TestUnregisterOverLink(t *testing.T) {
 	}
 }
 
+// The parent keeps each child's digest as pairs come and go (register,
+// a register retried, unregister) instead of reading the store at every
+// connect; it always equals the digest of what the store holds, and a
+// restarted parent builds the same from the store.
+func TestKeptDigest(t *testing.T) {
+	p := newPair(t, 0)
+	ctx := context.Background()
+	var us []push.UAID
+	var chs []push.ChannelID
+	for range 5 {
+		u, ch := p.register()
+		us, chs = append(us, u), append(chs, ch)
+	}
+	check := func(parent *Parent, where string, want uint64) {
+		t.Helper()
+		kept, served := parent.view(parent.index["edge-1"])
+		sd, err := parent.storeDigest(served)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if kept != sd || kept.Count != want {
+			t.Fatalf("%s: kept digest %v, the store's %v, want %d pairs", where, kept, sd, want)
+		}
+	}
+	check(p.parent, "after 5 registers", 5)
+	// The child retries a register the parent already stored.
+	if _, err := p.child.Mint(ctx, relay.Registration{UAID: us[1], Channel: chs[1]}); err != nil {
+		t.Fatal(err)
+	}
+	check(p.parent, "after a register retried", 5)
+	if err := p.child.Unregister(ctx, us[0], chs[0]); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the parent removed the channel", func() bool {
+		_, ok, err := p.pst.Channel(us[0], chs[0])
+		return err == nil && !ok
+	})
+	eventually(t, "the unregister was answered", func() bool {
+		ps, err := p.cst.PendingUnregisters(0, 10)
+		return err == nil && len(ps) == 0
+	})
+	check(p.parent, "after an unregister", 4)
+	cfg := p.parent.cfg
+	cfg.Metrics = nil
+	restarted, err := NewParent(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer restarted.Close()
+	check(restarted, "a restarted parent", 4)
+	if n := p.preg.Value("pushrelay_link_children_digest_mismatches_total"); n != 0 {
+		t.Fatalf("%v digest mismatches", n)
+	}
+}
+
+// At a connect the parent looks at every UAID of the child, sendBatch at a
+// time from its sweep (not all at once in its dirty map, which would keep
+// the map's memory for good): what waits for more UAIDs than one batch,
+// sent before the break and never acked, is all sent again, and the
+// sweep is gone after.
+func TestConnectSweep(t *testing.T) {
+	p := newPair(t, 0)
+	const n = sendBatch + 44
+	us := make([]push.UAID, n)
+	chs := make([]push.ChannelID, n)
+	for i := range us {
+		us[i], chs[i] = p.register()
+	}
+	p.gate.hold()
+	for i := range us {
+		p.post(us[i], chs[i], 1)
+	}
+	p.child.mu.Lock()
+	cc := p.child.cur
+	p.child.mu.Unlock()
+	cc.conn.Close(0, "test: reconnect")
+	p.gate.release()
+	eventually(t, "everything reached the child", func() bool {
+		return p.waiting(p.pst) == 0 && p.waiting(p.cst) == n
+	})
+	p.parent.mu.Lock()
+	pc := p.parent.conns[p.parent.index["edge-1"]]
+	p.parent.mu.Unlock()
+	if pc == nil {
+		t.Fatal("the child is not connected")
+	}
+	pc.mu.Lock()
+	sweep, dirty := pc.sweep, len(pc.dirty)
+	pc.mu.Unlock()
+	if sweep != nil || dirty != 0 {
+		t.Fatalf("after the sweep: %d UAIDs left in it, %d dirty", len(sweep), dirty)
+	}
+}
+
 // A parent whose view of the child diverged (a channel lost, one too
 // many) is fixed by the resync at the next connect, and the connect after
 // finds the digests equal.
@@ -334,6 +428,12 @@ func TestResync(t *testing.T) {
 	if err := p.pst.Register(ctx, store.Channel{UAID: u2, ID: extra}); err != nil {
 		t.Fatal(err)
 	}
+	// The parent sees the edit when it reads its store again, as a
+	// parent restarted on it does (a running one keeps its digests as the
+	// link changes the pairs: an edit behind its back is not seen).
+	if err := p.parent.rebuildDigests(); err != nil {
+		t.Fatal(err)
+	}
 	reconnect := func() {
 		p.child.mu.Lock()
 		cc := p.child.cur
@@ -347,7 +447,8 @@ func TestResync(t *testing.T) {
 		_, ok1, _ := p.pst.Channel(u, ch)
 		_, ok2, _ := p.pst.Channel(u2, ch2)
 		_, ok3, _ := p.pst.Channel(u2, extra)
-		return ok1 && ok2 && !ok3
+		// The child counts the resync once its fixes are answered.
+		return ok1 && ok2 && !ok3 && p.creg.Value("pushrelay_link_up_resyncs_total") >= 1
 	})
 	// The parent's store is fixed before the child has the last answer
 	// and counts the resync done.

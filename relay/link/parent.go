@@ -94,9 +94,14 @@ type Parent struct {
 	// the only memory a UAID costs here beyond the store.
 	serves map[push.UAID]uint16
 	names  []string
-	index  map[string]uint16
-	conns  []*parentConn // by index; nil while the child is away
-	wg     sync.WaitGroup
+	// digests are, by child index, the digest of the pairs this relay
+	// holds for the child's UAIDs: built from the store once, then kept
+	// on every register, unregister and claim, so a connect reads nothing
+	// from the store unless the child's digest differs.
+	digests []linkproto.Digest
+	index   map[string]uint16
+	conns   []*parentConn // by index; nil while the child is away
+	wg      sync.WaitGroup
 }
 
 // NewParent reads which child serves each UAID from the store and opens
@@ -125,12 +130,16 @@ func NewParent(cfg ParentConfig) (*Parent, error) {
 			i = uint16(len(p.names))
 			p.names = append(p.names, string(child))
 			p.conns = append(p.conns, nil)
+			p.digests = append(p.digests, linkproto.Digest{})
 			p.index[string(child)] = i
 		}
 		p.serves[u] = i
 	})
 	if err = errors.Join(err, ferr); err != nil {
 		return nil, fmt.Errorf("link: read children: %w", err)
+	}
+	if err := p.rebuildDigests(); err != nil {
+		return nil, fmt.Errorf("link: read children's channels: %w", err)
 	}
 	p.m.uaids.Set(float64(len(p.serves)))
 	if cfg.Broadcasts != nil {
@@ -322,11 +331,25 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 		old.conn.Close(linkquic.Code(linkproto.CodeReplaced), "replaced by a newer connection")
 	}
 	defer p.detach(pc)
-	d, us, err := p.view(pc.idx)
-	if err != nil {
-		p.cfg.Logger.Error("child's view not read", "child", pc.name, "err", err)
-		p.refuse(conn, f, linkproto.CodeInternal, "store error", nil)
-		return
+	d, us := p.view(pc.idx)
+	if d != hello.Digest {
+		// The store decides: the kept digest may have missed a change
+		// (two registers of one channel at once, a channel this relay
+		// removed on its own); rebuilt, it is kept from then on.
+		sd, err := p.storeDigest(us)
+		if err != nil {
+			p.cfg.Logger.Error("child's view not read", "child", pc.name, "err", err)
+			p.refuse(conn, f, linkproto.CodeInternal, "store error", nil)
+			return
+		}
+		if sd != d {
+			p.cfg.Logger.Warn("kept digest of a child's pairs differed from the store's: rebuilt", "child", pc.name,
+				"kept", d.String(), "store", sd.String())
+			p.mu.Lock()
+			p.digests[pc.idx] = sd
+			p.mu.Unlock()
+			d = sd
+		}
 	}
 	resync := d != hello.Digest
 	if resync {
@@ -357,9 +380,9 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 	p.m.connected.Inc()
 	defer p.m.connected.Dec()
 	p.cfg.Logger.Info("child connected", "child", pc.name, "addr", conn.RemoteAddr(), "uaids", len(us), "next", pc.seq)
-	for _, u := range us {
-		pc.dirty[u] = struct{}{}
-	}
+	pc.mu.Lock()
+	pc.sweep = us
+	pc.mu.Unlock()
 
 	var wg sync.WaitGroup
 	defer wg.Wait()
@@ -426,6 +449,7 @@ func (p *Parent) attach(name string, conn *linkquic.Conn, f *framer) (pc, old *p
 		i = uint16(len(p.names))
 		p.names = append(p.names, name)
 		p.conns = append(p.conns, nil)
+		p.digests = append(p.digests, linkproto.Digest{})
 		p.index[name] = i
 	}
 	pc = &parentConn{p: p, idx: i, name: name, conn: conn, ctl: f, dirty: map[push.UAID]struct{}{},
@@ -443,28 +467,71 @@ func (p *Parent) detach(pc *parentConn) {
 	}
 }
 
-// view is the digest of the pairs this relay holds for child i, and the
-// UAIDs it serves.
-func (p *Parent) view(i uint16) (linkproto.Digest, []push.UAID, error) {
+// view is the kept digest of the pairs this relay holds for child i, and
+// the UAIDs it serves.
+func (p *Parent) view(i uint16) (linkproto.Digest, []push.UAID) {
 	p.mu.Lock()
+	defer p.mu.Unlock()
 	var us []push.UAID
 	for u, j := range p.serves {
 		if j == i {
 			us = append(us, u)
 		}
 	}
+	return p.digests[i], us
+}
+
+// rebuildDigests computes every child's kept digest from the store.
+func (p *Parent) rebuildDigests() error {
+	p.mu.Lock()
+	serves := maps.Clone(p.serves)
+	n := len(p.names)
 	p.mu.Unlock()
+	ds := make([]linkproto.Digest, n)
+	for u, i := range serves {
+		cs, err := p.cfg.Store.Channels(u)
+		if err != nil {
+			return err
+		}
+		for _, c := range cs {
+			ds[i].Add(u, c.ID)
+		}
+	}
+	p.mu.Lock()
+	copy(p.digests, ds)
+	p.mu.Unlock()
+	return nil
+}
+
+// storeDigest is the digest of the pairs the store holds for the UAIDs us.
+func (p *Parent) storeDigest(us []push.UAID) (linkproto.Digest, error) {
 	var d linkproto.Digest
 	for _, u := range us {
 		cs, err := p.cfg.Store.Channels(u)
 		if err != nil {
-			return d, nil, err
+			return d, err
 		}
 		for _, c := range cs {
 			d.Add(u, c.ID)
 		}
 	}
-	return d, us, nil
+	return d, nil
+}
+
+// pairChanged keeps the digest of the child serving u when the pair
+// (u, ch) was stored (added) or removed here.
+func (p *Parent) pairChanged(u push.UAID, ch push.ChannelID, added bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i, ok := p.serves[u]
+	if !ok {
+		return
+	}
+	if added {
+		p.digests[i].Add(u, ch)
+	} else {
+		p.digests[i].Remove(u, ch)
+	}
 }
 
 // sendResync sends this relay's view of the pairs it holds for a child,
@@ -506,13 +573,15 @@ func (p *Parent) register(ctx context.Context, pc *parentConn, r *linkproto.Regi
 		keep = k.KeepEndpoints()
 	}
 	reg := relay.Registration{UAID: r.UAID, Channel: r.Channel, Key: r.Key, SimplePush: r.SimplePush}
-	if c, ok, err := p.cfg.Store.Channel(r.UAID, r.Channel); err != nil {
+	old, existed, err := p.cfg.Store.Channel(r.UAID, r.Channel)
+	if err != nil {
 		return answer(linkproto.StatusError, "")
-	} else if ok && c.Endpoint != "" && bytes.Equal(c.Key, r.Key) {
+	}
+	if existed && old.Endpoint != "" && bytes.Equal(old.Key, r.Key) {
 		if err := p.claim(ctx, pc, r.UAID); err != nil {
 			return answer(linkproto.StatusError, "")
 		}
-		return answer(linkproto.StatusOK, c.Endpoint)
+		return answer(linkproto.StatusOK, old.Endpoint)
 	}
 	ep, err := eps.Mint(ctx, reg)
 	if err != nil {
@@ -544,10 +613,14 @@ func (p *Parent) register(ctx context.Context, pc *parentConn, r *linkproto.Regi
 		p.cfg.Logger.Error("child's register not stored", "child", pc.name, "err", err)
 		return answer(linkproto.StatusError, "")
 	}
+	if !existed {
+		p.pairChanged(r.UAID, r.Channel, true)
+	}
 	return answer(linkproto.StatusOK, ep)
 }
 
-// claim records durably that pc's child serves u.
+// claim records durably that pc's child serves u; the pairs already
+// stored under u move to its digest.
 func (p *Parent) claim(ctx context.Context, pc *parentConn, u push.UAID) error {
 	p.mu.Lock()
 	i, ok := p.serves[u]
@@ -559,7 +632,18 @@ func (p *Parent) claim(ctx context.Context, pc *parentConn, u push.UAID) error {
 		p.cfg.Logger.Error("child's UAID not recorded", "child", pc.name, "err", err)
 		return err
 	}
+	cs, err := p.cfg.Store.Channels(u)
+	if err != nil {
+		return err
+	}
 	p.mu.Lock()
+	i, ok = p.serves[u]
+	for _, c := range cs {
+		if ok {
+			p.digests[i].Remove(u, c.ID)
+		}
+		p.digests[pc.idx].Add(u, c.ID)
+	}
 	p.serves[u] = pc.idx
 	n := len(p.serves)
 	p.mu.Unlock()
@@ -573,10 +657,16 @@ func (p *Parent) unregister(ctx context.Context, pc *parentConn, r *linkproto.Un
 	ctx, cancel := context.WithTimeout(ctx, p.cfg.RequestTimeout)
 	defer cancel()
 	var err error
+	removed := false
 	if un, ok := p.cfg.Endpoints.(relay.Unregisterer); ok {
-		err = un.Unregister(ctx, r.UAID, r.Channel)
+		if _, removed, err = p.cfg.Store.Channel(r.UAID, r.Channel); err == nil {
+			err = un.Unregister(ctx, r.UAID, r.Channel)
+		}
 	} else {
-		_, err = p.cfg.Store.Unregister(ctx, r.UAID, r.Channel)
+		removed, err = p.cfg.Store.Unregister(ctx, r.UAID, r.Channel)
+	}
+	if err == nil && removed {
+		p.pairChanged(r.UAID, r.Channel, false)
 	}
 	st := linkproto.StatusOK
 	if err != nil {
@@ -601,7 +691,11 @@ type parentConn struct {
 
 	mu sync.Mutex
 	// dirty are the UAIDs that may have messages not sent yet.
-	dirty                   map[push.UAID]struct{}
+	dirty map[push.UAID]struct{}
+	// sweep are the UAIDs of the child not yet looked at since the
+	// connect; taken into dirty sendBatch at a time, so dirty (a map, which
+	// never shrinks) stays small and the sweep's memory goes once done.
+	sweep                   []push.UAID
 	creditBytes, creditMsgs uint64
 	ackedTo                 uint64
 	inflightMsgs            int
@@ -613,6 +707,18 @@ type parentConn struct {
 	inflight            []sentFrame
 	sentUpTo            map[push.UAID]uint64
 	builders            []linkproto.UpdateBuilder
+	// deleting is set while a goroutine deletes acked messages (one
+	// delete at a time), so the sender goes on sending during its
+	// commit; it reports on deleted.
+	deleting bool
+	deleted  chan deletion
+}
+
+// deletion is a finished delete of acked messages.
+type deletion struct {
+	seqs map[push.UAID][]uint64
+	msgs int
+	err  error
 }
 
 // sentFrame is an UPDATE sent and not yet acked: the store's messages it
@@ -648,6 +754,12 @@ const (
 // send is the connection's sender: it deletes what the child acked and
 // sends what waits, within the credit, until the connection ends.
 func (pc *parentConn) send(ctx context.Context) {
+	pc.deleted = make(chan deletion, 1)
+	defer func() {
+		if pc.deleting {
+			pc.deletedAcked(<-pc.deleted)
+		}
+	}()
 	pc.builders = make([]linkproto.UpdateBuilder, len(pc.data))
 	for i := range pc.builders {
 		pc.builders[i].MaxPayload = max(min(pc.maxUpdate, maxUpdate), linkproto.MinUpdatePayload)
@@ -679,8 +791,21 @@ func (pc *parentConn) send(ctx context.Context) {
 }
 
 // deleteAcked deletes from the store the messages of the frames the
-// child's ACK covers, in one commit.
+// child's ACK covers, in one commit, on a goroutine of its own: the
+// sender keeps sending during the commit's fsync instead of waiting for
+// it every round (with few messages per round that wait was most of the
+// round). One delete at a time; it first takes in the one that finished.
 func (pc *parentConn) deleteAcked(ctx context.Context) error {
+	if pc.deleting {
+		select {
+		case d := <-pc.deleted:
+			if err := pc.deletedAcked(d); err != nil {
+				return err
+			}
+		default:
+			return nil
+		}
+	}
 	pc.mu.Lock()
 	acked := pc.ackedTo
 	pc.mu.Unlock()
@@ -699,18 +824,32 @@ func (pc *parentConn) deleteAcked(ctx context.Context) error {
 			msgs++
 		}
 	}
-	if _, err := pc.p.cfg.Store.AckMany(ctx, seqs); err != nil {
-		return err
-	}
 	pc.inflight = slices.Delete(pc.inflight, 0, n)
-	for u, ss := range seqs {
+	pc.deleting = true
+	go func() {
+		_, err := pc.p.cfg.Store.AckMany(ctx, seqs)
+		pc.deleted <- deletion{seqs: seqs, msgs: msgs, err: err}
+		pc.wake()
+	}()
+	return nil
+}
+
+// deletedAcked takes in a finished delete. Only now may the sender read
+// those UAIDs from their first message again (sentUpTo kept it past
+// what was acked while the delete was not committed).
+func (pc *parentConn) deletedAcked(d deletion) error {
+	pc.deleting = false
+	if d.err != nil {
+		return d.err
+	}
+	for u, ss := range d.seqs {
 		if pc.sentUpTo[u] <= slices.Max(ss) {
 			delete(pc.sentUpTo, u)
 		}
 	}
-	pc.p.m.acked.Add(float64(msgs))
+	pc.p.m.acked.Add(float64(d.msgs))
 	pc.mu.Lock()
-	pc.inflightMsgs -= msgs
+	pc.inflightMsgs -= d.msgs
 	pc.mu.Unlock()
 	return nil
 }
@@ -723,6 +862,13 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		pc.mu.Unlock()
 		return false, nil
 	}
+	for len(pc.dirty) < sendBatch && len(pc.sweep) > 0 {
+		pc.dirty[pc.sweep[len(pc.sweep)-1]] = struct{}{}
+		pc.sweep = pc.sweep[:len(pc.sweep)-1]
+	}
+	if len(pc.sweep) == 0 {
+		pc.sweep = nil
+	}
 	us := make([]push.UAID, 0, min(len(pc.dirty), sendBatch))
 	for u := range pc.dirty {
 		if len(us) == sendBatch {
@@ -731,7 +877,7 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		us = append(us, u)
 		delete(pc.dirty, u)
 	}
-	more := len(pc.dirty) > 0
+	more := len(pc.dirty) > 0 || len(pc.sweep) > 0
 	pc.mu.Unlock()
 	if len(us) == 0 {
 		return false, nil

@@ -78,6 +78,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay/atomicfile"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/linkproto"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 )
 
@@ -109,38 +110,24 @@ const (
 )
 
 // Code is a link close code, sent in QUIC's CONNECTION_CLOSE with a
-// reason text.
-type Code uint64
+// reason text. It is relay/linkproto's Code: one numbering for REFUSE,
+// GOAWAY and the close, so a child reads the same code whichever it gets.
+type Code = linkproto.Code
 
-// Close codes.
+// Close codes, named for this package's uses; each is linkproto's.
 const (
 	// CodeNone: a graceful close (after GOAWAY), nothing wrong.
-	CodeNone Code = 0
+	CodeNone = linkproto.CodeNoError
 	// CodeProtocol: the peer sent a malformed or unexpected frame.
-	CodeProtocol Code = 1
-	// CodeRefused: the parent refused the child (the text says why).
-	CodeRefused Code = 2
+	CodeProtocol = linkproto.CodeProtocol
+	// CodeRefused: the parent refused the child in the handshake or for
+	// its token (the text says why): the child is not allowed here.
+	CodeRefused = linkproto.CodeUnknownChild
 	// CodeShutdown: the relay is stopping.
-	CodeShutdown Code = 3
+	CodeShutdown = linkproto.CodeShutdown
 	// CodeInternal: this relay failed (store error and the like).
-	CodeInternal Code = 4
+	CodeInternal = linkproto.CodeInternal
 )
-
-func (c Code) String() string {
-	switch c {
-	case CodeNone:
-		return "none"
-	case CodeProtocol:
-		return "protocol"
-	case CodeRefused:
-		return "refused"
-	case CodeShutdown:
-		return "shutdown"
-	case CodeInternal:
-		return "internal"
-	}
-	return fmt.Sprintf("code_%d", uint64(c))
-}
 
 // Config configures both ends. TLS comes from relay/linkauth
 // (Credentials.ServerTLS or ClientTLS); the ALPN is set here.
@@ -329,8 +316,10 @@ func (l *Listener) Accept(ctx context.Context) (*Conn, error) {
 	l.m.handshakes.With("ok").Inc()
 	l.m.open.Inc()
 	context.AfterFunc(qc.Context(), func() {
-		l.m.open.Dec()
+		// The close is counted before the connection leaves the open
+		// gauge: one who sees it at 0 sees every close counted.
 		l.m.closes.With(causeOf(context.Cause(qc.Context()))).Inc()
+		l.m.open.Dec()
 	})
 	return c, nil
 }

@@ -21,6 +21,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay/leakcheck"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/linkproto"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 )
 
@@ -507,8 +508,8 @@ func TestTokenBinding(t *testing.T) {
 	wb, _ := wrong.Binding([]byte("not-the-token"))
 	_, _, err = hello(ctx5(t), wrong, fmt.Sprintf("%x", wb))
 	wantRefusal(t, p, err, "wrong token", "wrong_token")
-	if ce, ok := errors.AsType[*CloseError](err); !ok || ce.Cause != "remote" || ce.Code != CodeRefused {
-		t.Errorf("wrong token: %v, want a remote close with code refused", err)
+	if ce, ok := errors.AsType[*CloseError](err); !ok || ce.Cause != "remote" || ce.Code != linkproto.CodeUnknownChild {
+		t.Errorf("wrong token: %v, want a remote close with linkproto's code unknown child", err)
 	}
 
 	// A binding seen on one connection (good's) replayed on another.
@@ -734,6 +735,54 @@ func restartNoticeKeepAlive(t *testing.T, key1, key2 *[32]byte, idle, keepAlive 
 		t.Fatal("the child never noticed")
 	}
 	return time.Since(start), c.Err()
+}
+
+// Close codes are linkproto's numbering, one for REFUSE, GOAWAY and the
+// close: the code a parent closes with is the one the child reads, with
+// linkproto's meaning, and this package's named codes are linkproto's
+// (Refuse once closed with 2, which the protocol calls "no common
+// version").
+func TestCloseCodesAreTheProtocols(t *testing.T) {
+	for named, want := range map[Code]linkproto.Code{CodeNone: linkproto.CodeNoError, CodeProtocol: linkproto.CodeProtocol,
+		CodeRefused: linkproto.CodeUnknownChild, CodeShutdown: linkproto.CodeShutdown, CodeInternal: linkproto.CodeInternal} {
+		if named != want {
+			t.Errorf("linkquic's %v is %d, linkproto's is %d", named, uint64(named), uint64(want))
+		}
+	}
+	s := newSite(t)
+	p := listen(t, "127.0.0.1:0", s.creds(t, "core-1"), Config{})
+	ccreds := s.creds(t, "edge-1")
+	for _, code := range []linkproto.Code{linkproto.CodeVersion, linkproto.CodeReplaced, linkproto.CodeBusy, linkproto.CodeShutdown} {
+		c, err := dial(t, p.addr(), ccreds, Config{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pc := accept(t, p)
+		pc.Close(code, "bye")
+		select {
+		case <-c.Done():
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%v: the child never saw the close", code)
+		}
+		ce, ok := errors.AsType[*CloseError](c.Err())
+		if !ok || ce.Cause != "remote" || ce.Code != code || !strings.Contains(ce.Error(), code.String()) {
+			t.Errorf("closed with %v: the child read %v", code, c.Err())
+		}
+	}
+	// Refuse: the child is not allowed here.
+	c, err := dial(t, p.addr(), ccreds, Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	accept(t, p).Refuse(errors.New("not on the list"))
+	select {
+	case <-c.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("refused: the child never saw the close")
+	}
+	if ce, ok := errors.AsType[*CloseError](c.Err()); !ok || ce.Code != linkproto.CodeUnknownChild {
+		t.Errorf("refused: the child read %v, want linkproto's %v", c.Err(), linkproto.CodeUnknownChild)
+	}
 }
 
 // A parent restarted with its persisted reset key answers the child's
