@@ -380,15 +380,7 @@ func TestPartlyAckedBatchResentOnce(t *testing.T) {
 		post(t, endpoint, fmt.Appendf(nil, "m%d", i))
 	}
 	in := &lossyIngester{hub: n.Hub(), seen: map[string]bool{}}
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- link.Run(runCtx, in) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runLink(t, link, in)
 
 	got := receive(t, dev, 10)
 	seen := map[string]int{}
@@ -434,15 +426,7 @@ func TestQuietSessionHeld(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- link.Run(runCtx, n.Hub()) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runLink(t, link, n.Hub())
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	_, err = link.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
 	cancel()
@@ -678,15 +662,7 @@ func TestSessionHelloesAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	id, _, _ := n.Store().UpstreamID(u)
-	runCtx, stop := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- link.Run(runCtx, n.Hub()) }()
-	defer func() {
-		stop()
-		if err := <-done; err != nil {
-			t.Error(err)
-		}
-	}()
+	runLink(t, link, n.Hub())
 	waitFor(t, "three more hellos", func() bool { return up.Stats().Hellos[id.Upstream.String()] >= 4 })
 	if again, _, _ := n.Store().UpstreamID(u); !again.Helloed.After(id.Helloed) {
 		t.Errorf("hello time %v not after the first %v", again.Helloed, id.Helloed)
