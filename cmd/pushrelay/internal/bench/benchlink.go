@@ -487,40 +487,12 @@ func post(ctx context.Context, endpoints []string, n, senders int) (time.Duratio
 func linkMessages(ctx context.Context, parent, c *child, uaids, endpoints []string, messages, senders int, stdout io.Writer) (float64, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Minute)
 	defer cancel()
-	var got atomic.Int64
-	done := make(chan struct{})
-	var readers sync.WaitGroup
 	errc := make(chan error, len(uaids)+1)
-	for _, uaid := range uaids {
-		cl, err := pushclient.Dial(ctx, c.Device)
-		if err != nil {
-			return 0, err
-		}
-		defer cl.Abort()
-		if _, err := cl.Hello(uaid, pushclient.HelloOptions{}); err != nil {
-			return 0, err
-		}
-		stop := context.AfterFunc(ctx, func() { cl.Abort() })
-		defer stop()
-		readers.Go(func() {
-			for {
-				f, err := cl.Next(time.Now().Add(time.Minute))
-				if err != nil {
-					if ctx.Err() == nil {
-						errc <- fmt.Errorf("device: %w", err)
-					}
-					return
-				}
-				if err := cl.Ack(f); err != nil {
-					errc <- fmt.Errorf("device ack: %w", err)
-					return
-				}
-				if got.Add(1) == int64(messages) {
-					close(done)
-				}
-			}
-		})
+	devs, err := startAckers(ctx, c.Device, uaids, messages, errc)
+	if err != nil {
+		return 0, err
 	}
+	defer devs.close()
 	pcommits0, _ := parent.metric("pushrelay_store_commits_total")
 	ccommits0, _ := c.metric("pushrelay_store_commits_total")
 	frames0, _ := parent.metric("pushrelay_link_children_updates_sent_total")
@@ -537,9 +509,9 @@ func linkMessages(ctx context.Context, parent, c *child, uaids, endpoints []stri
 		}
 	})
 	select {
-	case <-done:
+	case <-devs.done:
 	case <-ctx.Done():
-		return 0, fmt.Errorf("devices read %d of %d messages: %w", got.Load(), messages, ctx.Err())
+		return 0, fmt.Errorf("devices read %d of %d messages: %w", devs.got.Load(), messages, ctx.Err())
 	case err := <-errc:
 		cancel()
 		return 0, err
@@ -552,7 +524,7 @@ func linkMessages(ctx context.Context, parent, c *child, uaids, endpoints []stri
 	ccommits1, _ := c.metric("pushrelay_store_commits_total")
 	frames1, _ := parent.metric("pushrelay_link_children_updates_sent_total")
 	cancel()
-	readers.Wait()
+	devs.close()
 	fmt.Fprintf(stdout, "relayed %d messages (POST → parent store, fsync → UPDATE → child store, fsync → ACK; → %d devices, acked) in %s: %.0f msg/s (posting took %s); %.1f messages per UPDATE, parent %.0f commits, child %.0f commits; CPU µs/message parent %.1f, child %.1f\n",
 		messages, len(uaids), took.Round(time.Millisecond), float64(messages)/took.Seconds(), posted.Round(time.Millisecond),
 		float64(messages)/max(frames1-frames0, 1), pcommits1-pcommits0, ccommits1-ccommits0,

@@ -18,7 +18,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/upstream/autopushtest"
 )
@@ -200,50 +199,16 @@ func relayMessages(ctx context.Context, edge *child, roots *x509.CertPool, uaids
 	messages, senders int, cpuProfile string, stdout io.Writer) (rate float64, err error) {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Minute)
 	defer cancel()
-	bodies := make([][]byte, len(endpoints))
-	for i := range endpoints {
-		sub, err := ece.NewSubscription()
-		if err != nil {
-			return 0, err
-		}
-		if bodies[i], err = ece.Encrypt(make([]byte, 64), sub.PublicKey(), sub.Auth); err != nil {
-			return 0, err
-		}
+	payloads, err := bodies(len(endpoints))
+	if err != nil {
+		return 0, err
 	}
-	var got atomic.Int64
-	done := make(chan struct{})
-	var readers sync.WaitGroup
 	errc := make(chan error, len(uaids)+senders)
-	for _, uaid := range uaids {
-		cl, err := pushclient.Dial(ctx, edge.Device)
-		if err != nil {
-			return 0, err
-		}
-		defer cl.Abort()
-		if _, err := cl.Hello(uaid, pushclient.HelloOptions{}); err != nil {
-			return 0, err
-		}
-		stop := context.AfterFunc(ctx, func() { cl.Abort() })
-		defer stop()
-		readers.Go(func() {
-			for {
-				f, err := cl.Next(time.Now().Add(time.Minute))
-				if err != nil {
-					if ctx.Err() == nil {
-						errc <- fmt.Errorf("device: %w", err)
-					}
-					return
-				}
-				if err := cl.Ack(f); err != nil {
-					errc <- fmt.Errorf("device ack: %w", err)
-					return
-				}
-				if got.Add(1) == int64(messages) {
-					close(done)
-				}
-			}
-		})
+	devs, err := startAckers(ctx, edge.Device, uaids, messages, errc)
+	if err != nil {
+		return 0, err
 	}
+	defer devs.close()
 	acks0, _ := edge.metric("pushrelay_upstream_acks_total")
 	commits0, _ := edge.metric("pushrelay_store_commits_total")
 	cpu0, _ := procCPU(edge.Cmd.Process.Pid)
@@ -268,7 +233,7 @@ func relayMessages(ctx context.Context, edge *child, roots *x509.CertPool, uaids
 					return
 				}
 				d := i % len(endpoints)
-				req, _ := http.NewRequestWithContext(ctx, "POST", endpoints[d], bytes.NewReader(bodies[d]))
+				req, _ := http.NewRequestWithContext(ctx, "POST", endpoints[d], bytes.NewReader(payloads[d]))
 				req.Header.Set("TTL", "3600")
 				req.Header.Set("Content-Encoding", "aes128gcm")
 				resp, err := client.Do(req)
@@ -288,7 +253,7 @@ func relayMessages(ctx context.Context, edge *child, roots *x509.CertPool, uaids
 	posters.Wait()
 	posted := time.Since(start)
 	select {
-	case <-done:
+	case <-devs.done:
 	case <-ctx.Done():
 	case err := <-errc:
 		cancel()
@@ -299,11 +264,11 @@ func relayMessages(ctx context.Context, edge *child, roots *x509.CertPool, uaids
 	acks1, _ := edge.metric("pushrelay_upstream_acks_total")
 	commits1, _ := edge.metric("pushrelay_store_commits_total")
 	cancel()
-	readers.Wait()
+	devs.close()
 	if r := refused.Load(); r > 0 {
 		return 0, fmt.Errorf("the upstream refused %d posts", r)
 	}
-	if g := got.Load(); g < int64(messages) {
+	if g := devs.got.Load(); g < int64(messages) {
 		return 0, fmt.Errorf("devices read %d of %d messages", g, messages)
 	}
 	fmt.Fprintf(stdout, "relayed %d messages (upstream POST → edge store, fsync → ack upstream → %d devices, acked) in %s: %.0f msg/s (posting took %s); edge: %.0f upstream acks, %.0f commits (%.1f messages per fsync), CPU %.1f µs/message\n",
