@@ -184,10 +184,10 @@ func (b *bcast) serve(ctx context.Context) (helloed bool, err error) {
 	if err := l.pace.wait(ctx, nil); err != nil {
 		return false, err
 	}
-	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
-	c, err := l.dial(dctx)
+	sent := map[string]bool{}
+	first := b.nextChunk(sent)
+	c, f, err := l.hello(ctx, "", pushclient.HelloOptions{Broadcasts: first})
 	if err != nil {
-		cancel()
 		l.m.bcConnects.With("error").Inc()
 		return false, err
 	}
@@ -196,16 +196,6 @@ func (b *bcast) serve(ctx context.Context) (helloed bool, err error) {
 		stop()
 		c.Abort()
 	}()
-	sent := map[string]bool{}
-	first := b.nextChunk(sent)
-	helloDone := context.AfterFunc(dctx, func() { c.Abort() })
-	f, err := c.Hello("", pushclient.HelloOptions{Broadcasts: first})
-	helloDone()
-	cancel()
-	if err != nil {
-		l.m.bcConnects.With("error").Inc()
-		return false, fmt.Errorf("hello: %w", err)
-	}
 	l.m.bcConnects.With("ok").Inc()
 	l.m.bcOpen.Set(1)
 	defer l.m.bcOpen.Set(0)

@@ -160,21 +160,10 @@ func (h *held) open(ctx context.Context) (s *conn, helloed bool, err error) {
 			return nil, false, err
 		}
 	}
-	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
-	c, err := l.dial(dctx)
+	c, _, err := l.hello(ctx, h.id.Upstream.String(), pushclient.HelloOptions{})
 	if err != nil {
-		cancel()
 		l.m.connects.With("error").Inc()
 		return nil, false, err
-	}
-	helloDone := context.AfterFunc(dctx, func() { c.Abort() })
-	_, err = c.Hello(h.id.Upstream.String(), pushclient.HelloOptions{})
-	helloDone()
-	cancel()
-	if err != nil {
-		c.Abort()
-		l.m.connects.With("error").Inc()
-		return nil, false, fmt.Errorf("hello: %w", err)
 	}
 	l.m.connects.With("ok").Inc()
 	if c.UAID != h.id.Upstream.String() {

@@ -436,18 +436,15 @@ func (l *Link) request(ctx context.Context, id store.UpstreamID, t pushproto.Mes
 // oneShot connects, says hello with uaid, runs do and closes, all within
 // ctx.
 func (l *Link) oneShot(ctx context.Context, uaid string, do func(*pushclient.Client) error) error {
-	c, err := l.dial(ctx)
+	c, _, err := l.hello(ctx, uaid, pushclient.HelloOptions{})
 	if err != nil {
-		return err
+		return fmt.Errorf("upstream: %w", err)
 	}
 	stop := context.AfterFunc(ctx, func() { c.Abort() })
 	defer func() {
 		stop()
 		c.Close()
 	}()
-	if _, err := c.Hello(uaid, pushclient.HelloOptions{}); err != nil {
-		return fmt.Errorf("upstream: hello: %w", err)
-	}
 	if err := do(c); err != nil {
 		if ctx.Err() != nil {
 			err = fmt.Errorf("%w (%w)", err, ctx.Err())
@@ -455,6 +452,25 @@ func (l *Link) oneShot(ctx context.Context, uaid string, do func(*pushclient.Cli
 		return fmt.Errorf("upstream: %w", err)
 	}
 	return nil
+}
+
+// hello connects and says hello with uaid (empty: a new client) and
+// o, both within RequestTimeout of ctx. On an error nothing is left open.
+func (l *Link) hello(ctx context.Context, uaid string, o pushclient.HelloOptions) (*pushclient.Client, pushproto.ServerFrame, error) {
+	ctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
+	defer cancel()
+	c, err := l.dial(ctx)
+	if err != nil {
+		return nil, pushproto.ServerFrame{}, err
+	}
+	stop := context.AfterFunc(ctx, func() { c.Abort() })
+	f, err := c.Hello(uaid, o)
+	stop()
+	if err != nil {
+		c.Abort()
+		return nil, f, fmt.Errorf("hello: %w", err)
+	}
+	return c, f, nil
 }
 
 func (l *Link) dial(ctx context.Context) (*pushclient.Client, error) {

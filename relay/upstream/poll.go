@@ -400,21 +400,13 @@ func (l *Link) pollRound(ctx context.Context, id store.UpstreamID) (n int, confi
 	if err := l.pace.wait(ctx, nil); err != nil {
 		return 0, false, err
 	}
-	dctx, cancel := context.WithTimeout(ctx, l.cfg.RequestTimeout)
-	defer cancel()
-	c, err := l.dial(dctx)
+	c, _, err := l.hello(ctx, id.Upstream.String(), pushclient.HelloOptions{})
 	if err != nil {
-		return 0, false, err
+		return 0, false, fmt.Errorf("upstream: %w", err)
 	}
 	defer c.Abort()
 	stop := context.AfterFunc(ctx, func() { c.Abort() })
 	defer stop()
-	helloDone := context.AfterFunc(dctx, func() { c.Abort() })
-	_, err = c.Hello(id.Upstream.String(), pushclient.HelloOptions{})
-	helloDone()
-	if err != nil {
-		return 0, false, fmt.Errorf("upstream: hello: %w", err)
-	}
 	if c.UAID != id.Upstream.String() {
 		return 0, false, &resetError{got: c.UAID, was: id.Upstream}
 	}
