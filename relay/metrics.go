@@ -10,7 +10,7 @@ import (
 type hubMetrics struct {
 	connections metrics.Gauge
 	accepted    metrics.Counter
-	hellos      *metrics.CounterVec // result: new, resumed
+	hellos      *metrics.CounterVec // result: new, resumed, elsewhere
 	frames      *metrics.CounterVec // messageType
 	closes      *metrics.CounterVec // code
 	registers   *metrics.CounterVec // status
@@ -32,7 +32,7 @@ func newHubMetrics(r *metrics.Registry) *hubMetrics {
 	m := &hubMetrics{
 		connections: r.Gauge("pushrelay_device_connections", "Device WebSocket sessions open now."),
 		accepted:    r.Counter("pushrelay_device_connections_total", "Device connections accepted."),
-		hellos:      r.CounterVec("pushrelay_device_hellos_total", "Completed hellos by result (new UAID or resumed).", "result"),
+		hellos:      r.CounterVec("pushrelay_device_hellos_total", "Completed hellos by result (new UAID, resumed, or elsewhere: the UAID of a child relay's device, answered with a new one).", "result"),
 		frames:      r.CounterVec("pushrelay_device_frames_total", "Frames received from devices by messageType.", "type"),
 		closes:      r.CounterVec("pushrelay_device_closes_total", "Device sessions closed by the relay, by WebSocket close code.", "code"),
 		registers:   r.CounterVec("pushrelay_device_registers_total", "Register requests by reply status.", "status"),

@@ -141,6 +141,8 @@ type Store interface {
 	// store.Store.AppendBatch).
 	AppendBatch(ctx context.Context, ms []store.Message) ([]store.AppendResult, error)
 	Messages(u push.UAID, afterSeq uint64, limit int) ([]store.Message, error)
+	// Channels lists device u's channels (ResetDevice, for Config.Forgot).
+	Channels(u push.UAID) ([]store.Channel, error)
 	Ack(ctx context.Context, u push.UAID, seqs ...uint64) (int, error)
 	Delete(ctx context.Context, u push.UAID, ch push.ChannelID, seq uint64) (bool, error)
 	// DeleteDevice removes a device with its channels, messages and
@@ -270,6 +272,19 @@ type Config struct {
 	// order: a relay link's parent sends those of the UAIDs its children
 	// serve down the link. It must not block and must not keep ms.
 	Stored func(ms []store.Message)
+
+	// Forgot, if set, hears of every device ResetDevice forgot, with the
+	// channels it had, after the commit: a relay link's parent updates
+	// its digest of the child serving the device and tells the child
+	// (FORGET). It must not block.
+	Forgot func(u push.UAID, chans []push.ChannelID)
+
+	// ServedElsewhere, if set, reports whether device u is served by
+	// another relay (a child on the relay link's parent): a hello here
+	// with its UAID is answered as for an unknown UAID, with a new one
+	// (counted as pushrelay_device_hellos_total{result="elsewhere"}). It must
+	// not block.
+	ServedElsewhere func(u push.UAID) bool
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry

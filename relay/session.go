@@ -394,9 +394,16 @@ func (s *session) hello(m pushproto.Hello) bool {
 		}
 		if ok {
 			result = "resumed"
+			if h.cfg.ServedElsewhere != nil && h.cfg.ServedElsewhere(u) {
+				// A child relay's device: its messages go down the
+				// link, its registrations come up it. Serving it here
+				// too would deliver twice and let two relays change
+				// its channels; it is a new device to this relay.
+				result = "elsewhere"
+			}
 		}
 	}
-	if result == "new" {
+	if result != "resumed" {
 		// Like autopush, a new UAID is only stored at its first register.
 		u = newUAID()
 	}

@@ -440,6 +440,7 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	if fix != nil {
 		wg.Go(func() { c.resync(ctx, fix) })
 	}
+	sem := make(chan struct{}, 16)
 	for {
 		fr, err := f.next()
 		if err != nil {
@@ -459,6 +460,12 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 			cc.answer(fr.ID, answer{status: fr.Status})
 		case *linkproto.Broadcast:
 			c.setBroadcasts(ctx, fr.Versions)
+		case *linkproto.Forget:
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				c.forget(ctx, cc, in, fr)
+			})
 		case *linkproto.Resync:
 			// Read right after WELCOME (readResync); ignored later.
 		case *linkproto.GoAway:

@@ -59,20 +59,27 @@
 // Remove), so a connect reads nothing from the store. Only when a child's
 // HELLO digest differs is the digest rebuilt from the store, which
 // decides; then, still differing, the parent sends its view (RESYNC) after
-// WELCOME and the child fixes it with REGISTERs and UNREGISTERs. A change
-// to those pairs made at a running parent by another path (a device reset
-// by its hub or its upstream) is seen at its next start, not at the next
-// connect. The child's digest is computed from its store at each connect.
+// WELCOME and the child fixes it with REGISTERs and UNREGISTERs. A device
+// the parent's hub resets (its upstream forgot the UAID) leaves the kept
+// digest at once (Parent.Forgot, relay.Config.Forgot), and the child is
+// told with FORGET (forget.go), kept durably until it answers; until
+// then the child's view counts the device's pairs. The child's digest is
+// computed from its store at each connect.
+//
+// A hello at the parent with the UAID of a device a child serves is
+// answered with a new UAID (Parent.Serves, relay.Config.ServedElsewhere):
+// a device is served by the relay it registered through.
 //
 // Goroutines: the child's Run holds one for the connection's control
 // stream, one accepting data streams and one per data stream (each
 // ingesting), one watching the route to the parent (migrating the
 // connection when its local address changes), and one unregister sender.
 // The parent's Run accepts; each child has one goroutine on its control
-// stream, one sender, one sending broadcasts, one deleting acked messages
+// stream, one sender, one sending broadcasts, one sending FORGETs, one deleting acked messages
 // while such a commit is under way (the sender goes on sending
-// meanwhile), and one per register or unregister being answered (at most
-// 16 at once).
+// meanwhile), and one per register, unregister or FORGOTTEN being
+// handled (at most 16 at once); the child one per FORGET being handled
+// (at most 16 at once).
 //
 // Locks: the broadcast registry's lock (its change listener runs under
 // it) before Parent.mu; Parent.mu before a connection's mu, never the

@@ -13,6 +13,7 @@ type childMetrics struct {
 	resyncs          metrics.Counter
 	migrations       *metrics.CounterVec
 	broadcasts       *metrics.CounterVec
+	forgets          *metrics.CounterVec
 }
 
 func newChildMetrics(r *metrics.Registry) *childMetrics {
@@ -27,6 +28,7 @@ func newChildMetrics(r *metrics.Registry) *childMetrics {
 		resyncs:          r.Counter("pushrelay_link_up_resyncs_total", "Resyncs done: the parent's view compared with the store and fixed with registers and unregisters."),
 		migrations:       r.CounterVec("pushrelay_link_up_migrations_total", "Moves of the link to a new local address after the route to the parent changed, by result (ok, error: then it redials).", "result"),
 		broadcasts:       r.CounterVec("pushrelay_link_up_broadcasts_total", "Broadcast versions from the parent, by result (set, unchanged, refused: past the registry's 1,024 ids, not_stored).", "result"),
+		forgets:          r.CounterVec("pushrelay_link_up_forgets_total", "Devices the parent forgot (FORGET: its upstream reset the UAID), by result (forgotten, unknown: not here, error).", "result"),
 	}
 }
 
@@ -42,12 +44,14 @@ type parentMetrics struct {
 	dropped          metrics.Counter
 	digestMismatches metrics.Counter
 	broadcasts       metrics.Counter
+	forgets          *metrics.CounterVec
 }
 
 func newParentMetrics(r *metrics.Registry) *parentMetrics {
 	return &parentMetrics{
 		connected:        r.Gauge("pushrelay_link_children_connected", "Child relays connected (past HELLO)."),
 		uaids:            r.Gauge("pushrelay_link_children_uaids", "UAIDs served by child relays."),
+		forgets:          r.CounterVec("pushrelay_link_children_forgets_total", "FORGETs of devices this relay forgot (its upstream reset them) for the children serving them, by result (sent, answered, refused: the child answered an error, error: not recorded).", "result"),
 		refused:          r.CounterVec("pushrelay_link_children_refused_total", "Children refused after HELLO, by code (unknown child, no common protocol version, busy, internal error).", "code"),
 		registers:        r.CounterVec("pushrelay_link_children_registers_total", "Children's registers answered, by status.", "status"),
 		unregisters:      r.CounterVec("pushrelay_link_children_unregisters_total", "Children's unregisters answered, by status.", "status"),

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
+	"math"
 	"net"
 	"slices"
 	"sync"
@@ -332,7 +333,16 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 	}
 	defer p.detach(pc)
 	d, us := p.view(pc.idx)
-	if d != hello.Digest {
+	// The child still has the devices this relay forgot and has not yet
+	// told it of (the FORGETs follow WELCOME): the view it should have
+	// counts them.
+	fs, err := p.cfg.Store.LinkForgets(pc.name, math.MaxInt)
+	if err != nil {
+		p.cfg.Logger.Error("child's forgotten devices not read", "child", pc.name, "err", err)
+		p.refuse(conn, f, linkproto.CodeInternal, "store error", nil)
+		return
+	}
+	if withForgets(d, fs) != hello.Digest {
 		// The store decides: the kept digest may have missed a change
 		// (two registers of one channel at once, a channel this relay
 		// removed on its own); rebuilt, it is kept from then on.
@@ -351,6 +361,7 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 			d = sd
 		}
 	}
+	d = withForgets(d, fs)
 	resync := d != hello.Digest
 	if resync {
 		p.m.digestMismatches.Inc()
@@ -364,7 +375,7 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 		return
 	}
 	if resync {
-		if err := p.sendResync(f, us); err != nil {
+		if err := p.sendResync(f, us, fs); err != nil {
 			p.cfg.Logger.Error("resync not sent", "child", pc.name, "err", err)
 			closeFor(conn, err, linkproto.CodeInternal)
 			return
@@ -390,6 +401,7 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 	if p.cfg.Broadcasts != nil {
 		wg.Go(func() { pc.sendBroadcasts() })
 	}
+	wg.Go(func() { pc.sendForgets(ctx) })
 	sem := make(chan struct{}, 16)
 	for {
 		fr, err := f.next()
@@ -425,6 +437,12 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 				defer func() { <-sem }()
 				f.send(p.unregister(ctx, pc, fr))
 			})
+		case *linkproto.Forgotten:
+			sem <- struct{}{}
+			wg.Go(func() {
+				defer func() { <-sem }()
+				pc.forgotten(ctx, fr)
+			})
 		case *linkproto.GoAway:
 			p.cfg.Logger.Info("child leaving", "child", pc.name, "reason", fr.Reason)
 			conn.Close(linkquic.Code(linkproto.CodeNoError), "goaway")
@@ -453,7 +471,8 @@ func (p *Parent) attach(name string, conn *linkquic.Conn, f *framer) (pc, old *p
 		p.index[name] = i
 	}
 	pc = &parentConn{p: p, idx: i, name: name, conn: conn, ctl: f, dirty: map[push.UAID]struct{}{},
-		kick: make(chan struct{}, 1), bcKick: make(chan struct{}, 1), sentUpTo: map[push.UAID]uint64{}}
+		kick: make(chan struct{}, 1), bcKick: make(chan struct{}, 1), sentUpTo: map[push.UAID]uint64{},
+		forgetKick: make(chan struct{}, 1), forgetting: map[uint64]push.UAID{}}
 	old = p.conns[i]
 	p.conns[i] = pc
 	return pc, old, true
@@ -535,11 +554,17 @@ func (p *Parent) pairChanged(u push.UAID, ch push.ChannelID, added bool) {
 }
 
 // sendResync sends this relay's view of the pairs it holds for a child,
-// the UAIDs us, as RESYNC chunks.
-func (p *Parent) sendResync(f *framer, us []push.UAID) error {
+// the UAIDs us, as RESYNC chunks; the devices it forgot and has not yet
+// told the child of, fs, count as held (their FORGETs follow), so the
+// child does not register them again.
+func (p *Parent) sendResync(f *framer, us []push.UAID, fs []store.LinkForget) error {
 	slices.SortFunc(us, func(a, b push.UAID) int { return bytes.Compare(a[:], b[:]) })
-	entries := make([]linkproto.ResyncEntry, 0, len(us))
+	entries := make([]linkproto.ResyncEntry, 0, len(us)+len(fs))
+	held := make(map[push.UAID]bool, len(fs))
 	for _, u := range us {
+		if len(fs) > 0 {
+			held[u] = true
+		}
 		cs, err := p.cfg.Store.Channels(u)
 		if err != nil {
 			return err
@@ -554,6 +579,15 @@ func (p *Parent) sendResync(f *framer, us []push.UAID) error {
 		slices.SortFunc(e.Channels, func(a, b push.ChannelID) int { return bytes.Compare(a[:], b[:]) })
 		entries = append(entries, e)
 	}
+	for _, fg := range fs {
+		if held[fg.UAID] || len(fg.Channels) == 0 {
+			continue
+		}
+		e := linkproto.ResyncEntry{UAID: fg.UAID, Channels: slices.Clone(fg.Channels)}
+		slices.SortFunc(e.Channels, func(a, b push.ChannelID) int { return bytes.Compare(a[:], b[:]) })
+		entries = append(entries, e)
+	}
+	slices.SortFunc(entries, func(a, b linkproto.ResyncEntry) int { return bytes.Compare(a.UAID[:], b.UAID[:]) })
 	return linkproto.ChunkResync(entries, func(r linkproto.Resync) error { return f.send(&r) })
 }
 
@@ -688,6 +722,13 @@ type parentConn struct {
 	kick chan struct{}
 	// bcKick: the broadcast versions changed.
 	bcKick chan struct{}
+	// forgetKick: a device the child serves was forgotten (forget.go).
+	forgetKick chan struct{}
+
+	// FORGETs sent and not yet answered, by request id.
+	fmu        sync.Mutex
+	forgetID   uint64
+	forgetting map[uint64]push.UAID
 
 	mu sync.Mutex
 	// dirty are the UAIDs that may have messages not sent yet.

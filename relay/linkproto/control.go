@@ -338,6 +338,57 @@ func (f *Unregistered) decodePayload(p []byte) error {
 	return r.end()
 }
 
+// Forget tells the child that the parent forgot a device it serves: its
+// upstream reset the UAID (autopush forgets a UAID after 60 days without a
+// hello, or when its backlog passed msg_limit), so the device's channels
+// and endpoints are gone up the chain. The child forgets the device too
+// (its session is closed, its next hello gets a new UAID) and answers
+// FORGOTTEN; the parent keeps the request durably until then.
+type Forget struct {
+	ID   uint64
+	UAID push.UAID
+}
+
+func (Forget) Type() FrameType { return TypeForget }
+
+func (f Forget) appendPayload(b []byte) ([]byte, error) {
+	b, err := appendVarintChecked(b, f.ID, "request id")
+	if err != nil {
+		return b, err
+	}
+	return append(b, f.UAID[:]...), nil
+}
+
+func (f *Forget) decodePayload(p []byte) error {
+	r := payload{p: p}
+	f.ID = r.varint("request id")
+	f.UAID = r.uaid()
+	return r.end()
+}
+
+// Forgotten answers a FORGET.
+type Forgotten struct {
+	ID     uint64
+	Status Status
+}
+
+func (Forgotten) Type() FrameType { return TypeForgotten }
+
+func (f Forgotten) appendPayload(b []byte) ([]byte, error) {
+	b, err := appendVarintChecked(b, f.ID, "request id")
+	if err != nil {
+		return b, err
+	}
+	return appendStatus(b, f.Status)
+}
+
+func (f *Forgotten) decodePayload(p []byte) error {
+	r := payload{p: p}
+	f.ID = r.varint("request id")
+	f.Status = r.status()
+	return r.end()
+}
+
 // Credit raises the limits on what the parent may send: the totals of
 // UPDATE payload bytes and of messages since the connection began. Like
 // QUIC's MAX_DATA they are absolute and never decrease, so a CREDIT

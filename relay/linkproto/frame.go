@@ -44,6 +44,8 @@ const (
 	TypeBroadcast    FrameType = 0x0a
 	TypeResync       FrameType = 0x0b
 	TypeGoAway       FrameType = 0x0c
+	TypeForget       FrameType = 0x0d
+	TypeForgotten    FrameType = 0x0e
 	TypeUpdate       FrameType = 0x10
 )
 
@@ -86,6 +88,8 @@ var types = map[FrameType]typeInfo{
 	TypeBroadcast:    {"BROADCAST", StreamControl, Parent, MaxBroadcastPayload},
 	TypeResync:       {"RESYNC", StreamControl, Parent, MaxResyncPayload},
 	TypeGoAway:       {"GOAWAY", StreamControl, 0, 24 + MaxReasonLen},
+	TypeForget:       {"FORGET", StreamControl, Parent, 32},
+	TypeForgotten:    {"FORGOTTEN", StreamControl, Child, 32},
 	TypeUpdate:       {"UPDATE", StreamData, Parent, MaxUpdatePayload},
 }
 
@@ -287,6 +291,10 @@ func (f RawFrame) Decode() (Frame, error) {
 		fr = new(Resync)
 	case TypeGoAway:
 		fr = new(GoAway)
+	case TypeForget:
+		fr = new(Forget)
+	case TypeForgotten:
+		fr = new(Forgotten)
 	case TypeUpdate:
 		fr = new(Update)
 	default:

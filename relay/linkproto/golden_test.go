@@ -64,6 +64,8 @@ func examples() map[string]Frame {
 		"registered":   &Registered{ID: 7, Status: StatusOK, Endpoint: "https://push.example.net/wpush/v2/gAAAAABm"},
 		"unregister":   &Unregister{ID: 8, UAID: uaidA, Channel: chan2},
 		"unregistered": &Unregistered{ID: 8, Status: StatusOK},
+		"forget":       &Forget{ID: 9, UAID: uaidB},
+		"forgotten":    &Forgotten{ID: 9, Status: StatusOK},
 		"credit":       &Credit{Bytes: 1 << 20, Messages: 4096},
 		"ack":          &Ack{Seq: 41},
 		"broadcast":    &Broadcast{Versions: map[string]string{"remote-settings/monitor_changes": "v1700", "fxa": "42"}},

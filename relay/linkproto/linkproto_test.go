@@ -157,6 +157,8 @@ func TestLimitsFit(t *testing.T) {
 		"registered":   Registered{ID: MaxVarint, Status: 599, Endpoint: long(MaxEndpointLen)},
 		"unregister":   Unregister{ID: MaxVarint},
 		"unregistered": Unregistered{ID: MaxVarint, Status: 599},
+		"forget":       Forget{ID: MaxVarint},
+		"forgotten":    Forgotten{ID: MaxVarint, Status: 599},
 		"credit":       Credit{Bytes: MaxVarint, Messages: MaxVarint},
 		"ack":          Ack{Seq: MaxVarint},
 		"broadcast":    Broadcast{Versions: bc},

@@ -116,7 +116,7 @@ func TestRelayLink(t *testing.T) {
 	if !strings.HasPrefix(s.endpoint, core.PublicURL()+"/") {
 		t.Fatalf("endpoint %s is not the core's (%s)", s.endpoint, core.PublicURL())
 	}
-	push(t, s, "one")
+	postTo(t, s, "one")
 	if got := receive(t, s); got != "one" {
 		t.Fatalf("got %q", got)
 	}
@@ -133,8 +133,8 @@ func TestRelayLink(t *testing.T) {
 	})
 	// The edge goes away; the core keeps what is posted meanwhile.
 	edge.stop(t)
-	push(t, s, "two")
-	push(t, s, "three")
+	postTo(t, s, "two")
+	postTo(t, s, "three")
 	edge = start(t, ecfg)
 	reconnect(t, edge.Node, s)
 	got := []string{receive(t, s), receive(t, s)}
@@ -220,7 +220,7 @@ func TestRelayLinkRefused(t *testing.T) {
 		core := start(t, parentConfig(t, site, tok))
 		edge := start(t, childConfig(t, site, core.Node, tok))
 		s := subscribe(t, edge.Node, "")
-		push(t, s, "by token")
+		postTo(t, s, "by token")
 		if got := receive(t, s); got != "by token" {
 			t.Fatalf("got %q", got)
 		}
@@ -257,7 +257,7 @@ func TestRelayLinkThreeTiers(t *testing.T) {
 		t.Fatalf("endpoint %s is not the core's (%s)", s.endpoint, core.PublicURL())
 	}
 	for _, text := range []string{"three", "tiers"} {
-		push(t, s, text)
+		postTo(t, s, text)
 		if got := receive(t, s); got != text {
 			t.Fatalf("got %q, want %q", got, text)
 		}

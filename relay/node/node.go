@@ -49,6 +49,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/listener"
 	"github.com/pushrelay/pushrelay/relay/megaphone"
 	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
 	"github.com/pushrelay/pushrelay/relay/upstream"
@@ -333,7 +334,11 @@ func New(cfg Config) (_ *Node, err error) {
 			return nil, err
 		}
 	}
-	var stored func([]store.Message)
+	var (
+		stored    func([]store.Message)
+		forgot    func(push.UAID, []push.ChannelID)
+		elsewhere func(push.UAID) bool
+	)
 	if cfg.RelayListen != "" {
 		var resetKey *[32]byte
 		resetKey, err = linkquic.LoadResetKey(filepath.Join(cfg.DataDir, linkquic.ResetKeyFile))
@@ -348,7 +353,7 @@ func New(cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, err
 		}
-		stored = d.parent.Stored
+		stored, forgot, elsewhere = d.parent.Stored, d.parent.Forgot, d.parent.Serves
 	}
 	var bsrc relay.Broadcasts = d.broadcasts
 	if d.link != nil {
@@ -356,20 +361,22 @@ func New(cfg Config) (_ *Node, err error) {
 		bsrc = d.link.Broadcasts()
 	}
 	d.hub, err = relay.New(relay.Config{
-		Store:         d.store,
-		Tokens:        tokens,
-		Endpoints:     endpoints,
-		CheckKey:      vapid.DecodePublicKey,
-		HelloTimeout:  cfg.HelloTimeout,
-		PingInterval:  cfg.PingInterval,
-		Window:        cfg.InflightWindow,
-		OutboxBytes:   cfg.OutboxBytes,
-		Waker:         d.kick,
-		WakeIdleClose: cfg.WakeIdleClose,
-		Broadcasts:    bsrc,
-		Stored:        stored,
-		Logger:        d.log.With("component", "devices"),
-		Metrics:       d.reg,
+		Store:           d.store,
+		Tokens:          tokens,
+		Endpoints:       endpoints,
+		CheckKey:        vapid.DecodePublicKey,
+		HelloTimeout:    cfg.HelloTimeout,
+		PingInterval:    cfg.PingInterval,
+		Window:          cfg.InflightWindow,
+		OutboxBytes:     cfg.OutboxBytes,
+		Waker:           d.kick,
+		WakeIdleClose:   cfg.WakeIdleClose,
+		Broadcasts:      bsrc,
+		Stored:          stored,
+		Forgot:          forgot,
+		ServedElsewhere: elsewhere,
+		Logger:          d.log.With("component", "devices"),
+		Metrics:         d.reg,
 	})
 	if err != nil {
 		return nil, err

@@ -155,8 +155,8 @@ func subscribe(t *testing.T, n *Node, uaid string) *subscriber {
 	return s
 }
 
-// push posts an encrypted message to s's endpoint and wants 201.
-func push(t *testing.T, s *subscriber, text string) {
+// postTo posts an encrypted message to s's endpoint and wants 201.
+func postTo(t *testing.T, s *subscriber, text string) {
 	t.Helper()
 	body, err := ece.Encrypt([]byte(text), s.keys.PublicKey(), s.keys.Auth)
 	if err != nil {
@@ -257,7 +257,7 @@ func TestThreeNodesInOneProcess(t *testing.T) {
 	for i := range rs {
 		for k := range i + 1 {
 			msg := fmt.Sprintf("to node %d, message %d", i, k)
-			push(t, subs[i], msg)
+			postTo(t, subs[i], msg)
 			if got := receive(t, subs[i]); got != msg {
 				t.Fatalf("node %d: got %q, want %q", i, got, msg)
 			}
@@ -320,7 +320,7 @@ func TestRestartOnSameDataDir(t *testing.T) {
 	r := start(t, cfg)
 	s := subscribe(t, r.Node, "")
 	s.c.Abort()
-	push(t, s, "kept across the restart")
+	postTo(t, s, "kept across the restart")
 	r.stop(t)
 
 	cfg.Logger = testLogger(t, "second")
@@ -435,7 +435,7 @@ func TestDataDirInUse(t *testing.T) {
 		t.Fatal("a second node opened a data dir in use")
 	}
 	s := subscribe(t, r.Node, "")
-	push(t, s, "still here")
+	postTo(t, s, "still here")
 	if got := receive(t, s); got != "still here" {
 		t.Fatalf("got %q", got)
 	}

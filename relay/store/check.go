@@ -235,7 +235,10 @@ func walk(tx *bolt.Tx, r *Report) {
 		checkUpstream(tx, r)
 	}
 	if schema >= 7 {
-		checkLinkChildren(tx, r)
+		checkLinkChildren(tx, r, bucketLinkChildren)
+	}
+	if schema >= 8 {
+		checkLinkChildren(tx, r, bucketLinkForgets)
 	}
 }
 

@@ -15,8 +15,18 @@ import (
 //
 // The row is written with the UAID's first register over the link, before
 // its channel, so that a message posted for the channel is known to go to
-// the child; DeleteDevice removes it.
-var bucketLinkChildren = []byte("link_children")
+// the child; DeleteDevice moves it to link_forgets (schema 8):
+//
+//	link_forgets  uaid(16)  → len(1) child name | channel id(16)…
+//
+// a device this relay forgot (its upstream reset the UAID) that the child
+// serving it has not yet been told of (the link's FORGET), with the
+// channels it had (the child still has them until told: the parent's
+// view of the child counts them); the row goes when the child answered.
+var (
+	bucketLinkChildren = []byte("link_children")
+	bucketLinkForgets  = []byte("link_forgets")
+)
 
 // MaxChildNameLen bounds a child relay's name (the link's limit).
 const MaxChildNameLen = 64
@@ -26,6 +36,86 @@ func migrateCreateLinkChildren(tx *bolt.Tx) error {
 		return fmt.Errorf("create bucket %s: %w", bucketLinkChildren, err)
 	}
 	return nil
+}
+
+func migrateCreateLinkForgets(tx *bolt.Tx) error {
+	if _, err := tx.CreateBucketIfNotExists(bucketLinkForgets); err != nil {
+		return fmt.Errorf("create bucket %s: %w", bucketLinkForgets, err)
+	}
+	return nil
+}
+
+// forgetLinkChild is DeleteDevice's part: a UAID a child serves moves
+// from link_children to link_forgets with its channels chans, so the child
+// hears of it.
+func (t *txn) forgetLinkChild(u push.UAID, chans []push.ChannelID) error {
+	b := t.tx.Bucket(bucketLinkChildren)
+	child := b.Get(u[:])
+	if child == nil {
+		return nil
+	}
+	v := make([]byte, 0, 1+len(child)+16*len(chans))
+	v = append(append(v, byte(len(child))), child...)
+	for _, c := range chans {
+		v = append(v, c[:]...)
+	}
+	if err := t.tx.Bucket(bucketLinkForgets).Put(deviceKey(u), v); err != nil {
+		return err
+	}
+	return b.Delete(u[:])
+}
+
+// LinkForget is a device this relay forgot that a child serves and has
+// not yet been told of, with the channels it had.
+type LinkForget struct {
+	UAID     push.UAID
+	Channels []push.ChannelID
+}
+
+// decodeLinkForget splits a link_forgets value into the child's name and
+// the channels.
+func decodeLinkForget(v []byte) (child []byte, chans []push.ChannelID, ok bool) {
+	if len(v) < 2 || int(v[0]) == 0 || int(v[0]) > MaxChildNameLen || len(v) < 1+int(v[0]) || (len(v)-1-int(v[0]))%16 != 0 {
+		return nil, nil, false
+	}
+	child, rest := v[1:1+int(v[0])], v[1+int(v[0]):]
+	for ; len(rest) > 0; rest = rest[16:] {
+		chans = append(chans, push.ChannelID(rest[:16]))
+	}
+	return child, chans, true
+}
+
+// LinkForgets returns up to max devices this relay forgot that child
+// serves and has not yet been told of, in UAID order.
+func (s *Store) LinkForgets(child string, max int) ([]LinkForget, error) {
+	var out []LinkForget
+	err := s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketLinkForgets).Cursor()
+		for k, v := c.First(); k != nil && len(out) < max; k, v = c.Next() {
+			name, chans, ok := decodeLinkForget(v)
+			if len(k) != 16 || !ok {
+				return corrupt("link_forgets row", k)
+			}
+			if string(name) == child {
+				out = append(out, LinkForget{UAID: push.UAID(k), Channels: chans})
+			}
+		}
+		return nil
+	})
+	return out, err
+}
+
+// LinkForgotten records that child was told it no longer serves u (it
+// answered FORGOTTEN). A row naming another child stays.
+func (s *Store) LinkForgotten(ctx context.Context, u push.UAID, child string) error {
+	return s.do(ctx, func(t *txn) error {
+		b := t.tx.Bucket(bucketLinkForgets)
+		name, _, ok := decodeLinkForget(b.Get(u[:]))
+		if !ok || string(name) != child {
+			return nil
+		}
+		return b.Delete(u[:])
+	})
 }
 
 // SetLinkChild records that child serves u (replacing another child's
@@ -93,35 +183,48 @@ func (s *Store) AckMany(ctx context.Context, seqs map[push.UAID][]uint64) (int, 
 	return n, err
 }
 
-// checkLinkChildren is Verify's walk of link_children (schema 7).
-func checkLinkChildren(tx *bolt.Tx, r *Report) {
-	b := tx.Bucket(bucketLinkChildren)
+// validLinkRow checks a row of link_children or link_forgets.
+func validLinkRow(bucket, k, v []byte) bool {
+	if len(k) != 16 {
+		return false
+	}
+	if string(bucket) == string(bucketLinkForgets) {
+		_, _, ok := decodeLinkForget(v)
+		return ok
+	}
+	return len(v) > 0 && len(v) <= MaxChildNameLen
+}
+
+// checkLinkChildren is Verify's walk of link_children (schema 7) or
+// link_forgets (schema 8).
+func checkLinkChildren(tx *bolt.Tx, r *Report, name []byte) {
+	b := tx.Bucket(name)
 	if b == nil {
-		r.problem("bucket %s missing", bucketLinkChildren)
+		r.problem("bucket %s missing", name)
 		return
 	}
 	b.ForEach(func(k, v []byte) error {
-		if len(k) != 16 || len(v) == 0 || len(v) > MaxChildNameLen {
-			r.problem("%v", corrupt("link_children row", k))
+		if !validLinkRow(name, k, v) {
+			r.problem("%v", corrupt(string(name)+" row", k))
 		}
 		return nil
 	})
 }
 
-// copyLinkChildren is Salvage's copy of link_children, if the old file
-// has it (schema 7 and later).
-func (w *salvageWriter) copyLinkChildren() error {
-	if _, ok := w.geo.roots[string(bucketLinkChildren)]; !ok {
+// copyLinkChildren is Salvage's copy of link_children or link_forgets,
+// if the old file has it (schema 7, 8 and later).
+func (w *salvageWriter) copyLinkChildren(name []byte) error {
+	if _, ok := w.geo.roots[string(name)]; !ok {
 		return nil
 	}
-	err := w.scan(bucketLinkChildren, func(k, v []byte) error {
-		if len(k) != 16 || len(v) == 0 || len(v) > MaxChildNameLen {
+	err := w.scan(name, func(k, v []byte) error {
+		if !validLinkRow(name, k, v) {
 			w.rep.BadRows++
 			return nil
 		}
 		key, val := deviceKey(push.UAID(k)), append([]byte(nil), v...)
 		return w.add(func(t *salvageTx) error {
-			return t.devices.Tx().Bucket(bucketLinkChildren).Put(key, val)
+			return t.devices.Tx().Bucket(name).Put(key, val)
 		})
 	})
 	if err != nil {

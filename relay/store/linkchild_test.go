@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/push"
+	bolt "go.etcd.io/bbolt"
 )
 
 // A parent's record of which child serves a UAID survives a restart,
@@ -85,5 +86,108 @@ func TestLinkChildren(t *testing.T) {
 			t.Errorf("%s: after DeleteDevice, children %v", filepath.Base(p), got)
 		}
 		s.Close()
+	}
+}
+
+// A device forgotten here (DeleteDevice: its upstream reset it) that a
+// child serves is kept in link_forgets for that child until it answered;
+// the record survives a restart, Verify and Salvage.
+func TestLinkForgets(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "s.db")
+	s, err := Open(Options{Path: path})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	a, b, c := push.UAID{1}, push.UAID{2}, push.UAID{3}
+	for u, child := range map[push.UAID]string{a: "edge-1", b: "edge-2", c: "edge-1"} {
+		if err := s.SetLinkChild(ctx, u, child); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.Register(ctx, Channel{UAID: u, ID: push.ChannelID{9}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, u := range []push.UAID{c, a, b} {
+		if err := s.DeleteDevice(ctx, u); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// A device no child serves leaves no row.
+	if err := s.Register(ctx, Channel{UAID: push.UAID{4}, ID: push.ChannelID{9}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.DeleteDevice(ctx, push.UAID{4}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Verify(path, time.Second); err != nil {
+		t.Fatalf("Verify: %v", err)
+	}
+	dst := filepath.Join(dir, "salvaged.db")
+	if _, err := Salvage(path, dst, time.Second); err != nil {
+		t.Fatalf("Salvage: %v", err)
+	}
+	for _, p := range []string{path, dst} {
+		s, err := Open(Options{Path: p})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.LinkForgets("edge-1", 10)
+		if err != nil || len(got) != 2 || got[0].UAID != a || got[1].UAID != c || len(got[0].Channels) != 1 || got[0].Channels[0] != (push.ChannelID{9}) {
+			t.Errorf("%s: edge-1 forgets %v, %v", filepath.Base(p), got, err)
+		}
+		if got, _ := s.LinkForgets("edge-1", 1); len(got) != 1 {
+			t.Errorf("%s: max 1 gave %v", filepath.Base(p), got)
+		}
+		if got, _ := s.LinkForgets("edge-2", 10); len(got) != 1 || got[0].UAID != b {
+			t.Errorf("%s: edge-2 forgets %v", filepath.Base(p), got)
+		}
+		n := 0
+		s.LinkChildren(func(push.UAID, []byte) { n++ })
+		if n != 0 {
+			t.Errorf("%s: %d link_children rows left", filepath.Base(p), n)
+		}
+		// Another child's answer removes nothing; the child's own does.
+		if err := s.LinkForgotten(ctx, a, "edge-2"); err != nil {
+			t.Fatal(err)
+		}
+		if err := s.LinkForgotten(ctx, b, "edge-2"); err != nil {
+			t.Fatal(err)
+		}
+		if got, _ := s.LinkForgets("edge-1", 10); len(got) != 2 {
+			t.Errorf("%s: after another child's answer, edge-1 forgets %v", filepath.Base(p), got)
+		}
+		if got, _ := s.LinkForgets("edge-2", 10); len(got) != 0 {
+			t.Errorf("%s: after the answer, edge-2 forgets %v", filepath.Base(p), got)
+		}
+		s.Close()
+	}
+}
+
+// Migration 8 adds link_forgets to a version 7 file.
+func TestMigrationFromV7(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	writeRaw(t, path, func(tx *bolt.Tx) error {
+		if _, _, err := migrate(tx, migrations[:7]); err != nil {
+			return err
+		}
+		if tx.Bucket(bucketLinkForgets) != nil {
+			t.Error("schema 7 already has link_forgets")
+		}
+		return tx.Bucket(bucketLinkChildren).Put(deviceKey(push.UAID{1}), []byte("edge-1"))
+	})
+	s := openTest(t, Options{Path: path})
+	if v := fileSchema(t, s); v != schemaVersion() {
+		t.Fatalf("schema %d after migration", v)
+	}
+	if err := s.DeleteDevice(context.Background(), push.UAID{1}); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := s.LinkForgets("edge-1", 10); err != nil || len(got) != 1 {
+		t.Fatalf("after migration: forgets %v, %v", got, err)
 	}
 }

@@ -128,7 +128,11 @@ func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
 				return err
 			}
 		}
+		var chans []push.ChannelID
 		for _, k := range keysWithPrefix(t.channels, u[:]) {
+			if _, id, ok := splitChannelKey(k); ok {
+				chans = append(chans, id)
+			}
 			if err := t.channels.Delete(k); err != nil {
 				return err
 			}
@@ -137,7 +141,7 @@ func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
 		if err := t.deleteUpstreamID(u); err != nil {
 			return err
 		}
-		if err := t.tx.Bucket(bucketLinkChildren).Delete(u[:]); err != nil {
+		if err := t.forgetLinkChild(u, chans); err != nil {
 			return err
 		}
 		// Topic rows all went with their messages; this catches strays.

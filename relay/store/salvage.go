@@ -243,7 +243,10 @@ func (w *salvageWriter) copyAll() error {
 	if err := w.copyUpstream(); err != nil {
 		return err
 	}
-	if err := w.copyLinkChildren(); err != nil {
+	if err := w.copyLinkChildren(bucketLinkChildren); err != nil {
+		return err
+	}
+	if err := w.copyLinkChildren(bucketLinkForgets); err != nil {
 		return err
 	}
 	// The last seq issued: the old file's if it can be read, and never

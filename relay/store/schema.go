@@ -49,6 +49,7 @@ var migrations = []migration{
 	{5, "origin-key index", migrateCreateOrigins},
 	{6, "upstream identities, hello order, unregister outbox; channel records v2", migrateCreateUpstream},
 	{7, "relay link: the child serving each UAID", migrateCreateLinkChildren},
+	{8, "relay link: devices forgotten here, to tell their child", migrateCreateLinkForgets},
 }
 
 // schemaVersion is the version this build writes.
