@@ -1,13 +1,47 @@
 package linkquic
 
 import (
+	"bytes"
+	"encoding/hex"
 	"errors"
 	"net"
 	"net/netip"
+	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 )
+
+// The hint's bytes are the ones docs/relay-link.md shows: the fenced
+// block that names the "pushrelay hint", its hex before each '#'.
+func TestHintDocumented(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/relay-link.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var blocks []string
+	for i, part := range strings.Split(string(doc), "```") {
+		if i%2 == 1 && strings.Contains(part, "(pushrelay hint)") {
+			blocks = append(blocks, part)
+		}
+	}
+	if len(blocks) != 1 {
+		t.Fatalf("%d blocks show the hint, want 1", len(blocks))
+	}
+	var hexed strings.Builder
+	for _, line := range strings.Split(blocks[0], "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		hexed.WriteString(strings.ReplaceAll(line, " ", ""))
+	}
+	got, err := hex.DecodeString(hexed.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, hintPacket()) {
+		t.Errorf("docs/relay-link.md shows the hint as %x, it is %x", got, hintPacket())
+	}
+}
 
 func TestHintBytes(t *testing.T) {
 	p := hintPacket()
