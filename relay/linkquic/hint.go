@@ -100,13 +100,13 @@ func (c *Conn) hint(b []byte, from net.Addr, now time.Time) string {
 	if !sameAddr(from, c.qc.RemoteAddr()) {
 		return HintWrongAddr
 	}
-	c.mu.Lock()
+	c.probeMu.Lock()
 	if !c.lastProbe.IsZero() && now.Sub(c.lastProbe) < HintProbeInterval {
-		c.mu.Unlock()
+		c.probeMu.Unlock()
 		return HintTooSoon
 	}
 	c.lastProbe = now
-	c.mu.Unlock()
+	c.probeMu.Unlock()
 	// The heartbeat: large enough for a stateless reset in answer.
 	_ = c.qc.SendDatagram(make([]byte, heartbeatSize))
 	return HintProbed

@@ -432,9 +432,11 @@ type Conn struct {
 	// drain of it) has returned, which it does when the connection ends.
 	beatDone chan struct{}
 	// hintsWG waits for the child's hint readers, one per socket; each
-	// returns when the connection ends. lastProbe (under mu) is when the
-	// last hint was answered with a probe.
+	// returns when the connection ends. lastProbe (under probeMu, not mu,
+	// which Migrate holds while it validates a path) is when the last
+	// hint was answered with a probe.
 	hintsWG   sync.WaitGroup
+	probeMu   sync.Mutex
 	lastProbe time.Time
 
 	closeOnce sync.Once
