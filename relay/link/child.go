@@ -324,6 +324,12 @@ func (c *Child) Run(ctx context.Context, in Ingester) error {
 			backoff = c.cfg.BackoffMin
 		}
 		wait := jitter(backoff)
+		if ce, ok := errors.AsType[*linkquic.CloseError](err); ok && ce.Cause == "stateless_reset" && time.Since(start) >= c.cfg.BackoffMin {
+			// The parent answered with our reset key: it restarted and is
+			// listening again. Redial now (a little jitter spreads its
+			// children), not after the backoff.
+			wait, backoff = jitter(resetRedial), c.cfg.BackoffMin
+		}
 		c.mu.Lock()
 		c.lastErr = err.Error()
 		c.mu.Unlock()
@@ -337,12 +343,28 @@ func (c *Child) Run(ctx context.Context, in Ingester) error {
 	}
 }
 
+// resetRedial is the wait (jittered to half of it) before redialing a
+// parent that ended the link with a stateless reset: it has restarted.
+const resetRedial = 100 * time.Millisecond
+
+// onHint counts and logs what became of a non-QUIC packet on the link's
+// socket (linkquic's restart hint).
+func (c *Child) onHint(from net.Addr, result string) {
+	c.m.hints.With(result).Inc()
+	if result == linkquic.HintProbed {
+		// At most one a second (linkquic.HintProbeInterval).
+		c.cfg.Logger.Info("the parent announced a restart; probing it", "parent", c.cfg.Addr, "from", from)
+		return
+	}
+	c.cfg.Logger.Debug("restart hint ignored", "from", from, "result", result)
+}
+
 // connect runs one connection, from the dial until it ends.
 func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	hctx, cancel := context.WithTimeout(ctx, 2*c.cfg.RequestTimeout)
 	defer cancel()
 	conn, err := linkquic.Dial(hctx, c.cfg.Addr, linkquic.Config{TLS: c.tls, KeepAlive: c.cfg.KeepAlive,
-		IdleTimeout: c.cfg.IdleTimeout, Logger: c.cfg.Logger})
+		IdleTimeout: c.cfg.IdleTimeout, Logger: c.cfg.Logger, OnHint: c.onHint})
 	if err != nil {
 		c.m.connects.With("error").Inc()
 		return fmt.Errorf("connect: %w", err)

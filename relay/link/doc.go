@@ -36,6 +36,16 @@
 // child is marked, so whatever was not acked is sent again; the child's
 // origin keys drop the copies (at most the credit window of them).
 //
+// A restarted parent is noticed at once: the parent records each child's
+// address in its store when it connects from a new one
+// (store.SetLinkChildAddr) and, when it starts, sends each remembered
+// address linkquic's restart hint from its listening socket. A child that
+// gets the hint from its parent's address probes; the parent, restarted
+// with the same stateless reset key, answers with a reset, and the child
+// redials after 50 to 100 ms instead of its backoff (a reset after a link
+// that was up means the parent is back). A child idle on its heartbeat
+// (link_keepalive) would otherwise notice only at its next one.
+//
 // Broadcasts (ParentConfig.Broadcasts, ChildConfig.Broadcasts: the
 // relays' broadcast.Registry): the parent sends each child every id of
 // its registry with its version once the connection is up, then, at each
@@ -75,7 +85,8 @@
 // ingesting), one watching the route to the parent (migrating the
 // connection when its local address changes), and one unregister sender.
 // The parent's Run accepts; each child has one goroutine on its control
-// stream, one sender, one sending broadcasts, one sending FORGETs, one deleting acked messages
+// stream, one sender, one sending broadcasts, one sending FORGETs, one
+// recording its address at the connect, one deleting acked messages
 // while such a commit is under way (the sender goes on sending
 // meanwhile), and one per register, unregister or FORGOTTEN being
 // handled (at most 16 at once); the child one per FORGET being handled

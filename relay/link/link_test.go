@@ -37,6 +37,8 @@ type pair struct {
 	pst, cst   *store.Store
 	phub, chub *relay.Hub
 	parent     *Parent
+	pcfg       ParentConfig
+	ctx        context.Context
 	child      *Child
 	preg, creg *metrics.Registry
 	pbc, cbc   *broadcast.Registry
@@ -97,6 +99,13 @@ func newPair(t testing.TB, creditMessages int) *pair {
 // newPairWith is newPair with the child's config changed by edit first.
 func newPairWith(t testing.TB, creditMessages int, edit func(*ChildConfig)) *pair {
 	t.Helper()
+	return newPairEdit(t, creditMessages, edit, nil)
+}
+
+// newPairEdit is newPair with the child's and the parent's configs
+// changed by editChild and editParent first.
+func newPairEdit(t testing.TB, creditMessages int, edit func(*ChildConfig), editParent func(*ParentConfig)) *pair {
+	t.Helper()
 	dir := t.TempDir()
 	ca := filepath.Join(dir, "ca")
 	if _, err := linkauth.NewCA(ca, "", false); err != nil {
@@ -138,8 +147,12 @@ func newPairWith(t testing.TB, creditMessages int, edit func(*ChildConfig)) *pai
 	if p.cbc, err = broadcast.Open(p.cst, p.creg); err != nil {
 		t.Fatal(err)
 	}
-	p.parent, err = NewParent(ParentConfig{Listen: "127.0.0.1:0", Name: "core", Credentials: creds("core"),
-		Store: p.pst, Endpoints: minter, Metrics: p.preg, Broadcasts: p.pbc})
+	p.pcfg = ParentConfig{Listen: "127.0.0.1:0", Name: "core", Credentials: creds("core"),
+		Store: p.pst, Endpoints: minter, Metrics: p.preg, Broadcasts: p.pbc}
+	if editParent != nil {
+		editParent(&p.pcfg)
+	}
+	p.parent, err = NewParent(p.pcfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -163,7 +176,7 @@ func newPairWith(t testing.TB, creditMessages int, edit func(*ChildConfig)) *pai
 	}
 	p.gate = &gate{hub: p.chub}
 	ctx, cancel := context.WithCancel(context.Background())
-	p.cancel = cancel
+	p.cancel, p.ctx = cancel, ctx
 	p.wg.Go(func() { p.parent.Run(ctx) })
 	p.wg.Go(func() { p.child.Run(ctx, p.gate) })
 	t.Cleanup(p.close)

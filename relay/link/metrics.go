@@ -14,6 +14,7 @@ type childMetrics struct {
 	migrations       *metrics.CounterVec
 	broadcasts       *metrics.CounterVec
 	forgets          *metrics.CounterVec
+	hints            *metrics.CounterVec
 }
 
 func newChildMetrics(r *metrics.Registry) *childMetrics {
@@ -27,6 +28,7 @@ func newChildMetrics(r *metrics.Registry) *childMetrics {
 		digestMismatches: r.Counter("pushrelay_link_up_digest_mismatches_total", "WELCOMEs whose digest of this relay's channels differed from its own."),
 		resyncs:          r.Counter("pushrelay_link_up_resyncs_total", "Resyncs done: the parent's view compared with the store and fixed with registers and unregisters."),
 		migrations:       r.CounterVec("pushrelay_link_up_migrations_total", "Moves of the link to a new local address after the route to the parent changed, by result (ok, error: then it redials).", "result"),
+		hints:            r.CounterVec("pushrelay_link_up_hints_total", "Non-QUIC packets on the link's socket, by result (probed: a restart hint from the parent's address, answered with a probe; malformed; wrong_addr: a hint from another address; too_soon: within a second of the last probe).", "result"),
 		broadcasts:       r.CounterVec("pushrelay_link_up_broadcasts_total", "Broadcast versions from the parent, by result (set, unchanged, refused: past the registry's 1,024 ids, not_stored).", "result"),
 		forgets:          r.CounterVec("pushrelay_link_up_forgets_total", "Devices the parent forgot (FORGET: its upstream reset the UAID), by result (forgotten, unknown: not here, error).", "result"),
 	}

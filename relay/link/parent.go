@@ -10,6 +10,7 @@ import (
 	"maps"
 	"math"
 	"net"
+	"net/netip"
 	"slices"
 	"sync"
 	"time"
@@ -102,7 +103,12 @@ type Parent struct {
 	digests []linkproto.Digest
 	index   map[string]uint16
 	conns   []*parentConn // by index; nil while the child is away
-	wg      sync.WaitGroup
+	// addrs is each child's last address as the store has it;
+	// hintAddrs the ones read at start, least recently set first
+	// (announce sends the restart hint to them).
+	addrs     map[string]netip.AddrPort
+	hintAddrs []netip.AddrPort
+	wg        sync.WaitGroup
 }
 
 // NewParent reads which child serves each UAID from the store and opens
@@ -143,6 +149,15 @@ func NewParent(cfg ParentConfig) (*Parent, error) {
 		return nil, fmt.Errorf("link: read children's channels: %w", err)
 	}
 	p.m.uaids.Set(float64(len(p.serves)))
+	p.addrs = map[string]netip.AddrPort{}
+	if err := cfg.Store.LinkChildAddrs(func(child string, a netip.AddrPort) {
+		p.addrs[child] = a
+		p.hintAddrs = append(p.hintAddrs, a)
+	}); err != nil {
+		// Only the restart hint needs them: children notice at their
+		// next heartbeat instead.
+		cfg.Logger.Warn("children's last addresses not read; no restart hint", "err", err)
+	}
 	if cfg.Broadcasts != nil {
 		// Runs under the registry's lock: Parent.mu is taken after it.
 		cfg.Broadcasts.OnChange(func(map[string]string) {
@@ -262,6 +277,7 @@ func (p *Parent) Run(ctx context.Context) error {
 		p.l.Close()
 	})
 	defer stop()
+	p.announce()
 	for {
 		conn, err := p.l.Accept(ctx)
 		if err != nil {
@@ -402,6 +418,7 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 		wg.Go(func() { pc.sendBroadcasts() })
 	}
 	wg.Go(func() { pc.sendForgets(ctx) })
+	wg.Go(func() { p.rememberAddr(ctx, pc.name, conn.RemoteAddr()) })
 	sem := make(chan struct{}, 16)
 	for {
 		fr, err := f.next()
@@ -452,6 +469,47 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 			return
 		}
 	}
+}
+
+// announce sends the restart hint (linkquic's Listener.Announce) to the
+// last address of each child the store remembers, at most MaxChildren of
+// them, the most recently seen: a child still connected to the parent
+// that ran before this one probes at once, meets the stateless reset and
+// redials, instead of noticing at its next heartbeat.
+func (p *Parent) announce() {
+	addrs := p.hintAddrs
+	if len(addrs) > p.cfg.MaxChildren {
+		addrs = addrs[len(addrs)-p.cfg.MaxChildren:]
+	}
+	if len(addrs) == 0 {
+		return
+	}
+	n := p.l.Announce(addrs)
+	p.cfg.Logger.Info("restart announced to children's last addresses", "sent", n, "children", len(addrs))
+}
+
+// rememberAddr records a connected child's address durably when it
+// changed, for the next start's announce.
+func (p *Parent) rememberAddr(ctx context.Context, name string, a net.Addr) {
+	ua, ok := a.(*net.UDPAddr)
+	if !ok {
+		return
+	}
+	ap := ua.AddrPort()
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	p.mu.Lock()
+	same := p.addrs[name] == ap
+	p.mu.Unlock()
+	if same {
+		return
+	}
+	if err := p.cfg.Store.SetLinkChildAddr(ctx, name, ap); err != nil {
+		p.cfg.Logger.Warn("child's address not recorded", "child", name, "addr", ap, "err", err)
+		return
+	}
+	p.mu.Lock()
+	p.addrs[name] = ap
+	p.mu.Unlock()
 }
 
 // attach makes pc the connection of the child name, returning the one it

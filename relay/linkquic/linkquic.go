@@ -35,6 +35,12 @@
 //     0600, made once and reused). A parent restarted with the same key
 //     answers the child's next packet with a stateless reset the child
 //     recognizes, so it notices at once instead of after the idle timeout.
+//   - Restart hint: a parent starting sends each child it remembers one
+//     non-QUIC datagram (Listener.Announce, see hint.go for its bytes);
+//     a child that gets one from its parent's address sends a heartbeat
+//     at once (at most one a second), which a restarted parent answers
+//     with the stateless reset. So an idle child notices a restart within
+//     a round trip, not at its next heartbeat.
 //   - UDP socket buffers: quic-go asks the kernel for 7 MiB receive and
 //     send buffers (SO_RCVBUF/SO_SNDBUF, then SO_RCVBUFFORCE as root). A
 //     relay running as root gets them; otherwise the kernel caps them at
@@ -54,8 +60,9 @@
 //
 // quic-go runs its own per socket and per connection. This package starts
 // one per connection: on the child the heartbeat, on the parent the loop
-// that discards heartbeats. Each returns when its connection ends, and
-// Close waits for it. context.AfterFunc runs a short one when a parent's
+// that discards heartbeats; and on the child one per socket reading
+// restart hints. Each returns when its connection ends, and Close waits
+// for it. context.AfterFunc runs a short one when a parent's
 // connection ends (to count it).
 package linkquic
 
@@ -145,6 +152,10 @@ type Config struct {
 	Logger *slog.Logger
 	// Metrics, if set, gets the listener's pushrelay_link_* metrics.
 	Metrics *metrics.Registry
+	// OnHint, if set, is told on the child what became of each non-QUIC
+	// packet its sockets received (a Hint* result; see Listener.Announce).
+	// It runs on the socket's hint reader: it must not block.
+	OnHint func(from net.Addr, result string)
 }
 
 func (c Config) logger() *slog.Logger {
@@ -360,6 +371,8 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Conn, error) {
 	c.cfg = cfg
 	c.beatDone = make(chan struct{})
 	go c.heartbeat(orDefault(cfg.KeepAlive, DefaultKeepAlive))
+	c.hintsWG.Add(1)
+	go c.readHints(tr)
 	return c, nil
 }
 
@@ -418,6 +431,13 @@ type Conn struct {
 	// beatDone is closed when the child's heartbeat (or the parent's
 	// drain of it) has returned, which it does when the connection ends.
 	beatDone chan struct{}
+	// hintsWG waits for the child's hint readers, one per socket; each
+	// returns when the connection ends. lastProbe (under probeMu, not mu,
+	// which Migrate holds while it validates a path) is when the last
+	// hint was answered with a probe.
+	hintsWG   sync.WaitGroup
+	probeMu   sync.Mutex
+	lastProbe time.Time
 
 	closeOnce sync.Once
 	closeErr  error
@@ -556,6 +576,7 @@ func (c *Conn) Close(code Code, reason string) error {
 		trs := c.trs
 		c.trs = nil
 		c.mu.Unlock()
+		c.hintsWG.Wait()
 		for _, tr := range slices.Backward(trs) {
 			err = errors.Join(err, tr.Close(), tr.Conn.Close())
 		}
@@ -598,6 +619,8 @@ func (c *Conn) Migrate(ctx context.Context) error {
 		return fail(errors.Join(err, p.Close()))
 	}
 	c.trs = append(c.trs, tr)
+	c.hintsWG.Add(1)
+	go c.readHints(tr)
 	return nil
 }
 
