@@ -15,7 +15,7 @@ import (
 // versioned, and independent of the store's file format (entries outlive
 // upgrades in the log and in snapshots' tails):
 //
-//	entry    = version(1) = 1 | at (8, Unix ns, big-endian) | member (8) | request (uvarint) | kind (1) | payload
+//	entry    = version(1) = 1 | at (8, Unix ns, big-endian; 0 for none) | member (8) | request (uvarint) | kind (1) | payload
 //	append   = count (uvarint) | message…
 //	message  = uaid (16) | channel (16) | origin (str) | received (8) | ttl ns (8) | expiry (8)
 //	           | urgency (1) | version (uvarint) | topic (str) | encoding (str) | encryption (str)
@@ -82,7 +82,7 @@ type Entry struct {
 // AppendEntry appends e's encoding to b.
 func AppendEntry(b []byte, e *Entry) ([]byte, error) {
 	b = append(b, entryVersion)
-	b = binary.BigEndian.AppendUint64(b, uint64(e.At.UnixNano()))
+	b = binary.BigEndian.AppendUint64(b, nanos(e.At))
 	b = binary.BigEndian.AppendUint64(b, e.Member)
 	b = binary.AppendUvarint(b, e.Request)
 	b = append(b, byte(e.Kind))
@@ -115,7 +115,7 @@ func AppendEntry(b []byte, e *Entry) ([]byte, error) {
 		b = binary.AppendUvarint(b, e.Seqs[0])
 	case KindRegister:
 		b = append(append(b, e.UAID[:]...), e.Channel[:]...)
-		b = binary.BigEndian.AppendUint64(b, uint64(e.Created.UnixNano()))
+		b = binary.BigEndian.AppendUint64(b, nanos(e.Created))
 		b = appendStr(appendStr(b, string(e.Key)), e.Endpoint)
 	case KindUnregister:
 		b = append(append(b, e.UAID[:]...), e.Channel[:]...)
@@ -152,9 +152,9 @@ func appendMessage(b []byte, m *store.Message) ([]byte, error) {
 		}
 	}
 	b = appendStr(b, string(o))
-	b = binary.BigEndian.AppendUint64(b, uint64(m.Received.UnixNano()))
+	b = binary.BigEndian.AppendUint64(b, nanos(m.Received))
 	b = binary.BigEndian.AppendUint64(b, uint64(m.TTL))
-	b = binary.BigEndian.AppendUint64(b, uint64(m.Expiry.UnixNano()))
+	b = binary.BigEndian.AppendUint64(b, nanos(m.Expiry))
 	b = append(b, byte(m.Urgency))
 	b = binary.AppendUvarint(b, m.Version)
 	for _, s := range [...]string{m.Topic, m.Encoding, m.Encryption, m.CryptoKey} {
@@ -228,7 +228,22 @@ func (r *reader) str(what string) string {
 	return string(r.bytes(n, what))
 }
 
-func (r *reader) time(what string) time.Time { return time.Unix(0, int64(r.u64(what))) }
+func (r *reader) time(what string) time.Time {
+	n := r.u64(what)
+	if n == 0 {
+		return time.Time{}
+	}
+	return time.Unix(0, int64(n))
+}
+
+// nanos encodes a time as Unix nanoseconds, the zero time as 0 (the
+// store fills a zero Received, Expiry or Created in).
+func nanos(t time.Time) uint64 {
+	if t.IsZero() {
+		return 0
+	}
+	return uint64(t.UnixNano())
+}
 
 func (r *reader) uaid() (u push.UAID) {
 	copy(u[:], r.bytes(16, "uaid"))
