@@ -330,6 +330,11 @@ var (
 	ErrNoMessage = errors.New("no such message")
 	// ErrClosing: the hub is shutting down.
 	ErrClosing = errors.New("relay is shutting down")
+	// ErrNoQuorum: a write of a site's member (relay/site) was not
+	// committed by a quorum of the site in time: this member is cut off
+	// from the others, or the site lost its majority. Nothing was
+	// acknowledged; the caller should try again (HTTP 503, Retry-After).
+	ErrNoQuorum = errors.New("the site has no quorum")
 )
 
 // Result tells the caller what became of a pushed message.

@@ -466,6 +466,7 @@ var (
 	errNoSpace   = &apiError{507, 119, "The relay's storage is full, try again later", 60}
 	errStoreSlow = &apiError{503, 120, "The relay could not store the message in time, try again", 10}
 	errBusy      = &apiError{503, 121, "Too many connections, try again", 5}
+	errNoQuorum  = &apiError{503, 126, "This relay cannot reach a majority of its site, try again", 2}
 	errFraming   = &apiError{400, 122, "Content-Length with Transfer-Encoding", 0}
 	errCoding    = &apiError{501, 123, "Unsupported Transfer-Encoding", 0}
 )
@@ -778,6 +779,8 @@ func (a *API) storeFailed(op string, err error) *apiError {
 	switch {
 	case errors.Is(err, relay.ErrClosing), errors.Is(err, context.Canceled):
 		return errUnavailable
+	case errors.Is(err, relay.ErrNoQuorum):
+		return errNoQuorum
 	case errors.Is(err, context.DeadlineExceeded):
 		return errStoreSlow
 	case store.IsNoSpace(err):

@@ -47,23 +47,34 @@ func (s *Store) Broadcasts() (map[string]string, error) {
 // MaxBroadcastLen, fails the whole call with ErrBadMessage and writes
 // nothing.
 func (s *Store) PutBroadcasts(ctx context.Context, m map[string]string) error {
+	if err := checkBroadcastVersions(m); err != nil {
+		return err
+	}
+	return s.do(ctx, func(t *txn) error { return t.putBroadcasts(m) })
+}
+
+// checkBroadcastVersions refuses an empty or too long id or version.
+func checkBroadcastVersions(m map[string]string) error {
 	for id, v := range m {
 		if id == "" || v == "" || len(id) > MaxBroadcastLen || len(v) > MaxBroadcastLen {
 			return fmt.Errorf("%w: broadcast %.40q: id and version must be 1 to %d bytes", ErrBadMessage, id, MaxBroadcastLen)
 		}
 	}
-	return s.do(ctx, func(t *txn) error {
-		b := t.tx.Bucket(bucketBroadcasts)
-		for id, v := range m {
-			if string(b.Get([]byte(id))) == v {
-				continue
-			}
-			if err := b.Put([]byte(id), []byte(v)); err != nil {
-				return err
-			}
+	return nil
+}
+
+// putBroadcasts is PutBroadcasts in t, m checked.
+func (t *txn) putBroadcasts(m map[string]string) error {
+	b := t.tx.Bucket(bucketBroadcasts)
+	for id, v := range m {
+		if string(b.Get([]byte(id))) == v {
+			continue
 		}
-		return nil
-	})
+		if err := b.Put([]byte(id), []byte(v)); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // checkBroadcasts is Verify's walk of the broadcasts bucket.

@@ -114,48 +114,51 @@ func (s *Store) UpdateWake(ctx context.Context, u push.UAID, create bool, fn fun
 // upstream stay (UnregisterLater). Deleting an unknown device is not an
 // error.
 func (s *Store) DeleteDevice(ctx context.Context, u push.UAID) error {
-	return s.do(ctx, func(t *txn) error {
-		_, ok, err := t.device(u)
-		if err != nil {
+	return s.do(ctx, func(t *txn) error { return t.deleteDevice(u) })
+}
+
+// deleteDevice is DeleteDevice in t.
+func (t *txn) deleteDevice(u push.UAID) error {
+	_, ok, err := t.device(u)
+	if err != nil {
+		return err
+	}
+	seqs, hs, err := t.uaidMessages(u, nil)
+	if err != nil {
+		return err
+	}
+	for i, seq := range seqs {
+		if err := t.removeMessage(u, seq, hs[i], reasonUnregistered); err != nil {
 			return err
 		}
-		seqs, hs, err := t.uaidMessages(u, nil)
-		if err != nil {
+	}
+	var chans []push.ChannelID
+	for _, k := range keysWithPrefix(t.channels, u[:]) {
+		if _, id, ok := splitChannelKey(k); ok {
+			chans = append(chans, id)
+		}
+		if err := t.channels.Delete(k); err != nil {
 			return err
 		}
-		for i, seq := range seqs {
-			if err := t.removeMessage(u, seq, hs[i], reasonUnregistered); err != nil {
-				return err
-			}
-		}
-		var chans []push.ChannelID
-		for _, k := range keysWithPrefix(t.channels, u[:]) {
-			if _, id, ok := splitChannelKey(k); ok {
-				chans = append(chans, id)
-			}
-			if err := t.channels.Delete(k); err != nil {
-				return err
-			}
-			t.delta.channels--
-		}
-		if err := t.deleteUpstreamID(u); err != nil {
+		t.delta.channels--
+	}
+	if err := t.deleteUpstreamID(u); err != nil {
+		return err
+	}
+	if err := t.forgetLinkChild(u, chans); err != nil {
+		return err
+	}
+	// Topic rows all went with their messages; this catches strays.
+	for _, k := range keysWithPrefix(t.topics, u[:]) {
+		if err := t.topics.Delete(k); err != nil {
 			return err
 		}
-		if err := t.forgetLinkChild(u, chans); err != nil {
-			return err
-		}
-		// Topic rows all went with their messages; this catches strays.
-		for _, k := range keysWithPrefix(t.topics, u[:]) {
-			if err := t.topics.Delete(k); err != nil {
-				return err
-			}
-		}
-		if ok {
-			t.delta.devices--
-			return t.devices.Delete(u[:])
-		}
-		return nil
-	})
+	}
+	if ok {
+		t.delta.devices--
+		return t.devices.Delete(u[:])
+	}
+	return nil
 }
 
 // ---- channels ----
@@ -178,38 +181,41 @@ func (s *Store) Register(ctx context.Context, c Channel) error {
 	}
 	key := channelKey(c.UAID, c.ID)
 	val := encodeChannel(c)
-	return s.do(ctx, func(t *txn) error {
-		if v := t.channels.Get(key); v != nil {
-			old, err := decodeChannel(c.UAID, c.ID, v)
-			if err != nil {
-				return err
-			}
-			if bytes.Equal(old.Key, c.Key) && old.Endpoint == c.Endpoint {
-				return nil
-			}
-			return reject(ErrChannelConflict)
-		}
-		if t.tombstones.Get(key) != nil {
-			return reject(ErrTombstoned)
-		}
-		d, ok, err := t.device(c.UAID)
+	return s.do(ctx, func(t *txn) error { return t.register(key, val, c) })
+}
+
+// register is Register in t: key and val are c's row.
+func (t *txn) register(key, val []byte, c Channel) error {
+	if v := t.channels.Get(key); v != nil {
+		old, err := decodeChannel(c.UAID, c.ID, v)
 		if err != nil {
 			return err
 		}
-		if ok && d.Channels >= t.maxChannels {
-			return reject(ErrTooManyChannels)
+		if bytes.Equal(old.Key, c.Key) && old.Endpoint == c.Endpoint {
+			return nil
 		}
-		if !ok {
-			d = Device{UAID: c.UAID, Created: c.Created, LastSeen: c.Created}
-			t.delta.devices++
-		}
-		if err := t.channels.Put(key, val); err != nil {
-			return err
-		}
-		d.Channels++
-		t.delta.channels++
-		return t.putDevice(d)
-	})
+		return reject(ErrChannelConflict)
+	}
+	if t.tombstones.Get(key) != nil {
+		return reject(ErrTombstoned)
+	}
+	d, ok, err := t.device(c.UAID)
+	if err != nil {
+		return err
+	}
+	if ok && d.Channels >= t.maxChannels {
+		return reject(ErrTooManyChannels)
+	}
+	if !ok {
+		d = Device{UAID: c.UAID, Created: c.Created, LastSeen: c.Created}
+		t.delta.devices++
+	}
+	if err := t.channels.Put(key, val); err != nil {
+		return err
+	}
+	d.Channels++
+	t.delta.channels++
+	return t.putDevice(d)
 }
 
 // Channel returns one channel, or false if it is not registered.
@@ -520,19 +526,23 @@ func (t *txn) ack(u push.UAID, seqs []uint64) (int, error) {
 // server's DELETE, counted as deleted), reporting whether it did.
 func (s *Store) Delete(ctx context.Context, u push.UAID, ch push.ChannelID, seq uint64) (bool, error) {
 	var deleted bool
-	err := s.do(ctx, func(t *txn) error {
-		deleted = false
-		h, ok, err := t.header(u, seq)
-		if err != nil || !ok || h.channel != ch {
-			return err
-		}
-		if err := t.removeMessage(u, seq, h, reasonDeleted); err != nil {
-			return err
-		}
-		deleted = true
-		return nil
+	err := s.do(ctx, func(t *txn) (err error) {
+		deleted, err = t.delete(u, ch, seq)
+		return err
 	})
 	return deleted, err
+}
+
+// delete is Delete in t.
+func (t *txn) delete(u push.UAID, ch push.ChannelID, seq uint64) (bool, error) {
+	h, ok, err := t.header(u, seq)
+	if err != nil || !ok || h.channel != ch {
+		return false, err
+	}
+	if err := t.removeMessage(u, seq, h, reasonDeleted); err != nil {
+		return false, err
+	}
+	return true, nil
 }
 
 // Sweep removes every message whose Expiry has passed, using the expiry
@@ -543,60 +553,66 @@ func (s *Store) Sweep(ctx context.Context) (int, error) {
 	for {
 		var n int
 		var more bool
-		err := s.do(ctx, func(t *txn) error {
-			n, more = 0, false
-			now := timeNanos(t.now)
-			var keys, okeys [][]byte
-			c := t.expiry.Cursor()
-			for k, v := c.First(); k != nil; k, v = c.Next() {
-				if len(k) != 32 {
-					return corrupt("expiry key", k)
-				}
-				if binary.BigEndian.Uint64(k) > now {
-					break
-				}
-				if len(keys) == s.sweepChunk {
-					more = true
-					break
-				}
-				keys = append(keys, bytes.Clone(k))
-				okeys = append(okeys, bytes.Clone(v))
-			}
-			for i, k := range keys {
-				// The origin key (if any) ends with the TTL, whether the
-				// message was acked or still waits.
-				if err := t.dropOrigin(okeys[i], k[8:]); err != nil {
-					return err
-				}
-				var u push.UAID
-				copy(u[:], k[8:24])
-				seq := binary.BigEndian.Uint64(k[24:])
-				h, ok, err := t.header(u, seq)
-				if err != nil {
-					return err
-				}
-				if !ok {
-					// A stray index row; drop it.
-					if err := t.expiry.Delete(k); err != nil {
-						return err
-					}
-					continue
-				}
-				if err := t.removeMessage(u, seq, h, reasonExpired); err != nil {
-					return err
-				}
-				// Normally removeMessage already did; this guarantees
-				// progress even if the row and the record disagree.
-				if err := t.expiry.Delete(k); err != nil {
-					return err
-				}
-				n++
-			}
-			return nil
+		err := s.do(ctx, func(t *txn) (err error) {
+			n, more, err = t.sweep(s.sweepChunk)
+			return err
 		})
 		total += n
 		if err != nil || !more {
 			return total, err
 		}
 	}
+}
+
+// sweep removes up to limit messages whose Expiry passed by t.now,
+// reporting how many and whether more are due.
+func (t *txn) sweep(limit int) (n int, more bool, err error) {
+	now := timeNanos(t.now)
+	var keys, okeys [][]byte
+	c := t.expiry.Cursor()
+	for k, v := c.First(); k != nil; k, v = c.Next() {
+		if len(k) != 32 {
+			return n, more, corrupt("expiry key", k)
+		}
+		if binary.BigEndian.Uint64(k) > now {
+			break
+		}
+		if len(keys) == limit {
+			more = true
+			break
+		}
+		keys = append(keys, bytes.Clone(k))
+		okeys = append(okeys, bytes.Clone(v))
+	}
+	for i, k := range keys {
+		// The origin key (if any) ends with the TTL, whether the
+		// message was acked or still waits.
+		if err := t.dropOrigin(okeys[i], k[8:]); err != nil {
+			return n, more, err
+		}
+		var u push.UAID
+		copy(u[:], k[8:24])
+		seq := binary.BigEndian.Uint64(k[24:])
+		h, ok, err := t.header(u, seq)
+		if err != nil {
+			return n, more, err
+		}
+		if !ok {
+			// A stray index row; drop it.
+			if err := t.expiry.Delete(k); err != nil {
+				return n, more, err
+			}
+			continue
+		}
+		if err := t.removeMessage(u, seq, h, reasonExpired); err != nil {
+			return n, more, err
+		}
+		// Normally removeMessage already did; this guarantees
+		// progress even if the row and the record disagree.
+		if err := t.expiry.Delete(k); err != nil {
+			return n, more, err
+		}
+		n++
+	}
+	return n, more, nil
 }

@@ -106,6 +106,10 @@ func (o Options) withDefaults() Options {
 // only adds the periodic TTL sweep. Close stops the committer.
 type Store struct {
 	opts Options
+	// dbMu guards db and epoch, which only a Restore changes (on the
+	// committer): readers hold it shared, the committer exclusively to
+	// swap them.
+	dbMu sync.RWMutex
 	db   *bolt.DB
 	log  *slog.Logger
 	now  func() time.Time
@@ -221,7 +225,11 @@ const EpochLen = 8
 // Message sequences are unique only within one file: an id a relay hands
 // out of its store (the relay link's origin ids) is the epoch and the
 // sequence, so a store started afresh cannot reuse one.
-func (s *Store) Epoch() []byte { return append([]byte(nil), s.epoch...) }
+func (s *Store) Epoch() []byte {
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	return append([]byte(nil), s.epoch...)
+}
 
 // takeEpoch reads the file's epoch, making it if it has none.
 func takeEpoch(db *bolt.DB) ([]byte, error) {
@@ -420,6 +428,8 @@ func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 	if err := s.Damaged(); err != nil {
 		return err
 	}
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
 	return s.guarded(func() error { return s.db.View(fn) })
 }
 
@@ -432,8 +442,11 @@ type op struct {
 	// rejection (the op's own outcome; it must have written nothing), or
 	// any other error, which aborts the transaction.
 	apply func(t *txn) error
-	err   error         // the outcome, set by the committer
-	done  chan struct{} // capacity 1: the committer sends once err is final
+	// restore, if set, names a verified snapshot file the committer puts
+	// in place of the store's file (Restore), alone, between commits.
+	restore string
+	err     error         // the outcome, set by the committer
+	done    chan struct{} // capacity 1: the committer sends once err is final
 }
 
 // newOp is the ops pool's constructor. Each store has its own pool (ops
@@ -495,13 +508,32 @@ func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
 func (s *Store) commitLoop() {
 	defer close(s.committerDone)
 	batch := make([]*op, 0, s.opts.MaxBatch)
-	for o := range s.queue {
+	var next *op
+	for {
+		o := next
+		next = nil
+		if o == nil {
+			var ok bool
+			if o, ok = <-s.queue; !ok {
+				return
+			}
+		}
+		if o.restore != "" {
+			o.err = s.swap(o.restore)
+			o.finish()
+			continue
+		}
 		batch = append(batch[:0], o)
 	drain:
 		for len(batch) < s.opts.MaxBatch {
 			select {
 			case o, ok := <-s.queue:
 				if !ok {
+					break drain
+				}
+				if o.restore != "" {
+					// After this batch, alone.
+					next = o
 					break drain
 				}
 				batch = append(batch, o)
