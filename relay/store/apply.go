@@ -263,17 +263,7 @@ func (s *Store) swap(path string) error {
 	if err != nil {
 		return s.damage(fmt.Errorf("%w: store restore: open the snapshot: %w", ErrDamaged, err))
 	}
-	var (
-		tot   totals
-		epoch []byte
-	)
-	err = guard(func() (err error) {
-		if _, _, tot, err = prepare(db); err != nil {
-			return err
-		}
-		epoch, err = takeEpoch(db)
-		return err
-	})
+	_, _, tot, epoch, err := load(db)
 	if err != nil {
 		db.Close()
 		return s.damage(fmt.Errorf("%w: store restore: %w", ErrDamaged, err))

@@ -173,18 +173,7 @@ func Open(opts Options) (*Store, error) {
 		return nil, err
 	}
 
-	var (
-		from, to uint64
-		tot      totals
-		epoch    []byte
-	)
-	err = guard(func() (err error) {
-		if from, to, tot, err = prepare(db); err != nil {
-			return err
-		}
-		epoch, err = takeEpoch(db)
-		return err
-	})
+	from, to, tot, epoch, err := load(db)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
 	}
@@ -247,6 +236,19 @@ func takeEpoch(db *bolt.DB) ([]byte, error) {
 		return meta.Put(metaEpoch, e)
 	})
 	return e, err
+}
+
+// load prepares an opened file (prepare) and takes its epoch, reporting
+// a fault of bbolt's on a broken file as an error.
+func load(db *bolt.DB) (from, to uint64, tot totals, epoch []byte, err error) {
+	err = guard(func() (err error) {
+		if from, to, tot, err = prepare(db); err != nil {
+			return err
+		}
+		epoch, err = takeEpoch(db)
+		return err
+	})
+	return from, to, tot, epoch, err
 }
 
 // prepare migrates the file to this build's schema if needed and reads the
