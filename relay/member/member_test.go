@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -512,3 +513,52 @@ func TestRunAfterClose(t *testing.T) {
 }
 
 func encodeKey(k []byte) string { return base64.StdEncoding.EncodeToString(k) }
+
+// memberlistLANDefaults is memberlist's DefaultLANConfig as a Timing,
+// for comparison.
+func memberlistLANDefaults() Timing {
+	return Timing{
+		ProbeInterval: time.Second, ProbeTimeout: 500 * time.Millisecond, IndirectChecks: 3,
+		SuspicionMult: 4, SuspicionMaxMult: 6, GossipInterval: 200 * time.Millisecond, GossipNodes: 3,
+		GossipToTheDead: 30 * time.Second, PushPullInterval: 30 * time.Second, TCPTimeout: 10 * time.Second,
+	}
+}
+
+// TestDetectionMeasure measures failure detection on sites of 3: runs
+// kills with LANTiming and with memberlist's LAN defaults, and logs each
+// time and the median. It takes about a minute, so it runs only with
+// PUSHRELAY_MEMBER_MEASURE=N (N kills each):
+//
+//	PUSHRELAY_MEMBER_MEASURE=5 go test -count=1 -run TestDetectionMeasure -v ./relay/member
+func TestDetectionMeasure(t *testing.T) {
+	n, _ := strconv.Atoi(os.Getenv("PUSHRELAY_MEMBER_MEASURE"))
+	if n <= 0 {
+		t.Skip("set PUSHRELAY_MEMBER_MEASURE=N to measure")
+	}
+	for _, tc := range []struct {
+		name   string
+		timing Timing
+	}{{"LANTiming", LANTiming()}, {"memberlist LAN defaults", memberlistLANDefaults()}} {
+		var took []time.Duration
+		for i := range n {
+			func() {
+				edit := func(c *Config) { c.Timing = tc.timing; c.Logger = nil }
+				a := start(t, fmt.Sprintf("a%d", i), edit)
+				b := start(t, fmt.Sprintf("b%d", i), edit, a)
+				c := start(t, fmt.Sprintf("c%d", i), edit, a)
+				names := []string{a.Name(), b.Name(), c.Name()}
+				waitFor(t, 10*time.Second, "3 alive", func() bool { return allSee([]*tm{a, b, c}, "alive", names...) })
+				time.Sleep(time.Duration(i) * 137 * time.Millisecond) // vary the phase of the probe rounds
+				c.kill()
+				d := waitFor(t, 30*time.Second, "c failed", func() bool {
+					return a.stateOf(c.Name()) == "failed" && b.stateOf(c.Name()) == "failed"
+				})
+				took = append(took, d)
+				a.Close()
+				b.Close()
+			}()
+		}
+		slices.Sort(took)
+		t.Logf("%s: declared failed by both others after %v; median %s, bound %s", tc.name, took, took[len(took)/2].Round(10*time.Millisecond), tc.timing.DetectionBound(3))
+	}
+}
