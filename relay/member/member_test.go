@@ -445,18 +445,27 @@ func TestEventQueueFull(t *testing.T) {
 	waitFor(t, 10*time.Second, "a sees 5 alive", func() bool { return allSee([]*tm{a}, "alive", "a", "b", "c", "d", "e") })
 	waitFor(t, 5*time.Second, "a drops events", func() bool { return a.reg.Value("pushrelay_member_events_dropped_total") > 0 })
 	close(release)
-	waitFor(t, 5*time.Second, "a's handler gets a resync", func() bool {
+	resync := func() int {
 		mu.Lock()
 		defer mu.Unlock()
-		return len(got) > 0 && got[len(got)-1].Kind == EventResync
-	})
+		return slices.IndexFunc(got, func(e Event) bool { return e.Kind == EventResync })
+	}
+	waitFor(t, 5*time.Second, "a's handler gets a resync", func() bool { return resync() >= 0 })
 	mu.Lock()
 	defer mu.Unlock()
-	// The first (blocked) event, two queued, then the resync.
-	if len(got) != 4 {
-		t.Errorf("got %d events, want 4: %v", len(got), got)
+	// The first (blocked) event and the two queued, then the resync.
+	if i := slices.IndexFunc(got, func(e Event) bool { return e.Kind == EventResync }); i != 3 {
+		t.Errorf("the resync came after %d events, want 3: %v", i, got)
 	}
-	last := got[len(got)-1]
+	if len(got) < 4 {
+		return
+	}
+	for _, e := range got[:3] {
+		if e.Kind != EventJoin {
+			t.Errorf("before the resync: %v", e)
+		}
+	}
+	last := got[3]
 	var names []string
 	for _, in := range last.Members {
 		names = append(names, in.Name+"="+in.State.String())
