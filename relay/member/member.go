@@ -178,7 +178,7 @@ func New(cfg Config) (*Member, error) {
 	}
 	port, _ := strconv.Atoi(portStr)
 	mlLog := log.New(&logWriter{m: m}, "", 0)
-	nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: port, Logger: mlLog})
+	nt, err := listen(host, port, mlLog)
 	if err != nil {
 		return nil, fmt.Errorf("member: listen %s: %w", cfg.Listen, err)
 	}
@@ -236,6 +236,25 @@ func New(cfg Config) (*Member, error) {
 	m.addr = m.ml.LocalNode().Address()
 	m.log.Info("cluster member started", "name", cfg.Name, "addr", m.addr, "keys", len(cfg.Keys))
 	return m, nil
+}
+
+// listen opens the gossip sockets: TCP and UDP on one port. With port 0
+// the kernel picks the TCP port, and the UDP one may be taken already:
+// then it tries again with another, up to 10 times.
+func listen(host string, port int, logger *log.Logger) (*memberlist.NetTransport, error) {
+	tries := 1
+	if port == 0 {
+		tries = 10
+	}
+	var err error
+	for range tries {
+		var nt *memberlist.NetTransport
+		nt, err = memberlist.NewNetTransport(&memberlist.NetTransportConfig{BindAddrs: []string{host}, BindPort: port, Logger: logger})
+		if err == nil {
+			return nt, nil
+		}
+	}
+	return nil, err
 }
 
 // Addr is this member's gossip address (host:port, the port resolved).
