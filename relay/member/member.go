@@ -288,9 +288,10 @@ func (m *Member) Run(ctx context.Context) error {
 
 // Close leaves the site gracefully (its metadata says so first, so the
 // others count it left, not failed; both bounded by LeaveTimeout), shuts
-// memberlist down and waits for the Member's goroutines. No event is
-// delivered after it returns. It is idempotent and safe to call with or
-// without Run.
+// memberlist down and waits for the Member's goroutines: a join under way
+// (at most Timing.TCPTimeout) and the handler's current event. No event
+// is delivered after it returns. It is idempotent and safe to call with
+// or without Run.
 func (m *Member) Close() error {
 	m.close.Do(func() {
 		close(m.closing)
