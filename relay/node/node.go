@@ -161,6 +161,10 @@ type Config struct {
 	MegaphoneToken        string
 	MegaphonePollInterval time.Duration
 
+	// Cluster, when set, is called on each /status for its cluster
+	// section: the site membership (cmd/pushrelay's relay/member).
+	Cluster func() *admin.ClusterStatus
+
 	// Version is reported by /status and the ready lines.
 	Version string
 	// Logger receives the node's logs (default: discarded).
@@ -808,6 +812,9 @@ func (d *Node) status() admin.Status {
 				st.Link.Children = append(st.Link.Children, admin.LinkChild(c))
 			}
 		}
+	}
+	if d.cfg.Cluster != nil {
+		st.Cluster = d.cfg.Cluster()
 	}
 	return st
 }
