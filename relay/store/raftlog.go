@@ -64,6 +64,12 @@ type LogUpdate struct {
 	// and the log goes on after Snapshot.Index (a snapshot received from
 	// the leader). It is applied before Entries.
 	Snapshot *LogSnapshot
+	// Record, if set, is recorded as the latest snapshot (one taken
+	// here), and every entry up to CompactThrough (at most Record.Index;
+	// the entries between stay for members a little behind) is dropped.
+	// Compacting at or before the base only records it.
+	Record         *LogSnapshot
+	CompactThrough uint64
 	// Entries are appended in order, with consecutive indexes; any entry
 	// already kept at or after Entries[0].Index is dropped first (the
 	// leader's log wins). Entries at or before the base are skipped.
@@ -184,6 +190,11 @@ func (l *Log) Write(u LogUpdate) error {
 				return err
 			}
 		}
+		if r := u.Record; r != nil {
+			if err := compact(lb, meta, *r, u.CompactThrough); err != nil {
+				return err
+			}
+		}
 		if len(u.Entries) > 0 {
 			base, _ := getBase(meta)
 			ents := u.Entries
@@ -226,37 +237,26 @@ func (l *Log) Write(u LogUpdate) error {
 	return nil
 }
 
-// Compact records s as the latest snapshot and drops every entry up to
-// upTo (upTo <= s.Index; the entries between stay for followers a little
-// behind), in one transaction. Compacting at or before the base only
-// records s.
-func (l *Log) Compact(s LogSnapshot, upTo uint64) error {
+func compact(lb, meta *bolt.Bucket, s LogSnapshot, upTo uint64) error {
 	if upTo > s.Index {
-		return fmt.Errorf("log compact: through %d, past the snapshot at %d", upTo, s.Index)
+		return fmt.Errorf("compact through %d, past the snapshot at %d", upTo, s.Index)
 	}
-	err := l.db.Update(func(tx *bolt.Tx) error {
-		lb, meta := tx.Bucket(bucketLog), tx.Bucket(bucketLogMeta)
-		if err := putPair(meta, keySnap, s.Index, s.Term, s.Meta); err != nil {
-			return err
-		}
-		base, _ := getBase(meta)
-		if upTo <= base {
-			return nil
-		}
-		v := lb.Get(idxKey(upTo))
-		if v == nil {
-			return fmt.Errorf("through %d: %w", upTo, ErrLogUnavailable)
-		}
-		term := binary.BigEndian.Uint64(v)
-		if err := deleteThrough(lb, upTo); err != nil {
-			return err
-		}
-		return putPair(meta, keyBase, upTo, term, nil)
-	})
-	if err != nil {
-		return fmt.Errorf("log compact: %w", err)
+	if err := putPair(meta, keySnap, s.Index, s.Term, s.Meta); err != nil {
+		return err
 	}
-	return nil
+	base, _ := getBase(meta)
+	if upTo <= base {
+		return nil
+	}
+	v := lb.Get(idxKey(upTo))
+	if v == nil {
+		return fmt.Errorf("compact through %d: %w", upTo, ErrLogUnavailable)
+	}
+	term := binary.BigEndian.Uint64(v)
+	if err := deleteThrough(lb, upTo); err != nil {
+		return err
+	}
+	return putPair(meta, keyBase, upTo, term, nil)
 }
 
 // State returns the kept hard state and conf state (nil when none).

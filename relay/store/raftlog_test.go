@@ -77,7 +77,10 @@ func TestLogAppendTruncateCompact(t *testing.T) {
 		t.Fatalf("Entries past the end: %v", err)
 	}
 
-	if err := l.Compact(LogSnapshot{Index: 6, Term: 2, Meta: []byte("cs6")}, 4); err != nil {
+	if err := l.Write(LogUpdate{Record: &LogSnapshot{Index: 6, Term: 2, Meta: []byte("cs6")}, CompactThrough: 7}); err == nil {
+		t.Fatal("compacted past the snapshot")
+	}
+	if err := l.Write(LogUpdate{Record: &LogSnapshot{Index: 6, Term: 2, Meta: []byte("cs6")}, CompactThrough: 4}); err != nil {
 		t.Fatal(err)
 	}
 	checkRange(t, l, 5, 7)
