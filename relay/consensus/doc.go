@@ -28,13 +28,15 @@
 // snapshot record, the new entries and the hard state are written in ONE
 // log transaction (one fsync; skipped when raft says nothing must sync,
 // a Ready that only moves the commit index); only then are the messages
-// queued to the peers; then the committed entries are applied (normal
-// entries in batches, configuration changes between them, each recorded
-// in the log); then every SnapshotEvery applied entries a snapshot record
-// is written and the log compacted, keeping CatchUpEntries. Then Advance.
-// Proposals arriving meanwhile wait in the engine's unstable log, so the
-// next Ready carries all of them: many concurrent Proposes share one
-// fsync.
+// queued to the peers; then the committed entries are handed, in order,
+// to the applier goroutine, which applies them (normal entries in
+// batches, configuration changes between them, each recorded in the log)
+// while the loop goes on to the next Ready; then every SnapshotEvery
+// applied entries a snapshot record is written and the log compacted,
+// keeping CatchUpEntries. Then Advance. A snapshot from the leader waits
+// until the applier has applied everything before it. Proposals arriving
+// meanwhile wait in the engine's unstable log, so the next Ready carries
+// all of them: many concurrent Proposes share one fsync.
 //
 // # Proposals
 //
@@ -56,7 +58,8 @@
 //
 // # Goroutines and locks
 //
-// The engine runs one goroutine (raft.Node). Run is the Ready loop. The
+// The engine runs one goroutine (raft.Node). Run is the Ready loop and
+// owns the applier goroutine (it waits for it on return). The
 // transport runs an accept loop, one reader per accepted connection and
 // stream, one writer per peer, one per snapshot being sent; Close waits
 // for all of them. Lock order: transport.mu, then a peer's mu; Node.mu is

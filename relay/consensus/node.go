@@ -369,6 +369,8 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Unlock()
 	defer close(n.runDone)
 	n.tr.spawn(n.tr.run)
+	ap := n.startApplier()
+	defer ap.stop()
 	tick := time.NewTicker(n.cfg.Tick)
 	defer tick.Stop()
 	for {
@@ -377,10 +379,13 @@ func (n *Node) Run(ctx context.Context) error {
 			return nil
 		case <-n.stop:
 			return nil
+		case err := <-ap.err:
+			n.log.Error("consensus: member stops", "err", err)
+			return err
 		case <-tick.C:
 			n.rn.Tick()
 		case rd := <-n.rn.Ready():
-			if err := n.ready(&rd); err != nil {
+			if err := n.ready(&rd, ap); err != nil {
 				n.log.Error("consensus: member stops", "err", err)
 				return err
 			}
@@ -389,10 +394,55 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 }
 
+// applier applies committed entries on a goroutine of its own, in order,
+// so the Ready loop writes the next entries while the state machine
+// applies the last ones (each has its own fsync).
+type applier struct {
+	jobs chan applyJob
+	err  chan error
+	done chan struct{}
+}
+
+type applyJob struct {
+	ents    []*pb.Entry
+	barrier chan struct{} // closed when every job before it is applied
+}
+
+func (n *Node) startApplier() *applier {
+	ap := &applier{jobs: make(chan applyJob, 16), err: make(chan error, 1), done: make(chan struct{})}
+	go func() {
+		defer close(ap.done)
+		var failed error
+		for job := range ap.jobs {
+			switch {
+			case job.barrier != nil:
+				close(job.barrier)
+			case failed == nil:
+				if failed = n.apply(job.ents); failed != nil {
+					ap.err <- failed
+				}
+			}
+		}
+	}()
+	return ap
+}
+
+// drain waits until everything queued is applied.
+func (ap *applier) drain() {
+	b := make(chan struct{})
+	ap.jobs <- applyJob{barrier: b}
+	<-b
+}
+
+func (ap *applier) stop() {
+	close(ap.jobs)
+	<-ap.done
+}
+
 // ready handles one Ready as raft's contract says: the snapshot restored
 // and the entries and hard state written (one transaction) before any
 // message is sent, then the committed entries applied.
-func (n *Node) ready(rd *raft.Ready) error {
+func (n *Node) ready(rd *raft.Ready, ap *applier) error {
 	if rd.SoftState != nil {
 		n.softState(rd.SoftState)
 	}
@@ -401,6 +451,7 @@ func (n *Node) ready(rd *raft.Ready) error {
 		n.term.Store(rd.HardState.GetTerm())
 	}
 	if !raft.IsEmptySnap(rd.Snapshot) {
+		ap.drain()
 		if err := n.restore(rd.Snapshot); err != nil {
 			return err
 		}
@@ -421,8 +472,8 @@ func (n *Node) ready(rd *raft.Ready) error {
 		n.m.entriesPerW.Observe(float64(len(rd.Entries)))
 	}
 	n.tr.send(rd.Messages)
-	if err := n.apply(rd.CommittedEntries); err != nil {
-		return err
+	if len(rd.CommittedEntries) > 0 {
+		ap.jobs <- applyJob{ents: rd.CommittedEntries}
 	}
 	return n.maybeSnapshot()
 }
@@ -464,8 +515,8 @@ func (n *Node) restore(snap *pb.Snapshot) error {
 	n.mu.Lock()
 	n.conf = pb.EnsureConfState(md.GetConfState())
 	n.snapIdx = md.GetIndex()
-	n.mu.Unlock()
 	n.applied.Store(md.GetIndex())
+	n.mu.Unlock()
 	n.log.Info("consensus: restored from snapshot", "index", md.GetIndex(), "applied", n.sm.AppliedIndex())
 	return nil
 }
@@ -520,7 +571,7 @@ func (n *Node) apply(ents []*pb.Entry) error {
 			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
 				return fmt.Errorf("conf change %d: %w", idx, err)
 			}
-			if err := n.confChange(cc); err != nil {
+			if err := n.confChange(cc, idx); err != nil {
 				return err
 			}
 			if len(cc.GetContext()) >= 8 && binary.BigEndian.Uint64(cc.GetContext()) == n.id {
@@ -547,7 +598,7 @@ func (n *Node) apply(ents []*pb.Entry) error {
 
 // confChange applies one configuration change to the engine, records the
 // new configuration in the log and tells the transport the address.
-func (n *Node) confChange(cc *pb.ConfChange) error {
+func (n *Node) confChange(cc *pb.ConfChange, index uint64) error {
 	cs := n.rn.ApplyConfChange(cc)
 	b, err := proto.Marshal(cs)
 	if err != nil {
@@ -561,6 +612,7 @@ func (n *Node) confChange(cc *pb.ConfChange) error {
 	n.m.logWrites.Inc()
 	n.mu.Lock()
 	n.conf = cs
+	n.applied.Store(index)
 	n.mu.Unlock()
 	if cc.GetType() == pb.ConfChangeAddNode && len(cc.GetContext()) > 8 {
 		n.tr.setAddr(cc.GetNodeId(), string(cc.GetContext()[8:]))
@@ -573,8 +625,10 @@ func (n *Node) confChange(cc *pb.ConfChange) error {
 // log every SnapshotEvery entries. The record holds no state: the state
 // machine's is streamed from it when a member needs it.
 func (n *Node) maybeSnapshot() error {
-	applied := n.applied.Load()
+	// The applier moves the applied index and the configuration together
+	// under mu (see confChange), so the pair read here agrees.
 	n.mu.Lock()
+	applied := n.applied.Load()
 	due := applied >= n.snapIdx+n.cfg.SnapshotEvery
 	cs := n.conf
 	n.mu.Unlock()
