@@ -456,6 +456,16 @@ func (n *Node) ready(rd *raft.Ready, ap *applier) error {
 			return err
 		}
 	}
+	// The leader sends before its own write (Raft thesis 10.2.1; etcd's
+	// server does the same): its appends reach the followers while it
+	// fsyncs, and an entry still commits only once a majority, the
+	// leader counted after its write, has it on disk. Its term and vote
+	// were written when it became a candidate. Others send after the
+	// write, as the Ready contract says.
+	leading := n.leader.Load() == n.id
+	if leading {
+		n.tr.send(rd.Messages)
+	}
 	// A Ready that only moves the commit index needs no fsync (MustSync
 	// false): the commit index is learned again from the leader.
 	if rd.MustSync || !raft.IsEmptySnap(rd.Snapshot) || len(rd.Entries) > 0 {
@@ -471,7 +481,9 @@ func (n *Node) ready(rd *raft.Ready, ap *applier) error {
 		n.m.logWrites.Inc()
 		n.m.entriesPerW.Observe(float64(len(rd.Entries)))
 	}
-	n.tr.send(rd.Messages)
+	if !leading {
+		n.tr.send(rd.Messages)
+	}
 	if len(rd.CommittedEntries) > 0 {
 		ap.jobs <- applyJob{ents: rd.CommittedEntries}
 	}
