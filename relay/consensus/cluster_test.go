@@ -146,7 +146,8 @@ func (c *cluster) stop(m *member) {
 	if err := m.n.Close(); err != nil {
 		c.t.Errorf("close %d: %v", m.id, err)
 	}
-	if err := <-m.done; err != nil {
+	// ErrClosed: Close came before Run started.
+	if err := <-m.done; err != nil && !errors.Is(err, ErrClosed) {
 		c.t.Errorf("run %d: %v", m.id, err)
 	}
 	m.sm.Close()
