@@ -28,7 +28,8 @@
 // snapshot record, the new entries and the hard state are written in ONE
 // log transaction (one fsync; skipped when raft says nothing must sync,
 // a Ready that only moves the commit index); only then are the messages
-// queued to the peers; then the committed entries are handed, in order,
+// queued to the peers (the leader queues its own before the write: Raft
+// thesis 10.2.1); then the committed entries are handed, in order,
 // to the applier goroutine, which applies them (normal entries in
 // batches, configuration changes between them, each recorded in the log)
 // while the loop goes on to the next Ready; then every SnapshotEvery
