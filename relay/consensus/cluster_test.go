@@ -589,3 +589,52 @@ func TestCloseIdempotent(t *testing.T) {
 		t.Errorf("Run after Close: %v", err)
 	}
 }
+
+// A follower that vanishes (closed, its socket gone) costs the others
+// nothing but its own queue: proposals go on at the pace of the two left,
+// and what could not be sent to it is dropped and counted.
+func TestVanishedFollowerDelaysNobody(t *testing.T) {
+	c := newCluster(t, 3, Config{SendQueue: 64})
+	l := c.waitLeader(0, 10*time.Second)
+	timeN := func(prefix string, n int) time.Duration {
+		start := time.Now()
+		for i := range n {
+			propose(t, l, fmt.Sprintf("%s%d", prefix, i))
+		}
+		return time.Since(start)
+	}
+	all := timeN("a", 100)
+	var gone *member
+	for _, m := range c.up() {
+		if m != l {
+			gone = m
+			break
+		}
+	}
+	c.stop(gone)
+	two := timeN("b", 100)
+	// QUIC takes writes to the dead connection until its idle timeout
+	// ends it; from then on the writer redials and drops.
+	drops := func() float64 {
+		n := 0.0
+		for _, reason := range []string{"queue_full", "unreachable"} {
+			n += l.value(fmt.Sprintf(`pushrelay_consensus_send_drops_total{reason="%s"}`, reason))
+		}
+		return n
+	}
+	for deadline := time.Now().Add(3 * c.cfg.IdleTimeout); drops() == 0 && time.Now().Before(deadline); {
+		time.Sleep(50 * time.Millisecond)
+	}
+	three := timeN("c", 100)
+	t.Logf("100 proposals: %v with 3 members up, %v and %v with one gone; %v messages to it dropped",
+		all.Round(time.Millisecond), two.Round(time.Millisecond), three.Round(time.Millisecond), drops())
+	if drops() == 0 {
+		t.Error("no drops counted for the vanished follower")
+	}
+	// Generous: the machine is shared. Without the bounded queue a stuck
+	// peer would hold the Ready loop, and this would take seconds per
+	// proposal.
+	if max(two, three) > 5*all+time.Second {
+		t.Errorf("100 proposals took %v and %v with a follower gone, %v before", two, three, all)
+	}
+}

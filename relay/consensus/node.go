@@ -90,7 +90,8 @@ type Config struct {
 	// snapshots waiting to be restored.
 	Dir string
 	// Listen is the peer transport's UDP address ("host:port", port 0
-	// picks one); Advertise, if set, is the address peers are told.
+	// picks one); Advertise, if set, is the address peers are told (the
+	// Listen address is, unless its host is a wildcard).
 	Listen, Advertise string
 	// ServerTLS and ClientTLS are relay/linkauth's, from the site's keys
 	// (Credentials.ServerTLS and ClientTLS): peers authenticate each

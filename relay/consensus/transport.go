@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"net"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -117,7 +118,11 @@ func newTransport(n *Node, cfg Config) (*transport, error) {
 		conns: map[*linkquic.Conn]bool{},
 	}
 	t.client.TLS = cfg.ClientTLS
-	t.self = ln.Addr().String()
+	// A wildcard address tells a peer nothing it can dial: then only
+	// Advertise (or the peer's own configuration) says where we are.
+	if ua, ok := ln.Addr().(*net.UDPAddr); ok && !ua.IP.IsUnspecified() {
+		t.self = ua.String()
+	}
 	if cfg.Advertise != "" {
 		t.self = cfg.Advertise
 	}
