@@ -43,6 +43,10 @@ type member struct {
 	sm   *listSM
 	reg  *metrics.Registry
 	done chan error
+	// pause ends Run without Close: the member stops processing while
+	// its sockets stay open and its engine keeps taking messages, as a
+	// stopped (SIGSTOP) process's kernel does.
+	pause context.CancelFunc
 }
 
 // cluster is three (or more) members in this process, on real QUIC
@@ -134,7 +138,9 @@ func (c *cluster) open(m *member, peers map[uint64]string, join bool) {
 func (c *cluster) run(m *member) {
 	m.done = make(chan error, 1)
 	n := m.n
-	go func() { m.done <- n.Run(context.Background()) }()
+	ctx, cancel := context.WithCancel(context.Background())
+	m.pause = cancel
+	go func() { m.done <- n.Run(ctx) }()
 }
 
 // stop closes m's node and state machine, checking Run's result.
@@ -637,4 +643,30 @@ func TestVanishedFollowerDelaysNobody(t *testing.T) {
 	if max(two, three) > 5*all+time.Second {
 		t.Errorf("100 proposals took %v and %v with a follower gone, %v before", two, three, all)
 	}
+}
+
+// A leader that stops processing without closing anything (its Run
+// ended, its sockets open): the others elect a new leader and go on;
+// closed and restarted from its disk, it catches up.
+func TestLeaderStalled(t *testing.T) {
+	c := newCluster(t, 3, Config{})
+	old := c.waitLeader(0, 10*time.Second)
+	for i := range 5 {
+		propose(t, old, fmt.Sprintf("before-%d", i))
+	}
+	var others []*member
+	for _, m := range c.up() {
+		if m != old {
+			others = append(others, m)
+		}
+	}
+	stalled := time.Now()
+	old.pause()
+	nl := c.waitLeaderOf(others, old.id, 10*time.Second)
+	elected := time.Since(stalled)
+	_, took := proposeRetry(t, others[0], "after", 10*time.Second)
+	t.Logf("leader %d stalled: member %d leads after %v; a proposal then took %v", old.id, nl.id, elected.Round(time.Millisecond), took.Round(time.Millisecond))
+	c.stop(old)
+	c.restart(old, false)
+	waitSame(t, c.up(), 6, 15*time.Second)
 }
