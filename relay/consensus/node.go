@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -521,10 +522,7 @@ func (n *Node) restore(snap *pb.Snapshot) error {
 	if err != nil {
 		return fmt.Errorf("restore snapshot %d: %w", md.GetIndex(), err)
 	}
-	old, _ := filepath.Glob(filepath.Join(n.cfg.Dir, snapPrefix+"*"))
-	for _, p := range old {
-		os.Remove(p)
-	}
+	n.removeSpools(md.GetIndex())
 	n.mu.Lock()
 	n.conf = pb.EnsureConfState(md.GetConfState())
 	n.snapIdx = md.GetIndex()
@@ -532,6 +530,19 @@ func (n *Node) restore(snap *pb.Snapshot) error {
 	n.mu.Unlock()
 	n.log.Info("consensus: restored from snapshot", "index", md.GetIndex(), "applied", n.sm.AppliedIndex())
 	return nil
+}
+
+// removeSpools removes the received snapshots up to index (a newer one
+// may be arriving, or waiting for raft to take it).
+func (n *Node) removeSpools(index uint64) {
+	old, _ := filepath.Glob(filepath.Join(n.cfg.Dir, snapPrefix+"*"))
+	for _, p := range old {
+		name := strings.TrimSuffix(filepath.Base(p), ".part")
+		_, idx, _ := strings.Cut(strings.TrimPrefix(name, snapPrefix), "-")
+		if i, err := strconv.ParseUint(idx, 10, 64); err != nil || i <= index {
+			os.Remove(p)
+		}
+	}
 }
 
 // Entry data: the proposer's id and the proposal's id, then the payload.
@@ -547,17 +558,23 @@ func (n *Node) apply(ents []*pb.Entry) error {
 	smApplied := n.sm.AppliedIndex()
 	var batch [][]byte
 	var batchIdx uint64
+	var seen uint64    // the last entry looked at
 	var woken []uint64 // proposal ids, then indexes, in pairs
+	// flush applies the batch; only then is everything seen applied (a
+	// snapshot record is taken at the applied index, and must never be
+	// ahead of the state machine).
 	flush := func() error {
-		if len(batch) == 0 {
-			return nil
+		if len(batch) > 0 {
+			if err := n.sm.Apply(batchIdx, batch); err != nil {
+				return fmt.Errorf("apply through %d: %w", batchIdx, err)
+			}
+			n.m.applies.Inc()
+			n.m.commits.Add(float64(len(batch)))
+			batch = batch[:0]
 		}
-		if err := n.sm.Apply(batchIdx, batch); err != nil {
-			return fmt.Errorf("apply through %d: %w", batchIdx, err)
+		if seen > 0 {
+			n.applied.Store(seen)
 		}
-		n.m.applies.Inc()
-		n.m.commits.Add(float64(len(batch)))
-		batch = batch[:0]
 		return nil
 	}
 	for _, e := range ents {
@@ -593,7 +610,7 @@ func (n *Node) apply(ents []*pb.Entry) error {
 		case pb.EntryConfChangeV2:
 			return fmt.Errorf("entry %d: ConfChangeV2 is not used here", idx)
 		}
-		n.applied.Store(idx)
+		seen = idx
 	}
 	if err := flush(); err != nil {
 		return err

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pushrelay/pushrelay/relay/atomicfile"
 )
@@ -30,6 +31,8 @@ type listSM struct {
 	// entry applied twice.
 	twice  atomic.Int64
 	fsyncs atomic.Int64
+	// slow, if set, delays each Apply before it writes.
+	slow time.Duration
 }
 
 func openListSM(dir string) (*listSM, error) {
@@ -104,6 +107,10 @@ func (s *listSM) load() error {
 }
 
 func (s *listSM) Apply(index uint64, data [][]byte) error {
+	s.mu.Lock()
+	slow := s.slow
+	s.mu.Unlock()
+	time.Sleep(slow) // the state machine's work, before it holds anything
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if index <= s.applied {
