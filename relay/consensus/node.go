@@ -3,6 +3,7 @@ package consensus
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -887,4 +888,17 @@ func (n *Node) Close() error {
 		n.closeErr = errors.Join(err, n.rlog.Close())
 	})
 	return n.closeErr
+}
+
+// IDFromName is a member's raft id derived from its stable name (the
+// site's node_name): the first 8 bytes of SHA-256 of the name, big-endian,
+// never 0. Every member computes the same id for a name, so the name is
+// all the membership layer needs to carry.
+func IDFromName(name string) uint64 {
+	sum := sha256.Sum256([]byte(name))
+	id := binary.BigEndian.Uint64(sum[:8])
+	if id == 0 {
+		id = 1
+	}
+	return id
 }
