@@ -264,7 +264,15 @@ func New(cfg Config, sm StateMachine) (*Node, error) {
 	return n, nil
 }
 
-func (n *Node) start() error {
+func (n *Node) start() (err error) {
+	// raft panics on a log it cannot start from (a commit index past the
+	// log, a broken hard state); that is an error of the data dir here,
+	// not a crash of the relay.
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("log in %s unusable: %v", n.cfg.Dir, r)
+		}
+	}()
 	st := &storage{log: n.rlog}
 	hs, cs, err := st.InitialState()
 	if err != nil {

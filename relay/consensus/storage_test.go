@@ -147,3 +147,33 @@ func TestIDFromName(t *testing.T) {
 		t.Fatalf("IDFromName(gw-1) = %s", got)
 	}
 }
+
+// A log raft cannot start from (here a commit index past its last entry)
+// is an error from New, not a crash.
+func TestUnusableLogIsAnError(t *testing.T) {
+	dir := t.TempDir()
+	log, err := store.OpenLog(filepath.Join(dir, store.LogFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	hs, _ := proto.Marshal(&pb.HardState{Term: proto.Uint64(2), Commit: proto.Uint64(50)})
+	if err := log.Write(store.LogUpdate{HardState: hs}); err != nil {
+		t.Fatal(err)
+	}
+	log.Close()
+	sm, err := openListSM(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sm.Close()
+	c := newCluster(t, 1, Config{})
+	m := c.members[1]
+	cfg := Config{ID: 1, Peers: map[uint64]string{1: ""}, Dir: dir, Listen: "127.0.0.1:0",
+		ServerTLS: m.n.cfg.ServerTLS, ClientTLS: m.n.cfg.ClientTLS, Logger: m.n.cfg.Logger}
+	if n, err := New(cfg, sm); err == nil {
+		n.Close()
+		t.Fatal("New took a log whose commit index is past its end")
+	} else {
+		t.Log(err)
+	}
+}
