@@ -238,7 +238,7 @@ func (t *transport) startWriter(p *peer) {
 func (t *transport) writer(p *peer) {
 	backoff := t.n.cfg.Tick
 	for t.ctx.Err() == nil {
-		err := t.connectAndWrite(p)
+		connected, err := t.connectAndWrite(p)
 		if t.ctx.Err() != nil {
 			return
 		}
@@ -253,25 +253,29 @@ func (t *transport) writer(p *peer) {
 			return
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, time.Second)
-		if err == nil {
+		// A connection that was up starts the pauses over.
+		if connected {
 			backoff = t.n.cfg.Tick
+		} else {
+			backoff = min(2*backoff, time.Second)
 		}
 	}
 }
 
-func (t *transport) connectAndWrite(p *peer) error {
+// connectAndWrite dials p and writes its queue until the connection
+// fails; connected says whether it was up at all.
+func (t *transport) connectAndWrite(p *peer) (connected bool, err error) {
 	p.mu.Lock()
 	addr := p.addr
 	p.mu.Unlock()
 	if addr == "" {
-		return fmt.Errorf("peer %x: no address", p.id)
+		return false, fmt.Errorf("peer %x: no address", p.id)
 	}
 	dctx, cancel := context.WithTimeout(t.ctx, t.n.electionTimeout())
 	conn, err := linkquic.Dial(dctx, addr, t.client)
 	cancel()
 	if err != nil {
-		return err
+		return false, err
 	}
 	p.mu.Lock()
 	p.conn = conn
@@ -288,7 +292,7 @@ func (t *transport) connectAndWrite(p *peer) error {
 	s, err := conn.OpenControl(octx)
 	cancel()
 	if err != nil {
-		return err
+		return true, err
 	}
 	w := bufio.NewWriterSize(s, 64<<10)
 	hello := binary.BigEndian.AppendUint64(nil, t.n.id)
@@ -296,7 +300,7 @@ func (t *transport) connectAndWrite(p *peer) error {
 	hello = append(hello, t.self...)
 	w.WriteByte(streamMessages)
 	if err := writeFrame(w, hello); err != nil {
-		return err
+		return true, err
 	}
 	timeout := t.n.electionTimeout()
 	for {
@@ -307,7 +311,7 @@ func (t *transport) connectAndWrite(p *peer) error {
 			default:
 				s.SetWriteDeadline(time.Now().Add(timeout))
 				if err := w.Flush(); err != nil {
-					return err
+					return true, err
 				}
 				continue
 			}
@@ -315,15 +319,15 @@ func (t *transport) connectAndWrite(p *peer) error {
 			select {
 			case b = <-p.q:
 			case <-conn.Done():
-				return conn.Err()
+				return true, conn.Err()
 			case <-t.ctx.Done():
-				return nil
+				return true, nil
 			}
 		}
 		s.SetWriteDeadline(time.Now().Add(timeout))
 		if err := writeFrame(w, b); err != nil {
 			t.n.m.drops.With("unreachable").Inc()
-			return err
+			return true, err
 		}
 		t.n.m.sent.Inc()
 	}
