@@ -406,7 +406,7 @@ func TestPartitionedLeader(t *testing.T) {
 	if !errors.Is(err, ErrNoQuorum) {
 		t.Fatalf("minority propose: %v, want ErrNoQuorum", err)
 	}
-	if first > c.cfg.ProposeTimeout+500*time.Millisecond {
+	if first > c.cfg.ProposeTimeout+time.Second { // slack for a loaded machine
 		t.Errorf("minority propose took %v, bound %v", first, c.cfg.ProposeTimeout)
 	}
 	// The majority elects a leader of its own and commits.

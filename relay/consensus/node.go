@@ -546,8 +546,10 @@ func (n *Node) restore(snap *pb.Snapshot) error {
 func (n *Node) removeSpools(index uint64) {
 	old, _ := filepath.Glob(filepath.Join(n.cfg.Dir, snapPrefix+"*"))
 	for _, p := range old {
-		name := strings.TrimSuffix(filepath.Base(p), ".part")
-		_, idx, _ := strings.Cut(strings.TrimPrefix(name, snapPrefix), "-")
+		// snap-in-TERM-INDEX, or snap-in-TERM-INDEX.RANDOM.part while
+		// being received.
+		_, idx, _ := strings.Cut(strings.TrimPrefix(filepath.Base(p), snapPrefix), "-")
+		idx, _, _ = strings.Cut(idx, ".")
 		if i, err := strconv.ParseUint(idx, 10, 64); err != nil || i <= index {
 			os.Remove(p)
 		}

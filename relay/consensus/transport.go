@@ -594,10 +594,12 @@ func (t *transport) receiveSnapshot(s *linkquic.Stream, r *bufio.Reader) error {
 	}
 	md := m.GetSnapshot().GetMetadata()
 	path := t.n.spoolPath(md.GetIndex(), md.GetTerm())
-	f, err := os.Create(path + ".part")
+	// A file of its own per stream: a sender's retry may overlap.
+	f, err := os.CreateTemp(t.n.cfg.Dir, filepath.Base(path)+".*.part")
 	if err != nil {
 		return err
 	}
+	part := f.Name()
 	s.SetReadDeadline(time.Now().Add(30 * t.n.electionTimeout()))
 	n, err := io.Copy(f, r)
 	if err == nil {
@@ -605,10 +607,10 @@ func (t *transport) receiveSnapshot(s *linkquic.Stream, r *bufio.Reader) error {
 	}
 	err = errors.Join(err, f.Close())
 	if err == nil {
-		err = os.Rename(path+".part", path)
+		err = os.Rename(part, path)
 	}
 	if err != nil {
-		os.Remove(path + ".part")
+		os.Remove(part)
 		return fmt.Errorf("spool snapshot: %w", err)
 	}
 	t.n.m.snapRecv.Inc()
