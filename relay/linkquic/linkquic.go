@@ -8,6 +8,9 @@
 //
 //   - ALPN "pushrelay/1": a client or server speaking anything else is
 //     refused in the handshake (TLS alert no_application_protocol).
+//     Config.ALPN names another protocol over the same transport (the
+//     site's peers use "pushrelay-peer/1", relay/consensus), with
+//     Config.Streams bidirectional streams per peer instead of one.
 //   - Keepalive every 15 s: cellular carriers' NATs often drop a UDP
 //     mapping after 30 s of silence, so a packet at half that keeps the
 //     mapping (and lets the parent reach the child) on a quiet link. It
@@ -140,6 +143,14 @@ const (
 // (Credentials.ServerTLS or ClientTLS); the ALPN is set here.
 type Config struct {
 	TLS *tls.Config
+	// ALPN is the application protocol both ends insist on; "" is the
+	// link's, ALPN. Another protocol over this transport (relay/consensus's
+	// peer messages) names its own, so neither end can be mistaken for
+	// the other.
+	ALPN string
+	// Streams is how many bidirectional streams a listening end lets one
+	// peer have open at once; 0 is 1 (the link's control stream).
+	Streams int
 	// ResetKey is the stateless reset key (LoadResetKey); nil sends no
 	// resets, so a restarted peer is noticed only at the idle timeout.
 	ResetKey *[32]byte
@@ -165,6 +176,13 @@ func (c Config) logger() *slog.Logger {
 	return c.Logger
 }
 
+func (c Config) alpn() string {
+	if c.ALPN == "" {
+		return ALPN
+	}
+	return c.ALPN
+}
+
 func (c Config) quic(server bool) *quic.Config {
 	q := &quic.Config{
 		HandshakeIdleTimeout:           orDefault(c.HandshakeTimeout, DefaultHandshakeTimeout),
@@ -178,7 +196,7 @@ func (c Config) quic(server bool) *quic.Config {
 	// DATAGRAM frames carry the child's heartbeat (see heartbeat).
 	q.EnableDatagrams = true
 	if server {
-		q.MaxIncomingStreams = 1
+		q.MaxIncomingStreams = int64(max(c.Streams, 1))
 		q.MaxIncomingUniStreams = -1
 	} else {
 		q.MaxIncomingStreams = -1
@@ -264,8 +282,9 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	}
 	l := &Listener{log: cfg.logger(), m: newLinkMetrics(metrics.OrNew(cfg.Metrics))}
 	l.tr = newTransport(pc, cfg)
+	alpn := cfg.alpn()
 	tlsConf := cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{ALPN}
+	tlsConf.NextProtos = []string{alpn}
 	next := tlsConf.VerifyConnection
 	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
 		if next == nil {
@@ -278,8 +297,8 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 		return err
 	}
 	tlsConf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		if !slices.Contains(hello.SupportedProtos, ALPN) {
-			err := fmt.Errorf("linkquic: peer %s offers ALPN %q, not %q%.0w", remoteOf(hello), hello.SupportedProtos, ALPN, tls.AlertError(120))
+		if !slices.Contains(hello.SupportedProtos, alpn) {
+			err := fmt.Errorf("linkquic: peer %s offers ALPN %q, not %q%.0w", remoteOf(hello), hello.SupportedProtos, alpn, tls.AlertError(120))
 			l.refused("wrong_alpn", err)
 			return nil, err
 		}
@@ -361,7 +380,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Conn, error) {
 		return nil, fmt.Errorf("linkquic: dial %s: %w", addr, err)
 	}
 	tlsConf := cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{ALPN}
+	tlsConf.NextProtos = []string{cfg.alpn()}
 	qc, err := tr.Dial(ctx, ra, tlsConf, cfg.quic(false))
 	if err != nil {
 		err = fmt.Errorf("linkquic: dial %s: %w", addr, translate(err))
