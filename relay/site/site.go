@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"maps"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -104,6 +105,14 @@ type Site struct {
 	mu     sync.Mutex
 	failed map[uint64]time.Time // voters seen failed, since
 
+	// Broadcast versions applied from the log, waiting for onBcast (on
+	// a goroutine of Run's: the apply must not wait for the registry,
+	// whose Set may be waiting for that very apply).
+	bmu     sync.Mutex
+	bcasts  map[string]string
+	bkick   chan struct{}
+	onBcast func(map[string]string)
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -119,12 +128,50 @@ func New(cfg Config) (*Site, error) {
 	}
 	s := &Site{
 		cfg: cfg, id: member.IDOf(cfg.Name), ready: make(chan struct{}), closed: make(chan struct{}),
-		failed: map[uint64]time.Time{},
+		failed: map[uint64]time.Time{}, bkick: make(chan struct{}, 1),
 	}
 	s.machine = NewMachine(cfg.Store, s.id, cfg.Logger)
+	s.machine.onBroadcasts = s.noteBroadcasts
 	s.st = NewStore(cfg.Store, s.machine, s, cfg.Now)
 	s.m = newSiteMetrics(metrics.OrNew(cfg.Metrics), s)
 	return s, nil
+}
+
+// OnBroadcasts sets fn to hear of the broadcast versions applied from the
+// site's log (those of every member, this one's included), in order, on
+// a goroutine of Run's: broadcast.Registry.Applied. Call it before Run.
+func (s *Site) OnBroadcasts(fn func(map[string]string)) { s.onBcast = fn }
+
+// noteBroadcasts queues versions for onBcast, merged with those waiting.
+func (s *Site) noteBroadcasts(m map[string]string) {
+	s.bmu.Lock()
+	if s.bcasts == nil {
+		s.bcasts = map[string]string{}
+	}
+	maps.Copy(s.bcasts, m)
+	s.bmu.Unlock()
+	select {
+	case s.bkick <- struct{}{}:
+	default:
+	}
+}
+
+// deliverBroadcasts hands queued versions to onBcast until ctx ends.
+func (s *Site) deliverBroadcasts(ctx context.Context) {
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-s.bkick:
+		}
+		s.bmu.Lock()
+		m := s.bcasts
+		s.bcasts = nil
+		s.bmu.Unlock()
+		if len(m) > 0 && s.onBcast != nil {
+			s.onBcast(m)
+		}
+	}
 }
 
 // Store is the member's store as the relay core must use it: its writes
@@ -237,6 +284,7 @@ func (s *Site) Run(ctx context.Context) error {
 	errc := make(chan error, 1)
 	wg.Go(func() { errc <- n.Run(ctx) })
 	wg.Go(func() { s.chores(ctx, n) })
+	wg.Go(func() { s.deliverBroadcasts(ctx) })
 	select {
 	case err := <-errc:
 		cancel()
