@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -21,6 +22,7 @@ func TestConfigClusterErrors(t *testing.T) {
 	ring := filepath.Join(dir, "ring")
 	os.WriteFile(ring, []byte("# none\n"), 0o600)
 	cl := []string{"--cluster-listen", "127.0.0.1:0", "--node-name", "gw-1"}
+	siteKeys := linkKeys(t, "gw-1")["gw-1"]
 	for _, c := range []struct {
 		name string
 		args []string
@@ -37,6 +39,9 @@ func TestConfigClusterErrors(t *testing.T) {
 		{"bad listen", []string{"--cluster-listen", "nowhere", "--cluster-key", key}, "cluster_listen"},
 		{"bad name", []string{"--cluster-listen", ":0", "--cluster-key", key, "--node-name", "gw 1"}, `node_name "gw 1"`},
 		{"probe timeout", append(cl, "--cluster-key", key, "--cluster-probe-timeout", "1s"), "cluster_probe_timeout 1s must be shorter"},
+		{"no site keys", append(cl, "--cluster-key", key), "cluster_listen needs link_cert and link_key"},
+		{"with an upstream", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--upstream", "ws://10.0.0.9:8080"}), "cannot have an upstream"},
+		{"port 0, no peer listen", slices.Concat(cl, []string{"--cluster-key", key}, siteKeys), "set cluster_peer_listen"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := loadConfig("t", c.args, env(nil), &bytes.Buffer{})
@@ -45,7 +50,7 @@ func TestConfigClusterErrors(t *testing.T) {
 			}
 		})
 	}
-	cfg, err := loadConfig("t", append(cl, "--cluster-key", key, "--join", "10.0.0.2:7946, 10.0.0.3:7946"), env(nil), &bytes.Buffer{})
+	cfg, err := loadConfig("t", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--join", "10.0.0.2:7946, 10.0.0.3:7946", "--cluster-peer-listen", "127.0.0.1:0"}), env(nil), &bytes.Buffer{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,8 +84,10 @@ func TestE2EClusterMembership(t *testing.T) {
 	raw := make([]byte, 32)
 	rand.Read(raw)
 	key := base64.StdEncoding.EncodeToString(raw)
+	keys := linkKeys(t, "a", "b", "c")
 	node := func(name string, join ...string) *relayProc {
-		args := []string{"--node-name", name, "--cluster-listen", "127.0.0.1:0", "--cluster-key", key, "--log-level", "info"}
+		args := slices.Concat([]string{"--node-name", name, "--cluster-listen", "127.0.0.1:0", "--cluster-peer-listen", "127.0.0.1:0",
+			"--cluster-key", key, "--log-level", "info"}, keys[name])
 		if len(join) > 0 {
 			args = append(args, "--join", strings.Join(join, ","))
 		}
@@ -125,6 +132,12 @@ func TestE2EClusterMembership(t *testing.T) {
 	}
 	waitUntil(15*time.Second, "every /status lists 3 alive members",
 		see([]*relayProc{a, b, c}, map[string]string{"a": "alive", "b": "alive", "c": "alive"}))
+	// The three form the site (cluster_expect 3): each is ready then.
+	for _, p := range []*relayProc{a, b, c} {
+		if err := p.WaitReady(20 * time.Second); err != nil {
+			t.Fatal(err)
+		}
+	}
 	// The metadata carries the version and the admin address.
 	cl, _ = b.status()["cluster"].(map[string]any)
 	for _, m := range cl["members"].([]any) {

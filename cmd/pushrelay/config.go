@@ -111,6 +111,9 @@ type Config struct {
 	ClusterProbeInterval  time.Duration
 	ClusterProbeTimeout   time.Duration
 	ClusterSuspicionMult  int
+	ClusterPeerListen     string
+	ClusterExpect         int
+	ClusterReapAfter      time.Duration
 }
 
 // minUpstreamPoll and maxUpstreamPoll bound upstream_poll_interval: each
@@ -321,6 +324,9 @@ var settings = []setting{
 	durSetting("cluster_probe_interval", "400ms", "how often each member probes another for failure detection (a dead member is declared failed in about 5 to 10 of these)", func(c *Config) *time.Duration { return &c.ClusterProbeInterval }),
 	durSetting("cluster_probe_timeout", "200ms", "how long a probe waits for its ack before others are asked to probe too (shorter than cluster_probe_interval)", func(c *Config) *time.Duration { return &c.ClusterProbeTimeout }),
 	intSetting("cluster_suspicion_mult", "3", 1, 100, "a member that missed its probes is suspected for this many probe intervals (up to twice that while no other member confirms) before it is declared failed, unless it refutes", func(c *Config) *int { return &c.ClusterSuspicionMult }),
+	strSetting("cluster_peer_listen", "", "host:port (UDP, QUIC) of the site's replicated log between members (default: cluster_listen's host, its port + 1); peers authenticate with the site's keys (link_cert, link_key, link_ca or link_pins)", func(c *Config) *string { return &c.ClusterPeerListen }),
+	intSetting("cluster_expect", "3", 1, 9, "how many members a new site waits for before it forms (the same on every member started for a new site; a member that finds a site joins it whatever this says)", func(c *Config) *int { return &c.ClusterExpect }),
+	durSetting("cluster_reap_after", "72h", "a member failed for this long is removed from the site's voters by the leader (it may rejoin later as a new member)", func(c *Config) *time.Duration { return &c.ClusterReapAfter }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 
@@ -487,10 +493,11 @@ func (c *Config) Validate() error {
 	if err := c.validateMegaphone(); err != nil {
 		return err
 	}
-	if err := c.validateUpstream(); err != nil {
+	// The site's checks first: a member's link keys are the site's.
+	if err := c.validateCluster(); err != nil {
 		return err
 	}
-	if err := c.validateCluster(); err != nil {
+	if err := c.validateUpstream(); err != nil {
 		return err
 	}
 	if _, err := c.batchToken(); err != nil {
@@ -539,7 +546,7 @@ func (c *Config) validateUpstream() error {
 
 // linkUsed reports whether the relay link is configured, at either end.
 func (c *Config) linkUsed() bool {
-	return c.RelayListen != "" || strings.HasPrefix(c.Upstream, "quic://")
+	return c.RelayListen != "" || strings.HasPrefix(c.Upstream, "quic://") || c.ClusterListen != ""
 }
 
 // validateLink checks the relay link's keys: relay_listen and a quic://
@@ -567,7 +574,7 @@ func (c *Config) validateLink() error {
 	if !c.linkUsed() {
 		for key, v := range map[string]string{"link_cert": c.LinkCert, "link_ca": c.LinkCA, "link_pins": c.LinkPins, "link_token": c.LinkToken, "link_token_file": c.LinkTokenFile} {
 			if v != "" {
-				return cfgErr("%s is set but neither relay_listen nor a quic:// upstream is", key)
+				return cfgErr("%s is set but neither relay_listen, a quic:// upstream nor cluster_listen is", key)
 			}
 		}
 		return nil
@@ -606,8 +613,37 @@ func (c *Config) validateCluster() error {
 	if _, err := c.nodeName(); err != nil {
 		return err
 	}
-	_, err := c.clusterKeys()
+	if _, err := c.clusterKeys(); err != nil {
+		return err
+	}
+	if c.Upstream != "" || c.RelayListen != "" {
+		return cfgErr("a site member (cluster_listen) cannot have an upstream or take relay links (relay_listen) yet")
+	}
+	if c.LinkCert == "" {
+		return cfgErr("cluster_listen needs link_cert and link_key (and link_ca or link_pins): the site's members authenticate each other with them")
+	}
+	_, err := c.peerListen()
 	return err
+}
+
+// peerListen is cluster_peer_listen, by default cluster_listen's host
+// with its port + 1 (memberlist takes the port itself for UDP and TCP).
+func (c *Config) peerListen() (string, error) {
+	if c.ClusterPeerListen != "" {
+		if err := checkListen(c.ClusterPeerListen); err != nil {
+			return "", cfgErr("cluster_peer_listen %q: %v", c.ClusterPeerListen, err)
+		}
+		return c.ClusterPeerListen, nil
+	}
+	host, port, err := net.SplitHostPort(c.ClusterListen)
+	if err != nil {
+		return "", cfgErr("cluster_listen %q: %v", c.ClusterListen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p >= 65535 {
+		return "", cfgErr("cluster_listen %q: with port 0 (or the last), set cluster_peer_listen", c.ClusterListen)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+1)), nil
 }
 
 // joinAddrs splits join.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"sync/atomic"
 	"time"
@@ -15,6 +16,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/member"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/node"
+	"github.com/pushrelay/pushrelay/relay/site"
 )
 
 func newLogger(cfg *Config, w io.Writer) *slog.Logger {
@@ -60,8 +62,9 @@ func runDaemon(ctx context.Context, cfg *Config, stdout, stderr io.Writer) error
 // gossip listener is opened first (a port in use fails the start), the
 // membership runs once the node serves (it tells the site the node's
 // addresses), /status gets its cluster section, and the member leaves
-// the site when the node stops. The replicated state is not built yet:
-// each member still serves its own devices from its own store.
+// the site when the node stops. The node writes through the site's
+// replicated log (relay/site), which forms or joins the site from what
+// the membership shows.
 func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logger, stdout io.Writer) error {
 	if nc.Metrics == nil {
 		nc.Metrics = metrics.NewRegistry().WithProcess()
@@ -76,11 +79,15 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 		return err
 	}
 	nc.Cluster = func() *admin.ClusterStatus { return clusterStatus(site) }
+	if nc.Site, err = cfg.siteConfig(mc.Name, site.Addr(), nc.LinkCredentials, site.Members); err != nil {
+		return errors.Join(err, site.Close())
+	}
 	siteDone := make(chan error, 1)
 	var started atomic.Bool
 	nc.OnReady = func(n *node.Node) {
 		n.Announce(stdout)
 		fmt.Fprintf(stdout, "  cluster      %s (udp and tcp; member %s of the site: others --join here)\n", site.Addr(), site.Name())
+		fmt.Fprintf(stdout, "  site log     %s (udp, quic: the replicated log between members)\n", nc.Site.Listen)
 		served.Store(n)
 		started.Store(true)
 		go func() { siteDone <- site.Run(ctx) }()
@@ -95,6 +102,32 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 		cerr = <-siteDone
 	}
 	return errors.Join(err, cerr)
+}
+
+// siteConfig translates the cluster keys into the site's: the replicated
+// log's listener, the site's keys (the link's credentials), how many
+// members a new site waits for and when a failed one is removed. A
+// wildcard listener is advertised at the host the gossip advertises
+// (gossip, its address).
+func (c *Config) siteConfig(name, gossip string, creds *linkauth.Credentials, members func() []member.Info) (*site.Config, error) {
+	listen, err := c.peerListen()
+	if err != nil {
+		return nil, err
+	}
+	var advertise string
+	if host, port, _ := net.SplitHostPort(listen); host == "" || net.ParseIP(host).IsUnspecified() {
+		if ghost, _, err := net.SplitHostPort(gossip); err == nil {
+			advertise = net.JoinHostPort(ghost, port)
+		}
+	}
+	server, err := creds.ServerTLS()
+	if err != nil {
+		return nil, cfgErr("cluster: the site's keys: %v", err)
+	}
+	return &site.Config{
+		Name: name, Listen: listen, Advertise: advertise, ServerTLS: server, ClientTLS: creds.ClientTLS(),
+		Members: members, Expect: c.ClusterExpect, ReapAfter: c.ClusterReapAfter,
+	}, nil
 }
 
 // memberConfig translates the cluster keys into the membership's
@@ -134,6 +167,9 @@ func nodeMeta(n *node.Node, maxConns int) member.Meta {
 	md := member.Meta{Version: version}
 	if n == nil {
 		return md
+	}
+	if st := n.Site(); st != nil {
+		md.RaftAddr, md.InSite = st.Addr(), st.InSite()
 	}
 	if a := n.RelayAddr(); a != nil {
 		md.LinkAddr = a.String()

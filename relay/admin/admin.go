@@ -114,6 +114,33 @@ type ClusterStatus struct {
 	// first.
 	Keys    []string        `json:"keys"`
 	Members []ClusterMember `json:"members"`
+	// Site is the replicated log's state on this member (nil before it
+	// is formed or joined).
+	Site *SiteStatus `json:"site,omitempty"`
+}
+
+// SiteStatus is the consensus group as this member sees it.
+type SiteStatus struct {
+	ID     string `json:"id"`
+	Leader string `json:"leader"`
+	// State: leader, follower, candidate, precandidate.
+	State   string   `json:"state"`
+	Term    uint64   `json:"term"`
+	Commit  uint64   `json:"commit"`
+	Applied uint64   `json:"applied"`
+	Voters  []string `json:"voters"`
+	// Peers (on the leader): each voter's replication lag in entries.
+	Peers []SitePeer `json:"peers,omitempty"`
+}
+
+// SitePeer is one voter's replication as the leader sees it.
+type SitePeer struct {
+	ID     string `json:"id"`
+	Addr   string `json:"addr"`
+	Match  uint64 `json:"match"`
+	Lag    uint64 `json:"lag"`
+	State  string `json:"state"`
+	Active bool   `json:"active"`
 }
 
 // ClusterMember is one member of the site as this one sees it.
@@ -299,6 +326,13 @@ func writePage(w io.Writer, st Status) {
 		for _, m := range c.Members {
 			row("cluster member "+m.Name, m.State+" since "+m.Since+"; "+m.Addr+" "+m.Version+"; "+
 				strconv.FormatUint(m.Sockets, 10)+" sockets, load "+strconv.FormatUint(uint64(m.Load), 10)+"‰")
+		}
+		if sc := c.Site; sc != nil {
+			row("site log", sc.State+" in term "+strconv.FormatUint(sc.Term, 10)+", leader "+sc.Leader+"; commit "+
+				strconv.FormatUint(sc.Commit, 10)+", applied "+strconv.FormatUint(sc.Applied, 10)+"; voters "+strings.Join(sc.Voters, ", "))
+			for _, p := range sc.Peers {
+				row("site voter "+p.ID, p.State+" at "+p.Addr+"; "+strconv.FormatUint(p.Lag, 10)+" entries behind")
+			}
 		}
 	}
 	for _, k := range sortedKeys(st.Problems) {

@@ -65,6 +65,10 @@ type Meta struct {
 	// Leaving is set by a member that is leaving gracefully (Close), just
 	// before it leaves, so the others tell a leave from a failure.
 	Leaving bool
+	// InSite is set by a member whose consensus log holds the site's
+	// (it formed the site or was added to it): a new member seeing one
+	// joins the site instead of forming a new one.
+	InSite bool
 }
 
 // Field tags of the encoding. Each field is tag (1 byte), length
@@ -83,6 +87,7 @@ const (
 	tagSocketDigest = 10
 	tagWakeDigest   = 11
 	tagLeaving      = 12
+	tagInSite       = 13
 )
 
 // IDOf derives a member's raft id from its name: the first 8 bytes of the
@@ -155,6 +160,9 @@ func encodeMeta(m Meta, sd, wd Digest) []byte {
 	if m.Leaving {
 		field(tagLeaving, nil)
 	}
+	if m.InSite {
+		field(tagInSite, nil)
+	}
 	return b
 }
 
@@ -216,6 +224,8 @@ func DecodeMeta(b []byte) (Meta, error) {
 			m.WakeDigest, err = digestOf(v)
 		case tagLeaving:
 			m.Leaving = true
+		case tagInSite:
+			m.InSite = true
 		}
 		if err != nil {
 			return Meta{}, fmt.Errorf("%w: field %d", ErrMetaField, tag)

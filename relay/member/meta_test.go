@@ -43,14 +43,14 @@ func TestMetaGolden(t *testing.T) {
 }
 
 func TestMetaUnknownFieldSkipped(t *testing.T) {
-	b, _ := EncodeMeta(Meta{Name: "a", Leaving: true})
+	b, _ := EncodeMeta(Meta{Name: "a", Leaving: true, InSite: true})
 	// A later version's field 99, then one more known field.
 	b = append(b, 99, 3, 'x', 'y', 'z', tagVersion, 2, 'v', '2')
 	m, err := DecodeMeta(b)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if m.Name != "a" || !m.Leaving || m.Version != "v2" {
+	if m.Name != "a" || !m.Leaving || !m.InSite || m.Version != "v2" {
 		t.Fatalf("decoded %+v", m)
 	}
 }
@@ -91,7 +91,7 @@ func TestMetaFits(t *testing.T) {
 	}
 	m := Meta{Name: long, RaftID: IDOf(long), RaftAddr: "[2001:db8::1234:5678]:65535", LinkAddr: "[2001:db8::1234:5678]:65535",
 		AdminAddr: "[2001:db8::1234:5678]:65535", Version: "v1.2.3-45-gabcdef0-dirty" + strings.Repeat("+", 100), Load: 1000,
-		Sockets: 1 << 40, WakeBindings: 1 << 40, SocketDigest: sd, WakeDigest: wd, Leaving: true}
+		Sockets: 1 << 40, WakeBindings: 1 << 40, SocketDigest: sd, WakeDigest: wd, Leaving: true, InSite: true}
 	b, err := EncodeMeta(m)
 	if err != nil {
 		t.Fatal(err)
