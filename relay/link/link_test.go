@@ -403,10 +403,10 @@ func TestConnectSweep(t *testing.T) {
 		t.Fatal("the child is not connected")
 	}
 	pc.mu.Lock()
-	sweep, dirty := pc.sweep, len(pc.dirty)
+	sweeping, dirty := pc.sweeping, len(pc.dirty)
 	pc.mu.Unlock()
-	if sweep != nil || dirty != 0 {
-		t.Fatalf("after the sweep: %d UAIDs left in it, %d dirty", len(sweep), dirty)
+	if sweeping || dirty != 0 {
+		t.Fatalf("after the sweep: still sweeping %v, %d dirty", sweeping, dirty)
 	}
 }
 
