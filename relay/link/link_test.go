@@ -266,6 +266,47 @@ func TestCreditBoundsInFlight(t *testing.T) {
 	}
 }
 
+// The child reads on while a commit is written: the UPDATEs that arrive
+// during one ingest go into the next together (one commit, one fsync),
+// in order, and are acked after it.
+func TestFramesDuringCommitIngestedTogether(t *testing.T) {
+	const total = 3000
+	p := newPair(t, 0)
+	u, ch := p.register()
+	p.gate.hold()
+	p.post(u, ch, total)
+	p.child.mu.Lock()
+	cc := p.child.cur
+	p.child.mu.Unlock()
+	eventually(t, "every frame reached the child", func() bool {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		return cc.consumed == total
+	})
+	frames := p.preg.Value("pushrelay_link_children_updates_sent_total")
+	if frames < 10 {
+		t.Fatalf("only %v UPDATEs for %d messages: the test needs many", frames, total)
+	}
+	p.gate.release()
+	eventually(t, "everything reached the child and left the parent", func() bool {
+		return p.waiting(p.cst) == total && p.waiting(p.pst) == 0
+	})
+	// The first frame's ingest was held; everything after it came in
+	// while it waited.
+	if calls := p.gate.calls.Load(); calls > 3 {
+		t.Fatalf("%d ingests for %v UPDATEs that all waited for one", calls, frames)
+	}
+	ms, err := p.cst.Messages(u, 0, 2*total)
+	if err != nil || len(ms) != total {
+		t.Fatalf("the child holds %d messages, want %d (%v)", len(ms), total, err)
+	}
+	for i, m := range ms {
+		if want := fmt.Sprintf("m%d", i); string(m.Data) != want {
+			t.Fatalf("message %d is %q, want %q: out of order", i, m.Data, want)
+		}
+	}
+}
+
 // A child that stored a frame and broke before its ACK is sent the frame
 // again; its store keeps one copy of each message.
 func TestResendAfterBreakStoredOnce(t *testing.T) {

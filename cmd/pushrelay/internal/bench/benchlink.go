@@ -311,6 +311,8 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				}
 			}
 			acked0, _ := parent.metric("pushrelay_link_children_messages_acked_total")
+			frames0, _ := parent.metric("pushrelay_link_children_updates_sent_total")
+			pcommits0, _ := parent.metric("pushrelay_store_commits_total")
 			cpu0, _ := procCPU(parent.Cmd.Process.Pid)
 			t0 := time.Now()
 			if c, err = startSelf(ctx, cdata, childArgs...); err != nil {
@@ -343,11 +345,19 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			ccpu1, _ := procCPU(c.Cmd.Process.Pid)
 			stored, _ := c.metric(`pushrelay_link_up_messages_total{result="stored"}`)
 			commits, _ := c.metric("pushrelay_store_commits_total")
+			// The child's committer: its commits' time (taking the batch
+			// to the fsync's end) over the drain's is how busy the one
+			// goroutine every ingest waits for was.
+			commitSecs, _ := c.metric("pushrelay_store_commit_seconds_sum")
+			frames1, _ := parent.metric("pushrelay_link_children_updates_sent_total")
+			pcommits1, _ := parent.metric("pushrelay_store_commits_total")
 			rate := float64(*backlog) / (d - ready).Seconds()
 			rates = append(rates, rate)
 			fmt.Fprintf(stdout, "drain after a %s outage: %d messages acked by the child %s after its start (%s of it the child's own start): %.0f msg/s over the link; child stored %.0f in %.0f commits; CPU µs/message parent %.1f, child %.1f\n",
 				outage.String(), *backlog, d.Round(time.Millisecond), ready.Round(time.Millisecond), rate, stored, commits,
 				float64((cpu1-cpu0).Microseconds())/float64(*backlog), float64((ccpu1-ccpu0).Microseconds())/float64(*backlog))
+			fmt.Fprintf(stdout, "  %.0f UPDATEs (%.0f messages each); the child's commits took %.1f ms each, %.0f%% of the drain; the parent committed %.0f times\n",
+				frames1-frames0, float64(*backlog)/max(frames1-frames0, 1), 1000*commitSecs/max(commits, 1), 100*commitSecs/d.Seconds(), pcommits1-pcommits0)
 		}
 		fmt.Fprintf(stdout, "backlog drain over one link (median of %d): %.0f msg/s\n", *drainRuns, median(rates))
 	}
