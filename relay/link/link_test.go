@@ -412,18 +412,28 @@ func TestKeptDigest(t *testing.T) {
 	}
 }
 
-// At a connect the parent looks at every UAID of the child, sendBatch at a
-// time from its sweep (not all at once in its dirty map, which would keep
-// the map's memory for good): what waits for more UAIDs than one batch,
-// sent before the break and never acked, is all sent again, and the
-// sweep is gone after.
+// At a connect the parent walks the UAIDs with messages in its store,
+// sendBatch at a time (not all at once in its dirty map, which would keep
+// the map's memory for good), and takes the child's: what waits for more
+// UAIDs than one batch, sent before the break and never acked, is all sent
+// again; the parent's own devices' messages, between them in UAID order,
+// stay; and the sweep is over after.
 func TestConnectSweep(t *testing.T) {
 	p := newPair(t, 0)
-	const n = sendBatch + 44
+	const n, local = sendBatch + 44, 30
 	us := make([]push.UAID, n)
 	chs := make([]push.ChannelID, n)
 	for i := range us {
 		us[i], chs[i] = p.register()
+	}
+	ctx := context.Background()
+	for i := range local {
+		// Devices of the parent's own, no child's.
+		u := push.UAID{0: byte(i * 8), 1: 0xee}
+		if err := p.pst.Register(ctx, store.Channel{UAID: u, ID: push.ChannelID{1}}); err != nil {
+			t.Fatal(err)
+		}
+		p.post(u, push.ChannelID{1}, 1)
 	}
 	p.gate.hold()
 	for i := range us {
@@ -435,7 +445,7 @@ func TestConnectSweep(t *testing.T) {
 	cc.conn.Close(0, "test: reconnect")
 	p.gate.release()
 	eventually(t, "everything reached the child", func() bool {
-		return p.waiting(p.pst) == 0 && p.waiting(p.cst) == n
+		return p.waiting(p.pst) == local && p.waiting(p.cst) == n
 	})
 	p.parent.mu.Lock()
 	pc := p.parent.conns[p.parent.index["edge-1"]]
