@@ -323,6 +323,7 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			ready := time.Since(t0)
 			ccpu0, _ := procCPU(c.Cmd.Process.Pid)
 			cwait0 := procRunWait(c.Cmd.Process.Pid)
+			_, canon0, _ := procRSSAnon(c.Cmd.Process.Pid)
 			var profiles sync.WaitGroup
 			if *drainProfile != "" {
 				base := *drainProfile
@@ -347,6 +348,9 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			cpu1, _ := procCPU(parent.Cmd.Process.Pid)
 			ccpu1, _ := procCPU(c.Cmd.Process.Pid)
 			wait1, cwait1 := procRunWait(parent.Cmd.Process.Pid), procRunWait(c.Cmd.Process.Pid)
+			// What the drain left the child holding (the credit bounds
+			// what it buffers; the runtime keeps freed heap a while).
+			_, canon1, _ := procRSSAnon(c.Cmd.Process.Pid)
 			stored, _ := c.metric(`pushrelay_link_up_messages_total{result="stored"}`)
 			commits, _ := c.metric("pushrelay_store_commits_total")
 			// The child's committer: its commits' time (taking the batch
@@ -362,6 +366,8 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				float64((cpu1-cpu0).Microseconds())/float64(*backlog), float64((ccpu1-ccpu0).Microseconds())/float64(*backlog))
 			fmt.Fprintf(stdout, "  waiting for a CPU while runnable (all threads): parent %.2f s, child %.2f s; CPU used: parent %.2f s, child %.2f s\n",
 				(wait1 - wait0).Seconds(), (cwait1 - cwait0).Seconds(), (cpu1 - cpu0).Seconds(), (ccpu1 - ccpu0).Seconds())
+			fmt.Fprintf(stdout, "  the child's anonymous RSS: %.1f MiB when it was ready, %.1f MiB after the drain\n",
+				float64(canon0)/(1<<20), float64(canon1)/(1<<20))
 			fmt.Fprintf(stdout, "  %.0f UPDATEs (%.0f messages each); the child's commits took %.1f ms each, %.0f%% of the drain; the parent committed %.0f times\n",
 				frames1-frames0, float64(*backlog)/max(frames1-frames0, 1), 1000*commitSecs/max(commits, 1), 100*commitSecs/d.Seconds(), pcommits1-pcommits0)
 		}
