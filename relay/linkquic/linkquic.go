@@ -22,11 +22,12 @@
 //     link is dead and the child redials. Four keepalives may be lost
 //     first, so a short radio fade does not cost a reconnect; a restarted
 //     parent is noticed much sooner through the stateless reset below.
-//   - Flow control: a stream may have at most 1 MiB unread (starting at
-//     128 KiB and growing while the reader keeps up), a connection 2 MiB
-//     (starting at 256 KiB). That bounds what a peer can make this one
-//     buffer per link, whatever it sends; 2 MiB in flight still fills a
-//     100 ms path at 160 Mbit/s.
+//   - Flow control: a stream may have at most 4 MiB unread (starting at
+//     128 KiB and growing while the reader keeps up), a connection 10 MiB
+//     (starting at 256 KiB): above the link's default credit (8 MiB of
+//     UPDATEs, relay/link), so QUIC's windows do not bound a backlog's
+//     drain before the credit does. That bounds what a peer can make
+//     this one buffer per link, whatever it sends.
 //   - Streams: the parent accepts one bidirectional stream from a child
 //     (the control stream) and no unidirectional one; the child accepts at
 //     most MaxDataStreams unidirectional streams and no bidirectional one.
@@ -114,9 +115,9 @@ const (
 // Flow-control windows (see the package doc).
 const (
 	initialStreamWindow = 128 << 10
-	maxStreamWindow     = 1 << 20
+	maxStreamWindow     = 4 << 20
 	initialConnWindow   = 256 << 10
-	maxConnWindow       = 2 << 20
+	maxConnWindow       = 10 << 20
 )
 
 // Code is a link close code, sent in QUIC's CONNECTION_CLOSE with a
