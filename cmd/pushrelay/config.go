@@ -21,7 +21,6 @@ import (
 
 	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
-	"github.com/pushrelay/pushrelay/relay/member"
 )
 
 // Config is the daemon's whole configuration. Every field is one key of the
@@ -655,41 +654,6 @@ func (c *Config) joinAddrs() []string {
 		}
 	}
 	return out
-}
-
-// clusterKeys returns cluster_key as the one key, or nil with
-// cluster_keyring_file (the member reads and watches the file itself),
-// after checking the file's keys.
-func (c *Config) clusterKeys() ([][]byte, error) {
-	switch {
-	case c.ClusterKey != "" && c.ClusterKeyringFile != "":
-		return nil, cfgErr("cluster_key and cluster_keyring_file: set one")
-	case c.ClusterKey != "":
-		k, err := member.ParseKey(c.ClusterKey)
-		if err != nil {
-			return nil, cfgErr("cluster_key: %v", err)
-		}
-		return [][]byte{k}, nil
-	case c.ClusterKeyringFile != "":
-		if _, err := member.ReadKeyring(c.ClusterKeyringFile); err != nil {
-			return nil, cfgErr("cluster_keyring_file: %v", strings.TrimPrefix(err.Error(), "member: "))
-		}
-		return nil, nil
-	}
-	return nil, cfgErr("cluster_listen needs cluster_key or cluster_keyring_file: the site's gossip is always encrypted (make a key with: head -c 32 /dev/urandom | base64)")
-}
-
-// nodeName is the relay's name on its site: node_name, else the host
-// name.
-func (c *Config) nodeName() (string, error) {
-	name := c.NodeName
-	if name == "" {
-		name, _ = os.Hostname()
-	}
-	if !member.ValidName(name) {
-		return "", cfgErr("node_name %q: 1 to 63 letters, digits, dots, dashes and underscores (set node_name when the host name is not)", name)
-	}
-	return name, nil
 }
 
 // linkCredentials loads the relay link's keys.

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -212,4 +213,29 @@ func freeTCPUDPPort(t *testing.T) string {
 	}
 	t.Fatal("no port free for TCP and UDP")
 	return ""
+}
+
+// A gateway build (tag nosite, as make cross builds) links neither
+// memberlist nor the consensus engine and refuses cluster_listen at
+// start, saying why.
+func TestNoSiteBuild(t *testing.T) {
+	out, err := exec.Command("go", "list", "-tags", "nosite nopprof", "-deps", ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	for _, p := range strings.Fields(string(out)) {
+		if strings.Contains(p, "memberlist") || strings.Contains(p, "etcd.io/raft") || strings.HasSuffix(p, "relay/site") {
+			t.Errorf("a nosite build links %s", p)
+		}
+	}
+	bin := filepath.Join(t.TempDir(), "pushrelay-nosite")
+	if out, err := exec.Command("go", "build", "-tags", "nosite", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build -tags nosite: %v\n%s", err, out)
+	}
+	cmd := exec.Command(bin, "run", "--data-dir", t.TempDir(), "--cluster-listen", "127.0.0.1:7946", "--cluster-key",
+		base64.StdEncoding.EncodeToString(make([]byte, 32)))
+	out, err = cmd.CombinedOutput()
+	if err == nil || !strings.Contains(string(out), "this build has no site support") {
+		t.Fatalf("cluster_listen on a nosite build: %v\n%s", err, out)
+	}
 }

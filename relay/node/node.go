@@ -42,7 +42,6 @@ import (
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
 	"github.com/pushrelay/pushrelay/relay/broadcast"
-	"github.com/pushrelay/pushrelay/relay/consensus"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/link"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
@@ -51,7 +50,6 @@ import (
 	"github.com/pushrelay/pushrelay/relay/megaphone"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/push"
-	"github.com/pushrelay/pushrelay/relay/site"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
 	"github.com/pushrelay/pushrelay/relay/upstream"
@@ -167,12 +165,13 @@ type Config struct {
 	// section: the site membership (cmd/pushrelay's relay/member).
 	Cluster func() *admin.ClusterStatus
 
-	// Site, when set, makes this relay a member of a site (relay/site):
-	// the writes that decide what devices are sent go through the site's
-	// replicated log, so every member serves every device from its own
-	// store. The node fills in Store, Dir, Logger and Metrics. A site
-	// member has no upstream and no relay link yet.
-	Site *site.Config
+	// NewSite, when set, makes this relay a member of a site
+	// (relay/site, which cmd/pushrelay wires): the writes that decide
+	// what devices are sent go through the site's replicated log, so
+	// every member serves every device from its own store. It is called
+	// once the store is open. A site member has no upstream and no relay
+	// link yet.
+	NewSite func(SiteParams) (Site, error)
 
 	// Version is reported by /status and the ready lines.
 	Version string
@@ -216,7 +215,7 @@ type Node struct {
 	link       *upstream.Link    // nil without a ws(s):// upstream
 	child      *link.Child       // nil without a quic:// upstream
 	parent     *link.Parent      // nil without relay_listen
-	site       *site.Site        // nil outside a site
+	site       Site              // nil outside a site
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -291,23 +290,16 @@ func New(cfg Config) (_ *Node, err error) {
 	}()
 	// What the hub and the broadcast registry write: the store, or in a
 	// site the site's log in front of it.
-	var hubStore interface {
-		relay.Store
-		broadcast.Store
-	} = d.store
-	if cfg.Site != nil {
+	var hubStore SiteWriter = d.store
+	if cfg.NewSite != nil {
 		if cfg.Upstream != "" || cfg.RelayListen != "" {
 			return nil, errors.New("node: a site member cannot have an upstream or take relay links yet")
 		}
-		sc := *cfg.Site
-		sc.Store, sc.Dir, sc.Metrics = d.store, cfg.DataDir, d.reg
-		if sc.Logger == nil {
-			sc.Logger = d.log.With("component", "site")
-		}
-		if d.site, err = site.New(sc); err != nil {
+		d.site, err = cfg.NewSite(SiteParams{Store: d.store, DataDir: cfg.DataDir, Metrics: d.reg, Logger: d.log.With("component", "site")})
+		if err != nil {
 			return nil, err
 		}
-		hubStore = d.site.Store()
+		hubStore = d.site.Writer()
 	}
 	d.broadcasts, err = broadcast.Open(hubStore, d.reg)
 	if err != nil {
@@ -436,15 +428,7 @@ func New(cfg Config) (_ *Node, err error) {
 	if d.site != nil {
 		// A member that cannot commit acknowledges nothing: load
 		// balancers must send app servers and devices elsewhere.
-		d.admin.AddCheck("site", func() error {
-			switch st := d.site.Status(); {
-			case !d.site.InSite():
-				return errors.New("not in a site yet: waiting for cluster_expect members, or to be added by the leader")
-			case st.Leader == 0:
-				return errors.New("no leader: this member cannot reach a majority of the site")
-			}
-			return nil
-		})
+		d.admin.AddCheck("site", d.site.Check)
 	}
 	// The upstream or the parent being away does not make this relay
 	// unready (its devices are served locally all the same), but /readyz
@@ -867,8 +851,8 @@ func (d *Node) status() admin.Status {
 	}
 	if d.cfg.Cluster != nil {
 		st.Cluster = d.cfg.Cluster()
-		if st.Cluster != nil && d.site != nil && d.site.InSite() {
-			st.Cluster.Site = siteStatus(d.site.Status())
+		if st.Cluster != nil && d.site != nil {
+			st.Cluster.Site = d.site.Status()
 		}
 	}
 	return st
@@ -992,25 +976,40 @@ func trimNL(p []byte) []byte {
 	return p
 }
 
-// siteStatus is /status's view of the site's log.
-func siteStatus(cs consensus.Status) *admin.SiteStatus {
-	hex := func(id uint64) string {
-		if id == 0 {
-			return "none"
-		}
-		return fmt.Sprintf("%016x", id)
-	}
-	ss := &admin.SiteStatus{ID: hex(cs.ID), Leader: hex(cs.Leader), State: cs.State, Term: cs.Term,
-		Commit: cs.Commit, Applied: cs.Applied, Voters: []string{}}
-	for _, v := range cs.Voters {
-		ss.Voters = append(ss.Voters, hex(v))
-	}
-	for _, p := range cs.Peers {
-		ss.Peers = append(ss.Peers, admin.SitePeer{ID: hex(p.ID), Addr: p.Addr, Match: p.Match,
-			Lag: cs.Commit - min(p.Match, cs.Commit), State: p.State, Active: p.Active})
-	}
-	return ss
+// Site is this relay's part of its site (nil outside one).
+func (d *Node) Site() Site { return d.site }
+
+// Site is a relay's part of its site (relay/site.Site, adapted by
+// cmd/pushrelay): the store its hub writes through, and what the node
+// runs and reports of it.
+type Site interface {
+	// Writer is the store the hub and the broadcast registry write
+	// through: the site's log in front of the node's store.
+	Writer() SiteWriter
+	// OnBroadcasts sets fn to hear of the broadcast versions applied
+	// from the site's log (broadcast.Registry.Applied). Called before
+	// Run.
+	OnBroadcasts(fn func(map[string]string))
+	// Check says why this member cannot acknowledge writes now (not in
+	// a site yet, no leader reachable), or nil: /readyz's check.
+	Check() error
+	// Status is /status's view of the site's log (nil before this
+	// member holds it).
+	Status() *admin.SiteStatus
+	Run(ctx context.Context) error
 }
 
-// Site is this relay's part of its site (nil outside one).
-func (d *Node) Site() *site.Site { return d.site }
+// SiteWriter is what the hub and the broadcast registry write through.
+type SiteWriter interface {
+	relay.Store
+	broadcast.Store
+}
+
+// SiteParams is what NewSite gets from the node: its store, data dir,
+// metrics and logger.
+type SiteParams struct {
+	Store   *store.Store
+	DataDir string
+	Metrics *metrics.Registry
+	Logger  *slog.Logger
+}

@@ -1,0 +1,263 @@
+//go:build !nosite
+
+package main
+
+// The relay as a member of a site (cluster_listen): the membership
+// (relay/member, memberlist) and the replicated log (relay/site,
+// relay/consensus, etcd raft). Builds with the tag nosite leave them out
+// (nosite.go): make cross does, until the site fits the gateways' 14 MiB
+// budget (docs/benchmarks.md, "Gateway builds: room for the site").
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"os"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay/admin"
+	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/member"
+	"github.com/pushrelay/pushrelay/relay/metrics"
+	"github.com/pushrelay/pushrelay/relay/node"
+	"github.com/pushrelay/pushrelay/relay/site"
+)
+
+// runMember runs the relay as a member of its site (cluster_listen): the
+// gossip listener is opened first (a port in use fails the start), the
+// membership runs once the node serves (it tells the site the node's
+// addresses), /status gets its cluster section, and the member leaves
+// the site when the node stops. The node writes through the site's
+// replicated log (relay/site), which forms or joins the site from what
+// the membership shows.
+func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logger, stdout io.Writer) error {
+	if nc.Metrics == nil {
+		nc.Metrics = metrics.NewRegistry().WithProcess()
+	}
+	var (
+		served atomic.Pointer[node.Node] // set once the node serves
+		part   atomic.Pointer[site.Site] // set once the node made it
+	)
+	mc, err := cfg.memberConfig(log, nc.Metrics, func() member.Meta {
+		return nodeMeta(served.Load(), part.Load(), cfg.DeviceMaxConns)
+	})
+	if err != nil {
+		return err
+	}
+	mem, err := member.New(mc)
+	if err != nil {
+		return err
+	}
+	nc.Cluster = func() *admin.ClusterStatus { return clusterStatus(mem) }
+	sc, err := cfg.siteConfig(mc.Name, mem.Addr(), nc.LinkCredentials, mem.Members)
+	if err != nil {
+		return errors.Join(err, mem.Close())
+	}
+	nc.NewSite = func(p node.SiteParams) (node.Site, error) {
+		c := *sc
+		c.Store, c.Dir, c.Metrics, c.Logger = p.Store, p.DataDir, p.Metrics, p.Logger
+		s, err := site.New(c)
+		if err != nil {
+			return nil, err
+		}
+		part.Store(s)
+		return siteAdapter{s}, nil
+	}
+	memDone := make(chan error, 1)
+	var started atomic.Bool
+	nc.OnReady = func(n *node.Node) {
+		n.Announce(stdout)
+		fmt.Fprintf(stdout, "  cluster      %s (udp and tcp; member %s of the site: others --join here)\n", mem.Addr(), mem.Name())
+		fmt.Fprintf(stdout, "  site log     %s (udp, quic: the replicated log between members)\n", sc.Listen)
+		served.Store(n)
+		started.Store(true)
+		go func() { memDone <- mem.Run(ctx) }()
+	}
+	n, err := node.New(nc)
+	if err != nil {
+		return errors.Join(err, mem.Close())
+	}
+	err = n.Run(ctx)
+	cerr := mem.Close()
+	if started.Load() {
+		cerr = <-memDone
+	}
+	return errors.Join(err, cerr)
+}
+
+// siteAdapter is relay/site's Site as the node runs it (node.Site).
+type siteAdapter struct{ s *site.Site }
+
+func (a siteAdapter) Writer() node.SiteWriter                 { return a.s.Store() }
+func (a siteAdapter) OnBroadcasts(fn func(map[string]string)) { a.s.OnBroadcasts(fn) }
+func (a siteAdapter) Run(ctx context.Context) error           { return a.s.Run(ctx) }
+
+// Check: a member that cannot commit acknowledges nothing, and load
+// balancers must send app servers and devices elsewhere.
+func (a siteAdapter) Check() error {
+	switch {
+	case !a.s.InSite():
+		return errors.New("not in a site yet: waiting for cluster_expect members, or to be added by the leader")
+	case a.s.Status().Leader == 0:
+		return errors.New("no leader: this member cannot reach a majority of the site")
+	}
+	return nil
+}
+
+// Status is /status's view of the site's log.
+func (a siteAdapter) Status() *admin.SiteStatus {
+	if !a.s.InSite() {
+		return nil
+	}
+	cs := a.s.Status()
+	hex := func(id uint64) string {
+		if id == 0 {
+			return "none"
+		}
+		return fmt.Sprintf("%016x", id)
+	}
+	ss := &admin.SiteStatus{ID: hex(cs.ID), Leader: hex(cs.Leader), State: cs.State, Term: cs.Term,
+		Commit: cs.Commit, Applied: cs.Applied, Voters: []string{}}
+	for _, v := range cs.Voters {
+		ss.Voters = append(ss.Voters, hex(v))
+	}
+	for _, p := range cs.Peers {
+		ss.Peers = append(ss.Peers, admin.SitePeer{ID: hex(p.ID), Addr: p.Addr, Match: p.Match,
+			Lag: cs.Commit - min(p.Match, cs.Commit), State: p.State, Active: p.Active})
+	}
+	return ss
+}
+
+// siteConfig translates the cluster keys into the site's: the replicated
+// log's listener, the site's keys (the link's credentials), how many
+// members a new site waits for and when a failed one is removed. A
+// wildcard listener is advertised at the host the gossip advertises
+// (gossip, its address).
+func (c *Config) siteConfig(name, gossip string, creds *linkauth.Credentials, members func() []member.Info) (*site.Config, error) {
+	listen, err := c.peerListen()
+	if err != nil {
+		return nil, err
+	}
+	var advertise string
+	if host, port, _ := net.SplitHostPort(listen); host == "" || net.ParseIP(host).IsUnspecified() {
+		if ghost, _, err := net.SplitHostPort(gossip); err == nil {
+			advertise = net.JoinHostPort(ghost, port)
+		}
+	}
+	server, err := creds.ServerTLS()
+	if err != nil {
+		return nil, cfgErr("cluster: the site's keys: %v", err)
+	}
+	return &site.Config{
+		Name: name, Listen: listen, Advertise: advertise, ServerTLS: server, ClientTLS: creds.ClientTLS(),
+		Members: members, Expect: c.ClusterExpect, ReapAfter: c.ClusterReapAfter,
+	}, nil
+}
+
+// memberConfig translates the cluster keys into the membership's
+// configuration; meta tells the site about this relay.
+func (c *Config) memberConfig(log *slog.Logger, reg *metrics.Registry, meta func() member.Meta) (member.Config, error) {
+	name, err := c.nodeName()
+	if err != nil {
+		return member.Config{}, err
+	}
+	keys, err := c.clusterKeys()
+	if err != nil {
+		return member.Config{}, err
+	}
+	t := member.LANTiming()
+	t.ProbeInterval = c.ClusterProbeInterval
+	t.ProbeTimeout = c.ClusterProbeTimeout
+	t.SuspicionMult = c.ClusterSuspicionMult
+	return member.Config{
+		Name:           name,
+		Listen:         c.ClusterListen,
+		Advertise:      c.ClusterAdvertise,
+		Join:           c.joinAddrs(),
+		Keys:           keys,
+		KeyringFile:    c.ClusterKeyringFile,
+		Meta:           meta,
+		Timing:         t,
+		RejoinInterval: c.ClusterRejoinInterval,
+		Logger:         log.With("component", "cluster"),
+		Metrics:        reg,
+	}, nil
+}
+
+// nodeMeta is what this relay tells its site: its addresses, version and
+// device connections. The UAID digests and wake bindings are left for
+// when the site routes wakes (the node does not list them yet).
+func nodeMeta(n *node.Node, s *site.Site, maxConns int) member.Meta {
+	md := member.Meta{Version: version}
+	if s != nil {
+		md.RaftAddr, md.InSite = s.Addr(), s.InSite()
+	}
+	if n == nil {
+		return md
+	}
+	if a := n.RelayAddr(); a != nil {
+		md.LinkAddr = a.String()
+	}
+	if a := n.AdminAddr(); a != nil {
+		md.AdminAddr = a.String()
+	}
+	conns := n.Hub().Connected()
+	md.Sockets = uint64(conns)
+	if maxConns > 0 {
+		md.Load = uint32(min(1000, conns*1000/maxConns))
+	}
+	return md
+}
+
+// clusterStatus is /status's cluster section.
+func clusterStatus(m *member.Member) *admin.ClusterStatus {
+	cs := &admin.ClusterStatus{Name: m.Name(), Addr: m.Addr(), Keys: m.Keys(), Members: []admin.ClusterMember{}}
+	for _, in := range m.Members() {
+		cs.Members = append(cs.Members, admin.ClusterMember{
+			Name: in.Name, Addr: in.Addr, State: in.State.String(), Since: in.Since.UTC().Format(time.RFC3339Nano),
+			Version: in.Meta.Version, LinkAddr: in.Meta.LinkAddr, AdminAddr: in.Meta.AdminAddr,
+			Load: in.Meta.Load, Sockets: in.Meta.Sockets, WakeBindings: in.Meta.WakeBindings,
+		})
+	}
+	return cs
+}
+
+// clusterKeys returns cluster_key as the one key, or nil with
+// cluster_keyring_file (the member reads and watches the file itself),
+// after checking the file's keys.
+func (c *Config) clusterKeys() ([][]byte, error) {
+	switch {
+	case c.ClusterKey != "" && c.ClusterKeyringFile != "":
+		return nil, cfgErr("cluster_key and cluster_keyring_file: set one")
+	case c.ClusterKey != "":
+		k, err := member.ParseKey(c.ClusterKey)
+		if err != nil {
+			return nil, cfgErr("cluster_key: %v", err)
+		}
+		return [][]byte{k}, nil
+	case c.ClusterKeyringFile != "":
+		if _, err := member.ReadKeyring(c.ClusterKeyringFile); err != nil {
+			return nil, cfgErr("cluster_keyring_file: %v", strings.TrimPrefix(err.Error(), "member: "))
+		}
+		return nil, nil
+	}
+	return nil, cfgErr("cluster_listen needs cluster_key or cluster_keyring_file: the site's gossip is always encrypted (make a key with: head -c 32 /dev/urandom | base64)")
+}
+
+// nodeName is the relay's name on its site: node_name, else the host
+// name.
+func (c *Config) nodeName() (string, error) {
+	name := c.NodeName
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	if !member.ValidName(name) {
+		return "", cfgErr("node_name %q: 1 to 63 letters, digits, dots, dashes and underscores (set node_name when the host name is not)", name)
+	}
+	return name, nil
+}
