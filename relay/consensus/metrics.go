@@ -5,6 +5,7 @@ import "github.com/pushrelay/pushrelay/relay/metrics"
 // nodeMetrics are the node's metrics, all pushrelay_consensus_*.
 type nodeMetrics struct {
 	proposals     metrics.Counter
+	forwards      metrics.Counter
 	proposeFailed *metrics.CounterVec
 	commits       metrics.Counter
 	applies       metrics.Counter
@@ -26,6 +27,7 @@ type nodeMetrics struct {
 func newNodeMetrics(r *metrics.Registry, n *Node) *nodeMetrics {
 	m := &nodeMetrics{
 		proposals:     r.Counter("pushrelay_consensus_proposals_total", "Entries proposed on this member (Propose calls that reached the engine)."),
+		forwards:      r.Counter("pushrelay_consensus_proposals_forwarded_total", "Entries this member proposed while another member led, forwarded to the leader."),
 		proposeFailed: r.CounterVec("pushrelay_consensus_propose_failures_total", "Proposals not known committed, by reason (no_quorum, canceled, closed).", "reason"),
 		commits:       r.Counter("pushrelay_consensus_commits_total", "Committed entries applied on this member."),
 		applies:       r.Counter("pushrelay_consensus_applies_total", "Batches of committed entries handed to the state machine."),

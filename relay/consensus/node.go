@@ -793,6 +793,9 @@ func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context
 		n.mu.Unlock()
 	}()
 	n.m.proposals.Inc()
+	if n.leader.Load() != n.id {
+		n.m.forwards.Inc()
+	}
 	if err := step(pctx); err != nil {
 		if errors.Is(err, raft.ErrStopped) {
 			err = ErrClosed
