@@ -733,3 +733,59 @@ func TestSnapshotNeverAheadOfStateMachine(t *testing.T) {
 	})
 	waitSame(t, c.up(), 65, 10*time.Second)
 }
+
+// A follower's proposal that went to a leader which then died (it never
+// reached the others) fails as soon as the new leader's first entry is
+// applied without it, not at the end of the propose bound: the relay's
+// 503 comes about an election after the leader died, and nothing of it
+// is applied anywhere.
+func TestProposalToDeadLeaderFailsFast(t *testing.T) {
+	c := newCluster(t, 3, Config{ProposeTimeout: 10 * time.Second})
+	old := c.waitLeader(0, 10*time.Second)
+	propose(t, old, "before")
+	var others []*member
+	for _, m := range c.up() {
+		if m != old {
+			others = append(others, m)
+		}
+	}
+	// The leader hears nothing more from anyone, says nothing, then
+	// stalls.
+	for _, m := range c.up() {
+		if m == old {
+			m.n.SetDropFilter(func(uint64) bool { return true })
+		} else {
+			m.n.SetDropFilter(func(p uint64) bool { return p == old.id })
+		}
+	}
+	start := time.Now()
+	errc := make(chan error, 1)
+	go func() {
+		_, err := others[0].n.Propose(context.Background(), []byte("lost"))
+		errc <- err
+	}()
+	old.pause()
+	var err error
+	select {
+	case err = <-errc:
+	case <-time.After(8 * time.Second):
+		t.Fatal("the proposal to the dead leader still waits after 8 s")
+	}
+	took := time.Since(start)
+	if !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("proposal to the dead leader: %v, want ErrNoQuorum", err)
+	}
+	if v := others[0].value(`pushrelay_consensus_propose_failures_total{reason="leader_changed"}`); v != 1 {
+		t.Errorf("leader_changed failures %v, want 1", v)
+	}
+	t.Logf("the proposal to the dead leader failed after %v (bound %v)", took.Round(time.Millisecond), c.cfg.ProposeTimeout)
+	for _, m := range others {
+		m.n.SetDropFilter(nil)
+	}
+	propose(t, others[1], "after")
+	for _, d := range waitSame(t, others, 2, 10*time.Second) {
+		if d == "lost" {
+			t.Error("the proposal given up was applied")
+		}
+	}
+}

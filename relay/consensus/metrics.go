@@ -28,7 +28,7 @@ func newNodeMetrics(r *metrics.Registry, n *Node) *nodeMetrics {
 	m := &nodeMetrics{
 		proposals:     r.Counter("pushrelay_consensus_proposals_total", "Entries proposed on this member (Propose calls that reached the engine)."),
 		forwards:      r.Counter("pushrelay_consensus_proposals_forwarded_total", "Entries this member proposed while another member led, forwarded to the leader."),
-		proposeFailed: r.CounterVec("pushrelay_consensus_propose_failures_total", "Proposals not known committed, by reason (no_quorum, canceled, closed).", "reason"),
+		proposeFailed: r.CounterVec("pushrelay_consensus_propose_failures_total", "Proposals not known committed, by reason (no_quorum, leader_changed: the leader it went to was replaced and the new one's first entry is applied without it, canceled, closed).", "reason"),
 		commits:       r.Counter("pushrelay_consensus_commits_total", "Committed entries applied on this member."),
 		applies:       r.Counter("pushrelay_consensus_applies_total", "Batches of committed entries handed to the state machine."),
 		logWrites:     r.Counter("pushrelay_consensus_log_writes_total", "Log transactions committed (one fsync each): a Ready's entries and hard state, a conf state, a compaction."),

@@ -203,11 +203,15 @@ type Node struct {
 	tr   *transport
 
 	term, leader, applied atomic.Uint64
+	// appliedTerm is the term of the last entry applied; appliedCh is
+	// closed (and replaced) whenever it grows.
+	appliedTerm atomic.Uint64
 	seq                   atomic.Uint64 // proposal ids (random start)
 
 	mu       sync.Mutex
 	waiters  map[uint64]chan uint64 // by proposal id: the applied index
 	leaderCh chan struct{}          // closed when the leader changes
+	termCh   chan struct{}          // closed when appliedTerm grows
 	conf     *pb.ConfState
 	snapIdx  uint64 // the latest snapshot record's index
 
@@ -242,7 +246,7 @@ func New(cfg Config, sm StateMachine) (*Node, error) {
 	}
 	n := &Node{
 		id: cfg.ID, cfg: cfg, sm: sm, log: cfg.Logger.With("member", fmt.Sprintf("%x", cfg.ID)),
-		rlog: rlog, waiters: map[uint64]chan uint64{}, leaderCh: make(chan struct{}),
+		rlog: rlog, waiters: map[uint64]chan uint64{}, leaderCh: make(chan struct{}), termCh: make(chan struct{}),
 		stop: make(chan struct{}), runDone: make(chan struct{}),
 	}
 	var b [8]byte
@@ -570,6 +574,7 @@ func (n *Node) apply(ents []*pb.Entry) error {
 	var batch [][]byte
 	var batchIdx uint64
 	var seen uint64    // the last entry looked at
+	var seenTerm uint64
 	var woken []uint64 // proposal ids, then indexes, in pairs
 	// flush applies the batch; only then is everything seen applied (a
 	// snapshot record is taken at the applied index, and must never be
@@ -621,12 +626,17 @@ func (n *Node) apply(ents []*pb.Entry) error {
 		case pb.EntryConfChangeV2:
 			return fmt.Errorf("entry %d: ConfChangeV2 is not used here", idx)
 		}
-		seen = idx
+		seen, seenTerm = idx, e.GetTerm()
 	}
 	if err := flush(); err != nil {
 		return err
 	}
 	n.mu.Lock()
+	if seenTerm > n.appliedTerm.Load() {
+		n.appliedTerm.Store(seenTerm)
+		close(n.termCh)
+		n.termCh = make(chan struct{})
+	}
 	for i := 0; i < len(woken); i += 2 {
 		if ch := n.waiters[woken[i]]; ch != nil {
 			ch <- woken[i+1]
@@ -793,7 +803,8 @@ func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context
 		n.mu.Unlock()
 	}()
 	n.m.proposals.Inc()
-	if n.leader.Load() != n.id {
+	sentTo := n.leader.Load()
+	if sentTo != n.id {
 		n.m.forwards.Inc()
 	}
 	if err := step(pctx); err != nil {
@@ -802,13 +813,46 @@ func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context
 		}
 		return fail(err)
 	}
-	select {
-	case idx := <-ch:
-		return idx, nil
-	case <-pctx.Done():
-		return fail(fmt.Errorf("not committed: %w", pctx.Err()))
-	case <-n.stop:
-		return fail(ErrClosed)
+	// Once the leader the entry went to is replaced, the entry commits
+	// only if it reached the new leader's log before the election, and
+	// then before the new leader's first entry: when an entry of the new
+	// term is applied here and this one is not, it is given up as no
+	// quorum (it may still commit in a corner case, as after any
+	// timeout), without waiting out the whole bound.
+	var newTerm uint64
+	for {
+		// Under mu: apply raises appliedTerm and hands out the batch's
+		// indexes in one hold of it, so an entry applied in the batch
+		// that raised the term is seen on ch here.
+		n.mu.Lock()
+		lch, tch := n.leaderCh, n.termCh
+		if l := n.leader.Load(); newTerm == 0 && l != 0 && l != sentTo {
+			newTerm = n.term.Load()
+		}
+		if newTerm != 0 && n.appliedTerm.Load() >= newTerm {
+			var idx uint64
+			select {
+			case idx = <-ch:
+			default:
+			}
+			n.mu.Unlock()
+			if idx != 0 {
+				return idx, nil
+			}
+			n.m.proposeFailed.With("leader_changed").Inc()
+			return 0, fmt.Errorf("%w: the leader changed before the entry was known committed", ErrNoQuorum)
+		}
+		n.mu.Unlock()
+		select {
+		case idx := <-ch:
+			return idx, nil
+		case <-lch:
+		case <-tch:
+		case <-pctx.Done():
+			return fail(fmt.Errorf("not committed: %w", pctx.Err()))
+		case <-n.stop:
+			return fail(ErrClosed)
+		}
 	}
 }
 
