@@ -35,6 +35,7 @@ testdata/webpush-npm/node_modules/.package-lock.json: testdata/webpush-npm/packa
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || (echo "gofmt needed:"; gofmt -l .; exit 1)
 	$(GO) vet ./...
+	$(GO) vet -tags 'notools nopprof' ./cmd/pushrelay/ ./relay/admin/
 
 # A short coverage-guided run of every fuzz target (FUZZTIME each).
 FUZZTIME ?= 15s
@@ -52,15 +53,18 @@ bench:
 
 # Static, reproducible gateway binaries (no cgo, -trimpath, no build id,
 # version and commit stamped) for every target, with SHA256SUMS, and the
-# size budget checked. Same commit, same bytes. The MIPS builds leave out
-# pprof (tag nopprof, 2.5 MB) to fit the budget and small flash.
+# size budget checked. Same commit, same bytes. Gateway builds leave out
+# the developer and test tools (tag notools: device, send, bench; `make
+# build` keeps them), and the MIPS builds pprof too (tag nopprof), to fit the
+# budget and small flash (docs/benchmarks.md, "Gateway builds: room for the
+# site").
 TARGETS := amd64 arm64 armv5 armv6 armv7 mipsle mips riscv64
 SIZE_BUDGET := 14680064
 cross:
 	@rm -rf dist && mkdir -p dist
 	@for t in $(TARGETS); do \
-	  arch=$$t; goarm=; gomips=; tags=; \
-	  case $$t in armv*) arch=arm; goarm=$${t#armv};; mips|mipsle) gomips=softfloat; tags=nopprof;; esac; \
+	  arch=$$t; goarm=; gomips=; tags=notools; \
+	  case $$t in armv*) arch=arm; goarm=$${t#armv};; mips|mipsle) gomips=softfloat; tags="notools nopprof";; esac; \
 	  out=dist/pushrelay-linux-$$t; \
 	  echo "build $$out"; \
 	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$goarm GOMIPS=$$gomips \
