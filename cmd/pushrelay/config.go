@@ -21,6 +21,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
+	"github.com/pushrelay/pushrelay/relay/member"
 )
 
 // Config is the daemon's whole configuration. Every field is one key of the
@@ -99,6 +100,20 @@ type Config struct {
 	LinkTokenFile   string
 	LinkKeepAlive   time.Duration
 	LinkIdleTimeout time.Duration
+
+	NodeName              string
+	ClusterListen         string
+	ClusterAdvertise      string
+	Join                  string
+	ClusterKey            string
+	ClusterKeyringFile    string
+	ClusterRejoinInterval time.Duration
+	ClusterProbeInterval  time.Duration
+	ClusterProbeTimeout   time.Duration
+	ClusterSuspicionMult  int
+	ClusterPeerListen     string
+	ClusterExpect         int
+	ClusterReapAfter      time.Duration
 }
 
 // minUpstreamPoll and maxUpstreamPoll bound upstream_poll_interval: each
@@ -299,6 +314,19 @@ var settings = []setting{
 	intSetting("upstream_connect_rate", "100", 1, 1<<20, "upstream session connects per second, all devices together (a register's own connect is not paced)", func(c *Config) *int { return &c.UpstreamConnectRate }),
 	intSetting("upstream_sessions", "10000", 1, 1<<24, "device identities that keep an open upstream session (devices connected here first, then the most recently active); the others are polled", func(c *Config) *int { return &c.UpstreamSessions }),
 	durSetting("upstream_poll_interval", "15m", "how often each device without a held upstream session is polled (1s to 24h; jittered, spread out)", func(c *Config) *time.Duration { return &c.UpstreamPollInterval }),
+	strSetting("node_name", "", "this relay's name on its site (cluster): 1 to 63 letters, digits, dots, dashes and underscores, unique on the site and stable across restarts (its consensus id is derived from it); default: the host name", func(c *Config) *string { return &c.NodeName }),
+	strSetting("cluster_listen", "", "host:port (UDP and TCP) of the site's gossip (memberlist) with its peer relays; empty runs alone (docs/cluster.md)", func(c *Config) *string { return &c.ClusterListen }),
+	strSetting("cluster_advertise", "", "host:port told to the site's other members, when cluster_listen's is not the one they reach (default: cluster_listen's; with 0.0.0.0, the first private address)", func(c *Config) *string { return &c.ClusterAdvertise }),
+	strSetting("join", "", "comma-separated host:port of site members to join (their cluster_listen); joined at start and again by the rejoin loop while one is missing", func(c *Config) *string { return &c.Join }),
+	strSetting("cluster_key", "", "the site's gossip key: base64 of 16, 24 or 32 random bytes (head -c 32 /dev/urandom | base64), the same on every member; it shows in the config and, as a flag, in ps: prefer cluster_keyring_file", func(c *Config) *string { return &c.ClusterKey }),
+	strSetting("cluster_keyring_file", "", "file of gossip keys, one base64 key a line, the first used to encrypt, all to decrypt; read again every 10s, which is how keys are rotated (docs/cluster.md)", func(c *Config) *string { return &c.ClusterKeyringFile }),
+	durSetting("cluster_rejoin_interval", "15s", "how often (±25%) a member joins its seeds and the members it saw fail, while one is missing: how the two sides of a healed partition merge", func(c *Config) *time.Duration { return &c.ClusterRejoinInterval }),
+	durSetting("cluster_probe_interval", "400ms", "how often each member probes another for failure detection (a dead member is declared failed in about 5 to 10 of these)", func(c *Config) *time.Duration { return &c.ClusterProbeInterval }),
+	durSetting("cluster_probe_timeout", "200ms", "how long a probe waits for its ack before others are asked to probe too (shorter than cluster_probe_interval)", func(c *Config) *time.Duration { return &c.ClusterProbeTimeout }),
+	intSetting("cluster_suspicion_mult", "3", 1, 100, "a member that missed its probes is suspected for this many probe intervals (up to twice that while no other member confirms) before it is declared failed, unless it refutes", func(c *Config) *int { return &c.ClusterSuspicionMult }),
+	strSetting("cluster_peer_listen", "", "host:port (UDP, QUIC) of the site's replicated log between members (default: cluster_listen's host, its port + 1); peers authenticate with the site's keys (link_cert, link_key, link_ca or link_pins)", func(c *Config) *string { return &c.ClusterPeerListen }),
+	intSetting("cluster_expect", "3", 1, 9, "how many members a new site waits for before it forms (the same on every member started for a new site; a member that finds a site joins it whatever this says)", func(c *Config) *int { return &c.ClusterExpect }),
+	durSetting("cluster_reap_after", "72h", "a member failed for this long is removed from the site's voters by the leader (it may rejoin later as a new member)", func(c *Config) *time.Duration { return &c.ClusterReapAfter }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),
 }
 
@@ -465,6 +493,10 @@ func (c *Config) Validate() error {
 	if err := c.validateMegaphone(); err != nil {
 		return err
 	}
+	// The site's checks first: a member's link keys are the site's.
+	if err := c.validateCluster(); err != nil {
+		return err
+	}
 	if err := c.validateUpstream(); err != nil {
 		return err
 	}
@@ -514,7 +546,7 @@ func (c *Config) validateUpstream() error {
 
 // linkUsed reports whether the relay link is configured, at either end.
 func (c *Config) linkUsed() bool {
-	return c.RelayListen != "" || strings.HasPrefix(c.Upstream, "quic://")
+	return c.RelayListen != "" || strings.HasPrefix(c.Upstream, "quic://") || c.ClusterListen != ""
 }
 
 // validateLink checks the relay link's keys: relay_listen and a quic://
@@ -542,13 +574,122 @@ func (c *Config) validateLink() error {
 	if !c.linkUsed() {
 		for key, v := range map[string]string{"link_cert": c.LinkCert, "link_ca": c.LinkCA, "link_pins": c.LinkPins, "link_token": c.LinkToken, "link_token_file": c.LinkTokenFile} {
 			if v != "" {
-				return cfgErr("%s is set but neither relay_listen nor a quic:// upstream is", key)
+				return cfgErr("%s is set but neither relay_listen, a quic:// upstream nor cluster_listen is", key)
 			}
 		}
 		return nil
 	}
 	_, err := c.linkCredentials()
 	return err
+}
+
+// validateCluster checks the site membership's keys: cluster_listen needs
+// a gossip key, and join and the keys are for cluster_listen.
+func (c *Config) validateCluster() error {
+	if c.ClusterListen == "" {
+		for key, v := range map[string]string{"join": c.Join, "cluster_key": c.ClusterKey, "cluster_keyring_file": c.ClusterKeyringFile, "cluster_advertise": c.ClusterAdvertise} {
+			if v != "" {
+				return cfgErr("%s is set but cluster_listen is not: the site's gossip needs an address of its own", key)
+			}
+		}
+		return nil
+	}
+	if err := checkListen(c.ClusterListen); err != nil {
+		return cfgErr("cluster_listen %q: %v", c.ClusterListen, err)
+	}
+	if c.ClusterAdvertise != "" {
+		if host, port, err := net.SplitHostPort(c.ClusterAdvertise); err != nil || host == "" || port == "" || port == "0" {
+			return cfgErr("cluster_advertise %q: want host:port", c.ClusterAdvertise)
+		}
+	}
+	for _, j := range c.joinAddrs() {
+		if host, port, err := net.SplitHostPort(j); err != nil || host == "" || port == "" || port == "0" {
+			return cfgErr("join %q: want host:port[,host:port...]", j)
+		}
+	}
+	if c.ClusterProbeTimeout >= c.ClusterProbeInterval {
+		return cfgErr("cluster_probe_timeout %s must be shorter than cluster_probe_interval %s", c.ClusterProbeTimeout, c.ClusterProbeInterval)
+	}
+	if _, err := c.nodeName(); err != nil {
+		return err
+	}
+	if _, err := c.clusterKeys(); err != nil {
+		return err
+	}
+	if c.Upstream != "" || c.RelayListen != "" {
+		return cfgErr("a site member (cluster_listen) cannot have an upstream or take relay links (relay_listen) yet")
+	}
+	if c.LinkCert == "" {
+		return cfgErr("cluster_listen needs link_cert and link_key (and link_ca or link_pins): the site's members authenticate each other with them")
+	}
+	_, err := c.peerListen()
+	return err
+}
+
+// peerListen is cluster_peer_listen, by default cluster_listen's host
+// with its port + 1 (memberlist takes the port itself for UDP and TCP).
+func (c *Config) peerListen() (string, error) {
+	if c.ClusterPeerListen != "" {
+		if err := checkListen(c.ClusterPeerListen); err != nil {
+			return "", cfgErr("cluster_peer_listen %q: %v", c.ClusterPeerListen, err)
+		}
+		return c.ClusterPeerListen, nil
+	}
+	host, port, err := net.SplitHostPort(c.ClusterListen)
+	if err != nil {
+		return "", cfgErr("cluster_listen %q: %v", c.ClusterListen, err)
+	}
+	p, err := strconv.Atoi(port)
+	if err != nil || p <= 0 || p >= 65535 {
+		return "", cfgErr("cluster_listen %q: with port 0 (or the last), set cluster_peer_listen", c.ClusterListen)
+	}
+	return net.JoinHostPort(host, strconv.Itoa(p+1)), nil
+}
+
+// joinAddrs splits join.
+func (c *Config) joinAddrs() []string {
+	var out []string
+	for j := range strings.SplitSeq(c.Join, ",") {
+		if j = strings.TrimSpace(j); j != "" {
+			out = append(out, j)
+		}
+	}
+	return out
+}
+
+// clusterKeys returns cluster_key as the one key, or nil with
+// cluster_keyring_file (the member reads and watches the file itself),
+// after checking the file's keys.
+func (c *Config) clusterKeys() ([][]byte, error) {
+	switch {
+	case c.ClusterKey != "" && c.ClusterKeyringFile != "":
+		return nil, cfgErr("cluster_key and cluster_keyring_file: set one")
+	case c.ClusterKey != "":
+		k, err := member.ParseKey(c.ClusterKey)
+		if err != nil {
+			return nil, cfgErr("cluster_key: %v", err)
+		}
+		return [][]byte{k}, nil
+	case c.ClusterKeyringFile != "":
+		if _, err := member.ReadKeyring(c.ClusterKeyringFile); err != nil {
+			return nil, cfgErr("cluster_keyring_file: %v", strings.TrimPrefix(err.Error(), "member: "))
+		}
+		return nil, nil
+	}
+	return nil, cfgErr("cluster_listen needs cluster_key or cluster_keyring_file: the site's gossip is always encrypted (make a key with: head -c 32 /dev/urandom | base64)")
+}
+
+// nodeName is the relay's name on its site: node_name, else the host
+// name.
+func (c *Config) nodeName() (string, error) {
+	name := c.NodeName
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	if !member.ValidName(name) {
+		return "", cfgErr("node_name %q: 1 to 63 letters, digits, dots, dashes and underscores (set node_name when the host name is not)", name)
+	}
+	return name, nil
 }
 
 // linkCredentials loads the relay link's keys.
@@ -784,7 +925,7 @@ func checkDataDir(dir string) error {
 func (c *Config) dump(w io.Writer) {
 	for _, s := range settings {
 		v := s.get(c)
-		if s.key == "megaphone_token" && v != "" {
+		if (s.key == "megaphone_token" || s.key == "cluster_key") && v != "" {
 			v = "(set, not shown)"
 		}
 		fmt.Fprintf(w, "%s: %q\n", s.key, v)

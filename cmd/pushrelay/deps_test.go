@@ -62,14 +62,17 @@ func TestLinkedPackages(t *testing.T) {
 // the one that wraps it.
 func TestOneWrapperPerLibrary(t *testing.T) {
 	wrappers := map[string]string{
-		"go.etcd.io/bbolt":             "github.com/pushrelay/pushrelay/relay/store",
-		"github.com/gorilla/websocket": "github.com/pushrelay/pushrelay/relay/wsock",
-		"github.com/VictoriaMetrics/":  "github.com/pushrelay/pushrelay/relay/metrics",
-		"github.com/prometheus/":       "github.com/pushrelay/pushrelay/relay/metrics", // its tests' parser only
-		"go.yaml.in/yaml/v3":           "github.com/pushrelay/pushrelay/cmd/pushrelay",
-		"github.com/pion/stun/v3":      "github.com/pushrelay/pushrelay/discovery",
-		"github.com/valyala/fasthttp":  "github.com/pushrelay/pushrelay/relay/endpoint",
-		"github.com/quic-go/quic-go":   "github.com/pushrelay/pushrelay/relay/linkquic",
+		"go.etcd.io/bbolt":                "github.com/pushrelay/pushrelay/relay/store",
+		"github.com/gorilla/websocket":    "github.com/pushrelay/pushrelay/relay/wsock",
+		"github.com/VictoriaMetrics/":     "github.com/pushrelay/pushrelay/relay/metrics",
+		"github.com/prometheus/":          "github.com/pushrelay/pushrelay/relay/metrics", // its tests' parser only
+		"go.yaml.in/yaml/v3":              "github.com/pushrelay/pushrelay/cmd/pushrelay",
+		"github.com/pion/stun/v3":         "github.com/pushrelay/pushrelay/discovery",
+		"github.com/valyala/fasthttp":     "github.com/pushrelay/pushrelay/relay/endpoint",
+		"github.com/quic-go/quic-go":      "github.com/pushrelay/pushrelay/relay/linkquic",
+		"github.com/hashicorp/memberlist": "github.com/pushrelay/pushrelay/relay/member",
+		"go.etcd.io/raft/v3":              "github.com/pushrelay/pushrelay/relay/consensus",
+		"google.golang.org/protobuf":      "github.com/pushrelay/pushrelay/relay/consensus", // raft's messages
 	}
 	lines := goList(t, "-f", "{{.ImportPath}}:{{join .Imports \",\"}}", "../../...")
 	for _, line := range lines {

@@ -49,6 +49,9 @@ type Status struct {
 	// Link is the relay link's state: this relay's link to its parent
 	// and its children; nil when it has neither.
 	Link *LinkStatus `json:"link,omitempty"`
+	// Cluster is the site membership's state; nil when this relay runs
+	// alone.
+	Cluster *ClusterStatus `json:"cluster,omitempty"`
 	// Problems are the failing checks (AddCheck) by name; Ready is false
 	// while there is one.
 	Problems map[string]string `json:"problems,omitempty"`
@@ -100,6 +103,59 @@ type LinkChild struct {
 	Addr      string `json:"addr,omitempty"`
 	UAIDs     int    `json:"uaids"`
 	InFlight  int    `json:"in_flight"`
+}
+
+// ClusterStatus is the site membership's part of Status: this member and
+// every member it knows.
+type ClusterStatus struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"`
+	// Keys are the installed gossip keys' fingerprints, the primary
+	// first.
+	Keys    []string        `json:"keys"`
+	Members []ClusterMember `json:"members"`
+	// Site is the replicated log's state on this member (nil before it
+	// is formed or joined).
+	Site *SiteStatus `json:"site,omitempty"`
+}
+
+// SiteStatus is the consensus group as this member sees it.
+type SiteStatus struct {
+	ID     string `json:"id"`
+	Leader string `json:"leader"`
+	// State: leader, follower, candidate, precandidate.
+	State   string   `json:"state"`
+	Term    uint64   `json:"term"`
+	Commit  uint64   `json:"commit"`
+	Applied uint64   `json:"applied"`
+	Voters  []string `json:"voters"`
+	// Peers (on the leader): each voter's replication lag in entries.
+	Peers []SitePeer `json:"peers,omitempty"`
+}
+
+// SitePeer is one voter's replication as the leader sees it.
+type SitePeer struct {
+	ID     string `json:"id"`
+	Addr   string `json:"addr"`
+	Match  uint64 `json:"match"`
+	Lag    uint64 `json:"lag"`
+	State  string `json:"state"`
+	Active bool   `json:"active"`
+}
+
+// ClusterMember is one member of the site as this one sees it.
+type ClusterMember struct {
+	Name string `json:"name"`
+	Addr string `json:"addr"`
+	// State is alive, failed or left; Since when it became so.
+	State        string `json:"state"`
+	Since        string `json:"since"`
+	Version      string `json:"version,omitempty"`
+	LinkAddr     string `json:"link_addr,omitempty"`
+	AdminAddr    string `json:"admin_addr,omitempty"`
+	Load         uint32 `json:"load_permille"`
+	Sockets      uint64 `json:"sockets"`
+	WakeBindings uint64 `json:"wake_bindings"`
 }
 
 // Server is the admin handler.
@@ -263,6 +319,20 @@ func writePage(w io.Writer, st Status) {
 				state = "connected from " + c.Addr
 			}
 			row("child relay "+c.Name, state+"; "+strconv.Itoa(c.UAIDs)+" UAIDs, "+strconv.Itoa(c.InFlight)+" messages in flight")
+		}
+	}
+	if c := st.Cluster; c != nil {
+		row("cluster member (this relay)", c.Name+" "+c.Addr+"; keys "+strings.Join(c.Keys, ", "))
+		for _, m := range c.Members {
+			row("cluster member "+m.Name, m.State+" since "+m.Since+"; "+m.Addr+" "+m.Version+"; "+
+				strconv.FormatUint(m.Sockets, 10)+" sockets, load "+strconv.FormatUint(uint64(m.Load), 10)+"‰")
+		}
+		if sc := c.Site; sc != nil {
+			row("site log", sc.State+" in term "+strconv.FormatUint(sc.Term, 10)+", leader "+sc.Leader+"; commit "+
+				strconv.FormatUint(sc.Commit, 10)+", applied "+strconv.FormatUint(sc.Applied, 10)+"; voters "+strings.Join(sc.Voters, ", "))
+			for _, p := range sc.Peers {
+				row("site voter "+p.ID, p.State+" at "+p.Addr+"; "+strconv.FormatUint(p.Lag, 10)+" entries behind")
+			}
 		}
 	}
 	for _, k := range sortedKeys(st.Problems) {

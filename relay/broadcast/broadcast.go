@@ -127,6 +127,34 @@ func (r *Registry) Set(ctx context.Context, source string, versions map[string]s
 	return changed, nil
 }
 
+// Applied publishes versions another member of the site stored (through
+// the site's replicated log, already in this relay's store): as Set, from
+// source, without writing them again. Ids at the version the registry
+// holds are left alone, so a change this relay made itself, heard back
+// from the log, is not announced twice.
+func (r *Registry) Applied(source string, versions map[string]string) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := *r.cur.Load()
+	changed := map[string]string{}
+	for id, v := range versions {
+		if cur, ok := old[id]; !ok || cur != v {
+			changed[id] = v
+		}
+	}
+	if len(changed) == 0 {
+		return
+	}
+	next := maps.Clone(old)
+	maps.Copy(next, changed)
+	r.cur.Store(&next)
+	r.m.ids.Set(float64(len(next)))
+	r.m.changes.With(source).Add(float64(len(changed)))
+	for _, fn := range r.listeners {
+		fn(changed)
+	}
+}
+
 // Check validates one id and version.
 func Check(id, version string) error {
 	if id == "" || version == "" || len(id) > MaxLen || len(version) > MaxLen {

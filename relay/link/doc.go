@@ -13,8 +13,10 @@
 // sequence it acked, the digest of every channel in its store, and in
 // token mode the token's binding to the connection), grants CREDIT, and
 // ingests every UPDATE through the hub (Ingest: origin key (parent, the
-// parent's id), one commit per frame), then ACKs it and raises the credit
-// by what it took. A lost connection is redialed after a jittered
+// parent's id)), then ACKs it and raises the credit by what it took. Each
+// data stream is read on while its last ingest commits, and the frames
+// that arrived meanwhile go through the hub together, in order (one
+// commit, one fsync, for them all). A lost connection is redialed after a jittered
 // exponential backoff. When the local address of the route to the parent
 // changes, the connection moves to a new socket on it (QUIC connection
 // migration, linkquic's Conn.Migrate) instead of redialing.
@@ -32,9 +34,11 @@
 // child's credit, and deletes them (store.AckMany, one commit) only when
 // an ACK covers their frame. The origin id of a message is the store's
 // epoch and its sequence there (Parent.originID), the same on every
-// resend and never reused by a store started afresh. At each connect every UAID of the
-// child is marked, so whatever was not acked is sent again; the child's
-// origin keys drop the copies (at most the credit window of them).
+// resend and never reused by a store started afresh. At each connect the
+// sender walks the UAIDs that have messages in the store
+// (store.WaitingUAIDs, which seeks past those without any) and marks the
+// child's, so whatever was not acked is sent again; the child's origin
+// keys drop the copies (at most the credit window of them).
 //
 // A restarted parent is noticed at once: the parent records each child's
 // address in its store when it connects from a new one

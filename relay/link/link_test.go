@@ -279,6 +279,47 @@ func TestCreditBoundsInFlight(t *testing.T) {
 	}
 }
 
+// The child reads on while a commit is written: the UPDATEs that arrive
+// during one ingest go into the next together (one commit, one fsync),
+// in order, and are acked after it.
+func TestFramesDuringCommitIngestedTogether(t *testing.T) {
+	const total = 3000
+	p := newPair(t, 0)
+	u, ch := p.register()
+	p.gate.hold()
+	p.post(u, ch, total)
+	p.child.mu.Lock()
+	cc := p.child.cur
+	p.child.mu.Unlock()
+	eventually(t, "every frame reached the child", func() bool {
+		cc.mu.Lock()
+		defer cc.mu.Unlock()
+		return cc.consumed == total
+	})
+	frames := p.preg.Value("pushrelay_link_children_updates_sent_total")
+	if frames < 10 {
+		t.Fatalf("only %v UPDATEs for %d messages: the test needs many", frames, total)
+	}
+	p.gate.release()
+	eventually(t, "everything reached the child and left the parent", func() bool {
+		return p.waiting(p.cst) == total && p.waiting(p.pst) == 0
+	})
+	// The first frame's ingest was held; everything after it came in
+	// while it waited.
+	if calls := p.gate.calls.Load(); calls > 3 {
+		t.Fatalf("%d ingests for %v UPDATEs that all waited for one", calls, frames)
+	}
+	ms, err := p.cst.Messages(u, 0, 2*total)
+	if err != nil || len(ms) != total {
+		t.Fatalf("the child holds %d messages, want %d (%v)", len(ms), total, err)
+	}
+	for i, m := range ms {
+		if want := fmt.Sprintf("m%d", i); string(m.Data) != want {
+			t.Fatalf("message %d is %q, want %q: out of order", i, m.Data, want)
+		}
+	}
+}
+
 // A child that stored a frame and broke before its ACK is sent the frame
 // again; its store keeps one copy of each message.
 func TestResendAfterBreakStoredOnce(t *testing.T) {
@@ -384,18 +425,28 @@ func TestKeptDigest(t *testing.T) {
 	}
 }
 
-// At a connect the parent looks at every UAID of the child, sendBatch at a
-// time from its sweep (not all at once in its dirty map, which would keep
-// the map's memory for good): what waits for more UAIDs than one batch,
-// sent before the break and never acked, is all sent again, and the
-// sweep is gone after.
+// At a connect the parent walks the UAIDs with messages in its store,
+// sendBatch at a time (not all at once in its dirty map, which would keep
+// the map's memory for good), and takes the child's: what waits for more
+// UAIDs than one batch, sent before the break and never acked, is all sent
+// again; the parent's own devices' messages, between them in UAID order,
+// stay; and the sweep is over after.
 func TestConnectSweep(t *testing.T) {
 	p := newPair(t, 0)
-	const n = sendBatch + 44
+	const n, local = sendBatch + 44, 30
 	us := make([]push.UAID, n)
 	chs := make([]push.ChannelID, n)
 	for i := range us {
 		us[i], chs[i] = p.register()
+	}
+	ctx := context.Background()
+	for i := range local {
+		// Devices of the parent's own, no child's.
+		u := push.UAID{0: byte(i * 8), 1: 0xee}
+		if err := p.pst.Register(ctx, store.Channel{UAID: u, ID: push.ChannelID{1}}); err != nil {
+			t.Fatal(err)
+		}
+		p.post(u, push.ChannelID{1}, 1)
 	}
 	p.gate.hold()
 	for i := range us {
@@ -407,7 +458,7 @@ func TestConnectSweep(t *testing.T) {
 	cc.conn.Close(0, "test: reconnect")
 	p.gate.release()
 	eventually(t, "everything reached the child", func() bool {
-		return p.waiting(p.pst) == 0 && p.waiting(p.cst) == n
+		return p.waiting(p.pst) == local && p.waiting(p.cst) == n
 	})
 	p.parent.mu.Lock()
 	pc := p.parent.conns[p.parent.index["edge-1"]]
@@ -416,10 +467,10 @@ func TestConnectSweep(t *testing.T) {
 		t.Fatal("the child is not connected")
 	}
 	pc.mu.Lock()
-	sweep, dirty := pc.sweep, len(pc.dirty)
+	sweeping, dirty := pc.sweeping, len(pc.dirty)
 	pc.mu.Unlock()
-	if sweep != nil || dirty != 0 {
-		t.Fatalf("after the sweep: %d UAIDs left in it, %d dirty", len(sweep), dirty)
+	if sweeping || dirty != 0 {
+		t.Fatalf("after the sweep: still sweeping %v, %d dirty", sweeping, dirty)
 	}
 }
 

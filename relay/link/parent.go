@@ -408,7 +408,7 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 	defer p.m.connected.Dec()
 	p.cfg.Logger.Info("child connected", "child", pc.name, "addr", conn.RemoteAddr(), "uaids", len(us), "next", pc.seq)
 	pc.mu.Lock()
-	pc.sweep = us
+	pc.sweeping = true
 	pc.mu.Unlock()
 
 	var wg sync.WaitGroup
@@ -791,10 +791,15 @@ type parentConn struct {
 	mu sync.Mutex
 	// dirty are the UAIDs that may have messages not sent yet.
 	dirty map[push.UAID]struct{}
-	// sweep are the UAIDs of the child not yet looked at since the
-	// connect; taken into dirty sendBatch at a time, so dirty (a map, which
-	// never shrinks) stays small and the sweep's memory goes once done.
-	sweep                   []push.UAID
+	// sweeping is set from the connect until the sender has looked at
+	// every UAID with messages waiting in the store, walking them in
+	// UAID order from sweepFrom (store.WaitingUAIDs, which skips the
+	// UAIDs without messages: most of a child's, after a short outage)
+	// and taking the child's into dirty up to sendBatch at a time, so
+	// dirty (a map, which never shrinks) stays small. Written by the
+	// sender only.
+	sweeping                bool
+	sweepFrom               push.UAID
 	creditBytes, creditMsgs uint64
 	ackedTo                 uint64
 	inflightMsgs            int
@@ -961,13 +966,14 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		pc.mu.Unlock()
 		return false, nil
 	}
-	for len(pc.dirty) < sendBatch && len(pc.sweep) > 0 {
-		pc.dirty[pc.sweep[len(pc.sweep)-1]] = struct{}{}
-		pc.sweep = pc.sweep[:len(pc.sweep)-1]
+	need := sendBatch - len(pc.dirty)
+	pc.mu.Unlock()
+	if pc.sweeping && need > 0 {
+		if err := pc.sweepSome(need); err != nil {
+			return false, err
+		}
 	}
-	if len(pc.sweep) == 0 {
-		pc.sweep = nil
-	}
+	pc.mu.Lock()
 	us := make([]push.UAID, 0, min(len(pc.dirty), sendBatch))
 	for u := range pc.dirty {
 		if len(us) == sendBatch {
@@ -976,7 +982,7 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		us = append(us, u)
 		delete(pc.dirty, u)
 	}
-	more := len(pc.dirty) > 0 || len(pc.sweep) > 0
+	more := len(pc.dirty) > 0 || pc.sweeping
 	pc.mu.Unlock()
 	if len(us) == 0 {
 		return false, nil
@@ -1044,6 +1050,37 @@ func (pc *parentConn) sendSome(ctx context.Context) (bool, error) {
 		}
 	}
 	return more, nil
+}
+
+// sweepSome takes the next up to n UAIDs with messages waiting in the
+// store into dirty, those this child serves; the sweep ends at the last.
+func (pc *parentConn) sweepSome(n int) error {
+	us, end, err := pc.p.cfg.Store.WaitingUAIDs(pc.sweepFrom, n)
+	if err != nil {
+		return fmt.Errorf("find waiting messages: %w", err)
+	}
+	if len(us) > 0 {
+		next, ok := store.NextUAID(us[len(us)-1])
+		end = end || !ok
+		pc.sweepFrom = next
+	}
+	pc.p.mu.Lock()
+	mine := us[:0]
+	for _, u := range us {
+		if i, ok := pc.p.serves[u]; ok && i == pc.idx {
+			mine = append(mine, u)
+		}
+	}
+	pc.p.mu.Unlock()
+	pc.mu.Lock()
+	for _, u := range mine {
+		pc.dirty[u] = struct{}{}
+	}
+	if end {
+		pc.sweeping = false
+	}
+	pc.mu.Unlock()
+	return nil
 }
 
 // dropUncarriable deletes from the store the messages of b an UPDATE

@@ -8,6 +8,9 @@
 //
 //   - ALPN "pushrelay/1": a client or server speaking anything else is
 //     refused in the handshake (TLS alert no_application_protocol).
+//     Config.ALPN names another protocol over the same transport (the
+//     site's peers use "pushrelay-peer/1", relay/consensus), with
+//     Config.Streams bidirectional streams per peer instead of one.
 //   - Keepalive every 15 s: cellular carriers' NATs often drop a UDP
 //     mapping after 30 s of silence, so a packet at half that keeps the
 //     mapping (and lets the parent reach the child) on a quiet link. It
@@ -19,11 +22,12 @@
 //     link is dead and the child redials. Four keepalives may be lost
 //     first, so a short radio fade does not cost a reconnect; a restarted
 //     parent is noticed much sooner through the stateless reset below.
-//   - Flow control: a stream may have at most 1 MiB unread (starting at
-//     128 KiB and growing while the reader keeps up), a connection 2 MiB
-//     (starting at 256 KiB). That bounds what a peer can make this one
-//     buffer per link, whatever it sends; 2 MiB in flight still fills a
-//     100 ms path at 160 Mbit/s.
+//   - Flow control: a stream may have at most 4 MiB unread (starting at
+//     128 KiB and growing while the reader keeps up), a connection 10 MiB
+//     (starting at 256 KiB): above the link's default credit (8 MiB of
+//     UPDATEs, relay/link), so QUIC's windows do not bound a backlog's
+//     drain before the credit does. That bounds what a peer can make
+//     this one buffer per link, whatever it sends.
 //   - Streams: the parent accepts one bidirectional stream from a child
 //     (the control stream) and no unidirectional one; the child accepts at
 //     most MaxDataStreams unidirectional streams and no bidirectional one.
@@ -111,9 +115,9 @@ const (
 // Flow-control windows (see the package doc).
 const (
 	initialStreamWindow = 128 << 10
-	maxStreamWindow     = 1 << 20
+	maxStreamWindow     = 4 << 20
 	initialConnWindow   = 256 << 10
-	maxConnWindow       = 2 << 20
+	maxConnWindow       = 10 << 20
 )
 
 // Code is a link close code, sent in QUIC's CONNECTION_CLOSE with a
@@ -140,6 +144,14 @@ const (
 // (Credentials.ServerTLS or ClientTLS); the ALPN is set here.
 type Config struct {
 	TLS *tls.Config
+	// ALPN is the application protocol both ends insist on; "" is the
+	// link's, ALPN. Another protocol over this transport (relay/consensus's
+	// peer messages) names its own, so neither end can be mistaken for
+	// the other.
+	ALPN string
+	// Streams is how many bidirectional streams a listening end lets one
+	// peer have open at once; 0 is 1 (the link's control stream).
+	Streams int
 	// ResetKey is the stateless reset key (LoadResetKey); nil sends no
 	// resets, so a restarted peer is noticed only at the idle timeout.
 	ResetKey *[32]byte
@@ -165,6 +177,13 @@ func (c Config) logger() *slog.Logger {
 	return c.Logger
 }
 
+func (c Config) alpn() string {
+	if c.ALPN == "" {
+		return ALPN
+	}
+	return c.ALPN
+}
+
 func (c Config) quic(server bool) *quic.Config {
 	q := &quic.Config{
 		HandshakeIdleTimeout:           orDefault(c.HandshakeTimeout, DefaultHandshakeTimeout),
@@ -178,7 +197,7 @@ func (c Config) quic(server bool) *quic.Config {
 	// DATAGRAM frames carry the child's heartbeat (see heartbeat).
 	q.EnableDatagrams = true
 	if server {
-		q.MaxIncomingStreams = 1
+		q.MaxIncomingStreams = int64(max(c.Streams, 1))
 		q.MaxIncomingUniStreams = -1
 	} else {
 		q.MaxIncomingStreams = -1
@@ -264,8 +283,9 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 	}
 	l := &Listener{log: cfg.logger(), m: newLinkMetrics(metrics.OrNew(cfg.Metrics))}
 	l.tr = newTransport(pc, cfg)
+	alpn := cfg.alpn()
 	tlsConf := cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{ALPN}
+	tlsConf.NextProtos = []string{alpn}
 	next := tlsConf.VerifyConnection
 	tlsConf.VerifyConnection = func(cs tls.ConnectionState) error {
 		if next == nil {
@@ -278,8 +298,8 @@ func Listen(addr string, cfg Config) (*Listener, error) {
 		return err
 	}
 	tlsConf.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		if !slices.Contains(hello.SupportedProtos, ALPN) {
-			err := fmt.Errorf("linkquic: peer %s offers ALPN %q, not %q%.0w", remoteOf(hello), hello.SupportedProtos, ALPN, tls.AlertError(120))
+		if !slices.Contains(hello.SupportedProtos, alpn) {
+			err := fmt.Errorf("linkquic: peer %s offers ALPN %q, not %q%.0w", remoteOf(hello), hello.SupportedProtos, alpn, tls.AlertError(120))
 			l.refused("wrong_alpn", err)
 			return nil, err
 		}
@@ -361,7 +381,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Conn, error) {
 		return nil, fmt.Errorf("linkquic: dial %s: %w", addr, err)
 	}
 	tlsConf := cfg.TLS.Clone()
-	tlsConf.NextProtos = []string{ALPN}
+	tlsConf.NextProtos = []string{cfg.alpn()}
 	qc, err := tr.Dial(ctx, ra, tlsConf, cfg.quic(false))
 	if err != nil {
 		err = fmt.Errorf("linkquic: dial %s: %w", addr, translate(err))

@@ -559,6 +559,46 @@ func TestWrongALPN(t *testing.T) {
 	}
 }
 
+// A listener with an ALPN of its own (a peer protocol) refuses a link
+// child and takes a dialer naming the same ALPN, which may open Streams
+// bidirectional streams at once.
+func TestOwnALPNAndStreams(t *testing.T) {
+	s := newSite(t)
+	peerCfg := Config{ALPN: "pushrelay-test/1", Streams: 2}
+	p := listen(t, "127.0.0.1:0", s.creds(t, "core-1"), peerCfg)
+	child := s.creds(t, "edge-1")
+	if _, err := dial(t, p.addr(), child, Config{}); err == nil || !strings.Contains(err.Error(), "wrong_alpn") {
+		t.Errorf("a link child dialing a peer listener: %v, want wrong_alpn", err)
+	}
+	if got := p.handshakes("wrong_alpn"); got != 1 {
+		t.Errorf("wrong_alpn refusals %v, want 1", got)
+	}
+	c, err := dial(t, p.addr(), child, peerCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc := accept(t, p)
+	ctx := ctx5(t)
+	for i := range 2 {
+		st, err := c.OpenControl(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := st.Write([]byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := pc.AcceptControl(ctx); err != nil {
+			t.Fatalf("stream %d: %v", i, err)
+		}
+	}
+	// A third is held back until one of the two ends.
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancel()
+	if _, err := c.OpenControl(short); err == nil {
+		t.Error("a third stream opened with Streams 2")
+	}
+}
+
 // A second dial resumes the TLS session (the child's session cache), and
 // mutual TLS still knows the child by name.
 func TestSessionResumption(t *testing.T) {

@@ -42,6 +42,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
 	"github.com/pushrelay/pushrelay/relay/broadcast"
+	"github.com/pushrelay/pushrelay/relay/consensus"
 	"github.com/pushrelay/pushrelay/relay/endpoint"
 	"github.com/pushrelay/pushrelay/relay/link"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
@@ -50,6 +51,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/megaphone"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/site"
 	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/token"
 	"github.com/pushrelay/pushrelay/relay/upstream"
@@ -161,6 +163,17 @@ type Config struct {
 	MegaphoneToken        string
 	MegaphonePollInterval time.Duration
 
+	// Cluster, when set, is called on each /status for its cluster
+	// section: the site membership (cmd/pushrelay's relay/member).
+	Cluster func() *admin.ClusterStatus
+
+	// Site, when set, makes this relay a member of a site (relay/site):
+	// the writes that decide what devices are sent go through the site's
+	// replicated log, so every member serves every device from its own
+	// store. The node fills in Store, Dir, Logger and Metrics. A site
+	// member has no upstream and no relay link yet.
+	Site *site.Config
+
 	// Version is reported by /status and the ready lines.
 	Version string
 	// Logger receives the node's logs (default: discarded).
@@ -203,6 +216,7 @@ type Node struct {
 	link       *upstream.Link    // nil without a ws(s):// upstream
 	child      *link.Child       // nil without a quic:// upstream
 	parent     *link.Parent      // nil without relay_listen
+	site       *site.Site        // nil outside a site
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -275,9 +289,32 @@ func New(cfg Config) (_ *Node, err error) {
 			err = errors.Join(err, d.release())
 		}
 	}()
-	d.broadcasts, err = broadcast.Open(d.store, d.reg)
+	// What the hub and the broadcast registry write: the store, or in a
+	// site the site's log in front of it.
+	var hubStore interface {
+		relay.Store
+		broadcast.Store
+	} = d.store
+	if cfg.Site != nil {
+		if cfg.Upstream != "" || cfg.RelayListen != "" {
+			return nil, errors.New("node: a site member cannot have an upstream or take relay links yet")
+		}
+		sc := *cfg.Site
+		sc.Store, sc.Dir, sc.Metrics = d.store, cfg.DataDir, d.reg
+		if sc.Logger == nil {
+			sc.Logger = d.log.With("component", "site")
+		}
+		if d.site, err = site.New(sc); err != nil {
+			return nil, err
+		}
+		hubStore = d.site.Store()
+	}
+	d.broadcasts, err = broadcast.Open(hubStore, d.reg)
 	if err != nil {
 		return nil, err
+	}
+	if d.site != nil {
+		d.site.OnBroadcasts(func(m map[string]string) { d.broadcasts.Applied("site", m) })
 	}
 	if err := d.listen(); err != nil {
 		return nil, err
@@ -361,7 +398,7 @@ func New(cfg Config) (_ *Node, err error) {
 		bsrc = d.link.Broadcasts()
 	}
 	d.hub, err = relay.New(relay.Config{
-		Store:           d.store,
+		Store:           hubStore,
 		Tokens:          tokens,
 		Endpoints:       endpoints,
 		CheckKey:        vapid.DecodePublicKey,
@@ -396,6 +433,19 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	d.admin = admin.New(d.reg, d.status)
 	d.admin.AddCheck("store", d.checkStore)
+	if d.site != nil {
+		// A member that cannot commit acknowledges nothing: load
+		// balancers must send app servers and devices elsewhere.
+		d.admin.AddCheck("site", func() error {
+			switch st := d.site.Status(); {
+			case !d.site.InSite():
+				return errors.New("not in a site yet: waiting for cluster_expect members, or to be added by the leader")
+			case st.Leader == 0:
+				return errors.New("no leader: this member cannot reach a majority of the site")
+			}
+			return nil
+		})
+	}
 	// The upstream or the parent being away does not make this relay
 	// unready (its devices are served locally all the same), but /readyz
 	// and /status say so.
@@ -499,7 +549,13 @@ func (d *Node) Run(ctx context.Context) (err error) {
 			return nil
 		})
 	}
-	start("store", func() error { return d.store.Run(runCtx) })
+	if d.site != nil {
+		// The site's leader proposes the expiry sweeps: every member
+		// removes the same messages.
+		start("site", func() error { return d.site.Run(runCtx) })
+	} else {
+		start("store", func() error { return d.store.Run(runCtx) })
+	}
 	start("devices", func() error { return d.hub.Run(runCtx) })
 	start("device poller", func() error { return d.ws.Run(runCtx) })
 	start("wake", func() error { return d.kick.Run(runCtx) })
@@ -809,6 +865,12 @@ func (d *Node) status() admin.Status {
 			}
 		}
 	}
+	if d.cfg.Cluster != nil {
+		st.Cluster = d.cfg.Cluster()
+		if st.Cluster != nil && d.site != nil && d.site.InSite() {
+			st.Cluster.Site = siteStatus(d.site.Status())
+		}
+	}
 	return st
 }
 
@@ -929,3 +991,26 @@ func trimNL(p []byte) []byte {
 	}
 	return p
 }
+
+// siteStatus is /status's view of the site's log.
+func siteStatus(cs consensus.Status) *admin.SiteStatus {
+	hex := func(id uint64) string {
+		if id == 0 {
+			return "none"
+		}
+		return fmt.Sprintf("%016x", id)
+	}
+	ss := &admin.SiteStatus{ID: hex(cs.ID), Leader: hex(cs.Leader), State: cs.State, Term: cs.Term,
+		Commit: cs.Commit, Applied: cs.Applied, Voters: []string{}}
+	for _, v := range cs.Voters {
+		ss.Voters = append(ss.Voters, hex(v))
+	}
+	for _, p := range cs.Peers {
+		ss.Peers = append(ss.Peers, admin.SitePeer{ID: hex(p.ID), Addr: p.Addr, Match: p.Match,
+			Lag: cs.Commit - min(p.Match, cs.Commit), State: p.State, Active: p.Active})
+	}
+	return ss
+}
+
+// Site is this relay's part of its site (nil outside one).
+func (d *Node) Site() *site.Site { return d.site }

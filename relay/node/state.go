@@ -79,6 +79,10 @@ func openState(cfg *Config, reg *metrics.Registry, log *slog.Logger) (*store.Sto
 		}
 		switch {
 		case len(keys) == 0:
+		case cfg.Site != nil:
+			// A member of a site provisioned with the site's keys (or
+			// whose store was lost): the site's log fills the store.
+			log.Info("starting a new store beside the site's keys: the site's log fills it", "path", cfg.dataPath(StoreFile), "was", dbState.String(), "keys", strings.Join(keys, ", "))
 		case cfg.AllowNewStore:
 			log.Warn("starting a new, empty store beside existing keys (allow_new_store): endpoints handed out before reach no device any more", "path", cfg.dataPath(StoreFile), "was", dbState.String(), "keys", strings.Join(keys, ", "))
 		default:

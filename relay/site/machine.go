@@ -23,6 +23,10 @@ type Machine struct {
 
 	mu      sync.Mutex
 	waiting map[uint64]chan Result
+
+	// onBroadcasts hears of every broadcasts entry applied, after its
+	// commit, on the applying goroutine: it must not block.
+	onBroadcasts func(map[string]string)
 }
 
 // Result is what applying an entry did, for the member that proposed it.
@@ -78,8 +82,9 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 		es = append(es, e)
 	}
 	var mine []applied
+	var bcasts []map[string]string
 	err := m.st.Apply(context.Background(), index, func(tx *store.Tx) error {
-		mine = mine[:0]
+		mine, bcasts = mine[:0], bcasts[:0]
 		for _, e := range es {
 			tx.SetTime(e.At)
 			res, err := applyEntry(tx, e)
@@ -89,6 +94,9 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 			if e.Member == m.member {
 				mine = append(mine, applied{e.Request, res})
 			}
+			if e.Kind == KindBroadcasts && res.Err == nil {
+				bcasts = append(bcasts, e.Broadcasts)
+			}
 		}
 		return nil
 	})
@@ -97,6 +105,11 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 	}
 	if err != nil {
 		return err
+	}
+	if m.onBroadcasts != nil {
+		for _, b := range bcasts {
+			m.onBroadcasts(b)
+		}
 	}
 	m.mu.Lock()
 	for _, a := range mine {

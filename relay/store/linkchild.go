@@ -232,3 +232,50 @@ func (w *salvageWriter) copyLinkChildren(name []byte) error {
 	}
 	return w.flush()
 }
+
+// WaitingUAIDs returns, in UAID order, up to limit UAIDs from from
+// (inclusive) on that have rows in messages (expired ones not yet swept
+// included), and whether the walk reached the end. It seeks from one such
+// UAID to the next, so the UAIDs without messages cost nothing: the
+// parent relay's sweep over a child's UAIDs at each connect, of which
+// most have none. No index is kept for it (no write pays for it): the
+// messages bucket is keyed by UAID first.
+func (s *Store) WaitingUAIDs(from push.UAID, limit int) (us []push.UAID, end bool, err error) {
+	limit = max(limit, 1)
+	err = s.view(func(tx *bolt.Tx) error {
+		c := tx.Bucket(bucketMessages).Cursor()
+		k, _ := c.Seek(from[:])
+		for {
+			if k == nil {
+				end = true
+				return nil
+			}
+			if len(k) != 24 {
+				return corrupt("message key", k)
+			}
+			if len(us) >= limit {
+				return nil
+			}
+			u := push.UAID(k[:16])
+			us = append(us, u)
+			next, ok := NextUAID(u)
+			if !ok {
+				end = true
+				return nil
+			}
+			k, _ = c.Seek(next[:])
+		}
+	})
+	return us, end, err
+}
+
+// NextUAID is the UAID after u in key order; false after the last.
+func NextUAID(u push.UAID) (push.UAID, bool) {
+	for i := len(u) - 1; i >= 0; i-- {
+		u[i]++
+		if u[i] != 0 {
+			return u, true
+		}
+	}
+	return u, false
+}

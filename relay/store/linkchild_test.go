@@ -3,6 +3,7 @@ package store
 import (
 	"context"
 	"path/filepath"
+	"slices"
 	"testing"
 	"time"
 
@@ -189,5 +190,69 @@ func TestMigrationFromV7(t *testing.T) {
 	}
 	if got, err := s.LinkForgets("edge-1", 10); err != nil || len(got) != 1 {
 		t.Fatalf("after migration: forgets %v, %v", got, err)
+	}
+}
+
+// WaitingUAIDs walks the UAIDs that have messages, in UAID order, in
+// pieces of limit, skipping those with none (registered or not), and says
+// when it reached the end; NextUAID carries across bytes.
+func TestWaitingUAIDs(t *testing.T) {
+	s, err := Open(Options{Path: filepath.Join(t.TempDir(), "s.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	ctx := context.Background()
+	var want []push.UAID
+	for i := range 40 {
+		u := push.UAID{0: byte(i), 15: 0xff}
+		if err := s.Register(ctx, Channel{UAID: u, ID: push.ChannelID{9}}); err != nil {
+			t.Fatal(err)
+		}
+		if i%3 != 0 {
+			continue // registered, nothing waiting
+		}
+		for range 1 + i%4 {
+			if _, err := s.Append(ctx, Message{UAID: u, Channel: push.ChannelID{9}, TTL: time.Hour, Received: time.Now()}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		want = append(want, u)
+	}
+	var got []push.UAID
+	var from push.UAID
+	for calls := 0; ; calls++ {
+		if calls > len(want) {
+			t.Fatal("the walk does not end")
+		}
+		us, end, err := s.WaitingUAIDs(from, 4)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(us) > 4 {
+			t.Fatalf("%d UAIDs for a limit of 4", len(us))
+		}
+		got = append(got, us...)
+		if end {
+			break
+		}
+		from, _ = NextUAID(us[len(us)-1])
+	}
+	if !slices.Equal(got, want) {
+		t.Fatalf("walk found %x\nwant %x", got, want)
+	}
+	// From the middle, inclusive.
+	if us, _, _ := s.WaitingUAIDs(want[3], 1); len(us) != 1 || us[0] != want[3] {
+		t.Fatalf("from %x: %x", want[3], us)
+	}
+	if n, ok := NextUAID(push.UAID{3: 1, 15: 0xff}); !ok || n != (push.UAID{3: 1, 14: 1}) {
+		t.Fatalf("NextUAID carried to %x", n)
+	}
+	var last push.UAID
+	for i := range last {
+		last[i] = 0xff
+	}
+	if _, ok := NextUAID(last); ok {
+		t.Fatal("a UAID after the last")
 	}
 }

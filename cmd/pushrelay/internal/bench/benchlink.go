@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -313,13 +314,18 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 				}
 			}
 			acked0, _ := parent.metric("pushrelay_link_children_messages_acked_total")
+			frames0, _ := parent.metric("pushrelay_link_children_updates_sent_total")
+			pcommits0, _ := parent.metric("pushrelay_store_commits_total")
 			cpu0, _ := procCPU(parent.Cmd.Process.Pid)
+			wait0 := procRunWait(parent.Cmd.Process.Pid)
 			t0 := time.Now()
 			if c, err = startSelf(ctx, cdata, childArgs...); err != nil {
 				return err
 			}
 			ready := time.Since(t0)
 			ccpu0, _ := procCPU(c.Cmd.Process.Pid)
+			cwait0 := procRunWait(c.Cmd.Process.Pid)
+			_, canon0, _ := procRSSAnon(c.Cmd.Process.Pid)
 			var profiles sync.WaitGroup
 			if *drainProfile != "" {
 				base := *drainProfile
@@ -343,13 +349,29 @@ func benchLink(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			profiles.Wait()
 			cpu1, _ := procCPU(parent.Cmd.Process.Pid)
 			ccpu1, _ := procCPU(c.Cmd.Process.Pid)
+			wait1, cwait1 := procRunWait(parent.Cmd.Process.Pid), procRunWait(c.Cmd.Process.Pid)
+			// What the drain left the child holding (the credit bounds
+			// what it buffers; the runtime keeps freed heap a while).
+			_, canon1, _ := procRSSAnon(c.Cmd.Process.Pid)
 			stored, _ := c.metric(`pushrelay_link_up_messages_total{result="stored"}`)
 			commits, _ := c.metric("pushrelay_store_commits_total")
+			// The child's committer: its commits' time (taking the batch
+			// to the fsync's end) over the drain's is how busy the one
+			// goroutine every ingest waits for was.
+			commitSecs, _ := c.metric("pushrelay_store_commit_seconds_sum")
+			frames1, _ := parent.metric("pushrelay_link_children_updates_sent_total")
+			pcommits1, _ := parent.metric("pushrelay_store_commits_total")
 			rate := float64(*backlog) / (d - ready).Seconds()
 			rates = append(rates, rate)
 			fmt.Fprintf(stdout, "drain after a %s outage: %d messages acked by the child %s after its start (%s of it the child's own start): %.0f msg/s over the link; child stored %.0f in %.0f commits; CPU µs/message parent %.1f, child %.1f\n",
 				outage.String(), *backlog, d.Round(time.Millisecond), ready.Round(time.Millisecond), rate, stored, commits,
 				float64((cpu1-cpu0).Microseconds())/float64(*backlog), float64((ccpu1-ccpu0).Microseconds())/float64(*backlog))
+			fmt.Fprintf(stdout, "  waiting for a CPU while runnable (all threads): parent %.2f s, child %.2f s; CPU used: parent %.2f s, child %.2f s\n",
+				(wait1 - wait0).Seconds(), (cwait1 - cwait0).Seconds(), (cpu1 - cpu0).Seconds(), (ccpu1 - ccpu0).Seconds())
+			fmt.Fprintf(stdout, "  the child's anonymous RSS: %.1f MiB when it was ready, %.1f MiB after the drain\n",
+				float64(canon0)/(1<<20), float64(canon1)/(1<<20))
+			fmt.Fprintf(stdout, "  %.0f UPDATEs (%.0f messages each); the child's commits took %.1f ms each, %.0f%% of the drain; the parent committed %.0f times\n",
+				frames1-frames0, float64(*backlog)/max(frames1-frames0, 1), 1000*commitSecs/max(commits, 1), 100*commitSecs/d.Seconds(), pcommits1-pcommits0)
 		}
 		fmt.Fprintf(stdout, "backlog drain over one link (median of %d): %.0f msg/s\n", *drainRuns, median(rates))
 	}
@@ -624,4 +646,25 @@ func restartNotice(ctx context.Context, parent **child, c *child, pdata string, 
 		flowing, regs.Load(), started.Sub(killed).Round(time.Millisecond), ready.Sub(started).Round(time.Millisecond), how,
 		d.Round(time.Millisecond), back.Round(time.Millisecond))
 	return d, nil
+}
+
+// procRunWait is how long pid's threads have waited for a CPU while
+// runnable: the second field of each /proc/PID/task/TID/schedstat,
+// summed (0 where the kernel has none). With the CPU time it tells a
+// relay that waited for the disk or its peer from one that waited for
+// the machine.
+func procRunWait(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var sum int64
+	for _, t := range tasks {
+		b, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if f := strings.Fields(string(b)); len(f) >= 2 {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			sum += n
+		}
+	}
+	return time.Duration(sum)
 }

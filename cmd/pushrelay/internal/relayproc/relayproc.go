@@ -14,6 +14,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 )
@@ -90,6 +91,11 @@ func Start(ctx context.Context, bin, dataDir string, stderr io.Writer, extra ...
 	case <-ctx.Done():
 		c.Kill()
 		return nil, ctx.Err()
+	}
+	if slices.Contains(extra, "--cluster-listen") {
+		// A site's member is ready once its site formed, which takes
+		// the other members: the caller waits (WaitReady).
+		return c, nil
 	}
 	if err := c.WaitReady(60 * time.Second); err != nil {
 		c.Kill()
