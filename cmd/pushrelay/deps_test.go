@@ -95,3 +95,35 @@ func TestOneWrapperPerLibrary(t *testing.T) {
 		}
 	}
 }
+
+// Gateway builds (`make cross`, tag notools) leave the developer and test
+// tools out: the load tools, the test harness packages they bring, and the
+// device and send commands' files; the default build (`make build`, `go
+// build`, `go test`) keeps them.
+func TestGatewayBuildLeavesToolsOut(t *testing.T) {
+	tools := []string{
+		"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/bench",
+		"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc",
+		"github.com/pushrelay/pushrelay/relay/upstream/autopushtest",
+	}
+	toolFiles := []string{"device.go", "devicewake.go", "send.go", "tools.go"}
+	full := goList(t, "-deps", ".")
+	gateway := goList(t, "-tags", "notools nopprof", "-deps", ".")
+	for _, p := range tools {
+		if !slices.Contains(full, p) {
+			t.Errorf("the default build does not link %s", p)
+		}
+		if slices.Contains(gateway, p) {
+			t.Errorf("the gateway build (tag notools) links %s", p)
+		}
+	}
+	files := strings.Fields(strings.Trim(strings.Join(goList(t, "-tags", "notools", "-f", "{{.GoFiles}}", "."), " "), "[]"))
+	for _, f := range toolFiles {
+		if slices.Contains(files, f) {
+			t.Errorf("the gateway build (tag notools) compiles %s", f)
+		}
+	}
+	if !slices.Contains(files, "tools_off.go") || !slices.Contains(files, "keygen.go") {
+		t.Errorf("the gateway build's files %v lack tools_off.go or keygen.go", files)
+	}
+}

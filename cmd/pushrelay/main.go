@@ -22,8 +22,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-
-	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/bench"
 )
 
 func main() {
@@ -86,12 +84,6 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 		return runCheckStore(rest, getenv, stdout, stderr)
 	case "salvage":
 		return runSalvage(rest, getenv, stdout, stderr)
-	case "device":
-		return runDevice(ctx, rest, stdout, stderr)
-	case "send":
-		return runSend(ctx, rest, stdout, stderr)
-	case "bench":
-		return bench.Run(ctx, rest, stdout, stderr, settingDefault)
 	case "keygen":
 		return runKeygen(rest, stdout)
 	case "keys":
@@ -104,6 +96,9 @@ func run(ctx context.Context, args []string, getenv func(string) (string, bool),
 	case "-h", "--help", "help":
 		fmt.Fprintln(stdout, errUsage.Error())
 		return nil
+	}
+	if ok, err := runDevTool(ctx, cmd, rest, stdout, stderr); ok {
+		return err
 	}
 	return errUsage
 }

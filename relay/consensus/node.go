@@ -203,10 +203,10 @@ type Node struct {
 	tr   *transport
 
 	term, leader, applied atomic.Uint64
-	// appliedTerm is the term of the last entry applied; appliedCh is
+	// appliedTerm is the term of the last entry applied; termCh is
 	// closed (and replaced) whenever it grows.
 	appliedTerm atomic.Uint64
-	seq                   atomic.Uint64 // proposal ids (random start)
+	seq         atomic.Uint64 // proposal ids (random start)
 
 	mu       sync.Mutex
 	waiters  map[uint64]chan uint64 // by proposal id: the applied index
@@ -573,7 +573,7 @@ func (n *Node) apply(ents []*pb.Entry) error {
 	smApplied := n.sm.AppliedIndex()
 	var batch [][]byte
 	var batchIdx uint64
-	var seen uint64    // the last entry looked at
+	var seen uint64 // the last entry looked at
 	var seenTerm uint64
 	var woken []uint64 // proposal ids, then indexes, in pairs
 	// flush applies the batch; only then is everything seen applied (a
