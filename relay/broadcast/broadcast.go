@@ -101,30 +101,48 @@ func (r *Registry) Set(ctx context.Context, source string, versions map[string]s
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := *r.cur.Load()
+	changed := changedFrom(old, versions)
+	if len(changed) == 0 {
+		return changed, nil
+	}
+	ids := len(old)
+	for id := range changed {
+		if _, ok := old[id]; !ok {
+			ids++
+		}
+	}
+	if ids > MaxIDs {
+		return nil, fmt.Errorf("%w: more than %d broadcast ids", ErrBad, MaxIDs)
+	}
+	if err := r.st.PutBroadcasts(ctx, changed); err != nil {
+		return nil, fmt.Errorf("broadcast: store versions: %w", err)
+	}
+	r.publishLocked(source, old, changed)
+	return changed, nil
+}
+
+// changedFrom is the ids of versions whose version old does not hold.
+func changedFrom(old, versions map[string]string) map[string]string {
 	changed := map[string]string{}
 	for id, v := range versions {
 		if cur, ok := old[id]; !ok || cur != v {
 			changed[id] = v
 		}
 	}
-	if len(changed) == 0 {
-		return changed, nil
-	}
+	return changed
+}
+
+// publishLocked makes old with changed the current versions, counts them
+// under source and tells the listeners. r.mu is held.
+func (r *Registry) publishLocked(source string, old, changed map[string]string) {
 	next := maps.Clone(old)
 	maps.Copy(next, changed)
-	if len(next) > MaxIDs {
-		return nil, fmt.Errorf("%w: more than %d broadcast ids", ErrBad, MaxIDs)
-	}
-	if err := r.st.PutBroadcasts(ctx, changed); err != nil {
-		return nil, fmt.Errorf("broadcast: store versions: %w", err)
-	}
 	r.cur.Store(&next)
 	r.m.ids.Set(float64(len(next)))
 	r.m.changes.With(source).Add(float64(len(changed)))
 	for _, fn := range r.listeners {
 		fn(changed)
 	}
-	return changed, nil
 }
 
 // Applied publishes versions another member of the site stored (through
@@ -136,22 +154,8 @@ func (r *Registry) Applied(source string, versions map[string]string) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := *r.cur.Load()
-	changed := map[string]string{}
-	for id, v := range versions {
-		if cur, ok := old[id]; !ok || cur != v {
-			changed[id] = v
-		}
-	}
-	if len(changed) == 0 {
-		return
-	}
-	next := maps.Clone(old)
-	maps.Copy(next, changed)
-	r.cur.Store(&next)
-	r.m.ids.Set(float64(len(next)))
-	r.m.changes.With(source).Add(float64(len(changed)))
-	for _, fn := range r.listeners {
-		fn(changed)
+	if changed := changedFrom(old, versions); len(changed) > 0 {
+		r.publishLocked(source, old, changed)
 	}
 }
 
