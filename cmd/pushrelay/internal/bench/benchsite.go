@@ -45,7 +45,7 @@ func benchSite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	phases := fs.String("phases", "throughput,latency,failover", "phases to run, in this order")
 	devices := fs.Int("devices", 300, "devices (one channel each), spread over the members")
 	messages := fs.Int("messages", 20000, "messages posted per throughput run")
-	senders := fs.Int("senders", 32, "app-server connections posting")
+	senders := fs.Int("senders", 128, "app-server connections posting")
 	latencyMessages := fs.Int("latency-messages", 20, "messages per device in the latency phase (one in flight per device)")
 	runs := fs.Int("runs", 3, "throughput and latency runs of each (site and single relay alternate; the median is reported)")
 	failoverRuns := fs.Int("failover-runs", 3, "leader kills")
@@ -447,7 +447,8 @@ func (s *benchSys) throughput(ctx context.Context, n, senders int, profile strin
 		w := float64(a.io["write_bytes"]-b.io["write_bytes"]) / float64(n)
 		wb = append(wb, w)
 		cpu += a.cpu - b.cpu
-		p := fmt.Sprintf("%s: %.0f B/msg written, %.0f store commits (%.1f ms each)", s.memberName(i), w,
+		p := fmt.Sprintf("%s: CPU %.1f µs/msg, %.0f B/msg written, %.0f store commits (%.1f ms each)", s.memberName(i),
+			float64((a.cpu-b.cpu).Microseconds())/float64(n), w,
 			a.storeCommits-b.storeCommits, 1000*(a.storeSecs-b.storeSecs)/max(a.storeCommits-b.storeCommits, 1))
 		if len(s.procs) > 1 {
 			p += fmt.Sprintf(", %.0f proposals, %.0f log writes (%.1f ms each)", a.pro-b.pro, a.logWrites-b.logWrites,
