@@ -363,12 +363,14 @@ func (s *benchSys) throughput(ctx context.Context, n, senders int, profile strin
 	before := read()
 	var profiles sync.WaitGroup
 	if profile != "" && len(s.procs) > 1 {
-		for i, c := range s.procs {
-			role := "follower"
-			if v, _ := c.metric("pushrelay_site_leader"); v == 1 {
-				role = "leader"
-			} else if i != 0 && i != 1 {
-				continue
+		follower := false
+		for _, c := range s.procs {
+			role := "leader"
+			if v, _ := c.metric("pushrelay_site_leader"); v != 1 {
+				if follower {
+					continue // one follower is enough
+				}
+				follower, role = true, "follower"
 			}
 			profiles.Go(func() {
 				time.Sleep(500 * time.Millisecond)
