@@ -342,7 +342,7 @@ func (s *benchSys) throughput(ctx context.Context, n, senders int, profile strin
 	done := s.rd.expect(int64(n))
 	type snap struct {
 		io                                               map[string]int64
-		cpu                                              time.Duration
+		cpu, runWait                                     time.Duration
 		logWrites, logSecs, storeCommits, storeSecs, pro float64
 	}
 	read := func() []snap {
@@ -351,6 +351,7 @@ func (s *benchSys) throughput(ctx context.Context, n, senders int, profile strin
 			var sn snap
 			sn.io, _ = procIO(c.Cmd.Process.Pid)
 			sn.cpu, _ = procCPU(c.Cmd.Process.Pid)
+			sn.runWait = procRunWait(c.Cmd.Process.Pid)
 			sn.logWrites, _ = c.metric("pushrelay_consensus_log_writes_total")
 			sn.logSecs, _ = c.metric("pushrelay_consensus_log_write_seconds_sum")
 			sn.storeCommits, _ = c.metric("pushrelay_store_commits_total")
@@ -449,8 +450,8 @@ func (s *benchSys) throughput(ctx context.Context, n, senders int, profile strin
 		w := float64(a.io["write_bytes"]-b.io["write_bytes"]) / float64(n)
 		wb = append(wb, w)
 		cpu += a.cpu - b.cpu
-		p := fmt.Sprintf("%s: CPU %.1f µs/msg, %.0f B/msg written, %.0f store commits (%.1f ms each)", s.memberName(i),
-			float64((a.cpu-b.cpu).Microseconds())/float64(n), w,
+		p := fmt.Sprintf("%s: CPU %.1f µs/msg (%.0f%% of a core; runnable and waiting for a CPU %.0f%% of the run, summed over threads), %.0f B/msg written, %.0f store commits (%.1f ms each)", s.memberName(i),
+			float64((a.cpu-b.cpu).Microseconds())/float64(n), 100*(a.cpu-b.cpu).Seconds()/took.Seconds(), 100*(a.runWait-b.runWait).Seconds()/took.Seconds(), w,
 			a.storeCommits-b.storeCommits, 1000*(a.storeSecs-b.storeSecs)/max(a.storeCommits-b.storeCommits, 1))
 		if len(s.procs) > 1 {
 			p += fmt.Sprintf(", %.0f proposals, %.0f log writes (%.1f ms each)", a.pro-b.pro, a.logWrites-b.logWrites,
