@@ -27,6 +27,8 @@ func TestE2EBenchTool(t *testing.T) {
 		{[]string{"broadcast", "--devices", "50", "--baseline-only"}, "baseline (one loop of wsock Conn.WriteFrame over 50 sockets"},
 		{[]string{"link", "--uaids", "40", "--devices", "10", "--messages", "300", "--backlog", "300", "--outage", "0s", "--runs", "1",
 			"--children", "2", "--hold", "200ms", "--phases", "memory,throughput,drain"}, "backlog drain over one link (median of 1):"},
+		{[]string{"site", "--devices", "6", "--senders", "4", "--messages", "300", "--latency-messages", "3", "--runs", "1", "--failover-runs", "1"},
+			"failover, leader SIGKILLed under load (median of 1):"},
 	}
 	for _, c := range cases {
 		t.Run(c.args[0], func(t *testing.T) {

@@ -49,7 +49,7 @@ import (
 // daemon's settings table), for scenarios that run the relay with it.
 func Run(ctx context.Context, args []string, stdout, stderr io.Writer, defaults func(key string) string) error {
 	if len(args) == 0 {
-		return errors.New("usage: pushrelay bench conns|throughput|batch|startup|drain|wake|stuck|storm|halfopen|broadcast|upstream|link [flags]")
+		return errors.New("usage: pushrelay bench conns|throughput|batch|startup|drain|wake|stuck|storm|halfopen|broadcast|upstream|link|site [flags]")
 	}
 	switch args[0] {
 	case "conns":
@@ -76,10 +76,12 @@ func Run(ctx context.Context, args []string, stdout, stderr io.Writer, defaults 
 		return benchUpstream(ctx, args[1:], stdout, stderr)
 	case "link":
 		return benchLink(ctx, args[1:], stdout, stderr)
+	case "site":
+		return benchSite(ctx, args[1:], stdout, stderr)
 	case "broadcast-baseline":
 		return benchBroadcastBaseline(ctx, args[1:], stdout, stderr)
 	}
-	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, batch, startup, drain, wake, stuck, storm, halfopen, broadcast, upstream, link)", args[0])
+	return fmt.Errorf("bench: unknown scenario %q (conns, throughput, batch, startup, drain, wake, stuck, storm, halfopen, broadcast, upstream, link, site)", args[0])
 }
 
 // child is the relay under test, with the measurements the scenarios take
