@@ -772,8 +772,8 @@ func TestProposalToDeadLeaderFailsFast(t *testing.T) {
 		t.Fatal("the proposal to the dead leader still waits after 8 s")
 	}
 	took := time.Since(start)
-	if !errors.Is(err, ErrNoQuorum) {
-		t.Fatalf("proposal to the dead leader: %v, want ErrNoQuorum", err)
+	if !errors.Is(err, ErrNoQuorum) || !errors.Is(err, ErrLeaderChanged) {
+		t.Fatalf("proposal to the dead leader: %v, want ErrLeaderChanged (an ErrNoQuorum)", err)
 	}
 	if v := others[0].value(`pushrelay_consensus_propose_failures_total{reason="leader_changed"}`); v != 1 {
 		t.Errorf("leader_changed failures %v, want 1", v)

@@ -39,6 +39,12 @@ var (
 	ErrNoQuorum = errors.New("consensus: no quorum")
 	// ErrClosed: the node is closed.
 	ErrClosed = errors.New("consensus: closed")
+	// ErrLeaderChanged (an ErrNoQuorum): the leader the proposal went to
+	// was replaced, and the new leader's first entry was applied here
+	// without it. It was then not in the new leader's log; it commits
+	// only in the corner case of the old leader winning again later with
+	// a delayed copy, so an idempotent entry may be proposed again.
+	ErrLeaderChanged = fmt.Errorf("%w: the leader changed before the entry was known committed", ErrNoQuorum)
 )
 
 // StateMachine is what the log's committed entries are applied to. Apply
@@ -840,7 +846,7 @@ func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context
 				return idx, nil
 			}
 			n.m.proposeFailed.With("leader_changed").Inc()
-			return 0, fmt.Errorf("%w: the leader changed before the entry was known committed", ErrNoQuorum)
+			return 0, ErrLeaderChanged
 		}
 		n.mu.Unlock()
 		select {

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/consensus"
 	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -64,7 +65,18 @@ func (s *Store) propose(ctx context.Context, e *Entry) (Result, error) {
 	}
 	c, done := s.m.wait(e.Request)
 	defer done()
-	if _, err := s.p.Propose(ctx, b); err != nil {
+	for try := 0; ; try++ {
+		_, err := s.p.Propose(ctx, b)
+		if err == nil {
+			break
+		}
+		// Proposed again when the leader it went to died without it: an
+		// ack, a delete or a registration applied twice is applied once.
+		// A message is not (an app server's post has no origin key the
+		// store remembers): its 503 goes back to the app server.
+		if try < 3 && e.Kind.idempotent() && errors.Is(err, consensus.ErrLeaderChanged) {
+			continue
+		}
 		return Result{}, fmt.Errorf("site: %s: %w", e.Kind, err)
 	}
 	select {
@@ -148,3 +160,7 @@ func (s *Store) ProposeSweep(ctx context.Context, limit int) error {
 	_, err := s.propose(ctx, &Entry{Kind: KindSweep, Limit: limit})
 	return err
 }
+
+// idempotent reports whether an entry of kind k applied twice leaves the
+// store as applied once.
+func (k Kind) idempotent() bool { return k != KindAppend }
