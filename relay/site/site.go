@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -185,16 +186,30 @@ func (s *Site) ID() uint64 { return s.id }
 // site or joined it): member.Meta.InSite.
 func (s *Site) InSite() bool { return s.node.Load() != nil }
 
-// Addr is the consensus transport's address once the node is up ("" before).
+// Addr is the consensus transport's address: Advertise, or the node's
+// once it is up. Before that it is Listen when Listen names a host and
+// port ("" for a wildcard host or port 0), so that the membership
+// carries it from the start: members that form a site together need
+// each other's addresses at once, not only the leader's (a follower
+// learns a peer's address from its metadata or its hello, and followers
+// say nothing to each other until the leader is gone).
 func (s *Site) Addr() string {
+	if s.cfg.Advertise != "" {
+		return s.cfg.Advertise
+	}
 	if n := s.node.Load(); n != nil {
-		if s.cfg.Advertise != "" {
-			return s.cfg.Advertise
-		}
 		return n.Addr()
+	}
+	if host, port, err := net.SplitHostPort(s.cfg.Listen); err == nil && host != "" && port != "0" {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			return s.cfg.Listen
+		}
 	}
 	return ""
 }
+
+// Ready is closed once this member holds the site's log (InSite).
+func (s *Site) Ready() <-chan struct{} { return s.ready }
 
 // Leader reports whether this member leads the site now.
 func (s *Site) Leader() bool {

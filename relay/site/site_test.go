@@ -3,6 +3,7 @@ package site
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
 	"fmt"
 	"io"
 	"log/slog"
@@ -263,4 +264,36 @@ func TestSite(t *testing.T) {
 	})
 	post(t, d, u, ch, "six")
 	waitUntil(t, 10*time.Second, "d's post on the others", func() bool { return len(datas(t, rest[0], u)) == len(want)+1 })
+}
+
+// A member tells the site its log's address before its node is up, when
+// its configuration names one: the members that form a site need each
+// other's addresses from the start (with the address only once the node
+// is up, it reached the others at the membership's next refresh, 10 s
+// later with the binary's defaults, and a leader lost meanwhile left
+// followers that could not reach each other to elect another).
+func TestAddrBeforeRun(t *testing.T) {
+	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "pushrelay.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, c := range []struct{ listen, advertise, want string }{
+		{"10.0.0.1:7947", "", "10.0.0.1:7947"},
+		{"gw-1.lan:7947", "", "gw-1.lan:7947"},
+		{"0.0.0.0:7947", "10.0.0.1:7947", "10.0.0.1:7947"},
+		{"0.0.0.0:7947", "", ""},
+		{"[::]:7947", "", ""},
+		{"127.0.0.1:0", "", ""},
+		{":7947", "", ""},
+	} {
+		s, err := New(Config{Name: "m1", Store: st, Dir: t.TempDir(), Listen: c.listen, Advertise: c.advertise,
+			ServerTLS: &tls.Config{}, ClientTLS: &tls.Config{}, Members: func() []member.Info { return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.Addr(); got != c.want {
+			t.Errorf("listen %q advertise %q: Addr() = %q before Run, want %q", c.listen, c.advertise, got, c.want)
+		}
+	}
 }
