@@ -496,6 +496,45 @@ func TestEmptyMemberCatchesUpFromSnapshot(t *testing.T) {
 	waitSame(t, c.up(), 91, 10*time.Second)
 }
 
+// A follower restarted with an empty disk while the leader's log still
+// holds everything since what it last acknowledged (no compaction): raft
+// takes its refusals for stale ones (the leader has it at that match
+// index), so the leader hands its leadership over and the new leader
+// catches it up from the log.
+func TestEmptyMemberCatchesUpFromLog(t *testing.T) {
+	c := newCluster(t, 3, Config{})
+	l := c.waitLeader(0, 10*time.Second)
+	var wiped *member
+	for _, m := range c.up() {
+		if m != l {
+			wiped = m
+		}
+	}
+	for i := range 30 {
+		propose(t, l, fmt.Sprintf("e%d", i))
+	}
+	waitSame(t, c.up(), 30, 10*time.Second)
+	c.stop(wiped)
+	if err := os.RemoveAll(wiped.dir); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		propose(t, l, fmt.Sprintf("f%d", i))
+	}
+	restarted := time.Now()
+	c.restart(wiped, true)
+	list := waitSame(t, c.up(), 40, 15*time.Second)
+	t.Logf("wiped member caught up within %v", time.Since(restarted).Round(time.Millisecond))
+	if len(list) != 40 {
+		t.Errorf("%d items, want 40", len(list))
+	}
+	if v := l.value("pushrelay_consensus_lost_log_handovers_total"); v != 1 {
+		t.Errorf("hand-overs for a lost log %v, want 1", v)
+	}
+	propose(t, wiped, "from the wiped member")
+	waitSame(t, c.up(), 41, 10*time.Second)
+}
+
 // All three stopped and reopened from their disks: the state is intact,
 // nothing is applied twice, and the site goes on.
 func TestRestartAll(t *testing.T) {

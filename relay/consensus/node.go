@@ -204,6 +204,7 @@ type Node struct {
 
 	term, leader, applied atomic.Uint64
 	seq                   atomic.Uint64 // proposal ids (random start)
+	lostLogAt             atomic.Int64  // unix ns of the last lostLog hand-over
 
 	mu       sync.Mutex
 	waiters  map[uint64]chan uint64 // by proposal id: the applied index
@@ -917,6 +918,49 @@ func (n *Node) handOver() {
 		}
 	}
 	n.log.Info("consensus: leadership handed over", "to", fmt.Sprintf("%x", to))
+}
+
+// lostLog is told of an append refused by a follower whose log is empty
+// (reject hint 0). If this member leads and has that follower at a match
+// index past 0, the follower lost its disk: it restarted with an empty
+// data dir under its old id. raft takes such refusals for stale ones and
+// never sends below the match index, so the follower would get nothing
+// while this member leads and its log still holds those entries (once
+// compacted past them, raft sends a snapshot, which needs no help). The
+// leader hands its leadership to the most up-to-date other follower (at
+// most once per election timeout): a new leader's progress starts over,
+// probes, finds the log empty and sends from its log or a snapshot.
+func (n *Node) lostLog(from uint64) {
+	if n.leader.Load() != n.id {
+		return
+	}
+	now, last := time.Now().UnixNano(), n.lostLogAt.Load()
+	if now-last < int64(n.electionTimeout()) || !n.lostLogAt.CompareAndSwap(last, now) {
+		return
+	}
+	st := n.rn.Status()
+	p, ok := st.Progress[from]
+	if !ok || p.Match == 0 {
+		return
+	}
+	if first, err := n.rlog.FirstIndex(); err == nil && first > p.Match+1 {
+		return // compacted past it: raft sends it a snapshot
+	}
+	var to, match uint64
+	for id, q := range st.Progress {
+		if id != n.id && id != from && q.RecentActive && q.Match >= match {
+			to, match = id, q.Match
+		}
+	}
+	if to == 0 {
+		n.log.Warn("consensus: a follower lost its log (restarted with an empty disk) and no other follower can take the leadership: remove it and add it back",
+			"follower", fmt.Sprintf("%x", from), "match", p.Match)
+		return
+	}
+	n.log.Warn("consensus: a follower lost its log (restarted with an empty disk); handing the leadership over so that a new leader catches it up",
+		"follower", fmt.Sprintf("%x", from), "match", p.Match, "to", fmt.Sprintf("%x", to))
+	n.m.lostLogs.Inc()
+	n.rn.TransferLeadership(context.Background(), n.id, to)
 }
 
 // Close stops the member: a leader first hands its leadership over (see
