@@ -18,7 +18,9 @@ import (
 // errNoSite refuses the site's keys in a build without the site.
 var errNoSite = cfgErr("cluster_listen: this build has no site support (gateway builds leave it out for now; docs/cluster.md)")
 
-func runMember(context.Context, *Config, node.Config, *slog.Logger, io.Writer) error { return errNoSite }
+func runMember(context.Context, *Config, node.Config, *slog.Logger, io.Writer) error {
+	return errNoSite
+}
 
 func (c *Config) clusterKeys() ([][]byte, error) { return nil, errNoSite }
 
