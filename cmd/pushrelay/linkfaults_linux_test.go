@@ -101,7 +101,10 @@ func newLinkLab(t *testing.T) *linkLab {
 }
 
 // nft runs an nft script in namespace ns.
-func (l *linkLab) nft(ns, script string) error {
+func (l *linkLab) nft(ns, script string) error { return nftIn(ns, script) }
+
+// nftIn runs an nft script in namespace ns.
+func nftIn(ns, script string) error {
 	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {

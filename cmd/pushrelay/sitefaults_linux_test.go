@@ -42,8 +42,8 @@ import (
 // fault and checks, as flow does, that every post answered 201 reaches
 // its device; it reports the duplicates, the time until every device's
 // posts were answered 201 again, and the time until a member that was
-// out rejoined and caught up (its applied index at the leader's commit
-// index of when it came back).
+// out rejoined and caught up (ready, and its applied index at the
+// others' commit index of when it came back).
 
 const (
 	siteGossipPort = "7946"
@@ -193,10 +193,7 @@ func newSiteLab(t *testing.T) *siteLab {
 }
 
 // nft runs an nft script in namespace ns.
-func (l *siteLab) nft(ns, script string) error {
-	ll := &linkLab{t: l.t}
-	return ll.nft(ns, script)
-}
+func (l *siteLab) nft(ns, script string) error { return nftIn(ns, script) }
 
 // cut drops every packet between member i and the others (each
 // namespace drops as packets arrive); heal undoes it.
