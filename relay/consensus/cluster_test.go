@@ -535,6 +535,45 @@ func TestEmptyMemberCatchesUpFromLog(t *testing.T) {
 	waitSame(t, c.up(), 41, 10*time.Second)
 }
 
+// ReadBarrier on a follower that fell behind returns only once it has
+// applied what the leader had committed; cut off, it fails with
+// ErrNoQuorum within the propose bound.
+func TestReadBarrier(t *testing.T) {
+	c := newCluster(t, 3, Config{ProposeTimeout: time.Second})
+	l := c.waitLeader(0, 10*time.Second)
+	var behind *member
+	for _, m := range c.up() {
+		if m != l {
+			behind = m
+		}
+	}
+	propose(t, l, "first")
+	waitSame(t, c.up(), 1, 10*time.Second)
+	if err := behind.n.ReadBarrier(context.Background()); err != nil {
+		t.Fatalf("ReadBarrier on a follower up to date: %v", err)
+	}
+	behind.n.SetDropFilter(func(uint64) bool { return true })
+	for i := range 20 {
+		propose(t, l, fmt.Sprintf("e%d", i))
+	}
+	start := time.Now()
+	err := behind.n.ReadBarrier(context.Background())
+	if !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("ReadBarrier cut off: %v, want ErrNoQuorum", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("ReadBarrier cut off took %v, want about the propose bound (1s)", d)
+	}
+	commit := l.n.Status().Commit
+	behind.n.SetDropFilter(nil)
+	if err := behind.n.ReadBarrier(context.Background()); err != nil {
+		t.Fatalf("ReadBarrier after the heal: %v", err)
+	}
+	if got := behind.n.Status().Applied; got < commit {
+		t.Errorf("after ReadBarrier the follower applied %d, the leader had committed %d", got, commit)
+	}
+}
+
 // All three stopped and reopened from their disks: the state is intact,
 // nothing is applied twice, and the site goes on.
 func TestRestartAll(t *testing.T) {

@@ -208,6 +208,7 @@ type Node struct {
 
 	mu       sync.Mutex
 	waiters  map[uint64]chan uint64 // by proposal id: the applied index
+	readers  map[string]chan uint64 // by read request: the leader's commit index
 	leaderCh chan struct{}          // closed when the leader changes
 	conf     *pb.ConfState
 	snapIdx  uint64 // the latest snapshot record's index
@@ -243,7 +244,7 @@ func New(cfg Config, sm StateMachine) (*Node, error) {
 	}
 	n := &Node{
 		id: cfg.ID, cfg: cfg, sm: sm, log: cfg.Logger.With("member", fmt.Sprintf("%x", cfg.ID)),
-		rlog: rlog, waiters: map[uint64]chan uint64{}, leaderCh: make(chan struct{}),
+		rlog: rlog, waiters: map[uint64]chan uint64{}, readers: map[string]chan uint64{}, leaderCh: make(chan struct{}),
 		stop: make(chan struct{}), runDone: make(chan struct{}),
 	}
 	var b [8]byte
@@ -457,6 +458,18 @@ func (ap *applier) stop() {
 func (n *Node) ready(rd *raft.Ready, ap *applier) error {
 	if rd.SoftState != nil {
 		n.softState(rd.SoftState)
+	}
+	if len(rd.ReadStates) > 0 {
+		n.mu.Lock()
+		for _, rs := range rd.ReadStates {
+			if ch := n.readers[string(rs.RequestCtx)]; ch != nil {
+				select {
+				case ch <- rs.Index:
+				default:
+				}
+			}
+		}
+		n.mu.Unlock()
 	}
 	if rd.HardState != nil && !raft.IsEmptyHardState(rd.HardState) {
 		n.hs = rd.HardState
@@ -808,6 +821,59 @@ func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context
 	case <-n.stop:
 		return fail(ErrClosed)
 	}
+}
+
+// ReadBarrier returns once this member has applied everything the site
+// had committed when it was called, so that a read of its own store that
+// follows sees every write acknowledged before: raft's ReadIndex (the
+// leader confirms with a heartbeat round that it still leads and says
+// its commit index), then a wait until this member applied that index.
+// Without an answer within ProposeTimeout (no leader, no quorum) it
+// fails with an error wrapping ErrNoQuorum.
+func (n *Node) ReadBarrier(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProposeTimeout)
+	defer cancel()
+	key := string(binary.BigEndian.AppendUint64(nil, n.seq.Add(1)))
+	ch := make(chan uint64, 1)
+	n.mu.Lock()
+	n.readers[key] = ch
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.readers, key)
+		n.mu.Unlock()
+	}()
+	// raft drops a read request while it knows no leader: ask again
+	// every election timeout.
+	var idx uint64
+	for asked := false; !asked; {
+		if err := n.rn.ReadIndex(ctx, []byte(key)); err != nil {
+			return fmt.Errorf("%w: read index: %w", ErrNoQuorum, err)
+		}
+		t := time.NewTimer(n.electionTimeout())
+		select {
+		case idx = <-ch:
+			asked = true
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w: read index: %w", ErrNoQuorum, ctx.Err())
+		case <-n.stop:
+			t.Stop()
+			return ErrClosed
+		}
+		t.Stop()
+	}
+	for n.applied.Load() < idx {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: applying to %d: %w", ErrNoQuorum, idx, ctx.Err())
+		case <-n.stop:
+			return ErrClosed
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
 }
 
 // AddVoter adds member id, dialed at addr, to the voters; it returns once
