@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/ece"
+	"github.com/pushrelay/pushrelay/relay/pushclient"
 )
 
 // This file tests a site of three built binaries under faults (issue #9,
@@ -59,11 +60,7 @@ type siteLab struct {
 	addrs []string
 	ms    []*nsRelay
 	up    []atomic.Bool // a member's process is running (not killed)
-	// behind: devices keep off the member (it has not caught up: a
-	// member serves a device's hello from its own store, and one that
-	// does not know the UAID yet gives the device a new one).
-	behind []atomic.Bool
-	f      *flow
+	f     *flow
 
 	mu    sync.Mutex
 	posts []sitePost
@@ -90,7 +87,7 @@ func newSiteLab(t *testing.T) *siteLab {
 		}
 	}
 	id := os.Getpid() % 100000
-	l := &siteLab{t: t, hub: fmt.Sprintf("prs%dh", id), up: make([]atomic.Bool, 3), behind: make([]atomic.Bool, 3)}
+	l := &siteLab{t: t, hub: fmt.Sprintf("prs%dh", id), up: make([]atomic.Bool, 3)}
 	if err := runTool(t, "ip", "netns", "add", l.hub); err != nil {
 		t.Skipf("cannot create a network namespace here: %v", err)
 	}
@@ -320,7 +317,7 @@ func (l *siteLab) load(n int, gap time.Duration) {
 	}
 	f.devURL = func(d *flowDevice) string {
 		for j := range 3 {
-			if m := (home[d] + j) % 3; l.up[m].Load() && !l.behind[m].Load() {
+			if m := (home[d] + j) % 3; l.up[m].Load() {
 				return l.ms[m].proc.Device
 			}
 		}
@@ -560,7 +557,9 @@ func TestE2ESiteFaultPartition(t *testing.T) {
 // raft takes its refusals (its log is empty) for stale ones; the leader
 // notices and hands its leadership over (consensus: lostLog), and the
 // new leader catches it up from its log (or a snapshot once compacted).
-// No message answered 201 is lost meanwhile: the other two hold them.
+// A device's hello on it right after its start keeps the device's UAID
+// (it asks the site before it calls a UAID unknown). No message
+// answered 201 is lost meanwhile: the other two hold them.
 func TestE2ESiteFaultWipe(t *testing.T) {
 	l := newSiteLab(t)
 	l.load(siteDevices, sitePostGap)
@@ -588,11 +587,33 @@ func TestE2ESiteFaultWipe(t *testing.T) {
 	t.Logf("m%d SIGKILLed, its data dir wiped (%s), endpoint.key and wake.key kept", i+1, strings.Join(wiped, ", "))
 	l.f.waitCreated(200, 30*time.Second)
 	t.Logf("every device's posts answered 201 again within %s", l.back201(at).Round(time.Millisecond))
-	// Devices keep off the wiped member until it caught up (see behind).
-	l.behind[i].Store(true)
 	l.ms[i].launch()
 	l.up[i].Store(true)
 	restarted := time.Now()
+	// A device says hello to it at once, with its UAID: the member asks
+	// the site before it calls a UAID unknown (site.Store.Device), so the
+	// device keeps its UAID; until it can ask, the hello fails and the
+	// device tries again, as devices do.
+	hello := l.f.devs[0].uaid
+	for deadline := restarted.Add(20 * time.Second); ; {
+		c, err := pushclient.Dial(context.Background(), l.ms[i].proc.Device)
+		if err == nil {
+			h, err := c.Hello(hello, pushclient.HelloOptions{})
+			c.Abort()
+			if err == nil {
+				if h.UAID != hello {
+					t.Errorf("the wiped member gave device %s the UAID %s", hello, h.UAID)
+				} else {
+					t.Logf("a hello on m%d %s after its start kept its UAID", i+1, time.Since(restarted).Round(time.Millisecond))
+				}
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no hello answered by the wiped member in 20s: %v", err)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
 	l.caughtUp(i, 30*time.Second)
 	t.Logf("m%d restarted on an empty store: rejoined and caught up %s after its start", i+1, time.Since(restarted).Round(time.Millisecond))
 	st := l.siteStatus(i)
@@ -603,7 +624,6 @@ func TestE2ESiteFaultWipe(t *testing.T) {
 	if n := l.ms[lead].proc.metric("pushrelay_consensus_lost_log_handovers_total"); n != 1 {
 		t.Logf("note: the leader m%d counted %v hand-overs for a lost log", lead+1, n)
 	}
-	l.behind[i].Store(false)
 	dups := l.finish()
 	t.Logf("duplicates: %d", dups)
 }
