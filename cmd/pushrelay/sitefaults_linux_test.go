@@ -158,13 +158,16 @@ func newSiteLab(t *testing.T) *siteLab {
 			// must not hit the per-device cap (then the oldest is
 			// dropped, by design).
 			"--max-messages-per-uaid", "20000"}, keys[name])
+		// Each member names the others in join, as docs/cluster.md
+		// advises: the first one too, so that it finds the site when
+		// it restarts (else it waits for the others' rejoin loops).
 		var join []string
-		for j := range i {
-			join = append(join, l.addrs[j]+":"+siteGossipPort)
+		for j := range 3 {
+			if j != i {
+				join = append(join, l.addrs[j]+":"+siteGossipPort)
+			}
 		}
-		if len(join) > 0 {
-			args = append(args, "--join", strings.Join(join, ","))
-		}
+		args = append(args, "--join", strings.Join(join, ","))
 		r := newNSRelay(t, ns, args...)
 		if i > 0 {
 			for _, f := range []string{"endpoint.key", "wake.key"} {
