@@ -66,15 +66,6 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 			return nil, err
 		}
 		part.Store(s)
-		// The site's metadata (InSite, the log's address) goes out as
-		// soon as this member holds the log, not at the next refresh.
-		go func() {
-			select {
-			case <-s.Ready():
-				mem.UpdateMeta()
-			case <-ctx.Done():
-			}
-		}()
 		return siteAdapter{s}, nil
 	}
 	memDone := make(chan error, 1)

@@ -208,8 +208,6 @@ func (s *Site) Addr() string {
 	return ""
 }
 
-// Ready is closed once this member holds the site's log (InSite).
-func (s *Site) Ready() <-chan struct{} { return s.ready }
 
 // Leader reports whether this member leads the site now.
 func (s *Site) Leader() bool {
