@@ -208,7 +208,6 @@ func (s *Site) Addr() string {
 	return ""
 }
 
-
 // Leader reports whether this member leads the site now.
 func (s *Site) Leader() bool {
 	n := s.node.Load()
