@@ -49,6 +49,9 @@ type flow struct {
 	client *http.Client
 	edge   atomic.Pointer[string] // the edge's device URL now
 	devs   []*flowDevice
+	// devURL, when set, is where device d connects now (a site: its
+	// member, or another while its own is down); else the edge.
+	devURL func(d *flowDevice) string
 
 	mu       sync.Mutex
 	created  map[string]bool // payloads the upstream answered 201 for
@@ -120,13 +123,17 @@ func (f *flow) start(max int, gap time.Duration) {
 	}()
 }
 
-func (f *flow) post(s *testSub, text string) {
+func (f *flow) post(s *testSub, text string) { f.postTo(s, s.endpoint, text) }
+
+// postTo posts text for s to endpoint and returns the answer's status
+// (0: no answer).
+func (f *flow) postTo(s *testSub, endpoint, text string) int {
 	body, err := ece.Encrypt([]byte(text), s.keys.PublicKey(), s.keys.Auth)
 	if err != nil {
 		f.problem("encrypt: %v", err)
-		return
+		return 0
 	}
-	req, _ := http.NewRequest("POST", s.endpoint, bytes.NewReader(body))
+	req, _ := http.NewRequest("POST", endpoint, bytes.NewReader(body))
 	req.Header.Set("TTL", "600")
 	req.Header.Set("Content-Encoding", "aes128gcm")
 	resp, err := f.client.Do(req)
@@ -135,7 +142,7 @@ func (f *flow) post(s *testSub, text string) {
 	f.posts++
 	if err != nil {
 		f.failed++
-		return
+		return 0
 	}
 	io.Copy(io.Discard, resp.Body)
 	resp.Body.Close()
@@ -144,6 +151,7 @@ func (f *flow) post(s *testSub, text string) {
 	} else {
 		f.failed++
 	}
+	return resp.StatusCode
 }
 
 // stopPosting stops the poster and waits for its last post.
@@ -178,8 +186,14 @@ func (f *flow) runDevice(d *flowDevice) {
 		}
 		first = false
 		conn++
+		var url string
+		if f.devURL != nil {
+			url = f.devURL(d)
+		} else {
+			url = *f.edge.Load()
+		}
 		dctx, cancel := context.WithTimeout(f.ctx, 2*time.Second)
-		c, err := pushclient.Dial(dctx, *f.edge.Load())
+		c, err := pushclient.Dial(dctx, url)
 		cancel()
 		if err != nil {
 			continue

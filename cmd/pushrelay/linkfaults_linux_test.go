@@ -101,7 +101,10 @@ func newLinkLab(t *testing.T) *linkLab {
 }
 
 // nft runs an nft script in namespace ns.
-func (l *linkLab) nft(ns, script string) error {
+func (l *linkLab) nft(ns, script string) error { return nftIn(ns, script) }
+
+// nftIn runs an nft script in namespace ns.
+func nftIn(ns, script string) error {
 	cmd := exec.Command("ip", "netns", "exec", ns, "nft", "-f", "-")
 	cmd.Stdin = strings.NewReader(script)
 	if out, err := cmd.CombinedOutput(); err != nil {
@@ -271,7 +274,7 @@ func (f *forward) accept() {
 // nsRelay is a relay run in a namespace on a data dir, started again
 // (after a kill) on the same forwarders.
 type nsRelay struct {
-	l              *linkLab
+	t              *testing.T
 	ns, dir        string
 	args           []string
 	dev, ep, admin *forward
@@ -279,8 +282,14 @@ type nsRelay struct {
 }
 
 func (l *linkLab) relay(ns string, args ...string) *nsRelay {
-	return &nsRelay{l: l, ns: ns, dir: l.t.TempDir(), args: args,
-		dev: newForward(l.t, ns), ep: newForward(l.t, ns), admin: newForward(l.t, ns)}
+	return newNSRelay(l.t, ns, args...)
+}
+
+// newNSRelay is a relay in namespace ns on a data dir of its own (not
+// started yet).
+func newNSRelay(t *testing.T, ns string, args ...string) *nsRelay {
+	return &nsRelay{t: t, ns: ns, dir: t.TempDir(), args: args,
+		dev: newForward(t, ns), ep: newForward(t, ns), admin: newForward(t, ns)}
 }
 
 var announceLine = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
@@ -288,7 +297,18 @@ var announceLine = regexp.MustCompile(`^\s+(devices|endpoint|admin)\s+(\S+)`)
 // start runs the relay and returns once /readyz (through its forwarder)
 // says 200.
 func (r *nsRelay) start() *relayProc {
-	t := r.l.t
+	r.t.Helper()
+	p := r.launch()
+	if err := p.WaitReady(30 * time.Second); err != nil {
+		r.t.Fatalf("relay in %s: %v\n%s", r.ns, err, tail(p.stderr.String(), 30))
+	}
+	return p
+}
+
+// launch runs the relay and returns once it announced its listeners
+// (a site's member is ready only once its site formed).
+func (r *nsRelay) launch() *relayProc {
+	t := r.t
 	t.Helper()
 	args := append([]string{"netns", "exec", r.ns, binPath, "run", "--data-dir", r.dir,
 		"--device-listen", "127.0.0.1:0", "--endpoint-listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
@@ -349,9 +369,6 @@ func (r *nsRelay) start() *relayProc {
 	p.Device = "ws://" + r.dev.addr() + "/"
 	p.Endpoint = "http://" + r.ep.addr()
 	p.Admin = "http://" + r.admin.addr()
-	if err := p.WaitReady(30 * time.Second); err != nil {
-		t.Fatalf("relay in %s: %v\n%s", r.ns, err, tail(p.stderr.String(), 30))
-	}
 	r.proc = p
 	return p
 }

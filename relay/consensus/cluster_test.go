@@ -496,6 +496,84 @@ func TestEmptyMemberCatchesUpFromSnapshot(t *testing.T) {
 	waitSame(t, c.up(), 91, 10*time.Second)
 }
 
+// A follower restarted with an empty disk while the leader's log still
+// holds everything since what it last acknowledged (no compaction): raft
+// takes its refusals for stale ones (the leader has it at that match
+// index), so the leader hands its leadership over and the new leader
+// catches it up from the log.
+func TestEmptyMemberCatchesUpFromLog(t *testing.T) {
+	c := newCluster(t, 3, Config{})
+	l := c.waitLeader(0, 10*time.Second)
+	var wiped *member
+	for _, m := range c.up() {
+		if m != l {
+			wiped = m
+		}
+	}
+	for i := range 30 {
+		propose(t, l, fmt.Sprintf("e%d", i))
+	}
+	waitSame(t, c.up(), 30, 10*time.Second)
+	c.stop(wiped)
+	if err := os.RemoveAll(wiped.dir); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		propose(t, l, fmt.Sprintf("f%d", i))
+	}
+	restarted := time.Now()
+	c.restart(wiped, true)
+	list := waitSame(t, c.up(), 40, 15*time.Second)
+	t.Logf("wiped member caught up within %v", time.Since(restarted).Round(time.Millisecond))
+	if len(list) != 40 {
+		t.Errorf("%d items, want 40", len(list))
+	}
+	if v := l.value("pushrelay_consensus_lost_log_handovers_total"); v != 1 {
+		t.Errorf("hand-overs for a lost log %v, want 1", v)
+	}
+	propose(t, wiped, "from the wiped member")
+	waitSame(t, c.up(), 41, 10*time.Second)
+}
+
+// ReadBarrier on a follower that fell behind returns only once it has
+// applied what the leader had committed; cut off, it fails with
+// ErrNoQuorum within the propose bound.
+func TestReadBarrier(t *testing.T) {
+	c := newCluster(t, 3, Config{ProposeTimeout: time.Second})
+	l := c.waitLeader(0, 10*time.Second)
+	var behind *member
+	for _, m := range c.up() {
+		if m != l {
+			behind = m
+		}
+	}
+	propose(t, l, "first")
+	waitSame(t, c.up(), 1, 10*time.Second)
+	if err := behind.n.ReadBarrier(context.Background()); err != nil {
+		t.Fatalf("ReadBarrier on a follower up to date: %v", err)
+	}
+	behind.n.SetDropFilter(func(uint64) bool { return true })
+	for i := range 20 {
+		propose(t, l, fmt.Sprintf("e%d", i))
+	}
+	start := time.Now()
+	err := behind.n.ReadBarrier(context.Background())
+	if !errors.Is(err, ErrNoQuorum) {
+		t.Fatalf("ReadBarrier cut off: %v, want ErrNoQuorum", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("ReadBarrier cut off took %v, want about the propose bound (1s)", d)
+	}
+	commit := l.n.Status().Commit
+	behind.n.SetDropFilter(nil)
+	if err := behind.n.ReadBarrier(context.Background()); err != nil {
+		t.Fatalf("ReadBarrier after the heal: %v", err)
+	}
+	if got := behind.n.Status().Applied; got < commit {
+		t.Errorf("after ReadBarrier the follower applied %d, the leader had committed %d", got, commit)
+	}
+}
+
 // All three stopped and reopened from their disks: the state is intact,
 // nothing is applied twice, and the site goes on.
 func TestRestartAll(t *testing.T) {

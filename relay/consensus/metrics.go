@@ -22,6 +22,7 @@ type nodeMetrics struct {
 	drops         *metrics.CounterVec
 	sent          metrics.Counter
 	received      metrics.Counter
+	lostLogs      metrics.Counter
 }
 
 func newNodeMetrics(r *metrics.Registry, n *Node) *nodeMetrics {
@@ -44,6 +45,7 @@ func newNodeMetrics(r *metrics.Registry, n *Node) *nodeMetrics {
 		drops:         r.CounterVec("pushrelay_consensus_send_drops_total", "Messages to a peer dropped (raft sends again), by reason (queue_full, unreachable, filter, too_big).", "reason"),
 		sent:          r.Counter("pushrelay_consensus_messages_sent_total", "Messages written to peers."),
 		received:      r.Counter("pushrelay_consensus_messages_received_total", "Messages received from peers."),
+		lostLogs:      r.Counter("pushrelay_consensus_lost_log_handovers_total", "Leaderships handed over because a follower came back with an empty log under its old id."),
 	}
 	r.GaugeFunc("pushrelay_consensus_term", "The current term.", func() float64 { return float64(n.term.Load()) })
 	r.GaugeFunc("pushrelay_consensus_leader", "1 while this member is the leader.", func() float64 {

@@ -213,9 +213,11 @@ type Node struct {
 	// closed (and replaced) whenever it grows.
 	appliedTerm atomic.Uint64
 	seq         atomic.Uint64 // proposal ids (random start)
+	lostLogAt   atomic.Int64  // unix ns of the last lostLog hand-over
 
 	mu       sync.Mutex
 	waiters  map[uint64]chan uint64 // by proposal id: the applied index
+	readers  map[string]chan uint64 // by read request: the leader's commit index
 	leaderCh chan struct{}          // closed when the leader changes
 	termCh   chan struct{}          // closed when appliedTerm grows
 	conf     *pb.ConfState
@@ -252,7 +254,7 @@ func New(cfg Config, sm StateMachine) (*Node, error) {
 	}
 	n := &Node{
 		id: cfg.ID, cfg: cfg, sm: sm, log: cfg.Logger.With("member", fmt.Sprintf("%x", cfg.ID)),
-		rlog: rlog, waiters: map[uint64]chan uint64{}, leaderCh: make(chan struct{}), termCh: make(chan struct{}),
+		rlog: rlog, waiters: map[uint64]chan uint64{}, readers: map[string]chan uint64{}, leaderCh: make(chan struct{}), termCh: make(chan struct{}),
 		stop: make(chan struct{}), runDone: make(chan struct{}),
 	}
 	var b [8]byte
@@ -466,6 +468,18 @@ func (ap *applier) stop() {
 func (n *Node) ready(rd *raft.Ready, ap *applier) error {
 	if rd.SoftState != nil {
 		n.softState(rd.SoftState)
+	}
+	if len(rd.ReadStates) > 0 {
+		n.mu.Lock()
+		for _, rs := range rd.ReadStates {
+			if ch := n.readers[string(rs.RequestCtx)]; ch != nil {
+				select {
+				case ch <- rs.Index:
+				default:
+				}
+			}
+		}
+		n.mu.Unlock()
 	}
 	if rd.HardState != nil && !raft.IsEmptyHardState(rd.HardState) {
 		n.hs = rd.HardState
@@ -862,6 +876,59 @@ func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context
 	}
 }
 
+// ReadBarrier returns once this member has applied everything the site
+// had committed when it was called, so that a read of its own store that
+// follows sees every write acknowledged before: raft's ReadIndex (the
+// leader confirms with a heartbeat round that it still leads and says
+// its commit index), then a wait until this member applied that index.
+// Without an answer within ProposeTimeout (no leader, no quorum) it
+// fails with an error wrapping ErrNoQuorum.
+func (n *Node) ReadBarrier(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProposeTimeout)
+	defer cancel()
+	key := string(binary.BigEndian.AppendUint64(nil, n.seq.Add(1)))
+	ch := make(chan uint64, 1)
+	n.mu.Lock()
+	n.readers[key] = ch
+	n.mu.Unlock()
+	defer func() {
+		n.mu.Lock()
+		delete(n.readers, key)
+		n.mu.Unlock()
+	}()
+	// raft drops a read request while it knows no leader: ask again
+	// every election timeout.
+	var idx uint64
+	for asked := false; !asked; {
+		if err := n.rn.ReadIndex(ctx, []byte(key)); err != nil {
+			return fmt.Errorf("%w: read index: %w", ErrNoQuorum, err)
+		}
+		t := time.NewTimer(n.electionTimeout())
+		select {
+		case idx = <-ch:
+			asked = true
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w: read index: %w", ErrNoQuorum, ctx.Err())
+		case <-n.stop:
+			t.Stop()
+			return ErrClosed
+		}
+		t.Stop()
+	}
+	for n.applied.Load() < idx {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: applying to %d: %w", ErrNoQuorum, idx, ctx.Err())
+		case <-n.stop:
+			return ErrClosed
+		case <-time.After(5 * time.Millisecond):
+		}
+	}
+	return nil
+}
+
 // AddVoter adds member id, dialed at addr, to the voters; it returns once
 // the change is committed and applied here. The new member starts with
 // Join (or is already running) and catches up from a snapshot or the log.
@@ -970,6 +1037,49 @@ func (n *Node) handOver() {
 		}
 	}
 	n.log.Info("consensus: leadership handed over", "to", fmt.Sprintf("%x", to))
+}
+
+// lostLog is told of an append refused by a follower whose log is empty
+// (reject hint 0). If this member leads and has that follower at a match
+// index past 0, the follower lost its disk: it restarted with an empty
+// data dir under its old id. raft takes such refusals for stale ones and
+// never sends below the match index, so the follower would get nothing
+// while this member leads and its log still holds those entries (once
+// compacted past them, raft sends a snapshot, which needs no help). The
+// leader hands its leadership to the most up-to-date other follower (at
+// most once per election timeout): a new leader's progress starts over,
+// probes, finds the log empty and sends from its log or a snapshot.
+func (n *Node) lostLog(from uint64) {
+	if n.leader.Load() != n.id {
+		return
+	}
+	now, last := time.Now().UnixNano(), n.lostLogAt.Load()
+	if now-last < int64(n.electionTimeout()) || !n.lostLogAt.CompareAndSwap(last, now) {
+		return
+	}
+	st := n.rn.Status()
+	p, ok := st.Progress[from]
+	if !ok || p.Match == 0 {
+		return
+	}
+	if first, err := n.rlog.FirstIndex(); err == nil && first > p.Match+1 {
+		return // compacted past it: raft sends it a snapshot
+	}
+	var to, match uint64
+	for id, q := range st.Progress {
+		if id != n.id && id != from && q.RecentActive && q.Match >= match {
+			to, match = id, q.Match
+		}
+	}
+	if to == 0 {
+		n.log.Warn("consensus: a follower lost its log (restarted with an empty disk) and no other follower can take the leadership: remove it and add it back",
+			"follower", fmt.Sprintf("%x", from), "match", p.Match)
+		return
+	}
+	n.log.Warn("consensus: a follower lost its log (restarted with an empty disk); handing the leadership over so that a new leader catches it up",
+		"follower", fmt.Sprintf("%x", from), "match", p.Match, "to", fmt.Sprintf("%x", to))
+	n.m.lostLogs.Inc()
+	n.rn.TransferLeadership(context.Background(), n.id, to)
 }
 
 // Close stops the member: a leader first hands its leadership over (see

@@ -444,8 +444,11 @@ func (t *transport) readMessages(r *bufio.Reader) error {
 			continue
 		}
 		t.n.m.received.Inc()
-		if m.GetType() == pb.MsgHeartbeat {
+		switch {
+		case m.GetType() == pb.MsgHeartbeat:
 			t.n.clampCommit(m)
+		case m.GetType() == pb.MsgAppResp && m.GetReject() && m.GetRejectHint() == 0:
+			t.n.lostLog(m.GetFrom())
 		}
 		if err := t.n.rn.Step(t.ctx, m); err != nil && t.ctx.Err() != nil {
 			return nil

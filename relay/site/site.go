@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -185,13 +186,24 @@ func (s *Site) ID() uint64 { return s.id }
 // site or joined it): member.Meta.InSite.
 func (s *Site) InSite() bool { return s.node.Load() != nil }
 
-// Addr is the consensus transport's address once the node is up ("" before).
+// Addr is the consensus transport's address: Advertise, or the node's
+// once it is up. Before that it is Listen when Listen names a host and
+// port ("" for a wildcard host or port 0), so that the membership
+// carries it from the start: members that form a site together need
+// each other's addresses at once, not only the leader's (a follower
+// learns a peer's address from its metadata or its hello, and followers
+// say nothing to each other until the leader is gone).
 func (s *Site) Addr() string {
+	if s.cfg.Advertise != "" {
+		return s.cfg.Advertise
+	}
 	if n := s.node.Load(); n != nil {
-		if s.cfg.Advertise != "" {
-			return s.cfg.Advertise
-		}
 		return n.Addr()
+	}
+	if host, port, err := net.SplitHostPort(s.cfg.Listen); err == nil && host != "" && port != "0" {
+		if ip := net.ParseIP(host); ip == nil || !ip.IsUnspecified() {
+			return s.cfg.Listen
+		}
 	}
 	return ""
 }
@@ -210,29 +222,57 @@ func (s *Site) Status() consensus.Status {
 	return consensus.Status{ID: s.id}
 }
 
+// waitNode is the consensus node once it is up; before that (the site
+// not formed yet, or this member not yet added) it waits within ctx and
+// the propose bound, then fails with ErrNoQuorum.
+func (s *Site) waitNode(ctx context.Context) (*consensus.Node, error) {
+	if n := s.node.Load(); n != nil {
+		return n, nil
+	}
+	wait := s.cfg.ProposeTimeout
+	if wait <= 0 {
+		wait = 3 * time.Second
+	}
+	t := time.NewTimer(wait)
+	defer t.Stop()
+	select {
+	case <-s.ready:
+		return s.node.Load(), nil
+	case <-t.C:
+		return nil, fmt.Errorf("%w: this member is not in a site yet", relay.ErrNoQuorum)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	case <-s.closed:
+		return nil, relay.ErrClosing
+	}
+}
+
+// ReadBarrier returns once this member has applied everything the site
+// had committed when it was called (consensus.Node.ReadBarrier), waiting
+// for the node as Propose does; its errors wrap relay.ErrNoQuorum when
+// that cannot be known (not in a site, no leader, no quorum).
+func (s *Site) ReadBarrier(ctx context.Context) error {
+	n, err := s.waitNode(ctx)
+	if err != nil {
+		return err
+	}
+	if err := n.ReadBarrier(ctx); err != nil {
+		if errors.Is(err, consensus.ErrNoQuorum) {
+			return fmt.Errorf("%w: %w", relay.ErrNoQuorum, err)
+		}
+		return err
+	}
+	return nil
+}
+
 // Propose hands data to the consensus node once it is up; before that
 // (the site not formed yet, or this member not yet added) it waits within
 // ctx and the propose bound, then fails with ErrNoQuorum. Its errors
 // wrap relay.ErrNoQuorum when the site could not commit.
 func (s *Site) Propose(ctx context.Context, data []byte) (uint64, error) {
-	n := s.node.Load()
-	if n == nil {
-		wait := s.cfg.ProposeTimeout
-		if wait <= 0 {
-			wait = 3 * time.Second
-		}
-		t := time.NewTimer(wait)
-		defer t.Stop()
-		select {
-		case <-s.ready:
-			n = s.node.Load()
-		case <-t.C:
-			return 0, fmt.Errorf("%w: this member is not in a site yet", relay.ErrNoQuorum)
-		case <-ctx.Done():
-			return 0, ctx.Err()
-		case <-s.closed:
-			return 0, relay.ErrClosing
-		}
+	n, err := s.waitNode(ctx)
+	if err != nil {
+		return 0, err
 	}
 	idx, err := n.Propose(ctx, data)
 	switch {

@@ -3,6 +3,8 @@ package site
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/member"
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -263,4 +266,78 @@ func TestSite(t *testing.T) {
 	})
 	post(t, d, u, ch, "six")
 	waitUntil(t, 10*time.Second, "d's post on the others", func() bool { return len(datas(t, rest[0], u)) == len(want)+1 })
+}
+
+// A member tells the site its log's address before its node is up, when
+// its configuration names one: the members that form a site need each
+// other's addresses from the start (with the address only once the node
+// is up, it reached the others at the membership's next refresh, 10 s
+// later with the binary's defaults, and a leader lost meanwhile left
+// followers that could not reach each other to elect another).
+func TestAddrBeforeRun(t *testing.T) {
+	st, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "pushrelay.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	for _, c := range []struct{ listen, advertise, want string }{
+		{"10.0.0.1:7947", "", "10.0.0.1:7947"},
+		{"gw-1.lan:7947", "", "gw-1.lan:7947"},
+		{"0.0.0.0:7947", "10.0.0.1:7947", "10.0.0.1:7947"},
+		{"0.0.0.0:7947", "", ""},
+		{"[::]:7947", "", ""},
+		{"127.0.0.1:0", "", ""},
+		{":7947", "", ""},
+	} {
+		s, err := New(Config{Name: "m1", Store: st, Dir: t.TempDir(), Listen: c.listen, Advertise: c.advertise,
+			ServerTLS: &tls.Config{}, ClientTLS: &tls.Config{}, Members: func() []member.Info { return nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := s.Addr(); got != c.want {
+			t.Errorf("listen %q advertise %q: Addr() = %q before Run, want %q", c.listen, c.advertise, got, c.want)
+		}
+	}
+}
+
+// A UAID this member does not hold yet may be one the site registered
+// and it has not applied (it was out): Device asks the site before it
+// says "unknown" (to a hello: a new UAID, the device's registrations
+// lost to it), and fails without a quorum to ask.
+func TestDeviceWaitsForTheSite(t *testing.T) {
+	ts := newTestSite(t, 3)
+	a := ts.start("a")
+	b := ts.start("b", a)
+	c := ts.start("c", a)
+	ms := []*tm{a, b, c}
+	waitUntil(t, 20*time.Second, "a site of three with a leader", func() bool {
+		for _, x := range ms {
+			if !x.site.InSite() || len(x.site.Status().Voters) != 3 {
+				return false
+			}
+		}
+		return leaderOf(ms) != nil
+	})
+	l := leaderOf(ms)
+	var f *tm
+	for _, x := range ms {
+		if x != l {
+			f = x
+		}
+	}
+	f.site.node.Load().SetDropFilter(func(uint64) bool { return true })
+	u, ch := push.UAID{0xaa, 2}, push.ChannelID{0xcc, 2}
+	if err := l.site.Store().Register(context.Background(), store.Channel{UAID: u, ID: ch}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := f.site.Store().Device(u); ok || !errors.Is(err, relay.ErrNoQuorum) {
+		t.Fatalf("Device on a member cut off from the site: %v, %v; want an error wrapping ErrNoQuorum", ok, err)
+	}
+	f.site.node.Load().SetDropFilter(nil)
+	if _, ok, err := f.site.Store().Device(u); !ok || err != nil {
+		t.Fatalf("Device right after the heal: %v, %v; want the device the site registered", ok, err)
+	}
+	if _, ok, err := f.site.Store().Device(push.UAID{0xaa, 3}); ok || err != nil {
+		t.Fatalf("Device of a UAID the site never had: %v, %v; want unknown", ok, err)
+	}
 }

@@ -53,6 +53,33 @@ func NewStore(st *store.Store, m *Machine, p Proposer, now func() time.Time) *St
 	return &Store{Store: st, m: m, p: p, member: m.member, now: now}
 }
 
+// readBarrier is what Device needs of the Proposer (Site.ReadBarrier).
+type readBarrier interface {
+	ReadBarrier(ctx context.Context) error
+}
+
+// Device reads device u from this member's store. A UAID it does not
+// hold may be one the site registered and this member has not applied
+// yet (it was out, or restarted with an empty disk): before it answers
+// "unknown" (to a hello: a new UAID, the device's registrations lost to
+// it) it waits until it has applied what the site had committed
+// (ReadBarrier, within the propose bound) and reads again. Without a
+// quorum to ask it fails, wrapping relay.ErrNoQuorum.
+func (s *Store) Device(u push.UAID) (store.Device, bool, error) {
+	d, ok, err := s.Store.Device(u)
+	if err != nil || ok {
+		return d, ok, err
+	}
+	b, can := s.p.(readBarrier)
+	if !can {
+		return d, ok, err
+	}
+	if err := b.ReadBarrier(context.Background()); err != nil {
+		return store.Device{}, false, fmt.Errorf("site: device %s: %w", u, err)
+	}
+	return s.Store.Device(u)
+}
+
 // propose makes e this member's next proposal and waits for its result.
 func (s *Store) propose(ctx context.Context, e *Entry) (Result, error) {
 	e.Member, e.Request = s.member, s.next.Add(1)
