@@ -83,11 +83,24 @@ func TestE2ESurvivesDescriptorExhaustion(t *testing.T) {
 		}
 		flood = append(flood, c)
 	}
-	// Both listeners hit EMFILE and say so; the process stays up.
+	// Both listeners hit EMFILE and say so; the process stays up. A
+	// listener whose connections of the flood were all accepted while
+	// descriptors were left (the other listener took the last ones) is
+	// sent more, a few at a time (at most 150 more each).
 	for _, name := range []string{"device", "endpoint"} {
 		line := regexp.MustCompile(`msg="accept failed; retrying" .*listener=` + name + ` `)
 		deadline := time.Now().Add(10 * time.Second)
+		more, next := 0, time.Now().Add(time.Second)
 		for !line.MatchString(p.stderr.String()) {
+			if addr := map[string]string{"device": devAddr, "endpoint": epAddr}[name]; time.Now().After(next) && more < 150 {
+				for range 10 {
+					if c, err := net.DialTimeout("tcp", addr, 2*time.Second); err == nil {
+						flood = append(flood, c)
+						more++
+					}
+				}
+				next = time.Now().Add(500 * time.Millisecond)
+			}
 			select {
 			case <-p.Done:
 				t.Fatalf("relay exited under the flood: %v", p.ExitErr)
