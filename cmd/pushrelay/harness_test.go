@@ -78,10 +78,21 @@ func (s *syncBuffer) String() string {
 // startRelay runs the binary on dataDir and waits until /readyz says 200.
 func startRelay(t *testing.T, dataDir string, extra ...string) *relayProc {
 	t.Helper()
+	p, err := tryStartRelay(t, dataDir, extra...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// tryStartRelay is startRelay returning the start's error (with the
+// relay's stderr) instead of failing the test.
+func tryStartRelay(t *testing.T, dataDir string, extra ...string) (*relayProc, error) {
+	t.Helper()
 	p := &relayProc{t: t, stderr: &syncBuffer{}}
 	c, err := relayproc.Start(context.Background(), binPath, dataDir, p.stderr, append([]string{"--log-level", "debug"}, extra...)...)
 	if err != nil {
-		t.Fatalf("%v\nstderr:\n%s", err, tail(p.stderr.String(), 40))
+		return nil, fmt.Errorf("%v\nstderr:\n%s", err, tail(p.stderr.String(), 40))
 	}
 	p.Proc = c
 	t.Cleanup(func() {
@@ -94,7 +105,7 @@ func startRelay(t *testing.T, dataDir string, extra ...string) *relayProc {
 			t.Logf("relay stderr:\n%s", tail(p.stderr.String(), 60))
 		}
 	})
-	return p
+	return p, nil
 }
 
 func tail(s string, lines int) string {

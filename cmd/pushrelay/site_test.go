@@ -41,10 +41,15 @@ func testSiteMembers(t *testing.T, n int) ([]*relayProc, [][]string, []string) {
 	}
 	for i, name := range names {
 		dirs[i] = t.TempDir()
-		args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeUDPPort(t),
-			"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name])
+		mkArgs := func() {
+			args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeUDPPort(t),
+				"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name])
+			if i > 0 {
+				args[i] = append(args[i], "--join", strings.Join(gossipAddrs[:i], ","))
+			}
+		}
+		mkArgs()
 		if i > 0 {
-			args[i] = append(args[i], "--join", strings.Join(gossipAddrs[:i], ","))
 			for _, f := range []string{"endpoint.key", "wake.key"} {
 				data, err := os.ReadFile(filepath.Join(dirs[0], f))
 				if err != nil {
@@ -55,7 +60,22 @@ func testSiteMembers(t *testing.T, n int) ([]*relayProc, [][]string, []string) {
 				}
 			}
 		}
-		ps = append(ps, startRelay(t, dirs[i], args[i]...))
+		// A port picked free may be taken by the time the member binds
+		// it (the members started before bind ports of their own): then
+		// the member gets other ones; no member started before names
+		// this one's.
+		var p *relayProc
+		for try := 0; ; try++ {
+			var err error
+			if p, err = tryStartRelay(t, dirs[i], args[i]...); err == nil {
+				break
+			} else if try == 2 || !strings.Contains(err.Error(), "address already in use") {
+				t.Fatal(err)
+			}
+			gossipAddrs[i] = freeTCPUDPPort(t)
+			mkArgs()
+		}
+		ps = append(ps, p)
 	}
 	for _, p := range ps {
 		if err := p.WaitReady(30 * time.Second); err != nil {
