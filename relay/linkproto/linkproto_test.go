@@ -256,16 +256,22 @@ func TestHostileCountsAllocateLittle(t *testing.T) {
 		"update data of 64 KiB":  {0x10, 0x05, 0x01, 0x01, 0xaa, 0x80, 0x01},
 		"hello of 2^62 versions": {0x01, 0x09, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x00},
 	} {
-		var err error
-		var a, z runtime.MemStats
-		runtime.ReadMemStats(&a)
-		_, _, err = Decode(b)
-		runtime.ReadMemStats(&z)
-		if err == nil || !isOurs(err) {
-			t.Errorf("%s: %v", name, err)
+		// TotalAlloc is the process's: another goroutine (the race
+		// detector's, a test helper's) may allocate during one decode, so
+		// the least of five is taken.
+		least := ^uint64(0)
+		for range 5 {
+			var a, z runtime.MemStats
+			runtime.ReadMemStats(&a)
+			_, _, err := Decode(b)
+			runtime.ReadMemStats(&z)
+			if err == nil || !isOurs(err) {
+				t.Errorf("%s: %v", name, err)
+			}
+			least = min(least, z.TotalAlloc-a.TotalAlloc)
 		}
-		if n := z.TotalAlloc - a.TotalAlloc; n > 1024 {
-			t.Errorf("%s: %d bytes allocated for a %d-byte frame", name, n, len(b))
+		if least > 1024 {
+			t.Errorf("%s: %d bytes allocated for a %d-byte frame", name, least, len(b))
 		}
 	}
 }
