@@ -112,19 +112,15 @@ func (tx *Tx) Append(m Message) (AppendResult, error) {
 	if res.Err, err = rejected(apply(tx.t)); err != nil || res.Err != nil {
 		return res, err
 	}
-	res.Message.Seq, res.Queue = out.seq, out.queue
-	res.Duplicate, res.Waiting = out.dup, out.waiting
+	out.fill(&res)
 	return res, nil
 }
 
 // Register adds channel c as Store.Register does (a zero Created is the
 // entry's time); its rejection is returned as the error, like any other.
 func (tx *Tx) Register(c Channel) error {
-	if len(c.Endpoint) > MaxEndpointLen {
-		return fmt.Errorf("%w: endpoint longer than %d bytes", ErrBadChannel, MaxEndpointLen)
-	}
-	if c.Created.IsZero() {
-		c.Created = tx.t.now
+	if err := checkChannel(&c, tx.t.now); err != nil {
+		return err
 	}
 	result, err := rejected(tx.t.register(channelKey(c.UAID, c.ID), encodeChannel(c), c))
 	if err != nil {

@@ -95,9 +95,7 @@ func (s *Store) AppendBatch(ctx context.Context, ms []Message) ([]AppendResult, 
 	}
 	for i, op := range ops {
 		if op.out != nil && res[i].Err == nil {
-			res[i].Message.Seq = op.out.seq
-			res[i].Queue = op.out.queue
-			res[i].Duplicate, res[i].Waiting = op.out.dup, op.out.waiting
+			op.out.fill(&res[i])
 		}
 	}
 	return res, nil

@@ -173,15 +173,24 @@ func (t *txn) deleteDevice(u push.UAID) error {
 // upstream gets ErrTombstoned; an Endpoint longer than MaxEndpointLen,
 // ErrBadChannel.
 func (s *Store) Register(ctx context.Context, c Channel) error {
-	if len(c.Endpoint) > MaxEndpointLen {
-		return fmt.Errorf("%w: endpoint longer than %d bytes", ErrBadChannel, MaxEndpointLen)
-	}
-	if c.Created.IsZero() {
-		c.Created = s.now()
+	if err := checkChannel(&c, s.now()); err != nil {
+		return err
 	}
 	key := channelKey(c.UAID, c.ID)
 	val := encodeChannel(c)
 	return s.do(ctx, func(t *txn) error { return t.register(key, val, c) })
+}
+
+// checkChannel refuses an Endpoint over MaxEndpointLen and sets a zero
+// Created to now: Register's, and an applied entry's (Tx.Register).
+func checkChannel(c *Channel, now time.Time) error {
+	if len(c.Endpoint) > MaxEndpointLen {
+		return fmt.Errorf("%w: endpoint longer than %d bytes", ErrBadChannel, MaxEndpointLen)
+	}
+	if c.Created.IsZero() {
+		c.Created = now
+	}
+	return nil
 }
 
 // register is Register in t: key and val are c's row.
@@ -321,6 +330,12 @@ func (s *Store) Append(ctx context.Context, m Message) (Message, error) {
 	}
 	m.Seq = out.seq
 	return m, nil
+}
+
+// fill copies the outcome into an append's result.
+func (o *appendOutcome) fill(r *AppendResult) {
+	r.Message.Seq, r.Queue = o.seq, o.queue
+	r.Duplicate, r.Waiting = o.dup, o.waiting
 }
 
 // appendOutcome is where an append op leaves what it did: the message's
