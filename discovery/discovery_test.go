@@ -620,13 +620,21 @@ func TestClose(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	// Close has waited for Run: its done channel is closed by now. Run's
+	// value reaches errc a moment later, after the goroutine is scheduled
+	// (checking errc at once failed in CI).
+	select {
+	case <-s.runDone:
+	default:
+		t.Fatal("Close returned before Run")
+	}
 	select {
 	case err := <-errc:
 		if err != nil {
 			t.Fatalf("Run = %v, want nil", err)
 		}
-	default:
-		t.Fatal("Close returned before Run")
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return")
 	}
 	if err := s.Close(); err != nil {
 		t.Errorf("second Close: %v", err)
