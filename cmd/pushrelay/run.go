@@ -96,6 +96,7 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 	return node.Config{
 		DataDir:       c.DataDir,
 		AllowNewStore: c.AllowNewStore,
+		VerifyStore:   c.StoreVerifyAlways,
 
 		DeviceListen:   c.DeviceListen,
 		EndpointListen: c.EndpointListen,

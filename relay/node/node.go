@@ -66,6 +66,9 @@ type Config struct {
 	DataDir string
 	// AllowNewStore starts on a new, empty store beside existing keys.
 	AllowNewStore bool
+	// VerifyStore verifies the store at every start, not only after an
+	// unclean stop (store.Options.VerifyAlways).
+	VerifyStore bool
 
 	// Listen addresses; port 0 picks a free port. Empty device and
 	// endpoint addresses mean 127.0.0.1:0; an empty admin address turns

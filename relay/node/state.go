@@ -92,6 +92,7 @@ func openState(cfg *Config, reg *metrics.Registry, log *slog.Logger) (*store.Sto
 	}
 	st, err := store.Open(store.Options{
 		Path:               cfg.dataPath(StoreFile),
+		VerifyAlways:       cfg.VerifyStore,
 		MaxMessagesPerUAID: cfg.MaxMessagesPerUAID,
 		MaxChannelsPerUAID: cfg.MaxChannelsPerUAID,
 		SweepInterval:      cfg.SweepInterval,

@@ -284,28 +284,45 @@ func prepare(db *bolt.DB) (from, to uint64, tot totals, err error) {
 // unmaps the pages the walk read, which would otherwise stay in the
 // relay's resident set (400 MiB for a million messages). It returns the
 // handle to use, or closes everything and returns the error.
+//
+// With o.VerifyAlways the file is verified before anything is written to
+// it (taking the mark is a commit): bbolt follows a damaged page's
+// offsets with unsafe pointers, and a commit over one can, rarely, crash
+// the process instead of failing.
 func verifyAtOpen(db *bolt.DB, o Options) (*bolt.DB, error) {
 	// A file cut short is found at every open: it costs one stat.
 	if err := checkSize(db); err != nil {
 		return nil, errors.Join(err, db.Close())
 	}
+	if o.VerifyAlways {
+		db, err := reverify(db, o, "verify_always")
+		if err != nil {
+			return nil, err
+		}
+		if _, err := takeClean(db); err != nil {
+			return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
+		}
+		return db, nil
+	}
 	clean, err := takeClean(db)
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
 	}
-	if clean && !o.VerifyAlways {
+	if clean {
 		return db, nil
 	}
+	return reverify(db, o, "unclean stop")
+}
+
+// reverify closes db, verifies the file through a read-only handle and
+// opens it again; why is logged.
+func reverify(db *bolt.DB, o Options, why string) (*bolt.DB, error) {
 	if err := db.Close(); err != nil {
 		return nil, fmt.Errorf("open store %s: %w", o.Path, err)
 	}
 	r, err := Verify(o.Path, o.LockTimeout)
 	if err != nil {
 		return nil, err // the caller reports it, on one line
-	}
-	why := "unclean stop"
-	if clean {
-		why = "verify_always"
 	}
 	o.Logger.Info("store verified", "path", o.Path, "why", why, "devices", r.Devices, "channels", r.Channels, "messages", r.Messages, "took", r.Took)
 	db, err = openBolt(o, false)
