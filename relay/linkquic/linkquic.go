@@ -389,6 +389,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Conn, error) {
 	}
 	c := newConn(qc, tr, nil)
 	c.cfg = cfg
+	c.parent = ra
 	c.beatDone = make(chan struct{})
 	go c.heartbeat(orDefault(cfg.KeepAlive, DefaultKeepAlive))
 	c.hintsWG.Add(1)
@@ -447,6 +448,12 @@ type Conn struct {
 
 	mu  sync.Mutex
 	trs []*quic.Transport // the child's sockets, current last
+
+	// parent is the parent's address, on the child: it does not change
+	// when the child migrates, and quic-go's RemoteAddr reads the path
+	// without a lock while its connection switches paths (a data race
+	// under -race, seen in CI).
+	parent *net.UDPAddr
 
 	// beatDone is closed when the child's heartbeat (or the parent's
 	// drain of it) has returned, which it does when the connection ends.
@@ -530,7 +537,12 @@ func (c *Conn) LocalAddr() net.Addr {
 
 // RemoteAddr is the peer's address on the current path (on the parent,
 // the child's address after it moved).
-func (c *Conn) RemoteAddr() net.Addr { return c.qc.RemoteAddr() }
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.parent != nil {
+		return c.parent
+	}
+	return c.qc.RemoteAddr()
+}
 
 // Context is done when the connection has ended; Err says why.
 func (c *Conn) Context() context.Context { return c.qc.Context() }
@@ -617,11 +629,7 @@ func (c *Conn) Migrate(ctx context.Context) error {
 	if len(c.trs) > MaxMigrations {
 		return fmt.Errorf("linkquic: migrate: already moved %d times; redial", MaxMigrations)
 	}
-	ra, ok := c.qc.RemoteAddr().(*net.UDPAddr)
-	if !ok {
-		return fmt.Errorf("linkquic: migrate: remote address %v is not UDP", c.qc.RemoteAddr())
-	}
-	tr, err := clientTransport(ra, c.cfg)
+	tr, err := clientTransport(c.parent, c.cfg)
 	if err != nil {
 		return fmt.Errorf("linkquic: migrate: %w", err)
 	}
