@@ -464,3 +464,23 @@ func TestPartFailureStopsNode(t *testing.T) {
 		t.Fatalf("Close after the failure: %v", err)
 	}
 }
+
+// VerifyStore verifies the store at a start after a clean stop too
+// (store_verify_always).
+func TestVerifyStoreAtEveryStart(t *testing.T) {
+	cfg := testConfig(t, "first")
+	start(t, cfg).stop(t)
+
+	var logs syncBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	start(t, cfg).stop(t)
+	if strings.Contains(logs.String(), "store verified") {
+		t.Fatalf("a start after a clean stop verified the store without VerifyStore:\n%s", logs.String())
+	}
+	cfg.VerifyStore = true
+	start(t, cfg).stop(t)
+	if !strings.Contains(logs.String(), "msg=\"store verified\"") || !strings.Contains(logs.String(), "why=verify_always") {
+		t.Fatalf("VerifyStore: no verification logged:\n%s", logs.String())
+	}
+}
+
