@@ -483,4 +483,3 @@ func TestVerifyStoreAtEveryStart(t *testing.T) {
 		t.Fatalf("VerifyStore: no verification logged:\n%s", logs.String())
 	}
 }
-
