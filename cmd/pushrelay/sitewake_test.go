@@ -18,7 +18,13 @@ import (
 // wake socket within d come from, verifying each.
 func (s *sleeper) wakesFrom(d time.Duration) []string {
 	s.t.Helper()
-	var from []string
+	from, _ := s.wakesFromAt(d)
+	return from
+}
+
+// wakesFromAt is wakesFrom, with when the first came.
+func (s *sleeper) wakesFromAt(d time.Duration) (from []string, first time.Time) {
+	s.t.Helper()
 	buf := make([]byte, 1500)
 	end := time.Now().Add(d)
 	defer s.sock.SetReadDeadline(time.Time{})
@@ -34,9 +40,12 @@ func (s *sleeper) wakesFrom(d time.Duration) []string {
 		if !s.verify(buf[:n]) {
 			s.t.Fatalf("wake datagram from %s does not verify", src)
 		}
+		if len(from) == 0 {
+			first = time.Now()
+		}
 		from = append(from, netip.AddrPortFrom(src.Addr().Unmap(), src.Port()).String())
 	}
-	return from
+	return from, first
 }
 
 // argValue is the value following flag in args.
@@ -97,8 +106,11 @@ func TestE2ESiteWake(t *testing.T) {
 	}
 	s.bind()
 	waitFor(t, "X owns the device's waking", func() bool { return x.metric("pushrelay_site_wake_owned") == 1 })
+	posted := time.Now()
 	mustCreated(t, push(t, &testSub{channel: s.sub.channel, endpoint: at(s.sub.endpoint, c), keys: s.sub.keys}, "one", nil))
-	onlyFrom(x, "post to C, device proven to X", s.wakesFrom(1500*time.Millisecond))
+	from, first := s.wakesFromAt(1500 * time.Millisecond)
+	onlyFrom(x, "post to C, device proven to X", from)
+	t.Logf("post to C to X's wake datagram: %s", first.Sub(posted).Round(time.Millisecond))
 	wakeUp(s, x, "one")
 
 	// Proven to Y: X forgets its binding; Y alone wakes it.

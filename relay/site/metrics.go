@@ -39,7 +39,7 @@ func newSiteMetrics(r *metrics.Registry, s *Site) *siteMetrics {
 	return &siteMetrics{
 		noQuorum:    r.Counter("pushrelay_site_no_quorum_total", "Writes refused because the site could not commit them in time (answered 503 errno 126 to app servers)."),
 		changes:     r.CounterVec("pushrelay_site_voter_changes_total", "Voter changes the leader made, by change (added: a new member; removed: one failed for cluster_reap_after).", "change"),
-		wakes:       r.CounterVec("pushrelay_site_wakes_total", "Messages of urgency normal or high applied here for a device this member is the wake owner of, by decision (now: woken; deferred: another member may hold its session, so the wake waits cluster_wake_recheck and goes only if the message still waits; session_here: it has a session here).", "decision"),
+		wakes:       r.CounterVec("pushrelay_site_wakes_total", "Messages of urgency normal or high applied here for a device this member is the wake owner of, by decision (now: woken; deferred: another member may hold its session, so the wake waits 2 s and goes only if the message still waits; session_here: it has a session here).", "decision"),
 		owners:      r.Counter("pushrelay_site_wake_owner_entries_total", "Devices this member named in wake owner entries committed to the site's log (it became their wake owner)."),
 		ownerHeld:   r.Counter("pushrelay_site_wake_owner_held_total", "Wake owner announcements held back because this member announced the same device less than 5 s before (a device moving back and forth)."),
 		dropped:     r.Counter("pushrelay_site_wake_bindings_dropped_total", "Wake bindings this member forgot because the device proved its address to another member."),
