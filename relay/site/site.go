@@ -385,23 +385,29 @@ func (s *Site) decide(ctx context.Context) (peers map[uint64]string, join bool, 
 	for {
 		alive := s.alive()
 		var ids []uint64
-		var inSite, differ []string
+		var inSite []member.Info
 		files := ""
 		for _, in := range alive {
 			if in.Meta.InSite && !in.Self {
-				inSite = append(inSite, in.Name)
-				if f := s.keysDiffer(in.Meta); f != "" {
-					files, differ = f, append(differ, in.Name)
-				}
+				inSite = append(inSite, in)
+			}
+		}
+		// The site's keys are those of most of its members (one whose
+		// key files were replaced is not the site's).
+		var names []string
+		for _, in := range founders(inSite) {
+			names = append(names, in.Name)
+			if f := s.keysDiffer(in.Meta); f != "" {
+				files = f
 			}
 		}
 		switch {
 		case len(inSite) > 0 && files != "":
 			// Not joined: the leader would not add it anyway.
-			s.refuse(files, differ)
+			s.refuse(files, names)
 		case len(inSite) > 0:
 			s.refuse("", nil)
-			s.cfg.Logger.Info("site: joining the site", "via", inSite[0])
+			s.cfg.Logger.Info("site: joining the site", "via", inSite[0].Name)
 			return nil, true, nil
 		default:
 			// A new site: its founders are the members with the same
@@ -409,7 +415,6 @@ func (s *Site) decide(ctx context.Context) (peers map[uint64]string, join bool, 
 			group := founders(alive)
 			self := slices.ContainsFunc(group, func(in member.Info) bool { return in.Self })
 			if !self {
-				var names []string
 				for _, in := range group {
 					names = append(names, in.Name)
 					if f := s.keysDiffer(in.Meta); f != "" {
