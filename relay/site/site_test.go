@@ -106,7 +106,7 @@ func (ts *testSite) start(name string, seeds ...*tm) *tm {
 		Members: func() []member.Info { return x.mem.Members() },
 		Expect:  ts.expect, Settle: 300 * time.Millisecond, Tick: 50 * time.Millisecond,
 		ProposeTimeout: 3 * time.Second, SweepInterval: time.Hour,
-		Keys: ts.keys[name], WakeRecheck: time.Second,
+		Keys:   ts.keys[name],
 		Logger: log, Metrics: x.reg,
 	})
 	if err != nil {
