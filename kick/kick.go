@@ -106,6 +106,13 @@ type Config struct {
 	FlushInterval time.Duration
 	MaxFresh      int
 
+	// OnBound, if set, hears of every binding this kicker accepted for
+	// u: an authenticated STUN request (a move or a refresh in place),
+	// or a hello accepted for wake. In a site (relay/site) it makes this
+	// member the device's one wake owner. It runs on the STUN server's
+	// goroutine or the hello's: it must not block.
+	OnBound func(u push.UAID)
+
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
 	Now     func() time.Time
@@ -242,8 +249,21 @@ func (k *Kicker) online(u push.UAID) bool {
 // Wake schedules a wake for u (relay.Waker). A device with a wake already
 // due is not sent another datagram for it, unless the last one went out an
 // Interval or more ago. It never blocks.
-func (k *Kicker) Wake(u push.UAID, until time.Time) {
+func (k *Kicker) Wake(u push.UAID, until time.Time) { k.wake(u, until, 0) }
+
+// WakeAfter schedules a wake for u as Wake does, but no datagram goes
+// before delay has passed, even for a wake already due: a site member
+// that holds u's binding while another member may hold u's session
+// gives that session time to take the message (and its ack time to come
+// back through the site's log: the kicker then finds nothing waiting and
+// sends nothing). It never blocks.
+func (k *Kicker) WakeAfter(u push.UAID, until time.Time, delay time.Duration) {
+	k.wake(u, until, max(delay, 0))
+}
+
+func (k *Kicker) wake(u push.UAID, until time.Time, delay time.Duration) {
 	now := k.cfg.Now()
+	notBefore := now.Add(delay)
 	k.mu.Lock()
 	if e := k.pending[u]; e != nil {
 		switch {
@@ -254,12 +274,21 @@ func (k *Kicker) Wake(u push.UAID, until time.Time) {
 		}
 		if e.index < 0 {
 			e.fresh = true
-		} else if soon := e.lastSent.Add(k.cfg.Interval); e.attempts > 0 && soon.Before(e.next) {
-			// A new message: try again soon, from the start of the
-			// backoff.
-			e.next = maxTime(soon, now)
-			e.attempts = 0
-			heap.Fix(&k.queue, e.index)
+		} else {
+			next := e.next
+			if soon := e.lastSent.Add(k.cfg.Interval); e.attempts > 0 && soon.Before(next) {
+				// A new message: try again soon, from the start of the
+				// backoff.
+				next = maxTime(soon, now)
+				e.attempts = 0
+			}
+			if delay > 0 && next.Before(notBefore) {
+				next = notBefore
+			}
+			if !next.Equal(e.next) {
+				e.next = next
+				heap.Fix(&k.queue, e.index)
+			}
 		}
 		k.mu.Unlock()
 		k.signal()
@@ -270,12 +299,61 @@ func (k *Kicker) Wake(u push.UAID, until time.Time) {
 		k.m.dropped.With("queue_full").Inc()
 		return
 	}
-	e := &entry{u: u, until: until, next: now}
+	e := &entry{u: u, until: until, next: notBefore}
 	k.pending[u] = e
 	heap.Push(&k.queue, e)
 	k.m.pending.Set(float64(len(k.pending)))
 	k.mu.Unlock()
 	k.signal()
+}
+
+// Drop forgets u's wake addresses (the proven one and the claimed one)
+// and any wake due for it: in a site, another member became the device's
+// wake owner (relay/site), so this one must never wake it. A device this
+// store does not hold is no error. A later binding here starts again.
+func (k *Kicker) Drop(ctx context.Context, u push.UAID) error {
+	k.mu.Lock()
+	if e := k.pending[u]; e != nil {
+		k.remove(e)
+		k.m.finished.With("owner_moved").Inc()
+	}
+	k.mu.Unlock()
+	// Most devices a site's other member owns never had a binding here:
+	// a read tells, and spares a store commit.
+	var holds bool
+	if err := k.cfg.Store.WakeStates([]push.UAID{u}, func(_ int, ok bool, wake []byte, _ bool) {
+		r, err := decodeRecord(wake)
+		holds = ok && (err != nil || r.verified.IsValid() || r.claimed.IsValid())
+	}); err != nil {
+		return fmt.Errorf("kick: drop wake binding: %w", err)
+	}
+	if !holds {
+		return nil
+	}
+	err := k.cfg.Store.UpdateWake(ctx, u, false, func(old []byte) ([]byte, error) {
+		r, err := decodeRecord(old)
+		if err == nil && !r.verified.IsValid() && !r.claimed.IsValid() {
+			return old, nil // nothing to forget (an empty blob too)
+		}
+		if err != nil {
+			r = record{}
+		}
+		// The stamp stays: a replay of an older request is still one.
+		r.claimed, r.claimedAt, r.network = netip.AddrPort{}, time.Time{}, ""
+		r.verified, r.verifiedAt = netip.AddrPort{}, time.Time{}
+		return r.encode(), nil
+	})
+	k.fmu.Lock()
+	if _, ok := k.fresh[u]; ok {
+		delete(k.fresh, u)
+		k.m.fresh.Set(float64(len(k.fresh)))
+	}
+	k.fmu.Unlock()
+	if err != nil && !errors.Is(err, store.ErrNoDevice) {
+		return fmt.Errorf("kick: drop wake binding: %w", err)
+	}
+	k.m.bindings.With("dropped").Inc()
+	return nil
 }
 
 // Connected stops waking u: it said hello (relay.Waker).
@@ -685,6 +763,9 @@ func (k *Kicker) HelloWake(ctx context.Context, u push.UAID, h pushproto.Hello, 
 	if why == "" {
 		reply.Status = pushproto.StatusWake
 		result = "accepted"
+		if k.cfg.OnBound != nil {
+			k.cfg.OnBound(u)
+		}
 	}
 	k.m.hellos.With(result).Inc()
 	return reply, nil
@@ -795,6 +876,9 @@ func (k *Kicker) Bind(username string, addr netip.AddrPort, stamp time.Time) err
 // bound tells the hub about u's accepted binding, or schedules a wake when
 // it moved while messages wait.
 func (k *Kicker) bound(u push.UAID, moved, waiting bool) {
+	if k.cfg.OnBound != nil {
+		k.cfg.OnBound(u)
+	}
 	if k.presence != nil {
 		if k.presence.Online(u) {
 			k.presence.WakeProven(u)

@@ -944,3 +944,67 @@ func bindNow(k *Kicker, username string, addr netip.AddrPort, stamp time.Time) e
 	}
 	return err
 }
+
+// In a site (relay/site): WakeAfter holds a wake back by its delay, even
+// one already due, and sends nothing once the message is gone; Drop
+// forgets the device's addresses and its wake due, and a later binding
+// starts again; OnBound hears of every binding accepted.
+func TestWakeAfterDropOnBound(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		var mu sync.Mutex
+		var bound []push.UAID
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: time.Second, OnBound: func(u push.UAID) {
+			mu.Lock()
+			bound = append(bound, u)
+			mu.Unlock()
+		}}, false)
+		u, c := e.device(90, "127.0.0.90")
+		if r := e.hello(u, c, false, nil); r.Status != pushproto.StatusWake {
+			t.Fatalf("hello reply %+v", r)
+		}
+		mu.Lock()
+		if len(bound) != 1 || bound[0] != u {
+			t.Fatalf("OnBound heard %v after a hello accepted for wake", bound)
+		}
+		mu.Unlock()
+		until := e.message(u, 90, push.UrgencyNormal, time.Hour)
+		e.k.WakeAfter(u, until, 500*time.Millisecond)
+		if got := recv(c, 400*time.Millisecond); len(got) != 0 {
+			t.Fatalf("%d datagrams before the delay", len(got))
+		}
+		if got := recv(c, 200*time.Millisecond); len(got) != 1 {
+			t.Fatalf("%d datagrams after the delay, want 1", len(got))
+		}
+		// Due again in a second: a WakeAfter holds it back longer.
+		e.k.WakeAfter(u, until, 3*time.Second)
+		if got := recv(c, 2500*time.Millisecond); len(got) != 0 {
+			t.Fatalf("%d datagrams within the second delay", len(got))
+		}
+		if err := e.k.Drop(context.Background(), u); err != nil {
+			t.Fatal(err)
+		}
+		if e.k.Pending() != 0 || e.metric(`pushrelay_wake_finished_total{reason="owner_moved"}`) != 1 {
+			t.Fatalf("after Drop: pending %d", e.k.Pending())
+		}
+		if rec := storedRecord(t, e.st, u); rec.claimed.IsValid() || rec.verified.IsValid() {
+			t.Fatalf("record after Drop %+v", rec)
+		}
+		e.k.Wake(u, until)
+		if got := recv(c, 2*time.Second); len(got) != 0 {
+			t.Fatalf("%d datagrams to a dropped binding", len(got))
+		}
+		// A second Drop finds nothing to forget and writes nothing.
+		if err := e.k.Drop(context.Background(), u); err != nil {
+			t.Fatal(err)
+		}
+		if n := e.metric(`pushrelay_wake_bindings_total{result="dropped"}`); n != 1 {
+			t.Fatalf("dropped counted %v, want 1", n)
+		}
+		// The device says hello here again: it is woken again.
+		e.hello(u, c, false, nil)
+		e.k.Wake(u, until)
+		if got := recv(c, 100*time.Millisecond); len(got) != 1 {
+			t.Fatalf("%d datagrams after a new hello, want 1", len(got))
+		}
+	})
+}

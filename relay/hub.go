@@ -285,6 +285,24 @@ func (h *Hub) WakeProven(u push.UAID) {
 	}
 }
 
+// Accepting reports whether u has a session taking messages here (past
+// hello and not closing): a site member does not wake such a device.
+func (h *Hub) Accepting(u push.UAID) bool {
+	s := h.session(u)
+	return s != nil && s.accepting()
+}
+
+// EachSession calls fn with the UAID of every session past hello, under
+// the hub's lock: fn must be quick and must not call the hub. A site
+// member fills its socket digest with them (member.Meta.SocketDigest).
+func (h *Hub) EachSession(fn func(push.UAID)) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for u := range h.sessions {
+		fn(u)
+	}
+}
+
 func (h *Hub) session(u push.UAID) *session {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -124,7 +124,7 @@ func (h *Hub) Ingest(ctx context.Context, ms []push.Message) ([]Result, error) {
 // its expiry, unless u has a session taking messages. Very-low and low
 // urgency wait for the device's next connection.
 func (h *Hub) wakeFor(u push.UAID, urg push.Urgency, expiry time.Time) {
-	if h.cfg.Waker == nil || !urg.AtLeast(push.UrgencyNormal) {
+	if h.cfg.Waker == nil || h.cfg.SiteWakes || !urg.AtLeast(push.UrgencyNormal) {
 		return
 	}
 	if s := h.session(u); s == nil || !s.accepting() {

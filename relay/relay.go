@@ -261,6 +261,10 @@ type Config struct {
 	// before it is closed with 4774 so the device sleeps (10s).
 	Waker         Waker
 	WakeIdleClose time.Duration
+	// SiteWakes is set on a member of a site (relay/site): every member
+	// decides from its own commit feed whether to wake a device (the one
+	// holding its wake binding does), so Ingest does not ask the Waker.
+	SiteWakes bool
 
 	// Broadcasts, if set, is where broadcast versions come from; devices
 	// subscribed to a broadcast are told its changes. Without it every id

@@ -200,3 +200,35 @@ func TestWakeSessionEndsUnacked(t *testing.T) {
 		})
 	})
 }
+
+// In a site (SiteWakes) Ingest does not ask the waker: every member
+// decides from its own commit feed (relay/site). Accepting and
+// EachSession report the sessions past hello the site asks about.
+func TestSiteWakesLeaveWakingToTheSite(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		w := &recWaker{status: pushproto.StatusOK}
+		h := newHarnessMode(t, true, func(c *relay.Config) {
+			c.Waker = w
+			c.SiteWakes = true
+		})
+		d := h.hello("")
+		s := d.subscribe()
+		u := push.UAID(s.ep.UAID)
+		var seen []push.UAID
+		h.hub.EachSession(func(x push.UAID) { seen = append(seen, x) })
+		if !h.hub.Accepting(u) || len(seen) != 1 || seen[0] != u {
+			t.Fatalf("Accepting %v, EachSession %v; want the device's session", h.hub.Accepting(u), seen)
+		}
+		d.c.hangUp()
+		waitFor(t, "session gone", func() bool { return h.hub.Connected() == 0 })
+		if h.hub.Accepting(u) {
+			t.Fatal("Accepting after the session ended")
+		}
+		if _, err := h.hub.Push(context.Background(), push.Message{UAID: u, Channel: push.ChannelID(s.ep.Channel), TTL: time.Hour, Urgency: push.UrgencyHigh}); err != nil {
+			t.Fatal(err)
+		}
+		if wakes, _, _ := w.calls(); len(wakes) != 0 {
+			t.Fatalf("Ingest asked the waker in a site: %v", wakes)
+		}
+	})
+}

@@ -85,13 +85,26 @@ func TestE2EClusterMembership(t *testing.T) {
 	rand.Read(raw)
 	key := base64.StdEncoding.EncodeToString(raw)
 	keys := linkKeys(t, "a", "b", "c")
+	first := t.TempDir()
 	node := func(name string, join ...string) *relayProc {
 		args := slices.Concat([]string{"--node-name", name, "--cluster-listen", "127.0.0.1:0", "--cluster-peer-listen", "127.0.0.1:0",
 			"--cluster-key", key, "--log-level", "info"}, keys[name])
+		dir := first
 		if len(join) > 0 {
 			args = append(args, "--join", strings.Join(join, ","))
+			// One set of keys per site: the first member's (docs/cluster.md).
+			dir = t.TempDir()
+			for _, f := range []string{"endpoint.key", "wake.key"} {
+				data, err := os.ReadFile(filepath.Join(first, f))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if err := os.WriteFile(filepath.Join(dir, f), data, 0o600); err != nil {
+					t.Fatal(err)
+				}
+			}
 		}
-		return startRelay(t, t.TempDir(), args...)
+		return startRelay(t, dir, args...)
 	}
 	a := node("a")
 	cl, _ := a.status()["cluster"].(map[string]any)

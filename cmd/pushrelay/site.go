@@ -25,7 +25,9 @@ import (
 	"github.com/pushrelay/pushrelay/relay/member"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/node"
+	pushtypes "github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/site"
+	"github.com/pushrelay/pushrelay/relay/store"
 )
 
 // runMember runs the relay as a member of its site (cluster_listen): the
@@ -53,7 +55,7 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 	if err != nil {
 		return err
 	}
-	nc.Cluster = func() *admin.ClusterStatus { return clusterStatus(mem) }
+	nc.Cluster = func() *admin.ClusterStatus { return clusterStatus(mem, part.Load()) }
 	sc, err := cfg.siteConfig(mc.Name, mem.Addr(), nc.LinkCredentials, mem.Members)
 	if err != nil {
 		return errors.Join(err, mem.Close())
@@ -61,6 +63,7 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 	nc.NewSite = func(p node.SiteParams) (node.Site, error) {
 		c := *sc
 		c.Store, c.Dir, c.Metrics, c.Logger = p.Store, p.DataDir, p.Metrics, p.Logger
+		c.Keys = site.KeyPrints{Endpoint: p.Keys.Endpoint, Wake: p.Keys.Wake}
 		s, err := site.New(c)
 		if err != nil {
 			return nil, err
@@ -96,10 +99,18 @@ type siteAdapter struct{ s *site.Site }
 func (a siteAdapter) Writer() node.SiteWriter                 { return a.s.Store() }
 func (a siteAdapter) OnBroadcasts(fn func(map[string]string)) { a.s.OnBroadcasts(fn) }
 func (a siteAdapter) Run(ctx context.Context) error           { return a.s.Run(ctx) }
+func (a siteAdapter) Stored(ms []store.Message)               { a.s.Stored(ms) }
+func (a siteAdapter) Bound(u pushtypes.UAID)                  { a.s.Bound(u) }
+func (a siteAdapter) SetWaking(k node.SiteKicker, sess node.SiteSessions) {
+	a.s.SetWaking(k, sess)
+}
 
 // Check: a member that cannot commit acknowledges nothing, and load
 // balancers must send app servers and devices elsewhere.
 func (a siteAdapter) Check() error {
+	if why := a.s.KeysRefused(); why != "" {
+		return errors.New(why)
+	}
 	switch {
 	case !a.s.InSite():
 		return errors.New("not in a site yet: waiting for cluster_expect members, or to be added by the leader")
@@ -175,6 +186,9 @@ func (c *Config) memberConfig(log *slog.Logger, reg *metrics.Registry, meta func
 	t.ProbeTimeout = c.ClusterProbeTimeout
 	t.SuspicionMult = c.ClusterSuspicionMult
 	return member.Config{
+		// Sessions come and go: the others see this member's socket
+		// digest within about 2 s (sent only when it changed).
+		MetaRefresh:    2 * time.Second,
 		Name:           name,
 		Listen:         c.ClusterListen,
 		Advertise:      c.ClusterAdvertise,
@@ -189,17 +203,24 @@ func (c *Config) memberConfig(log *slog.Logger, reg *metrics.Registry, meta func
 	}, nil
 }
 
-// nodeMeta is what this relay tells its site: its addresses, version and
-// device connections. The UAID digests and wake bindings are left for
-// when the site routes wakes (the node does not list them yet).
+// nodeMeta is what this relay tells its site: its addresses, version,
+// device connections (and a digest of their UAIDs: a member that holds a
+// device's wake binding does not wake it while it probably has a session
+// here), the wake bindings it holds, and its keys' fingerprints.
 func nodeMeta(n *node.Node, s *site.Site, maxConns int) member.Meta {
 	md := member.Meta{Version: version}
 	if s != nil {
 		md.RaftAddr, md.InSite = s.Addr(), s.InSite()
+		md.WakeDigest, md.WakeBindings = s.WakeDigest()
+		k := s.Keys()
+		md.EndpointKey, md.WakeKey = k.Endpoint, k.Wake
 	}
 	if n == nil {
 		return md
 	}
+	sd := member.NewDigest(0)
+	n.Hub().EachSession(func(u pushtypes.UAID) { sd.Add(u.String()) })
+	md.SocketDigest = sd
 	if a := n.RelayAddr(); a != nil {
 		md.LinkAddr = a.String()
 	}
@@ -215,13 +236,23 @@ func nodeMeta(n *node.Node, s *site.Site, maxConns int) member.Meta {
 }
 
 // clusterStatus is /status's cluster section.
-func clusterStatus(m *member.Member) *admin.ClusterStatus {
+func clusterStatus(m *member.Member, s *site.Site) *admin.ClusterStatus {
 	cs := &admin.ClusterStatus{Name: m.Name(), Addr: m.Addr(), Keys: m.Keys(), Members: []admin.ClusterMember{}}
+	if s != nil {
+		cs.KeysRefused = s.KeysRefused()
+	}
+	fp := func(p uint64) string {
+		if p == 0 {
+			return ""
+		}
+		return fmt.Sprintf("%016x", p)
+	}
 	for _, in := range m.Members() {
 		cs.Members = append(cs.Members, admin.ClusterMember{
 			Name: in.Name, Addr: in.Addr, State: in.State.String(), Since: in.Since.UTC().Format(time.RFC3339Nano),
 			Version: in.Meta.Version, LinkAddr: in.Meta.LinkAddr, AdminAddr: in.Meta.AdminAddr,
 			Load: in.Meta.Load, Sockets: in.Meta.Sockets, WakeBindings: in.Meta.WakeBindings,
+			EndpointKey: fp(in.Meta.EndpointKey), WakeKey: fp(in.Meta.WakeKey),
 		})
 	}
 	return cs

@@ -20,7 +20,7 @@ import (
 // given before their first start (docs/cluster.md, "Starting a site"),
 // so that any member takes any endpoint. It returns them once all are
 // ready (the site formed), and the argument lists to restart each.
-func testSiteMembers(t *testing.T, n int) ([]*relayProc, [][]string, []string) {
+func testSiteMembers(t *testing.T, n int, extra ...string) ([]*relayProc, [][]string, []string) {
 	t.Helper()
 	raw := make([]byte, 32)
 	rand.Read(raw)
@@ -43,7 +43,7 @@ func testSiteMembers(t *testing.T, n int) ([]*relayProc, [][]string, []string) {
 		dirs[i] = t.TempDir()
 		mkArgs := func() {
 			args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeUDPPort(t),
-				"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name])
+				"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name], extra)
 			if i > 0 {
 				args[i] = append(args[i], "--join", strings.Join(gossipAddrs[:i], ","))
 			}

@@ -117,6 +117,9 @@ type ClusterStatus struct {
 	// Site is the replicated log's state on this member (nil before it
 	// is formed or joined).
 	Site *SiteStatus `json:"site,omitempty"`
+	// KeysRefused, when set, says why this member does not form or join
+	// the site: its endpoint.key or wake.key differs from the site's.
+	KeysRefused string `json:"keys_refused,omitempty"`
 }
 
 // SiteStatus is the consensus group as this member sees it.
@@ -156,6 +159,11 @@ type ClusterMember struct {
 	Load         uint32 `json:"load_permille"`
 	Sockets      uint64 `json:"sockets"`
 	WakeBindings uint64 `json:"wake_bindings"`
+	// EndpointKey and WakeKey are fingerprints of the member's
+	// endpoint.key and wake.key (never the keys): every member of a site
+	// must show the same.
+	EndpointKey string `json:"endpoint_key,omitempty"`
+	WakeKey     string `json:"wake_key,omitempty"`
 }
 
 // Server is the admin handler.

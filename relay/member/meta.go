@@ -69,6 +69,13 @@ type Meta struct {
 	// (it formed the site or was added to it): a new member seeing one
 	// joins the site instead of forming a new one.
 	InSite bool
+	// EndpointKey and WakeKey are fingerprints of the member's
+	// endpoint.key and wake.key (a truncated SHA-256 under a
+	// domain-separation prefix, never the keys; 0: not reported): every
+	// member of a site must hold the same keys, and one that does not is
+	// refused (relay/site).
+	EndpointKey uint64
+	WakeKey     uint64
 }
 
 // Field tags of the encoding. Each field is tag (1 byte), length
@@ -88,6 +95,8 @@ const (
 	tagWakeDigest   = 11
 	tagLeaving      = 12
 	tagInSite       = 13
+	tagEndpointKey  = 20
+	tagWakeKey      = 21
 )
 
 // IDOf derives a member's raft id from its name: the first 8 bytes of the
@@ -163,6 +172,12 @@ func encodeMeta(m Meta, sd, wd Digest) []byte {
 	if m.InSite {
 		field(tagInSite, nil)
 	}
+	if m.EndpointKey != 0 {
+		field(tagEndpointKey, binary.BigEndian.AppendUint64(nil, m.EndpointKey))
+	}
+	if m.WakeKey != 0 {
+		field(tagWakeKey, binary.BigEndian.AppendUint64(nil, m.WakeKey))
+	}
 	return b
 }
 
@@ -226,6 +241,14 @@ func DecodeMeta(b []byte) (Meta, error) {
 			m.Leaving = true
 		case tagInSite:
 			m.InSite = true
+		case tagEndpointKey, tagWakeKey:
+			if len(v) != 8 {
+				err = ErrMetaField
+			} else if tag == tagEndpointKey {
+				m.EndpointKey = binary.BigEndian.Uint64(v)
+			} else {
+				m.WakeKey = binary.BigEndian.Uint64(v)
+			}
 		}
 		if err != nil {
 			return Meta{}, fmt.Errorf("%w: field %d", ErrMetaField, tag)

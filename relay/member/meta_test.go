@@ -173,3 +173,24 @@ func FuzzDecodeMeta(f *testing.F) {
 		}
 	})
 }
+
+// The keys' fingerprints are fields 20 and 21, 8 bytes each; a wrong
+// length is refused, as for the raft id.
+func TestMetaKeyFingerprints(t *testing.T) {
+	in := Meta{Name: "a", EndpointKey: 0x0102030405060708, WakeKey: 0xfffefdfcfbfaf9f8}
+	b, err := EncodeMeta(in)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(b, []byte{tagEndpointKey, 8, 1, 2, 3, 4, 5, 6, 7, 8}) || !bytes.Contains(b, []byte{tagWakeKey, 8, 0xff, 0xfe}) {
+		t.Fatalf("encoding %x", b)
+	}
+	m, err := DecodeMeta(b)
+	if err != nil || !reflect.DeepEqual(m, in) {
+		t.Fatalf("decoded %+v, %v", m, err)
+	}
+	bad := append(append([]byte(nil), b[:len(b)-20]...), tagEndpointKey, 7, 1, 2, 3, 4, 5, 6, 7)
+	if _, err := DecodeMeta(bad); !errors.Is(err, ErrMetaField) {
+		t.Fatalf("7-byte fingerprint: %v", err)
+	}
+}

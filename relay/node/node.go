@@ -298,7 +298,11 @@ func New(cfg Config) (_ *Node, err error) {
 		if cfg.Upstream != "" || cfg.RelayListen != "" {
 			return nil, errors.New("node: a site member cannot have an upstream or take relay links yet")
 		}
-		d.site, err = cfg.NewSite(SiteParams{Store: d.store, DataDir: cfg.DataDir, Metrics: d.reg, Logger: d.log.With("component", "site")})
+		var keys KeyPrints
+		if keys, err = readKeyPrints(cfg.DataDir); err != nil {
+			return nil, err
+		}
+		d.site, err = cfg.NewSite(SiteParams{Store: d.store, DataDir: cfg.DataDir, Keys: keys, Metrics: d.reg, Logger: d.log.With("component", "site")})
 		if err != nil {
 			return nil, err
 		}
@@ -387,6 +391,11 @@ func New(cfg Config) (_ *Node, err error) {
 		}
 		stored, forgot, elsewhere = d.parent.Stored, d.parent.Forgot, d.parent.Serves
 	}
+	if d.site != nil {
+		// Every member decides from its own commit feed whether to wake
+		// a device: the one holding its wake binding does.
+		stored = d.site.Stored
+	}
 	var bsrc relay.Broadcasts = d.broadcasts
 	if d.link != nil {
 		// Ids devices ask for that the registry lacks are asked upstream.
@@ -403,6 +412,7 @@ func New(cfg Config) (_ *Node, err error) {
 		OutboxBytes:     cfg.OutboxBytes,
 		Waker:           d.kick,
 		WakeIdleClose:   cfg.WakeIdleClose,
+		SiteWakes:       d.site != nil,
 		Broadcasts:      bsrc,
 		Stored:          stored,
 		Forgot:          forgot,
@@ -414,6 +424,9 @@ func New(cfg Config) (_ *Node, err error) {
 		return nil, err
 	}
 	d.kick.SetPresence(d.hub)
+	if d.site != nil {
+		d.site.SetWaking(d.kick, d.hub)
+	}
 	d.api, err = endpoint.New(endpoint.Config{
 		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
 		Concurrency: cfg.EndpointConcurrency, RequestTimeout: cfg.EndpointRequestTimeout,
@@ -705,8 +718,12 @@ func (d *Node) startWake(secret []byte) error {
 		}
 		return float64(n)
 	}
+	var onBound func(push.UAID)
+	if d.site != nil {
+		onBound = d.site.Bound
+	}
 	d.kick, err = kick.New(kick.Config{
-		Store: d.store, Sender: sender, Keys: keys, Ranges: cfg.WakeRanges, STUNAddr: advertise,
+		Store: d.store, Sender: sender, Keys: keys, Ranges: cfg.WakeRanges, STUNAddr: advertise, OnBound: onBound,
 		BindingTTL: cfg.WakeBindingTTL, Interval: cfg.WakeInterval, MaxBackoff: cfg.WakeMaxBackoff,
 		Rate: unlimited(cfg.WakeRate), TargetRate: unlimited(cfg.WakeTargetRate),
 		FlushInterval: cfg.WakeFlushInterval, MaxFresh: cfg.WakeFreshMax,
@@ -999,7 +1016,27 @@ type Site interface {
 	// Status is /status's view of the site's log (nil before this
 	// member holds it).
 	Status() *admin.SiteStatus
+	// SetWaking hands the site the node's kicker and hub (before Run);
+	// Stored is the hub's hook on the member's commit feed, from which
+	// the site wakes the devices whose wake binding this member holds;
+	// Bound hears of every wake binding the kicker accepted
+	// (kick.Config.OnBound). Neither blocks.
+	SetWaking(k SiteKicker, sessions SiteSessions)
+	Stored(ms []store.Message)
+	Bound(u push.UAID)
 	Run(ctx context.Context) error
+}
+
+// SiteKicker is the node's kicker as the site drives it (kick.Kicker).
+type SiteKicker interface {
+	Wake(u push.UAID, until time.Time)
+	WakeAfter(u push.UAID, until time.Time, delay time.Duration)
+	Drop(ctx context.Context, u push.UAID) error
+}
+
+// SiteSessions is the node's hub as the site asks it (relay.Hub).
+type SiteSessions interface {
+	Accepting(u push.UAID) bool
 }
 
 // SiteWriter is what the hub and the broadcast registry write through.
@@ -1013,6 +1050,9 @@ type SiteWriter interface {
 type SiteParams struct {
 	Store   *store.Store
 	DataDir string
+	// Keys are the fingerprints of the data dir's endpoint.key and
+	// wake.key: every member of a site must hold the same keys.
+	Keys    KeyPrints
 	Metrics *metrics.Registry
 	Logger  *slog.Logger
 }

@@ -1,6 +1,8 @@
 package node
 
 import (
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io/fs"
@@ -166,3 +168,36 @@ func LoadKeys(dir string, held int64, log *slog.Logger) (*token.Codec, []byte, e
 }
 
 func (c *Config) dataPath(name string) string { return filepath.Join(c.DataDir, name) }
+
+// KeyPrints are the fingerprints of a data dir's endpoint.key and
+// wake.key (KeyPrint), which a site's members compare: they must hold the
+// same keys.
+type KeyPrints struct{ Endpoint, Wake uint64 }
+
+// KeyPrint is the fingerprint of the key file name holding contents: the
+// first 8 bytes of the SHA-256 of a domain-separation prefix, the file's
+// name and its contents. It tells two keys apart and says nothing of
+// either.
+func KeyPrint(name string, contents []byte) uint64 {
+	h := sha256.New()
+	h.Write([]byte("pushrelay key fingerprint v1\x00" + name + "\x00"))
+	h.Write(contents)
+	return binary.BigEndian.Uint64(h.Sum(nil)[:8])
+}
+
+// readKeyPrints reads the fingerprints of dir's keys (LoadKeys made them
+// if they were missing).
+func readKeyPrints(dir string) (KeyPrints, error) {
+	var p KeyPrints
+	for _, k := range []struct {
+		name string
+		dst  *uint64
+	}{{EndpointKeyFile, &p.Endpoint}, {WakeKeyFile, &p.Wake}} {
+		b, err := os.ReadFile(filepath.Join(dir, k.name))
+		if err != nil {
+			return p, fmt.Errorf("fingerprint of %s: %w", k.name, err)
+		}
+		*k.dst = KeyPrint(k.name, b)
+	}
+	return p, nil
+}

@@ -27,6 +27,7 @@ import (
 //	reset    = uaid (16)
 //	broadcasts = count (uvarint) | (id (str) | version (str))…
 //	sweep    = limit (uvarint)
+//	wake owner = count (uvarint) | uaid (16)…   (the owner is the entry's member)
 //
 // where str is a uvarint length and the bytes. A decoder refuses unknown
 // versions and kinds, fields over their limits, and trailing bytes.
@@ -44,6 +45,12 @@ const (
 	KindReset      Kind = 6
 	KindBroadcasts Kind = 7
 	KindSweep      Kind = 8
+	// KindWakeOwner (16; 16-19 are this slice's): the member that made
+	// it now holds these devices' wake bindings (they proved their
+	// addresses to its STUN socket, or it accepted their hello for wake);
+	// every other member forgets its own (waking.go). It writes nothing
+	// to the store.
+	KindWakeOwner Kind = 16
 )
 
 const entryVersion = 1
@@ -54,6 +61,7 @@ const (
 	maxSeqs       = 100000
 	maxStr        = 1 << 20
 	maxBroadcasts = 1024
+	maxOwned      = 10000
 )
 
 // ErrBadEntry: the bytes are no entry this version knows.
@@ -77,6 +85,7 @@ type Entry struct {
 	Created    time.Time         // register
 	Broadcasts map[string]string // broadcasts
 	Limit      int               // sweep
+	UAIDs      []push.UAID       // wake owner
 }
 
 // AppendEntry appends e's encoding to b.
@@ -131,6 +140,14 @@ func AppendEntry(b []byte, e *Entry) ([]byte, error) {
 		}
 	case KindSweep:
 		b = binary.AppendUvarint(b, uint64(max(e.Limit, 0)))
+	case KindWakeOwner:
+		if len(e.UAIDs) == 0 || len(e.UAIDs) > maxOwned {
+			return b, fmt.Errorf("%w: %d wake owner uaids", ErrBadEntry, len(e.UAIDs))
+		}
+		b = binary.AppendUvarint(b, uint64(len(e.UAIDs)))
+		for _, u := range e.UAIDs {
+			b = append(b, u[:]...)
+		}
 	default:
 		return b, fmt.Errorf("%w: kind %d", ErrBadEntry, e.Kind)
 	}
@@ -303,6 +320,14 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		}
 	case KindSweep:
 		e.Limit = r.count(1<<30, "limit")
+	case KindWakeOwner:
+		n := r.count(maxOwned, "uaids")
+		if n == 0 {
+			r.fail("no uaids")
+		}
+		for i := 0; i < n && r.err == nil; i++ {
+			e.UAIDs = append(e.UAIDs, r.uaid())
+		}
 	default:
 		r.fail(fmt.Sprintf("kind %d", e.Kind))
 	}

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"sync"
 
+	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
 
@@ -27,6 +28,9 @@ type Machine struct {
 	// onBroadcasts hears of every broadcasts entry applied, after its
 	// commit, on the applying goroutine: it must not block.
 	onBroadcasts func(map[string]string)
+	// onWakeOwners hears of every wake owner entry applied, after its
+	// commit, on the applying goroutine: it must not block.
+	onWakeOwners func(owner uint64, us []push.UAID)
 }
 
 // Result is what applying an entry did, for the member that proposed it.
@@ -83,8 +87,9 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 	}
 	var mine []applied
 	var bcasts []map[string]string
+	var owners []*Entry
 	err := m.st.Apply(context.Background(), index, func(tx *store.Tx) error {
-		mine, bcasts = mine[:0], bcasts[:0]
+		mine, bcasts, owners = mine[:0], bcasts[:0], owners[:0]
 		for _, e := range es {
 			tx.SetTime(e.At)
 			res, err := applyEntry(tx, e)
@@ -96,6 +101,9 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 			}
 			if e.Kind == KindBroadcasts && res.Err == nil {
 				bcasts = append(bcasts, e.Broadcasts)
+			}
+			if e.Kind == KindWakeOwner {
+				owners = append(owners, e)
 			}
 		}
 		return nil
@@ -109,6 +117,11 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 	if m.onBroadcasts != nil {
 		for _, b := range bcasts {
 			m.onBroadcasts(b)
+		}
+	}
+	if m.onWakeOwners != nil {
+		for _, e := range owners {
+			m.onWakeOwners(e.Member, e.UAIDs)
 		}
 	}
 	m.mu.Lock()
@@ -201,7 +214,8 @@ func (m *Machine) Restore(r io.Reader, index uint64) error {
 // String names a kind, for logs.
 func (k Kind) String() string {
 	names := map[Kind]string{KindAppend: "append", KindAck: "ack", KindDelete: "delete", KindRegister: "register",
-		KindUnregister: "unregister", KindReset: "reset", KindBroadcasts: "broadcasts", KindSweep: "sweep"}
+		KindUnregister: "unregister", KindReset: "reset", KindBroadcasts: "broadcasts", KindSweep: "sweep",
+		KindWakeOwner: "wake owner"}
 	if n, ok := names[k]; ok {
 		return n
 	}

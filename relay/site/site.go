@@ -54,6 +54,15 @@ type Config struct {
 	// expired messages (30 s); SweepLimit bounds one sweep (1000).
 	SweepInterval time.Duration
 	SweepLimit    int
+	// Keys are the fingerprints of this member's endpoint.key and
+	// wake.key (zero: not checked): a member whose keys differ from the
+	// site's does not form or join it (keys.go).
+	Keys KeyPrints
+	// WakeRecheck is how long a wake waits when another member may hold
+	// the device's session (2 s); WakeOwnerGap the least time between
+	// two wake owner entries of this member for one device (5 s).
+	WakeRecheck  time.Duration
+	WakeOwnerGap time.Duration
 	// Consensus tuning (relay/consensus defaults when zero).
 	Tick           time.Duration
 	ProposeTimeout time.Duration
@@ -79,6 +88,12 @@ func (c *Config) setDefaults() {
 	}
 	if c.SweepLimit <= 0 {
 		c.SweepLimit = 1000
+	}
+	if c.WakeRecheck <= 0 {
+		c.WakeRecheck = 2 * time.Second
+	}
+	if c.WakeOwnerGap <= 0 {
+		c.WakeOwnerGap = 5 * time.Second
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -114,6 +129,11 @@ type Site struct {
 	bkick   chan struct{}
 	onBcast func(map[string]string)
 
+	// wake: which devices this member wakes (waking.go); keys: the
+	// site's keys checked (keys.go).
+	wake *waking
+	keys keyCheck
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -129,10 +149,11 @@ func New(cfg Config) (*Site, error) {
 	}
 	s := &Site{
 		cfg: cfg, id: member.IDOf(cfg.Name), ready: make(chan struct{}), closed: make(chan struct{}),
-		failed: map[uint64]time.Time{}, bkick: make(chan struct{}, 1),
+		failed: map[uint64]time.Time{}, bkick: make(chan struct{}, 1), wake: newWaking(),
 	}
 	s.machine = NewMachine(cfg.Store, s.id, cfg.Logger)
 	s.machine.onBroadcasts = s.noteBroadcasts
+	s.machine.onWakeOwners = s.wakeOwners
 	s.st = NewStore(cfg.Store, s.machine, s, cfg.Now)
 	s.m = newSiteMetrics(metrics.OrNew(cfg.Metrics), s)
 	return s, nil
@@ -302,6 +323,9 @@ func (s *Site) Run(ctx context.Context) error {
 	}()
 	peers, join, err := s.decide(ctx)
 	if err != nil {
+		if ctx.Err() != nil {
+			return nil // stopped while deciding (or refused: keys.go)
+		}
 		return err
 	}
 	n, err := consensus.New(consensus.Config{
@@ -325,6 +349,7 @@ func (s *Site) Run(ctx context.Context) error {
 	wg.Go(func() { errc <- n.Run(ctx) })
 	wg.Go(func() { s.chores(ctx, n) })
 	wg.Go(func() { s.deliverBroadcasts(ctx) })
+	wg.Go(func() { s.runWaking(ctx) })
 	select {
 	case err := <-errc:
 		cancel()
@@ -360,18 +385,56 @@ func (s *Site) decide(ctx context.Context) (peers map[uint64]string, join bool, 
 	for {
 		alive := s.alive()
 		var ids []uint64
+		var inSite []member.Info
+		files := ""
 		for _, in := range alive {
 			if in.Meta.InSite && !in.Self {
-				s.cfg.Logger.Info("site: joining the site", "via", in.Name)
-				return nil, true, nil
+				inSite = append(inSite, in)
 			}
-			ids = append(ids, in.Meta.RaftID)
+		}
+		// The site's keys are those of most of its members (one whose
+		// key files were replaced is not the site's).
+		var names []string
+		for _, in := range founders(inSite) {
+			names = append(names, in.Name)
+			if f := s.keysDiffer(in.Meta); f != "" {
+				files = f
+			}
+		}
+		switch {
+		case len(inSite) > 0 && files != "":
+			// Not joined: the leader would not add it anyway.
+			s.refuse(files, names)
+		case len(inSite) > 0:
+			s.refuse("", nil)
+			s.cfg.Logger.Info("site: joining the site", "via", inSite[0].Name)
+			return nil, true, nil
+		default:
+			// A new site: its founders are the members with the same
+			// keys; this one, if its keys are not theirs, waits refused.
+			group := founders(alive)
+			self := slices.ContainsFunc(group, func(in member.Info) bool { return in.Self })
+			if !self {
+				for _, in := range group {
+					names = append(names, in.Name)
+					if f := s.keysDiffer(in.Meta); f != "" {
+						files = f
+					}
+				}
+				s.refuse(files, names)
+			} else {
+				s.refuse("", nil)
+				alive = group
+				for _, in := range group {
+					ids = append(ids, in.Meta.RaftID)
+				}
+			}
 		}
 		slices.Sort(ids)
 		if !slices.Equal(ids, last) {
 			last, since = ids, s.cfg.Now()
 		}
-		if len(ids) >= s.cfg.Expect && s.cfg.Now().Sub(since) >= s.cfg.Settle {
+		if len(ids) > 0 && len(ids) >= s.cfg.Expect && s.cfg.Now().Sub(since) >= s.cfg.Settle {
 			first := ids[:s.cfg.Expect]
 			if !slices.Contains(first, s.id) {
 				s.cfg.Logger.Info("site: the site forms without this member; it will be added", "expect", s.cfg.Expect)
@@ -402,6 +465,7 @@ func (s *Site) alive() []member.Info {
 	for _, in := range s.cfg.Members() {
 		if in.Self {
 			in.Meta.RaftID = s.id
+			in.Meta.EndpointKey, in.Meta.WakeKey = s.cfg.Keys.Endpoint, s.cfg.Keys.Wake
 			out = append(out, in)
 			continue
 		}
@@ -436,6 +500,8 @@ func (s *Site) chores(ctx context.Context, n *consensus.Node) {
 			s.refreshPeers(n)
 			if n.Leader() == s.id {
 				s.autopilot(ctx, n)
+			} else {
+				s.checkOthers()
 			}
 		case <-sweep.C:
 			if n.Leader() == s.id {
@@ -462,8 +528,9 @@ func (s *Site) autopilot(ctx context.Context, n *consensus.Node) {
 			state[in.Meta.RaftID] = in
 		}
 	}
+	refused := s.checkOthers()
 	for id, in := range state {
-		if in.Self || in.State != member.StateAlive || in.Meta.RaftAddr == "" || slices.Contains(voters, id) {
+		if in.Self || in.State != member.StateAlive || in.Meta.RaftAddr == "" || slices.Contains(voters, id) || refused[id] {
 			continue
 		}
 		cctx, cancel := context.WithTimeout(ctx, 10*time.Second)

@@ -35,6 +35,8 @@ type testSite struct {
 	t      *testing.T
 	dir    string
 	expect int
+	// keys are the members' key fingerprints by name (none: unchecked).
+	keys map[string]KeyPrints
 }
 
 func newTestSite(t *testing.T, expect int) *testSite {
@@ -53,6 +55,9 @@ type tm struct {
 	site *Site
 	mem  *member.Member
 	reg  *metrics.Registry
+	// sessions are the devices with a session on the member, as its hub
+	// would report them (waking_test.go).
+	sessions sessionSet
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -101,6 +106,7 @@ func (ts *testSite) start(name string, seeds ...*tm) *tm {
 		Members: func() []member.Info { return x.mem.Members() },
 		Expect:  ts.expect, Settle: 300 * time.Millisecond, Tick: 50 * time.Millisecond,
 		ProposeTimeout: 3 * time.Second, SweepInterval: time.Hour,
+		Keys:   ts.keys[name],
 		Logger: log, Metrics: x.reg,
 	})
 	if err != nil {
@@ -113,7 +119,10 @@ func (ts *testSite) start(name string, seeds ...*tm) *tm {
 	x.mem, err = member.New(member.Config{
 		Name: name, Listen: "127.0.0.1:0", Join: join, Keys: [][]byte{bytes.Repeat([]byte{7}, 32)},
 		Meta: func() member.Meta {
-			return member.Meta{RaftAddr: x.site.Addr(), InSite: x.site.InSite()}
+			k := x.site.Keys()
+			wd, wn := x.site.WakeDigest()
+			return member.Meta{RaftAddr: x.site.Addr(), InSite: x.site.InSite(), EndpointKey: k.Endpoint, WakeKey: k.Wake,
+				SocketDigest: x.sessions.digest(), WakeDigest: wd, WakeBindings: wn}
 		},
 		MetaInterval: 50 * time.Millisecond, MetaRefresh: 100 * time.Millisecond,
 		Timing: member.Timing{
