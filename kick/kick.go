@@ -45,6 +45,7 @@ type Store interface {
 	Messages(u push.UAID, afterSeq uint64, limit int) ([]store.Message, error)
 	WakeStates(us []push.UAID, fn func(i int, ok bool, wake []byte, waiting bool)) error
 	UpdateWakes(ctx context.Context, us []push.UAID, fn func(i int, old []byte) []byte) (int, error)
+	EachWake(fn func(u push.UAID, wake []byte)) error
 }
 
 // Sender sends one datagram. discovery.Server sends from the STUN socket,
@@ -354,6 +355,59 @@ func (k *Kicker) Drop(ctx context.Context, u push.UAID) error {
 	}
 	k.m.bindings.With("dropped").Inc()
 	return nil
+}
+
+// Bindings calls fn with every device this kicker holds a wake binding
+// for in its store (a proven or claimed address): what a site member
+// owns after a restart. It reads every device record.
+func (k *Kicker) Bindings(fn func(u push.UAID)) error {
+	err := k.cfg.Store.EachWake(func(u push.UAID, wake []byte) {
+		if r, err := decodeRecord(wake); err == nil && (r.verified.IsValid() || r.claimed.IsValid()) {
+			fn(u)
+		}
+	})
+	if err != nil {
+		return fmt.Errorf("kick: wake bindings: %w", err)
+	}
+	return nil
+}
+
+// DropStored forgets the addresses of every binding in the store (not
+// those proven here since the last flush, which are still in memory),
+// keeping each device's replay stamp, in commits of up to 1,000 devices,
+// and returns how many it forgot; it keeps those keep reports true for
+// (nil keeps none). A site member whose store was replaced by another
+// member's snapshot calls it: the bindings in that file are the other
+// member's, proven to its socket.
+func (k *Kicker) DropStored(ctx context.Context, keep func(push.UAID) bool) (int, error) {
+	var us []push.UAID
+	if err := k.Bindings(func(u push.UAID) {
+		if keep == nil || !keep(u) {
+			us = append(us, u)
+		}
+	}); err != nil {
+		return 0, err
+	}
+	dropped := 0
+	for len(us) > 0 {
+		batch := us[:min(len(us), 1000)]
+		us = us[len(batch):]
+		n, err := k.cfg.Store.UpdateWakes(ctx, batch, func(_ int, old []byte) []byte {
+			r, err := decodeRecord(old)
+			if err != nil || (!r.verified.IsValid() && !r.claimed.IsValid()) {
+				return nil
+			}
+			r.claimed, r.claimedAt, r.network = netip.AddrPort{}, time.Time{}, ""
+			r.verified, r.verifiedAt = netip.AddrPort{}, time.Time{}
+			return r.encode()
+		})
+		dropped += n
+		if err != nil {
+			return dropped, fmt.Errorf("kick: drop stored bindings: %w", err)
+		}
+	}
+	k.m.bindings.With("dropped").Add(float64(dropped))
+	return dropped, nil
 }
 
 // Connected stops waking u: it said hello (relay.Waker).

@@ -1008,3 +1008,57 @@ func TestWakeAfterDropOnBound(t *testing.T) {
 		}
 	})
 }
+
+// Bindings lists the devices with a stored binding, and not one dropped.
+func TestBindings(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		e := newEnv(t, Config{Ranges: ranges("127.0.0.0/24"), Interval: time.Second}, false)
+		u, c := e.device(91, "127.0.0.91")
+		v, _ := e.device(92, "127.0.0.92")
+		if r := e.hello(u, c, false, nil); r.Status != pushproto.StatusWake {
+			t.Fatalf("hello reply %+v", r)
+		}
+		if err := e.k.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		list := func() []push.UAID {
+			var got []push.UAID
+			if err := e.k.Bindings(func(u push.UAID) { got = append(got, u) }); err != nil {
+				t.Fatal(err)
+			}
+			return got
+		}
+		if got := list(); len(got) != 1 || got[0] != u {
+			t.Fatalf("Bindings = %v, want only %v (not %v, which never bound)", got, u, v)
+		}
+		if err := e.k.Drop(context.Background(), u); err != nil {
+			t.Fatal(err)
+		}
+		if got := list(); len(got) != 0 {
+			t.Fatalf("Bindings after Drop = %v", got)
+		}
+		// DropStored forgets every stored binding but those kept.
+		w, cw := e.device(93, "127.0.0.93")
+		for _, d := range []struct {
+			u push.UAID
+			c *net.UDPConn
+		}{{u, c}, {w, cw}} {
+			if r := e.hello(d.u, d.c, false, nil); r.Status != pushproto.StatusWake {
+				t.Fatalf("hello reply %+v", r)
+			}
+		}
+		if err := e.k.Flush(context.Background()); err != nil {
+			t.Fatal(err)
+		}
+		n, err := e.k.DropStored(context.Background(), func(x push.UAID) bool { return x == w })
+		if err != nil || n != 1 {
+			t.Fatalf("DropStored = %d, %v; want 1 (u's; w's kept)", n, err)
+		}
+		if got := list(); len(got) != 1 || got[0] != w {
+			t.Fatalf("Bindings after DropStored = %v, want only %v", got, w)
+		}
+		if rec := storedRecord(t, e.st, u); rec.claimed.IsValid() || rec.verified.IsValid() {
+			t.Fatalf("u's record after DropStored %+v", rec)
+		}
+	})
+}

@@ -101,8 +101,8 @@ func (a siteAdapter) OnBroadcasts(fn func(map[string]string)) { a.s.OnBroadcasts
 func (a siteAdapter) Run(ctx context.Context) error           { return a.s.Run(ctx) }
 func (a siteAdapter) Stored(ms []store.Message)               { a.s.Stored(ms) }
 func (a siteAdapter) Bound(u pushtypes.UAID)                  { a.s.Bound(u) }
-func (a siteAdapter) SetWaking(k node.SiteKicker, sess node.SiteSessions) {
-	a.s.SetWaking(k, sess)
+func (a siteAdapter) SetWaking(k node.SiteKicker, sess node.SiteSessions) error {
+	return a.s.SetWaking(k, sess)
 }
 
 // Check: a member that cannot commit acknowledges nothing, and load

@@ -425,7 +425,9 @@ func New(cfg Config) (_ *Node, err error) {
 	}
 	d.kick.SetPresence(d.hub)
 	if d.site != nil {
-		d.site.SetWaking(d.kick, d.hub)
+		if err := d.site.SetWaking(d.kick, d.hub); err != nil {
+			return nil, err
+		}
 	}
 	d.api, err = endpoint.New(endpoint.Config{
 		Tokens: tokens, Pusher: d.hub, PublicURL: publicURL, MaxData: cfg.MaxDataBytes,
@@ -1021,7 +1023,7 @@ type Site interface {
 	// the site wakes the devices whose wake binding this member holds;
 	// Bound hears of every wake binding the kicker accepted
 	// (kick.Config.OnBound). Neither blocks.
-	SetWaking(k SiteKicker, sessions SiteSessions)
+	SetWaking(k SiteKicker, sessions SiteSessions) error
 	Stored(ms []store.Message)
 	Bound(u push.UAID)
 	Run(ctx context.Context) error
@@ -1032,6 +1034,8 @@ type SiteKicker interface {
 	Wake(u push.UAID, until time.Time)
 	WakeAfter(u push.UAID, until time.Time, delay time.Duration)
 	Drop(ctx context.Context, u push.UAID) error
+	Bindings(fn func(u push.UAID)) error
+	DropStored(ctx context.Context, keep func(push.UAID) bool) (int, error)
 }
 
 // SiteSessions is the node's hub as the site asks it (relay.Hub).

@@ -31,6 +31,9 @@ type Machine struct {
 	// onWakeOwners hears of every wake owner entry applied, after its
 	// commit, on the applying goroutine: it must not block.
 	onWakeOwners func(owner uint64, us []push.UAID)
+	// onRestored hears that the store was replaced by a snapshot, after
+	// the swap, on the restoring goroutine: it must not block.
+	onRestored func()
 }
 
 // Result is what applying an entry did, for the member that proposed it.
@@ -208,6 +211,9 @@ func (m *Machine) Restore(r io.Reader, index uint64) error {
 		return fmt.Errorf("site: snapshot at index %d, wanted at least %d", got, index)
 	}
 	m.log.Info("site: store restored from a member's snapshot", "applied", got)
+	if m.onRestored != nil {
+		m.onRestored()
+	}
 	return nil
 }
 

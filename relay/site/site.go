@@ -154,6 +154,7 @@ func New(cfg Config) (*Site, error) {
 	s.machine = NewMachine(cfg.Store, s.id, cfg.Logger)
 	s.machine.onBroadcasts = s.noteBroadcasts
 	s.machine.onWakeOwners = s.wakeOwners
+	s.machine.onRestored = s.wakeRestored
 	s.st = NewStore(cfg.Store, s.machine, s, cfg.Now)
 	s.m = newSiteMetrics(metrics.OrNew(cfg.Metrics), s)
 	return s, nil

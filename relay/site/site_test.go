@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/member"
@@ -58,6 +59,8 @@ type tm struct {
 	// sessions are the devices with a session on the member, as its hub
 	// would report them (waking_test.go).
 	sessions sessionSet
+	// kick is the member's kicker once startWaking gave it one.
+	kick *kick.Kicker
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup

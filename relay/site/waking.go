@@ -2,6 +2,7 @@ package site
 
 import (
 	"context"
+	"fmt"
 	"sync"
 	"time"
 
@@ -33,15 +34,21 @@ import (
 //     applying it, forgets its own binding for the device (Kicker.Drop),
 //     so a device that moved from X to Y is woken by Y alone.
 //
-// Which devices a member owns is held in memory (about 60 bytes each):
-// after a restart a member learns it again from the devices' next STUN
-// refresh (within wake_binding_ttl/4) or hello.
+// Which devices a member owns is held in memory (about 60 bytes each).
+// At start (SetWaking) a member owns the devices whose binding its store
+// holds: another member's later claim, applied here, would have made it
+// forget the binding. (A member stopped between applying such a claim
+// and forgetting its binding keeps both: it wakes the device too, from a
+// mapping that is probably gone, until the device proves its address
+// again anywhere; the device ignores a datagram it did not ask for.)
 
 // Kicker is the member's waker as the site drives it (kick.Kicker).
 type Kicker interface {
 	Wake(u push.UAID, until time.Time)
 	WakeAfter(u push.UAID, until time.Time, delay time.Duration)
 	Drop(ctx context.Context, u push.UAID) error
+	Bindings(fn func(u push.UAID)) error
+	DropStored(ctx context.Context, keep func(push.UAID) bool) (int, error)
 }
 
 // Sessions is the member's hub as waking asks it (relay.Hub).
@@ -68,6 +75,9 @@ type waking struct {
 	owned    map[push.UAID]*ownState
 	announce map[push.UAID]struct{} // to propose
 	drops    map[push.UAID]struct{} // to forget (another member owns them)
+	// dropStored: the store was restored from another member's snapshot;
+	// the kicker must forget the bindings in it (that member's).
+	dropStored bool
 	batch    uint64
 	kick     chan struct{}
 }
@@ -86,11 +96,25 @@ func (w *waking) poke() {
 
 // SetWaking hands the site this member's kicker and hub: from then on
 // the member wakes the devices it owns from its commit feed (Stored).
+// The member owns the devices whose binding its store holds (read here).
 // Call it before Run.
-func (s *Site) SetWaking(k Kicker, sess Sessions) {
-	s.wake.mu.Lock()
-	s.wake.k, s.wake.sess = k, sess
-	s.wake.mu.Unlock()
+func (s *Site) SetWaking(k Kicker, sess Sessions) error {
+	w := s.wake
+	var held []push.UAID
+	if err := k.Bindings(func(u push.UAID) { held = append(held, u) }); err != nil {
+		return fmt.Errorf("site: waking: %w", err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.k, w.sess = k, sess
+	for _, u := range held {
+		if _, dropping := w.drops[u]; dropping || w.owned[u] != nil {
+			continue
+		}
+		w.makeRoom()
+		w.owned[u] = &ownState{holds: true}
+	}
+	return nil
 }
 
 // Bound tells the site that this member accepted a wake binding for u
@@ -219,6 +243,23 @@ func (s *Site) otherSockets() []member.Digest {
 	return out
 }
 
+// wakeRestored: this member's store was replaced by another member's
+// snapshot. The wake records in it are that member's, and the owner
+// entries the snapshot stands for were never applied here: this member
+// owns nothing until devices prove their address to it again, and the
+// kicker forgets the bindings the file brought (runWaking), so that a
+// later start does not take them for this member's own.
+func (s *Site) wakeRestored() {
+	w := s.wake
+	w.mu.Lock()
+	clear(w.owned)
+	clear(w.announce)
+	clear(w.drops)
+	w.dropStored = true
+	w.mu.Unlock()
+	w.poke()
+}
+
 // wakeOwners is a wake owner entry applied here (on the applying
 // goroutine, after its commit): this member's own marks its proposal
 // done; another member's makes this one forget its bindings for those
@@ -268,9 +309,33 @@ func (s *Site) runWaking(ctx context.Context) {
 		case <-w.kick:
 		case <-tick.C:
 		}
+		s.dropStored(ctx)
 		s.dropBindings(ctx)
 		s.proposeOwners(ctx)
 	}
+}
+
+// dropStored has the kicker forget the bindings a restored snapshot
+// brought (wakeRestored), until it succeeds.
+func (s *Site) dropStored(ctx context.Context) {
+	w := s.wake
+	w.mu.Lock()
+	k, do := w.k, w.dropStored
+	w.dropStored = false
+	w.mu.Unlock()
+	if !do || k == nil {
+		return
+	}
+	// Devices that proved their address here since the restore keep it.
+	n, err := k.DropStored(ctx, s.Owns)
+	if err != nil {
+		s.cfg.Logger.Warn("site: the wake bindings a snapshot brought not forgotten yet; retrying", "forgot", n, "err", err)
+		w.mu.Lock()
+		w.dropStored = true
+		w.mu.Unlock()
+		return
+	}
+	s.cfg.Logger.Info("site: forgot the wake bindings the snapshot brought (another member's)", "bindings", n)
 }
 
 // dropBindings has the kicker forget the bindings of the devices other

@@ -1,6 +1,7 @@
 package site
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"net"
@@ -84,8 +85,11 @@ func startWaking(t *testing.T, x *tm, secret []byte) netip.AddrPort {
 		t.Fatal(err)
 	}
 	reg.k = k
+	x.kick = k
 	k.SetPresence(&x.sessions)
-	x.site.SetWaking(k, &x.sessions)
+	if err := x.site.SetWaking(k, &x.sessions); err != nil {
+		t.Fatal(err)
+	}
 	x.st.OnStored(x.site.Stored)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
@@ -355,5 +359,68 @@ func TestFounders(t *testing.T) {
 		if got := names(founders(c.alive)); got != c.want {
 			t.Errorf("founders of %v: %s, want %s", names(c.alive), got, c.want)
 		}
+	}
+}
+
+// A member owns, from its start, the devices whose wake binding its
+// store holds: a restarted member wakes them before they prove their
+// address again (it once waited for their next STUN refresh).
+func TestWakeOwnerAfterRestart(t *testing.T) {
+	ts := newTestSite(t, 1)
+	a := ts.start("a")
+	secret := []byte(strings.Repeat("w", 32))
+	stun := startWaking(t, a, secret)
+	waitUntil(t, 20*time.Second, "a site of one", func() bool { return a.site.InSite() && leaderOf([]*tm{a}) != nil })
+	ctx := context.Background()
+	u, v, ch := push.UAID{0xab, 1}, push.UAID{0xab, 2}, push.ChannelID{0xcd, 1}
+	for _, w := range []push.UAID{u, v} {
+		if err := a.site.Store().Register(ctx, store.Channel{UAID: w, ID: ch}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	newSleeper(t, u, secret).prove(stun)
+	waitUntil(t, 10*time.Second, "a owns u's waking", func() bool { return a.site.Owns(u) })
+	if err := a.kick.Flush(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The member's site made anew over the same store, as at a restart.
+	again, err := New(Config{Name: "a", Store: a.st, Dir: t.TempDir(), Members: func() []member.Info { return nil },
+		ServerTLS: a.site.cfg.ServerTLS, ClientTLS: a.site.cfg.ClientTLS, Logger: quietLogger(t, "a again")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if again.Owns(u) {
+		t.Fatal("owns u before SetWaking")
+	}
+	if err := again.SetWaking(a.kick, &sessionSet{}); err != nil {
+		t.Fatal(err)
+	}
+	if !again.Owns(u) || again.Owns(v) {
+		t.Fatalf("after SetWaking: owns u %v (want true: its binding is in the store), v %v (want false: none)", again.Owns(u), again.Owns(v))
+	}
+	if _, n := again.WakeDigest(); n != 1 {
+		t.Fatalf("WakeDigest counts %d devices, want 1", n)
+	}
+
+	// Restored from a snapshot (here the member's own file, standing for
+	// another member's): it owns nothing, and the kicker forgets the
+	// bindings the file brought, so a later start does not own them.
+	var snap bytes.Buffer
+	if _, err := a.st.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if err := again.machine.Restore(&snap, 0); err != nil {
+		t.Fatal(err)
+	}
+	if again.Owns(u) {
+		t.Fatal("owns u after a restore")
+	}
+	again.dropStored(ctx)
+	var left []push.UAID
+	if err := a.kick.Bindings(func(w push.UAID) { left = append(left, w) }); err != nil {
+		t.Fatal(err)
+	}
+	if len(left) != 0 {
+		t.Fatalf("bindings left in the store after a restore: %v", left)
 	}
 }

@@ -62,6 +62,29 @@ func (s *Store) WakeStates(us []push.UAID, fn func(i int, ok bool, wake []byte, 
 	})
 }
 
+// EachWake calls fn with every device that has a wake blob, in UAID
+// order, in one read transaction; wake is valid only during the call.
+// It reads every device record: for a start, not a hot path.
+func (s *Store) EachWake(fn func(u push.UAID, wake []byte)) error {
+	return s.view(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
+			var u push.UAID
+			if len(k) != len(u) {
+				return nil
+			}
+			copy(u[:], k)
+			d, err := decodeDevice(u, v)
+			if err != nil {
+				return err
+			}
+			if len(d.Wake) > 0 {
+				fn(u, d.Wake)
+			}
+			return nil
+		})
+	})
+}
+
 // Touch sets u's LastSeen to now if u has a record; otherwise it does
 // nothing.
 func (s *Store) Touch(ctx context.Context, u push.UAID, now time.Time) error {

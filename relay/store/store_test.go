@@ -1052,6 +1052,29 @@ func TestWakeStates(t *testing.T) {
 	}
 }
 
+// EachWake lists the devices with a wake blob, and only those.
+func TestEachWake(t *testing.T) {
+	s := openTest(t, Options{})
+	a, b, c := uaid(1), uaid(2), uaid(3)
+	for _, u := range []push.UAID{a, b, c} {
+		mustRegister(t, s, u, chid(1))
+	}
+	if err := setWake(s, a, false, []byte("wa")); err != nil {
+		t.Fatal(err)
+	}
+	if err := setWake(s, c, false, []byte("wc")); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	if err := s.EachWake(func(u push.UAID, wake []byte) { got = append(got, u.String()+"="+string(wake)) }); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{a.String() + "=wa", c.String() + "=wc"}
+	if fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Errorf("EachWake = %v, want %v", got, want)
+	}
+}
+
 // A store file keeps its epoch across opens; another file has another.
 func TestEpoch(t *testing.T) {
 	dir := t.TempDir()
