@@ -78,8 +78,8 @@ type waking struct {
 	// dropStored: the store was restored from another member's snapshot;
 	// the kicker must forget the bindings in it (that member's).
 	dropStored bool
-	batch    uint64
-	kick     chan struct{}
+	batch      uint64
+	kick       chan struct{}
 }
 
 func newWaking() *waking {
