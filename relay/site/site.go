@@ -114,6 +114,11 @@ type Site struct {
 	bkick   chan struct{}
 	onBcast func(map[string]string)
 
+	// up is the site's upstream on this member (holder.go); nil without.
+	up *holder
+	// holderID and holderTerm: the upstream's holder the log last named.
+	holderID, holderTerm atomic.Uint64
+
 	closeOnce sync.Once
 	closed    chan struct{}
 }
@@ -133,6 +138,13 @@ func New(cfg Config) (*Site, error) {
 	}
 	s.machine = NewMachine(cfg.Store, s.id, cfg.Logger)
 	s.machine.onBroadcasts = s.noteBroadcasts
+	s.machine.onUpstream = s.noteUpstream
+	hid, hterm, err := cfg.Store.Holder()
+	if err != nil {
+		return nil, fmt.Errorf("site: %w", err)
+	}
+	s.holderID.Store(hid)
+	s.holderTerm.Store(hterm)
 	s.st = NewStore(cfg.Store, s.machine, s, cfg.Now)
 	s.m = newSiteMetrics(metrics.OrNew(cfg.Metrics), s)
 	return s, nil
@@ -285,6 +297,16 @@ func (s *Site) Propose(ctx context.Context, data []byte) (uint64, error) {
 	return idx, err
 }
 
+// nodeLead is the consensus node as holdLoop sees it.
+type nodeLead struct{ n *consensus.Node }
+
+func (l nodeLead) leads() (uint64, bool) {
+	if l.n.Leader() != l.n.ID() {
+		return 0, false
+	}
+	return l.n.Status().Term, true
+}
+
 // logDir is where the consensus log lives.
 func (s *Site) logDir() string { return filepath.Join(s.cfg.Dir, "site") }
 
@@ -325,6 +347,9 @@ func (s *Site) Run(ctx context.Context) error {
 	wg.Go(func() { errc <- n.Run(ctx) })
 	wg.Go(func() { s.chores(ctx, n) })
 	wg.Go(func() { s.deliverBroadcasts(ctx) })
+	if s.up != nil {
+		wg.Go(func() { s.holdLoop(ctx, nodeLead{n}) })
+	}
 	select {
 	case err := <-errc:
 		cancel()

@@ -35,6 +35,8 @@ type testSite struct {
 	t      *testing.T
 	dir    string
 	expect int
+	// setup, if set, is run on each member before its site runs.
+	setup func(x *tm)
 }
 
 func newTestSite(t *testing.T, expect int) *testSite {
@@ -53,6 +55,9 @@ type tm struct {
 	site *Site
 	mem  *member.Member
 	reg  *metrics.Registry
+	// up and hub: the site's upstream and the member's hub (holder_test.go).
+	up  *Upstream
+	hub *relay.Hub
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -125,6 +130,9 @@ func (ts *testSite) start(name string, seeds ...*tm) *tm {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if ts.setup != nil {
+		ts.setup(x)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	x.cancel = cancel

@@ -1,0 +1,290 @@
+package site
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/push"
+	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/token"
+	"github.com/pushrelay/pushrelay/relay/upstream"
+	"github.com/pushrelay/pushrelay/relay/upstream/autopushtest"
+)
+
+var _ upstream.Store = (*Store)(nil)
+
+// linkHolding runs a relay/upstream Link into a member's hub, as the node
+// does.
+type linkHolding struct {
+	*upstream.Link
+	hub *relay.Hub
+}
+
+func (h linkHolding) Run(ctx context.Context) error { return h.Link.Run(ctx, h.hub) }
+
+// withUpstream gives every member of ts the upstream up: a hub writing
+// through the member's site store, and the site's upstream, whose
+// holdings are links to up.
+func withUpstream(t *testing.T, ts *testSite, up *autopushtest.Server) {
+	key := bytes.Repeat([]byte{3}, token.KeySize)
+	tokens, err := token.New(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ts.setup = func(x *tm) {
+		shared := upstream.NewMetrics(x.reg)
+		log := quietLogger(t, x.name)
+		x.up = x.site.Upstream(func() (Holding, error) {
+			l, err := upstream.New(upstream.Config{URL: up.URL(), Store: x.site.Store(), BackoffMin: 50 * time.Millisecond,
+				BackoffMax: 200 * time.Millisecond, RequestTimeout: 2 * time.Second, Logger: log.With("c", "upstream"), Shared: shared})
+			if err != nil {
+				return nil, err
+			}
+			return linkHolding{l, x.hub}, nil
+		}, 2*time.Second)
+		x.hub, err = relay.New(relay.Config{Store: x.site.Store(), Tokens: tokens, Endpoints: x.up, Logger: log, Metrics: x.reg})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		go func() { defer close(done); x.hub.Run(ctx) }()
+		t.Cleanup(func() { cancel(); <-done })
+	}
+}
+
+// holderOf is the member that runs the upstream now, if one does.
+func holderOf(ms []*tm) *tm {
+	for _, x := range ms {
+		if x.site.Holding() {
+			return x
+		}
+	}
+	return nil
+}
+
+// register registers a channel of device u at member x as the hub does:
+// its endpoint from the site's upstream, then the channel through the log.
+func register(t *testing.T, x *tm, u push.UAID, ch push.ChannelID) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ep, err := x.up.Mint(ctx, relay.Registration{UAID: u, Channel: ch})
+	if err != nil {
+		t.Fatalf("%s: register: %v", x.name, err)
+	}
+	if err := x.site.Store().Register(ctx, store.Channel{UAID: u, ID: ch, Endpoint: ep}); err != nil {
+		t.Fatalf("%s: store channel: %v", x.name, err)
+	}
+	return ep
+}
+
+// upPoster posts unique payloads to upstream endpoints, one every gap, and
+// keeps those answered 201.
+type upPoster struct {
+	mu      sync.Mutex
+	created map[string]bool
+	failed  int
+	stop    chan struct{}
+	done    chan struct{}
+}
+
+func startPosting(eps []string, max int, gap time.Duration) *upPoster {
+	p := &upPoster{created: map[string]bool{}, stop: make(chan struct{}), done: make(chan struct{})}
+	c := &http.Client{Timeout: 3 * time.Second}
+	go func() {
+		defer close(p.done)
+		for i := range max {
+			select {
+			case <-p.stop:
+				return
+			case <-time.After(gap):
+			}
+			text := fmt.Sprintf("m%05d", i)
+			req, _ := http.NewRequest("POST", eps[i%len(eps)], strings.NewReader(text))
+			req.Header.Set("TTL", "600")
+			req.Header.Set("Content-Encoding", "aes128gcm")
+			resp, err := c.Do(req)
+			p.mu.Lock()
+			if err == nil && resp.StatusCode == 201 {
+				p.created[text] = true
+			} else {
+				p.failed++
+			}
+			p.mu.Unlock()
+			if err == nil {
+				resp.Body.Close()
+			}
+		}
+	}()
+	return p
+}
+
+func (p *upPoster) count() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return len(p.created)
+}
+
+func (p *upPoster) finish() map[string]bool {
+	close(p.stop)
+	<-p.done
+	return p.created
+}
+
+// delivered counts each payload in x's own store for the devices us:
+// what the member's devices are sent.
+func delivered(t *testing.T, x *tm, us []push.UAID) map[string]int {
+	t.Helper()
+	got := map[string]int{}
+	for _, u := range us {
+		ms, err := x.st.Messages(u, 0, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, m := range ms {
+			got[string(m.Data)]++
+		}
+	}
+	return got
+}
+
+// A site of three with an upstream: the leader comes to hold the
+// upstream sessions; devices register at any member (a non-holder asks
+// the holder through the log) and the holder's sessions bring their
+// messages into every member's store. The holder is killed under a
+// steady load of upstream posts: another member holds the sessions
+// within seconds, re-opens them from the replicated identities, and
+// every message the upstream answered 201 for reaches every surviving
+// member's store once, none twice.
+func TestSiteUpstreamHolderFailover(t *testing.T) {
+	up, err := autopushtest.New(autopushtest.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { up.Close() })
+	ts := newTestSite(t, 3)
+	withUpstream(t, ts, up)
+	a := ts.start("a")
+	b := ts.start("b", a)
+	c := ts.start("c", a)
+	ms := []*tm{a, b, c}
+	waitUntil(t, 20*time.Second, "a member holds the upstream", func() bool { return holderOf(ms) != nil })
+	h := holderOf(ms)
+	if !h.site.Leader() {
+		t.Fatalf("%s holds the upstream but does not lead", h.name)
+	}
+	hid, _ := h.site.Holder()
+	for _, x := range ms {
+		waitUntil(t, 5*time.Second, x.name+" applied the holder entry", func() bool { id, _ := x.site.Holder(); return id == hid })
+	}
+
+	// A device on each member registers there: two of them at a member
+	// that does not hold the upstream.
+	var us []push.UAID
+	var eps []string
+	for i, x := range ms {
+		u, ch := push.UAID{0xd0, byte(i)}, push.ChannelID{0xc0, byte(i)}
+		ep := register(t, x, u, ch)
+		if !strings.Contains(ep, "/push/") {
+			t.Fatalf("%s: endpoint %q is not the upstream's", x.name, ep)
+		}
+		us, eps = append(us, u), append(eps, ep)
+	}
+	ups := make([]string, len(us))
+	for i, u := range us {
+		id, ok, err := c.st.UpstreamID(u)
+		if err != nil || !ok {
+			t.Fatalf("device %d has no upstream identity on c (replicated): %v", i, err)
+		}
+		ups[i] = id.Upstream.String()
+	}
+	allOpen := func() bool {
+		for _, u := range ups {
+			if !up.Open(u) {
+				return false
+			}
+		}
+		return true
+	}
+	waitUntil(t, 10*time.Second, "the holder's sessions open", allOpen)
+
+	p := startPosting(eps, 3000, 3*time.Millisecond)
+	waitUntil(t, 10*time.Second, "posts answered", func() bool { return p.count() >= 50 })
+	killed := time.Now()
+	h.stop()
+	var rest []*tm
+	for _, x := range ms {
+		if x != h {
+			rest = append(rest, x)
+		}
+	}
+	waitUntil(t, 15*time.Second, "another member holds the upstream", func() bool { return holderOf(rest) != nil })
+	held := time.Since(killed)
+	waitUntil(t, 15*time.Second, "the sessions re-opened", allOpen)
+	reopened := time.Since(killed)
+	n := p.count()
+	waitUntil(t, 10*time.Second, "posts answered after the failover", func() bool { return p.count() >= n+50 })
+	created := p.finish()
+	t.Logf("holder %s killed: %s holds after %s, sessions re-opened after %s; %d posts answered 201, %d not",
+		h.name, holderOf(rest).name, held.Round(time.Millisecond), reopened.Round(time.Millisecond), len(created), p.failed)
+
+	// Every message the upstream took reaches every surviving member's
+	// store, once; the upstream holds none unacked.
+	for _, x := range rest {
+		var got map[string]int
+		waitUntil(t, 20*time.Second, x.name+" stored every message answered 201", func() bool {
+			got = delivered(t, x, us)
+			for text := range created {
+				if got[text] == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		dups := 0
+		for text, k := range got {
+			if k > 1 {
+				dups += k - 1
+				t.Errorf("%s: %q stored %d times", x.name, text, k)
+			}
+		}
+		t.Logf("%s: %d distinct messages stored, %d duplicates", x.name, len(got), dups)
+	}
+	for i, u := range ups {
+		waitUntil(t, 10*time.Second, fmt.Sprintf("the upstream holds nothing unacked for device %d", i), func() bool { return up.Pending(u) == 0 })
+	}
+
+	// A new device registers at the member that does not hold: the
+	// new holder answers through the log.
+	var other *tm
+	for _, x := range rest {
+		if !x.site.Holding() {
+			other = x
+		}
+	}
+	u, ch := push.UAID{0xd9}, push.ChannelID{0xc9}
+	ep := register(t, other, u, ch)
+	if !strings.Contains(ep, "/push/") {
+		t.Fatalf("register at a non-holder after the failover: endpoint %q", ep)
+	}
+	text := "after"
+	req, _ := http.NewRequest("POST", ep, strings.NewReader(text))
+	req.Header.Set("TTL", "600")
+	req.Header.Set("Content-Encoding", "aes128gcm")
+	if resp, err := http.DefaultClient.Do(req); err != nil || resp.StatusCode != 201 {
+		t.Fatalf("post to the new device's endpoint: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	waitUntil(t, 10*time.Second, "the new device's message stored on the non-holder", func() bool {
+		return delivered(t, other, []push.UAID{u})[text] == 1
+	})
+}
