@@ -19,8 +19,9 @@ import (
 // n): the first makes endpoint.key and wake.key, which the others are
 // given before their first start (docs/cluster.md, "Starting a site"),
 // so that any member takes any endpoint. It returns them once all are
-// ready (the site formed), and the argument lists to restart each.
-func testSiteMembers(t *testing.T, n int) ([]*relayProc, [][]string, []string) {
+// ready (the site formed), and the argument lists to restart each. extra
+// is given to every member.
+func testSiteMembers(t *testing.T, n int, extra ...string) ([]*relayProc, [][]string, []string) {
 	t.Helper()
 	raw := make([]byte, 32)
 	rand.Read(raw)
@@ -43,7 +44,7 @@ func testSiteMembers(t *testing.T, n int) ([]*relayProc, [][]string, []string) {
 		dirs[i] = t.TempDir()
 		mkArgs := func() {
 			args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeUDPPort(t),
-				"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name])
+				"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name], extra)
 			if i > 0 {
 				args[i] = append(args[i], "--join", strings.Join(gossipAddrs[:i], ","))
 			}
