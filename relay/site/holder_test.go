@@ -164,7 +164,17 @@ func delivered(t *testing.T, x *tm, us []push.UAID) map[string]int {
 // within seconds, re-opens them from the replicated identities, and
 // every message the upstream answered 201 for reaches every surviving
 // member's store once, none twice.
-func TestSiteUpstreamHolderFailover(t *testing.T) {
+// upSite is a site of three with an upstream and a device registered at
+// each member.
+type upSite struct {
+	up  *autopushtest.Server
+	ms  []*tm
+	us  []push.UAID // the devices
+	ups []string    // their upstream UAIDs
+	eps []string    // their channels' upstream endpoints
+}
+
+func newUpSite(t *testing.T) *upSite {
 	up, err := autopushtest.New(autopushtest.Config{})
 	if err != nil {
 		t.Fatal(err)
@@ -175,47 +185,94 @@ func TestSiteUpstreamHolderFailover(t *testing.T) {
 	a := ts.start("a")
 	b := ts.start("b", a)
 	c := ts.start("c", a)
-	ms := []*tm{a, b, c}
-	waitUntil(t, 20*time.Second, "a member holds the upstream", func() bool { return holderOf(ms) != nil })
-	h := holderOf(ms)
+	s := &upSite{up: up, ms: []*tm{a, b, c}}
+	waitUntil(t, 20*time.Second, "a member holds the upstream", func() bool { return holderOf(s.ms) != nil })
+	h := holderOf(s.ms)
 	if !h.site.Leader() {
 		t.Fatalf("%s holds the upstream but does not lead", h.name)
 	}
 	hid, _ := h.site.Holder()
-	for _, x := range ms {
+	for _, x := range s.ms {
 		waitUntil(t, 5*time.Second, x.name+" applied the holder entry", func() bool { id, _ := x.site.Holder(); return id == hid })
 	}
-
 	// A device on each member registers there: two of them at a member
 	// that does not hold the upstream.
-	var us []push.UAID
-	var eps []string
-	for i, x := range ms {
+	for i, x := range s.ms {
 		u, ch := push.UAID{0xd0, byte(i)}, push.ChannelID{0xc0, byte(i)}
 		ep := register(t, x, u, ch)
 		if !strings.Contains(ep, "/push/") {
 			t.Fatalf("%s: endpoint %q is not the upstream's", x.name, ep)
 		}
-		us, eps = append(us, u), append(eps, ep)
+		s.us, s.eps = append(s.us, u), append(s.eps, ep)
 	}
-	ups := make([]string, len(us))
-	for i, u := range us {
-		id, ok, err := c.st.UpstreamID(u)
-		if err != nil || !ok {
-			t.Fatalf("device %d has no upstream identity on c (replicated): %v", i, err)
-		}
-		ups[i] = id.Upstream.String()
-	}
-	allOpen := func() bool {
-		for _, u := range ups {
-			if !up.Open(u) {
-				return false
+	for i, u := range s.us {
+		// Every member holds each identity (replicated), not only the
+		// holder that made it.
+		for _, x := range s.ms {
+			id, ok, err := x.st.UpstreamID(u)
+			if err != nil || !ok {
+				t.Fatalf("device %d has no upstream identity on %s: %v", i, x.name, err)
+			}
+			if x == c {
+				s.ups = append(s.ups, id.Upstream.String())
 			}
 		}
-		return true
 	}
-	waitUntil(t, 10*time.Second, "the holder's sessions open", allOpen)
+	waitUntil(t, 10*time.Second, "the holder's sessions open", s.allOpen)
+	return s
+}
 
+func (s *upSite) allOpen() bool {
+	for _, u := range s.ups {
+		if !s.up.Open(u) {
+			return false
+		}
+	}
+	return true
+}
+
+// checkStored waits until every payload in created is in each of ms's
+// stores and fails the test for any stored twice.
+func (s *upSite) checkStored(t *testing.T, created map[string]bool, ms ...*tm) {
+	t.Helper()
+	for _, x := range ms {
+		var got map[string]int
+		waitUntil(t, 20*time.Second, x.name+" stored every message answered 201", func() bool {
+			got = delivered(t, x, s.us)
+			for text := range created {
+				if got[text] == 0 {
+					return false
+				}
+			}
+			return true
+		})
+		dups := 0
+		for text, k := range got {
+			if k > 1 {
+				dups += k - 1
+				t.Errorf("%s: %q stored %d times", x.name, text, k)
+			}
+		}
+		t.Logf("%s: %d distinct messages stored, %d duplicates", x.name, len(got), dups)
+	}
+	for i, u := range s.ups {
+		waitUntil(t, 10*time.Second, fmt.Sprintf("the upstream holds nothing unacked for device %d", i), func() bool { return s.up.Pending(u) == 0 })
+	}
+}
+
+// A site of three with an upstream: the leader comes to hold the
+// upstream sessions; devices register at any member (a non-holder asks
+// the holder through the log) and the holder's sessions bring their
+// messages into every member's store. The holder is killed under a
+// steady load of upstream posts: another member holds the sessions
+// within seconds, re-opens them from the replicated identities, and
+// every message the upstream answered 201 for reaches every surviving
+// member's store once, none twice.
+func TestSiteUpstreamHolderFailover(t *testing.T) {
+	s := newUpSite(t)
+	ms, eps := s.ms, s.eps
+	allOpen := s.allOpen
+	h := holderOf(ms)
 	p := startPosting(eps, 3000, 3*time.Millisecond)
 	waitUntil(t, 10*time.Second, "posts answered", func() bool { return p.count() >= 50 })
 	killed := time.Now()
@@ -238,29 +295,7 @@ func TestSiteUpstreamHolderFailover(t *testing.T) {
 
 	// Every message the upstream took reaches every surviving member's
 	// store, once; the upstream holds none unacked.
-	for _, x := range rest {
-		var got map[string]int
-		waitUntil(t, 20*time.Second, x.name+" stored every message answered 201", func() bool {
-			got = delivered(t, x, us)
-			for text := range created {
-				if got[text] == 0 {
-					return false
-				}
-			}
-			return true
-		})
-		dups := 0
-		for text, k := range got {
-			if k > 1 {
-				dups += k - 1
-				t.Errorf("%s: %q stored %d times", x.name, text, k)
-			}
-		}
-		t.Logf("%s: %d distinct messages stored, %d duplicates", x.name, len(got), dups)
-	}
-	for i, u := range ups {
-		waitUntil(t, 10*time.Second, fmt.Sprintf("the upstream holds nothing unacked for device %d", i), func() bool { return up.Pending(u) == 0 })
-	}
+	s.checkStored(t, created, rest...)
 
 	// A new device registers at the member that does not hold: the
 	// new holder answers through the log.
@@ -287,4 +322,46 @@ func TestSiteUpstreamHolderFailover(t *testing.T) {
 	waitUntil(t, 10*time.Second, "the new device's message stored on the non-holder", func() bool {
 		return delivered(t, other, []push.UAID{u})[text] == 1
 	})
+}
+
+// The holder is cut off from the others (its consensus transport drops
+// everything) under a steady load of upstream posts: it stops its
+// upstream once it no longer leads (CheckQuorum: within an election
+// timeout), another member holds it, and when the cut heals every
+// message the upstream answered 201 for is in every member's store once.
+// The time both ran the upstream is logged (negative: none).
+func TestSiteUpstreamHolderCutOff(t *testing.T) {
+	s := newUpSite(t)
+	h := holderOf(s.ms)
+	var rest []*tm
+	for _, x := range s.ms {
+		if x != h {
+			rest = append(rest, x)
+		}
+	}
+	p := startPosting(s.eps, 3000, 3*time.Millisecond)
+	waitUntil(t, 10*time.Second, "posts answered", func() bool { return p.count() >= 50 })
+	cut := time.Now()
+	h.site.node.Load().SetDropFilter(func(uint64) bool { return true })
+	var stopped, held time.Duration
+	waitUntil(t, 10*time.Second, "the cut-off holder stops and another holds", func() bool {
+		if stopped == 0 && !h.site.Holding() {
+			stopped = time.Since(cut)
+		}
+		if held == 0 && holderOf(rest) != nil {
+			held = time.Since(cut)
+		}
+		return stopped != 0 && held != 0
+	})
+	waitUntil(t, 15*time.Second, "the sessions re-opened", s.allOpen)
+	n := p.count()
+	waitUntil(t, 10*time.Second, "posts answered after the cut", func() bool { return p.count() >= n+50 })
+	h.site.node.Load().SetDropFilter(nil)
+	created := p.finish()
+	t.Logf("holder %s cut off: it stopped its upstream after %s, %s held it after %s (both ran it for %s); %d posts answered 201, %d not",
+		h.name, stopped.Round(time.Millisecond), holderOf(rest).name, held.Round(time.Millisecond), (stopped - held).Round(time.Millisecond), len(created), p.failed)
+	if h.site.Holding() {
+		t.Errorf("%s holds the upstream again after the heal", h.name)
+	}
+	s.checkStored(t, created, s.ms...)
 }
