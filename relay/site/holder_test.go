@@ -365,3 +365,61 @@ func TestSiteUpstreamHolderCutOff(t *testing.T) {
 	}
 	s.checkStored(t, created, s.ms...)
 }
+
+// A device's unregister at a member that does not hold the upstream goes
+// into the replicated outbox and the holder sends it upstream (its
+// endpoint then answers 410); a register at such a member while the
+// upstream is down gets the holder's error, within the bound.
+func TestSiteUpstreamUnregisterAndRefusalAnywhere(t *testing.T) {
+	s := newUpSite(t)
+	h := holderOf(s.ms)
+	var other *tm
+	var i int
+	for j, x := range s.ms {
+		if x != h {
+			other, i = x, j
+			break
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	u, ch := s.us[i], push.ChannelID{0xc0, byte(i)}
+	if err := other.up.Unregister(ctx, u, ch); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range s.ms {
+		if _, ok, err := x.st.Channel(u, ch); err != nil || ok {
+			t.Fatalf("%s still has the channel: %v", x.name, err)
+		}
+	}
+	status := func() int {
+		req, _ := http.NewRequest("POST", s.eps[i], strings.NewReader("late"))
+		req.Header.Set("TTL", "60")
+		req.Header.Set("Content-Encoding", "aes128gcm")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			return 0
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	waitUntil(t, 10*time.Second, "the upstream forgot the unregistered channel (410)", func() bool { return status() == http.StatusGone })
+	for _, x := range s.ms {
+		waitUntil(t, 10*time.Second, x.name+"'s outbox empty", func() bool {
+			ps, err := x.st.PendingUnregisters(0, 0)
+			return err == nil && len(ps) == 0
+		})
+	}
+
+	s.up.Close()
+	start := time.Now()
+	_, err := other.up.Mint(ctx, relay.Registration{UAID: push.UAID{0xd7}, Channel: push.ChannelID{0xc7}})
+	took := time.Since(start)
+	if err == nil || !strings.Contains(err.Error(), "the upstream's holder") {
+		t.Fatalf("register with the upstream down, at a non-holder: %v", err)
+	}
+	if took > 3*time.Second+time.Second {
+		t.Errorf("the refusal took %s, over the bound (1.5 × 2 s)", took)
+	}
+	t.Logf("refused after %s: %v", took.Round(time.Millisecond), err)
+}
