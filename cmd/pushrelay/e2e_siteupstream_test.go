@@ -45,6 +45,26 @@ func TestE2ESiteUpstream(t *testing.T) {
 		time.Sleep(50 * time.Millisecond)
 	}
 
+	// /status names the holder alike on every member.
+	siteOf := func(p *relayProc) map[string]any {
+		cl, _ := p.status()["cluster"].(map[string]any)
+		st, _ := cl["site"].(map[string]any)
+		return st
+	}
+	want := siteOf(ps[h])["holder"]
+	if hold, _ := siteOf(ps[h])["holding"].(bool); !hold || want == nil || want == "none" {
+		t.Fatalf("the holder's /status: holder %v, holding %v", want, siteOf(ps[h])["holding"])
+	}
+	for i, p := range ps {
+		deadline := time.Now().Add(5 * time.Second)
+		for siteOf(p)["holder"] != want {
+			if time.Now().After(deadline) {
+				t.Fatalf("m%d's /status names holder %v, the holder %v", i+1, siteOf(p)["holder"], want)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+
 	// Two devices on each member, each registered there.
 	f := newFlow(t, ps[0], 0, &http.Client{Timeout: 3 * time.Second})
 	home := map[*flowDevice]int{}
