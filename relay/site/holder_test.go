@@ -209,10 +209,13 @@ func newUpSite(t *testing.T) *upSite {
 		// Every member holds each identity (replicated), not only the
 		// holder that made it.
 		for _, x := range s.ms {
-			id, ok, err := x.st.UpstreamID(u)
-			if err != nil || !ok {
-				t.Fatalf("device %d has no upstream identity on %s: %v", i, x.name, err)
-			}
+			var id store.UpstreamID
+			waitUntil(t, 5*time.Second, fmt.Sprintf("device %d's upstream identity on %s", i, x.name), func() bool {
+				var ok bool
+				var err error
+				id, ok, err = x.st.UpstreamID(u)
+				return err == nil && ok
+			})
 			if x == c {
 				s.ups = append(s.ups, id.Upstream.String())
 			}
@@ -388,9 +391,10 @@ func TestSiteUpstreamUnregisterAndRefusalAnywhere(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, x := range s.ms {
-		if _, ok, err := x.st.Channel(u, ch); err != nil || ok {
-			t.Fatalf("%s still has the channel: %v", x.name, err)
-		}
+		waitUntil(t, 5*time.Second, x.name+" removed the channel", func() bool {
+			_, ok, err := x.st.Channel(u, ch)
+			return err == nil && !ok
+		})
 	}
 	status := func() int {
 		req, _ := http.NewRequest("POST", s.eps[i], strings.NewReader("late"))
