@@ -158,7 +158,8 @@ func (s *Site) holdLoop(ctx context.Context, n leadView) {
 	var (
 		cancel   context.CancelFunc
 		done     chan struct{}
-		proposed uint64 // the term this member proposed itself in
+		proposed uint64    // the term this member proposed itself in
+		again    time.Time // when to propose itself again if not named
 		retryAt  time.Time
 	)
 	stop := func(why string) {
@@ -216,10 +217,15 @@ func (s *Site) holdLoop(ctx context.Context, n leadView) {
 			continue
 		}
 		if hid != s.id || hterm != term {
-			if proposed == term {
+			// Proposed once per term, and again while another stays
+			// named: only the leader's entry may name the holder, but a
+			// member that stopped leading may have named itself (its
+			// entry committed through the new leader) just before it
+			// knew.
+			if proposed == term && s.cfg.Now().Before(again) {
 				continue
 			}
-			proposed = term
+			proposed, again = term, s.cfg.Now().Add(s.proposeBound())
 			pctx, pcancel := context.WithTimeout(ctx, s.proposeBound())
 			_, err := s.st.propose(pctx, &Entry{Kind: KindHolder, Holder: s.id, Term: term})
 			pcancel()

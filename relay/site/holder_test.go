@@ -427,3 +427,49 @@ func TestSiteUpstreamUnregisterAndRefusalAnywhere(t *testing.T) {
 	}
 	t.Logf("refused after %s: %v", took.Round(time.Millisecond), err)
 }
+
+// A member that stopped leading may name itself the holder in the new
+// leader's term just before it knows (a pause: it read the new term
+// before it learnt it no longer leads; seen with SIGSTOP in
+// TestE2ESiteUpstreamStop): its entry commits through the new leader.
+// The leader then names itself again, and an older term's entry changes
+// nothing: the upstream does not stay without a holder.
+func TestSiteUpstreamHolderReclaimed(t *testing.T) {
+	s := newUpSite(t)
+	h := holderOf(s.ms)
+	var f *tm
+	for _, x := range s.ms {
+		if x != h {
+			f = x
+			break
+		}
+	}
+	hid, term := h.site.Holder()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := f.site.st.propose(ctx, &Entry{Kind: KindHolder, Holder: f.site.ID(), Term: term}); err != nil {
+		t.Fatal(err)
+	}
+	waitUntil(t, 10*time.Second, "the leader names itself the holder again and runs the upstream", func() bool {
+		id, _ := h.site.Holder()
+		return id == hid && h.site.Holding()
+	})
+	if f.site.Holding() {
+		t.Errorf("%s runs the upstream without leading", f.name)
+	}
+	for _, x := range s.ms {
+		waitUntil(t, 5*time.Second, x.name+" applied the leader's holder entry", func() bool { id, _ := x.site.Holder(); return id == hid })
+	}
+	// An older term's entry is not applied.
+	if _, err := f.site.st.propose(ctx, &Entry{Kind: KindHolder, Holder: f.site.ID(), Term: term - 1}); err != nil {
+		t.Fatal(err)
+	}
+	at, _ := f.st.Applied()
+	for _, x := range s.ms {
+		waitUntil(t, 5*time.Second, x.name+" applied the older term's entry", func() bool { n, _ := x.st.Applied(); return n >= at })
+		if id, tm := x.site.Holder(); id != hid || tm < term {
+			t.Errorf("%s: holder %x term %d after an older term's entry, want %x", x.name, id, tm, hid)
+		}
+	}
+	waitUntil(t, 10*time.Second, "the sessions open", s.allOpen)
+}

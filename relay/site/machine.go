@@ -125,7 +125,11 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 				bcasts = append(bcasts, e.Broadcasts)
 			}
 			switch e.Kind {
-			case KindHolder, KindRegisterRequest, KindRegisterResult:
+			case KindHolder:
+				if !res.Existed {
+					ups = append(ups, e)
+				}
+			case KindRegisterRequest, KindRegisterResult:
 				ups = append(ups, e)
 			case KindOutbox:
 				if e.Op == OpLater && res.Existed {
@@ -207,7 +211,14 @@ func applyEntry(tx *store.Tx, e *Entry) (Result, error) {
 	case KindSweep:
 		_, _, err = tx.Sweep(e.Limit)
 	case KindHolder:
-		err = tx.SetHolder(e.Holder, e.Term)
+		// A holder entry of an older term than the holder named (a
+		// member that stopped leading proposed it late) changes nothing.
+		var term uint64
+		if _, term, err = tx.Holder(); err == nil && e.Term >= term {
+			err = tx.SetHolder(e.Holder, e.Term)
+		} else if err == nil {
+			r.Existed = true // stale: not applied
+		}
 	case KindRegisterRequest, KindRegisterResult:
 		// Nothing stored: the holder hears of the request, the asking
 		// member of its result.

@@ -300,11 +300,16 @@ func (s *Site) Propose(ctx context.Context, data []byte) (uint64, error) {
 // nodeLead is the consensus node as holdLoop sees it.
 type nodeLead struct{ n *consensus.Node }
 
+// leads reads the lead and the term from one Status: read apart, a
+// leader that just learnt of a newer term (a member resumed after a
+// pause) looked like the leader of that term, and named itself the
+// holder in it while another led it.
 func (l nodeLead) leads() (uint64, bool) {
-	if l.n.Leader() != l.n.ID() {
+	st := l.n.Status()
+	if st.Leader != l.n.ID() || st.State != "leader" || l.n.Leader() != l.n.ID() {
 		return 0, false
 	}
-	return l.n.Status().Term, true
+	return st.Term, true
 }
 
 // logDir is where the consensus log lives.

@@ -70,19 +70,28 @@ func (tx *Tx) SetHolder(member, term uint64) error {
 	return tx.t.meta.Put(metaHolder, binary.BigEndian.AppendUint64(v, term))
 }
 
+// Holder is Store.Holder in tx.
+func (tx *Tx) Holder() (member, term uint64, err error) {
+	return decodeHolder(tx.t.meta.Get(metaHolder))
+}
+
+func decodeHolder(v []byte) (member, term uint64, err error) {
+	if v == nil {
+		return 0, 0, nil
+	}
+	if len(v) != 16 {
+		return 0, 0, fmt.Errorf("store: holder meta of %d bytes", len(v))
+	}
+	return binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:]), nil
+}
+
 // Holder returns the site's holder the log last named and the term of
 // the leader that named it (0, 0: none yet).
 func (s *Store) Holder() (member, term uint64, err error) {
 	err = s.view(func(tx *bolt.Tx) error {
-		v := tx.Bucket(bucketMeta).Get(metaHolder)
-		if v == nil {
-			return nil
-		}
-		if len(v) != 16 {
-			return fmt.Errorf("store: holder meta of %d bytes", len(v))
-		}
-		member, term = binary.BigEndian.Uint64(v), binary.BigEndian.Uint64(v[8:])
-		return nil
+		var err error
+		member, term, err = decodeHolder(tx.Bucket(bucketMeta).Get(metaHolder))
+		return err
 	})
 	return member, term, err
 }
