@@ -20,6 +20,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/member"
@@ -105,6 +106,11 @@ func (a siteAdapter) SetWaking(k node.SiteKicker, sess node.SiteSessions) error 
 	return a.s.SetWaking(k, sess)
 }
 
+// Upstream is the site's upstream, held by one member at a time.
+func (a siteAdapter) Upstream(newHolding func() (node.Holding, error), timeout time.Duration) relay.Endpoints {
+	return a.s.Upstream(func() (site.Holding, error) { return newHolding() }, timeout)
+}
+
 // Check: a member that cannot commit acknowledges nothing, and load
 // balancers must send app servers and devices elsewhere.
 func (a siteAdapter) Check() error {
@@ -136,6 +142,10 @@ func (a siteAdapter) Status() *admin.SiteStatus {
 		Commit: cs.Commit, Applied: cs.Applied, Voters: []string{}}
 	for _, v := range cs.Voters {
 		ss.Voters = append(ss.Voters, hex(v))
+	}
+	if a.s.HasUpstream() {
+		h, _ := a.s.Holder()
+		ss.Holder, ss.Holding = hex(h), a.s.Holding()
 	}
 	for _, p := range cs.Peers {
 		ss.Peers = append(ss.Peers, admin.SitePeer{ID: hex(p.ID), Addr: p.Addr, Match: p.Match,

@@ -19,7 +19,8 @@ import (
 // n): the first makes endpoint.key and wake.key, which the others are
 // given before their first start (docs/cluster.md, "Starting a site"),
 // so that any member takes any endpoint. It returns them once all are
-// ready (the site formed), and the argument lists to restart each.
+// ready (the site formed), and the argument lists to restart each. extra
+// is given to every member.
 func testSiteMembers(t *testing.T, n int, extra ...string) ([]*relayProc, [][]string, []string) {
 	t.Helper()
 	raw := make([]byte, 32)

@@ -132,6 +132,11 @@ type SiteStatus struct {
 	Commit  uint64   `json:"commit"`
 	Applied uint64   `json:"applied"`
 	Voters  []string `json:"voters"`
+	// Holder is the member the log names to hold the site's upstream
+	// sessions ("" without an upstream, "none" before one is named);
+	// Holding is set on that member while it runs them.
+	Holder  string `json:"holder,omitempty"`
+	Holding bool   `json:"holding,omitempty"`
 	// Peers (on the leader): each voter's replication lag in entries.
 	Peers []SitePeer `json:"peers,omitempty"`
 }

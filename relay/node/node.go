@@ -295,8 +295,8 @@ func New(cfg Config) (_ *Node, err error) {
 	// site the site's log in front of it.
 	var hubStore SiteWriter = d.store
 	if cfg.NewSite != nil {
-		if cfg.Upstream != "" || cfg.RelayListen != "" {
-			return nil, errors.New("node: a site member cannot have an upstream or take relay links yet")
+		if strings.HasPrefix(cfg.Upstream, "quic://") || cfg.RelayListen != "" {
+			return nil, errors.New("node: a site member cannot have a quic:// upstream or take relay links yet")
 		}
 		var keys KeyPrints
 		if keys, err = readKeyPrints(cfg.DataDir); err != nil {
@@ -352,6 +352,32 @@ func New(cfg Config) (_ *Node, err error) {
 			return nil, err
 		}
 		endpoints = d.child
+	} else if cfg.Upstream != "" && d.site != nil {
+		// In a site one member at a time holds the upstream sessions
+		// (relay/site, holder.go): a link of its own each time it comes
+		// to hold them, writing the link's state through the site's log.
+		upStore, ok := hubStore.(upstream.Store)
+		if !ok {
+			return nil, errors.New("node: the site's store does not keep the upstream link's state")
+		}
+		shared := upstream.NewMetrics(d.reg)
+		newHolding := func() (Holding, error) {
+			l, err := upstream.New(upstream.Config{
+				URL: cfg.Upstream, TLS: cfg.UpstreamTLS, Store: upStore, TTL: cfg.UpstreamTTL,
+				BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
+				ConnectRate: cfg.UpstreamConnectRate, Broadcasts: d.broadcasts,
+				MaxSessions: cfg.UpstreamSessions, PollInterval: cfg.UpstreamPollInterval,
+				Logger: d.log.With("component", "upstream"), Shared: shared,
+			})
+			if err != nil {
+				return nil, err
+			}
+			return linkHolding{l, d.hub}, nil
+		}
+		if _, err := upstream.New(upstream.Config{URL: cfg.Upstream, Store: upStore, Shared: shared}); err != nil {
+			return nil, err // a bad URL fails the start, not each holding
+		}
+		endpoints = d.site.Upstream(newHolding, 0)
 	} else if cfg.Upstream != "" {
 		d.link, err = upstream.New(upstream.Config{
 			URL: cfg.Upstream, TLS: cfg.UpstreamTLS, Store: d.store, TTL: cfg.UpstreamTTL,
@@ -1027,6 +1053,10 @@ type Site interface {
 	Stored(ms []store.Message)
 	Bound(u push.UAID)
 	Run(ctx context.Context) error
+	// Upstream makes the site's upstream on this member: newHolding
+	// runs it while the member holds it; the result is what the hub
+	// registers through. requestTimeout 0: the upstream's default.
+	Upstream(newHolding func() (Holding, error), requestTimeout time.Duration) relay.Endpoints
 }
 
 // SiteKicker is the node's kicker as the site drives it (kick.Kicker).
@@ -1042,6 +1072,23 @@ type SiteKicker interface {
 type SiteSessions interface {
 	Accepting(u push.UAID) bool
 }
+
+// Holding is one run of a site's upstream on the member that holds it
+// (relay/site.Holding): a relay/upstream.Link and the hub it ingests into.
+type Holding interface {
+	Run(ctx context.Context) error
+	Mint(ctx context.Context, r relay.Registration) (string, error)
+	Abandon(ctx context.Context, r relay.Registration)
+	KickUnregisters()
+}
+
+// linkHolding runs a link into the hub.
+type linkHolding struct {
+	*upstream.Link
+	hub *relay.Hub
+}
+
+func (h linkHolding) Run(ctx context.Context) error { return h.Link.Run(ctx, h.hub) }
 
 // SiteWriter is what the hub and the broadcast registry write through.
 type SiteWriter interface {

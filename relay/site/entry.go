@@ -28,6 +28,13 @@ import (
 //	broadcasts = count (uvarint) | (id (str) | version (str))…
 //	sweep    = limit (uvarint)
 //	wake owner = count (uvarint) | uaid (16)…   (the owner is the entry's member)
+//	holder   = holder (8) | term (8)
+//	regreq   = uaid (16) | channel (16) | key (str)
+//	regres   = for member (8) | for request (uvarint) | endpoint (str) | error (str)
+//	upid     = op (1) | uaid (16) | upstream uaid (16) | helloed (8)
+//	hellos   = count (uvarint) | (uaid (16) | at (8))…
+//	outbox   = op (1) = 1 | uaid (16) | channel (16) | upstream uaid (16)
+//	         | op (1) = 2 | count (uvarint) | seq (uvarint)…
 //
 // where str is a uvarint length and the bytes. A decoder refuses unknown
 // versions and kinds, fields over their limits, and trailing bytes.
@@ -45,13 +52,39 @@ const (
 	KindReset      Kind = 6
 	KindBroadcasts Kind = 7
 	KindSweep      Kind = 8
-	// KindWakeOwner (16; 16-19 are this slice's): the member that made
+	// The site's upstream (holder.go): which member holds it, a
+	// register asked of the holder and its answer, and the upstream
+	// link's state (identities, hello times, the unregister outbox).
+	// 15 is kept for the relay link's (a quic:// upstream, relay_listen).
+	KindHolder          Kind = 9
+	KindRegisterRequest Kind = 10
+	KindRegisterResult  Kind = 11
+	KindUpstreamID      Kind = 12
+	KindHellos          Kind = 13
+	KindOutbox          Kind = 14
+	// KindWakeOwner (16): the member that made
 	// it now holds these devices' wake bindings (they proved their
 	// addresses to its STUN socket, or it accepted their hello for wake);
 	// every other member forgets its own (waking.go). It writes nothing
 	// to the store.
 	KindWakeOwner Kind = 16
 )
+
+// Ops of KindUpstreamID and KindOutbox entries.
+const (
+	OpAdd    = 1 // upstream id: AddUpstreamID
+	OpSet    = 2 // upstream id: SetUpstreamID
+	OpDelete = 3 // upstream id: DeleteUpstreamID
+
+	OpLater = 1 // outbox: UnregisterLater
+	OpSent  = 2 // outbox: UnregisterSent
+)
+
+// Hello is a device's hello upstream at a time (KindHellos).
+type Hello struct {
+	UAID push.UAID
+	At   time.Time
+}
 
 const entryVersion = 1
 
@@ -62,6 +95,7 @@ const (
 	maxStr        = 1 << 20
 	maxBroadcasts = 1024
 	maxOwned      = 10000
+	maxHellos     = 10000
 )
 
 // ErrBadEntry: the bytes are no entry this version knows.
@@ -86,6 +120,16 @@ type Entry struct {
 	Broadcasts map[string]string // broadcasts
 	Limit      int               // sweep
 	UAIDs      []push.UAID       // wake owner
+
+	Holder, Term uint64 // holder: the member named, by the leader of Term
+	// register result: the request (ForMember, ForRequest) it answers,
+	// with Endpoint or Error.
+	ForMember, ForRequest uint64
+	Error                 string
+	Op                    uint8     // upstream id, outbox
+	Upstream              push.UAID // upstream id, outbox (later)
+	Helloed               time.Time // upstream id
+	Hellos                []Hello   // hellos
 }
 
 // AppendEntry appends e's encoding to b.
@@ -147,6 +191,48 @@ func AppendEntry(b []byte, e *Entry) ([]byte, error) {
 		b = binary.AppendUvarint(b, uint64(len(e.UAIDs)))
 		for _, u := range e.UAIDs {
 			b = append(b, u[:]...)
+		}
+	case KindHolder:
+		b = binary.BigEndian.AppendUint64(b, e.Holder)
+		b = binary.BigEndian.AppendUint64(b, e.Term)
+	case KindRegisterRequest:
+		b = append(append(b, e.UAID[:]...), e.Channel[:]...)
+		b = appendStr(b, string(e.Key))
+	case KindRegisterResult:
+		b = binary.BigEndian.AppendUint64(b, e.ForMember)
+		b = binary.AppendUvarint(b, e.ForRequest)
+		b = appendStr(appendStr(b, e.Endpoint), e.Error)
+	case KindUpstreamID:
+		if e.Op < OpAdd || e.Op > OpDelete {
+			return b, fmt.Errorf("%w: upstream id op %d", ErrBadEntry, e.Op)
+		}
+		b = append(b, e.Op)
+		b = append(append(b, e.UAID[:]...), e.Upstream[:]...)
+		b = binary.BigEndian.AppendUint64(b, nanos(e.Helloed))
+	case KindHellos:
+		if len(e.Hellos) == 0 || len(e.Hellos) > maxHellos {
+			return b, fmt.Errorf("%w: %d hellos", ErrBadEntry, len(e.Hellos))
+		}
+		b = binary.AppendUvarint(b, uint64(len(e.Hellos)))
+		for _, h := range e.Hellos {
+			b = append(b, h.UAID[:]...)
+			b = binary.BigEndian.AppendUint64(b, nanos(h.At))
+		}
+	case KindOutbox:
+		b = append(b, e.Op)
+		switch e.Op {
+		case OpLater:
+			b = append(append(append(b, e.UAID[:]...), e.Channel[:]...), e.Upstream[:]...)
+		case OpSent:
+			if len(e.Seqs) > maxSeqs {
+				return b, fmt.Errorf("%w: %d seqs", ErrBadEntry, len(e.Seqs))
+			}
+			b = binary.AppendUvarint(b, uint64(len(e.Seqs)))
+			for _, s := range e.Seqs {
+				b = binary.AppendUvarint(b, s)
+			}
+		default:
+			return b, fmt.Errorf("%w: outbox op %d", ErrBadEntry, e.Op)
 		}
 	default:
 		return b, fmt.Errorf("%w: kind %d", ErrBadEntry, e.Kind)
@@ -327,6 +413,43 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		}
 		for i := 0; i < n && r.err == nil; i++ {
 			e.UAIDs = append(e.UAIDs, r.uaid())
+		}
+	case KindHolder:
+		e.Holder, e.Term = r.u64("holder"), r.u64("term")
+	case KindRegisterRequest:
+		e.UAID, e.Channel = r.uaid(), r.channel()
+		if k := r.str("key"); k != "" {
+			e.Key = []byte(k)
+		}
+	case KindRegisterResult:
+		e.ForMember, e.ForRequest = r.u64("for member"), r.uvarint("for request")
+		e.Endpoint, e.Error = r.str("endpoint"), r.str("error")
+	case KindUpstreamID:
+		if e.Op = r.u8("op"); r.err == nil && (e.Op < OpAdd || e.Op > OpDelete) {
+			r.fail(fmt.Sprintf("upstream id op %d", e.Op))
+		}
+		e.UAID, e.Upstream = r.uaid(), r.uaid()
+		e.Helloed = r.time("helloed")
+	case KindHellos:
+		n := r.count(maxHellos, "hellos")
+		if n == 0 {
+			r.fail("no hellos")
+		}
+		for i := 0; i < n && r.err == nil; i++ {
+			e.Hellos = append(e.Hellos, Hello{UAID: r.uaid(), At: r.time("hello time")})
+		}
+	case KindOutbox:
+		switch e.Op = r.u8("op"); {
+		case r.err != nil:
+		case e.Op == OpLater:
+			e.UAID, e.Channel, e.Upstream = r.uaid(), r.channel(), r.uaid()
+		case e.Op == OpSent:
+			n := r.count(maxSeqs, "seqs")
+			for i := 0; i < n && r.err == nil; i++ {
+				e.Seqs = append(e.Seqs, r.uvarint("seq"))
+			}
+		default:
+			r.fail(fmt.Sprintf("outbox op %d", e.Op))
 		}
 	default:
 		r.fail(fmt.Sprintf("kind %d", e.Kind))

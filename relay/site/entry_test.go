@@ -31,6 +31,15 @@ func sampleEntries() []*Entry {
 		{At: at, Member: 9, Request: 7, Kind: KindBroadcasts, Broadcasts: map[string]string{"remote-settings/monitor_changes": "\"1700000000000\""}},
 		{At: at, Member: 9, Request: 1 << 40, Kind: KindSweep, Limit: 1000},
 		{At: at, Member: 9, Request: 8, Kind: KindWakeOwner, UAIDs: []push.UAID{u, {0xbb, 3}}},
+		{At: at, Member: 9, Request: 8, Kind: KindHolder, Holder: 9, Term: 12},
+		{At: at, Member: 7, Request: 9, Kind: KindRegisterRequest, UAID: u, Channel: ch, Key: []byte{4, 5, 6}},
+		{At: at, Member: 9, Request: 10, Kind: KindRegisterResult, ForMember: 7, ForRequest: 9, Endpoint: "https://push.example.net/wpush/v2/y"},
+		{At: at, Member: 9, Request: 11, Kind: KindRegisterResult, ForMember: 7, ForRequest: 9, Error: "upstream: register answered status 500"},
+		{At: at, Member: 9, Request: 12, Kind: KindUpstreamID, Op: OpAdd, UAID: u, Upstream: push.UAID{0xbb, 3}, Helloed: at},
+		{At: at, Member: 9, Request: 13, Kind: KindUpstreamID, Op: OpDelete, UAID: u},
+		{At: at, Member: 9, Request: 14, Kind: KindHellos, Hellos: []Hello{{UAID: u, At: at}, {UAID: push.UAID{2}, At: at.Add(time.Second)}}},
+		{At: at, Member: 7, Request: 15, Kind: KindOutbox, Op: OpLater, UAID: u, Channel: ch, Upstream: push.UAID{0xbb, 3}},
+		{At: at, Member: 9, Request: 16, Kind: KindOutbox, Op: OpSent, Seqs: []uint64{1, 70000}},
 	}
 }
 
@@ -51,6 +60,10 @@ func TestEntryRoundTrip(t *testing.T) {
 			}
 		}
 		got.Created, e.Created = got.Created.UTC(), e.Created.UTC()
+		got.Helloed, e.Helloed = got.Helloed.UTC(), e.Helloed.UTC()
+		for i := range got.Hellos {
+			got.Hellos[i].At, e.Hellos[i].At = got.Hellos[i].At.UTC(), e.Hellos[i].At.UTC()
+		}
 		if !reflect.DeepEqual(got, e) {
 			t.Errorf("kind %d:\n got %+v\nwant %+v", e.Kind, got, e)
 		}
@@ -72,6 +85,9 @@ func TestEntryRefused(t *testing.T) {
 		"unknown kind":  {Kind: 99},
 		"delete 2 seqs": {Kind: KindDelete, Seqs: []uint64{1, 2}},
 		"bad origin":    {Kind: KindAppend, Messages: []store.Message{{Origin: push.Origin{Kind: 9, ID: "x"}}}},
+		"no hellos":     {Kind: KindHellos},
+		"upstream op":   {Kind: KindUpstreamID, Op: 9},
+		"outbox op":     {Kind: KindOutbox, Op: 3},
 	} {
 		if _, err := AppendEntry(nil, e); !errors.Is(err, ErrBadEntry) {
 			t.Errorf("%s: %v", name, err)

@@ -34,6 +34,13 @@ type Machine struct {
 	// onRestored hears that the store was replaced by a snapshot, after
 	// the swap, on the restoring goroutine: it must not block.
 	onRestored func()
+	// onUpstream hears of every holder, register request and outbox
+	// entry applied, after its commit, on the applying goroutine: it must
+	// not block (holder.go).
+	onUpstream func(*Entry)
+	// answers: this member's register requests waiting for the holder's
+	// result entry, by request.
+	answers map[uint64]chan *Entry
 }
 
 // Result is what applying an entry did, for the member that proposed it.
@@ -45,13 +52,17 @@ type Result struct {
 	// Existed: a delete's message, or an unregister's channel, was there.
 	Existed bool
 	// Err: a register's rejection (store.ErrChannelConflict, ...), or an
-	// entry the store refused as a whole (ErrBadMessage broadcasts).
+	// entry the store refused as a whole (ErrBadMessage broadcasts), or
+	// an upstream identity's (store.ErrUpstreamConflict).
 	Err error
+	// UpstreamID and Added: an upstream identity's add.
+	UpstreamID store.UpstreamID
+	Added      bool
 }
 
 // NewMachine is the state machine of member on st.
 func NewMachine(st *store.Store, member uint64, log *slog.Logger) *Machine {
-	return &Machine{st: st, member: member, log: log, waiting: map[uint64]chan Result{}}
+	return &Machine{st: st, member: member, log: log, waiting: map[uint64]chan Result{}, answers: map[uint64]chan *Entry{}}
 }
 
 // wait registers request r of this member; its Result is sent on the
@@ -65,6 +76,21 @@ func (m *Machine) wait(r uint64) (ch <-chan Result, done func()) {
 	return c, func() {
 		m.mu.Lock()
 		delete(m.waiting, r)
+		m.mu.Unlock()
+	}
+}
+
+// awaitAnswer registers this member's register request r; the holder's
+// result entry for it is sent on the returned channel (capacity 1) when
+// applied here. done forgets it.
+func (m *Machine) awaitAnswer(r uint64) (ch <-chan *Entry, done func()) {
+	c := make(chan *Entry, 1)
+	m.mu.Lock()
+	m.answers[r] = c
+	m.mu.Unlock()
+	return c, func() {
+		m.mu.Lock()
+		delete(m.answers, r)
 		m.mu.Unlock()
 	}
 }
@@ -90,9 +116,9 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 	}
 	var mine []applied
 	var bcasts []map[string]string
-	var owners []*Entry
+	var owners, ups []*Entry
 	err := m.st.Apply(context.Background(), index, func(tx *store.Tx) error {
-		mine, bcasts, owners = mine[:0], bcasts[:0], owners[:0]
+		mine, bcasts, owners, ups = mine[:0], bcasts[:0], owners[:0], ups[:0]
 		for _, e := range es {
 			tx.SetTime(e.At)
 			res, err := applyEntry(tx, e)
@@ -105,8 +131,19 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 			if e.Kind == KindBroadcasts && res.Err == nil {
 				bcasts = append(bcasts, e.Broadcasts)
 			}
-			if e.Kind == KindWakeOwner {
+			switch e.Kind {
+			case KindWakeOwner:
 				owners = append(owners, e)
+			case KindHolder:
+				if !res.Existed {
+					ups = append(ups, e)
+				}
+			case KindRegisterRequest, KindRegisterResult:
+				ups = append(ups, e)
+			case KindOutbox:
+				if e.Op == OpLater && res.Existed {
+					ups = append(ups, e)
+				}
 			}
 		}
 		return nil
@@ -134,7 +171,23 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 			delete(m.waiting, a.request)
 		}
 	}
+	for _, e := range ups {
+		if e.Kind != KindRegisterResult || e.ForMember != m.member {
+			continue
+		}
+		if c, ok := m.answers[e.ForRequest]; ok {
+			c <- e
+			delete(m.answers, e.ForRequest)
+		}
+	}
 	m.mu.Unlock()
+	if m.onUpstream != nil {
+		for _, e := range ups {
+			if e.Kind != KindRegisterResult {
+				m.onUpstream(e)
+			}
+		}
+	}
 	return nil
 }
 
@@ -171,6 +224,47 @@ func applyEntry(tx *store.Tx, e *Entry) (Result, error) {
 		}
 	case KindSweep:
 		_, _, err = tx.Sweep(e.Limit)
+	case KindHolder:
+		// A holder entry of an older term than the holder named (a
+		// member that stopped leading proposed it late) changes nothing.
+		var term uint64
+		if _, term, err = tx.Holder(); err == nil && e.Term >= term {
+			err = tx.SetHolder(e.Holder, e.Term)
+		} else if err == nil {
+			r.Existed = true // stale: not applied
+		}
+	case KindRegisterRequest, KindRegisterResult:
+		// Nothing stored: the holder hears of the request, the asking
+		// member of its result.
+	case KindUpstreamID:
+		switch e.Op {
+		case OpAdd:
+			r.UpstreamID, r.Added, err = tx.AddUpstreamID(e.UAID, e.Upstream, e.Helloed)
+		case OpSet:
+			err = tx.SetUpstreamID(e.UAID, e.Upstream, e.Helloed)
+		case OpDelete:
+			r.Existed, err = tx.DeleteUpstreamID(e.UAID)
+		}
+		if errors.Is(err, store.ErrUpstreamConflict) {
+			r.Err, err = err, nil
+		}
+	case KindHellos:
+		for _, h := range e.Hellos {
+			var ok bool
+			if ok, err = tx.Helloed(h.UAID, h.At); err != nil {
+				break
+			}
+			if ok {
+				r.N++
+			}
+		}
+	case KindOutbox:
+		switch e.Op {
+		case OpLater:
+			r.Existed, err = tx.UnregisterLater(e.UAID, e.Channel, e.Upstream)
+		case OpSent:
+			r.N, err = tx.UnregisterSent(e.Seqs...)
+		}
 	}
 	return r, err
 }
@@ -221,7 +315,9 @@ func (m *Machine) Restore(r io.Reader, index uint64) error {
 func (k Kind) String() string {
 	names := map[Kind]string{KindAppend: "append", KindAck: "ack", KindDelete: "delete", KindRegister: "register",
 		KindUnregister: "unregister", KindReset: "reset", KindBroadcasts: "broadcasts", KindSweep: "sweep",
-		KindWakeOwner: "wake owner"}
+		KindWakeOwner: "wake owner",
+		KindHolder: "holder", KindRegisterRequest: "register request", KindRegisterResult: "register result",
+		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox"}
 	if n, ok := names[k]; ok {
 		return n
 	}

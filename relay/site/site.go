@@ -133,6 +133,10 @@ type Site struct {
 	// site's keys checked (keys.go).
 	wake *waking
 	keys keyCheck
+	// up is the site's upstream on this member (holder.go); nil without.
+	up *holder
+	// holderID and holderTerm: the upstream's holder the log last named.
+	holderID, holderTerm atomic.Uint64
 
 	closeOnce sync.Once
 	closed    chan struct{}
@@ -155,6 +159,13 @@ func New(cfg Config) (*Site, error) {
 	s.machine.onBroadcasts = s.noteBroadcasts
 	s.machine.onWakeOwners = s.wakeOwners
 	s.machine.onRestored = s.wakeRestored
+	s.machine.onUpstream = s.noteUpstream
+	hid, hterm, err := cfg.Store.Holder()
+	if err != nil {
+		return nil, fmt.Errorf("site: %w", err)
+	}
+	s.holderID.Store(hid)
+	s.holderTerm.Store(hterm)
 	s.st = NewStore(cfg.Store, s.machine, s, cfg.Now)
 	s.m = newSiteMetrics(metrics.OrNew(cfg.Metrics), s)
 	return s, nil
@@ -307,6 +318,21 @@ func (s *Site) Propose(ctx context.Context, data []byte) (uint64, error) {
 	return idx, err
 }
 
+// nodeLead is the consensus node as holdLoop sees it.
+type nodeLead struct{ n *consensus.Node }
+
+// leads reads the lead and the term from one Status: read apart, a
+// leader that just learnt of a newer term (a member resumed after a
+// pause) looked like the leader of that term, and named itself the
+// holder in it while another led it.
+func (l nodeLead) leads() (uint64, bool) {
+	st := l.n.Status()
+	if st.Leader != l.n.ID() || st.State != "leader" || l.n.Leader() != l.n.ID() {
+		return 0, false
+	}
+	return st.Term, true
+}
+
 // logDir is where the consensus log lives.
 func (s *Site) logDir() string { return filepath.Join(s.cfg.Dir, "site") }
 
@@ -351,6 +377,9 @@ func (s *Site) Run(ctx context.Context) error {
 	wg.Go(func() { s.chores(ctx, n) })
 	wg.Go(func() { s.deliverBroadcasts(ctx) })
 	wg.Go(func() { s.runWaking(ctx) })
+	if s.up != nil {
+		wg.Go(func() { s.holdLoop(ctx, nodeLead{n}) })
+	}
 	select {
 	case err := <-errc:
 		cancel()

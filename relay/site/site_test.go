@@ -38,6 +38,8 @@ type testSite struct {
 	expect int
 	// keys are the members' key fingerprints by name (none: unchecked).
 	keys map[string]KeyPrints
+	// setup, if set, is run on each member before its site runs.
+	setup func(x *tm)
 }
 
 func newTestSite(t *testing.T, expect int) *testSite {
@@ -61,6 +63,9 @@ type tm struct {
 	sessions sessionSet
 	// kick is the member's kicker once startWaking gave it one.
 	kick *kick.Kicker
+	// up and hub: the site's upstream and the member's hub (holder_test.go).
+	up  *Upstream
+	hub *relay.Hub
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
@@ -137,6 +142,9 @@ func (ts *testSite) start(name string, seeds ...*tm) *tm {
 	})
 	if err != nil {
 		t.Fatal(err)
+	}
+	if ts.setup != nil {
+		ts.setup(x)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	x.cancel = cancel

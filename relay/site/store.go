@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -35,6 +36,10 @@ type Store struct {
 	member uint64
 	now    func() time.Time
 	next   atomic.Uint64
+
+	// hellos: the upstream link's hello times, not proposed yet.
+	hmu    sync.Mutex
+	hellos map[push.UAID]time.Time
 }
 
 var _ relay.Store = (*Store)(nil)
@@ -80,9 +85,13 @@ func (s *Store) Device(u push.UAID) (store.Device, bool, error) {
 	return s.Store.Device(u)
 }
 
-// propose makes e this member's next proposal and waits for its result.
+// propose makes e this member's next proposal (its Request, unless the
+// caller took one already from s.next) and waits for its result.
 func (s *Store) propose(ctx context.Context, e *Entry) (Result, error) {
-	e.Member, e.Request = s.member, s.next.Add(1)
+	e.Member = s.member
+	if e.Request == 0 {
+		e.Request = s.next.Add(1)
+	}
 	if e.At.IsZero() {
 		e.At = s.now()
 	}
@@ -190,4 +199,5 @@ func (s *Store) ProposeSweep(ctx context.Context, limit int) error {
 
 // idempotent reports whether an entry of kind k applied twice leaves the
 // store as applied once.
-func (k Kind) idempotent() bool { return k != KindAppend }
+// A register request is not: the holder would register upstream again.
+func (k Kind) idempotent() bool { return k != KindAppend && k != KindRegisterRequest }

@@ -31,9 +31,11 @@ import (
 // the expiry it checks come from the entry, never from the member's
 // clock, and a message's Received and a channel's Created are set by the
 // proposer before the entry is made. What only one member knows (a
-// device's wake binding and last hello, the upstream sessions it holds)
-// is written by the member itself, outside the log, and never read by an
-// entry's application.
+// device's wake binding and last hello) is written by the member itself,
+// outside the log, and never read by an entry's application. The upstream
+// link's state (identities, hello times, the unregister outbox) is the
+// site's, written through the log by the member that holds the upstream
+// (applyupstream.go).
 
 // metaApplied is the meta key of the index of the last log entry applied.
 var metaApplied = []byte("applied")

@@ -134,15 +134,18 @@ func (s *Store) DeviceFor(up push.UAID) (push.UAID, bool, error) {
 // already has only updates helloed.
 func (s *Store) SetUpstreamID(ctx context.Context, u, up push.UAID, helloed time.Time) error {
 	at := timeNanos(helloed)
-	return s.do(ctx, func(t *txn) error {
-		if v := t.upstreamRev.Get(up[:]); v != nil && !bytes.Equal(v, u[:]) {
-			return reject(ErrUpstreamConflict)
-		}
-		if err := t.deleteUpstreamID(u); err != nil {
-			return err
-		}
-		return t.putUpstreamID(u, up, at)
-	})
+	return s.do(ctx, func(t *txn) error { return t.setUpstreamID(u, up, at) })
+}
+
+// setUpstreamID is SetUpstreamID in t.
+func (t *txn) setUpstreamID(u, up push.UAID, at uint64) error {
+	if v := t.upstreamRev.Get(up[:]); v != nil && !bytes.Equal(v, u[:]) {
+		return reject(ErrUpstreamConflict)
+	}
+	if err := t.deleteUpstreamID(u); err != nil {
+		return err
+	}
+	return t.putUpstreamID(u, up, at)
 }
 
 // AddUpstreamID records that upstream UAID up stands for device u, last
@@ -158,27 +161,32 @@ func (s *Store) AddUpstreamID(ctx context.Context, u, up push.UAID, helloed time
 		added bool
 	)
 	err := s.do(ctx, func(t *txn) error {
-		added = false
-		if v := t.upstream.Get(u[:]); v != nil {
-			var ok bool
-			if id, ok = decodeUpstream(u[:], v); !ok {
-				return corrupt("upstream row", u[:])
-			}
-			return nil
-		}
-		if t.upstreamRev.Get(up[:]) != nil {
-			return reject(ErrUpstreamConflict)
-		}
-		if err := t.putUpstreamID(u, up, at); err != nil {
-			return err
-		}
-		id, added = UpstreamID{Device: u, Upstream: up, Helloed: nanosTime(at)}, true
-		return nil
+		var err error
+		id, added, err = t.addUpstreamID(u, up, at)
+		return err
 	})
 	if err != nil {
 		return UpstreamID{}, false, err
 	}
 	return id, added, nil
+}
+
+// addUpstreamID is AddUpstreamID in t.
+func (t *txn) addUpstreamID(u, up push.UAID, at uint64) (UpstreamID, bool, error) {
+	if v := t.upstream.Get(u[:]); v != nil {
+		id, ok := decodeUpstream(u[:], v)
+		if !ok {
+			return id, false, corrupt("upstream row", u[:])
+		}
+		return id, false, nil
+	}
+	if t.upstreamRev.Get(up[:]) != nil {
+		return UpstreamID{}, false, reject(ErrUpstreamConflict)
+	}
+	if err := t.putUpstreamID(u, up, at); err != nil {
+		return UpstreamID{}, false, err
+	}
+	return UpstreamID{Device: u, Upstream: up, Helloed: nanosTime(at)}, true, nil
 }
 
 // putUpstreamID writes u's identity rows; u has none.
@@ -363,32 +371,38 @@ func decodeOutbox(k, v []byte) (PendingUnregister, bool) {
 // writes nothing, if the channel was not registered here; a channel
 // already tombstoned keeps its first entry.
 func (s *Store) UnregisterLater(ctx context.Context, u push.UAID, id push.ChannelID, up push.UAID) (bool, error) {
-	key := channelKey(u, id)
 	var existed bool
 	err := s.do(ctx, func(t *txn) error {
-		existed = false
-		if t.channels.Get(key) == nil {
-			return nil
-		}
-		if err := t.unregister(u, id); err != nil {
-			return err
-		}
-		existed = true
-		if t.tombstones.Get(key) != nil {
-			return nil
-		}
-		seq, err := t.unregOutbox.NextSequence()
-		if err != nil {
-			return err
-		}
-		p := PendingUnregister{UAID: u, Channel: id, Upstream: up, At: t.now}
-		if err := t.unregOutbox.Put(seqValue(seq), encodeOutbox(p)); err != nil {
-			return err
-		}
-		t.delta.unregs++
-		return t.tombstones.Put(key, seqValue(seq))
+		var err error
+		existed, err = t.unregisterLater(u, id, up)
+		return err
 	})
 	return existed, err
+}
+
+// unregisterLater is UnregisterLater in t (the outbox entry made at t's
+// time).
+func (t *txn) unregisterLater(u push.UAID, id push.ChannelID, up push.UAID) (bool, error) {
+	key := channelKey(u, id)
+	if t.channels.Get(key) == nil {
+		return false, nil
+	}
+	if err := t.unregister(u, id); err != nil {
+		return false, err
+	}
+	if t.tombstones.Get(key) != nil {
+		return true, nil
+	}
+	seq, err := t.unregOutbox.NextSequence()
+	if err != nil {
+		return false, err
+	}
+	p := PendingUnregister{UAID: u, Channel: id, Upstream: up, At: t.now}
+	if err := t.unregOutbox.Put(seqValue(seq), encodeOutbox(p)); err != nil {
+		return false, err
+	}
+	t.delta.unregs++
+	return true, t.tombstones.Put(key, seqValue(seq))
 }
 
 // PendingUnregisters returns up to limit (all if limit <= 0) of the
@@ -436,32 +450,39 @@ func (s *Store) UnregisterSent(ctx context.Context, seqs ...uint64) (int, error)
 	}
 	var n int
 	err := s.do(ctx, func(t *txn) error {
-		n = 0
-		for _, seq := range seqs {
-			k := seqValue(seq)
-			v := t.unregOutbox.Get(k)
-			if v == nil {
-				continue
-			}
-			p, ok := decodeOutbox(k, v)
-			if !ok {
-				return corrupt("unreg_outbox row", k)
-			}
-			tk := channelKey(p.UAID, p.Channel)
-			if cur, ok := beUint64(t.tombstones.Get(tk)); ok && cur == seq {
-				if err := t.tombstones.Delete(tk); err != nil {
-					return err
-				}
-			}
-			if err := t.unregOutbox.Delete(k); err != nil {
-				return err
-			}
-			t.delta.unregs--
-			n++
-		}
-		return nil
+		var err error
+		n, err = t.unregisterSent(seqs)
+		return err
 	})
 	return n, err
+}
+
+// unregisterSent is UnregisterSent in t.
+func (t *txn) unregisterSent(seqs []uint64) (int, error) {
+	n := 0
+	for _, seq := range seqs {
+		k := seqValue(seq)
+		v := t.unregOutbox.Get(k)
+		if v == nil {
+			continue
+		}
+		p, ok := decodeOutbox(k, v)
+		if !ok {
+			return n, corrupt("unreg_outbox row", k)
+		}
+		tk := channelKey(p.UAID, p.Channel)
+		if cur, ok := beUint64(t.tombstones.Get(tk)); ok && cur == seq {
+			if err := t.tombstones.Delete(tk); err != nil {
+				return n, err
+			}
+		}
+		if err := t.unregOutbox.Delete(k); err != nil {
+			return n, err
+		}
+		t.delta.unregs--
+		n++
+	}
+	return n, nil
 }
 
 // checkUpstream is Verify's walk of the upstream link's buckets (schema 6

@@ -27,6 +27,27 @@ type Ingester interface {
 	Ingest(ctx context.Context, ms []push.Message) ([]relay.Result, error)
 }
 
+// Store is what the link reads and writes of the relay's store
+// (relay/store.Store's methods of these names).
+type Store interface {
+	Channel(u push.UAID, id push.ChannelID) (store.Channel, bool, error)
+	Device(u push.UAID) (store.Device, bool, error)
+	Unregister(ctx context.Context, u push.UAID, id push.ChannelID) (bool, error)
+	DeleteDevice(ctx context.Context, u push.UAID) error
+
+	UpstreamID(u push.UAID) (store.UpstreamID, bool, error)
+	AddUpstreamID(ctx context.Context, u, up push.UAID, helloed time.Time) (store.UpstreamID, bool, error)
+	DeleteUpstreamID(ctx context.Context, u push.UAID) (bool, error)
+	Helloed(ctx context.Context, at time.Time, us ...push.UAID) (int, error)
+	HelloedBefore(before time.Time, limit int) ([]store.UpstreamID, error)
+
+	UnregisterLater(ctx context.Context, u push.UAID, id push.ChannelID, up push.UAID) (bool, error)
+	PendingUnregisters(afterSeq uint64, limit int) ([]store.PendingUnregister, error)
+	UnregisterSent(ctx context.Context, seqs ...uint64) (int, error)
+}
+
+var _ Store = (*store.Store)(nil)
+
 // Config configures a Link. Zero values take the defaults in parentheses.
 type Config struct {
 	// URL is the upstream's WebSocket URL, ws:// or wss://.
@@ -34,8 +55,10 @@ type Config struct {
 	// TLS is used for wss:// (nil: the system roots), with a TLS session
 	// cache of its own if it has none.
 	TLS *tls.Config
-	// Store holds the upstream identities and the channels' endpoints.
-	Store *store.Store
+	// Store holds the upstream identities and the channels' endpoints:
+	// the relay's *store.Store, or on a member of a site the site's
+	// store, which writes them through the site's log (relay/site).
+	Store Store
 	// TTL is the TTL given to every notification from the upstream,
 	// whose frames carry none (upstream_ttl, 24h).
 	TTL time.Duration
@@ -77,7 +100,10 @@ type Config struct {
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
-	Now     func() time.Time
+	// Shared, if set, are the metrics this link counts in, registered
+	// before (NewMetrics); Metrics is not used then.
+	Shared *Metrics
+	Now    func() time.Time
 }
 
 func (c *Config) setDefaults() {
@@ -187,7 +213,13 @@ func New(cfg Config) (*Link, error) {
 		}
 		cfg.TLS = t
 	}
-	l := &Link{cfg: cfg, m: newLinkMetrics(metrics.OrNew(cfg.Metrics)), sessions: map[push.UAID]*held{},
+	var m *linkMetrics
+	if cfg.Shared != nil {
+		m = cfg.Shared.m
+	} else {
+		m = newLinkMetrics(metrics.OrNew(cfg.Metrics))
+	}
+	l := &Link{cfg: cfg, m: m, sessions: map[push.UAID]*held{},
 		devs: map[push.UAID]*dev{}, resetAt: map[push.UAID]time.Time{}, pollKick: make(chan struct{}, 1), unregKick: make(chan struct{}, 1)}
 	if cfg.ConnectRate > 0 {
 		l.pace.every = time.Second / time.Duration(cfg.ConnectRate)

@@ -22,6 +22,14 @@ type linkMetrics struct {
 	bcIDs      *metrics.CounterVec
 }
 
+// Metrics are a link's metrics, registered once: links that run one
+// after another on one registry (a site's holder, relay/site) share them
+// through Config.Shared.
+type Metrics struct{ m *linkMetrics }
+
+// NewMetrics registers the link's metrics in r.
+func NewMetrics(r *metrics.Registry) *Metrics { return &Metrics{newLinkMetrics(r)} }
+
 func newLinkMetrics(r *metrics.Registry) *linkMetrics {
 	return &linkMetrics{
 		open:        r.Gauge("pushrelay_upstream_sessions_open", "Held upstream sessions that said hello and are open."),

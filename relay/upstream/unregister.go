@@ -35,12 +35,19 @@ func (l *Link) Unregister(ctx context.Context, u push.UAID, ch push.ChannelID) e
 		return err
 	}
 	if added {
-		select {
-		case l.unregKick <- struct{}{}:
-		default:
-		}
+		l.KickUnregisters()
 	}
 	return nil
+}
+
+// KickUnregisters wakes the unregister sender: an unregister was added
+// to the outbox by another writer (on a site, another member's, applied
+// from the log here).
+func (l *Link) KickUnregisters() {
+	select {
+	case l.unregKick <- struct{}{}:
+	default:
+	}
 }
 
 // sendUnregisters passes the pending unregisters upstream, oldest first,
