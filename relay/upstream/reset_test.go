@@ -202,6 +202,14 @@ func TestResetOnRequest(t *testing.T) {
 	if h, _ := link.Sessions(); h != 1 {
 		t.Fatalf("%d sessions held, want 1", h)
 	}
+	// The register's own connection closes after its answer, not
+	// before: the upstream counts a UAID connected until then, and
+	// would not expire it (seen under qemu in CI).
+	id, ok, err := st.UpstreamID(u)
+	if err != nil || !ok {
+		t.Fatalf("the second device's upstream identity: %v %v", ok, err)
+	}
+	waitFor(t, "the register's own connection closed", func() bool { return !up.Open(id.Upstream.String()) })
 	// The unheld device's UAID expires upstream; the held one's does not
 	// (it is connected).
 	clock.advance(sixtyOneDays)
