@@ -315,9 +315,8 @@ func (m *Machine) Restore(r io.Reader, index uint64) error {
 func (k Kind) String() string {
 	names := map[Kind]string{KindAppend: "append", KindAck: "ack", KindDelete: "delete", KindRegister: "register",
 		KindUnregister: "unregister", KindReset: "reset", KindBroadcasts: "broadcasts", KindSweep: "sweep",
-		KindWakeOwner: "wake owner",
 		KindHolder: "holder", KindRegisterRequest: "register request", KindRegisterResult: "register result",
-		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox"}
+		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox", KindWakeOwner: "wake owner"}
 	if n, ok := names[k]; ok {
 		return n
 	}
