@@ -118,6 +118,14 @@ func TestNoFastHTTPBuild(t *testing.T) {
 	if !slices.Contains(files, "server_nethttp.go") || slices.Contains(files, "server_fasthttp.go") {
 		t.Errorf("relay/endpoint's files under nofasthttp: %v", files)
 	}
+	// `go test -tags nofasthttp` runs the end-to-end tests on such a build.
+	out, err := exec.Command("go", "version", "-m", binPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go version -m: %v\n%s", err, out)
+	}
+	if tagged := strings.Contains(string(out), "nofasthttp"); tagged != slices.Contains(binTags, "nofasthttp") {
+		t.Errorf("the end-to-end tests' binary, built with tags %q:\n%s", binTags, out)
+	}
 }
 
 // Gateway builds (`make cross`, tag notools) leave the developer and test
