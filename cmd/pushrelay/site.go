@@ -73,7 +73,7 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 	nc.OnReady = func(n *node.Node) {
 		n.Announce(stdout)
 		fmt.Fprintf(stdout, "  cluster      %s (udp and tcp; member %s of the site: others --join here)\n", mem.Addr(), mem.Name())
-		fmt.Fprintf(stdout, "  site log     %s (udp, quic: the replicated log between members)\n", sc.Listen)
+		fmt.Fprintf(stdout, "  site log     %s (tcp, tls: the replicated log between members)\n", sc.Listen)
 		served.Store(n)
 		started.Store(true)
 		go func() { memDone <- mem.Run(ctx) }()
