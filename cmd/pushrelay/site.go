@@ -156,6 +156,7 @@ func (c *Config) siteConfig(name, gossip string, creds *linkauth.Credentials, me
 	return &site.Config{
 		Name: name, Listen: listen, Advertise: advertise, ServerTLS: server, ClientTLS: creds.ClientTLS(),
 		Members: members, Expect: c.ClusterExpect, ReapAfter: c.ClusterReapAfter,
+		SnapshotEvery: uint64(max(c.ClusterSnapshotEvery, 0)),
 	}, nil
 }
 

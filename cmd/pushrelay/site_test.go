@@ -42,7 +42,7 @@ func testSiteMembers(t *testing.T, n int) ([]*relayProc, [][]string, []string) {
 	for i, name := range names {
 		dirs[i] = t.TempDir()
 		mkArgs := func() {
-			args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeUDPPort(t),
+			args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeTCPUDPPort(t),
 				"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name])
 			if i > 0 {
 				args[i] = append(args[i], "--join", strings.Join(gossipAddrs[:i], ","))
