@@ -35,7 +35,7 @@ const (
 	fwdLost       = 2 // leadership lost before the entry was known committed
 	fwdFailed     = 3
 	maxFwdPayload = 64 << 20
-	maxIdleFwd    = 16
+	maxIdleFwd    = 256
 )
 
 // fwdResult is a leader's answer.
@@ -57,30 +57,33 @@ func (r fwdResult) err() error {
 	return errors.New(r.msg)
 }
 
+// fwdPool keeps idle forward connections by address; closeAll starts a
+// new generation, and a connection of an older one is not kept.
 type fwdPool struct {
 	mu   sync.Mutex
+	gen  uint64
 	idle map[string][]net.Conn
 }
 
-func (p *fwdPool) get(addr string) net.Conn {
+func (p *fwdPool) get(addr string) (net.Conn, uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	cs := p.idle[addr]
 	if len(cs) == 0 {
-		return nil
+		return nil, p.gen
 	}
 	c := cs[len(cs)-1]
 	p.idle[addr] = cs[:len(cs)-1]
-	return c
+	return c, p.gen
 }
 
-func (p *fwdPool) put(addr string, c net.Conn) {
+func (p *fwdPool) put(addr string, c net.Conn, gen uint64) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.idle == nil {
 		p.idle = map[string][]net.Conn{}
 	}
-	if len(p.idle[addr]) >= maxIdleFwd {
+	if gen != p.gen || len(p.idle[addr]) >= maxIdleFwd {
 		c.Close()
 		return
 	}
@@ -90,6 +93,7 @@ func (p *fwdPool) put(addr string, c net.Conn) {
 func (p *fwdPool) closeAll() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	p.gen++
 	for _, cs := range p.idle {
 		for _, c := range cs {
 			c.Close()
@@ -111,9 +115,14 @@ func (n *Node) leaderAddr(id uint64) string {
 	return ""
 }
 
+// errNotSent: the request certainly did not reach the leader (it could
+// not be dialed).
+var errNotSent = errors.New("consensus: leader not reached")
+
 // forward sends one request to leader and reads its answer, within ctx.
 // An error means the outcome is unknown (the request may have reached
-// the leader): the filter's drops included, as a partition's would be.
+// the leader): the filter's drops included, as a partition's would be;
+// but errNotSent.
 func (n *Node) forward(ctx context.Context, leader uint64, op byte, payload []byte) (fwdResult, error) {
 	if n.tr.dropped(leader) {
 		n.m.drops.With("filter").Inc()
@@ -123,7 +132,7 @@ func (n *Node) forward(ctx context.Context, leader uint64, op byte, payload []by
 	if addr == "" {
 		return fwdResult{}, fmt.Errorf("leader %x: no address", leader)
 	}
-	c := n.fwd.get(addr)
+	c, gen := n.fwd.get(addr)
 	if c == nil {
 		timeout := n.electionTimeout()
 		if d, ok := ctx.Deadline(); ok {
@@ -132,7 +141,7 @@ func (n *Node) forward(ctx context.Context, leader uint64, op byte, payload []by
 		var err error
 		c, err = n.sl.dial(addr, timeout)
 		if err != nil {
-			return fwdResult{}, err
+			return fwdResult{}, fmt.Errorf("%w: %w", errNotSent, err)
 		}
 		var hello [9]byte
 		hello[0] = connForward
@@ -140,7 +149,7 @@ func (n *Node) forward(ctx context.Context, leader uint64, op byte, payload []by
 		c.SetWriteDeadline(time.Now().Add(timeout))
 		if _, err := c.Write(hello[:]); err != nil {
 			c.Close()
-			return fwdResult{}, err
+			return fwdResult{}, fmt.Errorf("%w: %w", errNotSent, err)
 		}
 	}
 	if d, ok := ctx.Deadline(); ok {
@@ -155,7 +164,7 @@ func (n *Node) forward(ctx context.Context, leader uint64, op byte, payload []by
 		c.Close()
 		return fwdResult{}, err
 	}
-	n.fwd.put(addr, c)
+	n.fwd.put(addr, c, gen)
 	return res, nil
 }
 
@@ -187,7 +196,8 @@ func fwdRoundTrip(c net.Conn, op byte, payload []byte) (fwdResult, error) {
 // serveForward answers a member's requests on c (after its first byte)
 // until it closes. A member the filter drops gets no answer.
 func (n *Node) serveForward(c net.Conn) {
-	r := bufio.NewReaderSize(c, 64<<10)
+	// Small: a connection per request in flight stays open, idle.
+	r := bufio.NewReaderSize(c, 4<<10)
 	var hello [8]byte
 	if _, err := io.ReadFull(r, hello[:]); err != nil {
 		return

@@ -263,9 +263,15 @@ func (n *Node) raftConfig() *raft.Config {
 	et := n.electionTimeout()
 	rc := raft.DefaultConfig()
 	rc.LocalID = serverID(n.id)
-	rc.HeartbeatTimeout = et
-	rc.ElectionTimeout = et
-	rc.LeaderLeaseTimeout = et
+	// A follower that has not heard from the leader for one to two
+	// HeartbeatTimeouts (its timer re-arms at random while contact is
+	// recent, so up to three) starts an election: half the election
+	// timeout gives about what etcd's raft did with the whole one (1 to
+	// 2 s by default; measured, docs/benchmarks.md). A leader that heard
+	// from no quorum for LeaderLeaseTimeout steps down.
+	rc.HeartbeatTimeout = et / 2
+	rc.ElectionTimeout = et / 2
+	rc.LeaderLeaseTimeout = et / 2
 	// A follower learns that an entry committed from the leader's next
 	// append; without new entries one goes out after this long.
 	rc.CommitTimeout = min(n.cfg.Tick/5, 20*time.Millisecond)
@@ -452,6 +458,10 @@ func (n *Node) setLeader(id uint64) {
 	}
 	n.m.leaderChanges.Inc()
 	n.log.Info("consensus: leader", "leader", fmt.Sprintf("%x", id))
+	// Connections to a former leader are not reused: it may have
+	// restarted since (a request on a dead connection has an unknown
+	// outcome, and would wait out the bound).
+	n.fwd.closeAll()
 	n.mu.Lock()
 	close(n.leaderCh)
 	n.leaderCh = make(chan struct{})
@@ -635,16 +645,10 @@ func (n *Node) Propose(ctx context.Context, data []byte) (uint64, error) {
 			select {
 			case idx := <-ch:
 				return idx, nil
-			default:
-			}
-			if err := n.waitApplied(pctx, res.index); err != nil {
-				return fail(fmt.Errorf("applying %d: %w", res.index, err))
-			}
-			select {
-			case idx := <-ch:
-				return idx, nil
-			default:
-				return fail(fmt.Errorf("entry %d applied without the proposal", res.index))
+			case <-pctx.Done():
+				return fail(fmt.Errorf("applying %d: %w", res.index, pctx.Err()))
+			case <-n.stop:
+				return fail(ErrClosed)
 			}
 		case err == nil && res.status == fwdNotLeader:
 			// Not appended there: ask the next leader.
@@ -654,6 +658,20 @@ func (n *Node) Propose(ctx context.Context, data []byte) (uint64, error) {
 			continue
 		case err == nil && res.status == fwdFailed:
 			return fail(res.err())
+		case errors.Is(err, errNotSent):
+			// Nothing reached it: ask again (a new leader, or this one
+			// back) after a pause, within the bound.
+			select {
+			case <-time.After(n.cfg.Tick):
+			case <-pctx.Done():
+				return fail(fmt.Errorf("not sent: %w", err))
+			case <-n.stop:
+				return fail(ErrClosed)
+			}
+			if leader, err = n.waitLeader(pctx, 0); err != nil {
+				return fail(fmt.Errorf("no leader: %w", err))
+			}
+			continue
 		}
 		// The outcome is unknown: the leader lost its leadership, or
 		// the request or its answer was lost on the way.

@@ -245,8 +245,9 @@ func (s *streamLayer) Close() error {
 // layer, with the drop filter (fault injection: every RPC to or from a
 // filtered peer fails, both ways, as in a partition), the message
 // metrics, and what the leader learns of each peer's replication for
-// Status. It does not pipeline appends (hashicorp/raft#541: with
-// batching, pipelining costs commit latency).
+// Status. Appends are pipelined two deep (raft's default since
+// hashicorp/raft#541), so the next one, with the latest commit index,
+// goes out while the last is being fsynced.
 type peerTransport struct {
 	n        *Node
 	inner    *raft.NetworkTransport
@@ -362,8 +363,79 @@ func (t *peerTransport) consume() {
 func (t *peerTransport) Consumer() <-chan raft.RPC     { return t.consumer }
 func (t *peerTransport) LocalAddr() raft.ServerAddress { return t.inner.LocalAddr() }
 
-func (t *peerTransport) AppendEntriesPipeline(raft.ServerID, raft.ServerAddress) (raft.AppendPipeline, error) {
-	return nil, raft.ErrPipelineReplicationNotSupported
+// AppendEntriesPipeline: raft's pipeline (two appends in flight), behind
+// the filter; what the follower acknowledges is recorded as it comes.
+func (t *peerTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	if t.dropped(parseID(id)) {
+		t.n.m.drops.With("filter").Inc()
+		return nil, errDropped
+	}
+	inner, err := t.inner.AppendEntriesPipeline(id, t.resolve(id, target))
+	if err != nil {
+		return nil, err
+	}
+	p := &pipeline{t: t, peer: parseID(id), inner: inner, out: make(chan raft.AppendFuture), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.consume()
+	}()
+	return p, nil
+}
+
+// pipeline wraps raft's: the filter on each append, and a goroutine
+// passing on the answers (owned by the pipeline: Close waits for it).
+type pipeline struct {
+	t     *peerTransport
+	peer  uint64
+	inner raft.AppendPipeline
+	out   chan raft.AppendFuture
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
+}
+
+func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
+	if p.t.dropped(p.peer) {
+		p.t.n.m.drops.With("filter").Inc()
+		return nil, errDropped
+	}
+	f, err := p.inner.AppendEntries(args, resp)
+	if err != nil {
+		p.t.n.m.drops.With("unreachable").Inc()
+	}
+	return f, err
+}
+
+func (p *pipeline) consume() {
+	for {
+		select {
+		case f := <-p.inner.Consumer():
+			err := f.Error()
+			p.t.record(p.peer, err)
+			if err == nil {
+				p.t.n.m.sent.Inc()
+				if args, resp := f.Request(), f.Response(); resp.Success && len(args.Entries) > 0 {
+					p.t.matched(p.peer, args.Entries[len(args.Entries)-1].Index)
+				}
+			}
+			select {
+			case p.out <- f:
+			case <-p.stop:
+				return
+			}
+		case <-p.stop:
+			return
+		}
+	}
+}
+
+func (p *pipeline) Consumer() <-chan raft.AppendFuture { return p.out }
+
+func (p *pipeline) Close() error {
+	err := p.inner.Close()
+	p.once.Do(func() { close(p.stop) })
+	<-p.done
+	return err
 }
 
 // call runs one RPC to peer id through the filter and the metrics.
@@ -374,7 +446,19 @@ func (t *peerTransport) call(id raft.ServerID, f func() error) error {
 		return errDropped
 	}
 	err := f()
+	t.record(peer, err)
+	if err != nil {
+		t.n.m.drops.With("unreachable").Inc()
+		return err
+	}
+	t.n.m.sent.Inc()
+	return nil
+}
+
+// record notes the outcome of a request to peer.
+func (t *peerTransport) record(peer uint64, err error) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	p := t.progress[peer]
 	if p == nil {
 		p = &progress{}
@@ -384,23 +468,21 @@ func (t *peerTransport) call(id raft.ServerID, f func() error) error {
 	if err == nil {
 		p.lastContact = time.Now()
 	}
-	t.mu.Unlock()
-	if err != nil {
-		t.n.m.drops.With("unreachable").Inc()
-		return err
+}
+
+// matched notes that peer holds the log through index.
+func (t *peerTransport) matched(peer, index uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.progress[peer]; p != nil {
+		p.match = max(p.match, index)
 	}
-	t.n.m.sent.Inc()
-	return nil
 }
 
 func (t *peerTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
 	err := t.call(id, func() error { return t.inner.AppendEntries(id, t.resolve(id, target), args, resp) })
 	if err == nil && resp.Success && len(args.Entries) > 0 {
-		t.mu.Lock()
-		if p := t.progress[parseID(id)]; p != nil {
-			p.match = max(p.match, args.Entries[len(args.Entries)-1].Index)
-		}
-		t.mu.Unlock()
+		t.matched(parseID(id), args.Entries[len(args.Entries)-1].Index)
 	}
 	return err
 }
