@@ -244,7 +244,7 @@ func TestNoSiteBuild(t *testing.T) {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}
 	for _, p := range strings.Fields(string(out)) {
-		if strings.Contains(p, "memberlist") || strings.Contains(p, "etcd.io/raft") || strings.HasSuffix(p, "relay/site") {
+		if strings.Contains(p, "memberlist") || strings.Contains(p, "hashicorp/raft") || strings.HasSuffix(p, "relay/consensus") || strings.HasSuffix(p, "relay/site") {
 			t.Errorf("a nosite build links %s", p)
 		}
 	}
