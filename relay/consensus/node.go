@@ -732,7 +732,18 @@ func (n *Node) outcome(ctx context.Context, ch chan uint64, sentTo uint64, fail 
 			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
 				return fail(fmt.Errorf("not known committed: %w", err))
 			}
-			sentTo = l // that one failed too: wait for the next
+			// Not answered (a leader just elected, not ready yet; a
+			// connection lost): ask again after a pause, the same
+			// leader or a newer one, within the bound.
+			select {
+			case i := <-ch:
+				return i, nil
+			case <-time.After(n.cfg.Tick):
+			case <-ctx.Done():
+				return fail(fmt.Errorf("not known committed: %w", ctx.Err()))
+			case <-n.stop:
+				return fail(ErrClosed)
+			}
 			continue
 		}
 		select {
