@@ -864,3 +864,36 @@ func TestProposalToDeadLeaderFailsFast(t *testing.T) {
 		}
 	}
 }
+
+// A follower's forwarded proposals reuse their connections to the
+// leader: 64 proposers at once, 20 proposals each, dial about one
+// connection per proposer, not one per proposal (a TLS handshake each,
+// which was most of the leader's CPU under load).
+func TestForwardReusesConnections(t *testing.T) {
+	c := newCluster(t, 3, Config{})
+	l := c.waitLeader(0, 10*time.Second)
+	var f *member
+	for _, m := range c.up() {
+		if m != l {
+			f = m
+		}
+	}
+	const proposers, each = 64, 20
+	var wg sync.WaitGroup
+	for g := range proposers {
+		wg.Go(func() {
+			for i := range each {
+				propose(t, f, fmt.Sprintf("g%d-%d", g, i))
+			}
+		})
+	}
+	wg.Wait()
+	dials := f.value("pushrelay_consensus_forward_dials_total")
+	t.Logf("%d forwarded proposals from %d proposers: %v connections dialed", proposers*each, proposers, dials)
+	if dials == 0 || dials > 2*proposers {
+		t.Errorf("%v connections dialed for %d proposals from %d proposers", dials, proposers*each, proposers)
+	}
+	if v := f.value("pushrelay_consensus_proposals_forwarded_total"); v != proposers*each {
+		t.Errorf("%v proposals forwarded, want %d", v, proposers*each)
+	}
+}

@@ -143,6 +143,7 @@ func (n *Node) forward(ctx context.Context, leader uint64, op byte, payload []by
 		if err != nil {
 			return fwdResult{}, fmt.Errorf("%w: %w", errNotSent, err)
 		}
+		n.m.fwdDials.Inc()
 		var hello [9]byte
 		hello[0] = connForward
 		binary.BigEndian.PutUint64(hello[1:], n.id)

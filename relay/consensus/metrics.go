@@ -6,6 +6,7 @@ import "github.com/pushrelay/pushrelay/relay/metrics"
 type nodeMetrics struct {
 	proposals     metrics.Counter
 	forwards      metrics.Counter
+	fwdDials      metrics.Counter
 	proposeFailed *metrics.CounterVec
 	commits       metrics.Counter
 	applies       metrics.Counter
@@ -28,6 +29,7 @@ func newNodeMetrics(r *metrics.Registry, n *Node) *nodeMetrics {
 	m := &nodeMetrics{
 		proposals:     r.Counter("pushrelay_consensus_proposals_total", "Entries proposed on this member (Propose calls that reached the engine)."),
 		forwards:      r.Counter("pushrelay_consensus_proposals_forwarded_total", "Entries this member proposed while another member led, forwarded to the leader."),
+		fwdDials:      r.Counter("pushrelay_consensus_forward_dials_total", "Connections this member dialed to a leader for its forwarded requests (kept and reused; a new one per request in flight beyond those idle)."),
 		proposeFailed: r.CounterVec("pushrelay_consensus_propose_failures_total", "Proposals not known committed, by reason (no_quorum, leader_changed: the leader it went to was replaced and the new one's first entry is applied without it, canceled, closed).", "reason"),
 		commits:       r.Counter("pushrelay_consensus_commits_total", "Committed entries applied on this member."),
 		applies:       r.Counter("pushrelay_consensus_applies_total", "Batches of committed entries handed to the state machine."),
