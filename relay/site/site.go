@@ -32,7 +32,7 @@ type Config struct {
 	// log goes in Dir/site).
 	Store *store.Store
 	Dir   string
-	// Listen is the consensus transport's UDP address
+	// Listen is the consensus transport's TCP address
 	// (cluster_peer_listen); Advertise, if set, what peers are told.
 	Listen, Advertise string
 	// ServerTLS and ClientTLS authenticate peers: the site's keys
