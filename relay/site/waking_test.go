@@ -22,8 +22,9 @@ import (
 // reports them to the site (Accepting) and the kicker (Online), and its
 // metadata's socket digest.
 type sessionSet struct {
-	mu sync.Mutex
-	m  map[push.UAID]bool
+	mu      sync.Mutex
+	m       map[push.UAID]bool
+	resyncs int
 }
 
 func (s *sessionSet) set(u push.UAID, on bool) {
@@ -42,6 +43,13 @@ func (s *sessionSet) Accepting(u push.UAID) bool {
 }
 
 func (s *sessionSet) Online(u push.UAID) bool { return s.Accepting(u) }
+
+// Resync counts the restores the site told the hub of.
+func (s *sessionSet) Resync() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resyncs++
+}
 func (s *sessionSet) WakeProven(push.UAID)    {}
 
 func (s *sessionSet) digest() member.Digest {
@@ -392,7 +400,8 @@ func TestWakeOwnerAfterRestart(t *testing.T) {
 	if again.Owns(u) {
 		t.Fatal("owns u before SetWaking")
 	}
-	if err := again.SetWaking(a.kick, &sessionSet{}); err != nil {
+	sess := &sessionSet{}
+	if err := again.SetWaking(a.kick, sess); err != nil {
 		t.Fatal(err)
 	}
 	if !again.Owns(u) || again.Owns(v) {
@@ -414,6 +423,9 @@ func TestWakeOwnerAfterRestart(t *testing.T) {
 	}
 	if again.Owns(u) {
 		t.Fatal("owns u after a restore")
+	}
+	if sess.resyncs != 1 {
+		t.Fatalf("the hub was told of %d restores, want 1 (its sessions read their messages again)", sess.resyncs)
 	}
 	again.dropStored(ctx)
 	var left []push.UAID
