@@ -50,7 +50,7 @@ func (s *sessionSet) Resync() {
 	defer s.mu.Unlock()
 	s.resyncs++
 }
-func (s *sessionSet) WakeProven(push.UAID)    {}
+func (s *sessionSet) WakeProven(push.UAID) {}
 
 func (s *sessionSet) digest() member.Digest {
 	d := member.NewDigest(0)
