@@ -528,7 +528,10 @@ func TestE2ESiteFaultStop(t *testing.T) {
 // answered 503); after the heal it rejoins and catches up.
 func TestE2ESiteFaultPartition(t *testing.T) {
 	cutFor := faultTime(t, "PUSHRELAY_SITE_CUT", 5*time.Second)
-	l := newSiteLab(t)
+	// The log compacted often, so that the cut-off member is likely sent
+	// a snapshot: its devices must then get what the snapshot brought
+	// (Hub.Resync) without reconnecting.
+	l := newSiteLab(t, "--cluster-snapshot-every", fmt.Sprint(siteSnapshotEvery))
 	l.load(siteDevices, sitePostGap)
 	l.f.waitCreated(200, 20*time.Second)
 	i := l.leader(-1)
@@ -553,6 +556,7 @@ func TestE2ESiteFaultPartition(t *testing.T) {
 		t.Errorf("the cut-off member answered %d posts 201", codes[201])
 	}
 	t.Logf("healed: m%d rejoined and caught up in %s", i+1, l.caughtUp(i, 30*time.Second).Round(time.Millisecond))
+	t.Logf("m%d caught up with %v snapshots received", i+1, l.ms[i].proc.metric("pushrelay_consensus_snapshots_received_total"))
 	dups := l.finish()
 	t.Logf("duplicates: %d", dups)
 }
