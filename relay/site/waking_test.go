@@ -206,14 +206,7 @@ func TestSiteWake(t *testing.T) {
 		stun[x] = startWaking(t, x, secret)
 		byAddr[stun[x]] = x.name
 	}
-	waitUntil(t, 20*time.Second, "a site of three with a leader", func() bool {
-		for _, x := range ms {
-			if !x.site.InSite() || len(x.site.Status().Voters) != 3 {
-				return false
-			}
-		}
-		return leaderOf(ms) != nil
-	})
+	waitFormed(t, ms)
 	ctx := context.Background()
 	u, ch := push.UAID{0xaa, 7}, push.ChannelID{0xcc, 7}
 	if err := a.site.Store().Register(ctx, store.Channel{UAID: u, ID: ch}); err != nil {
