@@ -870,6 +870,14 @@ func TestProposalToDeadLeaderFailsFast(t *testing.T) {
 // connection per proposer, not one per proposal (a TLS handshake each,
 // which was most of the leader's CPU under load).
 func TestForwardReusesConnections(t *testing.T) {
+	if os.Getenv("PUSHRELAY_TEST_EXEC") != "" {
+		// Under qemu-user (make test-arm) 64 proposers starve the
+		// emulated members' heartbeats: the leader steps down and the
+		// proposals fail (CI, armv7). What this counts (dials, not
+		// correctness) is the same on every architecture: native runs
+		// check it.
+		t.Skip("counts connections under a load the emulator cannot carry")
+	}
 	c := newCluster(t, 3, Config{})
 	l := c.waitLeader(0, 10*time.Second)
 	var f *member
