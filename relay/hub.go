@@ -303,6 +303,23 @@ func (h *Hub) EachSession(fn func(push.UAID)) {
 	}
 }
 
+// Resync has every session read its device's messages from the store
+// again, past what it last sent, rather than trust what it queued: the
+// store's contents were replaced under it (a site member restored from
+// another member's snapshot), and messages that came with the new file
+// were never offered through the commit feed.
+func (h *Hub) Resync() {
+	h.mu.Lock()
+	ss := make([]*session, 0, len(h.sessions))
+	for _, s := range h.sessions {
+		ss = append(ss, s)
+	}
+	h.mu.Unlock()
+	for _, s := range ss {
+		s.resync()
+	}
+}
+
 func (h *Hub) session(u push.UAID) *session {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -1,10 +1,12 @@
 package relay_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -16,6 +18,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/ece"
 	"github.com/pushrelay/pushrelay/relay/push"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
+	"github.com/pushrelay/pushrelay/relay/store"
 	"github.com/pushrelay/pushrelay/relay/vapid"
 )
 
@@ -774,4 +777,54 @@ func bothModes(t *testing.T, f func(t *testing.T, notify bool)) {
 			synctest.Test(t, func(t *testing.T) { f(t, m.notify) })
 		})
 	}
+}
+
+// A store replaced under the hub (a site member restored from another
+// member's snapshot) brings messages the commit feed never offered:
+// Resync has every session read them from the store.
+func TestResyncAfterRestore(t *testing.T) {
+	h := newHarness(t, nil)
+	d := h.hello("")
+	s := d.subscribe()
+	u, err := push.ParseUAID(d.uaid)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ch, err := push.ParseChannelID(s.channel)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The other member's file: this one's, and a message more.
+	var snap bytes.Buffer
+	if _, err := h.st.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	other, err := store.Open(store.Options{Path: filepath.Join(t.TempDir(), "other.db")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	ctx := context.Background()
+	if _, err := other.Restore(ctx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	if _, err := other.Append(ctx, store.Message{UAID: u, Channel: ch, Data: []byte("came with the file"),
+		Received: now, TTL: time.Hour, Expiry: now.Add(time.Hour)}); err != nil {
+		t.Fatal(err)
+	}
+	snap.Reset()
+	if _, err := other.Snapshot(&snap); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := h.st.Restore(ctx, &snap); err != nil {
+		t.Fatal(err)
+	}
+	d.expectNone(200 * time.Millisecond) // nothing offered it
+	h.hub.Resync()
+	n := d.expect(pushproto.TypeNotification)
+	if got := payload(t, n); got != "came with the file" {
+		t.Fatalf("after Resync the device got %q", got)
+	}
+	d.ack(n)
 }

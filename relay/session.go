@@ -661,6 +661,18 @@ func (s *session) offer(m *store.Message) {
 	s.startPumpLocked()
 }
 
+// resync makes the session read the store past lastSent again, dropping
+// what it queued (Hub.Resync).
+func (s *session) resync() {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return
+	}
+	s.synced, s.queued, s.queuedBytes, s.pumpWanted = false, nil, 0, true
+	s.startPumpLocked()
+}
+
 // dropQueuedLocked removes the queued messages drop selects. s.mu is held.
 func (s *session) dropQueuedLocked(drop func(*store.Message) bool) {
 	s.queued = slices.DeleteFunc(s.queued, func(m *store.Message) bool {

@@ -113,6 +113,7 @@ type Config struct {
 	ClusterProbeTimeout   time.Duration
 	ClusterSuspicionMult  int
 	ClusterPeerListen     string
+	ClusterSnapshotEvery  int
 	ClusterExpect         int
 	ClusterReapAfter      time.Duration
 }
@@ -326,7 +327,8 @@ var settings = []setting{
 	durSetting("cluster_probe_interval", "400ms", "how often each member probes another for failure detection (a dead member is declared failed in about 5 to 10 of these)", func(c *Config) *time.Duration { return &c.ClusterProbeInterval }),
 	durSetting("cluster_probe_timeout", "200ms", "how long a probe waits for its ack before others are asked to probe too (shorter than cluster_probe_interval)", func(c *Config) *time.Duration { return &c.ClusterProbeTimeout }),
 	intSetting("cluster_suspicion_mult", "3", 1, 100, "a member that missed its probes is suspected for this many probe intervals (up to twice that while no other member confirms) before it is declared failed, unless it refutes", func(c *Config) *int { return &c.ClusterSuspicionMult }),
-	strSetting("cluster_peer_listen", "", "host:port (UDP, QUIC) of the site's replicated log between members (default: cluster_listen's host, its port + 1); peers authenticate with the site's keys (link_cert, link_key, link_ca or link_pins)", func(c *Config) *string { return &c.ClusterPeerListen }),
+	strSetting("cluster_peer_listen", "", "host:port (TCP, TLS) of the site's replicated log between members (default: cluster_listen's host, its port + 1); peers authenticate with the site's keys (link_cert, link_key, link_ca or link_pins)", func(c *Config) *string { return &c.ClusterPeerListen }),
+	intSetting("cluster_snapshot_every", "10000", 100, 100000000, "a snapshot of the site's log is recorded (its metadata only: the store is the snapshot) and the log compacted every this many entries, half of them kept for members a little behind; a member further behind, or with an empty disk, is sent the store", func(c *Config) *int { return &c.ClusterSnapshotEvery }),
 	intSetting("cluster_expect", "3", 1, 9, "how many members a new site waits for before it forms (the same on every member started for a new site; a member that finds a site joins it whatever this says)", func(c *Config) *int { return &c.ClusterExpect }),
 	durSetting("cluster_reap_after", "72h", "a member failed for this long is removed from the site's voters by the leader (it may rejoin later as a new member)", func(c *Config) *time.Duration { return &c.ClusterReapAfter }),
 	intSetting("wake_target_rate", "1", 0, 1<<24, "wake datagrams per second to one target (burst 3): a claimed address per IP, a STUN-proven one per address and port; 0 means unlimited", func(c *Config) *int { return &c.WakeTargetRate }),

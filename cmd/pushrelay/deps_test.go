@@ -71,8 +71,8 @@ func TestOneWrapperPerLibrary(t *testing.T) {
 		"github.com/valyala/fasthttp":     "github.com/pushrelay/pushrelay/relay/endpoint",
 		"github.com/quic-go/quic-go":      "github.com/pushrelay/pushrelay/relay/linkquic",
 		"github.com/hashicorp/memberlist": "github.com/pushrelay/pushrelay/relay/member",
-		"go.etcd.io/raft/v3":              "github.com/pushrelay/pushrelay/relay/consensus",
-		"google.golang.org/protobuf":      "github.com/pushrelay/pushrelay/relay/consensus", // raft's messages
+		"github.com/hashicorp/raft":       "github.com/pushrelay/pushrelay/relay/consensus",
+		"github.com/hashicorp/go-hclog":   "github.com/pushrelay/pushrelay/relay/consensus", // raft's logger, adapted to slog
 	}
 	lines := goList(t, "-f", "{{.ImportPath}}:{{join .Imports \",\"}}", "../../...")
 	for _, line := range lines {

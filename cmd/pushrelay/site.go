@@ -4,7 +4,7 @@ package main
 
 // The relay as a member of a site (cluster_listen): the membership
 // (relay/member, memberlist) and the replicated log (relay/site,
-// relay/consensus, etcd raft). Builds with the tag nosite leave them out
+// relay/consensus, hashicorp/raft). Builds with the tag nosite leave them out
 // (nosite.go): make cross does, until the site fits the gateways' 14 MiB
 // budget (docs/benchmarks.md, "Gateway builds: room for the site").
 
@@ -77,7 +77,7 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 	nc.OnReady = func(n *node.Node) {
 		n.Announce(stdout)
 		fmt.Fprintf(stdout, "  cluster      %s (udp and tcp; member %s of the site: others --join here)\n", mem.Addr(), mem.Name())
-		fmt.Fprintf(stdout, "  site log     %s (udp, quic: the replicated log between members)\n", sc.Listen)
+		fmt.Fprintf(stdout, "  site log     %s (tcp, tls: the replicated log between members)\n", sc.Listen)
 		served.Store(n)
 		started.Store(true)
 		go func() { memDone <- mem.Run(ctx) }()
@@ -177,6 +177,7 @@ func (c *Config) siteConfig(name, gossip string, creds *linkauth.Credentials, me
 	return &site.Config{
 		Name: name, Listen: listen, Advertise: advertise, ServerTLS: server, ClientTLS: creds.ClientTLS(),
 		Members: members, Expect: c.ClusterExpect, ReapAfter: c.ClusterReapAfter,
+		SnapshotEvery: uint64(max(c.ClusterSnapshotEvery, 0)),
 	}, nil
 }
 

@@ -43,7 +43,7 @@ func testSiteMembers(t *testing.T, n int, extra ...string) ([]*relayProc, [][]st
 	for i, name := range names {
 		dirs[i] = t.TempDir()
 		mkArgs := func() {
-			args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeUDPPort(t),
+			args[i] = slices.Concat([]string{"--node-name", name, "--cluster-listen", gossipAddrs[i], "--cluster-peer-listen", freeTCPUDPPort(t),
 				"--cluster-key", gossip, "--cluster-expect", fmt.Sprint(n), "--log-level", "info"}, keys[name], extra)
 			if i > 0 {
 				args[i] = append(args[i], "--join", strings.Join(gossipAddrs[:i], ","))
@@ -245,7 +245,7 @@ func TestNoSiteBuild(t *testing.T) {
 		t.Fatalf("go list: %v\n%s", err, out)
 	}
 	for _, p := range strings.Fields(string(out)) {
-		if strings.Contains(p, "memberlist") || strings.Contains(p, "etcd.io/raft") || strings.HasSuffix(p, "relay/site") {
+		if strings.Contains(p, "memberlist") || strings.Contains(p, "hashicorp/raft") || strings.HasSuffix(p, "relay/consensus") || strings.HasSuffix(p, "relay/site") {
 			t.Errorf("a nosite build links %s", p)
 		}
 	}

@@ -75,8 +75,9 @@ type sitePost struct {
 }
 
 // newSiteLab builds the namespaces and starts a site of three members
-// in them, or skips the test saying why it cannot.
-func newSiteLab(t *testing.T) *siteLab {
+// in them (extra: flags for every member), or skips the test saying why
+// it cannot.
+func newSiteLab(t *testing.T, extra ...string) *siteLab {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		t.Skip("network namespaces need root")
@@ -157,7 +158,7 @@ func newSiteLab(t *testing.T) *siteLab {
 			// Every message answered 201 must arrive: a long fault
 			// must not hit the per-device cap (then the oldest is
 			// dropped, by design).
-			"--max-messages-per-uaid", "20000"}, keys[name])
+			"--max-messages-per-uaid", "20000"}, extra, keys[name])
 		// Each member names the others in join, as docs/cluster.md
 		// advises: the first one too, so that it finds the site when
 		// it restarts (else it waits for the others' rejoin loops).
@@ -455,6 +456,10 @@ func faultTime(t *testing.T, env string, def time.Duration) time.Duration {
 const (
 	siteDevices = 6
 	sitePostGap = 15 * time.Millisecond // per member: about 200 posts/s over the site
+	// siteSnapshotEvery: the wipe test's log compacted every this many
+	// entries (a second or two of the load), so the wiped member is sent
+	// a snapshot.
+	siteSnapshotEvery = 200
 )
 
 // kill SIGKILLs member i under load; devices on it reconnect to another
@@ -523,7 +528,10 @@ func TestE2ESiteFaultStop(t *testing.T) {
 // answered 503); after the heal it rejoins and catches up.
 func TestE2ESiteFaultPartition(t *testing.T) {
 	cutFor := faultTime(t, "PUSHRELAY_SITE_CUT", 5*time.Second)
-	l := newSiteLab(t)
+	// The log compacted often, so that the cut-off member is likely sent
+	// a snapshot: its devices must then get what the snapshot brought
+	// (Hub.Resync) without reconnecting.
+	l := newSiteLab(t, "--cluster-snapshot-every", fmt.Sprint(siteSnapshotEvery))
 	l.load(siteDevices, sitePostGap)
 	l.f.waitCreated(200, 20*time.Second)
 	i := l.leader(-1)
@@ -548,6 +556,7 @@ func TestE2ESiteFaultPartition(t *testing.T) {
 		t.Errorf("the cut-off member answered %d posts 201", codes[201])
 	}
 	t.Logf("healed: m%d rejoined and caught up in %s", i+1, l.caughtUp(i, 30*time.Second).Round(time.Millisecond))
+	t.Logf("m%d caught up with %v snapshots received", i+1, l.ms[i].proc.metric("pushrelay_consensus_snapshots_received_total"))
 	dups := l.finish()
 	t.Logf("duplicates: %d", dups)
 }
@@ -557,23 +566,14 @@ func TestE2ESiteFaultPartition(t *testing.T) {
 // it comes back under its old name, so under its old consensus id, which
 // the site still counts as a voter, and joins the site (the others say
 // one exists). The leader had it at the index it last acknowledged and
-// raft takes its refusals (its log is empty) for stale ones; the leader
-// notices and hands its leadership over (consensus: lostLog), and the
-// new leader catches it up from its log (or a snapshot once compacted).
+// its refusals tell the leader its log is empty; the leader's log was
+// compacted past it (snapshots every siteSnapshotEvery entries), so the
+// leader sends it a snapshot (the store), then the log since.
 // A device's hello on it right after its start keeps the device's UAID
 // (it asks the site before it calls a UAID unknown). No message
 // answered 201 is lost meanwhile: the other two hold them.
 func TestE2ESiteFaultWipe(t *testing.T) {
-	// Known bug, open (issue #9): a member restarted wiped under its old
-	// consensus id can stay stuck refusing the leader's appends ("[logterm:
-	// 0, index: 413] rejected MsgApp [logterm: 2, index: 413]": it took a
-	// snapshot but its log has no term for it, so the hand-over for a lost
-	// log does not trigger); seen in 1 of 2 CI runs on a quiet machine.
-	// Run it with PUSHRELAY_SITE_WIPE=1 until that is fixed.
-	if os.Getenv("PUSHRELAY_SITE_WIPE") == "" {
-		t.Skip("a wiped member under its old id can stay stuck (known, issue #9); PUSHRELAY_SITE_WIPE=1 runs it")
-	}
-	l := newSiteLab(t)
+	l := newSiteLab(t, "--cluster-snapshot-every", fmt.Sprint(siteSnapshotEvery))
 	l.load(siteDevices, sitePostGap)
 	l.f.waitCreated(200, 20*time.Second)
 	lead := l.leader(-1)
@@ -633,8 +633,10 @@ func TestE2ESiteFaultWipe(t *testing.T) {
 	if st["id"] != before["id"] {
 		t.Errorf("the wiped member came back as %v, was %v", st["id"], before["id"])
 	}
-	if n := l.ms[lead].proc.metric("pushrelay_consensus_lost_log_handovers_total"); n != 1 {
-		t.Logf("note: the leader m%d counted %v hand-overs for a lost log", lead+1, n)
+	if n := l.ms[i].proc.metric("pushrelay_consensus_snapshots_received_total"); n < 1 {
+		t.Errorf("m%d received %v snapshots; the leader m%d's log was compacted past it", i+1, n, lead+1)
+	} else {
+		t.Logf("m%d caught up from %v snapshot(s) (leader m%d)", i+1, n, lead+1)
 	}
 	dups := l.finish()
 	t.Logf("duplicates: %d", dups)

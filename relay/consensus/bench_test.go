@@ -10,7 +10,7 @@ import (
 )
 
 // BenchmarkPropose: proposals of 100 bytes on the leader of 3 members
-// (loopback QUIC, real files, everything fsynced) from 1, 16 and 64
+// (loopback TCP+TLS, real files, everything fsynced) from 1, 16 and 64
 // proposers at once; each Propose returns after commit and local apply.
 // It reports proposals/s and, per proposal, the leader's log fsyncs and
 // the state machine's (one per applied batch).

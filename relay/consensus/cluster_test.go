@@ -18,12 +18,7 @@ import (
 	"github.com/pushrelay/pushrelay/relay/metrics"
 )
 
-func TestMain(m *testing.M) {
-	// quic-go warns when it cannot get 7 MiB socket buffers, as it
-	// cannot in an unprivileged test run.
-	os.Setenv("QUIC_GO_DISABLE_RECEIVE_BUFFER_WARNING", "true")
-	leakcheck.Main(m)
-}
+func TestMain(m *testing.M) { leakcheck.Main(m) }
 
 // testLog routes a member's logs to t.Log (warnings and up: raft's info
 // lines would drown the test's own).
@@ -49,7 +44,7 @@ type member struct {
 	pause context.CancelFunc
 }
 
-// cluster is three (or more) members in this process, on real QUIC
+// cluster is three (or more) members in this process, on real TCP+TLS
 // sockets on 127.0.0.1 and real files.
 type cluster struct {
 	t       testing.TB
@@ -497,10 +492,10 @@ func TestEmptyMemberCatchesUpFromSnapshot(t *testing.T) {
 }
 
 // A follower restarted with an empty disk while the leader's log still
-// holds everything since what it last acknowledged (no compaction): raft
-// takes its refusals for stale ones (the leader has it at that match
-// index), so the leader hands its leadership over and the new leader
-// catches it up from the log.
+// holds everything since what it last acknowledged (no compaction): its
+// refusals tell the leader its last index (0), and the leader sends it
+// the log from the start. (etcd's raft took such refusals for stale
+// ones and needed a leadership hand-over here.)
 func TestEmptyMemberCatchesUpFromLog(t *testing.T) {
 	c := newCluster(t, 3, Config{})
 	l := c.waitLeader(0, 10*time.Second)
@@ -528,8 +523,8 @@ func TestEmptyMemberCatchesUpFromLog(t *testing.T) {
 	if len(list) != 40 {
 		t.Errorf("%d items, want 40", len(list))
 	}
-	if v := l.value("pushrelay_consensus_lost_log_handovers_total"); v != 1 {
-		t.Errorf("hand-overs for a lost log %v, want 1", v)
+	if v := wiped.value("pushrelay_consensus_snapshots_received_total"); v != 0 {
+		t.Errorf("%v snapshots received, want the log", v)
 	}
 	propose(t, wiped, "from the wiped member")
 	waitSame(t, c.up(), 41, 10*time.Second)
@@ -679,10 +674,10 @@ func TestCloseIdempotent(t *testing.T) {
 }
 
 // A follower that vanishes (closed, its socket gone) costs the others
-// nothing but its own queue: proposals go on at the pace of the two left,
-// and what could not be sent to it is dropped and counted.
+// nothing: proposals go on at the pace of the two left, and what could
+// not be sent to it is counted.
 func TestVanishedFollowerDelaysNobody(t *testing.T) {
-	c := newCluster(t, 3, Config{SendQueue: 64})
+	c := newCluster(t, 3, Config{})
 	l := c.waitLeader(0, 10*time.Second)
 	timeN := func(prefix string, n int) time.Duration {
 		start := time.Now()
@@ -701,11 +696,11 @@ func TestVanishedFollowerDelaysNobody(t *testing.T) {
 	}
 	c.stop(gone)
 	two := timeN("b", 100)
-	// QUIC takes writes to the dead connection until its idle timeout
-	// ends it; from then on the writer redials and drops.
+	// Its connections refused, raft's replication to it fails and
+	// backs off.
 	drops := func() float64 {
 		n := 0.0
-		for _, reason := range []string{"queue_full", "unreachable"} {
+		for _, reason := range []string{"unreachable"} {
 			n += l.value(fmt.Sprintf(`pushrelay_consensus_send_drops_total{reason="%s"}`, reason))
 		}
 		return n
@@ -719,9 +714,8 @@ func TestVanishedFollowerDelaysNobody(t *testing.T) {
 	if drops() == 0 {
 		t.Error("no drops counted for the vanished follower")
 	}
-	// Generous: the machine is shared. Without the bounded queue a stuck
-	// peer would hold the Ready loop, and this would take seconds per
-	// proposal.
+	// Generous: the machine is shared. A leader waiting on the gone
+	// follower would take seconds per proposal.
 	if max(two, three) > 5*all+time.Second {
 		t.Errorf("100 proposals took %v and %v with a follower gone, %v before", two, three, all)
 	}
@@ -755,8 +749,8 @@ func TestLeaderStalled(t *testing.T) {
 
 // The snapshot record is never ahead of what the state machine holds: a
 // restart from a record ahead of it would skip the entries between. The
-// state machine is slow here, so the Ready loop records snapshots (every
-// entry) while batches are still being applied.
+// state machine is slow here, so snapshots are due (every entry) while
+// batches are still being applied.
 func TestSnapshotNeverAheadOfStateMachine(t *testing.T) {
 	c := newCluster(t, 3, Config{SnapshotEvery: 1, CatchUpEntries: 1})
 	l := c.waitLeader(0, 10*time.Second)
@@ -781,12 +775,15 @@ func TestSnapshotNeverAheadOfStateMachine(t *testing.T) {
 			default:
 			}
 			for _, m := range c.up() {
-				s, err := m.n.rlog.Snapshot()
-				if err != nil {
+				// A snapshot received from the leader is recorded with its
+				// file before it is restored (raft checks it first); New
+				// restores such a one before anything else.
+				s, err := m.n.snaps.record()
+				if err != nil || s == nil || s.Spool != "" {
 					continue
 				}
-				if a := m.sm.AppliedIndex(); s.Index > a {
-					ahead.Store(m.id, fmt.Sprintf("snapshot record at %d, state machine at %d", s.Index, a))
+				if a := m.sm.AppliedIndex(); s.Meta.Index > a {
+					ahead.Store(m.id, fmt.Sprintf("snapshot record at %d, state machine at %d", s.Meta.Index, a))
 				}
 			}
 		}
@@ -865,5 +862,46 @@ func TestProposalToDeadLeaderFailsFast(t *testing.T) {
 		if d == "lost" {
 			t.Error("the proposal given up was applied")
 		}
+	}
+}
+
+// A follower's forwarded proposals reuse their connections to the
+// leader: 64 proposers at once, 20 proposals each, dial about one
+// connection per proposer, not one per proposal (a TLS handshake each,
+// which was most of the leader's CPU under load).
+func TestForwardReusesConnections(t *testing.T) {
+	if os.Getenv("PUSHRELAY_TEST_EXEC") != "" {
+		// Under qemu-user (make test-arm) 64 proposers starve the
+		// emulated members' heartbeats: the leader steps down and the
+		// proposals fail (CI, armv7). What this counts (dials, not
+		// correctness) is the same on every architecture: native runs
+		// check it.
+		t.Skip("counts connections under a load the emulator cannot carry")
+	}
+	c := newCluster(t, 3, Config{})
+	l := c.waitLeader(0, 10*time.Second)
+	var f *member
+	for _, m := range c.up() {
+		if m != l {
+			f = m
+		}
+	}
+	const proposers, each = 64, 20
+	var wg sync.WaitGroup
+	for g := range proposers {
+		wg.Go(func() {
+			for i := range each {
+				propose(t, f, fmt.Sprintf("g%d-%d", g, i))
+			}
+		})
+	}
+	wg.Wait()
+	dials := f.value("pushrelay_consensus_forward_dials_total")
+	t.Logf("%d forwarded proposals from %d proposers: %v connections dialed", proposers*each, proposers, dials)
+	if dials == 0 || dials > 2*proposers {
+		t.Errorf("%v connections dialed for %d proposals from %d proposers", dials, proposers*each, proposers)
+	}
+	if v := f.value("pushrelay_consensus_proposals_forwarded_total"); v != proposers*each {
+		t.Errorf("%v proposals forwarded, want %d", v, proposers*each)
 	}
 }

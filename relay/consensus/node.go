@@ -13,17 +13,13 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/raft/v3"
-	pb "go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
+	"github.com/hashicorp/raft"
 
-	"github.com/pushrelay/pushrelay/relay/linkquic"
 	"github.com/pushrelay/pushrelay/relay/metrics"
 	"github.com/pushrelay/pushrelay/relay/store"
 )
@@ -40,16 +36,17 @@ var (
 	// ErrClosed: the node is closed.
 	ErrClosed = errors.New("consensus: closed")
 	// ErrLeaderChanged (an ErrNoQuorum): the leader the proposal went to
-	// was replaced, and the new leader's first entry was applied here
-	// without it. It was then not in the new leader's log; it commits
-	// only in the corner case of the old leader winning again later with
-	// a delayed copy, so an idempotent entry may be proposed again.
+	// was replaced, and everything the new leader had committed in its
+	// term was applied here without it. It was then not in the new
+	// leader's log; it commits only in the corner case of the old leader
+	// winning again later with a delayed copy, so an idempotent entry
+	// may be proposed again.
 	ErrLeaderChanged = fmt.Errorf("%w: the leader changed before the entry was known committed", ErrNoQuorum)
 )
 
 // StateMachine is what the log's committed entries are applied to. Apply
-// and Restore are called from the node's Ready loop, one at a time;
-// Snapshot is called from the transport while Apply may run, and must
+// and Restore are called from raft's FSM goroutine, one at a time;
+// Snapshot is called while Apply may run (to send a snapshot), and must
 // write a consistent state (a read transaction).
 type StateMachine interface {
 	// Apply applies a batch of committed entries, in log order. index is
@@ -70,14 +67,13 @@ type StateMachine interface {
 
 // Defaults of Config.
 const (
-	DefaultTick           = 100 * time.Millisecond
-	DefaultElectionTicks  = 10
-	DefaultHeartbeatTicks = 1
-	DefaultSnapshotEvery  = 10000
-	DefaultSendQueue      = 1024
-	DefaultIdleTimeout    = 5 * time.Second
-	DefaultMaxSizePerMsg  = 1 << 20
-	DefaultMaxInflight    = 256
+	DefaultTick          = 100 * time.Millisecond
+	DefaultElectionTicks = 10
+	DefaultSnapshotEvery = 10000
+	DefaultIdleTimeout   = 5 * time.Second
+	// DefaultMaxAppend bounds the entries of one append (and of one
+	// batch applied and one log write on the leader).
+	DefaultMaxAppend = 256
 )
 
 // Config configures a Node.
@@ -88,16 +84,16 @@ type Config struct {
 	// Peers are the voters' addresses by id ("host:port" of their
 	// Listen), this member's own included. A new site starts with the
 	// same Peers on every member; the addresses may be "" and set later
-	// with SetPeerAddr (a peer's hello also tells its address).
+	// with SetPeerAddr.
 	Peers map[uint64]string
 	// Join starts a member with an empty disk without a configuration of
 	// its own: it waits to be added (AddVoter on a member of the site)
-	// or, already a voter, to be sent a snapshot.
+	// or, already a voter, to be sent the log or a snapshot.
 	Join bool
-	// Dir is the data dir: the log (store.LogFile) and received
-	// snapshots waiting to be restored.
+	// Dir is the data dir: the log (store.LogFile) and snapshots
+	// received or being sent.
 	Dir string
-	// Listen is the peer transport's UDP address ("host:port", port 0
+	// Listen is the peer transport's TCP address ("host:port", port 0
 	// picks one); Advertise, if set, is the address peers are told (the
 	// Listen address is, unless its host is a wildcard).
 	Listen, Advertise string
@@ -105,28 +101,25 @@ type Config struct {
 	// (Credentials.ServerTLS and ClientTLS): peers authenticate each
 	// other with mutual TLS.
 	ServerTLS, ClientTLS *tls.Config
-	// Tick is raft's logical clock; ElectionTicks and HeartbeatTicks are
-	// in ticks. Defaults: 100 ms, 10, 1 (an election 1 to 2 s after the
-	// leader falls silent).
-	Tick                          time.Duration
-	ElectionTicks, HeartbeatTicks int
+	// Tick is the unit of the timeouts; ElectionTicks of them is the
+	// election timeout (a follower hearing nothing from the leader for
+	// 1 to 2 of them starts an election; a leader hearing from no
+	// quorum for one steps down). Defaults: 100 ms, 10.
+	Tick          time.Duration
+	ElectionTicks int
 	// SnapshotEvery: a snapshot is recorded and the log compacted every
-	// this many applied entries; CatchUpEntries of them stay in the log
-	// for members a little behind (default SnapshotEvery/2).
+	// this many entries; CatchUpEntries of them stay in the log for
+	// members a little behind (default SnapshotEvery/2).
 	SnapshotEvery, CatchUpEntries uint64
-	// ProposeTimeout bounds Propose, AddVoter and RemoveVoter before
-	// ErrNoQuorum (default: 3 election timeouts).
+	// ProposeTimeout bounds Propose, ReadBarrier, AddVoter and
+	// RemoveVoter before ErrNoQuorum (default: 3 election timeouts).
 	ProposeTimeout time.Duration
-	// SendQueue is the bound of each peer's send queue, in messages.
-	SendQueue int
-	// IdleTimeout ends a peer connection that hears nothing for that
-	// long (default 5 s); heartbeats keep a live one busy.
+	// IdleTimeout: TCP keep-alive of the peer connections (default 5 s).
 	IdleTimeout time.Duration
-	// MaxSizePerMsg and MaxInflight are raft's flow control.
-	MaxSizePerMsg uint64
-	MaxInflight   int
-	Logger        *slog.Logger
-	Metrics       *metrics.Registry
+	// MaxAppend bounds the entries of one append (DefaultMaxAppend).
+	MaxAppend int
+	Logger    *slog.Logger
+	Metrics   *metrics.Registry
 }
 
 func (c *Config) setDefaults() {
@@ -135,9 +128,6 @@ func (c *Config) setDefaults() {
 	}
 	if c.ElectionTicks <= 0 {
 		c.ElectionTicks = DefaultElectionTicks
-	}
-	if c.HeartbeatTicks <= 0 {
-		c.HeartbeatTicks = DefaultHeartbeatTicks
 	}
 	if c.SnapshotEvery == 0 {
 		c.SnapshotEvery = DefaultSnapshotEvery
@@ -148,17 +138,11 @@ func (c *Config) setDefaults() {
 	if c.ProposeTimeout <= 0 {
 		c.ProposeTimeout = 3 * time.Duration(c.ElectionTicks) * c.Tick
 	}
-	if c.SendQueue <= 0 {
-		c.SendQueue = DefaultSendQueue
-	}
 	if c.IdleTimeout <= 0 {
 		c.IdleTimeout = DefaultIdleTimeout
 	}
-	if c.MaxSizePerMsg == 0 {
-		c.MaxSizePerMsg = DefaultMaxSizePerMsg
-	}
-	if c.MaxInflight <= 0 {
-		c.MaxInflight = DefaultMaxInflight
+	if c.MaxAppend <= 0 {
+		c.MaxAppend = DefaultMaxAppend
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -176,23 +160,13 @@ func (c Config) Validate() error {
 		return errors.New("consensus: no TLS (the site's keys)")
 	case !c.Join && len(c.Peers) == 0:
 		return errors.New("consensus: no Peers and not Join")
-	case c.HeartbeatTicks >= c.ElectionTicks && c.ElectionTicks > 0:
-		return errors.New("consensus: ElectionTicks must exceed HeartbeatTicks")
+	case c.ElectionTicks < 0 || (c.ElectionTicks > 0 && c.ElectionTicks < 2):
+		return errors.New("consensus: ElectionTicks must be 2 or more")
 	}
 	if _, ok := c.Peers[c.ID]; !ok && !c.Join {
 		return fmt.Errorf("consensus: Peers does not list this member (%x)", c.ID)
 	}
 	return nil
-}
-
-func (c Config) linkConfig() linkquic.Config {
-	return linkquic.Config{
-		ALPN:        ALPN,
-		Streams:     8,
-		KeepAlive:   max(c.IdleTimeout/4, c.Tick),
-		IdleTimeout: c.IdleTimeout,
-		Logger:      c.Logger,
-	}
 }
 
 // Node is one member of the replicated log. Make it with New, run it with
@@ -204,37 +178,42 @@ type Node struct {
 	log *slog.Logger
 	m   *nodeMetrics
 
-	rlog *store.Log
-	rn   raft.Node
-	tr   *transport
+	rlog  *store.Log
+	ls    *logStore
+	snaps *snapStore
+	fsm   *fsm
+	sl    *streamLayer
+	tr    *peerTransport
+	fwd   fwdPool
 
-	term, leader, applied atomic.Uint64
-	// appliedTerm is the term of the last entry applied; termCh is
-	// closed (and replaced) whenever it grows.
-	appliedTerm atomic.Uint64
+	r atomic.Pointer[raft.Raft] // set by Run
+
+	leader      atomic.Uint64
+	term        atomic.Uint64
+	applied     atomic.Uint64 // raft's last entry handed to the state machine (or restored)
+	barrierTerm atomic.Uint64 // the term whose barrier this leader applied
+	snapIdx     atomic.Uint64 // the latest snapshot record's index
+	snapKick    chan struct{} // a snapshot may be due
 	seq         atomic.Uint64 // proposal ids (random start)
-	lostLogAt   atomic.Int64  // unix ns of the last lostLog hand-over
 
-	mu       sync.Mutex
-	waiters  map[uint64]chan uint64 // by proposal id: the applied index
-	readers  map[string]chan uint64 // by read request: the leader's commit index
-	leaderCh chan struct{}          // closed when the leader changes
-	termCh   chan struct{}          // closed when appliedTerm grows
-	conf     *pb.ConfState
-	snapIdx  uint64 // the latest snapshot record's index
+	mu        sync.Mutex
+	waiters   map[uint64]chan uint64 // by proposal id: the applied index
+	leaderCh  chan struct{}          // closed when the leader changes
+	appliedCh chan struct{}          // closed when applied grows
+	running   bool
+	failErr   error
+	failed    chan struct{}
 
-	hs      *pb.HardState // the latest hard state (the Ready loop's)
-	running bool
-	runDone chan struct{}
-
+	wg        sync.WaitGroup // the observer, the proposals' future waits
+	runDone   chan struct{}
 	stop      chan struct{}
 	closeOnce sync.Once
 	closeErr  error
 }
 
-// New opens the log in cfg.Dir, starts the engine (a new site, a member
-// joining, or a restart from what the log holds) and binds the peer
-// socket. Nothing is sent before Run.
+// New opens the log in cfg.Dir (restoring a snapshot received and not
+// restored before a stop) and binds the peer socket. The engine starts
+// in Run: nothing is sent before.
 func New(cfg Config, sm StateMachine) (*Node, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -243,114 +222,107 @@ func New(cfg Config, sm StateMachine) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("consensus: %w", err)
 	}
-	// Snapshots received and not restored before a stop are stale.
-	old, _ := filepath.Glob(filepath.Join(cfg.Dir, snapPrefix+"*"))
-	for _, p := range old {
-		os.Remove(p)
-	}
 	rlog, err := store.OpenLog(filepath.Join(cfg.Dir, store.LogFile))
 	if err != nil {
 		return nil, fmt.Errorf("consensus: %w", err)
 	}
 	n := &Node{
 		id: cfg.ID, cfg: cfg, sm: sm, log: cfg.Logger.With("member", fmt.Sprintf("%x", cfg.ID)),
-		rlog: rlog, waiters: map[uint64]chan uint64{}, readers: map[string]chan uint64{}, leaderCh: make(chan struct{}), termCh: make(chan struct{}),
-		stop: make(chan struct{}), runDone: make(chan struct{}),
+		rlog: rlog, waiters: map[uint64]chan uint64{}, leaderCh: make(chan struct{}), appliedCh: make(chan struct{}),
+		failed: make(chan struct{}), stop: make(chan struct{}), runDone: make(chan struct{}),
+		snapKick: make(chan struct{}, 1),
 	}
 	var b [8]byte
 	_, _ = rand.Read(b[:])
 	n.seq.Store(binary.BigEndian.Uint64(b[:]) >> 1)
 	n.m = newNodeMetrics(metrics.OrNew(cfg.Metrics), n)
-	if err := n.start(); err != nil {
+	n.ls = &logStore{log: rlog, m: n.m}
+	n.snaps = &snapStore{n: n}
+	n.fsm = &fsm{n: n}
+	if err := n.snaps.recover(); err != nil {
 		return nil, errors.Join(fmt.Errorf("consensus: %w", err), rlog.Close())
 	}
-	tr, err := newTransport(n, cfg)
+	if rec, err := n.snaps.record(); err == nil && rec != nil {
+		n.applied.Store(rec.Meta.Index)
+		n.snapIdx.Store(rec.Meta.Index)
+	}
+	sl, err := newStreamLayer(cfg, n.serveForward)
 	if err != nil {
-		n.rn.Stop()
 		return nil, errors.Join(fmt.Errorf("consensus: %w", err), rlog.Close())
 	}
-	n.tr = tr
+	n.sl = sl
+	n.tr = newPeerTransport(n, sl)
 	for id, addr := range cfg.Peers {
-		tr.setAddr(id, addr)
+		n.tr.setAddr(id, addr)
 	}
 	return n, nil
 }
 
-func (n *Node) start() (err error) {
-	// raft panics on a log it cannot start from (a commit index past the
-	// log, a broken hard state); that is an error of the data dir here,
-	// not a crash of the relay.
-	defer func() {
-		if r := recover(); r != nil {
-			err = fmt.Errorf("log in %s unusable: %v", n.cfg.Dir, r)
-		}
-	}()
-	st := &storage{log: n.rlog}
-	hs, cs, err := st.InitialState()
-	if err != nil {
-		return err
-	}
-	last, err := st.LastIndex()
-	if err != nil {
-		return err
-	}
-	snap, err := st.Snapshot()
-	if err != nil {
-		return err
-	}
-	n.conf = cs
-	n.hs = hs
-	n.snapIdx = snap.GetMetadata().GetIndex()
-	// What the state machine holds is applied, as far as the log knows
-	// it committed: a commit index is not always written (see ready).
-	applied := min(n.sm.AppliedIndex(), hs.GetCommit())
-	applied = max(applied, n.snapIdx)
-	n.applied.Store(applied)
-	rc := &raft.Config{
-		ID:                        n.id,
-		ElectionTick:              n.cfg.ElectionTicks,
-		HeartbeatTick:             n.cfg.HeartbeatTicks,
-		Storage:                   st,
-		Applied:                   applied,
-		MaxSizePerMsg:             n.cfg.MaxSizePerMsg,
-		MaxCommittedSizePerReady:  4 * n.cfg.MaxSizePerMsg,
-		MaxUncommittedEntriesSize: 64 << 20,
-		MaxInflightMsgs:           n.cfg.MaxInflight,
-		CheckQuorum:               true,
-		PreVote:                   true,
-		StepDownOnRemoval:         true,
-		Logger:                    &raftLogger{l: n.log},
-	}
-	fresh := raft.IsEmptyHardState(hs) && last == 0 && n.snapIdx == 0
-	if fresh && !n.cfg.Join {
-		var peers []raft.Peer
-		for id := range n.cfg.Peers {
-			peers = append(peers, raft.Peer{ID: id})
-		}
-		// The same order on every member, so their first entries match.
-		slices.SortFunc(peers, func(a, b raft.Peer) int { return cmpU64(a.ID, b.ID) })
-		n.rn = raft.StartNode(rc, peers)
-		return nil
-	}
-	n.rn = raft.RestartNode(rc)
-	return nil
+// raftConfig is hashicorp/raft's configuration from ours.
+func (n *Node) raftConfig() *raft.Config {
+	et := n.electionTimeout()
+	rc := raft.DefaultConfig()
+	rc.LocalID = serverID(n.id)
+	// A follower that has not heard from the leader for one to two
+	// HeartbeatTimeouts (its timer re-arms at random while contact is
+	// recent, so up to three) starts an election: half the election
+	// timeout gives about what etcd's raft did with the whole one (1 to
+	// 2 s by default; measured, docs/benchmarks.md). A leader that heard
+	// from no quorum for LeaderLeaseTimeout steps down.
+	rc.HeartbeatTimeout = et / 2
+	rc.ElectionTimeout = et / 2
+	rc.LeaderLeaseTimeout = et / 2
+	// A follower learns that an entry committed from the leader's next
+	// append; without new entries one goes out after this long.
+	rc.CommitTimeout = min(n.cfg.Tick/5, 20*time.Millisecond)
+	rc.MaxAppendEntries = min(n.cfg.MaxAppend, 1024)
+	rc.BatchApplyCh = true
+	rc.ShutdownOnRemove = false
+	rc.TrailingLogs = n.cfg.CatchUpEntries
+	rc.SnapshotThreshold = n.cfg.SnapshotEvery
+	// Snapshots are asked for every SnapshotEvery entries (see
+	// snapshotter); raft's own check is the fallback.
+	rc.SnapshotInterval = 10 * et
+	rc.NoSnapshotRestoreOnStart = true
+	rc.NoLegacyTelemetry = true
+	rc.Logger = newHCLogger(n.log)
+	return rc
 }
 
-func cmpU64(a, b uint64) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
+// startRaft starts the engine: bootstrapping a new site's configuration
+// on an empty disk (the same on every member of a new site), or from
+// what the log holds.
+func (n *Node) startRaft() (*raft.Raft, error) {
+	rc := n.raftConfig()
+	cache, err := raft.NewLogCache(n.cfg.MaxAppend*2, n.ls)
+	if err != nil {
+		return nil, err
 	}
-	return 0
+	has, err := raft.HasExistingState(n.ls, n.ls, n.snaps)
+	if err != nil {
+		return nil, err
+	}
+	if !has && !n.cfg.Join {
+		var conf raft.Configuration
+		for id, addr := range n.cfg.Peers {
+			if id == n.id || addr == "" {
+				addr = string(serverID(id))
+			}
+			conf.Servers = append(conf.Servers, raft.Server{Suffrage: raft.Voter, ID: serverID(id), Address: raft.ServerAddress(addr)})
+		}
+		slices.SortFunc(conf.Servers, func(a, b raft.Server) int { return strings.Compare(string(a.ID), string(b.ID)) })
+		if err := raft.BootstrapCluster(rc, n.ls, n.ls, n.snaps, n.tr, conf); err != nil {
+			return nil, fmt.Errorf("bootstrap: %w", err)
+		}
+	}
+	return raft.NewRaft(rc, n.fsm, cache, n.ls, n.snaps, n.tr)
 }
 
 // ID is this member's raft id.
 func (n *Node) ID() uint64 { return n.id }
 
 // Addr is the peer transport's listening address.
-func (n *Node) Addr() string { return n.tr.ln.Addr().String() }
+func (n *Node) Addr() string { return n.sl.listenAddr() }
 
 // SetPeerAddr sets (or changes) the address peer id is dialed at.
 func (n *Node) SetPeerAddr(id uint64, addr string) { n.tr.setAddr(id, addr) }
@@ -373,9 +345,12 @@ func (n *Node) electionTimeout() time.Duration {
 	return time.Duration(n.cfg.ElectionTicks) * n.cfg.Tick
 }
 
-// Run runs the member until ctx is done or Close: the transport and the
-// Ready loop. It returns nil then, or the error that stopped it (a log
-// write or the state machine failing: the member must not go on).
+func (n *Node) raft() *raft.Raft { return n.r.Load() }
+
+// Run runs the engine until ctx is done or Close. It returns nil then,
+// or the error that stopped it (the state machine failing: the member
+// must not go on). When ctx ends without Close the engine stops and the
+// sockets stay open, answering nothing, as a stopped process's would.
 func (n *Node) Run(ctx context.Context) error {
 	n.mu.Lock()
 	select {
@@ -391,387 +366,212 @@ func (n *Node) Run(ctx context.Context) error {
 	n.running = true
 	n.mu.Unlock()
 	defer close(n.runDone)
-	n.tr.spawn(n.tr.run)
-	ap := n.startApplier()
-	defer ap.stop()
-	tick := time.NewTicker(n.cfg.Tick)
-	defer tick.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-n.stop:
-			return nil
-		case err := <-ap.err:
-			n.log.Error("consensus: member stops", "err", err)
-			return err
-		case <-tick.C:
-			n.rn.Tick()
-		case rd := <-n.rn.Ready():
-			if err := n.ready(&rd, ap); err != nil {
-				n.log.Error("consensus: member stops", "err", err)
-				return err
-			}
-			n.rn.Advance()
-		}
-	}
-}
-
-// applier applies committed entries on a goroutine of its own, in order,
-// so the Ready loop writes the next entries while the state machine
-// applies the last ones (each has its own fsync).
-type applier struct {
-	jobs chan applyJob
-	err  chan error
-	done chan struct{}
-}
-
-type applyJob struct {
-	ents    []*pb.Entry
-	barrier chan struct{} // closed when every job before it is applied
-}
-
-func (n *Node) startApplier() *applier {
-	ap := &applier{jobs: make(chan applyJob, 16), err: make(chan error, 1), done: make(chan struct{})}
-	go func() {
-		defer close(ap.done)
-		var failed error
-		for job := range ap.jobs {
-			switch {
-			case job.barrier != nil:
-				close(job.barrier)
-			case failed == nil:
-				if failed = n.apply(job.ents); failed != nil {
-					ap.err <- failed
-				}
-			}
-		}
-	}()
-	return ap
-}
-
-// drain waits until everything queued is applied.
-func (ap *applier) drain() {
-	b := make(chan struct{})
-	ap.jobs <- applyJob{barrier: b}
-	<-b
-}
-
-func (ap *applier) stop() {
-	close(ap.jobs)
-	<-ap.done
-}
-
-// ready handles one Ready as raft's contract says: the snapshot restored
-// and the entries and hard state written (one transaction) before any
-// message is sent, then the committed entries applied.
-func (n *Node) ready(rd *raft.Ready, ap *applier) error {
-	if rd.SoftState != nil {
-		n.softState(rd.SoftState)
-	}
-	if len(rd.ReadStates) > 0 {
-		n.mu.Lock()
-		for _, rs := range rd.ReadStates {
-			if ch := n.readers[string(rs.RequestCtx)]; ch != nil {
-				select {
-				case ch <- rs.Index:
-				default:
-				}
-			}
-		}
-		n.mu.Unlock()
-	}
-	if rd.HardState != nil && !raft.IsEmptyHardState(rd.HardState) {
-		n.hs = rd.HardState
-		n.term.Store(rd.HardState.GetTerm())
-	}
-	if !raft.IsEmptySnap(rd.Snapshot) {
-		ap.drain()
-		if err := n.restore(rd.Snapshot); err != nil {
-			return err
-		}
-	}
-	// The leader sends before its own write (Raft thesis 10.2.1; etcd's
-	// server does the same): its appends reach the followers while it
-	// fsyncs, and an entry still commits only once a majority, the
-	// leader counted after its write, has it on disk. Its term and vote
-	// were written when it became a candidate. Others send after the
-	// write, as the Ready contract says.
-	leading := n.leader.Load() == n.id
-	if leading {
-		n.tr.send(rd.Messages)
-	}
-	// A Ready that only moves the commit index needs no fsync (MustSync
-	// false): the commit index is learned again from the leader.
-	if rd.MustSync || !raft.IsEmptySnap(rd.Snapshot) || len(rd.Entries) > 0 {
-		u, err := update(rd)
-		if err != nil {
-			return err
-		}
-		t0 := time.Now()
-		if err := n.rlog.Write(u); err != nil {
-			return err
-		}
-		n.m.logSeconds.Observe(time.Since(t0).Seconds())
-		n.m.logWrites.Inc()
-		n.m.entriesPerW.Observe(float64(len(rd.Entries)))
-	}
-	if !leading {
-		n.tr.send(rd.Messages)
-	}
-	if len(rd.CommittedEntries) > 0 {
-		ap.jobs <- applyJob{ents: rd.CommittedEntries}
-	}
-	return n.maybeSnapshot()
-}
-
-func (n *Node) softState(ss *raft.SoftState) {
-	if ss.RaftState == raft.StateCandidate {
-		n.m.elections.Inc()
-	}
-	if old := n.leader.Swap(ss.Lead); old != ss.Lead {
-		n.m.leaderChanges.Inc()
-		n.log.Info("consensus: leader", "leader", fmt.Sprintf("%x", ss.Lead), "state", ss.RaftState.String())
-		n.mu.Lock()
-		close(n.leaderCh)
-		n.leaderCh = make(chan struct{})
-		n.mu.Unlock()
-	}
-}
-
-// restore replaces the state machine's state with a snapshot received
-// from the leader (spooled by the transport), before the log records it:
-// a crash between the two leaves the state machine ahead of the log,
-// which replays nothing it already holds.
-func (n *Node) restore(snap *pb.Snapshot) error {
-	md := snap.GetMetadata()
-	path := n.spoolPath(md.GetIndex(), md.GetTerm())
-	f, err := os.Open(path)
+	r, err := n.startRaft()
 	if err != nil {
-		return fmt.Errorf("snapshot %d: %w", md.GetIndex(), err)
-	}
-	err = n.sm.Restore(f, md.GetIndex())
-	f.Close()
-	if err != nil {
-		return fmt.Errorf("restore snapshot %d: %w", md.GetIndex(), err)
-	}
-	n.removeSpools(md.GetIndex())
-	n.mu.Lock()
-	n.conf = pb.EnsureConfState(md.GetConfState())
-	n.snapIdx = md.GetIndex()
-	n.applied.Store(md.GetIndex())
-	n.mu.Unlock()
-	n.log.Info("consensus: restored from snapshot", "index", md.GetIndex(), "applied", n.sm.AppliedIndex())
-	return nil
-}
-
-// removeSpools removes the received snapshots up to index (a newer one
-// may be arriving, or waiting for raft to take it).
-func (n *Node) removeSpools(index uint64) {
-	old, _ := filepath.Glob(filepath.Join(n.cfg.Dir, snapPrefix+"*"))
-	for _, p := range old {
-		// snap-in-TERM-INDEX, or snap-in-TERM-INDEX.RANDOM.part while
-		// being received.
-		_, idx, _ := strings.Cut(strings.TrimPrefix(filepath.Base(p), snapPrefix), "-")
-		idx, _, _ = strings.Cut(idx, ".")
-		if i, err := strconv.ParseUint(idx, 10, 64); err != nil || i <= index {
-			os.Remove(p)
-		}
-	}
-}
-
-// Entry data: the proposer's id and the proposal's id, then the payload.
-const headerSize = 16
-
-// apply hands committed entries to the state machine in batches, applies
-// configuration changes between them, and wakes the proposers waiting
-// here.
-func (n *Node) apply(ents []*pb.Entry) error {
-	if len(ents) == 0 {
-		return nil
-	}
-	smApplied := n.sm.AppliedIndex()
-	var batch [][]byte
-	var batchIdx uint64
-	var seen uint64 // the last entry looked at
-	var seenTerm uint64
-	var woken []uint64 // proposal ids, then indexes, in pairs
-	// flush applies the batch; only then is everything seen applied (a
-	// snapshot record is taken at the applied index, and must never be
-	// ahead of the state machine).
-	flush := func() error {
-		if len(batch) > 0 {
-			if err := n.sm.Apply(batchIdx, batch); err != nil {
-				return fmt.Errorf("apply through %d: %w", batchIdx, err)
-			}
-			n.m.applies.Inc()
-			n.m.commits.Add(float64(len(batch)))
-			batch = batch[:0]
-		}
-		if seen > 0 {
-			n.applied.Store(seen)
-		}
-		return nil
-	}
-	for _, e := range ents {
-		idx := e.GetIndex()
-		switch e.GetType() {
-		case pb.EntryNormal:
-			d := e.GetData()
-			if len(d) < headerSize {
-				break // the leader's empty entry
-			}
-			if binary.BigEndian.Uint64(d) == n.id {
-				woken = append(woken, binary.BigEndian.Uint64(d[8:]), idx)
-			}
-			if idx <= smApplied {
-				break // applied before a restart
-			}
-			batch = append(batch, d[headerSize:])
-			batchIdx = idx
-		case pb.EntryConfChange:
-			if err := flush(); err != nil {
-				return err
-			}
-			cc := &pb.ConfChange{}
-			if err := proto.Unmarshal(e.GetData(), cc); err != nil {
-				return fmt.Errorf("conf change %d: %w", idx, err)
-			}
-			if err := n.confChange(cc, idx); err != nil {
-				return err
-			}
-			if len(cc.GetContext()) >= 8 && binary.BigEndian.Uint64(cc.GetContext()) == n.id {
-				woken = append(woken, cc.GetId(), idx)
-			}
-		case pb.EntryConfChangeV2:
-			return fmt.Errorf("entry %d: ConfChangeV2 is not used here", idx)
-		}
-		seen, seenTerm = idx, e.GetTerm()
-	}
-	if err := flush(); err != nil {
+		err = fmt.Errorf("consensus: log in %s: %w", n.cfg.Dir, err)
+		n.log.Error("consensus: member stops", "err", err)
 		return err
 	}
-	n.mu.Lock()
-	if seenTerm > n.appliedTerm.Load() {
-		n.appliedTerm.Store(seenTerm)
-		close(n.termCh)
-		n.termCh = make(chan struct{})
+	obs := make(chan raft.Observation, 64)
+	observer := raft.NewObserver(obs, false, nil)
+	r.RegisterObserver(observer)
+	n.r.Store(r)
+	n.wg.Add(2)
+	go func() {
+		defer n.wg.Done()
+		n.observe(r, obs)
+	}()
+	go func() {
+		defer n.wg.Done()
+		n.snapshotter(r)
+	}()
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case <-n.stop:
+	case <-n.failed:
+		runErr = n.failure()
+		n.log.Error("consensus: member stops", "err", runErr)
 	}
+	r.DeregisterObserver(observer)
+	select {
+	case <-n.stop:
+		// Close hands the leadership over first, then shuts raft down.
+		return runErr
+	default:
+	}
+	r.Shutdown().Error()
+	return runErr
+}
+
+// observe follows raft's leader and state changes.
+func (n *Node) observe(r *raft.Raft, obs chan raft.Observation) {
+	_, lid := r.LeaderWithID()
+	n.setLeader(parseID(lid))
+	for {
+		var o raft.Observation
+		select {
+		case o = <-obs:
+		case <-n.stop:
+			return
+		case <-n.runDone:
+			return
+		}
+		switch d := o.Data.(type) {
+		case raft.LeaderObservation:
+			n.setLeader(parseID(d.LeaderID))
+		case raft.RaftState:
+			if d == raft.Candidate {
+				n.m.elections.Inc()
+			}
+			if d != raft.Leader && d != raft.Follower {
+				n.setLeader(0)
+			}
+		}
+		n.term.Store(r.CurrentTerm())
+	}
+}
+
+// snapshotter takes a snapshot (recording its metadata and compacting
+// the log) whenever SnapshotEvery entries were applied since the last.
+func (n *Node) snapshotter(r *raft.Raft) {
+	for {
+		select {
+		case <-n.snapKick:
+		case <-n.stop:
+			return
+		case <-n.runDone:
+			return
+		}
+		if n.applied.Load() < n.snapIdx.Load()+n.cfg.SnapshotEvery {
+			continue
+		}
+		if err := r.Snapshot().Error(); err != nil && !errors.Is(err, raft.ErrNothingNewToSnapshot) {
+			n.log.Debug("consensus: snapshot not taken", "err", err)
+		}
+	}
+}
+
+func (n *Node) setLeader(id uint64) {
+	if old := n.leader.Swap(id); old == id {
+		return
+	}
+	n.m.leaderChanges.Inc()
+	n.log.Info("consensus: leader", "leader", fmt.Sprintf("%x", id))
+	// Connections to a former leader are not reused: it may have
+	// restarted since (a request on a dead connection has an unknown
+	// outcome, and would wait out the bound).
+	n.fwd.closeAll()
+	n.mu.Lock()
+	close(n.leaderCh)
+	n.leaderCh = make(chan struct{})
+	n.mu.Unlock()
+}
+
+// fail records the error that stops the member.
+func (n *Node) fail(err error) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.failErr == nil {
+		n.failErr = err
+		close(n.failed)
+	}
+}
+
+func (n *Node) failure() error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.failErr
+}
+
+// advance records that raft's entries through index reached the state
+// machine, and wakes the proposers of those given (id, index pairs).
+func (n *Node) advance(index uint64, woken []uint64) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
 	for i := 0; i < len(woken); i += 2 {
 		if ch := n.waiters[woken[i]]; ch != nil {
 			ch <- woken[i+1]
 			delete(n.waiters, woken[i])
 		}
 	}
-	n.mu.Unlock()
-	return nil
-}
-
-// confChange applies one configuration change to the engine, records the
-// new configuration in the log and tells the transport the address.
-func (n *Node) confChange(cc *pb.ConfChange, index uint64) error {
-	cs := n.rn.ApplyConfChange(cc)
-	b, err := proto.Marshal(cs)
-	if err != nil {
-		return err
-	}
-	t0 := time.Now()
-	if err := n.rlog.Write(store.LogUpdate{ConfState: b}); err != nil {
-		return err
-	}
-	n.m.logSeconds.Observe(time.Since(t0).Seconds())
-	n.m.logWrites.Inc()
-	n.mu.Lock()
-	n.conf = cs
-	n.applied.Store(index)
-	n.mu.Unlock()
-	if cc.GetType() == pb.ConfChangeAddNode && len(cc.GetContext()) > 8 {
-		n.tr.setAddr(cc.GetNodeId(), string(cc.GetContext()[8:]))
-	}
-	n.log.Info("consensus: configuration", "change", cc.GetType().String(), "member", fmt.Sprintf("%x", cc.GetNodeId()), "voters", cs.GetVoters())
-	return nil
-}
-
-// maybeSnapshot records a snapshot at the applied index and compacts the
-// log every SnapshotEvery entries. The record holds no state: the state
-// machine's is streamed from it when a member needs it.
-func (n *Node) maybeSnapshot() error {
-	// The applier moves the applied index and the configuration together
-	// under mu (see confChange), so the pair read here agrees.
-	n.mu.Lock()
-	applied := n.applied.Load()
-	due := applied >= n.snapIdx+n.cfg.SnapshotEvery
-	cs := n.conf
-	n.mu.Unlock()
-	if !due {
-		return nil
-	}
-	term, err := n.rlog.Term(applied)
-	if err != nil {
-		return fmt.Errorf("snapshot at %d: %w", applied, err)
-	}
-	meta, err := proto.Marshal(cs)
-	if err != nil {
-		return err
-	}
-	upTo := uint64(0)
-	if applied > n.cfg.CatchUpEntries {
-		upTo = applied - n.cfg.CatchUpEntries
-	}
-	// The hard state goes with it: its commit index may not have been
-	// written (see ready), and raft refuses a log whose snapshot is past
-	// the commit index it kept.
-	hs, err := proto.Marshal(n.hs)
-	if err != nil {
-		return err
-	}
-	t0 := time.Now()
-	err = n.rlog.Write(store.LogUpdate{
-		Record:         &store.LogSnapshot{Index: applied, Term: term, Meta: meta},
-		CompactThrough: upTo,
-		HardState:      hs,
-	})
-	if err != nil {
-		return err
-	}
-	n.m.logSeconds.Observe(time.Since(t0).Seconds())
-	n.m.logWrites.Inc()
-	n.m.snapshots.Inc()
-	n.mu.Lock()
-	n.snapIdx = applied
-	n.mu.Unlock()
-	n.log.Debug("consensus: snapshot recorded", "index", applied, "compacted_through", upTo)
-	return nil
-}
-
-// clampCommit lowers a heartbeat's commit index to this member's last
-// durable entry. The leader sends at most what this member acknowledged,
-// so normally nothing changes; but a member restarted with its disk
-// wiped holds less than it once acknowledged, and raft panics on a
-// commit past its log. A lower commit only delays what this member
-// learns; the leader's appends (or its snapshot) bring the rest.
-func (n *Node) clampCommit(m *pb.Message) {
-	last, err := n.rlog.LastIndex()
-	if err == nil && m.GetCommit() > last {
-		m.Commit = proto.Uint64(last)
+	if index > n.applied.Load() {
+		n.applied.Store(index)
+		close(n.appliedCh)
+		n.appliedCh = make(chan struct{})
+		if index >= n.snapIdx.Load()+n.cfg.SnapshotEvery {
+			select {
+			case n.snapKick <- struct{}{}:
+			default:
+			}
+		}
 	}
 }
 
-// waitLeader waits until a leader is known or ctx ends.
-func (n *Node) waitLeader(ctx context.Context) error {
+// waitApplied returns once the state machine holds every entry through
+// index: raft's applied index reached it, and every entry past what the
+// state machine was handed, up to index, is one without data (the
+// leader's empty entry, a barrier), or it was handed them.
+func (n *Node) waitApplied(ctx context.Context, index uint64) error {
+	for {
+		n.mu.Lock()
+		ch := n.appliedCh
+		n.mu.Unlock()
+		a := n.applied.Load()
+		if a >= index {
+			return nil
+		}
+		if r := n.raft(); r != nil && r.AppliedIndex() >= index && n.noDataBetween(a, index) {
+			return nil
+		}
+		t := time.NewTimer(5 * time.Millisecond)
+		select {
+		case <-ch:
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		case <-n.stop:
+			t.Stop()
+			return ErrClosed
+		}
+		t.Stop()
+	}
+}
+
+// noDataBetween says whether no entry in (from, to] goes to the state
+// machine.
+func (n *Node) noDataBetween(from, to uint64) bool {
+	if to-from > 64 {
+		return false
+	}
+	var l raft.Log
+	for i := from + 1; i <= to; i++ {
+		if n.ls.GetLog(i, &l) != nil {
+			return false
+		}
+		if l.Type == raft.LogCommand || l.Type == raft.LogConfiguration {
+			return false
+		}
+	}
+	return true
+}
+
+// waitLeader waits until a leader other than not is known, or ctx ends.
+func (n *Node) waitLeader(ctx context.Context, not uint64) (uint64, error) {
 	for {
 		n.mu.Lock()
 		ch := n.leaderCh
 		n.mu.Unlock()
-		if n.leader.Load() != 0 {
-			return nil
+		if l := n.leader.Load(); l != 0 && l != not {
+			return l, nil
 		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
-			return ctx.Err()
+			return 0, ctx.Err()
 		case <-n.stop:
-			return ErrClosed
+			return 0, ErrClosed
 		}
 	}
 }
@@ -779,39 +579,36 @@ func (n *Node) waitLeader(ctx context.Context) error {
 // Propose appends data to the log and returns its index once a quorum
 // has committed it and this member has applied it. A follower's proposal
 // is forwarded to the leader. ErrNoQuorum after Config.ProposeTimeout
-// (or at once when raft drops it: no leader); ctx's error if ctx ends
-// first; ErrClosed after Close.
+// (ErrLeaderChanged sooner when the leader it went to was replaced
+// without it); ctx's error if ctx ends first; ErrClosed after Close.
 func (n *Node) Propose(ctx context.Context, data []byte) (uint64, error) {
-	id := n.seq.Add(1) &^ (1 << 63)
-	entry := make([]byte, headerSize, headerSize+len(data))
-	binary.BigEndian.PutUint64(entry, n.id)
-	binary.BigEndian.PutUint64(entry[8:], id)
-	entry = append(entry, data...)
-	return n.propose(ctx, id, func(ctx context.Context) error { return n.rn.Propose(ctx, entry) })
-}
-
-func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context) error) (uint64, error) {
 	select {
 	case <-n.stop:
 		return 0, ErrClosed
 	default:
 	}
+	id := n.seq.Add(1) &^ (1 << 63)
+	entry := make([]byte, headerSize, headerSize+len(data))
+	binary.BigEndian.PutUint64(entry, n.id)
+	binary.BigEndian.PutUint64(entry[8:], id)
+	entry = append(entry, data...)
+
 	pctx, cancel := context.WithTimeout(ctx, n.cfg.ProposeTimeout)
 	defer cancel()
 	fail := func(err error) (uint64, error) {
 		switch {
-		case errors.Is(err, ErrClosed):
+		case errors.Is(err, ErrClosed) || errors.Is(err, raft.ErrRaftShutdown):
 			n.m.proposeFailed.With("closed").Inc()
 			return 0, ErrClosed
 		case ctx.Err() != nil:
 			n.m.proposeFailed.With("canceled").Inc()
 			return 0, ctx.Err()
+		case errors.Is(err, ErrLeaderChanged):
+			n.m.proposeFailed.With("leader_changed").Inc()
+			return 0, ErrLeaderChanged
 		}
 		n.m.proposeFailed.With("no_quorum").Inc()
 		return 0, fmt.Errorf("%w: %w", ErrNoQuorum, err)
-	}
-	if err := n.waitLeader(pctx); err != nil {
-		return fail(fmt.Errorf("no leader: %w", err))
 	}
 	ch := make(chan uint64, 1)
 	n.mu.Lock()
@@ -822,137 +619,260 @@ func (n *Node) propose(ctx context.Context, id uint64, step func(context.Context
 		delete(n.waiters, id)
 		n.mu.Unlock()
 	}()
+	leader, err := n.waitLeader(pctx, 0)
+	if err != nil {
+		return fail(fmt.Errorf("no leader: %w", err))
+	}
 	n.m.proposals.Inc()
-	sentTo := n.leader.Load()
-	if sentTo != n.id {
-		n.m.forwards.Inc()
-	}
-	if err := step(pctx); err != nil {
-		if errors.Is(err, raft.ErrStopped) {
-			err = ErrClosed
-		}
-		return fail(err)
-	}
-	// Once the leader the entry went to is replaced, the entry commits
-	// only if it reached the new leader's log before the election, and
-	// then before the new leader's first entry: when an entry of the new
-	// term is applied here and this one is not, it is given up as no
-	// quorum (it may still commit in a corner case, as after any
-	// timeout), without waiting out the whole bound.
-	var newTerm uint64
+	counted := false
 	for {
-		// Under mu: apply raises appliedTerm and hands out the batch's
-		// indexes in one hold of it, so an entry applied in the batch
-		// that raised the term is seen on ch here.
-		n.mu.Lock()
-		lch, tch := n.leaderCh, n.termCh
-		if l := n.leader.Load(); newTerm == 0 && l != 0 && l != sentTo {
-			newTerm = n.term.Load()
+		var res fwdResult
+		var err error
+		if leader == n.id {
+			res, err = n.proposeHere(pctx, entry)
+		} else {
+			if !counted {
+				n.m.forwards.Inc()
+				counted = true
+			}
+			res, err = n.forward(pctx, leader, opPropose, entry)
 		}
-		if newTerm != 0 && n.appliedTerm.Load() >= newTerm {
-			var idx uint64
+		switch {
+		case errors.Is(err, ErrClosed):
+			return fail(err)
+		case err == nil && res.status == fwdOK:
+			// Committed; applied here once the waiter is woken.
 			select {
-			case idx = <-ch:
+			case idx := <-ch:
+				return idx, nil
+			case <-pctx.Done():
+				return fail(fmt.Errorf("applying %d: %w", res.index, pctx.Err()))
+			case <-n.stop:
+				return fail(ErrClosed)
+			}
+		case err == nil && res.status == fwdNotLeader:
+			// Not appended there: ask the next leader.
+			if leader, err = n.waitLeader(pctx, leader); err != nil {
+				return fail(fmt.Errorf("no leader: %w", err))
+			}
+			continue
+		case err == nil && res.status == fwdFailed:
+			return fail(res.err())
+		case errors.Is(err, errNotSent):
+			// Nothing reached it: ask again (a new leader, or this one
+			// back) after a pause, within the bound.
+			select {
+			case <-time.After(n.cfg.Tick):
+			case <-pctx.Done():
+				return fail(fmt.Errorf("not sent: %w", err))
+			case <-n.stop:
+				return fail(ErrClosed)
+			}
+			if leader, err = n.waitLeader(pctx, 0); err != nil {
+				return fail(fmt.Errorf("no leader: %w", err))
+			}
+			continue
+		}
+		// The outcome is unknown: the leader lost its leadership, or
+		// the request or its answer was lost on the way.
+		return n.outcome(pctx, ch, leader, fail)
+	}
+}
+
+// proposeHere appends entry on this member, its leader.
+func (n *Node) proposeHere(ctx context.Context, entry []byte) (fwdResult, error) {
+	r := n.raft()
+	if r == nil {
+		return fwdResult{status: fwdNotLeader}, nil
+	}
+	f := r.Apply(entry, n.cfg.ProposeTimeout)
+	done := make(chan error, 1)
+	n.wg.Add(1)
+	go func() {
+		defer n.wg.Done()
+		done <- f.Error()
+	}()
+	select {
+	case err := <-done:
+		if errors.Is(err, raft.ErrRaftShutdown) {
+			return fwdResult{}, ErrClosed
+		}
+		return result(err, f), nil
+	case <-ctx.Done():
+		return fwdResult{}, ctx.Err()
+	}
+}
+
+// outcome waits to learn whether a proposal whose fate is unknown
+// committed: its waiter woken (applied here), or, once another leader
+// than the one it went to has confirmed its commit index in its own
+// term and this member applied through it, ErrLeaderChanged.
+func (n *Node) outcome(ctx context.Context, ch chan uint64, sentTo uint64, fail func(error) (uint64, error)) (uint64, error) {
+	type readResult struct {
+		index uint64
+		err   error
+	}
+	for {
+		n.mu.Lock()
+		lch := n.leaderCh
+		n.mu.Unlock()
+		if l := n.leader.Load(); l != 0 && l != sentTo {
+			idx, err := n.readIndex(ctx, l)
+			if err == nil {
+				err = n.waitApplied(ctx, idx)
+			}
+			select {
+			case i := <-ch:
+				return i, nil
 			default:
 			}
-			n.mu.Unlock()
-			if idx != 0 {
-				return idx, nil
+			if err == nil {
+				return fail(ErrLeaderChanged)
 			}
-			n.m.proposeFailed.With("leader_changed").Inc()
-			return 0, ErrLeaderChanged
+			if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+				return fail(fmt.Errorf("not known committed: %w", err))
+			}
+			// Not answered (a leader just elected, not ready yet; a
+			// connection lost): ask again after a pause, the same
+			// leader or a newer one, within the bound.
+			select {
+			case i := <-ch:
+				return i, nil
+			case <-time.After(n.cfg.Tick):
+			case <-ctx.Done():
+				return fail(fmt.Errorf("not known committed: %w", ctx.Err()))
+			case <-n.stop:
+				return fail(ErrClosed)
+			}
+			continue
 		}
-		n.mu.Unlock()
 		select {
-		case idx := <-ch:
-			return idx, nil
+		case i := <-ch:
+			return i, nil
 		case <-lch:
-		case <-tch:
-		case <-pctx.Done():
-			return fail(fmt.Errorf("not committed: %w", pctx.Err()))
+		case <-ctx.Done():
+			return fail(fmt.Errorf("not known committed: %w", ctx.Err()))
 		case <-n.stop:
 			return fail(ErrClosed)
 		}
 	}
 }
 
+// readIndex asks leader (this member or another) for its commit index,
+// confirmed as the leader's.
+func (n *Node) readIndex(ctx context.Context, leader uint64) (uint64, error) {
+	if leader == n.id {
+		r := n.raft()
+		if r == nil {
+			return 0, raft.ErrNotLeader
+		}
+		return n.readIndexHere(r)
+	}
+	res, err := n.forward(ctx, leader, opRead, nil)
+	if err != nil {
+		return 0, err
+	}
+	return res.index, res.err()
+}
+
 // ReadBarrier returns once this member has applied everything the site
 // had committed when it was called, so that a read of its own store that
-// follows sees every write acknowledged before: raft's ReadIndex (the
-// leader confirms with a heartbeat round that it still leads and says
-// its commit index), then a wait until this member applied that index.
-// Without an answer within ProposeTimeout (no leader, no quorum) it
-// fails with an error wrapping ErrNoQuorum.
+// follows sees every write acknowledged before: the leader (asked, on a
+// follower) confirms with a heartbeat round that it still leads and says
+// its commit index (after a barrier once per term, so that it covers the
+// earlier terms' entries), then this member waits until it applied that
+// index. Without an answer within ProposeTimeout (no leader, no quorum)
+// it fails with an error wrapping ErrNoQuorum.
 func (n *Node) ReadBarrier(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProposeTimeout)
 	defer cancel()
-	key := string(binary.BigEndian.AppendUint64(nil, n.seq.Add(1)))
-	ch := make(chan uint64, 1)
-	n.mu.Lock()
-	n.readers[key] = ch
-	n.mu.Unlock()
-	defer func() {
-		n.mu.Lock()
-		delete(n.readers, key)
-		n.mu.Unlock()
-	}()
-	// raft drops a read request while it knows no leader: ask again
-	// every election timeout.
-	var idx uint64
-	for asked := false; !asked; {
-		if err := n.rn.ReadIndex(ctx, []byte(key)); err != nil {
+	var not uint64
+	for {
+		leader, err := n.waitLeader(ctx, not)
+		if errors.Is(err, ErrClosed) {
+			return ErrClosed
+		}
+		if err != nil {
+			return fmt.Errorf("%w: read index: no leader: %w", ErrNoQuorum, err)
+		}
+		idx, err := n.readIndex(ctx, leader)
+		switch {
+		case errors.Is(err, raft.ErrNotLeader):
+			not = leader
+			continue
+		case errors.Is(err, ErrClosed):
+			return ErrClosed
+		case err != nil:
+			if ctx.Err() == nil {
+				// A connection lost, a leader stepping down: ask again
+				// after a pause, within the bound.
+				select {
+				case <-time.After(n.cfg.Tick):
+					continue
+				case <-ctx.Done():
+				}
+			}
 			return fmt.Errorf("%w: read index: %w", ErrNoQuorum, err)
 		}
-		t := time.NewTimer(n.electionTimeout())
-		select {
-		case idx = <-ch:
-			asked = true
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("%w: read index: %w", ErrNoQuorum, ctx.Err())
-		case <-n.stop:
-			t.Stop()
-			return ErrClosed
+		if err := n.waitApplied(ctx, idx); err != nil {
+			if errors.Is(err, ErrClosed) {
+				return err
+			}
+			return fmt.Errorf("%w: applying to %d: %w", ErrNoQuorum, idx, err)
 		}
-		t.Stop()
+		return nil
 	}
-	for n.applied.Load() < idx {
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("%w: applying to %d: %w", ErrNoQuorum, idx, ctx.Err())
-		case <-n.stop:
-			return ErrClosed
-		case <-time.After(5 * time.Millisecond):
-		}
-	}
-	return nil
 }
 
 // AddVoter adds member id, dialed at addr, to the voters; it returns once
 // the change is committed and applied here. The new member starts with
 // Join (or is already running) and catches up from a snapshot or the log.
 func (n *Node) AddVoter(ctx context.Context, id uint64, addr string) error {
-	return n.changeConf(ctx, pb.ConfChangeAddNode, id, addr)
+	n.tr.setAddr(id, addr)
+	return n.changeConf(ctx, opAdd, id, addr)
 }
 
 // RemoveVoter removes member id from the voters (a leader removed steps
 // down). An id is never reused after its removal.
 func (n *Node) RemoveVoter(ctx context.Context, id uint64) error {
-	return n.changeConf(ctx, pb.ConfChangeRemoveNode, id, "")
+	return n.changeConf(ctx, opRemove, id, "")
 }
 
-func (n *Node) changeConf(ctx context.Context, typ pb.ConfChangeType, member uint64, addr string) error {
+func (n *Node) changeConf(ctx context.Context, op byte, member uint64, addr string) error {
 	if member == 0 {
 		return errors.New("consensus: member id 0")
 	}
-	id := n.seq.Add(1) &^ (1 << 63)
-	// Context: the proposer's id (who waits for it), then the address.
-	c := binary.BigEndian.AppendUint64(nil, n.id)
-	c = append(c, addr...)
-	cc := &pb.ConfChange{Type: typ.Enum(), NodeId: proto.Uint64(member), Context: c, Id: proto.Uint64(id)}
-	_, err := n.propose(ctx, id, func(ctx context.Context) error { return n.rn.ProposeConfChange(ctx, cc) })
-	return err
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ProposeTimeout)
+	defer cancel()
+	payload := append(binary.BigEndian.AppendUint64(nil, member), addr...)
+	var not uint64
+	for {
+		leader, err := n.waitLeader(ctx, not)
+		if errors.Is(err, ErrClosed) {
+			return err
+		}
+		if err != nil {
+			return fmt.Errorf("%w: no leader: %w", ErrNoQuorum, err)
+		}
+		var res fwdResult
+		if leader == n.id {
+			res = n.lead(op, payload)
+		} else if res, err = n.forward(ctx, leader, op, payload); err != nil {
+			return fmt.Errorf("%w: %w", ErrNoQuorum, err)
+		}
+		switch res.status {
+		case fwdOK:
+			if err := n.waitApplied(ctx, res.index); err != nil {
+				return fmt.Errorf("%w: applying %d: %w", ErrNoQuorum, res.index, err)
+			}
+			n.log.Info("consensus: configuration", "change", string(op), "member", fmt.Sprintf("%x", member))
+			return nil
+		case fwdNotLeader:
+			not = leader
+			continue
+		}
+		return fmt.Errorf("%w: %w", ErrNoQuorum, res.err())
+	}
 }
 
 // PeerStatus is one member as the leader sees it.
@@ -962,7 +882,8 @@ type PeerStatus struct {
 	// Match is the last index known replicated on it; the leader's
 	// Commit minus Match is its replication lag, in entries.
 	Match, Next uint64
-	// State: probe, replicate or snapshot.
+	// State: replicate, probe (its last append failed) or snapshot
+	// (one is being sent to it).
 	State  string
 	Active bool
 }
@@ -970,7 +891,7 @@ type PeerStatus struct {
 // Status is this member's view of the group.
 type Status struct {
 	ID, Leader, Term uint64
-	// State: follower, candidate, precandidate or leader.
+	// State: follower, candidate, leader or shutdown.
 	State           string
 	Commit, Applied uint64
 	Voters          []uint64
@@ -980,126 +901,89 @@ type Status struct {
 
 // Status is this member's view of the group now.
 func (n *Node) Status() Status {
-	rs := n.rn.Status()
-	st := Status{
-		ID: n.id, Leader: rs.Lead, Term: rs.HardState.GetTerm(),
-		State:   strings.TrimPrefix(strings.ToLower(rs.RaftState.String()), "state"),
-		Commit:  rs.HardState.GetCommit(),
-		Applied: n.applied.Load(),
+	st := Status{ID: n.id, Leader: n.leader.Load(), Applied: n.applied.Load(), State: "follower"}
+	r := n.raft()
+	if r == nil {
+		return st
 	}
-	n.mu.Lock()
-	st.Voters = slices.Clone(n.conf.GetVoters())
-	n.mu.Unlock()
-	for id, p := range rs.Progress {
-		st.Peers = append(st.Peers, PeerStatus{
-			ID: id, Addr: n.tr.addrOf(id), Match: p.Match, Next: p.Next,
-			State:  strings.TrimPrefix(strings.ToLower(p.State.String()), "state"),
-			Active: p.RecentActive,
-		})
+	st.Term = r.CurrentTerm()
+	st.State = strings.ToLower(r.State().String())
+	st.Commit = r.CommitIndex()
+	if f := r.GetConfiguration(); f.Error() == nil {
+		for _, s := range f.Configuration().Servers {
+			if s.Suffrage == raft.Voter {
+				st.Voters = append(st.Voters, parseID(s.ID))
+			}
+		}
+		slices.Sort(st.Voters)
+		if r.State() == raft.Leader {
+			progress := n.tr.peers(n.electionTimeout())
+			for _, s := range f.Configuration().Servers {
+				id := parseID(s.ID)
+				p, ok := progress[id]
+				switch {
+				case id == n.id:
+					p = PeerStatus{ID: id, Addr: n.sl.Addr().String(), Match: r.LastIndex(), State: "replicate", Active: true}
+				case !ok:
+					p = PeerStatus{ID: id, Addr: n.tr.addrOf(id), State: "probe"}
+				}
+				p.Next = p.Match + 1
+				st.Peers = append(st.Peers, p)
+			}
+			slices.SortFunc(st.Peers, func(a, b PeerStatus) int { return cmpU64(a.ID, b.ID) })
+		}
 	}
-	slices.SortFunc(st.Peers, func(a, b PeerStatus) int { return cmpU64(a.ID, b.ID) })
 	return st
 }
 
-// handOver, on a leader, transfers the leadership to the follower most
-// up to date and waits (an election timeout at most) for it to take
-// over, so a planned stop costs the site a round trip instead of an
-// election timeout.
-func (n *Node) handOver() {
-	if n.leader.Load() != n.id {
-		return
+func cmpU64(a, b uint64) int {
+	switch {
+	case a < b:
+		return -1
+	case a > b:
+		return 1
 	}
-	var to, match uint64
-	for id, p := range n.rn.Status().Progress {
-		if id != n.id && p.RecentActive && p.Match >= match {
-			to, match = id, p.Match
-		}
-	}
-	if to == 0 {
-		return
-	}
-	n.mu.Lock()
-	ch := n.leaderCh
-	n.mu.Unlock()
-	n.rn.TransferLeadership(context.Background(), n.id, to)
-	timer := time.NewTimer(n.electionTimeout())
-	defer timer.Stop()
-	for n.leader.Load() == n.id {
-		select {
-		case <-ch:
-			n.mu.Lock()
-			ch = n.leaderCh
-			n.mu.Unlock()
-		case <-timer.C:
-			return
-		case <-n.runDone:
-			return
-		}
-	}
-	n.log.Info("consensus: leadership handed over", "to", fmt.Sprintf("%x", to))
+	return 0
 }
 
-// lostLog is told of an append refused by a follower whose log is empty
-// (reject hint 0). If this member leads and has that follower at a match
-// index past 0, the follower lost its disk: it restarted with an empty
-// data dir under its old id. raft takes such refusals for stale ones and
-// never sends below the match index, so the follower would get nothing
-// while this member leads and its log still holds those entries (once
-// compacted past them, raft sends a snapshot, which needs no help). The
-// leader hands its leadership to the most up-to-date other follower (at
-// most once per election timeout): a new leader's progress starts over,
-// probes, finds the log empty and sends from its log or a snapshot.
-func (n *Node) lostLog(from uint64) {
-	if n.leader.Load() != n.id {
+// handOver, on a leader, transfers the leadership to the follower most
+// up to date (raft's leadership transfer: bounded by an election
+// timeout), so a planned stop costs the site a round trip instead of an
+// election timeout.
+func (n *Node) handOver(r *raft.Raft) {
+	if r.State() != raft.Leader {
 		return
 	}
-	now, last := time.Now().UnixNano(), n.lostLogAt.Load()
-	if now-last < int64(n.electionTimeout()) || !n.lostLogAt.CompareAndSwap(last, now) {
+	if err := r.LeadershipTransfer().Error(); err != nil {
+		n.log.Debug("consensus: leadership not handed over", "err", err)
 		return
 	}
-	st := n.rn.Status()
-	p, ok := st.Progress[from]
-	if !ok || p.Match == 0 {
-		return
-	}
-	if first, err := n.rlog.FirstIndex(); err == nil && first > p.Match+1 {
-		return // compacted past it: raft sends it a snapshot
-	}
-	var to, match uint64
-	for id, q := range st.Progress {
-		if id != n.id && id != from && q.RecentActive && q.Match >= match {
-			to, match = id, q.Match
-		}
-	}
-	if to == 0 {
-		n.log.Warn("consensus: a follower lost its log (restarted with an empty disk) and no other follower can take the leadership: remove it and add it back",
-			"follower", fmt.Sprintf("%x", from), "match", p.Match)
-		return
-	}
-	n.log.Warn("consensus: a follower lost its log (restarted with an empty disk); handing the leadership over so that a new leader catches it up",
-		"follower", fmt.Sprintf("%x", from), "match", p.Match, "to", fmt.Sprintf("%x", to))
-	n.m.lostLogs.Inc()
-	n.rn.TransferLeadership(context.Background(), n.id, to)
+	n.log.Info("consensus: leadership handed over")
 }
 
 // Close stops the member: a leader first hands its leadership over (see
-// handOver), then the Ready loop (waiting for Run to return), the
-// transport, the engine, the log. Proposals waiting get ErrClosed. It is
-// idempotent.
+// handOver), then the engine (Run returns), the transport, the log.
+// Proposals waiting get ErrClosed. It is idempotent.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		r := n.raft()
+		if r != nil {
+			n.handOver(r)
+		}
 		n.mu.Lock()
+		close(n.stop)
 		running := n.running
 		n.mu.Unlock()
 		if running {
-			n.handOver()
-		}
-		close(n.stop)
-		if running {
 			<-n.runDone
 		}
+		// Run may have started the engine after the first look.
+		if r = n.raft(); r != nil {
+			r.Shutdown().Error()
+		}
+		n.fwd.closeAll()
 		err := n.tr.close()
-		n.rn.Stop()
+		n.wg.Wait()
 		n.closeErr = errors.Join(err, n.rlog.Close())
 	})
 	return n.closeErr

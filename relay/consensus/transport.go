@@ -3,654 +3,571 @@ package consensus
 import (
 	"bufio"
 	"context"
-	"crypto/rand"
-	"crypto/sha256"
 	"crypto/tls"
-	"crypto/x509"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"go.etcd.io/raft/v3"
-	pb "go.etcd.io/raft/v3/raftpb"
-	"google.golang.org/protobuf/proto"
-
-	"github.com/pushrelay/pushrelay/relay/linkquic"
+	"github.com/hashicorp/raft"
 )
 
-// ALPN is the peers' application protocol on relay/linkquic.
-const ALPN = "pushrelay-peer/1"
+// ALPN is the peers' application protocol, in their TLS handshake.
+const ALPN = "pushrelay-peer/2"
 
-// Stream kinds: the first byte of every stream a peer opens.
-const (
-	streamMessages = 'M'
-	streamSnapshot = 'S'
-)
+// connForward is the first byte of a connection carrying this package's
+// own requests (see forward.go); raft's NetworkTransport starts its
+// connections with its RPC type, a small number.
+const connForward = 'F'
 
-// maxFrame bounds one message frame (an append of MaxSizePerMsg and its
-// envelope fit many times over).
-const maxFrame = 64 << 20
+// errDropped: the drop filter refused the traffic.
+var errDropped = errors.New("consensus: dropped by the filter")
 
-// snapPrefix names a received snapshot's spool file in the data dir.
-const snapPrefix = "snap-in-"
+// streamLayer is raft's StreamLayer on TCP with mutual TLS from the
+// site's keys (relay/linkauth's configurations, under ALPN). Accepted
+// connections are handshaken and sorted on their first byte on
+// goroutines of their own (Accept never waits on a peer): raft's go to
+// Accept, this package's own requests to serve.
+type streamLayer struct {
+	ln        net.Listener
+	advertise net.Addr
+	server    *tls.Config
+	client    *tls.Config
+	timeout   time.Duration
+	serve     func(c net.Conn) // a connection of ours, after its first byte
 
-// transport carries raft's messages between peers over relay/linkquic.
-//
-// Each member dials every peer it sends to and keeps that one connection:
-// a messages stream (framed pb.Message, uint32 length first) after a
-// hello naming the sender, and one more stream per snapshot. What a peer
-// sends arrives on the connection it dialed, so a pair of members holds
-// two connections, one per direction; neither waits on the other.
-//
-// Per peer a bounded queue of marshaled messages feeds one writer
-// goroutine; when the queue is full (the peer slow or gone) the message
-// is dropped and counted, and raft sends again. The Ready loop never
-// blocks on a peer.
-type transport struct {
-	n      *Node
-	ln     *linkquic.Listener
-	client linkquic.Config
-	self   string // this member's listening address, told in the hello
-	inc    uint64 // this incarnation, told in the hello
+	accepted chan net.Conn
+	ctx      context.Context
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
 
-	ctx    context.Context // ended by close
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	peers map[uint64]*peer
-	conns map[*linkquic.Conn]bool // accepted, open
-
-	drop atomic.Pointer[func(peer uint64) bool]
+	mu     sync.Mutex
+	conns  map[net.Conn]struct{}
+	closed bool
 }
 
-type peer struct {
-	id uint64
-	q  chan []byte
+type advertised string
 
-	mu       sync.Mutex
-	addr     string
-	conn     *linkquic.Conn // the current outgoing connection, or nil
-	lastInc  uint64         // the peer's incarnation in its last hello
-	started  bool
-	snapping bool
+func (a advertised) Network() string { return "tcp" }
+func (a advertised) String() string  { return string(a) }
+
+func withALPN(c *tls.Config) *tls.Config {
+	c = c.Clone()
+	c.NextProtos = []string{ALPN}
+	return c
 }
 
-// resetKey derives the listening socket's stateless reset key from this
-// member's private key: the same after a restart, even with the data dir
-// wiped, so a peer still writing on a connection to the member's former
-// self is answered with a reset and redials at once instead of at its
-// idle timeout. Nil when there is no key to derive it from.
-func resetKey(c *tls.Config) *[32]byte {
-	if c == nil || len(c.Certificates) == 0 {
-		return nil
-	}
-	der, err := x509.MarshalPKCS8PrivateKey(c.Certificates[0].PrivateKey)
-	if err != nil {
-		return nil
-	}
-	k := sha256.Sum256(append([]byte("pushrelay-peer-reset\x00"), der...))
-	return &k
-}
-
-func newTransport(n *Node, cfg Config) (*transport, error) {
-	server := cfg.linkConfig()
-	server.TLS = cfg.ServerTLS
-	server.ResetKey = resetKey(cfg.ServerTLS)
-	ln, err := linkquic.Listen(cfg.Listen, server)
+func newStreamLayer(cfg Config, serve func(net.Conn)) (*streamLayer, error) {
+	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
 		return nil, err
 	}
-	var b [8]byte
-	_, _ = rand.Read(b[:])
-	t := &transport{
-		n: n, ln: ln, client: cfg.linkConfig(),
-		inc:   binary.BigEndian.Uint64(b[:]) | 1,
-		peers: map[uint64]*peer{},
-		conns: map[*linkquic.Conn]bool{},
+	s := &streamLayer{
+		ln: ln, server: withALPN(cfg.ServerTLS), client: withALPN(cfg.ClientTLS),
+		timeout: 2 * time.Duration(cfg.ElectionTicks) * cfg.Tick, serve: serve,
+		accepted: make(chan net.Conn), conns: map[net.Conn]struct{}{},
 	}
-	t.client.TLS = cfg.ClientTLS
 	// A wildcard address tells a peer nothing it can dial: then only
 	// Advertise (or the peer's own configuration) says where we are.
-	if ua, ok := ln.Addr().(*net.UDPAddr); ok && !ua.IP.IsUnspecified() {
-		t.self = ua.String()
+	s.advertise = ln.Addr()
+	if ta, ok := ln.Addr().(*net.TCPAddr); ok && ta.IP.IsUnspecified() {
+		s.advertise = advertised("")
 	}
 	if cfg.Advertise != "" {
-		t.self = cfg.Advertise
+		s.advertise = advertised(cfg.Advertise)
 	}
-	t.ctx, t.cancel = context.WithCancel(context.Background())
-	return t, nil
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		s.acceptLoop()
+	}()
+	return s, nil
 }
 
-// peer returns id's peer, made on first use.
-func (t *transport) peer(id uint64) *peer {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	p := t.peers[id]
-	if p == nil {
-		p = &peer{id: id, q: make(chan []byte, t.n.cfg.SendQueue)}
-		t.peers[id] = p
+// track records c to be closed with the layer; false once closed.
+func (s *streamLayer) track(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
 	}
-	return p
+	s.conns[c] = struct{}{}
+	return true
 }
 
-func (t *transport) setAddr(id uint64, addr string) {
+func (s *streamLayer) untrack(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+func (s *streamLayer) acceptLoop() {
+	for {
+		raw, err := s.ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			select {
+			case <-s.ctx.Done():
+				return
+			case <-time.After(50 * time.Millisecond):
+			}
+			continue
+		}
+		c := tls.Server(raw, s.server)
+		if !s.track(c) {
+			raw.Close()
+			return
+		}
+		s.wg.Add(1)
+		go func() {
+			defer s.wg.Done()
+			s.sort(c)
+		}()
+	}
+}
+
+// sort handshakes c and reads its first byte: raft's connections are
+// handed to Accept, ours served here.
+func (s *streamLayer) sort(c *tls.Conn) {
+	c.SetDeadline(time.Now().Add(s.timeout))
+	br := bufio.NewReader(c)
+	kind, err := br.Peek(1)
+	if err != nil {
+		s.untrack(c)
+		c.Close()
+		return
+	}
+	c.SetDeadline(time.Time{})
+	bc := &bufConn{Conn: c, r: br}
+	if kind[0] == connForward {
+		br.ReadByte()
+		s.serve(bc)
+		s.untrack(c)
+		c.Close()
+		return
+	}
+	select {
+	case s.accepted <- bc:
+	case <-s.ctx.Done():
+		s.untrack(c)
+		c.Close()
+	}
+}
+
+// bufConn is a connection whose first bytes were read ahead.
+type bufConn struct {
+	net.Conn
+	r *bufio.Reader
+}
+
+func (c *bufConn) Read(p []byte) (int, error) { return c.r.Read(p) }
+
+func (s *streamLayer) Accept() (net.Conn, error) {
+	select {
+	case c := <-s.accepted:
+		return c, nil
+	case <-s.ctx.Done():
+		return nil, net.ErrClosed
+	}
+}
+
+func (s *streamLayer) Addr() net.Addr { return s.advertise }
+
+// listenAddr is the socket's own address.
+func (s *streamLayer) listenAddr() string { return s.ln.Addr().String() }
+
+func (s *streamLayer) Dial(addr raft.ServerAddress, timeout time.Duration) (net.Conn, error) {
+	return s.dial(string(addr), timeout)
+}
+
+func (s *streamLayer) dial(addr string, timeout time.Duration) (net.Conn, error) {
+	if s.ctx.Err() != nil {
+		return nil, net.ErrClosed
+	}
+	ctx, cancel := context.WithTimeout(s.ctx, timeout)
+	defer cancel()
+	d := tls.Dialer{NetDialer: &net.Dialer{KeepAlive: s.timeout}, Config: s.client}
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	if !s.track(c) {
+		c.Close()
+		return nil, net.ErrClosed
+	}
+	return &trackedConn{Conn: c, s: s}, nil
+}
+
+// trackedConn is a dialed connection, forgotten by the layer once closed.
+type trackedConn struct {
+	net.Conn
+	s    *streamLayer
+	once sync.Once
+}
+
+func (c *trackedConn) Close() error {
+	c.once.Do(func() { c.s.untrack(c.Conn) })
+	return c.Conn.Close()
+}
+
+// Close stops accepting, closes every connection and waits for the
+// layer's goroutines. Idempotent (raft's transport calls it, and so does
+// the node).
+func (s *streamLayer) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	s.cancel()
+	conns := make([]net.Conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	err := s.ln.Close()
+	for _, c := range conns {
+		c.Close()
+	}
+	s.wg.Wait()
+	return err
+}
+
+// peerTransport is raft's Transport: the NetworkTransport on the stream
+// layer, with the drop filter (fault injection: every RPC to or from a
+// filtered peer fails, both ways, as in a partition), the message
+// metrics, and what the leader learns of each peer's replication for
+// Status. Appends are pipelined two deep (raft's default since
+// hashicorp/raft#541), so the next one, with the latest commit index,
+// goes out while the last is being fsynced.
+type peerTransport struct {
+	n        *Node
+	inner    *raft.NetworkTransport
+	consumer chan raft.RPC
+	done     chan struct{}
+	hb       atomic.Pointer[func(raft.RPC)]
+	drop     atomic.Pointer[func(peer uint64) bool]
+
+	mu       sync.Mutex
+	addrs    map[uint64]string
+	progress map[uint64]*progress
+}
+
+// progress is what the leader knows of a peer's replication.
+type progress struct {
+	match       uint64
+	lastContact time.Time
+	snapshot    bool
+	failing     bool
+}
+
+var (
+	_ raft.Transport   = (*peerTransport)(nil)
+	_ raft.WithPreVote = (*peerTransport)(nil)
+)
+
+func newPeerTransport(n *Node, sl *streamLayer) *peerTransport {
+	t := &peerTransport{
+		n: n, consumer: make(chan raft.RPC), done: make(chan struct{}),
+		addrs: map[uint64]string{}, progress: map[uint64]*progress{},
+	}
+	t.inner = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
+		Logger:          newHCLogger(n.log),
+		Stream:          sl,
+		MaxPool:         3,
+		MaxRPCsInFlight: 1,
+		Timeout:         sl.timeout,
+	})
+	go func() {
+		defer close(t.done)
+		t.consume()
+	}()
+	return t
+}
+
+// serverID is the raft id of member id: its hex form.
+func serverID(id uint64) raft.ServerID { return raft.ServerID(strconv.FormatUint(id, 16)) }
+
+func parseID(s raft.ServerID) uint64 {
+	id, _ := strconv.ParseUint(string(s), 16, 64)
+	return id
+}
+
+func (t *peerTransport) setAddr(id uint64, addr string) {
 	if id == t.n.id || addr == "" {
 		return
 	}
-	p := t.peer(id)
-	p.mu.Lock()
-	changed := p.addr != addr
-	p.addr = addr
-	conn := p.conn
-	p.mu.Unlock()
-	if changed && conn != nil {
-		conn.Close(linkquic.CodeNone, "address changed")
-	}
-}
-
-func (t *transport) addrOf(id uint64) string {
 	t.mu.Lock()
-	p := t.peers[id]
+	t.addrs[id] = addr
 	t.mu.Unlock()
-	if p == nil {
-		return ""
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	return p.addr
 }
 
-func (t *transport) dropped(peer uint64) bool {
+func (t *peerTransport) addrOf(id uint64) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.addrs[id]
+}
+
+// resolve: the address set for a peer (SetPeerAddr, its AddVoter)
+// wins over what raft's configuration holds.
+func (t *peerTransport) resolve(id raft.ServerID, target raft.ServerAddress) raft.ServerAddress {
+	if a := t.addrOf(parseID(id)); a != "" {
+		return raft.ServerAddress(a)
+	}
+	return target
+}
+
+func (t *peerTransport) dropped(peer uint64) bool {
 	f := t.drop.Load()
 	return f != nil && (*f)(peer)
 }
 
-// send queues msgs (called by the Ready loop, which marshals them: raft
-// wants it done there). It never blocks.
-func (t *transport) send(msgs []*pb.Message) {
-	for _, m := range msgs {
-		to := m.GetTo()
-		if t.dropped(to) {
+func rpcFrom(cmd any) uint64 {
+	if h, ok := cmd.(interface{ GetRPCHeader() raft.RPCHeader }); ok {
+		return parseID(raft.ServerID(h.GetRPCHeader().ID))
+	}
+	return 0
+}
+
+// consume passes on what peers send, but what the filter drops.
+func (t *peerTransport) consume() {
+	for {
+		var rpc raft.RPC
+		select {
+		case rpc = <-t.inner.Consumer():
+		case <-t.n.stop:
+			return
+		}
+		if t.dropped(rpcFrom(rpc.Command)) {
 			t.n.m.drops.With("filter").Inc()
-			if m.GetType() == pb.MsgSnap {
-				t.n.rn.ReportSnapshot(to, raft.SnapshotFailure)
-			}
-			continue
-		}
-		if m.GetType() == pb.MsgSnap {
-			t.startSnapshot(m)
-			continue
-		}
-		b, err := proto.Marshal(m)
-		if err != nil || len(b) > maxFrame {
-			t.n.m.drops.With("too_big").Inc()
-			continue
-		}
-		p := t.peer(to)
-		t.startWriter(p)
-		select {
-		case p.q <- b:
-		default:
-			t.n.m.drops.With("queue_full").Inc()
-		}
-	}
-}
-
-// spawn runs f on a goroutine the transport waits for at close; after
-// close it runs nothing and returns false. Lock order: t.mu, then a
-// peer's mu.
-func (t *transport) spawn(f func()) bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.ctx.Err() != nil {
-		return false
-	}
-	t.wg.Add(1)
-	go func() {
-		defer t.wg.Done()
-		f()
-	}()
-	return true
-}
-
-func (t *transport) startWriter(p *peer) {
-	p.mu.Lock()
-	start := !p.started
-	p.started = true
-	p.mu.Unlock()
-	if start {
-		t.spawn(func() { t.writer(p) })
-	}
-}
-
-// writer is p's one writer: it dials, says hello and writes the queue's
-// frames, flushing when the queue is empty. On an error it reports p
-// unreachable, drops what waits, and dials again after a pause.
-func (t *transport) writer(p *peer) {
-	backoff := t.n.cfg.Tick
-	for t.ctx.Err() == nil {
-		connected, err := t.connectAndWrite(p)
-		if t.ctx.Err() != nil {
-			return
-		}
-		t.n.log.Debug("consensus: peer connection ended", "peer", p.id, "err", err)
-		t.n.rn.ReportUnreachable(p.id)
-		for n := len(p.q); n > 0; n-- {
-			<-p.q
-			t.n.m.drops.With("unreachable").Inc()
-		}
-		select {
-		case <-t.ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		// A connection that was up starts the pauses over.
-		if connected {
-			backoff = t.n.cfg.Tick
-		} else {
-			backoff = min(2*backoff, time.Second)
-		}
-	}
-}
-
-// connectAndWrite dials p and writes its queue until the connection
-// fails; connected says whether it was up at all.
-func (t *transport) connectAndWrite(p *peer) (connected bool, err error) {
-	p.mu.Lock()
-	addr := p.addr
-	p.mu.Unlock()
-	if addr == "" {
-		return false, fmt.Errorf("peer %x: no address", p.id)
-	}
-	dctx, cancel := context.WithTimeout(t.ctx, t.n.electionTimeout())
-	conn, err := linkquic.Dial(dctx, addr, t.client)
-	cancel()
-	if err != nil {
-		return false, err
-	}
-	p.mu.Lock()
-	p.conn = conn
-	p.mu.Unlock()
-	defer func() {
-		p.mu.Lock()
-		if p.conn == conn {
-			p.conn = nil
-		}
-		p.mu.Unlock()
-		conn.Close(linkquic.CodeNone, "")
-	}()
-	octx, cancel := context.WithTimeout(t.ctx, t.n.electionTimeout())
-	s, err := conn.OpenControl(octx)
-	cancel()
-	if err != nil {
-		return true, err
-	}
-	w := bufio.NewWriterSize(s, 64<<10)
-	hello := binary.BigEndian.AppendUint64(nil, t.n.id)
-	hello = binary.BigEndian.AppendUint64(hello, t.inc)
-	hello = append(hello, t.self...)
-	w.WriteByte(streamMessages)
-	if err := writeFrame(w, hello); err != nil {
-		return true, err
-	}
-	timeout := t.n.electionTimeout()
-	for {
-		var b []byte
-		if w.Buffered() > 0 {
-			select {
-			case b = <-p.q:
-			default:
-				s.SetWriteDeadline(time.Now().Add(timeout))
-				if err := w.Flush(); err != nil {
-					return true, err
-				}
-				continue
-			}
-		} else {
-			select {
-			case b = <-p.q:
-			case <-conn.Done():
-				return true, conn.Err()
-			case <-t.ctx.Done():
-				return true, nil
-			}
-		}
-		s.SetWriteDeadline(time.Now().Add(timeout))
-		if err := writeFrame(w, b); err != nil {
-			t.n.m.drops.With("unreachable").Inc()
-			return true, err
-		}
-		t.n.m.sent.Inc()
-	}
-}
-
-func writeFrame(w io.Writer, b []byte) error {
-	var h [4]byte
-	binary.BigEndian.PutUint32(h[:], uint32(len(b)))
-	if _, err := w.Write(h[:]); err != nil {
-		return err
-	}
-	_, err := w.Write(b)
-	return err
-}
-
-func readFrame(r io.Reader) ([]byte, error) {
-	var h [4]byte
-	if _, err := io.ReadFull(r, h[:]); err != nil {
-		return nil, err
-	}
-	n := binary.BigEndian.Uint32(h[:])
-	if n > maxFrame {
-		return nil, fmt.Errorf("frame of %d bytes, over %d", n, maxFrame)
-	}
-	b := make([]byte, n)
-	if _, err := io.ReadFull(r, b); err != nil {
-		return nil, err
-	}
-	return b, nil
-}
-
-// run accepts peers' connections until the transport closes.
-func (t *transport) run() {
-	for {
-		conn, err := t.ln.Accept(t.ctx)
-		if err != nil {
-			return
-		}
-		t.mu.Lock()
-		if t.ctx.Err() != nil {
-			t.mu.Unlock()
-			conn.Close(linkquic.CodeShutdown, "")
-			return
-		}
-		t.conns[conn] = true
-		t.wg.Add(1)
-		t.mu.Unlock()
-		go func() {
-			defer t.wg.Done()
-			t.serveConn(conn)
-			t.mu.Lock()
-			delete(t.conns, conn)
-			t.mu.Unlock()
-		}()
-	}
-}
-
-// serveConn reads a peer's streams until its connection ends.
-func (t *transport) serveConn(conn *linkquic.Conn) {
-	defer conn.Close(linkquic.CodeNone, "")
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		s, err := conn.AcceptControl(t.ctx)
-		if err != nil {
-			return
-		}
-		wg.Go(func() {
-			if err := t.serveStream(s); err != nil && t.ctx.Err() == nil {
-				t.n.log.Debug("consensus: peer stream ended", "remote", conn.RemoteAddr(), "err", err)
-			}
-			s.Close()
-		})
-	}
-}
-
-func (t *transport) serveStream(s *linkquic.Stream) error {
-	r := bufio.NewReaderSize(s, 64<<10)
-	kind, err := r.ReadByte()
-	if err != nil {
-		return err
-	}
-	switch kind {
-	case streamMessages:
-		return t.readMessages(r)
-	case streamSnapshot:
-		return t.receiveSnapshot(s, r)
-	}
-	return fmt.Errorf("stream kind %q", kind)
-}
-
-func (t *transport) readMessages(r *bufio.Reader) error {
-	hello, err := readFrame(r)
-	if err != nil {
-		return err
-	}
-	if len(hello) < 16 {
-		return errors.New("short hello")
-	}
-	from, inc := binary.BigEndian.Uint64(hello), binary.BigEndian.Uint64(hello[8:])
-	if from != t.n.id {
-		t.heard(from, inc, string(hello[16:]))
-	}
-	for {
-		b, err := readFrame(r)
-		if err != nil {
-			return err
-		}
-		m := &pb.Message{}
-		if err := proto.Unmarshal(b, m); err != nil {
-			return fmt.Errorf("message: %w", err)
-		}
-		if m.GetTo() != t.n.id || t.dropped(m.GetFrom()) {
+			rpc.Respond(nil, errDropped)
 			continue
 		}
 		t.n.m.received.Inc()
-		switch {
-		case m.GetType() == pb.MsgHeartbeat:
-			t.n.clampCommit(m)
-		case m.GetType() == pb.MsgAppResp && m.GetReject() && m.GetRejectHint() == 0:
-			t.n.lostLog(m.GetFrom())
-		}
-		if err := t.n.rn.Step(t.ctx, m); err != nil && t.ctx.Err() != nil {
-			return nil
-		}
-	}
-}
-
-// heard notes a peer's hello: its address, and whether it restarted (a
-// new incarnation), in which case the connection to it is redialed at
-// once instead of at its idle timeout.
-func (t *transport) heard(from, inc uint64, addr string) {
-	p := t.peer(from)
-	p.mu.Lock()
-	if p.addr == "" {
-		p.addr = addr
-	}
-	restarted := p.lastInc != 0 && p.lastInc != inc
-	p.lastInc = inc
-	conn := p.conn
-	p.mu.Unlock()
-	if restarted && conn != nil {
-		conn.Close(linkquic.CodeNone, "peer restarted")
-	}
-}
-
-// startSnapshot streams a snapshot to m's peer on a goroutine of its own:
-// the message with the snapshot's metadata, then the state machine's
-// state written straight onto the stream, then the peer's one-byte ack;
-// raft hears the result through ReportSnapshot.
-func (t *transport) startSnapshot(m *pb.Message) {
-	p := t.peer(m.GetTo())
-	t.startWriter(p)
-	p.mu.Lock()
-	if p.snapping || t.ctx.Err() != nil {
-		p.mu.Unlock()
-		t.n.rn.ReportSnapshot(p.id, raft.SnapshotFailure)
-		return
-	}
-	p.snapping = true
-	p.mu.Unlock()
-	b, err := proto.Marshal(m)
-	if err != nil {
-		t.n.rn.ReportSnapshot(p.id, raft.SnapshotFailure)
-		return
-	}
-	ok := t.spawn(func() {
-		defer func() {
-			p.mu.Lock()
-			p.snapping = false
-			p.mu.Unlock()
-		}()
-		n, err := t.sendSnapshot(p, b)
-		if err != nil {
-			t.n.log.Warn("consensus: snapshot not sent", "peer", p.id, "err", err)
-			t.n.rn.ReportSnapshot(p.id, raft.SnapshotFailure)
+		select {
+		case t.consumer <- rpc:
+		case <-t.n.stop:
 			return
 		}
-		t.n.m.snapSent.Inc()
-		t.n.m.snapSentBytes.Observe(float64(n))
-		t.n.log.Info("consensus: snapshot sent", "peer", p.id, "index", m.GetSnapshot().GetMetadata().GetIndex(), "bytes", n)
-		t.n.rn.ReportSnapshot(p.id, raft.SnapshotFinish)
-	})
-	if !ok {
-		t.n.rn.ReportSnapshot(p.id, raft.SnapshotFailure)
 	}
 }
 
-// deadlineWriter gives each write to a stream its own deadline, so a
-// stalled peer fails the snapshot instead of holding it for ever.
-type deadlineWriter struct {
-	s *linkquic.Stream
-	d time.Duration
-	n int64
+func (t *peerTransport) Consumer() <-chan raft.RPC     { return t.consumer }
+func (t *peerTransport) LocalAddr() raft.ServerAddress { return t.inner.LocalAddr() }
+
+// AppendEntriesPipeline: raft's pipeline (two appends in flight), behind
+// the filter; what the follower acknowledges is recorded as it comes.
+func (t *peerTransport) AppendEntriesPipeline(id raft.ServerID, target raft.ServerAddress) (raft.AppendPipeline, error) {
+	if t.dropped(parseID(id)) {
+		t.n.m.drops.With("filter").Inc()
+		return nil, errDropped
+	}
+	inner, err := t.inner.AppendEntriesPipeline(id, t.resolve(id, target))
+	if err != nil {
+		return nil, err
+	}
+	p := &pipeline{t: t, peer: parseID(id), inner: inner, out: make(chan raft.AppendFuture), stop: make(chan struct{}), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		p.consume()
+	}()
+	return p, nil
 }
 
-func (w *deadlineWriter) Write(p []byte) (int, error) {
-	w.s.SetWriteDeadline(time.Now().Add(w.d))
-	n, err := w.s.Write(p)
-	w.n += int64(n)
-	return n, err
+// pipeline wraps raft's: the filter on each append, and a goroutine
+// passing on the answers (owned by the pipeline: Close waits for it).
+type pipeline struct {
+	t     *peerTransport
+	peer  uint64
+	inner raft.AppendPipeline
+	out   chan raft.AppendFuture
+	stop  chan struct{}
+	done  chan struct{}
+	once  sync.Once
 }
 
-func (t *transport) sendSnapshot(p *peer, msg []byte) (int64, error) {
-	// The snapshot goes on the connection the messages use, once it is up.
-	var conn *linkquic.Conn
-	for deadline := time.Now().Add(t.n.electionTimeout()); ; {
-		p.mu.Lock()
-		conn = p.conn
-		p.mu.Unlock()
-		if conn != nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			return 0, errors.New("no connection")
-		}
+func (p *pipeline) AppendEntries(args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) (raft.AppendFuture, error) {
+	if p.t.dropped(p.peer) {
+		p.t.n.m.drops.With("filter").Inc()
+		return nil, errDropped
+	}
+	f, err := p.inner.AppendEntries(args, resp)
+	if err != nil {
+		p.t.n.m.drops.With("unreachable").Inc()
+	}
+	return f, err
+}
+
+func (p *pipeline) consume() {
+	for {
 		select {
-		case <-t.ctx.Done():
-			return 0, t.ctx.Err()
-		case <-time.After(t.n.cfg.Tick):
+		case f := <-p.inner.Consumer():
+			err := f.Error()
+			p.t.record(p.peer, err)
+			if err == nil {
+				p.t.n.m.sent.Inc()
+				if args, resp := f.Request(), f.Response(); resp.Success && len(args.Entries) > 0 {
+					p.t.matched(p.peer, args.Entries[len(args.Entries)-1].Index)
+				}
+			}
+			select {
+			case p.out <- f:
+			case <-p.stop:
+				return
+			}
+		case <-p.stop:
+			return
 		}
 	}
-	ctx, cancel := context.WithTimeout(t.ctx, t.n.electionTimeout())
-	s, err := conn.OpenControl(ctx)
-	cancel()
-	if err != nil {
-		return 0, err
-	}
-	defer s.Close()
-	dw := &deadlineWriter{s: s, d: 5 * t.n.electionTimeout()}
-	w := bufio.NewWriterSize(dw, 64<<10)
-	w.WriteByte(streamSnapshot)
-	if err := writeFrame(w, msg); err != nil {
-		return 0, err
-	}
-	if err := t.n.sm.Snapshot(w); err != nil {
-		return 0, fmt.Errorf("state machine snapshot: %w", err)
-	}
-	if err := w.Flush(); err != nil {
-		return 0, err
-	}
-	if err := s.Close(); err != nil {
-		return 0, err
-	}
-	s.SetReadDeadline(time.Now().Add(5 * t.n.electionTimeout()))
-	var ack [1]byte
-	if _, err := io.ReadFull(s, ack[:]); err != nil {
-		return 0, fmt.Errorf("no ack: %w", err)
-	}
-	return dw.n, nil
 }
 
-// receiveSnapshot spools a snapshot to a file in the data dir (it is not
-// held in memory), then steps its message into raft; the Ready loop
-// restores the state machine from the file if raft takes it.
-func (t *transport) receiveSnapshot(s *linkquic.Stream, r *bufio.Reader) error {
-	b, err := readFrame(r)
-	if err != nil {
-		return err
-	}
-	m := &pb.Message{}
-	if err := proto.Unmarshal(b, m); err != nil {
-		return fmt.Errorf("snapshot message: %w", err)
-	}
-	if m.GetType() != pb.MsgSnap || m.GetTo() != t.n.id || t.dropped(m.GetFrom()) {
-		return errors.New("not a snapshot for us")
-	}
-	md := m.GetSnapshot().GetMetadata()
-	path := t.n.spoolPath(md.GetIndex(), md.GetTerm())
-	// A file of its own per stream: a sender's retry may overlap.
-	f, err := os.CreateTemp(t.n.cfg.Dir, filepath.Base(path)+".*.part")
-	if err != nil {
-		return err
-	}
-	part := f.Name()
-	s.SetReadDeadline(time.Now().Add(30 * t.n.electionTimeout()))
-	n, err := io.Copy(f, r)
-	if err == nil {
-		err = f.Sync()
-	}
-	err = errors.Join(err, f.Close())
-	if err == nil {
-		err = os.Rename(part, path)
-	}
-	if err != nil {
-		os.Remove(part)
-		return fmt.Errorf("spool snapshot: %w", err)
-	}
-	t.n.m.snapRecv.Inc()
-	t.n.m.snapRecvBytes.Observe(float64(n))
-	if err := t.n.rn.Step(t.ctx, m); err != nil {
-		return err
-	}
-	_, err = s.Write([]byte{1})
+func (p *pipeline) Consumer() <-chan raft.AppendFuture { return p.out }
+
+func (p *pipeline) Close() error {
+	err := p.inner.Close()
+	p.once.Do(func() { close(p.stop) })
+	<-p.done
 	return err
 }
 
-// spoolPath is where a received snapshot of (index, term) waits.
-func (n *Node) spoolPath(index, term uint64) string {
-	return filepath.Join(n.cfg.Dir, snapPrefix+strconv.FormatUint(term, 10)+"-"+strconv.FormatUint(index, 10))
+// call runs one RPC to peer id through the filter and the metrics.
+func (t *peerTransport) call(id raft.ServerID, f func() error) error {
+	peer := parseID(id)
+	if t.dropped(peer) {
+		t.n.m.drops.With("filter").Inc()
+		return errDropped
+	}
+	err := f()
+	t.record(peer, err)
+	if err != nil {
+		t.n.m.drops.With("unreachable").Inc()
+		return err
+	}
+	t.n.m.sent.Inc()
+	return nil
 }
 
-// close stops the transport: the listener, every connection, and waits
-// for its goroutines.
-func (t *transport) close() error {
+// record notes the outcome of a request to peer.
+func (t *peerTransport) record(peer uint64, err error) {
 	t.mu.Lock()
-	t.cancel()
-	var conns []*linkquic.Conn
-	for c := range t.conns {
-		conns = append(conns, c)
+	defer t.mu.Unlock()
+	p := t.progress[peer]
+	if p == nil {
+		p = &progress{}
+		t.progress[peer] = p
 	}
-	for _, p := range t.peers {
-		p.mu.Lock()
-		if p.conn != nil {
-			conns = append(conns, p.conn)
-		}
-		p.mu.Unlock()
+	p.failing = err != nil
+	if err == nil {
+		p.lastContact = time.Now()
+	}
+}
+
+// matched notes that peer holds the log through index.
+func (t *peerTransport) matched(peer, index uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.progress[peer]; p != nil {
+		p.match = max(p.match, index)
+	}
+}
+
+func (t *peerTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
+	err := t.call(id, func() error { return t.inner.AppendEntries(id, t.resolve(id, target), args, resp) })
+	if err == nil && resp.Success && len(args.Entries) > 0 {
+		t.matched(parseID(id), args.Entries[len(args.Entries)-1].Index)
+	}
+	return err
+}
+
+func (t *peerTransport) RequestVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestVoteRequest, resp *raft.RequestVoteResponse) error {
+	return t.call(id, func() error { return t.inner.RequestVote(id, t.resolve(id, target), args, resp) })
+}
+
+func (t *peerTransport) RequestPreVote(id raft.ServerID, target raft.ServerAddress, args *raft.RequestPreVoteRequest, resp *raft.RequestPreVoteResponse) error {
+	return t.call(id, func() error { return t.inner.RequestPreVote(id, t.resolve(id, target), args, resp) })
+}
+
+func (t *peerTransport) InstallSnapshot(id raft.ServerID, target raft.ServerAddress, args *raft.InstallSnapshotRequest, resp *raft.InstallSnapshotResponse, data io.Reader) error {
+	peer := parseID(id)
+	t.mu.Lock()
+	if p := t.progress[peer]; p != nil {
+		p.snapshot = true
 	}
 	t.mu.Unlock()
-	for _, c := range conns {
-		c.Close(linkquic.CodeShutdown, "")
+	err := t.call(id, func() error { return t.inner.InstallSnapshot(id, t.resolve(id, target), args, resp, data) })
+	t.mu.Lock()
+	if p := t.progress[peer]; p != nil {
+		p.snapshot = false
+		if err == nil && resp.Success {
+			p.match = max(p.match, args.LastLogIndex)
+		}
 	}
-	err := t.ln.Close()
-	t.wg.Wait()
+	t.mu.Unlock()
+	if err == nil && resp.Success {
+		t.n.log.Info("consensus: snapshot sent", "peer", fmt.Sprintf("%x", peer), "index", args.LastLogIndex, "bytes", args.Size)
+	}
+	return err
+}
+
+func (t *peerTransport) TimeoutNow(id raft.ServerID, target raft.ServerAddress, args *raft.TimeoutNowRequest, resp *raft.TimeoutNowResponse) error {
+	return t.call(id, func() error { return t.inner.TimeoutNow(id, t.resolve(id, target), args, resp) })
+}
+
+func (t *peerTransport) EncodePeer(id raft.ServerID, addr raft.ServerAddress) []byte {
+	return t.inner.EncodePeer(id, addr)
+}
+
+func (t *peerTransport) DecodePeer(b []byte) raft.ServerAddress { return t.inner.DecodePeer(b) }
+
+// SetHeartbeatHandler: raft's fast path for heartbeats, behind the
+// filter.
+func (t *peerTransport) SetHeartbeatHandler(cb func(raft.RPC)) {
+	if cb == nil {
+		t.inner.SetHeartbeatHandler(nil)
+		return
+	}
+	t.inner.SetHeartbeatHandler(func(rpc raft.RPC) {
+		if t.dropped(rpcFrom(rpc.Command)) {
+			t.n.m.drops.With("filter").Inc()
+			rpc.Respond(nil, errDropped)
+			return
+		}
+		t.n.m.received.Inc()
+		cb(rpc)
+	})
+}
+
+// peers is the leader's view of each peer's replication.
+func (t *peerTransport) peers(electionTimeout time.Duration) map[uint64]PeerStatus {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := map[uint64]PeerStatus{}
+	for id, p := range t.progress {
+		st := "replicate"
+		switch {
+		case p.snapshot:
+			st = "snapshot"
+		case p.failing:
+			st = "probe"
+		}
+		out[id] = PeerStatus{ID: id, Addr: t.addrs[id], Match: p.match, State: st,
+			Active: !p.failing && time.Since(p.lastContact) < electionTimeout}
+	}
+	return out
+}
+
+// close stops the transport (raft's, the stream layer and this one's
+// goroutine); the node's stop channel is closed first.
+func (t *peerTransport) close() error {
+	err := t.inner.Close()
+	<-t.done
 	return err
 }

@@ -453,19 +453,20 @@ func TestEventQueueFull(t *testing.T) {
 	waitFor(t, 5*time.Second, "a's handler gets a resync", func() bool { return resync() >= 0 })
 	mu.Lock()
 	defer mu.Unlock()
-	// The first (blocked) event and the two queued, then the resync.
-	if i := slices.IndexFunc(got, func(e Event) bool { return e.Kind == EventResync }); i != 3 {
-		t.Errorf("the resync came after %d events, want 3: %v", i, got)
-	}
-	if len(got) < 4 {
+	// The two queued (and the one the handler was blocked on, if the
+	// deliverer had taken it before the queue filled: the joins may all
+	// come at once), then the resync.
+	i := slices.IndexFunc(got, func(e Event) bool { return e.Kind == EventResync })
+	if i != 2 && i != 3 {
+		t.Errorf("the resync came after %d events, want 2 or 3: %v", i, got)
 		return
 	}
-	for _, e := range got[:3] {
+	for _, e := range got[:i] {
 		if e.Kind != EventJoin {
 			t.Errorf("before the resync: %v", e)
 		}
 	}
-	last := got[3]
+	last := got[i]
 	var names []string
 	for _, in := range last.Members {
 		names = append(names, in.Name+"="+in.State.String())

@@ -1071,6 +1071,7 @@ type SiteKicker interface {
 // SiteSessions is the node's hub as the site asks it (relay.Hub).
 type SiteSessions interface {
 	Accepting(u push.UAID) bool
+	Resync()
 }
 
 // Holding is one run of a site's upstream on the member that holds it

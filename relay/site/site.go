@@ -32,7 +32,7 @@ type Config struct {
 	// log goes in Dir/site).
 	Store *store.Store
 	Dir   string
-	// Listen is the consensus transport's UDP address
+	// Listen is the consensus transport's TCP address
 	// (cluster_peer_listen); Advertise, if set, what peers are told.
 	Listen, Advertise string
 	// ServerTLS and ClientTLS authenticate peers: the site's keys
@@ -158,7 +158,7 @@ func New(cfg Config) (*Site, error) {
 	s.machine = NewMachine(cfg.Store, s.id, cfg.Logger)
 	s.machine.onBroadcasts = s.noteBroadcasts
 	s.machine.onWakeOwners = s.wakeOwners
-	s.machine.onRestored = s.wakeRestored
+	s.machine.onRestored = s.restored
 	s.machine.onUpstream = s.noteUpstream
 	hid, hterm, err := cfg.Store.Holder()
 	if err != nil {

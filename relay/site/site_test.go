@@ -179,6 +179,20 @@ func waitUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 	}
 }
 
+// waitFormed waits until every member of ms holds the site's log with
+// them all as voters, and one of them leads.
+func waitFormed(t *testing.T, ms []*tm) {
+	t.Helper()
+	waitUntil(t, 20*time.Second, fmt.Sprintf("a site of %d with a leader", len(ms)), func() bool {
+		for _, x := range ms {
+			if !x.site.InSite() || len(x.site.Status().Voters) != len(ms) {
+				return false
+			}
+		}
+		return leaderOf(ms) != nil
+	})
+}
+
 func leaderOf(ms []*tm) *tm {
 	for _, x := range ms {
 		if x.site.Leader() {
@@ -227,14 +241,7 @@ func TestSite(t *testing.T) {
 	b := ts.start("b", a)
 	c := ts.start("c", a)
 	ms := []*tm{a, b, c}
-	waitUntil(t, 20*time.Second, "a site of three with a leader", func() bool {
-		for _, x := range ms {
-			if !x.site.InSite() || len(x.site.Status().Voters) != 3 {
-				return false
-			}
-		}
-		return leaderOf(ms) != nil
-	})
+	waitFormed(t, ms)
 
 	ctx := context.Background()
 	u, ch := push.UAID{0xaa, 1}, push.ChannelID{0xcc, 1}
@@ -330,14 +337,7 @@ func TestDeviceWaitsForTheSite(t *testing.T) {
 	b := ts.start("b", a)
 	c := ts.start("c", a)
 	ms := []*tm{a, b, c}
-	waitUntil(t, 20*time.Second, "a site of three with a leader", func() bool {
-		for _, x := range ms {
-			if !x.site.InSite() || len(x.site.Status().Voters) != 3 {
-				return false
-			}
-		}
-		return leaderOf(ms) != nil
-	})
+	waitFormed(t, ms)
 	l := leaderOf(ms)
 	var f *tm
 	for _, x := range ms {

@@ -51,9 +51,13 @@ type Kicker interface {
 	DropStored(ctx context.Context, keep func(push.UAID) bool) (int, error)
 }
 
-// Sessions is the member's hub as waking asks it (relay.Hub).
+// Sessions is the member's hub as the site asks it (relay.Hub): waking
+// asks whether a device has a session here; a restore from another
+// member's snapshot has every session read its device's messages again
+// (they came with the new file, not through the commit feed).
 type Sessions interface {
 	Accepting(u push.UAID) bool
+	Resync()
 }
 
 // maxOwnedTracked bounds the devices waking remembers (owned, or owned
@@ -243,15 +247,21 @@ func (s *Site) otherSockets() []member.Digest {
 	return out
 }
 
-// wakeRestored: this member's store was replaced by another member's
-// snapshot. The wake records in it are that member's, and the owner
+// restored: this member's store was replaced by another member's
+// snapshot. The sessions here read their devices' messages again (those
+// that came with the file were never in the commit feed). The wake
+// records in it are that member's, and the owner
 // entries the snapshot stands for were never applied here: this member
 // owns nothing until devices prove their address to it again, and the
 // kicker forgets the bindings the file brought (runWaking), so that a
 // later start does not take them for this member's own.
-func (s *Site) wakeRestored() {
+func (s *Site) restored() {
 	w := s.wake
 	w.mu.Lock()
+	if w.sess != nil {
+		// The messages that came with the file reach the sessions here.
+		defer w.sess.Resync()
+	}
 	clear(w.owned)
 	clear(w.announce)
 	clear(w.drops)
@@ -316,7 +326,7 @@ func (s *Site) runWaking(ctx context.Context) {
 }
 
 // dropStored has the kicker forget the bindings a restored snapshot
-// brought (wakeRestored), until it succeeds.
+// brought (restored), until it succeeds.
 func (s *Site) dropStored(ctx context.Context) {
 	w := s.wake
 	w.mu.Lock()

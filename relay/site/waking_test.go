@@ -22,8 +22,9 @@ import (
 // reports them to the site (Accepting) and the kicker (Online), and its
 // metadata's socket digest.
 type sessionSet struct {
-	mu sync.Mutex
-	m  map[push.UAID]bool
+	mu      sync.Mutex
+	m       map[push.UAID]bool
+	resyncs int
 }
 
 func (s *sessionSet) set(u push.UAID, on bool) {
@@ -42,7 +43,14 @@ func (s *sessionSet) Accepting(u push.UAID) bool {
 }
 
 func (s *sessionSet) Online(u push.UAID) bool { return s.Accepting(u) }
-func (s *sessionSet) WakeProven(push.UAID)    {}
+
+// Resync counts the restores the site told the hub of.
+func (s *sessionSet) Resync() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resyncs++
+}
+func (s *sessionSet) WakeProven(push.UAID) {}
 
 func (s *sessionSet) digest() member.Digest {
 	d := member.NewDigest(0)
@@ -198,14 +206,7 @@ func TestSiteWake(t *testing.T) {
 		stun[x] = startWaking(t, x, secret)
 		byAddr[stun[x]] = x.name
 	}
-	waitUntil(t, 20*time.Second, "a site of three with a leader", func() bool {
-		for _, x := range ms {
-			if !x.site.InSite() || len(x.site.Status().Voters) != 3 {
-				return false
-			}
-		}
-		return leaderOf(ms) != nil
-	})
+	waitFormed(t, ms)
 	ctx := context.Background()
 	u, ch := push.UAID{0xaa, 7}, push.ChannelID{0xcc, 7}
 	if err := a.site.Store().Register(ctx, store.Channel{UAID: u, ID: ch}); err != nil {
@@ -392,7 +393,8 @@ func TestWakeOwnerAfterRestart(t *testing.T) {
 	if again.Owns(u) {
 		t.Fatal("owns u before SetWaking")
 	}
-	if err := again.SetWaking(a.kick, &sessionSet{}); err != nil {
+	sess := &sessionSet{}
+	if err := again.SetWaking(a.kick, sess); err != nil {
 		t.Fatal(err)
 	}
 	if !again.Owns(u) || again.Owns(v) {
@@ -414,6 +416,9 @@ func TestWakeOwnerAfterRestart(t *testing.T) {
 	}
 	if again.Owns(u) {
 		t.Fatal("owns u after a restore")
+	}
+	if sess.resyncs != 1 {
+		t.Fatalf("the hub was told of %d restores, want 1 (its sessions read their messages again)", sess.resyncs)
 	}
 	again.dropStored(ctx)
 	var left []push.UAID

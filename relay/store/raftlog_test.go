@@ -4,13 +4,16 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"testing"
+
+	bolt "go.etcd.io/bbolt"
 )
 
-func ents(term uint64, from, to uint64) []LogEntry {
+func ents(from, to uint64, tag string) []LogEntry {
 	var out []LogEntry
 	for i := from; i <= to; i++ {
-		out = append(out, LogEntry{Index: i, Term: term, Data: fmt.Appendf(nil, "e%d.%d", i, term)})
+		out = append(out, LogEntry{Index: i, Data: fmt.Appendf(nil, "e%d.%s", i, tag)})
 	}
 	return out
 }
@@ -30,114 +33,92 @@ func checkRange(t *testing.T, l *Log, first, last uint64) {
 	}
 }
 
-// TestLogAppendTruncateCompact follows a log through what raft asks of
-// it: appends, a conflicting suffix replaced, compaction, a snapshot from
-// the leader, and a reopen.
-func TestLogAppendTruncateCompact(t *testing.T) {
+// TestLogAppendDeleteReopen follows a log through what the engine asks of
+// it: appends, a conflicting suffix deleted and replaced, compaction of a
+// prefix, a gap after a snapshot, values, and a reopen.
+func TestLogAppendDeleteReopen(t *testing.T) {
 	path := filepath.Join(t.TempDir(), LogFile)
 	l, err := OpenLog(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkRange(t, l, 1, 0)
-	if _, err := l.Term(1); !errors.Is(err, ErrLogUnavailable) {
-		t.Fatalf("Term(1) of an empty log: %v", err)
+	checkRange(t, l, 0, 0)
+	if _, err := l.Entry(1); !errors.Is(err, ErrLogNotFound) {
+		t.Fatalf("Entry(1) of an empty log: %v", err)
 	}
-	if err := l.Write(LogUpdate{Entries: ents(1, 1, 10), HardState: []byte("h1")}); err != nil {
+	if err := l.Append(ents(1, 10, "a")); err != nil {
 		t.Fatal(err)
 	}
 	checkRange(t, l, 1, 10)
 	// A new leader's entries from 6 replace 6..10.
-	if err := l.Write(LogUpdate{Entries: ents(2, 6, 7), HardState: []byte("h2")}); err != nil {
+	if err := l.DeleteRange(6, 10); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.Append(ents(6, 7, "b")); err != nil {
 		t.Fatal(err)
 	}
 	checkRange(t, l, 1, 7)
-	if term, err := l.Term(7); err != nil || term != 2 {
-		t.Fatalf("Term(7) = %d, %v", term, err)
+	if e, err := l.Entry(7); err != nil || string(e) != "e7.b" {
+		t.Fatalf("Entry(7) = %q, %v", e, err)
 	}
-	if term, _ := l.Term(5); term != 1 {
-		t.Fatalf("Term(5) = %d", term)
+	if e, _ := l.Entry(5); string(e) != "e5.a" {
+		t.Fatalf("Entry(5) = %q", e)
 	}
-	// A gap is refused, and leaves the log as it was.
-	if err := l.Write(LogUpdate{Entries: ents(2, 9, 9)}); err == nil {
-		t.Fatal("an append leaving a gap was taken")
-	}
-	got, err := l.Entries(2, 8, 1<<20)
-	if err != nil || len(got) != 6 || got[0].Index != 2 || string(got[5].Data) != "e7.2" {
-		t.Fatalf("Entries(2, 8) = %v, %v", got, err)
-	}
-	// maxBytes: each entry is 4 bytes; at least one comes back.
-	if got, _ := l.Entries(2, 8, 9); len(got) != 2 {
-		t.Fatalf("Entries(2, 8, 9 bytes) = %d entries, want 2", len(got))
-	}
-	if got, _ := l.Entries(2, 8, 0); len(got) != 1 {
-		t.Fatalf("Entries(2, 8, 0 bytes) = %d entries, want 1", len(got))
-	}
-	if _, err := l.Entries(2, 9, 100); !errors.Is(err, ErrLogUnavailable) {
-		t.Fatalf("Entries past the end: %v", err)
-	}
-
-	if err := l.Write(LogUpdate{Record: &LogSnapshot{Index: 6, Term: 2, Meta: []byte("cs6")}, CompactThrough: 7}); err == nil {
-		t.Fatal("compacted past the snapshot")
-	}
-	if err := l.Write(LogUpdate{Record: &LogSnapshot{Index: 6, Term: 2, Meta: []byte("cs6")}, CompactThrough: 4}); err != nil {
+	// Compaction.
+	if err := l.DeleteRange(1, 4); err != nil {
 		t.Fatal(err)
 	}
 	checkRange(t, l, 5, 7)
-	if term, err := l.Term(4); err != nil || term != 1 {
-		t.Fatalf("Term(4), the base = %d, %v", term, err)
+	if _, err := l.Entry(4); !errors.Is(err, ErrLogNotFound) {
+		t.Fatalf("Entry(4) after compaction: %v", err)
 	}
-	if _, err := l.Term(3); !errors.Is(err, ErrLogCompacted) {
-		t.Fatalf("Term(3): %v", err)
-	}
-	if _, err := l.Entries(4, 6, 100); !errors.Is(err, ErrLogCompacted) {
-		t.Fatalf("Entries(4, 6): %v", err)
-	}
-	// An append overlapping the base skips what is compacted.
-	if err := l.Write(LogUpdate{Entries: ents(3, 3, 8)}); err != nil {
+	// The log goes on after a snapshot at 20.
+	if err := l.Append(ents(21, 22, "c")); err != nil {
 		t.Fatal(err)
 	}
-	checkRange(t, l, 5, 8)
-	if term, _ := l.Term(5); term != 3 {
-		t.Fatalf("Term(5) = %d after the overlapping append", term)
+	checkRange(t, l, 5, 22)
+	if err := l.SetValue([]byte("k"), []byte("v")); err != nil {
+		t.Fatal(err)
+	}
+	if v, err := l.Value([]byte("none")); err != nil || v != nil {
+		t.Fatalf("Value(none) = %q, %v", v, err)
 	}
 	if err := l.Close(); err != nil {
 		t.Fatal(err)
 	}
-
 	l, err = OpenLog(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	checkRange(t, l, 5, 8)
-	hard, conf, err := l.State()
-	if err != nil || string(hard) != "h2" || conf != nil {
-		t.Fatalf("State = %q, %q, %v", hard, conf, err)
+	checkRange(t, l, 5, 22)
+	if v, err := l.Value([]byte("k")); err != nil || string(v) != "v" {
+		t.Fatalf("Value(k) after reopen = %q, %v", v, err)
 	}
-	s, err := l.Snapshot()
-	if err != nil || s.Index != 6 || s.Term != 2 || string(s.Meta) != "cs6" {
-		t.Fatalf("Snapshot = %+v, %v", s, err)
-	}
+}
 
-	// A snapshot from the leader replaces the whole log.
-	err = l.Write(LogUpdate{
-		Snapshot:  &LogSnapshot{Index: 100, Term: 5, Meta: []byte("cs100")},
-		HardState: []byte("h5"), ConfState: []byte("c5"),
+// TestLogFormerLayoutRefused: a raft.db written by the etcd raft engine
+// (buckets log and meta) is refused, naming the file and what to do.
+func TestLogFormerLayoutRefused(t *testing.T) {
+	path := filepath.Join(t.TempDir(), LogFile)
+	db, err := bolt.Open(path, 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range []string{"log", "meta"} {
+			if _, err := tx.CreateBucket([]byte(b)); err != nil {
+				return err
+			}
+		}
+		return nil
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	checkRange(t, l, 101, 100)
-	if term, _ := l.Term(100); term != 5 {
-		t.Fatalf("Term(100) = %d after the snapshot", term)
-	}
-	if err := l.Write(LogUpdate{Entries: ents(5, 101, 102)}); err != nil {
-		t.Fatal(err)
-	}
-	checkRange(t, l, 101, 102)
-	hard, conf, _ = l.State()
-	if string(hard) != "h5" || string(conf) != "c5" {
-		t.Fatalf("State = %q, %q", hard, conf)
+	db.Close()
+	_, err = OpenLog(path)
+	if !errors.Is(err, ErrLogFormat) || !strings.Contains(err.Error(), path) || !strings.Contains(err.Error(), "remove") {
+		t.Fatalf("OpenLog of the former layout: %v", err)
 	}
 }
