@@ -20,10 +20,13 @@ run: build
 	./$(BIN) run --config configs/pushrelay.yaml
 
 # Everything CI runs: vet, unit and end-to-end tests (with the race detector
-# on the core packages), fuzz seed corpora, and the npm web-push interop test.
+# on the core packages), fuzz seed corpora, and the npm web-push interop test;
+# the endpoint's tests again on net/http, as mips and mipsle serve it (tag
+# nofasthttp, seconds).
 test: vet npm-deps
 	$(GO) test -count=1 -timeout 10m ./...
 	$(GO) test -count=1 -race -timeout 10m ./relay/... ./kick/... ./discovery/...
+	$(GO) test -count=1 -race -timeout 5m -tags nofasthttp ./relay/endpoint/
 	cd firmware && $(GO) vet ./... && $(GO) test -count=1 -timeout 5m ./...
 
 # The web-push npm package, the third-party sender of the interop test,
@@ -35,7 +38,7 @@ testdata/webpush-npm/node_modules/.package-lock.json: testdata/webpush-npm/packa
 vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || (echo "gofmt needed:"; gofmt -l .; exit 1)
 	$(GO) vet ./...
-	$(GO) vet -tags 'notools nosite nopprof' ./cmd/pushrelay/ ./relay/admin/
+	$(GO) vet -tags 'notools nosite nopprof nofasthttp' ./cmd/pushrelay/ ./relay/admin/ ./relay/endpoint/
 
 # A short coverage-guided run of every fuzz target (FUZZTIME each).
 FUZZTIME ?= 15s
@@ -55,7 +58,9 @@ bench:
 # version and commit stamped) for every target, with SHA256SUMS, and the
 # size budget checked. Same commit, same bytes. Gateway builds leave out
 # the developer and test tools (tag notools: device, send, bench; `make
-# build` keeps them), and the MIPS builds pprof too (tag nopprof), to fit the
+# build` keeps them), and the MIPS builds pprof too (tag nopprof) and serve
+# the endpoint with net/http instead of fasthttp (tag nofasthttp: 0.6 MiB;
+# docs/benchmarks.md, "The endpoint on net/http for mips"), to fit the
 # budget and small flash. Every gateway build leaves out the site too (tag
 # nosite: memberlist and the consensus engine, 4 MiB on mips) until it fits
 # the budget (issue #9; docs/benchmarks.md, "Gateway builds: room for the
@@ -76,7 +81,7 @@ cross:
 	@rm -rf dist && mkdir -p dist
 	@for t in $(TARGETS); do \
 	  arch=$$t; goarm=; gomips=; tags="notools nosite"; \
-	  case $$t in armv*) arch=arm; goarm=$${t#armv};; mips|mipsle) gomips=softfloat; tags="notools nosite nopprof";; esac; \
+	  case $$t in armv*) arch=arm; goarm=$${t#armv};; mips|mipsle) gomips=softfloat; tags="notools nosite nopprof nofasthttp";; esac; \
 	  out=dist/pushrelay-linux-$$t; \
 	  echo "build $$out"; \
 	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$goarm GOMIPS=$$gomips \

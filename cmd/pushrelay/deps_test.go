@@ -96,6 +96,38 @@ func TestOneWrapperPerLibrary(t *testing.T) {
 	}
 }
 
+// A nofasthttp build (`make cross` for mips and mipsle) serves the
+// endpoint with net/http and links neither fasthttp nor what only fasthttp
+// brings (its compressors); the default build links fasthttp.
+func TestNoFastHTTPBuild(t *testing.T) {
+	onlyFastHTTP := []string{"github.com/valyala/fasthttp", "github.com/valyala/bytebufferpool", "github.com/klauspost/compress", "github.com/molecule-man/go-brrr"}
+	full := goList(t, "-deps", ".")
+	if !slices.Contains(full, onlyFastHTTP[0]) {
+		t.Errorf("the default build does not link %s", onlyFastHTTP[0])
+	}
+	for _, tags := range []string{"nofasthttp", "notools nopprof nofasthttp", "notools nosite nopprof nofasthttp"} {
+		for _, p := range goList(t, "-tags", tags, "-deps", ".") {
+			for _, lib := range onlyFastHTTP {
+				if strings.HasPrefix(p, lib) {
+					t.Errorf("a build tagged %q links %s", tags, p)
+				}
+			}
+		}
+	}
+	files := strings.Fields(strings.Trim(strings.Join(goList(t, "-tags", "nofasthttp", "-f", "{{.GoFiles}}", "../../relay/endpoint"), " "), "[]"))
+	if !slices.Contains(files, "server_nethttp.go") || slices.Contains(files, "server_fasthttp.go") {
+		t.Errorf("relay/endpoint's files under nofasthttp: %v", files)
+	}
+	// `go test -tags nofasthttp` runs the end-to-end tests on such a build.
+	out, err := exec.Command("go", "version", "-m", binPath).CombinedOutput()
+	if err != nil {
+		t.Fatalf("go version -m: %v\n%s", err, out)
+	}
+	if tagged := strings.Contains(string(out), "nofasthttp"); tagged != slices.Contains(binTags, "nofasthttp") {
+		t.Errorf("the end-to-end tests' binary, built with tags %q:\n%s", binTags, out)
+	}
+}
+
 // Gateway builds (`make cross`, tag notools) leave the developer and test
 // tools out: the load tools, the test harness packages they bring, and the
 // device and send commands' files; the default build (`make build`, `go

@@ -26,6 +26,11 @@ import (
 // binPath is the pushrelay binary built once for the end-to-end tests.
 var binPath string
 
+// binTags are the build tags binPath is built with: the test binary's own
+// that change the daemon (tags_nofasthttp_test.go), so that `go test -tags
+// nofasthttp` runs the end-to-end tests against a nofasthttp daemon.
+var binTags []string
+
 func TestMain(m *testing.M) {
 	dir, err := os.MkdirTemp("", "pushrelay-e2e-")
 	if err != nil {
@@ -33,7 +38,7 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binPath = filepath.Join(dir, "pushrelay")
-	build := exec.Command("go", "build", "-o", binPath, ".")
+	build := exec.Command("go", "build", "-tags", strings.Join(binTags, ","), "-o", binPath, ".")
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building pushrelay:", err)

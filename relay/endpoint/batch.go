@@ -8,13 +8,12 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/http"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/valyala/fasthttp"
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -28,8 +27,8 @@ import (
 //
 // Memory is bounded by configuration: single posts keep the MaxData body
 // limit; a batch request gets BatchMaxBytes, and only while it holds one
-// of BatchConcurrency slots, taken when its head has been read (fasthttp's
-// HeaderReceived) and given back when it has been answered. A batch that
+// of BatchConcurrency slots, taken when its head has been read (bodyLimit)
+// and given back when it has been answered. A batch that
 // finds every slot taken gets 503 errno 121 without its body being read.
 
 // Batch defaults.
@@ -77,18 +76,18 @@ func newBatchMetrics(r *metrics.Registry) *batchMetrics {
 }
 
 // batchGate holds the slots of batch bodies. A slot is taken for a request
-// when its head is read and marked against the request's header (which
-// fasthttp keeps for the connection's life); it is given back when the
-// request has been answered (handle) or could not be read (readFailed).
-// A mark older than stale (a connection that broke off where fasthttp
-// calls neither) is reclaimed when no slot is free.
+// when its head is read and marked against the request's key (exchange.key:
+// the same for the connection's life); it is given back when the request
+// has been answered (handle) or could not be read (readFailed). A mark
+// older than stale (a connection that broke off where the server calls
+// neither) is reclaimed when no slot is free.
 type batchGate struct {
 	slots chan struct{}
 	stale time.Duration
 	now   func() time.Time
 
 	mu    sync.Mutex
-	marks map[*fasthttp.RequestHeader]gateMark
+	marks map[any]gateMark
 	n     atomic.Int32 // len(marks), read without mu on every request
 }
 
@@ -98,11 +97,11 @@ type gateMark struct {
 }
 
 func newBatchGate(n int, stale time.Duration, now func() time.Time) *batchGate {
-	return &batchGate{slots: make(chan struct{}, n), stale: stale, now: now, marks: map[*fasthttp.RequestHeader]gateMark{}}
+	return &batchGate{slots: make(chan struct{}, n), stale: stale, now: now, marks: map[any]gateMark{}}
 }
 
 // take tries to take a slot for h and records the outcome.
-func (g *batchGate) take(h *fasthttp.RequestHeader) bool {
+func (g *batchGate) take(h any) bool {
 	g.release(h) // a mark left by this connection's last request
 	held := g.tryTake()
 	if !held {
@@ -126,7 +125,7 @@ func (g *batchGate) tryTake() bool {
 }
 
 // mark returns h's mark.
-func (g *batchGate) mark(h *fasthttp.RequestHeader) (gateMark, bool) {
+func (g *batchGate) mark(h any) (gateMark, bool) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	m, ok := g.marks[h]
@@ -134,7 +133,7 @@ func (g *batchGate) mark(h *fasthttp.RequestHeader) (gateMark, bool) {
 }
 
 // release forgets h's mark and gives back its slot.
-func (g *batchGate) release(h *fasthttp.RequestHeader) {
+func (g *batchGate) release(h any) {
 	if g.n.Load() == 0 {
 		return
 	}
@@ -168,18 +167,18 @@ func (g *batchGate) reclaim() {
 	}
 }
 
-// headerReceived gives a batch request its body limit if it gets a slot,
-// and otherwise a limit of one byte, so that its body is not read (the
-// answer is 503, from readFailed or postBatch). Other requests keep the
-// server's limit, MaxData.
-func (a *API) headerReceived(h *fasthttp.RequestHeader) fasthttp.RequestConfig {
-	if !h.IsPost() || !isBatchURI(h.RequestURI()) {
-		return fasthttp.RequestConfig{}
+// bodyLimit is the body limit of a request whose head has been read: a
+// batch gets its limit if it gets a slot, and otherwise a limit of one
+// byte, so that its body is not read (the answer is 503, from readFailed
+// or postBatch). Other requests keep the server's limit, MaxData (0).
+func (a *API) bodyLimit(key any, post bool, uri []byte) int {
+	if !post || !isBatchURI(uri) {
+		return 0
 	}
-	if a.batch.take(h) {
-		return fasthttp.RequestConfig{MaxRequestBodySize: a.batchMax}
+	if a.batch.take(key) {
+		return a.batchMax
 	}
-	return fasthttp.RequestConfig{MaxRequestBodySize: 1}
+	return 1
 }
 
 func isBatchURI(uri []byte) bool {
@@ -189,18 +188,18 @@ func isBatchURI(uri []byte) bool {
 
 // batchUnread answers a batch request whose body was not read for want of
 // a slot, and reports whether it was one.
-func (a *API) batchUnread(ctx *fasthttp.RequestCtx) bool {
-	m, ok := a.batch.mark(&ctx.Request.Header)
+func (a *API) batchUnread(ctx exchange) bool {
+	m, ok := a.batch.mark(ctx.key())
 	if !ok {
 		return false
 	}
-	a.batch.release(&ctx.Request.Header)
+	a.batch.release(ctx.key())
 	if m.held {
 		return false
 	}
 	a.bm.refused.Inc()
 	a.answer(ctx, errBatchBusy)
-	ctx.SetConnectionClose()
+	ctx.closeConn()
 	return true
 }
 
@@ -268,7 +267,7 @@ type batchAuth struct {
 // authenticateBatch checks a batch's Authorization once for the whole
 // request. "Bearer <token>" without a Crypto-Key p256ecdsa key is the
 // batch token; anything else is VAPID, in the forms a single post takes.
-func (a *API) authenticateBatch(ctx *fasthttp.RequestCtx) (batchAuth, *apiError) {
+func (a *API) authenticateBatch(ctx exchange) (batchAuth, *apiError) {
 	auth := strings.TrimSpace(header(ctx, "Authorization"))
 	if auth == "" {
 		return batchAuth{}, errAuth.with("a batch needs Authorization: vapid (v2 endpoints) or Bearer with the batch token (v1 endpoints)")
@@ -318,12 +317,12 @@ type batchResult struct {
 }
 
 func failedResult(e *apiError) batchResult {
-	return batchResult{Status: e.Code, Errno: e.Errno, Error: fasthttp.StatusMessage(e.Code), Message: e.Message}
+	return batchResult{Status: e.Code, Errno: e.Errno, Error: http.StatusText(e.Code), Message: e.Message}
 }
 
 // postBatch serves POST /wpush/batch.
-func (a *API) postBatch(ctx *fasthttp.RequestCtx) {
-	h := &ctx.Request.Header
+func (a *API) postBatch(ctx exchange) {
+	h := ctx.key()
 	if m, ok := a.batch.mark(h); !ok {
 		// Its head was not recognized as a batch's (an absolute URI): its
 		// body was read under MaxData; it still needs a slot.
@@ -333,7 +332,7 @@ func (a *API) postBatch(ctx *fasthttp.RequestCtx) {
 		}
 	} else if !m.held {
 		a.refuseBatch(ctx, errBatchBusy)
-		ctx.SetConnectionClose()
+		ctx.closeConn()
 		return
 	}
 	auth, aerr := a.authenticateBatch(ctx)
@@ -341,14 +340,14 @@ func (a *API) postBatch(ctx *fasthttp.RequestCtx) {
 		a.refuseBatch(ctx, aerr)
 		return
 	}
-	items, aerr := decodeBatch(ctx.PostBody(), a.cfg.BatchMaxMessages)
+	items, aerr := decodeBatch(ctx.body(), a.cfg.BatchMaxMessages)
 	if aerr != nil {
 		a.refuseBatch(ctx, aerr)
 		return
 	}
 	// The decoded fields are copies: the body's buffer can go back to
-	// fasthttp's pool while the store writes.
-	ctx.Request.ResetBody()
+	// the server's pool while the store writes.
+	ctx.dropBody()
 	results := make([]batchResult, len(items))
 	msgs := make([]push.Message, 0, len(items))
 	at := make([]int, 0, len(items)) // index in items of each msgs entry
@@ -385,9 +384,9 @@ func (a *API) postBatch(ctx *fasthttp.RequestCtx) {
 	}
 	a.bm.accepted.Inc()
 	a.bm.size.Observe(float64(len(results)))
-	ctx.Response.Header.SetContentType("application/json")
-	ctx.SetStatusCode(fasthttp.StatusOK)
-	ctx.SetBody(append(body, '\n'))
+	ctx.setHeader("Content-Type", "application/json")
+	ctx.setStatus(http.StatusOK)
+	ctx.setBody(append(body, '\n'))
 }
 
 // batchResults fills in the results of the messages the hub took.
@@ -401,7 +400,7 @@ func (a *API) batchResults(results []batchResult, at []int, rs []relay.Result) {
 		i := at[j]
 		switch {
 		case r.Err == nil:
-			results[i] = batchResult{Status: fasthttp.StatusCreated, Location: a.location + r.ID}
+			results[i] = batchResult{Status: http.StatusCreated, Location: a.location + r.ID}
 			if r.Stored {
 				q := r.Queue
 				results[i].QueueSize = &q
@@ -424,7 +423,7 @@ func (a *API) batchResults(results []batchResult, at []int, rs []relay.Result) {
 }
 
 // refuseBatch answers a batch as a whole with e.
-func (a *API) refuseBatch(ctx *fasthttp.RequestCtx, e *apiError) {
+func (a *API) refuseBatch(ctx exchange, e *apiError) {
 	a.bm.refused.Inc()
 	a.fail(ctx, e)
 }

@@ -15,7 +15,8 @@ import (
 // ended a line of its head with LF alone. fasthttp finds the end of such a
 // head but then looks for CRLF CRLF and waits for more bytes until the read
 // timeout; returning an error instead makes it answer at once (readFailed
-// maps the error to 400) and close the connection.
+// maps the error to 400) and close the connection. net/http reads bare LF
+// as a line end: its handler asks the connection (headProblem).
 var errBareLF = errors.New("request line or header ends with a bare LF (RFC 9112 §2.2: CRLF)")
 
 // listener counts the API's connections, refuses those over the cap with a
@@ -58,10 +59,7 @@ func (l *listener) Accept() (net.Conn, error) {
 		l.conns[tc] = struct{}{}
 		l.mu.Unlock()
 		l.a.m.conns.Inc()
-		if t, ok := c.(*tls.Conn); ok {
-			return &tlsConn{tc, t}, nil
-		}
-		return tc, nil
+		return l.a.wrapConn(tc), nil
 	}
 }
 
@@ -107,8 +105,26 @@ type conn struct {
 	closed sync.Once
 	err    error // what the next Read returns
 
-	// Touched only by fasthttp's goroutine serving the connection.
+	// Touched only by the goroutine reading the connection.
 	frame framer
+
+	// What the framer found, for the handler's goroutine: the number
+	// (from 1) of the head that ended a line with a bare LF, of the first
+	// head with Transfer-Encoding, and of the first with both
+	// Content-Length and Transfer-Encoding; 0 for none.
+	bareLFHead, teHead, conflictHead atomic.Int64
+}
+
+// headProblem says what the framer found wrong with the n-th head (from
+// 1) read on the connection, nil when nothing.
+func (c *conn) headProblem(n int64) *apiError {
+	switch n {
+	case c.bareLFHead.Load():
+		return errMalformed.with(errBareLF.Error())
+	case c.conflictHead.Load():
+		return errFraming
+	}
+	return nil
 }
 
 func (c *conn) Read(p []byte) (int, error) {
@@ -118,8 +134,16 @@ func (c *conn) Read(p []byte) (int, error) {
 	n, err := c.Conn.Read(p)
 	if n > 0 {
 		c.used.Store(true)
-		if i := c.frame.scan(p[:n]); i >= 0 {
+		i := c.frame.scan(p[:n])
+		if h := c.frame.te; h != 0 && c.teHead.Load() == 0 {
+			c.teHead.Store(h)
+		}
+		if h := c.frame.conflict; h != 0 && c.conflictHead.Load() == 0 {
+			c.conflictHead.Store(h)
+		}
+		if i >= 0 {
 			// Hand over the head up to the bare LF, and fail the next read.
+			c.bareLFHead.Store(c.frame.heads + 1)
 			c.err = errBareLF
 			return i + 1, nil
 		}
@@ -162,7 +186,13 @@ type framer struct {
 	lineLen int   // bytes of the current line so far
 	lastCR  bool  // the current line so far ends in CR
 	seen    bool  // the head has a non-blank line
+	hasTE   bool  // the head has Transfer-Encoding
+	hasCL   bool  // the head has Content-Length
 	line    [32]byte
+
+	heads    int64 // heads read to their end
+	te       int64 // the first head (from 1) with hasTE, 0 for none
+	conflict int64 // the first head with hasTE and hasCL, 0 for none
 }
 
 const (
@@ -220,19 +250,23 @@ func (f *framer) endLine(n int) {
 	f.lineLen, f.lastCR = 0, false
 	if n > 0 {
 		if !f.seen {
-			f.seen, f.length = true, 0
+			f.seen, f.length, f.hasTE, f.hasCL = true, 0, false, false
 		}
 		if name, value, ok := bytes.Cut(line, []byte(":")); ok {
 			switch {
 			case bytes.EqualFold(name, []byte("Content-Length")):
+				f.hasCL = true
+				if f.length < 0 {
+					return // chunked: its end is lost
+				}
 				v, err := strconv.ParseInt(string(bytes.TrimSpace(value)), 10, 64)
-				if err != nil || v < 0 || n > maxLine || f.length < 0 {
+				if err != nil || v < 0 || n > maxLine {
 					f.state = lost
 					return
 				}
 				f.length = v
 			case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-				f.length = -1
+				f.hasTE, f.length = true, -1
 			}
 		}
 		return
@@ -241,6 +275,13 @@ func (f *framer) endLine(n int) {
 		return // a blank line before the request line
 	}
 	f.seen = false
+	f.heads++
+	if f.hasTE && f.te == 0 {
+		f.te = f.heads
+	}
+	if f.hasTE && f.hasCL && f.conflict == 0 {
+		f.conflict = f.heads
+	}
 	switch {
 	case f.length < 0:
 		f.state = lost

@@ -13,9 +13,13 @@
 // Nothing is stored unless the whole request is valid.
 //
 // The API serves HTTP/1.1 with github.com/valyala/fasthttp, which this
-// package alone imports: every message costs one request, and net/http's
-// per-request machinery (a background read, header maps, a context) was a
-// quarter of the relay's CPU per message (docs/benchmarks.md).
+// package alone imports (server_fasthttp.go): every message costs one
+// request, and net/http's per-request machinery (a background read, header
+// maps, a context) was a quarter of the relay's CPU per message
+// (docs/benchmarks.md). Builds tagged nofasthttp (mips and mipsle, whose
+// flash has no room for both servers) serve it with net/http instead
+// (server_nethttp.go). The handlers are written once, against exchange
+// (exchange.go), and answer the same on both.
 //
 // Bounds: at most Concurrency connections are served (more are answered 503
 // at once), each push waits at most RequestTimeout for the store (then 503),
@@ -36,6 +40,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/url"
 	"runtime/debug"
 	"strconv"
@@ -43,8 +48,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/valyala/fasthttp"
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/ece"
@@ -144,7 +147,7 @@ type API struct {
 	cfg      Config
 	audience string
 	location string // public URL + "/m/"
-	srv      *fasthttp.Server
+	srv      server
 	m        *apiMetrics
 	// ctx is what pushes run under: not cancelled by Shutdown, which lets
 	// requests in flight finish, only by Close.
@@ -153,6 +156,8 @@ type API struct {
 
 	// refusal is the whole answer to a connection over the cap.
 	refusal []byte
+	// wrapConn gives the server a connection the listener accepted.
+	wrapConn func(c *conn) net.Conn
 
 	open atomic.Int64 // connections counted under Concurrency
 
@@ -214,32 +219,7 @@ func New(cfg Config) (*API, error) {
 	a.bm = newBatchMetrics(metrics.OrNew(cfg.Metrics))
 	a.refusal = refusal(errBusy)
 	a.ctx, a.cancel = context.WithCancel(context.Background())
-	a.srv = &fasthttp.Server{
-		Handler:      a.handle,
-		ErrorHandler: a.readFailed,
-		Logger:       logAdapter{cfg.Logger},
-		// A request that fits under MaxData is read whole before the
-		// handler runs; a larger declared length is refused unread.
-		MaxRequestBodySize:    cfg.MaxData,
-		HeaderReceived:        a.headerReceived, // a batch's limit
-		ReadBufferSize:        MaxHeaderBytes,
-		ReadTimeout:           cfg.ReadTimeout,
-		WriteTimeout:          cfg.WriteTimeout,
-		IdleTimeout:           cfg.IdleTimeout,
-		NoDefaultServerHeader: true,
-		NoDefaultContentType:  true,
-		CloseOnShutdown:       true,
-		// The listener keeps to Concurrency; fasthttp's cap, a little
-		// higher, only covers a closed connection's worker not yet back in
-		// its pool.
-		Concurrency: a.cfg.Concurrency + a.cfg.Concurrency/8 + 16,
-		// ReduceMemoryUsage stays off: it would give an idle keep-alive
-		// connection's read buffer back after every request, at the price
-		// of one more read system call per request (a one-byte read
-		// first). App servers are few connections, each posting many
-		// messages, so each keeps its 8 KiB.
-		DisablePreParseMultipartForm: true,
-	}
+	a.srv = newServer(a)
 	return a, nil
 }
 
@@ -257,7 +237,7 @@ func (a *API) Serve(ln net.Listener) error {
 	l := newListener(ln, a)
 	a.listeners = append(a.listeners, l)
 	a.mu.Unlock()
-	if err := a.srv.Serve(l); err != nil {
+	if err := a.srv.serve(l); err != nil {
 		return fmt.Errorf("endpoint: %w", err)
 	}
 	return nil
@@ -273,14 +253,15 @@ func (a *API) Shutdown(ctx context.Context) error {
 	a.mu.Unlock()
 	for _, ln := range lns {
 		ln.Close() // Serve returns nil
-		// fasthttp closes a connection idle after a request, not one
-		// still waiting for its first: that waits for its read timeout.
+		// Neither server closes a connection still waiting for its first
+		// request at once: fasthttp waits for its read timeout, net/http
+		// for 5 seconds.
 		ln.closeUnused()
 	}
 	for _, ln := range lns {
 		ln.refusals.Wait()
 	}
-	if err := a.srv.ShutdownWithContext(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+	if err := a.srv.shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("endpoint: drain: %w", err)
 	}
 	return nil
@@ -297,41 +278,29 @@ func (a *API) Close() error {
 	return nil
 }
 
-// logAdapter gives fasthttp's own log lines to slog: a connection that
-// failed (a client's bad request, timeout or reset, already answered and
-// counted) at debug level, anything else (accept errors) as a warning.
-type logAdapter struct{ l *slog.Logger }
-
-func (l logAdapter) Printf(format string, args ...any) {
-	msg := fmt.Sprintf(format, args...)
-	if strings.HasPrefix(msg, "error when serving connection") {
-		l.l.Debug("http connection ended", "err", msg)
-		return
-	}
-	l.l.Warn("http server", "err", msg)
-}
-
-// handle routes a request. fasthttp does not recover a handler's panic (it
-// would end the process), so handle does: the request gets 500 errno 999
-// and the panic is logged.
-func (a *API) handle(ctx *fasthttp.RequestCtx) {
+// handle serves a request whose head and body have been read; framing is
+// what the server found wrong with its framing, if anything. Neither
+// server may see a handler's panic (fasthttp would end the process), so
+// handle recovers it: the request gets 500 errno 999 and the panic is
+// logged.
+func (a *API) handle(x exchange, framing *apiError) {
 	defer func() {
 		if p := recover(); p != nil {
-			a.cfg.Logger.Error("endpoint handler panicked", "method", string(ctx.Method()), "path", string(ctx.Path()), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
-			ctx.Response.Reset()
-			a.answer(ctx, errInternal)
-			ctx.SetConnectionClose()
+			a.cfg.Logger.Error("endpoint handler panicked", "method", string(x.method()), "path", string(x.path()), "panic", fmt.Sprint(p), "stack", string(debug.Stack()))
+			x.resetResponse()
+			a.answer(x, errInternal)
+			x.closeConn()
 		}
 	}()
-	defer a.batch.release(&ctx.Request.Header)
-	if e := checkFraming(ctx.Request.Header.RawHeaders()); e != nil {
+	defer a.batch.release(x.key())
+	if framing != nil {
 		// What follows on the connection cannot be trusted to start a
 		// request (RFC 9112 §6.3).
-		a.fail(ctx, e)
-		ctx.SetConnectionClose()
+		a.fail(x, framing)
+		x.closeConn()
 		return
 	}
-	a.route(ctx)
+	a.route(x)
 }
 
 // checkFraming refuses what fasthttp lets through of RFC 9112 §6: a
@@ -365,10 +334,10 @@ func checkFraming(raw []byte) *apiError {
 	return nil
 }
 
-func (a *API) route(ctx *fasthttp.RequestCtx) {
-	path := ctx.Path()
-	switch {
-	case ctx.IsPost():
+func (a *API) route(ctx exchange) {
+	path := ctx.path()
+	switch string(ctx.method()) {
+	case http.MethodPost:
 		if bytes.Equal(path, batchPath) {
 			a.postBatch(ctx)
 			return
@@ -384,12 +353,12 @@ func (a *API) route(ctx *fasthttp.RequestCtx) {
 				return
 			}
 		}
-	case ctx.IsPut():
+	case http.MethodPut:
 		if tok, ok := bytes.CutPrefix(path, []byte("/update/")); ok && !bytes.ContainsRune(tok, '/') {
 			a.putSimplePush(ctx, tok)
 			return
 		}
-	case ctx.IsDelete():
+	case http.MethodDelete:
 		if id, ok := bytes.CutPrefix(path, []byte("/m/")); ok && !bytes.ContainsRune(id, '/') {
 			a.deleteMessage(ctx, id)
 			return
@@ -398,29 +367,16 @@ func (a *API) route(ctx *fasthttp.RequestCtx) {
 	a.fail(ctx, errNotFound)
 }
 
-// readFailed answers a request fasthttp could not read; the connection is
-// closed after the answer.
-func (a *API) readFailed(ctx *fasthttp.RequestCtx, err error) {
+// readFailed answers a request the server could not read (e says why),
+// and the connection is closed after the answer. A batch refused a slot
+// gets 503 (batchUnread) whatever stopped its body.
+func (a *API) readFailed(ctx exchange, e *apiError) {
 	if a.batchUnread(ctx) {
 		return
 	}
-	var small *fasthttp.ErrSmallBuffer
-	e := errMalformed.with(err.Error())
-	switch {
-	case errors.Is(err, fasthttp.ErrBodyTooLarge):
-		e = errTooLarge
-	case errors.As(err, &small):
-		e = errHeaderTooLarge
-	case errors.Is(err, errBareLF):
-		e = errMalformed.with(errBareLF.Error())
-	case errors.Is(err, fasthttp.ErrUnsupportedTransferEncoding):
-		// Transfer-Encoding on HTTP/1.0: faulty framing (RFC 9112 §6.1).
-	case strings.Contains(err.Error(), "unsupported transfer-encoding"):
-		// fasthttp's error for a coding it does not know has no sentinel.
-		e = errCoding
-	}
 	a.answer(ctx, e)
-	a.cfg.Logger.Debug("endpoint request unreadable", "remote", ctx.RemoteAddr().String(), "status", e.Code, "errno", e.Errno, "message", e.Message)
+	ctx.closeConn()
+	a.cfg.Logger.Debug("endpoint request unreadable", "remote", ctx.remoteAddr().String(), "status", e.Code, "errno", e.Errno, "message", e.Message)
 }
 
 // apiError is an error response. Retry, in seconds, is sent as
@@ -458,7 +414,7 @@ var (
 	errNoMessage     = &apiError{404, 102, "No such message", 0}
 	errUnavailable   = &apiError{503, 202, "Service unavailable, try again", 120}
 	errInternal      = &apiError{500, 999, "An internal error occurred", 0}
-	// What fasthttp could not read as a request.
+	// What the server could not read as a request.
 	errMalformed      = &apiError{400, 117, "Malformed HTTP request", 0}
 	errHeaderTooLarge = &apiError{431, 118, "Request headers too large", 0}
 	// Operating states: the store out of space or too slow, too many
@@ -472,25 +428,24 @@ var (
 )
 
 // fail refuses a request with e and logs it.
-func (a *API) fail(ctx *fasthttp.RequestCtx, e *apiError) {
+func (a *API) fail(ctx exchange, e *apiError) {
 	a.answer(ctx, e)
-	a.cfg.Logger.Debug("endpoint request refused", "method", string(ctx.Method()), "path", string(ctx.Path()), "status", e.Code, "errno", e.Errno, "message", e.Message)
+	a.cfg.Logger.Debug("endpoint request refused", "method", string(ctx.method()), "path", string(ctx.path()), "status", e.Code, "errno", e.Errno, "message", e.Message)
 }
 
 // answer writes e as the JSON error response and counts it.
-func (a *API) answer(ctx *fasthttp.RequestCtx, e *apiError) {
+func (a *API) answer(ctx exchange, e *apiError) {
 	a.m.errors.With(strconv.Itoa(e.Code), strconv.Itoa(e.Errno)).Inc()
-	h := &ctx.Response.Header
-	h.SetContentType("application/json")
+	ctx.setHeader("Content-Type", "application/json")
 	switch e.Code {
-	case fasthttp.StatusGone:
-		h.Set("Cache-Control", "max-age=86400")
+	case http.StatusGone:
+		ctx.setHeader("Cache-Control", "max-age=86400")
 	}
 	if e.Retry > 0 {
-		h.Set("Retry-After", strconv.Itoa(e.Retry))
+		ctx.setHeader("Retry-After", strconv.Itoa(e.Retry))
 	}
-	ctx.SetStatusCode(e.Code)
-	ctx.SetBody(errorBody(e))
+	ctx.setStatus(e.Code)
+	ctx.setBody(errorBody(e))
 }
 
 func errorBody(e *apiError) []byte {
@@ -500,24 +455,28 @@ func errorBody(e *apiError) []byte {
 		Error    string `json:"error"`
 		Message  string `json:"message"`
 		MoreInfo string `json:"more_info"`
-	}{e.Code, e.Errno, fasthttp.StatusMessage(e.Code), e.Message, "docs/endpoint-api.md"})
+	}{e.Code, e.Errno, http.StatusText(e.Code), e.Message, "docs/endpoint-api.md"})
 	return append(body, '\n')
 }
 
-// refusal is the raw answer to a connection refused before fasthttp sees
-// it.
+// refusal is the raw answer e, written to a connection the server does not
+// see (or instead of the server's own answer), which is closed after it.
 func refusal(e *apiError) []byte {
 	body := errorBody(e)
-	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\nRetry-After: %d\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s",
-		e.Code, fasthttp.StatusMessage(e.Code), e.Retry, len(body), body)
+	retry := ""
+	if e.Retry > 0 {
+		retry = "Retry-After: " + strconv.Itoa(e.Retry) + "\r\n"
+	}
+	return fmt.Appendf(nil, "HTTP/1.1 %d %s\r\nContent-Type: application/json\r\n%sConnection: close\r\nContent-Length: %d\r\n\r\n%s",
+		e.Code, http.StatusText(e.Code), retry, len(body), body)
 }
 
 // header returns a request header's value, "" when absent.
-func header(ctx *fasthttp.RequestCtx, name string) string {
-	return string(ctx.Request.Header.Peek(name))
+func header(ctx exchange, name string) string {
+	return ctx.header(name)
 }
 
-func (a *API) postWebPush(ctx *fasthttp.RequestCtx, v string, tok []byte) {
+func (a *API) postWebPush(ctx exchange, v string, tok []byte) {
 	start := a.cfg.Now()
 	version := 1
 	if v != "" {
@@ -543,15 +502,13 @@ func (a *API) postWebPush(ctx *fasthttp.RequestCtx, v string, tok []byte) {
 
 // parseWebPush validates everything about a Web Push request before
 // anything is stored.
-func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (push.Message, *apiError) {
+func (a *API) parseWebPush(ctx exchange, ep token.Endpoint) (push.Message, *apiError) {
 	m := a.messageFor(ep)
 	if aerr := a.checkVAPID(ctx, ep); aerr != nil {
 		return m, aerr
 	}
 	var ttls []string
-	for _, v := range ctx.Request.Header.PeekAll("TTL") {
-		ttls = append(ttls, string(v))
-	}
+	ttls = ctx.headerValues("TTL", ttls)
 	ttl, aerr := ParseTTL(ttls)
 	if aerr != nil {
 		return m, aerr
@@ -563,14 +520,15 @@ func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (push.Me
 	if m.Urgency, aerr = ParseUrgency(header(ctx, "Urgency")); aerr != nil {
 		return m, aerr
 	}
-	body := ctx.PostBody()
+	body := ctx.body()
 	if len(body) > 0 {
 		get := func(name string) string { return header(ctx, name) }
 		enc, aerr := checkContent(get, body)
 		if aerr != nil {
 			return m, aerr
 		}
-		// fasthttp reuses the request's buffer once the handler returns.
+		// The server reuses the request's buffer once the handler
+		// returns.
 		m.Data = bytes.Clone(body)
 		m.Encoding = enc
 		if enc == "aesgcm" {
@@ -583,7 +541,7 @@ func (a *API) parseWebPush(ctx *fasthttp.RequestCtx, ep token.Endpoint) (push.Me
 
 // checkVAPID verifies the VAPID credentials if any were sent, and requires
 // them, with the bound key, for a v2 endpoint.
-func (a *API) checkVAPID(ctx *fasthttp.RequestCtx, ep token.Endpoint) *apiError {
+func (a *API) checkVAPID(ctx exchange, ep token.Endpoint) *apiError {
 	auth := header(ctx, "Authorization")
 	if auth == "" {
 		if ep.KeyHash != nil {
@@ -693,7 +651,7 @@ func ParseUrgency(s string) (push.Urgency, *apiError) {
 	return u, nil
 }
 
-func (a *API) push(ctx *fasthttp.RequestCtx, m push.Message, start time.Time) {
+func (a *API) push(ctx exchange, m push.Message, start time.Time) {
 	pctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
 	var res relay.Result
 	rs, err := a.cfg.Pusher.Ingest(pctx, []push.Message{m})
@@ -713,10 +671,9 @@ func (a *API) push(ctx *fasthttp.RequestCtx, m push.Message, start time.Time) {
 		a.fail(ctx, a.storeFailed("push", err))
 		return
 	}
-	h := &ctx.Response.Header
-	h.Set("Location", a.location+res.ID)
-	h.Set("TTL", strconv.FormatInt(int64(m.TTL/time.Second), 10))
-	ctx.SetStatusCode(fasthttp.StatusCreated)
+	ctx.setHeader("Location", a.location+res.ID)
+	ctx.setHeader("TTL", strconv.FormatInt(int64(m.TTL/time.Second), 10))
+	ctx.setStatus(http.StatusCreated)
 	a.m.accepted.Inc()
 	a.m.latency.Observe(a.cfg.Now().Sub(start).Seconds())
 }
@@ -724,14 +681,14 @@ func (a *API) push(ctx *fasthttp.RequestCtx, m push.Message, start time.Time) {
 // putSimplePush accepts a SimplePush version update. The version is an
 // integer from the form body or query (version=N); without one the current
 // time in seconds is used, as SimplePush servers did.
-func (a *API) putSimplePush(ctx *fasthttp.RequestCtx, tok []byte) {
+func (a *API) putSimplePush(ctx exchange, tok []byte) {
 	start := a.cfg.Now()
 	ep, err := a.cfg.Tokens.OpenEndpoint(1, string(tok))
 	if err != nil {
 		a.fail(ctx, errBadToken)
 		return
 	}
-	v, aerr := ParseSimplePushVersion(string(ctx.PostBody()), string(ctx.URI().QueryString()), start)
+	v, aerr := ParseSimplePushVersion(string(ctx.body()), string(ctx.query()), start)
 	if aerr != nil {
 		a.fail(ctx, aerr)
 		return
@@ -759,13 +716,13 @@ func ParseSimplePushVersion(body, query string, now time.Time) (uint64, *apiErro
 	return uint64(now.Unix()), nil
 }
 
-func (a *API) deleteMessage(ctx *fasthttp.RequestCtx, id []byte) {
+func (a *API) deleteMessage(ctx exchange, id []byte) {
 	dctx, cancel := context.WithTimeout(a.ctx, a.cfg.RequestTimeout)
 	err := a.cfg.Pusher.Delete(dctx, string(id))
 	cancel()
 	switch {
 	case err == nil:
-		ctx.SetStatusCode(fasthttp.StatusNoContent)
+		ctx.setStatus(http.StatusNoContent)
 	case errors.Is(err, relay.ErrNoMessage):
 		a.fail(ctx, errNoMessage)
 	default:

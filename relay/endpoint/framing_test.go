@@ -426,3 +426,22 @@ func TestRequestTimeoutRealStore(t *testing.T) {
 		t.Fatalf("a refused push was stored: %d waiting", w)
 	}
 }
+
+// An HTTP/1.1 request without Host is refused by both servers, as a JSON
+// error with the connection closed.
+func TestMissingHost(t *testing.T) {
+	e := newEnv(t, slowReads)
+	s := e.subscribed()
+	body := string(s.encrypt(t, "hello"))
+	raw := "POST " + s.path(t, e.base) + " HTTP/1.1\r\nTTL: 60\r\nContent-Encoding: aes128gcm\r\nContent-Length: " + strconv.Itoa(len(body)) + "\r\n\r\n" + body
+	resps, bodies, closed := rawExchange(t, e.host(), raw)
+	if !closed || len(resps) != 1 {
+		t.Fatalf("closed %v after %d answers", closed, len(resps))
+	}
+	if resps[0].StatusCode != 400 || !strings.Contains(bodies[0], `"errno":117,`) || resps[0].Header.Get("Content-Type") != "application/json" {
+		t.Fatalf("%d %q %s, want 400 errno 117", resps[0].StatusCode, resps[0].Header.Get("Content-Type"), bodies[0])
+	}
+	if w := e.waiting(); w != 0 {
+		t.Fatalf("stored %d messages", w)
+	}
+}
