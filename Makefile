@@ -21,12 +21,15 @@ run: build
 
 # Everything CI runs: vet, unit and end-to-end tests (with the race detector
 # on the core packages), fuzz seed corpora, and the npm web-push interop test;
-# the endpoint's tests again on net/http, as mips and mipsle serve it (tag
-# nofasthttp, seconds).
+# the endpoint's tests again, and a few end-to-end tests, on net/http
+# without HTTP/2, as mips and mipsle serve it (tags nofasthttp
+# nethttpomithttp2, seconds).
 test: vet npm-deps
 	$(GO) test -count=1 -timeout 10m ./...
 	$(GO) test -count=1 -race -timeout 10m ./relay/... ./kick/... ./discovery/...
-	$(GO) test -count=1 -race -timeout 5m -tags nofasthttp ./relay/endpoint/
+	$(GO) test -count=1 -race -timeout 5m -tags 'nofasthttp nethttpomithttp2' ./relay/endpoint/
+	$(GO) test -count=1 -timeout 5m -tags 'nofasthttp nethttpomithttp2' \
+	  -run 'TestE2EFlow|TestE2EBadEndpointInput|TestE2EBatch|TestE2ESite$$|TestE2EUpstream$$|TestE2EMegaphone|TestE2EChainThreeTiers|TestE2EWebPushNPM|TestNoFastHTTPBuild' ./cmd/pushrelay/
 	cd firmware && $(GO) vet ./... && $(GO) test -count=1 -timeout 5m ./...
 
 # The web-push npm package, the third-party sender of the interop test,
@@ -39,6 +42,8 @@ vet:
 	@test -z "$$(gofmt -l $$(git ls-files '*.go' 2>/dev/null || find . -name '*.go'))" || (echo "gofmt needed:"; gofmt -l .; exit 1)
 	$(GO) vet ./...
 	$(GO) vet -tags 'notools nosite nopprof nofasthttp' ./cmd/pushrelay/ ./relay/admin/ ./relay/endpoint/
+	$(GO) vet -tags 'notools nopprof nofasthttp nethttpomithttp2' ./cmd/pushrelay/ ./relay/admin/ ./relay/endpoint/
+	$(GO) vet -tags 'notools nethttpomithttp2' ./cmd/pushrelay/ ./relay/admin/ ./relay/endpoint/
 
 # A short coverage-guided run of every fuzz target (FUZZTIME each).
 FUZZTIME ?= 15s
@@ -58,30 +63,32 @@ bench:
 # version and commit stamped) for every target, with SHA256SUMS, and the
 # size budget checked. Same commit, same bytes. Gateway builds leave out
 # the developer and test tools (tag notools: device, send, bench; `make
-# build` keeps them), and the MIPS builds pprof too (tag nopprof) and serve
-# the endpoint with net/http instead of fasthttp (tag nofasthttp: 0.6 MiB;
-# docs/benchmarks.md, "The endpoint on net/http for mips"), to fit the
-# budget and small flash. Every gateway build leaves out the site too (tag
-# nosite: memberlist and the consensus engine, 4 MiB on mips) until it fits
-# the budget (issue #9; docs/benchmarks.md, "Gateway builds: room for the
-# site").
+# build` keeps them) and net/http's HTTP/2 (tag nethttpomithttp2: 0.3-0.5
+# MiB; nothing here speaks HTTP/2: fasthttp serves HTTP/1.1 only, WebSockets
+# and the upstream and megaphone clients use HTTP/1.1), and the MIPS builds
+# pprof too (tag nopprof) and serve the endpoint with net/http instead of
+# fasthttp (tag nofasthttp: 0.5 MiB; docs/benchmarks.md, "The endpoint on
+# net/http for mips"), to fit the budget and small flash. Every
+# gateway build has the site (memberlist and hashicorp/raft); `nosite`
+# leaves it out (about 2.8 MiB on mips) for a single relay with more room
+# (docs/benchmarks.md, "Gateway builds: room for the site", section 9).
 TARGETS := amd64 arm64 armv5 armv6 armv7 mipsle mips riscv64
 SIZE_BUDGET := 14680064
 # Inlining off outside the hot path: 1.06-1.25 MiB less per target, CPU per
 # message within the noise on posts and +2-5% on the relay link
-# (docs/benchmarks.md, "Gateway builds: room for the site", 3d). Not on by
-# default: `make cross CROSS_GCFLAGS='$$(NOINLINE_COLD)'`.
+# (docs/benchmarks.md, "Gateway builds: room for the site", 3d). On by
+# default since the site is in every gateway build; `make cross
+# CROSS_GCFLAGS=` builds without it.
 NOINLINE_COLD := -gcflags=all=-l -gcflags=runtime= -gcflags=internal/...= \
   -gcflags=sync/...= -gcflags=syscall= -gcflags=net= -gcflags=time= \
   -gcflags=github.com/pushrelay/...= -gcflags=github.com/valyala/...= \
-  -gcflags=go.etcd.io/...= -gcflags=github.com/gorilla/...= \
-  -gcflags=google.golang.org/protobuf/...=
-CROSS_GCFLAGS ?=
+  -gcflags=go.etcd.io/...= -gcflags=github.com/gorilla/...=
+CROSS_GCFLAGS ?= $(NOINLINE_COLD)
 cross:
 	@rm -rf dist && mkdir -p dist
 	@for t in $(TARGETS); do \
-	  arch=$$t; goarm=; gomips=; tags="notools nosite"; \
-	  case $$t in armv*) arch=arm; goarm=$${t#armv};; mips|mipsle) gomips=softfloat; tags="notools nosite nopprof nofasthttp";; esac; \
+	  arch=$$t; goarm=; gomips=; tags="notools nethttpomithttp2"; \
+	  case $$t in armv*) arch=arm; goarm=$${t#armv};; mips|mipsle) gomips=softfloat; tags="notools nopprof nofasthttp nethttpomithttp2";; esac; \
 	  out=dist/pushrelay-linux-$$t; \
 	  echo "build $$out"; \
 	  CGO_ENABLED=0 GOOS=linux GOARCH=$$arch GOARM=$$goarm GOMIPS=$$gomips \

@@ -3,6 +3,7 @@ package main
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -157,5 +158,31 @@ func TestGatewayBuildLeavesToolsOut(t *testing.T) {
 	}
 	if !slices.Contains(files, "tools_off.go") || !slices.Contains(files, "keygen.go") {
 		t.Errorf("the gateway build's files %v lack tools_off.go or keygen.go", files)
+	}
+}
+
+// Gateway builds (make cross) leave out net/http's HTTP/2 (tag
+// nethttpomithttp2): nothing of the relay speaks it, and it is 0.3-0.5
+// MiB. A binary built so has none of its code; one built without has.
+func TestGatewayBuildOmitsHTTP2(t *testing.T) {
+	has := func(tags string) bool {
+		t.Helper()
+		bin := filepath.Join(t.TempDir(), "pushrelay")
+		if out, err := exec.Command("go", "build", "-tags", tags, "-o", bin, ".").CombinedOutput(); err != nil {
+			t.Fatalf("go build -tags %q: %v\n%s", tags, err, out)
+		}
+		out, err := exec.Command("go", "tool", "nm", bin).CombinedOutput()
+		if err != nil {
+			t.Fatalf("go tool nm: %v\n%s", err, out)
+		}
+		return strings.Contains(string(out), "net/http.(*http2Server)")
+	}
+	if !has("notools") {
+		t.Error("a build without nethttpomithttp2 has no HTTP/2 server: the check looks for the wrong symbol")
+	}
+	for _, tags := range []string{"notools nethttpomithttp2", "notools nopprof nofasthttp nethttpomithttp2"} {
+		if has(tags) {
+			t.Errorf("a build tagged %q links net/http's HTTP/2", tags)
+		}
 	}
 }

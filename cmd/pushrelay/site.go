@@ -5,7 +5,7 @@ package main
 // The relay as a member of a site (cluster_listen): the membership
 // (relay/member, memberlist) and the replicated log (relay/site,
 // relay/consensus, hashicorp/raft). Builds with the tag nosite leave them out
-// (nosite.go): make cross does, until the site fits the gateways' 14 MiB
+// (nosite.go); make cross builds them in, within the gateways' 14 MiB
 // budget (docs/benchmarks.md, "Gateway builds: room for the site").
 
 import (

@@ -236,9 +236,8 @@ func freeTCPUDPPort(t *testing.T) string {
 	return ""
 }
 
-// A gateway build (tag nosite, as make cross builds) links neither
-// memberlist nor the consensus engine and refuses cluster_listen at
-// start, saying why.
+// A build tagged nosite (a single relay) links neither memberlist nor the
+// consensus engine and refuses cluster_listen at start, saying why.
 func TestNoSiteBuild(t *testing.T) {
 	out, err := exec.Command("go", "list", "-tags", "nosite nopprof", "-deps", ".").CombinedOutput()
 	if err != nil {
