@@ -90,7 +90,13 @@ func TestPolledDevices(t *testing.T) {
 	}
 	ms, err := n.Store().Messages(u2, 0, 100)
 	if err != nil || len(ms) != 35 {
-		t.Fatalf("edge stored %d of 35 (%v)", len(ms), err)
+		// Failed once in CI under load (stored 0): say what the upstream
+		// saw, to tell a loss (acked, not stored) from the upstream
+		// forgetting the UAID.
+		mu.Lock()
+		t.Errorf("acks seen for the device: %d, of them before the edge held the message: %q", acked, early)
+		mu.Unlock()
+		t.Fatalf("edge stored %d of 35 (%v); upstream stats %+v", len(ms), err, up.Stats())
 	}
 	mu.Lock()
 	if len(early) > 0 {
