@@ -30,8 +30,10 @@
 // BatchingFSM, up to Config.MaxAppend entries at a time): the batch's
 // commands go to the StateMachine in one Apply (one store commit), the
 // leader's empty entries, barriers and configurations are only counted
-// as applied. The leader batches concurrent proposals into one append
-// and one log write (BatchApplyCh), so many Proposes share one fsync.
+// as applied. The leader gathers the proposals waiting to be handed to it
+// into one append and one log write (raft's group commit), so many
+// concurrent Proposes share one fsync. (Not BatchApplyCh: a proposal
+// raft buffered when it shut down is never answered.)
 // The leader steps down when it hears from no quorum for an election
 // timeout (LeaderLeaseTimeout), and pre-vote keeps a member cut off from
 // disturbing the others when it returns.

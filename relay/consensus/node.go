@@ -276,7 +276,13 @@ func (n *Node) raftConfig() *raft.Config {
 	// append; without new entries one goes out after this long.
 	rc.CommitTimeout = min(n.cfg.Tick/5, 20*time.Millisecond)
 	rc.MaxAppendEntries = min(n.cfg.MaxAppend, 1024)
-	rc.BatchApplyCh = true
+	// Not BatchApplyCh: with it, raft buffers proposals in its apply
+	// channel, and one still there when raft shuts down is never
+	// answered, so its waiter (and Close, which waits for it) hung (CI:
+	// TestSiteUpstreamHolderFailover stuck in Close for 10 minutes). The
+	// leader still gathers every proposal waiting to be handed over into
+	// one append and one log write (raft's group commit).
+	rc.BatchApplyCh = false
 	rc.ShutdownOnRemove = false
 	rc.TrailingLogs = n.cfg.CatchUpEntries
 	rc.SnapshotThreshold = n.cfg.SnapshotEvery
