@@ -172,6 +172,17 @@ func (c *cluster) closeAll() {
 	}
 }
 
+// follower is a running member other than l (the last by id).
+func (c *cluster) follower(l *member) *member {
+	var f *member
+	for _, m := range c.up() {
+		if m != l {
+			f = m
+		}
+	}
+	return f
+}
+
 func (c *cluster) up() []*member {
 	var out []*member
 	for _, m := range c.members {
@@ -449,12 +460,7 @@ func TestPartitionedLeader(t *testing.T) {
 func TestEmptyMemberCatchesUpFromSnapshot(t *testing.T) {
 	c := newCluster(t, 3, Config{SnapshotEvery: 20, CatchUpEntries: 5})
 	l := c.waitLeader(0, 10*time.Second)
-	var wiped *member
-	for _, m := range c.up() {
-		if m != l {
-			wiped = m
-		}
-	}
+	wiped := c.follower(l)
 	for i := range 60 {
 		propose(t, l, fmt.Sprintf("e%d", i))
 	}
@@ -499,12 +505,7 @@ func TestEmptyMemberCatchesUpFromSnapshot(t *testing.T) {
 func TestEmptyMemberCatchesUpFromLog(t *testing.T) {
 	c := newCluster(t, 3, Config{})
 	l := c.waitLeader(0, 10*time.Second)
-	var wiped *member
-	for _, m := range c.up() {
-		if m != l {
-			wiped = m
-		}
-	}
+	wiped := c.follower(l)
 	for i := range 30 {
 		propose(t, l, fmt.Sprintf("e%d", i))
 	}
@@ -536,12 +537,7 @@ func TestEmptyMemberCatchesUpFromLog(t *testing.T) {
 func TestReadBarrier(t *testing.T) {
 	c := newCluster(t, 3, Config{ProposeTimeout: time.Second})
 	l := c.waitLeader(0, 10*time.Second)
-	var behind *member
-	for _, m := range c.up() {
-		if m != l {
-			behind = m
-		}
-	}
+	behind := c.follower(l)
 	propose(t, l, "first")
 	waitSame(t, c.up(), 1, 10*time.Second)
 	if err := behind.n.ReadBarrier(context.Background()); err != nil {
@@ -687,13 +683,7 @@ func TestVanishedFollowerDelaysNobody(t *testing.T) {
 		return time.Since(start)
 	}
 	all := timeN("a", 100)
-	var gone *member
-	for _, m := range c.up() {
-		if m != l {
-			gone = m
-			break
-		}
-	}
+	gone := c.follower(l)
 	c.stop(gone)
 	two := timeN("b", 100)
 	// Its connections refused, raft's replication to it fails and
@@ -880,12 +870,7 @@ func TestForwardReusesConnections(t *testing.T) {
 	}
 	c := newCluster(t, 3, Config{})
 	l := c.waitLeader(0, 10*time.Second)
-	var f *member
-	for _, m := range c.up() {
-		if m != l {
-			f = m
-		}
-	}
+	f := c.follower(l)
 	const proposers, each = 64, 20
 	var wg sync.WaitGroup
 	for g := range proposers {

@@ -182,9 +182,7 @@ func newUpSite(t *testing.T) *upSite {
 	t.Cleanup(func() { up.Close() })
 	ts := newTestSite(t, 3)
 	withUpstream(t, ts, up)
-	a := ts.start("a")
-	b := ts.start("b", a)
-	c := ts.start("c", a)
+	a, b, c := ts.startThree()
 	s := &upSite{up: up, ms: []*tm{a, b, c}}
 	waitUntil(t, 20*time.Second, "a member holds the upstream", func() bool { return holderOf(s.ms) != nil })
 	h := holderOf(s.ms)

@@ -158,6 +158,12 @@ func (ts *testSite) start(name string, seeds ...*tm) *tm {
 	return x
 }
 
+// startThree starts members a, b and c, b and c joining through a.
+func (ts *testSite) startThree() (a, b, c *tm) {
+	a = ts.start("a")
+	return a, ts.start("b", a), ts.start("c", a)
+}
+
 // stop ends the member: its site, its gossip (without a leave when
 // abrupt: as a SIGKILL would), its store.
 func (x *tm) stop() {
@@ -237,9 +243,7 @@ func datas(t *testing.T, x *tm, u push.UAID) []string {
 // comes later is added as a voter by the leader and catches up.
 func TestSite(t *testing.T) {
 	ts := newTestSite(t, 3)
-	a := ts.start("a")
-	b := ts.start("b", a)
-	c := ts.start("c", a)
+	a, b, c := ts.startThree()
 	ms := []*tm{a, b, c}
 	waitFormed(t, ms)
 
@@ -333,9 +337,7 @@ func TestAddrBeforeRun(t *testing.T) {
 // lost to it), and fails without a quorum to ask.
 func TestDeviceWaitsForTheSite(t *testing.T) {
 	ts := newTestSite(t, 3)
-	a := ts.start("a")
-	b := ts.start("b", a)
-	c := ts.start("c", a)
+	a, b, c := ts.startThree()
 	ms := []*tm{a, b, c}
 	waitFormed(t, ms)
 	l := leaderOf(ms)

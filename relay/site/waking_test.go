@@ -195,9 +195,7 @@ func metric(x *tm, series string) float64 { return x.reg.Value(series) }
 // waits.
 func TestSiteWake(t *testing.T) {
 	ts := newTestSite(t, 3)
-	a := ts.start("a")
-	b := ts.start("b", a)
-	c := ts.start("c", a)
+	a, b, c := ts.startThree()
 	ms := []*tm{a, b, c}
 	secret := []byte(strings.Repeat("w", 32))
 	stun := map[*tm]netip.AddrPort{}
