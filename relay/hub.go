@@ -320,6 +320,16 @@ func (h *Hub) Resync() {
 	}
 }
 
+// CloseReset closes u's session here, if one is open, with 1000 "UAID
+// reset": the device was reset (its record, channels and messages are
+// gone), here or, in a site, by the member that holds the upstream. Its
+// next hello gets a new UAID.
+func (h *Hub) CloseReset(u push.UAID) {
+	if s := h.session(u); s != nil {
+		s.close(pushproto.CloseNormal, "UAID reset")
+	}
+}
+
 func (h *Hub) session(u push.UAID) *session {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -4,7 +4,6 @@ import (
 	"context"
 
 	"github.com/pushrelay/pushrelay/relay/push"
-	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
 // resetPage is how many of a reset device's messages ResetDevice counts
@@ -54,8 +53,6 @@ func (h *Hub) ResetDevice(ctx context.Context, u push.UAID) (int, error) {
 	if n > 0 {
 		h.m.dropped.With("upstream_reset").Add(float64(n))
 	}
-	if s := h.session(u); s != nil {
-		s.close(pushproto.CloseNormal, "UAID reset")
-	}
+	h.CloseReset(u)
 	return n, nil
 }

@@ -1072,6 +1072,7 @@ type SiteKicker interface {
 type SiteSessions interface {
 	Accepting(u push.UAID) bool
 	Resync()
+	CloseReset(u push.UAID)
 }
 
 // Holding is one run of a site's upstream on the member that holds it

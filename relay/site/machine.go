@@ -31,6 +31,10 @@ type Machine struct {
 	// onWakeOwners hears of every wake owner entry applied, after its
 	// commit, on the applying goroutine: it must not block.
 	onWakeOwners func(owner uint64, us []push.UAID)
+	// onReset hears of every device reset entry applied (the member
+	// that proposed it, the device), after its commit, on the applying
+	// goroutine: it must not block.
+	onReset func(by uint64, u push.UAID)
 	// onRestored hears that the store was replaced by a snapshot, after
 	// the swap, on the restoring goroutine: it must not block.
 	onRestored func()
@@ -116,9 +120,9 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 	}
 	var mine []applied
 	var bcasts []map[string]string
-	var owners, ups []*Entry
+	var owners, ups, resets []*Entry
 	err := m.st.Apply(context.Background(), index, func(tx *store.Tx) error {
-		mine, bcasts, owners, ups = mine[:0], bcasts[:0], owners[:0], ups[:0]
+		mine, bcasts, owners, ups, resets = mine[:0], bcasts[:0], owners[:0], ups[:0], resets[:0]
 		for _, e := range es {
 			tx.SetTime(e.At)
 			res, err := applyEntry(tx, e)
@@ -134,6 +138,8 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 			switch e.Kind {
 			case KindWakeOwner:
 				owners = append(owners, e)
+			case KindReset:
+				resets = append(resets, e)
 			case KindHolder:
 				if !res.Existed {
 					ups = append(ups, e)
@@ -162,6 +168,11 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 	if m.onWakeOwners != nil {
 		for _, e := range owners {
 			m.onWakeOwners(e.Member, e.UAIDs)
+		}
+	}
+	if m.onReset != nil {
+		for _, e := range resets {
+			m.onReset(e.Member, e.UAID)
 		}
 	}
 	m.mu.Lock()

@@ -158,6 +158,7 @@ func New(cfg Config) (*Site, error) {
 	s.machine = NewMachine(cfg.Store, s.id, cfg.Logger)
 	s.machine.onBroadcasts = s.noteBroadcasts
 	s.machine.onWakeOwners = s.wakeOwners
+	s.machine.onReset = s.resetApplied
 	s.machine.onRestored = s.restored
 	s.machine.onUpstream = s.noteUpstream
 	hid, hterm, err := cfg.Store.Holder()

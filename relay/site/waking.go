@@ -54,10 +54,14 @@ type Kicker interface {
 // Sessions is the member's hub as the site asks it (relay.Hub): waking
 // asks whether a device has a session here; a restore from another
 // member's snapshot has every session read its device's messages again
-// (they came with the new file, not through the commit feed).
+// (they came with the new file, not through the commit feed); a device
+// another member reset (its upstream forgot it) has its session here
+// closed 1000 "UAID reset", so that it says hello again and gets a new
+// UAID.
 type Sessions interface {
 	Accepting(u push.UAID) bool
 	Resync()
+	CloseReset(u push.UAID)
 }
 
 // maxOwnedTracked bounds the devices waking remembers (owned, or owned
@@ -300,6 +304,22 @@ func (s *Site) wakeOwners(owner uint64, us []push.UAID) {
 	}
 	if len(us) > 0 {
 		w.poke()
+	}
+}
+
+// resetApplied closes the session here of a device another member reset
+// (the upstream's holder, whose upstream forgot it: relay.Hub.ResetDevice
+// there closes the session only on that member). The member that
+// proposed the reset closes its own session itself, after the commit.
+func (s *Site) resetApplied(by uint64, u push.UAID) {
+	if by == s.id {
+		return
+	}
+	s.wake.mu.Lock()
+	sess := s.wake.sess
+	s.wake.mu.Unlock()
+	if sess != nil {
+		sess.CloseReset(u)
 	}
 }
 

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -25,6 +26,7 @@ type sessionSet struct {
 	mu      sync.Mutex
 	m       map[push.UAID]bool
 	resyncs int
+	resets  []push.UAID // CloseReset's devices, in order
 }
 
 func (s *sessionSet) set(u push.UAID, on bool) {
@@ -51,6 +53,19 @@ func (s *sessionSet) Resync() {
 	s.resyncs++
 }
 func (s *sessionSet) WakeProven(push.UAID) {}
+
+// CloseReset records the devices whose session the site had closed.
+func (s *sessionSet) CloseReset(u push.UAID) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.resets = append(s.resets, u)
+}
+
+func (s *sessionSet) closedForReset() []push.UAID {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.resets)
+}
 
 func (s *sessionSet) digest() member.Digest {
 	d := member.NewDigest(0)
@@ -425,5 +440,37 @@ func TestWakeOwnerAfterRestart(t *testing.T) {
 	}
 	if len(left) != 0 {
 		t.Fatalf("bindings left in the store after a restore: %v", left)
+	}
+}
+
+// TestResetClosesSessionsElsewhere: a device reset at one member (the
+// upstream's holder, whose upstream forgot it) has its session closed on
+// every other member too, where it may be connected; the member that
+// reset it closes its own (relay.Hub.ResetDevice), so the site does not
+// ask it to.
+func TestResetClosesSessionsElsewhere(t *testing.T) {
+	ts := newTestSite(t, 3)
+	a, b, c := ts.startThree()
+	ms := []*tm{a, b, c}
+	for _, x := range ms {
+		startWaking(t, x, []byte(strings.Repeat("w", 32)))
+	}
+	waitFormed(t, ms)
+	ctx := context.Background()
+	u, ch := push.UAID{0xaa, 9}, push.ChannelID{0xcc, 9}
+	if err := a.site.Store().Register(ctx, store.Channel{UAID: u, ID: ch}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.site.Store().DeleteDevice(ctx, u); err != nil {
+		t.Fatal(err)
+	}
+	for _, x := range []*tm{b, c} {
+		waitUntil(t, 10*time.Second, x.name+" closed the reset device's session", func() bool {
+			return slices.Equal(x.sessions.closedForReset(), []push.UAID{u})
+		})
+	}
+	// Everything a proposed is applied on a once DeleteDevice returned.
+	if got := a.sessions.closedForReset(); len(got) != 0 {
+		t.Fatalf("the member that reset the device was asked to close %v; its hub closes its own", got)
 	}
 }
