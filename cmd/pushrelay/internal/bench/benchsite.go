@@ -51,6 +51,7 @@ func benchSite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	failoverRuns := fs.Int("failover-runs", 3, "leader kills")
 	single := fs.Bool("single", true, "measure one relay too, in the same window")
 	logLevel := fs.String("log-level", "warn", "the relays' log_level (their logs go to stderr)")
+	cpuLimit := fs.Float64("cpu-limit", 0, "cores each relay process may use (a cgroup of its own per process, CPU bandwidth over 100 ms periods; needs root): each member and the single relay get the CPU of a gateway of their own; 0: no cap")
 	cpuProfile := fs.String("cpu-profile", "", "save 5 s CPU profiles of the leader and a follower during the first site throughput run to this path's .leader and .follower files")
 	if err := fs.Parse(args); err != nil {
 		return err
@@ -66,7 +67,7 @@ func benchSite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	defer cleanup()
 	load0 := loadAvg()
 
-	site, err := startSite(ctx, dir, 3, *logLevel)
+	site, err := startSite(ctx, dir, 3, *logLevel, *cpuLimit)
 	if err != nil {
 		return err
 	}
@@ -80,8 +81,11 @@ func benchSite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		if err != nil {
 			return err
 		}
-		one := &benchSys{name: "single relay", procs: []*child{c}}
+		one := &benchSys{name: "single relay", procs: []*child{c}, cpuLimit: *cpuLimit}
 		defer one.stop()
+		if err := one.capCPU(c); err != nil {
+			return err
+		}
 		if err := one.register(ctx, *devices); err != nil {
 			return err
 		}
@@ -89,6 +93,9 @@ func benchSite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	fmt.Fprintf(stdout, "site of %d members and one relay, all this binary on one machine (%d CPUs) with the load generator; %d devices, %d senders; load average at start %s\n",
 		len(site.procs), runtime.NumCPU(), *devices, *senders, load0)
+	if *cpuLimit > 0 {
+		fmt.Fprintf(stdout, "each relay process capped at %.2f cores (its own cgroup); the load generator is not\n", *cpuLimit)
+	}
 
 	if want["throughput"] {
 		rates := map[*benchSys][]float64{}
@@ -174,6 +181,20 @@ type benchSys struct {
 	paths []string // each device's endpoint path (/wpush/...)
 	reqs  [][][]byte
 	rd    *benchReaders
+	// cpuLimit caps each process's CPU (capCPU); caps are the cgroups
+	// to remove once the processes are gone.
+	cpuLimit float64
+	caps     []func()
+}
+
+// capCPU puts c in a cgroup of its own limited to s.cpuLimit cores.
+func (s *benchSys) capCPU(c *child) error {
+	release, err := capCPU(c.Cmd.Process.Pid, s.cpuLimit)
+	if err != nil {
+		return err
+	}
+	s.caps = append(s.caps, release)
+	return nil
 }
 
 func (s *benchSys) memberName(i int) string {
@@ -192,6 +213,10 @@ func (s *benchSys) stop() {
 			c.Stop()
 		}
 	}
+	for _, release := range s.caps {
+		release()
+	}
+	s.caps = nil
 }
 
 // startSite starts n members on dir's subdirectories with fixed ports,
@@ -199,11 +224,11 @@ func (s *benchSys) stop() {
 // and wake.key copied from the first member's data dir before the
 // others' first start, and waits until every one is ready (the site
 // formed).
-func startSite(ctx context.Context, dir string, n int, logLevel string) (*benchSys, error) {
+func startSite(ctx context.Context, dir string, n int, logLevel string, cpuLimit float64) (*benchSys, error) {
 	raw := make([]byte, 32)
 	rand.Read(raw)
 	gossip := base64.StdEncoding.EncodeToString(raw)
-	s := &benchSys{name: fmt.Sprintf("site of %d", n)}
+	s := &benchSys{name: fmt.Sprintf("site of %d", n), cpuLimit: cpuLimit}
 	var names, addrs []string
 	for i := range n {
 		names = append(names, fmt.Sprintf("m%d", i+1))
@@ -248,6 +273,10 @@ func startSite(ctx context.Context, dir string, n int, logLevel string) (*benchS
 			return nil, err
 		}
 		s.procs, s.args, s.dirs = append(s.procs, c), append(s.args, args), append(s.dirs, d)
+		if err := s.capCPU(c); err != nil {
+			s.stop()
+			return nil, err
+		}
 	}
 	for _, c := range s.procs {
 		if err := c.WaitReady(time.Minute); err != nil {
@@ -662,6 +691,9 @@ func (s *benchSys) failover(ctx context.Context, senders int, stdout io.Writer) 
 		return f, fmt.Errorf("restart %s: %w", s.memberName(leader), err)
 	}
 	s.procs[leader] = c
+	if err := s.capCPU(c); err != nil {
+		return f, err
+	}
 	if err := c.WaitReady(time.Minute); err != nil {
 		return f, fmt.Errorf("restarted %s not ready: %w", s.memberName(leader), err)
 	}
