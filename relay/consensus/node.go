@@ -406,6 +406,9 @@ func (n *Node) Run(ctx context.Context) error {
 		return runErr
 	default:
 	}
+	// raft's shutdown waits for its replication, which a retry of an
+	// append to an unreachable peer may hold.
+	n.tr.stopRetries()
 	r.Shutdown().Error()
 	return runErr
 }
@@ -972,6 +975,7 @@ func (n *Node) handOver(r *raft.Raft) {
 // Proposals waiting get ErrClosed. It is idempotent.
 func (n *Node) Close() error {
 	n.closeOnce.Do(func() {
+		n.tr.stopRetries()
 		r := n.raft()
 		if r != nil {
 			n.handOver(r)

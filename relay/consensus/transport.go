@@ -255,6 +255,13 @@ type peerTransport struct {
 	done     chan struct{}
 	hb       atomic.Pointer[func(raft.RPC)]
 	drop     atomic.Pointer[func(peer uint64) bool]
+	// wait bounds the retries of an append to an unreachable peer
+	// (peerWait). quit ends them: closed when the node starts closing,
+	// before a leader hands over, as raft's leadership transfer waits on
+	// every peer's replication (which a retry holds).
+	wait     time.Duration
+	quit     chan struct{}
+	quitOnce sync.Once
 
 	mu       sync.Mutex
 	addrs    map[uint64]string
@@ -276,7 +283,7 @@ var (
 
 func newPeerTransport(n *Node, sl *streamLayer) *peerTransport {
 	t := &peerTransport{
-		n: n, consumer: make(chan raft.RPC), done: make(chan struct{}),
+		n: n, consumer: make(chan raft.RPC), done: make(chan struct{}), wait: peerWait, quit: make(chan struct{}),
 		addrs: map[uint64]string{}, progress: map[uint64]*progress{},
 	}
 	t.inner = raft.NewNetworkTransportWithConfig(&raft.NetworkTransportConfig{
@@ -479,10 +486,51 @@ func (t *peerTransport) matched(peer, index uint64) {
 	}
 }
 
+// Appends to a peer that cannot be reached are retried here, every
+// peerRetry for up to peerWait, before raft hears of the failure. raft
+// backs off from a failing peer, doubling its wait from 10 ms up to 10 s,
+// and cannot be told that the peer is back: a member down for a second
+// waited up to 1.3 s more, once restarted, for its first append, and one
+// cut off for 30 s caught up 4 s after the heal. Waiting here, raft sees
+// one slow append instead of a run of failures, and the retry after the
+// peer returns reaches it within peerRetry (or a dial timeout, if
+// the network dropped the last try's packets). Only that peer's
+// replication waits: raft runs one per peer.
+const (
+	peerRetry = 100 * time.Millisecond
+	peerWait  = 10 * time.Second
+)
+
 func (t *peerTransport) AppendEntries(id raft.ServerID, target raft.ServerAddress, args *raft.AppendEntriesRequest, resp *raft.AppendEntriesResponse) error {
-	err := t.call(id, func() error { return t.inner.AppendEntries(id, t.resolve(id, target), args, resp) })
+	send := func() error {
+		return t.call(id, func() error { return t.inner.AppendEntries(id, t.resolve(id, target), args, resp) })
+	}
+	err := send()
+	if err != nil {
+		err = t.retry(send, err)
+	}
 	if err == nil && resp.Success && len(args.Entries) > 0 {
 		t.matched(parseID(id), args.Entries[len(args.Entries)-1].Index)
+	}
+	return err
+}
+
+// retry calls send every peerRetry until it succeeds, t.wait has passed
+// since the first failure (err), or the node starts closing (stopRetries);
+// it returns the last error, or nil.
+func (t *peerTransport) retry(send func() error, err error) error {
+	tick := time.NewTicker(peerRetry)
+	defer tick.Stop()
+	deadline := time.Now().Add(t.wait)
+	for time.Now().Before(deadline) {
+		select {
+		case <-t.quit:
+			return err
+		case <-tick.C:
+		}
+		if err = send(); err == nil {
+			return nil
+		}
 	}
 	return err
 }
@@ -563,6 +611,10 @@ func (t *peerTransport) peers(electionTimeout time.Duration) map[uint64]PeerStat
 	}
 	return out
 }
+
+// stopRetries ends the retries of appends to unreachable peers, now and
+// from now on (the node is closing).
+func (t *peerTransport) stopRetries() { t.quitOnce.Do(func() { close(t.quit) }) }
 
 // close stops the transport (raft's, the stream layer and this one's
 // goroutine); the node's stop channel is closed first.
