@@ -1,7 +1,7 @@
 // Package consensus is the site's replicated log: hashicorp/raft
 // (github.com/hashicorp/raft, imported here only, with go-hclog, its
 // logger, adapted to slog) with our own log store, snapshot store and
-// stream layer. The log is durable in relay/store's Log (raft.db in the
+// stream layer. The log is durable in a relay/wal log (raftlog in the
 // data dir); peers talk over TCP with mutual TLS from the site's keys
 // (relay/linkauth), ALPN "pushrelay-peer/2".
 //
