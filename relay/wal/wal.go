@@ -162,12 +162,7 @@ func (l *Log) recover() error {
 				return fmt.Errorf("wal: %w", err)
 			}
 			dirty = true
-			if i > 0 {
-				if _, err := l.segs[i-1].scan(); err != nil { // full offsets again
-					return err
-				}
-			}
-			break
+			break // segs[i-1], now the last, is not sealed yet
 		}
 		if i > 0 {
 			l.segs[i-1].seal()

@@ -479,3 +479,32 @@ func TestMetrics(t *testing.T) {
 		t.Fatalf("%d bytes written, want %d", got, want)
 	}
 }
+
+// A segment a crash left empty or with a torn first record (created by
+// an Append that never returned) is removed at Open.
+func TestTornNewSegment(t *testing.T) {
+	o := Options{SegmentBytes: 1024}
+	src := t.TempDir()
+	buildLog(t, src, o, 100, 1)
+	next := filepath.Join(src, segmentName(101))
+	for name, content := range map[string][]byte{
+		"empty": nil,
+		"torn":  appendRecord(nil, 101, entry(101), true)[:20],
+		"zeros": make([]byte, 300),
+	} {
+		t.Run(name, func(t *testing.T) {
+			dir := copyDir(t, src)
+			if err := os.WriteFile(filepath.Join(dir, filepath.Base(next)), content, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			l := openT(t, dir, o)
+			check(t, l, 1, 100)
+			if _, err := os.Stat(filepath.Join(dir, filepath.Base(next))); !errors.Is(err, os.ErrNotExist) {
+				t.Fatalf("the new segment is still there: %v", err)
+			}
+			appendRange(t, l, 101, 150)
+			l.Close()
+			check(t, openT(t, dir, o), 1, 150)
+		})
+	}
+}
