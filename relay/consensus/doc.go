@@ -1,7 +1,7 @@
 // Package consensus is the site's replicated log: hashicorp/raft
 // (github.com/hashicorp/raft, imported here only, with go-hclog, its
 // logger, adapted to slog) with our own log store, snapshot store and
-// stream layer. The log is durable in relay/store's Log (raft.db in the
+// stream layer. The log is durable in a relay/wal log (raftlog in the
 // data dir); peers talk over TCP with mutual TLS from the site's keys
 // (relay/linkauth), ALPN "pushrelay-peer/2".
 //
@@ -40,8 +40,14 @@
 //
 // # Storage
 //
-// logstore.go: raft's LogStore and StableStore on relay/store's Log, one
-// transaction per write. snapshots.go: raft's SnapshotStore, where the
+// logstore.go: raft's LogStore on a relay/wal log in Dir/raftlog (one
+// Append, so one write and one fdatasync, per StoreLogs; entries in a
+// compact versioned format; no gaps: raft empties the log after
+// installing a snapshot), its StableStore (term, vote) and the snapshot
+// record in one small file there written atomically (stable.go).
+// migrate.go: a raft.db of the hashicorp/raft era (relay/store's Log) is
+// moved into raftlog at the first start and renamed raft.db.migrated.
+// snapshots.go: raft's SnapshotStore, where the
 // state machine's store IS the snapshot. A snapshot taken (every
 // SnapshotEvery entries, keeping CatchUpEntries in the log for members a
 // little behind) records raft's metadata only, one small write, never a
@@ -51,8 +57,8 @@
 // The live state may be past the metadata's index: Restore allows it,
 // and the entries in between are skipped where it is restored.
 // NoSnapshotRestoreOnStart: the store already holds the state at start.
-// A raft.db of the former engine (etcd raft) is refused, naming the
-// file (store.ErrLogFormat).
+// A raft.db of the etcd raft engine is refused, naming the file
+// (store.ErrLogFormat).
 //
 // # Proposals
 //

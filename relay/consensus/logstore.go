@@ -8,34 +8,46 @@ import (
 
 	"github.com/hashicorp/raft"
 
-	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/wal"
 )
 
-// logStore is raft's LogStore and StableStore over relay/store's Log
-// (raft.db): an entry is kept as its type (1 byte), term (8), append
-// time (8, unix ns), extensions (uvarint length, bytes), then its data;
-// the term and vote as 8-byte big-endian values. Each StoreLogs is one
-// transaction (one fsync) however many entries it carries.
+// LogDir is the raft log's directory in the consensus dir: a relay/wal
+// log, and the stable values' file (StableFile) beside its segments.
+const LogDir = "raftlog"
+
+// logStore is raft's LogStore on a relay/wal log (LogDir) and its
+// StableStore on a small file written atomically (stable.go). Raft's
+// index is the log's index; an entry is kept in the format encodeLog
+// writes. StoreLogs is one Append: one write and one fdatasync however
+// many entries it carries. The log has no gaps (IsMonotonic): after a
+// snapshot is installed raft empties it, and the next entry starts it
+// anew.
 type logStore struct {
-	log *store.Log
-	m   *nodeMetrics
+	log    *wal.Log
+	stable *stableFile
+	m      *nodeMetrics
 }
 
 var (
-	_ raft.LogStore    = (*logStore)(nil)
-	_ raft.StableStore = (*logStore)(nil)
+	_ raft.LogStore          = (*logStore)(nil)
+	_ raft.StableStore       = (*logStore)(nil)
+	_ raft.MonotonicLogStore = (*logStore)(nil)
 )
 
 // errNotFound is what raft expects of a StableStore missing a key (it
 // compares the error's text).
 var errNotFound = errors.New("not found")
 
-func (s *logStore) FirstIndex() (uint64, error) { return s.log.FirstIndex() }
-func (s *logStore) LastIndex() (uint64, error)  { return s.log.LastIndex() }
+// IsMonotonic tells raft that the log cannot hold a gap, so that it
+// empties the log after installing a snapshot instead of leaving a gap.
+func (s *logStore) IsMonotonic() bool { return true }
+
+func (s *logStore) FirstIndex() (uint64, error) { return s.log.FirstIndex(), nil }
+func (s *logStore) LastIndex() (uint64, error)  { return s.log.LastIndex(), nil }
 
 func (s *logStore) GetLog(index uint64, out *raft.Log) error {
-	b, err := s.log.Entry(index)
-	if errors.Is(err, store.ErrLogNotFound) {
+	b, err := s.log.Get(index)
+	if errors.Is(err, wal.ErrNotFound) {
 		return raft.ErrLogNotFound
 	}
 	if err != nil {
@@ -51,12 +63,18 @@ func (s *logStore) GetLog(index uint64, out *raft.Log) error {
 func (s *logStore) StoreLog(l *raft.Log) error { return s.StoreLogs([]*raft.Log{l}) }
 
 func (s *logStore) StoreLogs(logs []*raft.Log) error {
-	ents := make([]store.LogEntry, len(logs))
+	if len(logs) == 0 {
+		return nil
+	}
+	ents := make([][]byte, len(logs))
 	for i, l := range logs {
-		ents[i] = store.LogEntry{Index: l.Index, Data: encodeLog(l)}
+		if l.Index != logs[0].Index+uint64(i) {
+			return fmt.Errorf("log: entries %d and %d not contiguous", logs[0].Index, l.Index)
+		}
+		ents[i] = encodeLog(l)
 	}
 	t0 := time.Now()
-	if err := s.log.Append(ents); err != nil {
+	if err := s.log.Append(logs[0].Index, ents...); err != nil {
 		return err
 	}
 	s.wrote(t0)
@@ -64,9 +82,25 @@ func (s *logStore) StoreLogs(logs []*raft.Log) error {
 	return nil
 }
 
+// DeleteRange drops [lo, hi]: raft drops a prefix (compaction, or all of
+// it after installing a snapshot) or a suffix (a conflicting one), never
+// a middle.
 func (s *logStore) DeleteRange(lo, hi uint64) error {
+	first, last := s.log.FirstIndex(), s.log.LastIndex()
+	if last == 0 || hi < first || lo > last || lo > hi {
+		return nil
+	}
 	t0 := time.Now()
-	if err := s.log.DeleteRange(lo, hi); err != nil {
+	var err error
+	switch {
+	case lo <= first:
+		err = s.log.TruncateFront(hi + 1)
+	case hi >= last:
+		err = s.log.TruncateBack(lo - 1)
+	default:
+		err = fmt.Errorf("log: delete %d-%d in the middle of %d-%d", lo, hi, first, last)
+	}
+	if err != nil {
 		return err
 	}
 	s.wrote(t0)
@@ -78,12 +112,13 @@ func (s *logStore) wrote(t0 time.Time) {
 	s.m.logWrites.Inc()
 }
 
-// Stable values live in the log file's values under "stable/".
-func stableKey(k []byte) []byte { return append([]byte("stable/"), k...) }
+// stableKey is raft's key k in the stable values ("stable/" k; the
+// snapshot record is "snapshot"), as raft.db had them.
+func stableKey(k []byte) string { return "stable/" + string(k) }
 
 func (s *logStore) Set(k, v []byte) error {
 	t0 := time.Now()
-	if err := s.log.SetValue(stableKey(k), v); err != nil {
+	if err := s.stable.set(stableKey(k), v); err != nil {
 		return err
 	}
 	s.wrote(t0)
@@ -91,11 +126,8 @@ func (s *logStore) Set(k, v []byte) error {
 }
 
 func (s *logStore) Get(k []byte) ([]byte, error) {
-	v, err := s.log.Value(stableKey(k))
-	if err != nil {
-		return nil, err
-	}
-	if v == nil {
+	v, ok := s.stable.get(stableKey(k))
+	if !ok {
 		return nil, errNotFound
 	}
 	return v, nil
@@ -116,39 +148,59 @@ func (s *logStore) GetUint64(k []byte) (uint64, error) {
 	return binary.BigEndian.Uint64(v), nil
 }
 
+// logFormat is the first byte of an entry as encodeLog writes it.
+const logFormat = 1
+
+// encodeLog is an entry's bytes in the log:
+//
+//	format(1) = 1 | type(1) | term(uvarint) | appended at(uvarint, unix ns, 0: none) |
+//	extensions length(uvarint) | extensions | data
+//
+// (6 to 14 bytes before the extensions and data; raft's index is the
+// log's own.)
 func encodeLog(l *raft.Log) []byte {
-	b := make([]byte, 0, 17+binary.MaxVarintLen64+len(l.Extensions)+len(l.Data))
-	b = append(b, byte(l.Type))
-	b = binary.BigEndian.AppendUint64(b, l.Term)
-	var at int64
-	if !l.AppendedAt.IsZero() {
-		at = l.AppendedAt.UnixNano()
+	b := make([]byte, 0, 2+3*binary.MaxVarintLen64+len(l.Extensions)+len(l.Data))
+	b = append(b, logFormat, byte(l.Type))
+	b = binary.AppendUvarint(b, l.Term)
+	var at uint64
+	if !l.AppendedAt.IsZero() && l.AppendedAt.UnixNano() > 0 {
+		at = uint64(l.AppendedAt.UnixNano())
 	}
-	b = binary.BigEndian.AppendUint64(b, uint64(at))
+	b = binary.AppendUvarint(b, at)
 	b = binary.AppendUvarint(b, uint64(len(l.Extensions)))
 	b = append(b, l.Extensions...)
 	return append(b, l.Data...)
 }
 
 func decodeLog(b []byte, out *raft.Log) error {
-	if len(b) < 17 {
+	if len(b) < 2 {
 		return errors.New("short entry")
 	}
-	out.Type = raft.LogType(b[0])
-	out.Term = binary.BigEndian.Uint64(b[1:])
-	out.AppendedAt = time.Time{}
-	if at := int64(binary.BigEndian.Uint64(b[9:])); at != 0 {
-		out.AppendedAt = time.Unix(0, at)
+	if b[0] != logFormat {
+		return fmt.Errorf("entry of format %d, not %d", b[0], logFormat)
 	}
-	n, k := binary.Uvarint(b[17:])
-	if k <= 0 || n > uint64(len(b)-17-k) {
+	out.Type = raft.LogType(b[1])
+	b = b[2:]
+	var vals [3]uint64
+	for i := range vals {
+		v, k := binary.Uvarint(b)
+		if k <= 0 {
+			return errors.New("bad entry header")
+		}
+		vals[i], b = v, b[k:]
+	}
+	out.Term = vals[0]
+	out.AppendedAt = time.Time{}
+	if vals[1] != 0 {
+		out.AppendedAt = time.Unix(0, int64(vals[1]))
+	}
+	if vals[2] > uint64(len(b)) {
 		return errors.New("bad extensions length")
 	}
-	rest := b[17+k:]
 	out.Extensions = nil
-	if n > 0 {
-		out.Extensions = rest[:n]
+	if vals[2] > 0 {
+		out.Extensions = b[:vals[2]]
 	}
-	out.Data = rest[n:]
+	out.Data = b[vals[2]:]
 	return nil
 }

@@ -11,7 +11,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -21,7 +20,7 @@ import (
 	"github.com/hashicorp/raft"
 
 	"github.com/pushrelay/pushrelay/relay/metrics"
-	"github.com/pushrelay/pushrelay/relay/store"
+	"github.com/pushrelay/pushrelay/relay/wal"
 )
 
 // Errors.
@@ -90,7 +89,7 @@ type Config struct {
 	// its own: it waits to be added (AddVoter on a member of the site)
 	// or, already a voter, to be sent the log or a snapshot.
 	Join bool
-	// Dir is the data dir: the log (store.LogFile) and snapshots
+	// Dir is the data dir: the log (LogDir) and snapshots
 	// received or being sent.
 	Dir string
 	// Listen is the peer transport's TCP address ("host:port", port 0
@@ -178,7 +177,7 @@ type Node struct {
 	log *slog.Logger
 	m   *nodeMetrics
 
-	rlog  *store.Log
+	rlog  *wal.Log
 	ls    *logStore
 	snaps *snapStore
 	fsm   *fsm
@@ -222,7 +221,7 @@ func New(cfg Config, sm StateMachine) (*Node, error) {
 	if err := os.MkdirAll(cfg.Dir, 0o700); err != nil {
 		return nil, fmt.Errorf("consensus: %w", err)
 	}
-	rlog, err := store.OpenLog(filepath.Join(cfg.Dir, store.LogFile))
+	rlog, stable, err := openLog(cfg.Dir, cfg.Logger, cfg.Metrics)
 	if err != nil {
 		return nil, fmt.Errorf("consensus: %w", err)
 	}
@@ -236,7 +235,7 @@ func New(cfg Config, sm StateMachine) (*Node, error) {
 	_, _ = rand.Read(b[:])
 	n.seq.Store(binary.BigEndian.Uint64(b[:]) >> 1)
 	n.m = newNodeMetrics(metrics.OrNew(cfg.Metrics), n)
-	n.ls = &logStore{log: rlog, m: n.m}
+	n.ls = &logStore{log: rlog, stable: stable, m: n.m}
 	n.snaps = &snapStore{n: n}
 	n.fsm = &fsm{n: n}
 	if err := n.snaps.recover(); err != nil {

@@ -21,8 +21,8 @@ import (
 // the leader and not yet restored, or one being sent.
 const snapPrefix = "snap-"
 
-// keySnapshot is the snapshot record's key in the log file's values.
-var keySnapshot = []byte("snapshot")
+// keySnapshot is the snapshot record's key in the stable values.
+const keySnapshot = "snapshot"
 
 // snapRecord is the latest snapshot's record: raft's metadata, and the
 // file holding a received snapshot until the state machine has restored
@@ -39,7 +39,7 @@ type snapRecord struct {
 // Open streams the live state, whose applied index may be past the
 // metadata's (Restore allows that; the entries in between are skipped
 // where it is restored, the state holding them). So a snapshot costs
-// one small write in raft.db, not a copy of the store on flash.
+// one small file written (the stable values), not a copy of the store on flash.
 //
 // What raft needs to send, though, is a stream of known size (the
 // request says it before the data): Open spools the live state to a file
@@ -59,9 +59,9 @@ type snapStore struct {
 var _ raft.SnapshotStore = (*snapStore)(nil)
 
 func (s *snapStore) record() (*snapRecord, error) {
-	b, err := s.n.rlog.Value(keySnapshot)
-	if err != nil || b == nil {
-		return nil, err
+	b, ok := s.n.ls.stable.get(keySnapshot)
+	if !ok {
+		return nil, nil
 	}
 	r := &snapRecord{}
 	if err := json.Unmarshal(b, r); err != nil {
@@ -76,7 +76,7 @@ func (s *snapStore) setRecord(r *snapRecord) error {
 		return err
 	}
 	t0 := time.Now()
-	if err := s.n.rlog.SetValue(keySnapshot, b); err != nil {
+	if err := s.n.ls.stable.set(keySnapshot, b); err != nil {
 		return err
 	}
 	s.n.ls.wrote(t0)

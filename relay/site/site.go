@@ -9,7 +9,6 @@ import (
 	"maps"
 	"math/rand/v2"
 	"net"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -405,7 +404,7 @@ func (s *Site) Close() error {
 // with Expect members, none of them in a site. Every member of a new
 // site decides alike from the same membership.
 func (s *Site) decide(ctx context.Context) (peers map[uint64]string, join bool, err error) {
-	if fi, err := os.Stat(filepath.Join(s.logDir(), store.LogFile)); err == nil && fi.Size() > 0 {
+	if consensus.HasState(s.logDir()) {
 		s.cfg.Logger.Info("site: restarting from the consensus log")
 		return nil, true, nil
 	}
