@@ -51,6 +51,7 @@ func benchSite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	failoverRuns := fs.Int("failover-runs", 3, "leader kills")
 	single := fs.Bool("single", true, "measure one relay too, in the same window")
 	logLevel := fs.String("log-level", "warn", "the relays' log_level (their logs go to stderr)")
+	heapProfile := fs.String("heap-profile", "", "after the throughput runs, save each site member's heap profile (in use, after a GC) to this path's .m1, .m2, ... files")
 	cpuLimit := fs.Float64("cpu-limit", 0, "cores each relay process may use (a cgroup of its own per process, CPU bandwidth over 100 ms periods; needs root): each member and the single relay get the CPU of a gateway of their own; 0: no cap")
 	cpuProfile := fs.String("cpu-profile", "", "save 5 s CPU profiles of the leader and a follower during the first site throughput run to this path's .leader and .follower files")
 	if err := fs.Parse(args); err != nil {
@@ -128,6 +129,11 @@ func benchSite(ctx context.Context, args []string, stdout, stderr io.Writer) err
 					wb = append(wb, r[i])
 				}
 				_, anon, _ := gcRSS(c)
+				if *heapProfile != "" && s == site {
+					if err := c.saveProfile("heap?gc=1", *heapProfile+"."+s.memberName(i)); err != nil {
+						fmt.Fprintf(stderr, "%s's heap profile: %v\n", s.memberName(i), err)
+					}
+				}
 				parts = append(parts, fmt.Sprintf("%s: anon RSS %.1f MiB, %.0f B written to disk per message", s.memberName(i), float64(anon)/(1<<20), median(wb)))
 			}
 			fmt.Fprintf(stdout, "%s, after the runs (disk: median of %d): %s\n", s.name, *runs, strings.Join(parts, "; "))
