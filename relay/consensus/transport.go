@@ -507,7 +507,7 @@ func (t *peerTransport) AppendEntries(id raft.ServerID, target raft.ServerAddres
 	}
 	err := send()
 	if err != nil {
-		err = t.retry(send, err)
+		err = t.retry(id, send, err)
 	}
 	if err == nil && resp.Success && len(args.Entries) > 0 {
 		t.matched(parseID(id), args.Entries[len(args.Entries)-1].Index)
@@ -518,7 +518,8 @@ func (t *peerTransport) AppendEntries(id raft.ServerID, target raft.ServerAddres
 // retry calls send every peerRetry until it succeeds, t.wait has passed
 // since the first failure (err), or the node starts closing (stopRetries);
 // it returns the last error, or nil.
-func (t *peerTransport) retry(send func() error, err error) error {
+func (t *peerTransport) retry(id raft.ServerID, send func() error, err error) error {
+	t.n.log.Info("consensus: append to a peer failed; retrying until it answers", "peer", id, "for", t.wait, "err", err)
 	tick := time.NewTicker(peerRetry)
 	defer tick.Stop()
 	deadline := time.Now().Add(t.wait)
