@@ -111,6 +111,12 @@ func (a siteAdapter) Upstream(newHolding func() (node.Holding, error), timeout t
 	return a.s.Upstream(func() (site.Holding, error) { return newHolding() }, timeout)
 }
 
+// UpstreamLink is the site's relay link to a parent, held by one member
+// at a time.
+func (a siteAdapter) UpstreamLink(newHolding func() (node.Holding, error), timeout time.Duration) relay.Endpoints {
+	return a.s.UpstreamLink(func() (site.Holding, error) { return newHolding() }, timeout)
+}
+
 // Check: a member that cannot commit acknowledges nothing, and load
 // balancers must send app servers and devices elsewhere.
 func (a siteAdapter) Check() error {

@@ -41,8 +41,10 @@ type ChildConfig struct {
 	// Credentials are this relay's link keys (linkauth.Load).
 	Credentials *linkauth.Credentials
 	// Store holds the channels (with the parent's endpoints) and the
-	// unregisters still to be sent.
-	Store *store.Store
+	// unregisters still to be sent: the relay's *store.Store, or in a
+	// site the site's log in front of it (relay/site.Store), so the
+	// member that holds the link next continues from the same outbox.
+	Store ChildStore
 	// RequestTimeout bounds a register or unregister over the link,
 	// waiting for the link to come up included (5s).
 	RequestTimeout time.Duration
@@ -73,6 +75,20 @@ type ChildConfig struct {
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
 }
+
+// ChildStore is what a Child reads and writes: *store.Store, or a site's
+// store (relay/site.Store, whose writes go through the site's log).
+type ChildStore interface {
+	Channel(u push.UAID, id push.ChannelID) (store.Channel, bool, error)
+	EachChannel(fn func(u push.UAID, id push.ChannelID)) error
+	Device(u push.UAID) (store.Device, bool, error)
+	DeleteDevice(ctx context.Context, u push.UAID) error
+	UnregisterLater(ctx context.Context, u push.UAID, id push.ChannelID, up push.UAID) (bool, error)
+	PendingUnregisters(afterSeq uint64, limit int) ([]store.PendingUnregister, error)
+	UnregisterSent(ctx context.Context, seqs ...uint64) (int, error)
+}
+
+var _ ChildStore = (*store.Store)(nil)
 
 // BroadcastSetter is where a child keeps its parent's broadcast versions:
 // broadcast.Registry.
@@ -248,6 +264,11 @@ func (c *Child) Unregister(ctx context.Context, u push.UAID, ch push.ChannelID) 
 	}
 	return nil
 }
+
+// KickUnregisters makes the sender look at the outbox now: an unregister
+// was added to it elsewhere (in a site, by another member, through the
+// site's log).
+func (c *Child) KickUnregisters() { kick(c.unregKick) }
 
 func kick(ch chan struct{}) {
 	select {

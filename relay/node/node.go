@@ -216,9 +216,12 @@ type Node struct {
 	broadcasts *broadcast.Registry
 	megaphone  *megaphone.Poller // nil without megaphone_url
 	link       *upstream.Link    // nil without a ws(s):// upstream
-	child      *link.Child       // nil without a quic:// upstream
-	parent     *link.Parent      // nil without relay_listen
-	site       Site              // nil outside a site
+	child      *link.Child       // nil without a quic:// upstream, and in a site
+	// heldChild is the site's relay link to the parent while this member
+	// holds it (a quic:// upstream in a site), else nil.
+	heldChild atomic.Pointer[link.Child]
+	parent    *link.Parent // nil without relay_listen
+	site      Site         // nil outside a site
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -295,8 +298,8 @@ func New(cfg Config) (_ *Node, err error) {
 	// site the site's log in front of it.
 	var hubStore SiteWriter = d.store
 	if cfg.NewSite != nil {
-		if strings.HasPrefix(cfg.Upstream, "quic://") || cfg.RelayListen != "" {
-			return nil, errors.New("node: a site member cannot have a quic:// upstream or take relay links yet")
+		if cfg.RelayListen != "" {
+			return nil, errors.New("node: a site member cannot take relay links yet")
 		}
 		var keys KeyPrints
 		if keys, err = readKeyPrints(cfg.DataDir); err != nil {
@@ -341,7 +344,35 @@ func New(cfg Config) (_ *Node, err error) {
 	if (strings.HasPrefix(cfg.Upstream, "quic://") || cfg.RelayListen != "") && cfg.LinkCredentials == nil {
 		return nil, errors.New("node: the relay link needs its keys (link_cert and link_key, link_ca or link_pins, or link_token)")
 	}
-	if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok {
+	if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok && d.site != nil {
+		// In a site the relay link to the parent is held by one member
+		// at a time, as a ws:// upstream is (relay/site, holder.go): a
+		// child of its own each time it comes to hold it, writing the
+		// link's state (the unregister outbox, forgotten devices)
+		// through the site's log. Every member presents the same name:
+		// the parent sees one child.
+		childStore, ok := hubStore.(link.ChildStore)
+		if !ok {
+			return nil, errors.New("node: the site's store does not keep the relay link's state")
+		}
+		childConfig := link.ChildConfig{
+			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: childStore,
+			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
+			KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout, Broadcasts: d.broadcasts,
+			Logger: d.log.With("component", "link"), Metrics: d.reg,
+		}
+		if _, err := link.NewChild(childConfig); err != nil {
+			return nil, err // a bad name or address fails the start, not each holding
+		}
+		newHolding := func() (Holding, error) {
+			c, err := link.NewChild(childConfig)
+			if err != nil {
+				return nil, err
+			}
+			return childHolding{c, d}, nil
+		}
+		endpoints = d.site.UpstreamLink(newHolding, 0)
+	} else if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok {
 		d.child, err = link.NewChild(link.ChildConfig{
 			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: d.store,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
@@ -488,6 +519,20 @@ func New(cfg Config) (_ *Node, err error) {
 	if d.child != nil {
 		d.admin.AddWarning("relay link", func() error {
 			if st := d.child.Status(); !st.Connected {
+				if st.LastError != "" {
+					return fmt.Errorf("not connected to the parent %s: %s", st.Addr, st.LastError)
+				}
+				return fmt.Errorf("not connected to the parent %s", st.Addr)
+			}
+			return nil
+		})
+	} else if d.site != nil && strings.HasPrefix(cfg.Upstream, "quic://") {
+		d.admin.AddWarning("relay link", func() error {
+			c := d.heldChild.Load()
+			if c == nil {
+				return nil // another member holds the link
+			}
+			if st := c.Status(); !st.Connected {
 				if st.LastError != "" {
 					return fmt.Errorf("not connected to the parent %s: %s", st.Addr, st.LastError)
 				}
@@ -883,10 +928,14 @@ func (d *Node) status() admin.Status {
 		}
 		st.Upstream = u
 	}
-	if d.child != nil || d.parent != nil {
+	child := d.child
+	if child == nil {
+		child = d.heldChild.Load() // in a site: while this member holds the link
+	}
+	if child != nil || d.parent != nil {
 		st.Link = &admin.LinkStatus{}
-		if d.child != nil {
-			cs := d.child.Status()
+		if child != nil {
+			cs := child.Status()
 			st.Link.Parent = &admin.LinkParent{Name: cs.Parent, Addr: cs.Addr, Connected: cs.Connected,
 				Since: cs.Since, Acked: cs.Acked, LastError: cs.LastError}
 		}
@@ -1057,6 +1106,9 @@ type Site interface {
 	// runs it while the member holds it; the result is what the hub
 	// registers through. requestTimeout 0: the upstream's default.
 	Upstream(newHolding func() (Holding, error), requestTimeout time.Duration) relay.Endpoints
+	// UpstreamLink is Upstream for the relay link to a parent (a
+	// quic:// upstream): newHolding runs a relay/link.Child.
+	UpstreamLink(newHolding func() (Holding, error), requestTimeout time.Duration) relay.Endpoints
 }
 
 // SiteKicker is the node's kicker as the site drives it (kick.Kicker).
@@ -1090,6 +1142,19 @@ type linkHolding struct {
 }
 
 func (h linkHolding) Run(ctx context.Context) error { return h.Link.Run(ctx, h.hub) }
+
+// childHolding runs the site's relay link to the parent into the hub,
+// shown in /status while it runs.
+type childHolding struct {
+	*link.Child
+	d *Node
+}
+
+func (h childHolding) Run(ctx context.Context) error {
+	h.d.heldChild.Store(h.Child)
+	defer h.d.heldChild.CompareAndSwap(h.Child, nil)
+	return h.Child.Run(ctx, h.d.hub)
+}
 
 // SiteWriter is what the hub and the broadcast registry write through.
 type SiteWriter interface {

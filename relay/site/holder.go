@@ -60,8 +60,12 @@ const (
 type holder struct {
 	newHolding func() (Holding, error)
 	timeout    time.Duration
-	kick       chan struct{}
-	reqs       chan *Entry
+	// link: the upstream is the relay link to a parent (a quic://
+	// upstream, relay/link.Child), whose devices have no upstream
+	// identity of their own: every unregister goes to the outbox.
+	link bool
+	kick chan struct{}
+	reqs chan *Entry
 
 	mu  sync.Mutex
 	cur Holding // running here; nil when this member does not hold
@@ -79,6 +83,18 @@ func (s *Site) Upstream(newHolding func() (Holding, error), timeout time.Duratio
 	}
 	s.up = &holder{newHolding: newHolding, timeout: timeout, kick: make(chan struct{}, 1), reqs: make(chan *Entry, registerQueue)}
 	return &Upstream{s: s}
+}
+
+// UpstreamLink is Upstream for the relay link to a parent pushrelay (a
+// quic:// upstream: newHolding makes a relay/link.Child each time, with
+// this member's Store): the site is one child of the parent, whichever
+// member holds the link. A device's unregister always goes to the
+// replicated outbox (the link's devices have no upstream identity: the
+// parent knows them by their own UAID), which the holder's link sends.
+func (s *Site) UpstreamLink(newHolding func() (Holding, error), timeout time.Duration) *Upstream {
+	u := s.Upstream(newHolding, timeout)
+	s.up.link = true
+	return u
 }
 
 // HasUpstream reports whether the site has an upstream (Upstream was
@@ -380,6 +396,12 @@ func (u *Upstream) KeepEndpoints() bool { return true }
 // as relay/upstream.Link.Unregister).
 func (u *Upstream) Unregister(ctx context.Context, uaid push.UAID, ch push.ChannelID) error {
 	st := u.s.st
+	if u.s.up.link {
+		// As relay/link.Child.Unregister: the parent knows the device
+		// by its UAID here.
+		_, err := st.UnregisterLater(ctx, uaid, ch, uaid)
+		return err
+	}
 	id, ok, err := st.UpstreamID(uaid)
 	if err != nil {
 		return fmt.Errorf("site: read identity: %w", err)
