@@ -74,6 +74,9 @@ type ChildConfig struct {
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
+	// Shared, if set, are the metrics this child counts in, registered
+	// before (NewChildMetrics); Metrics is not used then.
+	Shared *ChildMetrics
 }
 
 // ChildStore is what a Child reads and writes: *store.Store, or a site's
@@ -173,7 +176,13 @@ func NewChild(cfg ChildConfig) (*Child, error) {
 		return nil, errors.New("link: parent address is empty")
 	}
 	cfg.setDefaults()
-	return &Child{cfg: cfg, m: newChildMetrics(metrics.OrNew(cfg.Metrics)), tls: cfg.Credentials.ClientTLS(),
+	var m *childMetrics
+	if cfg.Shared != nil {
+		m = cfg.Shared.m
+	} else {
+		m = newChildMetrics(metrics.OrNew(cfg.Metrics))
+	}
+	return &Child{cfg: cfg, m: m, tls: cfg.Credentials.ClientTLS(),
 		unregKick: make(chan struct{}, 1), up: make(chan struct{})}, nil
 }
 

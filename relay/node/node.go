@@ -359,7 +359,7 @@ func New(cfg Config) (_ *Node, err error) {
 			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: childStore,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
 			KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout, Broadcasts: d.broadcasts,
-			Logger: d.log.With("component", "link"), Metrics: d.reg,
+			Logger: d.log.With("component", "link"), Shared: link.NewChildMetrics(d.reg),
 		}
 		if _, err := link.NewChild(childConfig); err != nil {
 			return nil, err // a bad name or address fails the start, not each holding

@@ -119,11 +119,11 @@ func withLinkUpstream(t *testing.T, ts *testSite, tp *testParent) {
 	addr := tp.parent.Addr().String()
 	ts.setup = func(x *tm) {
 		log := quietLogger(t, x.name)
-		reg := x.reg
+		shared := link.NewChildMetrics(x.reg)
 		x.up = x.site.UpstreamLink(func() (Holding, error) {
 			c, err := link.NewChild(link.ChildConfig{Addr: addr, Name: siteChildName, Credentials: creds, Store: x.site.Store(),
 				RequestTimeout: 2 * time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
-				Logger: log.With("c", "link"), Metrics: reg})
+				Logger: log.With("c", "link"), Shared: shared})
 			if err != nil {
 				return nil, err
 			}
