@@ -113,14 +113,17 @@ func (a siteAdapter) Upstream(newHolding func() (node.Holding, error), timeout t
 
 // UpstreamLink is the site's relay link to a parent, held by one member
 // at a time.
-func (a siteAdapter) UpstreamLink(newHolding func() (node.Holding, error), timeout time.Duration) relay.Endpoints {
-	return a.s.UpstreamLink(func() (site.Holding, error) { return newHolding() }, timeout)
+func (a siteAdapter) UpstreamLink(newHolding func() (node.Holding, error), timeout time.Duration, name string, fingerprint uint64) relay.Endpoints {
+	return a.s.UpstreamLink(func() (site.Holding, error) { return newHolding() }, timeout, site.LinkIdentity{Name: name, Print: fingerprint})
 }
 
 // Check: a member that cannot commit acknowledges nothing, and load
 // balancers must send app servers and devices elsewhere.
 func (a siteAdapter) Check() error {
 	if why := a.s.KeysRefused(); why != "" {
+		return errors.New(why)
+	}
+	if why := a.s.LinkRefused(); why != "" {
 		return errors.New(why)
 	}
 	switch {

@@ -2,7 +2,9 @@ package link
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -1009,4 +1011,27 @@ func (c *Child) resync(ctx context.Context, fix *resyncFix) {
 	if failed > 0 {
 		c.cfg.Logger.Warn("resync: some fixes failed; the next connect tries again", "failed", failed)
 	}
+}
+
+// IdentityPrint is a fingerprint of the identity a child presents to its
+// parent: its name and its certificate (the leaf's DER), or in token
+// mode its token (a truncated SHA-256 under a domain-separation prefix,
+// never the key or the token). A site's members, one child of their
+// parent, compare theirs (relay/site, linkid.go).
+func IdentityPrint(name string, creds *linkauth.Credentials) uint64 {
+	h := sha256.New()
+	h.Write([]byte("pushrelay link identity\x00"))
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	if creds != nil {
+		if creds.Cert != nil && len(creds.Cert.Certificate) > 0 {
+			h.Write([]byte("cert\x00"))
+			h.Write(creds.Cert.Certificate[0])
+		}
+		if len(creds.Token) > 0 {
+			h.Write([]byte("token\x00"))
+			h.Write(creds.Token)
+		}
+	}
+	return binary.BigEndian.Uint64(h.Sum(nil))
 }

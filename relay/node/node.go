@@ -371,7 +371,7 @@ func New(cfg Config) (_ *Node, err error) {
 			}
 			return childHolding{c, d}, nil
 		}
-		endpoints = d.site.UpstreamLink(newHolding, 0)
+		endpoints = d.site.UpstreamLink(newHolding, 0, linkName, link.IdentityPrint(linkName, cfg.LinkCredentials))
 	} else if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok {
 		d.child, err = link.NewChild(link.ChildConfig{
 			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: d.store,
@@ -1107,8 +1107,10 @@ type Site interface {
 	// registers through. requestTimeout 0: the upstream's default.
 	Upstream(newHolding func() (Holding, error), requestTimeout time.Duration) relay.Endpoints
 	// UpstreamLink is Upstream for the relay link to a parent (a
-	// quic:// upstream): newHolding runs a relay/link.Child.
-	UpstreamLink(newHolding func() (Holding, error), requestTimeout time.Duration) relay.Endpoints
+	// quic:// upstream): newHolding runs a relay/link.Child; name and
+	// fingerprint are this relay's identity on the link (link.IdentityPrint),
+	// which must be the site's to hold it.
+	UpstreamLink(newHolding func() (Holding, error), requestTimeout time.Duration, name string, fingerprint uint64) relay.Endpoints
 }
 
 // SiteKicker is the node's kicker as the site drives it (kick.Kicker).

@@ -35,6 +35,7 @@ import (
 //	hellos   = count (uvarint) | (uaid (16) | at (8))…
 //	outbox   = op (1) = 1 | uaid (16) | channel (16) | upstream uaid (16)
 //	         | op (1) = 2 | count (uvarint) | seq (uvarint)…
+//	link     = op (1) = 1 | identity print (8) | link name (str)   (the member's, linkid.go)
 //
 // where str is a uvarint length and the bytes. A decoder refuses unknown
 // versions and kinds, fields over their limits, and trailing bytes.
@@ -55,13 +56,16 @@ const (
 	// The site's upstream (holder.go): which member holds it, a
 	// register asked of the holder and its answer, and the upstream
 	// link's state (identities, hello times, the unregister outbox).
-	// 15 is kept for the relay link's (a quic:// upstream, relay_listen).
 	KindHolder          Kind = 9
 	KindRegisterRequest Kind = 10
 	KindRegisterResult  Kind = 11
 	KindUpstreamID      Kind = 12
 	KindHellos          Kind = 13
 	KindOutbox          Kind = 14
+	// KindLink (15): the relay link's (a quic:// upstream, relay_listen),
+	// by op: OpIdentity, the identity a member presents on the link to
+	// its parent (linkid.go); nothing stored.
+	KindLink Kind = 15
 	// KindWakeOwner (16): the member that made
 	// it now holds these devices' wake bindings (they proved their
 	// addresses to its STUN socket, or it accepted their hello for wake);
@@ -78,6 +82,8 @@ const (
 
 	OpLater = 1 // outbox: UnregisterLater
 	OpSent  = 2 // outbox: UnregisterSent
+
+	OpIdentity = 1 // link: a member's identity on the link to the parent
 )
 
 // Hello is a device's hello upstream at a time (KindHellos).
@@ -130,6 +136,8 @@ type Entry struct {
 	Upstream              push.UAID // upstream id, outbox (later)
 	Helloed               time.Time // upstream id
 	Hellos                []Hello   // hellos
+	LinkPrint             uint64    // link identity: the fingerprint
+	LinkName              string    // link identity: the name
 }
 
 // AppendEntry appends e's encoding to b.
@@ -234,6 +242,13 @@ func AppendEntry(b []byte, e *Entry) ([]byte, error) {
 		default:
 			return b, fmt.Errorf("%w: outbox op %d", ErrBadEntry, e.Op)
 		}
+	case KindLink:
+		if e.Op != OpIdentity {
+			return b, fmt.Errorf("%w: link op %d", ErrBadEntry, e.Op)
+		}
+		b = append(b, e.Op)
+		b = binary.BigEndian.AppendUint64(b, e.LinkPrint)
+		b = appendStr(b, e.LinkName)
 	default:
 		return b, fmt.Errorf("%w: kind %d", ErrBadEntry, e.Kind)
 	}
@@ -451,6 +466,11 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		default:
 			r.fail(fmt.Sprintf("outbox op %d", e.Op))
 		}
+	case KindLink:
+		if e.Op = r.u8("op"); r.err == nil && e.Op != OpIdentity {
+			r.fail(fmt.Sprintf("link op %d", e.Op))
+		}
+		e.LinkPrint, e.LinkName = r.u64("link print"), r.str("link name")
 	default:
 		r.fail(fmt.Sprintf("kind %d", e.Kind))
 	}

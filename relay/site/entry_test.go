@@ -40,6 +40,7 @@ func sampleEntries() []*Entry {
 		{At: at, Member: 9, Request: 14, Kind: KindHellos, Hellos: []Hello{{UAID: u, At: at}, {UAID: push.UAID{2}, At: at.Add(time.Second)}}},
 		{At: at, Member: 7, Request: 15, Kind: KindOutbox, Op: OpLater, UAID: u, Channel: ch, Upstream: push.UAID{0xbb, 3}},
 		{At: at, Member: 9, Request: 16, Kind: KindOutbox, Op: OpSent, Seqs: []uint64{1, 70000}},
+		{At: at, Member: 8, Request: 17, Kind: KindLink, Op: OpIdentity, LinkPrint: 0x0123456789abcdef, LinkName: "site-a"},
 	}
 }
 

@@ -64,8 +64,10 @@ type holder struct {
 	// upstream, relay/link.Child), whose devices have no upstream
 	// identity of their own: every unregister goes to the outbox.
 	link bool
-	kick chan struct{}
-	reqs chan *Entry
+	// identity is this member's on the link (link only, linkid.go).
+	identity LinkIdentity
+	kick     chan struct{}
+	reqs     chan *Entry
 
 	mu  sync.Mutex
 	cur Holding // running here; nil when this member does not hold
@@ -91,9 +93,12 @@ func (s *Site) Upstream(newHolding func() (Holding, error), timeout time.Duratio
 // member holds the link. A device's unregister always goes to the
 // replicated outbox (the link's devices have no upstream identity: the
 // parent knows them by their own UAID), which the holder's link sends.
-func (s *Site) UpstreamLink(newHolding func() (Holding, error), timeout time.Duration) *Upstream {
+// Every member must present the same identity on the link (id: its
+// link name and fingerprint, linkid.go); one that does not never holds
+// it.
+func (s *Site) UpstreamLink(newHolding func() (Holding, error), timeout time.Duration, id LinkIdentity) *Upstream {
 	u := s.Upstream(newHolding, timeout)
-	s.up.link = true
+	s.up.link, s.up.identity = true, id
 	return u
 }
 
@@ -138,6 +143,7 @@ func (s *Site) noteUpstream(e *Entry) {
 		if old := s.holderID.Swap(e.Holder); old != e.Holder {
 			s.m.holderChanges.Inc()
 			s.cfg.Logger.Info("site: the upstream's holder named", "holder", fmt.Sprintf("%016x", e.Holder), "term", e.Term)
+			s.reannounceLinkID()
 		}
 		s.holderTerm.Store(e.Term)
 		if s.up != nil {
@@ -160,6 +166,8 @@ func (s *Site) noteUpstream(e *Entry) {
 		if cur := s.up.current(); cur != nil {
 			cur.KickUnregisters()
 		}
+	case KindLink:
+		s.noteLinkID(e)
 	}
 }
 
@@ -218,6 +226,13 @@ func (s *Site) holdLoop(ctx context.Context, n leadView) {
 				stop("the upstream failed")
 				retryAt = s.cfg.Now().Add(holdRetry)
 			default:
+			}
+		}
+		if h.link {
+			s.announceLinkID(ctx)
+			if !s.checkLinkID() {
+				stop("this member's link identity is not the site's (yet)")
+				continue
 			}
 		}
 		term, leads := n.leads()

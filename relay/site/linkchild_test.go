@@ -5,6 +5,8 @@ import (
 	"context"
 	"fmt"
 	"path/filepath"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -101,17 +103,23 @@ func (tp *testParent) child() link.ChildInfo {
 // withLinkUpstream gives every member of ts the relay link to tp as its
 // upstream: one certificate naming siteChildName, shared by the members,
 // and a hub writing through the member's site store.
-func withLinkUpstream(t *testing.T, ts *testSite, tp *testParent) {
+// Members named in odd get a certificate of their own, naming
+// siteChildName too (another key): another identity.
+func withLinkUpstream(t *testing.T, ts *testSite, tp *testParent, odd ...string) {
 	ca := filepath.Join(ts.dir, "ca")
-	out := filepath.Join(ts.dir, siteChildName)
-	if _, err := linkauth.Issue(ca, siteChildName, out, false); err != nil {
-		t.Fatal(err)
+	issue := func(dir string) *linkauth.Credentials {
+		out := filepath.Join(ts.dir, dir)
+		if _, err := linkauth.Issue(ca, siteChildName, out, false); err != nil {
+			t.Fatal(err)
+		}
+		creds, err := linkauth.Load(filepath.Join(out, siteChildName+".crt"), filepath.Join(out, siteChildName+".key"),
+			filepath.Join(ca, linkauth.CACertFile), nil, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return creds
 	}
-	creds, err := linkauth.Load(filepath.Join(out, siteChildName+".crt"), filepath.Join(out, siteChildName+".key"),
-		filepath.Join(ca, linkauth.CACertFile), nil, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	shared := issue(siteChildName)
 	tokens, err := token.New(bytes.Repeat([]byte{3}, token.KeySize))
 	if err != nil {
 		t.Fatal(err)
@@ -119,16 +127,20 @@ func withLinkUpstream(t *testing.T, ts *testSite, tp *testParent) {
 	addr := tp.parent.Addr().String()
 	ts.setup = func(x *tm) {
 		log := quietLogger(t, x.name)
-		shared := link.NewChildMetrics(x.reg)
+		m := link.NewChildMetrics(x.reg)
+		creds := shared
+		if slices.Contains(odd, x.name) {
+			creds = issue("odd-" + x.name)
+		}
 		x.up = x.site.UpstreamLink(func() (Holding, error) {
 			c, err := link.NewChild(link.ChildConfig{Addr: addr, Name: siteChildName, Credentials: creds, Store: x.site.Store(),
 				RequestTimeout: 2 * time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond,
-				Logger: log.With("c", "link"), Shared: shared})
+				Logger: log.With("c", "link"), Shared: m})
 			if err != nil {
 				return nil, err
 			}
 			return childHolding{c, x.hub}, nil
-		}, 2*time.Second)
+		}, 2*time.Second, LinkIdentity{Name: siteChildName, Print: link.IdentityPrint(siteChildName, creds)})
 		x.hub, err = relay.New(relay.Config{Store: x.site.Store(), Tokens: tokens, Endpoints: x.up, Logger: log, Metrics: x.reg})
 		if err != nil {
 			t.Fatal(err)
@@ -342,4 +354,59 @@ func TestSiteLinkUnregisterAnywhere(t *testing.T) {
 			return err == nil && len(ps) == 0
 		})
 	}
+}
+
+// A member whose link certificate is another's (the same name, another
+// key) is refused the link: it says why (LinkRefused, /readyz), the
+// others name it in their logs, and it never holds the link, even when
+// it leads: the parent only ever sees the site's identity. The refused
+// member is made the leader (the others stopped, then restarted) to
+// check that it does not hold.
+func TestSiteLinkIdentityRefused(t *testing.T) {
+	ts := newTestSite(t, 3)
+	tp := newTestParent(t, ts)
+	withLinkUpstream(t, ts, tp, "c")
+	a, b, c := ts.startThree()
+	ms := []*tm{a, b, c}
+	waitUntil(t, 20*time.Second, "c is refused", func() bool { return c.site.LinkRefused() != "" })
+	why := c.site.LinkRefused()
+	if !strings.Contains(why, "differs from the site's") || !strings.Contains(why, "a, b") {
+		t.Errorf("c's refusal: %q", why)
+	}
+	t.Logf("c: %s", why)
+	// c comes to lead: the leader is cut off (its consensus transport
+	// drops everything) until the other two elect c, at most 8 times.
+	for round := 0; !c.site.Leader(); round++ {
+		if round == 8 {
+			t.Skip("c never came to lead in 8 elections")
+		}
+		var l *tm
+		waitUntil(t, 10*time.Second, "a leader", func() bool { l = leaderOf(ms); return l != nil })
+		if l == c {
+			break
+		}
+		l.site.node.Load().SetDropFilter(func(uint64) bool { return true })
+		waitUntil(t, 10*time.Second, "another leader", func() bool { n := leaderOf(ms); return n != nil && n != l && !l.site.Leader() })
+		l.site.node.Load().SetDropFilter(nil)
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) {
+		if c.site.Holding() {
+			t.Fatal("c holds the link with another identity")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	// Another member leads again: it holds the link, with the site's
+	// identity.
+	c.site.node.Load().SetDropFilter(func(uint64) bool { return true })
+	waitUntil(t, 20*time.Second, "a or b holds the link", func() bool { h := holderOf(ms); return h != nil && h != c })
+	c.site.node.Load().SetDropFilter(nil)
+	waitUntil(t, 10*time.Second, "the parent sees the site connected", func() bool { return tp.child().Connected })
+	if cs := tp.parent.Children(); len(cs) != 1 {
+		t.Errorf("the parent knows %d children: %+v", len(cs), cs)
+	}
+	if n := tp.parent.Children()[0]; n.Name != siteChildName {
+		t.Errorf("the parent's child: %+v", n)
+	}
+	waitUntil(t, 5*time.Second, "a and b not refused", func() bool { return a.site.LinkRefused() == "" && b.site.LinkRefused() == "" })
 }

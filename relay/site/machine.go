@@ -34,8 +34,8 @@ type Machine struct {
 	// onRestored hears that the store was replaced by a snapshot, after
 	// the swap, on the restoring goroutine: it must not block.
 	onRestored func()
-	// onUpstream hears of every holder, register request and outbox
-	// entry applied, after its commit, on the applying goroutine: it must
+	// onUpstream hears of every holder, register request, outbox and
+	// link entry applied, after its commit, on the applying goroutine: it must
 	// not block (holder.go).
 	onUpstream func(*Entry)
 	// answers: this member's register requests waiting for the holder's
@@ -138,7 +138,7 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 				if !res.Existed {
 					ups = append(ups, e)
 				}
-			case KindRegisterRequest, KindRegisterResult:
+			case KindRegisterRequest, KindRegisterResult, KindLink:
 				ups = append(ups, e)
 			case KindOutbox:
 				if e.Op == OpLater && res.Existed {
@@ -233,9 +233,9 @@ func applyEntry(tx *store.Tx, e *Entry) (Result, error) {
 		} else if err == nil {
 			r.Existed = true // stale: not applied
 		}
-	case KindRegisterRequest, KindRegisterResult:
+	case KindRegisterRequest, KindRegisterResult, KindLink:
 		// Nothing stored: the holder hears of the request, the asking
-		// member of its result.
+		// member of its result; every member of a link identity.
 	case KindUpstreamID:
 		switch e.Op {
 		case OpAdd:
@@ -316,7 +316,7 @@ func (k Kind) String() string {
 	names := map[Kind]string{KindAppend: "append", KindAck: "ack", KindDelete: "delete", KindRegister: "register",
 		KindUnregister: "unregister", KindReset: "reset", KindBroadcasts: "broadcasts", KindSweep: "sweep",
 		KindHolder: "holder", KindRegisterRequest: "register request", KindRegisterResult: "register result",
-		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox", KindWakeOwner: "wake owner"}
+		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox", KindLink: "link", KindWakeOwner: "wake owner"}
 	if n, ok := names[k]; ok {
 		return n
 	}
