@@ -298,9 +298,6 @@ func New(cfg Config) (_ *Node, err error) {
 	// site the site's log in front of it.
 	var hubStore SiteWriter = d.store
 	if cfg.NewSite != nil {
-		if cfg.RelayListen != "" {
-			return nil, errors.New("node: a site member cannot take relay links yet")
-		}
 		var keys KeyPrints
 		if keys, err = readKeyPrints(cfg.DataDir); err != nil {
 			return nil, err
@@ -438,20 +435,42 @@ func New(cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("relay link: %w", err)
 		}
-		d.parent, err = link.NewParent(link.ParentConfig{
+		pcfg := link.ParentConfig{
 			Listen: cfg.RelayListen, Name: linkName, Credentials: cfg.LinkCredentials, ResetKey: resetKey,
 			Store: d.store, Endpoints: endpoints, KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout,
 			Broadcasts: d.broadcasts, Logger: d.log.With("component", "link-parent"), Metrics: d.reg,
-		})
+		}
+		if d.site != nil {
+			// In a site every member listens and the one that holds
+			// the site's upstream takes the children (relay/site,
+			// parent.go), writing their state through the site's log.
+			ps, ok := hubStore.(link.ParentStore)
+			if !ok {
+				return nil, errors.New("node: the site's store does not keep the relay link's children")
+			}
+			pcfg.Store, pcfg.SiteMember, pcfg.HolderAddr = ps, true, d.site.HolderLinkAddr
+		}
+		d.parent, err = link.NewParent(pcfg)
 		if err != nil {
 			return nil, err
+		}
+		if d.site != nil {
+			d.site.LinkParent(d.parent)
 		}
 		stored, forgot, elsewhere = d.parent.Stored, d.parent.Forgot, d.parent.Serves
 	}
 	if d.site != nil {
 		// Every member decides from its own commit feed whether to wake
-		// a device: the one holding its wake binding does.
-		stored = d.site.Stored
+		// a device: the one holding its wake binding does; the holder's
+		// link parent sends its children theirs.
+		if parentStored := stored; parentStored != nil {
+			stored = func(ms []store.Message) {
+				d.site.Stored(ms)
+				parentStored(ms)
+			}
+		} else {
+			stored = d.site.Stored
+		}
 	}
 	var bsrc relay.Broadcasts = d.broadcasts
 	if d.link != nil {
@@ -1111,6 +1130,12 @@ type Site interface {
 	// fingerprint are this relay's identity on the link (link.IdentityPrint),
 	// which must be the site's to hold it.
 	UpstreamLink(newHolding func() (Holding, error), requestTimeout time.Duration, name string, fingerprint uint64) relay.Endpoints
+	// LinkParent makes the relay link listener (relay_listen) the site's:
+	// it takes children while this member holds (before Run).
+	LinkParent(p *link.Parent)
+	// HolderLinkAddr is the relay link address of the member that takes
+	// children now ("" when unknown).
+	HolderLinkAddr() string
 }
 
 // SiteKicker is the node's kicker as the site drives it (kick.Kicker).

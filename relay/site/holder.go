@@ -69,6 +69,10 @@ type holder struct {
 	kick     chan struct{}
 	reqs     chan *Entry
 
+	// parent: the site takes relay link children (relay_listen) at the
+	// holder (parent.go); nil without.
+	parent LinkParent
+
 	mu  sync.Mutex
 	cur Holding // running here; nil when this member does not hold
 }
@@ -83,8 +87,17 @@ func (s *Site) Upstream(newHolding func() (Holding, error), timeout time.Duratio
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	s.up = &holder{newHolding: newHolding, timeout: timeout, kick: make(chan struct{}, 1), reqs: make(chan *Entry, registerQueue)}
+	h := s.holder()
+	h.newHolding, h.timeout = newHolding, timeout
 	return &Upstream{s: s}
+}
+
+// holder is the site's holder on this member, made on first use.
+func (s *Site) holder() *holder {
+	if s.up == nil {
+		s.up = &holder{timeout: 5 * time.Second, kick: make(chan struct{}, 1), reqs: make(chan *Entry, registerQueue)}
+	}
+	return s.up
 }
 
 // UpstreamLink is Upstream for the relay link to a parent pushrelay (a
@@ -103,7 +116,8 @@ func (s *Site) UpstreamLink(newHolding func() (Holding, error), timeout time.Dur
 }
 
 // HasUpstream reports whether the site has an upstream (Upstream was
-// called).
+// called) or takes relay link children (LinkParent): something the
+// holder holds.
 func (s *Site) HasUpstream() bool { return s.up != nil }
 
 // Holder is the member the log last named to hold the upstream, and the
@@ -167,7 +181,11 @@ func (s *Site) noteUpstream(e *Entry) {
 			cur.KickUnregisters()
 		}
 	case KindLink:
-		s.noteLinkID(e)
+		if e.Op == OpIdentity {
+			s.noteLinkID(e)
+		} else {
+			s.noteLinkParent(e)
+		}
 	}
 }
 
@@ -269,7 +287,7 @@ func (s *Site) holdLoop(ctx context.Context, n leadView) {
 		if cancel != nil || s.cfg.Now().Before(retryAt) {
 			continue
 		}
-		hd, err := h.newHolding()
+		hd, err := s.newHolding(ctx)
 		if err != nil {
 			s.cfg.Logger.Error("site: the upstream cannot run here", "err", err)
 			retryAt = s.cfg.Now().Add(holdRetry)

@@ -233,9 +233,33 @@ func applyEntry(tx *store.Tx, e *Entry) (Result, error) {
 		} else if err == nil {
 			r.Existed = true // stale: not applied
 		}
-	case KindRegisterRequest, KindRegisterResult, KindLink:
+	case KindRegisterRequest, KindRegisterResult:
 		// Nothing stored: the holder hears of the request, the asking
-		// member of its result; every member of a link identity.
+		// member of its result.
+	case KindLink:
+		switch e.Op {
+		case OpIdentity:
+			// Nothing stored: every member hears of it (linkid.go).
+		case OpLinkChild:
+			err = tx.SetLinkChild(e.UAID, e.LinkName)
+		case OpLinkForgotten:
+			err = tx.LinkForgotten(e.UAID, e.LinkName)
+		case OpLinkChildAddr:
+			err = tx.SetLinkChildAddr(e.LinkName, e.LinkAddr)
+		case OpLinkAcks:
+			for u, seqs := range e.Acks {
+				var k int
+				if k, err = tx.Ack(u, seqs...); err != nil {
+					break
+				}
+				r.N += k
+			}
+		case OpLinkEpoch:
+			r.Added, err = tx.SetLinkEpoch(e.LinkEpoch)
+		}
+		if errors.Is(err, store.ErrBadChannel) {
+			r.Err, err = err, nil
+		}
 	case KindUpstreamID:
 		switch e.Op {
 		case OpAdd:
