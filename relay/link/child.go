@@ -254,7 +254,7 @@ func (c *Child) hopTo(from net.Addr) {
 	c.mu.Unlock()
 	c.cfg.Logger.Info("another of the parent's addresses announced itself; moving the link there", "addr", c.addrs[j])
 	if cc != nil {
-		cc.conn.Close(linkquic.Code(linkproto.CodeShutdown), "moving to another of the parent's addresses")
+		cc.hop()
 	}
 }
 
@@ -281,6 +281,9 @@ type ChildStatus struct {
 func (c *Child) Status() ChildStatus {
 	c.mu.Lock()
 	st := ChildStatus{Parent: c.parent, Addr: c.addrs[c.ai], Connected: c.cur != nil, LastError: c.lastErr, Acked: c.resume}
+	if c.cur != nil {
+		st.Addr = c.cur.addr
+	}
 	cc := c.cur
 	if cc != nil {
 		st.Since = c.since.UTC().Format(time.RFC3339)
@@ -501,6 +504,16 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	defer conn.Close(linkquic.Code(linkproto.CodeShutdown), "shutting down")
 	stop := context.AfterFunc(ctx, func() { conn.Close(linkquic.Code(linkproto.CodeShutdown), "shutting down") })
 	defer stop()
+	// hop closes the connection from the hint reader (hopTo), which
+	// must not block on it: the close waits for that reader.
+	hopCtx, hop := context.WithCancel(ctx)
+	defer hop()
+	stopHop := context.AfterFunc(hopCtx, func() {
+		if ctx.Err() == nil {
+			conn.Close(linkquic.Code(linkproto.CodeShutdown), "moving to another of the parent's addresses")
+		}
+	})
+	defer stopHop()
 	ctl, err := conn.OpenControl(hctx)
 	if err != nil {
 		c.m.connects.With("error").Inc()
@@ -567,7 +580,7 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 			return fmt.Errorf("resync: %w", readErr(conn, err))
 		}
 	}
-	cc := &childConn{c: c, conn: conn, ctl: f, pending: map[uint64]chan answer{},
+	cc := &childConn{c: c, conn: conn, ctl: f, hop: hop, addr: addr, pending: map[uint64]chan answer{},
 		next: w.Next, done: map[uint64]struct{}{},
 		grantedBytes: uint64(c.cfg.CreditBytes), granted: uint64(c.cfg.CreditMessages)}
 	cc.acked = w.Next - 1
@@ -702,6 +715,8 @@ type childConn struct {
 	c    *Child
 	conn *linkquic.Conn
 	ctl  *framer
+	hop  context.CancelFunc // closes conn without waiting (hopTo)
+	addr string             // the parent address dialed
 
 	mu      sync.Mutex
 	pending map[uint64]chan answer
