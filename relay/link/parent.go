@@ -290,6 +290,19 @@ func (p *Parent) Hold(ctx context.Context, epoch []byte) error {
 	return nil
 }
 
+// Reload reads the children's state from the store again (a site's
+// member whose store a snapshot replaced); a parent that holds (Hold)
+// reloads when it comes to hold and is left as it is.
+func (p *Parent) Reload() error {
+	p.mu.Lock()
+	holding := p.holding
+	p.mu.Unlock()
+	if holding {
+		return nil
+	}
+	return p.load()
+}
+
 // NoteChild hears that child serves u (a site's member applying the
 // holder's claim from the log): Serves answers for it at once on every
 // member.

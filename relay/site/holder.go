@@ -246,6 +246,7 @@ func (s *Site) holdLoop(ctx context.Context, n leadView) {
 			default:
 			}
 		}
+		s.reloadLinkParent(cancel != nil)
 		if h.link {
 			s.announceLinkID(ctx)
 			if !s.checkLinkID() {

@@ -37,6 +37,9 @@ type LinkParent interface {
 	Hold(ctx context.Context, epoch []byte) error
 	// NoteChild hears that child serves u (applied from the log).
 	NoteChild(u push.UAID, child string)
+	// Reload reads the children's state from the store again (after a
+	// snapshot replaced it), while it does not Hold.
+	Reload() error
 }
 
 // LinkParent makes this member's relay link listener the site's: it
@@ -159,6 +162,21 @@ func (p *parentHolding) DeviceOnline(u push.UAID) {
 func (p *parentHolding) DeviceOffline(u push.UAID) {
 	if pw, ok := p.up.(relay.PresenceWatcher); ok {
 		pw.DeviceOffline(u)
+	}
+}
+
+// reloadLinkParent reads the link parent's state from the store again
+// when a snapshot replaced it (restored), unless this member holds: a
+// holder's parent reloads when it comes to hold, and leaders do not get
+// snapshots. On the holder's loop.
+func (s *Site) reloadLinkParent(holding bool) {
+	h := s.up
+	if h.parent == nil || holding || !s.parentStale.CompareAndSwap(true, false) {
+		return
+	}
+	if err := h.parent.Reload(); err != nil {
+		s.parentStale.Store(true)
+		s.cfg.Logger.Warn("site: the link parent's children not read again after a snapshot", "err", err)
 	}
 }
 

@@ -257,6 +257,10 @@ func (s *Site) otherSockets() []member.Digest {
 // later start does not take them for this member's own.
 func (s *Site) restored() {
 	s.reannounceLinkID()
+	if s.up != nil {
+		s.parentStale.Store(true)
+		s.up.wake()
+	}
 	w := s.wake
 	w.mu.Lock()
 	if w.sess != nil {
