@@ -172,8 +172,9 @@ type Config struct {
 	// (relay/site, which cmd/pushrelay wires): the writes that decide
 	// what devices are sent go through the site's replicated log, so
 	// every member serves every device from its own store. It is called
-	// once the store is open. A site member has no upstream and no relay
-	// link yet.
+	// once the store is open. Its upstream (ws://, wss:// or quic://) is
+	// held by one member at a time, and so are its relay link children
+	// (RelayListen: every member listens, the holder takes them).
 	NewSite func(SiteParams) (Site, error)
 
 	// Version is reported by /status and the ready lines.
