@@ -98,14 +98,12 @@ func newTestChild(t *testing.T, ts *testSite, ms []*tm) *testChild {
 	for _, x := range ms {
 		addrs = append(addrs, x.lp.Addr().String())
 	}
-	dir := filepath.Join(ts.dir, "edge")
 	tc := &testChild{}
 	var err error
 	tc.st, err = store.Open(store.Options{Path: filepath.Join(ts.dir, "edge.db"), MaxMessagesPerUAID: 100000})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_ = dir
 	tc.child, err = link.NewChild(link.ChildConfig{Addr: strings.Join(addrs, ","), Name: "edge-1", Credentials: siteCreds(t, ts, "edge-1"),
 		Store: tc.st, BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond, RequestTimeout: 2 * time.Second,
 		Logger: quietLogger(t, "edge").With("c", "link"), Metrics: metrics.NewRegistry()})
