@@ -40,8 +40,6 @@ func TestConfigClusterErrors(t *testing.T) {
 		{"bad name", []string{"--cluster-listen", ":0", "--cluster-key", key, "--node-name", "gw 1"}, `node_name "gw 1"`},
 		{"probe timeout", append(cl, "--cluster-key", key, "--cluster-probe-timeout", "1s"), "cluster_probe_timeout 1s must be shorter"},
 		{"no site keys", append(cl, "--cluster-key", key), "cluster_listen needs link_cert and link_key"},
-		{"with a quic upstream", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--upstream", "quic://10.0.0.9:8443"}), "cannot have a quic:// upstream"},
-		{"with relay_listen", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--relay-listen", "127.0.0.1:0"}), "take relay links (relay_listen)"},
 		{"port 0, no peer listen", slices.Concat(cl, []string{"--cluster-key", key}, siteKeys), "set cluster_peer_listen"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
@@ -51,9 +49,17 @@ func TestConfigClusterErrors(t *testing.T) {
 			}
 		})
 	}
-	// A ws:// upstream is held by one member at a time: allowed.
-	if _, err := loadConfig("t", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--cluster-peer-listen", "127.0.0.1:0", "--upstream", "ws://10.0.0.9:8080"}), env(nil), &bytes.Buffer{}); err != nil {
-		t.Fatalf("a site member with a ws:// upstream: %v", err)
+	// A ws:// upstream, or a quic:// one (the relay link to a parent), is
+	// held by one member at a time: allowed.
+	for _, up := range []string{"ws://10.0.0.9:8080", "quic://10.0.0.9:8443"} {
+		if _, err := loadConfig("t", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--cluster-peer-listen", "127.0.0.1:0", "--upstream", up}), env(nil), &bytes.Buffer{}); err != nil {
+			t.Fatalf("a site member with upstream %s: %v", up, err)
+		}
+	}
+	// The site as a parent: every member listens, the holder takes the
+	// children.
+	if _, err := loadConfig("t", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--cluster-peer-listen", "127.0.0.1:0", "--relay-listen", "127.0.0.1:0"}), env(nil), &bytes.Buffer{}); err != nil {
+		t.Fatalf("a site member with relay_listen: %v", err)
 	}
 	cfg, err := loadConfig("t", slices.Concat(cl, siteKeys, []string{"--cluster-key", key, "--join", "10.0.0.2:7946, 10.0.0.3:7946", "--cluster-peer-listen", "127.0.0.1:0"}), env(nil), &bytes.Buffer{})
 	if err != nil {

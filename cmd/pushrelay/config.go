@@ -299,8 +299,8 @@ var settings = []setting{
 	strSetting("megaphone_token_file", "", "file holding the token sent to the megaphone service as Authorization: Bearer <token> (one line)", func(c *Config) *string { return &c.MegaphoneTokenFile }),
 	strSetting("megaphone_token", "", "the megaphone token itself, when not in megaphone_token_file (it then shows in the config and, as a flag, in ps)", func(c *Config) *string { return &c.MegaphoneToken }),
 	durSetting("megaphone_poll_interval", "30s", "how often the megaphone service is polled (at least 1s); after failed polls the wait doubles, up to 5m or the interval if longer", func(c *Config) *time.Duration { return &c.MegaphonePollInterval }),
-	strSetting("upstream", "", "ws:// or wss:// URL of an autopush-compatible server (autopush, or another pushrelay) to relay for: devices get its endpoints and this relay holds their sessions with it (in a site: the member that leads holds them, the same upstream on every member); quic://host:port of a parent pushrelay's relay_listen: one relay link carries all devices (link_* keys; not in a site yet); empty runs standalone", func(c *Config) *string { return &c.Upstream }),
-	strSetting("relay_listen", "", "UDP host:port where child relays connect over the relay link (QUIC, ALPN pushrelay/1; needs link_cert and link_key); empty takes no children", func(c *Config) *string { return &c.RelayListen }),
+	strSetting("upstream", "", "ws:// or wss:// URL of an autopush-compatible server (autopush, or another pushrelay) to relay for: devices get its endpoints and this relay holds their sessions with it (in a site: the member that leads holds them, the same upstream on every member); quic://host:port of a parent pushrelay's relay_listen (several, comma-separated, for a parent site's members): one relay link carries all devices (link_* keys; in a site: the member that leads holds it, the whole site one child of the parent under one link_name); empty runs standalone", func(c *Config) *string { return &c.Upstream }),
+	strSetting("relay_listen", "", "UDP host:port where child relays connect over the relay link (QUIC, ALPN pushrelay/1; needs link_cert and link_key); in a site: every member listens, the one that leads takes the children and the others refuse them naming it (give children every member's address); empty takes no children", func(c *Config) *string { return &c.RelayListen }),
 	strSetting("link_name", "", "this relay's name on the relay link (default: link_cert's name, else the host name); with certificates, the name the certificate carries", func(c *Config) *string { return &c.LinkName }),
 	strSetting("link_cert", "", "this relay's link certificate (pushrelay keys issue: NAME.crt); a parent needs one, a child in token mode has none", func(c *Config) *string { return &c.LinkCert }),
 	strSetting("link_key", "", "the private key of link_cert (NAME.key)", func(c *Config) *string { return &c.LinkKey }),
@@ -556,9 +556,12 @@ func (c *Config) linkUsed() bool {
 // validateLink checks the relay link's keys: relay_listen and a quic://
 // upstream each need them, and they load.
 func (c *Config) validateLink() error {
-	if addr, ok := strings.CutPrefix(c.Upstream, "quic://"); ok {
-		if host, port, err := net.SplitHostPort(addr); err != nil || host == "" || port == "" || port == "0" {
-			return cfgErr("upstream %q: want quic://host:port", c.Upstream)
+	if addrs, ok := strings.CutPrefix(c.Upstream, "quic://"); ok {
+		// Several addresses: a parent site's members (docs/cluster.md).
+		for addr := range strings.SplitSeq(addrs, ",") {
+			if host, port, err := net.SplitHostPort(strings.TrimSpace(addr)); err != nil || host == "" || port == "" || port == "0" {
+				return cfgErr("upstream %q: want quic://host:port[,host:port...]", c.Upstream)
+			}
 		}
 		if c.UpstreamCAFile != "" {
 			return cfgErr("upstream_ca_file is for a wss:// upstream; a quic:// upstream trusts link_ca or link_pins")
@@ -620,11 +623,9 @@ func (c *Config) validateCluster() error {
 	if _, err := c.clusterKeys(); err != nil {
 		return err
 	}
-	// A ws:// or wss:// upstream is held by one member at a time
-	// (docs/cluster.md); the relay link's state is not replicated yet.
-	if strings.HasPrefix(c.Upstream, "quic://") || c.RelayListen != "" {
-		return cfgErr("a site member (cluster_listen) cannot have a quic:// upstream or take relay links (relay_listen) yet: only a ws:// or wss:// upstream")
-	}
+	// An upstream (ws://, wss:// or a quic:// relay link) and the relay
+	// link's children (relay_listen) are held by one member at a time
+	// (docs/cluster.md).
 	if c.LinkCert == "" {
 		return cfgErr("cluster_listen needs link_cert and link_key (and link_ca or link_pins): the site's members authenticate each other with them")
 	}

@@ -22,6 +22,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/relay"
 	"github.com/pushrelay/pushrelay/relay/admin"
+	"github.com/pushrelay/pushrelay/relay/link"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/member"
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -111,10 +112,25 @@ func (a siteAdapter) Upstream(newHolding func() (node.Holding, error), timeout t
 	return a.s.Upstream(func() (site.Holding, error) { return newHolding() }, timeout)
 }
 
+// UpstreamLink is the site's relay link to a parent, held by one member
+// at a time.
+func (a siteAdapter) UpstreamLink(newHolding func() (node.Holding, error), timeout time.Duration, name string, fingerprint uint64) relay.Endpoints {
+	return a.s.UpstreamLink(func() (site.Holding, error) { return newHolding() }, timeout, site.LinkIdentity{Name: name, Print: fingerprint})
+}
+
+// LinkParent makes the relay link listener the site's.
+func (a siteAdapter) LinkParent(p *link.Parent) { a.s.LinkParent(p) }
+
+// HolderLinkAddr is the link address of the member that takes children.
+func (a siteAdapter) HolderLinkAddr() string { return a.s.HolderLinkAddr() }
+
 // Check: a member that cannot commit acknowledges nothing, and load
 // balancers must send app servers and devices elsewhere.
 func (a siteAdapter) Check() error {
 	if why := a.s.KeysRefused(); why != "" {
+		return errors.New(why)
+	}
+	if why := a.s.LinkRefused(); why != "" {
 		return errors.New(why)
 	}
 	switch {

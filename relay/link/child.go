@@ -2,7 +2,9 @@ package link
 
 import (
 	"context"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -10,6 +12,7 @@ import (
 	"net"
 	"net/netip"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,7 +36,12 @@ type Ingester interface {
 // parentheses.
 type ChildConfig struct {
 	// Addr is the parent's link address, host:port (upstream
-	// quic://host:port).
+	// quic://host:port), or several, comma-separated: the members of a
+	// parent site, one of which (its holder) takes children at a time.
+	// A failed connect moves to the next address at once, the backoff
+	// counted only once all of them failed; a restart hint from another
+	// of them (the site's new holder announcing itself) moves the link
+	// there at once.
 	Addr string
 	// Name is this relay's name in HELLO (1 to 64 bytes); in mutual TLS
 	// its certificate must name the same.
@@ -41,8 +49,10 @@ type ChildConfig struct {
 	// Credentials are this relay's link keys (linkauth.Load).
 	Credentials *linkauth.Credentials
 	// Store holds the channels (with the parent's endpoints) and the
-	// unregisters still to be sent.
-	Store *store.Store
+	// unregisters still to be sent: the relay's *store.Store, or in a
+	// site the site's log in front of it (relay/site.Store), so the
+	// member that holds the link next continues from the same outbox.
+	Store ChildStore
 	// RequestTimeout bounds a register or unregister over the link,
 	// waiting for the link to come up included (5s).
 	RequestTimeout time.Duration
@@ -72,7 +82,24 @@ type ChildConfig struct {
 
 	Logger  *slog.Logger
 	Metrics *metrics.Registry
+	// Shared, if set, are the metrics this child counts in, registered
+	// before (NewChildMetrics); Metrics is not used then.
+	Shared *ChildMetrics
 }
+
+// ChildStore is what a Child reads and writes: *store.Store, or a site's
+// store (relay/site.Store, whose writes go through the site's log).
+type ChildStore interface {
+	Channel(u push.UAID, id push.ChannelID) (store.Channel, bool, error)
+	EachChannel(fn func(u push.UAID, id push.ChannelID)) error
+	Device(u push.UAID) (store.Device, bool, error)
+	DeleteDevice(ctx context.Context, u push.UAID) error
+	UnregisterLater(ctx context.Context, u push.UAID, id push.ChannelID, up push.UAID) (bool, error)
+	PendingUnregisters(afterSeq uint64, limit int) ([]store.PendingUnregister, error)
+	UnregisterSent(ctx context.Context, seqs ...uint64) (int, error)
+}
+
+var _ ChildStore = (*store.Store)(nil)
 
 // BroadcastSetter is where a child keeps its parent's broadcast versions:
 // broadcast.Registry.
@@ -139,6 +166,15 @@ type Child struct {
 	// resume is the last sequence acked, carried to the next HELLO.
 	resume uint64
 	parent string
+	// addrs are the parent's addresses (ChildConfig.Addr), ai the one
+	// dialed now; hop is set when a hint from addrs[ai] moved the link
+	// there (redial at once), hopped the last time it did, wasUp when
+	// the last connection got its WELCOME.
+	addrs  []string
+	ai     int
+	hop    bool
+	hopped time.Time
+	wasUp  bool
 }
 
 // ErrNotConnected: a register or unregister found the link down for its
@@ -157,16 +193,77 @@ func NewChild(cfg ChildConfig) (*Child, error) {
 		return nil, errors.New("link: parent address is empty")
 	}
 	cfg.setDefaults()
-	return &Child{cfg: cfg, m: newChildMetrics(metrics.OrNew(cfg.Metrics)), tls: cfg.Credentials.ClientTLS(),
-		unregKick: make(chan struct{}, 1), up: make(chan struct{})}, nil
+	var m *childMetrics
+	if cfg.Shared != nil {
+		m = cfg.Shared.m
+	} else {
+		m = newChildMetrics(metrics.OrNew(cfg.Metrics))
+	}
+	c := &Child{cfg: cfg, m: m, tls: cfg.Credentials.ClientTLS(),
+		unregKick: make(chan struct{}, 1), up: make(chan struct{})}
+	for a := range strings.SplitSeq(cfg.Addr, ",") {
+		if a = strings.TrimSpace(a); a != "" {
+			c.addrs = append(c.addrs, a)
+		}
+	}
+	if len(c.addrs) == 0 {
+		return nil, errors.New("link: parent address is empty")
+	}
+	return c, nil
+}
+
+// addr is the parent address dialed now.
+func (c *Child) addr() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.addrs[c.ai]
+}
+
+// hopTo moves the link to the parent address from, when it is one of
+// the configured ones other than the one dialed now (a parent site's
+// new holder announced itself with the restart hint): the connection
+// closes and the link redials there at once. At most once a second.
+func (c *Child) hopTo(from net.Addr) {
+	ua, ok := from.(*net.UDPAddr)
+	if !ok || len(c.addrs) < 2 {
+		return
+	}
+	fp := ua.AddrPort()
+	fp = netip.AddrPortFrom(fp.Addr().Unmap(), fp.Port())
+	c.mu.Lock()
+	j := -1
+	for i, a := range c.addrs {
+		if ap, err := netip.ParseAddrPort(a); err == nil && netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()) == fp {
+			j = i
+		} else if err != nil {
+			if ra, err := net.ResolveUDPAddr("udp", a); err == nil {
+				rp := ra.AddrPort()
+				if netip.AddrPortFrom(rp.Addr().Unmap(), rp.Port()) == fp {
+					j = i
+				}
+			}
+		}
+	}
+	now := time.Now()
+	if j < 0 || j == c.ai || now.Sub(c.hopped) < time.Second {
+		c.mu.Unlock()
+		return
+	}
+	c.ai, c.hop, c.hopped = j, true, now
+	cc := c.cur
+	c.mu.Unlock()
+	c.cfg.Logger.Info("another of the parent's addresses announced itself; moving the link there", "addr", c.addrs[j])
+	if cc != nil {
+		cc.hop()
+	}
 }
 
 // KeepEndpoints makes the hub store the parent's endpoint with each
 // channel (relay.EndpointKeeper).
 func (c *Child) KeepEndpoints() bool { return true }
 
-// Addr is the parent's address.
-func (c *Child) Addr() string { return c.cfg.Addr }
+// Addr is the parent's address dialed now.
+func (c *Child) Addr() string { return c.addr() }
 
 // ChildStatus is the link's state for /status: the parent's name (from
 // its last WELCOME) and address, whether the link is up and since when,
@@ -183,7 +280,10 @@ type ChildStatus struct {
 // Status reports the link's state.
 func (c *Child) Status() ChildStatus {
 	c.mu.Lock()
-	st := ChildStatus{Parent: c.parent, Addr: c.cfg.Addr, Connected: c.cur != nil, LastError: c.lastErr, Acked: c.resume}
+	st := ChildStatus{Parent: c.parent, Addr: c.addrs[c.ai], Connected: c.cur != nil, LastError: c.lastErr, Acked: c.resume}
+	if c.cur != nil {
+		st.Addr = c.cur.addr
+	}
 	cc := c.cur
 	if cc != nil {
 		st.Since = c.since.UTC().Format(time.RFC3339)
@@ -248,6 +348,11 @@ func (c *Child) Unregister(ctx context.Context, u push.UAID, ch push.ChannelID) 
 	}
 	return nil
 }
+
+// KickUnregisters makes the sender look at the outbox now: an unregister
+// was added to it elsewhere (in a site, by another member, through the
+// site's log).
+func (c *Child) KickUnregisters() { kick(c.unregKick) }
 
 func kick(ch chan struct{}) {
 	select {
@@ -316,8 +421,10 @@ func (c *Child) Run(ctx context.Context, in Ingester) error {
 	defer wg.Wait()
 	wg.Go(func() { c.sendUnregisters(ctx) })
 	backoff := c.cfg.BackoffMin
+	failed := 0 // addresses failed in a row
 	for {
 		start := time.Now()
+		addr := c.addr()
 		err := c.connect(ctx, in)
 		if ctx.Err() != nil {
 			return nil
@@ -325,6 +432,17 @@ func (c *Child) Run(ctx context.Context, in Ingester) error {
 		if time.Since(start) > c.cfg.BackoffMax {
 			backoff = c.cfg.BackoffMin
 		}
+		c.mu.Lock()
+		hop, up := c.hop, c.wasUp
+		c.hop, c.wasUp = false, false
+		if up {
+			failed = 0
+		}
+		failed++
+		if !hop && len(c.addrs) > 1 {
+			c.ai = (c.ai + 1) % len(c.addrs)
+		}
+		c.mu.Unlock()
 		wait := jitter(backoff)
 		if ce, ok := errors.AsType[*linkquic.CloseError](err); ok && ce.Cause == "stateless_reset" && time.Since(start) >= c.cfg.BackoffMin {
 			// The parent answered with our reset key: it restarted and is
@@ -332,16 +450,24 @@ func (c *Child) Run(ctx context.Context, in Ingester) error {
 			// children), not after the backoff.
 			wait, backoff = jitter(resetRedial), c.cfg.BackoffMin
 		}
+		if hop || (len(c.addrs) > 1 && failed < len(c.addrs)) {
+			// Another of a parent site's members: try it now; the
+			// backoff once every address failed.
+			wait = jitter(resetRedial)
+		}
 		c.mu.Lock()
 		c.lastErr = err.Error()
 		c.mu.Unlock()
-		c.cfg.Logger.Warn("link to the parent down; reconnecting", "parent", c.cfg.Addr, "err", err, "in", wait)
+		c.cfg.Logger.Warn("link to the parent down; reconnecting", "parent", addr, "err", err, "in", wait, "next", c.addr())
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-time.After(wait):
 		}
-		backoff = min(backoff*2, c.cfg.BackoffMax)
+		if !hop && failed >= len(c.addrs) {
+			backoff = min(backoff*2, c.cfg.BackoffMax)
+			failed = 0
+		}
 	}
 }
 
@@ -355,8 +481,11 @@ func (c *Child) onHint(from net.Addr, result string) {
 	c.m.hints.With(result).Inc()
 	if result == linkquic.HintProbed {
 		// At most one a second (linkquic.HintProbeInterval).
-		c.cfg.Logger.Info("the parent announced a restart; probing it", "parent", c.cfg.Addr, "from", from)
+		c.cfg.Logger.Info("the parent announced a restart; probing it", "parent", c.addr(), "from", from)
 		return
+	}
+	if result == linkquic.HintWrongAddr {
+		c.hopTo(from)
 	}
 	c.cfg.Logger.Debug("restart hint ignored", "from", from, "result", result)
 }
@@ -365,7 +494,8 @@ func (c *Child) onHint(from net.Addr, result string) {
 func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	hctx, cancel := context.WithTimeout(ctx, 2*c.cfg.RequestTimeout)
 	defer cancel()
-	conn, err := linkquic.Dial(hctx, c.cfg.Addr, linkquic.Config{TLS: c.tls, KeepAlive: c.cfg.KeepAlive,
+	addr := c.addr()
+	conn, err := linkquic.Dial(hctx, addr, linkquic.Config{TLS: c.tls, KeepAlive: c.cfg.KeepAlive,
 		IdleTimeout: c.cfg.IdleTimeout, Logger: c.cfg.Logger, OnHint: c.onHint})
 	if err != nil {
 		c.m.connects.With("error").Inc()
@@ -374,6 +504,16 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	defer conn.Close(linkquic.Code(linkproto.CodeShutdown), "shutting down")
 	stop := context.AfterFunc(ctx, func() { conn.Close(linkquic.Code(linkproto.CodeShutdown), "shutting down") })
 	defer stop()
+	// hop closes the connection from the hint reader (hopTo), which
+	// must not block on it: the close waits for that reader.
+	hopCtx, hop := context.WithCancel(ctx)
+	defer hop()
+	stopHop := context.AfterFunc(hopCtx, func() {
+		if ctx.Err() == nil {
+			conn.Close(linkquic.Code(linkproto.CodeShutdown), "moving to another of the parent's addresses")
+		}
+	})
+	defer stopHop()
 	ctl, err := conn.OpenControl(hctx)
 	if err != nil {
 		c.m.connects.With("error").Inc()
@@ -405,7 +545,7 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 		err = readErr(conn, err)
 		var ce *linkquic.CloseError
 		if errors.As(err, &ce) && ce.Cause == "remote" {
-			c.cfg.Logger.Error("the parent refused this relay", "parent", c.cfg.Addr, "code", linkproto.Code(ce.Code), "reason", ce.Reason)
+			c.cfg.Logger.Error("the parent refused this relay", "parent", addr, "code", linkproto.Code(ce.Code), "reason", ce.Reason)
 		}
 		return fmt.Errorf("read welcome: %w", err)
 	}
@@ -414,7 +554,12 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 	switch fr := fr.(type) {
 	case *linkproto.Refuse:
 		c.m.connects.With("refused").Inc()
-		c.cfg.Logger.Error("the parent refused this relay", "parent", c.cfg.Addr, "code", fr.Code, "reason", fr.Reason)
+		if fr.Code == linkproto.CodeBusy && len(c.addrs) > 1 {
+			// A parent site's member that does not take children now.
+			c.cfg.Logger.Info("the parent's member does not take children now; trying the next address", "parent", addr, "reason", fr.Reason)
+		} else {
+			c.cfg.Logger.Error("the parent refused this relay", "parent", addr, "code", fr.Code, "reason", fr.Reason)
+		}
 		return fmt.Errorf("refused by the parent: %v: %s", fr.Code, fr.Reason)
 	case *linkproto.Welcome:
 		w = fr
@@ -435,7 +580,7 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 			return fmt.Errorf("resync: %w", readErr(conn, err))
 		}
 	}
-	cc := &childConn{c: c, conn: conn, ctl: f, pending: map[uint64]chan answer{},
+	cc := &childConn{c: c, conn: conn, ctl: f, hop: hop, addr: addr, pending: map[uint64]chan answer{},
 		next: w.Next, done: map[uint64]struct{}{},
 		grantedBytes: uint64(c.cfg.CreditBytes), granted: uint64(c.cfg.CreditMessages)}
 	cc.acked = w.Next - 1
@@ -443,11 +588,11 @@ func (c *Child) connect(ctx context.Context, in Ingester) (err error) {
 		return fmt.Errorf("send credit: %w", readErr(conn, err))
 	}
 	c.mu.Lock()
-	c.cur, c.since, c.lastErr, c.parent = cc, time.Now(), "", w.Name
+	c.cur, c.since, c.lastErr, c.parent, c.wasUp = cc, time.Now(), "", w.Name, true
 	close(c.up)
 	c.mu.Unlock()
 	c.m.connected.Set(1)
-	c.cfg.Logger.Info("link to the parent up", "parent", w.Name, "addr", c.cfg.Addr, "next", w.Next, "resumed_tls", conn.Resumed())
+	c.cfg.Logger.Info("link to the parent up", "parent", w.Name, "addr", addr, "next", w.Next, "resumed_tls", conn.Resumed())
 	kick(c.unregKick)
 	defer func() {
 		c.m.connected.Set(0)
@@ -570,6 +715,8 @@ type childConn struct {
 	c    *Child
 	conn *linkquic.Conn
 	ctl  *framer
+	hop  context.CancelFunc // closes conn without waiting (hopTo)
+	addr string             // the parent address dialed
 
 	mu      sync.Mutex
 	pending map[uint64]chan answer
@@ -979,4 +1126,27 @@ func (c *Child) resync(ctx context.Context, fix *resyncFix) {
 	if failed > 0 {
 		c.cfg.Logger.Warn("resync: some fixes failed; the next connect tries again", "failed", failed)
 	}
+}
+
+// IdentityPrint is a fingerprint of the identity a child presents to its
+// parent: its name and its certificate (the leaf's DER), or in token
+// mode its token (a truncated SHA-256 under a domain-separation prefix,
+// never the key or the token). A site's members, one child of their
+// parent, compare theirs (relay/site, linkid.go).
+func IdentityPrint(name string, creds *linkauth.Credentials) uint64 {
+	h := sha256.New()
+	h.Write([]byte("pushrelay link identity\x00"))
+	h.Write([]byte(name))
+	h.Write([]byte{0})
+	if creds != nil {
+		if creds.Cert != nil && len(creds.Cert.Certificate) > 0 {
+			h.Write([]byte("cert\x00"))
+			h.Write(creds.Cert.Certificate[0])
+		}
+		if len(creds.Token) > 0 {
+			h.Write([]byte("token\x00"))
+			h.Write(creds.Token)
+		}
+	}
+	return binary.BigEndian.Uint64(h.Sum(nil))
 }

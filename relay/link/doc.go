@@ -50,6 +50,16 @@
 // that was up means the parent is back). A child idle on its heartbeat
 // (link_keepalive) would otherwise notice only at its next one.
 //
+// In a site of relays (relay/site) the child's Store is the site's log in
+// front of the member's store (ChildStore), and a new Child runs on each
+// member that comes to hold the link; the parent's Store likewise
+// (ParentStore), every member's Parent listening and only the holder's
+// taking children (ParentConfig.SiteMember, Parent.Hold: the others
+// refuse busy), with the site's epoch in the origin ids. A child may be
+// given several parent addresses (a parent site's members): it moves to
+// the next after a failed connect, and to another of them whose restart
+// hint it gets.
+//
 // Broadcasts (ParentConfig.Broadcasts, ChildConfig.Broadcasts: the
 // relays' broadcast.Registry): the parent sends each child every id of
 // its registry with its version once the connection is up, then, at each

@@ -17,6 +17,14 @@ type childMetrics struct {
 	hints            *metrics.CounterVec
 }
 
+// ChildMetrics are a child's metrics, registered once and shared by the
+// Children made one after another on a site's member (each time it comes
+// to hold the link): ChildConfig.Shared.
+type ChildMetrics struct{ m *childMetrics }
+
+// NewChildMetrics registers the child's metrics in r.
+func NewChildMetrics(r *metrics.Registry) *ChildMetrics { return &ChildMetrics{newChildMetrics(r)} }
+
 func newChildMetrics(r *metrics.Registry) *childMetrics {
 	return &childMetrics{
 		connected:        r.Gauge("pushrelay_link_up_connected", "1 while this relay's link to its parent is up (WELCOME received)."),

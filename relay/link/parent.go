@@ -36,8 +36,18 @@ type ParentConfig struct {
 	// ResetKey is the stateless reset key (linkquic.LoadResetKey).
 	ResetKey *[32]byte
 	// Store holds the channels registered for children, the child serving
-	// each UAID, and the messages waiting for them.
-	Store *store.Store
+	// each UAID, and the messages waiting for them: the relay's
+	// *store.Store, or in a site the site's log in front of it
+	// (relay/site.Store).
+	Store ParentStore
+	// SiteMember: this relay is a member of a site, whose children are
+	// taken by one member at a time (the site's holder): the parent
+	// refuses every child (REFUSE busy, naming the holder's link
+	// address, HolderAddr) except while Hold runs.
+	SiteMember bool
+	// HolderAddr, with SiteMember, is the link address of the member
+	// that takes children now ("" when unknown).
+	HolderAddr func() string
 	// Endpoints mints the endpoints of children's registers: the
 	// relay's own (standalone minter, or its upstream link).
 	Endpoints relay.Endpoints
@@ -59,6 +69,27 @@ type ParentConfig struct {
 	Metrics *metrics.Registry
 	Now     func() time.Time
 }
+
+// ParentStore is what a Parent reads and writes: *store.Store, or a
+// site's store (relay/site.Store, whose writes go through the site's log).
+type ParentStore interface {
+	Epoch() []byte
+	LinkChildren(fn func(u push.UAID, child []byte)) error
+	LinkChildAddrs(fn func(child string, addr netip.AddrPort)) error
+	LinkForgets(child string, max int) ([]store.LinkForget, error)
+	Channel(u push.UAID, id push.ChannelID) (store.Channel, bool, error)
+	Channels(u push.UAID) ([]store.Channel, error)
+	Messages(u push.UAID, afterSeq uint64, limit int) ([]store.Message, error)
+	WaitingUAIDs(from push.UAID, limit int) ([]push.UAID, bool, error)
+	Register(ctx context.Context, c store.Channel) error
+	Unregister(ctx context.Context, u push.UAID, id push.ChannelID) (bool, error)
+	SetLinkChild(ctx context.Context, u push.UAID, child string) error
+	SetLinkChildAddr(ctx context.Context, child string, addr netip.AddrPort) error
+	LinkForgotten(ctx context.Context, u push.UAID, child string) error
+	AckMany(ctx context.Context, seqs map[push.UAID][]uint64) (int, error)
+}
+
+var _ ParentStore = (*store.Store)(nil)
 
 func (c *ParentConfig) setDefaults() {
 	if c.DataStreams <= 0 {
@@ -109,6 +140,9 @@ type Parent struct {
 	addrs     map[string]netip.AddrPort
 	hintAddrs []netip.AddrPort
 	wg        sync.WaitGroup
+	// holding: children are taken (always, outside a site; while Hold
+	// runs, in one).
+	holding bool
 }
 
 // NewParent reads which child serves each UAID from the store and opens
@@ -121,42 +155,12 @@ func NewParent(cfg ParentConfig) (*Parent, error) {
 		return nil, fmt.Errorf("link: relay name %q must be 1 to %d bytes", cfg.Name, linkproto.MaxNameLen)
 	}
 	cfg.setDefaults()
-	p := &Parent{cfg: cfg, epoch: cfg.Store.Epoch(), m: newParentMetrics(metrics.OrNew(cfg.Metrics)), serves: map[push.UAID]uint16{},
-		index: map[string]uint16{}}
+	p := &Parent{cfg: cfg, epoch: cfg.Store.Epoch(), m: newParentMetrics(metrics.OrNew(cfg.Metrics)), holding: !cfg.SiteMember}
 	if cfg.Credentials.TokenMode() {
 		p.token = cfg.Credentials.Token
 	}
-	var ferr error
-	err := cfg.Store.LinkChildren(func(u push.UAID, child []byte) {
-		i, ok := p.index[string(child)]
-		if !ok {
-			if len(p.names) >= cfg.MaxChildren {
-				ferr = fmt.Errorf("link: the store names more than %d children", cfg.MaxChildren)
-				return
-			}
-			i = uint16(len(p.names))
-			p.names = append(p.names, string(child))
-			p.conns = append(p.conns, nil)
-			p.digests = append(p.digests, linkproto.Digest{})
-			p.index[string(child)] = i
-		}
-		p.serves[u] = i
-	})
-	if err = errors.Join(err, ferr); err != nil {
-		return nil, fmt.Errorf("link: read children: %w", err)
-	}
-	if err := p.rebuildDigests(); err != nil {
-		return nil, fmt.Errorf("link: read children's channels: %w", err)
-	}
-	p.m.uaids.Set(float64(len(p.serves)))
-	p.addrs = map[string]netip.AddrPort{}
-	if err := cfg.Store.LinkChildAddrs(func(child string, a netip.AddrPort) {
-		p.addrs[child] = a
-		p.hintAddrs = append(p.hintAddrs, a)
-	}); err != nil {
-		// Only the restart hint needs them: children notice at their
-		// next heartbeat instead.
-		cfg.Logger.Warn("children's last addresses not read; no restart hint", "err", err)
+	if err := p.load(); err != nil {
+		return nil, err
 	}
 	if cfg.Broadcasts != nil {
 		// Runs under the registry's lock: Parent.mu is taken after it.
@@ -180,6 +184,143 @@ func NewParent(cfg ParentConfig) (*Parent, error) {
 		return nil, fmt.Errorf("link: listen on %s: %w", cfg.Listen, err)
 	}
 	return p, nil
+}
+
+// load reads from the store which child serves each UAID, the digests
+// of their pairs and the children's last addresses (at NewParent, and in
+// a site each time this member comes to hold the children: the store
+// applied every claim the last holder made).
+func (p *Parent) load() error {
+	cfg := p.cfg
+	serves, index := map[push.UAID]uint16{}, map[string]uint16{}
+	var names []string
+	var ferr error
+	err := cfg.Store.LinkChildren(func(u push.UAID, child []byte) {
+		i, ok := index[string(child)]
+		if !ok {
+			if len(names) >= cfg.MaxChildren {
+				ferr = fmt.Errorf("link: the store names more than %d children", cfg.MaxChildren)
+				return
+			}
+			i = uint16(len(names))
+			names = append(names, string(child))
+			index[string(child)] = i
+		}
+		serves[u] = i
+	})
+	if err = errors.Join(err, ferr); err != nil {
+		return fmt.Errorf("link: read children: %w", err)
+	}
+	p.mu.Lock()
+	// Children connected now (a site's holder reloading: none) keep
+	// their index; the others are as the store says.
+	for i, pc := range p.conns {
+		if pc != nil {
+			if _, ok := index[p.names[i]]; !ok {
+				index[p.names[i]] = uint16(len(names))
+				names = append(names, p.names[i])
+			}
+		}
+	}
+	conns := make([]*parentConn, len(names))
+	for i, pc := range p.conns {
+		if pc != nil {
+			conns[index[p.names[i]]] = pc
+			pc.idx = index[p.names[i]]
+		}
+	}
+	p.serves, p.index, p.names, p.conns = serves, index, names, conns
+	p.digests = make([]linkproto.Digest, len(names))
+	p.mu.Unlock()
+	if err := p.rebuildDigests(); err != nil {
+		return fmt.Errorf("link: read children's channels: %w", err)
+	}
+	p.m.uaids.Set(float64(len(serves)))
+	addrs := map[string]netip.AddrPort{}
+	var hints []netip.AddrPort
+	if err := cfg.Store.LinkChildAddrs(func(child string, a netip.AddrPort) {
+		addrs[child] = a
+		hints = append(hints, a)
+	}); err != nil {
+		// Only the restart hint needs them: children notice at their
+		// next heartbeat instead.
+		cfg.Logger.Warn("children's last addresses not read; no restart hint", "err", err)
+	}
+	p.mu.Lock()
+	p.addrs, p.hintAddrs = addrs, hints
+	p.mu.Unlock()
+	return nil
+}
+
+// Hold takes children on a site's member (SiteMember) until ctx ends:
+// the site named this member the holder. It reloads the children's state
+// from the store (the last holder's claims, applied here from the log),
+// takes epoch as the origin ids' first bytes (the site's, the same on
+// every member: a message resent by the next holder keeps its id), and
+// sends the restart hint to every child's last address, so that a child
+// still connected to the last holder (or waiting to redial it) comes here
+// at once. When ctx ends it sends every child GOAWAY and closes its
+// connection: they redial, and reach the next holder.
+func (p *Parent) Hold(ctx context.Context, epoch []byte) error {
+	if err := p.load(); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	if !bytes.Equal(p.epoch, epoch) {
+		// Once per run: the site's epoch does not change (the senders
+		// of an earlier holding, all gone, read it unlocked).
+		p.epoch = slices.Clone(epoch)
+	}
+	p.holding = true
+	p.mu.Unlock()
+	p.cfg.Logger.Info("taking children: this member holds the site's relay link listener")
+	p.announce()
+	<-ctx.Done()
+	p.mu.Lock()
+	p.holding = false
+	conns := slices.Clone(p.conns)
+	p.mu.Unlock()
+	for _, pc := range conns {
+		if pc != nil {
+			pc.ctl.send(&linkproto.GoAway{Code: linkproto.CodeBusy, Reason: "this member no longer holds the site's children"})
+			pc.conn.Close(linkquic.Code(linkproto.CodeBusy), "this member no longer holds the site's children")
+		}
+	}
+	p.cfg.Logger.Info("no longer taking children")
+	return nil
+}
+
+// Reload reads the children's state from the store again (a site's
+// member whose store a snapshot replaced); a parent that holds (Hold)
+// reloads when it comes to hold and is left as it is.
+func (p *Parent) Reload() error {
+	p.mu.Lock()
+	holding := p.holding
+	p.mu.Unlock()
+	if holding {
+		return nil
+	}
+	return p.load()
+}
+
+// NoteChild hears that child serves u (a site's member applying the
+// holder's claim from the log): Serves answers for it at once on every
+// member.
+func (p *Parent) NoteChild(u push.UAID, child string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	i, ok := p.index[child]
+	if !ok {
+		if len(p.names) >= p.cfg.MaxChildren {
+			return
+		}
+		i = uint16(len(p.names))
+		p.names = append(p.names, child)
+		p.conns = append(p.conns, nil)
+		p.digests = append(p.digests, linkproto.Digest{})
+		p.index[child] = i
+	}
+	p.serves[u] = i
 }
 
 // Addr is the link's listening address.
@@ -277,7 +418,9 @@ func (p *Parent) Run(ctx context.Context) error {
 		p.l.Close()
 	})
 	defer stop()
-	p.announce()
+	if !p.cfg.SiteMember {
+		p.announce() // in a site, the holder announces (Hold)
+	}
 	for {
 		conn, err := p.l.Accept(ctx)
 		if err != nil {
@@ -337,6 +480,19 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 	v, ok := linkproto.ChooseVersion(hello.Versions, []uint64{linkproto.Version})
 	if !ok {
 		p.refuse(conn, f, linkproto.CodeVersion, "no common protocol version", nil)
+		return
+	}
+	p.mu.Lock()
+	holding := p.holding
+	p.mu.Unlock()
+	if !holding {
+		why := "not the site's link holder now: retry another member"
+		if p.cfg.HolderAddr != nil {
+			if a := p.cfg.HolderAddr(); a != "" {
+				why = "not the site's link holder now: the holder is " + a
+			}
+		}
+		p.refuse(conn, f, linkproto.CodeBusy, why, nil)
 		return
 	}
 	pc, old, ok := p.attach(hello.Name, conn, f)
@@ -477,7 +633,9 @@ func (p *Parent) serve(ctx context.Context, conn *linkquic.Conn) {
 // that ran before this one probes at once, meets the stateless reset and
 // redials, instead of noticing at its next heartbeat.
 func (p *Parent) announce() {
+	p.mu.Lock()
 	addrs := p.hintAddrs
+	p.mu.Unlock()
 	if len(addrs) > p.cfg.MaxChildren {
 		addrs = addrs[len(addrs)-p.cfg.MaxChildren:]
 	}

@@ -172,8 +172,9 @@ type Config struct {
 	// (relay/site, which cmd/pushrelay wires): the writes that decide
 	// what devices are sent go through the site's replicated log, so
 	// every member serves every device from its own store. It is called
-	// once the store is open. A site member has no upstream and no relay
-	// link yet.
+	// once the store is open. Its upstream (ws://, wss:// or quic://) is
+	// held by one member at a time, and so are its relay link children
+	// (RelayListen: every member listens, the holder takes them).
 	NewSite func(SiteParams) (Site, error)
 
 	// Version is reported by /status and the ready lines.
@@ -216,9 +217,12 @@ type Node struct {
 	broadcasts *broadcast.Registry
 	megaphone  *megaphone.Poller // nil without megaphone_url
 	link       *upstream.Link    // nil without a ws(s):// upstream
-	child      *link.Child       // nil without a quic:// upstream
-	parent     *link.Parent      // nil without relay_listen
-	site       Site              // nil outside a site
+	child      *link.Child       // nil without a quic:// upstream, and in a site
+	// heldChild is the site's relay link to the parent while this member
+	// holds it (a quic:// upstream in a site), else nil.
+	heldChild atomic.Pointer[link.Child]
+	parent    *link.Parent // nil without relay_listen
+	site      Site         // nil outside a site
 
 	listeners map[string]net.Listener
 	servers   map[string]*http.Server
@@ -295,9 +299,6 @@ func New(cfg Config) (_ *Node, err error) {
 	// site the site's log in front of it.
 	var hubStore SiteWriter = d.store
 	if cfg.NewSite != nil {
-		if strings.HasPrefix(cfg.Upstream, "quic://") || cfg.RelayListen != "" {
-			return nil, errors.New("node: a site member cannot have a quic:// upstream or take relay links yet")
-		}
 		var keys KeyPrints
 		if keys, err = readKeyPrints(cfg.DataDir); err != nil {
 			return nil, err
@@ -341,7 +342,35 @@ func New(cfg Config) (_ *Node, err error) {
 	if (strings.HasPrefix(cfg.Upstream, "quic://") || cfg.RelayListen != "") && cfg.LinkCredentials == nil {
 		return nil, errors.New("node: the relay link needs its keys (link_cert and link_key, link_ca or link_pins, or link_token)")
 	}
-	if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok {
+	if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok && d.site != nil {
+		// In a site the relay link to the parent is held by one member
+		// at a time, as a ws:// upstream is (relay/site, holder.go): a
+		// child of its own each time it comes to hold it, writing the
+		// link's state (the unregister outbox, forgotten devices)
+		// through the site's log. Every member presents the same name:
+		// the parent sees one child.
+		childStore, ok := hubStore.(link.ChildStore)
+		if !ok {
+			return nil, errors.New("node: the site's store does not keep the relay link's state")
+		}
+		childConfig := link.ChildConfig{
+			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: childStore,
+			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
+			KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout, Broadcasts: d.broadcasts,
+			Logger: d.log.With("component", "link"), Shared: link.NewChildMetrics(d.reg),
+		}
+		if _, err := link.NewChild(childConfig); err != nil {
+			return nil, err // a bad name or address fails the start, not each holding
+		}
+		newHolding := func() (Holding, error) {
+			c, err := link.NewChild(childConfig)
+			if err != nil {
+				return nil, err
+			}
+			return childHolding{c, d}, nil
+		}
+		endpoints = d.site.UpstreamLink(newHolding, 0, linkName, link.IdentityPrint(linkName, cfg.LinkCredentials))
+	} else if addr, ok := strings.CutPrefix(cfg.Upstream, "quic://"); ok {
 		d.child, err = link.NewChild(link.ChildConfig{
 			Addr: addr, Name: linkName, Credentials: cfg.LinkCredentials, Store: d.store,
 			BackoffMin: cfg.UpstreamBackoffMin, BackoffMax: cfg.UpstreamBackoffMax,
@@ -407,20 +436,42 @@ func New(cfg Config) (_ *Node, err error) {
 		if err != nil {
 			return nil, fmt.Errorf("relay link: %w", err)
 		}
-		d.parent, err = link.NewParent(link.ParentConfig{
+		pcfg := link.ParentConfig{
 			Listen: cfg.RelayListen, Name: linkName, Credentials: cfg.LinkCredentials, ResetKey: resetKey,
 			Store: d.store, Endpoints: endpoints, KeepAlive: cfg.LinkKeepAlive, IdleTimeout: cfg.LinkIdleTimeout,
 			Broadcasts: d.broadcasts, Logger: d.log.With("component", "link-parent"), Metrics: d.reg,
-		})
+		}
+		if d.site != nil {
+			// In a site every member listens and the one that holds
+			// the site's upstream takes the children (relay/site,
+			// parent.go), writing their state through the site's log.
+			ps, ok := hubStore.(link.ParentStore)
+			if !ok {
+				return nil, errors.New("node: the site's store does not keep the relay link's children")
+			}
+			pcfg.Store, pcfg.SiteMember, pcfg.HolderAddr = ps, true, d.site.HolderLinkAddr
+		}
+		d.parent, err = link.NewParent(pcfg)
 		if err != nil {
 			return nil, err
+		}
+		if d.site != nil {
+			d.site.LinkParent(d.parent)
 		}
 		stored, forgot, elsewhere = d.parent.Stored, d.parent.Forgot, d.parent.Serves
 	}
 	if d.site != nil {
 		// Every member decides from its own commit feed whether to wake
-		// a device: the one holding its wake binding does.
-		stored = d.site.Stored
+		// a device: the one holding its wake binding does; the holder's
+		// link parent sends its children theirs.
+		if parentStored := stored; parentStored != nil {
+			stored = func(ms []store.Message) {
+				d.site.Stored(ms)
+				parentStored(ms)
+			}
+		} else {
+			stored = d.site.Stored
+		}
 	}
 	var bsrc relay.Broadcasts = d.broadcasts
 	if d.link != nil {
@@ -488,6 +539,20 @@ func New(cfg Config) (_ *Node, err error) {
 	if d.child != nil {
 		d.admin.AddWarning("relay link", func() error {
 			if st := d.child.Status(); !st.Connected {
+				if st.LastError != "" {
+					return fmt.Errorf("not connected to the parent %s: %s", st.Addr, st.LastError)
+				}
+				return fmt.Errorf("not connected to the parent %s", st.Addr)
+			}
+			return nil
+		})
+	} else if d.site != nil && strings.HasPrefix(cfg.Upstream, "quic://") {
+		d.admin.AddWarning("relay link", func() error {
+			c := d.heldChild.Load()
+			if c == nil {
+				return nil // another member holds the link
+			}
+			if st := c.Status(); !st.Connected {
 				if st.LastError != "" {
 					return fmt.Errorf("not connected to the parent %s: %s", st.Addr, st.LastError)
 				}
@@ -883,10 +948,14 @@ func (d *Node) status() admin.Status {
 		}
 		st.Upstream = u
 	}
-	if d.child != nil || d.parent != nil {
+	child := d.child
+	if child == nil {
+		child = d.heldChild.Load() // in a site: while this member holds the link
+	}
+	if child != nil || d.parent != nil {
 		st.Link = &admin.LinkStatus{}
-		if d.child != nil {
-			cs := d.child.Status()
+		if child != nil {
+			cs := child.Status()
 			st.Link.Parent = &admin.LinkParent{Name: cs.Parent, Addr: cs.Addr, Connected: cs.Connected,
 				Since: cs.Since, Acked: cs.Acked, LastError: cs.LastError}
 		}
@@ -1057,6 +1126,17 @@ type Site interface {
 	// runs it while the member holds it; the result is what the hub
 	// registers through. requestTimeout 0: the upstream's default.
 	Upstream(newHolding func() (Holding, error), requestTimeout time.Duration) relay.Endpoints
+	// UpstreamLink is Upstream for the relay link to a parent (a
+	// quic:// upstream): newHolding runs a relay/link.Child; name and
+	// fingerprint are this relay's identity on the link (link.IdentityPrint),
+	// which must be the site's to hold it.
+	UpstreamLink(newHolding func() (Holding, error), requestTimeout time.Duration, name string, fingerprint uint64) relay.Endpoints
+	// LinkParent makes the relay link listener (relay_listen) the site's:
+	// it takes children while this member holds (before Run).
+	LinkParent(p *link.Parent)
+	// HolderLinkAddr is the relay link address of the member that takes
+	// children now ("" when unknown).
+	HolderLinkAddr() string
 }
 
 // SiteKicker is the node's kicker as the site drives it (kick.Kicker).
@@ -1091,6 +1171,19 @@ type linkHolding struct {
 }
 
 func (h linkHolding) Run(ctx context.Context) error { return h.Link.Run(ctx, h.hub) }
+
+// childHolding runs the site's relay link to the parent into the hub,
+// shown in /status while it runs.
+type childHolding struct {
+	*link.Child
+	d *Node
+}
+
+func (h childHolding) Run(ctx context.Context) error {
+	h.d.heldChild.Store(h.Child)
+	defer h.d.heldChild.CompareAndSwap(h.Child, nil)
+	return h.Child.Run(ctx, h.d.hub)
+}
 
 // SiteWriter is what the hub and the broadcast registry write through.
 type SiteWriter interface {

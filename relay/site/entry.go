@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/push"
@@ -35,6 +36,12 @@ import (
 //	hellos   = count (uvarint) | (uaid (16) | at (8))…
 //	outbox   = op (1) = 1 | uaid (16) | channel (16) | upstream uaid (16)
 //	         | op (1) = 2 | count (uvarint) | seq (uvarint)…
+//	link     = op (1) = 1 | identity print (8) | link name (str)   (the member's, linkid.go)
+//	         | op (1) = 2 | uaid (16) | child (str)                 (SetLinkChild)
+//	         | op (1) = 3 | uaid (16) | child (str)                 (LinkForgotten)
+//	         | op (1) = 4 | child (str) | address (16) | port (2)   (SetLinkChildAddr)
+//	         | op (1) = 5 | count (uvarint) | (uaid (16) | count (uvarint) | seq (uvarint)…)…   (AckMany)
+//	         | op (1) = 6 | epoch (str)                              (the site's link epoch)
 //
 // where str is a uvarint length and the bytes. A decoder refuses unknown
 // versions and kinds, fields over their limits, and trailing bytes.
@@ -55,13 +62,19 @@ const (
 	// The site's upstream (holder.go): which member holds it, a
 	// register asked of the holder and its answer, and the upstream
 	// link's state (identities, hello times, the unregister outbox).
-	// 15 is kept for the relay link's (a quic:// upstream, relay_listen).
 	KindHolder          Kind = 9
 	KindRegisterRequest Kind = 10
 	KindRegisterResult  Kind = 11
 	KindUpstreamID      Kind = 12
 	KindHellos          Kind = 13
 	KindOutbox          Kind = 14
+	// KindLink (15): the relay link's (a quic:// upstream, relay_listen),
+	// by op: OpIdentity, the identity a member presents on the link to
+	// its parent (linkid.go; nothing stored); the parent side's writes
+	// (parent.go): which child serves a UAID, a forget a child answered,
+	// a child's last address, the messages children acked, and the
+	// site's link epoch.
+	KindLink Kind = 15
 	// KindWakeOwner (16): the member that made
 	// it now holds these devices' wake bindings (they proved their
 	// addresses to its STUN socket, or it accepted their hello for wake);
@@ -78,6 +91,13 @@ const (
 
 	OpLater = 1 // outbox: UnregisterLater
 	OpSent  = 2 // outbox: UnregisterSent
+
+	OpIdentity      = 1 // link: a member's identity on the link to the parent
+	OpLinkChild     = 2 // link: SetLinkChild
+	OpLinkForgotten = 3 // link: LinkForgotten
+	OpLinkChildAddr = 4 // link: SetLinkChildAddr
+	OpLinkAcks      = 5 // link: AckMany
+	OpLinkEpoch     = 6 // link: the site's link epoch
 )
 
 // Hello is a device's hello upstream at a time (KindHellos).
@@ -126,10 +146,15 @@ type Entry struct {
 	// with Endpoint or Error.
 	ForMember, ForRequest uint64
 	Error                 string
-	Op                    uint8     // upstream id, outbox
-	Upstream              push.UAID // upstream id, outbox (later)
-	Helloed               time.Time // upstream id
-	Hellos                []Hello   // hellos
+	Op                    uint8                  // upstream id, outbox
+	Upstream              push.UAID              // upstream id, outbox (later)
+	Helloed               time.Time              // upstream id
+	Hellos                []Hello                // hellos
+	LinkPrint             uint64                 // link identity: the fingerprint
+	LinkName              string                 // link identity: the name; link child, forgotten, address: the child
+	LinkAddr              netip.AddrPort         // link address
+	Acks                  map[push.UAID][]uint64 // link acks
+	LinkEpoch             []byte                 // link epoch
 }
 
 // AppendEntry appends e's encoding to b.
@@ -234,6 +259,37 @@ func AppendEntry(b []byte, e *Entry) ([]byte, error) {
 		default:
 			return b, fmt.Errorf("%w: outbox op %d", ErrBadEntry, e.Op)
 		}
+	case KindLink:
+		b = append(b, e.Op)
+		switch e.Op {
+		case OpIdentity:
+			b = binary.BigEndian.AppendUint64(b, e.LinkPrint)
+			b = appendStr(b, e.LinkName)
+		case OpLinkChild, OpLinkForgotten:
+			b = appendStr(append(b, e.UAID[:]...), e.LinkName)
+		case OpLinkChildAddr:
+			a := e.LinkAddr.Addr().As16()
+			b = append(appendStr(b, e.LinkName), a[:]...)
+			b = binary.BigEndian.AppendUint16(b, e.LinkAddr.Port())
+		case OpLinkAcks:
+			if len(e.Acks) > maxSeqs {
+				return b, fmt.Errorf("%w: %d acked devices", ErrBadEntry, len(e.Acks))
+			}
+			b = binary.AppendUvarint(b, uint64(len(e.Acks)))
+			for u, seqs := range e.Acks {
+				if len(seqs) > maxSeqs {
+					return b, fmt.Errorf("%w: %d seqs", ErrBadEntry, len(seqs))
+				}
+				b = binary.AppendUvarint(append(b, u[:]...), uint64(len(seqs)))
+				for _, q := range seqs {
+					b = binary.AppendUvarint(b, q)
+				}
+			}
+		case OpLinkEpoch:
+			b = appendStr(b, string(e.LinkEpoch))
+		default:
+			return b, fmt.Errorf("%w: link op %d", ErrBadEntry, e.Op)
+		}
 	default:
 		return b, fmt.Errorf("%w: kind %d", ErrBadEntry, e.Kind)
 	}
@@ -302,6 +358,15 @@ func (r *reader) u64(what string) uint64 {
 		return 0
 	}
 	return binary.BigEndian.Uint64(v)
+}
+
+// u64short reads a big-endian uint16 (a port).
+func (r *reader) u64short() uint64 {
+	v := r.bytes(2, "port")
+	if v == nil {
+		return 0
+	}
+	return uint64(binary.BigEndian.Uint16(v))
 }
 
 func (r *reader) uvarint(what string) uint64 {
@@ -450,6 +515,37 @@ func DecodeEntry(b []byte) (*Entry, error) {
 			}
 		default:
 			r.fail(fmt.Sprintf("outbox op %d", e.Op))
+		}
+	case KindLink:
+		switch e.Op = r.u8("op"); {
+		case r.err != nil:
+		case e.Op == OpIdentity:
+			e.LinkPrint, e.LinkName = r.u64("link print"), r.str("link name")
+		case e.Op == OpLinkChild || e.Op == OpLinkForgotten:
+			e.UAID, e.LinkName = r.uaid(), r.str("child")
+		case e.Op == OpLinkChildAddr:
+			e.LinkName = r.str("child")
+			if a := r.bytes(16, "address"); a != nil {
+				e.LinkAddr = netip.AddrPortFrom(netip.AddrFrom16([16]byte(a)).Unmap(), uint16(r.u64short()))
+			}
+		case e.Op == OpLinkAcks:
+			n := r.count(maxSeqs, "acked devices")
+			e.Acks = make(map[push.UAID][]uint64, n)
+			for i := 0; i < n && r.err == nil; i++ {
+				u := r.uaid()
+				k := r.count(maxSeqs, "seqs")
+				seqs := make([]uint64, 0, k)
+				for j := 0; j < k && r.err == nil; j++ {
+					seqs = append(seqs, r.uvarint("seq"))
+				}
+				e.Acks[u] = seqs
+			}
+		case e.Op == OpLinkEpoch:
+			if ep := r.str("epoch"); ep != "" {
+				e.LinkEpoch = []byte(ep)
+			}
+		default:
+			r.fail(fmt.Sprintf("link op %d", e.Op))
 		}
 	default:
 		r.fail(fmt.Sprintf("kind %d", e.Kind))

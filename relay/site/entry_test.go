@@ -3,6 +3,7 @@ package site
 import (
 	"bytes"
 	"errors"
+	"net/netip"
 	"reflect"
 	"testing"
 	"time"
@@ -40,6 +41,12 @@ func sampleEntries() []*Entry {
 		{At: at, Member: 9, Request: 14, Kind: KindHellos, Hellos: []Hello{{UAID: u, At: at}, {UAID: push.UAID{2}, At: at.Add(time.Second)}}},
 		{At: at, Member: 7, Request: 15, Kind: KindOutbox, Op: OpLater, UAID: u, Channel: ch, Upstream: push.UAID{0xbb, 3}},
 		{At: at, Member: 9, Request: 16, Kind: KindOutbox, Op: OpSent, Seqs: []uint64{1, 70000}},
+		{At: at, Member: 8, Request: 17, Kind: KindLink, Op: OpIdentity, LinkPrint: 0x0123456789abcdef, LinkName: "site-a"},
+		{At: at, Member: 8, Request: 18, Kind: KindLink, Op: OpLinkChild, UAID: u, LinkName: "edge-1"},
+		{At: at, Member: 8, Request: 19, Kind: KindLink, Op: OpLinkForgotten, UAID: u, LinkName: "edge-1"},
+		{At: at, Member: 8, Request: 20, Kind: KindLink, Op: OpLinkChildAddr, LinkName: "edge-1", LinkAddr: netip.MustParseAddrPort("192.0.2.7:4433")},
+		{At: at, Member: 8, Request: 21, Kind: KindLink, Op: OpLinkAcks, Acks: map[push.UAID][]uint64{u: {1, 2}, {0xbb}: {9}}},
+		{At: at, Member: 8, Request: 22, Kind: KindLink, Op: OpLinkEpoch, LinkEpoch: []byte{1, 2, 3, 4, 5, 6, 7, 8}},
 	}
 }
 

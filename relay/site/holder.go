@@ -60,8 +60,18 @@ const (
 type holder struct {
 	newHolding func() (Holding, error)
 	timeout    time.Duration
-	kick       chan struct{}
-	reqs       chan *Entry
+	// link: the upstream is the relay link to a parent (a quic://
+	// upstream, relay/link.Child), whose devices have no upstream
+	// identity of their own: every unregister goes to the outbox.
+	link bool
+	// identity is this member's on the link (link only, linkid.go).
+	identity LinkIdentity
+	kick     chan struct{}
+	reqs     chan *Entry
+
+	// parent: the site takes relay link children (relay_listen) at the
+	// holder (parent.go); nil without.
+	parent LinkParent
 
 	mu  sync.Mutex
 	cur Holding // running here; nil when this member does not hold
@@ -77,12 +87,37 @@ func (s *Site) Upstream(newHolding func() (Holding, error), timeout time.Duratio
 	if timeout <= 0 {
 		timeout = 5 * time.Second
 	}
-	s.up = &holder{newHolding: newHolding, timeout: timeout, kick: make(chan struct{}, 1), reqs: make(chan *Entry, registerQueue)}
+	h := s.holder()
+	h.newHolding, h.timeout = newHolding, timeout
 	return &Upstream{s: s}
 }
 
+// holder is the site's holder on this member, made on first use.
+func (s *Site) holder() *holder {
+	if s.up == nil {
+		s.up = &holder{timeout: 5 * time.Second, kick: make(chan struct{}, 1), reqs: make(chan *Entry, registerQueue)}
+	}
+	return s.up
+}
+
+// UpstreamLink is Upstream for the relay link to a parent pushrelay (a
+// quic:// upstream: newHolding makes a relay/link.Child each time, with
+// this member's Store): the site is one child of the parent, whichever
+// member holds the link. A device's unregister always goes to the
+// replicated outbox (the link's devices have no upstream identity: the
+// parent knows them by their own UAID), which the holder's link sends.
+// Every member must present the same identity on the link (id: its
+// link name and fingerprint, linkid.go); one that does not never holds
+// it.
+func (s *Site) UpstreamLink(newHolding func() (Holding, error), timeout time.Duration, id LinkIdentity) *Upstream {
+	u := s.Upstream(newHolding, timeout)
+	s.up.link, s.up.identity = true, id
+	return u
+}
+
 // HasUpstream reports whether the site has an upstream (Upstream was
-// called).
+// called) or takes relay link children (LinkParent): something the
+// holder holds.
 func (s *Site) HasUpstream() bool { return s.up != nil }
 
 // Holder is the member the log last named to hold the upstream, and the
@@ -122,6 +157,7 @@ func (s *Site) noteUpstream(e *Entry) {
 		if old := s.holderID.Swap(e.Holder); old != e.Holder {
 			s.m.holderChanges.Inc()
 			s.cfg.Logger.Info("site: the upstream's holder named", "holder", fmt.Sprintf("%016x", e.Holder), "term", e.Term)
+			s.reannounceLinkID()
 		}
 		s.holderTerm.Store(e.Term)
 		if s.up != nil {
@@ -143,6 +179,12 @@ func (s *Site) noteUpstream(e *Entry) {
 		}
 		if cur := s.up.current(); cur != nil {
 			cur.KickUnregisters()
+		}
+	case KindLink:
+		if e.Op == OpIdentity {
+			s.noteLinkID(e)
+		} else {
+			s.noteLinkParent(e)
 		}
 	}
 }
@@ -204,6 +246,14 @@ func (s *Site) holdLoop(ctx context.Context, n leadView) {
 			default:
 			}
 		}
+		s.reloadLinkParent(cancel != nil)
+		if h.link {
+			s.announceLinkID(ctx)
+			if !s.checkLinkID() {
+				stop("this member's link identity is not the site's (yet)")
+				continue
+			}
+		}
 		term, leads := n.leads()
 		hid, hterm := s.Holder()
 		if !leads || hid != s.id || hterm != term {
@@ -238,7 +288,7 @@ func (s *Site) holdLoop(ctx context.Context, n leadView) {
 		if cancel != nil || s.cfg.Now().Before(retryAt) {
 			continue
 		}
-		hd, err := h.newHolding()
+		hd, err := s.newHolding(ctx)
 		if err != nil {
 			s.cfg.Logger.Error("site: the upstream cannot run here", "err", err)
 			retryAt = s.cfg.Now().Add(holdRetry)
@@ -380,6 +430,12 @@ func (u *Upstream) KeepEndpoints() bool { return true }
 // as relay/upstream.Link.Unregister).
 func (u *Upstream) Unregister(ctx context.Context, uaid push.UAID, ch push.ChannelID) error {
 	st := u.s.st
+	if u.s.up.link {
+		// As relay/link.Child.Unregister: the parent knows the device
+		// by its UAID here.
+		_, err := st.UnregisterLater(ctx, uaid, ch, uaid)
+		return err
+	}
 	id, ok, err := st.UpstreamID(uaid)
 	if err != nil {
 		return fmt.Errorf("site: read identity: %w", err)

@@ -38,8 +38,8 @@ type Machine struct {
 	// onRestored hears that the store was replaced by a snapshot, after
 	// the swap, on the restoring goroutine: it must not block.
 	onRestored func()
-	// onUpstream hears of every holder, register request and outbox
-	// entry applied, after its commit, on the applying goroutine: it must
+	// onUpstream hears of every holder, register request, outbox and
+	// link entry applied, after its commit, on the applying goroutine: it must
 	// not block (holder.go).
 	onUpstream func(*Entry)
 	// answers: this member's register requests waiting for the holder's
@@ -144,7 +144,7 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 				if !res.Existed {
 					ups = append(ups, e)
 				}
-			case KindRegisterRequest, KindRegisterResult:
+			case KindRegisterRequest, KindRegisterResult, KindLink:
 				ups = append(ups, e)
 			case KindOutbox:
 				if e.Op == OpLater && res.Existed {
@@ -247,6 +247,30 @@ func applyEntry(tx *store.Tx, e *Entry) (Result, error) {
 	case KindRegisterRequest, KindRegisterResult:
 		// Nothing stored: the holder hears of the request, the asking
 		// member of its result.
+	case KindLink:
+		switch e.Op {
+		case OpIdentity:
+			// Nothing stored: every member hears of it (linkid.go).
+		case OpLinkChild:
+			err = tx.SetLinkChild(e.UAID, e.LinkName)
+		case OpLinkForgotten:
+			err = tx.LinkForgotten(e.UAID, e.LinkName)
+		case OpLinkChildAddr:
+			err = tx.SetLinkChildAddr(e.LinkName, e.LinkAddr)
+		case OpLinkAcks:
+			for u, seqs := range e.Acks {
+				var k int
+				if k, err = tx.Ack(u, seqs...); err != nil {
+					break
+				}
+				r.N += k
+			}
+		case OpLinkEpoch:
+			r.Added, err = tx.SetLinkEpoch(e.LinkEpoch)
+		}
+		if errors.Is(err, store.ErrBadChannel) {
+			r.Err, err = err, nil
+		}
 	case KindUpstreamID:
 		switch e.Op {
 		case OpAdd:
@@ -327,7 +351,7 @@ func (k Kind) String() string {
 	names := map[Kind]string{KindAppend: "append", KindAck: "ack", KindDelete: "delete", KindRegister: "register",
 		KindUnregister: "unregister", KindReset: "reset", KindBroadcasts: "broadcasts", KindSweep: "sweep",
 		KindHolder: "holder", KindRegisterRequest: "register request", KindRegisterResult: "register result",
-		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox", KindWakeOwner: "wake owner"}
+		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox", KindLink: "link", KindWakeOwner: "wake owner"}
 	if n, ok := names[k]; ok {
 		return n
 	}

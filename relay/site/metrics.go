@@ -14,6 +14,7 @@ type siteMetrics struct {
 	ownerHeld   metrics.Counter
 	dropped     metrics.Counter
 	keysRefused *metrics.CounterVec
+	linkRefused *metrics.CounterVec
 }
 
 func newSiteMetrics(r *metrics.Registry, s *Site) *siteMetrics {
@@ -54,6 +55,7 @@ func newSiteMetrics(r *metrics.Registry, s *Site) *siteMetrics {
 		dropped:         r.Counter("pushrelay_site_wake_bindings_dropped_total", "Wake bindings this member forgot because the device proved its address to another member."),
 		keysRefused:     r.CounterVec("pushrelay_site_keys_refused_total", "Times a member was refused because its endpoint.key or wake.key differs from the site's, by side (self: this member was refused; other: this member refused another).", "side"),
 		holderChanges:   r.Counter("pushrelay_site_holder_changes_total", "Holder entries applied that named another member to hold the site's upstream than the last."),
+		linkRefused:     r.CounterVec("pushrelay_site_link_refused_total", "Times a member was refused the relay link to the parent because its link identity (link_name, link_cert) differs from the site's, by side (self: this member; other: this member refused another).", "side"),
 		holderStarts:    r.Counter("pushrelay_site_holder_starts_total", "Times this member started the site's upstream (it came to hold it, or its upstream failed and ran again)."),
 		remoteRegisters: r.CounterVec("pushrelay_site_upstream_registers_total", "Device registers this member asked of the upstream's holder through the log, by result (ok, refused, error: not proposed, timeout: no answer in time).", "result"),
 	}

@@ -132,6 +132,11 @@ type Site struct {
 	// site's keys checked (keys.go).
 	wake *waking
 	keys keyCheck
+	// lid: the relay link identities announced (linkid.go).
+	lid linkIDs
+	// parentStale: a snapshot replaced the store; the link parent reads
+	// its children again (parent.go).
+	parentStale atomic.Bool
 	// up is the site's upstream on this member (holder.go); nil without.
 	up *holder
 	// holderID and holderTerm: the upstream's holder the log last named.

@@ -17,6 +17,7 @@ import (
 
 	"github.com/pushrelay/pushrelay/kick"
 	"github.com/pushrelay/pushrelay/relay"
+	"github.com/pushrelay/pushrelay/relay/link"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/member"
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -66,6 +67,8 @@ type tm struct {
 	// up and hub: the site's upstream and the member's hub (holder_test.go).
 	up  *Upstream
 	hub *relay.Hub
+	// lp is the member's relay link parent (parent_test.go).
+	lp *link.Parent
 
 	cancel context.CancelFunc
 	wg     sync.WaitGroup

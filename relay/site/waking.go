@@ -260,6 +260,11 @@ func (s *Site) otherSockets() []member.Digest {
 // kicker forgets the bindings the file brought (runWaking), so that a
 // later start does not take them for this member's own.
 func (s *Site) restored() {
+	s.reannounceLinkID()
+	if s.up != nil {
+		s.parentStale.Store(true)
+		s.up.wake()
+	}
 	w := s.wake
 	w.mu.Lock()
 	if w.sess != nil {

@@ -31,27 +31,37 @@ func (s *Store) SetLinkChildAddr(ctx context.Context, child string, addr netip.A
 	if len(child) == 0 || len(child) > MaxChildNameLen {
 		return fmt.Errorf("%w: child name of %d bytes", ErrBadChannel, len(child))
 	}
+	return s.do(ctx, func(t *txn) error { return t.setLinkChildAddr(child, addr) })
+}
+
+// SetLinkChildAddr is Store.SetLinkChildAddr in tx (relay/site).
+func (tx *Tx) SetLinkChildAddr(child string, addr netip.AddrPort) error {
+	if len(child) == 0 || len(child) > MaxChildNameLen {
+		return fmt.Errorf("%w: child name of %d bytes", ErrBadChannel, len(child))
+	}
+	return tx.t.setLinkChildAddr(child, addr)
+}
+
+func (t *txn) setLinkChildAddr(child string, addr netip.AddrPort) error {
 	addr = netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())
-	return s.do(ctx, func(t *txn) error {
-		es, err := decodeLinkAddrs(t.meta.Get(metaLinkAddrs))
-		if err != nil {
-			es = nil // a hint: start it again rather than fail the connect
-		}
-		for i, e := range es {
-			if e.name == child {
-				if e.addr == addr {
-					return nil
-				}
-				es = append(es[:i], es[i+1:]...)
-				break
+	es, err := decodeLinkAddrs(t.meta.Get(metaLinkAddrs))
+	if err != nil {
+		es = nil // a hint: start it again rather than fail the connect
+	}
+	for i, e := range es {
+		if e.name == child {
+			if e.addr == addr {
+				return nil
 			}
+			es = append(es[:i], es[i+1:]...)
+			break
 		}
-		es = append(es, linkAddr{child, addr})
-		if len(es) > MaxLinkChildAddrs {
-			es = es[len(es)-MaxLinkChildAddrs:]
-		}
-		return t.meta.Put(metaLinkAddrs, encodeLinkAddrs(es))
-	})
+	}
+	es = append(es, linkAddr{child, addr})
+	if len(es) > MaxLinkChildAddrs {
+		es = es[len(es)-MaxLinkChildAddrs:]
+	}
+	return t.meta.Put(metaLinkAddrs, encodeLinkAddrs(es))
 }
 
 // LinkChildAddrs calls fn with each child's recorded address, the one set

@@ -108,14 +108,16 @@ func (s *Store) LinkForgets(child string, max int) ([]LinkForget, error) {
 // LinkForgotten records that child was told it no longer serves u (it
 // answered FORGOTTEN). A row naming another child stays.
 func (s *Store) LinkForgotten(ctx context.Context, u push.UAID, child string) error {
-	return s.do(ctx, func(t *txn) error {
-		b := t.tx.Bucket(bucketLinkForgets)
-		name, _, ok := decodeLinkForget(b.Get(u[:]))
-		if !ok || string(name) != child {
-			return nil
-		}
-		return b.Delete(u[:])
-	})
+	return s.do(ctx, func(t *txn) error { return t.linkForgotten(u, child) })
+}
+
+func (t *txn) linkForgotten(u push.UAID, child string) error {
+	b := t.tx.Bucket(bucketLinkForgets)
+	name, _, ok := decodeLinkForget(b.Get(u[:]))
+	if !ok || string(name) != child {
+		return nil
+	}
+	return b.Delete(u[:])
 }
 
 // SetLinkChild records that child serves u (replacing another child's
@@ -124,13 +126,59 @@ func (s *Store) SetLinkChild(ctx context.Context, u push.UAID, child string) err
 	if len(child) == 0 || len(child) > MaxChildNameLen {
 		return fmt.Errorf("%w: child name of %d bytes", ErrBadChannel, len(child))
 	}
-	return s.do(ctx, func(t *txn) error {
-		b := t.tx.Bucket(bucketLinkChildren)
-		if string(b.Get(u[:])) == child {
-			return nil
+	return s.do(ctx, func(t *txn) error { return t.setLinkChild(u, child) })
+}
+
+func (t *txn) setLinkChild(u push.UAID, child string) error {
+	b := t.tx.Bucket(bucketLinkChildren)
+	if string(b.Get(u[:])) == child {
+		return nil
+	}
+	return b.Put(deviceKey(u), []byte(child))
+}
+
+// The relay link's parent side as a site's log writes it (relay/site):
+// the Tx forms of SetLinkChild, LinkForgotten and SetLinkChildAddr, and
+// the site's link epoch.
+
+// SetLinkChild is Store.SetLinkChild in tx.
+func (tx *Tx) SetLinkChild(u push.UAID, child string) error {
+	if len(child) == 0 || len(child) > MaxChildNameLen {
+		return fmt.Errorf("%w: child name of %d bytes", ErrBadChannel, len(child))
+	}
+	return tx.t.setLinkChild(u, child)
+}
+
+// LinkForgotten is Store.LinkForgotten in tx.
+func (tx *Tx) LinkForgotten(u push.UAID, child string) error { return tx.t.linkForgotten(u, child) }
+
+// metaLinkEpoch is the meta key of a site's link epoch: the first bytes
+// of the origin ids its parent gives the messages it sends children,
+// the same on every member (a member's own store epoch is its own).
+var metaLinkEpoch = []byte("link_epoch")
+
+// SetLinkEpoch records e as the site's link epoch unless one is
+// recorded; it reports whether it did.
+func (tx *Tx) SetLinkEpoch(e []byte) (bool, error) {
+	if len(e) == 0 || len(e) > 32 {
+		return false, fmt.Errorf("%w: link epoch of %d bytes", ErrBadChannel, len(e))
+	}
+	if tx.t.meta.Get(metaLinkEpoch) != nil {
+		return false, nil
+	}
+	return true, tx.t.meta.Put(metaLinkEpoch, append([]byte(nil), e...))
+}
+
+// LinkEpoch is the site's link epoch (SetLinkEpoch), if one is recorded.
+func (s *Store) LinkEpoch() ([]byte, bool, error) {
+	var e []byte
+	err := s.view(func(tx *bolt.Tx) error {
+		if v := tx.Bucket(bucketMeta).Get(metaLinkEpoch); v != nil {
+			e = append([]byte(nil), v...)
 		}
-		return b.Put(deviceKey(u), []byte(child))
+		return nil
 	})
+	return e, e != nil, err
 }
 
 // LinkChildren calls fn with every UAID a child serves and the child's
