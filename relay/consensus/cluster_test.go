@@ -10,6 +10,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -868,26 +869,42 @@ func TestForwardReusesConnections(t *testing.T) {
 		// check it.
 		t.Skip("counts connections under a load the emulator cannot carry")
 	}
-	c := newCluster(t, 3, Config{})
+	// A slower tick than the other tests': under -race on a busy
+	// machine 64 proposers can starve a 50 ms tick's heartbeats.
+	c := newCluster(t, 3, Config{Tick: 100 * time.Millisecond})
 	l := c.waitLeader(0, 10*time.Second)
 	f := c.follower(l)
 	const proposers, each = 64, 20
 	var wg sync.WaitGroup
+	var again atomic.Int64 // proposals made again after a leader change
 	for g := range proposers {
 		wg.Go(func() {
 			for i := range each {
-				propose(t, f, fmt.Sprintf("g%d-%d", g, i))
+				for try := 0; ; try++ {
+					ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+					_, err := f.n.Propose(ctx, fmt.Appendf(nil, "g%d-%d", g, i))
+					cancel()
+					if err == nil {
+						break
+					}
+					if !errors.Is(err, ErrNoQuorum) || try == 3 {
+						t.Errorf("propose g%d-%d: %v", g, i, err)
+						return
+					}
+					again.Add(1)
+				}
 			}
 		})
 	}
 	wg.Wait()
 	dials := f.value("pushrelay_consensus_forward_dials_total")
-	t.Logf("%d forwarded proposals from %d proposers: %v connections dialed", proposers*each, proposers, dials)
+	t.Logf("%d forwarded proposals from %d proposers (%d made again after a leader change): %v connections dialed", proposers*each, proposers, again.Load(), dials)
+	// A leader change (a new leader, new connections) may double them.
 	if dials == 0 || dials > 2*proposers {
 		t.Errorf("%v connections dialed for %d proposals from %d proposers", dials, proposers*each, proposers)
 	}
-	if v := f.value("pushrelay_consensus_proposals_forwarded_total"); v != proposers*each {
-		t.Errorf("%v proposals forwarded, want %d", v, proposers*each)
+	if v := f.value("pushrelay_consensus_proposals_forwarded_total"); v < proposers*each {
+		t.Errorf("%v proposals forwarded, want at least %d", v, proposers*each)
 	}
 }
 
