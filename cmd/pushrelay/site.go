@@ -98,11 +98,12 @@ func runMember(ctx context.Context, cfg *Config, nc node.Config, log *slog.Logge
 // siteAdapter is relay/site's Site as the node runs it (node.Site).
 type siteAdapter struct{ s *site.Site }
 
-func (a siteAdapter) Writer() node.SiteWriter                 { return a.s.Store() }
-func (a siteAdapter) OnBroadcasts(fn func(map[string]string)) { a.s.OnBroadcasts(fn) }
-func (a siteAdapter) Run(ctx context.Context) error           { return a.s.Run(ctx) }
-func (a siteAdapter) Stored(ms []store.Message)               { a.s.Stored(ms) }
-func (a siteAdapter) Bound(u pushtypes.UAID)                  { a.s.Bound(u) }
+func (a siteAdapter) Writer() node.SiteWriter                          { return a.s.Store() }
+func (a siteAdapter) OnBroadcasts(fn func(map[string]string))          { a.s.OnBroadcasts(fn) }
+func (a siteAdapter) Broadcasts(reg relay.Broadcasts) relay.Broadcasts { return a.s.Broadcasts(reg) }
+func (a siteAdapter) Run(ctx context.Context) error                    { return a.s.Run(ctx) }
+func (a siteAdapter) Stored(ms []store.Message)                        { a.s.Stored(ms) }
+func (a siteAdapter) Bound(u pushtypes.UAID)                           { a.s.Bound(u) }
 func (a siteAdapter) SetWaking(k node.SiteKicker, sess node.SiteSessions) error {
 	return a.s.SetWaking(k, sess)
 }

@@ -50,3 +50,47 @@ func TestE2EUpstreamBroadcasts(t *testing.T) {
 	edge.stop()
 	core.stop()
 }
+
+// A site of three built binaries whose upstream is a standalone pushrelay
+// serving a broadcast. A device on a member that does not hold the
+// upstream names the broadcast, which no member serves yet: that member
+// proposes the id, the holder asks the upstream, and the device gets the
+// upstream's version through the site's log, then its change.
+func TestE2ESiteUpstreamBroadcasts(t *testing.T) {
+	tokenFile, token := writeAdminToken(t)
+	core := startRelay(t, t.TempDir(), "--admin-token-file", tokenFile)
+	defer core.stop()
+	const id = "remote-settings/monitor_changes"
+	if code, v := adminCall(t, core, "PUT", "/broadcasts/"+id, token, `"1"`); code != 200 {
+		t.Fatalf("PUT = %d %v", code, v)
+	}
+	ps, _, _ := testSiteMembers(t, 3, "--upstream", core.Device, "--upstream-backoff", "50ms")
+	deadline := time.Now().Add(20 * time.Second)
+	h := holding(ps, -1)
+	for ; h < 0; h = holding(ps, -1) {
+		if time.Now().After(deadline) {
+			t.Fatal("no member holds the upstream")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	other := ps[(h+1)%3]
+	dev, got := bcastHello(t, other, "", map[string]string{id: `"0"`})
+	if len(got) != 0 {
+		t.Fatalf("hello answered %v, want nothing yet (the site asks its upstream)", got)
+	}
+	next := func(want string) {
+		t.Helper()
+		f, err := dev.Next(time.Now().Add(15 * time.Second))
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", want, err)
+		}
+		if f.MessageType != pushproto.TypeBroadcast || fmt.Sprint(f.Broadcasts) != fmt.Sprint(map[string]any{id: want}) {
+			t.Fatalf("device got %+v, want %s: %s", f, id, want)
+		}
+	}
+	next(`"1"`)
+	if code, v := adminCall(t, core, "PUT", "/broadcasts/"+id, token, `"2"`); code != 200 {
+		t.Fatalf("PUT = %d %v", code, v)
+	}
+	next(`"2"`)
+}

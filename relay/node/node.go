@@ -474,9 +474,13 @@ func New(cfg Config) (_ *Node, err error) {
 		}
 	}
 	var bsrc relay.Broadcasts = d.broadcasts
-	if d.link != nil {
+	switch {
+	case d.link != nil:
 		// Ids devices ask for that the registry lacks are asked upstream.
 		bsrc = d.link.Broadcasts()
+	case d.site != nil && cfg.Upstream != "" && !strings.HasPrefix(cfg.Upstream, "quic://"):
+		// In a site, through the member that holds the upstream.
+		bsrc = d.site.Broadcasts(d.broadcasts)
 	}
 	d.hub, err = relay.New(relay.Config{
 		Store:           hubStore,
@@ -1107,6 +1111,10 @@ type Site interface {
 	// from the site's log (broadcast.Registry.Applied). Called before
 	// Run.
 	OnBroadcasts(fn func(map[string]string))
+	// Broadcasts wraps the registry for the hub when the site has an
+	// upstream: ids devices name that it lacks are asked of the upstream
+	// through the member that holds it (relay.BroadcastWanter).
+	Broadcasts(reg relay.Broadcasts) relay.Broadcasts
 	// Check says why this member cannot acknowledge writes now (not in
 	// a site yet, no leader reachable), or nil: /readyz's check.
 	Check() error
@@ -1171,6 +1179,15 @@ type linkHolding struct {
 }
 
 func (h linkHolding) Run(ctx context.Context) error { return h.Link.Run(ctx, h.hub) }
+
+// Want asks the link's upstream for broadcast ids a device named at any
+// member (relay.BroadcastWanter; relay/site calls it on the holder).
+func (h linkHolding) Want(ids []string) []string {
+	if w, ok := h.Link.Broadcasts().(relay.BroadcastWanter); ok {
+		return w.Want(ids)
+	}
+	return nil
+}
 
 // childHolding runs the site's relay link to the parent into the hub,
 // shown in /status while it runs.

@@ -81,6 +81,11 @@ const (
 	// every other member forgets its own (waking.go). It writes nothing
 	// to the store.
 	KindWakeOwner Kind = 16
+	// KindBroadcastWant (17): broadcast ids devices named at a member
+	// that does not hold the upstream, for the holder to ask it for
+	// (bwant.go); Broadcasts holds them, with empty versions. It
+	// writes nothing to the store.
+	KindBroadcastWant Kind = 17
 )
 
 // Ops of KindUpstreamID and KindOutbox entries.
@@ -199,7 +204,7 @@ func AppendEntry(b []byte, e *Entry) ([]byte, error) {
 		b = append(append(b, e.UAID[:]...), e.Channel[:]...)
 	case KindReset:
 		b = append(b, e.UAID[:]...)
-	case KindBroadcasts:
+	case KindBroadcasts, KindBroadcastWant:
 		if len(e.Broadcasts) > maxBroadcasts {
 			return b, fmt.Errorf("%w: %d broadcasts", ErrBadEntry, len(e.Broadcasts))
 		}
@@ -462,7 +467,7 @@ func DecodeEntry(b []byte) (*Entry, error) {
 		e.UAID, e.Channel = r.uaid(), r.channel()
 	case KindReset:
 		e.UAID = r.uaid()
-	case KindBroadcasts:
+	case KindBroadcasts, KindBroadcastWant:
 		n := r.count(maxBroadcasts, "broadcasts")
 		e.Broadcasts = make(map[string]string, n)
 		for i := 0; i < n && r.err == nil; i++ {

@@ -30,6 +30,7 @@ func sampleEntries() []*Entry {
 		{At: at, Member: 8, Request: 5, Kind: KindUnregister, UAID: u, Channel: ch},
 		{At: at, Member: 9, Request: 6, Kind: KindReset, UAID: u},
 		{At: at, Member: 9, Request: 7, Kind: KindBroadcasts, Broadcasts: map[string]string{"remote-settings/monitor_changes": "\"1700000000000\""}},
+		{At: at, Member: 9, Request: 8, Kind: KindBroadcastWant, Broadcasts: map[string]string{"remote-settings/monitor_changes": "", "x": ""}},
 		{At: at, Member: 9, Request: 1 << 40, Kind: KindSweep, Limit: 1000},
 		{At: at, Member: 9, Request: 8, Kind: KindWakeOwner, UAIDs: []push.UAID{u, {0xbb, 3}}},
 		{At: at, Member: 9, Request: 8, Kind: KindHolder, Holder: 9, Term: 12},

@@ -180,6 +180,8 @@ func (s *Site) noteUpstream(e *Entry) {
 		if cur := s.up.current(); cur != nil {
 			cur.KickUnregisters()
 		}
+	case KindBroadcastWant:
+		s.noteWant(e)
 	case KindLink:
 		if e.Op == OpIdentity {
 			s.noteLinkID(e)

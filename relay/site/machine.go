@@ -144,7 +144,7 @@ func (m *Machine) Apply(index uint64, data [][]byte) error {
 				if !res.Existed {
 					ups = append(ups, e)
 				}
-			case KindRegisterRequest, KindRegisterResult, KindLink:
+			case KindRegisterRequest, KindRegisterResult, KindLink, KindBroadcastWant:
 				ups = append(ups, e)
 			case KindOutbox:
 				if e.Op == OpLater && res.Existed {
@@ -244,7 +244,7 @@ func applyEntry(tx *store.Tx, e *Entry) (Result, error) {
 		} else if err == nil {
 			r.Existed = true // stale: not applied
 		}
-	case KindRegisterRequest, KindRegisterResult:
+	case KindRegisterRequest, KindRegisterResult, KindBroadcastWant:
 		// Nothing stored: the holder hears of the request, the asking
 		// member of its result.
 	case KindLink:
@@ -351,7 +351,7 @@ func (k Kind) String() string {
 	names := map[Kind]string{KindAppend: "append", KindAck: "ack", KindDelete: "delete", KindRegister: "register",
 		KindUnregister: "unregister", KindReset: "reset", KindBroadcasts: "broadcasts", KindSweep: "sweep",
 		KindHolder: "holder", KindRegisterRequest: "register request", KindRegisterResult: "register result",
-		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox", KindLink: "link", KindWakeOwner: "wake owner"}
+		KindUpstreamID: "upstream id", KindHellos: "hellos", KindOutbox: "outbox", KindLink: "link", KindWakeOwner: "wake owner", KindBroadcastWant: "broadcast want"}
 	if n, ok := names[k]; ok {
 		return n
 	}

@@ -131,7 +131,9 @@ type Site struct {
 	// wake: which devices this member wakes (waking.go); keys: the
 	// site's keys checked (keys.go).
 	wake *waking
-	keys keyCheck
+	// bwant: the broadcast ids this member proposed (bwant.go).
+	bwant *wants
+	keys  keyCheck
 	// lid: the relay link identities announced (linkid.go).
 	lid linkIDs
 	// parentStale: a snapshot replaced the store; the link parent reads
@@ -157,7 +159,7 @@ func New(cfg Config) (*Site, error) {
 	}
 	s := &Site{
 		cfg: cfg, id: member.IDOf(cfg.Name), ready: make(chan struct{}), closed: make(chan struct{}),
-		failed: map[uint64]time.Time{}, bkick: make(chan struct{}, 1), wake: newWaking(),
+		failed: map[uint64]time.Time{}, bkick: make(chan struct{}, 1), wake: newWaking(), bwant: newWants(),
 	}
 	s.machine = NewMachine(cfg.Store, s.id, cfg.Logger)
 	s.machine.onBroadcasts = s.noteBroadcasts
@@ -381,6 +383,7 @@ func (s *Site) Run(ctx context.Context) error {
 	wg.Go(func() { errc <- n.Run(ctx) })
 	wg.Go(func() { s.chores(ctx, n) })
 	wg.Go(func() { s.deliverBroadcasts(ctx) })
+	wg.Go(func() { s.proposeWants(ctx) })
 	wg.Go(func() { s.runWaking(ctx) })
 	if s.up != nil {
 		wg.Go(func() { s.holdLoop(ctx, nodeLead{n}) })
