@@ -435,6 +435,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 		return err
 	}
 	relayCPU0, _ := procCPU(c.Cmd.Process.Pid)
+	io0, _ := procIO(c.Cmd.Process.Pid)
 	loadCPU0 := selfCPU()
 	start := time.Now()
 	done := make(chan error, 1)
@@ -469,6 +470,7 @@ loop:
 	}
 	elapsed := time.Since(start)
 	relayCPU1, cpuErr := procCPU(c.Cmd.Process.Pid)
+	io1, ioErr := procIO(c.Cmd.Process.Pid)
 	loadCPU := selfCPU() - loadCPU0
 	progress.Stop()
 	if runErr != nil && !errors.Is(runErr, context.DeadlineExceeded) {
@@ -506,6 +508,11 @@ loop:
 		fmt.Fprintf(stdout, "CPU per message: relay %.1f µs (%.0f%% of a core), load generator %.1f µs (%.0f%%)\n",
 			float64(relayCPU.Microseconds())/float64(n), 100*relayCPU.Seconds()/elapsed.Seconds(),
 			float64(loadCPU.Microseconds())/float64(n), 100*loadCPU.Seconds()/elapsed.Seconds())
+	}
+	if n := acked.Load(); n > 0 && ioErr == nil && io0 != nil {
+		// Flash wear (issue #10): what the relay wrote to the block
+		// layer (its store) per message, the acks' writes included.
+		fmt.Fprintf(stdout, "relay write_bytes per message: %.0f B\n", float64(io1["write_bytes"]-io0["write_bytes"])/float64(n))
 	}
 	// The relay deletes what devices acked: an ack it refused would leave
 	// its message behind.
