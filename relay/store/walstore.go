@@ -67,6 +67,9 @@ type walState struct {
 	// the next is tried an interval later, not at every batch.
 	failedAt time.Time
 	rec      redo
+	// appendHook, set by tests, runs before each append; its error fails
+	// the append as the log's would.
+	appendHook func(index uint64) error
 }
 
 // dirty reports records the file does not hold yet.
@@ -427,7 +430,13 @@ func (s *Store) commitWAL(batch []*op) {
 			}
 			if err == nil && !s.w.rec.empty() {
 				next := s.w.next()
-				if err = s.w.log.Append(next, s.w.rec.b); err != nil {
+				if h := s.w.appendHook; h != nil {
+					err = h(next)
+				}
+				if err == nil {
+					err = s.w.log.Append(next, s.w.rec.b)
+				}
+				if err != nil {
 					s.w.broken = next
 				} else {
 					s.w.bytes += len(s.w.rec.b)

@@ -10,7 +10,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"sync/atomic"
+	"syscall"
 	"testing"
+	"testing/synctest"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -357,4 +360,69 @@ func TestWALFileHoldsOnlyCheckpoints(t *testing.T) {
 	if d := dumpFile(t, path); d["messages seq"] != "20" {
 		t.Fatalf("the file after the scan's checkpoint: messages sequence %s, want 20", d["messages seq"])
 	}
+}
+
+// TestWALAnswersAfterAppend: a batch's callers are answered, and its
+// messages handed on, only once the log's append (its fdatasync) has
+// returned; a failed append answers them with its error and leaves
+// nothing of the batch, while the batches before it stay.
+func TestWALAnswersAfterAppend(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		ctx := context.Background()
+		path := filepath.Join(t.TempDir(), "store.db")
+		s := openTest(t, Options{Path: path, CheckpointInterval: time.Hour, CheckpointBytes: 1 << 30})
+		u := uaid(1)
+		mustRegister(t, s, u, chid(1))
+		mustAppend(t, s, msg(u, chid(1), "before"))
+		var stored atomic.Int32
+		s.OnStored(func(ms []Message) { stored.Add(int32(len(ms))) })
+
+		release := make(chan error)
+		s.w.appendHook = func(uint64) error { return <-release }
+		done := make(chan error, 1)
+		go func() {
+			_, err := s.Append(ctx, msg(u, chid(1), "held"))
+			done <- err
+		}()
+		synctest.Wait()
+		select {
+		case err := <-done:
+			t.Fatalf("Append answered (%v) while the log's append had not returned", err)
+		default:
+		}
+		if stored.Load() != 0 {
+			t.Fatal("OnStored ran before the log's append returned")
+		}
+		release <- nil
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		synctest.Wait() // OnStored runs after the answers
+		if stored.Load() != 1 {
+			t.Fatalf("OnStored saw %d messages", stored.Load())
+		}
+
+		full := fmt.Errorf("write: %w", syscall.ENOSPC)
+		go func() {
+			_, err := s.Append(ctx, msg(u, chid(1), "failed"))
+			done <- err
+		}()
+		release <- full
+		if err := <-done; !errors.Is(err, syscall.ENOSPC) || !IsNoSpace(err) {
+			t.Fatalf("Append on a failed log append: %v", err)
+		}
+		s.w.appendHook = nil
+		mustAppend(t, s, msg(u, chid(1), "after"))
+		if got := datas(mustMessages(t, s, u)); got != "before,held,after" {
+			t.Fatalf("messages %q", got)
+		}
+		checkScanCounts(t, s)
+		cp := copyStore(t, path, t.TempDir())
+		c := openTest(t, Options{Path: cp})
+		if got := datas(mustMessages(t, c, u)); got != "before,held,after" {
+			t.Fatalf("reopened: %q", got)
+		}
+		c.Close()
+		s.Close()
+	})
 }
