@@ -619,26 +619,57 @@ func (s *Store) commitLoop() {
 		} else {
 			batch = append(batch, o)
 		}
+		var (
+			fill    *time.Timer
+			fillEnd time.Time
+		)
 	drain:
 		for len(batch) < s.opts.MaxBatch {
+			var (
+				o  *op
+				ok bool
+			)
 			select {
-			case o, ok := <-s.queue:
-				if !ok {
-					break drain
-				}
-				switch {
-				case o.restore != "":
-					// After this batch, alone.
-					next = o
-					break drain
-				case o.read != nil || o.checkpoint:
-					reads = append(reads, o)
-				default:
-					batch = append(batch, o)
-				}
+			case o, ok = <-s.queue:
 			default:
+				// Nothing queued. With a slow log, wait a little for
+				// the batch to fill (s.fillWait); otherwise go.
+				if fill == nil {
+					d := s.fillWait()
+					if d <= 0 {
+						break drain
+					}
+					fillEnd = time.Now().Add(d)
+					fill = time.NewTimer(min(d, fillGap))
+				} else {
+					left := time.Until(fillEnd)
+					if left <= 0 {
+						break drain
+					}
+					fill.Reset(min(left, fillGap))
+				}
+				select {
+				case o, ok = <-s.queue:
+				case <-fill.C:
+					break drain
+				}
+			}
+			if !ok {
 				break drain
 			}
+			switch {
+			case o.restore != "":
+				// After this batch, alone.
+				next = o
+				break drain
+			case o.read != nil || o.checkpoint:
+				reads = append(reads, o)
+			default:
+				batch = append(batch, o)
+			}
+		}
+		if fill != nil {
+			fill.Stop()
 		}
 		for _, o := range reads {
 			s.readOp(o)

@@ -525,6 +525,12 @@ loop:
 		}
 	}
 	fmt.Fprintf(stdout, "left in the relay's store after the acks: %.0f messages\n", left)
+	if os.Getenv("STOREWAL_DEBUG") != "" {
+		for _, n := range []string{"pushrelay_store_commits_total", "pushrelay_store_committer_reads_total", "pushrelay_store_checkpoints_total", "pushrelay_store_wal_appends_total", "pushrelay_store_batch_ops_sum", "pushrelay_store_batch_ops_count", "pushrelay_store_commit_seconds_sum", "pushrelay_store_wal_fsync_seconds_sum", "pushrelay_store_wal_fsync_seconds_count", "pushrelay_store_checkpoint_seconds_sum"} {
+			v, _ := c.metric(n)
+			fmt.Fprintf(stdout, "%s %.0f\n", n, v)
+		}
+	}
 	switch {
 	case failed.Load() > 0:
 		return fmt.Errorf("%d posts failed", failed.Load())
