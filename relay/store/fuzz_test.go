@@ -82,14 +82,14 @@ func FuzzRedoRecord(f *testing.F) {
 	for _, rec := range workloadRecords(f) {
 		f.Add(rec)
 	}
-	f.Add([]byte{redoVersion, redoPut, 0, 1, 'k', 0})
+	f.Add([]byte{redoVersion, 1, 2, 3, 4, 5, 6, 7, 8, redoPut, 0, 1, 'k', 0})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		ws, err := decodeRedo(b)
 		if err != nil {
 			return
 		}
 		var r redo
-		r.reset()
+		r.reset(redoEpoch(b))
 		for _, w := range ws {
 			id, ok := redoBucketID([]byte(w.bucket))
 			if !ok {

@@ -15,7 +15,9 @@ import (
 // answered. Applying a record makes its writes again, in order: applying
 // it twice leaves the file as applying it once did.
 //
-// A record is: version (1 byte, redoVersion), then its writes, each
+// A record is: version (1 byte, redoVersion), the epoch of the file it
+// was written for (EpochLen bytes: a log left beside another file, a new
+// one or a salvaged copy, is not applied to it), then its writes, each
 //
 //	kind (1 byte) | bucket id (1 byte) | then by kind:
 //	redoPut:    uvarint len(key) | key | uvarint len(value) | value
@@ -76,11 +78,20 @@ func (r *redo) seq(id byte, n uint64) {
 	r.b = binary.AppendUvarint(r.b, n)
 }
 
-// reset starts a new record.
-func (r *redo) reset() { r.b = append(r.b[:0], redoVersion) }
+// reset starts a new record for the file of epoch e.
+func (r *redo) reset(e []byte) { r.b = append(append(r.b[:0], redoVersion), e...) }
 
 // empty reports a record with no writes.
-func (r *redo) empty() bool { return len(r.b) <= 1 }
+func (r *redo) empty() bool { return len(r.b) <= 1+EpochLen }
+
+// redoEpoch returns the epoch of the file record was written for, or nil
+// if it is too short to hold one.
+func redoEpoch(record []byte) []byte {
+	if len(record) < 1+EpochLen {
+		return nil
+	}
+	return record[1 : 1+EpochLen]
+}
 
 // bucket is a bucket handle of a txn: reads go to bbolt, writes go to
 // bbolt and, when rec is set, into the batch's redo record. Cursors are
@@ -154,10 +165,10 @@ func wrapBucket(tx *bolt.Tx, name []byte, rec *redo) *bucket {
 func eachRedo(record []byte, put func(b []byte, k, v []byte) error, del func(b []byte, k []byte) error, seq func(b []byte, n uint64) error) error {
 	for pass := range 2 {
 		check := pass == 0
-		if len(record) == 0 || record[0] != redoVersion {
+		if len(record) < 1+EpochLen || record[0] != redoVersion {
 			return fmt.Errorf("%w: version", errRedo)
 		}
-		p := record[1:]
+		p := record[1+EpochLen:]
 		field := func() ([]byte, bool) {
 			n, w := binary.Uvarint(p)
 			if w <= 0 || n > uint64(len(p)-w) {

@@ -108,8 +108,27 @@ func recoverWAL(db *bolt.DB, o Options) (walState, error) {
 	}
 	w := walState{log: l}
 	fail := func(err error) (walState, error) { return walState{}, errors.Join(err, l.Close()) }
-	if err := db.View(func(tx *bolt.Tx) error { w.done = readWALIndex(tx); return nil }); err != nil {
+	var epoch []byte
+	if err := db.View(func(tx *bolt.Tx) error {
+		w.done = readWALIndex(tx)
+		if meta := tx.Bucket(bucketMeta); meta != nil {
+			epoch = bytes.Clone(meta.Get(metaEpoch))
+		}
+		return nil
+	}); err != nil {
 		return fail(err)
+	}
+	if last := l.LastIndex(); last > w.done {
+		if rec, err := l.Get(last); err != nil {
+			return fail(fmt.Errorf("write-ahead log: %w", err))
+		} else if e := redoEpoch(rec); len(epoch) != EpochLen || !bytes.Equal(e, epoch) {
+			// Written for another file: the one this replaced (a new
+			// store, a salvaged copy, a backup put back).
+			o.Logger.Warn("store write-ahead log left by another store file; not applied", "path", o.Path, "records", last-max(w.done, l.FirstIndex()-1))
+			if err := l.TruncateFront(last + 1); err != nil {
+				return fail(fmt.Errorf("write-ahead log: %w", err))
+			}
+		}
 	}
 	if last := l.LastIndex(); last > w.done {
 		if first := l.FirstIndex(); first > w.done+1 {
@@ -442,7 +461,7 @@ func (s *Store) commitWAL(batch []*op) {
 			err = s.begin()
 		}
 		if err == nil {
-			s.w.rec.reset()
+			s.w.rec.reset(s.epoch)
 			err = s.guarded(func() error {
 				t = s.newTxn(s.w.tx, &s.w.rec)
 				t.batchLen = len(ops)

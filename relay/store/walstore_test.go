@@ -426,3 +426,36 @@ func TestWALAnswersAfterAppend(t *testing.T) {
 		s.Close()
 	})
 }
+
+// TestWALOfAnotherFile: a log left beside another file (the store
+// deleted and made afresh, a salvaged copy put in its place) is not
+// applied to it.
+func TestWALOfAnotherFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "store.db")
+	s := openTest(t, Options{Path: path, CheckpointInterval: time.Hour, CheckpointBytes: 1 << 30})
+	mustRegister(t, s, uaid(1), chid(1))
+	mustAppend(t, s, msg(uaid(1), chid(1), "old file's"))
+	crashed := copyStore(t, path, t.TempDir()) // records not in the file
+	crashed2 := copyStore(t, path, t.TempDir())
+	s.Close()
+
+	// A new file beside the log.
+	if err := os.Remove(crashed); err != nil {
+		t.Fatal(err)
+	}
+	c := openTest(t, Options{Path: crashed})
+	checkStats(t, c, Stats{})
+	mustRegister(t, c, uaid(2), chid(1))
+	c.Close()
+	c = openTest(t, Options{Path: crashed})
+	checkStats(t, c, Stats{Devices: 1, Channels: 1})
+	c.Close()
+
+	// Another file with its own epoch (as Salvage's copy has).
+	other := filepath.Join(t.TempDir(), "other.db")
+	o := openTest(t, Options{Path: other})
+	o.Close()
+	copyFile(t, other, crashed2)
+	c = openTest(t, Options{Path: crashed2})
+	checkStats(t, c, Stats{})
+}
