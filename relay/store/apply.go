@@ -168,7 +168,7 @@ func (tx *Tx) Sweep(limit int) (int, bool, error) { return tx.t.sweep(limit) }
 // w takes, not the committer.
 func (s *Store) Snapshot(w io.Writer) (uint64, error) {
 	var index uint64
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.scan(func(tx *bolt.Tx) error {
 		index, _ = beUint64(tx.Bucket(bucketMeta).Get(metaApplied))
 		_, err := tx.WriteTo(w)
 		return err

@@ -65,7 +65,7 @@ func checkBroadcastVersions(m map[string]string) error {
 
 // putBroadcasts is PutBroadcasts in t, m checked.
 func (t *txn) putBroadcasts(m map[string]string) error {
-	b := t.tx.Bucket(bucketBroadcasts)
+	b := t.bucket(bucketBroadcasts)
 	for id, v := range m {
 		if string(b.Get([]byte(id))) == v {
 			continue

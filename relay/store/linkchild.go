@@ -49,7 +49,7 @@ func migrateCreateLinkForgets(tx *bolt.Tx) error {
 // from link_children to link_forgets with its channels chans, so the child
 // hears of it.
 func (t *txn) forgetLinkChild(u push.UAID, chans []push.ChannelID) error {
-	b := t.tx.Bucket(bucketLinkChildren)
+	b := t.bucket(bucketLinkChildren)
 	child := b.Get(u[:])
 	if child == nil {
 		return nil
@@ -59,7 +59,7 @@ func (t *txn) forgetLinkChild(u push.UAID, chans []push.ChannelID) error {
 	for _, c := range chans {
 		v = append(v, c[:]...)
 	}
-	if err := t.tx.Bucket(bucketLinkForgets).Put(deviceKey(u), v); err != nil {
+	if err := t.bucket(bucketLinkForgets).Put(deviceKey(u), v); err != nil {
 		return err
 	}
 	return b.Delete(u[:])
@@ -112,7 +112,7 @@ func (s *Store) LinkForgotten(ctx context.Context, u push.UAID, child string) er
 }
 
 func (t *txn) linkForgotten(u push.UAID, child string) error {
-	b := t.tx.Bucket(bucketLinkForgets)
+	b := t.bucket(bucketLinkForgets)
 	name, _, ok := decodeLinkForget(b.Get(u[:]))
 	if !ok || string(name) != child {
 		return nil
@@ -130,7 +130,7 @@ func (s *Store) SetLinkChild(ctx context.Context, u push.UAID, child string) err
 }
 
 func (t *txn) setLinkChild(u push.UAID, child string) error {
-	b := t.tx.Bucket(bucketLinkChildren)
+	b := t.bucket(bucketLinkChildren)
 	if string(b.Get(u[:])) == child {
 		return nil
 	}
@@ -184,7 +184,7 @@ func (s *Store) LinkEpoch() ([]byte, bool, error) {
 // LinkChildren calls fn with every UAID a child serves and the child's
 // name (valid only during the call), in UAID order.
 func (s *Store) LinkChildren(fn func(u push.UAID, child []byte)) error {
-	return s.view(func(tx *bolt.Tx) error {
+	return s.scan(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketLinkChildren).ForEach(func(k, v []byte) error {
 			if len(k) != 16 || len(v) == 0 || len(v) > MaxChildNameLen {
 				return corrupt("link_children row", k)
@@ -198,7 +198,7 @@ func (s *Store) LinkChildren(fn func(u push.UAID, child []byte)) error {
 // EachChannel calls fn with every registered channel's UAID and id, in
 // order (a child relay's link digest at each connect).
 func (s *Store) EachChannel(fn func(u push.UAID, id push.ChannelID)) error {
-	return s.view(func(tx *bolt.Tx) error {
+	return s.scan(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketChannels).ForEach(func(k, _ []byte) error {
 			u, id, ok := splitChannelKey(k)
 			if !ok {

@@ -8,6 +8,9 @@ type storeMetrics struct {
 	commitErrors  metrics.Counter
 	commitSeconds metrics.Observer
 	batchSize     metrics.Observer
+	checkpoints   metrics.Counter
+	reads         metrics.Counter
+	checkpointSec metrics.Observer
 	stored        metrics.Counter
 	deleted       [numReasons]metrics.Counter
 	tombstoned    metrics.Counter
@@ -19,6 +22,9 @@ func newMetrics(r *metrics.Registry, s *Store) *storeMetrics {
 		commitErrors:  r.Counter("pushrelay_store_commit_errors_total", "Write transactions that failed and were rolled back."),
 		commitSeconds: r.Histogram("pushrelay_store_commit_seconds", "Time from taking a batch to its fsync completing.", metrics.LatencyBuckets),
 		batchSize:     r.Histogram("pushrelay_store_batch_ops", "Operations per commit batch.", metrics.SizeBuckets),
+		checkpoints:   r.Counter("pushrelay_store_checkpoints_total", "Checkpoints: the write-ahead log's batches committed to the store file."),
+		reads:         r.Counter("pushrelay_store_committer_reads_total", "Reads run on the committer, between batches (write-ahead log on)."),
+		checkpointSec: r.Histogram("pushrelay_store_checkpoint_seconds", "Time a checkpoint's commit took.", metrics.LatencyBuckets),
 		stored:        r.Counter("pushrelay_store_messages_stored_total", "Messages appended."),
 		tombstoned:    r.Counter("pushrelay_store_tombstoned_total", "Messages refused because their channel's unregister waits to be sent upstream."),
 	}

@@ -66,7 +66,7 @@ func (s *Store) WakeStates(us []push.UAID, fn func(i int, ok bool, wake []byte, 
 // order, in one read transaction; wake is valid only during the call.
 // It reads every device record: for a start, not a hot path.
 func (s *Store) EachWake(fn func(u push.UAID, wake []byte)) error {
-	return s.view(func(tx *bolt.Tx) error {
+	return s.scan(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketDevices).ForEach(func(k, v []byte) error {
 			var u push.UAID
 			if len(k) != len(u) {
@@ -156,7 +156,7 @@ func (t *txn) deleteDevice(u push.UAID) error {
 		}
 	}
 	var chans []push.ChannelID
-	for _, k := range keysWithPrefix(t.channels, u[:]) {
+	for _, k := range keysWithPrefix(t.channels.Bucket, u[:]) {
 		if _, id, ok := splitChannelKey(k); ok {
 			chans = append(chans, id)
 		}
@@ -172,7 +172,7 @@ func (t *txn) deleteDevice(u push.UAID) error {
 		return err
 	}
 	// Topic rows all went with their messages; this catches strays.
-	for _, k := range keysWithPrefix(t.topics, u[:]) {
+	for _, k := range keysWithPrefix(t.topics.Bucket, u[:]) {
 		if err := t.topics.Delete(k); err != nil {
 			return err
 		}

@@ -194,7 +194,7 @@ func readTotals(meta *bolt.Bucket) (totals, error) {
 	return t, nil
 }
 
-func putTotals(meta *bolt.Bucket, t totals) error {
+func putTotals(meta interface{ Put(k, v []byte) error }, t totals) error {
 	for _, f := range []struct {
 		key []byte
 		n   int64

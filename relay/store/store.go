@@ -55,6 +55,19 @@ type Options struct {
 	Logger *slog.Logger
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+
+	// NoWAL turns the write-ahead log off: every batch is then its own
+	// bbolt commit (two fdatasyncs and its pages), as a site's store has
+	// it (the site's replicated log is its write-ahead log). With the
+	// log on (the default), a batch's writes are appended to the log in
+	// Path+".wal" (one fdatasync) and reach the file at checkpoints.
+	NoWAL bool
+	// CheckpointInterval is the longest the write-ahead log collects
+	// batches before they are committed to the file. Default 250ms.
+	CheckpointInterval time.Duration
+	// CheckpointBytes is how many bytes of log records make a checkpoint
+	// due sooner. Default 4 MiB.
+	CheckpointBytes int
 }
 
 // Validate reports options Open would refuse.
@@ -64,7 +77,7 @@ func (o Options) Validate() error {
 		return errors.New("store: no path")
 	case o.MaxMessagesPerUAID < 0, o.MaxChannelsPerUAID < 0, o.MaxBatch < 0, o.QueueSize < 0, o.MaxSize < 0:
 		return errors.New("store: negative limit")
-	case o.SweepInterval < 0, o.LockTimeout < 0:
+	case o.SweepInterval < 0, o.LockTimeout < 0, o.CheckpointInterval < 0, o.CheckpointBytes < 0:
 		return errors.New("store: negative interval")
 	}
 	return nil
@@ -94,6 +107,12 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.CheckpointInterval == 0 {
+		o.CheckpointInterval = 250 * time.Millisecond
+	}
+	if o.CheckpointBytes == 0 {
+		o.CheckpointBytes = 4 << 20
 	}
 	return o
 }
@@ -148,6 +167,10 @@ type Store struct {
 	// damaged holds the first damage error (see damage); once set, every
 	// call answers it.
 	damaged atomic.Pointer[error]
+
+	// w is the write-ahead log's state, owned by the committer; w.log is
+	// nil when the log is off.
+	w walState
 }
 
 // Open opens (creating if needed) the store at opts.Path, migrates its
@@ -172,8 +195,15 @@ func Open(opts Options) (*Store, error) {
 	if db, err = verifyAtOpen(db, o); err != nil {
 		return nil, err
 	}
+	w, err := recoverWAL(db, o)
+	if err != nil {
+		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
+	}
 
 	from, to, tot, epoch, err := load(db)
+	if err != nil && w.log != nil {
+		err = errors.Join(err, w.log.Close())
+	}
 	if err != nil {
 		return nil, errors.Join(fmt.Errorf("open store %s: %w", o.Path, err), db.Close())
 	}
@@ -198,6 +228,7 @@ func Open(opts Options) (*Store, error) {
 		maxMessages:   o.MaxMessagesPerUAID,
 		maxChannels:   o.MaxChannelsPerUAID,
 		sweepChunk:    sweepChunk,
+		w:             w,
 	}
 	s.publish()
 	s.m = newMetrics(metrics.OrNew(o.Metrics), s)
@@ -397,7 +428,7 @@ func (s *Store) Close() error {
 		close(s.closing)
 		close(s.queue)
 		s.mu.Unlock()
-		<-s.committerDone
+		<-s.committerDone // after its last checkpoint
 		if s.Damaged() == nil {
 			// Failing here (a full disk) costs only a verification at
 			// the next start.
@@ -447,6 +478,36 @@ func (s *Store) view(fn func(tx *bolt.Tx) error) error {
 	if err := s.Damaged(); err != nil {
 		return err
 	}
+	if s.w.log != nil {
+		// The file holds the last checkpoint only: the committer reads
+		// in its transaction, which holds every write answered.
+		return s.readOnCommitter(fn)
+	}
+	s.dbMu.RLock()
+	defer s.dbMu.RUnlock()
+	return s.guarded(func() error { return s.db.View(fn) })
+}
+
+// scan runs a read transaction over the whole file for a long walk: with
+// the write-ahead log, after a checkpoint, so that it sees every write
+// answered before it was called without holding up the committer.
+func (s *Store) scan(fn func(tx *bolt.Tx) error) error {
+	s.mu.RLock()
+	wal := s.w.log != nil
+	s.mu.RUnlock()
+	if wal {
+		if err := s.sendWait(&op{ctx: context.Background(), checkpoint: true, done: make(chan struct{}, 1)}); err != nil {
+			return err
+		}
+	}
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	if s.closed {
+		return ErrClosed
+	}
+	if err := s.Damaged(); err != nil {
+		return err
+	}
 	s.dbMu.RLock()
 	defer s.dbMu.RUnlock()
 	return s.guarded(func() error { return s.db.View(fn) })
@@ -464,8 +525,13 @@ type op struct {
 	// restore, if set, names a verified snapshot file the committer puts
 	// in place of the store's file (Restore), alone, between commits.
 	restore string
-	err     error         // the outcome, set by the committer
-	done    chan struct{} // capacity 1: the committer sends once err is final
+	// read, if set, is a read the committer runs in its transaction,
+	// between batches (the write-ahead log on; Store.view).
+	read func(tx *bolt.Tx) error
+	// checkpoint asks the committer for a checkpoint (Store.scan).
+	checkpoint bool
+	err        error         // the outcome, set by the committer
+	done       chan struct{} // capacity 1: the committer sends once err is final
 }
 
 // newOp is the ops pool's constructor. Each store has its own pool (ops
@@ -523,44 +589,99 @@ func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
 // else is already queued up to MaxBatch, commits them in one transaction
 // and repeats. It never waits for more work to arrive, so a lone writer
 // pays one fsync and, under load, the next batch forms while the current
-// one is being written.
+// one is being written. With the write-ahead log, the reads taken with a
+// batch run before its writes (they see every write answered, and none
+// that is not), and an idle committer checkpoints once the log's oldest
+// batch not in the file is CheckpointInterval old.
 func (s *Store) commitLoop() {
 	defer close(s.committerDone)
+	defer s.closeWAL()
 	batch := make([]*op, 0, s.opts.MaxBatch)
+	var reads []*op
 	var next *op
 	for {
 		o := next
 		next = nil
 		if o == nil {
 			var ok bool
-			if o, ok = <-s.queue; !ok {
+			if o, ok = s.nextOp(); !ok {
 				return
 			}
 		}
 		if o.restore != "" {
-			o.err = s.swap(o.restore)
+			o.err = s.restoreOp(o.restore)
 			o.finish()
 			continue
 		}
-		batch = append(batch[:0], o)
+		batch, reads = batch[:0], reads[:0]
+		if o.read != nil || o.checkpoint {
+			reads = append(reads, o)
+		} else {
+			batch = append(batch, o)
+		}
+		var (
+			fill    *time.Timer
+			fillEnd time.Time
+		)
 	drain:
 		for len(batch) < s.opts.MaxBatch {
+			var (
+				o  *op
+				ok bool
+			)
 			select {
-			case o, ok := <-s.queue:
-				if !ok {
-					break drain
-				}
-				if o.restore != "" {
-					// After this batch, alone.
-					next = o
-					break drain
-				}
-				batch = append(batch, o)
+			case o, ok = <-s.queue:
 			default:
+				// Nothing queued. With a slow log, wait a little for
+				// the batch to fill (s.fillWait); otherwise go.
+				if fill == nil {
+					d := s.fillWait()
+					if d <= 0 {
+						break drain
+					}
+					fillEnd = time.Now().Add(d)
+					fill = time.NewTimer(min(d, fillGap))
+				} else {
+					left := time.Until(fillEnd)
+					if left <= 0 {
+						break drain
+					}
+					fill.Reset(min(left, fillGap))
+				}
+				select {
+				case o, ok = <-s.queue:
+				case <-fill.C:
+					break drain
+				}
+			}
+			if !ok {
 				break drain
 			}
+			switch {
+			case o.restore != "":
+				// After this batch, alone.
+				next = o
+				break drain
+			case o.read != nil || o.checkpoint:
+				reads = append(reads, o)
+			default:
+				batch = append(batch, o)
+			}
 		}
-		s.commit(batch)
+		if fill != nil {
+			fill.Stop()
+		}
+		for _, o := range reads {
+			s.readOp(o)
+		}
+		clear(reads)
+		if len(batch) > 0 {
+			if s.w.log != nil {
+				s.commitWAL(batch)
+			} else {
+				s.commit(batch)
+			}
+		}
 		clear(batch) // drop references for the GC
 	}
 }
@@ -580,7 +701,7 @@ func (s *Store) commit(batch []*op) {
 		if err == nil {
 			err = s.guarded(func() error {
 				return s.db.Update(func(tx *bolt.Tx) error {
-					t = s.newTxn(tx)
+					t = s.newTxn(tx, nil)
 					t.batchLen = len(ops)
 					var err error
 					if failed, err = applyOps(t, ops); err != nil {

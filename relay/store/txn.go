@@ -40,11 +40,15 @@ var reasonNames = [numReasons]string{
 // per-device message counts (Store.waiting) through waiting.
 type txn struct {
 	tx                                                         *bolt.Tx
-	devices, channels, messages, topics, expiry, meta, origins *bolt.Bucket
+	devices, channels, messages, topics, expiry, meta, origins *bucket
 	// The upstream link's buckets (schema 6, upstream.go).
-	upstream, upstreamRev, hellos, tombstones, unregOutbox *bolt.Bucket
-	now                                                    time.Time
-	maxMessages, maxChannels                               int
+	upstream, upstreamRev, hellos, tombstones, unregOutbox *bucket
+	// rec is the batch's redo record when the store has a write-ahead
+	// log (nil otherwise): every write through the buckets above and
+	// through bucket() goes into it.
+	rec                      *redo
+	now                      time.Time
+	maxMessages, maxChannels int
 
 	delta   totals
 	stored  int
@@ -69,21 +73,23 @@ type txn struct {
 	batchLen     int
 }
 
-func (s *Store) newTxn(tx *bolt.Tx) *txn {
+// newTxn starts a batch in tx; rec (nil: none) records its writes.
+func (s *Store) newTxn(tx *bolt.Tx, rec *redo) *txn {
 	t := &txn{
 		tx:          tx,
-		devices:     tx.Bucket(bucketDevices),
-		channels:    tx.Bucket(bucketChannels),
-		messages:    tx.Bucket(bucketMessages),
-		topics:      tx.Bucket(bucketTopics),
-		expiry:      tx.Bucket(bucketExpiry),
-		meta:        tx.Bucket(bucketMeta),
-		origins:     tx.Bucket(bucketOrigins),
-		upstream:    tx.Bucket(bucketUpstream),
-		upstreamRev: tx.Bucket(bucketUpstreamRev),
-		hellos:      tx.Bucket(bucketHellos),
-		tombstones:  tx.Bucket(bucketTombstones),
-		unregOutbox: tx.Bucket(bucketUnregOutbox),
+		rec:         rec,
+		devices:     wrapBucket(tx, bucketDevices, rec),
+		channels:    wrapBucket(tx, bucketChannels, rec),
+		messages:    wrapBucket(tx, bucketMessages, rec),
+		topics:      wrapBucket(tx, bucketTopics, rec),
+		expiry:      wrapBucket(tx, bucketExpiry, rec),
+		meta:        wrapBucket(tx, bucketMeta, rec),
+		origins:     wrapBucket(tx, bucketOrigins, rec),
+		upstream:    wrapBucket(tx, bucketUpstream, rec),
+		upstreamRev: wrapBucket(tx, bucketUpstreamRev, rec),
+		hellos:      wrapBucket(tx, bucketHellos, rec),
+		tombstones:  wrapBucket(tx, bucketTombstones, rec),
+		unregOutbox: wrapBucket(tx, bucketUnregOutbox, rec),
 		now:         s.now(),
 		maxMessages: s.maxMessages,
 		maxChannels: s.maxChannels,
@@ -102,6 +108,19 @@ func (s *Store) newTxn(tx *bolt.Tx) *txn {
 }
 
 const appendFillPercent = 0.9
+
+// appendOrdered reports the buckets newTxn fills to appendFillPercent.
+func appendOrdered(name []byte) bool {
+	switch string(name) {
+	case string(bucketMessages), string(bucketExpiry), string(bucketOrigins):
+		return true
+	}
+	return false
+}
+
+// bucket returns the transaction's handle of bucket name, writes
+// recorded like those of its fields.
+func (t *txn) bucket(name []byte) *bucket { return wrapBucket(t.tx, name, t.rec) }
 
 func (t *txn) countMetrics(m *storeMetrics) {
 	if t.stored > 0 {
@@ -149,7 +168,7 @@ func (t *txn) messageCount(u push.UAID) int {
 	}
 	n, ok := t.cached[u]
 	if !ok {
-		n = countMessages(t.messages, u)
+		n = countMessages(t.messages.Bucket, u)
 	}
 	if t.waiting == nil {
 		t.waiting = make(map[push.UAID]int)

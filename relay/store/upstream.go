@@ -297,7 +297,7 @@ func (t *txn) moveHello(u push.UAID, old, n uint64) error {
 func (s *Store) HelloedBefore(before time.Time, limit int) ([]UpstreamID, error) {
 	end := timeNanos(before)
 	var out []UpstreamID
-	err := s.view(func(tx *bolt.Tx) error {
+	err := s.scan(func(tx *bolt.Tx) error {
 		ids := tx.Bucket(bucketUpstream)
 		c := tx.Bucket(bucketHellos).Cursor()
 		for k, _ := c.First(); k != nil; k, _ = c.Next() {

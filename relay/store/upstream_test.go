@@ -217,7 +217,7 @@ func bucketRows(t *testing.T, s *Store, name []byte) int {
 	t.Helper()
 	n := 0
 	if err := s.view(func(tx *bolt.Tx) error {
-		n = tx.Bucket(name).Stats().KeyN
+		n = keyCount(tx.Bucket(name))
 		return nil
 	}); err != nil {
 		t.Fatal(err)
