@@ -14,6 +14,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hashicorp/raft"
+
 	"github.com/pushrelay/pushrelay/relay/leakcheck"
 	"github.com/pushrelay/pushrelay/relay/linkauth"
 	"github.com/pushrelay/pushrelay/relay/metrics"
@@ -932,5 +934,31 @@ func TestRestartedFollowerCatchesUpPromptly(t *testing.T) {
 	t.Logf("caught up %v after its restart", took)
 	if took > 2*time.Second {
 		t.Fatalf("the restarted follower caught up %v after its restart; want well within 2 s", took)
+	}
+}
+
+// A member that does not know a peer's address yet takes the one the
+// peer's request names (its metadata broadcast may have been missed);
+// an address it knows is never replaced from a request.
+func TestAddressLearnedFromRequest(t *testing.T) {
+	c := newCluster(t, 3, Config{})
+	l := c.waitLeader(0, 10*time.Second)
+	tr := l.n.tr
+	const peer = 0x77
+	req := func(addr string) *raft.RequestPreVoteRequest {
+		return &raft.RequestPreVoteRequest{RPCHeader: raft.RPCHeader{ID: []byte(serverID(peer)), Addr: []byte(addr)}}
+	}
+	tr.learn(req("127.0.0.1:0"))
+	tr.learn(req("no-port"))
+	if a := tr.addrOf(peer); a != "" {
+		t.Fatalf("learned %q from a request without a usable address", a)
+	}
+	tr.learn(req("127.0.0.1:4242"))
+	if a := tr.addrOf(peer); a != "127.0.0.1:4242" {
+		t.Fatalf("address of the peer after its request: %q, want 127.0.0.1:4242", a)
+	}
+	tr.learn(req("127.0.0.1:4343"))
+	if a := tr.addrOf(peer); a != "127.0.0.1:4242" {
+		t.Fatalf("a request replaced a known address: %q", a)
 	}
 }

@@ -337,6 +337,32 @@ func (t *peerTransport) dropped(peer uint64) bool {
 	return f != nil && (*f)(peer)
 }
 
+// learn takes the address a peer's request names as its own (raft's
+// RPC header: the peer's advertised transport address) when this member
+// knows none for it yet. A peer's address comes with its membership
+// metadata, one gossip broadcast when its transport starts: until that
+// arrives (or the next full state sync, 15 s later, if the broadcast was
+// missed) this member could not answer a peer that already reaches it.
+// Peers are the site's (mutual TLS): a known address is never replaced
+// from here.
+func (t *peerTransport) learn(cmd any) {
+	h, ok := cmd.(interface{ GetRPCHeader() raft.RPCHeader })
+	if !ok {
+		return
+	}
+	hd := h.GetRPCHeader()
+	id := parseID(raft.ServerID(hd.ID))
+	addr := string(hd.Addr)
+	if id == 0 || addr == "" || t.addrOf(id) != "" {
+		return
+	}
+	if _, port, err := net.SplitHostPort(addr); err != nil || port == "" || port == "0" {
+		return
+	}
+	t.setAddr(id, addr)
+	t.n.log.Info("consensus: a peer's address learned from its request", "peer", fmt.Sprintf("%x", id), "addr", addr)
+}
+
 func rpcFrom(cmd any) uint64 {
 	if h, ok := cmd.(interface{ GetRPCHeader() raft.RPCHeader }); ok {
 		return parseID(raft.ServerID(h.GetRPCHeader().ID))
@@ -353,6 +379,7 @@ func (t *peerTransport) consume() {
 		case <-t.n.stop:
 			return
 		}
+		t.learn(rpc.Command)
 		if t.dropped(rpcFrom(rpc.Command)) {
 			t.n.m.drops.With("filter").Inc()
 			rpc.Respond(nil, errDropped)

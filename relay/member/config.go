@@ -129,8 +129,10 @@ type Timing struct {
 //     refute it, short enough that a dead member is declared within
 //     about 2-3 s on a site of 3 to 9, against 6-7 s with memberlist's
 //     LAN defaults (1 s probes, 4 × 1 s suspicion up to 6×);
-//   - gossip every 100 ms to 3 members, state sync every 15 s: a small
-//     site's full state is a few hundred bytes.
+//   - gossip every 100 ms to 3 members, state sync every 5 s: a small
+//     site's full state is a few hundred bytes, and a sync is what
+//     repairs a metadata change whose gossip was missed (a member's
+//     consensus address, its socket digest).
 func LANTiming() Timing {
 	return Timing{
 		ProbeInterval:    400 * time.Millisecond,
@@ -141,7 +143,7 @@ func LANTiming() Timing {
 		GossipInterval:   100 * time.Millisecond,
 		GossipNodes:      3,
 		GossipToTheDead:  15 * time.Second,
-		PushPullInterval: 15 * time.Second,
+		PushPullInterval: 5 * time.Second,
 		TCPTimeout:       2 * time.Second,
 		DeadReclaim:      30 * time.Second,
 	}

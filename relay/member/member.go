@@ -472,6 +472,7 @@ func (m *Member) observe(kind EventKind, n *memberlist.Node) {
 	if err != nil {
 		md = Meta{Name: n.Name}
 		in.MetaErr = err.Error()
+		m.log.Warn("cluster: a member's metadata does not decode; it counts as carrying none", "member", n.Name, "bytes", len(n.Meta), "err", err)
 	}
 	in.Meta = md
 	if kind == EventLeave {
