@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pushrelay/pushrelay/relay/pushclient"
 	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
@@ -47,7 +48,14 @@ func waitMetric(t *testing.T, p *relayProc, sample string, want float64) {
 // version want.
 func nextBroadcast(t *testing.T, d *device, id, want string) {
 	t.Helper()
-	f, err := d.c.Next(time.Now().Add(10 * time.Second))
+	nextBroadcastFrom(t, d.c, id, want)
+}
+
+// nextBroadcastFrom waits (bounded) for c's next frame, which must be
+// broadcast id at version want.
+func nextBroadcastFrom(t *testing.T, c *pushclient.Client, id, want string) {
+	t.Helper()
+	f, err := c.Next(time.Now().Add(15 * time.Second))
 	if err != nil {
 		t.Fatalf("waiting for %s = %s: %v", id, want, err)
 	}

@@ -1,11 +1,8 @@
 package main
 
 import (
-	"fmt"
 	"testing"
 	"time"
-
-	"github.com/pushrelay/pushrelay/relay/pushproto"
 )
 
 // Two built binaries: an edge relay whose upstream is a standalone
@@ -26,21 +23,11 @@ func TestE2EUpstreamBroadcasts(t *testing.T) {
 	if len(got) != 0 {
 		t.Fatalf("hello answered %v, want nothing yet (the edge asks its upstream)", got)
 	}
-	next := func(want string) {
-		t.Helper()
-		f, err := dev.Next(time.Now().Add(10 * time.Second))
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", want, err)
-		}
-		if f.MessageType != pushproto.TypeBroadcast || fmt.Sprint(f.Broadcasts) != fmt.Sprint(map[string]any{id: want}) {
-			t.Fatalf("device got %+v, want %s: %s", f, id, want)
-		}
-	}
-	next(`"1"`)
+	nextBroadcastFrom(t, dev, id, `"1"`)
 	if code, v := adminCall(t, core, "PUT", "/broadcasts/"+id, token, `"2"`); code != 200 {
 		t.Fatalf("PUT = %d %v", code, v)
 	}
-	next(`"2"`)
+	nextBroadcastFrom(t, dev, id, `"2"`)
 	if v := edge.metric(`pushrelay_broadcast_changes_total{source="upstream"}`); v != 2 {
 		t.Errorf("edge changes from the upstream = %v, want 2", v)
 	}
@@ -78,19 +65,9 @@ func TestE2ESiteUpstreamBroadcasts(t *testing.T) {
 	if len(got) != 0 {
 		t.Fatalf("hello answered %v, want nothing yet (the site asks its upstream)", got)
 	}
-	next := func(want string) {
-		t.Helper()
-		f, err := dev.Next(time.Now().Add(15 * time.Second))
-		if err != nil {
-			t.Fatalf("waiting for %s: %v", want, err)
-		}
-		if f.MessageType != pushproto.TypeBroadcast || fmt.Sprint(f.Broadcasts) != fmt.Sprint(map[string]any{id: want}) {
-			t.Fatalf("device got %+v, want %s: %s", f, id, want)
-		}
-	}
-	next(`"1"`)
+	nextBroadcastFrom(t, dev, id, `"1"`)
 	if code, v := adminCall(t, core, "PUT", "/broadcasts/"+id, token, `"2"`); code != 200 {
 		t.Fatalf("PUT = %d %v", code, v)
 	}
-	next(`"2"`)
+	nextBroadcastFrom(t, dev, id, `"2"`)
 }

@@ -732,31 +732,40 @@ func (s *Store) commit(batch []*op) {
 			}
 			return
 		}
-		s.m.commitErrors.Inc()
-		if errors.Is(err, ErrDamaged) {
-			// Logged once, by damage.
-			for _, o := range ops {
-				o.err = err
-				o.finish()
-			}
+		var retry bool
+		if ops, retry = s.failBatch(ops, failed, err); !retry {
 			return
 		}
-		if failed >= 0 {
-			o := ops[failed]
-			o.err = fmt.Errorf("store write: %w", err)
-			o.finish()
-			s.logCommitError("store op failed; retrying the rest of its batch", err)
-			ops = slices.Delete(ops, failed, failed+1)
-			continue
-		}
-		err = fmt.Errorf("store commit: %w", err)
-		s.logCommitError("store commit failed", err)
+	}
+}
+
+// failBatch answers a batch whose transaction failed with err: the op at
+// failed (if not -1) alone, and the rest are to be tried again (retry);
+// or, the file damaged or the commit itself failed, every op.
+func (s *Store) failBatch(ops []*op, failed int, err error) (rest []*op, retry bool) {
+	s.m.commitErrors.Inc()
+	if errors.Is(err, ErrDamaged) {
+		// Logged once, by damage.
 		for _, o := range ops {
 			o.err = err
 			o.finish()
 		}
-		return
+		return nil, false
 	}
+	if failed >= 0 {
+		o := ops[failed]
+		o.err = fmt.Errorf("store write: %w", err)
+		o.finish()
+		s.logCommitError("store op failed; retrying the rest of its batch", err)
+		return slices.Delete(ops, failed, failed+1), true
+	}
+	err = fmt.Errorf("store commit: %w", err)
+	s.logCommitError("store commit failed", err)
+	for _, o := range ops {
+		o.err = err
+		o.finish()
+	}
+	return nil, false
 }
 
 // OnStored sets the function the committer calls after each commit that

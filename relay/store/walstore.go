@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -519,28 +518,9 @@ func (s *Store) commitWAL(batch []*op) {
 		// The transaction holds writes that were not answered: it goes,
 		// and the next one applies the log again.
 		s.rollback()
-		s.m.commitErrors.Inc()
-		if errors.Is(err, ErrDamaged) {
-			for _, o := range ops {
-				o.err = err
-				o.finish()
-			}
+		var retry bool
+		if ops, retry = s.failBatch(ops, failed, err); !retry {
 			return
 		}
-		if failed >= 0 {
-			o := ops[failed]
-			o.err = fmt.Errorf("store write: %w", err)
-			o.finish()
-			s.logCommitError("store op failed; retrying the rest of its batch", err)
-			ops = slices.Delete(ops, failed, failed+1)
-			continue
-		}
-		err = fmt.Errorf("store commit: %w", err)
-		s.logCommitError("store commit failed", err)
-		for _, o := range ops {
-			o.err = err
-			o.finish()
-		}
-		return
 	}
 }
