@@ -143,9 +143,15 @@ func (p *upPoster) finish() map[string]bool {
 // what the member's devices are sent.
 func delivered(t *testing.T, x *tm, us []push.UAID) map[string]int {
 	t.Helper()
+	return storedIn(t, x.st, us)
+}
+
+// storedIn counts each payload in st for the devices us.
+func storedIn(t *testing.T, st *store.Store, us []push.UAID) map[string]int {
+	t.Helper()
 	got := map[string]int{}
 	for _, u := range us {
-		ms, err := x.st.Messages(u, 0, 0)
+		ms, err := st.Messages(u, 0, 0)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -232,29 +238,37 @@ func (s *upSite) allOpen() bool {
 	return true
 }
 
+// storedOnce waits (bounded) until every payload in want is in st (the
+// store of name) for the devices us, what saying which messages those
+// are, fails the test for any stored twice and logs the counts.
+func storedOnce(t *testing.T, name string, st *store.Store, us []push.UAID, want map[string]bool, what string) {
+	t.Helper()
+	var got map[string]int
+	waitUntil(t, 20*time.Second, name+" stored every message "+what, func() bool {
+		got = storedIn(t, st, us)
+		for text := range want {
+			if got[text] == 0 {
+				return false
+			}
+		}
+		return true
+	})
+	dups := 0
+	for text, k := range got {
+		if k > 1 {
+			dups += k - 1
+			t.Errorf("%s: %q stored %d times", name, text, k)
+		}
+	}
+	t.Logf("%s: %d distinct messages stored, %d duplicates", name, len(got), dups)
+}
+
 // checkStored waits until every payload in created is in each of ms's
 // stores and fails the test for any stored twice.
 func (s *upSite) checkStored(t *testing.T, created map[string]bool, ms ...*tm) {
 	t.Helper()
 	for _, x := range ms {
-		var got map[string]int
-		waitUntil(t, 20*time.Second, x.name+" stored every message answered 201", func() bool {
-			got = delivered(t, x, s.us)
-			for text := range created {
-				if got[text] == 0 {
-					return false
-				}
-			}
-			return true
-		})
-		dups := 0
-		for text, k := range got {
-			if k > 1 {
-				dups += k - 1
-				t.Errorf("%s: %q stored %d times", x.name, text, k)
-			}
-		}
-		t.Logf("%s: %d distinct messages stored, %d duplicates", x.name, len(got), dups)
+		storedOnce(t, x.name, x.st, s.us, created, "answered 201")
 	}
 	for i, u := range s.ups {
 		waitUntil(t, 10*time.Second, fmt.Sprintf("the upstream holds nothing unacked for device %d", i), func() bool { return s.up.Pending(u) == 0 })

@@ -235,24 +235,7 @@ func (p *parentPoster) finish() map[string]bool {
 func (s *linkSite) checkStored(t *testing.T, acked map[string]bool, ms ...*tm) {
 	t.Helper()
 	for _, x := range ms {
-		var got map[string]int
-		waitUntil(t, 20*time.Second, x.name+" stored every message the parent acknowledged", func() bool {
-			got = delivered(t, x, s.us)
-			for text := range acked {
-				if got[text] == 0 {
-					return false
-				}
-			}
-			return true
-		})
-		dups := 0
-		for text, k := range got {
-			if k > 1 {
-				dups += k - 1
-				t.Errorf("%s: %q stored %d times", x.name, text, k)
-			}
-		}
-		t.Logf("%s: %d distinct messages stored, %d duplicates", x.name, len(got), dups)
+		storedOnce(t, x.name, x.st, s.us, acked, "the parent acknowledged")
 	}
 	waitUntil(t, 10*time.Second, "the parent holds nothing unacked", func() bool {
 		st, err := s.tp.st.Stats()

@@ -244,33 +244,7 @@ func TestSiteLinkParentFailover(t *testing.T) {
 	t.Logf("holder %s stopped: %s holds after %s, the child connected to it after %s; %d messages acknowledged",
 		h.name, n.name, held.Round(time.Millisecond), moved.Round(time.Millisecond), len(acked))
 
-	var got map[string]int
-	waitUntil(t, 20*time.Second, "the child stored every acknowledged message", func() bool {
-		got = map[string]int{}
-		for _, u := range us {
-			ms, err := tc.st.Messages(u, 0, 0)
-			if err != nil {
-				t.Fatal(err)
-			}
-			for _, m := range ms {
-				got[string(m.Data)]++
-			}
-		}
-		for text := range acked {
-			if got[text] == 0 {
-				return false
-			}
-		}
-		return true
-	})
-	dups := 0
-	for text, k := range got {
-		if k > 1 {
-			dups += k - 1
-			t.Errorf("the child stored %q %d times", text, k)
-		}
-	}
-	t.Logf("the child: %d distinct messages, %d duplicates", len(got), dups)
+	storedOnce(t, "the child", tc.st, us, acked, "acknowledged")
 	// Every message's origin id names the site's link epoch, the same
 	// on every member (not the epoch of the store of the member that
 	// sent it): a message the next holder sends again keeps its id.

@@ -715,26 +715,33 @@ func (s *Store) commit(batch []*op) {
 			}
 		}
 		if err == nil {
-			s.keepCounts(t.waiting)
-			s.tot = s.tot.add(t.delta)
-			s.publish()
-			s.nCommits.Add(1)
-			s.m.commits.Inc()
-			s.m.commitSeconds.Observe(time.Since(start).Seconds())
-			t.countMetrics(s.m)
-			for _, o := range ops {
-				o.finish()
-			}
-			if fn := s.onStored.Load(); fn != nil && len(t.appended) > 0 {
-				if ms := t.stillStored(); len(ms) > 0 {
-					(*fn)(ms)
-				}
-			}
+			s.committed(t, ops, start)
 			return
 		}
 		var retry bool
 		if ops, retry = s.failBatch(ops, failed, err); !retry {
 			return
+		}
+	}
+}
+
+// committed adopts a batch's committed (or, with the write-ahead log,
+// durably logged) transaction t: the counts and totals, the metrics, its
+// callers answered, then its stored messages handed to OnStored.
+func (s *Store) committed(t *txn, ops []*op, start time.Time) {
+	s.keepCounts(t.waiting)
+	s.tot = s.tot.add(t.delta)
+	s.publish()
+	s.nCommits.Add(1)
+	s.m.commits.Inc()
+	s.m.commitSeconds.Observe(time.Since(start).Seconds())
+	t.countMetrics(s.m)
+	for _, o := range ops {
+		o.finish()
+	}
+	if fn := s.onStored.Load(); fn != nil && len(t.appended) > 0 {
+		if ms := t.stillStored(); len(ms) > 0 {
+			(*fn)(ms)
 		}
 	}
 }

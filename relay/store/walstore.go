@@ -495,21 +495,7 @@ func (s *Store) commitWAL(batch []*op) {
 			}
 		}
 		if err == nil {
-			s.keepCounts(t.waiting)
-			s.tot = s.tot.add(t.delta)
-			s.publish()
-			s.nCommits.Add(1)
-			s.m.commits.Inc()
-			s.m.commitSeconds.Observe(time.Since(start).Seconds())
-			t.countMetrics(s.m)
-			for _, o := range ops {
-				o.finish()
-			}
-			if fn := s.onStored.Load(); fn != nil && len(t.appended) > 0 {
-				if ms := t.stillStored(); len(ms) > 0 {
-					(*fn)(ms)
-				}
-			}
+			s.committed(t, ops, start)
 			if s.checkpointDue() <= 0 {
 				s.checkpoint()
 			}
