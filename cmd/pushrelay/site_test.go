@@ -4,11 +4,13 @@ import (
 	"crypto/rand"
 	"encoding/base64"
 	"fmt"
+	mathrand "math/rand/v2"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -216,15 +218,28 @@ func TestE2ESite(t *testing.T) {
 }
 
 // freeTCPUDPPort is a 127.0.0.1 port free for both TCP and UDP (the
-// gossip takes both), as far as one can tell.
+// gossip takes both), as far as one can tell. It is taken below the
+// kernel's ephemeral range: a port the kernel picks for port 0 can be
+// handed, between this check and the member's own bind seconds later,
+// to the local end of any outgoing connection of the tests running
+// alongside (CI: the consensus port of a site member, bound when the site
+// formed, was "address already in use").
 func freeTCPUDPPort(t *testing.T) string {
 	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
+	lo, hi := 20000, 32768
+	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
+		if f := strings.Fields(string(b)); len(f) == 2 {
+			if n, err := strconv.Atoi(f[0]); err == nil && n > 2048 {
+				lo, hi = n/2, n
+			}
 		}
-		addr := l.Addr().String()
+	}
+	for range 50 {
+		addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(lo+mathrand.IntN(hi-lo)))
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			continue
+		}
 		c, err := net.ListenPacket("udp", addr)
 		l.Close()
 		if err == nil {
