@@ -527,7 +527,9 @@ loop:
 	fmt.Fprintf(stdout, "left in the relay's store after the acks: %.0f messages\n", left)
 	if wals, ok := c.metric("pushrelay_store_wal_appends_total"); ok && wals > 0 {
 		cps, _ := c.metric("pushrelay_store_checkpoints_total")
-		fmt.Fprintf(stdout, "store: %.0f write-ahead log appends (%.1f messages each), %.0f checkpoints\n", wals, float64(acked.Load())/wals, cps)
+		syncs, _ := c.metric("pushrelay_store_wal_fsync_seconds_count")
+		syncTime, _ := c.metric("pushrelay_store_wal_fsync_seconds_sum")
+		fmt.Fprintf(stdout, "store: %.0f write-ahead log appends (%.1f messages each), %.0f checkpoints; an append's fdatasync took %.2f ms on average\n", wals, float64(acked.Load())/wals, cps, 1000*syncTime/max(syncs, 1))
 	}
 	switch {
 	case failed.Load() > 0:
