@@ -18,6 +18,9 @@ import (
 // child: appends and acks on that store, each reported once answered.
 const crashWALChildEnv = "PUSHRELAY_STORE_CRASH_WAL_CHILD"
 
+// crashWALSlowEnv makes the child's log appends a millisecond slower.
+const crashWALSlowEnv = "PUSHRELAY_STORE_CRASH_WAL_SLOW"
+
 const crashWALDevices = 4
 
 // TestCrashWAL kills a process appending and acking under load with
@@ -56,6 +59,11 @@ func TestCrashWAL(t *testing.T) {
 		}
 		cmd := exec.Command(args[0], args[1:]...)
 		cmd.Env = append(os.Environ(), crashWALChildEnv+"="+path)
+		if rounds%2 == 1 {
+			// A flash-like log: batches wait to fill and are applied
+			// as they do (walfill_test.go).
+			cmd.Env = append(cmd.Env, crashWALSlowEnv+"=1")
+		}
 		cmd.Stderr = testWriter{t}
 		stdout, err := cmd.StdoutPipe()
 		if err != nil {
@@ -140,6 +148,9 @@ func crashWALChild(path string) {
 	s, err := Open(Options{Path: path, MaxMessagesPerUAID: 1 << 30, CheckpointInterval: 10 * time.Millisecond})
 	if err != nil {
 		fail(err)
+	}
+	if os.Getenv(crashWALSlowEnv) != "" {
+		s.w.appendHook = func(uint64) error { time.Sleep(time.Millisecond); return nil }
 	}
 	ctx := context.Background()
 	var mu sync.Mutex

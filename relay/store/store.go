@@ -590,9 +590,10 @@ func (s *Store) do(ctx context.Context, apply func(t *txn) error) error {
 // and repeats. It never waits for more work to arrive, so a lone writer
 // pays one fsync and, under load, the next batch forms while the current
 // one is being written. With the write-ahead log, the reads taken with a
-// batch run before its writes (they see every write answered, and none
-// that is not), and an idle committer checkpoints once the log's oldest
-// batch not in the file is CheckpointInterval old.
+// batch run before its writes, or after them when the batch was applied
+// while it filled (a slow log: fillWait), so that they see every write
+// answered and none that is not; and an idle committer checkpoints once
+// the log's oldest batch not in the file is CheckpointInterval old.
 func (s *Store) commitLoop() {
 	defer close(s.committerDone)
 	defer s.closeWAL()
@@ -604,11 +605,15 @@ func (s *Store) commitLoop() {
 		next = nil
 		if o == nil {
 			var ok bool
+			if len(s.queue) == 0 {
+				s.flushStored()
+			}
 			if o, ok = s.nextOp(); !ok {
 				return
 			}
 		}
 		if o.restore != "" {
+			s.flushStored()
 			o.err = s.restoreOp(o.restore)
 			o.finish()
 			continue
@@ -648,6 +653,12 @@ func (s *Store) commitLoop() {
 					}
 					fill.Reset(min(left, fillGap))
 				}
+				// What came while the batch fills is applied
+				// meanwhile; once it is as large as the last
+				// batches, or failed, the wait is over.
+				if len(batch) >= s.fillTarget() || !s.applyEarly(batch) {
+					break drain
+				}
 				select {
 				case o, ok = <-s.queue:
 				case <-fill.C:
@@ -671,10 +682,13 @@ func (s *Store) commitLoop() {
 		if fill != nil {
 			fill.Stop()
 		}
-		for _, o := range reads {
-			s.readOp(o)
+		// The reads run before the batch (they see every write
+		// answered and none that is not), unless the batch was applied
+		// as it filled: then after it.
+		early := s.w.early.t != nil || s.w.early.err != nil
+		if !early {
+			s.runReads(reads)
 		}
-		clear(reads)
 		if len(batch) > 0 {
 			if s.w.log != nil {
 				s.commitWAL(batch)
@@ -682,7 +696,24 @@ func (s *Store) commitLoop() {
 				s.commit(batch)
 			}
 		}
+		if early {
+			s.runReads(reads)
+		}
+		clear(reads)
 		clear(batch) // drop references for the GC
+	}
+}
+
+// runReads runs the reads taken with a batch, after handing the devices
+// the messages deferStored kept (a device's read must not see a message
+// before its notification).
+func (s *Store) runReads(reads []*op) {
+	if len(reads) == 0 {
+		return
+	}
+	s.flushStored()
+	for _, o := range reads {
+		s.readOp(o)
 	}
 }
 
@@ -740,7 +771,7 @@ func (s *Store) committed(t *txn, ops []*op, start time.Time) {
 		o.finish()
 	}
 	if fn := s.onStored.Load(); fn != nil && len(t.appended) > 0 {
-		if ms := t.stillStored(); len(ms) > 0 {
+		if ms := t.stillStored(); len(ms) > 0 && (s.w.log == nil || !s.deferStored(ms)) {
 			(*fn)(ms)
 		}
 	}

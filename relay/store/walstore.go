@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 	"time"
 
 	bolt "go.etcd.io/bbolt"
@@ -67,11 +68,20 @@ type walState struct {
 	failedAt time.Time
 	rec      redo
 	// lastBatch is the size of the last batch appended, lastSync how
-	// long its append took (fillWait).
+	// long its append took (fillWait); recent holds the sizes of the
+	// last few batches (fillTarget).
 	lastBatch int
 	lastSync  time.Duration
-	// appendHook, set by tests, runs before each append; its error fails
-	// the append as the log's would.
+	recent    [8]int
+	nBatches  int
+	// early is the batch being filled, applied as it fills (applyEarly).
+	early earlyApply
+	// stored holds the messages of answered batches not yet handed to
+	// OnStored (deferStored).
+	stored []Message
+	// appendHook, set by tests, runs before each append (its time
+	// counts as the append's); its error fails the append as the log's
+	// would.
 	appendHook func(index uint64) error
 }
 
@@ -215,21 +225,165 @@ func (s *Store) nextOp() (*op, bool) {
 }
 
 // fillWait returns how long the committer may wait for a batch to fill
-// before it applies it. On a log whose append (its fdatasync) takes
+// before it appends it. On a log whose append (its fdatasync) takes
 // milliseconds, as on a gateway's flash, the callers the last batch
 // answered come back (the next POST, the device's ack) while the next
 // batch's fdatasync runs, and so wait for two of them: with a 3 ms
 // fdatasync (4.3 ms under strace) and 64 senders, batches held a third
 // of the posts in flight and POST p50 was 9 ms (7,200 msg/s). So, after
 // a batch of more than one op, the committer waits for more as long as
-// they keep coming (a gap of fillGap ends it), for up to half the last
-// append's time (at most 2 ms): 8,300 msg/s, p50 6.8 ms. A lone writer,
-// or a disk that syncs in less than fillMinSync, never waits.
+// they keep coming (a gap of fillGap ends it) and the batch is smaller
+// than the last few (fillTarget), for up to half the last append's time
+// (at most 2 ms), applying what comes meanwhile (applyEarly); the last
+// batches' messages reach their devices when the wait is over
+// (deferStored). A lone writer, or a disk that syncs in less than
+// fillMinSync, never waits.
 func (s *Store) fillWait() time.Duration {
 	if s.w.log == nil || s.w.lastSync < fillMinSync || s.w.lastBatch < 2 {
 		return 0
 	}
 	return min(s.w.lastSync/2, 2*time.Millisecond)
+}
+
+// fillTarget is the batch size that ends a wait for the batch to fill
+// before its time is up: the largest of the last few batches. Once every
+// caller the last batches answered is back, waiting longer only delays
+// them.
+func (s *Store) fillTarget() int {
+	return max(slices.Max(s.w.recent[:]), 2)
+}
+
+// appended notes a batch of n ops appended in d.
+func (w *walState) appended(n int, d time.Duration) {
+	w.lastSync, w.lastBatch = d, n
+	w.recent[w.nBatches%len(w.recent)] = n
+	w.nBatches++
+}
+
+// earlyApply is a batch applied while it fills: with a slow log the
+// committer waits for the batch to fill (fillWait), and applies the ops
+// that have come meanwhile, so that once the wait ends only the append
+// is left. Reads wait until the batch is answered: the transaction holds
+// writes that are not durable yet.
+type earlyApply struct {
+	t *txn
+	n int // ops of the batch applied
+	// err is the error that stopped the batch (failed: the op's index
+	// in the batch, or -1 when the transaction itself failed).
+	err    error
+	failed int
+}
+
+// applyEarly applies the ops of batch not applied yet (earlyApply). It
+// reports false when the batch has failed: waiting for more is no use.
+func (s *Store) applyEarly(batch []*op) bool {
+	e := &s.w.early
+	if e.err != nil {
+		return false
+	}
+	if e.n == len(batch) {
+		return true
+	}
+	if e.t == nil {
+		err := s.Damaged()
+		if err == nil {
+			err = s.begin()
+		}
+		if err != nil {
+			e.err, e.failed = err, -1
+			return false
+		}
+		s.w.rec.reset(s.epoch)
+		e.t = s.newTxn(s.w.tx, &s.w.rec)
+		e.t.batchLen = s.fillTarget()
+	}
+	var failed int
+	err := s.guarded(func() error {
+		var err error
+		failed, err = applyOps(e.t, batch[e.n:])
+		return err
+	})
+	if err != nil {
+		if failed >= 0 && !errors.Is(err, ErrDamaged) {
+			failed += e.n
+		} else {
+			failed = -1
+		}
+		e.err, e.failed = err, failed
+		return false
+	}
+	e.n = len(batch)
+	return true
+}
+
+// applyWAL applies ops in the committer's transaction (after those
+// applyEarly applied, on the batch's first try) and returns the
+// transaction, the index of the op that failed (-1: none, or the
+// transaction itself) and the error.
+func (s *Store) applyWAL(ops []*op) (*txn, int, error) {
+	e := s.w.early
+	s.w.early = earlyApply{}
+	if e.err != nil {
+		return nil, e.failed, e.err
+	}
+	t := e.t
+	if t == nil {
+		err := s.Damaged()
+		if err == nil {
+			err = s.begin()
+		}
+		if err != nil {
+			return nil, -1, err
+		}
+		s.w.rec.reset(s.epoch)
+		t = s.newTxn(s.w.tx, &s.w.rec)
+		t.batchLen = len(ops)
+	}
+	failed := -1
+	err := s.guarded(func() error {
+		var err error
+		if failed, err = applyOps(t, ops[e.n:]); err != nil {
+			if failed >= 0 {
+				failed += e.n
+			}
+			return err
+		}
+		if t.delta != (totals{}) {
+			return putTotals(t.meta, s.tot.add(t.delta))
+		}
+		return nil
+	})
+	if errors.Is(err, ErrDamaged) {
+		failed = -1
+	}
+	return t, failed, err
+}
+
+// deferStored keeps a batch's stored messages for OnStored until the
+// committer next waits for the disk or for work (flushStored), when the
+// log is slow and the batch was not alone (fillWait): the devices' work
+// (the notifications written, the acks read back) then runs while the
+// next batch's fdatasync does, instead of competing for the CPU with the
+// callers the batch answered while the next batch fills. It reports
+// whether it kept them.
+func (s *Store) deferStored(ms []Message) bool {
+	if s.fillWait() <= 0 {
+		return false
+	}
+	s.w.stored = append(s.w.stored, ms...)
+	return true
+}
+
+// flushStored hands the messages deferStored kept to OnStored.
+func (s *Store) flushStored() {
+	if len(s.w.stored) == 0 {
+		return
+	}
+	ms := s.w.stored
+	s.w.stored = nil // OnStored's to keep
+	if fn := s.onStored.Load(); fn != nil {
+		(*fn)(ms)
+	}
 }
 
 const (
@@ -362,6 +516,7 @@ func (s *Store) rollback() {
 // checkpoint commits the committer's transaction with the index of the
 // last record it holds, then drops the log's records up to it.
 func (s *Store) checkpoint() error {
+	s.flushStored()
 	if !s.w.dirty() {
 		return nil
 	}
@@ -402,6 +557,7 @@ func (s *Store) checkpoint() error {
 
 // closeWAL checkpoints and closes the log (the committer's last act).
 func (s *Store) closeWAL() {
+	s.flushStored()
 	if s.w.log == nil {
 		return
 	}
@@ -453,45 +609,25 @@ func (s *Store) commitWAL(batch []*op) {
 	s.m.batchSize.Observe(float64(len(batch)))
 	ops := batch
 	for len(ops) > 0 {
-		var t *txn
-		failed := -1
-		err := s.Damaged()
-		if err == nil {
-			err = s.begin()
-		}
-		if err == nil {
-			s.w.rec.reset(s.epoch)
-			err = s.guarded(func() error {
-				t = s.newTxn(s.w.tx, &s.w.rec)
-				t.batchLen = len(ops)
-				var err error
-				if failed, err = applyOps(t, ops); err != nil {
-					return err
-				}
-				if t.delta != (totals{}) {
-					return putTotals(t.meta, s.tot.add(t.delta))
-				}
-				return nil
-			})
-			if errors.Is(err, ErrDamaged) {
-				failed = -1
+		t, failed, err := s.applyWAL(ops)
+		if err == nil && !s.w.rec.empty() {
+			// The last batches' messages go to their devices while
+			// this one is synced.
+			s.flushStored()
+			next := s.w.next()
+			t0 := time.Now()
+			if h := s.w.appendHook; h != nil {
+				err = h(next)
 			}
-			if err == nil && !s.w.rec.empty() {
-				next := s.w.next()
-				if h := s.w.appendHook; h != nil {
-					err = h(next)
-				}
-				if err == nil {
-					t0 := time.Now()
-					err = s.w.log.Append(next, s.w.rec.b)
-					s.w.lastSync, s.w.lastBatch = time.Since(t0), len(ops)
-				}
-				if err != nil {
-					s.w.broken = next
-				} else {
-					s.w.bytes += len(s.w.rec.b)
-					s.w.untrimmed += len(s.w.rec.b)
-				}
+			if err == nil {
+				err = s.w.log.Append(next, s.w.rec.b)
+				s.w.appended(len(ops), time.Since(t0))
+			}
+			if err != nil {
+				s.w.broken = next
+			} else {
+				s.w.bytes += len(s.w.rec.b)
+				s.w.untrimmed += len(s.w.rec.b)
 			}
 		}
 		if err == nil {
