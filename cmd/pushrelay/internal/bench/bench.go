@@ -406,6 +406,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	cpuProfile := fs.String("cpu-profile", "", "save a 5s CPU profile of the relay under load to this file")
 	allocProfile := fs.String("alloc-profile", "", "save the relay's allocation profile (pprof allocs) at the end to this file")
 	loadProfile := fs.String("load-cpu-profile", "", "save a 5s CPU profile of the load generator (this process), taken with --cpu-profile's, to this file")
+	trace := fs.String("trace", "", "save a 2s execution trace of the relay under load (go tool trace; where a message's latency goes) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -445,6 +446,14 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 			time.Sleep(time.Second)
 			if err := c.saveProfile("profile?seconds=5", *cpuProfile); err != nil {
 				fmt.Fprintf(stderr, "cpu profile: %v\n", err)
+			}
+		}()
+	}
+	if *trace != "" {
+		go func() {
+			time.Sleep(time.Second)
+			if err := c.saveProfile("trace?seconds=2", *trace); err != nil {
+				fmt.Fprintf(stderr, "trace: %v\n", err)
 			}
 		}()
 	}

@@ -168,9 +168,15 @@ func (l *loadLoop) run(ctx context.Context) error {
 	defer l.close()
 	l.start = time.Now()
 	l.dev = newDeliveries(l.start, int(l.total))
+	// At an offered rate the posters take turns, spread evenly over one
+	// poster's interval: a steady stream, not every poster at once in a
+	// burst each interval.
+	posters := len(l.conns) - len(l.devs)
+	k := 0
 	for _, c := range l.conns {
 		if !c.device {
-			c.due = l.start
+			c.due = l.start.Add(-l.interval + l.interval*time.Duration(k)/time.Duration(max(posters, 1)))
+			k++
 			l.idle(c, l.start)
 		}
 	}
