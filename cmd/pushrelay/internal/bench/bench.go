@@ -513,8 +513,8 @@ loop:
 	// timed from the POST's write to the notification's read.
 	fmt.Fprintf(stdout, "post → device latency: p50 %s  p90 %s  p99 %s  max %s\n",
 		quantile(toDev, 0.5), quantile(toDev, 0.9), quantile(toDev, 0.99), quantile(toDev, 1))
-	fmt.Fprintf(stdout, "post → device matched by message id: %d of %d posted; unmatched: %d posts without a notification, %d notifications without a post\n",
-		len(toDev), sent.Load(), lostPosts, lostNotes)
+	fmt.Fprintf(stdout, "post → device matched by message id: %d of %d posted (%d notifications read before their 201); unmatched: %d posts without a notification, %d notifications without a post\n",
+		len(toDev), sent.Load(), gen.dev.early, lostPosts, lostNotes)
 	if n := acked.Load(); n > 0 && cpuErr == nil {
 		// CPU per message varies less than throughput on a shared machine.
 		relayCPU := relayCPU1 - relayCPU0

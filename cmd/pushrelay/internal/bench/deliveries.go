@@ -27,6 +27,7 @@ type deliveries struct {
 
 	noID    int64 // 201s without a Location id: never matchable
 	repeats int64 // a notification read again while its first was unmatched
+	early   int64 // matched messages whose notification came before their 201
 }
 
 // sighting is one side of a message seen: at is the POST's write (the 201
@@ -53,6 +54,7 @@ func (d *deliveries) posted(location []byte, written time.Time) {
 	if s, ok := d.pending[string(id)]; ok && s.notified {
 		delete(d.pending, string(id))
 		d.lat = append(d.lat, s.at-at)
+		d.early++
 		return
 	}
 	d.pending[string(id)] = sighting{at: at}

@@ -31,6 +31,9 @@ func TestDeliveriesMatchByID(t *testing.T) {
 	if p, n := d.unmatched(); p != 0 || n != 0 || len(d.pending) != 0 {
 		t.Fatalf("unmatched %d posts, %d notifications, %d pending; want none", p, n, len(d.pending))
 	}
+	if d.early != 1 {
+		t.Fatalf("%d notifications counted before their 201, want 1 (c)", d.early)
+	}
 
 	// What never matches is counted on its side: a 201 with no
 	// notification, one with no id, a notification of no POST, and one
