@@ -1,9 +1,11 @@
 package main
 
 import (
+	"fmt"
 	"os/exec"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pushrelay/pushrelay/cmd/pushrelay/internal/relayproc"
 )
@@ -57,5 +59,46 @@ func TestE2EBenchBroadcast(t *testing.T) {
 	case err != nil && strings.Contains(stderr.String(), `the relay took the new version (pushrelay_broadcast_changes_total{source="megaphone"} = 2) but did not send it`):
 	default:
 		t.Fatalf("bench broadcast: %v\n%s\n%s", err, out, stderr.String())
+	}
+}
+
+// bench throughput times every message from its POST to its device,
+// matching each notification to its POST by message id (the 201's
+// Location against the notification's version), not by order: at 4,000
+// msg/s from eight connections each device has several posts in flight
+// at once. Every message posted must be matched, none left over on either
+// side.
+func TestE2EBenchThroughputPostToDevice(t *testing.T) {
+	cmd := exec.Command(binPath, "bench", "throughput", "--devices", "2", "--senders", "8", "--messages", "600", "--rate", "4000", "--max-time", "30s")
+	cmd.Env = relayproc.Env()
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("bench throughput: %v\n%s\n%s", err, out, stderr.String())
+	}
+	var posted, failed, acked, matched, of, early, lostPosts, lostNotes int
+	var p50, p90, p99, pmax string
+	for _, line := range strings.Split(string(out), "\n") {
+		switch {
+		case strings.HasPrefix(line, "posted (201)"):
+			fmt.Sscanf(line, "posted (201) %d, failed %d, acked by devices %d", &posted, &failed, &acked)
+		case strings.HasPrefix(line, "post → device latency:"):
+			fmt.Sscanf(line, "post → device latency: p50 %s  p90 %s  p99 %s  max %s", &p50, &p90, &p99, &pmax)
+		case strings.HasPrefix(line, "post → device matched by message id:"):
+			fmt.Sscanf(line, "post → device matched by message id: %d of %d posted (%d notifications read before their 201); unmatched: %d posts without a notification, %d notifications without a post",
+				&matched, &of, &early, &lostPosts, &lostNotes)
+		}
+	}
+	if posted != 600 || failed != 0 || acked != 600 {
+		t.Fatalf("posted %d, failed %d, acked %d; want 600, 0, 600\n%s", posted, failed, acked, out)
+	}
+	if matched != posted || of != posted || early > matched || lostPosts != 0 || lostNotes != 0 {
+		t.Fatalf("matched %d of %d (posted %d; %d early), unmatched %d posts and %d notifications\n%s", matched, of, posted, early, lostPosts, lostNotes, out)
+	}
+	for _, q := range []string{p50, p90, p99, pmax} {
+		if d, err := time.ParseDuration(q); err != nil || d <= 0 {
+			t.Fatalf("post → device quantiles %q %q %q %q\n%s", p50, p90, p99, pmax, out)
+		}
 	}
 }

@@ -406,6 +406,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	cpuProfile := fs.String("cpu-profile", "", "save a 5s CPU profile of the relay under load to this file")
 	allocProfile := fs.String("alloc-profile", "", "save the relay's allocation profile (pprof allocs) at the end to this file")
 	loadProfile := fs.String("load-cpu-profile", "", "save a 5s CPU profile of the load generator (this process), taken with --cpu-profile's, to this file")
+	trace := fs.String("trace", "", "save a 2s execution trace of the relay under load (go tool trace; where a message's latency goes) to this file")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -445,6 +446,14 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 			time.Sleep(time.Second)
 			if err := c.saveProfile("profile?seconds=5", *cpuProfile); err != nil {
 				fmt.Fprintf(stderr, "cpu profile: %v\n", err)
+			}
+		}()
+	}
+	if *trace != "" {
+		go func() {
+			time.Sleep(time.Second)
+			if err := c.saveProfile("trace?seconds=2", *trace); err != nil {
+				fmt.Fprintf(stderr, "trace: %v\n", err)
 			}
 		}()
 	}
@@ -490,18 +499,22 @@ loop:
 
 	all := gen.lat
 	slices.Sort(all)
-	pct := func(p float64) time.Duration {
-		if len(all) == 0 {
-			return 0
-		}
-		return all[min(len(all)-1, int(float64(len(all))*p))]
-	}
+	pct := func(p float64) time.Duration { return quantile(all, p) }
+	toDev := gen.dev.lat
+	slices.Sort(toDev)
+	lostPosts, lostNotes := gen.dev.unmatched()
 	fmt.Fprintf(stdout, "machine: %d CPUs, %s/%s; relay and load generator share it\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
 	fmt.Fprintf(stdout, "devices %d, senders %d, offered rate %s, payload %d B\n", *devices, *senders, rateString(*rate), *payload)
 	fmt.Fprintf(stdout, "posted (201) %d, failed %d, acked by devices %d\n", sent.Load(), failed.Load(), acked.Load())
 	fmt.Fprintf(stdout, "post throughput: %.0f msg/s over %s\n", float64(sent.Load())/postDone.Seconds(), postDone.Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "end-to-end (post → deliver → ack): %.0f msg/s over %s\n", float64(acked.Load())/elapsed.Seconds(), elapsed.Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "POST latency: p50 %s  p90 %s  p99 %s  max %s\n", pct(0.5), pct(0.9), pct(0.99), pct(1))
+	// Each notification matched to its POST by message id (deliveries),
+	// timed from the POST's write to the notification's read.
+	fmt.Fprintf(stdout, "post → device latency: p50 %s  p90 %s  p99 %s  max %s\n",
+		quantile(toDev, 0.5), quantile(toDev, 0.9), quantile(toDev, 0.99), quantile(toDev, 1))
+	fmt.Fprintf(stdout, "post → device matched by message id: %d of %d posted (%d notifications read before their 201); unmatched: %d posts without a notification, %d notifications without a post\n",
+		len(toDev), sent.Load(), gen.dev.early, lostPosts, lostNotes)
 	if n := acked.Load(); n > 0 && cpuErr == nil {
 		// CPU per message varies less than throughput on a shared machine.
 		relayCPU := relayCPU1 - relayCPU0
@@ -538,6 +551,8 @@ loop:
 		return fmt.Errorf("%d of %d notifications acked in time", acked.Load(), sent.Load())
 	case left != 0:
 		return fmt.Errorf("%.0f acked messages still in the relay's store", left)
+	case lostPosts > 0 || lostNotes > 0:
+		return fmt.Errorf("%d posts and %d notifications not matched by message id", lostPosts, lostNotes)
 	}
 	return nil
 }

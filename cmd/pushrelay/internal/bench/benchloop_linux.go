@@ -44,7 +44,8 @@ type loadLoop struct {
 	waiting  []*loopConn   // posters waiting for their due time
 	postDone time.Duration // from start to the last answer
 	start    time.Time
-	lat      []time.Duration
+	lat      []time.Duration // POST written → 201 read
+	dev      *deliveries     // POST written → notification read, matched by id
 
 	sent, failed, acked atomic.Int64
 
@@ -166,9 +167,16 @@ func (l *loadLoop) close() {
 func (l *loadLoop) run(ctx context.Context) error {
 	defer l.close()
 	l.start = time.Now()
+	l.dev = newDeliveries(l.start, int(l.total))
+	// At an offered rate the posters take turns, spread evenly over one
+	// poster's interval: a steady stream, not every poster at once in a
+	// burst each interval.
+	posters := len(l.conns) - len(l.devs)
+	k := 0
 	for _, c := range l.conns {
 		if !c.device {
-			c.due = l.start
+			c.due = l.start.Add(-l.interval + l.interval*time.Duration(k)/time.Duration(max(posters, 1)))
+			k++
 			l.idle(c, l.start)
 		}
 	}
@@ -237,7 +245,10 @@ func (l *loadLoop) post(c *loopConn, now time.Time) {
 	}
 	i := l.next
 	l.next++
-	c.busy, c.t0 = true, now
+	// The write's own time, not the loop's wake-up (now), which the
+	// events handled before it may have left behind: both latencies run
+	// from here.
+	c.busy, c.t0 = true, time.Now()
 	l.write(c, l.devs[int(i)%len(l.devs)].req)
 }
 
@@ -293,7 +304,7 @@ func (l *loadLoop) readable(c *loopConn, now time.Time) {
 	}
 	var used int
 	if c.device {
-		used, err = l.frames(c, in)
+		used, err = l.frames(c, in, now)
 	} else {
 		used, err = l.answers(c, in, now)
 	}
@@ -335,7 +346,7 @@ func (l *loadLoop) answer(now time.Time) {
 func (l *loadLoop) answers(c *loopConn, b []byte, now time.Time) (int, error) {
 	used := 0
 	for {
-		code, n, closeConn, err := parseResponse(b[used:])
+		code, n, closeConn, location, err := parseResponse(b[used:])
 		if err != nil || n == 0 {
 			return used, err
 		}
@@ -346,6 +357,7 @@ func (l *loadLoop) answers(c *loopConn, b []byte, now time.Time) (int, error) {
 		c.busy = false
 		if code == 201 {
 			l.lat = append(l.lat, now.Sub(c.t0))
+			l.dev.posted(location, c.t0)
 			l.sent.Add(1)
 		} else {
 			l.failed.Add(1)
@@ -360,23 +372,24 @@ func (l *loadLoop) answers(c *loopConn, b []byte, now time.Time) (int, error) {
 
 // parseResponse reads one HTTP/1.1 response with a Content-Length body
 // from the start of b: its status, its length (0 if b does not hold all of
-// it yet) and whether the server closes the connection after it.
-func parseResponse(b []byte) (code, n int, closeConn bool, err error) {
+// it yet), whether the server closes the connection after it, and its
+// Location header (in b).
+func parseResponse(b []byte) (code, n int, closeConn bool, location []byte, err error) {
 	end := bytes.Index(b, []byte("\r\n\r\n"))
 	if end < 0 {
 		if len(b) > 64<<10 {
-			return 0, 0, false, errors.New("response header too long")
+			return 0, 0, false, nil, errors.New("response header too long")
 		}
-		return 0, 0, false, nil
+		return 0, 0, false, nil, nil
 	}
 	head := b[:end]
 	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
 	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.1 ")) {
-		return 0, 0, false, fmt.Errorf("bad status line %q", line)
+		return 0, 0, false, nil, fmt.Errorf("bad status line %q", line)
 	}
 	code, err = atoiBytes(line[9:12])
 	if err != nil {
-		return 0, 0, false, err
+		return 0, 0, false, nil, err
 	}
 	length := 0
 	for len(rest) > 0 {
@@ -387,18 +400,20 @@ func parseResponse(b []byte) (code, n int, closeConn bool, err error) {
 		switch {
 		case bytes.EqualFold(name, []byte("Content-Length")):
 			if length, err = atoiBytes(value); err != nil {
-				return 0, 0, false, err
+				return 0, 0, false, nil, err
 			}
+		case bytes.EqualFold(name, []byte("Location")):
+			location = value
 		case bytes.EqualFold(name, []byte("Connection")) && bytes.EqualFold(value, []byte("close")):
 			closeConn = true
 		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
-			return 0, 0, false, errors.New("chunked responses are not expected from the relay")
+			return 0, 0, false, nil, errors.New("chunked responses are not expected from the relay")
 		}
 	}
 	if len(b) < end+4+length {
-		return 0, 0, false, nil
+		return 0, 0, false, nil, nil
 	}
-	return code, end + 4 + length, closeConn, nil
+	return code, end + 4 + length, closeConn, location, nil
 }
 
 func atoiBytes(b []byte) (int, error) {
@@ -418,7 +433,7 @@ func atoiBytes(b []byte) (int, error) {
 // frames handles the WebSocket frames from the relay in b (unmasked,
 // unfragmented, as the relay writes them) and returns how many bytes they
 // took: notifications are acked, pings answered.
-func (l *loadLoop) frames(c *loopConn, b []byte) (int, error) {
+func (l *loadLoop) frames(c *loopConn, b []byte, now time.Time) (int, error) {
 	used := 0
 	for {
 		f := b[used:]
@@ -455,7 +470,7 @@ func (l *loadLoop) frames(c *loopConn, b []byte) (int, error) {
 		used += hdr + size
 		switch op {
 		case 1:
-			if err := l.notification(c, payload); err != nil {
+			if err := l.notification(c, payload, now); err != nil {
 				return used, err
 			}
 		case 8:
@@ -470,8 +485,8 @@ func (l *loadLoop) frames(c *loopConn, b []byte) (int, error) {
 var notificationHead = []byte(`{"messageType":"notification","channelID":"`)
 
 // notification acks a notification frame, as a device does once it has
-// it. Other text frames are ignored.
-func (l *loadLoop) notification(c *loopConn, frame []byte) error {
+// it, and matches it to its POST. Other text frames are ignored.
+func (l *loadLoop) notification(c *loopConn, frame []byte, now time.Time) error {
 	if !bytes.HasPrefix(frame, notificationHead) {
 		return nil
 	}
@@ -484,6 +499,7 @@ func (l *loadLoop) notification(c *loopConn, frame []byte) error {
 		}
 		ch, ver = f.ChannelID, f.Version
 	}
+	l.dev.notified(ver, now)
 	ack := pushproto.EncodeAck([]pushproto.AckUpdate{{ChannelID: ch, Version: ver, Code: 100}})
 	l.ack = appendClientFrame(l.ack[:0], 1, ack)
 	l.write(c, l.ack)

@@ -13,19 +13,19 @@ import (
 func TestLoadLoopParseResponse(t *testing.T) {
 	resp := []byte("HTTP/1.1 201 Created\r\nLocation: http://x/m/abc\r\nTTL: 60\r\nContent-Length: 3\r\n\r\nabc")
 	for cut := range len(resp) {
-		if _, n, _, err := parseResponse(resp[:cut]); n != 0 || err != nil {
+		if _, n, _, _, err := parseResponse(resp[:cut]); n != 0 || err != nil {
 			t.Fatalf("answer complete after %d of %d bytes (%v)", cut, len(resp), err)
 		}
 	}
-	code, n, closeConn, err := parseResponse(append(resp, "HTTP/1.1"...))
-	if code != 201 || n != len(resp) || closeConn || err != nil {
-		t.Fatalf("parseResponse = %d %d %v %v", code, n, closeConn, err)
+	code, n, closeConn, location, err := parseResponse(append(resp, "HTTP/1.1"...))
+	if code != 201 || n != len(resp) || closeConn || string(location) != "http://x/m/abc" || err != nil {
+		t.Fatalf("parseResponse = %d %d %v %q %v", code, n, closeConn, location, err)
 	}
-	if _, _, closeConn, _ := parseResponse([]byte("HTTP/1.1 503 x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")); !closeConn {
+	if _, _, closeConn, _, _ := parseResponse([]byte("HTTP/1.1 503 x\r\nConnection: close\r\nContent-Length: 0\r\n\r\n")); !closeConn {
 		t.Error("Connection: close not seen")
 	}
 	for _, bad := range []string{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", "HTTP/1.0 2x1\r\n\r\n", "junk\r\n\r\n"} {
-		if _, _, _, err := parseResponse([]byte(bad)); err == nil {
+		if _, _, _, _, err := parseResponse([]byte(bad)); err == nil {
 			t.Errorf("accepted %q", bad)
 		}
 	}

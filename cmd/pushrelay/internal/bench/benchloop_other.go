@@ -13,6 +13,7 @@ import (
 type loadLoop struct {
 	sent, failed, acked atomic.Int64
 	lat                 []time.Duration
+	dev                 *deliveries
 	postDone            time.Duration
 }
 
