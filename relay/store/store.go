@@ -605,9 +605,6 @@ func (s *Store) commitLoop() {
 		next = nil
 		if o == nil {
 			var ok bool
-			if len(s.queue) == 0 {
-				s.flushStored()
-			}
 			if o, ok = s.nextOp(); !ok {
 				return
 			}

@@ -199,9 +199,22 @@ func exists(path string) bool {
 // records the file holds are skipped at the next open anyway.
 const walTrimBytes = 8 << 20
 
-// nextOp waits for the next op, checkpointing when the log's oldest
-// batch the file lacks is due while it waits.
+// nextOp waits for the next op, handing the devices their messages
+// (flushStored) when nothing comes for a while, and checkpointing when the
+// log's oldest batch the file lacks is due while it waits.
 func (s *Store) nextOp() (*op, bool) {
+	if len(s.w.stored) > 0 {
+		// The messages deferStored kept go to their devices once the
+		// committer is idle: when nothing comes for fillGap.
+		t := time.NewTimer(fillGap)
+		select {
+		case o, ok := <-s.queue:
+			t.Stop()
+			return o, ok
+		case <-t.C:
+		}
+		s.flushStored()
+	}
 	if s.w.log == nil || !s.w.dirty() {
 		o, ok := <-s.queue
 		return o, ok
