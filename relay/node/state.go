@@ -95,6 +95,8 @@ func openState(cfg *Config, reg *metrics.Registry, log *slog.Logger) (*store.Sto
 	st, err := store.Open(store.Options{
 		Path:               cfg.dataPath(StoreFile),
 		VerifyAlways:       cfg.VerifyStore,
+		CheckpointInterval: cfg.StoreCheckpointInterval,
+		CheckpointBytes:    cfg.StoreCheckpointBytes,
 		MaxMessagesPerUAID: cfg.MaxMessagesPerUAID,
 		MaxChannelsPerUAID: cfg.MaxChannelsPerUAID,
 		SweepInterval:      cfg.SweepInterval,
