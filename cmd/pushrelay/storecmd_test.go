@@ -493,6 +493,32 @@ func TestE2ESalvageCarriesWAL(t *testing.T) {
 	p.stop()
 }
 
+// store_checkpoint_interval and store_checkpoint_bytes reach the store:
+// with an interval of a minute, small writes make no checkpoint; past
+// 64 KiB of log records one is made at once.
+func TestE2EStoreCheckpointConfig(t *testing.T) {
+	p := startRelay(t, t.TempDir(), "--store-checkpoint-interval", "1m", "--store-checkpoint-bytes", "64KiB")
+	d := connect(t, p, "")
+	sub := d.register("")
+	d.c.Close()
+	const metric = "pushrelay_store_checkpoints_total"
+	before := p.metric(metric)
+	for i := range 5 {
+		mustCreated(t, push(t, sub, fmt.Sprintf("small %d", i), nil))
+	}
+	time.Sleep(400 * time.Millisecond) // past the default interval
+	if n := p.metric(metric); n != before {
+		t.Fatalf("%d checkpoints within the minute, after %d small writes", int(n-before), 5)
+	}
+	for i := range 40 { // about 2 KB of record each: 80 KB
+		mustCreated(t, push(t, sub, fmt.Sprintf("big %d %s", i, strings.Repeat("x", 1500)), nil))
+	}
+	if n := p.metric(metric); n == before {
+		t.Fatal("no checkpoint after 80 KB of log records, with store_checkpoint_bytes 64KiB")
+	}
+	p.stop()
+}
+
 // check-config checks the data dir without writing into it.
 func TestE2ECheckConfigWritesNothing(t *testing.T) {
 	dir := t.TempDir()
