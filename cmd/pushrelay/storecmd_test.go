@@ -469,6 +469,25 @@ func TestE2ESalvageCarriesWAL(t *testing.T) {
 		t.Fatalf("check-store counts %d records for %d messages", records, n)
 	}
 
+	// A copy whose log is damaged mid-way (whole records after it):
+	// check-store exits 1 with the one line a damaged store gets.
+	bad := t.TempDir()
+	copyDir(t, dir, bad)
+	segs, _ := filepath.Glob(filepath.Join(bad, node.StoreFile+".wal", "*.wal"))
+	if len(segs) != 1 {
+		t.Fatalf("log segments %v", segs)
+	}
+	fi, err := os.Stat(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	overwrite(t, segs[0], []byte("junk"), int(fi.Size()/2))
+	code, stdout, stderr = runBin(t, "check-store", "--data-dir", bad)
+	if line := strings.TrimSpace(stderr); code != 1 || strings.Count(line, "\n") != 0 || !strings.Contains(line, "write-ahead log") || !strings.Contains(line, "salvage") ||
+		!strings.Contains(stdout, "  damage: ") {
+		t.Fatalf("check-store on a damaged log: exit %d\n%s%s", code, stdout, stderr)
+	}
+
 	code, stdout, stderr = runBin(t, "salvage", "--data-dir", dir)
 	t.Logf("salvage said:\n%s", stdout)
 	if code != 0 || !strings.Contains(stdout, "not yet in the file; carried into "+node.StoreFile+node.SalvagedSuffix) {
