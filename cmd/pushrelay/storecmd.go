@@ -53,7 +53,7 @@ func runCheckStore(args []string, getenv func(string) (string, bool), stdout, st
 	if errors.Is(werr, store.ErrLocked) {
 		return inUse
 	}
-	printWAL(stdout, wrep, "the next start applies them")
+	printWAL(stdout, wrep, "")
 	for _, p := range wrep.Problems {
 		fmt.Fprintf(stdout, "  damage: %s\n", p)
 	}
@@ -78,25 +78,30 @@ func runCheckStore(args []string, getenv func(string) (string, bool), stdout, st
 	return nil
 }
 
-// printWAL prints what was found in the store's write-ahead log; pending
-// says what becomes of the records the file lacks.
-func printWAL(w io.Writer, r store.WALReport, pending string) {
+// printWAL prints what was found in the store's write-ahead log, for
+// check-store (what the next start does) or for salvage (what it carried
+// into dst).
+func printWAL(w io.Writer, r store.WALReport, salvagedInto string) {
 	if !r.Present {
 		fmt.Fprintf(w, "write-ahead log %s: none\n", r.Dir)
 		return
 	}
+	applied, dropped, cut := "the next start applies them", "the next start drops them", "the next start cuts it"
+	if salvagedInto != "" {
+		applied, dropped, cut = "carried into "+salvagedInto, "not carried", "not carried"
+	}
 	switch {
 	case r.Pending > 0:
-		fmt.Fprintf(w, "write-ahead log %s: %d records (%d bytes) not yet in the file; %s\n", r.Dir, r.Pending, r.PendingBytes, pending)
+		fmt.Fprintf(w, "write-ahead log %s: %d records (%d bytes) not yet in the file; %s\n", r.Dir, r.Pending, r.PendingBytes, applied)
 	case r.Other == 0 && len(r.Problems) == 0:
 		fmt.Fprintf(w, "write-ahead log %s: the file holds every record\n", r.Dir)
 	}
 	if r.Other > 0 {
-		fmt.Fprintf(w, "write-ahead log %s: %d records written for another store file (one this file replaced), not applied; the next start drops them\n", r.Dir, r.Other)
+		fmt.Fprintf(w, "write-ahead log %s: %d records written for another store file (one this file replaced); %s\n", r.Dir, r.Other, dropped)
 	}
 	if r.TornBytes > 0 {
-		fmt.Fprintf(w, "write-ahead log %s: a torn append at its tail (%d bytes at offset %d of %s), one a crash interrupted before it was acknowledged; the next start cuts it\n",
-			r.Dir, r.TornBytes, r.TornOffset, filepath.Base(r.TornFile))
+		fmt.Fprintf(w, "write-ahead log %s: a torn append at its tail (%d bytes at offset %d of %s), one a crash interrupted before it was acknowledged; %s\n",
+			r.Dir, r.TornBytes, r.TornOffset, filepath.Base(r.TornFile), cut)
 	}
 }
 
@@ -126,7 +131,7 @@ func runSalvage(args []string, getenv func(string) (string, bool), stdout, stder
 		rep.Origins, rep.UpstreamIDs, rep.Unregisters)
 	fmt.Fprintf(stdout, "left behind: %d damaged key ranges, %d unreadable rows, %d messages whose channel was lost\n",
 		rep.DamagedRegions, rep.BadRows, rep.Orphans)
-	printWAL(stdout, rep.WAL, "carried into "+filepath.Base(dst))
+	printWAL(stdout, rep.WAL, filepath.Base(dst))
 	for _, p := range rep.WAL.Problems {
 		fmt.Fprintf(stdout, "  not carried: %s\n", p)
 	}

@@ -418,6 +418,15 @@ func TestE2ECheckStoreAndSalvage(t *testing.T) {
 	p.stop()
 }
 
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
 // followSalvage does what salvage printed after "next:": the damaged
 // file and its write-ahead log aside, the salvaged file into place.
 func followSalvage(t *testing.T, stdout string) {
@@ -480,6 +489,15 @@ func TestE2ESalvageCarriesWAL(t *testing.T) {
 	fi, err := os.Stat(segs[0])
 	if err != nil {
 		t.Fatal(err)
+	}
+	// Its last append cut short instead: a torn tail, not damage.
+	if err := os.Truncate(segs[0], fi.Size()-5); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = runBin(t, "check-store", "--data-dir", bad)
+	if code != 0 || !strings.Contains(stdout, "a torn append at its tail (") || !strings.Contains(stdout, "; the next start cuts it") ||
+		!strings.Contains(stdout, strconv.Itoa(mustAtoi(t, m[1])-1)+" records") || !strings.Contains(stdout, "store ok") {
+		t.Fatalf("check-store on a torn log: exit %d\n%s%s", code, stdout, stderr)
 	}
 	overwrite(t, segs[0], []byte("junk"), int(fi.Size()/2))
 	code, stdout, stderr = runBin(t, "check-store", "--data-dir", bad)
