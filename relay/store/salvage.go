@@ -326,24 +326,23 @@ func (w *salvageWriter) readWAL(src string) error {
 	metaLost := w.rep.DamagedRegions > regions
 	w.rep.DamagedRegions = regions // meta is not copied: not a region left behind
 	w.wal, w.walSeqs = map[string]map[string][]byte{}, map[string]uint64{}
+	// set records name's row k as v (nil: deleted).
+	set := func(name, k, v []byte) {
+		m := w.wal[string(name)]
+		if m == nil {
+			m = map[string][]byte{}
+			w.wal[string(name)] = m
+		}
+		m[string(k)] = v
+	}
 	err = readWALPending(src, epoch, done, &w.rep.WAL, func(_ uint64, rec []byte) error {
 		return eachRedo(rec,
 			func(name, k, v []byte) error {
-				m := w.wal[string(name)]
-				if m == nil {
-					m = map[string][]byte{}
-					w.wal[string(name)] = m
-				}
-				m[string(k)] = append([]byte{}, v...) // never nil
+				set(name, k, append([]byte{}, v...)) // never nil
 				return nil
 			},
 			func(name, k []byte) error {
-				m := w.wal[string(name)]
-				if m == nil {
-					m = map[string][]byte{}
-					w.wal[string(name)] = m
-				}
-				m[string(k)] = nil
+				set(name, k, nil)
 				return nil
 			},
 			func(name []byte, n uint64) error {
