@@ -41,6 +41,11 @@ type Config struct {
 	TLSCertFile       string
 	TLSKeyFile        string
 
+	// StoreCheckpointInterval, StoreCheckpointBytes:
+	// store_checkpoint_interval, store_checkpoint_bytes.
+	StoreCheckpointInterval time.Duration
+	StoreCheckpointBytes    int64
+
 	HelloTimeout       time.Duration
 	PingInterval       time.Duration
 	WriteTimeout       time.Duration
@@ -125,6 +130,28 @@ type Config struct {
 const (
 	minUpstreamPoll = time.Second
 	maxUpstreamPoll = 24 * time.Hour
+)
+
+// The bounds of store_checkpoint_interval and store_checkpoint_bytes.
+// Below 10 ms checkpoints (a bbolt commit: two fdatasyncs and the pages
+// the batches dirtied, 6 ms and more on a gateway's flash) would run
+// nearly back to back and the write-ahead log would save nothing; past a
+// minute the batches a crash leaves to replay, and the memory of the
+// transaction that holds them (below), grow with no gain worth it: the
+// page rewrites saved level off once a checkpoint spans many batches.
+// 64 KiB is a few batches at saturation; 256 MiB is a replay of seconds
+// at start, a quarter of what a mips gateway's bbolt can map (1 GiB).
+// The open transaction keeps the pages it dirtied in the heap until the
+// checkpoint (1.5 bytes of live heap per byte of records, appends of
+// 300-byte messages), and a start replays the log in one transaction:
+// with memory_limit set, store_checkpoint_bytes is raised past its
+// default only within an eighth of it (20 MiB of the default 160 MiB).
+const (
+	minCheckpointInterval = 10 * time.Millisecond
+	maxCheckpointInterval = time.Minute
+	minCheckpointBytes    = 64 << 10
+	maxCheckpointBytes    = 256 << 20
+	defCheckpointBytes    = 4 << 20 // the store's default
 )
 
 // minMegaphonePoll is the shortest megaphone_poll_interval: the service is
@@ -254,6 +281,8 @@ var settings = []setting{
 	strSetting("data_dir", "./data", "directory for the message store and the endpoint key", func(c *Config) *string { return &c.DataDir }),
 	boolSetting("allow_new_store", "false", "start with a new, empty store when pushrelay.db is missing or empty beside existing keys (OpenWrt's sysupgrade keeps endpoint.key, not the store); otherwise such a start is refused", func(c *Config) *bool { return &c.AllowNewStore }),
 	boolSetting("store_verify_always", "false", "verify pushrelay.db at every start, before anything is written to it, not only after an unclean stop: for flash suspected of damaging data at rest (a start then reads the whole file: 0.8 s for 1,000,000 waiting messages on this machine, docs/benchmarks.md)", func(c *Config) *bool { return &c.StoreVerifyAlways }),
+	durSetting("store_checkpoint_interval", "250ms", "longest the store's write-ahead log collects acknowledged batches before they are committed to pushrelay.db (10ms to 1m): longer rewrites fewer pages of the file (flash wear) but leaves more to replay at the next start after a crash", func(c *Config) *time.Duration { return &c.StoreCheckpointInterval }),
+	sizeSetting("store_checkpoint_bytes", "4MiB", "bytes of write-ahead log records that make a checkpoint due before store_checkpoint_interval (64KiB to 256MiB; above 4MiB, at most an eighth of memory_limit): bounds the replay at start and the memory of the transaction that holds the batches", func(c *Config) *int64 { return &c.StoreCheckpointBytes }),
 	strSetting("device_listen", ":8080", "address of the device WebSocket listener", func(c *Config) *string { return &c.DeviceListen }),
 	strSetting("endpoint_listen", ":8082", "address of the app-server HTTP listener", func(c *Config) *string { return &c.EndpointListen }),
 	strSetting("admin_listen", "127.0.0.1:9090", "address of the admin listener (/metrics, /healthz, /readyz, /status, pprof); empty disables", func(c *Config) *string { return &c.AdminListen }),
@@ -449,6 +478,22 @@ func applyFile(c *Config, path string) error {
 
 // Validate checks what single settings cannot: addresses, the data dir, the
 // public URL and enumerations.
+// validateCheckpoint checks store_checkpoint_interval and
+// store_checkpoint_bytes (see minCheckpointInterval).
+func (c *Config) validateCheckpoint() error {
+	if d := c.StoreCheckpointInterval; d < minCheckpointInterval || d > maxCheckpointInterval {
+		return cfgErr("store_checkpoint_interval %s: must be between %s and %s", d, minCheckpointInterval, maxCheckpointInterval)
+	}
+	n := c.StoreCheckpointBytes
+	if n < minCheckpointBytes || n > maxCheckpointBytes {
+		return cfgErr("store_checkpoint_bytes %s: must be between %s and %s", formatBytes(n), formatBytes(minCheckpointBytes), formatBytes(maxCheckpointBytes))
+	}
+	if c.MemoryLimit > 0 && n > c.MemoryLimit/8 && n > defCheckpointBytes {
+		return cfgErr("store_checkpoint_bytes %s: must be at most an eighth of memory_limit %s (the batches between checkpoints are held in memory, 1.5 bytes for each byte of them)", formatBytes(n), formatBytes(c.MemoryLimit))
+	}
+	return nil
+}
+
 func (c *Config) Validate() error {
 	for _, a := range []struct{ key, val string }{
 		{"device_listen", c.DeviceListen},
@@ -480,6 +525,9 @@ func (c *Config) Validate() error {
 	}
 	if c.DataDir == "" {
 		return cfgErr("data_dir is empty")
+	}
+	if err := c.validateCheckpoint(); err != nil {
+		return err
 	}
 	if c.STUNListen != "" {
 		if err := checkListen(c.STUNListen); err != nil {

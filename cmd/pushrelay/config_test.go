@@ -309,3 +309,53 @@ func TestConfigBatchToken(t *testing.T) {
 		t.Errorf("defaults: %+v %v", c, err)
 	}
 }
+
+// store_checkpoint_interval and store_checkpoint_bytes: defaults, every
+// source, and the bounds with one-line errors naming the key.
+func TestConfigStoreCheckpoint(t *testing.T) {
+	c, err := loadConfig("t", nil, env(nil), &bytes.Buffer{})
+	if err != nil || c.StoreCheckpointInterval != 250*time.Millisecond || c.StoreCheckpointBytes != 4<<20 {
+		t.Fatalf("defaults: %v %v %d", err, c.StoreCheckpointInterval, c.StoreCheckpointBytes)
+	}
+	c, err = loadConfig("t", []string{"--store-checkpoint-interval", "1s", "--store-checkpoint-bytes", "16MiB"}, env(nil), &bytes.Buffer{})
+	if err != nil || c.StoreCheckpointInterval != time.Second || c.StoreCheckpointBytes != 16<<20 {
+		t.Fatalf("flags: %v %v %d", err, c.StoreCheckpointInterval, c.StoreCheckpointBytes)
+	}
+	c, err = loadConfig("t", nil, env(map[string]string{"PUSHRELAY_STORE_CHECKPOINT_INTERVAL": "10ms", "PUSHRELAY_STORE_CHECKPOINT_BYTES": "64KiB"}), &bytes.Buffer{})
+	if err != nil || c.StoreCheckpointInterval != 10*time.Millisecond || c.StoreCheckpointBytes != 64<<10 {
+		t.Fatalf("env: %v %v %d", err, c.StoreCheckpointInterval, c.StoreCheckpointBytes)
+	}
+	// The largest, with memory to hold it; and the default under any
+	// memory_limit.
+	c, err = loadConfig("t", []string{"--store-checkpoint-interval", "1m", "--store-checkpoint-bytes", "256MiB", "--memory-limit", "2GiB"}, env(nil), &bytes.Buffer{})
+	if err != nil || c.StoreCheckpointBytes != 256<<20 {
+		t.Fatalf("256MiB with 2GiB: %v", err)
+	}
+	if _, err := loadConfig("t", []string{"--memory-limit", "16MiB"}, env(nil), &bytes.Buffer{}); err != nil {
+		t.Fatalf("the default under a small memory_limit: %v", err)
+	}
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--store-checkpoint-interval", "5ms"}, "store_checkpoint_interval 5ms: must be between 10ms and 1m0s"},
+		{[]string{"--store-checkpoint-interval", "2m"}, "store_checkpoint_interval 2m0s: must be between"},
+		{[]string{"--store-checkpoint-interval", "0"}, "must be positive"},
+		{[]string{"--store-checkpoint-bytes", "32KiB"}, "store_checkpoint_bytes 32KiB: must be between 64KiB and 256MiB"},
+		{[]string{"--store-checkpoint-bytes", "1GiB", "--memory-limit", "0"}, "store_checkpoint_bytes 1GiB: must be between"},
+		{[]string{"--store-checkpoint-bytes", "lots"}, "not a size"},
+		{[]string{"--store-checkpoint-bytes", "32MiB"}, "store_checkpoint_bytes 32MiB: must be at most an eighth of memory_limit 160MiB"},
+	} {
+		_, err := loadConfig("t", tc.args, env(nil), &bytes.Buffer{})
+		if err == nil || !strings.Contains(err.Error(), tc.want) || strings.Contains(err.Error(), "\n") {
+			t.Errorf("%v: %v, want one line with %q", tc.args, err, tc.want)
+		}
+	}
+	// 20MiB is an eighth of the default memory_limit; none set, no bound
+	// but 256MiB.
+	for _, args := range [][]string{{"--store-checkpoint-bytes", "20MiB"}, {"--store-checkpoint-bytes", "200MiB", "--memory-limit", "0"}} {
+		if _, err := loadConfig("t", args, env(nil), &bytes.Buffer{}); err != nil {
+			t.Errorf("%v: %v", args, err)
+		}
+	}
+}

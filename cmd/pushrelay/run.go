@@ -98,6 +98,9 @@ func (c *Config) nodeConfig(log *slog.Logger) (node.Config, error) {
 		AllowNewStore: c.AllowNewStore,
 		VerifyStore:   c.StoreVerifyAlways,
 
+		StoreCheckpointInterval: c.StoreCheckpointInterval,
+		StoreCheckpointBytes:    int(c.StoreCheckpointBytes),
+
 		DeviceListen:   c.DeviceListen,
 		EndpointListen: c.EndpointListen,
 		AdminListen:    c.AdminListen,

@@ -15,7 +15,8 @@ import (
 )
 
 // runCheckStore is `pushrelay check-store`: verify the stopped relay's
-// store (and that its keys are there) without writing anything.
+// store, its write-ahead log (and that its keys are there) without
+// writing anything.
 func runCheckStore(args []string, getenv func(string) (string, bool), stdout, stderr io.Writer) error {
 	cfg, err := loadConfig("pushrelay check-store", args, getenv, stderr)
 	if err != nil {
@@ -29,9 +30,10 @@ func runCheckStore(args []string, getenv func(string) (string, bool), stdout, st
 	if state != node.FilePresent {
 		return fmt.Errorf("store %s is %s", path, state)
 	}
+	inUse := fmt.Errorf("data dir %s is in use by a running relay: stop it first (a running relay checks its store at start after an unclean stop)", cfg.DataDir)
 	rep, err := store.Verify(path, time.Second)
 	if errors.Is(err, store.ErrLocked) {
-		return fmt.Errorf("data dir %s is in use by a running relay: stop it first (a running relay checks its store at start after an unclean stop)", cfg.DataDir)
+		return inUse
 	}
 	fmt.Fprintf(stdout, "store %s: %d devices, %d channels, %d messages read in %s\n",
 		path, rep.Devices, rep.Channels, rep.Messages, rep.Took.Round(time.Millisecond))
@@ -41,11 +43,27 @@ func runCheckStore(args []string, getenv func(string) (string, bool), stdout, st
 	if rep.Dropped > 0 {
 		fmt.Fprintf(stdout, "  and %d more\n", rep.Dropped)
 	}
-	if errors.Is(err, store.ErrDamaged) {
-		return node.DamagedError(cfg.DataDir, err)
-	}
-	if err != nil {
+	if err != nil && !errors.Is(err, store.ErrDamaged) {
 		return err
+	}
+	// The log's records are applied (and rolled back) only on a sound
+	// file: bbolt must not write over damaged pages.
+	fileErr := err
+	wrep, werr := store.VerifyWAL(path, time.Second, fileErr == nil)
+	if errors.Is(werr, store.ErrLocked) {
+		return inUse
+	}
+	printWAL(stdout, wrep, "")
+	for _, p := range wrep.Problems {
+		fmt.Fprintf(stdout, "  damage: %s\n", p)
+	}
+	for _, err := range []error{fileErr, werr} {
+		if errors.Is(err, store.ErrDamaged) {
+			return node.DamagedError(cfg.DataDir, err)
+		}
+		if err != nil {
+			return err
+		}
 	}
 	for _, name := range []string{node.EndpointKeyFile, node.WakeKeyFile} {
 		st, err := node.StateOf(cfg.dataPath(name))
@@ -60,9 +78,36 @@ func runCheckStore(args []string, getenv func(string) (string, bool), stdout, st
 	return nil
 }
 
+// printWAL prints what was found in the store's write-ahead log, for
+// check-store (what the next start does) or for salvage (what it carried
+// into dst).
+func printWAL(w io.Writer, r store.WALReport, salvagedInto string) {
+	if !r.Present {
+		fmt.Fprintf(w, "write-ahead log %s: none\n", r.Dir)
+		return
+	}
+	applied, dropped, cut := "the next start applies them", "the next start drops them", "the next start cuts it"
+	if salvagedInto != "" {
+		applied, dropped, cut = "carried into "+salvagedInto, "not carried", "not carried"
+	}
+	switch {
+	case r.Pending > 0:
+		fmt.Fprintf(w, "write-ahead log %s: %d records (%d bytes) not yet in the file; %s\n", r.Dir, r.Pending, r.PendingBytes, applied)
+	case r.Other == 0 && len(r.Problems) == 0:
+		fmt.Fprintf(w, "write-ahead log %s: the file holds every record\n", r.Dir)
+	}
+	if r.Other > 0 {
+		fmt.Fprintf(w, "write-ahead log %s: %d records written for another store file (one this file replaced); %s\n", r.Dir, r.Other, dropped)
+	}
+	if r.TornBytes > 0 {
+		fmt.Fprintf(w, "write-ahead log %s: a torn append at its tail (%d bytes at offset %d of %s), one a crash interrupted before it was acknowledged; %s\n",
+			r.Dir, r.TornBytes, r.TornOffset, filepath.Base(r.TornFile), cut)
+	}
+}
+
 // runSalvage is `pushrelay salvage`: copy what can be read of a damaged
-// store into pushrelay.db.salvaged beside it, for the operator to move
-// into place.
+// store, and the acknowledged batches its write-ahead log holds, into
+// pushrelay.db.salvaged beside it, for the operator to move into place.
 func runSalvage(args []string, getenv func(string) (string, bool), stdout, stderr io.Writer) error {
 	cfg, err := loadConfig("pushrelay salvage", args, getenv, stderr)
 	if err != nil {
@@ -86,7 +131,18 @@ func runSalvage(args []string, getenv func(string) (string, bool), stdout, stder
 		rep.Origins, rep.UpstreamIDs, rep.Unregisters)
 	fmt.Fprintf(stdout, "left behind: %d damaged key ranges, %d unreadable rows, %d messages whose channel was lost\n",
 		rep.DamagedRegions, rep.BadRows, rep.Orphans)
-	fmt.Fprintf(stdout, "next: mv %s %s.damaged && mv %s %s, then start the relay (keep endpoint.key and wake.key)\n", src, src, dst, src)
+	printWAL(stdout, rep.WAL, filepath.Base(dst))
+	for _, p := range rep.WAL.Problems {
+		fmt.Fprintf(stdout, "  not carried: %s\n", p)
+	}
+	// The damaged file and its log are kept together (salvage can be run
+	// on them again); the salvaged file starts a log of its own.
+	next := fmt.Sprintf("mv %s %s.damaged", src, src)
+	if rep.WAL.Present {
+		next += fmt.Sprintf(" && mv %s %s.damaged.wal", rep.WAL.Dir, src)
+	}
+	next += fmt.Sprintf(" && mv %s %s", dst, src)
+	fmt.Fprintf(stdout, "next: %s, then start the relay (keep endpoint.key and wake.key)\n", next)
 	return nil
 }
 

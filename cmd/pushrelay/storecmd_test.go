@@ -378,7 +378,8 @@ func TestE2ECheckStoreAndSalvage(t *testing.T) {
 	dd := makeDataDir(t, false)
 	dir := dd.clone(t)
 	code, stdout, stderr := runBin(t, "check-store", "--data-dir", dir)
-	if code != 0 || !strings.Contains(stdout, "store ok") || !strings.Contains(stdout, strconv.Itoa(dmgMessages)+" messages") {
+	if code != 0 || !strings.Contains(stdout, "store ok") || !strings.Contains(stdout, strconv.Itoa(dmgMessages)+" messages") ||
+		!strings.Contains(stdout, "the file holds every record") {
 		t.Fatalf("check-store on a sound store: exit %d\n%s%s", code, stdout, stderr)
 	}
 
@@ -401,14 +402,7 @@ func TestE2ECheckStoreAndSalvage(t *testing.T) {
 	if kept >= dmgMessages || kept < dmgMessages-10 {
 		t.Fatalf("salvaged %d of %d messages: one page holds a few", kept, dmgMessages)
 	}
-	// The documented steps: move the damaged file away, the salvaged one in.
-	db := filepath.Join(dir, node.StoreFile)
-	if err := os.Rename(db, db+".damaged"); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.Rename(db+node.SalvagedSuffix, db); err != nil {
-		t.Fatal(err)
-	}
+	followSalvage(t, stdout)
 	p := startRelay(t, dir)
 	d := connect(t, p, dd.dev.uaid)
 	d.subs = dd.dev.subs
@@ -421,6 +415,144 @@ func TestE2ECheckStoreAndSalvage(t *testing.T) {
 		got[text] = true
 	}
 	d.expectNothing(500 * time.Millisecond)
+	p.stop()
+}
+
+func mustAtoi(t *testing.T, s string) int {
+	t.Helper()
+	n, err := strconv.Atoi(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+// followSalvage does what salvage printed after "next:": the damaged
+// file and its write-ahead log aside, the salvaged file into place.
+func followSalvage(t *testing.T, stdout string) {
+	t.Helper()
+	m := regexp.MustCompile(`(?m)^next: (.*), then start the relay`).FindStringSubmatch(stdout)
+	if m == nil {
+		t.Fatalf("salvage printed no next step:\n%s", stdout)
+	}
+	for _, cmd := range strings.Split(m[1], " && ") {
+		f := strings.Fields(cmd)
+		if len(f) != 3 || f[0] != "mv" {
+			t.Fatalf("salvage's next step %q", cmd)
+		}
+		if err := os.Rename(f[1], f[2]); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// A relay killed with acknowledged messages only in its store's
+// write-ahead log (store_checkpoint_interval 1m, so no checkpoint took
+// them: with the default 250 ms the file would hold them): check-store
+// counts the records the next start applies; salvage carries them into
+// its copy, and a relay started on the copy, moved into place as salvage
+// says, delivers every one.
+func TestE2ESalvageCarriesWAL(t *testing.T) {
+	dir := t.TempDir()
+	p := startRelay(t, dir, "--store-checkpoint-interval", "1m")
+	d := connect(t, p, "")
+	sub := d.register("")
+	d.c.Close()
+	const n = 5
+	sent := map[string]bool{}
+	for i := range n {
+		text := fmt.Sprintf("only in the log %d", i)
+		mustCreated(t, push(t, sub, text, map[string]string{"TTL": "86400"}))
+		sent[text] = true
+	}
+	time.Sleep(400 * time.Millisecond) // past the default interval
+	p.Kill()
+
+	code, stdout, stderr := runBin(t, "check-store", "--data-dir", dir)
+	t.Logf("check-store said:\n%s", stdout)
+	m := regexp.MustCompile(`(\d+) records \(\d+ bytes\) not yet in the file; the next start applies them`).FindStringSubmatch(stdout)
+	if code != 0 || m == nil || !strings.Contains(stdout, "store ok") || !strings.Contains(stdout, " 0 messages") {
+		t.Fatalf("check-store: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if records, _ := strconv.Atoi(m[1]); records < n {
+		t.Fatalf("check-store counts %d records for %d messages", records, n)
+	}
+
+	// A copy whose log is damaged mid-way (whole records after it):
+	// check-store exits 1 with the one line a damaged store gets.
+	bad := t.TempDir()
+	copyDir(t, dir, bad)
+	segs, _ := filepath.Glob(filepath.Join(bad, node.StoreFile+".wal", "*.wal"))
+	if len(segs) != 1 {
+		t.Fatalf("log segments %v", segs)
+	}
+	fi, err := os.Stat(segs[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Its last append cut short instead: a torn tail, not damage.
+	if err := os.Truncate(segs[0], fi.Size()-5); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = runBin(t, "check-store", "--data-dir", bad)
+	if code != 0 || !strings.Contains(stdout, "a torn append at its tail (") || !strings.Contains(stdout, "; the next start cuts it") ||
+		!strings.Contains(stdout, strconv.Itoa(mustAtoi(t, m[1])-1)+" records") || !strings.Contains(stdout, "store ok") {
+		t.Fatalf("check-store on a torn log: exit %d\n%s%s", code, stdout, stderr)
+	}
+	overwrite(t, segs[0], []byte("junk"), int(fi.Size()/2))
+	code, stdout, stderr = runBin(t, "check-store", "--data-dir", bad)
+	if line := strings.TrimSpace(stderr); code != 1 || strings.Count(line, "\n") != 0 || !strings.Contains(line, "write-ahead log") || !strings.Contains(line, "salvage") ||
+		!strings.Contains(stdout, "  damage: ") {
+		t.Fatalf("check-store on a damaged log: exit %d\n%s%s", code, stdout, stderr)
+	}
+
+	code, stdout, stderr = runBin(t, "salvage", "--data-dir", dir)
+	t.Logf("salvage said:\n%s", stdout)
+	if code != 0 || !strings.Contains(stdout, "not yet in the file; carried into "+node.StoreFile+node.SalvagedSuffix) {
+		t.Fatalf("salvage: exit %d\n%s%s", code, stdout, stderr)
+	}
+	followSalvage(t, stdout)
+	if _, err := os.Stat(filepath.Join(dir, node.StoreFile+".damaged.wal")); err != nil {
+		t.Fatalf("the old log was not moved aside: %v", err)
+	}
+	p = startRelay(t, dir)
+	d2 := connect(t, p, d.uaid)
+	d2.subs = d.subs
+	got := map[string]bool{}
+	for len(got) < n {
+		text, _ := d2.receive(10 * time.Second)
+		if !sent[text] || got[text] {
+			t.Fatalf("received %q: not sent, or twice", text)
+		}
+		got[text] = true
+	}
+	d2.expectNothing(300 * time.Millisecond)
+	p.stop()
+}
+
+// store_checkpoint_interval and store_checkpoint_bytes reach the store:
+// with an interval of a minute, small writes make no checkpoint; past
+// 64 KiB of log records one is made at once.
+func TestE2EStoreCheckpointConfig(t *testing.T) {
+	p := startRelay(t, t.TempDir(), "--store-checkpoint-interval", "1m", "--store-checkpoint-bytes", "64KiB")
+	d := connect(t, p, "")
+	sub := d.register("")
+	d.c.Close()
+	const metric = "pushrelay_store_checkpoints_total"
+	before := p.metric(metric)
+	for i := range 5 {
+		mustCreated(t, push(t, sub, fmt.Sprintf("small %d", i), nil))
+	}
+	time.Sleep(400 * time.Millisecond) // past the default interval
+	if n := p.metric(metric); n != before {
+		t.Fatalf("%d checkpoints within the minute, after %d small writes", int(n-before), 5)
+	}
+	for i := range 40 { // about 2 KB of record each: 80 KB
+		mustCreated(t, push(t, sub, fmt.Sprintf("big %d %s", i, strings.Repeat("x", 1500)), nil))
+	}
+	if n := p.metric(metric); n == before {
+		t.Fatal("no checkpoint after 80 KB of log records, with store_checkpoint_bytes 64KiB")
+	}
 	p.stop()
 }
 

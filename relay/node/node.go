@@ -69,6 +69,12 @@ type Config struct {
 	// VerifyStore verifies the store at every start, not only after an
 	// unclean stop (store.Options.VerifyAlways).
 	VerifyStore bool
+	// StoreCheckpointInterval and StoreCheckpointBytes say when the
+	// store's write-ahead log is checkpointed into the file
+	// (store.Options.CheckpointInterval, CheckpointBytes; 0: the
+	// store's defaults).
+	StoreCheckpointInterval time.Duration
+	StoreCheckpointBytes    int
 
 	// Listen addresses; port 0 picks a free port. Empty device and
 	// endpoint addresses mean 127.0.0.1:0; an empty admin address turns

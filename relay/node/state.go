@@ -95,6 +95,8 @@ func openState(cfg *Config, reg *metrics.Registry, log *slog.Logger) (*store.Sto
 	st, err := store.Open(store.Options{
 		Path:               cfg.dataPath(StoreFile),
 		VerifyAlways:       cfg.VerifyStore,
+		CheckpointInterval: cfg.StoreCheckpointInterval,
+		CheckpointBytes:    cfg.StoreCheckpointBytes,
 		MaxMessagesPerUAID: cfg.MaxMessagesPerUAID,
 		MaxChannelsPerUAID: cfg.MaxChannelsPerUAID,
 		SweepInterval:      cfg.SweepInterval,
@@ -125,8 +127,8 @@ func openState(cfg *Config, reg *metrics.Registry, log *slog.Logger) (*store.Sto
 // DamagedError is the one line a damaged store in dataDir is refused with.
 func DamagedError(dataDir string, err error) error {
 	path := filepath.Join(dataDir, StoreFile)
-	return fmt.Errorf("%w; the relay will not serve it. Recover: stop here, then restore %s from a backup, or run `pushrelay salvage --data-dir %s` and move %s into its place (docs/operations.md, \"Damaged store\")",
-		err, path, dataDir, path+SalvagedSuffix)
+	return fmt.Errorf("%w; the relay will not serve it. Recover: stop here, then restore %s from a backup, or run `pushrelay salvage --data-dir %s` and move %s into its place, the old %s.wal aside (docs/operations.md, \"Damaged store\")",
+		err, path, dataDir, path+SalvagedSuffix, StoreFile)
 }
 
 // LoadKeys reads endpoint.key and wake.key from dir. A missing or empty

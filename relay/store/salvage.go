@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/pushrelay/pushrelay/relay/push"
@@ -25,7 +27,11 @@ type SalvageReport struct {
 	// below it) because they could not be read; BadRows the rows that
 	// did not decode; Orphans the messages whose channel was lost.
 	DamagedRegions, BadRows, Orphans int
-	Took                             time.Duration
+	// WAL is what Salvage found in the write-ahead log beside src: its
+	// Pending records (the acknowledged batches src lacked) were carried
+	// into dst; its Other records, Problems and a torn tail were not.
+	WAL  WALReport
+	Took time.Duration
 }
 
 // salvageChunk is how many rows one write transaction of Salvage carries.
@@ -41,6 +47,18 @@ const salvageChunk = 4096
 // reverse and hello rows and the tombstones of the unregisters still to
 // be sent upstream. dst carries no clean-close mark, so
 // the first Open verifies it.
+//
+// The write-ahead log beside src (src+".wal", read only) holds the
+// batches answered since src's last checkpoint. Its records after src's
+// wal_index, when they were written for src (its epoch), are carried
+// into dst: their net effect on each row (the last put, or a delete) is
+// laid over src's rows as they are read, so the copy and the rebuilt
+// indexes and totals see the store as the next start would have made it;
+// their writes to the rebuilt buckets (topics, expiry, totals, the
+// reverse rows) are dropped with src's. A message the log deletes (acked)
+// is not copied even if src still holds it. dst gets a new epoch and no
+// log of its own: the old log, put beside dst, is another file's and is
+// never applied to it again.
 func Salvage(src, dst string, lockTimeout time.Duration) (SalvageReport, error) {
 	start := time.Now()
 	var rep SalvageReport
@@ -56,8 +74,9 @@ func Salvage(src, dst string, lockTimeout time.Duration) (SalvageReport, error) 
 	}
 	defer in.Close()
 
-	// Create dst with this build's schema, then write into it directly.
-	s, err := Open(Options{Path: dst})
+	// Create dst with this build's schema (and no log: its first start
+	// makes one), then write into it directly.
+	s, err := Open(Options{Path: dst, NoWAL: true})
 	if err != nil {
 		return rep, fmt.Errorf("salvage: create %s: %w", dst, err)
 	}
@@ -78,7 +97,10 @@ func Salvage(src, dst string, lockTimeout time.Duration) (SalvageReport, error) 
 	}
 	defer pf.close()
 	w := &salvageWriter{db: out, rep: &rep, in: in, pages: pf, geo: geo}
-	err = w.copyAll()
+	err = w.readWAL(src)
+	if err == nil {
+		err = w.copyAll()
+	}
 	if cerr := out.Close(); err == nil && cerr != nil {
 		err = fmt.Errorf("salvage: close %s: %w", dst, cerr)
 	}
@@ -96,6 +118,12 @@ type salvageWriter struct {
 	in    *bolt.DB // the damaged file, read only
 	pages *pageFile
 	geo   geometry
+
+	// wal is the net effect of the log's records src lacks: per bucket,
+	// per key, the last value put (nil: deleted); walSeqs the last
+	// sequence each bucket was set to.
+	wal     map[string]map[string][]byte
+	walSeqs map[string]uint64
 }
 
 type salvageTx struct {
@@ -263,7 +291,8 @@ func (w *salvageWriter) copyAll() error {
 		w.rep.DamagedRegions++
 	}
 	return w.db.Update(func(tx *bolt.Tx) error {
-		if err := tx.Bucket(bucketMessages).SetSequence(max(seq, w.maxSeq)); err != nil {
+		seq = max(seq, w.maxSeq, w.walSeqs[string(bucketMessages)])
+		if err := tx.Bucket(bucketMessages).SetSequence(seq); err != nil {
 			return err
 		}
 		meta := tx.Bucket(bucketMeta)
@@ -274,12 +303,108 @@ func (w *salvageWriter) copyAll() error {
 	})
 }
 
-// scan calls fn with every row of bucket name that can be read, in key
-// order; fn must copy what it keeps. A bucket with its own tree is read
+// readWAL reads src's epoch and wal_index (meta), and the log's records
+// src lacks into w.wal (see Salvage).
+func (w *salvageWriter) readWAL(src string) error {
+	var (
+		epoch []byte
+		done  uint64
+	)
+	regions := w.rep.DamagedRegions
+	err := w.scanFile(bucketMeta, func(k, v []byte) error {
+		switch string(k) {
+		case string(metaEpoch):
+			epoch = bytes.Clone(v)
+		case string(metaWALIndex):
+			done, _ = beUint64(v)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	metaLost := w.rep.DamagedRegions > regions
+	w.rep.DamagedRegions = regions // meta is not copied: not a region left behind
+	w.wal, w.walSeqs = map[string]map[string][]byte{}, map[string]uint64{}
+	// set records name's row k as v (nil: deleted).
+	set := func(name, k, v []byte) {
+		m := w.wal[string(name)]
+		if m == nil {
+			m = map[string][]byte{}
+			w.wal[string(name)] = m
+		}
+		m[string(k)] = v
+	}
+	err = readWALPending(src, epoch, done, &w.rep.WAL, func(_ uint64, rec []byte) error {
+		return eachRedo(rec,
+			func(name, k, v []byte) error {
+				set(name, k, append([]byte{}, v...)) // never nil
+				return nil
+			},
+			func(name, k []byte) error {
+				set(name, k, nil)
+				return nil
+			},
+			func(name []byte, n uint64) error {
+				w.walSeqs[string(name)] = n
+				return nil
+			})
+	})
+	if err != nil {
+		return fmt.Errorf("salvage %s: %w", src, err)
+	}
+	if metaLost && w.rep.WAL.Other > 0 {
+		w.rep.WAL.problem("the damaged file's meta rows (its epoch, the last record it holds) cannot be read: the log's %d records cannot be told to be its own, and are not carried", w.rep.WAL.Other)
+	}
+	return nil
+}
+
+// scan calls fn with every row of bucket name that can be read, with the
+// log's rows laid over them (see Salvage), in key order; fn must copy
+// what it keeps.
+func (w *salvageWriter) scan(name []byte, fn func(k, v []byte) error) error {
+	over := w.wal[string(name)]
+	if len(over) == 0 {
+		return w.scanFile(name, fn)
+	}
+	keys := slices.Sorted(maps.Keys(over))
+	i := 0
+	// before gives fn the log's rows below k (all that are left: nil).
+	before := func(k []byte) error {
+		for ; i < len(keys) && (k == nil || keys[i] < string(k)); i++ {
+			if v := over[keys[i]]; v != nil {
+				if err := fn([]byte(keys[i]), v); err != nil {
+					return err
+				}
+			}
+		}
+		return nil
+	}
+	err := w.scanFile(name, func(k, v []byte) error {
+		if err := before(k); err != nil {
+			return err
+		}
+		if i < len(keys) && keys[i] == string(k) {
+			v = over[keys[i]]
+			i++
+			if v == nil {
+				return nil // deleted by the log
+			}
+		}
+		return fn(k, v)
+	})
+	if err != nil {
+		return err
+	}
+	return before(nil)
+}
+
+// scanFile calls fn with every row of bucket name that can be read from
+// src, in key order; fn must copy what it keeps. A bucket with its own tree is read
 // page by page (pageFile.walk): a damaged page is skipped with its
 // subtree and counted. A small bucket kept inline in the root page is
 // read through bbolt, with a panic counted as damage.
-func (w *salvageWriter) scan(name []byte, fn func(k, v []byte) error) error {
+func (w *salvageWriter) scanFile(name []byte, fn func(k, v []byte) error) error {
 	root, ok := w.geo.roots[string(name)]
 	if !ok {
 		w.rep.DamagedRegions++ // the bucket list lost it
@@ -453,6 +578,6 @@ func (w *salvageWriter) copyUpstream() error {
 		w.rep.DamagedRegions++
 	}
 	return w.db.Update(func(tx *bolt.Tx) error {
-		return tx.Bucket(bucketUnregOutbox).SetSequence(max(seq, maxSeq))
+		return tx.Bucket(bucketUnregOutbox).SetSequence(max(seq, maxSeq, w.walSeqs[string(bucketUnregOutbox)]))
 	})
 }

@@ -49,6 +49,11 @@
 // Append's records, damage in an earlier segment, a gap in indexes) is
 // ErrCorrupt, naming the file and offset; nothing is dropped silently.
 //
+// OpenReadOnly reads a log as Open would recover it without changing
+// anything in its directory (for a check of a stopped relay's data dir):
+// a torn tail is left in place and reported, and damage Open would refuse
+// is reported with the records before it served.
+//
 // # Concurrency
 //
 // One writer at a time (Append, TruncateFront, TruncateBack, Close:

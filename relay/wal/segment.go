@@ -265,10 +265,11 @@ func (s *segment) fileSizeAfter(off int64) int64 {
 	return fi.Size() - off
 }
 
-// openSegment opens the segment file at dir/name for reading and writing.
+// openSegment opens the segment file at dir/name with flag (os.O_RDWR
+// and what else, or os.O_RDONLY for OpenReadOnly).
 func openSegment(dir string, start uint64, flag int) (*segment, error) {
 	path := filepath.Join(dir, segmentName(start))
-	f, err := os.OpenFile(path, os.O_RDWR|flag, 0o600)
+	f, err := os.OpenFile(path, flag, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("wal: %w", err)
 	}

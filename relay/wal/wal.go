@@ -65,6 +65,9 @@ type Log struct {
 	wmu  sync.Mutex // held by the writer: Append, Truncate*, Close
 	buf  []byte     // the writer's encoding buffer
 	fail error      // set when a write or sync failed: the file's state is unknown
+	ro   bool       // OpenReadOnly: nothing is written
+	// found is what recovery found beyond the records (OpenReadOnly).
+	found Findings
 
 	mu          sync.RWMutex // guards what follows; readers hold it while reading files
 	segs        []*segment   // in index order; the last is the open one
@@ -102,6 +105,55 @@ func Open(dir string, o Options) (*Log, error) {
 	return l, nil
 }
 
+// ErrReadOnly is returned by the writes of a Log opened with OpenReadOnly.
+var ErrReadOnly = errors.New("wal: opened read-only")
+
+// Findings is what OpenReadOnly found beyond the records it serves.
+type Findings struct {
+	// TornBytes, when positive, are the bytes at TornOffset of TornFile,
+	// the last segment, that a crash left of an Append that never
+	// returned: Open cuts them.
+	TornFile              string
+	TornOffset, TornBytes int64
+	// Damage is what Open would refuse (wrapping ErrCorrupt): a damaged
+	// record with an acknowledged Append after it, a gap in indexes, a
+	// damaged side file. The log read-only ends at the last whole record
+	// before it (a damaged side file: the segments are read from their
+	// first record).
+	Damage error
+}
+
+// OpenReadOnly opens the log in dir for reading without changing
+// anything in it (files are opened read-only): it checks every record as
+// Open does, but leaves a torn tail in place and reports it, and reports
+// damage instead of failing on it (Findings). Append and the truncations
+// fail with ErrReadOnly. A missing dir is an error wrapping
+// fs.ErrNotExist. It takes no lock: a log written meanwhile may look
+// torn or damaged at its tail.
+func OpenReadOnly(dir string, o Options) (*Log, Findings, error) {
+	if o.MetricsPrefix == "" {
+		o.MetricsPrefix = "pushrelay_wal"
+	}
+	lg := o.Logger
+	if lg == nil {
+		lg = slog.New(slog.DiscardHandler)
+	}
+	fi, err := os.Stat(dir)
+	if err != nil {
+		return nil, Findings{}, fmt.Errorf("wal: %w", err)
+	}
+	if !fi.IsDir() {
+		return nil, Findings{}, fmt.Errorf("wal: %s is not a directory", dir)
+	}
+	l := &Log{dir: dir, o: o, log: lg, ro: true}
+	if err := l.recover(); err != nil {
+		l.closeFiles()
+		return nil, Findings{}, err
+	}
+	l.m = newMetrics(metrics.OrNew(o.Metrics), o.MetricsPrefix, l)
+	return l, l.found, nil
+}
+
 func (l *Log) recover() error {
 	des, err := os.ReadDir(l.dir)
 	if err != nil {
@@ -116,11 +168,27 @@ func (l *Log) recover() error {
 	slices.Sort(starts)
 	front, err := l.readFirst()
 	if err != nil {
-		return err
+		if !l.ro || !errors.Is(err, ErrCorrupt) {
+			return err
+		}
+		l.found.Damage, front = err, 0
+	}
+	// damaged is the read-only open's way out: what Open would refuse is
+	// noted, and the log ends at the last whole record before it.
+	damaged := func(err error) bool {
+		if !l.ro || !errors.Is(err, ErrCorrupt) {
+			return false
+		}
+		l.found.Damage = err
+		return true
+	}
+	flag := os.O_RDWR
+	if l.ro {
+		flag = os.O_RDONLY
 	}
 	dirty := false // a file was cut or removed: sync the directory
 	for i, start := range starts {
-		s, err := openSegment(l.dir, start, 0)
+		s, err := openSegment(l.dir, start, flag)
 		if err != nil {
 			return err
 		}
@@ -128,40 +196,69 @@ func (l *Log) recover() error {
 		if i > 0 {
 			prev := l.segs[i-1]
 			if want := prev.start + prev.n; start != want {
-				return s.corrupt(0, "segment begins at index %d, the one before ends at %d", start, want-1)
+				err := s.corrupt(0, "segment begins at index %d, the one before ends at %d", start, want-1)
+				if damaged(err) {
+					l.dropLast()
+					break
+				}
+				return err
 			}
 		}
 		res, err := s.scan()
 		if err != nil {
+			if damaged(err) {
+				// s holds the records before the one of the wrong index.
+				if s.n == 0 {
+					l.dropLast()
+				}
+				break
+			}
 			return err
 		}
 		lastSeg := i == len(starts)-1
 		if res.badAt >= 0 {
 			if !lastSeg || !res.tornOK {
-				return s.corrupt(res.badAt, "%v, and whole records after it", res.badErr)
+				err := s.corrupt(res.badAt, "%v, and whole records after it", res.badErr)
+				if damaged(err) {
+					if s.n == 0 {
+						l.dropLast()
+					}
+					break
+				}
+				return err
 			}
-			l.log.Warn("wal: cut a torn record at the tail (an Append the crash interrupted)",
-				"file", s.path, "offset", res.badAt, "cause", res.badErr, "bytes", res.fileLen-res.badAt)
-			if err := s.f.Truncate(res.badAt); err != nil {
-				return fmt.Errorf("wal: cut torn tail: %w", err)
-			}
-			if err := fdatasync(s.f); err != nil {
-				return fmt.Errorf("wal: cut torn tail: %w", err)
+			if l.ro {
+				l.found.TornFile, l.found.TornOffset, l.found.TornBytes = s.path, res.badAt, res.fileLen-res.badAt
+			} else {
+				l.log.Warn("wal: cut a torn record at the tail (an Append the crash interrupted)",
+					"file", s.path, "offset", res.badAt, "cause", res.badErr, "bytes", res.fileLen-res.badAt)
+				if err := s.f.Truncate(res.badAt); err != nil {
+					return fmt.Errorf("wal: cut torn tail: %w", err)
+				}
+				if err := fdatasync(s.f); err != nil {
+					return fmt.Errorf("wal: cut torn tail: %w", err)
+				}
 			}
 		} else if res.fileLen != s.size {
 			return s.corrupt(s.size, "file longer than its records")
 		}
 		if s.n == 0 {
 			if !lastSeg {
-				return s.corrupt(0, "empty segment before others")
+				err := s.corrupt(0, "empty segment before others")
+				if damaged(err) {
+					l.dropLast()
+					break
+				}
+				return err
 			}
 			// Created by an Append that never got a record to disk.
-			l.segs = l.segs[:i]
-			s.f.Close()
-			if err := os.Remove(s.path); err != nil {
-				return fmt.Errorf("wal: %w", err)
+			l.dropLast()
+			if !l.ro {
+				if err := os.Remove(s.path); err != nil {
+					return fmt.Errorf("wal: %w", err)
+				}
+				dirty = true
 			}
-			dirty = true
 			break // segs[i-1], now the last, is not sealed yet
 		}
 		if i > 0 {
@@ -174,6 +271,17 @@ func (l *Log) recover() error {
 		l.last = last.last()
 	}
 	switch {
+	case l.ro && (len(l.segs) == 0 || front > l.last):
+		l.closeFiles()
+		l.segs, l.first, l.last = nil, 0, 0
+	case l.ro && front > l.first:
+		l.first = front
+		k := 0
+		for k+1 < len(l.segs) && l.segs[k+1].start <= front {
+			l.segs[k].f.Close()
+			k++
+		}
+		l.segs = slices.Delete(l.segs, 0, k)
 	case len(l.segs) == 0 || front > l.last:
 		// Empty, or emptied by a TruncateFront that a crash interrupted.
 		if err := l.removeAll(); err != nil {
@@ -190,6 +298,13 @@ func (l *Log) recover() error {
 		return l.syncDir()
 	}
 	return nil
+}
+
+// dropLast closes the last segment and forgets it (its file stays).
+func (l *Log) dropLast() {
+	n := len(l.segs)
+	l.segs[n-1].f.Close()
+	l.segs = l.segs[:n-1]
 }
 
 // readFirst reads the side file; 0 when there is none.
@@ -254,7 +369,7 @@ func (l *Log) Append(first uint64, entries ...[]byte) error {
 	var fresh *segment
 	if tail == nil || tail.size >= l.o.SegmentBytes {
 		var err error
-		if fresh, err = openSegment(l.dir, first, os.O_CREATE|os.O_TRUNC); err != nil {
+		if fresh, err = openSegment(l.dir, first, os.O_RDWR|os.O_CREATE|os.O_TRUNC); err != nil {
 			return err
 		}
 		tail = fresh
@@ -341,6 +456,9 @@ func (l *Log) discard(s *segment) {
 }
 
 func (l *Log) writable() error {
+	if l.ro {
+		return ErrReadOnly
+	}
 	if l.fail != nil {
 		return l.fail
 	}
