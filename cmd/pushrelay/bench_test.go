@@ -69,7 +69,15 @@ func TestE2EBenchBroadcast(t *testing.T) {
 // at once. Every message posted must be matched, none left over on either
 // side.
 func TestE2EBenchThroughputPostToDevice(t *testing.T) {
-	cmd := exec.Command(binPath, "bench", "throughput", "--devices", "2", "--senders", "8", "--messages", "600", "--rate", "4000", "--max-time", "30s")
+	// One load loop, and three: posters, devices, messages and rate
+	// shared out (8 senders over 3 loops), each loop matching its own.
+	for _, loops := range []string{"1", "3"} {
+		t.Run("loops="+loops, func(t *testing.T) { benchPostToDevice(t, loops) })
+	}
+}
+
+func benchPostToDevice(t *testing.T, loops string) {
+	cmd := exec.Command(binPath, "bench", "throughput", "--devices", "3", "--senders", "8", "--messages", "600", "--rate", "4000", "--max-time", "30s", "--load-threads", loops)
 	cmd.Env = relayproc.Env()
 	var stderr strings.Builder
 	cmd.Stderr = &stderr
@@ -81,6 +89,10 @@ func TestE2EBenchThroughputPostToDevice(t *testing.T) {
 	var p50, p90, p99, pmax string
 	for _, line := range strings.Split(string(out), "\n") {
 		switch {
+		case strings.HasPrefix(line, "devices "):
+			if !strings.HasSuffix(line, "load generator loops "+loops) {
+				t.Errorf("want %s load generator loops: %s", loops, line)
+			}
 		case strings.HasPrefix(line, "posted (201)"):
 			fmt.Sscanf(line, "posted (201) %d, failed %d, acked by devices %d", &posted, &failed, &acked)
 		case strings.HasPrefix(line, "post → device latency:"):

@@ -405,6 +405,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	payload := fs.Int("payload", 128, "plaintext bytes per message (encrypted once per device, aes128gcm)")
 	cpuProfile := fs.String("cpu-profile", "", "save a 5s CPU profile of the relay under load to this file")
 	allocProfile := fs.String("alloc-profile", "", "save the relay's allocation profile (pprof allocs) at the end to this file")
+	loadThreads := fs.Int("load-threads", 1, "epoll loops (OS threads) the load generator shares the senders, devices and messages over")
 	loadProfile := fs.String("load-cpu-profile", "", "save a 5s CPU profile of the load generator (this process), taken with --cpu-profile's, to this file")
 	trace := fs.String("trace", "", "save a 2s execution trace of the relay under load (go tool trace; where a message's latency goes) to this file")
 	if err := fs.Parse(args); err != nil {
@@ -429,9 +430,9 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	fmt.Fprintf(stderr, "  %d devices connected; sending %d messages with %d senders\n", *devices, *total, *senders)
 
-	// One epoll loop drives the app servers' connections and takes over
-	// the devices' (benchloop_linux.go).
-	gen, err := newLoadLoop(devs[0].endpoint, devs, *senders, int64(*total), *rate)
+	// Epoll loops drive the app servers' connections and take over the
+	// devices' (benchloop_linux.go), one by default.
+	gen, err := newLoadGroup(devs[0].endpoint, devs, *senders, int64(*total), *rate, *loadThreads)
 	if err != nil {
 		return err
 	}
@@ -474,7 +475,7 @@ loop:
 			break loop
 		case <-progress.C:
 			el := time.Since(start).Seconds()
-			fmt.Fprintf(stderr, "  %.0fs: %d posted (%.0f/s), %d acked\n", el, gen.sent.Load(), float64(gen.sent.Load())/el, gen.acked.Load())
+			fmt.Fprintf(stderr, "  %.0fs: %d posted (%.0f/s), %d acked\n", el, gen.sent(), float64(gen.sent())/el, gen.acked())
 		}
 	}
 	elapsed := time.Since(start)
@@ -485,11 +486,11 @@ loop:
 	if runErr != nil && !errors.Is(runErr, context.DeadlineExceeded) {
 		return runErr
 	}
-	postDone := gen.postDone
+	postDone := gen.postDone()
 	if postDone == 0 {
 		postDone = elapsed // not all answered in time
 	}
-	sent, failed, acked := &gen.sent, &gen.failed, &gen.acked
+	sent, failed, acked := gen.sent(), gen.failed(), gen.acked()
 	if *allocProfile != "" {
 		if err := c.saveProfile("allocs", *allocProfile); err != nil {
 			fmt.Fprintf(stderr, "alloc profile: %v\n", err)
@@ -497,32 +498,31 @@ loop:
 	}
 	cancel()
 
-	all := gen.lat
+	all := gen.postLatencies()
 	slices.Sort(all)
 	pct := func(p float64) time.Duration { return quantile(all, p) }
-	toDev := gen.dev.lat
+	toDev, early, lostPosts, lostNotes := gen.deviceLatencies()
 	slices.Sort(toDev)
-	lostPosts, lostNotes := gen.dev.unmatched()
 	fmt.Fprintf(stdout, "machine: %d CPUs, %s/%s; relay and load generator share it\n", runtime.NumCPU(), runtime.GOOS, runtime.GOARCH)
-	fmt.Fprintf(stdout, "devices %d, senders %d, offered rate %s, payload %d B\n", *devices, *senders, rateString(*rate), *payload)
-	fmt.Fprintf(stdout, "posted (201) %d, failed %d, acked by devices %d\n", sent.Load(), failed.Load(), acked.Load())
-	fmt.Fprintf(stdout, "post throughput: %.0f msg/s over %s\n", float64(sent.Load())/postDone.Seconds(), postDone.Truncate(time.Millisecond))
-	fmt.Fprintf(stdout, "end-to-end (post → deliver → ack): %.0f msg/s over %s\n", float64(acked.Load())/elapsed.Seconds(), elapsed.Truncate(time.Millisecond))
+	fmt.Fprintf(stdout, "devices %d, senders %d, offered rate %s, payload %d B, load generator loops %d\n", *devices, *senders, rateString(*rate), *payload, len(gen.loops))
+	fmt.Fprintf(stdout, "posted (201) %d, failed %d, acked by devices %d\n", sent, failed, acked)
+	fmt.Fprintf(stdout, "post throughput: %.0f msg/s over %s\n", float64(sent)/postDone.Seconds(), postDone.Truncate(time.Millisecond))
+	fmt.Fprintf(stdout, "end-to-end (post → deliver → ack): %.0f msg/s over %s\n", float64(acked)/elapsed.Seconds(), elapsed.Truncate(time.Millisecond))
 	fmt.Fprintf(stdout, "POST latency: p50 %s  p90 %s  p99 %s  max %s\n", pct(0.5), pct(0.9), pct(0.99), pct(1))
 	// Each notification matched to its POST by message id (deliveries),
 	// timed from the POST's write to the notification's read.
 	fmt.Fprintf(stdout, "post → device latency: p50 %s  p90 %s  p99 %s  max %s\n",
 		quantile(toDev, 0.5), quantile(toDev, 0.9), quantile(toDev, 0.99), quantile(toDev, 1))
 	fmt.Fprintf(stdout, "post → device matched by message id: %d of %d posted (%d notifications read before their 201); unmatched: %d posts without a notification, %d notifications without a post\n",
-		len(toDev), sent.Load(), gen.dev.early, lostPosts, lostNotes)
-	if n := acked.Load(); n > 0 && cpuErr == nil {
+		len(toDev), sent, early, lostPosts, lostNotes)
+	if n := acked; n > 0 && cpuErr == nil {
 		// CPU per message varies less than throughput on a shared machine.
 		relayCPU := relayCPU1 - relayCPU0
 		fmt.Fprintf(stdout, "CPU per message: relay %.1f µs (%.0f%% of a core), load generator %.1f µs (%.0f%%)\n",
 			float64(relayCPU.Microseconds())/float64(n), 100*relayCPU.Seconds()/elapsed.Seconds(),
 			float64(loadCPU.Microseconds())/float64(n), 100*loadCPU.Seconds()/elapsed.Seconds())
 	}
-	if n := acked.Load(); n > 0 && ioErr == nil && io0 != nil {
+	if n := acked; n > 0 && ioErr == nil && io0 != nil {
 		// Flash wear (issue #10): what the relay wrote to the block
 		// layer (its store) per message, the acks' writes included.
 		fmt.Fprintf(stdout, "relay write_bytes per message: %.0f B\n", float64(io1["write_bytes"]-io0["write_bytes"])/float64(n))
@@ -542,13 +542,13 @@ loop:
 		cps, _ := c.metric("pushrelay_store_checkpoints_total")
 		syncs, _ := c.metric("pushrelay_store_wal_fsync_seconds_count")
 		syncTime, _ := c.metric("pushrelay_store_wal_fsync_seconds_sum")
-		fmt.Fprintf(stdout, "store: %.0f write-ahead log appends (%.1f messages each), %.0f checkpoints; an append's fdatasync took %.2f ms on average\n", wals, float64(acked.Load())/wals, cps, 1000*syncTime/max(syncs, 1))
+		fmt.Fprintf(stdout, "store: %.0f write-ahead log appends (%.1f messages each), %.0f checkpoints; an append's fdatasync took %.2f ms on average\n", wals, float64(acked)/wals, cps, 1000*syncTime/max(syncs, 1))
 	}
 	switch {
-	case failed.Load() > 0:
-		return fmt.Errorf("%d posts failed", failed.Load())
-	case acked.Load() < sent.Load():
-		return fmt.Errorf("%d of %d notifications acked in time", acked.Load(), sent.Load())
+	case failed > 0:
+		return fmt.Errorf("%d posts failed", failed)
+	case acked < sent:
+		return fmt.Errorf("%d of %d notifications acked in time", acked, sent)
 	case left != 0:
 		return fmt.Errorf("%.0f acked messages still in the relay's store", left)
 	case lostPosts > 0 || lostNotes > 0:

@@ -22,3 +22,5 @@ func newLoadLoop(string, []*benchDev, int, int64, int) (*loadLoop, error) {
 }
 
 func (l *loadLoop) run(context.Context) error { return nil }
+
+func (l *loadLoop) close() {}
