@@ -962,3 +962,43 @@ func TestAddressLearnedFromRequest(t *testing.T) {
 		t.Fatalf("a request replaced a known address: %q", a)
 	}
 }
+
+// TestCloseAnswersQueuedProposals: proposals committed but still queued
+// for a slow state machine when the member closes are answered, and Close
+// does not wait for ever: hashicorp/raft's FSM goroutine returns at
+// Shutdown without the batches queued for it, so Close first lets the
+// state machine apply them (drainFSM). A lone member cannot hand its
+// leadership over, so its proposals are in flight when it closes.
+func TestCloseAnswersQueuedProposals(t *testing.T) {
+	c := newCluster(t, 1, Config{})
+	m := c.waitLeader(0, 5*time.Second)
+	m.sm.mu.Lock()
+	m.sm.slow = 100 * time.Millisecond
+	m.sm.mu.Unlock()
+	const n = 8
+	results := make(chan error, n)
+	for i := range n {
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			defer cancel()
+			_, err := m.n.Propose(ctx, []byte(fmt.Sprint("queued-", i)))
+			results <- err
+		}()
+		time.Sleep(10 * time.Millisecond) // a batch each, queued behind the slow ones
+	}
+	start := time.Now()
+	c.stop(m)
+	if took := time.Since(start); took >= drainWait {
+		t.Errorf("Close took %v: it waited for a proposal raft dropped", took)
+	}
+	for range n {
+		select {
+		case err := <-results:
+			if err != nil && !errors.Is(err, ErrClosed) {
+				t.Errorf("proposal: %v", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatal("a proposal was never answered after Close")
+		}
+	}
+}

@@ -988,14 +988,51 @@ func (n *Node) Close() error {
 		}
 		// Run may have started the engine after the first look.
 		if r = n.raft(); r != nil {
+			n.drainFSM(r)
 			r.Shutdown().Error()
 		}
 		n.fwd.closeAll()
 		err := n.tr.close()
-		n.wg.Wait()
+		n.waitGoroutines()
 		n.closeErr = errors.Join(err, n.rlog.Close())
 	})
 	return n.closeErr
+}
+
+// drainWait bounds how long Close waits for the state machine to apply
+// what raft handed it (drainFSM), and then for the proposals' waiters
+// (waitGoroutines).
+const drainWait = 2 * time.Second
+
+// drainFSM waits, for up to drainWait, until the state machine has
+// applied every batch raft handed it. hashicorp/raft's FSM goroutine
+// returns at Shutdown without the batches still queued for it (its
+// fsmMutateCh holds up to 128), and never answers the proposals among
+// them: their waiters (proposeHere) would hold Close for ever. After the
+// leadership is handed over no new proposal is made here, so once the
+// queue is applied none is left behind.
+func (n *Node) drainFSM(r *raft.Raft) {
+	deadline := time.Now().Add(drainWait)
+	for n.applied.Load() < r.AppliedIndex() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitGoroutines waits for the member's goroutines, the proposals'
+// waiters for at most drainWait: one whose proposal raft dropped at
+// Shutdown (see drainFSM; a proposal still in flight when the leadership
+// could not be handed over) never ends, and is left, logged.
+func (n *Node) waitGoroutines() {
+	done := make(chan struct{})
+	go func() {
+		n.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(drainWait):
+		n.log.Warn("consensus: a proposal's outcome never came from the engine at its shutdown; its waiter is left behind")
+	}
 }
 
 // IDFromName is a member's raft id derived from its stable name (the
