@@ -78,11 +78,14 @@ SIZE_BUDGET := 14680064
 # message within the noise on posts and +2-5% on the relay link
 # (docs/benchmarks.md, "Gateway builds: room for the site", 3d). On by
 # default since the site is in every gateway build; `make cross
-# CROSS_GCFLAGS=` builds without it.
+# CROSS_GCFLAGS=` builds without it. Our own command (flags, configuration,
+# wiring, the store tools: nothing per message) is built without inlining
+# too: 64 KiB on mips.
 NOINLINE_COLD := -gcflags=all=-l -gcflags=runtime= -gcflags=internal/...= \
   -gcflags=sync/...= -gcflags=syscall= -gcflags=net= -gcflags=time= \
   -gcflags=github.com/pushrelay/...= -gcflags=github.com/valyala/...= \
-  -gcflags=go.etcd.io/...= -gcflags=github.com/gorilla/...=
+  -gcflags=go.etcd.io/...= -gcflags=github.com/gorilla/...= \
+  -gcflags=github.com/pushrelay/pushrelay/cmd/...=-l
 CROSS_GCFLAGS ?= $(NOINLINE_COLD)
 cross:
 	@rm -rf dist && mkdir -p dist
