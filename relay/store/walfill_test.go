@@ -21,6 +21,27 @@ func slowLog(s *Store, d time.Duration) {
 	s.w.appendHook = func(uint64) error { time.Sleep(d); return nil }
 }
 
+// closedLoopWriters starts writers goroutines, writer w appending rounds
+// messages to device w one after another, each once the last is answered
+// (then calling after, if set), as app servers and devices do.
+func closedLoopWriters(t *testing.T, s *Store, writers, rounds int, after func(w, i int)) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for w := range writers {
+		wg.Go(func() {
+			for i := range rounds {
+				if _, err := s.Append(context.Background(), msg(uaid(byte(w)), chid(1), fmt.Sprint(i))); err != nil {
+					t.Error(err)
+					return
+				}
+				if after != nil {
+					after(w, i)
+				}
+			}
+		})
+	}
+	return &wg
+}
+
 // TestWALSlowLogFillsBatches: with a slow log, writers in a closed loop
 // (each waits for its answer, then writes again, as app servers and
 // devices do) share appends, the batch being applied while it fills. A
@@ -29,7 +50,6 @@ func slowLog(s *Store, d time.Duration) {
 // it; each reaches OnStored once, in order.
 func TestWALSlowLogFillsBatches(t *testing.T) {
 	synctest.Test(t, func(t *testing.T) {
-		ctx := context.Background()
 		s := openTest(t, Options{Path: filepath.Join(t.TempDir(), "store.db"), CheckpointInterval: time.Hour, CheckpointBytes: 1 << 30})
 		const writers, rounds = 8, 25
 		for w := range writers {
@@ -55,17 +75,7 @@ func TestWALSlowLogFillsBatches(t *testing.T) {
 		slowLog(s, 3*time.Millisecond)
 		appends0 := s.w.log.LastIndex()
 
-		var wg sync.WaitGroup
-		for w := range writers {
-			wg.Go(func() {
-				for i := range rounds {
-					if _, err := s.Append(ctx, msg(uaid(byte(w)), chid(1), fmt.Sprint(i))); err != nil {
-						t.Error(err)
-						return
-					}
-				}
-			})
-		}
+		wg := closedLoopWriters(t, s, writers, rounds, nil)
 		stop := make(chan struct{})
 		var reads, checked int
 		readerDone := make(chan struct{})
@@ -154,33 +164,24 @@ func TestWALSlowLogOpFailsAlone(t *testing.T) {
 		slowLog(s, 3*time.Millisecond)
 		boom := errors.New("boom")
 		var early, failedOps int
-		var wg sync.WaitGroup
-		for w := range writers {
-			wg.Go(func() {
-				for i := range rounds {
-					if _, err := s.Append(ctx, msg(uaid(byte(w)), chid(1), fmt.Sprint(i))); err != nil {
-						t.Error(err)
-						return
-					}
-					if w == 0 && i%3 == 1 {
-						err := s.do(ctx, func(tx *txn) error {
-							if s.w.early.t == tx {
-								early++
-							}
-							if err := tx.devices.Put(deviceKey(uaid(99)), []byte("half-written")); err != nil {
-								return err
-							}
-							return boom
-						})
-						if !errors.Is(err, boom) {
-							t.Errorf("failing op: %v", err)
-						}
-						failedOps++
-					}
+		closedLoopWriters(t, s, writers, rounds, func(w, i int) {
+			if w != 0 || i%3 != 1 {
+				return
+			}
+			err := s.do(ctx, func(tx *txn) error {
+				if s.w.early.t == tx {
+					early++
 				}
+				if err := tx.devices.Put(deviceKey(uaid(99)), []byte("half-written")); err != nil {
+					return err
+				}
+				return boom
 			})
-		}
-		wg.Wait()
+			if !errors.Is(err, boom) {
+				t.Errorf("failing op: %v", err)
+			}
+			failedOps++
+		}).Wait()
 		if early == 0 {
 			t.Fatalf("none of the %d failing ops was applied while its batch filled", failedOps)
 		}
