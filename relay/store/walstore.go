@@ -623,10 +623,12 @@ func (s *Store) commitWAL(batch []*op) {
 	ops := batch
 	for len(ops) > 0 {
 		t, failed, err := s.applyWAL(ops)
-		if err == nil && !s.w.rec.empty() {
+		if err == nil {
 			// The last batches' messages go to their devices while
-			// this one is synced.
+			// this one is synced (or now: it writes nothing).
 			s.flushStored()
+		}
+		if err == nil && !s.w.rec.empty() {
 			next := s.w.next()
 			t0 := time.Now()
 			if h := s.w.appendHook; h != nil {
