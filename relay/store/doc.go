@@ -111,7 +111,9 @@
 // one marks the Store damaged (logged once, pushrelay_store_damaged 1),
 // every later call fails with it, and Close leaves the mark off, so the
 // next Open verifies. Salvage copies what can still be read into a new
-// file.
+// file, with the acknowledged batches the write-ahead log holds beyond
+// the damaged file's checkpoint; VerifyWAL checks that log beside a
+// stopped store without changing anything (check-store).
 //
 // # Concurrency
 //
