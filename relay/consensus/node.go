@@ -1012,8 +1012,11 @@ const drainWait = 2 * time.Second
 // leadership is handed over no new proposal is made here, so once the
 // queue is applied none is left behind.
 func (n *Node) drainFSM(r *raft.Raft) {
+	// What was handed over by now: a follower goes on being sent the
+	// leader's entries, none of them a proposal of this member's.
+	target := r.AppliedIndex()
 	deadline := time.Now().Add(drainWait)
-	for n.applied.Load() < r.AppliedIndex() && time.Now().Before(deadline) {
+	for n.applied.Load() < target && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
