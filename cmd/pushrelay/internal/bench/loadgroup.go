@@ -31,13 +31,13 @@ func newLoadGroup(endpoint string, devs []*benchDev, senders int, total int64, r
 		}
 		// Messages and rate in proportion to the loop's senders.
 		n := share(int64(senders), threads, k)
-		part := func(x int64) int64 { return x*(before+n)/int64(senders) - x*before/int64(senders) }
-		before += n
 		r := 0
 		if rate > 0 {
-			r = max(1, int(part(int64(rate))))
+			r = max(1, int(proportion(int64(rate), before, n, int64(senders))))
 		}
-		l, err := newLoadLoop(endpoint, ds, int(n), part(total), r)
+		m := proportion(total, before, n, int64(senders))
+		before += n
+		l, err := newLoadLoop(endpoint, ds, int(n), m, r)
 		if err != nil {
 			g.close()
 			return nil, err
@@ -45,6 +45,12 @@ func newLoadGroup(endpoint string, devs []*benchDev, senders int, total int64, r
 		g.loops = append(g.loops, l)
 	}
 	return g, nil
+}
+
+// proportion is the part of x for the n senders after the first before
+// of all: the parts of consecutive runs of senders add up to x.
+func proportion(x, before, n, all int64) int64 {
+	return x*(before+n)/all - x*before/all
 }
 
 // share is part k of n of total, the remainder going to the first parts.
