@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -30,23 +31,7 @@ func TestCrashDurability(t *testing.T) {
 		return
 	}
 	path := filepath.Join(t.TempDir(), "store.db")
-	args := []string{os.Args[0], "-test.run=^TestCrashDurability$", "-test.count=1"}
-	if emu := os.Getenv("PUSHRELAY_TEST_EXEC"); emu != "" {
-		// Cross-architecture runs (make test-arm) execute the test binary
-		// under qemu-user; the child must go through the same emulator.
-		args = append([]string{emu}, args...)
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), crashChildEnv+"="+path)
-	cmd.Stderr = testWriter{t}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	watchdog := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
+	cmd, stdout, watchdog := startChild(t, "TestCrashDurability", crashChildEnv+"="+path)
 	defer watchdog.Stop()
 
 	killAt := 150 + rand.IntN(300)
@@ -72,7 +57,7 @@ func TestCrashDurability(t *testing.T) {
 			killed = true
 		}
 	}
-	err = cmd.Wait()
+	err := cmd.Wait()
 	if !killed {
 		t.Fatalf("child ended before the kill: %v", err)
 	}
@@ -116,4 +101,28 @@ func crashChild(path string) {
 	}
 	wg.Wait()
 	os.Exit(0)
+}
+
+// startChild runs this test binary again, only test, with env added (the
+// child's role and its store), its stderr to t's log. It returns the
+// child, its stdout and a watchdog that kills it after 30 s (the caller
+// stops it). Cross-architecture runs (make test-arm) execute the test
+// binary under qemu-user: the child goes through the same emulator.
+func startChild(t *testing.T, test string, env ...string) (*exec.Cmd, io.Reader, *time.Timer) {
+	t.Helper()
+	args := []string{os.Args[0], "-test.run=^" + test + "$", "-test.count=1"}
+	if emu := os.Getenv("PUSHRELAY_TEST_EXEC"); emu != "" {
+		args = append([]string{emu}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
+	cmd.Env = append(os.Environ(), env...)
+	cmd.Stderr = testWriter{t}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	return cmd, stdout, time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
 }

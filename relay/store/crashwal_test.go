@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -53,26 +52,13 @@ func TestCrashWAL(t *testing.T) {
 	deadline := time.Now().Add(8 * time.Second)
 	rounds := 0
 	for ; rounds < 40 && time.Now().Before(deadline); rounds++ {
-		args := []string{os.Args[0], "-test.run=^TestCrashWAL$", "-test.count=1"}
-		if emu := os.Getenv("PUSHRELAY_TEST_EXEC"); emu != "" {
-			args = append([]string{emu}, args...)
-		}
-		cmd := exec.Command(args[0], args[1:]...)
-		cmd.Env = append(os.Environ(), crashWALChildEnv+"="+path)
+		env := []string{crashWALChildEnv + "=" + path}
 		if rounds%2 == 1 {
 			// A flash-like log: batches wait to fill and are applied
 			// as they do (walfill_test.go).
-			cmd.Env = append(cmd.Env, crashWALSlowEnv+"=1")
+			env = append(env, crashWALSlowEnv+"=1")
 		}
-		cmd.Stderr = testWriter{t}
-		stdout, err := cmd.StdoutPipe()
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		watchdog := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
+		cmd, stdout, watchdog := startChild(t, "TestCrashWAL", env...)
 		killAt := 50 + rand.IntN(6000)
 		lines, killed := 0, false
 		roundMax := maxSeq
@@ -104,7 +90,7 @@ func TestCrashWAL(t *testing.T) {
 				killed = true
 			}
 		}
-		err = cmd.Wait()
+		err := cmd.Wait()
 		watchdog.Stop()
 		if !killed {
 			t.Fatalf("child ended before the kill: %v", err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -54,21 +53,7 @@ func TestSalvageCarriesWAL(t *testing.T) {
 	}
 	path := fillDamageStore(t)
 
-	args := []string{os.Args[0], "-test.run=^TestSalvageCarriesWAL$", "-test.count=1"}
-	if emu := os.Getenv("PUSHRELAY_TEST_EXEC"); emu != "" {
-		args = append([]string{emu}, args...)
-	}
-	cmd := exec.Command(args[0], args[1:]...)
-	cmd.Env = append(os.Environ(), salvageWALChildEnv+"="+path)
-	cmd.Stderr = testWriter{t}
-	stdout, err := cmd.StdoutPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	watchdog := time.AfterFunc(30*time.Second, func() { cmd.Process.Kill() })
+	cmd, stdout, watchdog := startChild(t, "TestSalvageCarriesWAL", salvageWALChildEnv+"="+path)
 	appended := map[string]bool{} // "device seq", answered
 	acked := map[string]bool{}
 	sc := bufio.NewScanner(stdout)
