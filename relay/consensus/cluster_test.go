@@ -1002,3 +1002,16 @@ func TestCloseAnswersQueuedProposals(t *testing.T) {
 		}
 	}
 }
+
+// TestCloseWithNothingQueued: a member whose last entries carry no data
+// for the state machine (a new leader's first entry) closes at once:
+// Close's drain (drainFSM) does not wait for entries that never reach it.
+func TestCloseWithNothingQueued(t *testing.T) {
+	c := newCluster(t, 1, Config{})
+	m := c.waitLeader(0, 5*time.Second)
+	start := time.Now()
+	c.stop(m)
+	if took := time.Since(start); took >= drainWait {
+		t.Fatalf("Close took %v", took)
+	}
+}

@@ -525,11 +525,7 @@ func (n *Node) waitApplied(ctx context.Context, index uint64) error {
 		n.mu.Lock()
 		ch := n.appliedCh
 		n.mu.Unlock()
-		a := n.applied.Load()
-		if a >= index {
-			return nil
-		}
-		if r := n.raft(); r != nil && r.AppliedIndex() >= index && n.noDataBetween(a, index) {
+		if n.holds(index) {
 			return nil
 		}
 		t := time.NewTimer(5 * time.Millisecond)
@@ -545,6 +541,17 @@ func (n *Node) waitApplied(ctx context.Context, index uint64) error {
 		}
 		t.Stop()
 	}
+}
+
+// holds says whether the state machine holds every entry through index
+// (see waitApplied).
+func (n *Node) holds(index uint64) bool {
+	a := n.applied.Load()
+	if a >= index {
+		return true
+	}
+	r := n.raft()
+	return r != nil && r.AppliedIndex() >= index && n.noDataBetween(a, index)
 }
 
 // noDataBetween says whether no entry in (from, to] goes to the state
@@ -1014,9 +1021,11 @@ const drainWait = 2 * time.Second
 func (n *Node) drainFSM(r *raft.Raft) {
 	// What was handed over by now: a follower goes on being sent the
 	// leader's entries, none of them a proposal of this member's.
+	// (Entries without data, such as a new leader's first, never reach
+	// the state machine: holds knows.)
 	target := r.AppliedIndex()
 	deadline := time.Now().Add(drainWait)
-	for n.applied.Load() < target && time.Now().Before(deadline) {
+	for !n.holds(target) && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
 }
