@@ -67,13 +67,12 @@ type walState struct {
 	// the next is tried an interval later, not at every batch.
 	failedAt time.Time
 	rec      redo
-	// lastBatch is the size of the last batch appended, lastSync how
-	// long its append took (fillWait); recent holds the sizes of the
-	// last few batches (fillTarget).
-	lastBatch int
-	lastSync  time.Duration
-	recent    [8]int
-	nBatches  int
+	// lastSync is how long the last append took (fillWait); recent
+	// holds the sizes of the last few batches appended, nBatches counts
+	// them all (lastBatch, fillTarget).
+	lastSync time.Duration
+	recent   [8]int
+	nBatches int
 	// early is the batch being filled, applied as it fills (applyEarly).
 	early earlyApply
 	// stored holds the messages of answered batches not yet handed to
@@ -252,7 +251,7 @@ func (s *Store) nextOp() (*op, bool) {
 // (deferStored). A lone writer, or a disk that syncs in less than
 // fillMinSync, never waits.
 func (s *Store) fillWait() time.Duration {
-	if s.w.log == nil || s.w.lastSync < fillMinSync || s.w.lastBatch < 2 {
+	if s.w.log == nil || s.w.lastSync < fillMinSync || s.w.lastBatch() < 2 {
 		return 0
 	}
 	return min(s.w.lastSync/2, 2*time.Millisecond)
@@ -266,9 +265,17 @@ func (s *Store) fillTarget() int {
 	return max(slices.Max(s.w.recent[:]), 2)
 }
 
+// lastBatch is the size of the last batch appended (0: none yet).
+func (w *walState) lastBatch() int {
+	if w.nBatches == 0 {
+		return 0
+	}
+	return w.recent[(w.nBatches-1)%len(w.recent)]
+}
+
 // appended notes a batch of n ops appended in d.
 func (w *walState) appended(n int, d time.Duration) {
-	w.lastSync, w.lastBatch = d, n
+	w.lastSync = d
 	w.recent[w.nBatches%len(w.recent)] = n
 	w.nBatches++
 }
