@@ -161,13 +161,9 @@ func TestWALSlowLogOpFailsAlone(t *testing.T) {
 		for w := range writers {
 			mustRegister(t, s, uaid(byte(w)), chid(1))
 		}
-		slowLog(s, 3*time.Millisecond)
 		boom := errors.New("boom")
 		var early, failedOps int
-		closedLoopWriters(t, s, writers, rounds, func(w, i int) {
-			if w != 0 || i%3 != 1 {
-				return
-			}
+		failing := func() {
 			err := s.do(ctx, func(tx *txn) error {
 				if s.w.early.t == tx {
 					early++
@@ -181,6 +177,32 @@ func TestWALSlowLogOpFailsAlone(t *testing.T) {
 				t.Errorf("failing op: %v", err)
 			}
 			failedOps++
+		}
+
+		// A slow append of a batch of two ops, held at a gate: three
+		// appends, the first alone, the next two together.
+		mustRegister(t, s, uaid(50), chid(1))
+		gate := make(chan struct{})
+		s.w.appendHook = func(uint64) error { <-gate; time.Sleep(3 * time.Millisecond); return nil }
+		var warm sync.WaitGroup
+		for range 3 {
+			warm.Go(func() { mustAppend(t, s, msg(uaid(50), chid(1), "warm")) })
+		}
+		synctest.Wait() // one append at the gate, two queued
+		gate <- struct{}{}
+		synctest.Wait() // the two, one batch, at the gate
+		gate <- struct{}{}
+		warm.Wait()
+		close(gate)
+		// Alone, the failing op waits for its batch to fill: it fails
+		// while applied early, whatever the scheduling.
+		failing()
+
+		// Then among closed-loop writers.
+		closedLoopWriters(t, s, writers, rounds, func(w, i int) {
+			if w == 0 && i%3 == 1 {
+				failing()
+			}
 		}).Wait()
 		if early == 0 {
 			t.Fatalf("none of the %d failing ops was applied while its batch filled", failedOps)
