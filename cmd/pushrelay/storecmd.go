@@ -54,6 +54,9 @@ func runCheckStore(args []string, getenv func(string) (string, bool), stdout, st
 		return inUse
 	}
 	printWAL(stdout, wrep, "")
+	if wrep.Pending > 0 && wrep.Devices+wrep.Channels > 0 {
+		fmt.Fprintf(stdout, "  with them: %d devices, %d channels\n", wrep.Devices, wrep.Channels)
+	}
 	for _, p := range wrep.Problems {
 		fmt.Fprintf(stdout, "  damage: %s\n", p)
 	}
@@ -65,12 +68,18 @@ func runCheckStore(args []string, getenv func(string) (string, bool), stdout, st
 			return err
 		}
 	}
+	// Devices only in the log (a new relay killed before its first
+	// checkpoint) need the keys too: the next start applies them first.
+	held := rep.Devices + rep.Channels
+	if wrep.Pending > 0 {
+		held = max(held, int64(wrep.Devices+wrep.Channels))
+	}
 	for _, name := range []string{node.EndpointKeyFile, node.WakeKeyFile} {
 		st, err := node.StateOf(cfg.dataPath(name))
 		if err != nil {
 			return err
 		}
-		if st != node.FilePresent && rep.Devices+rep.Channels > 0 {
+		if st != node.FilePresent && held > 0 {
 			return fmt.Errorf("data dir %s: %s holds devices but %s is %s: restore it from a backup (the relay will not start without it)", cfg.DataDir, node.StoreFile, name, st)
 		}
 	}

@@ -478,6 +478,21 @@ func TestE2ESalvageCarriesWAL(t *testing.T) {
 		t.Fatalf("check-store counts %d records for %d messages", records, n)
 	}
 
+	if !strings.Contains(stdout, "  with them: 1 devices, 1 channels") {
+		t.Fatalf("check-store does not count the devices only in the log:\n%s", stdout)
+	}
+	// The device is only in the log (the file has none): its keys are
+	// needed all the same, as the next start would say.
+	nokey := t.TempDir()
+	copyDir(t, dir, nokey)
+	if err := os.Remove(filepath.Join(nokey, node.EndpointKeyFile)); err != nil {
+		t.Fatal(err)
+	}
+	code, stdout, stderr = runBin(t, "check-store", "--data-dir", nokey)
+	if code == 0 || !strings.Contains(stderr, "holds devices but "+node.EndpointKeyFile+" is missing") {
+		t.Fatalf("check-store with the log's device and no %s: exit %d\n%s%s", node.EndpointKeyFile, code, stdout, stderr)
+	}
+
 	// A copy whose log is damaged mid-way (whole records after it):
 	// check-store exits 1 with the one line a damaged store gets.
 	bad := t.TempDir()

@@ -33,6 +33,11 @@ type WALReport struct {
 	// carried into the copy); PendingBytes their size.
 	Pending      int
 	PendingBytes int64
+	// Devices and Channels are the store's devices and channels with
+	// the pending records applied (VerifyWAL with apply, when any are
+	// pending; otherwise 0): a fresh relay's first devices may be only in
+	// the log, and they need its keys as much as those in the file.
+	Devices, Channels int
 	// Other counts the records after FileIndex written for another store
 	// file (the log of a file this one replaced: a salvaged copy, a
 	// backup): the next start drops them.
@@ -187,12 +192,28 @@ func VerifyWAL(path string, lockTimeout time.Duration, apply bool) (WALReport, e
 		if gerr := guard(func() error { _, err := readTotals(tx.Bucket(bucketMeta)); return err }); gerr != nil {
 			rep.problem("the totals after the records: %v", gerr)
 		}
+		_ = guard(func() error {
+			rep.Devices = countKeys(tx.Bucket(bucketDevices))
+			rep.Channels = countKeys(tx.Bucket(bucketChannels))
+			return nil
+		})
 	}
 	rep.Took = time.Since(start)
 	if err != nil {
 		return rep, err
 	}
 	return rep, rep.Err()
+}
+
+// countKeys counts b's keys (0 for no bucket) with a cursor, which sees
+// the transaction's own writes (Bucket.Stats reads only the file's
+// pages).
+func countKeys(b *bolt.Bucket) int {
+	n := 0
+	if b != nil {
+		_ = b.ForEach(func(_, _ []byte) error { n++; return nil })
+	}
+	return n
 }
 
 // checkRedoPut decodes a row a redo record puts into one of the buckets
