@@ -151,8 +151,7 @@ func (s *session) burstOwn() {
 // goroutine runs them once the burst is over and the reading handed on,
 // instead of queueing them as it reads: queued, each woke an idle worker
 // that mostly found the task gone, taken by the burst's worker done with
-// the burst first (a futex wake and thread switches for nothing, under
-// load two per message). Before a further frame of the burst is read they
+// the burst first. Before a further frame of the burst is read they
 // are queued as before: the burst may wait on the store for that frame (a
 // register), or on the device (burstOwn).
 type followUps struct{ pump, flush bool }
