@@ -262,6 +262,38 @@ func testInflightWindow(t *testing.T, notify bool) {
 	d2.expectNone(100 * time.Millisecond)
 }
 
+// An ack makes no worker come for its follow-ups: the flush that deletes
+// the acked message and the pump that fills the room it makes in the
+// window run on the burst's own goroutine once the burst is over. Queued,
+// each woke a worker that mostly found the task gone, taken by the burst's
+// worker done with the burst first. Only the burst itself wakes one (on
+// the poller path; a parked reader has a goroutine of its own).
+func TestAckWakesNoWorkerForFollowUps(t *testing.T) { bothModes(t, testAckWakesNoWorkerForFollowUps) }
+
+func testAckWakesNoWorkerForFollowUps(t *testing.T, notify bool) {
+	h := newHarnessMode(t, notify, func(c *relay.Config) { c.Window = 1 })
+	d := h.hello("")
+	s := d.subscribe()
+	h.mustPush(s, time.Hour, "0")
+	h.mustPush(s, time.Hour, "1")
+	first := d.expect(pushproto.TypeNotification)
+	synctest.Wait()
+	before := relay.WorkersWoken(h.hub)
+	d.ack(first) // room in the window: the pump sends the second
+	if n := d.expect(pushproto.TypeNotification); payload(t, n) != "1" {
+		t.Fatalf("after the ack: %+v, want the second message", n)
+	}
+	waitFor(t, "the acked message deleted", func() bool { return h.waiting() == 1 })
+	synctest.Wait()
+	want := uint64(0)
+	if notify {
+		want = 1 // the burst
+	}
+	if got := relay.WorkersWoken(h.hub) - before; got != want {
+		t.Errorf("the ack woke %d workers, want %d", got, want)
+	}
+}
+
 // Notifications a device received but did not ack come again, unchanged,
 // on its next connection; acked ones do not.
 func TestUnackedRedelivered(t *testing.T) {

@@ -34,6 +34,8 @@ type session struct {
 
 	started time.Time // for the hello timeout
 
+	after followUps // what the frames read so far asked to start
+
 	mu           sync.Mutex
 	ready        bool // hello done; keepalive may ping
 	closed       bool // no more work may start
@@ -48,7 +50,7 @@ type session struct {
 	pumping      bool              // a pump goroutine is running
 	pingOwed     bool              // a {} answer waits for the pump
 	acks         []uint64          // acked seqs to delete
-	flushing     bool              // an ack flusher is running
+	flushing     bool              // an ack flusher is running, or will after the burst
 	out          outbox
 
 	// synced is set once the pump has read every stored message past
@@ -118,7 +120,9 @@ func (s *session) onReadable() { s.hub.goOwned(s.burst) }
 // burst goes to a goroutine of the session's own, so a device that sends
 // half a frame and stops holds no worker.
 func (s *session) burst() {
-	switch s.readBurst(true) {
+	end := s.readBurst(true)
+	after := s.takeAfter()
+	switch end {
 	case burstMore:
 		s.wait()
 	case burstPartial:
@@ -126,15 +130,59 @@ func (s *session) burst() {
 	default:
 		s.finish()
 	}
+	after.run(s)
 }
 
 // burstOwn reads a burst that may wait for the device, on the session's
 // own goroutine (goWait).
 func (s *session) burstOwn() {
-	if s.readBurst(false) == burstMore {
+	end := s.readBurst(false)
+	after := s.takeAfter()
+	if end == burstMore {
 		s.wait()
 	} else {
 		s.finish()
+	}
+	after.run(s)
+}
+
+// followUps is what the frames of a burst asked to start: a pump (acks
+// freed room in the window) and a flush of the acks. The burst's own
+// goroutine runs them once the burst is over and the reading handed on,
+// instead of queueing them as it reads: queued, each woke an idle worker
+// that mostly found the task gone, taken by the burst's worker done with
+// the burst first. Before a further frame of the burst is read they
+// are queued as before: the burst may wait on the store for that frame (a
+// register), or on the device (burstOwn).
+type followUps struct{ pump, flush bool }
+
+// takeAfter takes the follow-ups the burst asked for; only the reader
+// calls it, before it hands the reading on.
+func (s *session) takeAfter() followUps {
+	f := s.after
+	s.after = followUps{}
+	return f
+}
+
+// queue has workers run the follow-ups; the caller is the reader, so
+// holds the session's count.
+func (f followUps) queue(s *session) {
+	if f.pump {
+		s.hub.goOwned(s.pump)
+	}
+	if f.flush {
+		s.hub.goOwned(s.flushAcks)
+	}
+}
+
+// run runs the follow-ups on the calling goroutine, the pump first: it
+// does not wait on the store's sync, the flush does.
+func (f followUps) run(s *session) {
+	if f.pump {
+		s.pump()
+	}
+	if f.flush {
+		s.flushAcks()
 	}
 }
 
@@ -151,6 +199,7 @@ const (
 func (s *session) readBurst(shared bool) int {
 	h := s.hub
 	for {
+		s.takeAfter().queue(s) // nothing unless a frame came before
 		if shared && !s.conn.Whole() {
 			return burstPartial
 		}
@@ -558,15 +607,15 @@ func (s *session) ack(m pushproto.Ack) {
 		}
 		s.acks = append(s.acks, id.Seq)
 	}
-	startFlush := len(s.acks) > 0 && !s.flushing
-	if startFlush {
-		s.flushing = true
-	}
-	s.startPumpLocked()
-	if startFlush {
+	if len(s.acks) > 0 && !s.flushing {
 		// The reader holds the session's count: no ticket needed.
-		h.goOwned(s.flushAcks)
+		s.flushing = true
+		s.after.flush = true
 	}
+	if s.claimPumpLocked() {
+		s.after.pump = true
+	}
+	s.mu.Unlock()
 }
 
 // flushAcks deletes acked messages. It does not hold up the reader: a
@@ -608,15 +657,23 @@ func (s *session) kick() {
 // is open, so its own count is still held (callers such as the committer
 // and Push hold none).
 func (s *session) startPumpLocked() {
+	start := s.claimPumpLocked()
+	s.mu.Unlock()
+	if start {
+		s.hub.goOwned(s.pump)
+	}
+}
+
+// claimPumpLocked reports whether a pump is to start now; if so it is
+// counted as running, its ticket taken, and the caller runs s.pump or
+// has it run. s.mu is held.
+func (s *session) claimPumpLocked() bool {
 	start := s.ready && !s.closed && !s.pumping && (s.pumpWanted || len(s.queued) > 0) && s.roomLocked() > 0
 	if start {
 		s.pumping = true
 		s.hub.wg.Add(1)
 	}
-	s.mu.Unlock()
-	if start {
-		s.hub.goOwned(s.pump)
-	}
+	return start
 }
 
 // roomLocked is how many more notifications may be queued now: the
