@@ -252,11 +252,7 @@ func TestSalvageWALWorkload(t *testing.T) {
 func TestSalvageWALNotCarried(t *testing.T) {
 	cp, _ := crashedWithLog(t, 12)
 	seg := lastSegment(t, cp)
-	fi, err := os.Stat(seg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	writeAt(t, seg, []byte("junk"), fi.Size()/2)
+	writeAt(t, seg, []byte("junk"), recordsEnd(t, seg)/2)
 	rep, err := Salvage(cp, cp+".salvaged", 0)
 	t.Logf("salvage: %+v, %v", rep.WAL, err)
 	if err != nil || rep.WAL.Pending == 0 || rep.WAL.Pending >= 12 || len(rep.WAL.Problems) != 1 {

@@ -20,12 +20,19 @@
 // # What a write costs on disk
 //
 // Appending n entries of d bytes writes n*(16+d) bytes in place at the
-// end of the file, and one fdatasync. Nothing already written is written
-// again, except that the filesystem writes back the partly filled page at
-// the tail each time (a 4 KiB page on ext4 or f2fs: small Appends rewrite
-// that page until it fills) and, since the file grows, commits its new
-// size (one journal commit on ext4). A new segment costs a create and a
-// directory fsync every SegmentBytes. TruncateFront writes the side file
+// end of the records, and one fdatasync. Nothing already written is
+// written again, except that the filesystem writes back the partly filled
+// page at the tail each time (a 4 KiB page on ext4 or f2fs: small Appends
+// rewrite that page until it fills). The open segment is preallocated to
+// SegmentBytes as it begins (fallocate), so Appends write inside the
+// file's size into blocks it has: a sync commits no new size, only the
+// conversion of the blocks it reached from unwritten to written, and on
+// ext4 a 700-byte Append's sync writes 4.9-5.6 KB to the disk instead of
+// 8.9 KB (the page and fewer journal blocks). Where the filesystem cannot
+// preallocate (UBIFS, JFFS2) the file grows with each Append, and each
+// sync also commits its new size. A new segment costs a create, the
+// preallocation and a directory fsync every SegmentBytes. Close gives the
+// space no Append reached back (ftruncate); a crash leaves it. TruncateFront writes the side file
 // (a write, two fsyncs) and unlinks whole segments; TruncateBack cuts one
 // file (ftruncate and fdatasync) and unlinks the segments after it.
 //
@@ -40,7 +47,11 @@
 //
 // # Recovery
 //
-// Open checks every record's CRC and index. A record that does not decode
+// Open checks every record's CRC and index. Zeros from a record's place
+// to the end of the file are preallocated space no Append reached (a
+// zero header never decodes: its CRC is not zero): the records end there,
+// in any segment (a gap they hid shows as the next segment's first index).
+// Otherwise a record that does not decode
 // at the tail of the last segment, with no whole record after it that
 // begins a later Append, is what a crash leaves of an Append that never
 // returned: the file is cut there (logged). Records of that same Append

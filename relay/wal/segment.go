@@ -169,10 +169,14 @@ func max64(a, b int64) int64 {
 
 // scanResult is what scanning a segment file found.
 type scanResult struct {
-	badAt   int64 // offset of the first record that does not decode; -1 if none
-	badErr  error
-	tornOK  bool // the bad bytes can be a torn final Append (see scan)
-	fileLen int64
+	badAt  int64 // offset of the first record that does not decode; -1 if none
+	badErr error
+	tornOK bool // the bad bytes can be a torn final Append (see scan)
+	// unwritten: the bytes from badAt to the end are all zeros, space
+	// preallocated that no Append reached (see Log.reserve); neither
+	// torn nor damage.
+	unwritten bool
+	fileLen   int64
 }
 
 // scan reads the segment file from the start, checking every record,
@@ -199,6 +203,10 @@ func (s *segment) scan() (scanResult, error) {
 		}
 		bad := func(err error) (scanResult, error) {
 			res.badAt, res.badErr = off, err
+			if res.unwritten, err = s.zerosFrom(off, res.fileLen); err != nil || res.unwritten {
+				res.tornOK = res.unwritten
+				return res, err
+			}
 			res.tornOK, err = s.tornTail(off)
 			return res, err
 		}
@@ -257,12 +265,52 @@ func (s *segment) tornTail(off int64) (bool, error) {
 	return true, nil
 }
 
+// zerosFrom reports whether the file holds only zero bytes from off to
+// end: preallocated blocks no Append reached read as zeros, and a record
+// never does (its header's CRC of a zero length and index is not zero).
+func (s *segment) zerosFrom(off, end int64) (bool, error) {
+	buf := make([]byte, min(end-off, 64<<10))
+	for off < end {
+		n := min(end-off, int64(len(buf)))
+		if _, err := s.f.ReadAt(buf[:n], off); err != nil {
+			return false, fmt.Errorf("wal: read %s: %w", s.path, err)
+		}
+		for _, b := range buf[:n] {
+			if b != 0 {
+				return false, nil
+			}
+		}
+		off += n
+	}
+	return true, nil
+}
+
 func (s *segment) fileSizeAfter(off int64) int64 {
 	fi, err := s.f.Stat()
 	if err != nil || fi.Size() < off {
 		return 0
 	}
 	return fi.Size() - off
+}
+
+// RecordsEnd returns where the whole records of the segment file at path
+// end: its length, less the zeros reserved ahead of the Appends and any
+// torn or damaged bytes after the last whole record. For tools and tests
+// that look at a log's files (a stopped relay's, or a copy).
+func RecordsEnd(path string) (int64, error) {
+	start, ok := parseSegmentName(filepath.Base(path))
+	if !ok {
+		return 0, fmt.Errorf("wal: %s is not a segment file", path)
+	}
+	s, err := openSegment(filepath.Dir(path), start, os.O_RDONLY)
+	if err != nil {
+		return 0, err
+	}
+	defer s.f.Close()
+	if _, err := s.scan(); err != nil && !errors.Is(err, ErrCorrupt) {
+		return 0, err
+	}
+	return s.size, nil
 }
 
 // openSegment opens the segment file at dir/name with flag (os.O_RDWR

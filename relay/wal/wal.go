@@ -66,6 +66,9 @@ type Log struct {
 	buf  []byte     // the writer's encoding buffer
 	fail error      // set when a write or sync failed: the file's state is unknown
 	ro   bool       // OpenReadOnly: nothing is written
+	// noReserve is set once the filesystem said it cannot preallocate
+	// (reserve): segments then grow as they are written.
+	noReserve bool
 	// found is what recovery found beyond the records (OpenReadOnly).
 	found Findings
 
@@ -216,7 +219,12 @@ func (l *Log) recover() error {
 			return err
 		}
 		lastSeg := i == len(starts)-1
-		if res.badAt >= 0 {
+		if res.unwritten {
+			// Space reserved ahead of the Appends: the records end
+			// where the zeros begin. (In an earlier segment too: one
+			// begun with a larger SegmentBytes. Records lost from its
+			// end would show as a gap before the next segment.)
+		} else if res.badAt >= 0 {
 			if !lastSeg || !res.tornOK {
 				err := s.corrupt(res.badAt, "%v, and whole records after it", res.badErr)
 				if damaged(err) {
@@ -294,10 +302,39 @@ func (l *Log) recover() error {
 		}
 	}
 	l.nSegs.Store(int64(len(l.segs)))
+	if !l.ro && len(l.segs) > 0 {
+		l.reserve(l.segs[len(l.segs)-1])
+	}
 	if dirty {
 		return l.syncDir()
 	}
 	return nil
+}
+
+// reserve preallocates the open segment s up to SegmentBytes (fallocate),
+// so that Appends write into blocks the file already has, inside its
+// size: an fdatasync then commits no new size, only the block map's
+// change from unwritten to written where the Append reached new blocks.
+// On ext4 that halves the bytes a small Append's sync writes (8.9 KB to
+// 4.9-5.6 KB for 700 bytes: the page plus far fewer journal blocks) and
+// shortens it. The reserved space reads as zeros, which recovery takes
+// for the end of the records (scanResult.unwritten); Close gives it
+// back. Best effort: a filesystem that cannot (UBIFS, JFFS2) or a full
+// disk leaves the segment growing as it is written.
+func (l *Log) reserve(s *segment) {
+	if l.noReserve {
+		return
+	}
+	err := preallocate(s.f, l.o.SegmentBytes)
+	switch {
+	case err == nil:
+	case errors.Is(err, errors.ErrUnsupported):
+		l.noReserve = true
+		l.log.Info("wal: the filesystem cannot preallocate log segments; each sync also commits the file's new size", "dir", l.dir, "err", err)
+	default:
+		// A full disk, say: the Appends still get what space there is.
+		l.log.Debug("wal: segment not preallocated", "file", s.path, "err", err)
+	}
 }
 
 // dropLast closes the last segment and forgets it (its file stays).
@@ -372,6 +409,7 @@ func (l *Log) Append(first uint64, entries ...[]byte) error {
 		if fresh, err = openSegment(l.dir, first, os.O_RDWR|os.O_CREATE|os.O_TRUNC); err != nil {
 			return err
 		}
+		l.reserve(fresh) // made durable by the Append's sync
 		tail = fresh
 	}
 	base := tail.size
@@ -659,6 +697,7 @@ func (l *Log) TruncateBack(index uint64) error {
 		l.fail = fmt.Errorf("wal: %w", err)
 		return l.fail
 	}
+	l.reserve(s)
 	if s.step == 1 {
 		return nil
 	}
@@ -705,7 +744,18 @@ func (l *Log) Close() error {
 		return nil
 	}
 	l.closed = true
-	return l.closeFiles()
+	var err error
+	if n := len(l.segs); n > 0 && !l.ro && l.fail == nil {
+		// The space reserve took and no Append reached goes back, so a
+		// stopped relay's log is its records. (A crash leaves it: the
+		// next Open reads it as the end.) Not synced: either way is
+		// sound.
+		s := l.segs[n-1]
+		if terr := s.f.Truncate(s.size); terr != nil {
+			err = fmt.Errorf("wal: give back %s's reserved space: %w", s.path, terr)
+		}
+	}
+	return errors.Join(err, l.closeFiles())
 }
 
 func (l *Log) closeFiles() error {
