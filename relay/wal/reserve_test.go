@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 )
 
@@ -183,4 +184,28 @@ func TestReservedEarlierSegment(t *testing.T) {
 	if _, err := Open(crashed2, small); err == nil {
 		t.Fatal("records zeroed at the end of an earlier segment were not found")
 	}
+}
+
+// Where the filesystem cannot preallocate (noReserve), segments grow as
+// they are written and recover as before.
+func TestUnreservedSegmentsGrow(t *testing.T) {
+	dir := t.TempDir()
+	o := Options{SegmentBytes: 4 << 10}
+	l := openT(t, dir, o)
+	l.noReserve = true
+	appendRange(t, l, 1, 200)
+	l.mu.RLock()
+	segs := slices.Clone(l.segs)
+	l.mu.RUnlock()
+	if len(segs) < 2 {
+		t.Fatalf("%d segments", len(segs))
+	}
+	for _, s := range segs {
+		if got := fileSize(t, s.path); got != s.size {
+			t.Fatalf("%s is %d bytes, its records %d: space was reserved", s.path, got, s.size)
+		}
+	}
+	crashed := copyDir(t, dir)
+	l.Close()
+	check(t, openT(t, crashed, o), 1, 200)
 }
