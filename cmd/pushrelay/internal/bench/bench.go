@@ -438,6 +438,7 @@ func benchThroughput(ctx context.Context, args []string, stdout, stderr io.Write
 	}
 	relayCPU0, _ := procCPU(c.Cmd.Process.Pid)
 	io0, _ := procIO(c.Cmd.Process.Pid)
+	disk0, diskName, diskErr := diskWritten(os.TempDir()) // the data dir's device
 	loadCPU0 := selfCPU()
 	start := time.Now()
 	done := make(chan error, 1)
@@ -481,6 +482,7 @@ loop:
 	elapsed := time.Since(start)
 	relayCPU1, cpuErr := procCPU(c.Cmd.Process.Pid)
 	io1, ioErr := procIO(c.Cmd.Process.Pid)
+	disk1, _, diskErr1 := diskWritten(os.TempDir())
 	loadCPU := selfCPU() - loadCPU0
 	progress.Stop()
 	if runErr != nil && !errors.Is(runErr, context.DeadlineExceeded) {
@@ -526,6 +528,11 @@ loop:
 		// Flash wear (issue #10): what the relay wrote to the block
 		// layer (its store) per message, the acks' writes included.
 		fmt.Fprintf(stdout, "relay write_bytes per message: %.0f B\n", float64(io1["write_bytes"]-io0["write_bytes"])/float64(n))
+	}
+	if n := acked; n > 0 && diskErr == nil && diskErr1 == nil {
+		// The same with the filesystem's own writes (its journal),
+		// from the device's counters: every writer to it counts.
+		fmt.Fprintf(stdout, "written to the data dir's disk (%s, all writers) per message: %.0f B\n", diskName, float64(disk1-disk0)/float64(n))
 	}
 	// The relay deletes what devices acked: an ack it refused would leave
 	// its message behind.
