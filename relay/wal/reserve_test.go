@@ -45,6 +45,13 @@ func lastSegPath(l *Log) string {
 	return l.segs[len(l.segs)-1].path
 }
 
+// recordsSize is the size of the records of l's open segment.
+func recordsSize(l *Log) int64 {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.segs[len(l.segs)-1].size
+}
+
 // A zero header never decodes as a record: recovery may take zeros for
 // the end of the records.
 func TestZeroHeaderIsNoRecord(t *testing.T) {
@@ -69,9 +76,7 @@ func TestReservedSegmentAcrossCrash(t *testing.T) {
 	if got := fileSize(t, path); got != o.SegmentBytes {
 		t.Fatalf("segment %d bytes, want reserved %d", got, o.SegmentBytes)
 	}
-	l.mu.RLock()
-	end := l.segs[0].size
-	l.mu.RUnlock()
+	end := recordsSize(l)
 	// The crash: the files as they are, the Log abandoned.
 	crashed := copyDir(t, dir)
 	l.Close()
@@ -105,9 +110,7 @@ func TestTornAppendInReservedSpace(t *testing.T) {
 	l := reservedLog(t, dir, o, &logs)
 	appendRange(t, l, 2, 30)
 	path := lastSegPath(l)
-	l.mu.RLock()
-	end := l.segs[0].size
-	l.mu.RUnlock()
+	end := recordsSize(l)
 	crashed := copyDir(t, dir)
 	l.Close()
 	// Half of a record that never returned, at the end of the records.

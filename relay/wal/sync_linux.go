@@ -8,25 +8,7 @@ import (
 // fdatasync flushes f's data and the metadata needed to read it back (its
 // size), not its timestamps.
 func fdatasync(f *os.File) error {
-	rc, err := f.SyscallConn()
-	if err != nil {
-		return err
-	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		for {
-			serr = syscall.Fdatasync(int(fd))
-			if serr != syscall.EINTR {
-				return
-			}
-		}
-	}); err != nil {
-		return err
-	}
-	if serr != nil {
-		return &os.PathError{Op: "fdatasync", Path: f.Name(), Err: serr}
-	}
-	return nil
+	return onFD(f, "fdatasync", func(fd int) error { return syscall.Fdatasync(fd) })
 }
 
 // preallocate allocates f's blocks up to size and extends its size to it
@@ -36,6 +18,12 @@ func fdatasync(f *os.File) error {
 // errors.ErrUnsupported where the filesystem cannot (UBIFS, JFFS2, NFS
 // before 4.2).
 func preallocate(f *os.File, size int64) error {
+	return onFD(f, "fallocate", func(fd int) error { return syscall.Fallocate(fd, 0, 0, size) })
+}
+
+// onFD runs call on f's descriptor, again while it is interrupted
+// (EINTR), and names f and op in its error.
+func onFD(f *os.File, op string, call func(fd int) error) error {
 	rc, err := f.SyscallConn()
 	if err != nil {
 		return err
@@ -43,8 +31,7 @@ func preallocate(f *os.File, size int64) error {
 	var serr error
 	if err := rc.Control(func(fd uintptr) {
 		for {
-			serr = syscall.Fallocate(int(fd), 0, 0, size)
-			if serr != syscall.EINTR {
+			if serr = call(int(fd)); serr != syscall.EINTR {
 				return
 			}
 		}
@@ -52,7 +39,7 @@ func preallocate(f *os.File, size int64) error {
 		return err
 	}
 	if serr != nil {
-		return &os.PathError{Op: "fallocate", Path: f.Name(), Err: serr}
+		return &os.PathError{Op: op, Path: f.Name(), Err: serr}
 	}
 	return nil
 }
