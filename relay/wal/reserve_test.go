@@ -124,6 +124,17 @@ func TestTornAppendInReservedSpace(t *testing.T) {
 	}
 	f.Close()
 
+	// Read-only, the torn bytes are what the Append wrote, not the
+	// reserved space after them.
+	r, f2, err := OpenReadOnly(crashed, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.Close()
+	if f2.TornOffset != end || f2.TornBytes < 1 || f2.TornBytes > int64(len(torn)/2) {
+		t.Fatalf("findings %+v: want at most %d torn bytes at %d", f2, len(torn)/2, end)
+	}
+
 	logs.Reset()
 	l2, err := Open(crashed, Options{SegmentBytes: o.SegmentBytes, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	if err != nil {

@@ -269,20 +269,28 @@ func (s *segment) tornTail(off int64) (bool, error) {
 // end: preallocated blocks no Append reached read as zeros, and a record
 // never does (its header's CRC of a zero length and index is not zero).
 func (s *segment) zerosFrom(off, end int64) (bool, error) {
+	last, err := s.dataEnd(off, end)
+	return last == off, err
+}
+
+// dataEnd returns the offset just past the last non-zero byte between off
+// and end (off when there is none): where what a torn Append wrote into
+// reserved space ends.
+func (s *segment) dataEnd(off, end int64) (int64, error) {
 	buf := make([]byte, min(end-off, 64<<10))
-	for off < end {
+	for end > off {
 		n := min(end-off, int64(len(buf)))
-		if _, err := s.f.ReadAt(buf[:n], off); err != nil {
-			return false, fmt.Errorf("wal: read %s: %w", s.path, err)
+		if _, err := s.f.ReadAt(buf[:n], end-n); err != nil {
+			return off, fmt.Errorf("wal: read %s: %w", s.path, err)
 		}
-		for _, b := range buf[:n] {
-			if b != 0 {
-				return false, nil
+		for i := n - 1; i >= 0; i-- {
+			if buf[i] != 0 {
+				return end - n + i + 1, nil
 			}
 		}
-		off += n
+		end -= n
 	}
-	return true, nil
+	return off, nil
 }
 
 func (s *segment) fileSizeAfter(off int64) int64 {

@@ -115,7 +115,8 @@ var ErrReadOnly = errors.New("wal: opened read-only")
 type Findings struct {
 	// TornBytes, when positive, are the bytes at TornOffset of TornFile,
 	// the last segment, that a crash left of an Append that never
-	// returned: Open cuts them.
+	// returned: Open cuts them. They are counted up to the last byte
+	// that is not zero (zeros after it read like reserved space).
 	TornFile              string
 	TornOffset, TornBytes int64
 	// Damage is what Open would refuse (wrapping ErrCorrupt): a damaged
@@ -235,11 +236,16 @@ func (l *Log) recover() error {
 				}
 				return err
 			}
+			// What the torn Append wrote, not the reserved zeros after.
+			end, err := s.dataEnd(res.badAt, res.fileLen)
+			if err != nil {
+				return err
+			}
 			if l.ro {
-				l.found.TornFile, l.found.TornOffset, l.found.TornBytes = s.path, res.badAt, res.fileLen-res.badAt
+				l.found.TornFile, l.found.TornOffset, l.found.TornBytes = s.path, res.badAt, end-res.badAt
 			} else {
 				l.log.Warn("wal: cut a torn record at the tail (an Append the crash interrupted)",
-					"file", s.path, "offset", res.badAt, "cause", res.badErr, "bytes", res.fileLen-res.badAt)
+					"file", s.path, "offset", res.badAt, "cause", res.badErr, "bytes", end-res.badAt)
 				if err := s.f.Truncate(res.badAt); err != nil {
 					return fmt.Errorf("wal: cut torn tail: %w", err)
 				}
