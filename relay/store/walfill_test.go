@@ -185,10 +185,15 @@ func TestWALSlowLogOpFailsAlone(t *testing.T) {
 		gate := make(chan struct{})
 		s.w.appendHook = func(uint64) error { <-gate; time.Sleep(3 * time.Millisecond); return nil }
 		var warm sync.WaitGroup
-		for range 3 {
-			warm.Go(func() { mustAppend(t, s, msg(uaid(50), chid(1), "warm")) })
-		}
-		synctest.Wait() // one append at the gate, two queued
+		warmUp := func() { mustAppend(t, s, msg(uaid(50), chid(1), "warm")) }
+		// One at a time: started together, the committer may take all
+		// three in its first batch (CI saw it, and the test then
+		// waited for ever at the gate).
+		warm.Go(warmUp)
+		synctest.Wait() // one append, alone, at the gate
+		warm.Go(warmUp)
+		warm.Go(warmUp)
+		synctest.Wait() // two queued behind it
 		gate <- struct{}{}
 		synctest.Wait() // the two, one batch, at the gate
 		gate <- struct{}{}
