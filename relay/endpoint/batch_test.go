@@ -1,11 +1,13 @@
 package endpoint
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
 	"strings"
 	"sync"
@@ -396,5 +398,49 @@ func TestBatchGateReclaimsStaleSlots(t *testing.T) {
 	g.release(h2)
 	if len(g.slots) != 0 || g.n.Load() != 0 {
 		t.Fatalf("%d slots, %d marks left", len(g.slots), g.n.Load())
+	}
+}
+
+// A batch refused unread (every slot taken) gets its 503 even when the
+// app server reads the answer only after it has sent the whole body: the
+// connection is closed gracefully, not reset with the body unread.
+func TestBatchRefusedUnreadAnswerArrives(t *testing.T) {
+	e := newEnv(t, nil)
+	s := e.subscribed()
+	p := &gatePusher{Pusher: e.hub, started: make(chan struct{}), release: make(chan struct{})}
+	base := e.serveConfig(func(c *Config) { withBatchToken(c); c.Pusher = p; c.BatchConcurrency = 1 })
+	msg := map[string]any{"endpoint": s.endpoint, "ttl": 60}
+	var wg sync.WaitGroup
+	wg.Go(func() { e.postBatch(base, bearer, msg) })
+	<-p.started
+	defer func() { p.release <- struct{}{}; wg.Wait() }()
+
+	// Bigger than what the sockets hold unread with a small send
+	// buffer (the relay's receive buffer does not grow while it does not
+	// read), smaller than what the relay discards: the app server is
+	// still writing when the relay has answered.
+	body, _ := json.Marshal(map[string]any{"messages": []any{msg}, "pad": strings.Repeat("x", 600_000)})
+	c, err := net.Dial("tcp", strings.TrimPrefix(base, "http://"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.(*net.TCPConn).SetWriteBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprintf(c, "POST /wpush/batch HTTP/1.1\r\nHost: x\r\nAuthorization: %s\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n", bearer["Authorization"], len(body))
+	if _, err := c.Write(body); err != nil {
+		t.Fatalf("writing the body: %v", err)
+	}
+	// The answer and the close have happened by now; read only then.
+	time.Sleep(200 * time.Millisecond)
+	c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	resp, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatalf("the refusal's answer was lost: %v", err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 503 || resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("answer %d %v", resp.StatusCode, resp.Header)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"errors"
+	"io"
 	"net"
 	"strconv"
 	"sync"
@@ -34,11 +35,31 @@ type listener struct {
 	// Each takes at most a second; Shutdown waits for them.
 	refusing chan struct{}
 	refusals sync.WaitGroup
+	// lingerSlots bounds the goroutines closing connections gracefully
+	// (conn.Close); Shutdown waits for them.
+	lingerSlots chan struct{}
+	lingering   sync.WaitGroup
 }
 
 func newListener(ln net.Listener, a *API) *listener {
-	return &listener{Listener: ln, a: a, conns: map[*conn]struct{}{}, refusing: make(chan struct{}, 64)}
+	return &listener{Listener: ln, a: a, conns: map[*conn]struct{}{}, refusing: make(chan struct{}, 64), lingerSlots: make(chan struct{}, 64)}
 }
+
+// After an answer that closes the connection, the server may not have read
+// all the app server sent: a request body refused unread (a batch finding
+// every slot taken), or one cut off by an error. Closing a socket with
+// unread bytes makes the kernel send RST instead of FIN, and an RST that
+// reaches the app server before it reads the answer throws the answer
+// away: it sees "connection reset" instead of 503 and Retry-After. So such
+// a connection is closed gracefully (RFC 9112 §9.6): its write side first
+// (FIN after the answer), then what still arrives is read and discarded
+// until the app server closes, for at most lingerFor and lingerBytes.
+// Neither server does it: net/http shuts the write side and waits a
+// little, but reads nothing; fasthttp closes at once.
+const (
+	lingerFor   = 500 * time.Millisecond
+	lingerBytes = 1 << 20
+)
 
 // Accept returns the next connection under the cap; connections over it
 // are answered 503 and closed without reaching fasthttp.
@@ -102,6 +123,7 @@ type conn struct {
 	net.Conn
 	l      *listener
 	used   atomic.Bool // a byte was read
+	linger atomic.Bool // Close closes gracefully (lingerFor)
 	closed sync.Once
 	err    error // what the next Read returns
 
@@ -153,7 +175,43 @@ func (c *conn) Read(p []byte) (int, error) {
 
 // Close releases the connection's place under the cap.
 func (c *conn) Close() error {
+	if c.linger.CompareAndSwap(true, false) {
+		select {
+		case c.l.lingerSlots <- struct{}{}:
+			c.l.lingering.Go(func() {
+				defer func() { <-c.l.lingerSlots }()
+				c.drain()
+				c.Conn.Close()
+				c.release()
+			})
+			return nil
+		default:
+			// Too many closing gracefully: this one at once.
+		}
+	}
 	err := c.Conn.Close()
+	c.release()
+	return err
+}
+
+// lingerOnClose makes Close close the connection gracefully: the answer
+// written, the app server may still be sending what was not read.
+func (c *conn) lingerOnClose() { c.linger.Store(true) }
+
+// drain shuts the write side and discards what the app server still
+// sends, until it closes or lingerFor or lingerBytes run out.
+func (c *conn) drain() {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		if cw.CloseWrite() != nil {
+			return
+		}
+	}
+	c.Conn.SetReadDeadline(time.Now().Add(lingerFor))
+	io.CopyN(io.Discard, c.Conn, lingerBytes)
+}
+
+// release gives the connection's place under the cap back, once.
+func (c *conn) release() {
 	c.closed.Do(func() {
 		c.l.mu.Lock()
 		delete(c.l.conns, c)
@@ -161,7 +219,6 @@ func (c *conn) Close() error {
 		c.l.a.open.Add(-1)
 		c.l.a.m.conns.Dec()
 	})
-	return err
 }
 
 // tlsConn keeps a TLS connection's methods visible: fasthttp tells TLS

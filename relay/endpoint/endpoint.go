@@ -261,7 +261,11 @@ func (a *API) Shutdown(ctx context.Context) error {
 	for _, ln := range lns {
 		ln.refusals.Wait()
 	}
-	if err := a.srv.shutdown(ctx); err != nil && !errors.Is(err, net.ErrClosed) {
+	err := a.srv.shutdown(ctx)
+	for _, ln := range lns {
+		ln.lingering.Wait() // each at most lingerFor
+	}
+	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("endpoint: drain: %w", err)
 	}
 	return nil

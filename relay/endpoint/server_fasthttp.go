@@ -132,4 +132,13 @@ func (x *fastExchange) setHeader(name, value string) {
 }
 func (x *fastExchange) setBody(b []byte) { x.ctx().SetBody(b) }
 func (x *fastExchange) resetResponse()   { x.Response.Reset() }
-func (x *fastExchange) closeConn()       { x.ctx().SetConnectionClose() }
+func (x *fastExchange) closeConn() {
+	x.ctx().SetConnectionClose()
+	// fasthttp closes at once, unread bytes or not (see lingerFor).
+	switch c := x.ctx().Conn().(type) {
+	case *conn:
+		c.lingerOnClose()
+	case *tlsConn:
+		c.lingerOnClose()
+	}
+}

@@ -181,7 +181,14 @@ func (x *netExchange) resetResponse() {
 	clear(x.w.Header())
 	x.status, x.out, x.close = 0, nil, false
 }
-func (x *netExchange) closeConn() { x.close = true }
+func (x *netExchange) closeConn() {
+	x.close = true
+	// net/http waits a little before it closes, but reads nothing: a
+	// body still coming would reset the connection (see lingerFor).
+	if x.c != nil {
+		x.c.lingerOnClose()
+	}
+}
 
 // finish writes the answer and gives the body's buffer back.
 func (x *netExchange) finish() {
