@@ -294,14 +294,20 @@ func (p *gatePusher) Ingest(ctx context.Context, ms []push.Message) ([]relay.Res
 	return p.Pusher.Ingest(ctx, ms)
 }
 
+// slotTaken serves an API with one batch slot whose pushes wait at p's
+// gate, and a subscription s; msg is a batch message for s.
+func slotTaken(t *testing.T) (e *env, s *subscription, p *gatePusher, base string, msg map[string]any) {
+	e = newEnv(t, nil)
+	s = e.subscribed()
+	p = &gatePusher{Pusher: e.hub, started: make(chan struct{}), release: make(chan struct{})}
+	base = e.serveConfig(func(c *Config) { withBatchToken(c); c.Pusher = p; c.BatchConcurrency = 1 })
+	return e, s, p, base, map[string]any{"endpoint": s.endpoint, "ttl": 60}
+}
+
 // At most BatchConcurrency batches are held at once; one more is answered
 // 503 errno 121 with Retry-After, its body unread, and single posts go on.
 func TestBatchConcurrency(t *testing.T) {
-	e := newEnv(t, nil)
-	s := e.subscribed()
-	p := &gatePusher{Pusher: e.hub, started: make(chan struct{}), release: make(chan struct{})}
-	base := e.serveConfig(func(c *Config) { withBatchToken(c); c.Pusher = p; c.BatchConcurrency = 1 })
-	msg := map[string]any{"endpoint": s.endpoint, "ttl": 60}
+	e, s, p, base, msg := slotTaken(t)
 	var wg sync.WaitGroup
 	var first batchResponse
 	wg.Go(func() { first = e.postBatch(base, bearer, msg) })
@@ -405,11 +411,7 @@ func TestBatchGateReclaimsStaleSlots(t *testing.T) {
 // app server reads the answer only after it has sent the whole body: the
 // connection is closed gracefully, not reset with the body unread.
 func TestBatchRefusedUnreadAnswerArrives(t *testing.T) {
-	e := newEnv(t, nil)
-	s := e.subscribed()
-	p := &gatePusher{Pusher: e.hub, started: make(chan struct{}), release: make(chan struct{})}
-	base := e.serveConfig(func(c *Config) { withBatchToken(c); c.Pusher = p; c.BatchConcurrency = 1 })
-	msg := map[string]any{"endpoint": s.endpoint, "ttl": 60}
+	e, _, p, base, msg := slotTaken(t)
 	var wg sync.WaitGroup
 	wg.Go(func() { e.postBatch(base, bearer, msg) })
 	<-p.started
