@@ -172,12 +172,15 @@ type scanResult struct {
 	badAt  int64 // offset of the first record that does not decode; -1 if none
 	badErr error
 	tornOK bool // the bad bytes can be a torn final Append (see scan)
-	// unwritten: the bytes from badAt to the end are all zeros, space
-	// preallocated that no Append reached (see Log.reserve); neither
-	// torn nor damage.
-	unwritten bool
-	fileLen   int64
+	// dataEnd is just past the last byte from badAt on that is not zero
+	// (badAt when there is none: space preallocated that no Append
+	// reached, see Log.reserve; neither torn nor damage).
+	dataEnd int64
+	fileLen int64
 }
+
+// unwritten says whether only zeros follow the records (see dataEnd).
+func (r scanResult) unwritten() bool { return r.badAt >= 0 && r.dataEnd == r.badAt }
 
 // scan reads the segment file from the start, checking every record,
 // and sets n, size and the full offset index (step 1). A record of the
@@ -203,8 +206,8 @@ func (s *segment) scan() (scanResult, error) {
 		}
 		bad := func(err error) (scanResult, error) {
 			res.badAt, res.badErr = off, err
-			if res.unwritten, err = s.zerosFrom(off, res.fileLen); err != nil || res.unwritten {
-				res.tornOK = res.unwritten
+			if res.dataEnd, err = s.dataEnd(off, res.fileLen); err != nil || res.unwritten() {
+				res.tornOK = res.unwritten()
 				return res, err
 			}
 			res.tornOK, err = s.tornTail(off)
@@ -265,17 +268,11 @@ func (s *segment) tornTail(off int64) (bool, error) {
 	return true, nil
 }
 
-// zerosFrom reports whether the file holds only zero bytes from off to
-// end: preallocated blocks no Append reached read as zeros, and a record
-// never does (its header's CRC of a zero length and index is not zero).
-func (s *segment) zerosFrom(off, end int64) (bool, error) {
-	last, err := s.dataEnd(off, end)
-	return last == off, err
-}
-
 // dataEnd returns the offset just past the last non-zero byte between off
 // and end (off when there is none): where what a torn Append wrote into
-// reserved space ends.
+// reserved space ends. Preallocated blocks no Append reached read as
+// zeros, and a record never does (its header's CRC of a zero length and
+// index is not zero).
 func (s *segment) dataEnd(off, end int64) (int64, error) {
 	buf := make([]byte, min(end-off, 64<<10))
 	for end > off {

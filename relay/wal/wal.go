@@ -220,7 +220,7 @@ func (l *Log) recover() error {
 			return err
 		}
 		lastSeg := i == len(starts)-1
-		if res.unwritten {
+		if res.unwritten() {
 			// Space reserved ahead of the Appends: the records end
 			// where the zeros begin. (In an earlier segment too: one
 			// begun with a larger SegmentBytes. Records lost from its
@@ -237,10 +237,7 @@ func (l *Log) recover() error {
 				return err
 			}
 			// What the torn Append wrote, not the reserved zeros after.
-			end, err := s.dataEnd(res.badAt, res.fileLen)
-			if err != nil {
-				return err
-			}
+			end := res.dataEnd
 			if l.ro {
 				l.found.TornFile, l.found.TornOffset, l.found.TornBytes = s.path, res.badAt, end-res.badAt
 			} else {
