@@ -9,15 +9,24 @@ import (
 	"testing"
 )
 
-// reservedLog opens a log in dir whose segments are reserved, or skips
-// the test where the filesystem cannot preallocate.
-func reservedLog(t *testing.T, dir string, o Options, logs *bytes.Buffer) *Log {
+// openLogged opens the log in dir, what it logs going to logs (emptied
+// first).
+func openLogged(t *testing.T, dir string, o Options, logs *bytes.Buffer) *Log {
 	t.Helper()
+	logs.Reset()
 	o.Logger = slog.New(slog.NewTextHandler(logs, nil))
 	l, err := Open(dir, o)
 	if err != nil {
 		t.Fatal(err)
 	}
+	return l
+}
+
+// reservedLog opens a log in dir whose segments are reserved, or skips
+// the test where the filesystem cannot preallocate.
+func reservedLog(t *testing.T, dir string, o Options, logs *bytes.Buffer) *Log {
+	t.Helper()
+	l := openLogged(t, dir, o, logs)
 	if err := l.Append(l.LastIndex()+1, entry(l.LastIndex()+1)); err != nil {
 		t.Fatal(err)
 	}
@@ -84,11 +93,7 @@ func TestReservedSegmentAcrossCrash(t *testing.T) {
 		t.Fatalf("after Close the segment is %d bytes, want its records' %d", got, end)
 	}
 
-	logs.Reset()
-	l2, err := Open(crashed, Options{SegmentBytes: o.SegmentBytes, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l2 := openLogged(t, crashed, o, &logs)
 	check(t, l2, 1, 50)
 	if logs.Len() > 0 {
 		t.Fatalf("Open after a crash with reserved space logged:\n%s", logs.String())
@@ -135,11 +140,7 @@ func TestTornAppendInReservedSpace(t *testing.T) {
 		t.Fatalf("findings %+v: want at most %d torn bytes at %d", f2, len(torn)/2, end)
 	}
 
-	logs.Reset()
-	l2, err := Open(crashed, Options{SegmentBytes: o.SegmentBytes, Logger: slog.New(slog.NewTextHandler(&logs, nil))})
-	if err != nil {
-		t.Fatal(err)
-	}
+	l2 := openLogged(t, crashed, o, &logs)
 	check(t, l2, 1, 30)
 	if !bytes.Contains(logs.Bytes(), []byte("cut a torn record")) {
 		t.Fatalf("the torn Append was not cut (logged):\n%s", logs.String())
