@@ -39,6 +39,7 @@ type listener struct {
 	// (conn.Close); Shutdown waits for them.
 	lingerSlots chan struct{}
 	lingering   sync.WaitGroup
+	lingerEnded bool // under mu: Shutdown waits for them; none starts since
 }
 
 func newListener(ln net.Listener, a *API) *listener {
@@ -175,23 +176,47 @@ func (c *conn) Read(p []byte) (int, error) {
 
 // Close releases the connection's place under the cap.
 func (c *conn) Close() error {
-	if c.linger.CompareAndSwap(true, false) {
-		select {
-		case c.l.lingerSlots <- struct{}{}:
-			c.l.lingering.Go(func() {
-				defer func() { <-c.l.lingerSlots }()
-				c.drain()
-				c.Conn.Close()
-				c.release()
-			})
-			return nil
-		default:
-			// Too many closing gracefully: this one at once.
-		}
+	if c.linger.CompareAndSwap(true, false) && c.l.goLinger(func() {
+		c.drain()
+		c.Conn.Close()
+		c.release()
+	}) {
+		return nil
 	}
 	err := c.Conn.Close()
 	c.release()
 	return err
+}
+
+// goLinger runs f, a graceful close, on a goroutine Shutdown waits for;
+// false when too many run already or Shutdown is waiting (close at once
+// then). The count is taken under mu, so none is added once
+// waitLingering has begun to wait.
+func (l *listener) goLinger(f func()) bool {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.lingerEnded {
+		return false
+	}
+	select {
+	case l.lingerSlots <- struct{}{}:
+	default:
+		return false
+	}
+	l.lingering.Go(func() {
+		defer func() { <-l.lingerSlots }()
+		f()
+	})
+	return true
+}
+
+// waitLingering waits for the graceful closes under way (each at most
+// lingerFor); connections closed later close at once.
+func (l *listener) waitLingering() {
+	l.mu.Lock()
+	l.lingerEnded = true
+	l.mu.Unlock()
+	l.lingering.Wait()
 }
 
 // lingerOnClose makes Close close the connection gracefully: the answer

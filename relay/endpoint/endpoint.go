@@ -263,7 +263,7 @@ func (a *API) Shutdown(ctx context.Context) error {
 	}
 	err := a.srv.shutdown(ctx)
 	for _, ln := range lns {
-		ln.lingering.Wait() // each at most lingerFor
+		ln.waitLingering()
 	}
 	if err != nil && !errors.Is(err, net.ErrClosed) {
 		return fmt.Errorf("endpoint: drain: %w", err)
